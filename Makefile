@@ -1,0 +1,33 @@
+# One command set for people and CI. Each target installs what it needs into .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: up test lint format clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## up: run the platform on this machine (embedded Postgres unless DATABASE_URL is set)
+up: $(STAMP)
+	$(VENV)/bin/fn up
+
+## test: run the whole test suite against a real Postgres and real invoker processes
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+## lint: ruff, mypy --strict and the import-linter layering contract
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

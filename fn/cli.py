@@ -1,0 +1,318 @@
+"""`fn`: the command line of Ember.
+
+Human-readable output by default, `--json` for scripts; exit 1 when the platform says no,
+2 on a usage error. Every option that has an environment variable shows it in `--help`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from fn.client import Client, ClientError, state_dir
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def json_option(func: F) -> F:
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print machine-readable JSON.")(func)
+
+
+def _client(ctx: click.Context) -> Client:
+    obj: dict[str, Any] = ctx.ensure_object(dict)
+    return Client(obj.get("url"), obj.get("token"))
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for header in headers:
+        table.add_column(header)
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    Console(soft_wrap=True).print(table)
+
+
+def _fail(message: str) -> None:
+    click.echo(f"fn: {message}", err=True)
+    raise SystemExit(1)
+
+
+def _api(ctx: click.Context, method: str, path: str, payload: Any = None) -> Any:
+    try:
+        return _client(ctx).api(method, path, payload)
+    except ClientError as exc:
+        details = exc.body.get("error", {}) if isinstance(exc.body, dict) else {}
+        extra = ""
+        if details.get("code") == "syntax_error" and details.get("text"):
+            extra = "\n    " + details["text"] + (
+                "\n    " + " " * max(0, (details.get("offset") or 1) - 1) + "^"
+                if details.get("offset") else "")
+        elif details.get("traceback"):
+            extra = "\n" + details["traceback"].rstrip()
+        _fail(str(exc) + extra)
+        raise AssertionError from None  # unreachable: _fail exits
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--url", envvar="FN_URL", show_envvar=True,
+              help="Gateway URL. Default: the one `fn up` wrote in the state dir.")
+@click.option("--token", envvar="FN_TOKEN", show_envvar=True,
+              help="Admin API token. Default: the one `fn up` wrote in the state dir.")
+@click.version_option(package_name="ember-faas")
+@click.pass_context
+def cli(ctx: click.Context, url: str | None, token: str | None) -> None:
+    """Ember: deploy a Python file and call it over HTTP."""
+    ctx.ensure_object(dict).update(url=url, token=token)
+
+
+@cli.command()
+@click.option("--host", envvar="FN_HOST", show_envvar=True, default="127.0.0.1",
+              show_default=True, help="Address to listen on.")
+@click.option("--port", envvar="FN_PORT", show_envvar=True, default=8080, show_default=True,
+              type=int, help="Port to listen on (0: any free port).")
+@click.option("--state-dir", envvar="FN_STATE_DIR", show_envvar=True, type=click.Path(),
+              help="Token, embedded Postgres data, gateway address. "
+                   "Default: $XDG_STATE_HOME/ember or ~/.local/state/ember.")
+@click.option("--keep-alive", envvar="FN_KEEP_ALIVE", show_envvar=True, default="10m",
+              show_default=True, help="Idle time before an instance stops (scale to zero).")
+@click.option("--generic-pool", envvar="FN_GENERIC_POOL", show_envvar=True, default=2,
+              show_default=True, type=click.IntRange(0, 1000),
+              help="Prewarmed generic instances kept ready for cold starts.")
+@click.option("--max-body", envvar="FN_MAX_BODY", show_envvar=True, default="6Mi",
+              show_default=True, help="Largest request body accepted.")
+def up(host: str, port: int, state_dir: str | None, keep_alive: str, generic_pool: int,
+       max_body: str) -> None:
+    """Run the platform on this machine (embedded Postgres unless DATABASE_URL is set).
+
+    Stops on Ctrl-C. The admin token is kept in the state dir, where fn finds it.
+    """
+    env = dict(os.environ, FN_HOST=host, FN_PORT=str(port), FN_KEEP_ALIVE=keep_alive,
+               FN_GENERIC_POOL=str(generic_pool), FN_MAX_BODY=max_body)
+    if state_dir:
+        env["FN_STATE_DIR"] = str(Path(state_dir).absolute())
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "gateway"], env)
+
+
+def _parse_env(pairs: Sequence[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f'"{pair}" is not NAME=VALUE', param_hint="--env")
+        env[key] = value
+    return env
+
+
+@cli.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--name", help="Function name. Default: the file name without .py.")
+@click.option("--handler", "entry", default="handler", show_default=True,
+              help="Name of the handler function in the file.")
+@click.option("--env", "env_pairs", multiple=True, metavar="NAME=VALUE",
+              help="Environment variable for the function (repeatable).")
+@click.option("--timeout", help="Time limit per call, like 30s or 5m. Default: 30s.")
+@click.option("--memory", help="Memory limit, like 256Mi or 1Gi. Default: 256Mi.")
+@click.option("--concurrency", help="Calls one instance serves at once. Default: 1.")
+@json_option
+@click.pass_context
+def deploy(ctx: click.Context, path: Path, name: str | None, entry: str,
+           env_pairs: tuple[str, ...], timeout: str | None, memory: str | None,
+           concurrency: str | None, as_json: bool) -> None:
+    """Deploy PATH (a Python file with a handler) as a new version, and make it active."""
+    try:
+        source = path.read_text()
+    except UnicodeDecodeError:
+        _fail(f"{path} is not a UTF-8 text file")
+    payload: dict[str, Any] = {
+        "name": name or path.stem.lower().replace("_", "-"),
+        "source": source, "filename": path.name, "entry": entry, "env": _parse_env(env_pairs),
+    }
+    for key, value in (("timeout", timeout), ("memory", memory), ("concurrency", concurrency)):
+        if value is not None:
+            payload[key] = value
+    version = _api(ctx, "POST", "/v1/functions", payload)
+    if as_json:
+        _print_json(version)
+        return
+    click.echo(f'Deployed {version["function"]} version {version["version"]} '
+               f'(sha256 {version["sha256"][:12]}).')
+    click.echo(f"Call it: fn invoke {version['function']} --data '{{}}'   or   "
+               f"POST {_client(ctx).url}/fn/{version['function']}")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--data", "-d", help="Request body: JSON text, @FILE, or - for stdin.")
+@click.option("--content-type", help="Default: application/json when --data is valid JSON.")
+@json_option
+@click.pass_context
+def invoke(ctx: click.Context, name: str, data: str | None, content_type: str | None,
+           as_json: bool) -> None:
+    """Call function NAME (NAME:VERSION pins a version) and print its response."""
+    body: bytes | None = None
+    if data is not None:
+        if data == "-":
+            body = sys.stdin.buffer.read()
+        elif data.startswith("@"):
+            try:
+                body = Path(data[1:]).read_bytes()
+            except OSError as exc:
+                _fail(f"cannot read {data[1:]}: {exc.strerror}")
+        else:
+            body = data.encode()
+        if content_type is None and body is not None:
+            try:
+                json.loads(body)
+                content_type = "application/json"
+            except ValueError:
+                content_type = "application/octet-stream"
+    try:
+        reply = _client(ctx).invoke(name, body, content_type)
+    except ClientError as exc:
+        _fail(str(exc))
+        return
+    activation = reply.headers.get("x-ember-activation-id")
+    if as_json:
+        try:
+            decoded: Any = reply.json()
+        except ValueError:
+            decoded = reply.body.decode(errors="replace")
+        _print_json({"status": reply.status, "activation_id": activation, "body": decoded})
+    elif reply.status < 400:
+        sys.stdout.buffer.write(reply.body)
+        if not reply.body.endswith(b"\n"):
+            sys.stdout.buffer.write(b"\n")
+    else:
+        try:
+            message = reply.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = reply.body.decode(errors="replace")
+        suffix = f" (activation {activation}; see: fn logs {name.split(':')[0]} " \
+                 f"--activation {activation})" if activation else ""
+        click.echo(f"fn: HTTP {reply.status}: {message}{suffix}", err=True)
+    if reply.status >= 400:
+        raise SystemExit(1)
+
+
+@cli.command("list")
+@json_option
+@click.pass_context
+def list_(ctx: click.Context, as_json: bool) -> None:
+    """List the deployed functions."""
+    data = _api(ctx, "GET", "/v1/functions")
+    if as_json:
+        _print_json(data)
+        return
+    if not data["functions"]:
+        click.echo("No functions yet; deploy one with: fn deploy handler.py")
+        return
+    _table(["NAME", "ACTIVE", "LATEST", "VERSIONS", "INSTANCES", "UPDATED"],
+           [(f["name"], f["active_version"], f["latest_version"], f["versions"],
+             f["instances"]["total"], f["updated_at"][:19]) for f in data["functions"]])
+
+
+@cli.command()
+@click.argument("name")
+@json_option
+@click.pass_context
+def versions(ctx: click.Context, name: str, as_json: bool) -> None:
+    """List the versions of function NAME, newest first."""
+    data = _api(ctx, "GET", f"/v1/functions/{name}/versions")
+    if as_json:
+        _print_json(data)
+        return
+    _table(["VERSION", "ACTIVE", "SHA256", "TIMEOUT", "MEMORY", "CONCURRENCY", "CREATED"],
+           [(v["version"], "*" if v["active"] else "", v["sha256"][:12], f"{v['timeout_s']:g}s",
+             f"{v['memory_bytes'] >> 20}Mi", v["concurrency"], v["created_at"][:19])
+            for v in data["versions"]])
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--to", type=click.IntRange(min=1), help="Version to make active. "
+              "Default: the one before the active version.")
+@json_option
+@click.pass_context
+def rollback(ctx: click.Context, name: str, to: int | None, as_json: bool) -> None:
+    """Make an earlier version of NAME the active one."""
+    data = _api(ctx, "POST", f"/v1/functions/{name}/rollback", {"to": to})
+    if as_json:
+        _print_json(data)
+        return
+    click.echo(f"{name} now serves version {data['active_version']}.")
+
+
+def _print_activation(a: dict[str, Any]) -> None:
+    temp = "cold" if a["cold"] else "warm"
+    click.echo(f"--- {a['started_at'][:23]} {a['id']} v{a['version']} {a['status']} "
+               f"HTTP {a['http_status']} {a['duration_ms']:.1f}ms {temp}")
+    if a.get("error"):
+        click.echo(f"error: {a['error'].get('type', '')}: {a['error'].get('message', '')}")
+    if a.get("logs"):
+        click.echo(a["logs"].rstrip("\n"))
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--activation", "activation_id", help="Show this activation only.")
+@click.option("--limit", "-n", default=10, show_default=True, type=click.IntRange(1, 1000),
+              help="How many recent activations.")
+@json_option
+@click.pass_context
+def logs(ctx: click.Context, name: str, activation_id: str | None, limit: int,
+         as_json: bool) -> None:
+    """Show the logs of NAME's recent activations (oldest first), or of one activation."""
+    if activation_id:
+        activation = _api(ctx, "GET", f"/v1/activations/{activation_id}")
+        if activation["function"] != name:
+            _fail(f'activation {activation_id} belongs to "{activation["function"]}", not '
+                  f'"{name}"')
+        activations = [activation]
+    else:
+        activations = _api(ctx, "GET", f"/v1/functions/{name}/activations?limit={limit}")[
+            "activations"][::-1]
+    if as_json:
+        _print_json({"activations": activations})
+        return
+    if not activations:
+        click.echo(f"No activations of {name} yet; call it with: fn invoke {name}")
+    for activation in activations:
+        _print_activation(activation)
+
+
+@cli.command()
+@click.argument("name")
+@json_option
+@click.pass_context
+def delete(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Delete function NAME with all its versions and activation records."""
+    data = _api(ctx, "DELETE", f"/v1/functions/{name}")
+    if as_json:
+        _print_json(data)
+        return
+    click.echo(f"Deleted {name}.")
+
+
+@cli.command("state-dir", hidden=True)
+def show_state_dir() -> None:
+    """Print the state dir fn reads the gateway address and token from."""
+    click.echo(str(state_dir()))
+
+
+def main() -> None:
+    cli(prog_name="fn")

@@ -1,0 +1,82 @@
+"""Activation records, written to Postgres in batches off the request path.
+
+A call adds its record to memory; a named background task copies batches into Postgres. While
+the database is away, records wait in memory (bounded: the oldest are dropped past `max_pending`,
+and counted in `ember_activations_dropped_total`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+
+from store import Activation, ActivationId, DatabaseUnavailable, Store
+
+log = logging.getLogger("ember.gateway.activations")
+
+
+def new_activation_id() -> ActivationId:
+    """A time-ordered UUID (version 7 layout): 48 bits of milliseconds, then random bits."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms << 80) | rand
+    value = (value & ~(0xF << 76)) | (0x7 << 76)          # version 7
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)          # RFC 4122 variant
+    return ActivationId(uuid.UUID(int=value))
+
+
+class ActivationWriter:
+    def __init__(self, store: Store, *, batch_delay_s: float = 0.05, max_batch: int = 1000,
+                 max_pending: int = 100_000, retry_s: float = 1.0) -> None:
+        self._store = store
+        self._pending: list[Activation] = []
+        self._has_pending = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self.batch_delay_s = batch_delay_s
+        self.max_batch = max_batch
+        self.max_pending = max_pending
+        self.retry_s = retry_s
+        self.dropped = 0
+
+    def add(self, activation: Activation) -> None:
+        self._pending.append(activation)
+        if len(self._pending) > self.max_pending:
+            del self._pending[0]
+            self.dropped += 1
+        self._has_pending.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._has_pending.wait()
+            await asyncio.sleep(self.batch_delay_s)  # gather a batch
+            try:
+                await self.flush()
+            except DatabaseUnavailable as exc:
+                log.warning("cannot write activations, will retry: %s", exc)
+                await asyncio.sleep(self.retry_s)
+            except Exception:
+                # Not the database being away: retrying the same batch would fail forever.
+                async with self._lock:
+                    batch = self._pending[: self.max_batch]
+                    del self._pending[: len(batch)]
+                    self.dropped += len(batch)
+                log.exception("dropped %d activation records that could not be written",
+                              len(batch))
+
+    async def flush(self) -> None:
+        """Write everything pending now; readers call it to see their own calls."""
+        async with self._lock:
+            while self._pending:
+                batch = self._pending[: self.max_batch]
+                await self._store.record_activations(batch)
+                del self._pending[: len(batch)]
+            self._has_pending.clear()
+
+    def pending(self, activation_id: ActivationId) -> Activation | None:
+        for activation in self._pending:
+            if activation.id == activation_id:
+                return activation
+        return None

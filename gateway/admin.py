@@ -1,0 +1,245 @@
+"""The admin API under `/v1`: deploy, list, show, delete, versions, rollback, activations.
+
+Every route needs `Authorization: Bearer <token>` (see `app.auth_middleware`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.errors import error_response, json_response
+from gateway.platform import PLATFORM, Platform
+from gateway.units import FILENAME, NAME, ConfigError, parse_function_config
+from scheduler.scheduler import StartFailed
+from store import Activation, ActivationId, Function, FunctionNotFound, Version, VersionNotFound
+
+routes = web.RouteTableDef()
+MAX_ACTIVATIONS = 1000
+
+
+def _platform(request: web.Request) -> Platform:
+    platform = request.app[PLATFORM]
+    return platform
+
+
+def version_json(version: Version, *, active: bool | None = None) -> dict[str, Any]:
+    c = version.config
+    out: dict[str, Any] = {
+        "function": version.function, "version": version.version, "sha256": version.sha256,
+        "filename": version.filename, "handler": c.entry, "env": dict(c.env),
+        "timeout_s": c.timeout_s, "memory_bytes": c.memory_bytes, "concurrency": c.concurrency,
+        "created_at": version.created_at.isoformat(),
+    }
+    if active is not None:
+        out["active"] = active
+    return out
+
+
+def function_json(function: Function, platform: Platform) -> dict[str, Any]:
+    instances = platform.scheduler.instances_of(function.name)
+    return {
+        "name": function.name, "active_version": function.active_version,
+        "latest_version": function.latest_version, "versions": function.version_count,
+        "created_at": function.created_at.isoformat(),
+        "updated_at": function.updated_at.isoformat(),
+        "instances": {"total": len(instances), "busy": sum(1 for i in instances if i.busy)},
+    }
+
+
+def activation_json(activation: Activation) -> dict[str, Any]:
+    return {
+        "id": str(activation.id), "function": activation.function,
+        "version": activation.version, "started_at": activation.started_at.isoformat(),
+        "duration_ms": round(activation.duration_ms, 3), "cold": activation.cold,
+        "status": activation.status, "http_status": activation.http_status,
+        "error": activation.error, "logs": activation.logs,
+    }
+
+
+def _not_found(name: str) -> web.Response:
+    return error_response(404, "function_not_found",
+                          f'function "{name}" not found; deploy it with: fn deploy {name}.py')
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await request.read() or b"{}")
+    except orjson.JSONDecodeError as exc:
+        raise web.HTTPBadRequest(
+            body=orjson.dumps({"error": {"code": "bad_json",
+                                         "message": f"request body is not JSON: {exc}"}}),
+            content_type="application/json") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(
+            body=orjson.dumps({"error": {"code": "bad_json",
+                                         "message": "request body must be a JSON object"}}),
+            content_type="application/json")
+    return body
+
+
+@routes.post("/v1/functions")
+async def deploy(request: web.Request) -> web.Response:
+    platform = _platform(request)
+    body = await _json_body(request)
+    response = await _deploy(platform, body)
+    platform.metrics.deploys.labels("ok" if response.status < 300 else "rejected").inc()
+    return response
+
+
+async def _deploy(platform: Platform, body: dict[str, Any]) -> web.Response:
+    name, source = body.get("name"), body.get("source")
+    if not isinstance(name, str) or not NAME.match(name):
+        return error_response(400, "bad_name", f"invalid function name {name!r}: use 1-63 "
+                              "lowercase letters, digits, - and _, starting with a letter")
+    if not isinstance(source, str) or not source.strip():
+        return error_response(400, "bad_source", "the request has no source code")
+    filename = body.get("filename", "handler.py")
+    if not isinstance(filename, str) or not FILENAME.match(filename):
+        return error_response(400, "bad_filename", f"invalid file name {filename!r}: the module "
+                              "must be a Python identifier ending in .py, like handler.py")
+    try:
+        config = parse_function_config(body)
+    except ConfigError as exc:
+        return error_response(400, "bad_config", str(exc), setting=exc.setting)
+    try:
+        compile(source, filename, "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        return error_response(
+            400, "syntax_error", f"{filename}, line {exc.lineno}: {exc.msg}",
+            file=filename, line=exc.lineno, offset=exc.offset,
+            text=(exc.text or "").rstrip("\n"))
+    except ValueError as exc:  # e.g. null bytes in the source
+        return error_response(400, "bad_source", f"{filename}: {exc}")
+    candidate = Version(function=name, version=0, source=source, sha256="", filename=filename,
+                        config=config, created_at=_now())
+    try:
+        instance = await platform.scheduler.check(candidate)
+    except StartFailed as exc:
+        return error_response(
+            422, "import_error", f"{filename} failed to import: {exc}",
+            type=exc.error.get("type"), traceback=exc.error.get("traceback", ""),
+            logs=exc.logs)
+    try:
+        version = await platform.store.create_version(
+            name, source=source, filename=filename, config=config)
+    except BaseException:
+        await platform.scheduler.drop_checked(instance)
+        raise
+    platform.functions.put(version, active=True)
+    await platform.scheduler.admit(instance, version)
+    return json_response(version_json(version, active=True), status=201)
+
+
+def _now() -> Any:
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC)
+
+
+@routes.get("/v1/functions")
+async def list_functions(request: web.Request) -> web.Response:
+    platform = _platform(request)
+    functions = await platform.store.list_functions()
+    return json_response({"functions": [function_json(f, platform) for f in functions]})
+
+
+@routes.get("/v1/functions/{name}")
+async def show_function(request: web.Request) -> web.Response:
+    platform = _platform(request)
+    name = request.match_info["name"]
+    try:
+        function = await platform.store.get_function(name)
+        active = await platform.store.get_version(name)
+    except FunctionNotFound:
+        return _not_found(name)
+    return json_response({**function_json(function, platform),
+                          "active": version_json(active, active=True)})
+
+
+@routes.delete("/v1/functions/{name}")
+async def delete_function(request: web.Request) -> web.Response:
+    platform = _platform(request)
+    name = request.match_info["name"]
+    try:
+        await platform.store.delete_function(name)
+    except FunctionNotFound:
+        return _not_found(name)
+    platform.functions.invalidate(name)
+    await platform.scheduler.retire(name)
+    return json_response({"deleted": name})
+
+
+@routes.get("/v1/functions/{name}/versions")
+async def list_versions(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    try:
+        versions = await _platform(request).store.list_versions(name)
+    except FunctionNotFound:
+        return _not_found(name)
+    return json_response({"versions": [version_json(v, active=a) for v, a in versions]})
+
+
+@routes.post("/v1/functions/{name}/rollback")
+async def rollback(request: web.Request) -> web.Response:
+    platform = _platform(request)
+    name = request.match_info["name"]
+    body = await _json_body(request)
+    to = body.get("to")
+    if to is not None and (isinstance(to, bool) or not isinstance(to, int) or to < 1):
+        return error_response(400, "bad_version", f"invalid version {to!r}: expected a number "
+                              "from fn versions " + name)
+    try:
+        active = await platform.store.set_active_version(name, to)
+    except FunctionNotFound:
+        return _not_found(name)
+    except VersionNotFound as exc:
+        if to is None:
+            return error_response(409, "no_previous_version",
+                                  f'function "{name}" has no version before the active one')
+        return error_response(404, "version_not_found",
+                              f"{exc}; list them with: fn versions {name}")
+    platform.functions.invalidate(name)
+    return json_response({"function": name, "active_version": active})
+
+
+def _limit(request: web.Request) -> int:
+    raw = request.query.get("limit", "20")
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_ACTIVATIONS:
+        raise web.HTTPBadRequest(
+            body=orjson.dumps({"error": {"code": "bad_limit", "message":
+                                         f"limit must be 1-{MAX_ACTIVATIONS}, got {raw!r}"}}),
+            content_type="application/json")
+    return int(raw)
+
+
+@routes.get("/v1/functions/{name}/activations")
+async def list_activations(request: web.Request) -> web.Response:
+    platform = _platform(request)
+    name = request.match_info["name"]
+    limit = _limit(request)
+    try:
+        await platform.store.get_function(name)
+    except FunctionNotFound:
+        return _not_found(name)
+    await platform.activations.flush()
+    activations = await platform.store.list_activations(name, limit=limit)
+    return json_response({"activations": [activation_json(a) for a in activations]})
+
+
+@routes.get("/v1/activations/{id}")
+async def show_activation(request: web.Request) -> web.Response:
+    platform = _platform(request)
+    raw = request.match_info["id"]
+    try:
+        activation_id = ActivationId(uuid.UUID(raw))
+    except ValueError:
+        return error_response(400, "bad_activation_id", f'"{raw}" is not an activation id')
+    activation = platform.activations.pending(activation_id) \
+        or await platform.store.get_activation(activation_id)
+    if activation is None:
+        return error_response(404, "activation_not_found", f'activation "{raw}" not found')
+    return json_response(activation_json(activation))

@@ -1,0 +1,89 @@
+"""The aiohttp application: routes, the admin-token check, and JSON errors for everything."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway import admin
+from gateway.errors import error_response, json_response
+from gateway.invoke import invoke
+from gateway.platform import PLATFORM, Platform
+from store import DatabaseUnavailable
+
+log = logging.getLogger("ember.gateway.app")
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path.startswith("/v1/"):
+        platform = request.app[PLATFORM]
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), platform.token.encode()
+        ):
+            message = ("missing admin token: send Authorization: Bearer <token> (fn reads it "
+                       "from the state dir, or FN_TOKEN)" if not header
+                       else "wrong admin token")
+            return error_response(401, "unauthorized", message,
+                                  headers={"WWW-Authenticate": 'Bearer realm="ember"'})
+    return await handler(request)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    platform = request.app[PLATFORM]
+    try:
+        return await handler(request)
+    except web.HTTPRequestEntityTooLarge:
+        limit = platform.settings.max_body_bytes
+        return error_response(413, "payload_too_large",
+                              f"request body is larger than the limit of {limit} bytes "
+                              f"({limit / (1 << 20):g} MiB); raise it with FN_MAX_BODY",
+                              limit_bytes=limit)
+    except web.HTTPException as exc:
+        if exc.content_type == "application/json":
+            raise
+        return error_response(exc.status, exc.reason.lower().replace(" ", "_"),
+                              exc.text or exc.reason, headers=exc.headers)
+    except DatabaseUnavailable as exc:
+        log.warning("database unavailable: %s", exc)
+        return error_response(503, "database_unavailable",
+                              f"the database is unavailable: {exc}; retry shortly",
+                              headers={"Retry-After": "1"})
+    except Exception:
+        log.exception("unhandled error", extra={"path": request.path})
+        return error_response(500, "internal_error", "internal error; see the gateway's logs")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    platform = request.app[PLATFORM]
+    failure = platform.failure()
+    if failure is not None:
+        return error_response(503, "unhealthy", failure)
+    return json_response({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    platform = request.app[PLATFORM]
+    return web.Response(body=generate_latest(platform.metrics.registry),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def build_app(platform: Platform) -> web.Application:
+    app = web.Application(
+        client_max_size=platform.settings.max_body_bytes,
+        middlewares=[error_middleware, auth_middleware],
+    )
+    app[PLATFORM] = platform
+    app.add_routes(admin.routes)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_route("*", "/fn/{name}", invoke)
+    app.router.add_route("*", "/fn/{name}/{tail:.*}", invoke)
+    return app

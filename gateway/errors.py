@@ -1,0 +1,21 @@
+"""Error responses: `{"error": {"code", "message", ...}}`, the same shape everywhere."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+
+def json_response(data: Any, status: int = 200,
+                  headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(data, default=str), status=status,
+                        content_type="application/json", headers=headers)
+
+
+def error_response(status: int, code: str, message: str, *,
+                   headers: Mapping[str, str] | None = None, **fields: Any) -> web.Response:
+    return json_response({"error": {"code": code, "message": message, **fields}}, status,
+                         headers)

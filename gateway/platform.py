@@ -1,0 +1,128 @@
+"""One running platform: store, scheduler, function cache, activation writer, metrics.
+
+`Platform.start` brings the parts up in order and `stop` takes them down in reverse; the HTTP
+app and `fn up` are thin layers over it, so tests run the very same thing in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from gateway.activations import ActivationWriter
+from gateway.functions import FunctionCache
+from gateway.metrics import Metrics
+from gateway.settings import Settings
+from scheduler.backends.local import LocalBackend
+from scheduler.scheduler import Scheduler
+from store import Store
+from store.embedded import EmbeddedPostgres, start_embedded_postgres
+
+log = logging.getLogger("ember.gateway")
+
+
+def load_or_create_token(path: Path) -> str:
+    """The admin token kept in `path` (mode 0600), created on first start."""
+    try:
+        token = path.read_text().strip()
+        if token:
+            return token
+    except FileNotFoundError:
+        pass
+    token = secrets.token_urlsafe(32)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.touch(mode=0o600)
+    path.write_text(token + "\n")
+    return token
+
+
+@dataclass(slots=True)
+class Platform:
+    settings: Settings
+    store: Store
+    scheduler: Scheduler
+    functions: FunctionCache
+    activations: ActivationWriter
+    metrics: Metrics
+    token: str
+    embedded: EmbeddedPostgres | None = None
+    _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    @classmethod
+    async def start(cls, settings: Settings) -> Platform:
+        settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        token = settings.token or load_or_create_token(settings.state_dir / "token")
+        embedded = None
+        url = settings.database_url
+        if url is None:
+            embedded = await asyncio.to_thread(
+                start_embedded_postgres, settings.state_dir / "pgdata")
+            url = embedded.url
+        try:
+            store = await Store.connect(url)
+        except BaseException:
+            if embedded is not None:
+                embedded.stop()
+            raise
+        try:
+            await store.migrate()
+        except BaseException:
+            await store.close()
+            if embedded is not None:
+                embedded.stop()
+            raise
+        scheduler = Scheduler(LocalBackend(), settings.pool)
+        await scheduler.start()
+        functions = FunctionCache(store)
+        platform = cls(
+            settings=settings, store=store, scheduler=scheduler, functions=functions,
+            activations=ActivationWriter(store), token=token, embedded=embedded,
+            metrics=Metrics(scheduler.instance_counts, lambda: scheduler.starts_total),
+        )
+        platform._watch(platform.activations.run(), "activation writer")
+        platform._watch(
+            store.listen_function_changes(functions.invalidate, functions.clear),
+            "function change listener",
+        )
+        return platform
+
+    def _watch(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            if not t.cancelled():
+                log.error("background task %r stopped", name, exc_info=t.exception())
+
+        task.add_done_callback(done)
+        self._tasks.append(task)
+
+    def failure(self) -> str | None:
+        """Why the platform can no longer work, if a part of it died."""
+        for task in self._tasks:
+            if task.done():
+                return f"background task {task.get_name()!r} stopped"
+        if self.scheduler.failed is not None:
+            return f"scheduler failed: {self.scheduler.failed!r}"
+        return None
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await self.activations.flush()
+        except Exception:
+            log.exception("could not write the last activation records")
+        await self.scheduler.stop()
+        await self.store.close()
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.stop)
+
+
+PLATFORM = web.AppKey("platform", Platform)

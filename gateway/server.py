@@ -1,0 +1,91 @@
+"""Run the platform on one machine: `python -m gateway` (what `fn up` starts).
+
+Starts the parts (embedded Postgres unless DATABASE_URL), serves HTTP, writes the gateway's
+address to `<state_dir>/gateway.json` for the CLI, and on SIGINT/SIGTERM stops accepting, lets
+in-flight calls finish (up to `shutdown_timeout_s`), then stops instances and Postgres. A second
+signal forces the exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+
+import orjson
+from aiohttp import web
+
+from gateway.app import build_app
+from gateway.logs import configure_logging
+from gateway.platform import Platform
+from gateway.settings import Settings
+from gateway.units import ConfigError
+from store import StoreError
+
+log = logging.getLogger("ember.gateway")
+
+
+async def serve(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            log.warning("second signal: exiting now")
+            os._exit(130)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    platform = await Platform.start(settings)
+    runner = web.AppRunner(build_app(platform), access_log=None,
+                           shutdown_timeout=settings.shutdown_timeout_s)
+    address_file = settings.state_dir / "gateway.json"
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
+        address_file.write_bytes(orjson.dumps({"url": url, "pid": os.getpid()}))
+        database = "embedded" if platform.embedded else "DATABASE_URL"
+        log.info("ember is up", extra={"url": url, "database": database,
+                                       "state_dir": str(settings.state_dir)})
+        print(f"Ember is up at {url} (database: {database}; state: {settings.state_dir})",
+              file=sys.stderr, flush=True)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5.0):
+                    await stop.wait()
+            failure = platform.failure()
+            if failure is not None:
+                log.error("stopping: %s", failure)
+                raise SystemExit(1)
+        log.info("shutting down")
+    finally:
+        address_file.unlink(missing_ok=True)
+        await runner.cleanup()
+        await platform.stop()
+        log.info("stopped")
+
+
+def main() -> None:
+    configure_logging()
+    try:
+        settings = Settings.from_env()
+    except (ConfigError, ValueError) as exc:
+        print(f"fn up: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
+        import uvloop
+
+        uvloop.run(serve(settings))
+    except StoreError as exc:
+        print(f"fn up: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except OSError as exc:
+        print(f"fn up: cannot serve on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None

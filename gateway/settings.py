@@ -1,0 +1,63 @@
+"""Settings of a running platform, read once from the environment (`FN_*`, `DATABASE_URL`).
+
+The `fn up` flags set these variables, so a flag and its variable are the same setting.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.units import parse_duration_s, parse_size_bytes
+from scheduler.scheduler import PoolSettings
+
+
+def default_state_dir(env: Mapping[str, str] = os.environ) -> Path:
+    """Where `fn up` keeps its token, Postgres data and address: `$FN_STATE_DIR`, else
+    `$XDG_STATE_HOME/ember`, else `~/.local/state/ember`."""
+    if env.get("FN_STATE_DIR"):
+        return Path(env["FN_STATE_DIR"])
+    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "ember"
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class Settings:
+    host: str = "127.0.0.1"
+    """Address the gateway listens on (FN_HOST). Default: loopback only."""
+    port: int = 8080
+    """Port of the gateway (FN_PORT); 0 picks a free one."""
+    state_dir: Path = field(default_factory=default_state_dir)
+    """Token, embedded Postgres data and the gateway address file (FN_STATE_DIR)."""
+    database_url: str | None = None
+    """An external Postgres (DATABASE_URL); without it an embedded one runs in the state dir."""
+    token: str | None = None
+    """The admin API token (FN_TOKEN); default: created once and kept in <state_dir>/token."""
+    max_body_bytes: int = 6 << 20
+    """Largest request body accepted (FN_MAX_BODY); larger gets 413. Default 6 MiB, as Lambda."""
+    shutdown_timeout_s: float = 10.0
+    """How long in-flight calls may run on at shutdown before they are cancelled."""
+    pool: PoolSettings = field(default_factory=PoolSettings)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
+        defaults = cls()
+        pool = PoolSettings(
+            keep_alive_s=parse_duration_s(env.get("FN_KEEP_ALIVE", "10m"), "FN_KEEP_ALIVE",
+                                          maximum_s=7 * 86400),
+            generic_pool_size=int(env.get("FN_GENERIC_POOL", "2")),
+            max_instances=int(env.get("FN_MAX_INSTANCES", "20")),
+            max_queue=int(env.get("FN_MAX_QUEUE", "100")),
+        )
+        return cls(
+            host=env.get("FN_HOST", defaults.host),
+            port=int(env.get("FN_PORT", str(defaults.port))),
+            state_dir=default_state_dir(env),
+            database_url=env.get("DATABASE_URL") or None,
+            token=env.get("FN_TOKEN") or None,
+            max_body_bytes=parse_size_bytes(env.get("FN_MAX_BODY", defaults.max_body_bytes),
+                                            "FN_MAX_BODY", minimum=1024),
+            pool=pool,
+        )

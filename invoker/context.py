@@ -1,0 +1,135 @@
+"""What a handler sees: the `context` argument, `Response`, and per-activation output capture.
+
+Output is captured per activation with a context variable, so `print`, `sys.stderr` and `logging`
+inside a handler (and in threads it starts with a copied context) land in that activation's logs.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import io
+import logging
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+MAX_LOG_BYTES = 64 * 1024
+
+
+class Capture:
+    """The log buffer of one activation, truncated past `max_bytes`."""
+
+    __slots__ = ("_parts", "_size", "max_bytes", "truncated")
+
+    def __init__(self, max_bytes: int = MAX_LOG_BYTES) -> None:
+        self._parts: list[str] = []
+        self._size = 0
+        self.max_bytes = max_bytes
+        self.truncated = False
+
+    def write(self, text: str) -> None:
+        if self._size >= self.max_bytes:
+            self.truncated = True
+            return
+        self._parts.append(text)
+        self._size += len(text)
+
+    def text(self) -> str:
+        out = "".join(self._parts)
+        if self.truncated or len(out) > self.max_bytes:
+            out = out[: self.max_bytes] + f"\n[logs truncated at {self.max_bytes} bytes]\n"
+        return out
+
+
+current_capture: contextvars.ContextVar[Capture | None] = contextvars.ContextVar(
+    "ember_capture", default=None
+)
+
+
+class _ActivationStream(io.TextIOBase):
+    """Stands in for sys.stdout / sys.stderr: writes to the current activation, else through."""
+
+    def __init__(self, fallback: TextIO) -> None:
+        self._fallback = fallback
+
+    def write(self, text: str) -> int:
+        capture = current_capture.get()
+        if capture is None:
+            return self._fallback.write(text)
+        capture.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if current_capture.get() is None:
+            self._fallback.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fallback.fileno()
+
+
+class _CaptureHandler(logging.Handler):
+    def __init__(self, fallback: TextIO) -> None:
+        super().__init__()
+        self._fallback = fallback
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + "\n"
+        except Exception:
+            self.handleError(record)
+            return
+        capture = current_capture.get()
+        if capture is None:
+            self._fallback.write(line)
+        else:
+            capture.write(line)
+
+
+def install_capture() -> None:
+    """Route stdout, stderr and logging through the per-activation capture. Call once."""
+    real_stderr = sys.__stderr__ or sys.stderr
+    sys.stdout = _ActivationStream(sys.stdout)
+    sys.stderr = _ActivationStream(real_stderr)
+    root = logging.getLogger()
+    root.handlers[:] = [_CaptureHandler(real_stderr)]
+    root.setLevel(logging.INFO)
+
+
+@dataclass(slots=True, kw_only=True)
+class Response:
+    """Return one from a handler to set the status code and headers yourself."""
+
+    body: Any = b""
+    status: int = 200
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True, kw_only=True)
+class Context:
+    """The second argument of every handler."""
+
+    function: str
+    version: int
+    activation_id: str
+    deadline: float
+    method: str = "POST"
+    path: str = "/"
+    query: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    config: Mapping[str, str] = field(default_factory=dict)
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("function"))
+
+    def remaining_s(self) -> float:
+        """Seconds left before the platform stops waiting for this call."""
+        return max(0.0, self.deadline - time.monotonic())
+
+    @staticmethod
+    def response(body: Any = b"", *, status: int = 200,
+                 headers: Mapping[str, str] | None = None) -> Response:
+        return Response(body=body, status=status, headers=dict(headers or {}))

@@ -1,0 +1,241 @@
+"""The invoker runtime: a generic process that is specialized with one function version.
+
+It listens on a TCP port for the frames of `invoker.protocol`. Until specialized it is generic
+(prewarmed, holding no user code); `specialize` imports the user's module once, after which each
+`invoke` runs `handler(event, context)` and replies with its response or a structured error.
+Deadlines are enforced by the platform, which discards an instance that overruns: a sync handler
+cannot be interrupted safely from inside the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import importlib.util
+import inspect
+import logging
+import os
+import resource
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from invoker.context import Capture, Context, Response, current_capture
+from invoker.protocol import ErrorInfo, encode_frame, read_frame
+
+log = logging.getLogger("ember.invoker")
+_JSON_TYPES = ("application/json", "+json")
+
+
+def _error(exc: BaseException, *, user_file: str | None = None) -> ErrorInfo:
+    info: ErrorInfo = {"type": type(exc).__name__, "message": str(exc)}
+    tb = exc.__traceback__
+    frames = traceback.extract_tb(tb)
+    if user_file is not None:
+        # Only the user's frames: the runtime's own are noise to a function author.
+        frames = traceback.StackSummary.from_list(
+            [f for f in frames if not f.filename.startswith(str(Path(__file__).parent))]
+        )
+    info["traceback"] = "Traceback (most recent call last):\n" + "".join(
+        frames.format()
+    ) + "".join(traceback.format_exception_only(type(exc), exc))
+    if isinstance(exc, SyntaxError) and exc.lineno is not None:
+        info["line"] = exc.lineno
+    return info
+
+
+def decode_event(body: bytes, content_type: str) -> Any:
+    """The handler's `event`: decoded JSON for JSON requests and empty bodies, else bytes."""
+    if not body:
+        return {}
+    if content_type.startswith(_JSON_TYPES[0]) or _JSON_TYPES[1] in content_type.split(";")[0]:
+        return orjson.loads(body)
+    return body
+
+
+def encode_result(result: Any) -> tuple[int, list[list[str]], bytes]:
+    """Turn a handler's return value into (status, headers, body)."""
+    status, headers = 200, []
+    if isinstance(result, Response):
+        status = int(result.status)
+        headers = [[str(k), str(v)] for k, v in result.headers.items()]
+        result = result.body
+        if not 100 <= status <= 599:
+            raise ValueError(f"Response status must be 100-599, got {status}")
+    has_type = any(k.lower() == "content-type" for k, _ in headers)
+    if isinstance(result, bytes | bytearray | memoryview):
+        body, ctype = bytes(result), "application/octet-stream"
+    elif isinstance(result, str):
+        body, ctype = result.encode(), "text/plain; charset=utf-8"
+    else:
+        try:
+            body = orjson.dumps(result, option=orjson.OPT_NON_STR_KEYS)
+        except TypeError as exc:
+            raise TypeError(f"the handler returned a value that is not JSON-serializable: {exc}") \
+                from None
+        ctype = "application/json"
+    if not has_type:
+        headers.append(["Content-Type", ctype])
+    return status, headers, body
+
+
+class Runtime:
+    """One instance's state: generic until `specialize`, then bound to one function version."""
+
+    def __init__(self) -> None:
+        self.function: str | None = None
+        self.version = 0
+        self.handler: Callable[..., Any] | None = None
+        self.is_async = False
+        self.concurrency = 1
+        self.env: dict[str, str] = {}
+        self.user_file: str | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    meta, body = await read_frame(reader)
+                except asyncio.IncompleteReadError:
+                    return
+                reply, reply_body = await self.dispatch(meta, body)
+                writer.writelines(encode_frame(reply, reply_body))
+                if writer.transport.get_write_buffer_size() > 1 << 16:
+                    await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        except Exception:
+            log.exception("invoker connection failed")
+        finally:
+            writer.close()
+
+    async def dispatch(self, meta: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
+        op = meta.get("op")
+        if op == "invoke":
+            return await self.invoke(meta, body)
+        if op == "ping":
+            return {"ok": True, "function": self.function, "version": self.version,
+                    "pid": os.getpid()}, b""
+        if op == "specialize":
+            return self.specialize(meta), b""
+        if op == "relabel":
+            self.version = int(meta["version"])
+            return {"ok": True}, b""
+        error = {"type": "ProtocolError", "message": f"unknown op {op!r}"}
+        return {"ok": False, "error": error}, b""
+
+    def specialize(self, meta: dict[str, Any]) -> dict[str, Any]:
+        if self.function is not None:
+            return {"ok": False, "error": {"type": "ProtocolError",
+                                           "message": "instance is already specialized"}}
+        started = time.perf_counter()
+        filename: str = meta["filename"]
+        module_name = filename.removesuffix(".py")
+        entry: str = meta.get("entry", "handler")
+        self.env = {str(k): str(v) for k, v in meta.get("env", {}).items()}
+        os.environ.update(self.env)
+        code_dir = Path(tempfile.mkdtemp(prefix="ember-fn-"))
+        path = code_dir / filename
+        path.write_text(meta["source"])
+        sys.path.insert(0, str(code_dir))
+        self.user_file = str(path)
+        capture = Capture()
+        token = current_capture.set(capture)
+        try:
+            spec = importlib.util.spec_from_file_location(module_name, path)
+            assert spec is not None
+            assert spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module
+            spec.loader.exec_module(module)
+            handler = getattr(module, entry, None)
+            if handler is None:
+                raise LookupError(f'{filename} defines no function "{entry}"; add: '
+                                  f"def {entry}(event, context): ...")
+            if not callable(handler):
+                raise LookupError(f'"{entry}" in {filename} is a {type(handler).__name__}, '
+                                  "not a function")
+        except BaseException as exc:
+            return {"ok": False, "error": _error(exc, user_file=self.user_file),
+                    "logs": capture.text()}
+        finally:
+            current_capture.reset(token)
+        self.handler = handler
+        self.is_async = inspect.iscoroutinefunction(handler)
+        self.function = meta["function"]
+        self.version = int(meta.get("version", 0))
+        self.concurrency = int(meta.get("concurrency", 1))
+        if not self.is_async and self.concurrency > 1:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                self.concurrency, thread_name_prefix="handler"
+            )
+        _limit_memory(int(meta.get("memory_bytes", 0)))
+        return {"ok": True, "import_ms": (time.perf_counter() - started) * 1000,
+                "logs": capture.text()}
+
+    async def invoke(self, meta: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
+        if self.handler is None:
+            return {"ok": False, "error": {"type": "ProtocolError",
+                                           "message": "instance is not specialized"}}, b""
+        capture = Capture()
+        token = current_capture.set(capture)
+        try:
+            context = Context(
+                function=self.function or "",
+                version=self.version,
+                activation_id=meta.get("id", ""),
+                deadline=time.monotonic() + float(meta.get("timeout_s", 30.0)),
+                method=meta.get("method", "POST"),
+                path=meta.get("path", "/"),
+                query=meta.get("query", ""),
+                headers=dict(meta.get("headers", ())),
+                config=self.env,
+            )
+            try:
+                event = decode_event(body, meta.get("content_type", ""))
+            except orjson.JSONDecodeError as exc:
+                return {"ok": False, "status": 400, "error": {
+                    "type": "BadRequest", "message": f"request body is not valid JSON: {exc}"},
+                    "logs": ""}, b""
+            try:
+                if self.is_async:
+                    result = await self.handler(event, context)
+                elif self._executor is None:
+                    result = self.handler(event, context)
+                else:
+                    loop = asyncio.get_running_loop()
+                    result = await loop.run_in_executor(
+                        self._executor, contextvars.copy_context().run, self.handler, event, context
+                    )
+                status, headers, out = encode_result(result)
+            except (KeyboardInterrupt, asyncio.CancelledError):
+                raise
+            except BaseException as exc:
+                info = _error(exc, user_file=self.user_file)
+                capture.write(info.get("traceback", ""))
+                info.pop("traceback", None)
+                return {"ok": False, "error": info, "logs": capture.text()}, b""
+            return {"ok": True, "status": status, "headers": headers, "logs": capture.text()}, out
+        finally:
+            current_capture.reset(token)
+
+
+def _limit_memory(memory_bytes: int) -> None:
+    """Cap the address space at the runtime's own footprint plus the function's memory."""
+    if memory_bytes <= 0:
+        return
+    try:
+        with open("/proc/self/statm") as f:
+            vm_bytes = int(f.read().split()[0]) * resource.getpagesize()
+    except OSError:
+        return
+    limit = vm_bytes + memory_bytes
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))

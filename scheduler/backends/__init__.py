@@ -1,0 +1,42 @@
+"""Backends start and stop invoker instances; the scheduler decides when."""
+
+from __future__ import annotations
+
+import signal
+from typing import Protocol
+
+
+class BackendError(Exception):
+    """An instance could not be started or stopped."""
+
+
+class InstanceHandle(Protocol):
+    host: str
+    port: int
+
+    async def wait(self) -> int | None:
+        """Wait until the instance is gone; its exit code when known."""
+        ...
+
+
+class Backend(Protocol):
+    async def start_instance(self, instance_id: str) -> InstanceHandle:
+        """Start a generic invoker and return once it accepts connections."""
+        ...
+
+    async def stop_instance(self, handle: InstanceHandle, *, grace_s: float) -> None:
+        """Stop an instance: politely, then by force after `grace_s`."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "exit status unknown"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"

@@ -1,0 +1,463 @@
+"""The live scheduler: runs the pool state of `scheduler.pool` against a backend.
+
+`acquire` gives the gateway a slot on a warm instance of a function version, starting one when
+none is free: by specializing a prewarmed generic instance when the generic pool has one, else by
+starting a new process. Calls that find no free slot wait in a bounded per-version queue. A reaper
+stops instances whose keep-alive ran out (scale to zero), and the generic pool refills off the
+request path. Background tasks are named and watched: if one dies, `failed` says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from invoker.protocol import Connection, ErrorInfo
+from scheduler.backends import Backend, BackendError, InstanceHandle, describe_exit
+from scheduler.policy import FixedKeepAlive
+from scheduler.pool import Instance, Pool, State, VersionKey
+from store.records import Version
+
+log = logging.getLogger("ember.scheduler")
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class PoolSettings:
+    keep_alive_s: float = 600.0
+    """Idle seconds before a specialized instance stops (scale to zero). Default: 10 min, as
+    OpenWhisk."""
+    generic_pool_size: int = 2
+    """Prewarmed generic instances kept ready, so a cold start is a specialization (ms), not a
+    process start."""
+    max_instances: int = 20
+    """Instances per function version at most."""
+    max_queue: int = 100
+    """Calls per function version that may wait for a slot; more get 429."""
+    queue_timeout_s: float = 30.0
+    """How long a call waits for a slot before it gets 503."""
+    specialize_timeout_s: float = 30.0
+    """How long importing a function's module may take."""
+    stop_grace_s: float = 2.0
+    """Seconds between SIGTERM and SIGKILL when stopping an instance."""
+
+
+class SchedulerError(Exception):
+    """Base of the scheduler's errors."""
+
+
+class QueueFull(SchedulerError):
+    def __init__(self, function: str, limit: int, retry_after_s: float) -> None:
+        super().__init__(
+            f'function "{function}" has {limit} calls waiting already; retry later or raise '
+            "its instance limit"
+        )
+        self.retry_after_s = retry_after_s
+
+
+class QueueTimeout(SchedulerError):
+    pass
+
+
+class StartFailed(SchedulerError):
+    """No instance could be started or specialized for the function."""
+
+    def __init__(self, message: str, error: ErrorInfo | None = None, logs: str = "") -> None:
+        super().__init__(message)
+        self.error: ErrorInfo = error or {"type": "StartFailed", "message": message}
+        self.logs = logs
+
+
+class InstanceLost(SchedulerError):
+    pass
+
+
+@dataclass(slots=True)
+class Lease:
+    """A slot on one instance, held for one call; give it back with `release` or `discard`."""
+
+    instance: Instance
+    connection: Connection
+    cold: bool
+
+
+@dataclass(slots=True)
+class _Waiting:
+    version: Version
+    queue: deque[asyncio.Future[tuple[Instance, bool]]] = field(default_factory=deque)
+
+
+def _specialize_meta(version: Version) -> dict[str, Any]:
+    c = version.config
+    return {"op": "specialize", "function": version.function, "version": version.version,
+            "filename": version.filename, "source": version.source, "entry": c.entry,
+            "env": dict(c.env), "timeout_s": c.timeout_s, "memory_bytes": c.memory_bytes,
+            "concurrency": c.concurrency}
+
+
+class Scheduler:
+    def __init__(self, backend: Backend, settings: PoolSettings | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings or PoolSettings()
+        self.backend = backend
+        self.clock = clock
+        self.pool = Pool(FixedKeepAlive(self.settings.keep_alive_s))
+        self.starts_total = 0
+        self.failed: BaseException | None = None
+        self._handles: dict[str, InstanceHandle] = {}
+        self._conns: dict[str, list[Connection]] = {}
+        self._waiting: dict[VersionKey, _Waiting] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._wake_reaper = asyncio.Event()
+        self._reaper_target = math.inf
+        self._refill = asyncio.Event()
+        self._changed = asyncio.Condition()
+        self._stopping = False
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._spawn(self._reaper(), "pool reaper", critical=True)
+        self._spawn(self._refiller(), "generic pool refill", critical=True)
+        self._refill.set()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for waiting in self._waiting.values():
+            for fut in waiting.queue:
+                if not fut.done():
+                    fut.set_exception(StartFailed("the platform is shutting down"))
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(self._drop(i, "platform shutdown")
+                               for i in list(self.pool.instances.values())))
+        await self.backend.close()
+
+    def _spawn(self, coro: Any, name: str, *, critical: bool = False) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._tasks.discard(t)
+            if t.cancelled() or self._stopping:
+                return
+            exc = t.exception()
+            if exc is not None:
+                log.error("background task %r failed", name, exc_info=exc)
+                if critical:
+                    self.failed = exc
+            elif critical:
+                self.failed = RuntimeError(f"background task {name!r} stopped")
+
+        task.add_done_callback(done)
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout_s: float) -> None:
+        """Wait for the pool to reach a state (tests and tools); raises TimeoutError."""
+        async with asyncio.timeout(timeout_s), self._changed:
+            await self._changed.wait_for(predicate)
+
+    def _notify(self) -> None:
+        async def notify() -> None:
+            async with self._changed:
+                self._changed.notify_all()
+        self._spawn(notify(), "pool change notification")
+
+    # -- the call path ----------------------------------------------------------------------
+
+    async def acquire(self, version: Version) -> Lease:
+        key = (version.function, version.version)
+        instance = self.pool.claim(key)
+        cold = False
+        if instance is None:
+            instance, cold = await self._wait_for_slot(key, version)
+        try:
+            connection = await self._connection(instance)
+        except OSError as exc:
+            await self._drop(instance, f"cannot connect: {exc}")
+            raise InstanceLost(f"instance of {version.function} is unreachable: {exc}") from exc
+        return Lease(instance, connection, cold)
+
+    async def _wait_for_slot(self, key: VersionKey, version: Version) -> tuple[Instance, bool]:
+        if self._stopping:
+            raise StartFailed("the platform is shutting down")
+        waiting = self._waiting.get(key)
+        if waiting is None:
+            waiting = self._waiting[key] = _Waiting(version)
+        if len(waiting.queue) >= self.settings.max_queue:
+            raise QueueFull(version.function, self.settings.max_queue,
+                            retry_after_s=max(1.0, version.config.timeout_s / 10))
+        fut: asyncio.Future[tuple[Instance, bool]] = asyncio.get_running_loop().create_future()
+        waiting.queue.append(fut)
+        self._start_for(key)
+        try:
+            async with asyncio.timeout(self.settings.queue_timeout_s):
+                return await fut
+        except BaseException as exc:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                # The slot was handed to us just as we gave up: give it back.
+                self.pool.release(fut.result()[0], self.clock())
+                self._hand_out(key, cold=False)
+            if isinstance(exc, TimeoutError):
+                raise QueueTimeout(
+                    f'no instance of "{version.function}" became free within '
+                    f"{self.settings.queue_timeout_s:g}s"
+                ) from None
+            raise
+        finally:
+            with contextlib.suppress(ValueError):
+                waiting.queue.remove(fut)
+            if not waiting.queue and self._waiting.get(key) is waiting:
+                del self._waiting[key]
+
+    async def _connection(self, instance: Instance) -> Connection:
+        free = self._conns.get(instance.id)
+        while free:
+            conn = free.pop()
+            if not conn.closed:
+                return conn
+        handle = self._handles[instance.id]
+        return await Connection.open(handle.host, handle.port)
+
+    def release(self, lease: Lease) -> None:
+        instance = lease.instance
+        if instance.id not in self.pool.instances:
+            # Retired while busy (function deleted): stop it now that the call is over.
+            lease.connection.close()
+            self._spawn(self._drop(instance, "retired"), f"stop {instance.id}")
+            return
+        if not lease.connection.closed:
+            self._conns.setdefault(instance.id, []).append(lease.connection)
+        self.pool.release(instance, self.clock())
+        assert instance.key is not None
+        if instance.key in self._waiting:
+            self._hand_out(instance.key, cold=False)
+        elif instance.busy == 0 and instance.keep_until < self._reaper_target:
+            self._wake_reaper.set()
+
+    async def discard(self, lease: Lease, reason: str, *, wait_exit_s: float = 0.0) -> str:
+        """Drop the instance of a failed call; returns how it ended (e.g. "killed by SIGSEGV")."""
+        lease.connection.close()
+        handle = self._handles.get(lease.instance.id)
+        how = "stopped by the platform"
+        if handle is not None and wait_exit_s > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait_exit_s):
+                    how = describe_exit(await handle.wait())
+        await self._drop(lease.instance, reason)
+        return how
+
+    def _hand_out(self, key: VersionKey, *, cold: bool) -> None:
+        waiting = self._waiting.get(key)
+        while waiting and waiting.queue:
+            fut = waiting.queue[0]
+            if fut.done():
+                waiting.queue.popleft()
+                continue
+            instance = self.pool.claim(key)
+            if instance is None:
+                return
+            waiting.queue.popleft()
+            fut.set_result((instance, cold))
+
+    # -- starting instances -----------------------------------------------------------------
+
+    def _start_for(self, key: VersionKey) -> None:
+        """Start as many instances as the waiting calls need, within the instance limit."""
+        waiting = self._waiting.get(key)
+        if waiting is None:
+            return
+        needed = len(waiting.queue) - self.pool.starting(key)
+        room = self.settings.max_instances - self.pool.count(key)
+        concurrency = waiting.version.config.concurrency
+        for _ in range(max(0, min(room, math.ceil(needed / concurrency)))):
+            instance = self.pool.take_generic()
+            fresh = instance is None
+            if instance is None:
+                instance = self.pool.new_instance(self.clock())
+            self.pool.begin_specialize(instance, key, concurrency)
+            self._spawn(self._bring_up(instance, waiting.version, fresh), f"start {instance.id}")
+            self._refill.set()
+
+    async def _bring_up(self, instance: Instance, version: Version, fresh: bool) -> None:
+        key = (version.function, version.version)
+        try:
+            await self._specialize(instance, version, fresh)
+        except StartFailed as exc:
+            await self._drop(instance, str(exc))
+            self._fail_waiters(key, exc)
+            return
+        self.pool.mark_ready(instance, self.clock())
+        self._hand_out(key, cold=True)
+        if self.pool.instances.get(instance.id) is instance and instance.busy == 0:
+            self._wake_reaper.set()
+
+    async def _specialize(self, instance: Instance, version: Version, fresh: bool) -> None:
+        if fresh:
+            await self._start_process(instance)
+        try:
+            conn = await self._connection(instance)
+            async with asyncio.timeout(self.settings.specialize_timeout_s):
+                reply, _ = await conn.call(_specialize_meta(version))
+        except TimeoutError:
+            raise StartFailed(
+                f'importing "{version.filename}" took longer than '
+                f"{self.settings.specialize_timeout_s:g}s"
+            ) from None
+        except (OSError, KeyError) as exc:
+            raise StartFailed(f"the instance died while importing the function: {exc}") from exc
+        if not reply.get("ok"):
+            error = cast(ErrorInfo, reply.get("error") or {"type": "Error", "message": ""})
+            raise StartFailed(
+                f"{error.get('type', 'Error')}: {error.get('message', '')}",
+                error, reply.get("logs", ""),
+            )
+        self._conns.setdefault(instance.id, []).append(conn)
+
+    async def _start_process(self, instance: Instance) -> None:
+        try:
+            handle = await self.backend.start_instance(instance.id)
+        except BackendError as exc:
+            raise StartFailed(str(exc)) from exc
+        self.starts_total += 1
+        self._handles[instance.id] = handle
+        self._spawn(self._watch(instance, handle), f"watch {instance.id}")
+
+    def _fail_waiters(self, key: VersionKey, exc: StartFailed) -> None:
+        waiting = self._waiting.get(key)
+        if waiting is None:
+            return
+        # Calls that the instances still starting can serve keep waiting; the rest fail.
+        excess = len(waiting.queue) - self.pool.starting(key)
+        while excess > 0 and waiting.queue:
+            fut = waiting.queue.pop()
+            if not fut.done():
+                fut.set_exception(exc)
+                excess -= 1
+
+    async def _watch(self, instance: Instance, handle: InstanceHandle) -> None:
+        code = await handle.wait()
+        if instance.id in self._handles and not self._stopping:
+            log.warning("instance exited", extra={"instance": instance.id,
+                                                  "exit": describe_exit(code)})
+            await self._drop(instance, f"exited ({describe_exit(code)})")
+
+    async def _drop(self, instance: Instance, reason: str) -> None:
+        key = instance.key
+        self.pool.remove(instance)
+        for conn in self._conns.pop(instance.id, []):
+            conn.close()
+        handle = self._handles.pop(instance.id, None)
+        if handle is not None:
+            log.info("stopping instance", extra={"instance": instance.id, "reason": reason})
+            await self.backend.stop_instance(handle, grace_s=self.settings.stop_grace_s)
+        if key is None:
+            self._refill.set()
+        elif key in self._waiting and not self._stopping:
+            self._start_for(key)
+        self._notify()
+
+    # -- deploy-time checks -----------------------------------------------------------------
+
+    async def check(self, version: Version) -> Instance:
+        """Import a version in an instance of its own, before it is stored.
+
+        Raises `StartFailed` with the import error. On success the instance is kept aside;
+        `admit` makes it the first warm instance of the stored version, `drop_checked` stops it.
+        """
+        instance = self.pool.take_generic()
+        fresh = instance is None
+        if instance is None:
+            instance = self.pool.new_instance(self.clock())
+        instance.state = State.STARTING
+        self._refill.set()
+        try:
+            await self._specialize(instance, version, fresh)
+        except StartFailed:
+            await self._drop(instance, "failed the import check")
+            raise
+        instance.concurrency = version.config.concurrency
+        return instance
+
+    async def admit(self, instance: Instance, version: Version) -> None:
+        conn = await self._connection(instance)
+        try:
+            reply, _ = await conn.call({"op": "relabel", "version": version.version})
+        except OSError:
+            await self._drop(instance, "lost after the import check")
+            return
+        self._conns.setdefault(instance.id, []).append(conn)
+        if not reply.get("ok"):
+            await self._drop(instance, "refused its version number")
+            return
+        key = (version.function, version.version)
+        self.pool.relabel(instance, key)
+        self.pool.mark_ready(instance, self.clock())
+        self._hand_out(key, cold=True)
+        self._wake_reaper.set()
+
+    async def drop_checked(self, instance: Instance) -> None:
+        await self._drop(instance, "deploy did not complete")
+
+    async def retire(self, function: str) -> None:
+        """Stop every instance of a deleted function (busy ones once their call ends)."""
+        idle = []
+        for instance in self.pool.of_function(function):
+            self.pool.remove(instance)
+            if instance.busy == 0:
+                idle.append(instance)
+        await asyncio.gather(*(self._drop(i, "function deleted") for i in idle))
+
+    # -- background tasks -------------------------------------------------------------------
+
+    async def _reaper(self) -> None:
+        while True:
+            now = self.clock()
+            expired = self.pool.expired(now)
+            for instance in expired:
+                self.pool.remove(instance)
+            if expired:
+                await asyncio.gather(*(self._drop(i, "idle past keep-alive") for i in expired))
+            self._wake_reaper.clear()
+            target = self.pool.next_expiry()
+            self._reaper_target = math.inf if target is None else target
+            timeout = None if target is None else max(0.0, target - self.clock())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake_reaper.wait()
+
+    async def _refiller(self) -> None:
+        while True:
+            await self._refill.wait()
+            self._refill.clear()
+            size = self.settings.generic_pool_size
+            while not self._stopping and self.pool.generic_ready() < size:
+                instance = self.pool.new_instance(self.clock())
+                try:
+                    await self._start_process(instance)
+                except StartFailed as exc:
+                    self.pool.remove(instance)
+                    log.error("cannot prewarm a generic instance: %s", exc)
+                    await asyncio.sleep(1.0)
+                    continue
+                if instance.id in self.pool.instances:
+                    self.pool.mark_generic(instance)
+                    self._notify()
+
+    # -- read-outs --------------------------------------------------------------------------
+
+    def instance_counts(self) -> dict[str, int]:
+        counts = {s.value: 0 for s in State}
+        for instance in self.pool.instances.values():
+            state = "busy" if instance.busy else instance.state.value
+            counts[state] = counts.get(state, 0) + 1
+        return counts
+
+    def instances_of(self, function: str) -> list[Instance]:
+        return self.pool.of_function(function)
