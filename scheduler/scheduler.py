@@ -313,6 +313,7 @@ class Scheduler:
         except (OSError, KeyError) as exc:
             raise StartFailed(f"the instance died while importing the function: {exc}") from exc
         if not reply.get("ok"):
+            conn.close()
             error = cast(ErrorInfo, reply.get("error") or {"type": "Error", "message": ""})
             raise StartFailed(
                 f"{error.get('type', 'Error')}: {error.get('message', '')}",

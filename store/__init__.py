@@ -229,15 +229,14 @@ class Store:
     # -- change notifications ---------------------------------------------------------------
 
     async def listen_function_changes(
-        self, on_change: Callable[[str], Any], on_reconnect: Callable[[], Any],
+        self, on_change: Callable[[str], Any], on_listening: Callable[[], Any],
         *, retry_s: float = 1.0,
     ) -> None:
         """Call `on_change(name)` on every deploy, rollback or delete; runs until cancelled.
 
-        When the connection drops (a database restart), notifications may have been missed:
-        `on_reconnect()` is called once listening again, so callers can drop their caches.
+        `on_listening()` is called each time listening (re)starts: notifications sent while the
+        connection was down (a database restart) are lost, so callers drop their caches then.
         """
-        first = True
         while True:
             try:
                 conn = await asyncpg.connect(self.url)
@@ -249,11 +248,8 @@ class Store:
             try:
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(NOTIFY_CHANNEL, lambda _c, _pid, _ch, name: on_change(name))
-                if not first:
-                    on_reconnect()
-                first = False
+                on_listening()
                 await lost.wait()
                 log.warning("lost the change-notification connection; reconnecting")
-                on_reconnect()
             finally:
                 await conn.close(timeout=1)

@@ -65,12 +65,14 @@ class LocalBackend:
         try:
             async with asyncio.timeout(self.start_timeout_s):
                 line = await process.stdout.readline()
-        except TimeoutError:
+        except BaseException as exc:  # timed out, or cancelled (shutdown): never leak it
             process.kill()
-            await process.wait()
-            raise BackendError(
-                f"invoker {instance_id} did not start within {self.start_timeout_s}s"
-            ) from None
+            await asyncio.shield(process.wait())
+            if isinstance(exc, TimeoutError):
+                raise BackendError(
+                    f"invoker {instance_id} did not start within {self.start_timeout_s}s"
+                ) from None
+            raise
         if not line.strip().isdigit():
             code = await process.wait()
             raise BackendError(f"invoker {instance_id} failed to start ({describe_exit(code)})")

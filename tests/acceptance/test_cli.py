@@ -1,0 +1,173 @@
+"""`fn` as a subprocess against `fn up` as a subprocess, with the embedded Postgres: what a user
+does after `make up`. The README's quick tour runs here, so the README cannot rot."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+FN = str(Path(sys.executable).parent / "fn")
+
+pytestmark = [pytest.mark.acceptance, pytest.mark.timeout(120)]
+
+
+@dataclass
+class Cli:
+    env: dict[str, str]
+    gateway: subprocess.Popen[bytes]
+
+    def run(self, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([FN, *args], env=self.env, cwd=ROOT, capture_output=True,
+                              text=True, timeout=60, input=stdin.decode() if stdin else None)
+
+    def ok(self, *args: str) -> str:
+        result = self.run(*args)
+        assert result.returncode == 0, (args, result.stdout, result.stderr)
+        return result.stdout
+
+
+@contextmanager
+def fn_up(state_dir: Path) -> Iterator[Cli]:
+    """Run `fn up` on a free port with its state in `state_dir`; stop it by PID afterwards."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("FN_") and k != "DATABASE_URL"}
+    env["FN_STATE_DIR"] = str(state_dir)
+    gateway = subprocess.Popen([FN, "up", "--port", "0"], env=env, cwd=ROOT,
+                               stderr=subprocess.PIPE)
+    assert gateway.stderr is not None
+    stderr = gateway.stderr
+    lines: list[bytes] = []
+    for line in stderr:  # until it says it is up (or exits)
+        lines.append(line)
+        if line.startswith(b"Ember is up"):
+            break
+    else:
+        stderr.close()
+        pytest.fail(f"fn up exited with {gateway.wait()}: {b''.join(lines).decode()}")
+    drain = threading.Thread(target=lambda: lines.extend(stderr), daemon=True)
+    drain.start()
+    try:
+        yield Cli(env, gateway)
+    finally:
+        children = psutil.Process(gateway.pid).children(recursive=True)
+        gateway.send_signal(signal.SIGTERM)
+        code = gateway.wait(timeout=30)
+        drain.join(timeout=5)
+        stderr.close()
+        assert code == 0, b"".join(lines).decode()[-3000:]
+        _, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive, f"processes outlived fn up: {alive}"
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Iterator[Cli]:
+    with fn_up(tmp_path / "state") as running:
+        yield running
+
+
+def quick_tour() -> list[tuple[str, list[str]]]:
+    """The `$ fn ...` commands of the README's quick tour, each with the lines it shows."""
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"## Quick tour.*?```console\n(.*?)```", readme, re.S)
+    assert block is not None, "README.md has no quick tour"
+    steps: list[tuple[str, list[str]]] = []
+    for line in block[1].splitlines():
+        if line.startswith("$ "):
+            steps.append((line[2:], []))
+        else:
+            steps[-1][1].append(line)
+    return steps
+
+
+def test_readme_quick_tour_works_as_written(cli: Cli) -> None:
+    steps = quick_tour()
+    assert len(steps) >= 8
+    for command, shown in steps:
+        args = shlex.split(command)
+        assert args[0] == "fn"
+        out = cli.ok(*args[1:])
+        if args[1] == "invoke":
+            assert [json.loads(x) for x in out.splitlines()] == [json.loads(x) for x in shown]
+        elif args[1] in ("deploy", "rollback"):
+            first = re.sub(r"sha256 \w+", "sha256", shown[0])
+            assert re.sub(r"sha256 \w+", "sha256", out.splitlines()[0]) == first
+        elif args[1] == "logs":
+            assert shown[-1] in out
+        else:
+            assert out.splitlines()[0].split() == shown[0].split()  # table header
+
+
+def test_json_output_and_errors_exit_non_zero(cli: Cli, tmp_path: Path) -> None:
+    handler = tmp_path / "echo.py"
+    handler.write_text("def handler(event, context):\n    return event\n")
+    deployed = json.loads(cli.ok("deploy", str(handler), "--json"))
+    assert (deployed["function"], deployed["version"]) == ("echo", 1)
+
+    payload = tmp_path / "payload.json"
+    payload.write_text('{"from": "file"}')
+    assert json.loads(cli.ok("invoke", "echo", "--data", f"@{payload}")) == {"from": "file"}
+    result = json.loads(cli.ok("invoke", "echo", "--data", "[1, 2]", "--json"))
+    assert (result["status"], result["body"]) == (200, [1, 2])
+    assert json.loads(cli.ok("list", "--json"))["functions"][0]["name"] == "echo"
+    logs = json.loads(cli.ok("logs", "echo", "--json"))["activations"]
+    assert [a["status"] for a in logs] == ["success", "success"]
+    one = json.loads(cli.ok("logs", "echo", "--activation", result["activation_id"], "--json"))
+    assert one["activations"][0]["id"] == result["activation_id"]
+
+    missing = cli.run("invoke", "nope")
+    assert missing.returncode == 1
+    assert "fn deploy nope.py" in missing.stderr
+
+    broken = tmp_path / "broken.py"
+    broken.write_text("def handler(event, context):\n    return {\n")
+    bad = cli.run("deploy", str(broken))
+    assert bad.returncode == 1
+    assert "broken.py, line 2" in bad.stderr
+
+    for option in (["--timeout", "-1"], ["--memory", "3x"]):
+        bad = cli.run("deploy", str(handler), *option)
+        assert bad.returncode == 1
+        assert f'invalid {option[0]} "{option[1]}"' in bad.stderr
+    assert json.loads(cli.ok("versions", "echo", "--json"))["versions"][0]["version"] == 1
+
+    failing = tmp_path / "fails.py"
+    failing.write_text("def handler(event, context):\n    raise KeyError('k')\n")
+    cli.ok("deploy", str(failing))
+    crashed = cli.run("invoke", "fails")
+    assert crashed.returncode == 1
+    assert "HTTP 500" in crashed.stderr
+    assert "fn logs fails --activation" in crashed.stderr
+
+    denied = subprocess.run([FN, "list"], env={**cli.env, "FN_TOKEN": "wrong"},
+                            capture_output=True, text=True, timeout=60)
+    assert denied.returncode == 1
+    assert "wrong admin token" in denied.stderr
+
+    assert cli.ok("delete", "echo").strip() == "Deleted echo."
+    assert cli.run("delete", "echo").returncode == 1
+
+
+def test_state_is_kept_across_restarts(tmp_path: Path) -> None:
+    """`fn up` reuses its embedded Postgres data and token on the next start."""
+    handler = tmp_path / "keep.py"
+    handler.write_text("def handler(event, context):\n    return 'kept'\n")
+    with fn_up(tmp_path / "state") as first:
+        first.ok("deploy", str(handler))
+    token = (tmp_path / "state" / "token").read_text()
+    with fn_up(tmp_path / "state") as second:
+        assert second.ok("invoke", "keep").strip() == "kept"
+    assert (tmp_path / "state" / "token").read_text() == token

@@ -1,0 +1,139 @@
+"""Shared fixtures: a real Postgres (DATABASE_URL, else an embedded one) with a fresh database
+per test, and a running platform on a real socket with real invoker processes."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import psutil
+import pytest
+from aiohttp import web
+
+from gateway.app import build_app
+from gateway.platform import Platform
+from gateway.settings import Settings
+from scheduler.scheduler import PoolSettings
+from store.embedded import start_embedded_postgres, with_database
+
+TOKEN = "test-token"
+
+
+@pytest.fixture(scope="session")
+def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Postgres server for the session: DATABASE_URL when set, else an embedded one."""
+    if os.environ.get("DATABASE_URL"):
+        yield os.environ["DATABASE_URL"]
+        return
+    embedded = start_embedded_postgres(tmp_path_factory.mktemp("pg") / "data")
+    yield embedded.url
+    embedded.stop()
+
+
+@pytest.fixture
+async def database_url(pg_server_url: str) -> AsyncIterator[str]:
+    """A new, empty database for one test, dropped afterwards."""
+    name = f"ember_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield with_database(pg_server_url, name)
+    admin = await asyncpg.connect(pg_server_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+def invoker_children() -> list[psutil.Process]:
+    """Invoker processes started by this test process (to check nothing leaks)."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "invoker" in child.cmdline():
+                found.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+@dataclass
+class Running:
+    """A platform serving on a real port, with an HTTP session to call it."""
+
+    platform: Platform
+    url: str
+    http: aiohttp.ClientSession
+    admin_headers: dict[str, str] = field(default_factory=lambda: {
+        "Authorization": f"Bearer {TOKEN}"})
+
+    async def deploy(self, name: str, source: str, **config: Any) -> aiohttp.ClientResponse:
+        body = {"name": name, "source": source, "filename": "handler.py", **config}
+        return await self.http.post(f"{self.url}/v1/functions", json=body,
+                                    headers=self.admin_headers)
+
+    async def deploy_ok(self, name: str, source: str, **config: Any) -> dict[str, Any]:
+        response = await self.deploy(name, source, **config)
+        data: dict[str, Any] = await response.json()
+        assert response.status == 201, data
+        return data
+
+    async def call(self, target: str, payload: Any = None, **kwargs: Any
+                   ) -> aiohttp.ClientResponse:
+        if payload is not None:
+            kwargs["json"] = payload
+        return await self.http.post(f"{self.url}/fn/{target}", **kwargs)
+
+    async def admin(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        async with self.http.request(method, f"{self.url}{path}", headers=self.admin_headers,
+                                     **kwargs) as response:
+            return response.status, await response.json()
+
+
+PlatformFactory = Callable[..., AbstractAsyncContextManager[Running]]
+
+
+@pytest.fixture
+def make_platform(database_url: str, tmp_path: Path) -> PlatformFactory:
+    """Start a platform with the given settings / pool settings overrides."""
+
+    @asynccontextmanager
+    async def start(*, pool: dict[str, Any] | None = None, **overrides: Any
+                    ) -> AsyncIterator[Running]:
+        pool_settings = replace(PoolSettings(generic_pool_size=1, stop_grace_s=1.0),
+                                **(pool or {}))
+        settings = Settings(host="127.0.0.1", port=0, state_dir=tmp_path / "state",
+                            database_url=database_url, token=TOKEN, pool=pool_settings,
+                            **overrides)
+        platform = await Platform.start(settings)
+        runner = web.AppRunner(build_app(platform), access_log=None, shutdown_timeout=2)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        try:
+            async with aiohttp.ClientSession() as http:
+                yield Running(platform, f"http://{host}:{port}", http)
+        finally:
+            await runner.cleanup()
+            await platform.stop()
+        leaked = [p for p in invoker_children() if p.is_running()
+                  and p.status() != psutil.STATUS_ZOMBIE]
+        assert not leaked, f"invoker processes left running: {leaked}"
+
+    return start
+
+
+@pytest.fixture
+async def running(make_platform: PlatformFactory) -> AsyncIterator[Running]:
+    async with make_platform() as r:
+        yield r

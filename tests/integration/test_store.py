@@ -1,0 +1,89 @@
+"""The store against a real Postgres: migrations, versions, notifications."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from store import FunctionConfig, FunctionNotFound, Store, VersionNotFound
+from store.queries import load_migrations
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    store = await Store.connect(database_url)
+    await store.migrate()
+    yield store
+    await store.close()
+
+
+async def test_migrations_apply_once_even_when_started_concurrently(database_url: str) -> None:
+    stores = [await Store.connect(database_url) for _ in range(3)]
+    try:
+        applied = await asyncio.gather(*(s.migrate() for s in stores))
+        numbers = [m.number for m in load_migrations()]
+        # Each migration was applied by exactly one of them.
+        assert sorted(n for batch in applied for n in batch) == numbers
+        assert await stores[0].migrate() == []
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_versions_are_numbered_and_immutable(store: Store) -> None:
+    config = FunctionConfig(timeout_s=5, env={"A": "1"})
+    v1 = await store.create_version("f", source="x = 1\n", filename="f.py", config=config)
+    v2 = await store.create_version("f", source="x = 2\n", filename="f.py", config=config)
+    assert (v1.version, v2.version) == (1, 2)
+    assert v1.sha256 != v2.sha256
+    assert (await store.get_version("f")).version == 2
+    assert (await store.get_version("f", 1)).source == "x = 1\n"
+    assert dict((await store.get_version("f", 1)).config.env) == {"A": "1"}
+    function = await store.get_function("f")
+    assert (function.active_version, function.latest_version, function.version_count) == (2, 2, 2)
+
+    assert await store.set_active_version("f") == 1
+    assert (await store.get_version("f")).version == 1
+    with pytest.raises(VersionNotFound):
+        await store.set_active_version("f")  # nothing before version 1
+    with pytest.raises(VersionNotFound):
+        await store.get_version("f", 3)
+    with pytest.raises(FunctionNotFound):
+        await store.get_version("g")
+
+    await store.delete_function("f")
+    with pytest.raises(FunctionNotFound):
+        await store.list_versions("f")
+    # A new function of the same name starts again at version 1.
+    again = await store.create_version("f", source="", filename="f.py", config=config)
+    assert again.version == 1
+
+
+async def test_changes_are_notified_and_a_lost_listener_reconnects(
+    store: Store, database_url: str,
+) -> None:
+    changes: asyncio.Queue[str] = asyncio.Queue()
+    listening: asyncio.Queue[None] = asyncio.Queue()
+    listener = asyncio.create_task(store.listen_function_changes(
+        changes.put_nowait, lambda: listening.put_nowait(None), retry_s=0.05))
+    try:
+        await asyncio.wait_for(listening.get(), 10)
+        await store.create_version("f", source="", filename="f.py", config=FunctionConfig())
+        assert await asyncio.wait_for(changes.get(), 10) == "f"
+        admin = await asyncpg.connect(database_url)
+        try:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE query LIKE 'LISTEN%' AND datname = current_database()")
+        finally:
+            await admin.close()
+        await asyncio.wait_for(listening.get(), 10)
+        await store.set_active_version("f", 1)
+        assert await asyncio.wait_for(changes.get(), 10) == "f"
+    finally:
+        listener.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await listener
