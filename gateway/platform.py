@@ -98,9 +98,15 @@ class Platform:
         def done(t: asyncio.Task[Any]) -> None:
             if not t.cancelled():
                 log.error("background task %r stopped", name, exc_info=t.exception())
+                self.scheduler.broken.set()
 
         task.add_done_callback(done)
         self._tasks.append(task)
+
+    async def wait_broken(self) -> str:
+        """Wait until a part of the platform dies; returns why."""
+        await self.scheduler.broken.wait()
+        return self.failure() or "a background task stopped"
 
     def failure(self) -> str | None:
         """Why the platform can no longer work, if a part of it died."""

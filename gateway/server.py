@@ -9,7 +9,6 @@ signal forces the exit.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -56,14 +55,14 @@ async def serve(settings: Settings) -> None:
                                        "state_dir": str(settings.state_dir)})
         print(f"Ember is up at {url} (database: {database}; state: {settings.state_dir})",
               file=sys.stderr, flush=True)
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5.0):
-                    await stop.wait()
-            failure = platform.failure()
-            if failure is not None:
-                log.error("stopping: %s", failure)
-                raise SystemExit(1)
+        stopped = asyncio.create_task(stop.wait(), name="stop signal")
+        broken = asyncio.create_task(platform.wait_broken(), name="platform watch")
+        await asyncio.wait([stopped, broken], return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        broken.cancel()
+        if not stop.is_set():
+            log.error("stopping: %s", broken.result())
+            raise SystemExit(1)
         log.info("shutting down")
     finally:
         address_file.unlink(missing_ok=True)

@@ -110,6 +110,8 @@ class Scheduler:
         self.pool = Pool(FixedKeepAlive(self.settings.keep_alive_s))
         self.starts_total = 0
         self.failed: BaseException | None = None
+        self.broken = asyncio.Event()
+        """Set when a critical background task died: the owner should stop the platform."""
         self._handles: dict[str, InstanceHandle] = {}
         self._conns: dict[str, list[Connection]] = {}
         self._waiting: dict[VersionKey, _Waiting] = {}
@@ -153,8 +155,10 @@ class Scheduler:
                 log.error("background task %r failed", name, exc_info=exc)
                 if critical:
                     self.failed = exc
+                    self.broken.set()
             elif critical:
                 self.failed = RuntimeError(f"background task {name!r} stopped")
+                self.broken.set()
 
         task.add_done_callback(done)
 
