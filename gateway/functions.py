@@ -16,6 +16,8 @@ class FunctionCache:
         self._store = store
         self._versions: dict[tuple[str, int | None], Version] = {}
         self._loading: dict[tuple[str, int | None], asyncio.Future[Version]] = {}
+        self._generation: dict[str, int] = {}
+        self._changed = asyncio.Event()
 
     async def resolve(self, name: str, version: int | None = None) -> Version:
         """The given version, or the active one. Raises FunctionNotFound / VersionNotFound."""
@@ -48,6 +50,19 @@ class FunctionCache:
     def invalidate(self, name: str) -> None:
         for key in [k for k in self._versions if k[0] == name]:
             del self._versions[key]
+        self._generation[name] = self.generation(name) + 1
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def generation(self, name: str) -> int:
+        """How often `name` was invalidated: pass it to `wait_invalidated`."""
+        return self._generation.get(name, 0)
+
+    async def wait_invalidated(self, name: str, since: int, timeout_s: float) -> None:
+        """Wait until `name` is invalidated after `generation(name)` returned `since`."""
+        async with asyncio.timeout(timeout_s):
+            while self.generation(name) <= since:
+                await self._changed.wait()
 
     def clear(self) -> None:
         self._versions.clear()

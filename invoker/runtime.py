@@ -17,17 +17,19 @@ import inspect
 import logging
 import os
 import resource
+import signal
+import socket
 import sys
 import tempfile
 import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
-from invoker.context import Capture, Context, Response, current_capture
+from invoker.context import Capture, Context, Response, current_capture, install_capture
 from invoker.protocol import ErrorInfo, encode_frame, read_frame
 
 log = logging.getLogger("ember.invoker")
@@ -239,3 +241,32 @@ def _limit_memory(memory_bytes: int) -> None:
         return
     limit = vm_bytes + memory_bytes
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+async def _serve(sock: socket.socket, watch_stdin: TextIO | None) -> None:
+    runtime = Runtime()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    server = await asyncio.start_server(runtime.serve, sock=sock, limit=1 << 20)
+    if watch_stdin is not None:
+
+        class _Watch(asyncio.Protocol):
+            def connection_lost(self, exc: Exception | None) -> None:
+                stop.set()
+
+        await loop.connect_read_pipe(_Watch, watch_stdin)
+    install_capture()
+    async with server:
+        await stop.wait()
+
+
+def run_instance(sock: socket.socket, *, watch_stdin: TextIO | None = None) -> None:
+    """Serve the wire protocol on an already listening socket until SIGTERM."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
+        asyncio.run(_serve(sock, watch_stdin))
+    else:
+        uvloop.run(_serve(sock, watch_stdin))

@@ -20,6 +20,7 @@ from aiohttp import web
 from gateway.app import build_app
 from gateway.platform import Platform
 from gateway.settings import Settings
+from scheduler.backends.local import LocalBackend
 from scheduler.scheduler import PoolSettings
 from store.embedded import start_embedded_postgres, with_database
 
@@ -54,16 +55,17 @@ async def database_url(pg_server_url: str) -> AsyncIterator[str]:
         await admin.close()
 
 
-def invoker_children() -> list[psutil.Process]:
-    """Invoker processes started by this test process (to check nothing leaks)."""
-    found = []
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if "invoker" in child.cmdline():
-                found.append(child)
-        except psutil.NoSuchProcess:
-            pass
-    return found
+def platform_processes(platform: Platform) -> list[psutil.Process]:
+    """The zygote of a platform and every instance it forked (to check nothing leaks)."""
+    backend = platform.scheduler.backend
+    assert isinstance(backend, LocalBackend)
+    if backend.zygote_pid is None:
+        return []
+    try:
+        zygote = psutil.Process(backend.zygote_pid)
+        return [zygote, *zygote.children()]
+    except psutil.NoSuchProcess:
+        return []
 
 
 @dataclass
@@ -124,10 +126,11 @@ def make_platform(database_url: str, tmp_path: Path) -> PlatformFactory:
             async with aiohttp.ClientSession() as http:
                 yield Running(platform, f"http://{host}:{port}", http)
         finally:
+            processes = platform_processes(platform)
             await runner.cleanup()
             await platform.stop()
-        leaked = [p for p in invoker_children() if p.is_running()
-                  and p.status() != psutil.STATUS_ZOMBIE]
+        _, leaked = psutil.wait_procs(processes, timeout=5)
+        leaked = [p for p in leaked if p.status() != psutil.STATUS_ZOMBIE]
         assert not leaked, f"invoker processes left running: {leaked}"
 
     return start

@@ -1,0 +1,91 @@
+"""The warm pool machinery: zygote forks, the generic pool and its refill."""
+
+from __future__ import annotations
+
+import textwrap
+
+import psutil
+
+from scheduler.backends.local import LocalBackend
+from scheduler.pool import State
+from tests.conftest import PlatformFactory
+
+PID = textwrap.dedent("""
+    import os
+
+    def handler(event, context):
+        return os.getpid()
+""")
+
+
+async def test_instances_are_forked_by_the_zygote(make_platform: PlatformFactory) -> None:
+    async with make_platform() as running:
+        await running.deploy_ok("pid", PID)
+        pid = await (await running.call("pid", {})).json()
+        backend = running.platform.scheduler.backend
+        assert isinstance(backend, LocalBackend)
+        assert backend.zygote_pid is not None
+        assert psutil.Process(pid).ppid() == backend.zygote_pid
+        # The instance shares the zygote's imports: it never imported them itself.
+        assert psutil.Process(backend.zygote_pid).cmdline()[-1] == "--zygote"
+
+
+async def test_generic_pool_refills_after_a_cold_start(make_platform: PlatformFactory) -> None:
+    async with make_platform(pool={"generic_pool_size": 2}) as running:
+        scheduler = running.platform.scheduler
+        await scheduler.wait_until(lambda: scheduler.pool.generic_ready() == 2, 10)
+        generics = {i.id for i in scheduler.pool.instances.values() if i.state is State.GENERIC}
+
+        await running.deploy_ok("pid", PID)  # the import check takes one generic instance
+        [instance] = scheduler.instances_of("pid")
+        assert instance.id in generics
+        await scheduler.wait_until(lambda: scheduler.pool.generic_ready() == 2, 10)
+        assert scheduler.starts_total == 3
+
+
+async def test_cold_start_after_scale_to_zero_is_served_by_the_generic_pool(
+    make_platform: PlatformFactory,
+) -> None:
+    async with make_platform(pool={"keep_alive_s": 0.2, "generic_pool_size": 1}) as running:
+        scheduler = running.platform.scheduler
+        await running.deploy_ok("pid", PID)
+        await scheduler.wait_until(lambda: not scheduler.instances_of("pid"), 10)
+        await scheduler.wait_until(lambda: scheduler.pool.generic_ready() == 1, 10)
+        [generic] = [i for i in scheduler.pool.instances.values() if i.state is State.GENERIC]
+        starts_before = scheduler.starts_total
+
+        response = await running.call("pid", {})
+        assert response.status == 200
+        _, activation = await running.admin(
+            "GET", f"/v1/activations/{response.headers['X-Ember-Activation-Id']}")
+        assert activation["cold"] is True
+        # Served by the instance that was waiting generic, not by a process started for it.
+        assert [i.id for i in scheduler.instances_of("pid")] == [generic.id]
+        await scheduler.wait_until(lambda: scheduler.pool.generic_ready() == 1, 10)
+        assert scheduler.starts_total == starts_before + 1  # the refill, off the request path
+
+
+async def test_without_a_generic_pool_a_cold_start_forks_a_new_instance(
+    make_platform: PlatformFactory,
+) -> None:
+    async with make_platform(pool={"keep_alive_s": 0.2, "generic_pool_size": 0}) as running:
+        scheduler = running.platform.scheduler
+        await running.deploy_ok("pid", PID)
+        await scheduler.wait_until(lambda: not scheduler.instances_of("pid"), 10)
+        before = scheduler.starts_total
+        assert (await running.call("pid", {})).status == 200
+        assert scheduler.starts_total == before + 1
+        assert scheduler.pool.generic_ready() == 0
+
+
+async def test_cache_follows_a_deploy_made_by_another_gateway(
+    make_platform: PlatformFactory,
+) -> None:
+    async with make_platform() as first, make_platform() as second:
+        await first.deploy_ok("pid", PID)
+        assert (await second.call("pid", {})).status == 200  # second caches version 1
+        since = second.platform.functions.generation("pid")
+        await first.deploy_ok("pid", PID.replace("os.getpid()", "'v2'"))
+        # The second gateway learns of version 2 by NOTIFY; no request of its own told it.
+        await second.platform.functions.wait_invalidated("pid", since, 10)
+        assert await (await second.call("pid", {})).text() == "v2"
