@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint format clean
+.PHONY: up test lint format clean bench bench-quick
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,3 +31,11 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
+
+## bench: the benchmark suite, side by side with a bare aiohttp floor (a few minutes)
+bench: $(STAMP)
+	$(PY) -m bench.run
+
+## bench-quick: the same with fewer samples (under a minute)
+bench-quick: $(STAMP)
+	$(PY) -m bench.run --quick

@@ -77,7 +77,7 @@ class Platform:
             if embedded is not None:
                 embedded.stop()
             raise
-        scheduler = Scheduler(LocalBackend(), settings.pool)
+        scheduler = Scheduler(LocalBackend(zygote=settings.zygote), settings.pool)
         await scheduler.start()
         functions = FunctionCache(store)
         platform = cls(

@@ -37,6 +37,8 @@ class Settings:
     """The admin API token (FN_TOKEN); default: created once and kept in <state_dir>/token."""
     max_body_bytes: int = 6 << 20
     """Largest request body accepted (FN_MAX_BODY); larger gets 413. Default 6 MiB, as Lambda."""
+    zygote: bool = True
+    """Fork instances from a pre-imported zygote (FN_ZYGOTE=0: start a fresh interpreter each)."""
     shutdown_timeout_s: float = 10.0
     """How long in-flight calls may run on at shutdown before they are cancelled."""
     pool: PoolSettings = field(default_factory=PoolSettings)
@@ -59,5 +61,6 @@ class Settings:
             token=env.get("FN_TOKEN") or None,
             max_body_bytes=parse_size_bytes(env.get("FN_MAX_BODY", defaults.max_body_bytes),
                                             "FN_MAX_BODY", minimum=1024),
+            zygote=env.get("FN_ZYGOTE", "1") not in ("0", "false", "no"),
             pool=pool,
         )

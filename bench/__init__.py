@@ -1,0 +1,1 @@
+"""Ember's benchmarks: latency, cold starts, throughput and memory, side by side with a floor."""

@@ -1,0 +1,106 @@
+"""Start and stop what the benchmark measures: the floor server, gateways, a lone invoker."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+
+from invoker.protocol import Connection
+
+TOKEN = "bench-token"
+
+
+@dataclass
+class Gateway:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @classmethod
+    def start(cls, state_dir: Path, database_url: str, **env: str) -> Gateway:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("FN_")}
+        full_env.update(FN_STATE_DIR=str(state_dir), FN_PORT="0", FN_HOST="127.0.0.1",
+                        FN_TOKEN=TOKEN, DATABASE_URL=database_url, **env)
+        log = state_dir / "gateway.log"
+        process = subprocess.Popen([sys.executable, "-m", "gateway"], env=full_env,
+                                   stderr=subprocess.PIPE)
+        assert process.stderr is not None
+        stderr = process.stderr
+        sink = log.open("wb")
+        for line in stderr:
+            sink.write(line)
+            if line.startswith(b"Ember is up at "):
+                url = line.split()[4].decode()
+                break
+        else:
+            raise RuntimeError(f"gateway failed to start; see {log}")
+        threading.Thread(target=lambda: [sink.write(x) for x in stderr], daemon=True).start()
+        return cls(url, process, log)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+@dataclass
+class Server:
+    """A process that prints its port first (the floor echo server, or an invoker)."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @classmethod
+    def start(cls, *args: str) -> Server:
+        process = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.PIPE)
+        assert process.stdout is not None
+        port = int(process.stdout.readline())
+        return cls(port, process)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+async def specialize(port: int, source: str, name: str = "bench") -> None:
+    conn = await Connection.open("127.0.0.1", port)
+    try:
+        reply, _ = await conn.call({"op": "specialize", "function": name, "version": 1,
+                                    "filename": "handler.py", "source": source,
+                                    "entry": "handler", "env": {}, "timeout_s": 30,
+                                    "memory_bytes": 256 << 20, "concurrency": 1})
+    finally:
+        conn.close()
+    if not reply.get("ok"):
+        raise RuntimeError(f"specialize failed: {reply}")
+
+
+def pss_bytes(pid: int) -> int:
+    """Proportional set size: private memory plus a fair share of what is shared."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no Pss in /proc/{pid}/smaps_rollup")
+
+
+def tree_pss(pid: int) -> dict[str, Any]:
+    root = psutil.Process(pid)
+    procs = [root, *root.children(recursive=True)]
+    return {"processes": len(procs), "pss_bytes": sum(pss_bytes(p.pid) for p in procs)}
+
+
+def admin_headers() -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+
+
+def dumps(data: Any) -> bytes:
+    return orjson.dumps(data)
