@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
+import random
 import time
 import uuid
 
 from store import Activation, ActivationId, DatabaseUnavailable, Store
 
 log = logging.getLogger("ember.gateway.activations")
+_random = random.Random()
 
 
 def new_activation_id() -> ActivationId:
     """A time-ordered UUID (version 7 layout): 48 bits of milliseconds, then random bits."""
     ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
+    rand = _random.getrandbits(80)  # ids are not secrets: no syscall per call
     value = (ms << 80) | rand
     value = (value & ~(0xF << 76)) | (0x7 << 76)          # version 7
     value = (value & ~(0x3 << 62)) | (0x2 << 62)          # RFC 4122 variant

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 
 import orjson
 
 HEADER = struct.Struct(">II")
 MAX_META_BYTES = 1 << 20
 MAX_BODY_BYTES = 1 << 30
+SMALL_FRAME_BYTES = 64 << 10
 
 
 class ProtocolError(Exception):
@@ -60,32 +61,94 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[dict[str, Any], byte
     return meta, body
 
 
+class _ReplyParser(asyncio.Protocol):
+    """Parses reply frames as bytes arrive, without a stream reader's per-read futures."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.waiter: asyncio.Future[tuple[dict[str, Any], bytes]] | None = None
+        self.lost: Exception | None = None
+        self._buf = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        if len(self._buf) < HEADER.size:
+            return
+        meta_len, body_len = HEADER.unpack_from(self._buf)
+        end = HEADER.size + meta_len + body_len
+        if meta_len > MAX_META_BYTES or body_len > MAX_BODY_BYTES:
+            self._fail(ProtocolError(f"frame too large: meta {meta_len}, body {body_len}"))
+            return
+        if len(self._buf) < end:
+            return
+        if len(self._buf) > end:
+            self._fail(ProtocolError("the instance sent more than one reply"))
+            return
+        try:
+            meta = orjson.loads(memoryview(self._buf)[HEADER.size:HEADER.size + meta_len])
+        except orjson.JSONDecodeError as exc:
+            self._fail(ProtocolError(f"reply meta is not JSON: {exc}"))
+            return
+        body = bytes(memoryview(self._buf)[HEADER.size + meta_len:end])
+        self._buf.clear()
+        waiter, self.waiter = self.waiter, None
+        if waiter is None or waiter.done():
+            self._fail(ProtocolError("the instance replied to nothing"))
+        elif not isinstance(meta, dict):
+            waiter.set_exception(ProtocolError("frame meta is not a JSON object"))
+        else:
+            waiter.set_result((meta, body))
+
+    def _fail(self, exc: Exception) -> None:
+        self.lost = exc
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(exc)
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(exc or ConnectionResetError("the instance closed the connection"))
+
+
 class Connection:
     """The platform's side of one connection to an instance: one call at a time."""
 
-    __slots__ = ("_reader", "_writer", "closed")
+    __slots__ = ("_parser", "_transport", "closed")
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
+    def __init__(self, transport: asyncio.Transport, parser: _ReplyParser) -> None:
+        self._transport = transport
+        self._parser = parser
         self.closed = False
 
     @classmethod
     async def open(cls, host: str, port: int) -> Connection:
-        reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
-        return cls(reader, writer)
+        loop = asyncio.get_running_loop()
+        transport, parser = await loop.create_connection(_ReplyParser, host, port)
+        return cls(transport, parser)
 
     async def call(self, meta: dict[str, Any], body: bytes = b"") -> tuple[dict[str, Any], bytes]:
         """Send a request and wait for its reply.
 
         Raises `ConnectionError` when the instance goes away (the caller discards the instance).
         """
-        if self.closed:
+        if self.closed or self._parser.lost is not None:
+            self.close()
             raise ConnectionResetError("connection to the instance is closed")
+        waiter = asyncio.get_running_loop().create_future()
+        self._parser.waiter = waiter
+        frame = encode_frame(meta, body)
         try:
-            self._writer.writelines(encode_frame(meta, body))
-            return await read_frame(self._reader)
-        except (asyncio.IncompleteReadError, ProtocolError, OSError) as exc:
+            if len(body) < SMALL_FRAME_BYTES:
+                self._transport.write(b"".join(frame))  # one send() instead of three
+            else:
+                self._transport.writelines(frame)
+            reply: tuple[dict[str, Any], bytes] = await waiter
+            return reply
+        except (ProtocolError, OSError) as exc:
             self.close()
             raise ConnectionResetError(f"instance connection lost: {exc}") from exc
         except BaseException:
@@ -96,4 +159,4 @@ class Connection:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self._writer.close()
+            self._transport.close()

@@ -30,7 +30,7 @@ from typing import Any, TextIO
 import orjson
 
 from invoker.context import Capture, Context, Response, current_capture, install_capture
-from invoker.protocol import ErrorInfo, encode_frame, read_frame
+from invoker.protocol import SMALL_FRAME_BYTES, ErrorInfo, encode_frame, read_frame
 
 log = logging.getLogger("ember.invoker")
 _JSON_TYPES = ("application/json", "+json")
@@ -109,7 +109,11 @@ class Runtime:
                 except asyncio.IncompleteReadError:
                     return
                 reply, reply_body = await self.dispatch(meta, body)
-                writer.writelines(encode_frame(reply, reply_body))
+                frame = encode_frame(reply, reply_body)
+                if len(reply_body) < SMALL_FRAME_BYTES:
+                    writer.write(b"".join(frame))  # one send() instead of three
+                else:
+                    writer.writelines(frame)
                 if writer.transport.get_write_buffer_size() > 1 << 16:
                     await writer.drain()
         except (ConnectionError, asyncio.CancelledError):

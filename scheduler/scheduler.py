@@ -215,7 +215,7 @@ class Scheduler:
                 ) from None
             raise
         finally:
-            with contextlib.suppress(ValueError):
+            if fut in waiting.queue:  # (deque.remove's error would repr the future: slow)
                 waiting.queue.remove(fut)
             if not waiting.queue and self._waiting.get(key) is waiting:
                 del self._waiting[key]

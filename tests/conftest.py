@@ -3,6 +3,7 @@ per test, and a running platform on a real socket with real invoker processes.""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -15,6 +16,7 @@ import aiohttp
 import asyncpg
 import psutil
 import pytest
+import uvloop
 from aiohttp import web
 
 from gateway.app import build_app
@@ -25,6 +27,12 @@ from scheduler.scheduler import PoolSettings
 from store.embedded import start_embedded_postgres, with_database
 
 TOKEN = "test-token"
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item,
+                                  ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Tests run on uvloop, as the platform does."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture(scope="session")
