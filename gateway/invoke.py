@@ -65,10 +65,7 @@ async def _call(platform: Platform, request: web.Request, version: Version,
     def record(status: str, http_status: int, error: dict[str, Any] | None, logs: str,
                cold: bool) -> None:
         elapsed = time.perf_counter() - t0
-        metrics.invocations.labels(name, status).inc()
-        metrics.duration.labels(name).observe(elapsed)
-        if cold:
-            metrics.cold_starts.labels(name).inc()
+        metrics.observe_call(name, status, elapsed, cold)
         platform.activations.add(Activation(
             id=activation_id, function=name, version=version.version, started_at=started_at,
             duration_ms=elapsed * 1000, cold=cold, status=status, http_status=http_status,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -45,3 +46,17 @@ class Metrics:
         self.deploys = Counter(
             "ember_deploys", "Deploy attempts, by outcome", ["status"], registry=self.registry)
         self.registry.register(_PoolCollector(counts, starts))
+        self._children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+
+    def observe_call(self, function: str, status: str, elapsed_s: float, cold: bool) -> None:
+        """Count one call (labelled children cached: this runs on every call)."""
+        key = (function, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.invocations.labels(function, status), self.duration.labels(function),
+                self.cold_starts.labels(function))
+        children[0].inc()
+        children[1].observe(elapsed_s)
+        if cold:
+            children[2].inc()

@@ -12,12 +12,14 @@ import os
 import socket
 import sys
 
+from invoker.protocol import listen
 from invoker.runtime import run_instance
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m invoker")
-    parser.add_argument("--host", default=os.environ.get("EMBER_INVOKER_HOST", "127.0.0.1"))
+    parser.add_argument("--host", default=os.environ.get("EMBER_INVOKER_HOST", "127.0.0.1"),
+                        help="address to listen on, or unix:/path for a Unix socket")
     parser.add_argument("--port", type=int, default=int(os.environ.get("EMBER_INVOKER_PORT", "0")))
     parser.add_argument("--exit-with-stdin", action="store_true")
     parser.add_argument("--zygote", action="store_true",
@@ -28,8 +30,10 @@ def main() -> None:
 
         run_zygote()
         return
-    sock = socket.create_server((args.host, args.port), backlog=128)
-    sys.stdout.write(f"{sock.getsockname()[1]}\n")
+    address = args.host if args.host.startswith("unix:") else f"{args.host}:{args.port}"
+    sock = listen(address)
+    port = 0 if sock.family == socket.AF_UNIX else sock.getsockname()[1]
+    sys.stdout.write(f"{port}\n")
     sys.stdout.flush()
     os.dup2(2, 1)
     watch = sys.stdin if args.exit_with_stdin else None

@@ -18,6 +18,8 @@ Replies carry `ok`; on failure an `error` object with `type` and `message`.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import struct
 from typing import Any, TypedDict, cast
 
@@ -27,6 +29,20 @@ HEADER = struct.Struct(">II")
 MAX_META_BYTES = 1 << 20
 MAX_BODY_BYTES = 1 << 30
 SMALL_FRAME_BYTES = 64 << 10
+
+
+def listen(address: str) -> socket.socket:
+    """A listening socket for an instance: `unix:/path` (local: no TCP stack on the hop, and
+    only the platform's user may connect), or `HOST` / `HOST:PORT` over TCP (port 0: any)."""
+    if address.startswith("unix:"):
+        path = address[len("unix:"):]
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(path)
+        os.chmod(path, 0o600)
+        sock.listen(128)
+        return sock
+    host, _, port = address.partition(":") if address.count(":") == 1 else (address, "", "0")
+    return socket.create_server((host, int(port or 0)), backlog=128)
 
 
 class ProtocolError(Exception):
@@ -126,8 +142,13 @@ class Connection:
 
     @classmethod
     async def open(cls, host: str, port: int) -> Connection:
+        """Connect to an instance at `host:port`, or at the Unix socket `host="unix:/path"`."""
         loop = asyncio.get_running_loop()
-        transport, parser = await loop.create_connection(_ReplyParser, host, port)
+        if host.startswith("unix:"):
+            transport, parser = await loop.create_unix_connection(
+                _ReplyParser, host[len("unix:"):])
+        else:
+            transport, parser = await loop.create_connection(_ReplyParser, host, port)
         return cls(transport, parser)
 
     async def call(self, meta: dict[str, Any], body: bytes = b"") -> tuple[dict[str, Any], bytes]:

@@ -253,7 +253,10 @@ async def _serve(sock: socket.socket, watch_stdin: TextIO | None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = await asyncio.start_server(runtime.serve, sock=sock, limit=1 << 20)
+    if sock.family == socket.AF_UNIX:
+        server = await asyncio.start_unix_server(runtime.serve, sock=sock, limit=1 << 20)
+    else:
+        server = await asyncio.start_server(runtime.serve, sock=sock, limit=1 << 20)
     if watch_stdin is not None:
 
         class _Watch(asyncio.Protocol):

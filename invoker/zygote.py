@@ -4,8 +4,9 @@ A fork of an already imported Python takes about 2 ms and shares its memory copy
 starting a new interpreter takes ~100 ms and ~15 MB. The zygote speaks a line protocol on its
 stdin/stdout with the local backend:
 
-    -> fork ID HOST          bind a socket on HOST (any port), fork an instance that serves it
-    <- forked ID PID PORT    the instance is accepting connections on PORT
+    -> fork ID ADDRESS       listen on ADDRESS (unix:/path, or a host: any port), fork an
+                             instance that serves it
+    <- forked ID PID PORT    the instance is accepting connections (PORT 0 for unix:)
     <- failed ID MESSAGE
     <- exit PID CODE         an instance ended (CODE: exit code, or minus the signal number)
 
@@ -47,11 +48,11 @@ def _write(line: str) -> None:
         data = data[written:]
 
 
-def _fork(request_id: str, host: str, wakeup: tuple[int, int]) -> None:
+def _fork(request_id: str, address: str, wakeup: tuple[int, int]) -> None:
     try:
-        sock = socket.create_server((host, 0), backlog=128)
+        sock = invoker.protocol.listen(address)
     except OSError as exc:
-        _write(f"failed {request_id} cannot bind {host}: {exc}\n")
+        _write(f"failed {request_id} cannot listen on {address}: {exc}\n")
         return
     parent = os.getpid()
     pid = os.fork()
@@ -75,7 +76,7 @@ def _fork(request_id: str, host: str, wakeup: tuple[int, int]) -> None:
             traceback.print_exc()
         finally:
             os._exit(code)
-    port = sock.getsockname()[1]
+    port = 0 if sock.family == socket.AF_UNIX else sock.getsockname()[1]
     sock.close()
     _write(f"forked {request_id} {pid} {port}\n")
 

@@ -46,6 +46,10 @@ class Pool:
     policy: KeepAlivePolicy
     instances: dict[str, Instance] = field(default_factory=dict)
     _by_key: dict[VersionKey, list[Instance]] = field(default_factory=dict)
+    # One entry per free slot, most recently freed last: claim is O(1) and takes the most
+    # recently used instance, so the others go idle and can be scaled down. Entries of
+    # instances that were removed since are skipped when popped.
+    _free: dict[VersionKey, list[Instance]] = field(default_factory=dict)
 
     def new_instance(self, now: float) -> Instance:
         """Record an instance the backend is starting (generic until specialized)."""
@@ -64,6 +68,8 @@ class Pool:
 
     def mark_ready(self, instance: Instance, now: float) -> None:
         instance.state = State.READY
+        assert instance.key is not None
+        self._free.setdefault(instance.key, []).extend([instance] * instance.free_slots)
         self._went_idle(instance, now)
 
     def relabel(self, instance: Instance, key: VersionKey) -> None:
@@ -73,15 +79,15 @@ class Pool:
         self._by_key.setdefault(key, []).append(instance)
 
     def claim(self, key: VersionKey) -> Instance | None:
-        """Take a free slot on a warm instance of `key`: the most recently used one, so the
-        others go idle and can be scaled down."""
-        best = None
-        for instance in self._by_key.get(key, ()):
-            if instance.free_slots > 0 and (best is None or instance.idle_since > best.idle_since):
-                best = instance
-        if best is not None:
-            self.occupy(best)
-        return best
+        """Take a free slot on a warm instance of `key`, the most recently used one first."""
+        free = self._free.get(key)
+        while free:
+            instance = free.pop()
+            if instance.state is State.READY and instance.key == key \
+                    and instance.busy < instance.concurrency:
+                self.occupy(instance)
+                return instance
+        return None
 
     def occupy(self, instance: Instance) -> None:
         instance.busy += 1
@@ -90,8 +96,11 @@ class Pool:
 
     def release(self, instance: Instance, now: float) -> None:
         instance.busy -= 1
-        if instance.busy == 0 and instance.state is State.READY:
-            self._went_idle(instance, now)
+        if instance.state is State.READY and instance.id in self.instances:
+            assert instance.key is not None
+            self._free.setdefault(instance.key, []).append(instance)
+            if instance.busy == 0:
+                self._went_idle(instance, now)
 
     def remove(self, instance: Instance) -> None:
         if self.instances.pop(instance.id, None) is not None and instance.key is not None:
@@ -140,3 +149,4 @@ class Pool:
             siblings.remove(instance)
         if not siblings:
             self._by_key.pop(instance.key, None)
+            self._free.pop(instance.key, None)

@@ -125,6 +125,10 @@ class Scheduler:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
+        try:
+            await self.backend.start()
+        except BackendError as exc:
+            raise StartFailed(f"cannot start the invoker backend: {exc}") from exc
         self._spawn(self._reaper(), "pool reaper", critical=True)
         self._spawn(self._refiller(), "generic pool refill", critical=True)
         self._refill.set()
@@ -466,3 +470,8 @@ class Scheduler:
 
     def instances_of(self, function: str) -> list[Instance]:
         return self.pool.of_function(function)
+
+    def address_of(self, instance: Instance) -> str:
+        """Where an instance listens: `host:port`, or `unix:/path`."""
+        handle = self._handles[instance.id]
+        return handle.host if handle.host.startswith("unix:") else f"{handle.host}:{handle.port}"

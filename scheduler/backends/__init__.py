@@ -20,6 +20,10 @@ class InstanceHandle(Protocol):
 
 
 class Backend(Protocol):
+    async def start(self) -> None:
+        """Get ready to start instances quickly (e.g. start the zygote)."""
+        ...
+
     async def start_instance(self, instance_id: str) -> InstanceHandle:
         """Start a generic invoker and return once it accepts connections."""
         ...

@@ -15,8 +15,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from dataclasses import dataclass, field
 
 from scheduler.backends import BackendError, InstanceHandle, describe_exit
@@ -109,15 +111,15 @@ class _Zygote:
     def alive(self) -> bool:
         return self.process.returncode is None and not self.reader.done()
 
-    async def fork(self, host: str) -> ForkedHandle:
+    async def fork(self, address: str) -> ForkedHandle:
         assert self.process.stdin is not None
         self.counter += 1
         request_id = str(self.counter)
         fut: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
         self.requests[request_id] = fut
-        self.process.stdin.write(f"fork {request_id} {host}\n".encode())
+        self.process.stdin.write(f"fork {request_id} {address}\n".encode())
         pid, port = await fut
-        handle = ForkedHandle(host=host, port=port, pid=pid)
+        handle = ForkedHandle(host=address, port=port, pid=pid)
         self.children[pid] = handle
         return handle
 
@@ -134,9 +136,12 @@ class _Zygote:
 
 
 class LocalBackend:
-    def __init__(self, *, zygote: bool = True, start_timeout_s: float = 10.0,
-                 python: str = sys.executable) -> None:
+    def __init__(self, *, zygote: bool = True, unix_sockets: bool = True,
+                 start_timeout_s: float = 10.0, python: str = sys.executable) -> None:
         self.use_zygote = zygote
+        # Instances listen on Unix sockets in a directory only we can enter (mode 0700):
+        # cheaper than TCP over loopback, and no other local user can reach user code.
+        self._socket_dir = tempfile.mkdtemp(prefix="ember-") if unix_sockets else None
         self.start_timeout_s = start_timeout_s
         self.python = python
         self._handles: set[InstanceHandle] = set()
@@ -147,15 +152,21 @@ class LocalBackend:
     def zygote_pid(self) -> int | None:
         return self._zygote.process.pid if self._zygote is not None else None
 
+    async def start(self) -> None:
+        if self.use_zygote:
+            await self._ensure_zygote()
+
     async def start_instance(self, instance_id: str) -> InstanceHandle:
         handle: InstanceHandle
         try:
             async with asyncio.timeout(self.start_timeout_s):
+                address = "127.0.0.1" if self._socket_dir is None \
+                    else f"unix:{self._socket_dir}/{instance_id}.sock"
                 if self.use_zygote:
                     zygote = await self._ensure_zygote()
-                    handle = await zygote.fork("127.0.0.1")
+                    handle = await zygote.fork(address)
                 else:
-                    handle = await self._spawn(instance_id)
+                    handle = await self._spawn(instance_id, address)
         except TimeoutError:
             raise BackendError(
                 f"invoker {instance_id} did not start within {self.start_timeout_s:g}s"
@@ -194,8 +205,8 @@ class LocalBackend:
         except OSError as exc:
             raise BackendError(f"cannot start an invoker process: {exc}") from exc
 
-    async def _spawn(self, instance_id: str) -> LocalHandle:
-        process = await self._start_process("--host", "127.0.0.1", "--port", "0",
+    async def _spawn(self, instance_id: str, address: str) -> LocalHandle:
+        process = await self._start_process("--host", address, "--port", "0",
                                             "--exit-with-stdin")
         assert process.stdout is not None
         try:
@@ -207,10 +218,18 @@ class LocalBackend:
         if not line.strip().isdigit():
             code = await process.wait()
             raise BackendError(f"invoker {instance_id} failed to start ({describe_exit(code)})")
-        return LocalHandle(host="127.0.0.1", port=int(line), process=process)
+        return LocalHandle(host=address, port=int(line), process=process)
 
     async def stop_instance(self, handle: InstanceHandle, *, grace_s: float = 2.0) -> None:
         self._handles.discard(handle)
+        try:
+            await self._stop(handle, grace_s)
+        finally:
+            if handle.host.startswith("unix:"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(handle.host[len("unix:"):])
+
+    async def _stop(self, handle: InstanceHandle, grace_s: float) -> None:
         if isinstance(handle, LocalHandle):
             await self._stop_spawned(handle, grace_s)
             return
@@ -247,3 +266,5 @@ class LocalBackend:
         if self._zygote is not None:
             await self._zygote.close()
             self._zygote = None
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)

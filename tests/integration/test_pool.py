@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import textwrap
 
 import psutil
@@ -26,8 +28,12 @@ async def test_instances_are_forked_by_the_zygote(make_platform: PlatformFactory
         assert isinstance(backend, LocalBackend)
         assert backend.zygote_pid is not None
         assert psutil.Process(pid).ppid() == backend.zygote_pid
-        # The instance shares the zygote's imports: it never imported them itself.
         assert psutil.Process(backend.zygote_pid).cmdline()[-1] == "--zygote"
+        # It listens on a Unix socket that only the platform's user can open.
+        [instance] = running.platform.scheduler.instances_of("pid")
+        path = running.platform.scheduler.address_of(instance).removeprefix("unix:")
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
 
 
 async def test_generic_pool_refills_after_a_cold_start(make_platform: PlatformFactory) -> None:
