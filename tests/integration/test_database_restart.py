@@ -1,0 +1,59 @@
+"""A database that restarts: warm calls go on (no SQL on the warm path), the admin API says
+503 meanwhile, and activation records written while it was down are kept and land after."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from gateway.app import build_app
+from gateway.platform import Platform
+from gateway.settings import Settings
+from scheduler.scheduler import PoolSettings
+from store.embedded import start_embedded_postgres
+from tests.conftest import TOKEN
+
+HEADERS = {"Authorization": f"Bearer {TOKEN}"}
+
+
+async def test_platform_rides_out_a_database_restart(tmp_path: Path) -> None:
+    pg = await asyncio.to_thread(start_embedded_postgres, tmp_path / "pg")
+    settings = Settings(port=0, state_dir=tmp_path / "state", database_url=pg.url, token=TOKEN,
+                        pool=PoolSettings(generic_pool_size=1))
+    platform = await Platform.start(settings)
+    platform.activations.retry_s = 0.05
+    runner = web.AppRunner(build_app(platform), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = "http://{}:{}".format(*runner.addresses[0][:2])
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{url}/v1/functions", headers=HEADERS, json={
+                    "name": "up", "source": "def handler(e, c):\n    return 'up'\n"}) as r:
+                assert r.status == 201
+            async with http.post(f"{url}/fn/up") as r:
+                assert await r.text() == "up"
+
+            await asyncio.to_thread(pg.stop)
+            async with http.post(f"{url}/fn/up") as r:  # warm path: no SQL
+                assert (r.status, await r.text()) == (200, "up")
+                down_id = r.headers["X-Ember-Activation-Id"]
+            async with http.get(f"{url}/v1/functions", headers=HEADERS) as r:
+                assert r.status == 503
+                assert (await r.json())["error"]["code"] == "database_unavailable"
+
+            pg = await asyncio.to_thread(start_embedded_postgres, tmp_path / "pg")
+            async with http.get(f"{url}/v1/activations/{down_id}", headers=HEADERS) as r:
+                assert r.status == 200  # kept in memory, then written once the database is back
+            async with http.get(f"{url}/v1/functions/up/activations", headers=HEADERS) as r:
+                assert r.status == 200
+                ids = [a["id"] for a in (await r.json())["activations"]]
+            assert down_id in ids
+    finally:
+        await runner.cleanup()
+        await platform.stop()
+        await asyncio.to_thread(pg.stop)
