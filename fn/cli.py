@@ -308,6 +308,24 @@ def delete(ctx: click.Context, name: str, as_json: bool) -> None:
     click.echo(f"Deleted {name}.")
 
 
+@cli.group()
+def policy() -> None:
+    """Warm-pool policies: try them on a trace before using them."""
+
+
+@policy.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def simulate(args: tuple[str, ...]) -> None:
+    """Replay a trace through policies: --trace DIR | --csv FILE, --policy fixed:10m ...
+
+    Prints cold starts, idle memory (GB·s) and instance starts per policy, with the oracle
+    (knows every next call) at the first policy's idle memory as the lower bound. Runs locally;
+    `fn policy simulate --help` lists every option.
+    """
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "scheduler.simulate", *args])
+
+
 @cli.command("state-dir", hidden=True)
 def show_state_dir() -> None:
     """Print the state dir fn reads the gateway address and token from."""

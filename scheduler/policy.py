@@ -1,26 +1,184 @@
-"""Keep-alive policies: how long an idle specialized instance stays warm.
+"""Warm-pool policies: when an idle instance stops, and when one is loaded ahead of a call.
 
-Pure objects: given the moment an instance went idle, they answer until when it is kept. The live
-scheduler and (later) the trace simulator call the same code.
+Pure objects fed with events (a call arrived, an instance went idle) and clock times; they
+answer with a `Decision`. The live scheduler and the trace simulator (`scheduler.simulator`) run
+the very same code, which is what lets an operator try a policy on a trace before using it.
+
+- `FixedKeepAlive`: keep every idle instance for the same time (OpenWhisk: 10 min; Knative).
+- `HybridHistogram`: Shahrad et al., "Serverless in the Wild" (USENIX ATC 2020): per function, a
+  histogram of idle times; unload after a call and prewarm just before the next one is likely.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import statistics
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
-class KeepAlivePolicy(Protocol):
-    def keep_until(self, function: str, idle_since: float) -> float:
-        """The clock time at which an instance of `function`, idle since `idle_since`, stops."""
+@dataclass(slots=True, frozen=True)
+class Decision:
+    """What to do with a function's instance that just went idle at `now`."""
+
+    keep_until: float
+    """Stop the idle instance at this time (`now`: unload at once)."""
+    prewarm_at: float | None = None
+    """Load an instance again at this time, ahead of the expected next call."""
+    prewarm_until: float | None = None
+    """Keep that prewarmed instance until this time if no call comes."""
+
+
+class Policy(Protocol):
+    @property
+    def name(self) -> str:
+        """How the policy is written on the command line: `fixed:600s`, `histogram`."""
+        ...
+
+    def on_arrival(self, function: str, now: float) -> None:
+        """A call of `function` arrived at `now`."""
+        ...
+
+    def on_idle(self, function: str, now: float) -> Decision:
+        """The last busy instance of `function` went idle at `now`: what next?"""
         ...
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class FixedKeepAlive:
     """Keep every idle instance for the same time, as OpenWhisk (10 min) and Knative do."""
 
     keep_alive_s: float = 600.0
 
-    def keep_until(self, function: str, idle_since: float) -> float:
-        return idle_since + self.keep_alive_s
+    @property
+    def name(self) -> str:
+        return f"fixed:{self.keep_alive_s:g}s"
+
+    def on_arrival(self, function: str, now: float) -> None:
+        pass
+
+    def on_idle(self, function: str, now: float) -> Decision:
+        return Decision(keep_until=now + self.keep_alive_s)
+
+
+@dataclass(slots=True)
+class _Histogram:
+    bins: list[int]
+    in_range: int = 0
+    out_of_range: int = 0
+    idle_since: float | None = None
+    recent_idle_s: deque[float] = field(default_factory=lambda: deque(maxlen=16))
+
+
+@dataclass(slots=True)
+class HybridHistogram:
+    """The hybrid histogram policy of Shahrad et al. (2020), per function.
+
+    Idle times (end of a call to the start of the next) go into 1-minute bins up to 4 hours.
+    When the histogram is representative (enough samples, coefficient of variation of the bin
+    counts >= 2), an idle instance is unloaded at once and prewarmed at `prewarm_margin` x the
+    5th percentile, then kept until `keep_margin` x the 99th percentile (when the 5th percentile
+    falls in the first bin it is simply kept until then). Otherwise it is kept for the whole
+    histogram range. When too many idle times fall beyond the range, the next idle time is
+    forecast from the recent ones (their median) and the instance is prewarmed around it.
+    """
+
+    bin_s: float = 60.0
+    range_s: float = 4 * 3600.0
+    head_percentile: float = 5.0
+    tail_percentile: float = 99.0
+    prewarm_margin: float = 0.9
+    keep_margin: float = 1.1
+    cv_threshold: float = 2.0
+    min_samples: int = 5
+    out_of_range_share: float = 0.5
+    forecast_margin: float = 0.15
+    warmup_keep_alive_s: float | None = None
+    """Keep-alive while a function has fewer than `min_samples` idle times (None: the range)."""
+    _functions: dict[str, _Histogram] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return "histogram"
+
+    def _state(self, function: str) -> _Histogram:
+        state = self._functions.get(function)
+        if state is None:
+            state = self._functions[function] = _Histogram(
+                bins=[0] * math.ceil(self.range_s / self.bin_s))
+        return state
+
+    def on_arrival(self, function: str, now: float) -> None:
+        state = self._state(function)
+        if state.idle_since is None:
+            return
+        idle_s = max(0.0, now - state.idle_since)
+        state.idle_since = None
+        state.recent_idle_s.append(idle_s)
+        if idle_s < self.range_s:
+            state.bins[int(idle_s // self.bin_s)] += 1
+            state.in_range += 1
+        else:
+            state.out_of_range += 1
+
+    def on_idle(self, function: str, now: float) -> Decision:
+        state = self._state(function)
+        state.idle_since = now
+        samples = state.in_range + state.out_of_range
+        if samples >= self.min_samples and state.out_of_range > self.out_of_range_share * samples:
+            predicted = statistics.median(state.recent_idle_s)
+            return Decision(keep_until=now,
+                            prewarm_at=now + (1 - self.forecast_margin) * predicted,
+                            prewarm_until=now + (1 + self.forecast_margin) * predicted)
+        if state.in_range < self.min_samples:
+            warmup_s = self.range_s if self.warmup_keep_alive_s is None \
+                else self.warmup_keep_alive_s
+            return Decision(keep_until=now + warmup_s)
+        if self._cv(state) < self.cv_threshold:
+            return Decision(keep_until=now + self.range_s)
+        head_s = self._percentile_bin(state, self.head_percentile) * self.bin_s
+        tail_s = (self._percentile_bin(state, self.tail_percentile) + 1) * self.bin_s
+        prewarm_s = self.prewarm_margin * head_s
+        keep_s = self.keep_margin * tail_s
+        if prewarm_s <= 0:
+            return Decision(keep_until=now + keep_s)
+        return Decision(keep_until=now, prewarm_at=now + prewarm_s, prewarm_until=now + keep_s)
+
+    def _cv(self, state: _Histogram) -> float:
+        mean = state.in_range / len(state.bins)
+        variance = sum((c - mean) ** 2 for c in state.bins) / len(state.bins)
+        return math.sqrt(variance) / mean if mean else 0.0
+
+    @staticmethod
+    def _percentile_bin(state: _Histogram, percentile: float) -> int:
+        threshold = percentile / 100 * state.in_range
+        seen = 0
+        for index, count in enumerate(state.bins):
+            seen += count
+            if count and seen >= threshold:
+                return index
+        return len(state.bins) - 1
+
+
+def parse_policy(spec: str) -> Policy:
+    """`fixed:10m`, `fixed:600`, `histogram` -> a policy object; ValueError names the spec."""
+    kind, _, arg = spec.partition(":")
+    if kind == "fixed":
+        return FixedKeepAlive(_seconds(arg or "10m", spec))
+    if kind == "histogram" and not arg:
+        return HybridHistogram()
+    raise ValueError(f'unknown policy "{spec}": expected fixed:DURATION (like fixed:10m) or '
+                     "histogram")
+
+
+def _seconds(text: str, spec: str) -> float:
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    try:
+        value = float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
+    except (ValueError, IndexError):
+        raise ValueError(f'invalid policy "{spec}": the keep-alive must be like 30s, 10m '
+                         "or 1h") from None
+    if value < 0:
+        raise ValueError(f'invalid policy "{spec}": the keep-alive cannot be negative')
+    return value

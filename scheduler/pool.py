@@ -11,7 +11,7 @@ import enum
 import itertools
 from dataclasses import dataclass, field
 
-from scheduler.policy import KeepAlivePolicy
+from scheduler.policy import Policy
 
 VersionKey = tuple[str, int]
 _ids = itertools.count(1)
@@ -43,7 +43,7 @@ class Instance:
 
 @dataclass(slots=True)
 class Pool:
-    policy: KeepAlivePolicy
+    policy: Policy
     instances: dict[str, Instance] = field(default_factory=dict)
     _by_key: dict[VersionKey, list[Instance]] = field(default_factory=dict)
     # One entry per free slot, most recently freed last: claim is O(1) and takes the most
@@ -140,7 +140,7 @@ class Pool:
     def _went_idle(self, instance: Instance, now: float) -> None:
         instance.idle_since = now
         assert instance.key is not None
-        instance.keep_until = self.policy.keep_until(instance.key[0], now)
+        instance.keep_until = self.policy.on_idle(instance.key[0], now).keep_until
 
     def _unindex(self, instance: Instance) -> None:
         assert instance.key is not None

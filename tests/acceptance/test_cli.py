@@ -171,3 +171,22 @@ def test_state_is_kept_across_restarts(tmp_path: Path) -> None:
     with fn_up(tmp_path / "state") as second:
         assert second.ok("invoke", "keep").strip() == "kept"
     assert (tmp_path / "state" / "token").read_text() == token
+
+
+def test_policy_simulate_on_a_csv_trace(tmp_path: Path) -> None:
+    calls = tmp_path / "calls.csv"
+    calls.write_text("function,timestamp_s\n" + "".join(
+        f"f,{i * 1800}\n" for i in range(30)))
+    result = subprocess.run([FN, "policy", "simulate", "--csv", str(calls), "--json",
+                             "--policy", "fixed:10m", "--policy", "histogram"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    rows = {r["policy"].split("@")[0]: r for r in json.loads(result.stdout)}
+    assert set(rows) == {"fixed:600s", "histogram", "oracle"}
+    assert rows["fixed:600s"]["cold"] == 30
+    assert rows["histogram"]["cold"] < 10
+
+    bad = subprocess.run([FN, "policy", "simulate", "--csv", str(calls), "--policy", "lru"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2
+    assert 'unknown policy "lru"' in bad.stderr

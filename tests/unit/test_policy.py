@@ -1,0 +1,85 @@
+"""Each policy's decisions on small hand-made arrival sequences (the clock is just numbers)."""
+
+from __future__ import annotations
+
+import pytest
+
+from scheduler.policy import Decision, FixedKeepAlive, HybridHistogram, parse_policy
+
+MIN = 60.0
+
+
+def test_fixed_keeps_every_idle_instance_for_the_same_time() -> None:
+    policy = FixedKeepAlive(600)
+    policy.on_arrival("f", 0)
+    assert policy.on_idle("f", 10) == Decision(keep_until=610)
+
+
+def feed(policy: HybridHistogram, idle_times_s: list[float], start: float = 0.0) -> float:
+    """Calls that finish at once, separated by the given idle times; returns the clock."""
+    now = start
+    policy.on_arrival("f", now)
+    for idle_s in idle_times_s:
+        policy.on_idle("f", now)
+        now += idle_s
+        policy.on_arrival("f", now)
+    return now
+
+
+def test_histogram_keeps_long_while_it_has_too_few_samples() -> None:
+    policy = HybridHistogram()
+    now = feed(policy, [5 * MIN] * 4)
+    assert policy.on_idle("f", now) == Decision(keep_until=now + 4 * 3600)
+
+
+def test_histogram_unloads_then_prewarms_around_a_regular_idle_time() -> None:
+    policy = HybridHistogram()
+    now = feed(policy, [30 * MIN + 10] * 20)  # always 30 minutes: all in bin 30
+    decision = policy.on_idle("f", now)
+    assert decision.keep_until == now  # unloaded at once
+    assert decision.prewarm_at == pytest.approx(now + 0.9 * 30 * MIN)
+    assert decision.prewarm_until == pytest.approx(now + 1.1 * 31 * MIN)
+
+
+def test_histogram_keeps_warm_when_calls_come_within_a_minute() -> None:
+    policy = HybridHistogram()
+    now = feed(policy, [20.0] * 10 + [150.0])  # mostly bin 0, one idle time in bin 2
+    decision = policy.on_idle("f", now)
+    assert decision.prewarm_at is None
+    assert decision.keep_until == pytest.approx(now + 1.1 * 3 * MIN)
+
+
+def test_histogram_falls_back_when_idle_times_are_spread_evenly() -> None:
+    policy = HybridHistogram()
+    # One idle time in every bin: a flat histogram (coefficient of variation 0).
+    now = feed(policy, [b * MIN + 1 for b in range(240)])
+    assert policy.on_idle("f", now) == Decision(keep_until=now + 4 * 3600)
+
+
+def test_histogram_forecasts_when_idle_times_fall_beyond_its_range() -> None:
+    policy = HybridHistogram()
+    now = feed(policy, [6 * 3600.0] * 6)  # every 6 hours: out of the 4-hour range
+    decision = policy.on_idle("f", now)
+    assert decision.keep_until == now
+    assert decision.prewarm_at == pytest.approx(now + 0.85 * 6 * 3600)
+    assert decision.prewarm_until == pytest.approx(now + 1.15 * 6 * 3600)
+
+
+def test_histograms_are_per_function() -> None:
+    policy = HybridHistogram()
+    feed(policy, [30 * MIN] * 20)
+    assert policy.on_idle("other", 0) == Decision(keep_until=4 * 3600)
+
+
+@pytest.mark.parametrize(("spec", "name"), [
+    ("fixed:10m", "fixed:600s"), ("fixed:90", "fixed:90s"), ("fixed:1h", "fixed:3600s"),
+    ("histogram", "histogram"),
+])
+def test_parse_policy(spec: str, name: str) -> None:
+    assert parse_policy(spec).name == name
+
+
+@pytest.mark.parametrize("spec", ["lru", "fixed:soon", "fixed:-1m", "histogram:3"])
+def test_parse_policy_rejects(spec: str) -> None:
+    with pytest.raises(ValueError, match=spec):
+        parse_policy(spec)
