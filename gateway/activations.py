@@ -41,6 +41,7 @@ class ActivationWriter:
         self.max_pending = max_pending
         self.retry_s = retry_s
         self.dropped = 0
+        self._writing: list[Activation] = []
 
     def add(self, activation: Activation) -> None:
         self._pending.append(activation)
@@ -60,24 +61,31 @@ class ActivationWriter:
                 await asyncio.sleep(self.retry_s)
             except Exception:
                 # Not the database being away: retrying the same batch would fail forever.
-                async with self._lock:
-                    batch = self._pending[: self.max_batch]
-                    del self._pending[: len(batch)]
-                    self.dropped += len(batch)
-                log.exception("dropped %d activation records that could not be written",
-                              len(batch))
+                # (flush took the batch out of pending and counted it as dropped.)
+                log.exception("dropped a batch of activation records that could not be written")
 
     async def flush(self) -> None:
         """Write everything pending now; readers call it to see their own calls."""
         async with self._lock:
             while self._pending:
+                # Taken out first: `add` may drop the oldest pending records meanwhile.
                 batch = self._pending[: self.max_batch]
-                await self._store.record_activations(batch)
                 del self._pending[: len(batch)]
+                self._writing = batch
+                try:
+                    await self._store.record_activations(batch)
+                except DatabaseUnavailable:
+                    self._pending[:0] = batch  # retried when the database is back
+                    raise
+                except Exception:
+                    self.dropped += len(batch)
+                    raise
+                finally:
+                    self._writing = []
             self._has_pending.clear()
 
     def pending(self, activation_id: ActivationId) -> Activation | None:
-        for activation in self._pending:
+        for activation in (*self._pending, *self._writing):
             if activation.id == activation_id:
                 return activation
         return None

@@ -127,10 +127,10 @@ async def _deploy(platform: Platform, body: dict[str, Any]) -> web.Response:
         version = await platform.store.create_version(
             name, source=source, filename=filename, config=config)
     except BaseException:
-        await platform.scheduler.drop_checked(instance)
+        platform.scheduler.drop_checked_soon(instance)
         raise
     platform.functions.put(version, active=True)
-    await platform.scheduler.admit(instance, version)
+    await platform.scheduler.admit(instance, version)  # drops the instance on any failure
     return json_response(version_json(version, active=True), status=201)
 
 

@@ -30,6 +30,7 @@ class FunctionCache:
             return await asyncio.shield(loading)
         fut: asyncio.Future[Version] = asyncio.get_running_loop().create_future()
         self._loading[key] = fut
+        generation = self.generation(name)
         try:
             found = await self._store.get_version(name, version)
         except BaseException as exc:
@@ -39,10 +40,12 @@ class FunctionCache:
         finally:
             self._loading.pop(key, None)
         fut.set_result(found)
-        self._versions[key] = found
+        if self.generation(name) == generation:  # not changed while it was being read
+            self._versions[key] = found
         return found
 
     def put(self, version: Version, *, active: bool) -> None:
+        self.invalidate(version.function)  # loads in flight must not overwrite this
         self._versions[(version.function, version.version)] = version
         if active:
             self._versions[(version.function, None)] = version

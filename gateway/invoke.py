@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -14,8 +15,8 @@ from aiohttp import web
 from gateway.activations import new_activation_id
 from gateway.errors import error_response
 from gateway.platform import PLATFORM, Platform
-from scheduler.scheduler import InstanceLost, QueueFull, QueueTimeout, StartFailed
-from store import Activation, FunctionNotFound, Version, VersionNotFound
+from scheduler.scheduler import InstanceLost, Lease, QueueFull, QueueTimeout, StartFailed
+from store import Activation, ActivationId, FunctionNotFound, Version, VersionNotFound
 
 log = logging.getLogger("ember.gateway.invoke")
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length",
@@ -82,7 +83,8 @@ async def _call(platform: Platform, request: web.Request, version: Version,
         return error_response(503, "no_capacity", str(exc), headers={"Retry-After": "1"})
     except StartFailed as exc:
         error = {"type": exc.error.get("type", "StartFailed"), "message": str(exc)}
-        record("start_failed", 502, error, exc.logs + exc.error.get("traceback", ""), True)
+        record("start_failed", 502, error,
+               _no_nul(exc.logs + exc.error.get("traceback", "")), True)
         return error_response(502, "start_failed",
                               f'function "{name}" could not start: {exc}',
                               activation_id=str(activation_id), headers=extra)
@@ -93,32 +95,26 @@ async def _call(platform: Platform, request: web.Request, version: Version,
 
     meta = {
         "op": "invoke", "id": str(activation_id), "timeout_s": timeout_s,
-        "method": request.method, "path": "/" + request.match_info.get("tail", ""),
-        "query": request.query_string, "headers": list(request.headers.items()),
-        "content_type": request.headers.get("Content-Type", ""),
+        "method": request.method, "path": _text("/" + request.match_info.get("tail", "")),
+        "query": _text(request.query_string),
+        "headers": [(k, _text(v)) for k, v in request.headers.items()],
+        "content_type": _text(request.headers.get("Content-Type", "")),
     }
     try:
         async with asyncio.timeout(timeout_s):
             reply, out = await lease.connection.call(meta, body)
-    except TimeoutError:
-        await platform.scheduler.discard(lease, "call timed out")
-        message = (f'function "{name}" did not finish within its timeout of {timeout_s:g}s; '
-                   f"the instance was replaced. Raise the limit with: "
-                   f"fn deploy {version.filename} --timeout {max(timeout_s * 2, 1):g}s")
-        record("timeout", 504, {"type": "Timeout", "message": message}, "", lease.cold)
-        return error_response(504, "timeout", message, activation_id=str(activation_id),
-                              headers=extra)
-    except ConnectionError:
-        how = await platform.scheduler.discard(lease, "died during a call", wait_exit_s=1.0)
-        message = (f'the instance running "{name}" exited during the call ({how}); '
-                   "it has been replaced")
-        record("crashed", 502, {"type": "InstanceDied", "message": message}, "", lease.cold)
-        return error_response(502, "instance_died", message, activation_id=str(activation_id),
-                              headers=extra)
+    except BaseException as exc:
+        if not isinstance(exc, TimeoutError | ConnectionError):
+            # Cancelled (client gone, shutdown) or a bug: the instance's state is unknown, so
+            # it is replaced; done in a task of its own so that the cancellation cannot stop it.
+            platform.scheduler.discard_soon(lease, f"call interrupted: {exc!r}")
+            raise
+        return await _failed(platform, version, lease, exc, record, activation_id, extra)
     platform.scheduler.release(lease)
-    logs = reply.get("logs", "")
+    logs = _no_nul(reply.get("logs", ""))
     if not reply.get("ok"):
-        error = reply.get("error") or {}
+        error = {k: _no_nul(v) if isinstance(v, str) else v
+                 for k, v in (reply.get("error") or {}).items()}
         status = int(reply.get("status", 500))
         record("error", status, error, logs, lease.cold)
         code = "bad_request" if status == 400 else "handler_error"
@@ -133,3 +129,39 @@ async def _call(platform: Platform, request: web.Request, version: Version,
             response.headers.add(key, value)
     response.headers.update(extra)
     return response
+
+
+Record = Callable[[str, int, "dict[str, Any] | None", str, bool], None]
+
+
+async def _failed(platform: Platform, version: Version, lease: Lease, exc: BaseException,
+                  record: Record, activation_id: ActivationId,
+                  extra: dict[str, str]) -> web.Response:
+    """The instance overran its timeout or died mid-call: replace it, tell the caller."""
+    name, timeout_s = version.function, version.config.timeout_s
+    if isinstance(exc, TimeoutError):
+        await platform.scheduler.discard(lease, "call timed out")
+        message = (f'function "{name}" did not finish within its timeout of {timeout_s:g}s; '
+                   f"the instance was replaced. Raise the limit with: "
+                   f"fn deploy {version.filename} --timeout {max(timeout_s * 2, 1):g}s")
+        record("timeout", 504, {"type": "Timeout", "message": message}, "", lease.cold)
+        return error_response(504, "timeout", message, activation_id=str(activation_id),
+                              headers=extra)
+    how = await platform.scheduler.discard(lease, "died during a call", wait_exit_s=1.0)
+    message = (f'the instance running "{name}" exited during the call ({how}); '
+               "it has been replaced")
+    record("crashed", 502, {"type": "InstanceDied", "message": message}, "", lease.cold)
+    return error_response(502, "instance_died", message, activation_id=str(activation_id),
+                          headers=extra)
+
+
+def _text(value: str) -> str:
+    """Header and path text as valid UTF-8 (aiohttp keeps undecodable bytes as surrogates)."""
+    if value.isascii():
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _no_nul(text: str) -> str:
+    """Postgres text cannot hold NUL characters: show them instead of losing the record."""
+    return text.replace("\x00", "\\0") if "\x00" in text else text

@@ -80,10 +80,12 @@ class Platform:
         scheduler = Scheduler(LocalBackend(zygote=settings.zygote), settings.pool)
         await scheduler.start()
         functions = FunctionCache(store)
+        activations = ActivationWriter(store)
         platform = cls(
             settings=settings, store=store, scheduler=scheduler, functions=functions,
-            activations=ActivationWriter(store), token=token, embedded=embedded,
-            metrics=Metrics(scheduler.instance_counts, lambda: scheduler.starts_total),
+            activations=activations, token=token, embedded=embedded,
+            metrics=Metrics(scheduler.instance_counts, lambda: scheduler.starts_total,
+                            lambda: activations.dropped),
         )
         platform._watch(platform.activations.run(), "activation writer")
         platform._watch(

@@ -38,6 +38,8 @@ class Capture:
 
     def text(self) -> str:
         out = "".join(self._parts)
+        if not out.isascii():  # lone surrogates cannot be sent as JSON: replace them
+            out = out.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
         if self.truncated or len(out) > self.max_bytes:
             out = out[: self.max_bytes] + f"\n[logs truncated at {self.max_bytes} bytes]\n"
         return out

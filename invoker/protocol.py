@@ -177,6 +177,11 @@ class Connection:
             self.close()
             raise
 
+    @property
+    def usable(self) -> bool:
+        """Open, and the instance has not closed its end."""
+        return not self.closed and self._parser.lost is None
+
     def close(self) -> None:
         if not self.closed:
             self.closed = True

@@ -109,7 +109,13 @@ class Runtime:
                 except asyncio.IncompleteReadError:
                     return
                 reply, reply_body = await self.dispatch(meta, body)
-                frame = encode_frame(reply, reply_body)
+                try:
+                    frame = encode_frame(reply, reply_body)
+                except TypeError as exc:  # e.g. a lone surrogate in a log line
+                    reply = {"ok": False, "error": {
+                        "type": "ReplyError", "message": f"the reply could not be encoded: {exc}"},
+                        "logs": ""}
+                    frame = encode_frame(reply, b"")
                 if len(reply_body) < SMALL_FRAME_BYTES:
                     writer.write(b"".join(frame))  # one send() instead of three
                 else:
@@ -148,7 +154,8 @@ class Runtime:
         entry: str = meta.get("entry", "handler")
         self.env = {str(k): str(v) for k, v in meta.get("env", {}).items()}
         os.environ.update(self.env)
-        code_dir = Path(tempfile.mkdtemp(prefix="ember-fn-"))
+        # Named after the pid so that the backend can remove it with the instance.
+        code_dir = Path(tempfile.mkdtemp(prefix=f"ember-fn-{os.getpid()}-"))
         path = code_dir / filename
         path.write_text(meta["source"])
         sys.path.insert(0, str(code_dir))

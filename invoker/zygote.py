@@ -117,7 +117,7 @@ def run_zygote() -> None:
             pending += chunk
             *lines, pending = pending.split(b"\n")
             for line in lines:
-                parts = line.decode().split()
+                parts = line.decode().split(maxsplit=2)  # the address may hold spaces
                 if len(parts) == 3 and parts[0] == "fork":
                     _fork(parts[1], parts[2], (wake_r, wake_w))
                 elif parts:

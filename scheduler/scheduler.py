@@ -46,6 +46,9 @@ class PoolSettings:
     """How long importing a function's module may take."""
     stop_grace_s: float = 2.0
     """Seconds between SIGTERM and SIGKILL when stopping an instance."""
+    max_start_backoff_s: float = 30.0
+    """After a version fails to start, calls fail fast for 0.5 s, doubling per failure up to
+    this, instead of restarting it in a loop (like Kubernetes' crash-loop back-off)."""
 
 
 class SchedulerError(Exception):
@@ -115,11 +118,14 @@ class Scheduler:
         self._handles: dict[str, InstanceHandle] = {}
         self._conns: dict[str, list[Connection]] = {}
         self._waiting: dict[VersionKey, _Waiting] = {}
+        self._start_failures: dict[VersionKey, int] = {}
+        self._start_backoff: dict[VersionKey, tuple[float, StartFailed]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._wake_reaper = asyncio.Event()
         self._reaper_target = math.inf
         self._refill = asyncio.Event()
-        self._changed = asyncio.Condition()
+        self._changed = asyncio.Event()
+        self._watchers = 0
         self._stopping = False
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -167,42 +173,58 @@ class Scheduler:
         task.add_done_callback(done)
 
     async def wait_until(self, predicate: Callable[[], bool], timeout_s: float) -> None:
-        """Wait for the pool to reach a state (tests and tools); raises TimeoutError."""
-        async with asyncio.timeout(timeout_s), self._changed:
-            await self._changed.wait_for(predicate)
+        """Wait for the pool to reach a state (tests and tools); raises TimeoutError.
+
+        The predicate is checked again after every change of the pool or of a queue.
+        """
+        self._watchers += 1
+        try:
+            async with asyncio.timeout(timeout_s):
+                while not predicate():
+                    self._changed.clear()
+                    await self._changed.wait()
+        finally:
+            self._watchers -= 1
 
     def _notify(self) -> None:
-        async def notify() -> None:
-            async with self._changed:
-                self._changed.notify_all()
-        self._spawn(notify(), "pool change notification")
+        if self._watchers:  # nobody waits in production: one integer test per event
+            self._changed.set()
 
     # -- the call path ----------------------------------------------------------------------
 
     async def acquire(self, version: Version) -> Lease:
         key = (version.function, version.version)
+        backoff = self._start_backoff.get(key)
+        if backoff is not None and backoff[0] > self.clock() and self.pool.count(key) == 0:
+            raise backoff[1]  # it failed to start just now: do not start it again yet
         instance = self.pool.claim(key)
         cold = False
         if instance is None:
             instance, cold = await self._wait_for_slot(key, version)
+        self._notify()
         try:
             connection = await self._connection(instance)
-        except OSError as exc:
-            await self._drop(instance, f"cannot connect: {exc}")
-            raise InstanceLost(f"instance of {version.function} is unreachable: {exc}") from exc
+        except (OSError, KeyError) as exc:  # KeyError: it exited since it was handed out
+            self._spawn(self._drop(instance, f"cannot connect: {exc!r}"), f"stop {instance.id}")
+            raise InstanceLost(f"instance of {version.function} is unreachable: {exc!r}") \
+                from exc
+        except BaseException:
+            self._give_back(instance)
+            raise
         return Lease(instance, connection, cold)
 
     async def _wait_for_slot(self, key: VersionKey, version: Version) -> tuple[Instance, bool]:
         if self._stopping:
             raise StartFailed("the platform is shutting down")
         waiting = self._waiting.get(key)
-        if waiting is None:
-            waiting = self._waiting[key] = _Waiting(version)
-        if len(waiting.queue) >= self.settings.max_queue:
+        if len(waiting.queue if waiting else ()) >= self.settings.max_queue:
             raise QueueFull(version.function, self.settings.max_queue,
                             retry_after_s=max(1.0, version.config.timeout_s / 10))
+        if waiting is None:
+            waiting = self._waiting[key] = _Waiting(version)
         fut: asyncio.Future[tuple[Instance, bool]] = asyncio.get_running_loop().create_future()
         waiting.queue.append(fut)
+        self._notify()
         self._start_for(key)
         try:
             async with asyncio.timeout(self.settings.queue_timeout_s):
@@ -210,8 +232,7 @@ class Scheduler:
         except BaseException as exc:
             if fut.done() and not fut.cancelled() and fut.exception() is None:
                 # The slot was handed to us just as we gave up: give it back.
-                self.pool.release(fut.result()[0], self.clock())
-                self._hand_out(key, cold=False)
+                self._give_back(fut.result()[0])
             if isinstance(exc, TimeoutError):
                 raise QueueTimeout(
                     f'no instance of "{version.function}" became free within '
@@ -228,21 +249,28 @@ class Scheduler:
         free = self._conns.get(instance.id)
         while free:
             conn = free.pop()
-            if not conn.closed:
+            if conn.usable:
                 return conn
+            conn.close()
         handle = self._handles[instance.id]
         return await Connection.open(handle.host, handle.port)
 
     def release(self, lease: Lease) -> None:
-        instance = lease.instance
-        if instance.id not in self.pool.instances:
-            # Retired while busy (function deleted): stop it now that the call is over.
-            lease.connection.close()
-            self._spawn(self._drop(instance, "retired"), f"stop {instance.id}")
-            return
-        if not lease.connection.closed:
-            self._conns.setdefault(instance.id, []).append(lease.connection)
+        """Give back the slot of a call that completed (the instance is fine)."""
+        self._give_back(lease.instance, lease.connection)
+
+    def _give_back(self, instance: Instance, connection: Connection | None = None) -> None:
         self.pool.release(instance, self.clock())
+        self._notify()
+        if instance.id not in self.pool.instances:
+            # Retired while busy (function deleted): stop it once its last call is over.
+            if connection is not None:
+                connection.close()
+            if instance.busy <= 0:
+                self._spawn(self._drop(instance, "retired"), f"stop {instance.id}")
+            return
+        if connection is not None and not connection.closed:
+            self._conns.setdefault(instance.id, []).append(connection)
         assert instance.key is not None
         if instance.key in self._waiting:
             self._hand_out(instance.key, cold=False)
@@ -260,6 +288,10 @@ class Scheduler:
                     how = describe_exit(await handle.wait())
         await self._drop(lease.instance, reason)
         return how
+
+    def discard_soon(self, lease: Lease, reason: str) -> None:
+        """`discard` in a task of its own: for callers being cancelled."""
+        self._spawn(self.discard(lease, reason), f"discard {lease.instance.id}")
 
     def _hand_out(self, key: VersionKey, *, cold: bool) -> None:
         waiting = self._waiting.get(key)
@@ -298,9 +330,21 @@ class Scheduler:
         try:
             await self._specialize(instance, version, fresh)
         except StartFailed as exc:
-            await self._drop(instance, str(exc))
+            # Back off before starting this version again, so a module that fails to import
+            # is not restarted in a loop; the calls waiting for it get the error now.
+            failures = self._start_failures.get(key, 0) + 1
+            self._start_failures[key] = failures
+            delay_s = min(self.settings.max_start_backoff_s, 0.5 * 2 ** (failures - 1))
+            self._start_backoff[key] = (self.clock() + delay_s, exc)
+            self.pool.remove(instance)
             self._fail_waiters(key, exc)
+            await self._drop(instance, str(exc), restart=False)
             return
+        if instance.id not in self.pool.instances:  # retired while it was starting
+            await self._drop(instance, "retired while starting", restart=False)
+            return
+        self._start_failures.pop(key, None)
+        self._start_backoff.pop(key, None)
         self.pool.mark_ready(instance, self.clock())
         self._hand_out(key, cold=True)
         if self.pool.instances.get(instance.id) is instance and instance.busy == 0:
@@ -338,12 +382,12 @@ class Scheduler:
         self._handles[instance.id] = handle
         self._spawn(self._watch(instance, handle), f"watch {instance.id}")
 
-    def _fail_waiters(self, key: VersionKey, exc: StartFailed) -> None:
+    def _fail_waiters(self, key: VersionKey, exc: StartFailed, *, all_: bool = False) -> None:
         waiting = self._waiting.get(key)
         if waiting is None:
             return
         # Calls that the instances still starting can serve keep waiting; the rest fail.
-        excess = len(waiting.queue) - self.pool.starting(key)
+        excess = len(waiting.queue) if all_ else len(waiting.queue) - self.pool.starting(key)
         while excess > 0 and waiting.queue:
             fut = waiting.queue.pop()
             if not fut.done():
@@ -357,7 +401,7 @@ class Scheduler:
                                                   "exit": describe_exit(code)})
             await self._drop(instance, f"exited ({describe_exit(code)})")
 
-    async def _drop(self, instance: Instance, reason: str) -> None:
+    async def _drop(self, instance: Instance, reason: str, *, restart: bool = True) -> None:
         key = instance.key
         self.pool.remove(instance)
         for conn in self._conns.pop(instance.id, []):
@@ -368,7 +412,7 @@ class Scheduler:
             await self.backend.stop_instance(handle, grace_s=self.settings.stop_grace_s)
         if key is None:
             self._refill.set()
-        elif key in self._waiting and not self._stopping:
+        elif restart and key in self._waiting and not self._stopping:
             self._start_for(key)
         self._notify()
 
@@ -378,7 +422,8 @@ class Scheduler:
         """Import a version in an instance of its own, before it is stored.
 
         Raises `StartFailed` with the import error. On success the instance is kept aside;
-        `admit` makes it the first warm instance of the stored version, `drop_checked` stops it.
+        `admit` makes it the first warm instance of the stored version, `drop_checked_soon`
+        stops it.
         """
         instance = self.pool.take_generic()
         fresh = instance is None
@@ -388,40 +433,54 @@ class Scheduler:
         self._refill.set()
         try:
             await self._specialize(instance, version, fresh)
-        except StartFailed:
-            await self._drop(instance, "failed the import check")
+        except BaseException as exc:  # failed, or the deploy request was cancelled
+            self._spawn(self._drop(instance, f"import check: {exc!r}"), f"stop {instance.id}")
             raise
         instance.concurrency = version.config.concurrency
         return instance
 
     async def admit(self, instance: Instance, version: Version) -> None:
-        conn = await self._connection(instance)
+        """Make a checked instance the first warm instance of `version` (or drop it)."""
         try:
-            reply, _ = await conn.call({"op": "relabel", "version": version.version})
-        except OSError:
-            await self._drop(instance, "lost after the import check")
+            conn = await self._connection(instance)
+            async with asyncio.timeout(self.settings.specialize_timeout_s):
+                reply, _ = await conn.call({"op": "relabel", "version": version.version})
+        except BaseException as exc:
+            # The version is stored and active either way; the first call starts an instance.
+            self.drop_checked_soon(instance)
+            if isinstance(exc, Exception):
+                log.warning("checked instance lost before it served: %r", exc)
+                return
+            raise
+        if not reply.get("ok"):
+            conn.close()
+            self.drop_checked_soon(instance)
             return
         self._conns.setdefault(instance.id, []).append(conn)
-        if not reply.get("ok"):
-            await self._drop(instance, "refused its version number")
-            return
         key = (version.function, version.version)
         self.pool.relabel(instance, key)
         self.pool.mark_ready(instance, self.clock())
         self._hand_out(key, cold=True)
         self._wake_reaper.set()
 
-    async def drop_checked(self, instance: Instance) -> None:
-        await self._drop(instance, "deploy did not complete")
+    def drop_checked_soon(self, instance: Instance) -> None:
+        self._spawn(self._drop(instance, "deploy did not complete"), f"stop {instance.id}")
 
     async def retire(self, function: str) -> None:
-        """Stop every instance of a deleted function (busy ones once their call ends)."""
+        """Stop every instance of a deleted function (busy ones once their calls end)."""
+        gone = StartFailed(f'function "{function}" was deleted')
+        for key in [k for k in self._waiting if k[0] == function]:
+            self._fail_waiters(key, gone, all_=True)
+        for key in [k for k in self._start_backoff if k[0] == function]:
+            self._start_backoff.pop(key, None)
+            self._start_failures.pop(key, None)
         idle = []
         for instance in self.pool.of_function(function):
             self.pool.remove(instance)
-            if instance.busy == 0:
+            if instance.busy == 0 and instance.state is not State.STARTING:
                 idle.append(instance)
-        await asyncio.gather(*(self._drop(i, "function deleted") for i in idle))
+        await asyncio.gather(*(self._drop(i, "function deleted", restart=False)
+                               for i in idle))
 
     # -- background tasks -------------------------------------------------------------------
 
@@ -467,6 +526,16 @@ class Scheduler:
             state = "busy" if instance.busy else instance.state.value
             counts[state] = counts.get(state, 0) + 1
         return counts
+
+    def waiting(self, key: VersionKey) -> int:
+        """Calls of a version waiting for a slot."""
+        waiting = self._waiting.get(key)
+        return len(waiting.queue) if waiting else 0
+
+    def start_backoff_remaining_s(self, key: VersionKey) -> float:
+        """How long calls of a version that failed to start still fail fast."""
+        backoff = self._start_backoff.get(key)
+        return max(0.0, backoff[0] - self.clock()) if backoff else 0.0
 
     def instances_of(self, function: str) -> list[Instance]:
         return self.pool.of_function(function)

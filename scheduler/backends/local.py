@@ -20,6 +20,7 @@ import signal
 import sys
 import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from scheduler.backends import BackendError, InstanceHandle, describe_exit
 
@@ -30,12 +31,19 @@ log = logging.getLogger("ember.scheduler.local")
 _PASSED_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH")
 
 
-def invoker_env() -> dict[str, str]:
+def invoker_env(tmp_dir: str | None = None) -> dict[str, str]:
     env = {k: os.environ[k] for k in _PASSED_ENV if k in os.environ}
+    if tmp_dir is not None:
+        env["TMPDIR"] = tmp_dir  # instances put their code here: removed with them
     env["MALLOC_ARENA_MAX"] = "2"
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     env["HOME"] = "/tmp"
     return env
+
+
+def _remove_code_dirs(folder: str, pid: int) -> None:
+    for code_dir in Path(folder).glob(f"ember-fn-{pid}-*"):
+        shutil.rmtree(code_dir, ignore_errors=True)
 
 
 @dataclass(slots=True, eq=False)
@@ -73,7 +81,7 @@ class _Zygote:
 
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
-        self.requests: dict[str, asyncio.Future[tuple[int, int]]] = {}
+        self.requests: dict[str, tuple[str, asyncio.Future[ForkedHandle]]] = {}
         self.children: dict[int, ForkedHandle] = {}
         self.counter = 0
         self.reader = asyncio.create_task(self._read(), name="zygote reader")
@@ -84,22 +92,27 @@ class _Zygote:
             async for raw in self.process.stdout:
                 parts = raw.decode().split(maxsplit=3)
                 if parts[0] == "forked" and parts[1] in self.requests:
-                    fut = self.requests.pop(parts[1])
+                    address, fut = self.requests.pop(parts[1])
+                    # Registered here, before the next line is read: its exit may be next.
+                    handle = ForkedHandle(host=address, port=int(parts[3]), pid=int(parts[2]))
+                    self.children[handle.pid] = handle
                     if fut.done():  # the caller gave up (shutdown, timeout): nobody owns it
                         with contextlib.suppress(ProcessLookupError):
-                            os.kill(int(parts[2]), signal.SIGKILL)
+                            os.kill(handle.pid, signal.SIGKILL)
                     else:
-                        fut.set_result((int(parts[2]), int(parts[3])))
+                        fut.set_result(handle)
                 elif parts[0] == "failed" and parts[1] in self.requests:
-                    self.requests.pop(parts[1]).set_exception(
-                        BackendError(f"zygote could not fork: {' '.join(parts[2:])}"))
+                    _, fut = self.requests.pop(parts[1])
+                    if not fut.done():
+                        fut.set_exception(
+                            BackendError(f"zygote could not fork: {' '.join(parts[2:])}"))
                 elif parts[0] == "exit":
-                    handle = self.children.pop(int(parts[1]), None)
-                    if handle is not None and not handle.exited.done():
-                        handle.exited.set_result(int(parts[2]))
+                    child = self.children.pop(int(parts[1]), None)
+                    if child is not None and not child.exited.done():
+                        child.exited.set_result(int(parts[2]))
         finally:
             code = await self.process.wait()
-            for fut in self.requests.values():
+            for _, fut in self.requests.values():
                 if not fut.done():
                     fut.set_exception(BackendError(f"the zygote exited ({describe_exit(code)})"))
             for handle in self.children.values():
@@ -115,13 +128,10 @@ class _Zygote:
         assert self.process.stdin is not None
         self.counter += 1
         request_id = str(self.counter)
-        fut: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
-        self.requests[request_id] = fut
+        fut: asyncio.Future[ForkedHandle] = asyncio.get_running_loop().create_future()
+        self.requests[request_id] = (address, fut)
         self.process.stdin.write(f"fork {request_id} {address}\n".encode())
-        pid, port = await fut
-        handle = ForkedHandle(host=address, port=port, pid=pid)
-        self.children[pid] = handle
-        return handle
+        return await fut
 
     async def close(self) -> None:
         if self.process.stdin is not None:
@@ -200,7 +210,7 @@ class LocalBackend:
             return await asyncio.create_subprocess_exec(
                 self.python, "-m", "invoker", *args,
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                env=invoker_env(), start_new_session=True,
+                env=invoker_env(self._socket_dir), start_new_session=True,
             )
         except OSError as exc:
             raise BackendError(f"cannot start an invoker process: {exc}") from exc
@@ -228,6 +238,9 @@ class LocalBackend:
             if handle.host.startswith("unix:"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(handle.host[len("unix:"):])
+            pid = handle.pid if isinstance(handle, ForkedHandle | LocalHandle) else None
+            if self._socket_dir is not None and pid is not None:
+                _remove_code_dirs(self._socket_dir, pid)
 
     async def _stop(self, handle: InstanceHandle, grace_s: float) -> None:
         if isinstance(handle, LocalHandle):
@@ -244,7 +257,11 @@ class LocalBackend:
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(handle.pid, signal.SIGKILL)
-            await handle.wait()
+            try:
+                async with asyncio.timeout(5.0):
+                    await handle.wait()
+            except TimeoutError:
+                log.error("instance did not exit after SIGKILL", extra={"pid": handle.pid})
 
     async def _stop_spawned(self, handle: LocalHandle, grace_s: float) -> None:
         process = handle.process
