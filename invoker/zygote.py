@@ -63,6 +63,7 @@ def _fork(request_id: str, address: str, wakeup: tuple[int, int]) -> None:
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             for fd in wakeup:
                 os.close(fd)
+            os.setsid()  # its own process group: stopping it stops what the handler forks
             _die_with_parent(parent)
             devnull = os.open(os.devnull, os.O_RDONLY)
             os.dup2(devnull, 0)

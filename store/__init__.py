@@ -7,11 +7,12 @@ one method per named query in `queries.sql`. Everything it returns is a plain re
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import asyncpg
 import orjson
@@ -55,6 +56,28 @@ MIGRATION_LOCK_KEY = 0x656D626572  # "ember"
 NOTIFY_CHANNEL = "ember_functions"
 _UNAVAILABLE = (OSError, asyncpg.exceptions.ConnectionDoesNotExistError,
                 asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.InterfaceError)
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _retry_once(
+    method: Callable[Concatenate[Store, P], Awaitable[T]],
+) -> Callable[Concatenate[Store, P], Awaitable[T]]:
+    """For reads (and idempotent writes): after a lost connection (a database restart leaves
+    every pooled connection dead), expire the pool's connections and try once more."""
+
+    @functools.wraps(method)
+    async def wrapper(store: Store, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(store, *args, **kwargs)
+        except DatabaseUnavailable:
+            await store._pool.expire_connections()
+            log.info("retrying %s on a new connection", method.__name__)
+            return await method(store, *args, **kwargs)
+
+    return wrapper
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -145,6 +168,7 @@ class Store:
         assert row is not None
         return Version.from_row(row)
 
+    @_retry_once
     async def get_function(self, name: str) -> Function:
         async with self._conn() as conn:
             row = await conn.fetchrow(QUERIES["get_function"], name)
@@ -152,11 +176,13 @@ class Store:
             raise FunctionNotFound(name)
         return Function.from_row(row)
 
+    @_retry_once
     async def list_functions(self) -> list[Function]:
         async with self._conn() as conn:
             rows = await conn.fetch(QUERIES["list_functions"])
         return [Function.from_row(r) for r in rows]
 
+    @_retry_once
     async def get_version(self, name: str, version: int | None = None) -> Version:
         """The given version of a function, or its active version when `version` is None."""
         async with self._conn() as conn:
@@ -171,6 +197,7 @@ class Store:
             raise FunctionNotFound(name)
         return Version.from_row(row)
 
+    @_retry_once
     async def list_versions(self, name: str) -> list[tuple[Version, bool]]:
         """Every version of a function, newest first, with whether it is the active one."""
         async with self._conn() as conn:
@@ -205,6 +232,7 @@ class Store:
 
     # -- activations ------------------------------------------------------------------------
 
+    @_retry_once
     async def record_activations(self, activations: Sequence[Activation]) -> None:
         async with self._conn() as conn:
             await conn.copy_records_to_table(
@@ -212,16 +240,19 @@ class Store:
                 columns=ACTIVATION_COLUMNS,
             )
 
+    @_retry_once
     async def list_activations(self, name: str, *, limit: int = 20) -> list[Activation]:
         async with self._conn() as conn:
             rows = await conn.fetch(QUERIES["list_activations"], name, limit)
         return [Activation.from_row(r) for r in rows]
 
+    @_retry_once
     async def get_activation(self, activation_id: ActivationId) -> Activation | None:
         async with self._conn() as conn:
             row = await conn.fetchrow(QUERIES["get_activation"], activation_id)
         return Activation.from_row(row) if row is not None else None
 
+    @_retry_once
     async def ping(self) -> None:
         async with self._conn() as conn:
             await conn.fetchval(QUERIES["ping"])

@@ -41,6 +41,17 @@ def invoker_env(tmp_dir: str | None = None) -> dict[str, str]:
     return env
 
 
+def _exited(handle: ForkedHandle | LocalHandle) -> bool:
+    if isinstance(handle, LocalHandle):
+        return handle.process.returncode is not None
+    return handle.exited.done()
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
 def _remove_code_dirs(folder: str, pid: int) -> None:
     for code_dir in Path(folder).glob(f"ember-fn-{pid}-*"):
         shutil.rmtree(code_dir, ignore_errors=True)
@@ -243,40 +254,24 @@ class LocalBackend:
                 _remove_code_dirs(self._socket_dir, pid)
 
     async def _stop(self, handle: InstanceHandle, grace_s: float) -> None:
-        if isinstance(handle, LocalHandle):
-            await self._stop_spawned(handle, grace_s)
-            return
-        assert isinstance(handle, ForkedHandle)
-        if handle.exited.done():
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(handle.pid, signal.SIGTERM)
-        try:
-            async with asyncio.timeout(grace_s):
-                await handle.wait()
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(handle.pid, signal.SIGKILL)
-            try:
-                async with asyncio.timeout(5.0):
-                    await handle.wait()
-            except TimeoutError:
-                log.error("instance did not exit after SIGKILL", extra={"pid": handle.pid})
-
-    async def _stop_spawned(self, handle: LocalHandle, grace_s: float) -> None:
-        process = handle.process
-        if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.terminate()
+        """SIGTERM, then SIGKILL after `grace_s`, to the instance's whole process group: what
+        a handler forked goes with it (unless it left the group on purpose)."""
+        assert isinstance(handle, ForkedHandle | LocalHandle)
+        if not _exited(handle):
+            _signal_group(handle.pid, signal.SIGTERM)
             try:
                 async with asyncio.timeout(grace_s):
-                    await process.wait()
+                    await handle.wait()
             except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                await process.wait()
-        if process.stdin is not None:
-            process.stdin.close()
+                _signal_group(handle.pid, signal.SIGKILL)
+                try:
+                    async with asyncio.timeout(5.0):
+                        await handle.wait()
+                except TimeoutError:
+                    log.error("instance did not exit after SIGKILL", extra={"pid": handle.pid})
+        _signal_group(handle.pid, signal.SIGKILL)  # what the handler left running
+        if isinstance(handle, LocalHandle) and handle.process.stdin is not None:
+            handle.process.stdin.close()
 
     async def close(self) -> None:
         await asyncio.gather(*(self.stop_instance(h, grace_s=1.0) for h in list(self._handles)))

@@ -7,6 +7,8 @@ import asyncio
 import textwrap
 from pathlib import Path
 
+import psutil
+
 from tests.conftest import PlatformFactory, Running
 
 SLOW = textwrap.dedent("""
@@ -113,3 +115,20 @@ async def test_odd_characters_in_logs_are_kept_readable(running: Running) -> Non
     assert record["id"] == activation_id
     assert "nul:\\0 surrogate:\ufffd" in record["logs"]
     assert record["error"]["message"] == "bad\\0value"
+
+
+async def test_processes_a_handler_forks_are_stopped_with_its_instance(running: Running) -> None:
+    await running.deploy_ok("forker", textwrap.dedent("""
+        import subprocess
+
+        def handler(event, context):
+            child = subprocess.Popen(["sleep", "300"])
+            return child.pid
+    """))
+    child_pid = await (await running.call("forker", {})).json()
+    child = psutil.Process(child_pid)
+    assert child.is_running()
+    status, _ = await running.admin("DELETE", "/v1/functions/forker")
+    assert status == 200
+    _, alive = psutil.wait_procs([child], timeout=10)
+    assert not alive
