@@ -123,6 +123,10 @@ class HybridHistogram:
             state.out_of_range += 1
 
     def on_idle(self, function: str, now: float) -> Decision:
+        return self.decide(function, now, self.warmup_keep_alive_s)
+
+    def decide(self, function: str, now: float, warmup_keep_alive_s: float | None) -> Decision:
+        """`on_idle` with the keep-alive to use while the function's histogram is learning."""
         state = self._state(function)
         state.idle_since = now
         samples = state.in_range + state.out_of_range
@@ -132,8 +136,7 @@ class HybridHistogram:
                             prewarm_at=now + (1 - self.forecast_margin) * predicted,
                             prewarm_until=now + (1 + self.forecast_margin) * predicted)
         if state.in_range < self.min_samples:
-            warmup_s = self.range_s if self.warmup_keep_alive_s is None \
-                else self.warmup_keep_alive_s
+            warmup_s = self.range_s if warmup_keep_alive_s is None else warmup_keep_alive_s
             return Decision(keep_until=now + warmup_s)
         if self._cv(state) < self.cv_threshold:
             return Decision(keep_until=now + self.range_s)
@@ -159,6 +162,49 @@ class HybridHistogram:
             if count and seen >= threshold:
                 return index
         return len(state.bins) - 1
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class FunctionPolicy:
+    """What an operator sets per function (or as the default): see docs/policies.md."""
+
+    prewarm: str = "fixed"
+    """`fixed`: keep idle instances for `keep_alive_s`; `histogram`: the hybrid histogram, with
+    `keep_alive_s` as its keep-alive while it learns a function's idle times."""
+    keep_alive_s: float = 600.0
+    min_warm: int = 0
+    """Instances kept warm even when idle (never scaled below this)."""
+    max_instances: int = 20
+
+
+class PolicyRouter:
+    """The live policy: each function's settings pick fixed keep-alive or the histogram.
+
+    Every function's idle times are learnt all the time, so switching a function to the
+    histogram uses what was seen before the switch.
+    """
+
+    def __init__(self, default: FunctionPolicy | None = None) -> None:
+        self.default = default or FunctionPolicy()
+        self.overrides: dict[str, FunctionPolicy] = {}
+        self.histogram = HybridHistogram()
+
+    @property
+    def name(self) -> str:
+        return "router"
+
+    def settings(self, function: str) -> FunctionPolicy:
+        return self.overrides.get(function, self.default)
+
+    def on_arrival(self, function: str, now: float) -> None:
+        self.histogram.on_arrival(function, now)
+
+    def on_idle(self, function: str, now: float) -> Decision:
+        settings = self.settings(function)
+        decision = self.histogram.decide(function, now, settings.keep_alive_s)
+        if settings.prewarm == "histogram":
+            return decision
+        return Decision(keep_until=now + settings.keep_alive_s)
 
 
 def parse_policy(spec: str) -> Policy:

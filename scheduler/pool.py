@@ -8,6 +8,7 @@ into backend calls.
 from __future__ import annotations
 
 import enum
+import heapq
 import itertools
 from dataclasses import dataclass, field
 
@@ -35,6 +36,8 @@ class Instance:
     calls: int = 0
     idle_since: float = 0.0
     keep_until: float = float("inf")
+    prewarmed: bool = False
+    """Started ahead of an expected call; no call has used it yet."""
 
     @property
     def free_slots(self) -> int:
@@ -50,6 +53,12 @@ class Pool:
     # recently used instance, so the others go idle and can be scaled down. Entries of
     # instances that were removed since are skipped when popped.
     _free: dict[VersionKey, list[Instance]] = field(default_factory=dict)
+    prewarms: list[tuple[float, float, VersionKey]] = field(default_factory=list)
+    """(at, until, key) the policy asked for, as a heap: the scheduler starts them when due."""
+    idle_s: dict[str, float] = field(default_factory=dict)
+    """Seconds specialized instances spent warm and idle, per function."""
+    prewarm_outcomes: dict[tuple[str, str], int] = field(default_factory=dict)
+    """(function, "used" | "wasted") -> count."""
 
     def new_instance(self, now: float) -> Instance:
         """Record an instance the backend is starting (generic until specialized)."""
@@ -78,18 +87,23 @@ class Pool:
         instance.key = key
         self._by_key.setdefault(key, []).append(instance)
 
-    def claim(self, key: VersionKey) -> Instance | None:
+    def claim(self, key: VersionKey, now: float | None = None) -> Instance | None:
         """Take a free slot on a warm instance of `key`, the most recently used one first."""
         free = self._free.get(key)
         while free:
             instance = free.pop()
             if instance.state is State.READY and instance.key == key \
                     and instance.busy < instance.concurrency:
-                self.occupy(instance)
+                self.occupy(instance, now)
                 return instance
         return None
 
-    def occupy(self, instance: Instance) -> None:
+    def occupy(self, instance: Instance, now: float | None = None) -> None:
+        if instance.busy == 0 and instance.key is not None and now is not None:
+            self._count_idle(instance, now)
+        if instance.prewarmed:
+            instance.prewarmed = False
+            self._outcome(instance, "used")
         instance.busy += 1
         instance.calls += 1
         instance.keep_until = float("inf")
@@ -101,6 +115,32 @@ class Pool:
             self._free.setdefault(instance.key, []).append(instance)
             if instance.busy == 0:
                 self._went_idle(instance, now)
+
+    def mark_prewarmed(self, instance: Instance, now: float, keep_until: float) -> None:
+        """A prewarmed instance is ready: kept until `keep_until` unless a call comes."""
+        instance.state = State.READY
+        instance.prewarmed = True
+        assert instance.key is not None
+        self._free.setdefault(instance.key, []).extend([instance] * instance.free_slots)
+        instance.idle_since = now
+        instance.keep_until = keep_until
+
+    def stopped(self, instance: Instance, now: float) -> None:
+        """Account for an idle instance the scheduler stops now (keep-alive ran out)."""
+        if instance.key is not None and instance.busy == 0 and instance.state is State.READY:
+            self._count_idle(instance, now)
+            if instance.prewarmed:
+                self._outcome(instance, "wasted")
+
+    def _count_idle(self, instance: Instance, now: float) -> None:
+        assert instance.key is not None
+        function = instance.key[0]
+        self.idle_s[function] = self.idle_s.get(function, 0.0) + max(0.0, now - instance.idle_since)
+
+    def _outcome(self, instance: Instance, outcome: str) -> None:
+        assert instance.key is not None
+        k = (instance.key[0], outcome)
+        self.prewarm_outcomes[k] = self.prewarm_outcomes.get(k, 0) + 1
 
     def remove(self, instance: Instance) -> None:
         if self.instances.pop(instance.id, None) is not None and instance.key is not None:
@@ -140,7 +180,24 @@ class Pool:
     def _went_idle(self, instance: Instance, now: float) -> None:
         instance.idle_since = now
         assert instance.key is not None
-        instance.keep_until = self.policy.on_idle(instance.key[0], now).keep_until
+        decision = self.policy.on_idle(instance.key[0], now)
+        instance.keep_until = decision.keep_until
+        if decision.prewarm_at is not None:
+            until = decision.prewarm_until if decision.prewarm_until is not None \
+                else decision.prewarm_at
+            heapq.heappush(self.prewarms, (decision.prewarm_at, until, instance.key))
+
+    def due_prewarms(self, now: float) -> list[tuple[float, VersionKey]]:
+        """Prewarms whose time has come, as (keep until, key)."""
+        due = []
+        while self.prewarms and self.prewarms[0][0] <= now:
+            _, until, key = heapq.heappop(self.prewarms)
+            if until > now:
+                due.append((until, key))
+        return due
+
+    def next_prewarm(self) -> float | None:
+        return self.prewarms[0][0] if self.prewarms else None
 
     def _unindex(self, instance: Instance) -> None:
         assert instance.key is not None

@@ -21,7 +21,7 @@ from typing import Any, cast
 
 from invoker.protocol import Connection, ErrorInfo
 from scheduler.backends import Backend, BackendError, InstanceHandle, describe_exit
-from scheduler.policy import FixedKeepAlive
+from scheduler.policy import FunctionPolicy, PolicyRouter
 from scheduler.pool import Instance, Pool, State, VersionKey
 from store.records import Version
 
@@ -110,7 +110,11 @@ class Scheduler:
         self.settings = settings or PoolSettings()
         self.backend = backend
         self.clock = clock
-        self.pool = Pool(FixedKeepAlive(self.settings.keep_alive_s))
+        self.policies = PolicyRouter(FunctionPolicy(
+            keep_alive_s=self.settings.keep_alive_s, max_instances=self.settings.max_instances))
+        self.pool = Pool(self.policies)
+        self.prewarm_starts: dict[str, int] = {}
+        self._known: dict[VersionKey, Version] = {}
         self.starts_total = 0
         self.failed: BaseException | None = None
         self.broken = asyncio.Event()
@@ -197,7 +201,9 @@ class Scheduler:
         backoff = self._start_backoff.get(key)
         if backoff is not None and backoff[0] > self.clock() and self.pool.count(key) == 0:
             raise backoff[1]  # it failed to start just now: do not start it again yet
-        instance = self.pool.claim(key)
+        now = self.clock()
+        self.policies.on_arrival(version.function, now)
+        instance = self.pool.claim(key, now)
         cold = False
         if instance is None:
             instance, cold = await self._wait_for_slot(key, version)
@@ -300,7 +306,7 @@ class Scheduler:
             if fut.done():
                 waiting.queue.popleft()
                 continue
-            instance = self.pool.claim(key)
+            instance = self.pool.claim(key, self.clock())
             if instance is None:
                 return
             waiting.queue.popleft()
@@ -313,8 +319,9 @@ class Scheduler:
         waiting = self._waiting.get(key)
         if waiting is None:
             return
+        self._known[key] = waiting.version
         needed = len(waiting.queue) - self.pool.starting(key)
-        room = self.settings.max_instances - self.pool.count(key)
+        room = self.policies.settings(key[0]).max_instances - self.pool.count(key)
         concurrency = waiting.version.config.concurrency
         for _ in range(max(0, min(room, math.ceil(needed / concurrency)))):
             instance = self.pool.take_generic()
@@ -325,7 +332,8 @@ class Scheduler:
             self._spawn(self._bring_up(instance, waiting.version, fresh), f"start {instance.id}")
             self._refill.set()
 
-    async def _bring_up(self, instance: Instance, version: Version, fresh: bool) -> None:
+    async def _bring_up(self, instance: Instance, version: Version, fresh: bool,
+                        prewarm_until: float | None = None) -> None:
         key = (version.function, version.version)
         try:
             await self._specialize(instance, version, fresh)
@@ -345,7 +353,10 @@ class Scheduler:
             return
         self._start_failures.pop(key, None)
         self._start_backoff.pop(key, None)
-        self.pool.mark_ready(instance, self.clock())
+        if prewarm_until is not None:
+            self.pool.mark_prewarmed(instance, self.clock(), prewarm_until)
+        else:
+            self.pool.mark_ready(instance, self.clock())
         self._hand_out(key, cold=True)
         if self.pool.instances.get(instance.id) is instance and instance.busy == 0:
             self._wake_reaper.set()
@@ -458,6 +469,7 @@ class Scheduler:
             return
         self._conns.setdefault(instance.id, []).append(conn)
         key = (version.function, version.version)
+        self._known[key] = version
         self.pool.relabel(instance, key)
         self.pool.mark_ready(instance, self.clock())
         self._hand_out(key, cold=True)
@@ -487,18 +499,79 @@ class Scheduler:
     async def _reaper(self) -> None:
         while True:
             now = self.clock()
-            expired = self.pool.expired(now)
+            expired = self._expired(now)
             for instance in expired:
+                self.pool.stopped(instance, now)
                 self.pool.remove(instance)
             if expired:
                 await asyncio.gather(*(self._drop(i, "idle past keep-alive") for i in expired))
+            for until, key in self.pool.due_prewarms(now):
+                self._prewarm(key, until)
             self._wake_reaper.clear()
-            target = self.pool.next_expiry()
+            targets = [t for t in (self.pool.next_expiry(), self.pool.next_prewarm())
+                       if t is not None]
+            target = min(targets, default=None)
             self._reaper_target = math.inf if target is None else target
             timeout = None if target is None else max(0.0, target - self.clock())
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._wake_reaper.wait()
+
+    def _expired(self, now: float) -> list[Instance]:
+        """Instances to stop now: idle past their keep-alive, but never below `min_warm`."""
+        expired = []
+        kept: dict[VersionKey, int] = {}
+        for instance in self.pool.expired(now):
+            assert instance.key is not None
+            left = kept.setdefault(instance.key, self.pool.count(instance.key))
+            if left <= self.policies.settings(instance.key[0]).min_warm:
+                instance.keep_until = math.inf  # kept warm on purpose; re-decided after a call
+                continue
+            kept[instance.key] = left - 1
+            expired.append(instance)
+        return expired
+
+    def _prewarm(self, key: VersionKey, until: float) -> None:
+        """Start an instance ahead of an expected call, as the policy asked."""
+        version = self._known.get(key)
+        if version is None or self._stopping or self.pool.count(key) > 0:
+            return  # unknown, or an instance is there already
+        instance = self.pool.take_generic()
+        fresh = instance is None
+        if instance is None:
+            instance = self.pool.new_instance(self.clock())
+        self.pool.begin_specialize(instance, key, version.config.concurrency)
+        self.prewarm_starts[key[0]] = self.prewarm_starts.get(key[0], 0) + 1
+        self._spawn(self._bring_up(instance, version, fresh, prewarm_until=until),
+                    f"prewarm {instance.id}")
+        self._refill.set()
+
+    def configure(self, default: FunctionPolicy, overrides: dict[str, FunctionPolicy]) -> None:
+        """Apply new policies now: idle instances under a fixed keep-alive get the new one."""
+        self.policies.default = default
+        self.policies.overrides = overrides
+        for instance in self.pool.instances.values():
+            if instance.key is None or instance.busy or instance.state is not State.READY \
+                    or instance.prewarmed:
+                continue
+            settings = self.policies.settings(instance.key[0])
+            if settings.prewarm == "fixed":
+                instance.keep_until = instance.idle_since + settings.keep_alive_s
+        self._wake_reaper.set()
+
+    async def ensure_warm(self, version: Version) -> None:
+        """Start instances of a function's active version up to its `min_warm`."""
+        key = (version.function, version.version)
+        self._known[key] = version
+        missing = self.policies.settings(version.function).min_warm - self.pool.count(key)
+        for _ in range(max(0, missing)):
+            instance = self.pool.take_generic()
+            fresh = instance is None
+            if instance is None:
+                instance = self.pool.new_instance(self.clock())
+            self.pool.begin_specialize(instance, key, version.config.concurrency)
+            self._spawn(self._bring_up(instance, version, fresh), f"keep warm {instance.id}")
+        self._refill.set()
 
     async def _refiller(self) -> None:
         while True:

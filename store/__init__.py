@@ -32,6 +32,7 @@ from store.records import (
     ActivationId,
     Function,
     FunctionConfig,
+    PolicyRow,
     Version,
 )
 
@@ -43,6 +44,7 @@ __all__ = [
     "FunctionConfig",
     "FunctionNotFound",
     "MigrationError",
+    "PolicyRow",
     "Store",
     "StoreError",
     "Version",
@@ -256,6 +258,30 @@ class Store:
     async def ping(self) -> None:
         async with self._conn() as conn:
             await conn.fetchval(QUERIES["ping"])
+
+    # -- policies ---------------------------------------------------------------------------
+
+    async def set_policy(self, policy: PolicyRow) -> PolicyRow:
+        """Store the non-None fields of a policy override; notify every gateway."""
+        async with self._conn() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                QUERIES["set_policy"], policy.function, policy.prewarm, policy.keep_alive_s,
+                policy.min_warm, policy.max_instances)
+            await conn.execute(QUERIES["notify_policy_changed"], policy.function)
+        assert row is not None
+        return PolicyRow.from_row(row)
+
+    @_retry_once
+    async def list_policies(self) -> list[PolicyRow]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(QUERIES["list_policies"])
+        return [PolicyRow.from_row(r) for r in rows]
+
+    async def delete_policy(self, function: str) -> bool:
+        async with self._conn() as conn, conn.transaction():
+            deleted = await conn.fetchval(QUERIES["delete_policy"], function)
+            await conn.execute(QUERIES["notify_policy_changed"], function)
+        return deleted is not None
 
     # -- change notifications ---------------------------------------------------------------
 

@@ -99,3 +99,24 @@ INSERT INTO ember_migrations (number, name) VALUES ($1, $2);
 
 -- name: ping
 SELECT 1;
+
+-- name: set_policy
+-- Set the given fields of a function's policy ('*': the default); NULL arguments keep a field.
+INSERT INTO ember_policies AS p (function, prewarm, keep_alive_s, min_warm, max_instances)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (function) DO UPDATE SET
+    prewarm = COALESCE(EXCLUDED.prewarm, p.prewarm),
+    keep_alive_s = COALESCE(EXCLUDED.keep_alive_s, p.keep_alive_s),
+    min_warm = COALESCE(EXCLUDED.min_warm, p.min_warm),
+    max_instances = COALESCE(EXCLUDED.max_instances, p.max_instances),
+    updated_at = now()
+RETURNING *;
+
+-- name: list_policies
+SELECT * FROM ember_policies ORDER BY function;
+
+-- name: delete_policy
+DELETE FROM ember_policies WHERE function = $1 RETURNING function;
+
+-- name: notify_policy_changed
+SELECT pg_notify('ember_functions', 'policy:' || $1);

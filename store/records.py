@@ -145,3 +145,20 @@ ACTIVATION_COLUMNS = (
     "error",
     "logs",
 )
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class PolicyRow:
+    """A stored policy override: None fields inherit. `function` is "*" for the default."""
+
+    function: str
+    prewarm: str | None = None
+    keep_alive_s: float | None = None
+    min_warm: int | None = None
+    max_instances: int | None = None
+
+    @classmethod
+    def from_row(cls, row: Row) -> PolicyRow:
+        return cls(function=row["function"], prewarm=row["prewarm"],
+                   keep_alive_s=row["keep_alive_s"], min_warm=row["min_warm"],
+                   max_instances=row["max_instances"])
