@@ -131,6 +131,7 @@ async def _deploy(platform: Platform, body: dict[str, Any]) -> web.Response:
         raise
     platform.functions.put(version, active=True)
     await platform.scheduler.admit(instance, version)  # drops the instance on any failure
+    await platform.scheduler.ensure_warm(version)
     return json_response(version_json(version, active=True), status=201)
 
 
@@ -203,6 +204,7 @@ async def rollback(request: web.Request) -> web.Response:
         return error_response(404, "version_not_found",
                               f"{exc}; list them with: fn versions {name}")
     platform.functions.invalidate(name)
+    await platform.scheduler.ensure_warm(await platform.functions.resolve(name))
     return json_response({"function": name, "active_version": active})
 
 

@@ -9,7 +9,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import admin
+from gateway import admin, policies
 from gateway.errors import error_response, json_response
 from gateway.invoke import invoke
 from gateway.platform import PLATFORM, Platform
@@ -82,6 +82,7 @@ def build_app(platform: Platform) -> web.Application:
     )
     app[PLATFORM] = platform
     app.add_routes(admin.routes)
+    app.add_routes(policies.routes)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_route("*", "/fn/{name}", invoke)

@@ -57,6 +57,11 @@ class FunctionCache:
         self._changed.set()
         self._changed = asyncio.Event()
 
+    def is_active(self, name: str, version: int) -> bool:
+        """Whether the cache already serves `version` as the active one of `name`."""
+        cached = self._versions.get((name, None))
+        return cached is not None and cached.version == version
+
     def generation(self, name: str) -> int:
         """How often `name` was invalidated: pass it to `wait_invalidated`."""
         return self._generation.get(name, 0)

@@ -53,6 +53,7 @@ class Platform:
     token: str
     embedded: EmbeddedPostgres | None = None
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    _side_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     @classmethod
     async def start(cls, settings: Settings) -> Platform:
@@ -89,10 +90,33 @@ class Platform:
         )
         platform._watch(platform.activations.run(), "activation writer")
         platform._watch(
-            store.listen_function_changes(functions.invalidate, functions.clear),
+            store.listen_function_changes(platform._on_change, platform._on_listening),
             "function change listener",
         )
+        from gateway.policies import reload_policies  # (it imports this module)
+
+        await reload_policies(platform)
         return platform
+
+    def _on_change(self, payload: str) -> None:
+        if payload.startswith("policy:"):
+            self._reload_policies_soon()
+            return
+        name, _, version = payload.rpartition(":")
+        if not self.functions.is_active(name, int(version or 0)):
+            self.functions.invalidate(name)
+
+    def _on_listening(self) -> None:
+        # Changes made while not listening are unknown: forget what they could have changed.
+        self.functions.clear()
+        self._reload_policies_soon()
+
+    def _reload_policies_soon(self) -> None:
+        from gateway.policies import reload_policies
+
+        task = asyncio.create_task(reload_policies(self), name="policy reload")
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
 
     def _watch(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -120,9 +144,9 @@ class Platform:
         return None
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        for task in (*self._tasks, *self._side_tasks):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._side_tasks, return_exceptions=True)
         try:
             await self.activations.flush()
         except Exception:

@@ -507,6 +507,7 @@ class Scheduler:
                 await asyncio.gather(*(self._drop(i, "idle past keep-alive") for i in expired))
             for until, key in self.pool.due_prewarms(now):
                 self._prewarm(key, until)
+            self._notify()
             self._wake_reaper.clear()
             targets = [t for t in (self.pool.next_expiry(), self.pool.next_prewarm())
                        if t is not None]

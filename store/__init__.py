@@ -166,7 +166,7 @@ class Store:
                 config.concurrency,
             )
             await conn.execute(QUERIES["set_active_version"], name, number)
-            await conn.execute(QUERIES["notify_function_changed"], name)
+            await conn.execute(QUERIES["notify_function_changed"], name, number)
         assert row is not None
         return Version.from_row(row)
 
@@ -221,7 +221,7 @@ class Store:
             elif await conn.fetchrow(QUERIES["get_version"], name, version) is None:
                 raise VersionNotFound(name, version)
             await conn.execute(QUERIES["set_active_version"], name, version)
-            await conn.execute(QUERIES["notify_function_changed"], name)
+            await conn.execute(QUERIES["notify_function_changed"], name, version)
         return version
 
     async def delete_function(self, name: str) -> None:
@@ -230,7 +230,7 @@ class Store:
             if await conn.fetchval(QUERIES["delete_function"], name) is None:
                 raise FunctionNotFound(name)
             await conn.execute(QUERIES["delete_activations"], name)
-            await conn.execute(QUERIES["notify_function_changed"], name)
+            await conn.execute(QUERIES["notify_function_changed"], name, 0)
 
     # -- activations ------------------------------------------------------------------------
 
@@ -289,7 +289,8 @@ class Store:
         self, on_change: Callable[[str], Any], on_listening: Callable[[], Any],
         *, retry_s: float = 1.0,
     ) -> None:
-        """Call `on_change(name)` on every deploy, rollback or delete; runs until cancelled.
+        """Call `on_change(payload)` on every deploy, rollback or delete ("name:version", version
+        0 for a delete) and policy change ("policy:name"); runs until cancelled.
 
         `on_listening()` is called each time listening (re)starts: notifications sent while the
         connection was down (a database restart) are lost, so callers drop their caches then.

@@ -20,7 +20,9 @@ WHERE name = $1
 RETURNING active_version;
 
 -- name: notify_function_changed
-SELECT pg_notify('ember_functions', $1);
+-- Payload "name:active_version" (0 when deleted), so a gateway that already has that version
+-- cached (it made the change) keeps its cache.
+SELECT pg_notify('ember_functions', $1 || ':' || $2::int);
 
 -- name: get_function
 SELECT f.name, f.active_version, f.latest_version, f.created_at, f.updated_at,

@@ -72,7 +72,7 @@ async def test_changes_are_notified_and_a_lost_listener_reconnects(
     try:
         await asyncio.wait_for(listening.get(), 10)
         await store.create_version("f", source="", filename="f.py", config=FunctionConfig())
-        assert await asyncio.wait_for(changes.get(), 10) == "f"
+        assert await asyncio.wait_for(changes.get(), 10) == "f:1"
         admin = await asyncpg.connect(database_url)
         try:
             await admin.execute(
@@ -82,7 +82,7 @@ async def test_changes_are_notified_and_a_lost_listener_reconnects(
             await admin.close()
         await asyncio.wait_for(listening.get(), 10)
         await store.set_active_version("f", 1)
-        assert await asyncio.wait_for(changes.get(), 10) == "f"
+        assert await asyncio.wait_for(changes.get(), 10) == "f:1"
     finally:
         listener.cancel()
         with pytest.raises(asyncio.CancelledError):

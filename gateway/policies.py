@@ -1,0 +1,161 @@
+"""Warm-pool policies over the API: stored overrides in, effective settings out.
+
+A function's effective policy is the platform's settings (`fn up --keep-alive`...), overridden
+by the stored default ('*'), overridden by the function's own row. Every gateway reloads them
+when Postgres notifies a change, so `fn policy set` applies without a restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from gateway.errors import error_response, json_response
+from gateway.platform import PLATFORM, Platform
+from gateway.units import NAME, ConfigError, parse_duration_s
+from scheduler.policy import FunctionPolicy
+from store import FunctionNotFound, PolicyRow
+
+log = logging.getLogger("ember.gateway.policies")
+routes = web.RouteTableDef()
+DEFAULT = "*"
+_FIELDS = ("prewarm", "keep_alive_s", "min_warm", "max_instances")
+
+
+def _merge(base: FunctionPolicy, row: PolicyRow | None) -> FunctionPolicy:
+    if row is None:
+        return base
+    changes = {f: getattr(row, f) for f in _FIELDS if getattr(row, f) is not None}
+    return dataclasses.replace(base, **changes)
+
+
+def effective(platform: Platform, rows: list[PolicyRow],
+              ) -> tuple[FunctionPolicy, dict[str, FunctionPolicy]]:
+    pool = platform.settings.pool
+    base = FunctionPolicy(keep_alive_s=pool.keep_alive_s, max_instances=pool.max_instances)
+    by_name = {r.function: r for r in rows}
+    default = _merge(base, by_name.get(DEFAULT))
+    return default, {n: _merge(default, r) for n, r in by_name.items() if n != DEFAULT}
+
+
+async def reload_policies(platform: Platform) -> None:
+    """Read the stored policies and apply them to this gateway's scheduler."""
+    default, overrides = effective(platform, await platform.store.list_policies())
+    platform.scheduler.configure(default, overrides)
+    for name, policy in overrides.items():
+        if policy.min_warm > 0:
+            # (a policy set before the first deploy is applied at the deploy)
+            with contextlib.suppress(FunctionNotFound):
+                await platform.scheduler.ensure_warm(await platform.functions.resolve(name))
+
+
+def parse_policy(body: dict[str, Any], function: str) -> PolicyRow:
+    prewarm = body.get("prewarm")
+    if prewarm == "off":
+        prewarm = "fixed"
+    if prewarm is not None and prewarm not in ("fixed", "histogram"):
+        raise ConfigError("--prewarm", prewarm, "fixed (or off) or histogram")
+    keep_alive_s = None
+    if body.get("keep_alive") is not None:
+        raw = body["keep_alive"]
+        keep_alive_s = 0.0 if raw in (0, "0", "0s") else parse_duration_s(
+            raw, "--keep-alive", maximum_s=7 * 86400)
+    counts: dict[str, int | None] = {}
+    for key, flag, low in (("min_warm", "--min-warm", 0), ("max_instances", "--max-instances", 1)):
+        value = body.get(key)
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or not low <= value <= 10_000):
+            raise ConfigError(flag, value, f"a whole number from {low} to 10000")
+        counts[key] = value
+    return PolicyRow(function=function, prewarm=prewarm, keep_alive_s=keep_alive_s,
+                     min_warm=counts["min_warm"], max_instances=counts["max_instances"])
+
+
+def _policy_json(name: str, policy: FunctionPolicy, row: PolicyRow | None) -> dict[str, Any]:
+    return {"function": name, **dataclasses.asdict(policy),
+            "set": {f: getattr(row, f) for f in _FIELDS if getattr(row, f) is not None}
+            if row else {}}
+
+
+async def _read(platform: Platform, name: str) -> dict[str, Any]:
+    rows = await platform.store.list_policies()
+    default, overrides = effective(platform, rows)
+    row = next((r for r in rows if r.function == name), None)
+    policy = default if name == DEFAULT else overrides.get(name, default)
+    out = _policy_json("default" if name == DEFAULT else name, policy, row)
+    if name != DEFAULT:
+        out["instances"] = len(platform.scheduler.instances_of(name))
+    return out
+
+
+async def _write(request: web.Request, name: str) -> web.Response:
+    platform = request.app[PLATFORM]
+    try:
+        body = await request.json()
+    except ValueError:
+        return error_response(400, "bad_json", "request body is not JSON")
+    if not isinstance(body, dict):
+        return error_response(400, "bad_json", "request body must be a JSON object")
+    try:
+        row = parse_policy(body, name)
+    except ConfigError as exc:
+        return error_response(400, "bad_policy", str(exc), setting=exc.setting)
+    if all(getattr(row, f) is None for f in _FIELDS):
+        return error_response(400, "bad_policy", "nothing to set: give --prewarm, "
+                              "--keep-alive, --min-warm or --max-instances")
+    await platform.store.set_policy(row)
+    out = await _read(platform, name)
+    if out["min_warm"] > out["max_instances"]:
+        log.warning("min_warm above max_instances", extra={"function": name})
+    await reload_policies(platform)  # this gateway at once; the others on NOTIFY
+    return json_response(out)
+
+
+@routes.get("/v1/policy")
+async def show_default(request: web.Request) -> web.Response:
+    return json_response(await _read(request.app[PLATFORM], DEFAULT))
+
+
+@routes.put("/v1/policy")
+async def set_default(request: web.Request) -> web.Response:
+    return await _write(request, DEFAULT)
+
+
+@routes.get("/v1/functions/{name}/policy")
+async def show_policy(request: web.Request) -> web.Response:
+    return json_response(await _read(request.app[PLATFORM], request.match_info["name"]))
+
+
+@routes.put("/v1/functions/{name}/policy")
+async def set_policy(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    if not NAME.match(name):
+        return error_response(400, "bad_name", f"invalid function name {name!r}")
+    return await _write(request, name)
+
+
+@routes.delete("/v1/functions/{name}/policy")
+async def reset_policy(request: web.Request) -> web.Response:
+    platform = request.app[PLATFORM]
+    name = request.match_info["name"]
+    await platform.store.delete_policy(name)
+    await reload_policies(platform)
+    return json_response(await _read(platform, name))
+
+
+@routes.get("/v1/policies")
+async def list_policies(request: web.Request) -> web.Response:
+    platform = request.app[PLATFORM]
+    rows = await platform.store.list_policies()
+    default, overrides = effective(platform, rows)
+    by_name = {r.function: r for r in rows}
+    return json_response({
+        "default": _policy_json("default", default, by_name.get(DEFAULT)),
+        "functions": [_policy_json(n, p, by_name.get(n)) for n, p in sorted(overrides.items())],
+    })
