@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -15,10 +16,11 @@ _BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1
 
 class _PoolCollector(Collector):
     def __init__(self, counts: Callable[[], dict[str, int]], starts: Callable[[], int],
-                 dropped: Callable[[], int]) -> None:
+                 dropped: Callable[[], int], pool: Callable[[], PoolReadout]) -> None:
         self._counts = counts
         self._starts = starts
         self._dropped = dropped
+        self._pool = pool
 
     def collect(self) -> Iterator[Metric]:
         gauge = GaugeMetricFamily("ember_instances", "Invoker instances by state",
@@ -36,11 +38,45 @@ class _PoolCollector(Collector):
             "or refused by it")
         dropped.add_metric([], self._dropped())
         yield dropped
+        readout = self._pool()
+        warm = GaugeMetricFamily("ember_warm_instances",
+                                 "Specialized instances (busy or idle), per function",
+                                 labels=["function"])
+        for function, n in sorted(readout.warm.items()):
+            warm.add_metric([function], n)
+        yield warm
+        idle = CounterMetricFamily("ember_idle_instance_seconds",
+                                   "Seconds specialized instances spent warm and idle",
+                                   labels=["function"])
+        for function, seconds in sorted(readout.idle_s.items()):
+            idle.add_metric([function], seconds)
+        yield idle
+        prewarms = CounterMetricFamily("ember_prewarms",
+                                       "Instances started ahead of an expected call",
+                                       labels=["function"])
+        for function, n in sorted(readout.prewarm_starts.items()):
+            prewarms.add_metric([function], n)
+        yield prewarms
+        outcomes = CounterMetricFamily(
+            "ember_prewarm_outcomes",
+            "Prewarmed instances that served a call (used) or expired unused (wasted)",
+            labels=["function", "outcome"])
+        for (function, outcome), n in sorted(readout.prewarm_outcomes.items()):
+            outcomes.add_metric([function, outcome], n)
+        yield outcomes
+
+
+@dataclass(slots=True, frozen=True)
+class PoolReadout:
+    warm: dict[str, int]
+    idle_s: dict[str, float]
+    prewarm_starts: dict[str, int]
+    prewarm_outcomes: dict[tuple[str, str], int]
 
 
 class Metrics:
     def __init__(self, counts: Callable[[], dict[str, int]], starts: Callable[[], int],
-                 dropped: Callable[[], int]) -> None:
+                 dropped: Callable[[], int], pool: Callable[[], PoolReadout]) -> None:
         self.registry = CollectorRegistry()
         self.invocations = Counter(
             "ember_invocations", "Calls to functions, by outcome",
@@ -53,8 +89,11 @@ class Metrics:
             ["function"], registry=self.registry)
         self.deploys = Counter(
             "ember_deploys", "Deploy attempts, by outcome", ["status"], registry=self.registry)
-        self.registry.register(_PoolCollector(counts, starts, dropped))
-        self._children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+        self.warm_hits = Counter(
+            "ember_warm_hits", "Calls served by an instance that was already warm",
+            ["function"], registry=self.registry)
+        self.registry.register(_PoolCollector(counts, starts, dropped, pool))
+        self._children: dict[tuple[str, str], tuple[Any, Any, Any, Any]] = {}
 
     def observe_call(self, function: str, status: str, elapsed_s: float, cold: bool) -> None:
         """Count one call (labelled children cached: this runs on every call)."""
@@ -63,8 +102,10 @@ class Metrics:
         if children is None:
             children = self._children[key] = (
                 self.invocations.labels(function, status), self.duration.labels(function),
-                self.cold_starts.labels(function))
+                self.cold_starts.labels(function), self.warm_hits.labels(function))
         children[0].inc()
         children[1].observe(elapsed_s)
         if cold:
             children[2].inc()
+        else:
+            children[3].inc()

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from gateway.activations import ActivationWriter
 from gateway.functions import FunctionCache
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, PoolReadout
 from gateway.settings import Settings
 from scheduler.backends.local import LocalBackend
 from scheduler.scheduler import Scheduler
@@ -40,6 +40,17 @@ def load_or_create_token(path: Path) -> str:
     path.touch(mode=0o600)
     path.write_text(token + "\n")
     return token
+
+
+def _pool_readout(scheduler: Scheduler) -> PoolReadout:
+    pool = scheduler.pool
+    warm: dict[str, int] = {}
+    for instance in pool.instances.values():
+        if instance.key is not None:
+            warm[instance.key[0]] = warm.get(instance.key[0], 0) + 1
+    return PoolReadout(warm=warm, idle_s=dict(pool.idle_s),
+                       prewarm_starts=dict(scheduler.prewarm_starts),
+                       prewarm_outcomes=dict(pool.prewarm_outcomes))
 
 
 @dataclass(slots=True)
@@ -86,7 +97,7 @@ class Platform:
             settings=settings, store=store, scheduler=scheduler, functions=functions,
             activations=activations, token=token, embedded=embedded,
             metrics=Metrics(scheduler.instance_counts, lambda: scheduler.starts_total,
-                            lambda: activations.dropped),
+                            lambda: activations.dropped, lambda: _pool_readout(scheduler)),
         )
         platform._watch(platform.activations.run(), "activation writer")
         platform._watch(

@@ -190,3 +190,24 @@ def test_policy_simulate_on_a_csv_trace(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2
     assert 'unknown policy "lru"' in bad.stderr
+
+
+def test_policy_set_and_show(cli: Cli, tmp_path: Path) -> None:
+    handler = tmp_path / "pol.py"
+    handler.write_text("def handler(event, context):\n    return 1\n")
+    cli.ok("deploy", str(handler))
+    shown = cli.ok("policy", "set", "pol", "--prewarm", "histogram", "--keep-alive", "5m",
+                   "--min-warm", "1")
+    assert "prewarm        histogram" in shown
+    assert "keep-alive     300s" in shown
+    data = json.loads(cli.ok("policy", "show", "pol", "--json"))
+    assert (data["prewarm"], data["keep_alive_s"], data["min_warm"]) == ("histogram", 300.0, 1)
+    assert "(inherited)" in cli.ok("policy", "show", "pol").split("max-instances")[1]
+    cli.ok("policy", "set", "--default", "--keep-alive", "2m")
+    table = cli.ok("policy", "show")
+    assert table.splitlines()[1].split()[:3] == ["default", "fixed", "120s"]
+    bad = cli.run("policy", "set", "pol", "--keep-alive", "soon")
+    assert bad.returncode == 1
+    assert 'invalid --keep-alive "soon"' in bad.stderr
+    usage = cli.run("policy", "set", "--prewarm", "fixed")
+    assert usage.returncode == 2

@@ -90,3 +90,10 @@ async def test_histogram_prewarms_ahead_of_a_regular_caller(
         # Learnt: after a call the instance is unloaded, and one is prewarmed before the next.
         assert scheduler.prewarm_starts.get("pid", 0) >= 1
         assert scheduler.pool.prewarm_outcomes.get(("pid", "used"), 0) >= 1
+        async with running.http.get(f"{running.url}/metrics") as response:
+            text = await response.text()
+        assert 'ember_prewarms_total{function="pid"}' in text
+        assert 'ember_prewarm_outcomes_total{function="pid",outcome="used"}' in text
+        assert 'ember_warm_hits_total{function="pid"}' in text
+        assert 'ember_idle_instance_seconds_total{function="pid"}' in text
+        assert '# TYPE ember_warm_instances gauge' in text
