@@ -69,6 +69,8 @@ class _Histogram:
     out_of_range: int = 0
     idle_since: float | None = None
     recent_idle_s: deque[float] = field(default_factory=lambda: deque(maxlen=16))
+    window: tuple[float, float] | None = None
+    window_samples: int = -1
 
 
 @dataclass(slots=True)
@@ -94,13 +96,24 @@ class HybridHistogram:
     min_samples: int = 5
     out_of_range_share: float = 0.5
     forecast_margin: float = 0.15
+    break_even_s: float | None = None
+    """When set, the window is the one that minimizes warm time + `break_even_s` per cold start
+    over the idle times seen, instead of the 5th-99th percentile rule."""
+    reference_mb: float = 256.0
+    """With `break_even_s`: a function of this much memory (see `memory_mb`) is priced at
+    `break_even_s` per cold start; one of twice the memory at half of it (its warm time costs
+    twice as much), so memory goes where it saves the most cold starts."""
+    memory_mb: dict[str, float] = field(default_factory=dict)
+    """Each function's memory, when known (the simulator and the live scheduler fill it)."""
     warmup_keep_alive_s: float | None = None
     """Keep-alive while a function has fewer than `min_samples` idle times (None: the range)."""
     _functions: dict[str, _Histogram] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
-        return "histogram"
+        if self.break_even_s is None:
+            return "histogram"
+        return f"histogram-cost:{self.break_even_s:g}s"
 
     def _state(self, function: str) -> _Histogram:
         state = self._functions.get(function)
@@ -138,6 +151,11 @@ class HybridHistogram:
         if state.in_range < self.min_samples:
             warmup_s = self.range_s if warmup_keep_alive_s is None else warmup_keep_alive_s
             return Decision(keep_until=now + warmup_s)
+        if self.break_even_s is not None:
+            start_s, end_s = self._cheapest_window(function, state)
+            if start_s <= 0:
+                return Decision(keep_until=now + end_s)
+            return Decision(keep_until=now, prewarm_at=now + start_s, prewarm_until=now + end_s)
         if self._cv(state) < self.cv_threshold:
             return Decision(keep_until=now + self.range_s)
         head_s = self._percentile_bin(state, self.head_percentile) * self.bin_s
@@ -147,6 +165,46 @@ class HybridHistogram:
         if prewarm_s <= 0:
             return Decision(keep_until=now + keep_s)
         return Decision(keep_until=now, prewarm_at=now + prewarm_s, prewarm_until=now + keep_s)
+
+    def _cheapest_window(self, function: str, state: _Histogram) -> tuple[float, float]:
+        """The warm window [start, end] (seconds after going idle) that minimizes, over the
+        idle times seen, the time kept warm plus `break_even_s` per cold start.
+
+        A window can start at 0 (keep warm from now) or at a bin's lower edge (unload, then
+        prewarm), and end at a bin's upper edge or not at all; only bins that hold samples are
+        candidates, so this is cheap even with 240 bins. Cached until the histogram changes.
+        """
+        if state.window is not None and state.window_samples == state.in_range:
+            return state.window
+        assert self.break_even_s is not None
+        break_even_s = self.break_even_s * self.reference_mb / self.memory_mb.get(
+            function, self.reference_mb)
+        filled = [(i, c) for i, c in enumerate(state.bins) if c]
+        samples = [((i + 0.5) * self.bin_s, c) for i, c in filled]
+        out_of_range = state.out_of_range
+        starts = [0.0] + [self.prewarm_margin * i * self.bin_s for i, _ in filled]
+        ends = [0.0] + [self.keep_margin * (i + 1) * self.bin_s for i, _ in filled]
+        best = (math.inf, 0.0, 0.0)
+        for start in starts:
+            for end in ends:
+                if end < start or (end == start and start > 0):
+                    continue
+                kept = cold = 0.0
+                for idle_s, count in samples:
+                    if start <= idle_s <= end:
+                        kept += (idle_s - start) * count
+                    else:
+                        cold += count
+                        if idle_s > end:
+                            kept += (end - start) * count
+                kept += (end - start) * out_of_range
+                cold += out_of_range
+                cost = kept + break_even_s * cold
+                if cost < best[0]:
+                    best = (cost, start, end)
+        state.window = (best[1], best[2])
+        state.window_samples = state.in_range
+        return state.window
 
     def _cv(self, state: _Histogram) -> float:
         mean = state.in_range / len(state.bins)
@@ -214,8 +272,12 @@ def parse_policy(spec: str) -> Policy:
         return FixedKeepAlive(_seconds(arg or "10m", spec))
     if kind == "histogram" and not arg:
         return HybridHistogram()
-    raise ValueError(f'unknown policy "{spec}": expected fixed:DURATION (like fixed:10m) or '
-                     "histogram")
+    if kind == "histogram-cost":
+        return HybridHistogram(
+            break_even_s=_seconds(arg or "40m", spec), warmup_keep_alive_s=600.0, min_samples=3,
+            prewarm_margin=1.0, keep_margin=1.0, reference_mb=1024.0)
+    raise ValueError(f'unknown policy "{spec}": expected fixed:DURATION (like fixed:10m), '
+                     "histogram, or histogram-cost[:BREAK_EVEN] (like histogram-cost:40m)")
 
 
 def _seconds(text: str, spec: str) -> float:

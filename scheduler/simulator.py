@@ -145,6 +145,9 @@ def simulate(traces: list[FunctionTrace], policy: Policy, *, end_s: float | None
     end = end_s if end_s is not None else max(
         (t.arrivals[-1] + t.duration_s for t in traces if t.arrivals), default=0.0)
     result = Result(policy.name)
+    sizes = getattr(policy, "memory_mb", None)
+    if isinstance(sizes, dict):  # policies that weigh memory learn each function's size
+        sizes.update({t.name: t.memory_mb for t in traces})
     for trace in traces:
         result.functions.append(_simulate_function(trace, policy, end))
     result.elapsed_s = time.perf_counter() - started

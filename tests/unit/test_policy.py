@@ -71,9 +71,42 @@ def test_histograms_are_per_function() -> None:
     assert policy.on_idle("other", 0) == Decision(keep_until=4 * 3600)
 
 
+def test_cost_window_keeps_warm_only_where_it_pays() -> None:
+    # Break-even 10 min: a cold start costs as much as 10 minutes warm.
+    policy = HybridHistogram(break_even_s=600, min_samples=3, prewarm_margin=1.0,
+                             keep_margin=1.0)
+    now = feed(policy, [30 * MIN + 10] * 5)  # every 30 min: prewarm just before, not 30 min warm
+    decision = policy.on_idle("f", now)
+    assert decision.keep_until == now
+    assert (decision.prewarm_at, decision.prewarm_until) == (now + 30 * MIN, now + 31 * MIN)
+
+    policy = HybridHistogram(break_even_s=600, min_samples=3)
+    # Gaps all over the place and long: no window is worth its warm time; unload at once.
+    now = feed(policy, [m * MIN for m in (50, 130, 200, 75, 170, 110)], start=0)
+    decision = policy.on_idle("f", now)
+    assert decision.keep_until == now
+    assert decision.prewarm_at is None or decision.prewarm_until == decision.prewarm_at
+
+
+def test_cost_window_weighs_memory() -> None:
+    small = HybridHistogram(break_even_s=600, min_samples=3, memory_mb={"f": 128})
+    big = HybridHistogram(break_even_s=600, min_samples=3, memory_mb={"f": 4096})
+    gaps = [8 * MIN] * 3 + [40 * MIN] * 3  # half short, half long
+    for policy in (small, big):
+        feed(policy, gaps)
+    def covers(decision: Decision, idle_s: float) -> bool:
+        return decision.keep_until >= idle_s or (
+            decision.prewarm_at is not None and decision.prewarm_until is not None
+            and decision.prewarm_at <= idle_s <= decision.prewarm_until)
+
+    # The small function is worth having warm for the short gaps; the big one is not.
+    assert covers(small.on_idle("f", 0), 8 * MIN)
+    assert not covers(big.on_idle("f", 0), 8 * MIN)
+
+
 @pytest.mark.parametrize(("spec", "name"), [
     ("fixed:10m", "fixed:600s"), ("fixed:90", "fixed:90s"), ("fixed:1h", "fixed:3600s"),
-    ("histogram", "histogram"),
+    ("histogram", "histogram"), ("histogram-cost:40m", "histogram-cost:2400s"),
 ])
 def test_parse_policy(spec: str, name: str) -> None:
     assert parse_policy(spec).name == name
