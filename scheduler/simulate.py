@@ -33,6 +33,29 @@ def _table(results: list[Result], traces: list[FunctionTrace]) -> str:
     return "\n".join(lines)
 
 
+def plot(results: list[Result], path: Path) -> None:
+    """Cold-start rate against idle memory: lower-left is better; the oracle bounds it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for r in results:
+        oracle = r.policy.startswith("oracle")
+        ax.scatter(r.idle_gb_s / 1e6, r.cold_rate * 100, s=60,
+                   marker="*" if oracle else "o", color="black" if oracle else None)
+        ax.annotate(r.policy, (r.idle_gb_s / 1e6, r.cold_rate * 100),
+                    textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_xlabel("idle memory (million GB·s)")
+    ax.set_ylabel("cold starts (% of calls)")
+    ax.set_title("Warm-pool policies: cold starts against idle memory")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fn policy simulate", description=__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
@@ -46,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spread", choices=("uniform", "even"), default="uniform",
                         help="place a minute's calls at random (uniform) or evenly")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    parser.add_argument("--plot", type=Path, metavar="FILE.png",
+                        help="draw cold-start rate against idle memory, one point per policy")
     args = parser.parse_args(argv)
     specs = args.policy or ["fixed:10m", "histogram"]
     makers: list[Callable[[], Policy]] = []
@@ -59,6 +84,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fn policy simulate: {exc}", file=sys.stderr)
         return 2
     results = compare(traces, makers)
+    if args.plot:
+        try:
+            plot(results, args.plot)
+        except ImportError:
+            print("fn policy simulate: --plot needs matplotlib: pip install matplotlib",
+                  file=sys.stderr)
+            return 2
     if args.json:
         sys.stdout.write(orjson.dumps([{
             "policy": r.policy, "calls": r.calls, "cold": r.cold, "cold_rate": r.cold_rate,

@@ -177,10 +177,13 @@ def test_policy_simulate_on_a_csv_trace(tmp_path: Path) -> None:
     calls = tmp_path / "calls.csv"
     calls.write_text("function,timestamp_s\n" + "".join(
         f"f,{i * 1800}\n" for i in range(30)))
+    plot = tmp_path / "trade-off.png"
     result = subprocess.run([FN, "policy", "simulate", "--csv", str(calls), "--json",
-                             "--policy", "fixed:10m", "--policy", "histogram"],
+                             "--policy", "fixed:10m", "--policy", "histogram",
+                             "--plot", str(plot)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+    assert plot.read_bytes().startswith(b"\x89PNG")
     rows = {r["policy"].split("@")[0]: r for r in json.loads(result.stdout)}
     assert set(rows) == {"fixed:600s", "histogram", "oracle"}
     assert rows["fixed:600s"]["cold"] == 30
