@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint format clean bench bench-quick
+.PHONY: up test lint format clean bench bench-quick bench-replay simulate
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,3 +39,12 @@ bench: $(STAMP)
 ## bench-quick: the same with fewer samples (under a minute)
 bench-quick: $(STAMP)
 	$(PY) -m bench.run --quick
+
+## bench-replay: replay a time-compressed trace slice on a platform; compare with the simulator
+bench-replay: $(STAMP)
+	$(PY) -m bench.replay
+
+## simulate: the warm-pool policies on the trace sample (shared/traces)
+simulate: $(STAMP)
+	$(VENV)/bin/fn policy simulate --trace ../shared/traces/azure-functions-2019-sample \
+		--policy fixed:10m --policy histogram --policy histogram-cost:40m --policy fixed:1h
