@@ -41,6 +41,17 @@ def invoker_env(tmp_dir: str | None = None) -> dict[str, str]:
     return env
 
 
+async def _first_line(process: asyncio.subprocess.Process) -> bytes:
+    """What a starting invoker or zygote says first; it is killed if we stop waiting."""
+    assert process.stdout is not None
+    try:
+        return await process.stdout.readline()
+    except BaseException:  # timed out, or cancelled (shutdown): never leak it
+        process.kill()
+        await asyncio.shield(process.wait())
+        raise
+
+
 def _exited(handle: ForkedHandle | LocalHandle) -> bool:
     if isinstance(handle, LocalHandle):
         return handle.process.returncode is not None
@@ -202,13 +213,7 @@ class LocalBackend:
             if self._zygote is not None:
                 log.warning("the zygote is gone; starting a new one")
             process = await self._start_process("--zygote")
-            assert process.stdout is not None
-            try:
-                line = await process.stdout.readline()
-            except BaseException:  # timed out, or cancelled (shutdown): never leak it
-                process.kill()
-                await asyncio.shield(process.wait())
-                raise
+            line = await _first_line(process)
             if line != b"ready\n":
                 code = await process.wait()
                 raise BackendError(f"the zygote failed to start ({describe_exit(code)})")
@@ -229,13 +234,7 @@ class LocalBackend:
     async def _spawn(self, instance_id: str, address: str) -> LocalHandle:
         process = await self._start_process("--host", address, "--port", "0",
                                             "--exit-with-stdin")
-        assert process.stdout is not None
-        try:
-            line = await process.stdout.readline()
-        except BaseException:  # timed out, or cancelled (shutdown): never leak it
-            process.kill()
-            await asyncio.shield(process.wait())
-            raise
+        line = await _first_line(process)
         if not line.strip().isdigit():
             code = await process.wait()
             raise BackendError(f"invoker {instance_id} failed to start ({describe_exit(code)})")

@@ -95,3 +95,18 @@ async def test_cache_follows_a_deploy_made_by_another_gateway(
         # The second gateway learns of version 2 by NOTIFY; no request of its own told it.
         await second.platform.functions.wait_invalidated("pid", since, 10)
         assert await (await second.call("pid", {})).text() == "v2"
+
+
+async def test_without_the_zygote_instances_are_fresh_interpreters(
+    make_platform: PlatformFactory,
+) -> None:
+    async with make_platform(zygote=False) as running:
+        await running.deploy_ok("pid", PID)
+        pid = await (await running.call("pid", {})).json()
+        backend = running.platform.scheduler.backend
+        assert isinstance(backend, LocalBackend)
+        assert backend.zygote_pid is None
+        assert psutil.Process(pid).ppid() == os.getpid()
+        await running.admin("DELETE", "/v1/functions/pid")
+        _, alive = psutil.wait_procs([psutil.Process(pid)], timeout=10)
+        assert not alive
