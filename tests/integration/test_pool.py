@@ -106,7 +106,8 @@ async def test_without_the_zygote_instances_are_fresh_interpreters(
         backend = running.platform.scheduler.backend
         assert isinstance(backend, LocalBackend)
         assert backend.zygote_pid is None
-        assert psutil.Process(pid).ppid() == os.getpid()
+        instance = psutil.Process(pid)
+        assert instance.ppid() == os.getpid()
         await running.admin("DELETE", "/v1/functions/pid")
-        _, alive = psutil.wait_procs([psutil.Process(pid)], timeout=10)
+        _, alive = psutil.wait_procs([instance], timeout=10)
         assert not alive
