@@ -70,7 +70,10 @@ class _Histogram:
     idle_since: float | None = None
     recent_idle_s: deque[float] = field(default_factory=lambda: deque(maxlen=16))
     window: tuple[float, float] | None = None
+    """(start, end) in seconds after going idle; start 0: keep warm until end. Cached."""
     window_samples: int = -1
+    sum_of_squares: int = 0
+    """Of the bin counts: the coefficient of variation in O(1)."""
 
 
 @dataclass(slots=True)
@@ -130,7 +133,9 @@ class HybridHistogram:
         state.idle_since = None
         state.recent_idle_s.append(idle_s)
         if idle_s < self.range_s:
-            state.bins[int(idle_s // self.bin_s)] += 1
+            index = int(idle_s // self.bin_s)
+            state.sum_of_squares += 2 * state.bins[index] + 1
+            state.bins[index] += 1
             state.in_range += 1
         else:
             state.out_of_range += 1
@@ -151,20 +156,28 @@ class HybridHistogram:
         if state.in_range < self.min_samples:
             warmup_s = self.range_s if warmup_keep_alive_s is None else warmup_keep_alive_s
             return Decision(keep_until=now + warmup_s)
-        if self.break_even_s is not None:
-            start_s, end_s = self._cheapest_window(function, state)
-            if start_s <= 0:
-                return Decision(keep_until=now + end_s)
-            return Decision(keep_until=now, prewarm_at=now + start_s, prewarm_until=now + end_s)
+        # Recomputed when the histogram grew by 1% (every sample while it is small): a
+        # busy function goes idle after every call, and the percentiles barely move.
+        if state.window is None or \
+                state.in_range - state.window_samples >= max(1, state.in_range // 100):
+            state.window = self._cheapest_window(function, state) \
+                if self.break_even_s is not None else self._percentile_window(state)
+            state.window_samples = state.in_range
+        start_s, end_s = state.window
+        if start_s <= 0:
+            return Decision(keep_until=now + end_s)
+        return Decision(keep_until=now, prewarm_at=now + start_s, prewarm_until=now + end_s)
+
+    def note_idle(self, function: str, now: float) -> None:
+        """Learn from a function that another policy decides for (no decision computed)."""
+        self._state(function).idle_since = now
+
+    def _percentile_window(self, state: _Histogram) -> tuple[float, float]:
         if self._cv(state) < self.cv_threshold:
-            return Decision(keep_until=now + self.range_s)
+            return 0.0, self.range_s
         head_s = self._percentile_bin(state, self.head_percentile) * self.bin_s
         tail_s = (self._percentile_bin(state, self.tail_percentile) + 1) * self.bin_s
-        prewarm_s = self.prewarm_margin * head_s
-        keep_s = self.keep_margin * tail_s
-        if prewarm_s <= 0:
-            return Decision(keep_until=now + keep_s)
-        return Decision(keep_until=now, prewarm_at=now + prewarm_s, prewarm_until=now + keep_s)
+        return self.prewarm_margin * head_s, self.keep_margin * tail_s
 
     def _cheapest_window(self, function: str, state: _Histogram) -> tuple[float, float]:
         """The warm window [start, end] (seconds after going idle) that minimizes, over the
@@ -172,10 +185,8 @@ class HybridHistogram:
 
         A window can start at 0 (keep warm from now) or at a bin's lower edge (unload, then
         prewarm), and end at a bin's upper edge or not at all; only bins that hold samples are
-        candidates, so this is cheap even with 240 bins. Cached until the histogram changes.
+        candidates, so this is cheap even with 240 bins.
         """
-        if state.window is not None and state.window_samples == state.in_range:
-            return state.window
         assert self.break_even_s is not None
         break_even_s = self.break_even_s * self.reference_mb / self.memory_mb.get(
             function, self.reference_mb)
@@ -202,13 +213,12 @@ class HybridHistogram:
                 cost = kept + break_even_s * cold
                 if cost < best[0]:
                     best = (cost, start, end)
-        state.window = (best[1], best[2])
-        state.window_samples = state.in_range
-        return state.window
+        return best[1], best[2]
 
     def _cv(self, state: _Histogram) -> float:
-        mean = state.in_range / len(state.bins)
-        variance = sum((c - mean) ** 2 for c in state.bins) / len(state.bins)
+        n = len(state.bins)
+        mean = state.in_range / n
+        variance = max(0.0, state.sum_of_squares / n - mean * mean)
         return math.sqrt(variance) / mean if mean else 0.0
 
     @staticmethod
@@ -259,9 +269,9 @@ class PolicyRouter:
 
     def on_idle(self, function: str, now: float) -> Decision:
         settings = self.settings(function)
-        decision = self.histogram.decide(function, now, settings.keep_alive_s)
         if settings.prewarm == "histogram":
-            return decision
+            return self.histogram.decide(function, now, settings.keep_alive_s)
+        self.histogram.note_idle(function, now)
         return Decision(keep_until=now + settings.keep_alive_s)
 
 
