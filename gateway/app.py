@@ -10,7 +10,7 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import admin, policies
-from gateway.errors import error_response, json_response
+from gateway.errors import error_response, json_response, payload_too_large
 from gateway.invoke import invoke
 from gateway.platform import PLATFORM, Platform
 from store import DatabaseUnavailable
@@ -41,11 +41,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except web.HTTPRequestEntityTooLarge:
-        limit = platform.settings.max_body_bytes
-        return error_response(413, "payload_too_large",
-                              f"request body is larger than the limit of {limit} bytes "
-                              f"({limit / (1 << 20):g} MiB); raise it with FN_MAX_BODY",
-                              limit_bytes=limit)
+        return payload_too_large(platform.settings.max_body_bytes)
     except web.HTTPException as exc:
         if exc.content_type == "application/json":
             raise
@@ -76,13 +72,17 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def build_app(platform: Platform) -> web.Application:
-    app = web.Application(
-        client_max_size=platform.settings.max_body_bytes,
-        middlewares=[error_middleware, auth_middleware],
-    )
+    """Calls (`/fn/...`) run without middleware: the call path handles its own errors, and
+    the admin API (`/v1`) is a sub-application with the token check and JSON errors."""
+    app = web.Application(client_max_size=platform.settings.max_body_bytes)
     app[PLATFORM] = platform
-    app.add_routes(admin.routes)
-    app.add_routes(policies.routes)
+    admin_app = web.Application(client_max_size=platform.settings.max_body_bytes,
+                                middlewares=[error_middleware, auth_middleware])
+    admin_app[PLATFORM] = platform
+    for route in [*admin.routes, *policies.routes]:
+        assert isinstance(route, web.RouteDef)
+        admin_app.router.add_route(route.method, route.path.removeprefix("/v1"), route.handler)
+    app.add_subapp("/v1", admin_app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_route("*", "/fn/{name}", invoke)

@@ -19,3 +19,10 @@ def error_response(status: int, code: str, message: str, *,
                    headers: Mapping[str, str] | None = None, **fields: Any) -> web.Response:
     return json_response({"error": {"code": code, "message": message, **fields}}, status,
                          headers)
+
+
+def payload_too_large(limit_bytes: int) -> web.Response:
+    return error_response(413, "payload_too_large",
+                          f"request body is larger than the limit of {limit_bytes} bytes "
+                          f"({limit_bytes / (1 << 20):g} MiB); raise it with FN_MAX_BODY",
+                          limit_bytes=limit_bytes)

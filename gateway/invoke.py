@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.activations import new_activation_id
-from gateway.errors import error_response
+from gateway.errors import error_response, payload_too_large
 from gateway.platform import PLATFORM, Platform
 from scheduler.scheduler import InstanceLost, Lease, QueueFull, QueueTimeout, StartFailed
 from store import Activation, ActivationId, FunctionNotFound, Version, VersionNotFound
@@ -49,8 +49,15 @@ async def invoke(request: web.Request) -> web.StreamResponse:
         return error_response(404, "version_not_found",
                               f'function "{name}" has no version {pinned}; list them with: '
                               f"fn versions {name}")
-    body = await request.read()  # over the limit: 413 from the error middleware
-    return await _call(platform, request, version, body)
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return payload_too_large(platform.settings.max_body_bytes)
+    try:
+        return await _call(platform, request, version, body)
+    except Exception:
+        log.exception("call failed", extra={"function": name})
+        return error_response(500, "internal_error", "internal error; see the gateway's logs")
 
 
 async def _call(platform: Platform, request: web.Request, version: Version,
