@@ -65,6 +65,7 @@ class Platform:
     embedded: EmbeddedPostgres | None = None
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _side_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    _policy_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @classmethod
     async def start(cls, settings: Settings) -> Platform:
@@ -104,9 +105,7 @@ class Platform:
             store.listen_function_changes(platform._on_change, platform._on_listening),
             "function change listener",
         )
-        from gateway.policies import reload_policies  # (it imports this module)
-
-        await reload_policies(platform)
+        await platform._reload_policies()
         return platform
 
     def _on_change(self, payload: str) -> None:
@@ -123,11 +122,21 @@ class Platform:
         self._reload_policies_soon()
 
     def _reload_policies_soon(self) -> None:
-        from gateway.policies import reload_policies
-
-        task = asyncio.create_task(reload_policies(self), name="policy reload")
+        task = asyncio.create_task(self._reload_policies(), name="policy reload")
         self._side_tasks.add(task)
-        task.add_done_callback(self._side_tasks.discard)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._side_tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("policy reload failed", exc_info=t.exception())
+
+        task.add_done_callback(done)
+
+    async def _reload_policies(self) -> None:
+        from gateway.policies import reload_policies  # (it imports this module)
+
+        async with self._policy_lock:  # one at a time, so the newest read is applied last
+            await reload_policies(self)
 
     def _watch(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from gateway.errors import error_response, json_response
 from gateway.platform import PLATFORM, Platform
-from gateway.units import NAME, ConfigError, parse_duration_s
+from gateway.units import ConfigError, parse_duration_s
 from scheduler.policy import FunctionPolicy
 from store import FunctionNotFound, PolicyRow
 
@@ -46,10 +46,11 @@ async def reload_policies(platform: Platform) -> None:
     """Read the stored policies and apply them to this gateway's scheduler."""
     default, overrides = effective(platform, await platform.store.list_policies())
     platform.scheduler.configure(default, overrides)
-    for name, policy in overrides.items():
-        if policy.min_warm > 0:
-            # (a policy set before the first deploy is applied at the deploy)
-            with contextlib.suppress(FunctionNotFound):
+    names = [f.name for f in await platform.store.list_functions()] if default.min_warm \
+        else [n for n, p in overrides.items() if p.min_warm]
+    for name in names:
+        if platform.scheduler.policies.settings(name).min_warm:
+            with contextlib.suppress(FunctionNotFound):  # deleted meanwhile
                 await platform.scheduler.ensure_warm(await platform.functions.resolve(name))
 
 
@@ -109,12 +110,20 @@ async def _write(request: web.Request, name: str) -> web.Response:
     if all(getattr(row, f) is None for f in _FIELDS):
         return error_response(400, "bad_policy", "nothing to set: give --prewarm, "
                               "--keep-alive, --min-warm or --max-instances")
+    rows = [r for r in await platform.store.list_policies() if r.function != name]
+    old = next((r for r in await platform.store.list_policies() if r.function == name), None)
+    merged = PolicyRow(function=name, **{
+        f: getattr(row, f) if getattr(row, f) is not None else getattr(old, f, None)
+        for f in _FIELDS})
+    default, overrides = effective(platform, [*rows, merged])
+    for policy_name, policy in [("default", default), *overrides.items()]:
+        if policy.min_warm > policy.max_instances:
+            return error_response(
+                400, "bad_policy", f"min-warm ({policy.min_warm}) cannot exceed max-instances "
+                f"({policy.max_instances}) for {policy_name}", setting="--min-warm")
     await platform.store.set_policy(row)
-    out = await _read(platform, name)
-    if out["min_warm"] > out["max_instances"]:
-        log.warning("min_warm above max_instances", extra={"function": name})
-    await reload_policies(platform)  # this gateway at once; the others on NOTIFY
-    return json_response(out)
+    await platform._reload_policies()  # this gateway at once; the others on NOTIFY
+    return json_response(await _read(platform, name))
 
 
 @routes.get("/v1/policy")
@@ -127,25 +136,35 @@ async def set_default(request: web.Request) -> web.Response:
     return await _write(request, DEFAULT)
 
 
+async def _exists(platform: Platform, name: str) -> web.Response | None:
+    try:
+        await platform.store.get_function(name)
+    except FunctionNotFound:
+        return error_response(404, "function_not_found", f'function "{name}" not found; '
+                              f"deploy it first with: fn deploy {name}.py")
+    return None
+
+
 @routes.get("/v1/functions/{name}/policy")
 async def show_policy(request: web.Request) -> web.Response:
-    return json_response(await _read(request.app[PLATFORM], request.match_info["name"]))
+    platform, name = request.app[PLATFORM], request.match_info["name"]
+    return await _exists(platform, name) or json_response(await _read(platform, name))
 
 
 @routes.put("/v1/functions/{name}/policy")
 async def set_policy(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
-    if not NAME.match(name):
-        return error_response(400, "bad_name", f"invalid function name {name!r}")
-    return await _write(request, name)
+    platform, name = request.app[PLATFORM], request.match_info["name"]
+    return await _exists(platform, name) or await _write(request, name)
 
 
 @routes.delete("/v1/functions/{name}/policy")
 async def reset_policy(request: web.Request) -> web.Response:
-    platform = request.app[PLATFORM]
-    name = request.match_info["name"]
+    platform, name = request.app[PLATFORM], request.match_info["name"]
+    missing = await _exists(platform, name)
+    if missing is not None:
+        return missing
     await platform.store.delete_policy(name)
-    await reload_policies(platform)
+    await platform._reload_policies()
     return json_response(await _read(platform, name))
 
 

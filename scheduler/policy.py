@@ -168,6 +168,9 @@ class HybridHistogram:
             return Decision(keep_until=now + end_s)
         return Decision(keep_until=now, prewarm_at=now + start_s, prewarm_until=now + end_s)
 
+    def forget(self, function: str) -> None:
+        self._functions.pop(function, None)
+
     def note_idle(self, function: str, now: float) -> None:
         """Learn from a function that another policy decides for (no decision computed)."""
         self._state(function).idle_since = now
@@ -266,6 +269,10 @@ class PolicyRouter:
 
     def on_arrival(self, function: str, now: float) -> None:
         self.histogram.on_arrival(function, now)
+
+    def forget(self, function: str) -> None:
+        self.overrides.pop(function, None)
+        self.histogram.forget(function)
 
     def on_idle(self, function: str, now: float) -> Decision:
         settings = self.settings(function)

@@ -54,7 +54,9 @@ class Pool:
     # instances that were removed since are skipped when popped.
     _free: dict[VersionKey, list[Instance]] = field(default_factory=dict)
     prewarms: list[tuple[float, float, VersionKey]] = field(default_factory=list)
-    """(at, until, key) the policy asked for, as a heap: the scheduler starts them when due."""
+    """(at, until, key) the policy asked for, as a heap: the scheduler starts them when due.
+    Only the latest request per key counts (`_prewarm_for`); older heap entries are skipped."""
+    _prewarm_for: dict[VersionKey, tuple[float, float]] = field(default_factory=dict)
     idle_s: dict[str, float] = field(default_factory=dict)
     """Seconds specialized instances spent warm and idle, per function."""
     prewarm_outcomes: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -185,16 +187,33 @@ class Pool:
         if decision.prewarm_at is not None:
             until = decision.prewarm_until if decision.prewarm_until is not None \
                 else decision.prewarm_at
+            self._prewarm_for[instance.key] = (decision.prewarm_at, until)
             heapq.heappush(self.prewarms, (decision.prewarm_at, until, instance.key))
+        else:
+            self._prewarm_for.pop(instance.key, None)  # a newer decision replaces it
 
     def due_prewarms(self, now: float) -> list[tuple[float, VersionKey]]:
         """Prewarms whose time has come, as (keep until, key)."""
         due = []
         while self.prewarms and self.prewarms[0][0] <= now:
-            _, until, key = heapq.heappop(self.prewarms)
+            at, until, key = heapq.heappop(self.prewarms)
+            if self._prewarm_for.get(key) != (at, until):
+                continue  # replaced by a later decision, or cancelled
+            del self._prewarm_for[key]
             if until > now:
                 due.append((until, key))
         return due
+
+    def cancel_prewarms(self, function: str) -> None:
+        for key in [k for k in self._prewarm_for if k[0] == function]:
+            del self._prewarm_for[key]
+
+    def forget(self, function: str) -> None:
+        """Drop what is kept about a deleted function."""
+        self.cancel_prewarms(function)
+        self.idle_s.pop(function, None)
+        for key in [k for k in self.prewarm_outcomes if k[0] == function]:
+            del self.prewarm_outcomes[key]
 
     def next_prewarm(self) -> float | None:
         return self.prewarms[0][0] if self.prewarms else None

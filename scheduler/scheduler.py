@@ -115,6 +115,9 @@ class Scheduler:
         self.pool = Pool(self.policies)
         self.prewarm_starts: dict[str, int] = {}
         self._known: dict[VersionKey, Version] = {}
+        self._active: dict[str, VersionKey] = {}
+        """Each function's active version, as the gateway last said (`ensure_warm`): only it
+        is kept at `min_warm` and prewarmed."""
         self.starts_total = 0
         self.failed: BaseException | None = None
         self.broken = asyncio.Event()
@@ -425,6 +428,9 @@ class Scheduler:
             self._refill.set()
         elif restart and key in self._waiting and not self._stopping:
             self._start_for(key)
+        elif restart and not self._stopping and self._active.get(key[0]) == key \
+                and self.pool.count(key) < self.policies.settings(key[0]).min_warm:
+            self._spawn(self.ensure_warm(self._known[key]), f"keep warm {key[0]}")
         self._notify()
 
     # -- deploy-time checks -----------------------------------------------------------------
@@ -486,6 +492,12 @@ class Scheduler:
         for key in [k for k in self._start_backoff if k[0] == function]:
             self._start_backoff.pop(key, None)
             self._start_failures.pop(key, None)
+        for key in [k for k in self._known if k[0] == function]:
+            del self._known[key]
+        self._active.pop(function, None)
+        self.pool.forget(function)
+        self.prewarm_starts.pop(function, None)
+        self.policies.forget(function)
         idle = []
         for instance in self.pool.of_function(function):
             self.pool.remove(instance)
@@ -504,7 +516,12 @@ class Scheduler:
                 self.pool.stopped(instance, now)
                 self.pool.remove(instance)
             if expired:
-                await asyncio.gather(*(self._drop(i, "idle past keep-alive") for i in expired))
+                results = await asyncio.gather(
+                    *(self._drop(i, "idle past keep-alive") for i in expired),
+                    return_exceptions=True)
+                for result in results:
+                    if isinstance(result, Exception):
+                        log.error("could not stop an idle instance", exc_info=result)
             for until, key in self.pool.due_prewarms(now):
                 self._prewarm(key, until)
             self._notify()
@@ -525,7 +542,8 @@ class Scheduler:
         for instance in self.pool.expired(now):
             assert instance.key is not None
             left = kept.setdefault(instance.key, self.pool.count(instance.key))
-            if left <= self.policies.settings(instance.key[0]).min_warm:
+            if self._active.get(instance.key[0]) == instance.key and \
+                    left <= self.policies.settings(instance.key[0]).min_warm:
                 instance.keep_until = math.inf  # kept warm on purpose; re-decided after a call
                 continue
             kept[instance.key] = left - 1
@@ -535,8 +553,14 @@ class Scheduler:
     def _prewarm(self, key: VersionKey, until: float) -> None:
         """Start an instance ahead of an expected call, as the policy asked."""
         version = self._known.get(key)
-        if version is None or self._stopping or self.pool.count(key) > 0:
-            return  # unknown, or an instance is there already
+        active = self._active.get(key[0])
+        if version is None or self._stopping or (active is not None and active != key):
+            return  # unknown, or no longer the active version
+        if self.pool.count(key) > 0:
+            for existing in self.instances_of(key[0]):
+                if existing.key == key and existing.busy == 0 and existing.state is State.READY:
+                    existing.keep_until = max(existing.keep_until, until)
+            return
         instance = self.pool.take_generic()
         fresh = instance is None
         if instance is None:
@@ -548,7 +572,7 @@ class Scheduler:
         self._refill.set()
 
     def configure(self, default: FunctionPolicy, overrides: dict[str, FunctionPolicy]) -> None:
-        """Apply new policies now: idle instances under a fixed keep-alive get the new one."""
+        """Apply new policies now: idle instances get a keep-alive under the new settings."""
         self.policies.default = default
         self.policies.overrides = overrides
         for instance in self.pool.instances.values():
@@ -556,15 +580,26 @@ class Scheduler:
                     or instance.prewarmed:
                 continue
             settings = self.policies.settings(instance.key[0])
-            if settings.prewarm == "fixed":
+            if settings.prewarm == "fixed" or instance.keep_until == math.inf:
+                # (inf: kept for a min_warm that may have been lowered)
                 instance.keep_until = instance.idle_since + settings.keep_alive_s
         self._wake_reaper.set()
 
     async def ensure_warm(self, version: Version) -> None:
-        """Start instances of a function's active version up to its `min_warm`."""
+        """Note `version` as its function's active one, and start instances of it up to the
+        function's `min_warm` (within `max_instances`)."""
         key = (version.function, version.version)
+        previous = self._active.get(version.function)
+        self._active[version.function] = key
         self._known[key] = version
-        missing = self.policies.settings(version.function).min_warm - self.pool.count(key)
+        if previous is not None and previous != key and self.pool.count(previous) == 0:
+            self._known.pop(previous, None)
+        if previous != key:
+            self.pool.cancel_prewarms(version.function)
+        if self._stopping or self.start_backoff_remaining_s(key) > 0:
+            return
+        settings = self.policies.settings(version.function)
+        missing = min(settings.min_warm, settings.max_instances) - self.pool.count(key)
         for _ in range(max(0, missing)):
             instance = self.pool.take_generic()
             fresh = instance is None

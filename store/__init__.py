@@ -225,11 +225,12 @@ class Store:
         return version
 
     async def delete_function(self, name: str) -> None:
-        """Delete a function with all its versions and activation records."""
+        """Delete a function with its versions, activation records and policy."""
         async with self._conn() as conn, conn.transaction():
             if await conn.fetchval(QUERIES["delete_function"], name) is None:
                 raise FunctionNotFound(name)
             await conn.execute(QUERIES["delete_activations"], name)
+            await conn.execute(QUERIES["delete_function_policy"], name)
             await conn.execute(QUERIES["notify_function_changed"], name, 0)
 
     # -- activations ------------------------------------------------------------------------

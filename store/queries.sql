@@ -62,6 +62,9 @@ DELETE FROM ember_functions WHERE name = $1 RETURNING name;
 -- name: delete_activations
 DELETE FROM ember_activations WHERE function = $1;
 
+-- name: delete_function_policy
+DELETE FROM ember_policies WHERE function = $1;
+
 -- name: list_activations
 SELECT id, function, version, started_at, duration_ms, cold, status, http_status, error, logs
 FROM ember_activations

@@ -241,9 +241,12 @@ class LocalBackend:
         return LocalHandle(host=address, port=int(line), process=process)
 
     async def stop_instance(self, handle: InstanceHandle, *, grace_s: float = 2.0) -> None:
-        self._handles.discard(handle)
         try:
             await self._stop(handle, grace_s)
+        except BaseException:
+            raise  # still in _handles: close() stops it
+        else:
+            self._handles.discard(handle)
         finally:
             if handle.host.startswith("unix:"):
                 with contextlib.suppress(FileNotFoundError):
@@ -269,8 +272,15 @@ class LocalBackend:
                 except TimeoutError:
                     log.error("instance did not exit after SIGKILL", extra={"pid": handle.pid})
         _signal_group(handle.pid, signal.SIGKILL)  # what the handler left running
-        if isinstance(handle, LocalHandle) and handle.process.stdin is not None:
-            handle.process.stdin.close()
+        if isinstance(handle, LocalHandle):
+            # Close its pipes (reading stdout to EOF closes that one): an open pipe transport
+            # would be left for the event loop to warn about and clean up at close.
+            if handle.process.stdin is not None:
+                handle.process.stdin.close()
+            if handle.process.stdout is not None:
+                with contextlib.suppress(TimeoutError, OSError):
+                    async with asyncio.timeout(1.0):
+                        await handle.process.stdout.read()
 
     async def close(self) -> None:
         await asyncio.gather(*(self.stop_instance(h, grace_s=1.0) for h in list(self._handles)))

@@ -39,10 +39,16 @@ async def test_set_show_and_reset_a_function_policy(running: Running) -> None:
 
 
 async def test_bad_policy_values_are_rejected(running: Running) -> None:
+    status, data = await running.admin("PUT", "/v1/functions/nosuch/policy", json={
+        "min_warm": 1})
+    assert status == 404
+    assert "fn deploy nosuch.py" in data["error"]["message"]
+    await running.deploy_ok("pid", PID)
     cases: tuple[tuple[dict[str, object], str], ...] = (
              ({"prewarm": "lru"}, "--prewarm"), ({"keep_alive": "-1"}, "--keep-alive"),
              ({"min_warm": -1}, "--min-warm"), ({"max_instances": 0}, "--max-instances"),
-             ({}, "nothing to set"))
+             ({}, "nothing to set"),
+             ({"min_warm": 3, "max_instances": 2}, "cannot exceed max-instances"))
     for body, message in cases:
         status, data = await running.admin("PUT", "/v1/functions/pid/policy", json=body)
         assert status == 400, body
