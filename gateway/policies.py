@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 from typing import Any
 
 from aiohttp import web
@@ -20,7 +19,6 @@ from gateway.units import ConfigError, parse_duration_s
 from scheduler.policy import FunctionPolicy
 from store import FunctionNotFound, PolicyRow
 
-log = logging.getLogger("ember.gateway.policies")
 routes = web.RouteTableDef()
 DEFAULT = "*"
 _FIELDS = ("prewarm", "keep_alive_s", "min_warm", "max_instances")
