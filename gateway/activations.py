@@ -9,26 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import time
-import uuid
 
-from store import Activation, ActivationId, DatabaseUnavailable, Store
+from store import Activation, ActivationId, DatabaseUnavailable, Store, new_id
+
+new_activation_id = new_id
 
 log = logging.getLogger("ember.gateway.activations")
-_random = random.Random()
-
-
-def new_activation_id() -> ActivationId:
-    """A time-ordered UUID (version 7 layout): 48 bits of milliseconds, then random bits."""
-    ms = time.time_ns() // 1_000_000
-    rand = _random.getrandbits(80)  # ids are not secrets: no syscall per call
-    value = (ms << 80) | rand
-    value = (value & ~(0xF << 76)) | (0x7 << 76)          # version 7
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)          # RFC 4122 variant
-    return ActivationId(uuid.UUID(int=value))
-
-
 class ActivationWriter:
     def __init__(self, store: Store, *, batch_delay_s: float = 0.05, max_batch: int = 1000,
                  max_pending: int = 100_000, retry_s: float = 1.0) -> None:

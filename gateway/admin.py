@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.errors import error_response, json_response
+from gateway.errors import bad_request, error_response, json_response
 from gateway.platform import PLATFORM, Platform
 from gateway.units import FILENAME, NAME, ConfigError, parse_function_config
 from scheduler.scheduler import StartFailed
@@ -32,6 +32,7 @@ def version_json(version: Version, *, active: bool | None = None) -> dict[str, A
         "function": version.function, "version": version.version, "sha256": version.sha256,
         "filename": version.filename, "handler": c.entry, "env": dict(c.env),
         "timeout_s": c.timeout_s, "memory_bytes": c.memory_bytes, "concurrency": c.concurrency,
+        "max_attempts": c.max_attempts, "max_event_age_s": c.max_event_age_s,
         "created_at": version.created_at.isoformat(),
     }
     if active is not None:
@@ -69,15 +70,9 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     try:
         body = orjson.loads(await request.read() or b"{}")
     except orjson.JSONDecodeError as exc:
-        raise web.HTTPBadRequest(
-            body=orjson.dumps({"error": {"code": "bad_json",
-                                         "message": f"request body is not JSON: {exc}"}}),
-            content_type="application/json") from None
+        raise bad_request("bad_json", f"request body is not JSON: {exc}") from None
     if not isinstance(body, dict):
-        raise web.HTTPBadRequest(
-            body=orjson.dumps({"error": {"code": "bad_json",
-                                         "message": "request body must be a JSON object"}}),
-            content_type="application/json")
+        raise bad_request("bad_json", "request body must be a JSON object")
     return body
 
 
@@ -165,10 +160,16 @@ async def show_function(request: web.Request) -> web.Response:
 async def delete_function(request: web.Request) -> web.Response:
     platform = _platform(request)
     name = request.match_info["name"]
+    from gateway.events import remove_trigger  # (it imports this module)
+
     try:
+        for trigger in await platform.store.list_triggers(name):
+            if trigger.kind == "table":  # uninstall it from the watched database
+                await remove_trigger(request, trigger)
         await platform.store.delete_function(name)
     except FunctionNotFound:
         return _not_found(name)
+    platform.triggers_changed()
     platform.functions.invalidate(name)
     await platform.scheduler.retire(name)
     return json_response({"deleted": name})
@@ -211,10 +212,7 @@ async def rollback(request: web.Request) -> web.Response:
 def _limit(request: web.Request) -> int:
     raw = request.query.get("limit", "20")
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_ACTIVATIONS:
-        raise web.HTTPBadRequest(
-            body=orjson.dumps({"error": {"code": "bad_limit", "message":
-                                         f"limit must be 1-{MAX_ACTIVATIONS}, got {raw!r}"}}),
-            content_type="application/json")
+        raise bad_request("bad_limit", f"limit must be 1-{MAX_ACTIVATIONS}, got {raw!r}")
     return int(raw)
 
 
@@ -240,6 +238,11 @@ async def show_activation(request: web.Request) -> web.Response:
         activation_id = ActivationId(uuid.UUID(raw))
     except ValueError:
         return error_response(400, "bad_activation_id", f'"{raw}" is not an activation id')
+    from gateway.events import delivery_json  # (it imports this module)
+
+    delivery = await platform.store.get_delivery(activation_id)
+    if delivery is not None:
+        return json_response(delivery_json(delivery))
     activation = platform.activations.pending(activation_id) \
         or await platform.store.get_activation(activation_id)
     if activation is None:

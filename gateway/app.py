@@ -9,7 +9,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import admin, policies
+from gateway import admin, events, policies
 from gateway.errors import error_response, json_response, payload_too_large
 from gateway.invoke import invoke
 from gateway.platform import PLATFORM, Platform
@@ -79,7 +79,7 @@ def build_app(platform: Platform) -> web.Application:
     admin_app = web.Application(client_max_size=platform.settings.max_body_bytes,
                                 middlewares=[error_middleware, auth_middleware])
     admin_app[PLATFORM] = platform
-    for route in [*admin.routes, *policies.routes]:
+    for route in [*admin.routes, *policies.routes, *events.routes]:
         assert isinstance(route, web.RouteDef)
         admin_app.router.add_route(route.method, route.path.removeprefix("/v1"), route.handler)
     app.add_subapp("/v1", admin_app)

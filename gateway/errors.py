@@ -26,3 +26,10 @@ def payload_too_large(limit_bytes: int) -> web.Response:
                           f"request body is larger than the limit of {limit_bytes} bytes "
                           f"({limit_bytes / (1 << 20):g} MiB); raise it with FN_MAX_BODY",
                           limit_bytes=limit_bytes)
+
+
+def bad_request(code: str, message: str, **fields: Any) -> web.HTTPBadRequest:
+    """A 400 to raise from deep in a handler, in the same JSON shape as `error_response`."""
+    return web.HTTPBadRequest(
+        text=orjson.dumps({"error": {"code": code, "message": message, **fields}}).decode(),
+        content_type="application/json")

@@ -8,15 +8,24 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
 from gateway.activations import new_activation_id
-from gateway.errors import error_response, payload_too_large
+from gateway.errors import error_response, json_response, payload_too_large
 from gateway.platform import PLATFORM, Platform
 from scheduler.scheduler import InstanceLost, Lease, QueueFull, QueueTimeout, StartFailed
-from store import Activation, ActivationId, FunctionNotFound, Version, VersionNotFound
+from store import (
+    Activation,
+    ActivationId,
+    DatabaseUnavailable,
+    FunctionNotFound,
+    NewDelivery,
+    Version,
+    VersionNotFound,
+)
 
 log = logging.getLogger("ember.gateway.invoke")
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length",
@@ -53,6 +62,8 @@ async def invoke(request: web.Request) -> web.StreamResponse:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return payload_too_large(platform.settings.max_body_bytes)
+    if "respond-async" in request.headers.get("Prefer", ""):
+        return await submit_async(platform, request, version, pinned, body)
     try:
         return await _call(platform, request, version, body)
     except Exception:
@@ -60,15 +71,97 @@ async def invoke(request: web.Request) -> web.StreamResponse:
         return error_response(500, "internal_error", "internal error; see the gateway's logs")
 
 
+MAX_IDEMPOTENCY_KEY = 255
+
+
+async def submit_async(platform: Platform, request: web.Request, version: Version,
+                       pinned: int | None, body: bytes) -> web.Response:
+    """`Prefer: respond-async`: commit the call to the delivery queue, then answer 202 with
+    the activation id. An `Idempotency-Key` already used for this function returns the id of
+    the first submission instead of queueing the call again."""
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
+        return error_response(400, "bad_idempotency_key",
+                              f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters")
+    delivery = NewDelivery(id=new_activation_id(), function=version.function, version=pinned,
+                           payload=body, meta=request_meta(request),
+                           idempotency_key=_text(key) if key is not None else None)
+    try:
+        activation_id, created = await platform.store.submit(delivery)
+    except DatabaseUnavailable as exc:
+        log.warning("cannot accept an async call: %s", exc)
+        return error_response(503, "database_unavailable",
+                              f"the call was not accepted: the database is unavailable ({exc}); "
+                              "retry shortly", headers={"Retry-After": "1"})
+    return json_response(
+        {"activation_id": str(activation_id), "status": "accepted" if created else "duplicate",
+         "function": version.function},
+        status=202, headers={"Location": f"/v1/activations/{activation_id}",
+                             "Preference-Applied": "respond-async",
+                             "X-Ember-Activation-Id": str(activation_id)})
+
+
+def request_meta(request: web.Request) -> dict[str, Any]:
+    """What the handler's context shows of the HTTP request."""
+    return {
+        "method": request.method, "path": _text("/" + request.match_info.get("tail", "")),
+        "query": _text(request.query_string),
+        "headers": [(k, _text(v)) for k, v in request.headers.items()],
+        "content_type": _text(request.headers.get("Content-Type", "")),
+    }
+
+
 async def _call(platform: Platform, request: web.Request, version: Version,
                 body: bytes) -> web.StreamResponse:
+    activation_id = new_activation_id()
+    meta = request_meta(request)
+    result = await execute(platform, version, activation_id, meta, body)
+    if result.status == "success":
+        response = web.Response(status=result.http_status, body=result.body)
+        for key, value in result.headers:
+            if key.lower() not in _HOP_BY_HOP:
+                response.headers.add(key, value)
+        response.headers.update({"X-Ember-Activation-Id": str(activation_id),
+                                 "X-Ember-Version": str(version.version)})
+        return response
+    if result.status == "throttled":
+        assert result.retry_after_s is not None
+        return error_response(result.http_status, result.code, result.message,
+                              headers={"Retry-After": str(round(result.retry_after_s))})
+    extra = {"X-Ember-Activation-Id": str(activation_id), "X-Ember-Version": str(version.version)}
+    fields = {"type": result.error.get("type", "Error")} \
+        if result.status == "error" and result.error else {}
+    return error_response(result.http_status, result.code, result.message,
+                          activation_id=str(activation_id), headers=extra, **fields)
+
+
+@dataclass(slots=True)
+class CallResult:
+    """How one call ended, for the HTTP caller or the delivery worker.
+
+    `status` is that of the activation record: success, error, timeout, crashed, start_failed,
+    or throttled (no capacity: nothing ran, no record)."""
+
+    status: str
+    http_status: int
+    body: bytes = b""
+    headers: list[list[str]] = field(default_factory=list)
+    error: dict[str, Any] | None = None
+    code: str = ""
+    message: str = ""
+    logs: str = ""
+    cold: bool = False
+    retry_after_s: float | None = None
+
+
+async def execute(platform: Platform, version: Version, activation_id: ActivationId,
+                  meta: dict[str, Any], body: bytes) -> CallResult:
+    """Run one activation of `version` on a warm slot: the path every call takes."""
     metrics = platform.metrics
     name = version.function
-    activation_id = new_activation_id()
     started_at = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
     timeout_s = version.config.timeout_s
-    extra = {"X-Ember-Activation-Id": str(activation_id), "X-Ember-Version": str(version.version)}
 
     def record(status: str, http_status: int, error: dict[str, Any] | None, logs: str,
                cold: bool) -> None:
@@ -83,30 +176,27 @@ async def _call(platform: Platform, request: web.Request, version: Version,
         lease = await platform.scheduler.acquire(version)
     except QueueFull as exc:
         metrics.invocations.labels(name, "throttled").inc()
-        return error_response(429, "queue_full", str(exc),
-                              headers={"Retry-After": str(round(exc.retry_after_s))})
+        return CallResult("throttled", 429, code="queue_full", message=str(exc),
+                          retry_after_s=exc.retry_after_s)
     except QueueTimeout as exc:
         metrics.invocations.labels(name, "throttled").inc()
-        return error_response(503, "no_capacity", str(exc), headers={"Retry-After": "1"})
+        return CallResult("throttled", 503, code="no_capacity", message=str(exc),
+                          retry_after_s=1.0)
     except StartFailed as exc:
         error = {"type": exc.error.get("type", "StartFailed"), "message": str(exc)}
-        record("start_failed", 502, error,
-               _no_nul(exc.logs + exc.error.get("traceback", "")), True)
-        return error_response(502, "start_failed",
-                              f'function "{name}" could not start: {exc}',
-                              activation_id=str(activation_id), headers=extra)
+        logs = _no_nul(exc.logs + exc.error.get("traceback", ""))
+        record("start_failed", 502, error, logs, True)
+        return CallResult("start_failed", 502, error=error, code="start_failed",
+                          message=f'function "{name}" could not start: {exc}', logs=logs,
+                          cold=True)
     except InstanceLost as exc:
-        record("crashed", 502, {"type": "InstanceLost", "message": str(exc)}, "", False)
-        return error_response(502, "instance_died", str(exc), activation_id=str(activation_id),
-                              headers=extra)
+        error = {"type": "InstanceLost", "message": str(exc)}
+        record("crashed", 502, error, "", False)
+        return CallResult("crashed", 502, error=error, code="instance_died", message=str(exc))
 
-    meta = {
-        "op": "invoke", "id": str(activation_id), "timeout_s": timeout_s,
-        "method": request.method, "path": _text("/" + request.match_info.get("tail", "")),
-        "query": _text(request.query_string),
-        "headers": [(k, _text(v)) for k, v in request.headers.items()],
-        "content_type": _text(request.headers.get("Content-Type", "")),
-    }
+    meta["op"] = "invoke"
+    meta["id"] = str(activation_id)
+    meta["timeout_s"] = timeout_s
     try:
         async with asyncio.timeout(timeout_s):
             reply, out = await lease.connection.call(meta, body)
@@ -116,7 +206,7 @@ async def _call(platform: Platform, request: web.Request, version: Version,
             # it is replaced; done in a task of its own so that the cancellation cannot stop it.
             platform.scheduler.discard_soon(lease, f"call interrupted: {exc!r}")
             raise
-        return await _failed(platform, version, lease, exc, record, activation_id, extra)
+        return await _failed(platform, version, lease, exc, record)
     platform.scheduler.release(lease)
     logs = _no_nul(reply.get("logs", ""))
     if not reply.get("ok"):
@@ -124,26 +214,20 @@ async def _call(platform: Platform, request: web.Request, version: Version,
                  for k, v in (reply.get("error") or {}).items()}
         status = int(reply.get("status", 500))
         record("error", status, error, logs, lease.cold)
-        code = "bad_request" if status == 400 else "handler_error"
-        return error_response(status, code, error.get("message", ""),
-                              activation_id=str(activation_id), headers=extra,
-                              type=error.get("type", "Error"))
+        return CallResult("error", status, error=error,
+                          code="bad_request" if status == 400 else "handler_error",
+                          message=error.get("message", ""), logs=logs, cold=lease.cold)
     status = int(reply.get("status", 200))
     record("success", status, None, logs, lease.cold)
-    response = web.Response(status=status, body=out)
-    for key, value in reply.get("headers", ()):
-        if key.lower() not in _HOP_BY_HOP:
-            response.headers.add(key, value)
-    response.headers.update(extra)
-    return response
+    return CallResult("success", status, body=out, headers=reply.get("headers", []), logs=logs,
+                      cold=lease.cold)
 
 
 Record = Callable[[str, int, "dict[str, Any] | None", str, bool], None]
 
 
 async def _failed(platform: Platform, version: Version, lease: Lease, exc: BaseException,
-                  record: Record, activation_id: ActivationId,
-                  extra: dict[str, str]) -> web.Response:
+                  record: Record) -> CallResult:
     """The instance overran its timeout or died mid-call: replace it, tell the caller."""
     name, timeout_s = version.function, version.config.timeout_s
     if isinstance(exc, TimeoutError):
@@ -151,15 +235,17 @@ async def _failed(platform: Platform, version: Version, lease: Lease, exc: BaseE
         message = (f'function "{name}" did not finish within its timeout of {timeout_s:g}s; '
                    f"the instance was replaced. Raise the limit with: "
                    f"fn deploy {version.filename} --timeout {max(timeout_s * 2, 1):g}s")
-        record("timeout", 504, {"type": "Timeout", "message": message}, "", lease.cold)
-        return error_response(504, "timeout", message, activation_id=str(activation_id),
-                              headers=extra)
+        error = {"type": "Timeout", "message": message}
+        record("timeout", 504, error, "", lease.cold)
+        return CallResult("timeout", 504, error=error, code="timeout", message=message,
+                          cold=lease.cold)
     how = await platform.scheduler.discard(lease, "died during a call", wait_exit_s=1.0)
     message = (f'the instance running "{name}" exited during the call ({how}); '
                "it has been replaced")
-    record("crashed", 502, {"type": "InstanceDied", "message": message}, "", lease.cold)
-    return error_response(502, "instance_died", message, activation_id=str(activation_id),
-                          headers=extra)
+    error = {"type": "InstanceDied", "message": message}
+    record("crashed", 502, error, "", lease.cold)
+    return CallResult("crashed", 502, error=error, code="instance_died", message=message,
+                      cold=lease.cold)
 
 
 def _text(value: str) -> str:

@@ -66,6 +66,20 @@ class _PoolCollector(Collector):
         yield outcomes
 
 
+class _QueueCollector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily(
+            "ember_delivery_queue_depth",
+            "Deliveries waiting (pending), in progress (running) or dead-lettered (dead), as "
+            "last sampled", labels=["function", "status"])
+        for (function, status), n in sorted(self._metrics.queue_depth.items()):
+            depth.add_metric([function, status], n)
+        yield depth
+
+
 @dataclass(slots=True, frozen=True)
 class PoolReadout:
     warm: dict[str, int]
@@ -92,6 +106,25 @@ class Metrics:
         self.warm_hits = Counter(
             "ember_warm_hits", "Calls served by an instance that was already warm",
             ["function"], registry=self.registry)
+        self.deliveries = Counter(
+            "ember_delivery_attempts", "Attempts to deliver async invocations and events, by "
+            "outcome (succeeded, retry, dead, throttled)", ["function", "outcome"],
+            registry=self.registry)
+        self.dead_letters = Counter(
+            "ember_dead_letters", "Deliveries dead-lettered", ["function"],
+            registry=self.registry)
+        self.redeliveries = Counter(
+            "ember_redeliveries", "Deliveries claimed again after a lease ran out (the earlier "
+            "attempt may have run: a possible duplicate)", ["function"], registry=self.registry)
+        self.delivery_wait = Histogram(
+            "ember_delivery_wait_seconds", "From submission to the first attempt's start",
+            ["source"], buckets=_BUCKETS_S, registry=self.registry)
+        self.delivery_latency = Histogram(
+            "ember_delivery_latency_seconds",
+            "From submission to the handler's success (all attempts)", ["source"],
+            buckets=_BUCKETS_S, registry=self.registry)
+        self.queue_depth: dict[tuple[str, str], int] = {}
+        self.registry.register(_QueueCollector(self))
         self.registry.register(_PoolCollector(counts, starts, dropped, pool))
         self._children: dict[tuple[str, str], tuple[Any, Any, Any, Any]] = {}
 

@@ -11,7 +11,7 @@ import logging
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -23,6 +23,10 @@ from scheduler.backends.local import LocalBackend
 from scheduler.scheduler import Scheduler
 from store import Store
 from store.embedded import EmbeddedPostgres, start_embedded_postgres
+
+if TYPE_CHECKING:
+    from gateway.delivery import DeliveryWorker
+    from gateway.triggers import TableRelays
 
 log = logging.getLogger("ember.gateway")
 
@@ -66,6 +70,9 @@ class Platform:
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _side_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _policy_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    deliveries: DeliveryWorker | None = None
+    relays: TableRelays | None = None
+    _triggers_changed: list[asyncio.Event] = field(default_factory=list)
 
     @classmethod
     async def start(cls, settings: Settings) -> Platform:
@@ -101,16 +108,44 @@ class Platform:
                             lambda: activations.dropped, lambda: _pool_readout(scheduler)),
         )
         platform._watch(platform.activations.run(), "activation writer")
+        if settings.events.workers:
+            platform._start_event_workers()
         platform._watch(
-            store.listen_function_changes(platform._on_change, platform._on_listening),
+            store.listen_function_changes(platform._on_change, platform._on_listening,
+                                          on_deliveries=platform._on_deliveries),
             "function change listener",
         )
         await platform._reload_policies()
         return platform
 
+    def _start_event_workers(self) -> None:
+        from gateway.delivery import DeliveryWorker, housekeeping
+        from gateway.triggers import TableRelays, run_schedules
+
+        self.deliveries = DeliveryWorker(self, self.settings.events)
+        self.relays = TableRelays(self)
+        schedules_wake, tables_wake = asyncio.Event(), asyncio.Event()
+        self._triggers_changed = [schedules_wake, tables_wake]
+        self._watch(self.deliveries.run(), "delivery worker")
+        self._watch(self.deliveries.outcomes.run(), "delivery outcome writer")
+        self._watch(run_schedules(self, schedules_wake), "schedules")
+        self._watch(self.relays.run(tables_wake), "table relays")
+        self._watch(housekeeping(self), "delivery housekeeping")
+
+    def _on_deliveries(self) -> None:
+        if self.deliveries is not None:
+            self.deliveries.wake()
+
+    def triggers_changed(self) -> None:
+        for event in self._triggers_changed:
+            event.set()
+
     def _on_change(self, payload: str) -> None:
         if payload.startswith("policy:"):
             self._reload_policies_soon()
+            return
+        if payload.startswith("triggers:"):
+            self.triggers_changed()
             return
         name, _, version = payload.rpartition(":")
         if not self.functions.is_active(name, int(version or 0)):
@@ -120,6 +155,8 @@ class Platform:
         # Changes made while not listening are unknown: forget what they could have changed.
         self.functions.clear()
         self._reload_policies_soon()
+        self.triggers_changed()
+        self._on_deliveries()
 
     def _reload_policies_soon(self) -> None:
         task = asyncio.create_task(self._reload_policies(), name="policy reload")
@@ -164,6 +201,11 @@ class Platform:
         return None
 
     async def stop(self) -> None:
+        if self.deliveries is not None:
+            for task in self._tasks:
+                if task.get_name() == "delivery worker":
+                    task.cancel()  # claim nothing more, then let the claimed ones finish
+            await self.deliveries.stop(self.settings.shutdown_timeout_s)
         for task in (*self._tasks, *self._side_tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, *self._side_tasks, return_exceptions=True)

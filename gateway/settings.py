@@ -24,6 +24,27 @@ def default_state_dir(env: Mapping[str, str] = os.environ) -> Path:
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
+class EventSettings:
+    """How async invocations and events are delivered (see docs/events.md)."""
+
+    workers: bool = True
+    """Run delivery workers, schedules and table relays in this gateway (FN_DELIVERIES=0: no)."""
+    concurrency: int = 64
+    """Deliveries one gateway runs at once (FN_DELIVERY_CONCURRENCY)."""
+    lease_margin_s: float = 30.0
+    """A claimed delivery is leased for its function's timeout plus this (FN_DELIVERY_LEASE);
+    if the gateway dies, another takes it over when the lease ends."""
+    retry_base_s: float = 1.0
+    """First retry delay (FN_RETRY_BASE); doubled each attempt, with jitter."""
+    retry_max_s: float = 600.0
+    """Longest retry delay (FN_RETRY_MAX)."""
+    poll_s: float = 1.0
+    """How often workers look for due work without a notification (FN_DELIVERY_POLL)."""
+    retention_s: float = 7 * 86400.0
+    """How long succeeded deliveries are kept for `fn activation` (FN_DELIVERY_RETENTION)."""
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
 class Settings:
     host: str = "127.0.0.1"
     """Address the gateway listens on (FN_HOST). Default: loopback only."""
@@ -42,6 +63,7 @@ class Settings:
     shutdown_timeout_s: float = 10.0
     """How long in-flight calls may run on at shutdown before they are cancelled."""
     pool: PoolSettings = field(default_factory=PoolSettings)
+    events: EventSettings = field(default_factory=EventSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -53,7 +75,21 @@ class Settings:
             max_instances=int(env.get("FN_MAX_INSTANCES", "20")),
             max_queue=int(env.get("FN_MAX_QUEUE", "100")),
         )
+        d = EventSettings()
+        events = EventSettings(
+            workers=env.get("FN_DELIVERIES", "1") not in ("0", "false", "no"),
+            concurrency=int(env.get("FN_DELIVERY_CONCURRENCY", str(d.concurrency))),
+            lease_margin_s=parse_duration_s(env.get("FN_DELIVERY_LEASE", d.lease_margin_s),
+                                            "FN_DELIVERY_LEASE"),
+            retry_base_s=parse_duration_s(env.get("FN_RETRY_BASE", d.retry_base_s),
+                                          "FN_RETRY_BASE"),
+            retry_max_s=parse_duration_s(env.get("FN_RETRY_MAX", d.retry_max_s), "FN_RETRY_MAX"),
+            poll_s=parse_duration_s(env.get("FN_DELIVERY_POLL", d.poll_s), "FN_DELIVERY_POLL"),
+            retention_s=parse_duration_s(env.get("FN_DELIVERY_RETENTION", d.retention_s),
+                                         "FN_DELIVERY_RETENTION", maximum_s=365 * 86400),
+        )
         return cls(
+            events=events,
             host=env.get("FN_HOST", defaults.host),
             port=int(env.get("FN_PORT", str(defaults.port))),
             state_dir=default_state_dir(env),

@@ -11,8 +11,8 @@ from typing import Any
 
 from store.records import FunctionConfig
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(Ki|Mi|Gi|K|M|G|k)?\s*$")
 _SIZE_UNITS = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "K": 1000, "k": 1000,
                "M": 1000**2, "G": 1000**3, None: 1}
@@ -25,6 +25,8 @@ MAX_TIMEOUT_S = 3600.0
 MIN_MEMORY_BYTES = 32 << 20
 MAX_MEMORY_BYTES = 64 << 30
 MAX_CONCURRENCY = 1000
+MAX_ATTEMPTS = 100
+MAX_EVENT_AGE_S = 30 * 86400.0
 
 
 class ConfigError(ValueError):
@@ -95,7 +97,16 @@ def parse_function_config(body: Mapping[str, Any]) -> FunctionConfig:
             or not 1 <= concurrency <= MAX_CONCURRENCY:
         raise ConfigError("--concurrency", concurrency,
                           f"a whole number from 1 to {MAX_CONCURRENCY}")
+    attempts = body.get("max_attempts", defaults.max_attempts)
+    if isinstance(attempts, str) and attempts.strip().isdigit():
+        attempts = int(attempts)
+    if isinstance(attempts, bool) or not isinstance(attempts, int) \
+            or not 1 <= attempts <= MAX_ATTEMPTS:
+        raise ConfigError("--max-attempts", attempts, f"a whole number from 1 to {MAX_ATTEMPTS}")
     return FunctionConfig(
+        max_attempts=attempts,
+        max_event_age_s=parse_duration_s(body.get("max_event_age", defaults.max_event_age_s),
+                                         "--max-event-age", maximum_s=MAX_EVENT_AGE_S),
         entry=entry,
         env={str(k): v for k, v in env.items()},
         timeout_s=parse_duration_s(body.get("timeout", defaults.timeout_s), "--timeout"),

@@ -103,6 +103,20 @@ def install_capture() -> None:
     root.setLevel(logging.INFO)
 
 
+class PermanentError(Exception):
+    """Raise it (as `context.PermanentError`) when retrying an event cannot help, such as a
+    malformed order: the event is dead-lettered at once instead of being retried."""
+
+
+class RetryAfter(Exception):
+    """Raise it (as `context.RetryAfter(30)`) to have the event retried no sooner than
+    `seconds` from now, for example when a downstream service is rate-limiting."""
+
+    def __init__(self, seconds: float, message: str = "") -> None:
+        super().__init__(message or f"retry after {seconds:g}s")
+        self.seconds = float(seconds)
+
+
 @dataclass(slots=True, kw_only=True)
 class Response:
     """Return one from a handler to set the status code and headers yourself."""
@@ -126,6 +140,9 @@ class Context:
     headers: Mapping[str, str] = field(default_factory=dict)
     config: Mapping[str, str] = field(default_factory=dict)
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("function"))
+
+    PermanentError = PermanentError
+    RetryAfter = RetryAfter
 
     def remaining_s(self) -> float:
         """Seconds left before the platform stops waiting for this call."""

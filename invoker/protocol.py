@@ -54,6 +54,8 @@ class ErrorInfo(TypedDict, total=False):
     message: str
     traceback: str
     line: int
+    retry: bool            # False: a permanent error, do not retry the event
+    retry_after_s: float   # retry the event no sooner than this
 
 
 def encode_frame(meta: dict[str, Any], body: bytes = b"") -> list[bytes]:

@@ -29,7 +29,15 @@ from typing import Any, TextIO
 
 import orjson
 
-from invoker.context import Capture, Context, Response, current_capture, install_capture
+from invoker.context import (
+    Capture,
+    Context,
+    PermanentError,
+    Response,
+    RetryAfter,
+    current_capture,
+    install_capture,
+)
 from invoker.protocol import SMALL_FRAME_BYTES, ErrorInfo, encode_frame, read_frame
 
 log = logging.getLogger("ember.invoker")
@@ -50,6 +58,10 @@ def _error(exc: BaseException, *, user_file: str | None = None) -> ErrorInfo:
     ) + "".join(traceback.format_exception_only(type(exc), exc))
     if isinstance(exc, SyntaxError) and exc.lineno is not None:
         info["line"] = exc.lineno
+    if isinstance(exc, PermanentError):
+        info["retry"] = False
+    elif isinstance(exc, RetryAfter):
+        info["retry_after_s"] = exc.seconds
     return info
 
 

@@ -7,10 +7,12 @@ one method per named query in `queries.sql`. Everything it returns is a plain re
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import functools
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -22,33 +24,55 @@ from store.errors import (
     DatabaseUnavailable,
     FunctionNotFound,
     MigrationError,
+    NotFound,
     StoreError,
+    TopicNotFound,
+    TriggerError,
     VersionNotFound,
 )
+from store.outbox import Change
 from store.queries import QUERIES, load_migrations
 from store.records import (
     ACTIVATION_COLUMNS,
     Activation,
     ActivationId,
+    Claimed,
+    Delivery,
     Function,
     FunctionConfig,
+    NewDelivery,
+    Outcome,
     PolicyRow,
+    Topic,
+    Trigger,
     Version,
+    new_id,
 )
 
 __all__ = [
     "Activation",
     "ActivationId",
+    "Change",
+    "Claimed",
     "DatabaseUnavailable",
+    "Delivery",
     "Function",
     "FunctionConfig",
     "FunctionNotFound",
     "MigrationError",
+    "NewDelivery",
+    "NotFound",
+    "Outcome",
     "PolicyRow",
     "Store",
     "StoreError",
+    "Topic",
+    "TopicNotFound",
+    "Trigger",
+    "TriggerError",
     "Version",
     "VersionNotFound",
+    "new_id",
 ]
 
 log = logging.getLogger("ember.store")
@@ -56,6 +80,7 @@ log = logging.getLogger("ember.store")
 # Any constant unique to Ember: serializes migrations when several replicas start at once.
 MIGRATION_LOCK_KEY = 0x656D626572  # "ember"
 NOTIFY_CHANNEL = "ember_functions"
+DELIVERIES_CHANNEL = "ember_deliveries"
 _UNAVAILABLE = (OSError, asyncpg.exceptions.ConnectionDoesNotExistError,
                 asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.InterfaceError)
 
@@ -163,7 +188,7 @@ class Store:
             row = await conn.fetchrow(
                 QUERIES["insert_version"], name, number, source, sha256, filename,
                 config.entry, dict(config.env), config.timeout_s, config.memory_bytes,
-                config.concurrency,
+                config.concurrency, config.max_attempts, config.max_event_age_s,
             )
             await conn.execute(QUERIES["set_active_version"], name, number)
             await conn.execute(QUERIES["notify_function_changed"], name, number)
@@ -231,6 +256,7 @@ class Store:
                 raise FunctionNotFound(name)
             await conn.execute(QUERIES["delete_activations"], name)
             await conn.execute(QUERIES["delete_function_policy"], name)
+            await conn.execute(QUERIES["delete_deliveries"], name)
             await conn.execute(QUERIES["notify_function_changed"], name, 0)
 
     # -- activations ------------------------------------------------------------------------
@@ -284,14 +310,232 @@ class Store:
             await conn.execute(QUERIES["notify_policy_changed"], function)
         return deleted is not None
 
+    # -- async invocations and deliveries ---------------------------------------------------
+
+    async def submit(self, delivery: NewDelivery) -> tuple[ActivationId, bool]:
+        """Commit a delivery; returns its id and whether it is new. With an idempotency key
+        that the function has seen before, the first submission's id (and False)."""
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                QUERIES["insert_delivery"], delivery.id, delivery.function, delivery.version,
+                delivery.source, delivery.trigger_id, delivery.idempotency_key,
+                delivery.payload, dict(delivery.meta), delivery.run_at)
+            if row is not None:
+                return ActivationId(row["id"]), True
+            found = await conn.fetchval(
+                QUERIES["find_delivery_by_key"], delivery.function, delivery.idempotency_key)
+        if found is None:  # the first submission was deleted (its function too): try again
+            return await self.submit(delivery)
+        return ActivationId(found), False
+
+    async def publish(self, topic: str, event_id: uuid.UUID, payload: bytes,
+                      meta: Mapping[str, Any], idempotency_key: str | None = None,
+                      ) -> tuple[uuid.UUID, int, bool]:
+        """Commit one delivery per subscriber of `topic`. Returns the event id, the number of
+        deliveries and whether the event is new (False: a repeat of an idempotency key).
+        Raises TopicNotFound."""
+        async with self._conn() as conn, conn.transaction():
+            if idempotency_key is not None:
+                created = await conn.fetchval(
+                    QUERIES["insert_event"], event_id, topic, idempotency_key, 0)
+                if created is None:
+                    row = await conn.fetchrow(QUERIES["find_event_by_key"], topic,
+                                              idempotency_key)
+                    assert row is not None
+                    return row["id"], row["deliveries"], False
+            row = await conn.fetchrow(QUERIES["fan_out_event"], event_id, topic, payload,
+                                      dict(meta))
+            assert row is not None
+            if not row["topic_exists"]:
+                raise TopicNotFound(topic)
+            if idempotency_key is not None:
+                await conn.execute(QUERIES["set_event_deliveries"], event_id, row["deliveries"])
+        return event_id, row["deliveries"], True
+
+    async def claim(self, limit: int, lease_margin_s: float) -> list[Claimed]:
+        """Take up to `limit` due deliveries (pending, or running past their lease), leased for
+        their function's timeout plus `lease_margin_s`."""
+        async with self._conn() as conn:
+            rows = await conn.fetch(QUERIES["claim_deliveries"], limit, lease_margin_s)
+        return [Claimed.from_row(r) for r in rows]
+
+    async def finish(self, outcomes: Sequence[Outcome]) -> int:
+        """Record attempts' outcomes in one statement; returns how many were still current
+        (an outcome whose lease ran out and was claimed again is ignored)."""
+        columns: tuple[list[Any], ...] = tuple([] for _ in range(11))
+        for o in outcomes:
+            for column, value in zip(columns, (
+                    o.id, o.attempt, o.status, o.run_at, o.http_status, o.result,
+                    o.result_type, dict(o.error) if o.error is not None else None, o.logs,
+                    o.activation, o.uncounted), strict=True):
+                column.append(value)
+        async with self._conn() as conn:
+            status = await conn.execute(QUERIES["finish_deliveries"], *columns)
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def release(self, ids: Sequence[ActivationId]) -> None:
+        async with self._conn() as conn:
+            await conn.execute(QUERIES["release_deliveries"], list(ids))
+
+    @_retry_once
+    async def next_delivery_due_s(self) -> float | None:
+        """Seconds until the next delivery is due (<= 0: now), None when none is waiting."""
+        async with self._conn() as conn:
+            value = await conn.fetchval(QUERIES["next_delivery_due"])
+        return None if value is None else float(value)
+
+    @_retry_once
+    async def get_delivery(self, delivery_id: ActivationId) -> Delivery | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(QUERIES["get_delivery"], delivery_id)
+        return Delivery.from_row(row) if row is not None else None
+
+    @_retry_once
+    async def list_dead(self, function: str | None = None, *, limit: int = 20) -> list[Delivery]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(QUERIES["list_dead"], function, limit)
+        return [Delivery.from_row(r) for r in rows]
+
+    async def redrive(self, ids: Sequence[ActivationId] = (),
+                      function: str | None = None) -> list[ActivationId]:
+        """Make dead deliveries (by id, or all of a function) pending again, attempts reset."""
+        async with self._conn() as conn, conn.transaction():
+            rows = await conn.fetch(QUERIES["redrive"], list(ids), function)
+            await conn.execute(QUERIES["notify_deliveries"])
+        return [ActivationId(r["id"]) for r in rows]
+
+    @_retry_once
+    async def delivery_depth(self) -> dict[tuple[str, str], int]:
+        """{(function, status): count} of pending, running and dead deliveries."""
+        async with self._conn() as conn:
+            rows = await conn.fetch(QUERIES["delivery_depth"])
+        return {(r["function"], r["status"]): r["n"] for r in rows}
+
+    async def prune_deliveries(self, older_than_s: float) -> int:
+        async with self._conn() as conn:
+            status = await conn.execute(QUERIES["prune_deliveries"],
+                                        dt.timedelta(seconds=older_than_s))
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def enqueue_changes(self, changes: Sequence[Change]) -> None:
+        """Turn table changes from a watched database's outbox into deliveries (idempotent)."""
+        async with self._conn() as conn, conn.transaction():
+            await conn.execute(QUERIES["enqueue_changes"], [c.id for c in changes],
+                               [c.trigger_id for c in changes], [c.payload for c in changes])
+            await conn.execute(QUERIES["notify_deliveries"])
+
+    # -- topics and triggers ----------------------------------------------------------------
+
+    async def create_topic(self, name: str) -> bool:
+        """Create a topic; False when it already existed."""
+        async with self._conn() as conn:
+            return await conn.fetchval(QUERIES["create_topic"], name) is not None
+
+    @_retry_once
+    async def list_topics(self) -> list[Topic]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(QUERIES["list_topics"])
+        return [Topic.from_row(r) for r in rows]
+
+    async def delete_topic(self, name: str) -> None:
+        """Raises TopicNotFound, or TriggerError while functions subscribe to it."""
+        try:
+            async with self._conn() as conn:
+                deleted = await conn.fetchval(QUERIES["delete_topic"], name)
+        except asyncpg.ForeignKeyViolationError:
+            raise TriggerError(f'topic "{name}" has subscribers; remove them first '
+                               "(fn trigger list)") from None
+        if deleted is None:
+            raise TopicNotFound(name)
+
+    async def add_trigger(self, trigger: Trigger) -> Trigger:
+        """Store a trigger (its id is assigned here). Raises FunctionNotFound, TopicNotFound,
+        or TriggerError when the function already subscribes to the topic."""
+        try:
+            async with self._conn() as conn, conn.transaction():
+                if not await conn.fetchval(QUERIES["function_exists"], trigger.function):
+                    raise FunctionNotFound(trigger.function)
+                if trigger.topic is not None \
+                        and not await conn.fetchval(QUERIES["topic_exists"], trigger.topic):
+                    raise TopicNotFound(trigger.topic)
+                row = await conn.fetchrow(
+                    QUERIES["insert_trigger"], trigger.function, trigger.kind, trigger.topic,
+                    trigger.cron, trigger.timezone, trigger.next_fire_at, trigger.table_name,
+                    list(trigger.operations) or None, trigger.database_url)
+                await conn.execute(QUERIES["notify_triggers_changed"], trigger.kind)
+        except asyncpg.UniqueViolationError:
+            raise TriggerError(f'function "{trigger.function}" already subscribes to topic '
+                               f'"{trigger.topic}"') from None
+        assert row is not None
+        return Trigger.from_row(row)
+
+    @_retry_once
+    async def list_triggers(self, function: str | None = None) -> list[Trigger]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(QUERIES["list_triggers"], function)
+        return [Trigger.from_row(r) for r in rows]
+
+    @_retry_once
+    async def get_trigger(self, trigger_id: int) -> Trigger:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(QUERIES["get_trigger"], trigger_id)
+        if row is None:
+            raise NotFound(f"trigger {trigger_id} not found; list them with: fn trigger list")
+        return Trigger.from_row(row)
+
+    async def delete_trigger(self, trigger_id: int) -> Trigger:
+        async with self._conn() as conn, conn.transaction():
+            row = await conn.fetchrow(QUERIES["delete_trigger"], trigger_id)
+            if row is None:
+                raise NotFound(f"trigger {trigger_id} not found; list them with: fn trigger list")
+            await conn.execute(QUERIES["notify_triggers_changed"], row["kind"])
+        return Trigger.from_row(row)
+
+    async def fire_schedules(
+        self, now: dt.datetime,
+        plan: Callable[[Trigger], tuple[dt.datetime, int, dt.datetime]],
+    ) -> list[ActivationId]:
+        """Fire every schedule due at `now`, each tick once however many gateways try.
+
+        `plan(trigger)` gives (the tick to fire, how many earlier ticks it stands for, the next
+        tick). The due rows are locked (SKIP LOCKED: another gateway takes the others), the
+        delivery is keyed by trigger and tick, and the next tick is stored in the same
+        transaction."""
+        fired = []
+        async with self._conn() as conn, conn.transaction():
+            rows = await conn.fetch(QUERIES["due_schedules"], now)
+            for row in rows:
+                trigger = Trigger(id=row["id"], function=row["function"], kind="cron",
+                                  cron=row["cron"], timezone=row["timezone"],
+                                  next_fire_at=row["next_fire_at"])
+                tick, missed, next_tick = plan(trigger)
+                payload = orjson.dumps({"trigger": trigger.id, "cron": trigger.cron,
+                                        "timezone": trigger.timezone,
+                                        "scheduled_at": tick.isoformat(), "missed": missed})
+                found = await conn.fetchrow(
+                    QUERIES["insert_delivery"], new_id(), trigger.function, None, "cron",
+                    trigger.id, f"cron:{trigger.id}:{tick.isoformat()}", payload,
+                    {"content_type": "application/json"}, None)
+                if found is not None:
+                    fired.append(ActivationId(found["id"]))
+                await conn.execute(QUERIES["set_next_fire"], trigger.id, next_tick)
+        return fired
+
+    @_retry_once
+    async def next_schedule_due(self) -> dt.datetime | None:
+        async with self._conn() as conn:
+            value: dt.datetime | None = await conn.fetchval(QUERIES["next_schedule_due"])
+        return value
+
     # -- change notifications ---------------------------------------------------------------
 
     async def listen_function_changes(
         self, on_change: Callable[[str], Any], on_listening: Callable[[], Any],
-        *, retry_s: float = 1.0,
+        *, on_deliveries: Callable[[], Any] | None = None, retry_s: float = 1.0,
     ) -> None:
         """Call `on_change(payload)` on every deploy, rollback or delete ("name:version", version
-        0 for a delete) and policy change ("policy:name"); runs until cancelled.
+        0 for a delete), policy change ("policy:name") and trigger change ("triggers:kind"),
+        and `on_deliveries()` when deliveries were submitted; runs until cancelled.
 
         `on_listening()` is called each time listening (re)starts: notifications sent while the
         connection was down (a database restart) are lost, so callers drop their caches then.
@@ -307,6 +551,8 @@ class Store:
             try:
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(NOTIFY_CHANNEL, lambda _c, _pid, _ch, name: on_change(name))
+                if on_deliveries is not None:
+                    await conn.add_listener(DELIVERIES_CHANNEL, lambda *_: on_deliveries())
                 on_listening()
                 await lost.wait()
                 log.warning("lost the change-notification connection; reconnecting")

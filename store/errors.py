@@ -4,7 +4,10 @@
     ├── DatabaseUnavailable   the server cannot be reached or went away mid-query
     ├── FunctionNotFound
     ├── VersionNotFound
-    └── MigrationError
+    ├── MigrationError
+    ├── TopicNotFound
+    ├── TriggerError          a trigger cannot be installed (no such table, no rights, ...)
+    └── NotFound              any other record (a trigger, a delivery)
 """
 
 from __future__ import annotations
@@ -32,4 +35,18 @@ class VersionNotFound(StoreError):
 
 
 class MigrationError(StoreError):
+    pass
+
+
+class TopicNotFound(StoreError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f'topic "{name}" not found; create it with: fn topic create {name}')
+        self.name = name
+
+
+class TriggerError(StoreError):
+    pass
+
+
+class NotFound(StoreError):
     pass

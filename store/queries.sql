@@ -10,8 +10,9 @@ RETURNING latest_version;
 
 -- name: insert_version
 INSERT INTO ember_versions
-    (function, version, source, sha256, filename, entry, env, timeout_s, memory_bytes, concurrency)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+    (function, version, source, sha256, filename, entry, env, timeout_s, memory_bytes, concurrency,
+     max_attempts, max_event_age_s)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 RETURNING *;
 
 -- name: set_active_version
@@ -125,3 +126,189 @@ DELETE FROM ember_policies WHERE function = $1 RETURNING function;
 
 -- name: notify_policy_changed
 SELECT pg_notify('ember_functions', 'policy:' || $1);
+
+-- name: insert_delivery
+-- Submit and wake the workers in one round trip. With an idempotency key already used for the
+-- function, nothing is inserted and no row comes back (see find_delivery_by_key).
+WITH ins AS (
+    INSERT INTO ember_deliveries (id, function, version, source, trigger_id, idempotency_key,
+                                  payload, meta, run_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, coalesce($9, now()))
+    ON CONFLICT (function, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id
+)
+SELECT ins.id, pg_notify('ember_deliveries', '') FROM ins;
+
+-- name: find_delivery_by_key
+SELECT id FROM ember_deliveries WHERE function = $1 AND idempotency_key = $2;
+
+-- name: notify_deliveries
+SELECT pg_notify('ember_deliveries', '');
+
+-- name: insert_event
+INSERT INTO ember_events (id, topic, idempotency_key, deliveries)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (topic, idempotency_key) DO NOTHING
+RETURNING id;
+
+-- name: find_event_by_key
+SELECT id, deliveries FROM ember_events WHERE topic = $1 AND idempotency_key = $2;
+
+-- name: fan_out_event
+-- One delivery per subscriber of the topic, in one round trip: returns whether the topic
+-- exists and how many deliveries were made.
+WITH topic AS (
+    SELECT name FROM ember_topics WHERE name = $2
+), ins AS (
+    INSERT INTO ember_deliveries (id, function, source, trigger_id, event_id, payload, meta)
+    SELECT gen_random_uuid(), t.function, 'topic', t.id, $1, $3, $4
+    FROM ember_triggers t
+    WHERE t.kind = 'topic' AND t.topic = $2
+    RETURNING 1
+)
+SELECT EXISTS (SELECT 1 FROM topic) AS topic_exists,
+       (SELECT count(*) FROM ins)::int AS deliveries,
+       pg_notify('ember_deliveries', '') AS notified;
+
+-- name: set_event_deliveries
+UPDATE ember_events SET deliveries = $2 WHERE id = $1;
+
+-- name: enqueue_changes
+-- Table changes moved from a watched database's outbox; the key makes a repeated move a no-op.
+INSERT INTO ember_deliveries (id, function, source, trigger_id, idempotency_key, payload, meta)
+SELECT gen_random_uuid(), t.function, 'table', t.id, 'change:' || c.trigger_id || ':' || c.id,
+       c.payload, '{"content_type": "application/json"}'::jsonb
+FROM unnest($1::bigint[], $2::bigint[], $3::bytea[]) AS c(id, trigger_id, payload)
+JOIN ember_triggers t ON t.id = c.trigger_id AND t.kind = 'table'
+ON CONFLICT (function, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING;
+
+-- name: claim_deliveries
+-- Take up to $1 due deliveries; each is leased for its function's timeout plus $2 seconds.
+WITH due AS (
+    SELECT d.id, d.status AS was,
+           coalesce((SELECT v.timeout_s FROM ember_versions v
+                     JOIN ember_functions f ON f.name = v.function
+                     WHERE v.function = d.function
+                       AND v.version = coalesce(d.version, f.active_version)), 0) AS timeout_s
+    FROM ember_deliveries d
+    WHERE d.status IN ('pending', 'running') AND d.run_at <= now()
+    ORDER BY d.run_at
+    LIMIT $1
+    FOR UPDATE OF d SKIP LOCKED
+)
+UPDATE ember_deliveries d SET
+    status = 'running',
+    attempts = d.attempts + 1,
+    redeliveries = d.redeliveries + (due.was = 'running')::int,
+    started_at = now(),
+    run_at = now() + make_interval(secs => due.timeout_s + $2)
+FROM due
+WHERE d.id = due.id
+RETURNING d.id, d.function, d.version, d.source, d.trigger_id, d.event_id, d.payload, d.meta,
+          d.attempts, d.created_at, (due.was = 'running') AS redelivered;
+
+-- name: next_delivery_due
+SELECT extract(epoch FROM min(run_at) - now()) FROM ember_deliveries
+WHERE status IN ('pending', 'running');
+
+-- name: finish_deliveries
+-- Record outcomes in one statement: succeeded / dead rows are final, pending ones retry at run_at.
+-- Only rows still leased by this attempt change (a lease that ran out was claimed again).
+UPDATE ember_deliveries d SET
+    status = o.status,
+    run_at = coalesce(o.run_at, d.run_at),
+    finished_at = CASE WHEN o.status IN ('succeeded', 'dead') THEN now() END,
+    http_status = o.http_status,
+    result = o.result,
+    result_type = o.result_type,
+    error = o.error,
+    logs = o.logs,
+    last_activation = o.activation,
+    attempts = d.attempts - o.uncount::int
+FROM unnest($1::uuid[], $2::int[], $3::text[], $4::timestamptz[], $5::int[], $6::bytea[],
+            $7::text[], $8::jsonb[], $9::text[], $10::uuid[], $11::bool[])
+    AS o(id, attempt, status, run_at, http_status, result, result_type, error, logs, activation,
+         uncount)
+WHERE d.id = o.id AND d.attempts = o.attempt AND d.status = 'running';
+
+-- name: get_delivery
+SELECT * FROM ember_deliveries WHERE id = $1;
+
+-- name: list_dead
+SELECT * FROM ember_deliveries
+WHERE status = 'dead' AND ($1::text IS NULL OR function = $1)
+ORDER BY finished_at DESC
+LIMIT $2;
+
+-- name: redrive
+-- Send dead deliveries again with a fresh count of attempts: by id, or every one of a function.
+UPDATE ember_deliveries SET
+    status = 'pending', attempts = 0, redrives = redrives + 1, run_at = now(), created_at = now(),
+    finished_at = NULL
+WHERE status = 'dead'
+  AND (id = ANY($1::uuid[]) OR ($2::text IS NOT NULL AND function = $2))
+RETURNING id;
+
+-- name: release_deliveries
+-- Give back deliveries a stopping worker did not finish: due again now, the attempt not counted.
+UPDATE ember_deliveries SET status = 'pending', run_at = now(), attempts = attempts - 1
+WHERE id = ANY($1::uuid[]) AND status = 'running';
+
+-- name: delivery_depth
+SELECT function, status, count(*)::int AS n FROM ember_deliveries
+WHERE status IN ('pending', 'running', 'dead')
+GROUP BY function, status;
+
+-- name: prune_deliveries
+DELETE FROM ember_deliveries WHERE status = 'succeeded' AND finished_at < now() - $1::interval;
+
+-- name: delete_deliveries
+DELETE FROM ember_deliveries WHERE function = $1;
+
+-- name: create_topic
+INSERT INTO ember_topics (name) VALUES ($1) ON CONFLICT DO NOTHING RETURNING name;
+
+-- name: list_topics
+SELECT t.name, t.created_at,
+       (SELECT count(*) FROM ember_triggers g WHERE g.topic = t.name)::int AS subscribers
+FROM ember_topics t ORDER BY t.name;
+
+-- name: topic_exists
+SELECT EXISTS (SELECT 1 FROM ember_topics WHERE name = $1);
+
+-- name: delete_topic
+DELETE FROM ember_topics WHERE name = $1 RETURNING name;
+
+-- name: insert_trigger
+INSERT INTO ember_triggers (function, kind, topic, cron, timezone, next_fire_at, table_name,
+                            operations, database_url)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+RETURNING *;
+
+-- name: list_triggers
+SELECT * FROM ember_triggers WHERE ($1::text IS NULL OR function = $1) ORDER BY id;
+
+-- name: get_trigger
+SELECT * FROM ember_triggers WHERE id = $1;
+
+-- name: delete_trigger
+DELETE FROM ember_triggers WHERE id = $1 RETURNING *;
+
+-- name: table_triggers
+SELECT * FROM ember_triggers WHERE kind = 'table' ORDER BY id;
+
+-- name: due_schedules
+SELECT id, function, cron, timezone, next_fire_at FROM ember_triggers
+WHERE kind = 'cron' AND next_fire_at <= $1
+ORDER BY next_fire_at
+LIMIT 100
+FOR UPDATE SKIP LOCKED;
+
+-- name: set_next_fire
+UPDATE ember_triggers SET next_fire_at = $2 WHERE id = $1;
+
+-- name: next_schedule_due
+SELECT min(next_fire_at) FROM ember_triggers WHERE kind = 'cron';
+
+-- name: notify_triggers_changed
+SELECT pg_notify('ember_functions', 'triggers:' || $1);

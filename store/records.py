@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import random
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -11,6 +13,18 @@ from typing import Any, NewType, Protocol
 import orjson
 
 ActivationId = NewType("ActivationId", uuid.UUID)
+_random = random.Random()
+
+
+def new_id() -> ActivationId:
+    """A time-ordered UUID (version 7 layout): 48 bits of milliseconds, then random bits."""
+    ms = time.time_ns() // 1_000_000
+    rand = _random.getrandbits(80)  # ids are not secrets: no syscall per call
+    value = (ms << 80) | rand
+    value = (value & ~(0xF << 76)) | (0x7 << 76)          # version 7
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)          # RFC 4122 variant
+    return ActivationId(uuid.UUID(int=value))
+
 
 
 class Row(Protocol):
@@ -28,6 +42,10 @@ class FunctionConfig:
     timeout_s: float = 30.0
     memory_bytes: int = 256 * 1024 * 1024
     concurrency: int = 1
+    max_attempts: int = 5
+    """How many times an async invocation or event is tried before it is dead-lettered."""
+    max_event_age_s: float = 86400.0
+    """How long after its submission it may still be retried."""
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -58,6 +76,8 @@ class Version:
                 timeout_s=row["timeout_s"],
                 memory_bytes=row["memory_bytes"],
                 concurrency=row["concurrency"],
+                max_attempts=row["max_attempts"],
+                max_event_age_s=row["max_event_age_s"],
             ),
         )
 
@@ -162,3 +182,143 @@ class PolicyRow:
         return cls(function=row["function"], prewarm=row["prewarm"],
                    keep_alive_s=row["keep_alive_s"], min_warm=row["min_warm"],
                    max_instances=row["max_instances"])
+
+
+def _json(value: Any) -> Any:
+    return orjson.loads(value) if isinstance(value, str | bytes) else value
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class NewDelivery:
+    """What an async invocation submits. `meta` carries the HTTP request's method, path, query,
+    headers and content type, so the handler sees the same context as for a direct call."""
+
+    id: ActivationId
+    function: str
+    version: int | None
+    payload: bytes
+    meta: Mapping[str, Any]
+    source: str = "async"
+    idempotency_key: str | None = None
+    trigger_id: int | None = None
+    run_at: dt.datetime | None = None
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class Claimed:
+    """A delivery a worker has taken: run it, then report the outcome with `attempt`."""
+
+    id: ActivationId
+    function: str
+    version: int | None
+    source: str
+    trigger_id: int | None
+    payload: bytes
+    meta: Mapping[str, Any]
+    attempt: int
+    created_at: dt.datetime
+    redelivered: bool
+
+    @classmethod
+    def from_row(cls, row: Row) -> Claimed:
+        return cls(id=ActivationId(row["id"]), function=row["function"], version=row["version"],
+                   source=row["source"], trigger_id=row["trigger_id"], payload=row["payload"],
+                   meta=_json(row["meta"]), attempt=row["attempts"],
+                   created_at=row["created_at"], redelivered=row["redelivered"])
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class Outcome:
+    """How one attempt ended. `status`: succeeded, dead, or pending (retry at `run_at`);
+    `uncounted`: the attempt does not count (the platform was out of capacity)."""
+
+    id: ActivationId
+    attempt: int
+    status: str
+    run_at: dt.datetime | None = None
+    http_status: int | None = None
+    result: bytes | None = None
+    result_type: str | None = None
+    error: Mapping[str, Any] | None = None
+    logs: str = ""
+    activation: ActivationId | None = None
+    uncounted: bool = False
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class Delivery:
+    """A delivery as stored: what `fn activation ID` and `fn dlq` show."""
+
+    id: ActivationId
+    function: str
+    version: int | None
+    source: str
+    trigger_id: int | None
+    event_id: uuid.UUID | None
+    idempotency_key: str | None
+    payload: bytes
+    meta: Mapping[str, Any]
+    status: str
+    attempts: int
+    redeliveries: int
+    redrives: int
+    run_at: dt.datetime
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    http_status: int | None
+    result: bytes | None
+    result_type: str | None
+    error: Mapping[str, Any] | None
+    logs: str
+    last_activation: uuid.UUID | None
+
+    @classmethod
+    def from_row(cls, row: Row) -> Delivery:
+        return cls(
+            id=ActivationId(row["id"]), function=row["function"], version=row["version"],
+            source=row["source"], trigger_id=row["trigger_id"], event_id=row["event_id"],
+            idempotency_key=row["idempotency_key"], payload=row["payload"],
+            meta=_json(row["meta"]), status=row["status"], attempts=row["attempts"],
+            redeliveries=row["redeliveries"], redrives=row["redrives"], run_at=row["run_at"],
+            created_at=row["created_at"], started_at=row["started_at"],
+            finished_at=row["finished_at"], http_status=row["http_status"],
+            result=row["result"], result_type=row["result_type"], error=_json(row["error"]),
+            logs=row["logs"], last_activation=row["last_activation"])
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class Topic:
+    name: str
+    created_at: dt.datetime
+    subscribers: int
+
+    @classmethod
+    def from_row(cls, row: Row) -> Topic:
+        return cls(name=row["name"], created_at=row["created_at"],
+                   subscribers=row["subscribers"])
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class Trigger:
+    """A function's topic subscription (`topic`), schedule (`cron`) or table watch (`table`).
+    `database_url` is a secret: never shown, only whether one is set."""
+
+    id: int
+    function: str
+    kind: str
+    topic: str | None = None
+    cron: str | None = None
+    timezone: str | None = None
+    next_fire_at: dt.datetime | None = None
+    table_name: str | None = None
+    operations: tuple[str, ...] = ()
+    database_url: str | None = None
+    created_at: dt.datetime | None = None
+
+    @classmethod
+    def from_row(cls, row: Row) -> Trigger:
+        return cls(id=row["id"], function=row["function"], kind=row["kind"], topic=row["topic"],
+                   cron=row["cron"], timezone=row["timezone"], next_fire_at=row["next_fire_at"],
+                   table_name=row["table_name"], operations=tuple(row["operations"] or ()),
+                   database_url=row["database_url"], created_at=row["created_at"])

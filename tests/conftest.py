@@ -104,7 +104,8 @@ class Running:
         return await self.http.post(f"{self.url}/fn/{target}", **kwargs)
 
     async def admin(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
-        async with self.http.request(method, f"{self.url}{path}", headers=self.admin_headers,
+        headers = {**self.admin_headers, **kwargs.pop("headers", {})}
+        async with self.http.request(method, f"{self.url}{path}", headers=headers,
                                      **kwargs) as response:
             return response.status, await response.json()
 

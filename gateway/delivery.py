@@ -1,0 +1,287 @@
+"""Delivery workers: run async invocations and events through the normal call path.
+
+A worker claims due deliveries from Postgres (`FOR UPDATE SKIP LOCKED`, so gateways share the
+queue without double work), runs each with `execute` (the warm pool, as for a direct call), and
+reports outcomes in batches. A failed attempt is retried with exponential backoff and jitter until
+the function's `max_attempts` or `max_event_age` is reached, then dead-lettered. Each claim is a
+lease: if the gateway dies mid-delivery, the delivery is claimed again when its lease ends
+(at-least-once; the repeat is counted as a redelivery).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import functools
+import logging
+import random
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from gateway.invoke import CallResult, execute
+from gateway.platform import Platform
+from gateway.settings import EventSettings
+from store import (
+    ActivationId,
+    Claimed,
+    DatabaseUnavailable,
+    FunctionNotFound,
+    Outcome,
+    Version,
+    VersionNotFound,
+    new_id,
+)
+
+log = logging.getLogger("ember.gateway.delivery")
+MAX_RESULT_BYTES = 1 << 20
+_PERMANENT_HTTP = frozenset(range(400, 500)) - {408, 425, 429}
+
+
+def backoff_s(attempt: int, settings: EventSettings, rng: random.Random) -> float:
+    """Delay before retry number `attempt` (1 = the first retry): base x 2^(attempt-1), capped,
+    then "equal jitter" (between half and all of it) so retries of a burst spread out."""
+    delay: float = min(settings.retry_max_s,
+                       settings.retry_base_s * 2.0 ** min(attempt - 1, 30))
+    return delay * (0.5 + rng.random() / 2)
+
+
+def _retry_after(result: CallResult) -> float | None:
+    """A delay the handler asked for: `RetryAfter(n)`, or a `Retry-After: n` header."""
+    asked = result.error.get("retry_after_s") if result.error is not None else None
+    if isinstance(asked, int | float):
+        return max(0.0, float(asked))
+    for key, value in result.headers:
+        if key.lower() == "retry-after" and value.strip().isdigit():
+            return float(value)
+    return None
+
+
+def decide(claimed: Claimed, version: Version, result: CallResult, *, now: dt.datetime,
+           settings: EventSettings, rng: random.Random,
+           activation: ActivationId | None) -> Outcome:
+    """The outcome of one attempt: succeeded, a retry at some time, or dead (pure)."""
+    config = version.config
+    base: dict[str, Any] = {"id": claimed.id, "attempt": claimed.attempt, "logs": result.logs,
+                            "activation": activation, "http_status": result.http_status}
+    if result.status == "throttled":  # nothing ran: try again soon, the attempt not counted
+        return Outcome(status="pending", uncounted=True, error={
+            "type": "NoCapacity", "message": result.message},
+            run_at=now + dt.timedelta(seconds=result.retry_after_s or 1.0), **base)
+    if result.status == "success" and result.http_status < 400:
+        content_type = next((v for k, v in result.headers if k.lower() == "content-type"), None)
+        body = result.body
+        if len(body) > MAX_RESULT_BYTES:
+            body = body[:MAX_RESULT_BYTES]
+            content_type = "application/octet-stream; truncated"
+        return Outcome(status="succeeded", result=body, result_type=content_type, **base)
+    error: Mapping[str, Any]
+    if result.status == "success":  # the handler answered with an error status
+        error = {"type": f"HTTP{result.http_status}",
+                 "message": result.body[:1000].decode("utf-8", "replace")}
+    else:
+        error = result.error or {"type": result.status, "message": result.message}
+    permanent = (error.get("retry") is False
+                 or (result.status in ("success", "error")
+                     and result.http_status in _PERMANENT_HTTP))
+    if permanent:
+        return Outcome(status="dead", error={**error, "dead_because": "permanent error"}, **base)
+    if claimed.attempt >= config.max_attempts:
+        return Outcome(status="dead", error={
+            **error, "dead_because": f"failed {claimed.attempt} attempts "
+                                     f"(max_attempts {config.max_attempts})"}, **base)
+    delay = _retry_after(result)
+    if delay is None:
+        delay = backoff_s(claimed.attempt, settings, rng)
+    run_at = now + dt.timedelta(seconds=delay)
+    if (run_at - claimed.created_at).total_seconds() > config.max_event_age_s:
+        return Outcome(status="dead", error={
+            **error, "dead_because": f"a retry would be older than max_event_age "
+                                     f"({config.max_event_age_s:g}s)"}, **base)
+    return Outcome(status="pending", run_at=run_at, error=error, **base)
+
+
+class OutcomeWriter:
+    """Outcomes written in batches (one UPDATE per batch). If the gateway dies before a batch
+    is written, those deliveries are redelivered when their lease ends: at-least-once."""
+
+    def __init__(self, platform: Platform, *, delay_s: float = 0.002, max_batch: int = 500,
+                 retry_s: float = 1.0) -> None:
+        self._platform = platform
+        self._pending: list[Outcome] = []
+        self._has_pending = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self.delay_s = delay_s
+        self.max_batch = max_batch
+        self.retry_s = retry_s
+
+    def add(self, outcome: Outcome) -> None:
+        self._pending.append(outcome)
+        self._has_pending.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._has_pending.wait()
+            await asyncio.sleep(self.delay_s)  # let a batch gather
+            try:
+                await self.flush()
+            except DatabaseUnavailable as exc:
+                log.warning("cannot record delivery outcomes, retrying: %s", exc)
+                await asyncio.sleep(self.retry_s)
+
+    async def flush(self) -> None:
+        async with self._lock:
+            while self._pending:
+                batch = self._pending[: self.max_batch]
+                await self._platform.store.finish(batch)
+                del self._pending[: len(batch)]
+            self._has_pending.clear()
+
+
+class DeliveryWorker:
+    """Claims due deliveries and runs them, at most `settings.concurrency` at a time."""
+
+    def __init__(self, platform: Platform, settings: EventSettings) -> None:
+        self._platform = platform
+        self.settings = settings
+        self.outcomes = OutcomeWriter(platform)
+        self._wake = asyncio.Event()
+        self._slot_free = asyncio.Event()
+        self._inflight: dict[ActivationId, asyncio.Task[None]] = {}
+        self._rng = random.Random()
+
+    def wake(self) -> None:
+        """New work may be due (a NOTIFY on `ember_deliveries`)."""
+        self._wake.set()
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    async def run(self) -> None:
+        store = self._platform.store
+        while True:
+            free = self.settings.concurrency - len(self._inflight)
+            if free <= 0:
+                self._slot_free.clear()
+                await self._slot_free.wait()
+                continue
+            self._wake.clear()
+            try:
+                claimed = await store.claim(free, self.settings.lease_margin_s)
+            except DatabaseUnavailable as exc:
+                log.warning("cannot claim deliveries, retrying: %s", exc)
+                await asyncio.sleep(self.settings.poll_s)
+                continue
+            for item in claimed:
+                task = asyncio.create_task(self._deliver(item), name=f"delivery {item.id}")
+                self._inflight[item.id] = task
+                task.add_done_callback(functools.partial(self._done, item.id))
+            if len(claimed) == free:
+                continue
+            timeout = self.settings.poll_s
+            if not self._wake.is_set():
+                try:
+                    due = await store.next_delivery_due_s()
+                except DatabaseUnavailable:
+                    due = None
+                if due is not None:
+                    timeout = min(timeout, max(due, 0.001))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _done(self, delivery_id: ActivationId, _task: asyncio.Task[None]) -> None:
+        self._inflight.pop(delivery_id, None)
+        self._slot_free.set()
+
+    async def _deliver(self, claimed: Claimed) -> None:
+        platform = self._platform
+        metrics = platform.metrics
+        wait_s = (dt.datetime.now(dt.UTC) - claimed.created_at).total_seconds()
+        if claimed.attempt == 1:
+            metrics.delivery_wait.labels(claimed.source).observe(max(wait_s, 0.0))
+        if claimed.redelivered:
+            metrics.redeliveries.labels(claimed.function).inc()
+            log.warning("redelivering after an expired lease",
+                        extra={"function": claimed.function, "delivery": str(claimed.id)})
+        try:
+            version = await platform.functions.resolve(claimed.function, claimed.version)
+        except (FunctionNotFound, VersionNotFound) as exc:
+            self._finish(claimed, Outcome(
+                id=claimed.id, attempt=claimed.attempt, status="dead",
+                error={"type": type(exc).__name__, "message": str(exc),
+                       "dead_because": "the function or version no longer exists"}))
+            return
+        except DatabaseUnavailable:
+            return  # the lease runs out and the delivery is taken again
+        age_s = (dt.datetime.now(dt.UTC) - claimed.created_at).total_seconds()
+        if age_s > version.config.max_event_age_s:
+            self._finish(claimed, Outcome(
+                id=claimed.id, attempt=claimed.attempt, status="dead",
+                error={"type": "Expired", "message": f"{age_s:.0f}s old",
+                       "dead_because": f"older than max_event_age "
+                                       f"({version.config.max_event_age_s:g}s)"}))
+            return
+        activation = new_id()
+        t0 = time.perf_counter()
+        try:
+            result = await execute(platform, version, activation, dict(claimed.meta),
+                                   claimed.payload)
+        except Exception:  # a bug: the lease runs out and the delivery is taken again
+            log.exception("delivery failed", extra={"delivery": str(claimed.id)})
+            return
+        outcome = decide(claimed, version, result, now=dt.datetime.now(dt.UTC),
+                         settings=self.settings, rng=self._rng, activation=activation)
+        if outcome.status == "succeeded":
+            metrics.delivery_latency.labels(claimed.source).observe(
+                wait_s + time.perf_counter() - t0)
+        self._finish(claimed, outcome)
+
+    def _finish(self, claimed: Claimed, outcome: Outcome) -> None:
+        kind = "retry" if outcome.status == "pending" else outcome.status
+        if outcome.uncounted:
+            kind = "throttled"
+        self._platform.metrics.deliveries.labels(claimed.function, kind).inc()
+        if outcome.status == "dead":
+            self._platform.metrics.dead_letters.labels(claimed.function).inc()
+            log.warning("dead-lettered", extra={"function": claimed.function,
+                                                "delivery": str(claimed.id),
+                                                "error": dict(outcome.error or {})})
+        self.outcomes.add(outcome)
+
+    async def stop(self, grace_s: float) -> None:
+        """Let in-flight deliveries finish for up to `grace_s`, record their outcomes, and give
+        the rest back to the queue (due at once, the attempt not counted)."""
+        tasks = list(self._inflight.values())
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace_s)
+        unfinished = list(self._inflight)
+        for task in self._inflight.values():
+            task.cancel()
+        await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+        try:
+            await self.outcomes.flush()
+            if unfinished:
+                await self._platform.store.release(unfinished)
+        except DatabaseUnavailable as exc:
+            log.warning("could not record the last delivery outcomes (they will be "
+                        "redelivered): %s", exc)
+
+
+async def housekeeping(platform: Platform, *, sample_s: float = 5.0,
+                       prune_every_s: float = 600.0) -> None:
+    """Sample the queue depth for `/metrics`; delete succeeded deliveries past retention."""
+    last_prune = 0.0
+    while True:
+        try:
+            platform.metrics.queue_depth = await platform.store.delivery_depth()
+            if time.monotonic() - last_prune > prune_every_s:
+                last_prune = time.monotonic()
+                pruned = await platform.store.prune_deliveries(
+                    platform.settings.events.retention_s)
+                if pruned:
+                    log.info("pruned succeeded deliveries", extra={"deleted": pruned})
+        except DatabaseUnavailable as exc:
+            log.warning("delivery housekeeping failed, retrying: %s", exc)
+        await asyncio.sleep(sample_s)

@@ -1,0 +1,306 @@
+"""The admin API of events: topics, publishing, triggers, async activations, the dead letters.
+
+    POST   /v1/events/{topic}             publish (202 once committed; Idempotency-Key honoured)
+    GET    /v1/topics                     PUT/DELETE /v1/topics/{name}
+    GET    /v1/triggers[?function=NAME]
+    POST   /v1/functions/{name}/triggers  DELETE /v1/triggers/{id}
+    GET    /v1/dlq[?function=&limit=]     POST /v1/dlq/redrive {"ids": [...]} or {"function": NAME}
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import re
+import uuid
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+from aiohttp import web
+
+from gateway.admin import _json_body, _limit, _not_found, _platform
+from gateway.errors import bad_request, error_response, json_response
+from gateway.invoke import MAX_IDEMPOTENCY_KEY
+from gateway.triggers import next_tick, parse_schedule
+from gateway.units import ConfigError
+from store import (
+    ActivationId,
+    Delivery,
+    FunctionNotFound,
+    NotFound,
+    TopicNotFound,
+    Trigger,
+    TriggerError,
+    new_id,
+)
+from store.outbox import OPERATIONS, WatchedDatabase
+
+routes = web.RouteTableDef()
+TOPIC = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+TABLE = re.compile(r'^("?[A-Za-z_][A-Za-z0-9_$]*"?\.)?"?[A-Za-z_][A-Za-z0-9_$]*"?$')
+
+
+def _topic_name(raw: str) -> str:
+    if not TOPIC.match(raw):
+        raise bad_request("bad_topic", f"invalid topic name {raw!r}: use 1-200 letters, digits, "
+                   ". _ and -, starting with a letter or digit (like orders.created)")
+    return raw
+
+
+def _topic_not_found(name: str) -> web.Response:
+    return error_response(404, "topic_not_found",
+                          f'topic "{name}" not found; create it with: fn topic create {name}')
+
+
+# -- topics and publishing --------------------------------------------------------------------
+
+@routes.put("/v1/topics/{name}")
+async def create_topic(request: web.Request) -> web.Response:
+    name = _topic_name(request.match_info["name"])
+    created = await _platform(request).store.create_topic(name)
+    return json_response({"topic": name, "created": created}, status=201 if created else 200)
+
+
+@routes.get("/v1/topics")
+async def list_topics(request: web.Request) -> web.Response:
+    topics = await _platform(request).store.list_topics()
+    return json_response({"topics": [
+        {"name": t.name, "subscribers": t.subscribers, "created_at": t.created_at.isoformat()}
+        for t in topics]})
+
+
+@routes.delete("/v1/topics/{name}")
+async def delete_topic(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    try:
+        await _platform(request).store.delete_topic(name)
+    except TopicNotFound:
+        return _topic_not_found(name)
+    except TriggerError as exc:
+        return error_response(409, "topic_in_use", str(exc))
+    return json_response({"deleted": name})
+
+
+@routes.post("/v1/events/{topic}")
+async def publish(request: web.Request) -> web.Response:
+    """Commit one delivery per subscriber, then answer 202."""
+    platform = _platform(request)
+    topic = _topic_name(request.match_info["topic"])
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
+        raise bad_request("bad_idempotency_key",
+                   f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters")
+    body = await request.read()
+    meta = {"method": "POST", "path": "/", "query": "",
+            "headers": [["X-Ember-Topic", topic]],
+            "content_type": request.headers.get("Content-Type", "application/json")}
+    try:
+        event_id, deliveries, created = await platform.store.publish(
+            topic, new_id(), body, meta, key)
+    except TopicNotFound:
+        return _topic_not_found(topic)
+    return json_response({"event_id": str(event_id), "topic": topic, "deliveries": deliveries,
+                          "status": "accepted" if created else "duplicate"}, status=202)
+
+
+# -- triggers ---------------------------------------------------------------------------------
+
+def trigger_json(trigger: Trigger) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": trigger.id, "function": trigger.function, "kind": trigger.kind,
+                           "created_at": trigger.created_at.isoformat()
+                           if trigger.created_at else None}
+    if trigger.kind == "topic":
+        out["topic"] = trigger.topic
+    elif trigger.kind == "cron":
+        out.update(cron=trigger.cron, timezone=trigger.timezone,
+                   next_fire_at=trigger.next_fire_at.isoformat()
+                   if trigger.next_fire_at else None)
+    else:
+        out.update(table=trigger.table_name, on=list(trigger.operations),
+                   database=_redact(trigger.database_url) if trigger.database_url
+                   else "ember")
+    return out
+
+
+def _redact(url: str) -> str:
+    """A database URL without its password (the URL is a secret; this is what is shown)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def _trigger_from_body(name: str, body: dict[str, Any]) -> Trigger:
+    kinds = [k for k in ("topic", "cron", "table") if body.get(k) is not None]
+    if len(kinds) != 1:
+        raise bad_request("bad_trigger", "give exactly one of --topic, --cron or --table")
+    kind = kinds[0]
+    if kind == "topic":
+        return Trigger(id=0, function=name, kind="topic", topic=_topic_name(str(body["topic"])))
+    if kind == "cron":
+        try:
+            cron, zone = parse_schedule(str(body["cron"]), str(body.get("timezone") or "UTC"))
+        except ConfigError as exc:
+            raise bad_request("bad_schedule", str(exc), setting=exc.setting) from None
+        first = next_tick(cron, zone, dt.datetime.now(dt.UTC))
+        return Trigger(id=0, function=name, kind="cron", cron=cron, timezone=zone.key,
+                       next_fire_at=first)
+    table = str(body["table"]).strip()
+    if not TABLE.match(table):
+        raise bad_request("bad_table", f"invalid table {table!r}: expected TABLE or SCHEMA.TABLE")
+    raw_ops = body.get("on") or ["insert", "update", "delete"]
+    ops = raw_ops.split(",") if isinstance(raw_ops, str) else raw_ops
+    ops = [str(op).strip().lower() for op in ops]
+    if not ops or any(op not in OPERATIONS for op in ops):
+        raise bad_request("bad_operations", f"--on takes a comma-separated list of "
+                   f"{', '.join(OPERATIONS)}; got {','.join(ops)!r}")
+    database = body.get("database")
+    if database is not None:
+        database = str(database)
+        if urlsplit(database).scheme not in ("postgres", "postgresql"):
+            raise bad_request("bad_database", "--database must be a postgresql://USER@HOST/DB URL")
+    return Trigger(id=0, function=name, kind="table", table_name=table,
+                   operations=tuple(dict.fromkeys(ops)), database_url=database)
+
+
+def _watched(request: web.Request, url: str | None) -> tuple[WatchedDatabase, bool]:
+    """The platform's connection to a watched database, or a temporary one (and True)."""
+    platform = _platform(request)
+    if platform.relays is not None:
+        return platform.relays.database(url), False
+    return WatchedDatabase(url or platform.store.url), True
+
+
+@routes.post("/v1/functions/{name}/triggers")
+async def add_trigger(request: web.Request) -> web.Response:
+    platform = _platform(request)
+    name = request.match_info["name"]
+    wanted = _trigger_from_body(name, await _json_body(request))
+    try:
+        trigger = await platform.store.add_trigger(wanted)
+    except FunctionNotFound:
+        return _not_found(name)
+    except TopicNotFound as exc:
+        return error_response(404, "topic_not_found", str(exc))
+    except TriggerError as exc:
+        return error_response(409, "trigger_exists", str(exc))
+    if trigger.kind == "table":
+        assert trigger.table_name is not None
+        db, temporary = _watched(request, trigger.database_url)
+        try:
+            qualified = await db.install(trigger.id, trigger.table_name, trigger.operations)
+        except BaseException as exc:
+            await platform.store.delete_trigger(trigger.id)
+            if isinstance(exc, TriggerError):
+                return error_response(400, "bad_table", str(exc))
+            raise
+        finally:
+            if temporary:
+                await db.close()
+        trigger = dataclasses.replace(trigger, table_name=qualified)
+    platform.triggers_changed()
+    return json_response(trigger_json(trigger), status=201)
+
+
+@routes.get("/v1/triggers")
+async def list_triggers(request: web.Request) -> web.Response:
+    function = request.query.get("function") or None
+    triggers = await _platform(request).store.list_triggers(function)
+    return json_response({"triggers": [trigger_json(t) for t in triggers]})
+
+
+async def remove_trigger(request: web.Request, trigger: Trigger) -> None:
+    """Uninstall what a table trigger installed, then forget the trigger."""
+    if trigger.kind == "table":
+        assert trigger.table_name is not None
+        db, temporary = _watched(request, trigger.database_url)
+        try:
+            await db.uninstall(trigger.id, trigger.table_name)
+        finally:
+            if temporary:
+                await db.close()
+    await _platform(request).store.delete_trigger(trigger.id)
+
+
+@routes.delete("/v1/triggers/{id}")
+async def delete_trigger(request: web.Request) -> web.Response:
+    raw = request.match_info["id"]
+    if not raw.isdigit():
+        raise bad_request("bad_trigger_id", f'"{raw}" is not a trigger id (see fn trigger list)')
+    platform = _platform(request)
+    try:
+        trigger = await platform.store.get_trigger(int(raw))
+        await remove_trigger(request, trigger)
+    except NotFound as exc:
+        return error_response(404, "trigger_not_found", str(exc))
+    platform.triggers_changed()
+    return json_response({"deleted": trigger_json(trigger)})
+
+
+# -- async activations and dead letters -------------------------------------------------------
+
+def _result_json(delivery: Delivery) -> Any:
+    if delivery.result is None:
+        return None
+    kind = (delivery.result_type or "").split(";")[0].strip()
+    if kind == "application/json" or kind.endswith("+json"):
+        try:
+            return orjson.loads(delivery.result)
+        except orjson.JSONDecodeError:
+            pass
+    try:
+        return delivery.result.decode()
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(delivery.result).decode()}
+
+
+def delivery_json(delivery: Delivery, *, payload: bool = False) -> dict[str, Any]:
+    def iso(value: dt.datetime | None) -> str | None:
+        return value.isoformat() if value is not None else None
+
+    out: dict[str, Any] = {
+        "id": str(delivery.id), "async": True, "function": delivery.function,
+        "version": delivery.version, "source": delivery.source, "status": delivery.status,
+        "attempts": delivery.attempts, "redeliveries": delivery.redeliveries,
+        "redrives": delivery.redrives, "created_at": iso(delivery.created_at),
+        "started_at": iso(delivery.started_at), "finished_at": iso(delivery.finished_at),
+        "next_attempt_at": iso(delivery.run_at) if delivery.status == "pending" else None,
+        "http_status": delivery.http_status, "result": _result_json(delivery),
+        "error": delivery.error, "logs": delivery.logs,
+        "last_activation": str(delivery.last_activation) if delivery.last_activation else None,
+        "trigger_id": delivery.trigger_id,
+        "event_id": str(delivery.event_id) if delivery.event_id else None,
+        "idempotency_key": delivery.idempotency_key,
+    }
+    if payload:
+        try:
+            out["payload"] = delivery.payload.decode()
+        except UnicodeDecodeError:
+            out["payload"] = {"base64": base64.b64encode(delivery.payload).decode()}
+    return out
+
+
+@routes.get("/v1/dlq")
+async def list_dead(request: web.Request) -> web.Response:
+    function = request.query.get("function") or None
+    dead = await _platform(request).store.list_dead(function, limit=_limit(request))
+    return json_response({"dead": [delivery_json(d) for d in dead]})
+
+
+@routes.post("/v1/dlq/redrive")
+async def redrive(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    raw_ids, function = body.get("ids") or [], body.get("function")
+    if not isinstance(raw_ids, list) or (function is not None and not isinstance(function, str)):
+        raise bad_request("bad_redrive", 'send {"ids": [ID, ...]} or {"function": NAME}')
+    if not raw_ids and function is None:
+        raise bad_request("bad_redrive", "name the dead deliveries to resend: ids or a function")
+    try:
+        ids = [ActivationId(uuid.UUID(str(i))) for i in raw_ids]
+    except ValueError:
+        raise bad_request("bad_activation_id", "ids must be activation ids (fn dlq list)") from None
+    redriven = await _platform(request).store.redrive(ids, function)
+    return json_response({"redriven": [str(i) for i in redriven]})
