@@ -128,11 +128,16 @@ def _parse_env(pairs: Sequence[str]) -> dict[str, str]:
 @click.option("--timeout", help="Time limit per call, like 30s or 5m. Default: 30s.")
 @click.option("--memory", help="Memory limit, like 256Mi or 1Gi. Default: 256Mi.")
 @click.option("--concurrency", help="Calls one instance serves at once. Default: 1.")
+@click.option("--max-attempts", help="Tries of an async call or event before it is "
+              "dead-lettered. Default: 5.")
+@click.option("--max-event-age", help="How long after submission an async call or event may "
+              "still be retried, like 1h or 2d. Default: 1d.")
 @json_option
 @click.pass_context
 def deploy(ctx: click.Context, path: Path, name: str | None, entry: str,
            env_pairs: tuple[str, ...], timeout: str | None, memory: str | None,
-           concurrency: str | None, as_json: bool) -> None:
+           concurrency: str | None, max_attempts: str | None, max_event_age: str | None,
+           as_json: bool) -> None:
     """Deploy PATH (a Python file with a handler) as a new version, and make it active."""
     try:
         source = path.read_text()
@@ -142,7 +147,8 @@ def deploy(ctx: click.Context, path: Path, name: str | None, entry: str,
         "name": name or path.stem.lower().replace("_", "-"),
         "source": source, "filename": path.name, "entry": entry, "env": _parse_env(env_pairs),
     }
-    for key, value in (("timeout", timeout), ("memory", memory), ("concurrency", concurrency)):
+    for key, value in (("timeout", timeout), ("memory", memory), ("concurrency", concurrency),
+                       ("max_attempts", max_attempts), ("max_event_age", max_event_age)):
         if value is not None:
             payload[key] = value
     version = _api(ctx, "POST", "/v1/functions", payload)
@@ -155,15 +161,8 @@ def deploy(ctx: click.Context, path: Path, name: str | None, entry: str,
                f"POST {_client(ctx).url}/fn/{version['function']}")
 
 
-@cli.command()
-@click.argument("name")
-@click.option("--data", "-d", help="Request body: JSON text, @FILE, or - for stdin.")
-@click.option("--content-type", help="Default: application/json when --data is valid JSON.")
-@json_option
-@click.pass_context
-def invoke(ctx: click.Context, name: str, data: str | None, content_type: str | None,
-           as_json: bool) -> None:
-    """Call function NAME (NAME:VERSION pins a version) and print its response."""
+def _read_data(data: str | None, content_type: str | None) -> tuple[bytes | None, str | None]:
+    """The body given by --data (JSON text, @FILE or - for stdin) and its content type."""
     body: bytes | None = None
     if data is not None:
         if data == "-":
@@ -181,6 +180,46 @@ def invoke(ctx: click.Context, name: str, data: str | None, content_type: str | 
                 content_type = "application/json"
             except ValueError:
                 content_type = "application/octet-stream"
+    return body, content_type
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--data", "-d", help="Request body: JSON text, @FILE, or - for stdin.")
+@click.option("--content-type", help="Default: application/json when --data is valid JSON.")
+@click.option("--async", "is_async", is_flag=True,
+              help="Queue the call and print its activation id at once (see: fn activation).")
+@click.option("--idempotency-key", help="With --async: a repeat with the same key returns the "
+              "first call's activation instead of running again.")
+@json_option
+@click.pass_context
+def invoke(ctx: click.Context, name: str, data: str | None, content_type: str | None,
+           is_async: bool, idempotency_key: str | None, as_json: bool) -> None:
+    """Call function NAME (NAME:VERSION pins a version) and print its response."""
+    body, content_type = _read_data(data, content_type)
+    if is_async:
+        headers = {"Prefer": "respond-async"}
+        if idempotency_key:
+            headers["Idempotency-Key"] = idempotency_key
+        try:
+            reply = _client(ctx).invoke(name, body, content_type, headers)
+        except ClientError as exc:
+            _fail(str(exc))
+            return
+        try:
+            answer = reply.json()
+        except ValueError:
+            answer = {}
+        if reply.status != 202:
+            from fn.client import error_message
+            _fail(error_message(reply.status, answer))
+        if as_json:
+            _print_json(answer)
+        else:
+            word = "Queued" if answer["status"] == "accepted" else "Already queued"
+            click.echo(f"{word}: activation {answer['activation_id']}")
+            click.echo(f"Follow it: fn activation {answer['activation_id']} --wait")
+        return
     try:
         reply = _client(ctx).invoke(name, body, content_type)
     except ClientError as exc:
@@ -397,6 +436,250 @@ def simulate(args: tuple[str, ...]) -> None:
     """
     sys.stdout.flush()
     os.execv(sys.executable, [sys.executable, "-m", "scheduler.simulate", *args])
+
+
+# -- events ---------------------------------------------------------------------------------
+
+def _print_delivery(d: dict[str, Any], *, verbose: bool = True) -> None:
+    when = d["finished_at"] or d["started_at"] or d["created_at"]
+    click.echo(f"--- {d['id']} {d['function']} ({d['source']}) {d['status']} after "
+               f"{d['attempts']} attempt(s), {(when or '')[:23]}")
+    if d["status"] == "pending" and d.get("next_attempt_at"):
+        click.echo(f"next attempt at {d['next_attempt_at'][:23]}")
+    if d.get("error"):
+        e = d["error"]
+        click.echo(f"error: {e.get('type', '')}: {e.get('message', '')}")
+        if e.get("dead_because"):
+            click.echo(f"dead-lettered: {e['dead_because']}")
+    if d.get("result") is not None:
+        result = d["result"]
+        click.echo("result: " + (result if isinstance(result, str) else json.dumps(result)))
+    if verbose and d.get("logs"):
+        click.echo(d["logs"].rstrip("\n"))
+
+
+@cli.command()
+@click.argument("activation_id")
+@click.option("--wait", "wait_s", type=click.FloatRange(0), default=None, is_flag=False,
+              flag_value=60.0, help="Wait (default up to 60 s) until an async activation "
+              "succeeds or is dead-lettered.")
+@json_option
+@click.pass_context
+def activation(ctx: click.Context, activation_id: str, wait_s: float | None,
+               as_json: bool) -> None:
+    """Show one activation: status, attempts, result or error, and logs."""
+    import time
+
+    deadline = time.monotonic() + (wait_s or 0)
+    while True:
+        data = _api(ctx, "GET", f"/v1/activations/{activation_id}")
+        if not data.get("async") or data["status"] in ("succeeded", "dead") \
+                or time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
+    if as_json:
+        _print_json(data)
+    elif data.get("async"):
+        _print_delivery(data)
+    else:
+        _print_activation(data)
+    if data["status"] in ("dead", "error", "timeout", "crashed", "start_failed"):
+        raise SystemExit(1)
+
+
+@cli.command()
+@click.argument("topic")
+@click.option("--data", "-d", help="Event body: JSON text, @FILE, or - for stdin.")
+@click.option("--content-type", help="Default: application/json when --data is valid JSON.")
+@click.option("--idempotency-key", help="A repeat with the same key is not published again.")
+@json_option
+@click.pass_context
+def publish(ctx: click.Context, topic: str, data: str | None, content_type: str | None,
+            idempotency_key: str | None, as_json: bool) -> None:
+    """Publish an event to TOPIC: each subscribed function gets it (durably, at least once)."""
+    body, content_type = _read_data(data, content_type)
+    headers = {"Content-Type": content_type or "application/json"}
+    if idempotency_key:
+        headers["Idempotency-Key"] = idempotency_key
+    try:
+        reply = _client(ctx).request("POST", f"/v1/events/{topic}", body, headers)
+        answer = reply.json()
+    except ClientError as exc:
+        _fail(str(exc))
+        return
+    except ValueError:
+        answer = {}
+    if reply.status != 202:
+        from fn.client import error_message
+        _fail(error_message(reply.status, answer))
+    if as_json:
+        _print_json(answer)
+        return
+    word = "Published" if answer["status"] == "accepted" else "Already published"
+    click.echo(f"{word} event {answer['event_id']} to {answer['deliveries']} subscriber(s).")
+
+
+@cli.group()
+def topic() -> None:
+    """Create, list and delete topics (fn publish sends to them)."""
+
+
+@topic.command("create")
+@click.argument("name")
+@click.pass_context
+def topic_create(ctx: click.Context, name: str) -> None:
+    """Create topic NAME (like orders.created)."""
+    data = _api(ctx, "PUT", f"/v1/topics/{name}")
+    click.echo(f"Created topic {name}." if data["created"] else f"Topic {name} already exists.")
+
+
+@topic.command("list")
+@json_option
+@click.pass_context
+def topic_list(ctx: click.Context, as_json: bool) -> None:
+    """List topics with their number of subscribers."""
+    data = _api(ctx, "GET", "/v1/topics")
+    if as_json:
+        _print_json(data)
+    elif not data["topics"]:
+        click.echo("No topics yet; create one with: fn topic create orders.created")
+    else:
+        _table(["TOPIC", "SUBSCRIBERS", "CREATED"],
+               [(t["name"], t["subscribers"], t["created_at"][:19]) for t in data["topics"]])
+
+
+@topic.command("delete")
+@click.argument("name")
+@click.pass_context
+def topic_delete(ctx: click.Context, name: str) -> None:
+    """Delete topic NAME (it must have no subscribers)."""
+    _api(ctx, "DELETE", f"/v1/topics/{name}")
+    click.echo(f"Deleted topic {name}.")
+
+
+@cli.group()
+def trigger() -> None:
+    """Run functions on events: topics, schedules, table changes."""
+
+
+def _describe_trigger(t: dict[str, Any]) -> str:
+    if t["kind"] == "topic":
+        return f"topic {t['topic']}"
+    if t["kind"] == "cron":
+        return f'cron "{t["cron"]}" {t["timezone"]}, next {(t["next_fire_at"] or "")[:19]}'
+    return f"table {t['table']} on {','.join(t['on'])} in {t['database']}"
+
+
+@trigger.command("add")
+@click.argument("name")
+@click.option("--topic", "topic_name", help="Run NAME for each event published to this topic.")
+@click.option("--cron", help='Run NAME on a schedule, like "*/5 * * * *" (a sixth field '
+              "adds seconds).")
+@click.option("--timezone", default="UTC", show_default=True,
+              help="Time zone of --cron, like Europe/Paris.")
+@click.option("--table", help="Run NAME for each change of this table (SCHEMA.TABLE).")
+@click.option("--on", "operations", default="insert,update,delete", show_default=True,
+              help="With --table: which changes.")
+@click.option("--database", envvar="FN_TRIGGER_DATABASE", show_envvar=True,
+              help="With --table: the watched database's URL (kept as a secret). "
+                   "Default: Ember's own database.")
+@json_option
+@click.pass_context
+def trigger_add(ctx: click.Context, name: str, topic_name: str | None, cron: str | None,
+                timezone: str, table: str | None, operations: str, database: str | None,
+                as_json: bool) -> None:
+    """Add a trigger to function NAME: --topic, --cron or --table."""
+    body: dict[str, Any] = {}
+    if topic_name is not None:
+        body["topic"] = topic_name
+    if cron is not None:
+        body.update(cron=cron, timezone=timezone)
+    if table is not None:
+        body.update(table=table, on=operations, database=database)
+    data = _api(ctx, "POST", f"/v1/functions/{name}/triggers", body)
+    if as_json:
+        _print_json(data)
+        return
+    click.echo(f"Added trigger {data['id']}: {name} runs on {_describe_trigger(data)}.")
+
+
+@trigger.command("list")
+@click.argument("name", required=False)
+@json_option
+@click.pass_context
+def trigger_list(ctx: click.Context, name: str | None, as_json: bool) -> None:
+    """List triggers (of function NAME, or all)."""
+    data = _api(ctx, "GET", "/v1/triggers" + (f"?function={name}" if name else ""))
+    if as_json:
+        _print_json(data)
+    elif not data["triggers"]:
+        click.echo("No triggers; add one with: fn trigger add NAME --topic T | --cron EXPR | "
+                   "--table T")
+    else:
+        _table(["ID", "FUNCTION", "KIND", "WHAT"],
+               [(t["id"], t["function"], t["kind"], _describe_trigger(t))
+                for t in data["triggers"]])
+
+
+@trigger.command("delete")
+@click.argument("trigger_id", type=int)
+@click.pass_context
+def trigger_delete(ctx: click.Context, trigger_id: int) -> None:
+    """Delete trigger ID (a table trigger is uninstalled from its database)."""
+    _api(ctx, "DELETE", f"/v1/triggers/{trigger_id}")
+    click.echo(f"Deleted trigger {trigger_id}.")
+
+
+@cli.group()
+def dlq() -> None:
+    """Inspect and resend dead-lettered async calls and events."""
+
+
+@dlq.command("list")
+@click.argument("name", required=False)
+@click.option("--limit", "-n", default=20, show_default=True, type=click.IntRange(1, 1000))
+@json_option
+@click.pass_context
+def dlq_list(ctx: click.Context, name: str | None, limit: int, as_json: bool) -> None:
+    """List dead letters, newest first (of function NAME, or all)."""
+    query = f"?limit={limit}" + (f"&function={name}" if name else "")
+    data = _api(ctx, "GET", "/v1/dlq" + query)
+    if as_json:
+        _print_json(data)
+    elif not data["dead"]:
+        click.echo("No dead letters.")
+    else:
+        _table(["ID", "FUNCTION", "SOURCE", "ATTEMPTS", "ERROR", "DEAD SINCE"],
+               [(d["id"], d["function"], d["source"], d["attempts"],
+                 f"{(d['error'] or {}).get('type', '')}: {(d['error'] or {}).get('message', '')}"
+                 [:60], (d["finished_at"] or "")[:19]) for d in data["dead"]])
+
+
+@dlq.command("show")
+@click.argument("activation_id")
+@json_option
+@click.pass_context
+def dlq_show(ctx: click.Context, activation_id: str, as_json: bool) -> None:
+    """Show a dead letter: its error, the last attempt's logs."""
+    data = _api(ctx, "GET", f"/v1/activations/{activation_id}")
+    if as_json:
+        _print_json(data)
+    else:
+        _print_delivery(data)
+
+
+@dlq.command("redrive")
+@click.argument("activation_ids", nargs=-1)
+@click.option("--function", "function", help="Resend every dead letter of this function.")
+@click.pass_context
+def dlq_redrive(ctx: click.Context, activation_ids: tuple[str, ...],
+                function: str | None) -> None:
+    """Resend dead letters (by id, or all of --function) with a fresh count of attempts."""
+    if not activation_ids and not function:
+        raise click.UsageError("give activation ids, or --function NAME")
+    data = _api(ctx, "POST", "/v1/dlq/redrive",
+                {"ids": list(activation_ids), "function": function})
+    click.echo(f"Resent {len(data['redriven'])} dead letter(s).")
 
 
 @cli.command("state-dir", hidden=True)

@@ -104,8 +104,10 @@ class Client:
             raise ClientError(error_message(reply.status, data), reply.status, data)
         return data
 
-    def invoke(self, name: str, data: bytes | None, content_type: str | None) -> Reply:
+    def invoke(self, name: str, data: bytes | None, content_type: str | None,
+               extra_headers: dict[str, str] | None = None) -> Reply:
         headers = {"Content-Type": content_type} if content_type else {}
+        headers.update(extra_headers or {})
         return self.request("POST", f"/fn/{quote(name, safe=':')}", data, headers, admin=False)
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import aiohttp
@@ -53,6 +54,53 @@ async def test_platform_rides_out_a_database_restart(tmp_path: Path) -> None:
                 assert r.status == 200
                 ids = [a["id"] for a in (await r.json())["activations"]]
             assert down_id in ids
+    finally:
+        await runner.cleanup()
+        await platform.stop()
+        await asyncio.to_thread(pg.stop)
+
+
+async def test_deliveries_ride_out_a_database_restart(tmp_path: Path) -> None:
+    from gateway.settings import EventSettings
+
+    out = tmp_path / "out"
+    pg = await asyncio.to_thread(start_embedded_postgres, tmp_path / "pg")
+    settings = Settings(port=0, state_dir=tmp_path / "state", database_url=pg.url, token=TOKEN,
+                        pool=PoolSettings(generic_pool_size=1, max_instances=2),
+                        events=EventSettings(poll_s=0.1, retry_base_s=0.05, lease_margin_s=1))
+    platform = await Platform.start(settings)
+    runner = web.AppRunner(build_app(platform), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = "http://{}:{}".format(*runner.addresses[0][:2])
+    source = ("import json, time\n"
+              "def handler(event, context):\n"
+              "    time.sleep(0.02)\n"
+              "    with open(context.config['OUT'], 'a') as f:\n"
+              "        f.write(json.dumps(event) + '\\n')\n")
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{url}/v1/functions", headers=HEADERS, json={
+                    "name": "rec", "source": source, "env": {"OUT": str(out)}}) as r:
+                assert r.status == 201
+            for n in range(60):
+                async with http.post(f"{url}/fn/rec", json={"n": n},
+                                     headers={"Prefer": "respond-async"}) as r:
+                    assert r.status == 202
+            await asyncio.to_thread(pg.stop)  # mid-stream: most are still queued
+            done_while_down = len(out.read_text().splitlines()) if out.exists() else 0
+            async with http.post(f"{url}/fn/rec", json={"n": -1},
+                                 headers={"Prefer": "respond-async"}) as r:
+                assert r.status == 503  # not accepted, and says so
+                assert (await r.json())["error"]["code"] == "database_unavailable"
+            pg = await asyncio.to_thread(start_embedded_postgres, tmp_path / "pg")
+            deadline = asyncio.get_running_loop().time() + 30
+            while len(seen := {json.loads(x)["n"] for x in out.read_text().splitlines()}) < 60:
+                assert asyncio.get_running_loop().time() < deadline, sorted(seen)
+                await asyncio.sleep(0.05)
+        assert seen == set(range(60))
+        assert done_while_down < 60
     finally:
         await runner.cleanup()
         await platform.stop()

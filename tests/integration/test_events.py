@@ -6,9 +6,9 @@ import asyncio
 import textwrap
 import time
 import uuid
-from urllib.parse import urlsplit
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
