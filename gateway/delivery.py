@@ -156,8 +156,9 @@ class DeliveryWorker:
         self._wake.set()
 
     @property
-    def inflight(self) -> int:
-        return len(self._inflight)
+    def saturated(self) -> bool:
+        """Busy with as many deliveries as it may run: new work is better left to others."""
+        return len(self._inflight) >= self.settings.concurrency
 
     async def run(self) -> None:
         store = self._platform.store

@@ -98,11 +98,49 @@ async def publish(request: web.Request) -> web.Response:
             "content_type": request.headers.get("Content-Type", "application/json")}
     try:
         event_id, deliveries, created = await platform.store.publish(
-            topic, new_id(), body, meta, key)
+            topic, new_id(), body, meta, key, notify=platform.must_notify())
     except TopicNotFound:
         return _topic_not_found(topic)
+    platform.wake_deliveries()
     return json_response({"event_id": str(event_id), "topic": topic, "deliveries": deliveries,
                           "status": "accepted" if created else "duplicate"}, status=202)
+
+
+MAX_BATCH = 500
+
+
+@routes.post("/v1/events")
+async def publish_batch(request: web.Request) -> web.Response:
+    """Publish a batch: `[{"topic": T, "data": JSON}, ...]` (up to MAX_BATCH), committed all
+    or nothing; each event's body is its `data` as JSON."""
+    platform = _platform(request)
+    try:
+        items = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
+        raise bad_request("bad_json", f"request body is not JSON: {exc}") from None
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
+        raise bad_request("bad_batch", f'send a JSON array of 1-{MAX_BATCH} events like '
+                          '{"topic": "orders.created", "data": {...}}')
+    if request.headers.get("Idempotency-Key") is not None:
+        raise bad_request("bad_batch", "a batch takes no Idempotency-Key: publish events "
+                          "that need one one at a time (POST /v1/events/TOPIC)")
+    events = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("topic"), str) \
+                or "data" not in item or set(item) - {"topic", "data"}:
+            raise bad_request("bad_batch", f'event {i} must be {{"topic": T, "data": ...}}')
+        events.append((new_id(), _topic_name(item["topic"]), orjson.dumps(item["data"])))
+    meta = {"method": "POST", "path": "/", "query": "", "headers": [],
+            "content_type": "application/json"}
+    try:
+        counts = await platform.store.publish_batch(events, meta,
+                                                    notify=platform.must_notify())
+    except TopicNotFound as exc:
+        return _topic_not_found(exc.name)
+    platform.wake_deliveries()
+    return json_response({"events": [
+        {"event_id": str(event_id), "topic": topic, "deliveries": counts[event_id],
+         "status": "accepted"} for event_id, topic, _ in events]}, status=202)
 
 
 # -- triggers ---------------------------------------------------------------------------------

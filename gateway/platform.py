@@ -112,7 +112,7 @@ class Platform:
             platform._start_event_workers()
         platform._watch(
             store.listen_function_changes(platform._on_change, platform._on_listening,
-                                          on_deliveries=platform._on_deliveries),
+                                          on_deliveries=platform.wake_deliveries),
             "function change listener",
         )
         await platform._reload_policies()
@@ -132,7 +132,13 @@ class Platform:
         self._watch(self.relays.run(tables_wake), "table relays")
         self._watch(housekeeping(self), "delivery housekeeping")
 
-    def _on_deliveries(self) -> None:
+    def must_notify(self) -> bool:
+        """Whether a submission must wake every gateway's workers (NOTIFY) because this
+        gateway runs none or its worker is full; otherwise `wake_deliveries` after the commit
+        is enough (and NOTIFY, which serializes commits, is saved)."""
+        return self.deliveries is None or self.deliveries.saturated
+
+    def wake_deliveries(self) -> None:
         if self.deliveries is not None:
             self.deliveries.wake()
 
@@ -156,7 +162,7 @@ class Platform:
         self.functions.clear()
         self._reload_policies_soon()
         self.triggers_changed()
-        self._on_deliveries()
+        self.wake_deliveries()
 
     def _reload_policies_soon(self) -> None:
         task = asyncio.create_task(self._reload_policies(), name="policy reload")

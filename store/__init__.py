@@ -115,6 +115,15 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def _reset_connection(conn: asyncpg.Connection) -> None:
+    """Run when a connection goes back to the pool. The default reset query (UNLISTEN, RESET
+    ALL, unlock advisory locks) costs a round trip per query; Ember leaves no session state on
+    pooled connections (listening uses connections of its own, the migration lock is released
+    explicitly), so only an open transaction is rolled back."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
 class Store:
     """Named queries over an asyncpg pool. Create with `await Store.connect(url)`."""
 
@@ -126,7 +135,8 @@ class Store:
     async def connect(cls, url: str, *, min_size: int = 1, max_size: int = 10) -> Store:
         try:
             pool = await asyncpg.create_pool(
-                url, min_size=min_size, max_size=max_size, init=_init_connection
+                url, min_size=min_size, max_size=max_size, init=_init_connection,
+                reset=_reset_connection,
             )
         except _UNAVAILABLE as exc:
             raise DatabaseUnavailable(f"cannot connect to Postgres: {exc}") from exc
@@ -312,45 +322,70 @@ class Store:
 
     # -- async invocations and deliveries ---------------------------------------------------
 
-    async def submit(self, delivery: NewDelivery) -> tuple[ActivationId, bool]:
+    async def submit(self, delivery: NewDelivery, *, notify: bool = True,
+                     ) -> tuple[ActivationId, bool]:
         """Commit a delivery; returns its id and whether it is new. With an idempotency key
-        that the function has seen before, the first submission's id (and False)."""
+        that the function has seen before, the first submission's id (and False).
+
+        `notify` wakes the workers of every gateway (NOTIFY serializes commits: leave it to
+        callers that cannot wake a worker themselves)."""
         async with self._conn() as conn:
             row = await conn.fetchrow(
                 QUERIES["insert_delivery"], delivery.id, delivery.function, delivery.version,
                 delivery.source, delivery.trigger_id, delivery.idempotency_key,
-                delivery.payload, dict(delivery.meta), delivery.run_at)
+                delivery.payload, dict(delivery.meta), delivery.run_at, notify)
             if row is not None:
                 return ActivationId(row["id"]), True
             found = await conn.fetchval(
                 QUERIES["find_delivery_by_key"], delivery.function, delivery.idempotency_key)
         if found is None:  # the first submission was deleted (its function too): try again
-            return await self.submit(delivery)
+            return await self.submit(delivery, notify=notify)
         return ActivationId(found), False
 
     async def publish(self, topic: str, event_id: uuid.UUID, payload: bytes,
-                      meta: Mapping[str, Any], idempotency_key: str | None = None,
-                      ) -> tuple[uuid.UUID, int, bool]:
+                      meta: Mapping[str, Any], idempotency_key: str | None = None, *,
+                      notify: bool = True) -> tuple[uuid.UUID, int, bool]:
         """Commit one delivery per subscriber of `topic`. Returns the event id, the number of
         deliveries and whether the event is new (False: a repeat of an idempotency key).
-        Raises TopicNotFound."""
-        async with self._conn() as conn, conn.transaction():
-            if idempotency_key is not None:
-                created = await conn.fetchval(
-                    QUERIES["insert_event"], event_id, topic, idempotency_key, 0)
-                if created is None:
-                    row = await conn.fetchrow(QUERIES["find_event_by_key"], topic,
-                                              idempotency_key)
-                    assert row is not None
-                    return row["id"], row["deliveries"], False
-            row = await conn.fetchrow(QUERIES["fan_out_event"], event_id, topic, payload,
-                                      dict(meta))
+        Raises TopicNotFound. `notify`: as for `submit`."""
+        if idempotency_key is None:  # one statement: no explicit transaction needed
+            async with self._conn() as conn:
+                row = await conn.fetchrow(QUERIES["fan_out_event"], event_id, topic, payload,
+                                          dict(meta), notify)
             assert row is not None
             if not row["topic_exists"]:
                 raise TopicNotFound(topic)
-            if idempotency_key is not None:
-                await conn.execute(QUERIES["set_event_deliveries"], event_id, row["deliveries"])
+            return event_id, row["deliveries"], True
+        async with self._conn() as conn, conn.transaction():
+            created = await conn.fetchval(
+                QUERIES["insert_event"], event_id, topic, idempotency_key, 0)
+            if created is None:
+                row = await conn.fetchrow(QUERIES["find_event_by_key"], topic, idempotency_key)
+                assert row is not None
+                return row["id"], row["deliveries"], False
+            row = await conn.fetchrow(QUERIES["fan_out_event"], event_id, topic, payload,
+                                      dict(meta), notify)
+            assert row is not None
+            if not row["topic_exists"]:
+                raise TopicNotFound(topic)
+            await conn.execute(QUERIES["set_event_deliveries"], event_id, row["deliveries"])
         return event_id, row["deliveries"], True
+
+    async def publish_batch(self, events: Sequence[tuple[uuid.UUID, str, bytes]],
+                            meta: Mapping[str, Any], *, notify: bool = True,
+                            ) -> dict[uuid.UUID, int]:
+        """Commit a batch of (event id, topic, payload), all or nothing, in one statement.
+        Returns the number of deliveries per event id; raises TopicNotFound for the first
+        topic that does not exist (and then nothing is published)."""
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                QUERIES["fan_out_events"], [e[0] for e in events], [e[1] for e in events],
+                [e[2] for e in events], dict(meta), notify)
+        assert row is not None
+        if row["missing"]:
+            raise TopicNotFound(row["missing"][0])
+        counts = dict(zip(row["event_ids"] or (), row["deliveries"] or (), strict=True))
+        return {e[0]: counts.get(e[0], 0) for e in events}
 
     async def claim(self, limit: int, lease_margin_s: float) -> list[Claimed]:
         """Take up to `limit` due deliveries (pending, or running past their lease), leased for
@@ -515,7 +550,7 @@ class Store:
                 found = await conn.fetchrow(
                     QUERIES["insert_delivery"], new_id(), trigger.function, None, "cron",
                     trigger.id, f"cron:{trigger.id}:{tick.isoformat()}", payload,
-                    {"content_type": "application/json"}, None)
+                    {"content_type": "application/json"}, None, True)
                 if found is not None:
                     fired.append(ActivationId(found["id"]))
                 await conn.execute(QUERIES["set_next_fire"], trigger.id, next_tick)

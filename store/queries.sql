@@ -128,7 +128,8 @@ DELETE FROM ember_policies WHERE function = $1 RETURNING function;
 SELECT pg_notify('ember_functions', 'policy:' || $1);
 
 -- name: insert_delivery
--- Submit and wake the workers in one round trip. With an idempotency key already used for the
+-- Submit, and ($10) wake every gateway's workers, in one round trip. A notifying commit takes a
+-- global lock, so the submitting gateway wakes its own worker directly when it can take the work. With an idempotency key already used for the
 -- function, nothing is inserted and no row comes back (see find_delivery_by_key).
 WITH ins AS (
     INSERT INTO ember_deliveries (id, function, version, source, trigger_id, idempotency_key,
@@ -137,7 +138,7 @@ WITH ins AS (
     ON CONFLICT (function, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id
 )
-SELECT ins.id, pg_notify('ember_deliveries', '') FROM ins;
+SELECT ins.id, CASE WHEN $10 THEN pg_notify('ember_deliveries', '') END FROM ins;
 
 -- name: find_delivery_by_key
 SELECT id FROM ember_deliveries WHERE function = $1 AND idempotency_key = $2;
@@ -168,7 +169,31 @@ WITH topic AS (
 )
 SELECT EXISTS (SELECT 1 FROM topic) AS topic_exists,
        (SELECT count(*) FROM ins)::int AS deliveries,
-       pg_notify('ember_deliveries', '') AS notified;
+       CASE WHEN $5 THEN pg_notify('ember_deliveries', '') END AS notified;
+
+-- name: fan_out_events
+-- A batch of events ($1 ids, $2 topics, $3 payloads), all or nothing: when a topic does not
+-- exist nothing is inserted and `missing` names it; else per event id, its deliveries.
+WITH ev AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[]) AS e(id, topic, payload)
+), missing AS (
+    SELECT DISTINCT ev.topic FROM ev
+    WHERE NOT EXISTS (SELECT 1 FROM ember_topics WHERE name = ev.topic)
+), ins AS (
+    INSERT INTO ember_deliveries (id, function, source, trigger_id, event_id, payload, meta)
+    SELECT gen_random_uuid(), t.function, 'topic', t.id, ev.id, ev.payload,
+           $4::jsonb || jsonb_build_object('headers', jsonb_build_array(
+               jsonb_build_array('X-Ember-Topic', ev.topic)))
+    FROM ev JOIN ember_triggers t ON t.kind = 'topic' AND t.topic = ev.topic
+    WHERE NOT EXISTS (SELECT 1 FROM missing)
+    RETURNING event_id
+), counts AS (
+    SELECT event_id, count(*)::int AS n FROM ins GROUP BY event_id
+)
+SELECT (SELECT array_agg(topic ORDER BY topic) FROM missing) AS missing,
+       (SELECT array_agg(event_id) FROM counts) AS event_ids,
+       (SELECT array_agg(n) FROM counts) AS deliveries,
+       CASE WHEN $5 THEN pg_notify('ember_deliveries', '') END AS notified;
 
 -- name: set_event_deliveries
 UPDATE ember_events SET deliveries = $2 WHERE id = $1;

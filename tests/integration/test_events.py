@@ -347,3 +347,24 @@ def test_a_watched_database_password_is_never_shown() -> None:
 
     assert _redact("postgresql://app:s3cret@db:5432/shop") == "postgresql://app:***@db:5432/shop"
     assert _redact("postgresql://app@db/shop") == "postgresql://app@db/shop"
+
+
+async def test_a_batch_publishes_all_or_nothing(running: Running, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    await running.deploy_ok("rec", RECORDER, env={"OUT": str(out)})
+    await running.admin("PUT", "/v1/topics/a")
+    await running.admin("PUT", "/v1/topics/b")
+    await running.admin("POST", "/v1/functions/rec/triggers", json={"topic": "a"})
+    status, data = await running.admin("POST", "/v1/events", json=[
+        {"topic": "a", "data": {"n": 1}}, {"topic": "nope", "data": {"n": 2}}])
+    assert (status, data["error"]["code"]) == (404, "topic_not_found")
+    assert '"nope"' in data["error"]["message"]
+    status, data = await running.admin("POST", "/v1/events", json=[
+        {"topic": "a", "data": {"n": 1}}, {"topic": "b", "data": {"n": 2}},
+        {"topic": "a", "data": {"n": 3}}])
+    assert status == 202, data
+    assert [(e["topic"], e["deliveries"]) for e in data["events"]] == [("a", 1), ("b", 0),
+                                                                      ("a", 1)]
+    assert sorted(await wait_for_lines(out, 2)) == ['{"n": 1}', '{"n": 3}']
+    status, data = await running.admin("POST", "/v1/events", json={"topic": "a"})
+    assert (status, data["error"]["code"]) == (400, "bad_batch")
