@@ -79,6 +79,7 @@ def build_app(platform: Platform) -> web.Application:
     admin_app = web.Application(client_max_size=platform.settings.max_body_bytes,
                                 middlewares=[error_middleware, auth_middleware])
     admin_app[PLATFORM] = platform
+    admin_app[events.PUBLISHER] = events.publisher(platform)
     for route in [*admin.routes, *policies.routes, *events.routes]:
         assert isinstance(route, web.RouteDef)
         admin_app.router.add_route(route.method, route.path.removeprefix("/v1"), route.handler)

@@ -21,13 +21,16 @@ import orjson
 from aiohttp import web
 
 from gateway.admin import _json_body, _limit, _not_found, _platform
+from gateway.batching import GroupCommit
 from gateway.errors import bad_request, error_response, json_response
 from gateway.invoke import MAX_IDEMPOTENCY_KEY
+from gateway.platform import Platform
 from gateway.triggers import next_tick, parse_schedule
 from gateway.units import ConfigError
 from store import (
     ActivationId,
     Delivery,
+    Event,
     FunctionNotFound,
     NotFound,
     TopicNotFound,
@@ -52,6 +55,31 @@ def _topic_name(raw: str) -> str:
 def _topic_not_found(name: str) -> web.Response:
     return error_response(404, "topic_not_found",
                           f'topic "{name}" not found; create it with: fn topic create {name}')
+
+
+def publisher(platform: Platform) -> GroupCommit[Event, int]:
+    """Single publishes (without an idempotency key) share statements: see GroupCommit."""
+    store = platform.store
+
+    async def commit(events: list[Event]) -> list[int | Exception]:
+        try:
+            counts = await store.publish_batch(events, notify=platform.must_notify())
+        except TopicNotFound:
+            pass  # one of them named a missing topic: one by one, so only those fail
+        else:
+            return [counts[e.id] for e in events]
+        results: list[int | Exception] = []
+        for event in events:
+            try:
+                results.append((await store.publish_batch([event]))[event.id])
+            except TopicNotFound as exc:
+                results.append(exc)
+        return results
+
+    return GroupCommit(commit, after=platform.wake_deliveries)
+
+
+PUBLISHER = web.AppKey("publisher", GroupCommit[Event, int])
 
 
 # -- topics and publishing --------------------------------------------------------------------
@@ -92,16 +120,18 @@ async def publish(request: web.Request) -> web.Response:
     if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
         raise bad_request("bad_idempotency_key",
                    f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters")
-    body = await request.read()
-    meta = {"method": "POST", "path": "/", "query": "",
-            "headers": [["X-Ember-Topic", topic]],
-            "content_type": request.headers.get("Content-Type", "application/json")}
+    event = Event(new_id(), topic, await request.read(),
+                  request.headers.get("Content-Type", "application/json"))
     try:
-        event_id, deliveries, created = await platform.store.publish(
-            topic, new_id(), body, meta, key, notify=platform.must_notify())
+        if key is None:  # shares a statement with concurrent publishes
+            deliveries, created = await request.app[PUBLISHER].submit(event), True
+            event_id = event.id
+        else:
+            event_id, deliveries, created = await platform.store.publish(
+                event, key, notify=platform.must_notify())
+            platform.wake_deliveries()
     except TopicNotFound:
         return _topic_not_found(topic)
-    platform.wake_deliveries()
     return json_response({"event_id": str(event_id), "topic": topic, "deliveries": deliveries,
                           "status": "accepted" if created else "duplicate"}, status=202)
 
@@ -129,18 +159,15 @@ async def publish_batch(request: web.Request) -> web.Response:
         if not isinstance(item, dict) or not isinstance(item.get("topic"), str) \
                 or "data" not in item or set(item) - {"topic", "data"}:
             raise bad_request("bad_batch", f'event {i} must be {{"topic": T, "data": ...}}')
-        events.append((new_id(), _topic_name(item["topic"]), orjson.dumps(item["data"])))
-    meta = {"method": "POST", "path": "/", "query": "", "headers": [],
-            "content_type": "application/json"}
+        events.append(Event(new_id(), _topic_name(item["topic"]), orjson.dumps(item["data"])))
     try:
-        counts = await platform.store.publish_batch(events, meta,
-                                                    notify=platform.must_notify())
+        counts = await platform.store.publish_batch(events, notify=platform.must_notify())
     except TopicNotFound as exc:
         return _topic_not_found(exc.name)
     platform.wake_deliveries()
     return json_response({"events": [
-        {"event_id": str(event_id), "topic": topic, "deliveries": counts[event_id],
-         "status": "accepted"} for event_id, topic, _ in events]}, status=202)
+        {"event_id": str(e.id), "topic": e.topic, "deliveries": counts[e.id],
+         "status": "accepted"} for e in events]}, status=202)
 
 
 # -- triggers ---------------------------------------------------------------------------------

@@ -87,14 +87,12 @@ async def submit_async(platform: Platform, request: web.Request, version: Versio
                            payload=body, meta=request_meta(request),
                            idempotency_key=_text(key) if key is not None else None)
     try:
-        activation_id, created = await platform.store.submit(
-            delivery, notify=platform.must_notify())
+        activation_id, created = await platform.submitter.submit(delivery)
     except DatabaseUnavailable as exc:
         log.warning("cannot accept an async call: %s", exc)
         return error_response(503, "database_unavailable",
                               f"the call was not accepted: the database is unavailable ({exc}); "
                               "retry shortly", headers={"Retry-After": "1"})
-    platform.wake_deliveries()
     return json_response(
         {"activation_id": str(activation_id), "status": "accepted" if created else "duplicate",
          "function": version.function},

@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from gateway.activations import ActivationWriter
+from gateway.batching import GroupCommit
 from gateway.functions import FunctionCache
 from gateway.metrics import Metrics, PoolReadout
 from gateway.settings import Settings
 from scheduler.backends.local import LocalBackend
 from scheduler.scheduler import Scheduler
-from store import Store
+from store import ActivationId, NewDelivery, Store
 from store.embedded import EmbeddedPostgres, start_embedded_postgres
 
 if TYPE_CHECKING:
@@ -70,9 +71,17 @@ class Platform:
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _side_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _policy_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    submitter: GroupCommit[NewDelivery, tuple[ActivationId, bool]] = field(init=False)
     deliveries: DeliveryWorker | None = None
     relays: TableRelays | None = None
     _triggers_changed: list[asyncio.Event] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        async def submit(batch: list[NewDelivery]) -> list[tuple[ActivationId, bool]]:
+            return await self.store.submit_batch(batch, notify=self.must_notify())
+
+        # Concurrent async invocations share one INSERT (see GroupCommit).
+        self.submitter = GroupCommit(submit, after=self.wake_deliveries)
 
     @classmethod
     async def start(cls, settings: Settings) -> Platform:

@@ -12,7 +12,7 @@ import functools
 import hashlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -38,6 +38,7 @@ from store.records import (
     ActivationId,
     Claimed,
     Delivery,
+    Event,
     Function,
     FunctionConfig,
     NewDelivery,
@@ -56,6 +57,7 @@ __all__ = [
     "Claimed",
     "DatabaseUnavailable",
     "Delivery",
+    "Event",
     "Function",
     "FunctionConfig",
     "FunctionNotFound",
@@ -342,50 +344,67 @@ class Store:
             return await self.submit(delivery, notify=notify)
         return ActivationId(found), False
 
-    async def publish(self, topic: str, event_id: uuid.UUID, payload: bytes,
-                      meta: Mapping[str, Any], idempotency_key: str | None = None, *,
-                      notify: bool = True) -> tuple[uuid.UUID, int, bool]:
-        """Commit one delivery per subscriber of `topic`. Returns the event id, the number of
-        deliveries and whether the event is new (False: a repeat of an idempotency key).
-        Raises TopicNotFound. `notify`: as for `submit`."""
-        if idempotency_key is None:  # one statement: no explicit transaction needed
-            async with self._conn() as conn:
-                row = await conn.fetchrow(QUERIES["fan_out_event"], event_id, topic, payload,
-                                          dict(meta), notify)
-            assert row is not None
-            if not row["topic_exists"]:
-                raise TopicNotFound(topic)
-            return event_id, row["deliveries"], True
-        async with self._conn() as conn, conn.transaction():
-            created = await conn.fetchval(
-                QUERIES["insert_event"], event_id, topic, idempotency_key, 0)
-            if created is None:
-                row = await conn.fetchrow(QUERIES["find_event_by_key"], topic, idempotency_key)
-                assert row is not None
-                return row["id"], row["deliveries"], False
-            row = await conn.fetchrow(QUERIES["fan_out_event"], event_id, topic, payload,
-                                      dict(meta), notify)
-            assert row is not None
-            if not row["topic_exists"]:
-                raise TopicNotFound(topic)
-            await conn.execute(QUERIES["set_event_deliveries"], event_id, row["deliveries"])
-        return event_id, row["deliveries"], True
-
-    async def publish_batch(self, events: Sequence[tuple[uuid.UUID, str, bytes]],
-                            meta: Mapping[str, Any], *, notify: bool = True,
-                            ) -> dict[uuid.UUID, int]:
-        """Commit a batch of (event id, topic, payload), all or nothing, in one statement.
-        Returns the number of deliveries per event id; raises TopicNotFound for the first
-        topic that does not exist (and then nothing is published)."""
+    async def submit_batch(self, deliveries: Sequence[NewDelivery], *, notify: bool = True,
+                           ) -> list[tuple[ActivationId, bool]]:
+        """`submit` for many in one statement (async invocations only: source "async")."""
         async with self._conn() as conn:
             row = await conn.fetchrow(
-                QUERIES["fan_out_events"], [e[0] for e in events], [e[1] for e in events],
-                [e[2] for e in events], dict(meta), notify)
+                QUERIES["insert_deliveries"], [d.id for d in deliveries],
+                [d.function for d in deliveries], [d.version for d in deliveries],
+                [d.source for d in deliveries], [d.idempotency_key for d in deliveries],
+                [d.payload for d in deliveries], [dict(d.meta) for d in deliveries], notify)
+            assert row is not None
+            inserted = set(row["ids"] or ())
+            results = []
+            for d in deliveries:
+                if d.id in inserted:
+                    results.append((d.id, True))
+                    continue
+                found = await conn.fetchval(QUERIES["find_delivery_by_key"], d.function,
+                                            d.idempotency_key)
+                if found is None:  # the first submission was deleted meanwhile
+                    return [*results, *[await self.submit(x, notify=notify)
+                                        for x in deliveries[len(results):]]]
+                results.append((ActivationId(found), False))
+        return results
+
+    async def publish(self, event: Event, idempotency_key: str, *, notify: bool = True,
+                      ) -> tuple[uuid.UUID, int, bool]:
+        """Commit an event once per idempotency key: returns the event id, the number of
+        deliveries and whether it is new (False: the key was used before, and the first
+        event's id and deliveries come back). Raises TopicNotFound."""
+        async with self._conn() as conn, conn.transaction():
+            created = await conn.fetchval(
+                QUERIES["insert_event"], event.id, event.topic, idempotency_key, 0)
+            if created is None:
+                row = await conn.fetchrow(QUERIES["find_event_by_key"], event.topic,
+                                          idempotency_key)
+                assert row is not None
+                return row["id"], row["deliveries"], False
+            row = await conn.fetchrow(
+                QUERIES["fan_out_events"], [event.id], [event.topic], [event.payload],
+                [event.content_type], notify)
+            assert row is not None
+            if row["missing"]:
+                raise TopicNotFound(event.topic)
+            deliveries = row["deliveries"][0] if row["deliveries"] else 0
+            await conn.execute(QUERIES["set_event_deliveries"], event.id, deliveries)
+        return event.id, deliveries, True
+
+    async def publish_batch(self, events: Sequence[Event], *, notify: bool = True,
+                            ) -> dict[uuid.UUID, int]:
+        """Commit a batch of events, all or nothing, in one statement. Returns the number of
+        deliveries per event id; raises TopicNotFound for the first topic that does not exist
+        (and then nothing is published)."""
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                QUERIES["fan_out_events"], [e.id for e in events], [e.topic for e in events],
+                [e.payload for e in events], [e.content_type for e in events], notify)
         assert row is not None
         if row["missing"]:
             raise TopicNotFound(row["missing"][0])
         counts = dict(zip(row["event_ids"] or (), row["deliveries"] or (), strict=True))
-        return {e[0]: counts.get(e[0], 0) for e in events}
+        return {e.id: counts.get(e.id, 0) for e in events}
 
     async def claim(self, limit: int, lease_margin_s: float) -> list[Claimed]:
         """Take up to `limit` due deliveries (pending, or running past their lease), leased for

@@ -140,6 +140,19 @@ WITH ins AS (
 )
 SELECT ins.id, CASE WHEN $10 THEN pg_notify('ember_deliveries', '') END FROM ins;
 
+-- name: insert_deliveries
+-- A batch of async invocations in one statement; those whose idempotency key the function has
+-- seen before are not inserted and not returned ($8: NOTIFY, as for insert_delivery).
+WITH ins AS (
+    INSERT INTO ember_deliveries (id, function, version, source, idempotency_key, payload, meta)
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[],
+                         $6::bytea[], $7::jsonb[])
+    ON CONFLICT (function, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id
+)
+SELECT array_agg(id) AS ids, CASE WHEN $8 THEN pg_notify('ember_deliveries', '') END AS notified
+FROM ins;
+
 -- name: find_delivery_by_key
 SELECT id FROM ember_deliveries WHERE function = $1 AND idempotency_key = $2;
 
@@ -155,35 +168,23 @@ RETURNING id;
 -- name: find_event_by_key
 SELECT id, deliveries FROM ember_events WHERE topic = $1 AND idempotency_key = $2;
 
--- name: fan_out_event
--- One delivery per subscriber of the topic, in one round trip: returns whether the topic
--- exists and how many deliveries were made.
-WITH topic AS (
-    SELECT name FROM ember_topics WHERE name = $2
-), ins AS (
-    INSERT INTO ember_deliveries (id, function, source, trigger_id, event_id, payload, meta)
-    SELECT gen_random_uuid(), t.function, 'topic', t.id, $1, $3, $4
-    FROM ember_triggers t
-    WHERE t.kind = 'topic' AND t.topic = $2
-    RETURNING 1
-)
-SELECT EXISTS (SELECT 1 FROM topic) AS topic_exists,
-       (SELECT count(*) FROM ins)::int AS deliveries,
-       CASE WHEN $5 THEN pg_notify('ember_deliveries', '') END AS notified;
-
 -- name: fan_out_events
--- A batch of events ($1 ids, $2 topics, $3 payloads), all or nothing: when a topic does not
--- exist nothing is inserted and `missing` names it; else per event id, its deliveries.
+-- A batch of events ($1 ids, $2 topics, $3 payloads, $4 content types), all or nothing: when a
+-- topic does not exist nothing is inserted and `missing` names it; else per event id, its
+-- deliveries.
 WITH ev AS (
-    SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[]) AS e(id, topic, payload)
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::text[])
+        AS e(id, topic, payload, content_type)
 ), missing AS (
     SELECT DISTINCT ev.topic FROM ev
     WHERE NOT EXISTS (SELECT 1 FROM ember_topics WHERE name = ev.topic)
 ), ins AS (
     INSERT INTO ember_deliveries (id, function, source, trigger_id, event_id, payload, meta)
     SELECT gen_random_uuid(), t.function, 'topic', t.id, ev.id, ev.payload,
-           $4::jsonb || jsonb_build_object('headers', jsonb_build_array(
-               jsonb_build_array('X-Ember-Topic', ev.topic)))
+           jsonb_build_object('method', 'POST', 'path', '/', 'query', '',
+                              'content_type', ev.content_type,
+                              'headers', jsonb_build_array(
+                                  jsonb_build_array('X-Ember-Topic', ev.topic)))
     FROM ev JOIN ember_triggers t ON t.kind = 'topic' AND t.topic = ev.topic
     WHERE NOT EXISTS (SELECT 1 FROM missing)
     RETURNING event_id

@@ -204,6 +204,16 @@ class NewDelivery:
     run_at: dt.datetime | None = None
 
 
+@dataclass(slots=True, frozen=True)
+class Event:
+    """An event to publish: each subscriber of `topic` gets `payload` as its event."""
+
+    id: uuid.UUID
+    topic: str
+    payload: bytes
+    content_type: str = "application/json"
+
+
 @dataclass(slots=True, frozen=True, kw_only=True)
 class Claimed:
     """A delivery a worker has taken: run it, then report the outcome with `attempt`."""
