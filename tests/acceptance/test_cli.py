@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -214,3 +215,58 @@ def test_policy_set_and_show(cli: Cli, tmp_path: Path) -> None:
     assert 'invalid --keep-alive "soon"' in bad.stderr
     usage = cli.run("policy", "set", "--prewarm", "fixed")
     assert usage.returncode == 2
+
+
+def test_events_from_the_cli(cli: Cli, tmp_path: Path) -> None:
+    out = tmp_path / "seen"
+    handler = tmp_path / "on_order.py"
+    handler.write_text(
+        "def handler(event, context):\n"
+        f"    with open({str(out)!r}, 'a') as f:\n"
+        "        f.write(repr(event) + '\\n')\n"
+        "    if event.get('bad'):\n"
+        "        raise context.PermanentError('bad order')\n"
+        "    return {'ok': event}\n")
+    cli.ok("deploy", str(handler), "--max-attempts", "2")
+
+    queued = cli.ok("invoke", "on-order", "--async", "--data", '{"id": 1}',
+                    "--idempotency-key", "order-1")
+    activation = re.search(r"activation (\S+)", queued)
+    assert activation is not None, queued
+    again = cli.ok("invoke", "on-order", "--async", "--data", '{"id": 1}',
+                   "--idempotency-key", "order-1")
+    assert again.startswith(f"Already queued: activation {activation[1]}")
+    shown = json.loads(cli.ok("activation", activation[1], "--wait", "--json"))
+    assert (shown["status"], shown["result"], shown["attempts"]) == (
+        "succeeded", {"ok": {"id": 1}}, 1)
+
+    failed = cli.run("publish", "orders.created", "--data", "{}")
+    assert failed.returncode == 1
+    assert "fn topic create orders.created" in failed.stderr
+    assert cli.ok("topic", "create", "orders.created") == "Created topic orders.created.\n"
+    added = cli.ok("trigger", "add", "on-order", "--topic", "orders.created")
+    assert added.startswith("Added trigger 1: on-order runs on topic orders.created")
+    bad_cron = cli.run("trigger", "add", "on-order", "--cron", "99 * * * *")
+    assert bad_cron.returncode == 1
+    assert 'invalid --cron "99 * * * *"' in bad_cron.stderr
+    assert "topic orders.created" in cli.ok("trigger", "list")
+
+    assert "to 1 subscriber(s)" in cli.ok("publish", "orders.created", "--data", '{"id": 2}')
+    cli.ok("publish", "orders.created", "--data", '{"id": 3, "bad": true}')
+    dead_list = json.loads(cli.ok("dlq", "list", "--json"))["dead"]
+    deadline = time.monotonic() + 20
+    while not dead_list:
+        assert time.monotonic() < deadline, "the bad event was never dead-lettered"
+        time.sleep(0.1)
+        dead_list = json.loads(cli.ok("dlq", "list", "--json"))["dead"]
+    dead = dead_list[0]
+    assert (dead["error"]["type"], dead["attempts"]) == ("PermanentError", 1)
+    assert "dead-lettered: permanent error" in cli.ok("dlq", "show", dead["id"])
+    assert cli.ok("dlq", "redrive", dead["id"]) == "Resent 1 dead letter(s).\n"
+    failed = cli.run("activation", dead["id"], "--wait", "5")
+    assert failed.returncode == 1  # dead again: the error is permanent
+    assert "PermanentError: bad order" in failed.stdout
+    while "{'id': 2}" not in out.read_text():
+        assert time.monotonic() < deadline, "event 2 was never delivered"
+        time.sleep(0.1)
+    assert cli.ok("trigger", "delete", "1") == "Deleted trigger 1.\n"

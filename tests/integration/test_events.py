@@ -75,6 +75,11 @@ async def test_async_invocation_is_accepted_then_runs(running: Running, tmp_path
     # The attempt is also an ordinary activation of the function.
     _, listed = await running.admin("GET", "/v1/functions/rec/activations")
     assert [a["id"] for a in listed["activations"]] == [done["last_activation"]]
+    async with running.http.get(f"{running.url}/metrics") as response:
+        metrics = await response.text()
+    assert 'ember_delivery_attempts_total{function="rec",outcome="succeeded"} 1.0' in metrics
+    assert 'ember_delivery_wait_seconds_count{source="async"} 1.0' in metrics
+    assert 'ember_delivery_latency_seconds_count{source="async"} 1.0' in metrics
 
 
 async def test_an_idempotency_key_runs_the_call_once(running: Running, tmp_path: Path) -> None:
@@ -123,6 +128,10 @@ async def test_failures_retry_then_dead_letter_and_redrive(make_platform: Platfo
         assert "RuntimeError: downstream is down" in dead["logs"]  # the last attempt's logs
         _, activations = await running.admin("GET", "/v1/functions/flaky/activations")
         assert [a["status"] for a in activations["activations"]] == ["error"] * 3
+        async with running.http.get(f"{running.url}/metrics") as response:
+            metrics = await response.text()
+        assert 'ember_dead_letters_total{function="flaky"} 1.0' in metrics
+        assert 'ember_delivery_attempts_total{function="flaky",outcome="retry"} 2.0' in metrics
 
         status, dlq = await running.admin("GET", "/v1/dlq?function=flaky")
         assert status == 200
