@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint format clean bench bench-quick bench-replay simulate
+.PHONY: up test lint format clean bench bench-quick bench-events bench-replay simulate
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ bench: $(STAMP)
 ## bench-quick: the same with fewer samples (under a minute)
 bench-quick: $(STAMP)
 	$(PY) -m bench.run --quick
+
+## bench-events: durable events and async invocations end to end (about a minute)
+bench-events: $(STAMP)
+	$(PY) -m bench.events
 
 ## bench-replay: replay a time-compressed trace slice on a platform; compare with the simulator
 bench-replay: $(STAMP)

@@ -227,8 +227,12 @@ class DeliveryWorker:
         activation = new_id()
         t0 = time.perf_counter()
         try:
-            result = await execute(platform, version, activation, dict(claimed.meta),
-                                   claimed.payload)
+            meta = dict(claimed.meta)
+            # A stable id across attempts, so a handler can skip a repeat it already did.
+            meta["headers"] = [*meta.get("headers", ()),
+                               ("X-Ember-Delivery-Id", str(claimed.id)),
+                               ("X-Ember-Attempt", str(claimed.attempt))]
+            result = await execute(platform, version, activation, meta, claimed.payload)
         except Exception:  # a bug: the lease runs out and the delivery is taken again
             log.exception("delivery failed", extra={"delivery": str(claimed.id)})
             return

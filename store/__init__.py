@@ -466,9 +466,12 @@ class Store:
         return {(r["function"], r["status"]): r["n"] for r in rows}
 
     async def prune_deliveries(self, older_than_s: float) -> int:
+        """Forget succeeded deliveries, and published events' idempotency keys, older than
+        `older_than_s`; returns how many deliveries went."""
+        age = dt.timedelta(seconds=older_than_s)
         async with self._conn() as conn:
-            status = await conn.execute(QUERIES["prune_deliveries"],
-                                        dt.timedelta(seconds=older_than_s))
+            status = await conn.execute(QUERIES["prune_deliveries"], age)
+            await conn.execute(QUERIES["prune_events"], age)
         return int(status.rsplit(" ", 1)[-1])
 
     async def enqueue_changes(self, changes: Sequence[Change]) -> None:

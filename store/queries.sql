@@ -288,6 +288,10 @@ GROUP BY function, status;
 -- name: prune_deliveries
 DELETE FROM ember_deliveries WHERE status = 'succeeded' AND finished_at < now() - $1::interval;
 
+-- name: prune_events
+-- Idempotency keys of published events are remembered as long as succeeded deliveries.
+DELETE FROM ember_events WHERE created_at < now() - $1::interval;
+
 -- name: delete_deliveries
 DELETE FROM ember_deliveries WHERE function = $1;
 

@@ -23,7 +23,8 @@ RECORDER = textwrap.dedent("""
     def handler(event, context):
         with open(context.config["OUT"], "a") as f:
             f.write(json.dumps(event, sort_keys=True) + "\\n")
-        return {"got": event}
+        return {"got": event, "delivery": context.headers.get("X-Ember-Delivery-Id"),
+                "attempt": context.headers.get("X-Ember-Attempt")}
 """)
 
 
@@ -68,7 +69,8 @@ async def test_async_invocation_is_accepted_then_runs(running: Running, tmp_path
     accepted = await submit(running, "rec", {"n": 1})
     assert accepted["status"] == "accepted"
     done = await wait_for_status(running, accepted["activation_id"], "succeeded")
-    assert done["result"] == {"got": {"n": 1}}
+    assert done["result"] == {"got": {"n": 1}, "delivery": accepted["activation_id"],
+                              "attempt": "1"}
     assert done["attempts"] == 1
     assert done["source"] == "async"
     assert lines(out) == ['{"n": 1}']
