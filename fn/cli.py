@@ -391,9 +391,11 @@ def policy_show(ctx: click.Context, name: str | None, as_json: bool) -> None:
 @click.argument("name", required=False)
 @click.option("--default", "is_default", is_flag=True,
               help="Set the default that functions without their own setting use.")
-@click.option("--prewarm", type=click.Choice(["fixed", "off", "histogram"]),
+@click.option("--prewarm", type=click.Choice(["fixed", "off", "histogram", "histogram-cost"]),
               help="fixed (or off): keep idle instances for --keep-alive; histogram: learn "
-                   "each function's idle times, unload and prewarm before the next call.")
+                   "each function's idle times, unload and prewarm before the next call; "
+                   "histogram-cost: the same, keeping warm only where that costs less than "
+                   "the cold starts it saves (see docs/policies.md).")
 @click.option("--keep-alive", help="Idle time before scale to zero, like 10m (histogram: "
               "while it is still learning).")
 @click.option("--min-warm", type=click.IntRange(0, 10_000), help="Instances always warm.")

@@ -56,8 +56,8 @@ def parse_policy(body: dict[str, Any], function: str) -> PolicyRow:
     prewarm = body.get("prewarm")
     if prewarm == "off":
         prewarm = "fixed"
-    if prewarm is not None and prewarm not in ("fixed", "histogram"):
-        raise ConfigError("--prewarm", prewarm, "fixed (or off) or histogram")
+    if prewarm is not None and prewarm not in ("fixed", "histogram", "histogram-cost"):
+        raise ConfigError("--prewarm", prewarm, "fixed (or off), histogram or histogram-cost")
     keep_alive_s = None
     if body.get("keep_alive") is not None:
         raw = body["keep_alive"]

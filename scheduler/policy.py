@@ -258,7 +258,8 @@ class PolicyRouter:
     def __init__(self, default: FunctionPolicy | None = None) -> None:
         self.default = default or FunctionPolicy()
         self.overrides: dict[str, FunctionPolicy] = {}
-        self.histogram = HybridHistogram()
+        self.histograms: dict[str, HybridHistogram] = {
+            "histogram": HybridHistogram(), "histogram-cost": cost_histogram()}
 
     @property
     def name(self) -> str:
@@ -267,19 +268,39 @@ class PolicyRouter:
     def settings(self, function: str) -> FunctionPolicy:
         return self.overrides.get(function, self.default)
 
+    @property
+    def histogram(self) -> HybridHistogram:
+        return self.histograms["histogram"]
+
+    def note_memory(self, function: str, memory_mb: float) -> None:
+        """The function's memory (its limit, live), which the cost mode weighs."""
+        self.histograms["histogram-cost"].memory_mb[function] = memory_mb
+
     def on_arrival(self, function: str, now: float) -> None:
-        self.histogram.on_arrival(function, now)
+        for histogram in self.histograms.values():
+            histogram.on_arrival(function, now)
 
     def forget(self, function: str) -> None:
         self.overrides.pop(function, None)
-        self.histogram.forget(function)
+        for histogram in self.histograms.values():
+            histogram.forget(function)
+            histogram.memory_mb.pop(function, None)
 
     def on_idle(self, function: str, now: float) -> Decision:
         settings = self.settings(function)
-        if settings.prewarm == "histogram":
-            return self.histogram.decide(function, now, settings.keep_alive_s)
-        self.histogram.note_idle(function, now)
-        return Decision(keep_until=now + settings.keep_alive_s)
+        decision = Decision(keep_until=now + settings.keep_alive_s)
+        for kind, histogram in self.histograms.items():
+            if kind == settings.prewarm:
+                decision = histogram.decide(function, now, settings.keep_alive_s)
+            else:
+                histogram.note_idle(function, now)
+        return decision
+
+
+def cost_histogram(break_even_s: float = 2400.0) -> HybridHistogram:
+    """The histogram in cost mode (`histogram-cost`): see docs/policies.md."""
+    return HybridHistogram(break_even_s=break_even_s, warmup_keep_alive_s=600.0, min_samples=3,
+                           prewarm_margin=1.0, keep_margin=1.0, reference_mb=1024.0)
 
 
 def parse_policy(spec: str) -> Policy:
@@ -290,9 +311,7 @@ def parse_policy(spec: str) -> Policy:
     if kind == "histogram" and not arg:
         return HybridHistogram()
     if kind == "histogram-cost":
-        return HybridHistogram(
-            break_even_s=_seconds(arg or "40m", spec), warmup_keep_alive_s=600.0, min_samples=3,
-            prewarm_margin=1.0, keep_margin=1.0, reference_mb=1024.0)
+        return cost_histogram(_seconds(arg or "40m", spec))
     raise ValueError(f'unknown policy "{spec}": expected fixed:DURATION (like fixed:10m), '
                      "histogram, or histogram-cost[:BREAK_EVEN] (like histogram-cost:40m)")
 

@@ -317,12 +317,16 @@ class Scheduler:
 
     # -- starting instances -----------------------------------------------------------------
 
+    def _learn(self, key: VersionKey, version: Version) -> None:
+        self._known[key] = version
+        self.policies.note_memory(version.function, version.config.memory_bytes / (1 << 20))
+
     def _start_for(self, key: VersionKey) -> None:
         """Start as many instances as the waiting calls need, within the instance limit."""
         waiting = self._waiting.get(key)
         if waiting is None:
             return
-        self._known[key] = waiting.version
+        self._learn(key, waiting.version)
         needed = len(waiting.queue) - self.pool.starting(key)
         room = self.policies.settings(key[0]).max_instances - self.pool.count(key)
         concurrency = waiting.version.config.concurrency
@@ -475,7 +479,7 @@ class Scheduler:
             return
         self._conns.setdefault(instance.id, []).append(conn)
         key = (version.function, version.version)
-        self._known[key] = version
+        self._learn(key, version)
         self.pool.relabel(instance, key)
         self.pool.mark_ready(instance, self.clock())
         self._hand_out(key, cold=True)
@@ -591,7 +595,7 @@ class Scheduler:
         key = (version.function, version.version)
         previous = self._active.get(version.function)
         self._active[version.function] = key
-        self._known[key] = version
+        self._learn(key, version)
         if previous is not None and previous != key and self.pool.count(previous) == 0:
             self._known.pop(previous, None)
         if previous != key:
