@@ -29,6 +29,9 @@ async def test_set_show_and_reset_a_function_policy(running: Running) -> None:
     assert (data["prewarm"], data["keep_alive_s"], data["max_instances"]) == \
         ("histogram", 120.0, 3)
     assert running.platform.scheduler.policies.settings("pid").max_instances == 3
+    status, data = await running.admin("PUT", "/v1/functions/pid/policy",
+                                       json={"prewarm": "histogram-cost"})
+    assert (status, data["prewarm"], data["keep_alive_s"]) == (200, "histogram-cost", 120.0)
 
     status, data = await running.admin("PUT", "/v1/policy", json={"keep_alive": "30s"})
     assert (status, data["keep_alive_s"]) == (200, 30.0)

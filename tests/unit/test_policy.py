@@ -116,3 +116,23 @@ def test_parse_policy(spec: str, name: str) -> None:
 def test_parse_policy_rejects(spec: str) -> None:
     with pytest.raises(ValueError, match=spec):
         parse_policy(spec)
+
+
+def test_the_live_router_runs_the_policy_each_function_has() -> None:
+    from scheduler.policy import FunctionPolicy, PolicyRouter, cost_histogram
+
+    router = PolicyRouter(FunctionPolicy(keep_alive_s=600))
+    router.overrides["costly"] = FunctionPolicy(prewarm="histogram-cost", keep_alive_s=600)
+    router.note_memory("costly", 2048)
+    twin = cost_histogram()
+    twin.memory_mb["costly"] = 2048
+    now = 0.0
+    for gap_s in [300.0] * 8:  # a call every 5 minutes, 1 s each
+        for policy in (router, twin):
+            policy.on_arrival("costly", now)
+            policy.on_arrival("plain", now)
+        expected = twin.decide("costly", now + 1, 600)
+        assert router.on_idle("costly", now + 1) == expected
+        assert router.on_idle("plain", now + 1) == Decision(keep_until=now + 601)
+        now += gap_s
+    assert expected.keep_until < now - 300 + 1 + 600  # it did not fall back to the keep-alive
