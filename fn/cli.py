@@ -625,10 +625,12 @@ def trigger_list(ctx: click.Context, name: str | None, as_json: bool) -> None:
 
 @trigger.command("delete")
 @click.argument("trigger_id", type=int)
+@click.option("--force", is_flag=True, help="Forget a table trigger even when its database "
+              "cannot be reached (what it installed there then stays).")
 @click.pass_context
-def trigger_delete(ctx: click.Context, trigger_id: int) -> None:
+def trigger_delete(ctx: click.Context, trigger_id: int, force: bool) -> None:
     """Delete trigger ID (a table trigger is uninstalled from its database)."""
-    _api(ctx, "DELETE", f"/v1/triggers/{trigger_id}")
+    _api(ctx, "DELETE", f"/v1/triggers/{trigger_id}" + ("?force=1" if force else ""))
     click.echo(f"Deleted trigger {trigger_id}.")
 
 

@@ -15,7 +15,15 @@ from gateway.errors import bad_request, error_response, json_response
 from gateway.platform import PLATFORM, Platform
 from gateway.units import FILENAME, NAME, ConfigError, parse_function_config
 from scheduler.scheduler import StartFailed
-from store import Activation, ActivationId, Function, FunctionNotFound, Version, VersionNotFound
+from store import (
+    Activation,
+    ActivationId,
+    Function,
+    FunctionNotFound,
+    TriggerError,
+    Version,
+    VersionNotFound,
+)
 
 routes = web.RouteTableDef()
 MAX_ACTIVATIONS = 1000
@@ -169,6 +177,10 @@ async def delete_function(request: web.Request) -> web.Response:
         await platform.store.delete_function(name)
     except FunctionNotFound:
         return _not_found(name)
+    except TriggerError as exc:
+        return error_response(503, "watched_database_unavailable",
+                              f"cannot uninstall a table trigger of {name} ({exc}); retry, or "
+                              "remove it with fn trigger delete ID --force first")
     platform.triggers_changed()
     platform.functions.invalidate(name)
     await platform.scheduler.retire(name)

@@ -19,11 +19,15 @@ Commit = Callable[[list[T]], Awaitable[Sequence["R | Exception"]]]
 
 class GroupCommit(Generic[T, R]):
     def __init__(self, commit: Commit[T, R], *, max_batch: int = 500,
+                 max_bytes: int = 32 << 20, size: Callable[[T], int] = lambda _: 0,
                  after: Callable[[], None] | None = None) -> None:
         """`commit(items)` commits a batch and returns, per item, its result or the
-        exception that item's caller gets; `after()` runs after each committed batch."""
+        exception that item's caller gets; `after()` runs after each committed batch. A batch
+        holds at most `max_batch` items and (beyond its first) `max_bytes` of `size`."""
         self._commit = commit
         self._after = after
+        self._size = size
+        self.max_bytes = max_bytes
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self.max_batch = max_batch
@@ -38,8 +42,14 @@ class GroupCommit(Generic[T, R]):
     async def _flush(self) -> None:
         try:
             while self._waiting:
-                batch = self._waiting[: self.max_batch]
-                del self._waiting[: len(batch)]
+                count, total = 0, 0
+                for item, _ in self._waiting[: self.max_batch]:
+                    total += self._size(item)
+                    if count and total > self.max_bytes:
+                        break
+                    count += 1
+                batch = self._waiting[:count]
+                del self._waiting[:count]
                 try:
                     results = await self._commit([item for item, _ in batch])
                 except Exception as exc:

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import functools
 import logging
 import random
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.invoke import CallResult, execute
+from gateway.invoke import CallResult, _no_nul, execute
 from gateway.platform import Platform
 from gateway.settings import EventSettings
 from store import (
@@ -37,6 +39,7 @@ from store import (
 log = logging.getLogger("ember.gateway.delivery")
 MAX_RESULT_BYTES = 1 << 20
 _PERMANENT_HTTP = frozenset(range(400, 500)) - {408, 425, 429}
+_SECONDS = re.compile(r"[0-9]{1,9}")
 
 
 def backoff_s(attempt: int, settings: EventSettings, rng: random.Random) -> float:
@@ -53,7 +56,7 @@ def _retry_after(result: CallResult) -> float | None:
     if isinstance(asked, int | float):
         return max(0.0, float(asked))
     for key, value in result.headers:
-        if key.lower() == "retry-after" and value.strip().isdigit():
+        if key.lower() == "retry-after" and _SECONDS.fullmatch(value.strip()):
             return float(value)
     return None
 
@@ -63,14 +66,15 @@ def decide(claimed: Claimed, version: Version, result: CallResult, *, now: dt.da
            activation: ActivationId | None) -> Outcome:
     """The outcome of one attempt: succeeded, a retry at some time, or dead (pure)."""
     config = version.config
-    base: dict[str, Any] = {"id": claimed.id, "attempt": claimed.attempt, "logs": result.logs,
+    base: dict[str, Any] = {"id": claimed.id, "claim": claimed.claim, "logs": result.logs,
                             "activation": activation, "http_status": result.http_status}
     if result.status == "throttled":  # nothing ran: try again soon, the attempt not counted
         return Outcome(status="pending", uncounted=True, error={
             "type": "NoCapacity", "message": result.message},
-            run_at=now + dt.timedelta(seconds=result.retry_after_s or 1.0), **base)
+            run_at=now + dt.timedelta(seconds=min(result.retry_after_s or 1.0, 60.0)), **base)
     if result.status == "success" and result.http_status < 400:
-        content_type = next((v for k, v in result.headers if k.lower() == "content-type"), None)
+        content_type = next((_no_nul(v) for k, v in result.headers
+                             if k.lower() == "content-type"), None)
         body = result.body
         if len(body) > MAX_RESULT_BYTES:
             body = body[:MAX_RESULT_BYTES]
@@ -79,7 +83,7 @@ def decide(claimed: Claimed, version: Version, result: CallResult, *, now: dt.da
     error: Mapping[str, Any]
     if result.status == "success":  # the handler answered with an error status
         error = {"type": f"HTTP{result.http_status}",
-                 "message": result.body[:1000].decode("utf-8", "replace")}
+                 "message": _no_nul(result.body[:1000].decode("utf-8", "replace"))}
     else:
         error = result.error or {"type": result.status, "message": result.message}
     permanent = (error.get("retry") is False
@@ -94,7 +98,7 @@ def decide(claimed: Claimed, version: Version, result: CallResult, *, now: dt.da
     delay = _retry_after(result)
     if delay is None:
         delay = backoff_s(claimed.attempt, settings, rng)
-    run_at = now + dt.timedelta(seconds=delay)
+    run_at = now + dt.timedelta(seconds=min(delay, config.max_event_age_s + 1))
     if (run_at - claimed.created_at).total_seconds() > config.max_event_age_s:
         return Outcome(status="dead", error={
             **error, "dead_because": f"a retry would be older than max_event_age "
@@ -131,12 +135,42 @@ class OutcomeWriter:
                 await asyncio.sleep(self.retry_s)
 
     async def flush(self) -> None:
+        """Write what is pending. DatabaseUnavailable leaves it pending; any other failure
+        (one outcome the database refuses) is isolated: see `_write_one_by_one`."""
         async with self._lock:
             while self._pending:
                 batch = self._pending[: self.max_batch]
-                await self._platform.store.finish(batch)
+                try:
+                    await self._platform.store.finish(batch)
+                except DatabaseUnavailable:
+                    raise
+                except Exception:
+                    log.exception("a batch of delivery outcomes was refused; writing them "
+                                  "one by one")
+                    await self._write_one_by_one(batch)
                 del self._pending[: len(batch)]
             self._has_pending.clear()
+
+    async def _write_one_by_one(self, batch: list[Outcome]) -> None:
+        for outcome in batch:
+            try:
+                await self._platform.store.finish([outcome])
+                continue
+            except DatabaseUnavailable:
+                raise
+            except Exception as exc:
+                refused = exc
+            # Keep the decision, drop what the database refused (result, logs, error text).
+            bare = dataclasses.replace(outcome, result=None, result_type=None, logs="", error={
+                "type": "UnrecordableOutcome",
+                "message": f"the outcome could not be stored: {type(refused).__name__}"})
+            try:
+                await self._platform.store.finish([bare])
+            except DatabaseUnavailable:
+                raise
+            except Exception:  # its lease runs out and it is delivered again
+                log.exception("could not record a delivery outcome",
+                              extra={"delivery": str(outcome.id)})
 
 
 class DeliveryWorker:
@@ -148,8 +182,10 @@ class DeliveryWorker:
         self.outcomes = OutcomeWriter(platform)
         self._wake = asyncio.Event()
         self._slot_free = asyncio.Event()
-        self._inflight: dict[ActivationId, asyncio.Task[None]] = {}
+        # By (delivery, claim): a delivery whose lease ran out may be claimed again here.
+        self._inflight: dict[tuple[ActivationId, int], asyncio.Task[None]] = {}
         self._rng = random.Random()
+        self._stopping = False
 
     def wake(self) -> None:
         """New work may be due (a NOTIFY on `ember_deliveries`)."""
@@ -161,8 +197,10 @@ class DeliveryWorker:
         return len(self._inflight) >= self.settings.concurrency
 
     async def run(self) -> None:
+        """Claim and start deliveries until `stop`; a claim in progress is completed first, so
+        nothing claimed is left without a task."""
         store = self._platform.store
-        while True:
+        while not self._stopping:
             free = self.settings.concurrency - len(self._inflight)
             if free <= 0:
                 self._slot_free.clear()
@@ -171,29 +209,34 @@ class DeliveryWorker:
             self._wake.clear()
             try:
                 claimed = await store.claim(free, self.settings.lease_margin_s)
-            except DatabaseUnavailable as exc:
-                log.warning("cannot claim deliveries, retrying: %s", exc)
-                await asyncio.sleep(self.settings.poll_s)
+            except Exception as exc:  # DatabaseUnavailable, or a query the server refused
+                log.warning("cannot claim deliveries, retrying: %r", exc)
+                await self._sleep(self.settings.poll_s)
                 continue
             for item in claimed:
+                key = (item.id, item.claim)
                 task = asyncio.create_task(self._deliver(item), name=f"delivery {item.id}")
-                self._inflight[item.id] = task
-                task.add_done_callback(functools.partial(self._done, item.id))
+                self._inflight[key] = task
+                task.add_done_callback(functools.partial(self._done, key))
             if len(claimed) == free:
                 continue
             timeout = self.settings.poll_s
             if not self._wake.is_set():
                 try:
                     due = await store.next_delivery_due_s()
-                except DatabaseUnavailable:
+                except Exception:
                     due = None
                 if due is not None:
                     timeout = min(timeout, max(due, 0.001))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
+                await self._sleep(timeout)
 
-    def _done(self, delivery_id: ActivationId, _task: asyncio.Task[None]) -> None:
-        self._inflight.pop(delivery_id, None)
+    async def _sleep(self, timeout_s: float) -> None:
+        """Until woken (new work, or stop) or `timeout_s`."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout_s)
+
+    def _done(self, key: tuple[ActivationId, int], _task: asyncio.Task[None]) -> None:
+        self._inflight.pop(key, None)
         self._slot_free.set()
 
     async def _deliver(self, claimed: Claimed) -> None:
@@ -210,7 +253,7 @@ class DeliveryWorker:
             version = await platform.functions.resolve(claimed.function, claimed.version)
         except (FunctionNotFound, VersionNotFound) as exc:
             self._finish(claimed, Outcome(
-                id=claimed.id, attempt=claimed.attempt, status="dead",
+                id=claimed.id, claim=claimed.claim, status="dead",
                 error={"type": type(exc).__name__, "message": str(exc),
                        "dead_because": "the function or version no longer exists"}))
             return
@@ -219,7 +262,7 @@ class DeliveryWorker:
         age_s = (dt.datetime.now(dt.UTC) - claimed.created_at).total_seconds()
         if age_s > version.config.max_event_age_s:
             self._finish(claimed, Outcome(
-                id=claimed.id, attempt=claimed.attempt, status="dead",
+                id=claimed.id, claim=claimed.claim, status="dead",
                 error={"type": "Expired", "message": f"{age_s:.0f}s old",
                        "dead_because": f"older than max_event_age "
                                        f"({version.config.max_event_age_s:g}s)"}))
@@ -236,8 +279,16 @@ class DeliveryWorker:
         except Exception:  # a bug: the lease runs out and the delivery is taken again
             log.exception("delivery failed", extra={"delivery": str(claimed.id)})
             return
-        outcome = decide(claimed, version, result, now=dt.datetime.now(dt.UTC),
-                         settings=self.settings, rng=self._rng, activation=activation)
+        try:
+            outcome = decide(claimed, version, result, now=dt.datetime.now(dt.UTC),
+                             settings=self.settings, rng=self._rng, activation=activation)
+        except Exception:  # a bug: retry it as a plain failure rather than lose the outcome
+            log.exception("could not decide a delivery's outcome",
+                          extra={"delivery": str(claimed.id)})
+            outcome = Outcome(id=claimed.id, claim=claimed.claim, status="pending",
+                              run_at=dt.datetime.now(dt.UTC) + dt.timedelta(
+                                  seconds=backoff_s(claimed.attempt, self.settings, self._rng)),
+                              error={"type": "InternalError", "message": "see the gateway's log"})
         if outcome.status == "succeeded":
             metrics.delivery_latency.labels(claimed.source).observe(
                 wait_s + time.perf_counter() - t0)
@@ -255,9 +306,16 @@ class DeliveryWorker:
                                                 "error": dict(outcome.error or {})})
         self.outcomes.add(outcome)
 
+    def stop_claiming(self) -> None:
+        """Make `run` return after the claim in progress (if any) has started its tasks."""
+        self._stopping = True
+        self._wake.set()
+        self._slot_free.set()
+
     async def stop(self, grace_s: float) -> None:
         """Let in-flight deliveries finish for up to `grace_s`, record their outcomes, and give
-        the rest back to the queue (due at once, the attempt not counted)."""
+        the rest back to the queue (due at once, the attempt not counted). Call after `run`
+        has returned (see `stop_claiming`)."""
         tasks = list(self._inflight.values())
         if tasks:
             await asyncio.wait(tasks, timeout=grace_s)
@@ -269,9 +327,9 @@ class DeliveryWorker:
             await self.outcomes.flush()
             if unfinished:
                 await self._platform.store.release(unfinished)
-        except DatabaseUnavailable as exc:
+        except Exception as exc:
             log.warning("could not record the last delivery outcomes (they will be "
-                        "redelivered): %s", exc)
+                        "redelivered when their leases end): %r", exc)
 
 
 async def housekeeping(platform: Platform, *, sample_s: float = 5.0,
@@ -287,6 +345,6 @@ async def housekeeping(platform: Platform, *, sample_s: float = 5.0,
                     platform.settings.events.retention_s)
                 if pruned:
                     log.info("pruned succeeded deliveries", extra={"deleted": pruned})
-        except DatabaseUnavailable as exc:
-            log.warning("delivery housekeeping failed, retrying: %s", exc)
+        except Exception as exc:  # DatabaseUnavailable, or a query the server refused
+            log.warning("delivery housekeeping failed, retrying: %r", exc)
         await asyncio.sleep(sample_s)

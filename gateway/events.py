@@ -12,10 +12,11 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime as dt
+import logging
 import re
 import uuid
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import orjson
 from aiohttp import web
@@ -29,6 +30,7 @@ from gateway.triggers import next_tick, parse_schedule
 from gateway.units import ConfigError
 from store import (
     ActivationId,
+    DatabaseUnavailable,
     Delivery,
     Event,
     FunctionNotFound,
@@ -40,6 +42,7 @@ from store import (
 )
 from store.outbox import OPERATIONS, WatchedDatabase
 
+log = logging.getLogger("ember.gateway.events")
 routes = web.RouteTableDef()
 TOPIC = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 TABLE = re.compile(r'^("?[A-Za-z_][A-Za-z0-9_$]*"?\.)?"?[A-Za-z_][A-Za-z0-9_$]*"?$')
@@ -76,7 +79,7 @@ def publisher(platform: Platform) -> GroupCommit[Event, int]:
                 results.append(exc)
         return results
 
-    return GroupCommit(commit, after=platform.wake_deliveries)
+    return GroupCommit(commit, after=platform.wake_deliveries, size=lambda e: len(e.payload))
 
 
 PUBLISHER = web.AppKey("publisher", GroupCommit[Event, int])
@@ -190,12 +193,16 @@ def trigger_json(trigger: Trigger) -> dict[str, Any]:
 
 
 def _redact(url: str) -> str:
-    """A database URL without its password (the URL is a secret; this is what is shown)."""
+    """A database URL without its password, in the user part or in the query (the URL is a
+    secret; this is what is shown)."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    if parts.password is not None:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1))
+    if parts.query:
+        query = [(k, "***" if "pass" in k.lower() else v)
+                 for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+        parts = parts._replace(query=urlencode(query, safe="/*"))
+    return parts.geturl()
 
 
 def _trigger_from_body(name: str, body: dict[str, Any]) -> Trigger:
@@ -265,6 +272,7 @@ async def add_trigger(request: web.Request) -> web.Response:
         finally:
             if temporary:
                 await db.close()
+        await platform.store.set_trigger_table(trigger.id, qualified)
         trigger = dataclasses.replace(trigger, table_name=qualified)
     platform.triggers_changed()
     return json_response(trigger_json(trigger), status=201)
@@ -277,13 +285,19 @@ async def list_triggers(request: web.Request) -> web.Response:
     return json_response({"triggers": [trigger_json(t) for t in triggers]})
 
 
-async def remove_trigger(request: web.Request, trigger: Trigger) -> None:
-    """Uninstall what a table trigger installed, then forget the trigger."""
+async def remove_trigger(request: web.Request, trigger: Trigger, *, force: bool = False) -> None:
+    """Uninstall what a table trigger installed, then forget the trigger. With `force`, a
+    watched database that cannot be reached does not stop the trigger being forgotten (what
+    was installed there stays: the log says so)."""
     if trigger.kind == "table":
-        assert trigger.table_name is not None
         db, temporary = _watched(request, trigger.database_url)
         try:
-            await db.uninstall(trigger.id, trigger.table_name)
+            await db.uninstall(trigger.id)
+        except (DatabaseUnavailable, TriggerError) as exc:
+            if not force:
+                raise
+            log.warning("forgot a table trigger without uninstalling it: %s", exc,
+                        extra={"trigger": trigger.id, "table": trigger.table_name})
         finally:
             if temporary:
                 await db.close()
@@ -296,11 +310,17 @@ async def delete_trigger(request: web.Request) -> web.Response:
     if not raw.isdigit():
         raise bad_request("bad_trigger_id", f'"{raw}" is not a trigger id (see fn trigger list)')
     platform = _platform(request)
+    force = request.query.get("force") in ("1", "true", "yes")
     try:
         trigger = await platform.store.get_trigger(int(raw))
-        await remove_trigger(request, trigger)
+        await remove_trigger(request, trigger, force=force)
     except NotFound as exc:
         return error_response(404, "trigger_not_found", str(exc))
+    except (DatabaseUnavailable, TriggerError) as exc:
+        return error_response(
+            503, "watched_database_unavailable",
+            f"cannot uninstall trigger {raw} from its database ({exc}); retry, or forget it "
+            f"with: fn trigger delete {raw} --force (what it installed then stays there)")
     platform.triggers_changed()
     return json_response({"deleted": trigger_json(trigger)})
 

@@ -84,7 +84,7 @@ async def submit_async(platform: Platform, request: web.Request, version: Versio
         return error_response(400, "bad_idempotency_key",
                               f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters")
     delivery = NewDelivery(id=new_activation_id(), function=version.function, version=pinned,
-                           payload=body, meta=request_meta(request),
+                           payload=body, meta=_stored_meta(request),
                            idempotency_key=_text(key) if key is not None else None)
     try:
         activation_id, created = await platform.submitter.submit(delivery)
@@ -93,6 +93,10 @@ async def submit_async(platform: Platform, request: web.Request, version: Versio
         return error_response(503, "database_unavailable",
                               f"the call was not accepted: the database is unavailable ({exc}); "
                               "retry shortly", headers={"Retry-After": "1"})
+    except Exception:
+        log.exception("cannot accept an async call", extra={"function": version.function})
+        return error_response(500, "internal_error", "the call was not accepted (internal "
+                              "error; see the gateway's logs)")
     return json_response(
         {"activation_id": str(activation_id), "status": "accepted" if created else "duplicate",
          "function": version.function},
@@ -109,6 +113,22 @@ def request_meta(request: web.Request) -> dict[str, Any]:
         "headers": [(k, _text(v)) for k, v in request.headers.items()],
         "content_type": _text(request.headers.get("Content-Type", "")),
     }
+
+
+# Credentials of the caller are not kept in the queue (days, or until a dead letter is
+# redriven): an async handler does not see them.
+_NOT_STORED = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+
+def _stored_meta(request: web.Request) -> dict[str, Any]:
+    """`request_meta` as kept with an async call: no NUL (Postgres refuses it in jsonb), no
+    credentials."""
+    meta = request_meta(request)
+    meta["headers"] = [(k, _no_nul(v)) for k, v in meta["headers"]
+                       if k.lower() not in _NOT_STORED]
+    for key in ("path", "query", "content_type"):
+        meta[key] = _no_nul(meta[key])
+    return meta
 
 
 async def _call(platform: Platform, request: web.Request, version: Version,

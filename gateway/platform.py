@@ -22,7 +22,7 @@ from gateway.metrics import Metrics, PoolReadout
 from gateway.settings import Settings
 from scheduler.backends.local import LocalBackend
 from scheduler.scheduler import Scheduler
-from store import ActivationId, NewDelivery, Store
+from store import ActivationId, DatabaseUnavailable, NewDelivery, Store
 from store.embedded import EmbeddedPostgres, start_embedded_postgres
 
 if TYPE_CHECKING:
@@ -75,13 +75,30 @@ class Platform:
     deliveries: DeliveryWorker | None = None
     relays: TableRelays | None = None
     _triggers_changed: list[asyncio.Event] = field(default_factory=list)
+    _stopping: bool = False
 
     def __post_init__(self) -> None:
-        async def submit(batch: list[NewDelivery]) -> list[tuple[ActivationId, bool]]:
-            return await self.store.submit_batch(batch, notify=self.must_notify())
+        async def submit(batch: list[NewDelivery],
+                         ) -> list[tuple[ActivationId, bool] | Exception]:
+            try:
+                return list(await self.store.submit_batch(batch, notify=self.must_notify()))
+            except DatabaseUnavailable:
+                raise
+            except Exception:
+                if len(batch) == 1:
+                    raise
+            # The database refused the batch: one by one, so that only the culprit fails.
+            results: list[tuple[ActivationId, bool] | Exception] = []
+            for item in batch:
+                try:
+                    results.append(await self.store.submit(item, notify=self.must_notify()))
+                except Exception as exc:
+                    results.append(exc)
+            return results
 
         # Concurrent async invocations share one INSERT (see GroupCommit).
-        self.submitter = GroupCommit(submit, after=self.wake_deliveries)
+        self.submitter = GroupCommit(submit, after=self.wake_deliveries,
+                                     size=lambda d: len(d.payload))
 
     @classmethod
     async def start(cls, settings: Settings) -> Platform:
@@ -194,7 +211,7 @@ class Platform:
         task = asyncio.create_task(coro, name=name)
 
         def done(t: asyncio.Task[Any]) -> None:
-            if not t.cancelled():
+            if not t.cancelled() and not self._stopping:
                 log.error("background task %r stopped", name, exc_info=t.exception())
                 self.scheduler.broken.set()
 
@@ -216,10 +233,13 @@ class Platform:
         return None
 
     async def stop(self) -> None:
+        self._stopping = True
         if self.deliveries is not None:
-            for task in self._tasks:
-                if task.get_name() == "delivery worker":
-                    task.cancel()  # claim nothing more, then let the claimed ones finish
+            # Claim nothing more (a claim in flight still starts its deliveries), then let the
+            # claimed ones finish.
+            self.deliveries.stop_claiming()
+            worker = next(t for t in self._tasks if t.get_name() == "delivery worker")
+            await asyncio.wait([worker], timeout=self.settings.shutdown_timeout_s)
             await self.deliveries.stop(self.settings.shutdown_timeout_s)
         for task in (*self._tasks, *self._side_tasks):
             task.cancel()

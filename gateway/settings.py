@@ -31,9 +31,10 @@ class EventSettings:
     """Run delivery workers, schedules and table relays in this gateway (FN_DELIVERIES=0: no)."""
     concurrency: int = 64
     """Deliveries one gateway runs at once (FN_DELIVERY_CONCURRENCY)."""
-    lease_margin_s: float = 30.0
-    """A claimed delivery is leased for its function's timeout plus this (FN_DELIVERY_LEASE);
-    if the gateway dies, another takes it over when the lease ends."""
+    lease_margin_s: float = 120.0
+    """A claimed delivery is leased for its function's timeout plus this (FN_DELIVERY_LEASE),
+    which covers waiting for an instance (the queue timeout, a cold start) and recording the
+    outcome; if the gateway dies, another takes the delivery over when the lease ends."""
     retry_base_s: float = 1.0
     """First retry delay (FN_RETRY_BASE); doubled each attempt, with jitter."""
     retry_max_s: float = 600.0

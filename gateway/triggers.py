@@ -32,7 +32,7 @@ from store import DatabaseUnavailable, Store, Trigger
 from store.outbox import WatchedDatabase
 
 log = logging.getLogger("ember.gateway.triggers")
-MAX_MISSED_COUNTED = 100_000
+MAX_MISSED_COUNTED = 100
 _EPSILON = dt.timedelta(microseconds=1)
 
 
@@ -58,7 +58,8 @@ def next_tick(cron: str, zone: ZoneInfo, after: dt.datetime) -> dt.datetime:
 
 def plan(trigger: Trigger, now: dt.datetime) -> tuple[dt.datetime, int, dt.datetime]:
     """For a due schedule: (the tick to fire, how many earlier ticks it stands for, the next
-    tick after now). The tick fired is the latest one not after `now` (pure)."""
+    tick after now). The tick fired is the latest one not after `now`; missed ticks are
+    counted up to MAX_MISSED_COUNTED (a longer outage says "at least" that many) (pure)."""
     cron, timezone, tick = trigger.cron, trigger.timezone, trigger.next_fire_at
     assert cron is not None
     assert timezone is not None
@@ -88,8 +89,8 @@ async def run_schedules(platform: Platform, wake: asyncio.Event, *, poll_s: floa
             if fired:
                 log.info("schedules fired", extra={"deliveries": len(fired)})
             nxt = await store.next_schedule_due()
-        except DatabaseUnavailable as exc:
-            log.warning("cannot fire schedules, retrying: %s", exc)
+        except Exception as exc:  # DatabaseUnavailable, or a query the server refused
+            log.warning("cannot fire schedules, retrying: %r", exc)
             nxt = None
         timeout = poll_s
         if nxt is not None:
@@ -136,8 +137,8 @@ class TableRelays:
                 wake.clear()
                 try:
                     await self.sync()
-                except DatabaseUnavailable as exc:
-                    log.warning("cannot list table triggers, retrying: %s", exc)
+                except Exception as exc:
+                    log.warning("cannot list table triggers, retrying: %r", exc)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), self.poll_s * 6)
         finally:

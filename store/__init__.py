@@ -84,7 +84,8 @@ MIGRATION_LOCK_KEY = 0x656D626572  # "ember"
 NOTIFY_CHANNEL = "ember_functions"
 DELIVERIES_CHANNEL = "ember_deliveries"
 _UNAVAILABLE = (OSError, asyncpg.exceptions.ConnectionDoesNotExistError,
-                asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.InterfaceError)
+                asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.InterfaceError,
+                asyncpg.exceptions.AdminShutdownError)
 
 
 P = ParamSpec("P")
@@ -339,7 +340,8 @@ class Store:
             if row is not None:
                 return ActivationId(row["id"]), True
             found = await conn.fetchval(
-                QUERIES["find_delivery_by_key"], delivery.function, delivery.idempotency_key)
+                QUERIES["find_delivery_by_key"], delivery.function, delivery.source,
+                delivery.idempotency_key)
         if found is None:  # the first submission was deleted (its function too): try again
             return await self.submit(delivery, notify=notify)
         return ActivationId(found), False
@@ -355,18 +357,15 @@ class Store:
                 [d.payload for d in deliveries], [dict(d.meta) for d in deliveries], notify)
             assert row is not None
             inserted = set(row["ids"] or ())
-            results = []
+            results: list[tuple[ActivationId, bool] | None] = []
             for d in deliveries:
-                if d.id in inserted:
-                    results.append((d.id, True))
-                    continue
-                found = await conn.fetchval(QUERIES["find_delivery_by_key"], d.function,
-                                            d.idempotency_key)
-                if found is None:  # the first submission was deleted meanwhile
-                    return [*results, *[await self.submit(x, notify=notify)
-                                        for x in deliveries[len(results):]]]
-                results.append((ActivationId(found), False))
-        return results
+                found = None if d.id in inserted else await conn.fetchval(
+                    QUERIES["find_delivery_by_key"], d.function, d.source, d.idempotency_key)
+                results.append((d.id, True) if d.id in inserted
+                               else (ActivationId(found), False) if found is not None
+                               else None)  # the first submission was deleted meanwhile
+        return [r if r is not None else await self.submit(d, notify=notify)
+                for r, d in zip(results, deliveries, strict=True)]
 
     async def publish(self, event: Event, idempotency_key: str, *, notify: bool = True,
                       ) -> tuple[uuid.UUID, int, bool]:
@@ -419,7 +418,7 @@ class Store:
         columns: tuple[list[Any], ...] = tuple([] for _ in range(11))
         for o in outcomes:
             for column, value in zip(columns, (
-                    o.id, o.attempt, o.status, o.run_at, o.http_status, o.result,
+                    o.id, o.claim, o.status, o.run_at, o.http_status, o.result,
                     o.result_type, dict(o.error) if o.error is not None else None, o.logs,
                     o.activation, o.uncounted), strict=True):
                 column.append(value)
@@ -427,9 +426,11 @@ class Store:
             status = await conn.execute(QUERIES["finish_deliveries"], *columns)
         return int(status.rsplit(" ", 1)[-1])
 
-    async def release(self, ids: Sequence[ActivationId]) -> None:
+    async def release(self, claims: Sequence[tuple[ActivationId, int]]) -> None:
+        """Give back (delivery id, claim) pairs not finished: due now, the attempt uncounted."""
         async with self._conn() as conn:
-            await conn.execute(QUERIES["release_deliveries"], list(ids))
+            await conn.execute(QUERIES["release_deliveries"], [c[0] for c in claims],
+                               [c[1] for c in claims])
 
     @_retry_once
     async def next_delivery_due_s(self) -> float | None:
@@ -539,6 +540,11 @@ class Store:
         if row is None:
             raise NotFound(f"trigger {trigger_id} not found; list them with: fn trigger list")
         return Trigger.from_row(row)
+
+    async def set_trigger_table(self, trigger_id: int, table: str) -> None:
+        """Record the table a trigger was installed on, as the database names it."""
+        async with self._conn() as conn:
+            await conn.execute(QUERIES["set_trigger_table"], trigger_id, table)
 
     async def delete_trigger(self, trigger_id: int) -> Trigger:
         async with self._conn() as conn, conn.transaction():

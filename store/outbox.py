@@ -17,6 +17,7 @@ from importlib import resources
 from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from store.errors import DatabaseUnavailable, TriggerError
 from store.queries import parse_queries
@@ -65,6 +66,20 @@ class WatchedDatabase:
             await self._pool.close()
             self._pool = None
 
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
+        pool = await self._get_pool()
+        try:
+            conn = await pool.acquire()
+        except _UNAVAILABLE as exc:
+            raise DatabaseUnavailable(f"cannot connect to the watched database: {exc}") from exc
+        except asyncpg.PostgresError as exc:  # wrong password, no such database, ...
+            raise TriggerError(f"cannot connect to the watched database: {exc}") from None
+        try:
+            yield conn
+        finally:
+            await pool.release(conn)
+
     async def install(self, trigger_id: int, table: str, operations: Sequence[str]) -> str:
         """Install the outbox (once) and a trigger on `table`; returns the table's full name.
 
@@ -72,9 +87,8 @@ class WatchedDatabase:
         ops = [op.lower() for op in operations]
         if not ops or any(op not in OPERATIONS for op in ops):
             raise TriggerError(f"--on takes {', '.join(OPERATIONS)}, got {','.join(operations)}")
-        pool = await self._get_pool()
         try:
-            async with pool.acquire() as conn, conn.transaction():
+            async with self._connection() as conn, conn.transaction():
                 await conn.execute(SQL["lock"])
                 try:
                     row = await conn.fetchrow(SQL["resolve_table"], table)
@@ -100,13 +114,13 @@ class WatchedDatabase:
             raise DatabaseUnavailable(f"lost the watched database: {exc}") from exc
         return str(qualified)
 
-    async def uninstall(self, trigger_id: int, table: str) -> None:
-        """Remove the trigger and its pending changes; the outbox goes with the last trigger."""
-        pool = await self._get_pool()
+    async def uninstall(self, trigger_id: int) -> None:
+        """Remove the trigger (on whatever table it is now) and its pending changes; the
+        outbox goes with the last trigger."""
         try:
-            async with pool.acquire() as conn, conn.transaction():
+            async with self._connection() as conn, conn.transaction():
                 await conn.execute(SQL["lock"])
-                qualified = await conn.fetchval(SQL["find_table"], table)
+                qualified = await conn.fetchval(SQL["find_trigger"], _trigger_name(trigger_id))
                 if qualified is not None:
                     await conn.execute(
                         f"DROP TRIGGER IF EXISTS {_trigger_name(trigger_id)} ON {qualified}")
@@ -121,9 +135,8 @@ class WatchedDatabase:
     @asynccontextmanager
     async def changes(self, limit: int = 500) -> AsyncIterator[list[Change]]:
         """The oldest changes, locked; they are deleted when the block exits without error."""
-        pool = await self._get_pool()
         try:
-            async with pool.acquire() as conn, conn.transaction():
+            async with self._connection() as conn, conn.transaction():
                 if not await conn.fetchval(SQL["has_schema"]):
                     yield []
                     return

@@ -33,10 +33,13 @@ SELECT format('%I.%I', n.nspname, c.relname), c.relkind::text
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.oid = $1::regclass;
 
--- name: find_table
+-- name: find_trigger
+-- The table a trigger of ours is on, wherever the table has been renamed or moved to.
 SELECT format('%I.%I', n.nspname, c.relname)
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.oid = to_regclass($1);
+FROM pg_trigger t
+JOIN pg_class c ON c.oid = t.tgrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE t.tgname = $1 AND NOT t.tgisinternal;
 
 -- name: remove_changes
 DELETE FROM ember_outbox.changes WHERE trigger_id = $1;

@@ -135,7 +135,7 @@ WITH ins AS (
     INSERT INTO ember_deliveries (id, function, version, source, trigger_id, idempotency_key,
                                   payload, meta, run_at)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, coalesce($9, now()))
-    ON CONFLICT (function, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    ON CONFLICT (function, source, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id
 )
 SELECT ins.id, CASE WHEN $10 THEN pg_notify('ember_deliveries', '') END FROM ins;
@@ -147,14 +147,14 @@ WITH ins AS (
     INSERT INTO ember_deliveries (id, function, version, source, idempotency_key, payload, meta)
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[],
                          $6::bytea[], $7::jsonb[])
-    ON CONFLICT (function, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    ON CONFLICT (function, source, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id
 )
 SELECT array_agg(id) AS ids, CASE WHEN $8 THEN pg_notify('ember_deliveries', '') END AS notified
 FROM ins;
 
 -- name: find_delivery_by_key
-SELECT id FROM ember_deliveries WHERE function = $1 AND idempotency_key = $2;
+SELECT id FROM ember_deliveries WHERE function = $1 AND source = $2 AND idempotency_key = $3;
 
 -- name: notify_deliveries
 SELECT pg_notify('ember_deliveries', '');
@@ -192,8 +192,8 @@ WITH ev AS (
     SELECT event_id, count(*)::int AS n FROM ins GROUP BY event_id
 )
 SELECT (SELECT array_agg(topic ORDER BY topic) FROM missing) AS missing,
-       (SELECT array_agg(event_id) FROM counts) AS event_ids,
-       (SELECT array_agg(n) FROM counts) AS deliveries,
+       (SELECT array_agg(event_id ORDER BY event_id) FROM counts) AS event_ids,
+       (SELECT array_agg(n ORDER BY event_id) FROM counts) AS deliveries,
        CASE WHEN $5 THEN pg_notify('ember_deliveries', '') END AS notified;
 
 -- name: set_event_deliveries
@@ -206,7 +206,7 @@ SELECT gen_random_uuid(), t.function, 'table', t.id, 'change:' || c.trigger_id |
        c.payload, '{"content_type": "application/json"}'::jsonb
 FROM unnest($1::bigint[], $2::bigint[], $3::bytea[]) AS c(id, trigger_id, payload)
 JOIN ember_triggers t ON t.id = c.trigger_id AND t.kind = 'table'
-ON CONFLICT (function, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING;
+ON CONFLICT (function, source, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING;
 
 -- name: claim_deliveries
 -- Take up to $1 due deliveries; each is leased for its function's timeout plus $2 seconds.
@@ -225,13 +225,14 @@ WITH due AS (
 UPDATE ember_deliveries d SET
     status = 'running',
     attempts = d.attempts + 1,
+    claims = d.claims + 1,
     redeliveries = d.redeliveries + (due.was = 'running')::int,
     started_at = now(),
     run_at = now() + make_interval(secs => due.timeout_s + $2)
 FROM due
 WHERE d.id = due.id
 RETURNING d.id, d.function, d.version, d.source, d.trigger_id, d.event_id, d.payload, d.meta,
-          d.attempts, d.created_at, (due.was = 'running') AS redelivered;
+          d.attempts, d.claims, d.created_at, (due.was = 'running') AS redelivered;
 
 -- name: next_delivery_due
 SELECT extract(epoch FROM min(run_at) - now()) FROM ember_deliveries
@@ -239,7 +240,7 @@ WHERE status IN ('pending', 'running');
 
 -- name: finish_deliveries
 -- Record outcomes in one statement: succeeded / dead rows are final, pending ones retry at run_at.
--- Only rows still leased by this attempt change (a lease that ran out was claimed again).
+-- Only rows still under this claim change (a lease that ran out was claimed again).
 UPDATE ember_deliveries d SET
     status = o.status,
     run_at = coalesce(o.run_at, d.run_at),
@@ -253,9 +254,9 @@ UPDATE ember_deliveries d SET
     attempts = d.attempts - o.uncount::int
 FROM unnest($1::uuid[], $2::int[], $3::text[], $4::timestamptz[], $5::int[], $6::bytea[],
             $7::text[], $8::jsonb[], $9::text[], $10::uuid[], $11::bool[])
-    AS o(id, attempt, status, run_at, http_status, result, result_type, error, logs, activation,
+    AS o(id, claim, status, run_at, http_status, result, result_type, error, logs, activation,
          uncount)
-WHERE d.id = o.id AND d.attempts = o.attempt AND d.status = 'running';
+WHERE d.id = o.id AND d.claims = o.claim AND d.status = 'running';
 
 -- name: get_delivery
 SELECT * FROM ember_deliveries WHERE id = $1;
@@ -277,8 +278,9 @@ RETURNING id;
 
 -- name: release_deliveries
 -- Give back deliveries a stopping worker did not finish: due again now, the attempt not counted.
-UPDATE ember_deliveries SET status = 'pending', run_at = now(), attempts = attempts - 1
-WHERE id = ANY($1::uuid[]) AND status = 'running';
+UPDATE ember_deliveries d SET status = 'pending', run_at = now(), attempts = d.attempts - 1
+FROM unnest($1::uuid[], $2::int[]) AS r(id, claim)
+WHERE d.id = r.id AND d.claims = r.claim AND d.status = 'running';
 
 -- name: delivery_depth
 SELECT function, status, count(*)::int AS n FROM ember_deliveries
@@ -320,6 +322,9 @@ SELECT * FROM ember_triggers WHERE ($1::text IS NULL OR function = $1) ORDER BY 
 
 -- name: get_trigger
 SELECT * FROM ember_triggers WHERE id = $1;
+
+-- name: set_trigger_table
+UPDATE ember_triggers SET table_name = $2 WHERE id = $1;
 
 -- name: delete_trigger
 DELETE FROM ember_triggers WHERE id = $1 RETURNING *;

@@ -226,6 +226,8 @@ class Claimed:
     payload: bytes
     meta: Mapping[str, Any]
     attempt: int
+    claim: int
+    """Counts every claim of the delivery: its outcome is recorded only under this claim."""
     created_at: dt.datetime
     redelivered: bool
 
@@ -233,17 +235,18 @@ class Claimed:
     def from_row(cls, row: Row) -> Claimed:
         return cls(id=ActivationId(row["id"]), function=row["function"], version=row["version"],
                    source=row["source"], trigger_id=row["trigger_id"], payload=row["payload"],
-                   meta=_json(row["meta"]), attempt=row["attempts"],
+                   meta=_json(row["meta"]), attempt=row["attempts"], claim=row["claims"],
                    created_at=row["created_at"], redelivered=row["redelivered"])
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
 class Outcome:
     """How one attempt ended. `status`: succeeded, dead, or pending (retry at `run_at`);
-    `uncounted`: the attempt does not count (the platform was out of capacity)."""
+    `uncounted`: the attempt does not count (the platform was out of capacity). `claim` is the
+    claim it ran under (`Claimed.claim`)."""
 
     id: ActivationId
-    attempt: int
+    claim: int
     status: str
     run_at: dt.datetime | None = None
     http_status: int | None = None

@@ -69,6 +69,7 @@ CREATE TABLE ember_deliveries (
     status          text NOT NULL DEFAULT 'pending'
                         CHECK (status IN ('pending', 'running', 'succeeded', 'dead')),
     attempts        integer NOT NULL DEFAULT 0,
+    claims          integer NOT NULL DEFAULT 0,    -- every claim, to match outcomes to it
     redeliveries    integer NOT NULL DEFAULT 0,
     redrives        integer NOT NULL DEFAULT 0,
     run_at          timestamptz NOT NULL DEFAULT now(),
@@ -82,7 +83,9 @@ CREATE TABLE ember_deliveries (
     logs            text NOT NULL DEFAULT '',
     last_activation uuid
 );
-CREATE UNIQUE INDEX ember_deliveries_idempotency ON ember_deliveries (function, idempotency_key)
+-- Per source: a caller's Idempotency-Key can never collide with a schedule's or a table's key.
+CREATE UNIQUE INDEX ember_deliveries_idempotency
+    ON ember_deliveries (function, source, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 CREATE INDEX ember_deliveries_due ON ember_deliveries (run_at)
     WHERE status IN ('pending', 'running');
