@@ -20,20 +20,16 @@ import argparse
 import asyncio
 import datetime as dt
 import os
-import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 import orjson
 import uvloop
 
 from bench.platform import Gateway, admin_headers
-from bench.run import RESULTS, Row, latency_row, print_table
-from store.embedded import start_embedded_postgres, with_database
+from bench.run import RESULTS, Row, in_fresh_database, latency_row, print_table
 
 TRIVIAL = "def handler(event, context):\n    return None\n"
 CLOCK = "import time\n\ndef handler(event, context):\n    return {'t': time.time()}\n"
@@ -196,34 +192,12 @@ async def run(quick: bool, database_url: str, work: Path) -> list[Row]:
     return rows
 
 
-async def main_async(quick: bool) -> list[Row]:
-    with tempfile.TemporaryDirectory(prefix="ember-bench-events-") as tmp:
-        work = Path(tmp)
-        embedded = None
-        server_url = os.environ.get("DATABASE_URL")
-        if not server_url:
-            embedded = start_embedded_postgres(work / "pg")
-            server_url = embedded.url
-        name = f"ember_bench_{uuid.uuid4().hex[:8]}"
-        conn = await asyncpg.connect(server_url)
-        await conn.execute(f'CREATE DATABASE "{name}"')
-        await conn.close()
-        try:
-            return await run(quick, with_database(server_url, name), work)
-        finally:
-            conn = await asyncpg.connect(server_url)
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            await conn.close()
-            if embedded is not None:
-                embedded.stop()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.events")
     parser.add_argument("--quick", action="store_true", help="fewer events: under a minute")
     args = parser.parse_args()
     started = dt.datetime.now(dt.UTC)
-    rows = uvloop.run(main_async(args.quick))
+    rows = uvloop.run(in_fresh_database(run, args.quick))
     print_table(rows)
     RESULTS.mkdir(exist_ok=True)
     report = {"date": started.isoformat(timespec="seconds"), "quick": args.quick,

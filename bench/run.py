@@ -15,6 +15,7 @@ import platform as pyplatform
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -241,7 +242,12 @@ def print_table(rows: list[Row]) -> None:
     Console(width=160).print(table)
 
 
-async def main_async(quick: bool) -> list[Row]:
+Bench = Callable[[bool, str, Path], Awaitable[list[Row]]]
+
+
+async def in_fresh_database(bench: Bench, quick: bool) -> list[Row]:
+    """Run `bench(quick, database_url, work_dir)` on a new database of DATABASE_URL's server,
+    or of an embedded Postgres, dropped afterwards."""
     with tempfile.TemporaryDirectory(prefix="ember-bench-") as tmp:
         work = Path(tmp)
         embedded = None
@@ -254,13 +260,17 @@ async def main_async(quick: bool) -> list[Row]:
         await conn.execute(f'CREATE DATABASE "{name}"')
         await conn.close()
         try:
-            return await run(quick, with_database(server_url, name), work)
+            return await bench(quick, with_database(server_url, name), work)
         finally:
             conn = await asyncpg.connect(server_url)
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             await conn.close()
             if embedded is not None:
                 embedded.stop()
+
+
+async def main_async(quick: bool) -> list[Row]:
+    return await in_fresh_database(run, quick)
 
 
 def main() -> None:
