@@ -118,11 +118,40 @@ def _parse_env(pairs: Sequence[str]) -> dict[str, str]:
     return env
 
 
+_SKIPPED = frozenset({"__pycache__", "venv", ".venv", "node_modules"})
+
+
+def _zip_dir(root: Path) -> bytes:
+    """The function's directory as a zip: hidden files, caches and virtualenvs left out, and
+    requirements.txt (sent as the requirements)."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(root.rglob("*")):
+            rel = path.relative_to(root)
+            if any(part.startswith(".") or part in _SKIPPED for part in rel.parts) \
+                    or path.is_symlink() or not path.is_file() or path.suffix == ".pyc" \
+                    or rel == Path("requirements.txt"):
+                continue
+            archive.write(path, rel.as_posix())
+    return buffer.getvalue()
+
+
 @cli.command()
-@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--name", help="Function name. Default: the file name without .py.")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--name", help="Function name. Default: the file (or directory) name.")
 @click.option("--handler", "entry", default="handler", show_default=True,
               help="Name of the handler function in the file.")
+@click.option("--main", "main_file", default="handler.py", show_default=True,
+              help="With a directory: the module that holds the handler.")
+@click.option("--requirements", "requirements_file",
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A requirements.txt to install for the function (a directory's own "
+                   "requirements.txt is used without this).")
+@click.option("--preimport", help="Modules to import when an instance starts, before the "
+              "function's module, like numpy,pandas.")
 @click.option("--env", "env_pairs", multiple=True, metavar="NAME=VALUE",
               help="Environment variable for the function (repeatable).")
 @click.option("--timeout", help="Time limit per call, like 30s or 5m. Default: 30s.")
@@ -134,31 +163,83 @@ def _parse_env(pairs: Sequence[str]) -> dict[str, str]:
               "still be retried, like 1h or 2d. Default: 1d.")
 @json_option
 @click.pass_context
-def deploy(ctx: click.Context, path: Path, name: str | None, entry: str,
+def deploy(ctx: click.Context, path: Path, name: str | None, entry: str, main_file: str,
+           requirements_file: Path | None, preimport: str | None,
            env_pairs: tuple[str, ...], timeout: str | None, memory: str | None,
            concurrency: str | None, max_attempts: str | None, max_event_age: str | None,
            as_json: bool) -> None:
-    """Deploy PATH (a Python file with a handler) as a new version, and make it active."""
+    """Deploy PATH as a new version, and make it active.
+
+    PATH is a Python file with a handler, or a directory holding handler.py (see --main), other
+    modules and files, and optionally a requirements.txt.
+    """
+    import base64
+
+    payload: dict[str, Any] = {"entry": entry, "env": _parse_env(env_pairs)}
+    requirements = None
+    if path.is_dir():
+        main = path / main_file
+        if not main.is_file():
+            _fail(f"{path} has no {main_file}; give the module that holds the handler with "
+                  "--main")
+        payload["archive"] = base64.b64encode(_zip_dir(path)).decode()
+        payload["filename"] = main_file
+        if (path / "requirements.txt").is_file():
+            requirements = (path / "requirements.txt").read_text()
+        source_path = main
+        default_name = path.resolve().name
+    else:
+        source_path = path
+        payload["filename"] = path.name
+        default_name = path.stem
     try:
-        source = path.read_text()
+        payload["source"] = source_path.read_text()
     except UnicodeDecodeError:
-        _fail(f"{path} is not a UTF-8 text file")
-    payload: dict[str, Any] = {
-        "name": name or path.stem.lower().replace("_", "-"),
-        "source": source, "filename": path.name, "entry": entry, "env": _parse_env(env_pairs),
-    }
+        _fail(f"{source_path} is not a UTF-8 text file")
+    if requirements_file is not None:
+        requirements = requirements_file.read_text()
+    if requirements:
+        payload["requirements"] = requirements
+    payload["name"] = name or default_name.lower().replace("_", "-")
     for key, value in (("timeout", timeout), ("memory", memory), ("concurrency", concurrency),
-                       ("max_attempts", max_attempts), ("max_event_age", max_event_age)):
+                       ("max_attempts", max_attempts), ("max_event_age", max_event_age),
+                       ("preimport", preimport)):
         if value is not None:
             payload[key] = value
+    if requirements and not as_json:
+        click.echo("Installing the requirements (once per set of requirements)...", err=True)
     version = _api(ctx, "POST", "/v1/functions", payload)
     if as_json:
         _print_json(version)
         return
     click.echo(f'Deployed {version["function"]} version {version["version"]} '
                f'(sha256 {version["sha256"][:12]}).')
+    if version.get("environment"):
+        packages = len(version["lock"].splitlines())
+        click.echo(f"Environment {version['environment'][:12]}: {packages} package(s); "
+                   f"build output: fn build-logs {version['function']}")
     click.echo(f"Call it: fn invoke {version['function']} --data '{{}}'   or   "
                f"POST {_client(ctx).url}/fn/{version['function']}")
+
+
+@cli.command("build-logs")
+@click.argument("name")
+@click.option("--limit", "-n", default=1, show_default=True, type=click.IntRange(1, 100),
+              help="How many recent builds.")
+@json_option
+@click.pass_context
+def build_logs(ctx: click.Context, name: str, limit: int, as_json: bool) -> None:
+    """Show the output of NAME's latest requirement builds (failed ones included)."""
+    data = _api(ctx, "GET", f"/v1/functions/{name}/builds?limit={limit}")
+    if as_json:
+        _print_json(data)
+        return
+    if not data["builds"]:
+        click.echo(f"{name} has no builds: it was deployed without requirements.")
+    for b in data["builds"][::-1]:
+        click.echo(f"--- build {b['id']} {b['created_at'][:19]} {b['status']} "
+                   f"({b['duration_s']:.1f}s) environment {b['environment'][:12]}")
+        click.echo(b["log"].rstrip("\n"))
 
 
 def _read_data(data: str | None, content_type: str | None) -> tuple[bytes | None, str | None]:

@@ -62,7 +62,8 @@ def discover_token() -> str | None:
 
 class Client:
     def __init__(self, url: str | None = None, token: str | None = None,
-                 timeout_s: float = 120.0) -> None:
+                 timeout_s: float = 900.0) -> None:
+        """`timeout_s` covers the slowest answer: a deploy that builds its requirements."""
         self.url = (url or discover_url()).rstrip("/")
         self.token = token if token is not None else discover_token()
         self.timeout_s = timeout_s

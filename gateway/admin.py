@@ -11,15 +11,25 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.builds import BuildFailed, RequirementsError
 from gateway.errors import bad_request, error_response, json_response
 from gateway.platform import PLATFORM, Platform
-from gateway.units import FILENAME, NAME, ConfigError, parse_function_config
+from gateway.units import (
+    FILENAME,
+    NAME,
+    ArchiveError,
+    ConfigError,
+    archive_names,
+    parse_function_config,
+    read_archive,
+)
 from scheduler.scheduler import StartFailed
 from store import (
     Activation,
     ActivationId,
     Function,
     FunctionNotFound,
+    Package,
     TriggerError,
     Version,
     VersionNotFound,
@@ -43,6 +53,9 @@ def version_json(version: Version, *, active: bool | None = None) -> dict[str, A
         "max_attempts": c.max_attempts, "max_event_age_s": c.max_event_age_s,
         "created_at": version.created_at.isoformat(),
     }
+    p = version.package
+    out.update(preimport=list(c.preimport), requirements=p.requirements, environment=p.env_hash,
+               lock=p.lock, files=archive_names(p.archive) if p.archive else [version.filename])
     if active is not None:
         out["active"] = active
     return out
@@ -98,7 +111,9 @@ async def _deploy(platform: Platform, body: dict[str, Any]) -> web.Response:
     if not isinstance(name, str) or not NAME.match(name):
         return error_response(400, "bad_name", f"invalid function name {name!r}: use 1-63 "
                               "lowercase letters, digits, - and _, starting with a letter")
-    if not isinstance(source, str) or not source.strip():
+    if body.get("archive") is not None and source is None:
+        source = ""  # taken from the archive below
+    if not isinstance(source, str) or (not source.strip() and body.get("archive") is None):
         return error_response(400, "bad_source", "the request has no source code")
     filename = body.get("filename", "handler.py")
     if not isinstance(filename, str) or not FILENAME.match(filename):
@@ -108,17 +123,47 @@ async def _deploy(platform: Platform, body: dict[str, Any]) -> web.Response:
         config = parse_function_config(body)
     except ConfigError as exc:
         return error_response(400, "bad_config", str(exc), setting=exc.setting)
-    try:
-        compile(source, filename, "exec", dont_inherit=True)
-    except SyntaxError as exc:
-        return error_response(
-            400, "syntax_error", f"{filename}, line {exc.lineno}: {exc.msg}",
-            file=filename, line=exc.lineno, offset=exc.offset,
-            text=(exc.text or "").rstrip("\n"))
-    except ValueError as exc:  # e.g. null bytes in the source
-        return error_response(400, "bad_source", f"{filename}: {exc}")
+    archive = None
+    files = {filename: source}
+    if body.get("archive") is not None:
+        try:
+            archive, files = read_archive(body["archive"], filename,
+                                          platform.settings.max_source_bytes)
+        except ArchiveError as exc:
+            return error_response(400, "bad_archive", str(exc))
+        source = files[filename]
+    elif len(source.encode()) > platform.settings.max_source_bytes:
+        return error_response(400, "source_too_large", f"{filename} is larger than the limit "
+                              f"of {platform.settings.max_source_bytes} bytes (FN_MAX_SOURCE)")
+    for path, text in files.items():
+        try:
+            compile(text, path, "exec", dont_inherit=True)
+        except SyntaxError as exc:
+            return error_response(
+                400, "syntax_error", f"{path}, line {exc.lineno}: {exc.msg}",
+                file=path, line=exc.lineno, offset=exc.offset,
+                text=(exc.text or "").rstrip("\n"))
+        except ValueError as exc:  # e.g. null bytes in the source
+            return error_response(400, "bad_source", f"{path}: {exc}")
+    package = Package(archive=archive)
+    requirements = body.get("requirements") or ""
+    if not isinstance(requirements, str):
+        return error_response(400, "bad_requirements", "requirements must be the text of a "
+                              "requirements.txt")
+    if requirements.strip():
+        try:
+            env = await platform.builder.ensure(name, requirements)
+        except RequirementsError as exc:
+            return error_response(400, "bad_requirements", str(exc))
+        except BuildFailed as exc:
+            return error_response(
+                422, "build_failed", f"installing the requirements failed; the previous "
+                f"version (if any) keeps serving. pip said:\n{exc}",
+                log=exc.log[-20000:], hint=f"full output: fn build-logs {name}")
+        package = Package(archive=archive, requirements=requirements, env_hash=env.hash,
+                          lock=env.lock)
     candidate = Version(function=name, version=0, source=source, sha256="", filename=filename,
-                        config=config, created_at=_now())
+                        config=config, created_at=_now(), package=package)
     try:
         instance = await platform.scheduler.check(candidate)
     except StartFailed as exc:
@@ -128,7 +173,7 @@ async def _deploy(platform: Platform, body: dict[str, Any]) -> web.Response:
             logs=exc.logs)
     try:
         version = await platform.store.create_version(
-            name, source=source, filename=filename, config=config)
+            name, source=source, filename=filename, config=config, package=package)
     except BaseException:
         platform.scheduler.drop_checked_soon(instance)
         raise
@@ -219,6 +264,23 @@ async def rollback(request: web.Request) -> web.Response:
     platform.functions.invalidate(name)
     await platform.scheduler.ensure_warm(await platform.functions.resolve(name))
     return json_response({"function": name, "active_version": active})
+
+
+@routes.get("/v1/functions/{name}/builds")
+async def list_builds(request: web.Request) -> web.Response:
+    """The latest builds of NAME's requirements, newest first, with pip's output."""
+    platform = _platform(request)
+    name = request.match_info["name"]
+    builds = await platform.store.list_builds(name, limit=_limit(request))
+    if not builds:
+        try:
+            await platform.store.get_function(name)
+        except FunctionNotFound:
+            return _not_found(name)
+    return json_response({"builds": [
+        {"id": b.id, "function": b.function, "environment": b.env_hash, "status": b.status,
+         "duration_s": round(b.duration_s, 3), "created_at": b.created_at.isoformat(),
+         "log": b.log} for b in builds]})
 
 
 def _limit(request: web.Request) -> int:

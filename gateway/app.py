@@ -76,7 +76,10 @@ def build_app(platform: Platform) -> web.Application:
     the admin API (`/v1`) is a sub-application with the token check and JSON errors."""
     app = web.Application(client_max_size=platform.settings.max_body_bytes)
     app[PLATFORM] = platform
-    admin_app = web.Application(client_max_size=platform.settings.max_body_bytes,
+    # A deploy carries the code base64-encoded in JSON.
+    admin_max = max(platform.settings.max_body_bytes,
+                    platform.settings.max_source_bytes * 4 // 3 + (1 << 20))
+    admin_app = web.Application(client_max_size=admin_max,
                                 middlewares=[error_middleware, auth_middleware])
     admin_app[PLATFORM] = platform
     admin_app[events.PUBLISHER] = events.publisher(platform)

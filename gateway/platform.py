@@ -17,12 +17,13 @@ from aiohttp import web
 
 from gateway.activations import ActivationWriter
 from gateway.batching import GroupCommit
+from gateway.builds import Builder
 from gateway.functions import FunctionCache
 from gateway.metrics import Metrics, PoolReadout
 from gateway.settings import Settings
 from scheduler.backends.local import LocalBackend
 from scheduler.scheduler import Scheduler
-from store import ActivationId, DatabaseUnavailable, NewDelivery, Store
+from store import ActivationId, DatabaseUnavailable, NewDelivery, Store, Version
 from store.embedded import EmbeddedPostgres, start_embedded_postgres
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ class Platform:
     activations: ActivationWriter
     metrics: Metrics
     token: str
+    builder: Builder
     embedded: EmbeddedPostgres | None = None
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _side_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -123,12 +125,23 @@ class Platform:
             if embedded is not None:
                 embedded.stop()
             raise
-        scheduler = Scheduler(LocalBackend(zygote=settings.zygote), settings.pool)
+        builder = Builder(store, settings.state_dir / "envs",
+                          timeout_s=settings.build_timeout_s,
+                          max_env_bytes=settings.max_env_bytes)
+
+        async def prepare(version: Version) -> dict[str, Any]:
+            env_hash = version.package.env_hash
+            return {} if env_hash is None else {
+                "paths": [str(await builder.local_path(env_hash))]}
+
+        scheduler = Scheduler(LocalBackend(zygote=settings.zygote), settings.pool,
+                              prepare=prepare)
         await scheduler.start()
         functions = FunctionCache(store)
         activations = ActivationWriter(store)
         platform = cls(
             settings=settings, store=store, scheduler=scheduler, functions=functions,
+            builder=builder,
             activations=activations, token=token, embedded=embedded,
             metrics=Metrics(scheduler.instance_counts, lambda: scheduler.starts_total,
                             lambda: activations.dropped, lambda: _pool_readout(scheduler)),

@@ -59,6 +59,12 @@ class Settings:
     """The admin API token (FN_TOKEN); default: created once and kept in <state_dir>/token."""
     max_body_bytes: int = 6 << 20
     """Largest request body accepted (FN_MAX_BODY); larger gets 413. Default 6 MiB, as Lambda."""
+    max_source_bytes: int = 10 << 20
+    """Largest function code accepted at deploy, all files zipped (FN_MAX_SOURCE)."""
+    max_env_bytes: int = 1 << 30
+    """Largest environment a build may produce, unpacked (FN_MAX_ENV)."""
+    build_timeout_s: float = 600.0
+    """How long installing a function's requirements may take (FN_BUILD_TIMEOUT)."""
     zygote: bool = True
     """Fork instances from a pre-imported zygote (FN_ZYGOTE=0: start a fresh interpreter each)."""
     shutdown_timeout_s: float = 10.0
@@ -99,5 +105,12 @@ class Settings:
             max_body_bytes=parse_size_bytes(env.get("FN_MAX_BODY", defaults.max_body_bytes),
                                             "FN_MAX_BODY", minimum=1024),
             zygote=env.get("FN_ZYGOTE", "1") not in ("0", "false", "no"),
+            max_source_bytes=parse_size_bytes(env.get("FN_MAX_SOURCE", defaults.max_source_bytes),
+                                              "FN_MAX_SOURCE", minimum=1024),
+            max_env_bytes=parse_size_bytes(env.get("FN_MAX_ENV", defaults.max_env_bytes),
+                                           "FN_MAX_ENV", minimum=1 << 20),
+            build_timeout_s=parse_duration_s(env.get("FN_BUILD_TIMEOUT",
+                                                     defaults.build_timeout_s),
+                                             "FN_BUILD_TIMEOUT"),
             pool=pool,
         )

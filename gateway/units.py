@@ -5,7 +5,11 @@ Every error says which setting, quotes the value, and shows what is expected.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import re
+import zipfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,6 +31,56 @@ MAX_MEMORY_BYTES = 64 << 30
 MAX_CONCURRENCY = 1000
 MAX_ATTEMPTS = 100
 MAX_EVENT_AGE_S = 30 * 86400.0
+
+
+MAX_UNPACKED_SOURCE_BYTES = 100 << 20
+MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+class ArchiveError(ValueError):
+    """A function's files (a zip) cannot be accepted; the message says why."""
+
+
+def read_archive(encoded: Any, main: str, max_bytes: int) -> tuple[bytes, dict[str, str]]:
+    """Check a deploy's files: a base64 zip, at most `max_bytes`, with `main` at its top, only
+    relative paths, no links. Returns the zip and {path: text} of its .py files."""
+    if not isinstance(encoded, str):
+        raise ArchiveError("archive must be a base64-encoded zip")
+    try:
+        archive = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise ArchiveError("archive is not valid base64") from None
+    if len(archive) > max_bytes:
+        raise ArchiveError(f"the function's files are {len(archive)} bytes zipped, over the "
+                           f"limit of {max_bytes} bytes (FN_MAX_SOURCE)")
+    try:
+        files = zipfile.ZipFile(io.BytesIO(archive))
+        infos = files.infolist()
+    except zipfile.BadZipFile as exc:
+        raise ArchiveError(f"archive is not a zip: {exc}") from None
+    if sum(i.file_size for i in infos) > MAX_UNPACKED_SOURCE_BYTES:
+        raise ArchiveError(f"the function's files unpack to more than "
+                           f"{MAX_UNPACKED_SOURCE_BYTES >> 20} MiB")
+    texts = {}
+    for info in infos:
+        parts = info.filename.split("/")
+        if info.filename.startswith("/") or ".." in parts or "\\" in info.filename:
+            raise ArchiveError(f"{info.filename!r}: paths must be relative, without ..")
+        if (info.external_attr >> 16) & 0o170000 == 0o120000:
+            raise ArchiveError(f"{info.filename!r}: symbolic links are not accepted")
+        if info.filename.endswith(".py"):
+            try:
+                texts[info.filename] = files.read(info).decode()
+            except UnicodeDecodeError:
+                raise ArchiveError(f"{info.filename} is not UTF-8 text") from None
+    if main not in texts:
+        raise ArchiveError(f"the function's files have no {main} at their top")
+    return archive, texts
+
+
+def archive_names(archive: bytes) -> list[str]:
+    with zipfile.ZipFile(io.BytesIO(archive)) as files:
+        return sorted(i.filename for i in files.infolist() if not i.is_dir())
 
 
 class ConfigError(ValueError):
@@ -103,7 +157,15 @@ def parse_function_config(body: Mapping[str, Any]) -> FunctionConfig:
     if isinstance(attempts, bool) or not isinstance(attempts, int) \
             or not 1 <= attempts <= MAX_ATTEMPTS:
         raise ConfigError("--max-attempts", attempts, f"a whole number from 1 to {MAX_ATTEMPTS}")
+    preimport = body.get("preimport") or []
+    if isinstance(preimport, str):
+        preimport = [m.strip() for m in preimport.split(",") if m.strip()]
+    if not isinstance(preimport, list) or len(preimport) > 50 \
+            or not all(isinstance(m, str) and MODULE.match(m) for m in preimport):
+        raise ConfigError("--preimport", preimport, "module names separated by commas, like "
+                          "numpy,pandas")
     return FunctionConfig(
+        preimport=tuple(preimport),
         max_attempts=attempts,
         max_event_age_s=parse_duration_s(body.get("max_event_age", defaults.max_event_age_s),
                                          "--max-event-age", maximum_s=MAX_EVENT_AGE_S),

@@ -14,6 +14,7 @@ import concurrent.futures
 import contextvars
 import importlib.util
 import inspect
+import io
 import logging
 import os
 import resource
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import time
 import traceback
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
@@ -149,14 +151,17 @@ class Runtime:
             return {"ok": True, "function": self.function, "version": self.version,
                     "pid": os.getpid()}, b""
         if op == "specialize":
-            return self.specialize(meta), b""
+            return self.specialize(meta, body), b""
         if op == "relabel":
             self.version = int(meta["version"])
             return {"ok": True}, b""
         error = {"type": "ProtocolError", "message": f"unknown op {op!r}"}
         return {"ok": False, "error": error}, b""
 
-    def specialize(self, meta: dict[str, Any]) -> dict[str, Any]:
+    def specialize(self, meta: dict[str, Any], archive: bytes = b"") -> dict[str, Any]:
+        """Become an instance of one function version: write its code (the source, or the
+        zip of its files sent as `archive`), put its environment's directories (`paths`) on
+        sys.path, import `preimport` and then its module."""
         if self.function is not None:
             return {"ok": False, "error": {"type": "ProtocolError",
                                            "message": "instance is already specialized"}}
@@ -169,12 +174,18 @@ class Runtime:
         # Named after the pid so that the backend can remove it with the instance.
         code_dir = Path(tempfile.mkdtemp(prefix=f"ember-fn-{os.getpid()}-"))
         path = code_dir / filename
-        path.write_text(meta["source"])
-        sys.path.insert(0, str(code_dir))
-        self.user_file = str(path)
         capture = Capture()
         token = current_capture.set(capture)
         try:
+            if archive:
+                with zipfile.ZipFile(io.BytesIO(archive)) as files:
+                    files.extractall(code_dir)  # names were checked at deploy
+            else:
+                path.write_text(meta["source"])
+            sys.path[:0] = [str(code_dir), *meta.get("paths", ())]
+            self.user_file = str(path)
+            for name in meta.get("preimport", ()):
+                importlib.import_module(name)
             spec = importlib.util.spec_from_file_location(module_name, path)
             assert spec is not None
             assert spec.loader is not None

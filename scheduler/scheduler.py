@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -101,12 +101,19 @@ def _specialize_meta(version: Version) -> dict[str, Any]:
     return {"op": "specialize", "function": version.function, "version": version.version,
             "filename": version.filename, "source": version.source, "entry": c.entry,
             "env": dict(c.env), "timeout_s": c.timeout_s, "memory_bytes": c.memory_bytes,
-            "concurrency": c.concurrency}
+            "concurrency": c.concurrency, "preimport": list(c.preimport)}
+
+
+Prepare = Callable[[Version], Awaitable[dict[str, Any]]]
 
 
 class Scheduler:
     def __init__(self, backend: Backend, settings: PoolSettings | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 prepare: Prepare | None = None) -> None:
+        """`prepare(version)` readies what a version needs on this node before an instance is
+        specialized (its environment) and returns what to add to the specialize message."""
+        self._prepare = prepare
         self.settings = settings or PoolSettings()
         self.backend = backend
         self.clock = clock
@@ -371,10 +378,17 @@ class Scheduler:
     async def _specialize(self, instance: Instance, version: Version, fresh: bool) -> None:
         if fresh:
             await self._start_process(instance)
+        meta = _specialize_meta(version)
+        if self._prepare is not None:
+            try:
+                meta.update(await self._prepare(version))
+            except Exception as exc:
+                raise StartFailed(f"could not prepare the function's environment: {exc}") \
+                    from exc
         try:
             conn = await self._connection(instance)
             async with asyncio.timeout(self.settings.specialize_timeout_s):
-                reply, _ = await conn.call(_specialize_meta(version))
+                reply, _ = await conn.call(meta, version.package.archive or b"")
         except TimeoutError:
             raise StartFailed(
                 f'importing "{version.filename}" took longer than '

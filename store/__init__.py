@@ -34,15 +34,19 @@ from store.outbox import Change
 from store.queries import QUERIES, load_migrations
 from store.records import (
     ACTIVATION_COLUMNS,
+    NO_PACKAGE,
     Activation,
     ActivationId,
+    Build,
     Claimed,
     Delivery,
+    Environment,
     Event,
     Function,
     FunctionConfig,
     NewDelivery,
     Outcome,
+    Package,
     PolicyRow,
     Topic,
     Trigger,
@@ -51,12 +55,15 @@ from store.records import (
 )
 
 __all__ = [
+    "NO_PACKAGE",
     "Activation",
     "ActivationId",
+    "Build",
     "Change",
     "Claimed",
     "DatabaseUnavailable",
     "Delivery",
+    "Environment",
     "Event",
     "Function",
     "FunctionConfig",
@@ -65,6 +72,7 @@ __all__ = [
     "NewDelivery",
     "NotFound",
     "Outcome",
+    "Package",
     "PolicyRow",
     "Store",
     "StoreError",
@@ -146,8 +154,13 @@ class Store:
         assert pool is not None
         return cls(pool, url)
 
-    async def close(self) -> None:
-        await self._pool.close()
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Close the pool; connections still held after `timeout_s` are terminated."""
+        try:
+            await asyncio.wait_for(self._pool.close(), timeout_s)
+        except TimeoutError:
+            log.warning("terminating database connections still in use")
+            self._pool.terminate()
 
     @asynccontextmanager
     async def _conn(self) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
@@ -192,16 +205,20 @@ class Store:
     # -- functions and versions -------------------------------------------------------------
 
     async def create_version(
-        self, name: str, *, source: str, filename: str, config: FunctionConfig
+        self, name: str, *, source: str, filename: str, config: FunctionConfig,
+        package: Package = NO_PACKAGE,
     ) -> Version:
-        """Store a new immutable version and make it the active one, in one transaction."""
-        sha256 = hashlib.sha256(source.encode()).hexdigest()
+        """Store a new immutable version and make it the active one, in one transaction.
+        Its sha256 covers the code: the archive when there is one, else the source."""
+        sha256 = hashlib.sha256(package.archive or source.encode()).hexdigest()
         async with self._conn() as conn, conn.transaction():
             number = await conn.fetchval(QUERIES["create_function_or_bump"], name)
             row = await conn.fetchrow(
                 QUERIES["insert_version"], name, number, source, sha256, filename,
                 config.entry, dict(config.env), config.timeout_s, config.memory_bytes,
                 config.concurrency, config.max_attempts, config.max_event_age_s,
+                package.archive, package.requirements, package.env_hash, package.lock,
+                list(config.preimport),
             )
             await conn.execute(QUERIES["set_active_version"], name, number)
             await conn.execute(QUERIES["notify_function_changed"], name, number)
@@ -322,6 +339,53 @@ class Store:
             deleted = await conn.fetchval(QUERIES["delete_policy"], function)
             await conn.execute(QUERIES["notify_policy_changed"], function)
         return deleted is not None
+
+    # -- environments and builds ------------------------------------------------------------
+
+    @_retry_once
+    async def get_environment(self, env_hash: str) -> Environment | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(QUERIES["get_environment"], env_hash)
+        return Environment.from_row(row) if row is not None else None
+
+    async def put_environment(self, env: Environment, archive: bytes, *,
+                              chunk_bytes: int = 8 << 20) -> None:
+        """Store an environment and its archive in chunks, in one transaction (readers never
+        see half of one); a second put of the same hash is a no-op."""
+        async with self._conn() as conn, conn.transaction():
+            created = await conn.fetchval(
+                QUERIES["insert_environment"], env.hash, env.requirements, env.lock, env.python,
+                len(archive), env.unpacked_bytes, -(-len(archive) // chunk_bytes),
+                env.build_s)
+            if created is None:
+                return
+            await conn.executemany(QUERIES["insert_environment_chunk"], [
+                (env.hash, i, archive[offset:offset + chunk_bytes])
+                for i, offset in enumerate(range(0, len(archive), chunk_bytes))])
+
+    async def environment_chunks(self, env: Environment) -> AsyncIterator[bytes]:
+        """The archive of an environment, a chunk at a time (one query each: a large
+        environment is never held in memory whole)."""
+        for seq in range(env.chunks):
+            async with self._conn() as conn:
+                data = await conn.fetchval(QUERIES["get_environment_chunk"], env.hash, seq)
+            if data is None:
+                raise StoreError(f"environment {env.hash[:12]} is missing chunk {seq}")
+            yield data
+
+    async def record_build(self, function: str, env_hash: str, status: str, log: str,
+                           duration_s: float) -> Build:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(QUERIES["insert_build"], function, env_hash, status, log,
+                                      duration_s)
+        assert row is not None
+        return Build.from_row(row)
+
+    @_retry_once
+    async def list_builds(self, function: str, *, limit: int = 5) -> list[Build]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(QUERIES["list_builds"], function, limit)
+        return [Build.from_row(r) for r in rows]
 
     # -- async invocations and deliveries ---------------------------------------------------
 

@@ -61,10 +61,16 @@ class WatchedDatabase:
         assert self._pool is not None
         return self._pool
 
-    async def close(self) -> None:
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Close the connections; one still held after `timeout_s` (by a task cut short)
+        is terminated rather than waited for."""
         if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+            pool, self._pool = self._pool, None
+            try:
+                await asyncio.wait_for(pool.close(), timeout_s)
+            except TimeoutError:
+                log.warning("terminating the watched database's connections")
+                pool.terminate()
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:

@@ -11,8 +11,8 @@ RETURNING latest_version;
 -- name: insert_version
 INSERT INTO ember_versions
     (function, version, source, sha256, filename, entry, env, timeout_s, memory_bytes, concurrency,
-     max_attempts, max_event_age_s)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+     max_attempts, max_event_age_s, archive, requirements, env_hash, lock, preimport)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
 RETURNING *;
 
 -- name: set_active_version
@@ -347,3 +347,27 @@ SELECT min(next_fire_at) FROM ember_triggers WHERE kind = 'cron';
 
 -- name: notify_triggers_changed
 SELECT pg_notify('ember_functions', 'triggers:' || $1);
+
+-- name: get_environment
+SELECT * FROM ember_environments WHERE hash = $1;
+
+-- name: insert_environment
+INSERT INTO ember_environments (hash, requirements, lock, python, size_bytes, unpacked_bytes,
+                                chunks, build_s)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT (hash) DO NOTHING
+RETURNING hash;
+
+-- name: insert_environment_chunk
+INSERT INTO ember_environment_chunks (hash, seq, data) VALUES ($1, $2, $3);
+
+-- name: get_environment_chunk
+SELECT data FROM ember_environment_chunks WHERE hash = $1 AND seq = $2;
+
+-- name: insert_build
+INSERT INTO ember_builds (function, env_hash, status, log, duration_s)
+VALUES ($1, $2, $3, $4, $5)
+RETURNING *;
+
+-- name: list_builds
+SELECT * FROM ember_builds WHERE function = $1 ORDER BY id DESC LIMIT $2;

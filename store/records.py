@@ -46,6 +46,22 @@ class FunctionConfig:
     """How many times an async invocation or event is tried before it is dead-lettered."""
     max_event_age_s: float = 86400.0
     """How long after its submission it may still be retried."""
+    preimport: tuple[str, ...] = ()
+    """Modules imported when an instance is specialized, before the function's own module."""
+
+
+@dataclass(slots=True, frozen=True)
+class Package:
+    """What a deploy ships besides the main file: the other files (a zip of the function's
+    directory, main file included) and the requirements, with the environment built for them."""
+
+    archive: bytes | None = None
+    requirements: str = ""
+    env_hash: str | None = None
+    lock: str = ""
+
+
+NO_PACKAGE = Package()
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -59,6 +75,7 @@ class Version:
     filename: str
     config: FunctionConfig
     created_at: dt.datetime
+    package: Package = NO_PACKAGE
 
     @classmethod
     def from_row(cls, row: Row) -> Version:
@@ -78,7 +95,11 @@ class Version:
                 concurrency=row["concurrency"],
                 max_attempts=row["max_attempts"],
                 max_event_age_s=row["max_event_age_s"],
+                preimport=tuple(row["preimport"]),
             ),
+            package=Package(archive=row["archive"], requirements=row["requirements"],
+                            env_hash=row["env_hash"], lock=row["lock"])
+            if row["archive"] is not None or row["env_hash"] is not None else NO_PACKAGE,
         )
 
     @property
@@ -335,3 +356,41 @@ class Trigger:
                    cron=row["cron"], timezone=row["timezone"], next_fire_at=row["next_fire_at"],
                    table_name=row["table_name"], operations=tuple(row["operations"] or ()),
                    database_url=row["database_url"], created_at=row["created_at"])
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class Environment:
+    """An environment built from a set of requirements, stored in `chunks` pieces."""
+
+    hash: str
+    requirements: str
+    lock: str
+    python: str
+    size_bytes: int
+    unpacked_bytes: int
+    chunks: int
+    build_s: float
+
+    @classmethod
+    def from_row(cls, row: Row) -> Environment:
+        return cls(hash=row["hash"], requirements=row["requirements"], lock=row["lock"],
+                   python=row["python"], size_bytes=row["size_bytes"],
+                   unpacked_bytes=row["unpacked_bytes"], chunks=row["chunks"],
+                   build_s=row["build_s"])
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class Build:
+    id: int
+    function: str
+    env_hash: str
+    status: str
+    log: str
+    duration_s: float
+    created_at: dt.datetime
+
+    @classmethod
+    def from_row(cls, row: Row) -> Build:
+        return cls(id=row["id"], function=row["function"], env_hash=row["env_hash"],
+                   status=row["status"], log=row["log"], duration_s=row["duration_s"],
+                   created_at=row["created_at"])

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -86,7 +88,8 @@ class Running:
     admin_headers: dict[str, str] = field(default_factory=lambda: {
         "Authorization": f"Bearer {TOKEN}"})
 
-    async def deploy(self, name: str, source: str, **config: Any) -> aiohttp.ClientResponse:
+    async def deploy(self, name: str, source: str | None,
+                     **config: Any) -> aiohttp.ClientResponse:
         body = {"name": name, "source": source, "filename": "handler.py", **config}
         return await self.http.post(f"{self.url}/v1/functions", json=body,
                                     headers=self.admin_headers)
@@ -113,6 +116,22 @@ class Running:
 PlatformFactory = Callable[..., AbstractAsyncContextManager[Running]]
 
 
+def _task_dump_after(seconds: float) -> threading.Timer:
+    """If the test is still running after `seconds`, print every asyncio task's stack to the
+    real stderr: what a hung test is waiting for (before the test timeout kills the run)."""
+    loop = asyncio.get_running_loop()
+
+    def dump() -> None:
+        print(f"\n--- asyncio tasks after {seconds:g}s ---", file=sys.__stderr__)
+        for task in asyncio.all_tasks(loop):
+            task.print_stack(file=sys.__stderr__)
+
+    timer = threading.Timer(seconds, lambda: loop.call_soon_threadsafe(dump))
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 @pytest.fixture
 def make_platform(database_url: str, tmp_path: Path) -> PlatformFactory:
     """Start a platform with the given settings / pool settings overrides."""
@@ -126,6 +145,7 @@ def make_platform(database_url: str, tmp_path: Path) -> PlatformFactory:
                             database_url=database_url, token=TOKEN, pool=pool_settings,
                             **overrides)
         platform = await Platform.start(settings)
+        watchdog = _task_dump_after(45.0)
         runner = web.AppRunner(build_app(platform), access_log=None, shutdown_timeout=2)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -138,6 +158,7 @@ def make_platform(database_url: str, tmp_path: Path) -> PlatformFactory:
             processes = platform_processes(platform)
             await runner.cleanup()
             await platform.stop()
+        watchdog.cancel()
         _, leaked = psutil.wait_procs(processes, timeout=5)
         leaked = [p for p in leaked if p.status() != psutil.STATUS_ZOMBIE]
         assert not leaked, f"invoker processes left running: {leaked}"
