@@ -43,8 +43,9 @@ from bench.run import (
 )
 
 REQUIREMENTS = "requests==2.32.3\n"
-USES_REQUESTS = "import requests\n\ndef handler(event, context):\n    return requests.__version__\n"
-TRIVIAL = "def handler(event, context):\n    return 'ok'\n"
+USES_REQUESTS = ("import requests\n\ndef handler(event, context):\n"
+                 "    return {'requests': requests.__version__}\n")
+TRIVIAL = "def handler(event, context):\n    return {'ok': True}\n"
 
 
 async def deploy(http: aiohttp.ClientSession, url: str, name: str, source: str,

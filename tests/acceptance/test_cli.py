@@ -270,3 +270,37 @@ def test_events_from_the_cli(cli: Cli, tmp_path: Path) -> None:
         assert time.monotonic() < deadline, "event 2 was never delivered"
         time.sleep(0.1)
     assert cli.ok("trigger", "delete", "1") == "Deleted trigger 1.\n"
+
+
+def test_a_directory_with_requirements_from_the_cli(cli: Cli, tmp_path: Path) -> None:
+    project = tmp_path / "word_count"
+    (project / "lib").mkdir(parents=True)
+    (project / "handler.py").write_text(
+        "import six\nfrom lib.count import count\n\n"
+        "def handler(event, context):\n"
+        "    return {'words': count(event['text']), 'six': six.__version__}\n")
+    (project / "lib" / "__init__.py").write_text("")
+    (project / "lib" / "count.py").write_text("def count(text):\n    return len(text.split())\n")
+    (project / "requirements.txt").write_text("six==1.16.0\n")
+    (project / ".git").mkdir()
+    (project / ".git" / "config").write_text("not shipped\n")
+
+    out = cli.ok("deploy", str(project))
+    assert out.startswith("Deployed word-count version 1")
+    assert "Environment " in out
+    assert json.loads(cli.ok("invoke", "word-count", "--data", '{"text": "a b c"}')) == {
+        "words": 3, "six": "1.16.0"}
+    logs = cli.ok("build-logs", "word-count")
+    assert "succeeded" in logs
+    assert "Successfully installed six-1.16.0" in logs
+    versions = json.loads(cli.ok("versions", "word-count", "--json"))["versions"]
+    assert versions[0]["files"] == ["handler.py", "lib/__init__.py", "lib/count.py"]
+
+    (project / "requirements.txt").write_text("six==0.0.0-no-such-version\n")
+    failed = cli.run("deploy", str(project))
+    assert failed.returncode == 1
+    assert "installing the requirements failed" in failed.stderr
+    assert "six==0.0.0-no-such-version" in failed.stderr
+    assert "failed" in cli.ok("build-logs", "word-count")
+    assert json.loads(cli.ok("invoke", "word-count", "--data", '{"text": "still here"}'))[
+        "words"] == 2
