@@ -135,7 +135,9 @@ def _zip_dir(root: Path) -> bytes:
                     or path.is_symlink() or not path.is_file() or path.suffix == ".pyc" \
                     or rel == Path("requirements.txt"):
                 continue
-            archive.write(path, rel.as_posix())
+            info = zipfile.ZipInfo(rel.as_posix(), date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16  # fixed: the same files give the same sha256
+            archive.writestr(info, path.read_bytes(), zipfile.ZIP_DEFLATED)
     return buffer.getvalue()
 
 

@@ -5,6 +5,7 @@ Every route needs `Authorization: Bearer <token>` (see `app.auth_middleware`).
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -55,7 +56,7 @@ def version_json(version: Version, *, active: bool | None = None) -> dict[str, A
     }
     p = version.package
     out.update(preimport=list(c.preimport), requirements=p.requirements, environment=p.env_hash,
-               lock=p.lock, files=archive_names(p.archive) if p.archive else [version.filename])
+               lock=p.lock, files=list(p.files) or [version.filename])
     if active is not None:
         out["active"] = active
     return out
@@ -126,9 +127,9 @@ async def _deploy(platform: Platform, body: dict[str, Any]) -> web.Response:
     archive = None
     files = {filename: source}
     if body.get("archive") is not None:
-        try:
-            archive, files = read_archive(body["archive"], filename,
-                                          platform.settings.max_source_bytes)
+        try:  # (decoding, unzipping and compiling in a thread: calls go on meanwhile)
+            archive, files = await asyncio.to_thread(
+                read_archive, body["archive"], filename, platform.settings.max_source_bytes)
         except ArchiveError as exc:
             return error_response(400, "bad_archive", str(exc))
         source = files[filename]
@@ -137,7 +138,7 @@ async def _deploy(platform: Platform, body: dict[str, Any]) -> web.Response:
                               f"of {platform.settings.max_source_bytes} bytes (FN_MAX_SOURCE)")
     for path, text in files.items():
         try:
-            compile(text, path, "exec", dont_inherit=True)
+            await asyncio.to_thread(compile, text, path, "exec", dont_inherit=True)
         except SyntaxError as exc:
             return error_response(
                 400, "syntax_error", f"{path}, line {exc.lineno}: {exc.msg}",
@@ -145,7 +146,8 @@ async def _deploy(platform: Platform, body: dict[str, Any]) -> web.Response:
                 text=(exc.text or "").rstrip("\n"))
         except ValueError as exc:  # e.g. null bytes in the source
             return error_response(400, "bad_source", f"{path}: {exc}")
-    package = Package(archive=archive)
+    names = tuple(archive_names(archive)) if archive else ()
+    package = Package(archive=archive, files=names)
     requirements = body.get("requirements") or ""
     if not isinstance(requirements, str):
         return error_response(400, "bad_requirements", "requirements must be the text of a "
@@ -161,7 +163,7 @@ async def _deploy(platform: Platform, body: dict[str, Any]) -> web.Response:
                 f"version (if any) keeps serving. pip said:\n{exc}",
                 log=exc.log[-20000:], hint=f"full output: fn build-logs {name}")
         package = Package(archive=archive, requirements=requirements, env_hash=env.hash,
-                          lock=env.lock)
+                          lock=env.lock, files=names)
     candidate = Version(function=name, version=0, source=source, sha256="", filename=filename,
                         config=config, created_at=_now(), package=package)
     try:

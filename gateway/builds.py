@@ -15,8 +15,8 @@ kept with the environment and with every version that uses it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
-import io
 import logging
 import os
 import re
@@ -38,8 +38,20 @@ log = logging.getLogger("ember.gateway.builds")
 MAX_REQUIREMENTS_BYTES = 64 << 10
 PYTHON = f"{sys.implementation.name}-{sys.version_info[0]}.{sys.version_info[1]}"
 PLATFORM = sysconfig.get_platform()
-_REFUSED_LINE = re.compile(r"^\s*(-e\b|--editable\b|-r\b|--requirement\b|-c\b|--constraint\b"
-                           r"|\.{0,2}/|file:|[A-Za-z]:\\)")
+# What a requirements line may be (an allowlist: pip reads many options, some of which read
+# files or run code from paths): a requirement from an index, optionally with extras, a version
+# specifier, environment markers and --hash options; a direct reference over http(s); or one
+# of the index and binary options below.
+_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
+_REQUIREMENT = re.compile(rf"^{_NAME}(?:\s*\[\s*{_NAME}(?:\s*,\s*{_NAME})*\s*\])?"
+                          r"(?:\s*@\s*https?://[^\s;]+)?"
+                          r"(?:\s*[<>=!~][^;\s@]*(?:\s*,\s*[<>=!~][^;\s@]*)*)?"
+                          r"(?:\s*;[^@]*)?$")
+_HASH = re.compile(r"^--hash=sha(256|384|512):[0-9a-f]+$")
+_URL_OPTIONS = frozenset({"-i", "--index-url", "--extra-index-url"})
+_VALUE_OPTIONS = frozenset({"--only-binary", "--no-binary"})
+_FLAG_OPTIONS = frozenset({"--pre", "--prefer-binary"})
+_BINARY_VALUE = re.compile(rf"^(:all:|:none:|{_NAME}(,{_NAME})*)$")
 # What the build may see of the platform's environment: where to find packages, not secrets.
 _BUILD_ENV_KEEP = re.compile(r"^(PATH|LANG|LC_[A-Z]+|TZ|PIP_[A-Z_]+|UV_INDEX_URL"
                              r"|(HTTPS?|NO|ALL)_PROXY|(https?|no|all)_proxy"
@@ -69,13 +81,33 @@ def normalize_requirements(text: str) -> str:
         line = raw.split(" #", 1)[0].strip() if not raw.lstrip().startswith("#") else ""
         if not line:
             continue
-        if _REFUSED_LINE.match(line):
+        if not _allowed(line):
             raise RequirementsError(
-                f"requirements line {number}: {line!r} refers to files the platform cannot "
-                "see (local paths, -e, -r and -c are not supported); list packages from an "
-                "index instead")
+                f"requirements line {number}: {line!r} is not supported: give packages from "
+                "an index (like requests==2.32.3, with extras, markers or --hash), an "
+                "https:// URL (name @ https://...), or the options -i/--index-url, "
+                "--extra-index-url, --pre, --prefer-binary, --only-binary, --no-binary. "
+                "Local paths, -e, -r, -c and other options cannot be used: the build runs on "
+                "the platform")
         lines.append(line)
     return "\n".join(sorted(set(lines))) + "\n" if lines else ""
+
+
+def _allowed(line: str) -> bool:
+    tokens = line.split()
+    if tokens[0].startswith("-"):
+        option, _, value = tokens[0].partition("=")
+        values = [value] if value else tokens[1:]
+        if option in _FLAG_OPTIONS:
+            return not value and len(tokens) == 1
+        if len(values) != 1 or (not value and len(tokens) != 2):
+            return False
+        if option in _URL_OPTIONS:
+            return re.fullmatch(r"https?://\S+", values[0]) is not None
+        return option in _VALUE_OPTIONS and _BINARY_VALUE.match(values[0]) is not None
+    requirement, *options = re.split(r"\s+(?=--)", line)
+    return _REQUIREMENT.match(requirement) is not None \
+        and all(_HASH.match(o) for o in options)
 
 
 def environment_hash(normalized: str) -> str:
@@ -108,13 +140,36 @@ def _tree_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
 
 
-def pack(root: Path) -> bytes:
-    """A tar.gz of `root`, entries in a fixed order."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=3) as tar:
+def pack(root: Path, target: Path) -> int:
+    """Write a tar.gz of `root` to `target` (entries in a fixed order); returns its size."""
+    with tarfile.open(target, mode="w:gz", compresslevel=3) as tar:
         for path in sorted(root.rglob("*")):
             tar.add(path, arcname=str(path.relative_to(root)), recursive=False)
-    return buffer.getvalue()
+    return target.stat().st_size
+
+
+def _freeze(path: Path) -> None:
+    """Make an environment read-only: instances of many functions import from it."""
+    for item in [path, *path.rglob("*")]:
+        if not item.is_symlink():
+            item.chmod(item.stat().st_mode & ~0o222)
+
+
+def _install(site: Path, target: Path) -> None:
+    """Move a complete directory into the cache (at once, by rename); another gateway sharing
+    the cache may have put it there first, which is as good."""
+    try:
+        site.rename(target)
+    except OSError as exc:
+        if not target.is_dir():
+            raise
+        log.debug("environment already cached: %s", exc)
+        return
+    _freeze(target)
+
+
+def _clean(text: str) -> str:
+    return text.replace("\x00", "\\0")
 
 
 class Builder:
@@ -126,6 +181,14 @@ class Builder:
         self.max_env_bytes = max_env_bytes
         self._building: dict[str, asyncio.Future[Environment]] = {}
         self._unpacking: dict[str, asyncio.Future[Path]] = {}
+        self._one_build = asyncio.Semaphore(1)  # builds compete with calls for the CPU
+
+    def remove_leftovers(self) -> None:
+        """Delete what builds and unpacks cut short (a crash) left in the cache."""
+        if self.cache_dir.is_dir():
+            for path in self.cache_dir.glob("*-*"):
+                if path.name.startswith(("build-", "unpack-")):
+                    shutil.rmtree(path, ignore_errors=True)
 
     async def ensure(self, function: str, requirements: str) -> Environment:
         """The environment for `requirements`: found, or built now. Every call is recorded as
@@ -134,14 +197,21 @@ class Builder:
         normalized = normalize_requirements(requirements)
         env_hash = environment_hash(normalized)
         t0 = time.perf_counter()
-        found = await self._store.get_environment(env_hash)
-        if found is not None:
-            await self._store.record_build(function, env_hash, "cached",
-                                           f"reused environment {env_hash[:12]}\n"
-                                           + found.lock, 0.0)
-            return found
-        building = self._building.get(env_hash)
-        if building is None:  # one build per hash at a time on this gateway
+        try:
+            found = await self._store.get_environment(env_hash)
+            if found is not None:
+                await self._store.record_build(function, env_hash, "cached",
+                                               f"reused environment {env_hash[:12]}\n"
+                                               + found.lock, 0.0)
+                return found
+            building = self._building.get(env_hash)
+            if building is not None:  # one build per hash at a time on this gateway
+                env = await asyncio.shield(building)
+                await self._store.record_build(
+                    function, env_hash, "cached",
+                    f"built meanwhile for another deploy: {env_hash[:12]}\n{env.lock}",
+                    time.perf_counter() - t0)
+                return env
             building = asyncio.get_running_loop().create_future()
             self._building[env_hash] = building
             try:
@@ -149,36 +219,44 @@ class Builder:
             except BaseException as exc:
                 building.set_exception(exc)
                 building.exception()  # retrieved: nobody else may be waiting
-                self._building.pop(env_hash, None)
-                if isinstance(exc, BuildFailed):
-                    await self._store.record_build(function, env_hash, "failed", exc.log,
-                                                   time.perf_counter() - t0)
                 raise
+            finally:
+                self._building.pop(env_hash, None)
             building.set_result(env)
-            self._building.pop(env_hash, None)
-            await self._store.record_build(function, env_hash, "succeeded", output,
+            await self._store.record_build(function, env_hash, "succeeded", _clean(output),
                                            env.build_s)
             return env
-        env = await asyncio.shield(building)
-        await self._store.record_build(function, env_hash, "cached",
-                                       f"built meanwhile for another deploy: {env_hash[:12]}\n",
-                                       time.perf_counter() - t0)
-        return env
+        except BuildFailed as exc:
+            await self._record_failure(function, env_hash, exc.log or str(exc), t0)
+            raise
+        except Exception as exc:
+            await self._record_failure(function, env_hash, f"the build failed: {exc!r}", t0)
+            raise
+
+    async def _record_failure(self, function: str, env_hash: str, text: str,
+                              t0: float) -> None:
+        try:
+            await self._store.record_build(function, env_hash, "failed", _clean(text),
+                                           time.perf_counter() - t0)
+        except Exception:
+            log.exception("could not record a failed build", extra={"function": function})
 
     async def _build(self, normalized: str, env_hash: str) -> tuple[Environment, str]:
         self.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         work = Path(tempfile.mkdtemp(prefix="build-", dir=self.cache_dir))
+        # pip's home and working directory: outside the platform's state.
+        home = Path(tempfile.mkdtemp(prefix="ember-build-home-"))
         try:
-            site, home = work / "site", work / "home"
-            home.mkdir()
-            requirements = work / "requirements.txt"
+            site = work / "site"
+            requirements = home / "requirements.txt"
             requirements.write_text(normalized)
-            report = work / "report.json"
+            report = home / "report.json"
             t0 = time.perf_counter()
-            output = await self._pip(
-                ["install", "--target", str(site), "--no-warn-script-location",
-                 "--progress-bar", "off", "--report", str(report), "-r", str(requirements)],
-                build_env(home), work)
+            async with self._one_build:
+                output = await self._pip(
+                    ["install", "--target", str(site), "--no-warn-script-location",
+                     "--progress-bar", "off", "--report", str(report), "-r",
+                     str(requirements)], build_env(home), home)
             build_s = time.perf_counter() - t0
             site.mkdir(exist_ok=True)  # empty requirements install nothing
             unpacked = await asyncio.to_thread(_tree_bytes, site)
@@ -188,38 +266,51 @@ class Builder:
                     f"{self.max_env_bytes / (1 << 20):.0f} MiB (FN_MAX_ENV)", output)
             lock = lock_from_report(orjson.loads(report.read_bytes())) \
                 if report.exists() else ""
-            archive = await asyncio.to_thread(pack, site)
+            archive = work / "env.tar.gz"
+            size = await asyncio.to_thread(pack, site, archive)
             env = Environment(hash=env_hash, requirements=normalized, lock=lock, python=PYTHON,
-                              size_bytes=len(archive), unpacked_bytes=unpacked,
-                              chunks=0, build_s=build_s)
-            await self._store.put_environment(env, archive)
+                              size_bytes=size, unpacked_bytes=unpacked, chunks=0,
+                              build_s=build_s)
+            stored_here = await self._store.put_environment(env, archive)
             stored = await self._store.get_environment(env_hash)
             assert stored is not None
-            target = self.cache_dir / env_hash
-            if not target.exists():
-                site.rename(target)  # this node has it unpacked already
+            if stored_here:  # else another gateway's build won: its archive is the one kept
+                await asyncio.to_thread(_install, site, self.cache_dir / env_hash)
             log.info("built an environment", extra={"env": env_hash[:12], "build_s": build_s,
-                                                    "bytes": len(archive)})
+                                                    "bytes": size})
             return stored, output
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)
+            await asyncio.to_thread(shutil.rmtree, home, True)
 
     async def _pip(self, args: list[str], env: dict[str, str], cwd: Path) -> str:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "pip", *args, env=env, cwd=cwd,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+            stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+            preexec_fn=lambda: os.nice(10))
+        assert process.stdout is not None
+        stdout = process.stdout
+        chunks: list[bytes] = []
+
+        async def read() -> None:
+            while chunk := await stdout.read(1 << 16):
+                chunks.append(chunk)
+
         try:
             async with asyncio.timeout(self.timeout_s):
-                out, _ = await process.communicate()
+                await read()
+                await process.wait()
         except BaseException as exc:
-            os.killpg(process.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
             await process.wait()
             if isinstance(exc, TimeoutError):
                 raise BuildFailed(f"the build took longer than {self.timeout_s:g}s "
-                                  "(FN_BUILD_TIMEOUT)", "") from None
+                                  "(FN_BUILD_TIMEOUT)",
+                                  b"".join(chunks).decode(errors="replace")) from None
             raise
-        output = out.decode(errors="replace")
+        output = b"".join(chunks).decode(errors="replace")
         if process.returncode != 0:
             errors = [line for line in output.splitlines() if line.startswith("ERROR:")]
             raise BuildFailed("\n".join(errors) or output.strip()[-2000:], output)
@@ -228,6 +319,8 @@ class Builder:
     async def local_path(self, env_hash: str) -> Path:
         """This node's unpacked copy of an environment, fetched from Postgres the first time
         (once, however many instances ask at the same time)."""
+        if not re.fullmatch(r"[0-9a-f]{64}", env_hash):
+            raise ValueError(f"invalid environment hash {env_hash!r}")
         target = self.cache_dir / env_hash
         if target.exists():
             return target
@@ -255,14 +348,13 @@ class Builder:
             archive = work / "env.tar.gz"
             with archive.open("wb") as f:
                 async for chunk in self._store.environment_chunks(env):
-                    f.write(chunk)
+                    await asyncio.to_thread(f.write, chunk)
             site = work / "site"
 
             def extract() -> None:
                 with tarfile.open(archive) as tar:
                     tar.extractall(site, filter="data")
-                if not target.exists():
-                    site.rename(target)
+                _install(site, target)
 
             await asyncio.to_thread(extract)
             log.info("unpacked an environment", extra={"env": env_hash[:12]})

@@ -128,6 +128,7 @@ class Platform:
         builder = Builder(store, settings.state_dir / "envs",
                           timeout_s=settings.build_timeout_s,
                           max_env_bytes=settings.max_env_bytes)
+        await asyncio.to_thread(builder.remove_leftovers)
 
         async def prepare(version: Version) -> dict[str, Any]:
             env_hash = version.package.env_hash

@@ -158,10 +158,11 @@ class Runtime:
         error = {"type": "ProtocolError", "message": f"unknown op {op!r}"}
         return {"ok": False, "error": error}, b""
 
-    def specialize(self, meta: dict[str, Any], archive: bytes = b"") -> dict[str, Any]:
-        """Become an instance of one function version: write its code (the source, or the
-        zip of its files sent as `archive`), put its environment's directories (`paths`) on
-        sys.path, import `preimport` and then its module."""
+    def specialize(self, meta: dict[str, Any], code: bytes = b"") -> dict[str, Any]:
+        """Become an instance of one function version: write its code (`code`: the module's
+        source, or with meta "code": "zip" a zip of its files; older senders put the source
+        in meta["source"]), put its environment's directories (`paths`) on sys.path, import
+        `preimport` and then its module."""
         if self.function is not None:
             return {"ok": False, "error": {"type": "ProtocolError",
                                            "message": "instance is already specialized"}}
@@ -177,11 +178,13 @@ class Runtime:
         capture = Capture()
         token = current_capture.set(capture)
         try:
-            if archive:
-                with zipfile.ZipFile(io.BytesIO(archive)) as files:
+            if meta.get("code") == "zip":
+                with zipfile.ZipFile(io.BytesIO(code)) as files:
                     files.extractall(code_dir)  # names were checked at deploy
-            else:
+            elif "source" in meta:
                 path.write_text(meta["source"])
+            else:
+                path.write_bytes(code)
             sys.path[:0] = [str(code_dir), *meta.get("paths", ())]
             self.user_file = str(path)
             for name in meta.get("preimport", ()):

@@ -98,8 +98,10 @@ class _Waiting:
 
 def _specialize_meta(version: Version) -> dict[str, Any]:
     c = version.config
+    # The code travels as the frame's body (see `_code`): it may exceed a frame's metadata.
     return {"op": "specialize", "function": version.function, "version": version.version,
-            "filename": version.filename, "source": version.source, "entry": c.entry,
+            "filename": version.filename, "code": "zip" if version.package.archive else "source",
+            "entry": c.entry,
             "env": dict(c.env), "timeout_s": c.timeout_s, "memory_bytes": c.memory_bytes,
             "concurrency": c.concurrency, "preimport": list(c.preimport)}
 
@@ -388,7 +390,8 @@ class Scheduler:
         try:
             conn = await self._connection(instance)
             async with asyncio.timeout(self.settings.specialize_timeout_s):
-                reply, _ = await conn.call(meta, version.package.archive or b"")
+                reply, _ = await conn.call(meta, version.package.archive
+                                           or version.source.encode())
         except TimeoutError:
             raise StartFailed(
                 f'importing "{version.filename}" took longer than '

@@ -14,6 +14,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import asyncpg
@@ -209,8 +210,11 @@ class Store:
         package: Package = NO_PACKAGE,
     ) -> Version:
         """Store a new immutable version and make it the active one, in one transaction.
-        Its sha256 covers the code: the archive when there is one, else the source."""
-        sha256 = hashlib.sha256(package.archive or source.encode()).hexdigest()
+        Its sha256 covers what it runs: the code (the archive when there is one, else the
+        source), the environment and the modules it preimports."""
+        digest = hashlib.sha256(package.archive or source.encode())
+        digest.update(f"\0{package.env_hash or ''}\0{','.join(config.preimport)}".encode())
+        sha256 = digest.hexdigest()
         async with self._conn() as conn, conn.transaction():
             number = await conn.fetchval(QUERIES["create_function_or_bump"], name)
             row = await conn.fetchrow(
@@ -218,7 +222,7 @@ class Store:
                 config.entry, dict(config.env), config.timeout_s, config.memory_bytes,
                 config.concurrency, config.max_attempts, config.max_event_age_s,
                 package.archive, package.requirements, package.env_hash, package.lock,
-                list(config.preimport),
+                list(config.preimport), list(package.files),
             )
             await conn.execute(QUERIES["set_active_version"], name, number)
             await conn.execute(QUERIES["notify_function_changed"], name, number)
@@ -348,20 +352,25 @@ class Store:
             row = await conn.fetchrow(QUERIES["get_environment"], env_hash)
         return Environment.from_row(row) if row is not None else None
 
-    async def put_environment(self, env: Environment, archive: bytes, *,
-                              chunk_bytes: int = 8 << 20) -> None:
-        """Store an environment and its archive in chunks, in one transaction (readers never
-        see half of one); a second put of the same hash is a no-op."""
+    async def put_environment(self, env: Environment, archive: Path, *,
+                              chunk_bytes: int = 8 << 20) -> bool:
+        """Store an environment and its archive (a file, read a chunk at a time), in one
+        transaction: readers never see half of one. Returns False when an environment with
+        that hash was stored already (this one is then dropped)."""
+        size = (await asyncio.to_thread(archive.stat)).st_size
         async with self._conn() as conn, conn.transaction():
             created = await conn.fetchval(
                 QUERIES["insert_environment"], env.hash, env.requirements, env.lock, env.python,
-                len(archive), env.unpacked_bytes, -(-len(archive) // chunk_bytes),
-                env.build_s)
+                size, env.unpacked_bytes, -(-size // chunk_bytes), env.build_s)
             if created is None:
-                return
-            await conn.executemany(QUERIES["insert_environment_chunk"], [
-                (env.hash, i, archive[offset:offset + chunk_bytes])
-                for i, offset in enumerate(range(0, len(archive), chunk_bytes))])
+                return False
+            with archive.open("rb") as f:
+                seq = 0
+                while chunk := await asyncio.to_thread(f.read, chunk_bytes):
+                    await conn.execute(QUERIES["insert_environment_chunk"], env.hash, seq,
+                                       chunk)
+                    seq += 1
+        return True
 
     async def environment_chunks(self, env: Environment) -> AsyncIterator[bytes]:
         """The archive of an environment, a chunk at a time (one query each: a large

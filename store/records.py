@@ -59,6 +59,8 @@ class Package:
     requirements: str = ""
     env_hash: str | None = None
     lock: str = ""
+    files: tuple[str, ...] = ()
+    """The names in the archive."""
 
 
 NO_PACKAGE = Package()
@@ -98,8 +100,9 @@ class Version:
                 preimport=tuple(row["preimport"]),
             ),
             package=Package(archive=row["archive"], requirements=row["requirements"],
-                            env_hash=row["env_hash"], lock=row["lock"])
-            if row["archive"] is not None or row["env_hash"] is not None else NO_PACKAGE,
+                            env_hash=row["env_hash"], lock=row["lock"],
+                            files=tuple(row["files"]))
+            if row["files"] or row["env_hash"] is not None else NO_PACKAGE,
         )
 
     @property

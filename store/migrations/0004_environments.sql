@@ -2,6 +2,7 @@
 
 ALTER TABLE ember_versions
     ADD COLUMN archive      bytea,                       -- a zip of a multi-file function
+    ADD COLUMN files        text[] NOT NULL DEFAULT '{}', -- the names in it
     ADD COLUMN requirements text NOT NULL DEFAULT '',    -- as deployed
     ADD COLUMN env_hash     text,                        -- the environment it runs with
     ADD COLUMN lock         text NOT NULL DEFAULT '',    -- name==version --hash=... per package

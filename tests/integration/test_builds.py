@@ -64,9 +64,11 @@ async def test_a_failed_build_keeps_the_previous_version_serving(running: Runnin
     assert builds["builds"][0]["status"] == "failed"
     assert "ember-no-such-package" in builds["builds"][0]["log"]
 
-    response = await running.deploy("uses-six", SIX, requirements="-e ./mylib\n")
-    assert (response.status, (await response.json())["error"]["code"]) == (400,
-                                                                          "bad_requirements")
+    for refused in ("-e ./mylib", "-rfoo", "--requirem x", "x @ file:///etc", "-f /dir",
+                    "--target /tmp/x", "./pkg"):
+        response = await running.deploy("uses-six", SIX, requirements=refused + "\n")
+        assert (response.status, (await response.json())["error"]["code"]) == (
+            400, "bad_requirements"), refused
 
 
 COMPILED = textwrap.dedent("""
@@ -123,7 +125,11 @@ async def test_a_new_node_fetches_the_environment_from_the_database(
     async with make_platform() as running:
         deployed = await running.deploy_ok("uses-six", SIX, requirements="six==1.16.0\n")
     # Another node: its cache does not have the environment (here: the cache is emptied).
-    shutil.rmtree(tmp_path / "state" / "envs")
+    cache = tmp_path / "state" / "envs"
+    for path in [cache, *cache.rglob("*")]:  # environments are made read-only
+        if not path.is_symlink():
+            path.chmod(0o700)
+    shutil.rmtree(cache)
     async with make_platform() as running:
         response = await running.call("uses-six", {})
         assert (response.status, await response.json()) == (200, {"six": "1.16.0"})
