@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint format clean bench bench-quick bench-events bench-replay simulate
+.PHONY: up test lint format clean bench bench-quick bench-events bench-deps bench-replay simulate
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ bench-quick: $(STAMP)
 ## bench-events: durable events and async invocations end to end (about a minute)
 bench-events: $(STAMP)
 	$(PY) -m bench.events
+
+## bench-deps: cold starts of a function with dependencies, and the naive baseline
+bench-deps: $(STAMP)
+	$(PY) -m bench.deps
 
 ## bench-replay: replay a time-compressed trace slice on a platform; compare with the simulator
 bench-replay: $(STAMP)
