@@ -16,9 +16,7 @@ Prints a table and writes bench/results/deps.json.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import datetime as dt
 import os
 import subprocess
 import sys
@@ -27,17 +25,14 @@ from pathlib import Path
 
 import aiohttp
 import orjson
-import uvloop
 
 from bench.platform import Gateway, admin_headers
 from bench.run import (
-    RESULTS,
     Admin,
     Row,
+    bench_main,
     cold_starts,
-    in_fresh_database,
     latency_row,
-    print_table,
     quantiles_ms,
     until,
 )
@@ -120,19 +115,5 @@ async def run(quick: bool, database_url: str, work: Path) -> list[Row]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.deps")
-    parser.add_argument("--quick", action="store_true", help="fewer functions: under a minute")
-    args = parser.parse_args()
-    started = dt.datetime.now(dt.UTC)
-    rows = uvloop.run(in_fresh_database(run, args.quick))
-    print_table(rows)
-    RESULTS.mkdir(exist_ok=True)
-    report = {"date": started.isoformat(timespec="seconds"), "quick": args.quick,
-              "cpus": os.cpu_count(), "rows": [r.__dict__ for r in rows]}
-    (RESULTS / "deps.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
-    print(f"wrote {RESULTS / 'deps.json'}")
-
-
 if __name__ == "__main__":
-    main()
+    bench_main("bench.deps", run)

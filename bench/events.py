@@ -16,20 +16,16 @@ Prints a table and writes bench/results/events.json.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import datetime as dt
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
-import uvloop
 
 from bench.platform import Gateway, admin_headers
-from bench.run import RESULTS, Row, in_fresh_database, latency_row, print_table
+from bench.run import Row, bench_main, latency_row
 
 TRIVIAL = "def handler(event, context):\n    return None\n"
 CLOCK = "import time\n\ndef handler(event, context):\n    return {'t': time.time()}\n"
@@ -192,19 +188,5 @@ async def run(quick: bool, database_url: str, work: Path) -> list[Row]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.events")
-    parser.add_argument("--quick", action="store_true", help="fewer events: under a minute")
-    args = parser.parse_args()
-    started = dt.datetime.now(dt.UTC)
-    rows = uvloop.run(in_fresh_database(run, args.quick))
-    print_table(rows)
-    RESULTS.mkdir(exist_ok=True)
-    report = {"date": started.isoformat(timespec="seconds"), "quick": args.quick,
-              "cpus": os.cpu_count(), "rows": [r.__dict__ for r in rows]}
-    (RESULTS / "events.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
-    print(f"wrote {RESULTS / 'events.json'}")
-
-
 if __name__ == "__main__":
-    main()
+    bench_main("bench.events", run)

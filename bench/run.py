@@ -269,6 +269,23 @@ async def in_fresh_database(bench: Bench, quick: bool) -> list[Row]:
                 embedded.stop()
 
 
+def bench_main(module: str, bench: Bench) -> None:
+    """The command line of a benchmark module: `python -m bench.NAME [--quick]`; prints the
+    table and writes bench/results/NAME.json."""
+    name = module.rpartition(".")[2]
+    parser = argparse.ArgumentParser(prog=f"python -m {module}")
+    parser.add_argument("--quick", action="store_true", help="fewer samples: under a minute")
+    args = parser.parse_args()
+    started = dt.datetime.now(dt.UTC)
+    rows = uvloop.run(in_fresh_database(bench, args.quick))
+    print_table(rows)
+    RESULTS.mkdir(exist_ok=True)
+    report = {"date": started.isoformat(timespec="seconds"), "quick": args.quick,
+              "cpus": os.cpu_count(), "rows": [asdict(r) for r in rows]}
+    (RESULTS / f"{name}.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    print(f"wrote {RESULTS / f'{name}.json'}")
+
+
 async def main_async(quick: bool) -> list[Row]:
     return await in_fresh_database(run, quick)
 
