@@ -484,16 +484,20 @@ def policy_show(ctx: click.Context, name: str | None, as_json: bool) -> None:
 @click.option("--min-warm", type=click.IntRange(0, 10_000), help="Instances always warm.")
 @click.option("--max-instances", type=click.IntRange(1, 10_000),
               help="Instances of one version at most.")
+@click.option("--unset", "unset", multiple=True,
+              type=click.Choice(["prewarm", "keep-alive", "min-warm", "max-instances"]),
+              help="Drop this setting (repeatable): it is inherited again.")
 @json_option
 @click.pass_context
 def policy_set(ctx: click.Context, name: str | None, is_default: bool, prewarm: str | None,
                keep_alive: str | None, min_warm: int | None, max_instances: int | None,
-               as_json: bool) -> None:
+               unset: tuple[str, ...], as_json: bool) -> None:
     """Set the warm-pool policy of function NAME (or --default); applies at once."""
     if bool(name) == is_default:
         raise click.UsageError("give a function NAME or --default (not both)")
     payload = {"prewarm": prewarm, "keep_alive": keep_alive, "min_warm": min_warm,
-               "max_instances": max_instances}
+               "max_instances": max_instances,
+               "unset": [u.replace("-", "_") for u in unset] or None}
     path = "/v1/policy" if is_default else f"/v1/functions/{name}/policy"
     data = _api(ctx, "PUT", path, {k: v for k, v in payload.items() if v is not None})
     if as_json:

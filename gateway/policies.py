@@ -76,6 +76,18 @@ def parse_policy(body: dict[str, Any], function: str) -> PolicyRow:
                      min_warm=counts["min_warm"], max_instances=counts["max_instances"])
 
 
+_UNSETTABLE = {"prewarm": "prewarm", "keep_alive": "keep_alive_s", "min_warm": "min_warm",
+               "max_instances": "max_instances"}
+
+
+def _parse_unset(value: Any) -> list[str]:
+    """`["keep_alive", ...]` (API names) -> the policy fields to unset."""
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or any(n not in _UNSETTABLE for n in names):
+        raise ConfigError("--unset", value, "some of " + ", ".join(_UNSETTABLE))
+    return [_UNSETTABLE[n] for n in names]
+
+
 def _policy_json(name: str, policy: FunctionPolicy, row: PolicyRow | None) -> dict[str, Any]:
     return {"function": name, **dataclasses.asdict(policy),
             "set": {f: getattr(row, f) for f in _FIELDS if getattr(row, f) is not None}
@@ -103,23 +115,29 @@ async def _write(request: web.Request, name: str) -> web.Response:
         return error_response(400, "bad_json", "request body must be a JSON object")
     try:
         row = parse_policy(body, name)
+        unset = _parse_unset(body.get("unset", []))
     except ConfigError as exc:
         return error_response(400, "bad_policy", str(exc), setting=exc.setting)
-    if all(getattr(row, f) is None for f in _FIELDS):
+    both = [f for f in unset if getattr(row, f) is not None]
+    if both:
+        return error_response(400, "bad_policy", f"{both[0].removesuffix('_s')} is both set "
+                              "and unset")
+    if all(getattr(row, f) is None for f in _FIELDS) and not unset:
         return error_response(400, "bad_policy", "nothing to set: give --prewarm, "
-                              "--keep-alive, --min-warm or --max-instances")
-    rows = [r for r in await platform.store.list_policies() if r.function != name]
-    old = next((r for r in await platform.store.list_policies() if r.function == name), None)
+                              "--keep-alive, --min-warm, --max-instances or --unset")
+    policies = await platform.store.list_policies()
+    rows = [r for r in policies if r.function != name]
+    old = next((r for r in policies if r.function == name), None)
     merged = PolicyRow(function=name, **{
-        f: getattr(row, f) if getattr(row, f) is not None else getattr(old, f, None)
-        for f in _FIELDS})
+        f: None if f in unset else getattr(row, f) if getattr(row, f) is not None
+        else getattr(old, f, None) for f in _FIELDS})
     default, overrides = effective(platform, [*rows, merged])
     for policy_name, policy in [("default", default), *overrides.items()]:
         if policy.min_warm > policy.max_instances:
             return error_response(
                 400, "bad_policy", f"min-warm ({policy.min_warm}) cannot exceed max-instances "
                 f"({policy.max_instances}) for {policy_name}", setting="--min-warm")
-    await platform.store.set_policy(row)
+    await platform.store.set_policy(row, unset)
     await platform._reload_policies()  # this gateway at once; the others on NOTIFY
     return json_response(await _read(platform, name))
 

@@ -322,12 +322,13 @@ class Store:
 
     # -- policies ---------------------------------------------------------------------------
 
-    async def set_policy(self, policy: PolicyRow) -> PolicyRow:
-        """Store the non-None fields of a policy override; notify every gateway."""
+    async def set_policy(self, policy: PolicyRow, unset: Sequence[str] = ()) -> PolicyRow:
+        """Store the non-None fields of a policy override and unset the fields named in
+        `unset` (they inherit again); notify every gateway."""
         async with self._conn() as conn, conn.transaction():
             row = await conn.fetchrow(
                 QUERIES["set_policy"], policy.function, policy.prewarm, policy.keep_alive_s,
-                policy.min_warm, policy.max_instances)
+                policy.min_warm, policy.max_instances, list(unset))
             await conn.execute(QUERIES["notify_policy_changed"], policy.function)
         assert row is not None
         return PolicyRow.from_row(row)

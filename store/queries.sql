@@ -111,14 +111,19 @@ INSERT INTO ember_migrations (number, name) VALUES ($1, $2);
 SELECT 1;
 
 -- name: set_policy
--- Set the given fields of a function's policy ('*': the default); NULL arguments keep a field.
+-- Set the given fields of a function's policy ('*': the default); NULL arguments keep a field,
+-- and the fields named in $6 are unset (inherited again).
 INSERT INTO ember_policies AS p (function, prewarm, keep_alive_s, min_warm, max_instances)
 VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT (function) DO UPDATE SET
-    prewarm = COALESCE(EXCLUDED.prewarm, p.prewarm),
-    keep_alive_s = COALESCE(EXCLUDED.keep_alive_s, p.keep_alive_s),
-    min_warm = COALESCE(EXCLUDED.min_warm, p.min_warm),
-    max_instances = COALESCE(EXCLUDED.max_instances, p.max_instances),
+    prewarm = CASE WHEN 'prewarm' = ANY($6::text[]) THEN NULL
+                   ELSE COALESCE(EXCLUDED.prewarm, p.prewarm) END,
+    keep_alive_s = CASE WHEN 'keep_alive_s' = ANY($6::text[]) THEN NULL
+                        ELSE COALESCE(EXCLUDED.keep_alive_s, p.keep_alive_s) END,
+    min_warm = CASE WHEN 'min_warm' = ANY($6::text[]) THEN NULL
+                    ELSE COALESCE(EXCLUDED.min_warm, p.min_warm) END,
+    max_instances = CASE WHEN 'max_instances' = ANY($6::text[]) THEN NULL
+                         ELSE COALESCE(EXCLUDED.max_instances, p.max_instances) END,
     updated_at = now()
 RETURNING *;
 

@@ -33,6 +33,18 @@ async def test_set_show_and_reset_a_function_policy(running: Running) -> None:
                                        json={"prewarm": "histogram-cost"})
     assert (status, data["prewarm"], data["keep_alive_s"]) == (200, "histogram-cost", 120.0)
 
+    # One field unset: inherited again; the others stay.
+    status, data = await running.admin("PUT", "/v1/functions/pid/policy",
+                                       json={"unset": ["keep_alive"]})
+    assert (status, data["keep_alive_s"], data["set"]) == (
+        200, 600.0, {"prewarm": "histogram-cost", "max_instances": 3})
+    status, data = await running.admin("PUT", "/v1/functions/pid/policy",
+                                       json={"unset": ["keep_alive"], "keep_alive": "1m"})
+    assert (status, data["error"]["code"]) == (400, "bad_policy")
+    status, data = await running.admin("PUT", "/v1/functions/pid/policy",
+                                       json={"unset": ["colour"]})
+    assert (status, data["error"]["setting"]) == (400, "--unset")
+
     status, data = await running.admin("PUT", "/v1/policy", json={"keep_alive": "30s"})
     assert (status, data["keep_alive_s"]) == (200, 30.0)
     status, data = await running.admin("DELETE", "/v1/functions/pid/policy")
