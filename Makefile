@@ -48,7 +48,7 @@ bench-events: $(STAMP)
 bench-deps: $(STAMP)
 	$(PY) -m bench.deps
 
-## bench-replay: replay a time-compressed trace slice on a platform; compare with the simulator
+## bench-replay: replay a time-compressed trace slice on a platform (--policy fixed|histogram); compare with the simulator
 bench-replay: $(STAMP)
 	$(PY) -m bench.replay
 

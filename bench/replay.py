@@ -1,9 +1,11 @@
 """`python -m bench.replay`: replay a time-compressed slice of the trace against a running
 platform, and compare its measured cold-start rate with the simulator's prediction.
 
-This keeps the simulator honest: same slice, same policy (fixed keep-alive, scaled by the same
-compression), one run each. The functions are deployed with a high per-instance concurrency,
-the simulator's model of one instance per function.
+This keeps the simulator honest: same slice, same policy, one run each. The platform runs with
+`FN_TIME_SCALE` set to the compression, so its policies see the trace's own time: a 10-minute
+keep-alive and the histogram's 1-minute bins compress with the calls. The functions are
+deployed with a high per-instance concurrency, the simulator's model of one instance per
+function.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import uvloop
 
 from bench.platform import Gateway, admin_headers
 from bench.run import until
-from scheduler.policy import FixedKeepAlive
+from scheduler.policy import FixedKeepAlive, HybridHistogram
 from scheduler.simulator import FunctionTrace, load_azure_trace, simulate
 from store.embedded import start_embedded_postgres, with_database
 
@@ -32,12 +34,13 @@ HANDLER = "async def handler(event, context):\n    return 'ok'\n"
 
 
 def pick_slice(traces: list[FunctionTrace], start_min: int, minutes: int, functions: int,
-               max_calls: int, speedup: float) -> list[FunctionTrace]:
-    """The functions with calls in the slice (at most `max_calls` each), time-compressed."""
+               max_calls: int) -> list[FunctionTrace]:
+    """The functions with calls in the slice (at most `max_calls` each), times from its
+    start."""
     lo, hi = start_min * 60.0, (start_min + minutes) * 60.0
     chosen: list[FunctionTrace] = []
     for t in traces:
-        calls = [(a - lo) / speedup for a in t.arrivals if lo <= a < hi]
+        calls = [a - lo for a in t.arrivals if lo <= a < hi]
         if 2 <= len(calls) <= max_calls:
             chosen.append(FunctionTrace(f"r{len(chosen)}", calls, 0.001, t.memory_mb))
         if len(chosen) == functions:
@@ -45,8 +48,10 @@ def pick_slice(traces: list[FunctionTrace], start_min: int, minutes: int, functi
     return chosen
 
 
-async def replay(gateway_url: str, traces: list[FunctionTrace]) -> dict[str, list[bool]]:
-    """Call each function at its (compressed) times; returns the cold flag of every call."""
+async def replay(gateway_url: str, traces: list[FunctionTrace],
+                 speedup: float) -> dict[str, list[bool]]:
+    """Call each function at its times compressed `speedup` times; returns the cold flag of
+    every call."""
     async with aiohttp.ClientSession() as http:
         async def call(name: str) -> str:
             async with http.post(f"{gateway_url}/fn/{name}", json={}) as r:
@@ -55,7 +60,7 @@ async def replay(gateway_url: str, traces: list[FunctionTrace]) -> dict[str, lis
 
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        calls = sorted((a, t.name) for t in traces for a in t.arrivals)
+        calls = sorted((a / speedup, t.name) for t in traces for a in t.arrivals)
         tasks = []
         for at, name in calls:
             delay = t0 + at - loop.time()
@@ -73,9 +78,12 @@ async def replay(gateway_url: str, traces: list[FunctionTrace]) -> dict[str, lis
 
 async def main_async(args: argparse.Namespace) -> None:
     traces = pick_slice(load_azure_trace(args.trace), args.start_minute, args.minutes,
-                        args.functions, args.max_calls, args.speedup)
-    keep_alive_s = args.keep_alive_min * 60 / args.speedup
-    predicted = simulate(traces, FixedKeepAlive(keep_alive_s))
+                        args.functions, args.max_calls)
+    keep_alive_s = args.keep_alive_min * 60
+    # What the live router runs for each: the histogram keeps the keep-alive while it learns.
+    policy = FixedKeepAlive(keep_alive_s) if args.policy == "fixed" \
+        else HybridHistogram(warmup_keep_alive_s=keep_alive_s)
+    predicted = simulate(traces, policy)
     with tempfile.TemporaryDirectory(prefix="ember-replay-") as tmp:
         server = os.environ.get("DATABASE_URL")
         embedded = None
@@ -87,7 +95,8 @@ async def main_async(args: argparse.Namespace) -> None:
         await conn.execute(f'CREATE DATABASE "{name}"')
         await conn.close()
         gateway = Gateway.start(Path(tmp) / "gw", with_database(server, name),
-                                FN_KEEP_ALIVE=f"{keep_alive_s}s", FN_GENERIC_POOL="4")
+                                FN_KEEP_ALIVE=f"{keep_alive_s}s", FN_GENERIC_POOL="4",
+                                FN_TIME_SCALE=str(args.speedup))
         try:
             async with aiohttp.ClientSession() as http:
                 for t in traces:
@@ -95,15 +104,19 @@ async def main_async(args: argparse.Namespace) -> None:
                                          data=orjson.dumps({"name": t.name, "source": HANDLER,
                                                             "concurrency": 1000})) as r:
                         assert r.status == 201, await r.text()
+                async with http.put(f"{gateway.url}/v1/policy", headers=admin_headers(),
+                                    data=orjson.dumps({"prewarm": args.policy})) as r:
+                    assert r.status == 200, await r.text()
+
                 async def scaled_to_zero() -> bool:  # the deploys' warm instances
                     async with http.get(f"{gateway.url}/v1/functions",
                                         headers=admin_headers()) as r:
                         data = await r.json()
                     return all(f["instances"]["total"] == 0 for f in data["functions"])
 
-                await until(scaled_to_zero, keep_alive_s + 30, "scale to zero")
+                await until(scaled_to_zero, keep_alive_s / args.speedup + 30, "scale to zero")
             started = time.perf_counter()
-            cold = await replay(gateway.url, traces)
+            cold = await replay(gateway.url, traces, args.speedup)
             elapsed = time.perf_counter() - started
         finally:
             gateway.stop()
@@ -116,8 +129,8 @@ async def main_async(args: argparse.Namespace) -> None:
     measured_cold = sum(sum(v) for v in cold.values())
     print(f"slice: minutes {args.start_minute}-{args.start_minute + args.minutes} of the trace, "
           f"{len(traces)} functions, {predicted.calls} calls, compressed {args.speedup:g}x "
-          f"(replayed in {elapsed:.1f}s); policy fixed:{args.keep_alive_min:g}m "
-          f"(= {keep_alive_s:g}s compressed)")
+          f"(replayed in {elapsed:.1f}s); policy {args.policy}, keep-alive "
+          f"{args.keep_alive_min:g}m")
     print(f"simulated: {predicted.cold} cold starts, {predicted.cold_rate:.2%}")
     print(f"measured:  {measured_cold} cold starts of {measured_calls} calls, "
           f"{measured_cold / max(measured_calls, 1):.2%}")
@@ -133,7 +146,9 @@ def main() -> None:
                         help="skip functions with more calls than this in the slice")
     parser.add_argument("--speedup", type=float, default=60.0,
                         help="time compression: 60 replays an hour in a minute")
-    parser.add_argument("--keep-alive-min", type=float, default=10.0)
+    parser.add_argument("--keep-alive-min", type=float, default=10.0,
+                        help="the keep-alive (the histogram's while it learns)")
+    parser.add_argument("--policy", choices=["fixed", "histogram"], default="fixed")
     uvloop.run(main_async(parser.parse_args()))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -135,8 +136,11 @@ class Platform:
             return {} if env_hash is None else {
                 "paths": [str(await builder.local_path(env_hash))]}
 
-        scheduler = Scheduler(LocalBackend(zygote=settings.zygote), settings.pool,
-                              prepare=prepare)
+        scale = settings.time_scale
+        scheduler = Scheduler(
+            LocalBackend(zygote=settings.zygote), settings.pool, prepare=prepare,
+            clock=time.monotonic if scale == 1 else lambda: time.monotonic() * scale,
+            time_scale=scale)
         await scheduler.start()
         functions = FunctionCache(store)
         activations = ActivationWriter(store)

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.units import parse_duration_s, parse_size_bytes
+from gateway.units import ConfigError, parse_duration_s, parse_size_bytes
 from scheduler.scheduler import PoolSettings
 
 
@@ -69,6 +69,10 @@ class Settings:
     """Fork instances from a pre-imported zygote (FN_ZYGOTE=0: start a fresh interpreter each)."""
     shutdown_timeout_s: float = 10.0
     """How long in-flight calls may run on at shutdown before they are cancelled."""
+    time_scale: float = 1.0
+    """Policy seconds per real second (FN_TIME_SCALE): above 1 only to replay a
+    time-compressed trace (bench/replay.py), so that keep-alives and the histogram's 1-minute
+    bins compress with it."""
     pool: PoolSettings = field(default_factory=PoolSettings)
     events: EventSettings = field(default_factory=EventSettings)
 
@@ -95,7 +99,11 @@ class Settings:
             retention_s=parse_duration_s(env.get("FN_DELIVERY_RETENTION", d.retention_s),
                                          "FN_DELIVERY_RETENTION", maximum_s=365 * 86400),
         )
+        time_scale = float(env.get("FN_TIME_SCALE", "1"))
+        if not 1 <= time_scale <= 10_000:
+            raise ConfigError("FN_TIME_SCALE", time_scale, "a number from 1 to 10000")
         return cls(
+            time_scale=time_scale,
             events=events,
             host=env.get("FN_HOST", defaults.host),
             port=int(env.get("FN_PORT", str(defaults.port))),

@@ -112,10 +112,13 @@ Prepare = Callable[[Version], Awaitable[dict[str, Any]]]
 class Scheduler:
     def __init__(self, backend: Backend, settings: PoolSettings | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 prepare: Prepare | None = None) -> None:
+                 prepare: Prepare | None = None, time_scale: float = 1.0) -> None:
         """`prepare(version)` readies what a version needs on this node before an instance is
-        specialized (its environment) and returns what to add to the specialize message."""
+        specialized (its environment) and returns what to add to the specialize message.
+        `clock` gives the policies' time; `time_scale` is how many of its seconds pass per
+        real second (above 1 only to replay a time-compressed trace)."""
         self._prepare = prepare
+        self.time_scale = time_scale
         self.settings = settings or PoolSettings()
         self.backend = backend
         self.clock = clock
@@ -551,7 +554,8 @@ class Scheduler:
                        if t is not None]
             target = min(targets, default=None)
             self._reaper_target = math.inf if target is None else target
-            timeout = None if target is None else max(0.0, target - self.clock())
+            timeout = None if target is None else \
+                max(0.0, target - self.clock()) / self.time_scale
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._wake_reaper.wait()
