@@ -11,7 +11,6 @@ lease: if the gateway dies mid-delivery, the delivery is claimed again when its 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import datetime as dt
 import functools
@@ -25,6 +24,7 @@ from typing import Any
 from gateway.invoke import CallResult, _no_nul, execute
 from gateway.platform import Platform
 from gateway.settings import EventSettings
+from gateway.waiting import wait_event
 from store import (
     ActivationId,
     Claimed,
@@ -232,8 +232,7 @@ class DeliveryWorker:
 
     async def _sleep(self, timeout_s: float) -> None:
         """Until woken (new work, or stop) or `timeout_s`."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout_s)
+        await wait_event(self._wake, timeout_s)
 
     def _done(self, key: tuple[ActivationId, int], _task: asyncio.Task[None]) -> None:
         self._inflight.pop(key, None)

@@ -17,7 +17,6 @@ topic, acknowledge the message once `publish` has returned (committed).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import functools
 import logging
@@ -28,6 +27,7 @@ from croniter import croniter
 
 from gateway.platform import Platform
 from gateway.units import ConfigError
+from gateway.waiting import wait_event
 from store import DatabaseUnavailable, Store, Trigger
 from store.outbox import WatchedDatabase
 
@@ -96,8 +96,7 @@ async def run_schedules(platform: Platform, wake: asyncio.Event, *, poll_s: floa
         if nxt is not None:
             timeout = min(poll_s, max((nxt - dt.datetime.now(dt.UTC)).total_seconds(), 0.0)
                           + 0.001)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), timeout)
+        await wait_event(wake, timeout)
 
 
 class TableRelays:
@@ -139,8 +138,7 @@ class TableRelays:
                     await self.sync()
                 except Exception as exc:
                     log.warning("cannot list table triggers, retrying: %r", exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), self.poll_s * 6)
+                await wait_event(wake, self.poll_s * 6)
         finally:
             await self.close(self._relays.values())
 
@@ -164,8 +162,7 @@ class TableRelays:
                     log.warning("cannot relay table changes, retrying: %s", exc)
                 except Exception:
                     log.exception("table relay failed; retrying")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), self.poll_s)
+                await wait_event(changed, self.poll_s)
         finally:
             listener.cancel()
             await asyncio.gather(listener, return_exceptions=True)

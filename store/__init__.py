@@ -158,7 +158,8 @@ class Store:
     async def close(self, timeout_s: float = 10.0) -> None:
         """Close the pool; connections still held after `timeout_s` are terminated."""
         try:
-            await asyncio.wait_for(self._pool.close(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._pool.close()
         except TimeoutError:
             log.warning("terminating database connections still in use")
             self._pool.terminate()

@@ -67,7 +67,8 @@ class WatchedDatabase:
         if self._pool is not None:
             pool, self._pool = self._pool, None
             try:
-                await asyncio.wait_for(pool.close(), timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    await pool.close()
             except TimeoutError:
                 log.warning("terminating the watched database's connections")
                 pool.terminate()
