@@ -22,7 +22,9 @@ from gateway.builds import Builder
 from gateway.functions import FunctionCache
 from gateway.metrics import Metrics, PoolReadout
 from gateway.settings import Settings
+from scheduler.backends import Backend
 from scheduler.backends.local import LocalBackend
+from scheduler.backends.remote import RemoteBackend
 from scheduler.scheduler import Scheduler
 from store import ActivationId, DatabaseUnavailable, NewDelivery, Store, Version
 from store.embedded import EmbeddedPostgres, start_embedded_postgres
@@ -133,12 +135,23 @@ class Platform:
 
         async def prepare(version: Version) -> dict[str, Any]:
             env_hash = version.package.env_hash
+            if env_hash is not None and settings.backend == "kubernetes":
+                raise ValueError("functions with requirements do not run on the Kubernetes "
+                                 "backend yet (docs/kubernetes.md)")
             return {} if env_hash is None else {
                 "paths": [str(await builder.local_path(env_hash))]}
 
+        backend: Backend
+        if settings.backend == "kubernetes":
+            assert settings.scheduler_url is not None
+            assert settings.scheduler_token is not None
+            backend = RemoteBackend(settings.scheduler_url, settings.scheduler_token,
+                                    settings.gateway_id)
+        else:
+            backend = LocalBackend(zygote=settings.zygote)
         scale = settings.time_scale
         scheduler = Scheduler(
-            LocalBackend(zygote=settings.zygote), settings.pool, prepare=prepare,
+            backend, settings.pool, prepare=prepare,
             clock=time.monotonic if scale == 1 else lambda: time.monotonic() * scale,
             time_scale=scale)
         await scheduler.start()

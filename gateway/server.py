@@ -18,10 +18,10 @@ import orjson
 from aiohttp import web
 
 from gateway.app import build_app
-from gateway.logs import configure_logging
 from gateway.platform import Platform
 from gateway.settings import Settings
 from gateway.units import ConfigError
+from scheduler.logs import configure_logging
 from store import StoreError
 
 log = logging.getLogger("ember.gateway")

@@ -6,8 +6,9 @@ The `fn up` flags set these variables, so a flag and its variable are the same s
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from gateway.units import ConfigError, parse_duration_s, parse_size_bytes
@@ -73,6 +74,16 @@ class Settings:
     """Policy seconds per real second (FN_TIME_SCALE): above 1 only to replay a
     time-compressed trace (bench/replay.py), so that keep-alives and the histogram's 1-minute
     bins compress with it."""
+    backend: str = "local"
+    """Where instances run (EMBER_BACKEND): `local` processes, or `kubernetes` pods handed out
+    by the scheduler process (docs/kubernetes.md)."""
+    scheduler_url: str | None = None
+    """The scheduler process, with EMBER_BACKEND=kubernetes (EMBER_SCHEDULER_URL)."""
+    scheduler_token: str | None = None
+    """The token the scheduler process expects (FN_SCHEDULER_TOKEN)."""
+    gateway_id: str = field(default_factory=socket.gethostname)
+    """This gateway's name towards the scheduler (EMBER_GATEWAY_ID); default: the host name,
+    which on Kubernetes is the pod name."""
     pool: PoolSettings = field(default_factory=PoolSettings)
     events: EventSettings = field(default_factory=EventSettings)
 
@@ -99,6 +110,16 @@ class Settings:
             retention_s=parse_duration_s(env.get("FN_DELIVERY_RETENTION", d.retention_s),
                                          "FN_DELIVERY_RETENTION", maximum_s=365 * 86400),
         )
+        backend = env.get("EMBER_BACKEND", "local")
+        if backend not in ("local", "kubernetes"):
+            raise ConfigError("EMBER_BACKEND", backend, "local or kubernetes")
+        if backend == "kubernetes":
+            for name in ("EMBER_SCHEDULER_URL", "FN_SCHEDULER_TOKEN", "DATABASE_URL"):
+                if not env.get(name):
+                    raise ConfigError(name, "", "set with EMBER_BACKEND=kubernetes "
+                                      "(deploy/ sets it)")
+            # The scheduler process keeps the generic pods; a gateway holds specialized ones.
+            pool = replace(pool, generic_pool_size=0)
         time_scale = float(env.get("FN_TIME_SCALE", "1"))
         if not 1 <= time_scale <= 10_000:
             raise ConfigError("FN_TIME_SCALE", time_scale, "a number from 1 to 10000")
@@ -121,4 +142,8 @@ class Settings:
                                                      defaults.build_timeout_s),
                                              "FN_BUILD_TIMEOUT"),
             pool=pool,
+            backend=backend,
+            scheduler_url=env.get("EMBER_SCHEDULER_URL") or None,
+            scheduler_token=env.get("FN_SCHEDULER_TOKEN") or None,
+            gateway_id=env.get("EMBER_GATEWAY_ID") or socket.gethostname(),
         )

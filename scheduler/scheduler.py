@@ -382,7 +382,7 @@ class Scheduler:
 
     async def _specialize(self, instance: Instance, version: Version, fresh: bool) -> None:
         if fresh:
-            await self._start_process(instance)
+            await self._start_process(instance, version)
         meta = _specialize_meta(version)
         if self._prepare is not None:
             try:
@@ -411,9 +411,9 @@ class Scheduler:
             )
         self._conns.setdefault(instance.id, []).append(conn)
 
-    async def _start_process(self, instance: Instance) -> None:
+    async def _start_process(self, instance: Instance, version: Version | None = None) -> None:
         try:
-            handle = await self.backend.start_instance(instance.id)
+            handle = await self.backend.start_instance(instance.id, version)
         except BackendError as exc:
             raise StartFailed(str(exc)) from exc
         self.starts_total += 1

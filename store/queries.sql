@@ -107,9 +107,6 @@ SELECT number FROM ember_migrations;
 -- name: record_migration
 INSERT INTO ember_migrations (number, name) VALUES ($1, $2);
 
--- name: ping
-SELECT 1;
-
 -- name: set_policy
 -- Set the given fields of a function's policy ('*': the default); NULL arguments keep a field,
 -- and the fields named in $6 are unset (inherited again).
@@ -380,3 +377,9 @@ RETURNING *;
 
 -- name: list_builds
 SELECT * FROM ember_builds WHERE function = $1 ORDER BY id DESC LIMIT $2;
+
+-- name: try_leader_lock
+SELECT pg_try_advisory_lock($1);
+
+-- name: ping
+SELECT 1;

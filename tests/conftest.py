@@ -68,8 +68,7 @@ async def database_url(pg_server_url: str) -> AsyncIterator[str]:
 def platform_processes(platform: Platform) -> list[psutil.Process]:
     """The zygote of a platform and every instance it forked (to check nothing leaks)."""
     backend = platform.scheduler.backend
-    assert isinstance(backend, LocalBackend)
-    if backend.zygote_pid is None:
+    if not isinstance(backend, LocalBackend) or backend.zygote_pid is None:
         return []
     try:
         zygote = psutil.Process(backend.zygote_pid)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import signal
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from store.records import Version
 
 
 class BackendError(Exception):
@@ -24,8 +27,10 @@ class Backend(Protocol):
         """Get ready to start instances quickly (e.g. start the zygote)."""
         ...
 
-    async def start_instance(self, instance_id: str) -> InstanceHandle:
-        """Start a generic invoker and return once it accepts connections."""
+    async def start_instance(self, instance_id: str,
+                             version: Version | None = None) -> InstanceHandle:
+        """Start an invoker and return once it accepts connections. `version` is the function
+        version it will be specialized for, or None for the generic pool."""
         ...
 
     async def stop_instance(self, handle: InstanceHandle, *, grace_s: float) -> None:

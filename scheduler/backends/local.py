@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from scheduler.backends import BackendError, InstanceHandle, describe_exit
+from store.records import Version
 
 log = logging.getLogger("ember.scheduler.local")
 
@@ -188,7 +189,8 @@ class LocalBackend:
         if self.use_zygote:
             await self._ensure_zygote()
 
-    async def start_instance(self, instance_id: str) -> InstanceHandle:
+    async def start_instance(self, instance_id: str,
+                             version: Version | None = None) -> InstanceHandle:
         handle: InstanceHandle
         try:
             async with asyncio.timeout(self.start_timeout_s):

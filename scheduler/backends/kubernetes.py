@@ -1,0 +1,575 @@
+"""The Kubernetes backend: invoker instances are pods. The only module that speaks Kubernetes.
+
+`PodPool` keeps `generic_pool_size` generic invoker pods (the runtime image, labelled
+`ember.dev/state=generic`) ready in the functions namespace. `claim` hands a ready generic pod to
+a gateway for a function version and relabels it (`specialized`, function, version, gateway):
+the gateway then pushes the code over the invoker's own protocol, so a cold start costs a label
+patch and an import, not a pod start. When no generic pod is ready, or the function needs more
+memory than a generic pod has, `claim` creates a specialized pod directly and waits for it. The
+pool refills off the request path.
+
+Pod state comes from one list and a watch from its resourceVersion; an expired watch (410
+Gone) is answered with a fresh list. A pod that fails, is evicted or is deleted by someone else
+is reported to `on_gone`. On start the pool adopts the invoker pods that exist (generic ones
+count towards the pool; specialized ones keep their gateway), so a restart neither leaks nor
+duplicates pods. Every call goes through the official client, on threads: the client is
+synchronous.
+
+Errors: `KubernetesError` (a `BackendError`), with `Unreachable` and `Forbidden` (which names
+the missing permission) below it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+
+from scheduler.backends import BackendError
+
+log = logging.getLogger("ember.scheduler.kubernetes")
+
+APP_LABEL = "app.kubernetes.io/name"
+APP = "ember-invoker"
+STATE_LABEL = "ember.dev/state"
+FUNCTION_LABEL = "ember.dev/function"
+VERSION_LABEL = "ember.dev/version"
+GATEWAY_LABEL = "ember.dev/gateway"
+MEMORY_ANNOTATION = "ember.dev/memory-bytes"
+
+INVOKER_COMMAND = ["python", "-m", "invoker"]
+"""The invoker image's entry point, and the command the local backend runs."""
+
+REQUIRED_PERMISSIONS: tuple[tuple[str, str], ...] = (
+    ("pods", "list"), ("pods", "watch"), ("pods", "create"), ("pods", "patch"),
+    ("pods", "delete"), ("configmaps", "get"),
+)
+"""Every (resource, verb) this module uses in the functions namespace; the scheduler's Role in
+deploy/ grants exactly these (a test holds the two together)."""
+
+
+class KubernetesError(BackendError):
+    """A Kubernetes API call failed."""
+
+
+class Unreachable(KubernetesError):
+    """The API server could not be reached."""
+
+
+class Forbidden(KubernetesError):
+    """The service account lacks a permission."""
+
+
+def _mebibytes(n_bytes: int) -> str:
+    return f"{max(1, -(-n_bytes // (1 << 20)))}Mi"
+
+
+def label_value(text: str) -> str:
+    """A label value for `text` (63 characters of [A-Za-z0-9._-], alphanumeric at both ends)."""
+    value = re.sub(r"[^A-Za-z0-9._-]", "_", text)[:63].strip("._-")
+    return value or "x"
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class KubernetesSettings:
+    namespace: str = "ember-functions"
+    """Namespace of the invoker pods (EMBER_NAMESPACE)."""
+    image: str = "ghcr.io/ember-faas/invoker:0.1.0-py3.11"
+    """The invoker runtime image (EMBER_INVOKER_IMAGE); see runtime-images/."""
+    generic_pool_size: int = 2
+    """Generic pods kept ready (EMBER_GENERIC_POOL): each absorbs one cold start without a pod
+    start. Size it to the cold starts expected within one pod start time (see
+    docs/kubernetes.md)."""
+    port: int = 8080
+    """Port the invoker listens on in its pod."""
+    generic_memory_bytes: int = 256 << 20
+    """Memory limit of a generic pod; a function that needs more gets a pod of its own."""
+    cpu_request: str = "50m"
+    cpu_limit: str = "1"
+    owner_configmap: str = "ember-invokers"
+    """A ConfigMap in the functions namespace that owns every invoker pod: deleting it (or
+    Ember) lets Kubernetes garbage-collect them. deploy/ creates it."""
+    pod_start_timeout_s: float = 120.0
+    """How long a new pod may take to become ready (image pull included)."""
+    stop_grace_s: int = 2
+    """terminationGracePeriodSeconds of invoker pods."""
+    service_account: str = "ember-invoker"
+    """The invoker pods' ServiceAccount: no token is mounted, so it has no rights anyway."""
+
+
+@dataclass(slots=True)
+class PodView:
+    """What the pool knows of one invoker pod, from the list and the watch."""
+
+    name: str
+    uid: str
+    resource_version: str
+    labels: dict[str, str]
+    phase: str
+    ready: bool
+    ip: str | None
+    deleting: bool
+    memory_bytes: int
+    reason: str = ""
+
+    @classmethod
+    def from_object(cls, obj: dict[str, Any]) -> PodView:
+        meta, status = obj.get("metadata", {}), obj.get("status", {})
+        conditions = status.get("conditions") or []
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+        reason = status.get("reason") or status.get("message") or ""
+        for cs in status.get("containerStatuses") or []:
+            term = (cs.get("state") or {}).get("terminated") or {}
+            if term and not reason:
+                reason = f"{term.get('reason', 'terminated')} (exit {term.get('exitCode')})"
+        annotations = meta.get("annotations") or {}
+        return cls(
+            name=meta["name"], uid=meta.get("uid", ""),
+            resource_version=meta.get("resourceVersion", ""),
+            labels=dict(meta.get("labels") or {}), phase=status.get("phase", "Pending"),
+            ready=ready, ip=status.get("podIP"), deleting=bool(meta.get("deletionTimestamp")),
+            memory_bytes=int(annotations.get(MEMORY_ANNOTATION, "0") or 0), reason=reason,
+        )
+
+    @property
+    def state(self) -> str:
+        return self.labels.get(STATE_LABEL, "")
+
+    @property
+    def dead(self) -> bool:
+        return self.deleting or self.phase in ("Failed", "Succeeded")
+
+    def usable(self) -> bool:
+        return self.ready and self.ip is not None and not self.dead
+
+
+GoneCallback = Callable[[PodView, str], None]
+
+
+def _api_error(exc: ApiException, what: str) -> KubernetesError:
+    if exc.status == 403:
+        return Forbidden(f"{what}: forbidden ({exc.reason}); the scheduler's service account "
+                         "needs the Role in deploy/base/scheduler-rbac.yaml")
+    raw: Any = exc.body
+    body = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        body = json.loads(body).get("message", body)
+    return KubernetesError(f"{what}: {exc.status} {exc.reason}: {body}")
+
+
+class PodPool:
+    def __init__(self, api: k8s.ApiClient, settings: KubernetesSettings) -> None:
+        self.api = api
+        self.core = k8s.CoreV1Api(api)
+        self.settings = settings
+        self.pods: dict[str, PodView] = {}
+        self.on_gone: list[GoneCallback] = []
+        self.created_total = 0
+        self.relists_total = 0
+        self._owner: dict[str, Any] | None = None
+        self._resource_version = ""
+        self._waiters: set[asyncio.Event] = set()
+        self._refill = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._watch_response: Any = None
+        self._stopping = False
+        self.failed: BaseException | None = None
+        self.broken = asyncio.Event()
+
+    # -- connecting ---------------------------------------------------------------------------
+
+    @classmethod
+    def load_client(cls, kubeconfig: str | None = None) -> k8s.ApiClient:
+        """A client for the cluster: from `kubeconfig` when given, else in-cluster."""
+        configuration = k8s.Configuration()
+        try:
+            if kubeconfig:
+                k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
+                    config_file=kubeconfig, client_configuration=configuration)
+            else:
+                k8s_config.load_incluster_config(  # type: ignore[no-untyped-call]
+                    client_configuration=configuration)
+        except k8s_config.ConfigException as exc:
+            raise KubernetesError(
+                f"no Kubernetes configuration: {exc}; run in a pod with a service account, "
+                "or set KUBECONFIG") from exc
+        return k8s.ApiClient(configuration)
+
+    async def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call the API on a thread; the JSON of the answer, as a dict."""
+        kwargs.setdefault("_preload_content", False)
+        kwargs.setdefault("_request_timeout", 30)
+        try:
+            response = await asyncio.to_thread(fn, *args, **kwargs)
+        except ApiException as exc:
+            raise _api_error(exc, what) from exc
+        except Exception as exc:  # urllib3: connection refused, DNS, TLS, timeouts
+            host = self.api.configuration.host
+            raise Unreachable(f"{what}: cannot reach the Kubernetes API at {host}: {exc}") \
+                from exc
+        data: bytes = cast(Any, response).data
+        return json.loads(data) if data else {}
+
+    async def check_access(self) -> None:
+        """Fail early, and say which permission is missing, rather than on the first call."""
+        auth = k8s.AuthorizationV1Api(self.api)
+        missing = []
+        for resource, verb in REQUIRED_PERMISSIONS:
+            review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                      "spec": {"resourceAttributes": {"namespace": self.settings.namespace,
+                                                      "verb": verb, "resource": resource}}}
+            answer = await self._call("checking permissions",
+                                      auth.create_self_subject_access_review, review)
+            if not answer.get("status", {}).get("allowed"):
+                missing.append(f"{verb} {resource}")
+        if missing:
+            raise Forbidden(
+                f"the scheduler's service account may not {', '.join(missing)} in namespace "
+                f'"{self.settings.namespace}"; apply deploy/base/scheduler-rbac.yaml '
+                "(or grant the same rules)")
+
+    async def _load_owner(self) -> None:
+        name = self.settings.owner_configmap
+        try:
+            cm = await self._call(f'reading ConfigMap "{name}"',
+                                  self.core.read_namespaced_config_map, name,
+                                  self.settings.namespace)
+        except KubernetesError as exc:
+            raise KubernetesError(
+                f'{exc}; the ConfigMap "{name}" in namespace "{self.settings.namespace}" owns '
+                "the invoker pods (deploy/base creates it)") from exc
+        self._owner = {"apiVersion": "v1", "kind": "ConfigMap", "name": name,
+                       "uid": cm["metadata"]["uid"]}
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.check_access()
+        await self._load_owner()
+        await self._relist()
+        adopted = [p for p in self.pods.values() if not p.dead]
+        log.info("adopted invoker pods", extra={
+            "generic": sum(p.state == "generic" for p in adopted),
+            "specialized": sum(p.state == "specialized" for p in adopted)})
+        for coro, name in ((self._watcher(), "pod watch"), (self._refiller(), "pod pool refill")):
+            task = asyncio.create_task(coro, name=name)
+            task.add_done_callback(self._task_done)
+            self._tasks.append(task)
+        self._refill.set()
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self._stopping:
+            return
+        exc = task.exception()
+        log.critical("pod pool task died", extra={"task": task.get_name()}, exc_info=exc)
+        self.failed = exc or RuntimeError(f"{task.get_name()} stopped")
+        self.broken.set()
+
+    async def close(self) -> None:
+        self._stopping = True
+        response = self._watch_response
+        if response is not None:
+            with contextlib.suppress(Exception):
+                response.shutdown() if hasattr(response, "shutdown") else response.close()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await asyncio.to_thread(self.api.close)
+
+    # -- pod state ----------------------------------------------------------------------------
+
+    def _selector(self) -> str:
+        return f"{APP_LABEL}={APP}"
+
+    async def _relist(self) -> None:
+        listing = await self._call("listing invoker pods", self.core.list_namespaced_pod,
+                                   self.settings.namespace, label_selector=self._selector())
+        fresh = {o["metadata"]["name"]: PodView.from_object(o) for o in listing.get("items", [])}
+        for name, old in list(self.pods.items()):
+            if name not in fresh:
+                self._forget(old, "deleted")
+        for pod in fresh.values():
+            self._update(pod)
+        self._resource_version = listing.get("metadata", {}).get("resourceVersion", "")
+        self.relists_total += 1
+
+    def _update(self, pod: PodView) -> None:
+        old = self.pods.get(pod.name)
+        self.pods[pod.name] = pod
+        if pod.dead and (old is None or not old.dead):
+            self._report(pod, pod.reason or ("deleted" if pod.deleting else pod.phase))
+        if pod.state == "generic" and pod.dead:
+            self._refill.set()
+        self._wake()
+
+    def _forget(self, pod: PodView, reason: str) -> None:
+        old = self.pods.pop(pod.name, None)
+        if old is not None and not old.dead:
+            self._report(pod, reason)
+        if pod.state == "generic":
+            self._refill.set()
+        self._wake()
+
+    def _report(self, pod: PodView, reason: str) -> None:
+        if pod.state != "specialized":
+            if pod.state == "generic" and pod.phase == "Failed":
+                log.warning("generic invoker pod failed", extra={"pod": pod.name,
+                                                                 "reason": reason})
+            return
+        for callback in self.on_gone:
+            callback(pod, reason)
+
+    def _watch_thread(self, resource_version: str, queue: asyncio.Queue[Any],
+                      loop: asyncio.AbstractEventLoop) -> None:
+        """Read one watch response line by line and pass the events to the loop."""
+        try:
+            response: Any = self.core.list_namespaced_pod(
+                self.settings.namespace, label_selector=self._selector(), watch=True,
+                resource_version=resource_version, allow_watch_bookmarks=True,
+                timeout_seconds=300, _preload_content=False, _request_timeout=(10, 330))
+            self._watch_response = response
+            buffer = b""
+            for chunk in response.stream(65536, decode_content=True):
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        loop.call_soon_threadsafe(queue.put_nowait, json.loads(line))
+            loop.call_soon_threadsafe(queue.put_nowait, None)
+        except BaseException as exc:
+            loop.call_soon_threadsafe(queue.put_nowait, exc)
+        finally:
+            self._watch_response = None
+
+    async def _watcher(self) -> None:
+        loop = asyncio.get_running_loop()
+        failures = 0
+        while not self._stopping:
+            queue: asyncio.Queue[Any] = asyncio.Queue()
+            thread = threading.Thread(target=self._watch_thread, name="pod watch",
+                                      args=(self._resource_version, queue, loop), daemon=True)
+            thread.start()
+            expired = False
+            while True:
+                item = await queue.get()
+                if item is None:
+                    failures = 0
+                    break
+                if isinstance(item, BaseException):
+                    if self._stopping:
+                        return
+                    if isinstance(item, ApiException) and item.status == 410:
+                        expired = True
+                    else:
+                        failures += 1
+                        log.warning("pod watch failed; watching again",
+                                    extra={"error": str(item), "failures": failures})
+                        await asyncio.sleep(min(30.0, 0.5 * 2 ** min(failures, 6)))
+                        expired = failures > 3
+                    break
+                kind, obj = item.get("type"), item.get("object") or {}
+                if kind == "ERROR":
+                    expired = obj.get("code") == 410
+                    if not expired:
+                        log.warning("pod watch error", extra={"error": obj.get("message")})
+                    break
+                rv = obj.get("metadata", {}).get("resourceVersion")
+                if rv:
+                    self._resource_version = rv
+                if kind == "BOOKMARK":
+                    continue
+                pod = PodView.from_object(obj)
+                if kind == "DELETED":
+                    self._forget(pod, pod.reason or "deleted")
+                else:
+                    self._update(pod)
+            if expired and not self._stopping:
+                log.info("pod watch expired (410 Gone); listing again")
+                try:
+                    await self._relist()
+                    failures = 0
+                except KubernetesError as exc:
+                    log.warning("cannot list invoker pods", extra={"error": str(exc)})
+                    await asyncio.sleep(1.0)
+
+    # -- the generic pool ---------------------------------------------------------------------
+
+    def generic(self, *, ready_only: bool = False) -> list[PodView]:
+        return [p for p in self.pods.values() if p.state == "generic" and not p.dead
+                and (p.usable() or not ready_only)]
+
+    async def _refiller(self) -> None:
+        while not self._stopping:
+            await self._refill.wait()
+            self._refill.clear()
+            for pod in [p for p in self.pods.values() if p.state == "generic" and p.dead
+                        and not p.deleting]:
+                await self._delete(pod.name)  # a failed generic pod: make room for a new one
+            missing = self.settings.generic_pool_size - len(self.generic())
+            for _ in range(missing):
+                try:
+                    await self.create_pod(self.pod_spec())
+                except KubernetesError as exc:
+                    log.error("cannot create a generic invoker pod", extra={"error": str(exc)})
+                    await asyncio.sleep(2.0)
+                    self._refill.set()
+                    break
+
+    def pod_spec(self, *, function: str | None = None, version: int | None = None,
+                 gateway: str | None = None, memory_bytes: int | None = None,
+                 timeout_s: float | None = None) -> dict[str, Any]:
+        """The pod of an invoker: generic, or for one function version when `function` is set."""
+        s = self.settings
+        labels = {APP_LABEL: APP, STATE_LABEL: "generic"}
+        if function is not None:
+            labels.update({STATE_LABEL: "specialized", FUNCTION_LABEL: label_value(function),
+                           VERSION_LABEL: str(version), GATEWAY_LABEL: label_value(gateway or "")})
+        memory = memory_bytes or s.generic_memory_bytes
+        annotations = {MEMORY_ANNOTATION: str(memory)}
+        if timeout_s is not None:
+            annotations["ember.dev/timeout-s"] = f"{timeout_s:g}"
+        metadata: dict[str, Any] = {"name": f"ember-invoker-{secrets.token_hex(5)}",
+                                    "labels": labels, "annotations": annotations}
+        if self._owner is not None:
+            metadata["ownerReferences"] = [self._owner]
+        probe = {"tcpSocket": {"port": s.port}, "periodSeconds": 1, "failureThreshold": 3}
+        return {
+            "apiVersion": "v1", "kind": "Pod", "metadata": metadata,
+            "spec": {
+                "automountServiceAccountToken": False,
+                "serviceAccountName": s.service_account,
+                "enableServiceLinks": False,
+                "restartPolicy": "Never",
+                "terminationGracePeriodSeconds": s.stop_grace_s,
+                "securityContext": {"runAsNonRoot": True, "runAsUser": 10001,
+                                    "runAsGroup": 10001,
+                                    "seccompProfile": {"type": "RuntimeDefault"}},
+                "containers": [{
+                    "name": "invoker", "image": s.image, "command": INVOKER_COMMAND,
+                    "env": [{"name": "EMBER_INVOKER_HOST", "value": "0.0.0.0"},
+                            {"name": "EMBER_INVOKER_PORT", "value": str(s.port)}],
+                    "ports": [{"name": "invoker", "containerPort": s.port}],
+                    "readinessProbe": probe,
+                    "resources": {
+                        "requests": {"cpu": s.cpu_request, "memory": _mebibytes(memory)},
+                        "limits": {"cpu": s.cpu_limit, "memory": _mebibytes(memory)}},
+                    "securityContext": {"allowPrivilegeEscalation": False,
+                                        "readOnlyRootFilesystem": True,
+                                        "capabilities": {"drop": ["ALL"]}},
+                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                }],
+                "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}],
+            },
+        }
+
+    async def create_pod(self, spec: dict[str, Any]) -> PodView:
+        obj = await self._call(f'creating pod "{spec["metadata"]["name"]}"',
+                               self.core.create_namespaced_pod, self.settings.namespace, spec)
+        self.created_total += 1
+        pod = PodView.from_object(obj)
+        if pod.name not in self.pods:
+            self.pods[pod.name] = pod
+        return pod
+
+    async def _delete(self, name: str) -> None:
+        try:
+            await self._call(f'deleting pod "{name}"', self.core.delete_namespaced_pod, name,
+                             self.settings.namespace,
+                             grace_period_seconds=self.settings.stop_grace_s)
+        except KubernetesError as exc:
+            if "404" not in str(exc):
+                raise
+
+    # -- what the scheduler asks ----------------------------------------------------------------
+
+    async def claim(self, *, gateway: str, function: str, version: int,
+                    memory_bytes: int, timeout_s: float) -> PodView:
+        """A ready pod for a function version, owned by `gateway`: a generic one relabelled,
+        else a new one (which takes a pod start)."""
+        labels = {STATE_LABEL: "specialized", FUNCTION_LABEL: label_value(function),
+                  VERSION_LABEL: str(version), GATEWAY_LABEL: label_value(gateway)}
+        if memory_bytes <= self.settings.generic_memory_bytes:
+            for pod in sorted(self.generic(ready_only=True), key=lambda p: p.name):
+                patch = {"metadata": {"resourceVersion": pod.resource_version,
+                                      "labels": labels}}
+                try:
+                    obj = await self._call(f'claiming pod "{pod.name}"',
+                                           self.core.patch_namespaced_pod, pod.name,
+                                           self.settings.namespace, patch)
+                except KubernetesError as exc:
+                    if "409" in str(exc) or "404" in str(exc):
+                        continue  # changed or gone meanwhile: try the next one
+                    raise
+                claimed = PodView.from_object(obj)
+                self.pods[claimed.name] = claimed
+                self._refill.set()
+                if claimed.usable():
+                    return claimed
+        pod = await self.create_pod(self.pod_spec(
+            function=function, version=version, gateway=gateway, memory_bytes=memory_bytes,
+            timeout_s=timeout_s))
+        self._refill.set()
+        return await self.wait_ready(pod.name)
+
+    def _wake(self) -> None:
+        for event in self._waiters:
+            event.set()
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout_s: float) -> None:
+        """Wait until `predicate()` holds; it is checked after every change of pod state."""
+        event = asyncio.Event()
+        self._waiters.add(event)
+        try:
+            async with asyncio.timeout(timeout_s):
+                while not predicate():
+                    await event.wait()
+                    event.clear()
+        finally:
+            self._waiters.discard(event)
+
+    async def wait_ready(self, name: str) -> PodView:
+        def settled() -> bool:
+            pod = self.pods.get(name)
+            return pod is None or pod.dead or pod.usable()
+
+        try:
+            await self.wait_until(settled, self.settings.pod_start_timeout_s)
+        except TimeoutError:
+            await self._delete(name)
+            phase = self.pods[name].phase if name in self.pods else "gone"
+            raise KubernetesError(
+                f'invoker pod "{name}" was not ready after '
+                f"{self.settings.pod_start_timeout_s:g}s (phase {phase}); "
+                f"kubectl describe pod {name} tells why") from None
+        pod = self.pods.get(name)
+        if pod is None or pod.dead:
+            reason = pod.reason if pod is not None else "deleted"
+            raise KubernetesError(f'invoker pod "{name}" did not start: {reason}')
+        return pod
+
+    async def release(self, name: str) -> None:
+        """Delete a pod the scheduler no longer needs (scale down, scale to zero)."""
+        await self._delete(name)
+
+    def owned_by(self, gateway: str) -> list[PodView]:
+        value = label_value(gateway)
+        return [p for p in self.pods.values()
+                if p.labels.get(GATEWAY_LABEL) == value and not p.dead]
+
+    def address(self, pod: PodView) -> tuple[str, int]:
+        assert pod.ip is not None
+        return pod.ip, self.settings.port
+

@@ -1,0 +1,158 @@
+"""The gateway's side of the Kubernetes backend: instances are pods the scheduler process hands out.
+
+`start_instance` asks the scheduler (`scheduler.service`) for a ready pod for the version, and
+the gateway's own scheduler then pushes the code to it over the invoker protocol, as it does
+with a local instance. `stop_instance` gives the pod back (the scheduler deletes it). One
+long-lived event stream tells which pods died (`wait` returns) and, being open, keeps this
+gateway's pods from being collected as orphans. No Kubernetes credentials are needed here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+
+from scheduler.backends import BackendError
+from store.records import Version
+
+log = logging.getLogger("ember.scheduler.remote")
+
+
+@dataclass(slots=True, eq=False)
+class PodHandle:
+    host: str
+    port: int
+    name: str
+    gone: asyncio.Future[str] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
+
+    async def wait(self) -> int | None:
+        await asyncio.shield(self.gone)
+        return None
+
+
+class RemoteBackend:
+    def __init__(self, url: str, token: str, gateway_id: str, *,
+                 request_timeout_s: float = 180.0) -> None:
+        self.url = url.rstrip("/")
+        self.gateway_id = gateway_id
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._timeout = aiohttp.ClientTimeout(total=request_timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+        self._events: asyncio.Task[None] | None = None
+        self.handles: dict[str, PodHandle] = {}
+        self.connected = asyncio.Event()
+        self._claiming = 0
+        self._releases: set[asyncio.Task[None]] = set()
+
+    def _spawn_release(self, name: str) -> None:
+        async def release() -> None:
+            with contextlib.suppress(BackendError):
+                await self._request("DELETE", f"/v1/instances/{name}")
+
+        task = asyncio.create_task(release(), name=f"release {name}")
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(headers=self._headers)
+        self._events = asyncio.create_task(self._follow(), name="pod events")
+
+    async def close(self) -> None:
+        if self._events is not None:
+            self._events.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._events
+        if self._session is not None:
+            await self._session.close()
+
+    async def _request(self, method: str, path: str, body: Any = None) -> Any:
+        assert self._session is not None
+        try:
+            async with self._session.request(method, self.url + path, json=body,
+                                             timeout=self._timeout) as response:
+                data = await response.read()
+                if response.status >= 400:
+                    try:
+                        message = orjson.loads(data)["error"]
+                    except (orjson.JSONDecodeError, KeyError, TypeError):
+                        message = data.decode(errors="replace")[:500]
+                    raise BackendError(f"the scheduler answered {response.status}: {message}")
+                return orjson.loads(data) if data else None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise BackendError(f"cannot reach the scheduler at {self.url}: {exc}") from exc
+
+    async def start_instance(self, instance_id: str, version: Version | None = None) -> PodHandle:
+        if version is None:
+            raise BackendError("on Kubernetes the scheduler keeps the generic pool; "
+                               "set the gateway's generic pool size to 0")
+        body = {"gateway": self.gateway_id, "function": version.function,
+                "version": version.version, "memory_bytes": version.config.memory_bytes,
+                "timeout_s": version.config.timeout_s}
+        self._claiming += 1
+        try:
+            answer = await self._request("POST", "/v1/instances", body)
+        finally:
+            self._claiming -= 1
+        handle = PodHandle(host=answer["host"], port=int(answer["port"]), name=answer["name"])
+        self.handles[handle.name] = handle
+        return handle
+
+    async def stop_instance(self, handle: Any, *, grace_s: float) -> None:
+        assert isinstance(handle, PodHandle)
+        self.handles.pop(handle.name, None)
+        try:
+            await self._request("DELETE", f"/v1/instances/{handle.name}")
+        except BackendError as exc:
+            # The scheduler collects the pods of a gateway that no longer claims them.
+            log.warning("cannot give a pod back", extra={"pod": handle.name, "error": str(exc)})
+        if not handle.gone.done():
+            handle.gone.set_result("stopped")
+
+    def _lost(self, name: str, reason: str) -> None:
+        handle = self.handles.pop(name, None)
+        if handle is not None and not handle.gone.done():
+            log.warning("invoker pod gone", extra={"pod": name, "reason": reason})
+            handle.gone.set_result(reason)
+
+    async def _follow(self) -> None:
+        """Read the event stream; reconnect with a back-off when it breaks."""
+        assert self._session is not None
+        failures = 0
+        path = f"{self.url}/v1/gateways/{self.gateway_id}/events"
+        while True:
+            try:
+                async with self._session.get(path, timeout=aiohttp.ClientTimeout(
+                        total=None, sock_connect=10, sock_read=60)) as response:
+                    if response.status != 200:
+                        raise BackendError(f"event stream: {response.status} "
+                                           f"{(await response.text())[:200]}")
+                    async for line in response.content:
+                        if not line.strip():
+                            continue
+                        message = orjson.loads(line)
+                        if "pods" in message:
+                            failures = 0
+                            self.connected.set()
+                            known = set(message["pods"])
+                            for name in [n for n in self.handles if n not in known]:
+                                self._lost(name, "unknown to the scheduler")
+                            if self._claiming == 0:
+                                # Left by an earlier life of this gateway (same id): give back.
+                                for name in known - set(self.handles):
+                                    self._spawn_release(name)
+                        elif "gone" in message:
+                            self._lost(message["gone"], message.get("reason", ""))
+            except (aiohttp.ClientError, TimeoutError, BackendError, ValueError) as exc:
+                failures += 1
+                if failures in (1, 10) or failures % 100 == 0:
+                    log.warning("lost the scheduler's event stream; reconnecting",
+                                extra={"error": str(exc), "failures": failures})
+            self.connected.clear()
+            await asyncio.sleep(min(5.0, 0.1 * 2 ** min(failures, 6)))

@@ -1,0 +1,293 @@
+"""The scheduler process on Kubernetes (`python -m scheduler`): the pod broker for the gateways.
+
+One replica is the leader (a Postgres advisory lock, `store.leader`); the others stand by, and
+answer 503 on `/healthz` so the Service sends nothing to them. The leader runs the `PodPool`
+(generic pods kept ready, claims, the watch) and serves the gateways over HTTP:
+
+- `POST /v1/instances` {gateway, function, version, memory_bytes, timeout_s}: a ready pod for the
+  version, owned by that gateway: {name, host, port}. The gateway pushes the code to it.
+- `DELETE /v1/instances/NAME`: the gateway's policy let the instance go (scale down or to zero).
+- `GET /v1/gateways/ID/events`: a stream of NDJSON lines, first `{"pods": [...]}` (what the
+  gateway owns), then `{"gone": NAME, "reason": ...}` when a pod dies. The stream doubles as the
+  gateway's heartbeat: pods of a gateway that stays away for `orphan_grace_s` are deleted.
+
+Every request but the probes needs `Authorization: Bearer $FN_SCHEDULER_TOKEN`. Within the pool
+policy of each gateway (keep-alive, prewarming) runs in the gateway (`scheduler.scheduler`);
+this process decides which pod serves, and owns every Kubernetes call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import signal
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from scheduler.backends.kubernetes import (
+    GATEWAY_LABEL,
+    KubernetesError,
+    KubernetesSettings,
+    PodPool,
+    PodView,
+    label_value,
+)
+from store.leader import Leadership
+
+log = logging.getLogger("ember.scheduler.service")
+
+
+class SettingsError(ValueError):
+    pass
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected a whole number") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={raw!r}: expected at least {minimum}")
+    return value
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class ServiceSettings:
+    database_url: str
+    """Postgres, for the leader lock only (DATABASE_URL)."""
+    token: str
+    """What gateways present (FN_SCHEDULER_TOKEN); a Secret in deploy/."""
+    host: str = "127.0.0.1"
+    """Listen address (EMBER_SCHEDULER_HOST); 0.0.0.0 in a pod."""
+    port: int = 8081
+    """Listen port (EMBER_SCHEDULER_PORT)."""
+    kubeconfig: str | None = None
+    """A kubeconfig file (KUBECONFIG); default: the pod's service account."""
+    orphan_grace_s: float = 60.0
+    """Pods of a gateway that has not been connected for this long are deleted
+    (EMBER_ORPHAN_GRACE, seconds)."""
+    kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> ServiceSettings:
+        backend = env.get("EMBER_BACKEND", "kubernetes")
+        if backend != "kubernetes":
+            raise SettingsError(
+                f"EMBER_BACKEND={backend!r}: the scheduler process is for EMBER_BACKEND="
+                "kubernetes; with the local backend the scheduler runs inside `fn up`")
+        missing = [n for n in ("DATABASE_URL", "FN_SCHEDULER_TOKEN") if not env.get(n)]
+        if missing:
+            raise SettingsError(f"{' and '.join(missing)} must be set (see deploy/)")
+        d = KubernetesSettings()
+        memory_mib = _int(env, "EMBER_GENERIC_MEMORY_MIB", d.generic_memory_bytes >> 20, 32)
+        return cls(
+            database_url=env["DATABASE_URL"], token=env["FN_SCHEDULER_TOKEN"],
+            host=env.get("EMBER_SCHEDULER_HOST", "127.0.0.1"),
+            port=_int(env, "EMBER_SCHEDULER_PORT", 8081),
+            kubeconfig=env.get("KUBECONFIG") or None,
+            orphan_grace_s=float(_int(env, "EMBER_ORPHAN_GRACE", 60, 1)),
+            kubernetes=KubernetesSettings(
+                namespace=env.get("EMBER_NAMESPACE", d.namespace),
+                image=env.get("EMBER_INVOKER_IMAGE", d.image),
+                generic_pool_size=_int(env, "EMBER_GENERIC_POOL", d.generic_pool_size),
+                generic_memory_bytes=memory_mib << 20,
+                owner_configmap=env.get("EMBER_OWNER_CONFIGMAP", d.owner_configmap),
+            ),
+        )
+
+
+class Broker:
+    """The HTTP face of the pod pool, and the gateways' heartbeats."""
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
+        self.pool: PodPool | None = None
+        self.streams: dict[str, set[asyncio.Queue[dict[str, Any] | None]]] = {}
+        self.last_seen: dict[str, float] = {}
+        self.started = time.monotonic()
+
+    def attach(self, pool: PodPool) -> None:
+        self.pool = pool
+        self.started = time.monotonic()
+        pool.on_gone.append(self._gone)
+
+    def _gone(self, pod: PodView, reason: str) -> None:
+        gateway = pod.labels.get(GATEWAY_LABEL, "")
+        for queue in self.streams.get(gateway, ()):
+            queue.put_nowait({"gone": pod.name, "reason": reason})
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._auth])
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/livez", self._livez)
+        app.router.add_post("/v1/instances", self._claim)
+        app.router.add_delete("/v1/instances/{name}", self._release)
+        app.router.add_get("/v1/gateways/{gateway}/events", self._events)
+        return app
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path in ("/healthz", "/livez"):
+            return await handler(request)  # type: ignore[no-any-return]
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {self.settings.token}".encode()):
+            return web.json_response({"error": "missing or wrong scheduler token"}, status=401)
+        if self.pool is None:
+            return web.json_response({"error": "this scheduler is not the leader"}, status=503)
+        return await handler(request)  # type: ignore[no-any-return]
+
+    async def _livez(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        if self.pool is None:
+            return web.json_response({"leader": False}, status=503)
+        return web.json_response({"leader": True,
+                                  "generic_ready": len(self.pool.generic(ready_only=True))})
+
+    async def _claim(self, request: web.Request) -> web.Response:
+        assert self.pool is not None
+        try:
+            body = await request.json()
+            gateway, function = str(body["gateway"]), str(body["function"])
+            version = int(body["version"])
+            memory_bytes, timeout_s = int(body["memory_bytes"]), float(body["timeout_s"])
+        except (ValueError, KeyError, TypeError) as exc:
+            return web.json_response({"error": f"bad instance request: {exc}"}, status=400)
+        try:
+            pod = await self.pool.claim(gateway=gateway, function=function, version=version,
+                                        memory_bytes=memory_bytes, timeout_s=timeout_s)
+        except KubernetesError as exc:
+            log.error("cannot provide an invoker pod", extra={"function": function,
+                                                               "error": str(exc)})
+            return web.json_response({"error": str(exc)}, status=503)
+        host, port = self.pool.address(pod)
+        return web.json_response({"name": pod.name, "host": host, "port": port}, status=201)
+
+    async def _release(self, request: web.Request) -> web.Response:
+        assert self.pool is not None
+        try:
+            await self.pool.release(request.match_info["name"])
+        except KubernetesError as exc:
+            return web.json_response({"error": str(exc)}, status=503)
+        return web.Response(status=204)
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        assert self.pool is not None
+        gateway = label_value(request.match_info["gateway"])
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self.streams.setdefault(gateway, set()).add(queue)
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        try:
+            owned = [p.name for p in self.pool.owned_by(gateway)]
+            await response.write(orjson.dumps({"pods": owned}) + b"\n")
+            while True:
+                try:
+                    async with asyncio.timeout(15.0):
+                        message = await queue.get()
+                except TimeoutError:
+                    message = {}  # a keep-alive line
+                if message is None:
+                    break
+                await response.write(orjson.dumps(message) + b"\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            streams = self.streams.get(gateway, set())
+            streams.discard(queue)
+            if not streams:
+                self.streams.pop(gateway, None)
+                self.last_seen[gateway] = time.monotonic()
+        return response
+
+    async def collect_orphans(self) -> list[str]:
+        """Delete the pods of gateways gone for longer than the grace period."""
+        assert self.pool is not None
+        now = time.monotonic()
+        deleted = []
+        for pod in list(self.pool.pods.values()):
+            gateway = pod.labels.get(GATEWAY_LABEL)
+            if gateway is None or pod.dead or gateway in self.streams:
+                continue
+            if now - self.last_seen.get(gateway, self.started) > self.settings.orphan_grace_s:
+                log.warning("deleting the pod of a gateway that is gone",
+                            extra={"pod": pod.name, "gateway": gateway})
+                await self.pool.release(pod.name)
+                deleted.append(pod.name)
+        return deleted
+
+    async def close_streams(self) -> None:
+        for queues in self.streams.values():
+            for queue in queues:
+                queue.put_nowait(None)
+
+
+async def serve(settings: ServiceSettings, stop: asyncio.Event | None = None) -> int:
+    """Run until `stop` (or SIGTERM/SIGINT); non-zero when leadership or the pool was lost."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    broker = Broker(settings)
+    runner = web.AppRunner(broker.app(), handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    log.info("scheduler listening", extra={"address": f"{settings.host}:{settings.port}"})
+    leadership: Leadership | None = None
+    pool: PodPool | None = None
+    code = 0
+    try:
+        acquiring = asyncio.create_task(Leadership.acquire(settings.database_url),
+                                        name="leader election")
+        stopping = asyncio.create_task(stop.wait(), name="stop signal")
+        await asyncio.wait({acquiring, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not acquiring.done():
+            acquiring.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await acquiring
+            return 0
+        leadership = acquiring.result()
+        log.info("this scheduler is the leader")
+        pool = PodPool(PodPool.load_client(settings.kubeconfig), settings.kubernetes)
+        await pool.start()
+        broker.attach(pool)
+        lost = asyncio.create_task(leadership.lost.wait(), name="leadership watch")
+        broken = asyncio.create_task(pool.broken.wait(), name="pod pool watch")
+        while not stop.is_set():
+            sweep_s = min(10.0, settings.orphan_grace_s / 2)
+            done, _ = await asyncio.wait({stopping, lost, broken}, timeout=sweep_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if lost in done:
+                log.critical("lost the leader lock; stopping so another scheduler takes over")
+                code = 1
+                break
+            if broken in done:
+                log.critical("the pod pool failed: %s", pool.failed)
+                code = 1
+                break
+            await broker.collect_orphans()
+        for task in (lost, broken, stopping):
+            task.cancel()
+    except KubernetesError as exc:
+        log.critical("%s", exc)
+        code = 2
+    finally:
+        await broker.close_streams()
+        await runner.cleanup()
+        if pool is not None:
+            await pool.close()
+        if leadership is not None:
+            await leadership.release()
+    return code

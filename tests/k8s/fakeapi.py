@@ -1,0 +1,410 @@
+"""A small Kubernetes API server, enough for the Kubernetes backend, and a kubelet behind it.
+
+Serves pods (list with label selectors, watch from a resourceVersion, create, get, patch,
+delete), ConfigMaps and SelfSubjectAccessReviews over real HTTP, for the official client. It
+keeps what kmock does not: resourceVersions and uids, 409 on a name taken or a stale
+resourceVersion in a patch, 410 on a watch from a compacted resourceVersion, label selectors, and
+RBAC (a set of allowed (resource, verb); anything else is 403, and every request is recorded).
+
+The kubelet runs each pod's container command as a real process, with the pod's environment
+and its own loopback address as pod IP (127.0.0.N), so the invoker in a "pod" is the one the
+image runs. A pod whose process exits goes Failed; a deleted pod's process is stopped by PID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import json
+import os
+import re
+import signal
+import sys
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+Obj = dict[str, Any]
+ALL_VERBS = ("get", "list", "watch", "create", "update", "patch", "delete")
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _status(code: int, reason: str, message: str) -> web.Response:
+    body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message,
+            "reason": reason, "code": code}
+    return web.json_response(body, status=code)
+
+
+_TERM = re.compile(r"^\s*(!?)([A-Za-z0-9./_-]+)\s*(?:(==|=|!=)\s*([A-Za-z0-9._-]*)"
+                   r"|\s+(in|notin)\s*\(([^)]*)\))?\s*$")
+
+
+def matches(selector: str, labels: dict[str, str]) -> bool:
+    """Kubernetes label selector semantics: =, ==, !=, in, notin, exists, !exists."""
+    for term in re.split(r",(?![^(]*\))", selector):
+        if not term.strip():
+            continue
+        m = _TERM.match(term)
+        if m is None:
+            raise ValueError(f"bad selector term {term!r}")
+        neg, key, op, value, set_op, values = m.groups()
+        if set_op:
+            options = {v.strip() for v in values.split(",")}
+            if (labels.get(key) in options) != (set_op == "in"):
+                return False
+        elif op in ("=", "=="):
+            if labels.get(key) != value:
+                return False
+        elif op == "!=":
+            if labels.get(key) == value:
+                return False
+        elif (key in labels) == bool(neg):
+            return False
+    return True
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386; for the maps the backend patches, strategic merge does the same."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+class FakeKubernetes:
+    def __init__(self, *, allowed: set[tuple[str, str]] | None = None,
+                 run_pods: bool = True, python: str = sys.executable) -> None:
+        self.allowed = allowed
+        """(resource, verb) the caller may use; None allows everything."""
+        self.used: set[tuple[str, str]] = set()
+        self.run_pods = run_pods
+        self.python = python
+        self.rv = 100
+        self.objects: dict[tuple[str, str, str], Obj] = {}  # (resource, namespace, name)
+        self.history: list[tuple[int, str, Obj]] = []
+        self.compacted = 0
+        self.watchers: set[asyncio.Queue[tuple[int, str, Obj] | None]] = set()
+        self.processes: dict[str, asyncio.subprocess.Process] = {}
+        self.next_ip = 2
+        self.url = ""
+        self.requests: list[tuple[str, str]] = []
+        self.on_request: Callable[[web.Request], None] | None = None
+        self._runner: web.AppRunner | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._waiters: set[asyncio.Event] = set()
+        self.kubelet: dict[str, asyncio.Task[None]] = {}
+        """The task running each pod (it ends when the pod's process has exited)."""
+
+    # -- serving --------------------------------------------------------------------------------
+
+    async def start(self) -> str:
+        app = web.Application()
+        base = "/api/v1/namespaces/{ns}/{resource:pods|configmaps}"
+        app.router.add_get(base, self._list)
+        app.router.add_post(base, self._create)
+        app.router.add_get(base + "/{name}", self._get)
+        app.router.add_patch(base + "/{name}", self._patch)
+        app.router.add_delete(base + "/{name}", self._delete)
+        app.router.add_post("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+                            self._access_review)
+        self._runner = web.AppRunner(app, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self.url
+
+    async def stop(self) -> None:
+        for queue in list(self.watchers):
+            queue.put_nowait(None)
+        for name in list(self.processes):
+            await self._kill(name)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def kubeconfig(self, path: str) -> str:
+        """Write a kubeconfig for this server to `path`."""
+        config = {
+            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+            "users": [{"name": "fake", "user": {"token": "fake-token"}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+        }
+        with open(path, "w") as f:
+            json.dump(config, f)
+        return path
+
+    def _authorize(self, resource: str, verb: str) -> web.Response | None:
+        self.used.add((resource, verb))
+        if self.allowed is not None and (resource, verb) not in self.allowed:
+            return _status(403, "Forbidden",
+                           f'{resource} is forbidden: User "fake" cannot {verb} resource '
+                           f'"{resource}"')
+        return None
+
+    # -- state ----------------------------------------------------------------------------------
+
+    def _record(self, kind: str, resource: str, obj: Obj) -> None:
+        self.rv += 1
+        obj["metadata"]["resourceVersion"] = str(self.rv)
+        event = (self.rv, kind, copy.deepcopy(obj) | {"_resource": resource})
+        self.history.append(event)
+        for queue in list(self.watchers):
+            queue.put_nowait(event)
+        for waiter in self._waiters:
+            waiter.set()
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
+        """Wait until `predicate()` holds; checked after every change of any object."""
+        event = asyncio.Event()
+        self._waiters.add(event)
+        try:
+            async with asyncio.timeout(timeout_s):
+                while not predicate():
+                    await event.wait()
+                    event.clear()
+        finally:
+            self._waiters.discard(event)
+
+    def put(self, resource: str, namespace: str, obj: Obj) -> Obj:
+        """Create an object directly (test set-up, or "someone else" creating it)."""
+        meta = obj.setdefault("metadata", {})
+        meta.update(namespace=namespace, uid=str(uuid.uuid4()), creationTimestamp=_now())
+        self.objects[(resource, namespace, meta["name"])] = obj
+        self._record("ADDED", resource, obj)
+        return obj
+
+    def pods(self, namespace: str | None = None) -> list[Obj]:
+        return [o for (r, ns, _), o in self.objects.items()
+                if r == "pods" and namespace in (None, ns)]
+
+    def modify(self, namespace: str, name: str, change: Callable[[Obj], None],
+               resource: str = "pods") -> Obj:
+        obj = self.objects[(resource, namespace, name)]
+        change(obj)
+        self._record("MODIFIED", resource, obj)
+        return obj
+
+    def expire_watches(self) -> None:
+        """Compact the history: every open watch ends, and watching again from an older
+        resourceVersion gets 410 Gone, as after etcd compaction."""
+        self.compacted = self.rv
+        self.history.clear()
+        for queue in list(self.watchers):
+            queue.put_nowait(None)
+
+    # -- handlers -------------------------------------------------------------------------------
+
+    async def _list(self, request: web.Request) -> web.StreamResponse:
+        ns, resource = request.match_info["ns"], request.match_info["resource"]
+        watching = request.query.get("watch") in ("true", "1")
+        self.requests.append(("watch" if watching else "list", resource))
+        denied = self._authorize(resource, "watch" if watching else "list")
+        if denied:
+            return denied
+        selector = request.query.get("labelSelector", "")
+
+        def selected(o: Obj) -> bool:
+            return o["metadata"].get("namespace") == ns and \
+                matches(selector, o["metadata"].get("labels") or {})
+
+        if not watching:
+            items = [o for (r, _, _), o in self.objects.items() if r == resource and selected(o)]
+            return web.json_response({"kind": "PodList", "apiVersion": "v1",
+                                      "metadata": {"resourceVersion": str(self.rv)},
+                                      "items": items})
+        return await self._watch(request, resource, selected)
+
+    async def _watch(self, request: web.Request, resource: str,
+                     selected: Callable[[Obj], bool]) -> web.StreamResponse:
+        since = int(request.query.get("resourceVersion") or 0)
+        response = web.StreamResponse()
+        response.content_type = "application/json"
+        await response.prepare(request)
+        if since < self.compacted:
+            gone = {"type": "ERROR", "object": {
+                "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410,
+                "reason": "Expired", "message": f"too old resource version: {since}"}}
+            await response.write(json.dumps(gone).encode() + b"\n")
+            return response
+        queue: asyncio.Queue[tuple[int, str, Obj] | None] = asyncio.Queue()
+        for event in self.history:
+            if event[0] > since:
+                queue.put_nowait(event)
+        self.watchers.add(queue)
+        timeout_s = float(request.query.get("timeoutSeconds") or 300)
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    item = await queue.get()
+                    if item is None:
+                        break
+                    _, kind, obj = item
+                    if obj.pop("_resource") != resource or not selected(obj):
+                        continue
+                    await response.write(json.dumps({"type": kind, "object": obj}).encode()
+                                         + b"\n")
+        except (TimeoutError, ConnectionResetError):
+            pass
+        finally:
+            self.watchers.discard(queue)
+        return response
+
+    async def _create(self, request: web.Request) -> web.Response:
+        ns, resource = request.match_info["ns"], request.match_info["resource"]
+        self.requests.append(("create", resource))
+        denied = self._authorize(resource, "create")
+        if denied:
+            return denied
+        obj = await request.json()
+        name = obj.get("metadata", {}).get("name")
+        if not name:
+            return _status(422, "Invalid", "metadata.name: Required value")
+        if (resource, ns, name) in self.objects:
+            return _status(409, "AlreadyExists", f'{resource} "{name}" already exists')
+        if resource == "pods":
+            obj["status"] = {"phase": "Pending", "conditions": []}
+        self.put(resource, ns, obj)
+        if resource == "pods" and self.run_pods:
+            self.kubelet[name] = self._spawn(self._run_pod(ns, name))
+        return web.json_response(obj, status=201)
+
+    def _find(self, request: web.Request, verb: str) -> Obj | web.Response:
+        ns, resource = request.match_info["ns"], request.match_info["resource"]
+        name = request.match_info["name"]
+        self.requests.append((verb, resource))
+        denied = self._authorize(resource, verb)
+        if denied:
+            return denied
+        obj = self.objects.get((resource, ns, name))
+        if obj is None:
+            return _status(404, "NotFound", f'{resource} "{name}" not found')
+        return obj
+
+    async def _get(self, request: web.Request) -> web.Response:
+        found = self._find(request, "get")
+        return found if isinstance(found, web.Response) else web.json_response(found)
+
+    async def _patch(self, request: web.Request) -> web.Response:
+        found = self._find(request, "patch")
+        if isinstance(found, web.Response):
+            return found
+        patch = await request.json()
+        wanted = (patch.get("metadata") or {}).get("resourceVersion")
+        if wanted is not None and wanted != found["metadata"]["resourceVersion"]:
+            return _status(409, "Conflict",
+                           "Operation cannot be fulfilled: the object has been modified; "
+                           "please apply your changes to the latest version and try again")
+        patched = merge_patch(found, patch)
+        found.clear()
+        found.update(patched)
+        self._record("MODIFIED", request.match_info["resource"], found)
+        return web.json_response(found)
+
+    async def _delete(self, request: web.Request) -> web.Response:
+        found = self._find(request, "delete")
+        if isinstance(found, web.Response):
+            return found
+        ns, resource = request.match_info["ns"], request.match_info["resource"]
+        name = request.match_info["name"]
+        if resource != "pods":
+            del self.objects[(resource, ns, name)]
+            self._record("DELETED", resource, found)
+            return web.json_response(found)
+        if not found["metadata"].get("deletionTimestamp"):
+            found["metadata"]["deletionTimestamp"] = _now()
+            self._record("MODIFIED", resource, found)
+            self._spawn(self._finish_delete(ns, name))
+        return web.json_response(found)
+
+    async def _access_review(self, request: web.Request) -> web.Response:
+        review = await request.json()
+        attrs = review["spec"]["resourceAttributes"]
+        allowed = self.allowed is None or (attrs["resource"], attrs["verb"]) in self.allowed
+        review["status"] = {"allowed": allowed}
+        return web.json_response(review, status=201)
+
+    # -- the kubelet ----------------------------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _run_pod(self, ns: str, name: str) -> None:
+        obj = self.objects[("pods", ns, name)]
+        container = obj["spec"]["containers"][0]
+        ip = f"127.0.0.{self.next_ip}"
+        self.next_ip += 1
+        command = list(container.get("command") or []) + list(container.get("args") or [])
+        if command and command[0] == "python":
+            command[0] = self.python
+        env = {"PATH": os.environ.get("PATH", ""), "HOME": "/tmp",
+               "PYTHONPATH": os.getcwd()}
+        env.update({e["name"]: e["value"] for e in container.get("env", [])})
+        env["EMBER_INVOKER_HOST"] = ip  # what 0.0.0.0 is inside the pod's own network
+        process = await asyncio.create_subprocess_exec(
+            *command, env=env, stdout=asyncio.subprocess.PIPE, start_new_session=True)
+        self.processes[name] = process
+        assert process.stdout is not None
+        first = await process.stdout.readline()
+        if ("pods", ns, name) not in self.objects:
+            return
+        if first.strip():
+            def running(o: Obj) -> None:
+                o["status"] = {"phase": "Running", "podIP": ip, "conditions": [
+                    {"type": "Ready", "status": "True"}]}
+            self.modify(ns, name, running)
+        code = await process.wait()
+        self.processes.pop(name, None)
+        current = self.objects.get(("pods", ns, name))
+        if current is None or current["metadata"].get("deletionTimestamp"):
+            return
+
+        def failed(o: Obj) -> None:
+            o["status"] = {"phase": "Failed", "podIP": ip, "reason": "Error", "conditions": [
+                {"type": "Ready", "status": "False"}], "containerStatuses": [
+                {"name": "invoker", "state": {"terminated": {
+                    "exitCode": code, "reason": "OOMKilled" if code == -9 else "Error"}}}]}
+        self.modify(ns, name, failed)
+
+    async def _kill(self, name: str) -> None:
+        process = self.processes.pop(name, None)
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            async with asyncio.timeout(2.0):
+                await process.wait()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+
+    async def _finish_delete(self, ns: str, name: str) -> None:
+        await self._kill(name)
+        obj = self.objects.pop(("pods", ns, name), None)
+        if obj is not None:
+            self._record("DELETED", "pods", obj)
+
+    async def crash_pod(self, name: str) -> None:
+        """The pod's process dies (as on an OOM kill): the pod goes Failed."""
+        os.killpg(self.processes[name].pid, signal.SIGKILL)
+        await self.kubelet[name]
