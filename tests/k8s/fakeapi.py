@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import itertools
 import json
 import os
 import re
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import psutil
 from aiohttp import web
 
 Obj = dict[str, Any]
@@ -83,6 +85,16 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
+_pod_ips = itertools.count(2)
+
+
+def _next_pod_ip() -> str:
+    """Loopback addresses are all ours on Linux: each pod gets its own for the whole test
+    session, so a pod's port never collides with an earlier pod's."""
+    n = next(_pod_ips) % (254 * 254)
+    return f"127.0.{n // 254}.{n % 254 + 1}"
+
+
 class FakeKubernetes:
     def __init__(self, *, allowed: set[tuple[str, str]] | None = None,
                  run_pods: bool = True, python: str = sys.executable) -> None:
@@ -97,13 +109,14 @@ class FakeKubernetes:
         self.compacted = 0
         self.watchers: set[asyncio.Queue[tuple[int, str, Obj] | None]] = set()
         self.processes: dict[str, asyncio.subprocess.Process] = {}
-        self.next_ip = 2
         self.url = ""
         self.requests: list[tuple[str, str]] = []
         self.on_request: Callable[[web.Request], None] | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._waiters: set[asyncio.Event] = set()
+        self.spawned: list[int] = []
+        """Every pod process's PID, to check that none outlives the fake."""
         self.kubelet: dict[str, asyncio.Task[None]] = {}
         """The task running each pod (it ends when the pod's process has exited)."""
 
@@ -128,14 +141,21 @@ class FakeKubernetes:
         return self.url
 
     async def stop(self) -> None:
+        """Stop serving, and every pod's process (by PID), leaving no task or pipe behind."""
+        self.run_pods = False
         for queue in list(self.watchers):
             queue.put_nowait(None)
-        for name in list(self.processes):
-            await self._kill(name)
-        for task in list(self._tasks):
-            task.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
+        for name in list(self.processes):
+            await self._kill(name)
+        # The kubelet tasks end once their process has exited and its pipe is read out.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def kubeconfig(self, path: str) -> str:
         """Write a kubeconfig for this server to `path`."""
@@ -350,8 +370,7 @@ class FakeKubernetes:
     async def _run_pod(self, ns: str, name: str) -> None:
         obj = self.objects[("pods", ns, name)]
         container = obj["spec"]["containers"][0]
-        ip = f"127.0.0.{self.next_ip}"
-        self.next_ip += 1
+        ip = _next_pod_ip()
         command = list(container.get("command") or []) + list(container.get("args") or [])
         if command and command[0] == "python":
             command[0] = self.python
@@ -362,15 +381,15 @@ class FakeKubernetes:
         process = await asyncio.create_subprocess_exec(
             *command, env=env, stdout=asyncio.subprocess.PIPE, start_new_session=True)
         self.processes[name] = process
+        self.spawned.append(process.pid)
         assert process.stdout is not None
         first = await process.stdout.readline()
-        if ("pods", ns, name) not in self.objects:
-            return
-        if first.strip():
+        if first.strip() and ("pods", ns, name) in self.objects:
             def running(o: Obj) -> None:
                 o["status"] = {"phase": "Running", "podIP": ip, "conditions": [
                     {"type": "Ready", "status": "True"}]}
             self.modify(ns, name, running)
+        await process.stdout.read()  # until the process is gone (EOF closes the pipe)
         code = await process.wait()
         self.processes.pop(name, None)
         current = self.objects.get(("pods", ns, name))
@@ -386,17 +405,19 @@ class FakeKubernetes:
 
     async def _kill(self, name: str) -> None:
         process = self.processes.pop(name, None)
-        if process is None or process.returncode is not None:
+        if process is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            async with asyncio.timeout(2.0):
-                await process.wait()
-        except TimeoutError:
+        if process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                async with asyncio.timeout(2.0):
+                    await process.wait()
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                await process.wait()
+
 
     async def _finish_delete(self, ns: str, name: str) -> None:
         await self._kill(name)
@@ -408,3 +429,13 @@ class FakeKubernetes:
         """The pod's process dies (as on an OOM kill): the pod goes Failed."""
         os.killpg(self.processes[name].pid, signal.SIGKILL)
         await self.kubelet[name]
+
+
+def assert_stopped(api: FakeKubernetes) -> None:
+    """No pod process outlives the fake (zombies reaped by their parent's exit aside)."""
+    alive = []
+    for pid in api.spawned:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+    assert not alive, f"pod processes left running: {alive}"

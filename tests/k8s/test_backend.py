@@ -22,7 +22,7 @@ from scheduler.backends.kubernetes import (
     PodView,
     Unreachable,
 )
-from tests.k8s.fakeapi import FakeKubernetes
+from tests.k8s.fakeapi import FakeKubernetes, assert_stopped
 
 NS = "ember-functions"
 
@@ -35,6 +35,7 @@ async def fake() -> AsyncIterator[FakeKubernetes]:
                                "metadata": {"name": "ember-invokers"}})
     yield api
     await api.stop()
+    assert_stopped(api)
 
 
 PoolFactory = Callable[..., Awaitable[PodPool]]

@@ -24,7 +24,7 @@ from scheduler.backends.kubernetes import (
 )
 from scheduler.backends.remote import RemoteBackend
 from tests.conftest import PlatformFactory
-from tests.k8s.fakeapi import FakeKubernetes
+from tests.k8s.fakeapi import FakeKubernetes, assert_stopped
 
 NS = "ember-functions"
 SCHEDULER_TOKEN = "scheduler-test-token"
@@ -46,6 +46,7 @@ async def fake() -> AsyncIterator[FakeKubernetes]:
                                "metadata": {"name": "ember-invokers"}})
     yield api
     await api.stop()
+    assert_stopped(api)
 
 
 class SchedulerProcess:
@@ -64,7 +65,7 @@ class SchedulerProcess:
     async def wait_health(self, status: int, timeout_s: float = 30.0) -> None:
         """Poll the readiness probe, as the kubelet does, until it answers `status`."""
         async with asyncio.timeout(timeout_s):
-            while await self.health() != status:
+            while await self.health() != status:  # noqa: ASYNC110 - a probe is a poll
                 await asyncio.sleep(0.05)
 
 
@@ -84,7 +85,7 @@ def start_scheduler(fake: FakeKubernetes, database_url: str,
             "EMBER_NAMESPACE": NS, "EMBER_GENERIC_POOL": "1", "PYTHONPATH": os.getcwd(),
             **env,
         }
-        with open(tmp_path / f"scheduler-{port}.log", "wb") as log:
+        with open(tmp_path / f"scheduler-{port}.log", "wb") as log:  # noqa: ASYNC230
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "scheduler", env=environment, stderr=log)
         try:
@@ -166,7 +167,7 @@ async def test_the_scheduler_names_a_missing_permission(
     async with start_scheduler() as scheduler:
         code = await asyncio.wait_for(scheduler.process.wait(), 30)
     assert code == 2
-    log = next(tmp_path.glob("scheduler-*.log")).read_text()
+    log = next(tmp_path.glob("scheduler-*.log")).read_text()  # noqa: ASYNC240
     assert 'may not patch pods in namespace \\"ember-functions\\"' in log
 
 

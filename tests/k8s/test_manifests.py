@@ -1,0 +1,247 @@
+"""deploy/ and runtime-images/: every object `kubectl apply -k` creates validates against the
+Kubernetes schema, RBAC is no wider than what the backend calls, and the images and manifests
+run the commands the other tests run."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from gateway.settings import Settings
+from scheduler.backends.kubernetes import (
+    APP,
+    APP_LABEL,
+    INVOKER_COMMAND,
+    REQUIRED_PERMISSIONS,
+    KubernetesSettings,
+    PodPool,
+)
+from scheduler.service import ServiceSettings
+from tests.k8s.kustomize import render
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+K8S_VERSION = "1.33"
+Obj = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def production(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of deploy/ with the production secrets an operator writes."""
+    copy = tmp_path_factory.mktemp("deploy") / "deploy"
+    shutil.copytree(DEPLOY, copy)
+    secrets = copy / "overlays" / "production" / "secrets"
+    (secrets / "admin-token").write_text("a" * 64)
+    (secrets / "scheduler-token").write_text("s" * 64)
+    (secrets / "database-url").write_text("postgresql://ember:pw@db.example:5432/ember")
+    return copy / "overlays" / "production"
+
+
+def rendered(overlay: str, production: Path) -> list[Obj]:
+    return render(production if overlay == "production" else DEPLOY / "overlays" / overlay)
+
+
+def find(objects: list[Obj], kind: str, name: str) -> Obj:
+    [obj] = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    return obj
+
+
+def pod_specs(objects: list[Obj]) -> list[tuple[str, Obj]]:
+    return [(o["metadata"]["name"], o["spec"]["template"]["spec"]) for o in objects
+            if o["kind"] in ("Deployment", "StatefulSet")]
+
+
+OVERLAYS = ["dev", "production"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_object_validates_against_the_schema(overlay: str, production: Path) -> None:
+    objects = rendered(overlay, production)
+    kinds = {o["kind"] for o in objects}
+    assert {"Namespace", "Deployment", "Service", "PodDisruptionBudget", "Role", "RoleBinding",
+            "ServiceAccount", "NetworkPolicy", "ConfigMap", "Secret"} <= kinds
+    for obj in objects:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def test_the_base_validates_too() -> None:
+    for obj in render(DEPLOY / "base"):
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_renderer_matches_kubectl(overlay: str, production: Path) -> None:
+    path = production if overlay == "production" else DEPLOY / "overlays" / overlay
+    out = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True,
+                         check=True).stdout
+    theirs = sorted((_normal(d) for d in yaml.safe_load_all(out) if d), key=_order)
+    ours = sorted((_normal(d) for d in rendered(overlay, production)), key=_order)
+    assert ours == theirs
+
+
+def _order(obj: Obj) -> str:
+    return json.dumps(obj, sort_keys=True)
+
+
+def _normal(value: Any) -> Any:
+    """Order lists of named items by name (a merge may reorder them; env, containers and ports
+    mean the same in any order here) and decode Secret data (kubectl wraps base64 lines)."""
+    if isinstance(value, dict):
+        if value.get("kind") == "Secret":
+            data = {k: base64.b64decode(v).decode() for k, v in value["data"].items()}
+            value = {**value, "data": data}
+        return {k: _normal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        items = [_normal(v) for v in value]
+        if all(isinstance(i, dict) and "name" in i for i in items):
+            items.sort(key=lambda i: str(i["name"]))
+        return items
+    return value
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_rbac_is_exactly_what_the_backend_calls(overlay: str, production: Path) -> None:
+    objects = rendered(overlay, production)
+    assert not [o for o in objects if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    roles = [o for o in objects if o["kind"] == "Role"]
+    assert [r["metadata"]["name"] for r in roles] == ["ember-scheduler"]
+    role = roles[0]
+    assert role["metadata"]["namespace"] == KubernetesSettings().namespace
+    granted = set()
+    for rule in role["rules"]:
+        assert rule["apiGroups"] == [""]
+        assert "*" not in rule["resources"] + rule["verbs"]
+        granted |= {(res, verb) for res in rule["resources"] for verb in rule["verbs"]}
+        if rule["resources"] == ["configmaps"]:
+            assert rule["resourceNames"] == [KubernetesSettings().owner_configmap]
+        else:
+            assert "resourceNames" not in rule
+    assert granted == set(REQUIRED_PERMISSIONS)
+    [binding] = [o for o in objects if o["kind"] == "RoleBinding"]
+    assert binding["roleRef"]["name"] == "ember-scheduler"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "ember-scheduler",
+                                    "namespace": "ember-system"}]
+    # The gateway and the invokers have no rights and mount no token.
+    for name in ("ember-gateway", "ember-invoker"):
+        assert find(objects, "ServiceAccount", name)["automountServiceAccountToken"] is False
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_platform_pods_are_restricted_and_probed(overlay: str, production: Path) -> None:
+    objects = rendered(overlay, production)
+    for name, spec in pod_specs(objects):
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        for container in spec["containers"]:
+            sc = container["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, name
+            assert sc["capabilities"] == {"drop": ["ALL"]}, name
+            assert container["resources"]["limits"]["memory"], name
+            assert "readinessProbe" in container, name
+    gateway = find(objects, "Deployment", "ember-gateway")
+    assert gateway["spec"]["replicas"] >= 2
+    container = gateway["spec"]["template"]["spec"]["containers"][0]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    pdb = find(objects, "PodDisruptionBudget", "ember-gateway")
+    assert pdb["spec"]["selector"]["matchLabels"] == \
+        gateway["spec"]["selector"]["matchLabels"]
+    assert gateway["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+
+
+def test_the_network_policy_fences_invoker_pods(production: Path) -> None:
+    objects = rendered("dev", production)
+    policy = find(objects, "NetworkPolicy", "ember-invokers")
+    assert policy["metadata"]["namespace"] == KubernetesSettings().namespace
+    assert policy["spec"]["podSelector"]["matchLabels"] == {APP_LABEL: APP}
+    [ingress] = policy["spec"]["ingress"]
+    [source] = ingress["from"]
+    assert source["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "ember-system"}
+    assert source["podSelector"]["matchExpressions"][0]["values"] == [
+        "ember-gateway", "ember-scheduler"]
+    assert ingress["ports"] == [{"protocol": "TCP", "port": KubernetesSettings().port}]
+    blocked = policy["spec"]["egress"][1]["to"][0]["ipBlock"]["except"]
+    assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"} <= set(blocked)
+
+
+def _env(container: Obj, secrets: dict[str, str]) -> dict[str, str]:
+    env = {}
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = item["value"]
+        elif "secretKeyRef" in item.get("valueFrom", {}):
+            env[item["name"]] = secrets[item["valueFrom"]["secretKeyRef"]["key"]]
+        else:
+            env[item["name"]] = "pod-name"
+    return env
+
+
+def test_the_manifests_settings_are_what_the_processes_read(production: Path) -> None:
+    objects = rendered("dev", production)
+    secret = find(objects, "Secret", "ember-secrets")
+    secrets = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    scheduler = find(objects, "Deployment", "ember-scheduler")["spec"]["template"]["spec"]
+    settings = ServiceSettings.from_env(_env(scheduler["containers"][0], secrets))
+    assert settings.kubernetes.namespace == "ember-functions"
+    assert settings.kubernetes.generic_pool_size == 1
+    assert settings.port == scheduler["containers"][0]["ports"][0]["containerPort"]
+    gateway = find(objects, "Deployment", "ember-gateway")["spec"]["template"]["spec"]
+    gw = Settings.from_env(_env(gateway["containers"][0], secrets))
+    assert gw.backend == "kubernetes"
+    assert gw.pool.generic_pool_size == 0
+    assert gw.scheduler_url == f"http://ember-scheduler.ember-system.svc:{settings.port}"
+    assert gw.port == gateway["containers"][0]["ports"][0]["containerPort"]
+    # The invoker pods' ServiceAccount and owner exist where the scheduler looks for them.
+    assert find(objects, "ServiceAccount", settings.kubernetes.service_account)
+    owner = find(objects, "ConfigMap", settings.kubernetes.owner_configmap)
+    assert owner["metadata"]["namespace"] == settings.kubernetes.namespace
+
+
+def test_an_invoker_pod_validates_and_is_restricted() -> None:
+    pool = PodPool.__new__(PodPool)
+    pool.settings = KubernetesSettings()
+    pool._owner = {"apiVersion": "v1", "kind": "ConfigMap", "name": "ember-invokers",
+                   "uid": "00000000-0000-0000-0000-000000000000"}
+    for spec in (pool.pod_spec(), pool.pod_spec(function="resize", version=2, gateway="gw",
+                                                memory_bytes=512 << 20, timeout_s=30)):
+        kubernetes_validate.validate(spec, K8S_VERSION, strict=True)
+        assert spec["spec"]["automountServiceAccountToken"] is False
+        assert spec["metadata"]["ownerReferences"][0]["kind"] == "ConfigMap"
+
+
+def _cmd(dockerfile: Path) -> list[str]:
+    [line] = [ln for ln in dockerfile.read_text().splitlines() if ln.startswith("CMD ")]
+    command: list[str] = json.loads(line[4:])
+    return command
+
+
+@pytest.mark.parametrize("python", ["3.11", "3.12"])
+def test_the_invoker_images_run_the_invoker_as_the_tests_do(python: str) -> None:
+    dockerfile = ROOT / "runtime-images" / f"invoker-python{python}.Dockerfile"
+    text = dockerfile.read_text()
+    assert re.search(rf"^FROM python:{re.escape(python)}-slim", text, re.M)
+    assert _cmd(dockerfile) == INVOKER_COMMAND  # what tests/k8s/fakeapi's kubelet runs
+    assert re.search(r"^USER 10001", text, re.M)  # non-root, as runAsNonRoot requires
+    assert "COPY invoker/ " in text
+    assert "COPY gateway" not in text
+    assert "COPY store" not in text
+
+
+def test_the_platform_image_runs_what_the_manifests_and_tests_run(production: Path) -> None:
+    dockerfile = ROOT / "runtime-images" / "platform.Dockerfile"
+    assert _cmd(dockerfile) == ["python", "-m", "gateway"]
+    assert re.search(r"^USER 10001", dockerfile.read_text(), re.M)
+    objects = rendered("dev", production)
+    commands = {name: spec["containers"][0].get("command") for name, spec in pod_specs(objects)}
+    assert commands["ember-gateway"] == ["python", "-m", "gateway"]
+    assert commands["ember-scheduler"] == ["python", "-m", "scheduler"]  # as test_platform.py
