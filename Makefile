@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint format clean bench bench-quick bench-events bench-deps bench-replay simulate
+.PHONY: up test lint format clean bench bench-quick bench-events bench-deps bench-k8s bench-replay simulate
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ bench-events: $(STAMP)
 ## bench-deps: cold starts of a function with dependencies, and the naive baseline
 bench-deps: $(STAMP)
 	$(PY) -m bench.deps
+
+## bench-k8s: cold starts on the Kubernetes backend (against the API emulation) vs local
+bench-k8s: $(STAMP)
+	$(PY) -m bench.k8s
 
 ## bench-replay: replay a time-compressed trace slice on a platform (--policy fixed|histogram); compare with the simulator
 bench-replay: $(STAMP)

@@ -143,10 +143,13 @@ class Platform:
 
         backend: Backend
         if settings.backend == "kubernetes":
-            assert settings.scheduler_url is not None
             assert settings.scheduler_token is not None
-            backend = RemoteBackend(settings.scheduler_url, settings.scheduler_token,
-                                    settings.gateway_id)
+            fixed_url = settings.scheduler_url
+
+            async def locate() -> str | None:
+                return fixed_url or await store.scheduler_address()
+
+            backend = RemoteBackend(locate, settings.scheduler_token, settings.gateway_id)
         else:
             backend = LocalBackend(zygote=settings.zygote)
         scale = settings.time_scale

@@ -78,7 +78,8 @@ class Settings:
     """Where instances run (EMBER_BACKEND): `local` processes, or `kubernetes` pods handed out
     by the scheduler process (docs/kubernetes.md)."""
     scheduler_url: str | None = None
-    """The scheduler process, with EMBER_BACKEND=kubernetes (EMBER_SCHEDULER_URL)."""
+    """The scheduler process, with EMBER_BACKEND=kubernetes (EMBER_SCHEDULER_URL); default:
+    the address the scheduler leader writes to Postgres, looked up again after a failover."""
     scheduler_token: str | None = None
     """The token the scheduler process expects (FN_SCHEDULER_TOKEN)."""
     gateway_id: str = field(default_factory=socket.gethostname)
@@ -114,7 +115,7 @@ class Settings:
         if backend not in ("local", "kubernetes"):
             raise ConfigError("EMBER_BACKEND", backend, "local or kubernetes")
         if backend == "kubernetes":
-            for name in ("EMBER_SCHEDULER_URL", "FN_SCHEDULER_TOKEN", "DATABASE_URL"):
+            for name in ("FN_SCHEDULER_TOKEN", "DATABASE_URL"):
                 if not env.get(name):
                     raise ConfigError(name, "", "set with EMBER_BACKEND=kubernetes "
                                       "(deploy/ sets it)")
@@ -129,8 +130,9 @@ class Settings:
             host=env.get("FN_HOST", defaults.host),
             port=int(env.get("FN_PORT", str(defaults.port))),
             state_dir=default_state_dir(env),
-            database_url=env.get("DATABASE_URL") or None,
-            token=env.get("FN_TOKEN") or None,
+            # Secrets written with `echo` or `openssl rand > file` end with a newline.
+            database_url=env.get("DATABASE_URL", "").strip() or None,
+            token=env.get("FN_TOKEN", "").strip() or None,
             max_body_bytes=parse_size_bytes(env.get("FN_MAX_BODY", defaults.max_body_bytes),
                                             "FN_MAX_BODY", minimum=1024),
             zygote=env.get("FN_ZYGOTE", "1") not in ("0", "false", "no"),
@@ -144,6 +146,6 @@ class Settings:
             pool=pool,
             backend=backend,
             scheduler_url=env.get("EMBER_SCHEDULER_URL") or None,
-            scheduler_token=env.get("FN_SCHEDULER_TOKEN") or None,
+            scheduler_token=env.get("FN_SCHEDULER_TOKEN", "").strip() or None,
             gateway_id=env.get("EMBER_GATEWAY_ID") or socket.gethostname(),
         )

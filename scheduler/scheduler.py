@@ -381,15 +381,15 @@ class Scheduler:
             self._wake_reaper.set()
 
     async def _specialize(self, instance: Instance, version: Version, fresh: bool) -> None:
-        if fresh:
-            await self._start_process(instance, version)
         meta = _specialize_meta(version)
-        if self._prepare is not None:
+        if self._prepare is not None:  # first: a version that cannot run costs no instance
             try:
                 meta.update(await self._prepare(version))
             except Exception as exc:
                 raise StartFailed(f"could not prepare the function's environment: {exc}") \
                     from exc
+        if fresh:
+            await self._start_process(instance, version)
         try:
             conn = await self._connection(instance)
             async with asyncio.timeout(self.settings.specialize_timeout_s):

@@ -1,15 +1,19 @@
 """The scheduler process on Kubernetes (`python -m scheduler`): the pod broker for the gateways.
 
-One replica is the leader (a Postgres advisory lock, `store.leader`); the others stand by, and
-answer 503 on `/healthz` so the Service sends nothing to them. The leader runs the `PodPool`
-(generic pods kept ready, claims, the watch) and serves the gateways over HTTP:
+One replica is the leader (a Postgres advisory lock, `store.leader`); it writes the address it
+listens on to Postgres (`EMBER_SCHEDULER_ADVERTISE`), where gateways look it up, so standby
+replicas can be ready (a rollout completes) without getting requests: they answer 503 to any.
+The leader runs the `PodPool` (generic pods kept ready, claims, the watch) and serves the
+gateways over HTTP:
 
 - `POST /v1/instances` {gateway, function, version, memory_bytes, timeout_s}: a ready pod for the
   version, owned by that gateway: {name, host, port}. The gateway pushes the code to it.
 - `DELETE /v1/instances/NAME`: the gateway's policy let the instance go (scale down or to zero).
 - `GET /v1/gateways/ID/events`: a stream of NDJSON lines, first `{"pods": [...]}` (what the
-  gateway owns), then `{"gone": NAME, "reason": ...}` when a pod dies. The stream doubles as the
-  gateway's heartbeat: pods of a gateway that stays away for `orphan_grace_s` are deleted.
+  gateway owns, repeated every 15 s so a gateway gives back a pod it does not hold), then
+  `{"gone": NAME, "reason": ...}` when a pod dies. The stream doubles as the gateway's
+  heartbeat: pods of a gateway that stays away for `orphan_grace_s` are deleted.
+- `GET /healthz` (the process is up; says whether it leads), `GET /metrics` (Prometheus).
 
 Every request but the probes needs `Authorization: Bearer $FN_SCHEDULER_TOKEN`. Within the pool
 policy of each gateway (keep-alive, prewarming) runs in the gateway (`scheduler.scheduler`);
@@ -40,6 +44,8 @@ from scheduler.backends.kubernetes import (
     PodView,
     label_value,
 )
+from store import Store
+from store.errors import StoreError
 from store.leader import Leadership
 
 log = logging.getLogger("ember.scheduler.service")
@@ -70,6 +76,9 @@ class ServiceSettings:
     """Listen address (EMBER_SCHEDULER_HOST); 0.0.0.0 in a pod."""
     port: int = 8081
     """Listen port (EMBER_SCHEDULER_PORT)."""
+    advertise: str = ""
+    """The URL gateways use to reach this replica when it leads (EMBER_SCHEDULER_ADVERTISE);
+    default http://HOST:PORT, in a pod http://$(POD_IP):PORT (deploy/ sets it)."""
     kubeconfig: str | None = None
     """A kubeconfig file (KUBECONFIG); default: the pod's service account."""
     orphan_grace_s: float = 60.0
@@ -88,11 +97,19 @@ class ServiceSettings:
         if missing:
             raise SettingsError(f"{' and '.join(missing)} must be set (see deploy/)")
         d = KubernetesSettings()
+        host = env.get("EMBER_SCHEDULER_HOST", "127.0.0.1")
+        port = _int(env, "EMBER_SCHEDULER_PORT", 8081)
+        advertise = env.get("EMBER_SCHEDULER_ADVERTISE", "").strip()
+        if not advertise:
+            if host in ("0.0.0.0", "::"):
+                raise SettingsError("EMBER_SCHEDULER_ADVERTISE must be set when listening on "
+                                    f"{host}: the URL gateways reach this replica at")
+            advertise = f"http://{host}:{port}"
         memory_mib = _int(env, "EMBER_GENERIC_MEMORY_MIB", d.generic_memory_bytes >> 20, 32)
         return cls(
-            database_url=env["DATABASE_URL"], token=env["FN_SCHEDULER_TOKEN"],
-            host=env.get("EMBER_SCHEDULER_HOST", "127.0.0.1"),
-            port=_int(env, "EMBER_SCHEDULER_PORT", 8081),
+            # Secrets written with `echo` or `openssl rand > file` end with a newline.
+            database_url=env["DATABASE_URL"].strip(), token=env["FN_SCHEDULER_TOKEN"].strip(),
+            host=host, port=port, advertise=advertise,
             kubeconfig=env.get("KUBECONFIG") or None,
             orphan_grace_s=float(_int(env, "EMBER_ORPHAN_GRACE", 60, 1)),
             kubernetes=KubernetesSettings(
@@ -129,6 +146,7 @@ class Broker:
         app = web.Application(middlewares=[self._auth])
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/livez", self._livez)
+        app.router.add_get("/metrics", self._metrics)
         app.router.add_post("/v1/instances", self._claim)
         app.router.add_delete("/v1/instances/{name}", self._release)
         app.router.add_get("/v1/gateways/{gateway}/events", self._events)
@@ -136,7 +154,7 @@ class Broker:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path in ("/healthz", "/livez"):
+        if request.path in ("/healthz", "/livez", "/metrics"):
             return await handler(request)  # type: ignore[no-any-return]
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {self.settings.token}".encode()):
@@ -150,9 +168,35 @@ class Broker:
 
     async def _healthz(self, request: web.Request) -> web.Response:
         if self.pool is None:
-            return web.json_response({"leader": False}, status=503)
+            return web.json_response({"leader": False})
         return web.json_response({"leader": True,
                                   "generic_ready": len(self.pool.generic(ready_only=True))})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        lines = ["# TYPE ember_scheduler_leader gauge",
+                 f"ember_scheduler_leader {int(self.pool is not None)}"]
+        pool = self.pool
+        if pool is not None:
+            states: dict[str, int] = {}
+            for pod in pool.pods.values():
+                key = "dead" if pod.dead else ("ready" if pod.usable() else "starting")
+                state = f'state="{pod.state or "unknown"}",phase="{key}"'
+                states[state] = states.get(state, 0) + 1
+            lines.append("# TYPE ember_invoker_pods gauge")
+            lines += [f"ember_invoker_pods{{{k}}} {v}" for k, v in sorted(states.items())]
+            lines.append("# HELP ember_pod_claims_total Pods handed to gateways, by source: "
+                         "a ready generic pod, or a pod created (a pod start).")
+            lines.append("# TYPE ember_pod_claims_total counter")
+            lines += [f'ember_pod_claims_total{{source="{k}"}} {v}'
+                      for k, v in pool.claims_total.items()]
+            lines.append("# TYPE ember_pods_created_total counter")
+            lines.append(f"ember_pods_created_total {pool.created_total}")
+            lines.append("# TYPE ember_pods_gone_total counter")
+            lines.append(f"ember_pods_gone_total {pool.gone_total}")
+            lines.append("# TYPE ember_pod_watch_relists_total counter")
+            lines.append(f"ember_pod_watch_relists_total {pool.relists_total}")
+        return web.Response(text="\n".join(lines) + "\n",
+                            content_type="text/plain", charset="utf-8")
 
     async def _claim(self, request: web.Request) -> web.Response:
         assert self.pool is not None
@@ -195,8 +239,8 @@ class Broker:
                 try:
                     async with asyncio.timeout(15.0):
                         message = await queue.get()
-                except TimeoutError:
-                    message = {}  # a keep-alive line
+                except TimeoutError:  # a keep-alive, which also lets the gateway reconcile
+                    message = {"pods": [p.name for p in self.pool.owned_by(gateway)]}
                 if message is None:
                     break
                 await response.write(orjson.dumps(message) + b"\n")
@@ -222,7 +266,12 @@ class Broker:
             if now - self.last_seen.get(gateway, self.started) > self.settings.orphan_grace_s:
                 log.warning("deleting the pod of a gateway that is gone",
                             extra={"pod": pod.name, "gateway": gateway})
-                await self.pool.release(pod.name)
+                try:
+                    await self.pool.release(pod.name)
+                except KubernetesError as exc:
+                    log.warning("cannot delete a pod", extra={"pod": pod.name,
+                                                              "error": str(exc)})
+                    continue
                 deleted.append(pod.name)
         return deleted
 
@@ -249,6 +298,11 @@ async def serve(settings: ServiceSettings, stop: asyncio.Event | None = None) ->
     pool: PodPool | None = None
     code = 0
     try:
+        store = await Store.connect(settings.database_url, min_size=1, max_size=1)
+        try:
+            await store.migrate()  # the leader's table may be new; the gateways do the same
+        finally:
+            await store.close()
         acquiring = asyncio.create_task(Leadership.acquire(settings.database_url),
                                         name="leader election")
         stopping = asyncio.create_task(stop.wait(), name="stop signal")
@@ -259,10 +313,11 @@ async def serve(settings: ServiceSettings, stop: asyncio.Event | None = None) ->
                 await acquiring
             return 0
         leadership = acquiring.result()
-        log.info("this scheduler is the leader")
+        log.info("this scheduler is the leader", extra={"address": settings.advertise})
         pool = PodPool(PodPool.load_client(settings.kubeconfig), settings.kubernetes)
         await pool.start()
         broker.attach(pool)
+        await leadership.advertise(settings.advertise)
         lost = asyncio.create_task(leadership.lost.wait(), name="leadership watch")
         broken = asyncio.create_task(pool.broken.wait(), name="pod pool watch")
         while not stop.is_set():
@@ -283,6 +338,9 @@ async def serve(settings: ServiceSettings, stop: asyncio.Event | None = None) ->
     except KubernetesError as exc:
         log.critical("%s", exc)
         code = 2
+    except StoreError as exc:
+        log.critical("%s", exc)
+        code = 1
     finally:
         await broker.close_streams()
         await runner.cleanup()

@@ -665,6 +665,13 @@ class Store:
             value: dt.datetime | None = await conn.fetchval(QUERIES["next_schedule_due"])
         return value
 
+    @_retry_once
+    async def scheduler_address(self) -> str | None:
+        """Where the scheduler leader listens (Kubernetes), or None before one was elected."""
+        async with self._conn() as conn:
+            value: str | None = await conn.fetchval(QUERIES["scheduler_address"])
+        return value
+
     # -- change notifications ---------------------------------------------------------------
 
     async def listen_function_changes(

@@ -66,6 +66,10 @@ class Leadership:
                 log.error("lost the leader lock's connection", extra={"error": str(exc)})
                 self.lost.set()
 
+    async def advertise(self, address: str) -> None:
+        """Tell gateways where the leader listens (only the lock holder calls this)."""
+        await self._conn.execute(QUERIES["advertise_scheduler"], address)
+
     async def release(self) -> None:
         self._check.cancel()
         with contextlib.suppress(asyncio.CancelledError):

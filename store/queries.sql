@@ -383,3 +383,10 @@ SELECT pg_try_advisory_lock($1);
 
 -- name: ping
 SELECT 1;
+
+-- name: advertise_scheduler
+INSERT INTO ember_scheduler_leader (singleton, address, elected_at) VALUES (true, $1, now())
+ON CONFLICT (singleton) DO UPDATE SET address = EXCLUDED.address, elected_at = now();
+
+-- name: scheduler_address
+SELECT address FROM ember_scheduler_leader;

@@ -28,6 +28,7 @@ import logging
 import re
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -60,7 +61,11 @@ deploy/ grants exactly these (a test holds the two together)."""
 
 
 class KubernetesError(BackendError):
-    """A Kubernetes API call failed."""
+    """A Kubernetes API call failed; `status` is the HTTP status when the server answered."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class Unreachable(KubernetesError):
@@ -121,6 +126,7 @@ class PodView:
     ip: str | None
     deleting: bool
     memory_bytes: int
+    image: str = ""
     reason: str = ""
 
     @classmethod
@@ -140,6 +146,7 @@ class PodView:
             labels=dict(meta.get("labels") or {}), phase=status.get("phase", "Pending"),
             ready=ready, ip=status.get("podIP"), deleting=bool(meta.get("deletionTimestamp")),
             memory_bytes=int(annotations.get(MEMORY_ANNOTATION, "0") or 0), reason=reason,
+            image=((obj.get("spec") or {}).get("containers") or [{}])[0].get("image", ""),
         )
 
     @property
@@ -160,12 +167,12 @@ GoneCallback = Callable[[PodView, str], None]
 def _api_error(exc: ApiException, what: str) -> KubernetesError:
     if exc.status == 403:
         return Forbidden(f"{what}: forbidden ({exc.reason}); the scheduler's service account "
-                         "needs the Role in deploy/base/scheduler-rbac.yaml")
+                         "needs the Role in deploy/base/scheduler-rbac.yaml", 403)
     raw: Any = exc.body
     body = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
     with contextlib.suppress(ValueError, TypeError, AttributeError):
         body = json.loads(body).get("message", body)
-    return KubernetesError(f"{what}: {exc.status} {exc.reason}: {body}")
+    return KubernetesError(f"{what}: {exc.status} {exc.reason}: {body}", exc.status)
 
 
 class PodPool:
@@ -177,6 +184,12 @@ class PodPool:
         self.on_gone: list[GoneCallback] = []
         self.created_total = 0
         self.relists_total = 0
+        self.gone_total = 0
+        self.claims_total = {"generic": 0, "created": 0}
+        """Claims served by relabelling a ready generic pod, and by creating a pod (a pod
+        start: the generic pool was empty, or the function too big for a generic pod)."""
+        self._creating: set[str] = set()
+        self._created_at: dict[str, float] = {}
         self._owner: dict[str, Any] | None = None
         self._resource_version = ""
         self._waiters: set[asyncio.Event] = set()
@@ -226,9 +239,12 @@ class PodPool:
         auth = k8s.AuthorizationV1Api(self.api)
         missing = []
         for resource, verb in REQUIRED_PERMISSIONS:
+            attributes = {"namespace": self.settings.namespace, "verb": verb,
+                          "resource": resource}
+            if resource == "configmaps":  # the Role grants one ConfigMap by name
+                attributes["name"] = self.settings.owner_configmap
             review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
-                      "spec": {"resourceAttributes": {"namespace": self.settings.namespace,
-                                                      "verb": verb, "resource": resource}}}
+                      "spec": {"resourceAttributes": attributes}}
             answer = await self._call("checking permissions",
                                       auth.create_self_subject_access_review, review)
             if not answer.get("status", {}).get("allowed"):
@@ -295,11 +311,15 @@ class PodPool:
         return f"{APP_LABEL}={APP}"
 
     async def _relist(self) -> None:
+        began = time.monotonic()
         listing = await self._call("listing invoker pods", self.core.list_namespaced_pod,
                                    self.settings.namespace, label_selector=self._selector())
         fresh = {o["metadata"]["name"]: PodView.from_object(o) for o in listing.get("items", [])}
         for name, old in list(self.pods.items()):
-            if name not in fresh:
+            # A pod we created while the list was on its way is not in it; the watch that
+            # follows (from the list's resourceVersion) tells its fate.
+            if name not in fresh and name not in self._creating \
+                    and self._created_at.get(name, 0.0) < began:
                 self._forget(old, "deleted")
         for pod in fresh.values():
             self._update(pod)
@@ -311,11 +331,12 @@ class PodPool:
         self.pods[pod.name] = pod
         if pod.dead and (old is None or not old.dead):
             self._report(pod, pod.reason or ("deleted" if pod.deleting else pod.phase))
-        if pod.state == "generic" and pod.dead:
-            self._refill.set()
+        if pod.dead or old is None or old.state != pod.state:
+            self._refill.set()  # the generic pool may be short, or a failed pod to remove
         self._wake()
 
     def _forget(self, pod: PodView, reason: str) -> None:
+        self._created_at.pop(pod.name, None)
         old = self.pods.pop(pod.name, None)
         if old is not None and not old.dead:
             self._report(pod, reason)
@@ -324,6 +345,7 @@ class PodPool:
         self._wake()
 
     def _report(self, pod: PodView, reason: str) -> None:
+        self.gone_total += 1
         if pod.state != "specialized":
             if pod.state == "generic" and pod.phase == "Failed":
                 log.warning("generic invoker pod failed", extra={"pod": pod.name,
@@ -407,17 +429,27 @@ class PodPool:
 
     # -- the generic pool ---------------------------------------------------------------------
 
+    def _outdated(self, pod: PodView) -> bool:
+        return pod.image != self.settings.image \
+            or pod.memory_bytes != self.settings.generic_memory_bytes
+
     def generic(self, *, ready_only: bool = False) -> list[PodView]:
         return [p for p in self.pods.values() if p.state == "generic" and not p.dead
-                and (p.usable() or not ready_only)]
+                and not self._outdated(p) and (p.usable() or not ready_only)]
 
     async def _refiller(self) -> None:
         while not self._stopping:
             await self._refill.wait()
             self._refill.clear()
-            for pod in [p for p in self.pods.values() if p.state == "generic" and p.dead
-                        and not p.deleting]:
-                await self._delete(pod.name)  # a failed generic pod: make room for a new one
+            for pod in [p for p in self.pods.values() if (p.dead and not p.deleting)
+                        or (p.state == "generic" and not p.dead and self._outdated(p))]:
+                # A failed pod (its reason was logged and reported), or a generic pod of an
+                # earlier image or size (after an upgrade): remove it; the pool refills.
+                try:
+                    await self._delete(pod.name)
+                except KubernetesError as exc:
+                    log.warning("cannot delete an invoker pod", extra={"pod": pod.name,
+                                                                       "error": str(exc)})
             missing = self.settings.generic_pool_size - len(self.generic())
             for _ in range(missing):
                 try:
@@ -476,9 +508,15 @@ class PodPool:
         }
 
     async def create_pod(self, spec: dict[str, Any]) -> PodView:
-        obj = await self._call(f'creating pod "{spec["metadata"]["name"]}"',
-                               self.core.create_namespaced_pod, self.settings.namespace, spec)
+        name = spec["metadata"]["name"]
+        self._creating.add(name)
+        try:
+            obj = await self._call(f'creating pod "{name}"', self.core.create_namespaced_pod,
+                                   self.settings.namespace, spec)
+        finally:
+            self._creating.discard(name)
         self.created_total += 1
+        self._created_at[name] = time.monotonic()
         pod = PodView.from_object(obj)
         if pod.name not in self.pods:
             self.pods[pod.name] = pod
@@ -490,7 +528,7 @@ class PodPool:
                              self.settings.namespace,
                              grace_period_seconds=self.settings.stop_grace_s)
         except KubernetesError as exc:
-            if "404" not in str(exc):
+            if exc.status != 404:
                 raise
 
     # -- what the scheduler asks ----------------------------------------------------------------
@@ -510,18 +548,22 @@ class PodPool:
                                            self.core.patch_namespaced_pod, pod.name,
                                            self.settings.namespace, patch)
                 except KubernetesError as exc:
-                    if "409" in str(exc) or "404" in str(exc):
+                    if exc.status in (404, 409):
                         continue  # changed or gone meanwhile: try the next one
                     raise
                 claimed = PodView.from_object(obj)
                 self.pods[claimed.name] = claimed
                 self._refill.set()
                 if claimed.usable():
+                    self.claims_total["generic"] += 1
                     return claimed
+                with contextlib.suppress(KubernetesError):  # died meanwhile: nobody else
+                    await self._delete(claimed.name)       # would delete it
         pod = await self.create_pod(self.pod_spec(
             function=function, version=version, gateway=gateway, memory_bytes=memory_bytes,
             timeout_s=timeout_s))
         self._refill.set()
+        self.claims_total["created"] += 1
         return await self.wait_ready(pod.name)
 
     def _wake(self) -> None:
@@ -557,6 +599,8 @@ class PodPool:
         pod = self.pods.get(name)
         if pod is None or pod.dead:
             reason = pod.reason if pod is not None else "deleted"
+            with contextlib.suppress(KubernetesError):
+                await self._delete(name)
             raise KubernetesError(f'invoker pod "{name}" did not start: {reason}')
         return pod
 

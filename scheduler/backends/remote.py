@@ -5,6 +5,9 @@ the gateway's own scheduler then pushes the code to it over the invoker protocol
 with a local instance. `stop_instance` gives the pod back (the scheduler deletes it). One
 long-lived event stream tells which pods died (`wait` returns) and, being open, keeps this
 gateway's pods from being collected as orphans. No Kubernetes credentials are needed here.
+
+The scheduler's address comes from `locate` (the leader writes it to Postgres), looked up again
+whenever the scheduler cannot be reached or says it is not the leader (after a failover).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +26,10 @@ from scheduler.backends import BackendError
 from store.records import Version
 
 log = logging.getLogger("ember.scheduler.remote")
+
+
+class _Moved(Exception):
+    """The scheduler known is gone or no longer leads: look it up again."""
 
 
 @dataclass(slots=True, eq=False)
@@ -38,9 +46,10 @@ class PodHandle:
 
 
 class RemoteBackend:
-    def __init__(self, url: str, token: str, gateway_id: str, *,
-                 request_timeout_s: float = 180.0) -> None:
-        self.url = url.rstrip("/")
+    def __init__(self, locate: Callable[[], Awaitable[str | None]], token: str,
+                 gateway_id: str, *, request_timeout_s: float = 180.0) -> None:
+        self._locate = locate
+        self.url: str | None = None
         self.gateway_id = gateway_id
         self._headers = {"Authorization": f"Bearer {token}"}
         self._timeout = aiohttp.ClientTimeout(total=request_timeout_s)
@@ -72,10 +81,35 @@ class RemoteBackend:
         if self._session is not None:
             await self._session.close()
 
+    async def _base(self) -> str:
+        if self.url is None:
+            try:
+                url = await self._locate()
+            except Exception as exc:
+                raise BackendError(f"cannot look up the scheduler: {exc}") from exc
+            if not url:
+                raise BackendError("no scheduler has been elected yet; is the ember-scheduler "
+                                   "Deployment running? (kubectl -n ember-system get pods)")
+            self.url = url.rstrip("/")
+        return self.url
+
     async def _request(self, method: str, path: str, body: Any = None) -> Any:
+        """One request to the leader; looked up again, and tried once more, when the address
+        known does not answer as the leader."""
+        for attempt in (1, 2):
+            try:
+                return await self._request_once(method, path, body)
+            except _Moved as exc:
+                self.url = None
+                if attempt == 2:
+                    raise BackendError(str(exc)) from exc
+        raise AssertionError("unreachable")
+
+    async def _request_once(self, method: str, path: str, body: Any) -> Any:
         assert self._session is not None
+        base = await self._base()
         try:
-            async with self._session.request(method, self.url + path, json=body,
+            async with self._session.request(method, base + path, json=body,
                                              timeout=self._timeout) as response:
                 data = await response.read()
                 if response.status >= 400:
@@ -83,10 +117,14 @@ class RemoteBackend:
                         message = orjson.loads(data)["error"]
                     except (orjson.JSONDecodeError, KeyError, TypeError):
                         message = data.decode(errors="replace")[:500]
+                    if response.status == 503 and "not the leader" in message:
+                        raise _Moved(f"the scheduler at {base} is not the leader")
                     raise BackendError(f"the scheduler answered {response.status}: {message}")
                 return orjson.loads(data) if data else None
+        except aiohttp.ClientConnectionError as exc:
+            raise _Moved(f"cannot reach the scheduler at {base}: {exc}") from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise BackendError(f"cannot reach the scheduler at {self.url}: {exc}") from exc
+            raise BackendError(f"the scheduler at {base} failed: {exc}") from exc
 
     async def start_instance(self, instance_id: str, version: Version | None = None) -> PodHandle:
         if version is None:
@@ -125,9 +163,9 @@ class RemoteBackend:
         """Read the event stream; reconnect with a back-off when it breaks."""
         assert self._session is not None
         failures = 0
-        path = f"{self.url}/v1/gateways/{self.gateway_id}/events"
         while True:
             try:
+                path = f"{await self._base()}/v1/gateways/{self.gateway_id}/events"
                 async with self._session.get(path, timeout=aiohttp.ClientTimeout(
                         total=None, sock_connect=10, sock_read=60)) as response:
                     if response.status != 200:
@@ -150,6 +188,7 @@ class RemoteBackend:
                         elif "gone" in message:
                             self._lost(message["gone"], message.get("reason", ""))
             except (aiohttp.ClientError, TimeoutError, BackendError, ValueError) as exc:
+                self.url = None  # look the leader up again: it may have changed
                 failures += 1
                 if failures in (1, 10) or failures % 100 == 0:
                     log.warning("lost the scheduler's event stream; reconnecting",

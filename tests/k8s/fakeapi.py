@@ -4,7 +4,8 @@ Serves pods (list with label selectors, watch from a resourceVersion, create, ge
 delete), ConfigMaps and SelfSubjectAccessReviews over real HTTP, for the official client. It
 keeps what kmock does not: resourceVersions and uids, 409 on a name taken or a stale
 resourceVersion in a patch, 410 on a watch from a compacted resourceVersion, label selectors, and
-RBAC (a set of allowed (resource, verb); anything else is 403, and every request is recorded).
+RBAC: the rules of a Role, with `resourceNames` matching only requests for a named object, as
+Kubernetes does (anything else is 403; every (resource, verb) asked for is recorded).
 
 The kubelet runs each pod's container command as a real process, with the pod's environment
 and its own loopback address as pod IP (127.0.0.N), so the invoker in a "pod" is the one the
@@ -25,9 +26,11 @@ import sys
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import psutil
+import yaml
 from aiohttp import web
 
 Obj = dict[str, Any]
@@ -96,10 +99,10 @@ def _next_pod_ip() -> str:
 
 
 class FakeKubernetes:
-    def __init__(self, *, allowed: set[tuple[str, str]] | None = None,
+    def __init__(self, *, rules: list[Obj] | None = None,
                  run_pods: bool = True, python: str = sys.executable) -> None:
-        self.allowed = allowed
-        """(resource, verb) the caller may use; None allows everything."""
+        self.rules = rules
+        """The caller's Role rules; None allows everything."""
         self.used: set[tuple[str, str]] = set()
         self.run_pods = run_pods
         self.python = python
@@ -169,9 +172,20 @@ class FakeKubernetes:
             json.dump(config, f)
         return path
 
-    def _authorize(self, resource: str, verb: str) -> web.Response | None:
+    def allows(self, resource: str, verb: str, name: str | None = None) -> bool:
+        if self.rules is None:
+            return True
+        for rule in self.rules:
+            if resource in rule["resources"] and verb in rule["verbs"]:
+                names = rule.get("resourceNames")
+                if not names or (name is not None and name in names):
+                    return True
+        return False
+
+    def _authorize(self, resource: str, verb: str,
+                   name: str | None = None) -> web.Response | None:
         self.used.add((resource, verb))
-        if self.allowed is not None and (resource, verb) not in self.allowed:
+        if not self.allows(resource, verb, name):
             return _status(403, "Forbidden",
                            f'{resource} is forbidden: User "fake" cannot {verb} resource '
                            f'"{resource}"')
@@ -274,8 +288,9 @@ class FakeKubernetes:
                     item = await queue.get()
                     if item is None:
                         break
-                    _, kind, obj = item
-                    if obj.pop("_resource") != resource or not selected(obj):
+                    _, kind, tagged = item
+                    obj = {k: v for k, v in tagged.items() if k != "_resource"}
+                    if tagged["_resource"] != resource or not selected(obj):
                         continue
                     await response.write(json.dumps({"type": kind, "object": obj}).encode()
                                          + b"\n")
@@ -308,7 +323,7 @@ class FakeKubernetes:
         ns, resource = request.match_info["ns"], request.match_info["resource"]
         name = request.match_info["name"]
         self.requests.append((verb, resource))
-        denied = self._authorize(resource, verb)
+        denied = self._authorize(resource, verb, name)
         if denied:
             return denied
         obj = self.objects.get((resource, ns, name))
@@ -355,7 +370,7 @@ class FakeKubernetes:
     async def _access_review(self, request: web.Request) -> web.Response:
         review = await request.json()
         attrs = review["spec"]["resourceAttributes"]
-        allowed = self.allowed is None or (attrs["resource"], attrs["verb"]) in self.allowed
+        allowed = self.allows(attrs["resource"], attrs["verb"], attrs.get("name"))
         review["status"] = {"allowed": allowed}
         return web.json_response(review, status=201)
 
@@ -439,3 +454,22 @@ def assert_stopped(api: FakeKubernetes) -> None:
             if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
                 alive.append(pid)
     assert not alive, f"pod processes left running: {alive}"
+
+
+def role_rules(path: Path, name: str = "ember-scheduler") -> list[Obj]:
+    """The rules of the Role `name` in a manifest file."""
+    for doc in yaml.safe_load_all(path.read_text()):
+        if doc and doc["kind"] == "Role" and doc["metadata"]["name"] == name:
+            rules: list[Obj] = doc["rules"]
+            return rules
+    raise LookupError(f"no Role {name} in {path}")
+
+
+SCHEDULER_RULES = role_rules(Path(__file__).resolve().parents[2] / "deploy" / "base"
+                             / "scheduler-rbac.yaml")
+"""What deploy/ grants the scheduler: the fake enforces exactly this."""
+
+
+def without(rules: list[Obj], resource: str, verb: str) -> list[Obj]:
+    return [{**r, "verbs": [v for v in r["verbs"] if not (v == verb and resource in
+                                                           r["resources"])]} for r in rules]

@@ -1,7 +1,7 @@
 """The Kubernetes backend through the official client, over real HTTP, against tests/k8s/fakeapi.
 
-The fake enforces exactly the permissions the backend declares (REQUIRED_PERMISSIONS), so these
-tests also show the scheduler's Role is sufficient. Pods run the invoker as real processes.
+The fake enforces exactly the rules of the scheduler's Role in deploy/ (resourceNames included),
+so these tests also show that the Role is sufficient. Pods run the invoker as real processes.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import pytest
 from invoker.protocol import Connection
 from scheduler.backends.kubernetes import (
     GATEWAY_LABEL,
-    REQUIRED_PERMISSIONS,
     STATE_LABEL,
     Forbidden,
     KubernetesSettings,
@@ -22,14 +21,14 @@ from scheduler.backends.kubernetes import (
     PodView,
     Unreachable,
 )
-from tests.k8s.fakeapi import FakeKubernetes, assert_stopped
+from tests.k8s.fakeapi import SCHEDULER_RULES, FakeKubernetes, assert_stopped, without
 
 NS = "ember-functions"
 
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeKubernetes]:
-    api = FakeKubernetes(allowed=set(REQUIRED_PERMISSIONS))
+    api = FakeKubernetes(rules=SCHEDULER_RULES)
     await api.start()
     api.put("configmaps", NS, {"apiVersion": "v1", "kind": "ConfigMap",
                                "metadata": {"name": "ember-invokers"}})
@@ -206,7 +205,7 @@ async def test_a_restarted_scheduler_adopts_the_pods(
 
 
 async def test_a_missing_permission_is_named(fake: FakeKubernetes, tmp_path: Path) -> None:
-    fake.allowed = set(REQUIRED_PERMISSIONS) - {("pods", "watch"), ("pods", "delete")}
+    fake.rules = without(without(SCHEDULER_RULES, "pods", "watch"), "pods", "delete")
     pool = PodPool(PodPool.load_client(fake.kubeconfig(str(tmp_path / "kc"))),
                    KubernetesSettings(namespace=NS))
     with pytest.raises(Forbidden, match='may not watch pods, delete pods in namespace '

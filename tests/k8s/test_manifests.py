@@ -40,9 +40,10 @@ def production(tmp_path_factory: pytest.TempPathFactory) -> Path:
     copy = tmp_path_factory.mktemp("deploy") / "deploy"
     shutil.copytree(DEPLOY, copy)
     secrets = copy / "overlays" / "production" / "secrets"
-    (secrets / "admin-token").write_text("a" * 64)
-    (secrets / "scheduler-token").write_text("s" * 64)
-    (secrets / "database-url").write_text("postgresql://ember:pw@db.example:5432/ember")
+    # As `openssl rand -hex 32 > file` writes them: with a newline at the end.
+    (secrets / "admin-token").write_text("a" * 64 + "\n")
+    (secrets / "scheduler-token").write_text("s" * 64 + "\n")
+    (secrets / "database-url").write_text("postgresql://ember:pw@db.example:5432/ember\n")
     return copy / "overlays" / "production"
 
 
@@ -175,31 +176,42 @@ def test_the_network_policy_fences_invoker_pods(production: Path) -> None:
 
 
 def _env(container: Obj, secrets: dict[str, str]) -> dict[str, str]:
-    env = {}
+    """A container's environment as the kubelet makes it ($(VAR) expanded, fields filled)."""
+    env: dict[str, str] = {}
+    fields = {"metadata.name": "ember-gateway-5f7d9-abcde", "status.podIP": "10.244.1.7"}
     for item in container.get("env", []):
         if "value" in item:
-            env[item["name"]] = item["value"]
+            env[item["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m[1], m[0]),
+                                       item["value"])
         elif "secretKeyRef" in item.get("valueFrom", {}):
             env[item["name"]] = secrets[item["valueFrom"]["secretKeyRef"]["key"]]
         else:
-            env[item["name"]] = "pod-name"
+            env[item["name"]] = fields[item["valueFrom"]["fieldRef"]["fieldPath"]]
     return env
 
 
-def test_the_manifests_settings_are_what_the_processes_read(production: Path) -> None:
-    objects = rendered("dev", production)
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_manifests_settings_are_what_the_processes_read(overlay: str,
+                                                            production: Path) -> None:
+    objects = rendered(overlay, production)
     secret = find(objects, "Secret", "ember-secrets")
     secrets = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
     scheduler = find(objects, "Deployment", "ember-scheduler")["spec"]["template"]["spec"]
     settings = ServiceSettings.from_env(_env(scheduler["containers"][0], secrets))
     assert settings.kubernetes.namespace == "ember-functions"
-    assert settings.kubernetes.generic_pool_size == 1
+    assert settings.kubernetes.generic_pool_size == (1 if overlay == "dev" else 4)
     assert settings.port == scheduler["containers"][0]["ports"][0]["containerPort"]
+    assert settings.advertise == f"http://10.244.1.7:{settings.port}"
+    assert "\n" not in settings.token
+    assert settings.token == secrets["scheduler-token"].strip()
     gateway = find(objects, "Deployment", "ember-gateway")["spec"]["template"]["spec"]
     gw = Settings.from_env(_env(gateway["containers"][0], secrets))
     assert gw.backend == "kubernetes"
     assert gw.pool.generic_pool_size == 0
-    assert gw.scheduler_url == f"http://ember-scheduler.ember-system.svc:{settings.port}"
+    assert gw.scheduler_url is None  # looked up in Postgres, where the leader writes it
+    assert gw.scheduler_token == settings.token
+    assert gw.token == secrets["admin-token"].strip()
+    assert gw.gateway_id == "ember-gateway-5f7d9-abcde"
     assert gw.port == gateway["containers"][0]["ports"][0]["containerPort"]
     # The invoker pods' ServiceAccount and owner exist where the scheduler looks for them.
     assert find(objects, "ServiceAccount", settings.kubernetes.service_account)

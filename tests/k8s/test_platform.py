@@ -19,12 +19,11 @@ import pytest
 from scheduler.backends.kubernetes import (
     FUNCTION_LABEL,
     GATEWAY_LABEL,
-    REQUIRED_PERMISSIONS,
     STATE_LABEL,
 )
 from scheduler.backends.remote import RemoteBackend
 from tests.conftest import PlatformFactory
-from tests.k8s.fakeapi import FakeKubernetes, assert_stopped
+from tests.k8s.fakeapi import SCHEDULER_RULES, FakeKubernetes, assert_stopped, without
 
 NS = "ember-functions"
 SCHEDULER_TOKEN = "scheduler-test-token"
@@ -40,7 +39,7 @@ def free_port() -> int:
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeKubernetes]:
-    api = FakeKubernetes(allowed=set(REQUIRED_PERMISSIONS))
+    api = FakeKubernetes(rules=SCHEDULER_RULES)
     await api.start()
     api.put("configmaps", NS, {"apiVersion": "v1", "kind": "ConfigMap",
                                "metadata": {"name": "ember-invokers"}})
@@ -54,18 +53,21 @@ class SchedulerProcess:
         self.process = process
         self.url = url
 
-    async def health(self) -> int:
+    async def health(self) -> str:
+        """"leader" or "standby" when the readiness probe passes, else "down"."""
         try:
             async with aiohttp.ClientSession() as http, \
                     http.get(f"{self.url}/healthz") as response:
-                return response.status
+                if response.status != 200:
+                    return "down"
+                return "leader" if (await response.json())["leader"] else "standby"
         except aiohttp.ClientError:
-            return 0
+            return "down"
 
-    async def wait_health(self, status: int, timeout_s: float = 30.0) -> None:
-        """Poll the readiness probe, as the kubelet does, until it answers `status`."""
+    async def wait_health(self, state: str, timeout_s: float = 30.0) -> None:
+        """Poll the readiness probe, as the kubelet does, until it says `state`."""
         async with asyncio.timeout(timeout_s):
-            while await self.health() != status:  # noqa: ASYNC110 - a probe is a poll
+            while await self.health() != state:  # noqa: ASYNC110 - a probe is a poll
                 await asyncio.sleep(0.05)
 
 
@@ -111,13 +113,14 @@ def pods(fake: FakeKubernetes, **labels: str) -> list[dict[str, Any]]:
 async def test_calls_run_in_invoker_pods(fake: FakeKubernetes, start_scheduler: SchedulerFactory,
                                          make_platform: PlatformFactory) -> None:
     async with start_scheduler() as scheduler:
-        await scheduler.wait_health(200)
-        async with make_platform(backend="kubernetes", scheduler_url=scheduler.url,
-                                 scheduler_token=SCHEDULER_TOKEN, gateway_id="gw-a",
-                                 pool={"generic_pool_size": 0}) as r:
+        await scheduler.wait_health("leader")
+        # No scheduler URL: the gateway finds the leader where it wrote its address.
+        async with make_platform(backend="kubernetes", scheduler_token=SCHEDULER_TOKEN,
+                                 gateway_id="gw-a", pool={"generic_pool_size": 0}) as r:
             backend = r.platform.scheduler.backend
             assert isinstance(backend, RemoteBackend)
             await asyncio.wait_for(backend.connected.wait(), 10)
+            assert backend.url == scheduler.url
             await r.deploy_ok("hello", HANDLER)
             response = await r.call("hello", {})
             assert response.status == 200, await response.text()
@@ -147,23 +150,41 @@ async def test_calls_run_in_invoker_pods(fake: FakeKubernetes, start_scheduler: 
 
 
 async def test_one_leader_and_a_standby_that_takes_over(
-        fake: FakeKubernetes, start_scheduler: SchedulerFactory) -> None:
-    async with start_scheduler() as first:
-        await first.wait_health(200)
+        fake: FakeKubernetes, start_scheduler: SchedulerFactory,
+        make_platform: PlatformFactory) -> None:
+    async with start_scheduler() as first, \
+            make_platform(backend="kubernetes", scheduler_token=SCHEDULER_TOKEN,
+                          gateway_id="gw-b", pool={"generic_pool_size": 0}) as r:
+        await first.wait_health("leader")
+        await r.deploy_ok("one", HANDLER)
+        assert (await r.call("one", {})).status == 200
         async with start_scheduler() as second:
-            await second.wait_health(503)  # up, and standing by
-            [generic] = pods(fake, **{STATE_LABEL: "generic"})
+            await second.wait_health("standby")  # ready (a rollout can go on), not leading
+            async with aiohttp.ClientSession() as http, http.post(
+                    f"{second.url}/v1/instances", json={},
+                    headers={"Authorization": f"Bearer {SCHEDULER_TOKEN}"}) as response:
+                assert response.status == 503
+            generic = {p["metadata"]["name"] for p in pods(fake, **{STATE_LABEL: "generic"})}
             first.process.send_signal(signal.SIGTERM)
             assert await first.process.wait() == 0
-            await second.wait_health(200)
-            # The new leader adopted the generic pod instead of starting another.
-            assert [p["metadata"]["name"] for p in pods(fake)] == [generic["metadata"]["name"]]
-            assert sum(1 for r in fake.requests if r == ("create", "pods")) == 1
+            await second.wait_health("leader")
+            # The new leader adopted the pods instead of starting others, and the gateway,
+            # which looks the leader up again, gets its next pod from it.
+            created = sum(1 for x in fake.requests if x == ("create", "pods"))
+            assert {p["metadata"]["name"] for p in pods(fake, **{STATE_LABEL: "generic"})} \
+                == generic
+            assert (await r.call("one", {})).status == 200  # warm: the pod outlived the leader
+            await r.deploy_ok("two", HANDLER)
+            assert (await r.call("two", {})).status == 200
+            backend = r.platform.scheduler.backend
+            assert isinstance(backend, RemoteBackend)
+            assert backend.url == second.url
+            assert sum(1 for x in fake.requests if x == ("create", "pods")) == created + 1
 
 
 async def test_the_scheduler_names_a_missing_permission(
         fake: FakeKubernetes, start_scheduler: SchedulerFactory, tmp_path: Path) -> None:
-    fake.allowed = set(REQUIRED_PERMISSIONS) - {("pods", "patch")}
+    fake.rules = without(SCHEDULER_RULES, "pods", "patch")
     async with start_scheduler() as scheduler:
         code = await asyncio.wait_for(scheduler.process.wait(), 30)
     assert code == 2
@@ -174,7 +195,7 @@ async def test_the_scheduler_names_a_missing_permission(
 async def test_the_scheduler_api_needs_its_token(
         fake: FakeKubernetes, start_scheduler: SchedulerFactory) -> None:
     async with start_scheduler() as scheduler:
-        await scheduler.wait_health(200)
+        await scheduler.wait_health("leader")
         async with aiohttp.ClientSession() as http, http.post(
                 f"{scheduler.url}/v1/instances", json={}) as response:
             assert response.status == 401
@@ -183,7 +204,7 @@ async def test_the_scheduler_api_needs_its_token(
 async def test_pods_of_a_gateway_that_is_gone_are_collected(
         fake: FakeKubernetes, start_scheduler: SchedulerFactory) -> None:
     async with start_scheduler(EMBER_ORPHAN_GRACE="1") as scheduler:
-        await scheduler.wait_health(200)
+        await scheduler.wait_health("leader")
         headers = {"Authorization": f"Bearer {SCHEDULER_TOKEN}"}
         body = {"gateway": "gw-dead", "function": "f", "version": 1,
                 "memory_bytes": 1 << 20, "timeout_s": 5}
