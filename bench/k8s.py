@@ -59,7 +59,7 @@ async def scheduler_generic(http: aiohttp.ClientSession, url: str) -> int:
         async with http.get(f"{url}/healthz") as response:
             if response.status != 200:
                 return -1
-            ready: int = (await response.json())["generic_ready"]
+            ready: int = (await response.json()).get("generic_ready", -1)  # -1: standby
             return ready
     except aiohttp.ClientError:
         return -1
