@@ -25,7 +25,7 @@ import uvloop
 
 from bench.platform import Gateway, admin_headers
 from bench.run import until
-from scheduler.policy import FixedKeepAlive, HybridHistogram
+from scheduler.policy import FixedKeepAlive, HybridHistogram, cost_histogram
 from scheduler.simulator import FunctionTrace, load_azure_trace, simulate
 from store.embedded import start_embedded_postgres, with_database
 
@@ -42,7 +42,8 @@ def pick_slice(traces: list[FunctionTrace], start_min: int, minutes: int, functi
     for t in traces:
         calls = [a - lo for a in t.arrivals if lo <= a < hi]
         if 2 <= len(calls) <= max_calls:
-            chosen.append(FunctionTrace(f"r{len(chosen)}", calls, 0.001, t.memory_mb))
+            chosen.append(FunctionTrace(f"r{len(chosen)}", calls, 0.001,
+                                        max(128.0, float(round(t.memory_mb)))))
         if len(chosen) == functions:
             break
     return chosen
@@ -81,8 +82,14 @@ async def main_async(args: argparse.Namespace) -> None:
                         args.functions, args.max_calls)
     keep_alive_s = args.keep_alive_min * 60
     # What the live router runs for each: the histogram keeps the keep-alive while it learns.
-    policy = FixedKeepAlive(keep_alive_s) if args.policy == "fixed" \
-        else HybridHistogram(warmup_keep_alive_s=keep_alive_s)
+    policy: FixedKeepAlive | HybridHistogram
+    if args.policy == "fixed":
+        policy = FixedKeepAlive(keep_alive_s)
+    elif args.policy == "histogram":
+        policy = HybridHistogram(warmup_keep_alive_s=keep_alive_s)
+    else:  # the live router's cost mode, with the keep-alive while it learns
+        policy = cost_histogram()
+        policy.warmup_keep_alive_s = keep_alive_s
     predicted = simulate(traces, policy)
     with tempfile.TemporaryDirectory(prefix="ember-replay-") as tmp:
         server = os.environ.get("DATABASE_URL")
@@ -101,8 +108,12 @@ async def main_async(args: argparse.Namespace) -> None:
             async with aiohttp.ClientSession() as http:
                 for t in traces:
                     async with http.post(f"{gateway.url}/v1/functions", headers=admin_headers(),
-                                         data=orjson.dumps({"name": t.name, "source": HANDLER,
-                                                            "concurrency": 1000})) as r:
+                                         data=orjson.dumps({
+                                             "name": t.name, "source": HANDLER,
+                                             "concurrency": 1000,
+                                             # the memory the cost mode weighs, as simulated
+                                             "memory": f"{max(128, round(t.memory_mb))}Mi",
+                                         })) as r:
                         assert r.status == 201, await r.text()
                 async with http.put(f"{gateway.url}/v1/policy", headers=admin_headers(),
                                     data=orjson.dumps({"prewarm": args.policy})) as r:
@@ -148,7 +159,8 @@ def main() -> None:
                         help="time compression: 60 replays an hour in a minute")
     parser.add_argument("--keep-alive-min", type=float, default=10.0,
                         help="the keep-alive (the histogram's while it learns)")
-    parser.add_argument("--policy", choices=["fixed", "histogram"], default="fixed")
+    parser.add_argument("--policy", choices=["fixed", "histogram", "histogram-cost"],
+                        default="fixed")
     uvloop.run(main_async(parser.parse_args()))
 
 

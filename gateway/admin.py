@@ -221,16 +221,22 @@ async def delete_function(request: web.Request) -> web.Response:
         for trigger in await platform.store.list_triggers(name):
             if trigger.kind == "table":  # uninstall it from the watched database
                 await remove_trigger(request, trigger)
+        platform.deleting.add(name)  # its notification's echo: this handler retires it
         await platform.store.delete_function(name)
     except FunctionNotFound:
+        platform.deleting.discard(name)
         return _not_found(name)
     except TriggerError as exc:
+        platform.deleting.discard(name)
         return error_response(503, "watched_database_unavailable",
                               f"cannot uninstall a table trigger of {name} ({exc}); retry, or "
                               "remove it with fn trigger delete ID --force first")
     platform.triggers_changed()
     platform.functions.invalidate(name)
-    await platform.scheduler.retire(name)
+    try:
+        await platform.scheduler.retire(name)  # its instances are gone when this answers
+    finally:
+        platform.deleting.discard(name)
     return json_response({"deleted": name})
 
 

@@ -28,6 +28,7 @@ from scheduler.backends.remote import RemoteBackend
 from scheduler.scheduler import Scheduler
 from store import ActivationId, DatabaseUnavailable, NewDelivery, Store, Version
 from store.embedded import EmbeddedPostgres, start_embedded_postgres
+from store.errors import FunctionNotFound
 
 if TYPE_CHECKING:
     from gateway.delivery import DeliveryWorker
@@ -75,6 +76,8 @@ class Platform:
     embedded: EmbeddedPostgres | None = None
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _side_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    deleting: set[str] = field(default_factory=set)
+    """Functions this gateway is deleting: it retires them itself, before it answers."""
     _policy_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     submitter: GroupCommit[NewDelivery, tuple[ActivationId, bool]] = field(init=False)
     deliveries: DeliveryWorker | None = None
@@ -214,8 +217,24 @@ class Platform:
             self.triggers_changed()
             return
         name, _, version = payload.rpartition(":")
-        if not self.functions.is_active(name, int(version or 0)):
+        number = int(version or 0)
+        if not self.functions.is_active(name, number):
             self.functions.invalidate(name)
+            self._side_task(self._follow(name, number), f"follow {name}")
+
+    async def _follow(self, name: str, version: int) -> None:
+        """Another gateway deployed, rolled back or deleted `name` (or this one did, and the
+        notification is its echo): bring this gateway's instances in line, as the change's own
+        gateway did: retire a deleted function, keep the new active version at `min_warm`."""
+        if version == 0:
+            if name not in self.deleting and self.scheduler.knows(name):
+                await self.scheduler.retire(name)
+            return
+        try:
+            active = await self.functions.resolve(name)
+        except FunctionNotFound:
+            return  # deleted meanwhile: its own notification follows
+        await self.scheduler.ensure_warm(active)
 
     def _on_listening(self) -> None:
         # Changes made while not listening are unknown: forget what they could have changed.
@@ -225,13 +244,17 @@ class Platform:
         self.wake_deliveries()
 
     def _reload_policies_soon(self) -> None:
-        task = asyncio.create_task(self._reload_policies(), name="policy reload")
+        self._side_task(self._reload_policies(), "policy reload")
+
+    def _side_task(self, coro: Any, name: str) -> None:
+        """A short task that may fail without stopping the platform (it is logged)."""
+        task = asyncio.create_task(coro, name=name)
         self._side_tasks.add(task)
 
         def done(t: asyncio.Task[Any]) -> None:
             self._side_tasks.discard(t)
             if not t.cancelled() and t.exception() is not None:
-                log.error("policy reload failed", exc_info=t.exception())
+                log.error("%s failed", name, exc_info=t.exception())
 
         task.add_done_callback(done)
 

@@ -11,6 +11,7 @@ the very same code, which is what lets an operator try a policy on a trace befor
 
 from __future__ import annotations
 
+import bisect
 import math
 import statistics
 from collections import deque
@@ -69,8 +70,9 @@ class _Histogram:
     out_of_range: int = 0
     idle_since: float | None = None
     recent_idle_s: deque[float] = field(default_factory=lambda: deque(maxlen=16))
-    window: tuple[float, float] | None = None
-    """(start, end) in seconds after going idle; start 0: keep warm until end. Cached."""
+    window: tuple[float, float, float] | None = None
+    """(keep, start, end) in seconds after going idle: keep warm until `keep`, then (if
+    `start` > `keep`) prewarm at `start` and keep until `end`. Cached."""
     window_samples: int = -1
     sum_of_squares: int = 0
     """Of the bin counts: the coefficient of variation in O(1)."""
@@ -163,10 +165,11 @@ class HybridHistogram:
             state.window = self._cheapest_window(function, state) \
                 if self.break_even_s is not None else self._percentile_window(state)
             state.window_samples = state.in_range
-        start_s, end_s = state.window
-        if start_s <= 0:
-            return Decision(keep_until=now + end_s)
-        return Decision(keep_until=now, prewarm_at=now + start_s, prewarm_until=now + end_s)
+        keep_s, start_s, end_s = state.window
+        if start_s <= keep_s:
+            return Decision(keep_until=now + max(keep_s, end_s))
+        return Decision(keep_until=now + keep_s, prewarm_at=now + start_s,
+                        prewarm_until=now + end_s)
 
     def forget(self, function: str) -> None:
         self._functions.pop(function, None)
@@ -175,48 +178,65 @@ class HybridHistogram:
         """Learn from a function that another policy decides for (no decision computed)."""
         self._state(function).idle_since = now
 
-    def _percentile_window(self, state: _Histogram) -> tuple[float, float]:
+    def _percentile_window(self, state: _Histogram) -> tuple[float, float, float]:
         if self._cv(state) < self.cv_threshold:
-            return 0.0, self.range_s
+            return 0.0, 0.0, self.range_s
         head_s = self._percentile_bin(state, self.head_percentile) * self.bin_s
         tail_s = (self._percentile_bin(state, self.tail_percentile) + 1) * self.bin_s
-        return self.prewarm_margin * head_s, self.keep_margin * tail_s
+        return 0.0, self.prewarm_margin * head_s, self.keep_margin * tail_s
 
-    def _cheapest_window(self, function: str, state: _Histogram) -> tuple[float, float]:
-        """The warm window [start, end] (seconds after going idle) that minimizes, over the
-        idle times seen, the time kept warm plus `break_even_s` per cold start.
+    def _cheapest_window(self, function: str, state: _Histogram) -> tuple[float, float, float]:
+        """The plan (keep, start, end), in seconds after going idle, that minimizes, over the
+        idle times seen, the time kept warm plus `break_even_s` per cold start: keep the idle
+        instance until `keep`, then (when `start` > `keep`) load one again at `start` and keep
+        it until `end`. Two parts cover the common shape of short gaps within a burst and a
+        long, regular gap between bursts (an hourly timer) at the cost of neither.
 
-        A window can start at 0 (keep warm from now) or at a bin's lower edge (unload, then
-        prewarm), and end at a bin's upper edge or not at all; only bins that hold samples are
-        candidates, so this is cheap even with 240 bins.
+        Candidates are the edges of the bins that hold samples, so this stays cheap; prefix
+        sums price a (start, end) pair in O(log n).
         """
         assert self.break_even_s is not None
         break_even_s = self.break_even_s * self.reference_mb / self.memory_mb.get(
             function, self.reference_mb)
         filled = [(i, c) for i, c in enumerate(state.bins) if c]
-        samples = [((i + 0.5) * self.bin_s, c) for i, c in filled]
-        out_of_range = state.out_of_range
-        starts = [0.0] + [self.prewarm_margin * i * self.bin_s for i, _ in filled]
-        ends = [0.0] + [self.keep_margin * (i + 1) * self.bin_s for i, _ in filled]
-        best = (math.inf, 0.0, 0.0)
-        for start in starts:
-            for end in ends:
-                if end < start or (end == start and start > 0):
+        xs = [(i + 0.5) * self.bin_s for i, _ in filled]
+        counts = [c for _, c in filled]
+        n_out = state.out_of_range
+        count_sum, x_sum = [0], [0.0]
+        for x, c in zip(xs, counts, strict=True):
+            count_sum.append(count_sum[-1] + c)
+            x_sum.append(x_sum[-1] + x * c)
+        total = count_sum[-1]
+        edges = [(i + 1) * self.bin_s * self.keep_margin for i, _ in filled]
+        starts = [i * self.bin_s * self.prewarm_margin for i, _ in filled]
+
+        def first_above(t: float) -> int:  # index of the first sample with x > t
+            return bisect.bisect_right(xs, t)
+
+        best = (math.inf, 0.0, 0.0, 0.0)
+        for keep in [0.0, *edges]:
+            a = first_above(keep)
+            beyond = total - count_sum[a] + n_out  # samples not covered by the keep part
+            base = x_sum[a] + keep * beyond        # warm time of the keep part
+            cost = base + break_even_s * beyond    # with no second part
+            if cost < best[0]:
+                best = (cost, keep, keep, keep)
+            for start in starts:
+                if start <= keep:
                     continue
-                kept = cold = 0.0
-                for idle_s, count in samples:
-                    if start <= idle_s <= end:
-                        kept += (idle_s - start) * count
-                    else:
-                        cold += count
-                        if idle_s > end:
-                            kept += (end - start) * count
-                kept += (end - start) * out_of_range
-                cold += out_of_range
-                cost = kept + break_even_s * cold
-                if cost < best[0]:
-                    best = (cost, start, end)
-        return best[1], best[2]
+                lo = bisect.bisect_left(xs, start)
+                for end in edges:
+                    if end <= start:
+                        continue
+                    hi = first_above(end)
+                    covered = count_sum[hi] - count_sum[lo]
+                    warm = (x_sum[hi] - x_sum[lo]) - start * covered
+                    after = total - count_sum[hi] + n_out
+                    plan = base + warm + (end - start) * after \
+                        + break_even_s * (beyond - covered)
+                    if plan < best[0]:
+                        best = (plan, keep, start, end)
+        return best[1], best[2], best[3]
 
     def _cv(self, state: _Histogram) -> float:
         n = len(state.bins)
@@ -297,7 +317,7 @@ class PolicyRouter:
         return decision
 
 
-def cost_histogram(break_even_s: float = 2400.0) -> HybridHistogram:
+def cost_histogram(break_even_s: float = 7200.0) -> HybridHistogram:
     """The histogram in cost mode (`histogram-cost`): see docs/policies.md."""
     return HybridHistogram(break_even_s=break_even_s, warmup_keep_alive_s=600.0, min_samples=3,
                            prewarm_margin=1.0, keep_margin=1.0, reference_mb=1024.0)
@@ -311,9 +331,9 @@ def parse_policy(spec: str) -> Policy:
     if kind == "histogram" and not arg:
         return HybridHistogram()
     if kind == "histogram-cost":
-        return cost_histogram(_seconds(arg or "40m", spec))
+        return cost_histogram(_seconds(arg or "2h", spec))
     raise ValueError(f'unknown policy "{spec}": expected fixed:DURATION (like fixed:10m), '
-                     "histogram, or histogram-cost[:BREAK_EVEN] (like histogram-cost:40m)")
+                     "histogram, or histogram-cost[:BREAK_EVEN] (like histogram-cost:2h)")
 
 
 def _seconds(text: str, spec: str) -> float:

@@ -135,6 +135,7 @@ class Scheduler:
         self.broken = asyncio.Event()
         """Set when a critical background task died: the owner should stop the platform."""
         self._handles: dict[str, InstanceHandle] = {}
+        self._instance_stops: set[asyncio.Future[None]] = set()
         self._conns: dict[str, list[Connection]] = {}
         self._waiting: dict[VersionKey, _Waiting] = {}
         self._start_failures: dict[VersionKey, int] = {}
@@ -169,6 +170,7 @@ class Scheduler:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(*(self._drop(i, "platform shutdown")
                                for i in list(self.pool.instances.values())))
+        await asyncio.gather(*self._instance_stops, return_exceptions=True)
         await self.backend.close()
 
     def _spawn(self, coro: Any, name: str, *, critical: bool = False) -> None:
@@ -447,7 +449,13 @@ class Scheduler:
         handle = self._handles.pop(instance.id, None)
         if handle is not None:
             log.info("stopping instance", extra={"instance": instance.id, "reason": reason})
-            await self.backend.stop_instance(handle, grace_s=self.settings.stop_grace_s)
+            # Shielded and owned: a caller cancelled meanwhile (a shutdown) must not leave
+            # the process half-stopped; `stop` waits for every stop in flight.
+            stopping = asyncio.ensure_future(
+                self.backend.stop_instance(handle, grace_s=self.settings.stop_grace_s))
+            self._instance_stops.add(stopping)
+            stopping.add_done_callback(self._instance_stops.discard)
+            await asyncio.shield(stopping)
         if key is None:
             self._refill.set()
         elif restart and key in self._waiting and not self._stopping:
@@ -673,6 +681,12 @@ class Scheduler:
 
     def instances_of(self, function: str) -> list[Instance]:
         return self.pool.of_function(function)
+
+    def knows(self, function: str) -> bool:
+        """Whether anything of `function` is here: instances, waiting calls, an active
+        version (false again once it was retired)."""
+        return function in self._active or bool(self.pool.of_function(function)) \
+            or any(k[0] == function for k in (*self._waiting, *self._known))
 
     def address_of(self, instance: Instance) -> str:
         """Where an instance listens: `host:port`, or `unix:/path`."""

@@ -97,6 +97,30 @@ async def test_cache_follows_a_deploy_made_by_another_gateway(
         assert await (await second.call("pid", {})).text() == "v2"
 
 
+async def test_other_gateways_follow_a_delete_and_a_new_version(
+    make_platform: PlatformFactory,
+) -> None:
+    async with make_platform() as first, make_platform() as second:
+        await first.deploy_ok("pid", PID)
+        status, _ = await first.admin("PUT", "/v1/functions/pid/policy", json={"min_warm": 1})
+        assert status == 200
+        assert (await second.call("pid", {})).status == 200
+        scheduler = second.platform.scheduler
+        assert [i.key for i in scheduler.instances_of("pid")] == [("pid", 1)]
+        # A new version deployed on the first gateway: the second keeps it at min_warm too,
+        # before any call of its own.
+        await first.deploy_ok("pid", PID.replace("os.getpid()", "'v2'"))
+        await scheduler.wait_until(lambda: any(
+            i.key == ("pid", 2) and i.state is State.READY for i in scheduler.instances_of("pid")),
+            10)
+        # Deleted on the first gateway: the second stops its instances now, not after the
+        # keep-alive.
+        status, _ = await first.admin("DELETE", "/v1/functions/pid")
+        assert status == 200
+        await scheduler.wait_until(lambda: not scheduler.instances_of("pid"), 10)
+        assert not scheduler.knows("pid")
+
+
 async def test_without_the_zygote_instances_are_fresh_interpreters(
     make_platform: PlatformFactory,
 ) -> None:

@@ -88,6 +88,18 @@ def test_cost_window_keeps_warm_only_where_it_pays() -> None:
     assert decision.prewarm_at is None or decision.prewarm_until == decision.prewarm_at
 
 
+def test_cost_plan_keeps_for_a_burst_then_prewarms_for_the_next() -> None:
+    # An hourly timer that fires a burst of calls 20 s apart: the short gaps are worth keeping
+    # warm for, the hour is worth a prewarm just before it, and nothing in between.
+    policy = HybridHistogram(break_even_s=600, min_samples=3, prewarm_margin=1.0,
+                             keep_margin=1.0)
+    gaps = ([20.0] * 4 + [60 * MIN - 80]) * 4
+    now = feed(policy, gaps)
+    decision = policy.on_idle("f", now)
+    assert decision.keep_until == now + MIN  # the first bin covers the 20 s gaps
+    assert (decision.prewarm_at, decision.prewarm_until) == (now + 58 * MIN, now + 59 * MIN)
+
+
 def test_cost_window_weighs_memory() -> None:
     small = HybridHistogram(break_even_s=600, min_samples=3, memory_mb={"f": 128})
     big = HybridHistogram(break_even_s=600, min_samples=3, memory_mb={"f": 4096})
@@ -107,6 +119,7 @@ def test_cost_window_weighs_memory() -> None:
 @pytest.mark.parametrize(("spec", "name"), [
     ("fixed:10m", "fixed:600s"), ("fixed:90", "fixed:90s"), ("fixed:1h", "fixed:3600s"),
     ("histogram", "histogram"), ("histogram-cost:40m", "histogram-cost:2400s"),
+    ("histogram-cost", "histogram-cost:7200s"),
 ])
 def test_parse_policy(spec: str, name: str) -> None:
     assert parse_policy(spec).name == name
