@@ -21,8 +21,10 @@ import itertools
 import json
 import os
 import re
+import shutil
 import signal
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -389,10 +391,19 @@ class FakeKubernetes:
         command = list(container.get("command") or []) + list(container.get("args") or [])
         if command and command[0] == "python":
             command[0] = self.python
-        env = {"PATH": os.environ.get("PATH", ""), "HOME": "/tmp",
-               "PYTHONPATH": os.getcwd()}
+        # The pod's /tmp (an emptyDir): removed with the pod.
+        scratch = tempfile.mkdtemp(prefix=f"fake-pod-{name}-")
+        env = {"PATH": os.environ.get("PATH", ""), "HOME": scratch, "TMPDIR": scratch,
+               "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": os.getcwd()}
         env.update({e["name"]: e["value"] for e in container.get("env", [])})
         env["EMBER_INVOKER_HOST"] = ip  # what 0.0.0.0 is inside the pod's own network
+        try:
+            await self._run_process(ns, name, ip, command, env)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    async def _run_process(self, ns: str, name: str, ip: str, command: list[str],
+                           env: dict[str, str]) -> None:
         process = await asyncio.create_subprocess_exec(
             *command, env=env, stdout=asyncio.subprocess.PIPE, start_new_session=True)
         self.processes[name] = process
