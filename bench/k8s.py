@@ -22,6 +22,7 @@ import asyncio
 import os
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -42,6 +43,13 @@ async def deploy_all(http: aiohttp.ClientSession, url: str, names: list[str]) ->
                              json=body) as response:
             if response.status != 201:
                 raise RuntimeError(f"deploy {name}: {response.status} {await response.text()}")
+
+
+def scaled_to_zero(admin: Admin, names: list[str]) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        counts = await admin.instances()
+        return all(counts.get(x, 0) == 0 for x in names)
+    return check
 
 
 def start_scheduler(work: Path, database_url: str, kubeconfig: str, port: int,
@@ -84,10 +92,7 @@ async def k8s_cold_starts(work: Path, database_url: str, fake: FakeKubernetes, n
             names = [f"k{port}-{i}" for i in range(n)]
             await deploy_all(http, gateway.url, names)
 
-            async def scaled_to_zero() -> bool:
-                counts = await admin.instances()
-                return all(counts.get(x, 0) == 0 for x in names)
-            await until(scaled_to_zero, 60, "scale to zero")
+            await until(scaled_to_zero(admin, names), 60, "scale to zero")
             samples = []
             for name in names:
                 async def full() -> bool:
@@ -119,10 +124,7 @@ async def run(quick: bool, database_url: str, work: Path) -> list[Row]:
                 names = [f"local-{i}" for i in range(n)]
                 await deploy_all(http, local.url, names)
 
-                async def scaled_to_zero() -> bool:
-                    counts = await admin.instances()
-                    return all(counts.get(x, 0) == 0 for x in names)
-                await until(scaled_to_zero, 60, "scale to zero")
+                await until(scaled_to_zero(admin, names), 60, "scale to zero")
                 base = await cold_starts(admin, names, pool_size=2)
         finally:
             local.stop()

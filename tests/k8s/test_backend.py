@@ -21,21 +21,8 @@ from scheduler.backends.kubernetes import (
     PodView,
     Unreachable,
 )
-from tests.k8s.fakeapi import SCHEDULER_RULES, FakeKubernetes, assert_stopped, without
-
-NS = "ember-functions"
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeKubernetes]:
-    api = FakeKubernetes(rules=SCHEDULER_RULES)
-    await api.start()
-    api.put("configmaps", NS, {"apiVersion": "v1", "kind": "ConfigMap",
-                               "metadata": {"name": "ember-invokers"}})
-    yield api
-    await api.stop()
-    assert_stopped(api)
-
+from tests.k8s.conftest import NS
+from tests.k8s.fakeapi import SCHEDULER_RULES, FakeKubernetes, without
 
 PoolFactory = Callable[..., Awaitable[PodPool]]
 

@@ -23,9 +23,9 @@ from scheduler.backends.kubernetes import (
 )
 from scheduler.backends.remote import RemoteBackend
 from tests.conftest import PlatformFactory
-from tests.k8s.fakeapi import SCHEDULER_RULES, FakeKubernetes, assert_stopped, without
+from tests.k8s.conftest import NS
+from tests.k8s.fakeapi import SCHEDULER_RULES, FakeKubernetes, without
 
-NS = "ember-functions"
 SCHEDULER_TOKEN = "scheduler-test-token"
 HANDLER = "import os\ndef handler(event, context):\n    return {'pid': os.getpid()}\n"
 
@@ -35,17 +35,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeKubernetes]:
-    api = FakeKubernetes(rules=SCHEDULER_RULES)
-    await api.start()
-    api.put("configmaps", NS, {"apiVersion": "v1", "kind": "ConfigMap",
-                               "metadata": {"name": "ember-invokers"}})
-    yield api
-    await api.stop()
-    assert_stopped(api)
 
 
 class SchedulerProcess:
