@@ -69,6 +69,21 @@ def _remove_code_dirs(folder: str, pid: int) -> None:
         shutil.rmtree(code_dir, ignore_errors=True)
 
 
+def _remove_dirs_of_dead_platforms() -> None:
+    """A platform killed with SIGKILL leaves its socket directory (and its instances' code):
+    the next one removes the directories of platforms whose process is gone."""
+    for folder in Path(tempfile.gettempdir()).glob("ember-*-*"):
+        owner = folder.name.split("-")[1]
+        if not owner.isdigit() or not folder.is_dir():
+            continue
+        try:
+            os.kill(int(owner), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, someone else's
+
+
 @dataclass(slots=True, eq=False)
 class LocalHandle:
     """An instance we spawned ourselves: we are its parent."""
@@ -174,7 +189,10 @@ class LocalBackend:
         self.use_zygote = zygote
         # Instances listen on Unix sockets in a directory only we can enter (mode 0700):
         # cheaper than TCP over loopback, and no other local user can reach user code.
-        self._socket_dir = tempfile.mkdtemp(prefix="ember-") if unix_sockets else None
+        if unix_sockets:
+            _remove_dirs_of_dead_platforms()
+        self._socket_dir = tempfile.mkdtemp(prefix=f"ember-{os.getpid()}-") \
+            if unix_sockets else None
         self.start_timeout_s = start_timeout_s
         self.python = python
         self._handles: set[InstanceHandle] = set()
