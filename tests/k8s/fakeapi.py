@@ -408,6 +408,8 @@ class FakeKubernetes:
             *command, env=env, stdout=asyncio.subprocess.PIPE, start_new_session=True)
         self.processes[name] = process
         self.spawned.append(process.pid)
+        if not self.run_pods:  # the fake stopped while this pod was starting
+            await self._kill(name)
         assert process.stdout is not None
         first = await process.stdout.readline()
         if first.strip() and ("pods", ns, name) in self.objects:
