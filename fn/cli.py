@@ -94,14 +94,18 @@ def cli(ctx: click.Context, url: str | None, token: str | None) -> None:
               help="Prewarmed generic instances kept ready for cold starts.")
 @click.option("--max-body", envvar="FN_MAX_BODY", show_envvar=True, default="6Mi",
               show_default=True, help="Largest request body accepted.")
+@click.option("--isolation", envvar="FN_ISOLATION", show_envvar=True, default="auto",
+              show_default=True, type=click.Choice(["auto", "strict", "off"]),
+              help="Sandboxing of instances: auto uses what this host allows and says what is "
+                   "off; strict refuses to start without every protection (docs/security.md).")
 def up(host: str, port: int, state_dir: str | None, keep_alive: str, generic_pool: int,
-       max_body: str) -> None:
+       max_body: str, isolation: str) -> None:
     """Run the platform on this machine (embedded Postgres unless DATABASE_URL is set).
 
     Stops on Ctrl-C. The admin token is kept in the state dir, where fn finds it.
     """
     env = dict(os.environ, FN_HOST=host, FN_PORT=str(port), FN_KEEP_ALIVE=keep_alive,
-               FN_GENERIC_POOL=str(generic_pool), FN_MAX_BODY=max_body)
+               FN_GENERIC_POOL=str(generic_pool), FN_MAX_BODY=max_body, FN_ISOLATION=isolation)
     if state_dir:
         env["FN_STATE_DIR"] = str(Path(state_dir).absolute())
     sys.stdout.flush()
@@ -159,6 +163,10 @@ def _zip_dir(root: Path) -> bytes:
 @click.option("--timeout", help="Time limit per call, like 30s or 5m. Default: 30s.")
 @click.option("--memory", help="Memory limit, like 256Mi or 1Gi. Default: 256Mi.")
 @click.option("--concurrency", help="Calls one instance serves at once. Default: 1.")
+@click.option("--network", type=click.Choice(["egress", "none"]),
+              help="egress: the internet, but no address of this host or a private network "
+              "(default); none: no network at all.")
+@click.option("--cpus", help="CPU time per instance, in cores, like 0.5. Default: 1.")
 @click.option("--max-attempts", help="Tries of an async call or event before it is "
               "dead-lettered. Default: 5.")
 @click.option("--max-event-age", help="How long after submission an async call or event may "
@@ -168,8 +176,8 @@ def _zip_dir(root: Path) -> bytes:
 def deploy(ctx: click.Context, path: Path, name: str | None, entry: str, main_file: str,
            requirements_file: Path | None, preimport: str | None,
            env_pairs: tuple[str, ...], timeout: str | None, memory: str | None,
-           concurrency: str | None, max_attempts: str | None, max_event_age: str | None,
-           as_json: bool) -> None:
+           concurrency: str | None, network: str | None, cpus: str | None,
+           max_attempts: str | None, max_event_age: str | None, as_json: bool) -> None:
     """Deploy PATH as a new version, and make it active.
 
     PATH is a Python file with a handler, or a directory holding handler.py (see --main), other
@@ -205,7 +213,7 @@ def deploy(ctx: click.Context, path: Path, name: str | None, entry: str, main_fi
     payload["name"] = name or default_name.lower().replace("_", "-")
     for key, value in (("timeout", timeout), ("memory", memory), ("concurrency", concurrency),
                        ("max_attempts", max_attempts), ("max_event_age", max_event_age),
-                       ("preimport", preimport)):
+                       ("preimport", preimport), ("network", network), ("cpus", cpus)):
         if value is not None:
             payload[key] = value
     if requirements and not as_json:

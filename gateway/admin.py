@@ -52,6 +52,7 @@ def version_json(version: Version, *, active: bool | None = None) -> dict[str, A
         "filename": version.filename, "handler": c.entry, "env": dict(c.env),
         "timeout_s": c.timeout_s, "memory_bytes": c.memory_bytes, "concurrency": c.concurrency,
         "max_attempts": c.max_attempts, "max_event_age_s": c.max_event_age_s,
+        "network": c.network, "cpus": c.cpus,
         "created_at": version.created_at.isoformat(),
     }
     p = version.package
@@ -69,7 +70,9 @@ def function_json(function: Function, platform: Platform) -> dict[str, Any]:
         "latest_version": function.latest_version, "versions": function.version_count,
         "created_at": function.created_at.isoformat(),
         "updated_at": function.updated_at.isoformat(),
-        "instances": {"total": len(instances), "busy": sum(1 for i in instances if i.busy)},
+        "instances": {"total": len(instances), "busy": sum(1 for i in instances if i.busy),
+                      "pids": [pid for i in instances
+                               if (pid := platform.scheduler.pid_of(i)) is not None]},
     }
 
 

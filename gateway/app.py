@@ -60,9 +60,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 async def healthz(request: web.Request) -> web.Response:
     platform = request.app[PLATFORM]
     failure = platform.failure()
+    isolation = platform.isolation()
+    extra = {} if isolation is None else {"isolation": isolation}
     if failure is not None:
-        return error_response(503, "unhealthy", failure)
-    return json_response({"status": "ok"})
+        return error_response(503, "unhealthy", failure, **extra)
+    return json_response({"status": "ok", **extra})
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -16,6 +16,7 @@ from aiohttp import web
 from gateway.activations import new_activation_id
 from gateway.errors import error_response, json_response, payload_too_large
 from gateway.platform import PLATFORM, Platform
+from invoker.protocol import ReplyTooLarge
 from scheduler.scheduler import InstanceLost, Lease, QueueFull, QueueTimeout, StartFailed
 from store import (
     Activation,
@@ -220,6 +221,13 @@ async def execute(platform: Platform, version: Version, activation_id: Activatio
     try:
         async with asyncio.timeout(timeout_s):
             reply, out = await lease.connection.call(meta, body)
+    except ReplyTooLarge as exc:
+        await platform.scheduler.discard(lease, "reply over the limit")
+        error = {"type": "ResponseTooLarge", "message": str(exc)}
+        record("error", 502, error, "", lease.cold)
+        return CallResult("error", 502, error=error, code="response_too_large",
+                          message=f'function "{name}" returned too large a response: {exc}; '
+                          "the instance was replaced", cold=lease.cold)
     except BaseException as exc:
         if not isinstance(exc, TimeoutError | ConnectionError):
             # Cancelled (client gone, shutdown) or a bug: the instance's state is unknown, so
@@ -233,9 +241,11 @@ async def execute(platform: Platform, version: Version, activation_id: Activatio
         error = {k: _no_nul(v) if isinstance(v, str) else v
                  for k, v in (reply.get("error") or {}).items()}
         status = int(reply.get("status", 500))
+        code = "bad_request" if status == 400 else "handler_error"
+        if error.get("type") == "ResponseTooLarge":
+            status, code = 502, "response_too_large"
         record("error", status, error, logs, lease.cold)
-        return CallResult("error", status, error=error,
-                          code="bad_request" if status == 400 else "handler_error",
+        return CallResult("error", status, error=error, code=code,
                           message=error.get("message", ""), logs=logs, cold=lease.cold)
     status = int(reply.get("status", 200))
     record("success", status, None, logs, lease.cold)

@@ -154,13 +154,22 @@ class Platform:
 
             backend = RemoteBackend(locate, settings.scheduler_token, settings.gateway_id)
         else:
-            backend = LocalBackend(zygote=settings.zygote)
+            backend = LocalBackend(zygote=settings.zygote, isolation=settings.isolation,
+                                   private_paths=(settings.state_dir,),
+                                   environments=settings.state_dir / "envs")
         scale = settings.time_scale
         scheduler = Scheduler(
             backend, settings.pool, prepare=prepare,
             clock=time.monotonic if scale == 1 else lambda: time.monotonic() * scale,
             time_scale=scale)
-        await scheduler.start()
+        try:
+            await scheduler.start()
+        except BaseException:
+            await scheduler.stop()
+            await store.close()
+            if embedded is not None:
+                embedded.stop()
+            raise
         functions = FunctionCache(store)
         activations = ActivationWriter(store)
         platform = cls(
@@ -280,8 +289,22 @@ class Platform:
         await self.scheduler.broken.wait()
         return self.failure() or "a background task stopped"
 
+    def isolation(self) -> dict[str, Any] | None:
+        """Which protections local instances have (None on Kubernetes: the pod is the wall)."""
+        backend = self.scheduler.backend
+        if not isinstance(backend, LocalBackend):
+            return None
+        return {**backend.report.as_json(), "incidents": backend.incidents}
+
+    def isolation_summary(self) -> str | None:
+        backend = self.scheduler.backend
+        return backend.report.summary() if isinstance(backend, LocalBackend) else None
+
     def failure(self) -> str | None:
         """Why the platform can no longer work, if a part of it died."""
+        backend = self.scheduler.backend
+        if isinstance(backend, LocalBackend) and backend.zygote_failure is not None:
+            return backend.zygote_failure + "; it is replaced at the next instance start"
         for task in self._tasks:
             if task.done():
                 return f"background task {task.get_name()!r} stopped"

@@ -22,6 +22,7 @@ from gateway.platform import Platform
 from gateway.settings import Settings
 from gateway.units import ConfigError
 from scheduler.logs import configure_logging
+from scheduler.scheduler import StartFailed
 from store import StoreError
 
 log = logging.getLogger("ember.gateway")
@@ -53,6 +54,9 @@ async def serve(settings: Settings) -> None:
         database = "embedded" if platform.embedded else "DATABASE_URL"
         log.info("ember is up", extra={"url": url, "database": database,
                                        "state_dir": str(settings.state_dir)})
+        isolation = platform.isolation_summary()
+        if isolation:
+            print(isolation, file=sys.stderr, flush=True)
         print(f"Ember is up at {url} (database: {database}; state: {settings.state_dir})",
               file=sys.stderr, flush=True)
         stopped = asyncio.create_task(stop.wait(), name="stop signal")
@@ -82,7 +86,7 @@ def main() -> None:
         import uvloop
 
         uvloop.run(serve(settings))
-    except StoreError as exc:
+    except (StoreError, StartFailed) as exc:
         print(f"fn up: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     except OSError as exc:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from gateway.units import ConfigError, parse_duration_s, parse_size_bytes
+from scheduler.backends.isolation import IsolationSettings
 from scheduler.scheduler import PoolSettings
 
 
@@ -87,6 +88,7 @@ class Settings:
     which on Kubernetes is the pod name."""
     pool: PoolSettings = field(default_factory=PoolSettings)
     events: EventSettings = field(default_factory=EventSettings)
+    isolation: IsolationSettings = field(default_factory=IsolationSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -97,6 +99,8 @@ class Settings:
             generic_pool_size=int(env.get("FN_GENERIC_POOL", "2")),
             max_instances=int(env.get("FN_MAX_INSTANCES", "20")),
             max_queue=int(env.get("FN_MAX_QUEUE", "100")),
+            max_response_bytes=parse_size_bytes(env.get("FN_MAX_RESPONSE", "6Mi"),
+                                                "FN_MAX_RESPONSE", minimum=1024),
         )
         d = EventSettings()
         events = EventSettings(
@@ -121,12 +125,14 @@ class Settings:
                                       "(deploy/ sets it)")
             # The scheduler process keeps the generic pods; a gateway holds specialized ones.
             pool = replace(pool, generic_pool_size=0)
+        isolation = isolation_from_env(env)
         time_scale = float(env.get("FN_TIME_SCALE", "1"))
         if not 1 <= time_scale <= 10_000:
             raise ConfigError("FN_TIME_SCALE", time_scale, "a number from 1 to 10000")
         return cls(
             time_scale=time_scale,
             events=events,
+            isolation=isolation,
             host=env.get("FN_HOST", defaults.host),
             port=int(env.get("FN_PORT", str(defaults.port))),
             state_dir=default_state_dir(env),
@@ -149,3 +155,41 @@ class Settings:
             scheduler_token=env.get("FN_SCHEDULER_TOKEN", "").strip() or None,
             gateway_id=env.get("EMBER_GATEWAY_ID") or socket.gethostname(),
         )
+
+
+def isolation_from_env(env: Mapping[str, str]) -> IsolationSettings:
+    """FN_ISOLATION, FN_UID_RANGE, FN_INSTANCE_TMP/PIDS/NOFILE and FN_HIDE (docs/security.md)."""
+    d = IsolationSettings()
+    mode = env.get("FN_ISOLATION", d.mode).strip().lower()
+    if mode not in ("auto", "strict", "off"):
+        raise ConfigError("FN_ISOLATION", mode, "auto, strict or off")
+    first, count = d.uid_first, d.uid_count
+    if env.get("FN_UID_RANGE"):
+        low, sep, high = env["FN_UID_RANGE"].partition("-")
+        if not (sep and low.strip().isdigit() and high.strip().isdigit()
+                and 1000 <= int(low) <= int(high) < 2**32 - 1):
+            raise ConfigError("FN_UID_RANGE", env["FN_UID_RANGE"],
+                              "FIRST-LAST uids, like 100000-165535 (not below 1000)")
+        first, count = int(low), int(high) - int(low) + 1
+
+    def whole(name: str, default: int, low: int, high: int) -> int:
+        raw = env.get(name, str(default)).strip()
+        if not raw.isdigit() or not low <= int(raw) <= high:
+            raise ConfigError(name, raw, f"a whole number from {low} to {high}")
+        return int(raw)
+
+    paths: dict[str, tuple[str, ...]] = {}
+    for name in ("FN_HIDE", "FN_EXPOSE"):
+        paths[name] = tuple(p for p in env.get(name, "").split(":") if p)
+        for path in paths[name]:
+            if not path.startswith("/"):
+                raise ConfigError(name, path, "absolute paths separated by colons")
+    return IsolationSettings(
+        mode=mode, uid_first=first, uid_count=count,
+        tmp_bytes=parse_size_bytes(env.get("FN_INSTANCE_TMP", d.tmp_bytes), "FN_INSTANCE_TMP",
+                                   minimum=1 << 20),
+        pids_max=whole("FN_INSTANCE_PIDS", d.pids_max, 8, 1_000_000),
+        nofile=whole("FN_INSTANCE_NOFILE", d.nofile, 64, 1_048_576),
+        hide=paths["FN_HIDE"],
+        expose=paths["FN_EXPOSE"],
+    )

@@ -164,7 +164,21 @@ def parse_function_config(body: Mapping[str, Any]) -> FunctionConfig:
             or not all(isinstance(m, str) and MODULE.match(m) for m in preimport):
         raise ConfigError("--preimport", preimport, "module names separated by commas, like "
                           "numpy,pandas")
+    network = body.get("network", defaults.network)
+    if network not in ("egress", "none"):
+        raise ConfigError("--network", network, "egress (the internet, no local or private "
+                          "address) or none (no network at all)")
+    cpus = body.get("cpus", defaults.cpus)
+    try:
+        cpus = float(cpus)
+    except (TypeError, ValueError):
+        cpus = -1.0
+    if isinstance(body.get("cpus"), bool) or not 0.01 <= cpus <= 64:
+        raise ConfigError("--cpus", body.get("cpus"), "a number of cores from 0.01 to 64, "
+                          "like 0.5")
     return FunctionConfig(
+        network=network,
+        cpus=cpus,
         preimport=tuple(preimport),
         max_attempts=attempts,
         max_event_age_s=parse_duration_s(body.get("max_event_age", defaults.max_event_age_s),

@@ -49,6 +49,10 @@ class ProtocolError(Exception):
     """The peer sent something that is not a frame, or closed the connection mid-frame."""
 
 
+class ReplyTooLarge(ProtocolError):
+    """The instance announced a reply larger than the connection accepts."""
+
+
 class ErrorInfo(TypedDict, total=False):
     type: str
     message: str
@@ -82,7 +86,8 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[dict[str, Any], byte
 class _ReplyParser(asyncio.Protocol):
     """Parses reply frames as bytes arrive, without a stream reader's per-read futures."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+        self.max_body_bytes = max_body_bytes
         self.transport: asyncio.Transport | None = None
         self.waiter: asyncio.Future[tuple[dict[str, Any], bytes]] | None = None
         self.lost: Exception | None = None
@@ -98,8 +103,11 @@ class _ReplyParser(asyncio.Protocol):
             return
         meta_len, body_len = HEADER.unpack_from(self._buf)
         end = HEADER.size + meta_len + body_len
-        if meta_len > MAX_META_BYTES or body_len > MAX_BODY_BYTES:
-            self._fail(ProtocolError(f"frame too large: meta {meta_len}, body {body_len}"))
+        if meta_len > MAX_META_BYTES or body_len > self.max_body_bytes:
+            # Before buffering it: a hostile instance cannot make the gateway hold more.
+            self._fail(ReplyTooLarge(f"the instance sent a reply of {body_len} bytes (limit "
+                                     f"{self.max_body_bytes}) and {meta_len} bytes of metadata "
+                                     f"(limit {MAX_META_BYTES})"))
             return
         if len(self._buf) < end:
             return
@@ -143,14 +151,20 @@ class Connection:
         self.closed = False
 
     @classmethod
-    async def open(cls, host: str, port: int) -> Connection:
-        """Connect to an instance at `host:port`, or at the Unix socket `host="unix:/path"`."""
+    async def open(cls, host: str, port: int, *,
+                   max_body_bytes: int = MAX_BODY_BYTES) -> Connection:
+        """Connect to an instance at `host:port`, or at the Unix socket `host="unix:/path"`;
+        a reply body over `max_body_bytes` fails the call (`ReplyTooLarge`)."""
         loop = asyncio.get_running_loop()
+
+        def parser_factory() -> _ReplyParser:
+            return _ReplyParser(max_body_bytes)
+
         if host.startswith("unix:"):
             transport, parser = await loop.create_unix_connection(
-                _ReplyParser, host[len("unix:"):])
+                parser_factory, host[len("unix:"):])
         else:
-            transport, parser = await loop.create_connection(_ReplyParser, host, port)
+            transport, parser = await loop.create_connection(parser_factory, host, port)
         return cls(transport, parser)
 
     async def call(self, meta: dict[str, Any], body: bytes = b"") -> tuple[dict[str, Any], bytes]:
@@ -171,6 +185,9 @@ class Connection:
                 self._transport.writelines(frame)
             reply: tuple[dict[str, Any], bytes] = await waiter
             return reply
+        except ReplyTooLarge:
+            self.close()
+            raise
         except (ProtocolError, OSError) as exc:
             self.close()
             raise ConnectionResetError(f"instance connection lost: {exc}") from exc

@@ -27,11 +27,12 @@ import traceback
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import orjson
 
 from invoker.context import (
+    MAX_LOG_BYTES,
     Capture,
     Context,
     PermanentError,
@@ -41,6 +42,7 @@ from invoker.context import (
     install_capture,
 )
 from invoker.protocol import SMALL_FRAME_BYTES, ErrorInfo, encode_frame, read_frame
+from invoker.sandbox import SpecializeSpec, Walls
 
 log = logging.getLogger("ember.invoker")
 _JSON_TYPES = ("application/json", "+json")
@@ -105,7 +107,10 @@ def encode_result(result: Any) -> tuple[int, list[list[str]], bytes]:
 class Runtime:
     """One instance's state: generic until `specialize`, then bound to one function version."""
 
-    def __init__(self) -> None:
+    def __init__(self, walls: Walls | None = None) -> None:
+        self.walls = walls or Walls.none()
+        self.max_reply_bytes = 0
+        """Largest reply body (0: no limit); a bigger one is an error, not a reply."""
         self.function: str | None = None
         self.version = 0
         self.handler: Callable[..., Any] | None = None
@@ -185,7 +190,11 @@ class Runtime:
                 path.write_text(meta["source"])
             else:
                 path.write_bytes(code)
-            sys.path[:0] = [str(code_dir), *meta.get("paths", ())]
+            paths = [str(p) for p in meta.get("paths", ())]
+            # The walls close here, before any of the function's code runs.
+            walls_spec = cast(SpecializeSpec, meta.get("sandbox") or {})
+            self.walls.specialize(walls_spec, code_dir, paths, MAX_LOG_BYTES)
+            sys.path[:0] = [str(code_dir), *paths]
             self.user_file = str(path)
             for name in meta.get("preimport", ()):
                 importlib.import_module(name)
@@ -203,10 +212,13 @@ class Runtime:
                 raise LookupError(f'"{entry}" in {filename} is a {type(handler).__name__}, '
                                   "not a function")
         except BaseException as exc:
+            self._take_output(capture)
             return {"ok": False, "error": _error(exc, user_file=self.user_file),
                     "logs": capture.text()}
         finally:
             current_capture.reset(token)
+        self._take_output(capture)
+        self.max_reply_bytes = int(meta.get("max_reply_bytes", 0))
         self.handler = handler
         self.is_async = inspect.iscoroutinefunction(handler)
         self.function = meta["function"]
@@ -261,10 +273,26 @@ class Runtime:
                 info = _error(exc, user_file=self.user_file)
                 capture.write(info.get("traceback", ""))
                 info.pop("traceback", None)
+                self._take_output(capture)
                 return {"ok": False, "error": info, "logs": capture.text()}, b""
+            self._take_output(capture)
+            if 0 < self.max_reply_bytes < len(out):
+                return {"ok": False, "error": {
+                    "type": "ResponseTooLarge",
+                    "message": f"the handler returned {len(out)} bytes; the limit is "
+                               f"{self.max_reply_bytes} bytes (FN_MAX_RESPONSE)",
+                    "limit_bytes": self.max_reply_bytes}, "logs": capture.text()}, b""
             return {"ok": True, "status": status, "headers": headers, "logs": capture.text()}, out
         finally:
             current_capture.reset(token)
+
+    def _take_output(self, capture: Capture) -> None:
+        """What the function wrote to its file descriptors 1 and 2 (subprocesses included)."""
+        output = self.walls.output
+        if output is not None:
+            text = output.take()
+            if text:
+                capture.write(text)
 
 
 def _limit_memory(memory_bytes: int) -> None:
@@ -280,8 +308,8 @@ def _limit_memory(memory_bytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-async def _serve(sock: socket.socket, watch_stdin: TextIO | None) -> None:
-    runtime = Runtime()
+async def _serve(sock: socket.socket, watch_stdin: TextIO | None, walls: Walls | None) -> None:
+    runtime = Runtime(walls)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -302,11 +330,12 @@ async def _serve(sock: socket.socket, watch_stdin: TextIO | None) -> None:
         await stop.wait()
 
 
-def run_instance(sock: socket.socket, *, watch_stdin: TextIO | None = None) -> None:
+def run_instance(sock: socket.socket, *, watch_stdin: TextIO | None = None,
+                 walls: Walls | None = None) -> None:
     """Serve the wire protocol on an already listening socket until SIGTERM."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
-        asyncio.run(_serve(sock, watch_stdin))
+        asyncio.run(_serve(sock, watch_stdin, walls))
     else:
-        uvloop.run(_serve(sock, watch_stdin))
+        uvloop.run(_serve(sock, watch_stdin, walls))

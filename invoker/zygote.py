@@ -4,14 +4,18 @@ A fork of an already imported Python takes about 2 ms and shares its memory copy
 starting a new interpreter takes ~100 ms and ~15 MB. The zygote speaks a line protocol on its
 stdin/stdout with the local backend:
 
-    -> fork ID ADDRESS       listen on ADDRESS (unix:/path, or a host: any port), fork an
-                             instance that serves it
+    -> fork ID JSON          {"address": ADDRESS, "sandbox": {...}}: listen on ADDRESS
+                             (unix:/path, or a host: any port), fork an instance that serves
+                             it inside the walls `sandbox` asks for (`invoker.sandbox`)
+    <- ready JSON            first: what this host lets it build (`invoker.sandbox.probe`)
     <- forked ID PID PORT    the instance is accepting connections (PORT 0 for unix:)
     <- failed ID MESSAGE
     <- exit PID CODE         an instance ended (CODE: exit code, or minus the signal number)
 
 It is single-threaded and runs no event loop, so forking is safe. Instances die with the zygote
 (PR_SET_PDEATHSIG), and the zygote exits when its stdin closes, so nothing outlives the platform.
+An instance never holds the zygote's pipes: every descriptor but its listening socket and
+stdio is closed before anything else runs in it.
 """
 
 from __future__ import annotations
@@ -19,18 +23,23 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import resource
 import selectors
 import signal
 import socket
 import sys
+from typing import cast
+
+import orjson
 
 # Imported here, before any fork, so that instances start with everything already loaded.
 import invoker.context
 import invoker.protocol
 import invoker.runtime
+import invoker.sandbox
 
 _PR_SET_PDEATHSIG = 1
-_PRELOADED = (invoker.context, invoker.protocol, invoker.runtime)
+_PRELOADED = (invoker.context, invoker.protocol, invoker.runtime, invoker.sandbox)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -48,7 +57,22 @@ def _write(line: str) -> None:
         data = data[written:]
 
 
-def _fork(request_id: str, address: str, wakeup: tuple[int, int]) -> None:
+def _close_inherited(keep: int) -> None:
+    """Close every descriptor but stdio and `keep`: the zygote's pipes stay the zygote's."""
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    limit = limit if 0 < limit < 1 << 20 else 1 << 16
+    os.closerange(3, keep)
+    os.closerange(keep + 1, limit)
+
+
+def _fork(request_id: str, request: str, wakeup: tuple[int, int]) -> None:
+    try:
+        parsed = orjson.loads(request)
+        address = str(parsed["address"])
+        spec = cast(invoker.sandbox.GenericSpec, parsed.get("sandbox") or {})
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        _write(f"failed {request_id} bad fork request: {exc}\n")
+        return
     try:
         sock = invoker.protocol.listen(address)
     except OSError as exc:
@@ -61,15 +85,17 @@ def _fork(request_id: str, address: str, wakeup: tuple[int, int]) -> None:
         try:
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            for fd in wakeup:
-                os.close(fd)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.setsid()  # its own process group: stopping it stops what the handler forks
             _die_with_parent(parent)
             devnull = os.open(os.devnull, os.O_RDONLY)
             os.dup2(devnull, 0)
             os.close(devnull)
             os.dup2(2, 1)  # the control pipe is the zygote's alone
-            invoker.runtime.run_instance(sock)
+            _close_inherited(sock.fileno())
+            walls = invoker.sandbox.enter(spec)
+            walls.private_tmp()
+            invoker.runtime.run_instance(sock, walls=walls)
         except BaseException:
             code = 1
             import traceback
@@ -94,6 +120,7 @@ def _reap() -> None:
 
 
 def run_zygote() -> None:
+    capabilities = invoker.sandbox.probe()  # before our SIGCHLD handler: it reaps its child
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
@@ -103,7 +130,7 @@ def run_zygote() -> None:
     selector = selectors.DefaultSelector()
     selector.register(0, selectors.EVENT_READ, "stdin")
     selector.register(wake_r, selectors.EVENT_READ, "signal")
-    _write("ready\n")
+    _write("ready " + orjson.dumps(capabilities).decode() + "\n")
     pending = b""
     while True:
         for key, _ in selector.select():
@@ -118,7 +145,7 @@ def run_zygote() -> None:
             pending += chunk
             *lines, pending = pending.split(b"\n")
             for line in lines:
-                parts = line.decode().split(maxsplit=2)  # the address may hold spaces
+                parts = line.decode().split(maxsplit=2)  # the JSON may hold spaces
                 if len(parts) == 3 and parts[0] == "fork":
                     _fork(parts[1], parts[2], (wake_r, wake_w))
                 elif parts:

@@ -23,7 +23,7 @@ from invoker.protocol import Connection, ErrorInfo
 from scheduler.backends import Backend, BackendError, InstanceHandle, describe_exit
 from scheduler.policy import FunctionPolicy, PolicyRouter
 from scheduler.pool import Instance, Pool, State, VersionKey
-from store.records import Version
+from store.records import Version, code_digest
 
 log = logging.getLogger("ember.scheduler")
 
@@ -49,6 +49,9 @@ class PoolSettings:
     max_start_backoff_s: float = 30.0
     """After a version fails to start, calls fail fast for 0.5 s, doubling per failure up to
     this, instead of restarting it in a loop (like Kubernetes' crash-loop back-off)."""
+    max_response_bytes: int = 6 << 20
+    """Largest response body a handler may return (FN_MAX_RESPONSE); a larger one is an error
+    (502 response_too_large), and the gateway never buffers more than this per call."""
 
 
 class SchedulerError(Exception):
@@ -96,14 +99,15 @@ class _Waiting:
     queue: deque[asyncio.Future[tuple[Instance, bool]]] = field(default_factory=deque)
 
 
-def _specialize_meta(version: Version) -> dict[str, Any]:
+def _specialize_meta(version: Version, max_response_bytes: int) -> dict[str, Any]:
     c = version.config
     # The code travels as the frame's body (see `_code`): it may exceed a frame's metadata.
     return {"op": "specialize", "function": version.function, "version": version.version,
             "filename": version.filename, "code": "zip" if version.package.archive else "source",
             "entry": c.entry,
             "env": dict(c.env), "timeout_s": c.timeout_s, "memory_bytes": c.memory_bytes,
-            "concurrency": c.concurrency, "preimport": list(c.preimport)}
+            "concurrency": c.concurrency, "preimport": list(c.preimport),
+            "max_reply_bytes": max_response_bytes}
 
 
 Prepare = Callable[[Version], Awaitable[dict[str, Any]]]
@@ -276,7 +280,8 @@ class Scheduler:
                 return conn
             conn.close()
         handle = self._handles[instance.id]
-        return await Connection.open(handle.host, handle.port)
+        return await Connection.open(handle.host, handle.port,
+                                     max_body_bytes=self.settings.max_response_bytes)
 
     def release(self, lease: Lease) -> None:
         """Give back the slot of a call that completed (the instance is fine)."""
@@ -383,7 +388,13 @@ class Scheduler:
             self._wake_reaper.set()
 
     async def _specialize(self, instance: Instance, version: Version, fresh: bool) -> None:
-        meta = _specialize_meta(version)
+        code = version.package.archive or version.source.encode()
+        if version.sha256 and code_digest(code, version.package.env_hash,
+                                          version.config.preimport) != version.sha256:
+            raise StartFailed(
+                f'the code of "{version.function}" version {version.version} does not match '
+                "its sha256: it was changed in the database outside Ember; deploy it again")
+        meta = _specialize_meta(version, self.settings.max_response_bytes)
         if self._prepare is not None:  # first: a version that cannot run costs no instance
             try:
                 meta.update(await self._prepare(version))
@@ -393,10 +404,14 @@ class Scheduler:
         if fresh:
             await self._start_process(instance, version)
         try:
+            handle = self._handles[instance.id]
+            try:
+                meta["sandbox"] = self.backend.instance_spec(handle, version)
+            except (BackendError, OSError) as exc:
+                raise StartFailed(f"could not fit the instance to the function: {exc}") from exc
             conn = await self._connection(instance)
             async with asyncio.timeout(self.settings.specialize_timeout_s):
-                reply, _ = await conn.call(meta, version.package.archive
-                                           or version.source.encode())
+                reply, _ = await conn.call(meta, code)
         except TimeoutError:
             raise StartFailed(
                 f'importing "{version.filename}" took longer than '
@@ -687,6 +702,12 @@ class Scheduler:
         version (false again once it was retired)."""
         return function in self._active or bool(self.pool.of_function(function)) \
             or any(k[0] == function for k in (*self._waiting, *self._known))
+
+    def pid_of(self, instance: Instance) -> int | None:
+        """The process that stands for an instance on this machine (local backend), if any."""
+        handle = self._handles.get(instance.id)
+        pid = getattr(handle, "pid", None)
+        return pid if isinstance(pid, int) else None
 
     def address_of(self, instance: Instance) -> str:
         """Where an instance listens: `host:port`, or `unix:/path`."""

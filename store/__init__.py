@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
-import hashlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -52,6 +51,7 @@ from store.records import (
     Topic,
     Trigger,
     Version,
+    code_digest,
     new_id,
 )
 
@@ -213,9 +213,8 @@ class Store:
         """Store a new immutable version and make it the active one, in one transaction.
         Its sha256 covers what it runs: the code (the archive when there is one, else the
         source), the environment and the modules it preimports."""
-        digest = hashlib.sha256(package.archive or source.encode())
-        digest.update(f"\0{package.env_hash or ''}\0{','.join(config.preimport)}".encode())
-        sha256 = digest.hexdigest()
+        sha256 = code_digest(package.archive or source.encode(), package.env_hash,
+                             config.preimport)
         async with self._conn() as conn, conn.transaction():
             number = await conn.fetchval(QUERIES["create_function_or_bump"], name)
             row = await conn.fetchrow(
@@ -223,7 +222,7 @@ class Store:
                 config.entry, dict(config.env), config.timeout_s, config.memory_bytes,
                 config.concurrency, config.max_attempts, config.max_event_age_s,
                 package.archive, package.requirements, package.env_hash, package.lock,
-                list(config.preimport), list(package.files),
+                list(config.preimport), list(package.files), config.network, config.cpus,
             )
             await conn.execute(QUERIES["set_active_version"], name, number)
             await conn.execute(QUERIES["notify_function_changed"], name, number)

@@ -1,29 +1,125 @@
 """An embedded, private Postgres (the `pgserver` package) for one machine and for tests.
 
 The data directory is kept, so the next start reuses it; the server listens on a Unix socket in
-that directory only, never on a TCP port.
+that directory only, never on a TCP port. Every connection needs a password: the superuser's
+and the platform's (a role that is not a superuser, owner of the database) are generated at
+the first start and kept in `<data_dir>.secrets/` (mode 0700, files 0600), outside any
+instance's view. A data directory from before (trust authentication) is converted at start.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import secrets
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
+import asyncpg
+
 log = logging.getLogger("ember.store.embedded")
+
+PLATFORM_ROLE = "ember"
+SUPERUSER = "postgres"
+DATABASE = "postgres"
+HBA = (
+    "# Written by Ember (store/embedded.py): a password for every connection, Unix socket only.\n"
+    "local all all scram-sha-256\n"
+)
 
 
 @dataclass(slots=True)
 class EmbeddedPostgres:
     data_dir: Path
     url: str
+    """The platform's connection: the `ember` role, not a superuser."""
+    superuser_url: str
     _server: Any
 
     def stop(self) -> None:
         self._server.cleanup()
+
+
+def _secret(folder: Path, name: str) -> str:
+    """A password kept in `folder/name` (0600), created on first use."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    path = folder / name
+    if path.exists():
+        value = path.read_text().strip()
+        if value:
+            return value
+    value = secrets.token_hex(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+    return value
+
+
+def _url(socket_dir: str, user: str, password: str, database: str = DATABASE) -> str:
+    return f"postgresql://{user}:{quote(password, safe='')}@/{quote(database)}?host={socket_dir}"
+
+
+def _write_hba(hba: Path) -> bool:
+    """Passwords for every connection; True when the file changed (reload the server)."""
+    if hba.exists() and hba.read_text() == HBA:
+        return False
+    hba.write_text(HBA)
+    return True
+
+
+async def _secure(server_url: str, socket_dir: str, hba: Path, superuser_password: str,
+                  platform_password: str) -> None:
+    """Passwords on, the platform's role in place and owner of the database's objects."""
+    with_password = _url(socket_dir, SUPERUSER, superuser_password)
+    try:
+        conn = await asyncpg.connect(with_password)
+    except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError):
+        conn = await asyncpg.connect(server_url)  # the first start: trust, as initdb left it
+    try:
+        await conn.execute(await conn.fetchval(
+            "SELECT format('ALTER ROLE %I PASSWORD %L', $1::text, $2::text)",
+            SUPERUSER, superuser_password))
+        exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", PLATFORM_ROLE)
+        verb = "ALTER" if exists else "CREATE"
+        await conn.execute(await conn.fetchval(
+            "SELECT format('%s ROLE %I LOGIN CREATEDB NOSUPERUSER NOCREATEROLE "
+            "NOREPLICATION NOBYPASSRLS PASSWORD %L', $1::text, $2::text, $3::text)",
+            verb, PLATFORM_ROLE, platform_password))
+        await conn.execute(f'ALTER DATABASE "{DATABASE}" OWNER TO "{PLATFORM_ROLE}"')
+        await conn.execute(f'ALTER SCHEMA public OWNER TO "{PLATFORM_ROLE}"')
+        # What earlier versions created as the superuser becomes the platform's.
+        await conn.execute(f"""
+            DO $$
+            DECLARE item record;
+            BEGIN
+                FOR item IN
+                    SELECT c.oid::regclass::text AS name, c.relkind FROM pg_class c
+                    JOIN pg_namespace n ON n.oid = c.relnamespace
+                    WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'S', 'v', 'm')
+                      AND pg_get_userbyid(c.relowner) <> '{PLATFORM_ROLE}'
+                LOOP
+                    EXECUTE format('ALTER %s %s OWNER TO {PLATFORM_ROLE}',
+                        CASE item.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW'
+                             WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'TABLE' END, item.name);
+                END LOOP;
+                FOR item IN
+                    SELECT p.oid::regprocedure::text AS name FROM pg_proc p
+                    JOIN pg_namespace n ON n.oid = p.pronamespace
+                    WHERE n.nspname = 'public'
+                      AND pg_get_userbyid(p.proowner) <> '{PLATFORM_ROLE}'
+                LOOP
+                    EXECUTE format('ALTER FUNCTION %s OWNER TO {PLATFORM_ROLE}', item.name);
+                END LOOP;
+            END $$""")
+        if _write_hba(hba):
+            await conn.execute("SELECT pg_reload_conf()")
+    finally:
+        await conn.close()
 
 
 def start_embedded_postgres(data_dir: Path) -> EmbeddedPostgres:
@@ -36,9 +132,21 @@ def start_embedded_postgres(data_dir: Path) -> EmbeddedPostgres:
         import pgserver  # imported here: only needed when no DATABASE_URL is given
 
         server = pgserver.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
-    url = server.get_uri()
+    server_url = server.get_uri()
+    socket_dir = server.get_postmaster_info().socket_dir
+    folder = data_dir.with_name(data_dir.name + ".secrets")
+    superuser_password = _secret(folder, SUPERUSER)
+    platform_password = _secret(folder, PLATFORM_ROLE)
+    try:
+        asyncio.run(_secure(server_url, str(socket_dir), data_dir / "pg_hba.conf",
+                            superuser_password, platform_password))
+    except BaseException:
+        server.cleanup()
+        raise
     log.info("embedded postgres ready", extra={"data_dir": str(data_dir)})
-    return EmbeddedPostgres(data_dir=data_dir, url=url, _server=server)
+    return EmbeddedPostgres(
+        data_dir=data_dir, url=_url(str(socket_dir), PLATFORM_ROLE, platform_password),
+        superuser_url=_url(str(socket_dir), SUPERUSER, superuser_password), _server=server)
 
 
 def with_database(url: str, database: str) -> str:

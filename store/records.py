@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import random
 import time
 import uuid
@@ -48,6 +49,10 @@ class FunctionConfig:
     """How long after its submission it may still be retried."""
     preimport: tuple[str, ...] = ()
     """Modules imported when an instance is specialized, before the function's own module."""
+    network: str = "egress"
+    """"egress": the internet, but no loopback or private address; "none": no network."""
+    cpus: float = 1.0
+    """CPU time per instance, in cores (a cgroup quota on one machine)."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -98,6 +103,8 @@ class Version:
                 max_attempts=row["max_attempts"],
                 max_event_age_s=row["max_event_age_s"],
                 preimport=tuple(row["preimport"]),
+                network=row["network"],
+                cpus=row["cpus"],
             ),
             package=Package(archive=row["archive"], requirements=row["requirements"],
                             env_hash=row["env_hash"], lock=row["lock"],
@@ -108,6 +115,14 @@ class Version:
     @property
     def module(self) -> str:
         return self.filename.removesuffix(".py")
+
+
+def code_digest(code: bytes, env_hash: str | None, preimport: tuple[str, ...]) -> str:
+    """A version's sha256: what it runs (the archive, else the source), its environment and
+    the modules it preimports. Checked again before the code is pushed into an instance."""
+    digest = hashlib.sha256(code)
+    digest.update(f"\0{env_hash or ''}\0{','.join(preimport)}".encode())
+    return digest.hexdigest()
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)

@@ -24,6 +24,7 @@ from aiohttp import web
 from gateway.app import build_app
 from gateway.platform import Platform
 from gateway.settings import Settings
+from scheduler.backends.isolation import IsolationSettings
 from scheduler.backends.local import LocalBackend
 from scheduler.scheduler import PoolSettings
 from store.embedded import start_embedded_postgres, with_database
@@ -131,6 +132,19 @@ def _task_dump_after(seconds: float) -> threading.Timer:
     return timer
 
 
+def shared(tmp_path: Path) -> Path:
+    """A directory handlers may write to (exposed to instances, as FN_EXPOSE does): how a
+    test sees what a handler did. Anything else of the host is out of a handler's reach."""
+    path = tmp_path / "shared"
+    path.mkdir(exist_ok=True)
+    path.chmod(0o777)  # the instances run as uids of their own
+    return path
+
+
+def exposing(tmp_path: Path) -> IsolationSettings:
+    return IsolationSettings(expose=(str(shared(tmp_path)),))
+
+
 @pytest.fixture
 def make_platform(database_url: str, tmp_path: Path) -> PlatformFactory:
     """Start a platform with the given settings / pool settings overrides."""
@@ -140,6 +154,7 @@ def make_platform(database_url: str, tmp_path: Path) -> PlatformFactory:
                     ) -> AsyncIterator[Running]:
         pool_settings = replace(PoolSettings(generic_pool_size=1, stop_grace_s=1.0),
                                 **(pool or {}))
+        overrides.setdefault("isolation", exposing(tmp_path))
         settings = Settings(host="127.0.0.1", port=0, state_dir=tmp_path / "state",
                             database_url=database_url, token=TOKEN, pool=pool_settings,
                             **overrides)

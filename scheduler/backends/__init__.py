@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import signal
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from store.records import Version
@@ -31,6 +31,12 @@ class Backend(Protocol):
                              version: Version | None = None) -> InstanceHandle:
         """Start an invoker and return once it accepts connections. `version` is the function
         version it will be specialized for, or None for the generic pool."""
+        ...
+
+    def instance_spec(self, handle: InstanceHandle, version: Version) -> dict[str, Any]:
+        """Fit an instance about to be specialized to `version` (its limits) and return what
+        the invoker must close around the function's code (`invoker.sandbox.SpecializeSpec`;
+        empty where the pod is the wall)."""
         ...
 
     async def stop_instance(self, handle: InstanceHandle, *, grace_s: float) -> None:

@@ -7,6 +7,11 @@ each instance is a fresh `python -m invoker` (~100 ms), the baseline the benchma
 Every process starts with a scrubbed environment (no database URL, no token: user code never
 sees platform credentials), and nothing outlives the platform: the zygote and spawned instances
 exit when their stdin (a pipe from us) closes, forked instances die with the zygote.
+
+Forked instances are sandboxed (`scheduler.backends.isolation` decides what this host allows,
+`invoker.sandbox` builds it): each has its own cgroup, namespaces, and at specialization the
+function's uid, a seccomp filter and its network mode. Spawned instances (`zygote=False`, a
+benchmark baseline) are not.
 """
 
 from __future__ import annotations
@@ -15,14 +20,30 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 from scheduler.backends import BackendError, InstanceHandle, describe_exit
+from scheduler.backends.isolation import (
+    RUNTIME_MEMORY_BYTES,
+    CgroupDriver,
+    InstanceCgroup,
+    IsolationError,
+    IsolationReport,
+    IsolationSettings,
+    UidAllocator,
+    detect_cgroups,
+    hidden_paths,
+    install_firewall,
+)
 from store.records import Version
 
 log = logging.getLogger("ember.scheduler.local")
@@ -109,15 +130,24 @@ class ForkedHandle:
     pid: int
     exited: asyncio.Future[int | None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
+    cgroup: InstanceCgroup | None = None
 
     async def wait(self) -> int | None:
         return await asyncio.shield(self.exited)
 
 
-class _Zygote:
-    """The zygote process and the reader of its reports."""
+_REPORT = re.compile(rb"(forked \d+ \d+ \d+|failed \S+ [^\n]*|exit \d+ -?\d+)\n")
 
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
+
+class _Zygote:
+    """The zygote process and the reader of its reports. A report that is not one of the
+    protocol's lines means the pipe was tampered with: the zygote is killed (and replaced on
+    the next start) and the reason kept for /healthz."""
+
+    def __init__(self, process: asyncio.subprocess.Process,
+                 capabilities: dict[str, Any]) -> None:
+        self.capabilities = capabilities
+        self.broken: str | None = None
         self.process = process
         self.requests: dict[str, tuple[str, asyncio.Future[ForkedHandle]]] = {}
         self.children: dict[int, ForkedHandle] = {}
@@ -128,7 +158,13 @@ class _Zygote:
         assert self.process.stdout is not None
         try:
             async for raw in self.process.stdout:
-                parts = raw.decode().split(maxsplit=3)
+                if not _REPORT.fullmatch(raw):
+                    self.broken = f"the zygote sent a malformed report ({raw[:80]!r})"
+                    log.error("zygote pipe tampered with: replacing the zygote",
+                              extra={"line": raw[:200].decode(errors="replace")})
+                    self.process.kill()
+                    break
+                parts = raw.decode(errors="replace").split(maxsplit=3)
                 if parts[0] == "forked" and parts[1] in self.requests:
                     address, fut = self.requests.pop(parts[1])
                     # Registered here, before the next line is read: its exit may be next.
@@ -162,13 +198,14 @@ class _Zygote:
     def alive(self) -> bool:
         return self.process.returncode is None and not self.reader.done()
 
-    async def fork(self, address: str) -> ForkedHandle:
+    async def fork(self, address: str, sandbox: dict[str, Any]) -> ForkedHandle:
         assert self.process.stdin is not None
         self.counter += 1
         request_id = str(self.counter)
         fut: asyncio.Future[ForkedHandle] = asyncio.get_running_loop().create_future()
         self.requests[request_id] = (address, fut)
-        self.process.stdin.write(f"fork {request_id} {address}\n".encode())
+        request = orjson.dumps({"address": address, "sandbox": sandbox})
+        self.process.stdin.write(b"fork %s %s\n" % (request_id.encode(), request))
         return await fut
 
     async def close(self) -> None:
@@ -185,8 +222,23 @@ class _Zygote:
 
 class LocalBackend:
     def __init__(self, *, zygote: bool = True, unix_sockets: bool = True,
-                 start_timeout_s: float = 10.0, python: str = sys.executable) -> None:
+                 start_timeout_s: float = 10.0, python: str = sys.executable,
+                 isolation: IsolationSettings | None = None,
+                 private_paths: tuple[Path, ...] = (), environments: Path | None = None,
+                 ) -> None:
+        """`private_paths`: the platform's directories instances must not see (state dir);
+        `environments`: the cache of built environments, bound into the instances that use
+        one (read-only)."""
         self.use_zygote = zygote
+        self.isolation = isolation or IsolationSettings()
+        self.report = IsolationReport()
+        self._private_paths = [str(p) for p in private_paths]
+        self._environments = str(environments) if environments is not None else None
+        self._cgroups: CgroupDriver | None = None
+        self._uids = UidAllocator(self.isolation.uid_first, self.isolation.uid_count)
+        self._generic_spec: dict[str, Any] = {}
+        self._seccomp = False
+        self._root = os.geteuid() == 0
         # Instances listen on Unix sockets in a directory only we can enter (mode 0700):
         # cheaper than TCP over loopback, and no other local user can reach user code.
         if unix_sockets:
@@ -197,15 +249,107 @@ class LocalBackend:
         self.python = python
         self._handles: set[InstanceHandle] = set()
         self._zygote: _Zygote | None = None
+        self._zygote_broken: str | None = None
         self._zygote_lock = asyncio.Lock()
 
     @property
     def zygote_pid(self) -> int | None:
         return self._zygote.process.pid if self._zygote is not None else None
 
+    @property
+    def zygote_failure(self) -> str | None:
+        """Why the zygote cannot fork now (its pipe was tampered with; replaced at the next
+        start of an instance)."""
+        return self._zygote.broken if self._zygote is not None else None
+
+    @property
+    def incidents(self) -> list[str]:
+        """What went wrong with the zygote since start (the last one)."""
+        return [self._zygote_broken] if self._zygote_broken else []
+
     async def start(self) -> None:
+        if self._environments is not None:  # instances keep a way into it from their start
+            os.makedirs(self._environments, mode=0o700, exist_ok=True)
+        capabilities: dict[str, Any] = {}
         if self.use_zygote:
-            await self._ensure_zygote()
+            capabilities = (await self._ensure_zygote()).capabilities
+        self.report = await asyncio.to_thread(self._decide, capabilities)
+        log.info(self.report.summary(), extra=self.report.as_json())
+        if self.isolation.mode == "strict" and self.report.off:
+            raise IsolationError(f"FN_ISOLATION=strict, but {self.report.summary()}")
+
+    def _decide(self, caps: dict[str, Any]) -> IsolationReport:
+        """Which protections to use, from what the zygote found and what we can set up."""
+        report = IsolationReport()
+        names = ("namespaces", "uid", "seccomp", "cgroups", "network")
+        if self.isolation.mode == "off" or not self.use_zygote:
+            why = "FN_ISOLATION=off" if self.isolation.mode == "off" \
+                else "FN_ZYGOTE=0: spawned instances are not sandboxed"
+            report.off = dict.fromkeys(names, why)
+            return report
+        why = caps.get("why", {})
+        namespaces = bool(caps.get("namespaces"))
+        if namespaces:
+            report.on["namespaces"] = "mount, PID, IPC, UTS" + (
+                " in a user namespace" if caps.get("userns") else "")
+        else:
+            report.off["namespaces"] = why.get("namespaces", "not available")
+        if self._root:
+            report.on["uid"] = (f"uids {self.isolation.uid_first}-"
+                                f"{self.isolation.uid_first + self.isolation.uid_count - 1}")
+        else:
+            report.off["uid"] = "not root: instances run as the platform's user"
+        self._seccomp = bool(caps.get("seccomp"))
+        if self._seccomp:
+            report.on["seccomp"] = "denies ptrace, process_vm_*, pidfd_getfd, mount, ..."
+        else:
+            report.off["seccomp"] = why.get("seccomp", "not available")
+        if self._root:
+            self._cgroups, reason = detect_cgroups(str(os.getpid()))
+        else:
+            reason = "not root: no cgroup of our own to delegate"
+        if self._cgroups is not None:
+            report.on["cgroups"] = f"cgroup {self._cgroups.version}: memory, pids, cpu"
+        else:
+            report.off["cgroups"] = reason
+        if self._root:
+            last = self.isolation.uid_first + self.isolation.uid_count - 1
+            reason = install_firewall(self.isolation.uid_first, last)
+        else:
+            reason = "not root: cannot install firewall rules"
+        if not reason and "uid" in report.on:
+            report.on["network"] = "instances' uids reach no loopback or private address"
+        else:
+            report.off["network"] = reason or "needs a uid per function"
+        hide, reveal = hidden_paths(self.isolation, [*self._private_paths,
+                                                     *([self._socket_dir] if self._socket_dir
+                                                       else [])])
+        self._generic_spec = {
+            "namespaces": namespaces, "userns": bool(caps.get("userns")),
+            "tmp_bytes": self.isolation.tmp_bytes, "hide": hide, "reveal": reveal,
+            "reveal_later": [self._environments] if self._environments else [],
+            "expose": [os.path.realpath(p) for p in self.isolation.expose],
+            "nofile": self.isolation.nofile,
+        } if namespaces else {"nofile": self.isolation.nofile}
+        return report
+
+    def instance_spec(self, handle: InstanceHandle, version: Version) -> dict[str, Any]:
+        """Fit the instance's limits to `version` and say what the invoker must close around
+        it before importing the code (its uid, network, seccomp)."""
+        if not isinstance(handle, ForkedHandle) or self.isolation.mode == "off":
+            return {}
+        c = version.config
+        if handle.cgroup is not None:
+            handle.cgroup.set_limits(memory_bytes=c.memory_bytes + RUNTIME_MEMORY_BYTES,
+                                     pids_max=self.isolation.pids_max, cpus=c.cpus)
+        spec: dict[str, Any] = {"network": c.network, "seccomp": self._seccomp}
+        if c.network == "none" and "namespaces" not in self.report.on:
+            raise BackendError("--network none needs network namespaces, which this host "
+                               f"does not allow ({self.report.off['namespaces']})")
+        if "uid" in self.report.on:
+            uid = self._uids.uid_of(version.function)
+            spec.update(uid=uid, gid=uid)
+        return spec
 
     async def start_instance(self, instance_id: str,
                              version: Version | None = None) -> InstanceHandle:
@@ -216,7 +360,18 @@ class LocalBackend:
                     else f"unix:{self._socket_dir}/{instance_id}.sock"
                 if self.use_zygote:
                     zygote = await self._ensure_zygote()
-                    handle = await zygote.fork(address)
+                    cgroup = self._new_cgroup(instance_id)
+                    spec = dict(self._generic_spec)
+                    if cgroup is not None:
+                        spec["cgroup_procs"] = cgroup.procs_files
+                    try:
+                        handle = await zygote.fork(address, spec)
+                    except BaseException:
+                        if cgroup is not None:
+                            cgroup.kill()
+                            cgroup.remove()
+                        raise
+                    handle.cgroup = cgroup
                 else:
                     handle = await self._spawn(instance_id, address)
         except TimeoutError:
@@ -226,18 +381,38 @@ class LocalBackend:
         self._handles.add(handle)
         return handle
 
+    def _new_cgroup(self, instance_id: str) -> InstanceCgroup | None:
+        if self._cgroups is None:
+            return None
+        try:
+            cgroup = self._cgroups.create(instance_id)
+            cgroup.set_limits(memory_bytes=(256 << 20) + RUNTIME_MEMORY_BYTES,
+                              pids_max=self.isolation.pids_max, cpus=1.0)
+        except OSError as exc:
+            raise BackendError(f"cannot create the cgroup of instance {instance_id}: {exc}") \
+                from exc
+        return cgroup
+
     async def _ensure_zygote(self) -> _Zygote:
         async with self._zygote_lock:
             if self._zygote is not None and self._zygote.alive:
                 return self._zygote
             if self._zygote is not None:
-                log.warning("the zygote is gone; starting a new one")
+                self._zygote_broken = self._zygote.broken or self._zygote_broken
+                if self._zygote.broken is not None:
+                    await self._zygote.close()
+                log.warning("the zygote is gone; starting a new one",
+                            extra={"reason": self._zygote.broken})
             process = await self._start_process("--zygote")
             line = await _first_line(process)
-            if line != b"ready\n":
+            if not line.startswith(b"ready "):
                 code = await process.wait()
                 raise BackendError(f"the zygote failed to start ({describe_exit(code)})")
-            self._zygote = _Zygote(process)
+            try:
+                capabilities = orjson.loads(line[len(b"ready "):])
+            except orjson.JSONDecodeError:
+                capabilities = {}
+            self._zygote = _Zygote(process, capabilities)
             log.info("zygote started", extra={"pid": process.pid})
             return self._zygote
 
@@ -274,6 +449,9 @@ class LocalBackend:
             pid = handle.pid if isinstance(handle, ForkedHandle | LocalHandle) else None
             if self._socket_dir is not None and pid is not None:
                 _remove_code_dirs(self._socket_dir, pid)
+            if isinstance(handle, ForkedHandle) and handle.cgroup is not None:
+                handle.cgroup.kill()  # what left the process group and the namespace's init
+                handle.cgroup.remove()
 
     async def _stop(self, handle: InstanceHandle, grace_s: float) -> None:
         """SIGTERM, then SIGKILL after `grace_s`, to the instance's whole process group: what
@@ -309,3 +487,5 @@ class LocalBackend:
             self._zygote = None
         if self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
+        if self._cgroups is not None:
+            self._cgroups.close()

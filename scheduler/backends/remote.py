@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from scheduler.backends import BackendError
+from scheduler.backends import BackendError, InstanceHandle
 from store.records import Version
 
 log = logging.getLogger("ember.scheduler.remote")
@@ -125,6 +125,9 @@ class RemoteBackend:
             raise _Moved(f"cannot reach the scheduler at {base}: {exc}") from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise BackendError(f"the scheduler at {base} failed: {exc}") from exc
+
+    def instance_spec(self, handle: InstanceHandle, version: Version) -> dict[str, Any]:
+        return {}  # the pod (security context, NetworkPolicy, limits) is the wall
 
     async def start_instance(self, instance_id: str, version: Version | None = None) -> PodHandle:
         if version is None:

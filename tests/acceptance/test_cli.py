@@ -20,6 +20,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.conftest import shared
+
 ROOT = Path(__file__).resolve().parents[2]
 FN = str(Path(sys.executable).parent / "fn")
 
@@ -47,6 +49,7 @@ def fn_up(state_dir: Path) -> Iterator[Cli]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("FN_") and k != "DATABASE_URL"}
     env["FN_STATE_DIR"] = str(state_dir)
+    env["FN_EXPOSE"] = str(shared(state_dir.parent))  # where handlers leave what tests read
     gateway = subprocess.Popen([FN, "up", "--port", "0"], env=env, cwd=ROOT,
                                stderr=subprocess.PIPE)
     assert gateway.stderr is not None
@@ -218,7 +221,7 @@ def test_policy_set_and_show(cli: Cli, tmp_path: Path) -> None:
 
 
 def test_events_from_the_cli(cli: Cli, tmp_path: Path) -> None:
-    out = tmp_path / "seen"
+    out = shared(tmp_path) / "seen"
     handler = tmp_path / "on_order.py"
     handler.write_text(
         "def handler(event, context):\n"

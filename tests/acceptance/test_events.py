@@ -20,6 +20,7 @@ import psutil
 import pytest
 
 from fn.client import Client, ClientError
+from tests.conftest import shared
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "acceptance-token"
@@ -80,9 +81,10 @@ def publish(client: Client, n: int) -> bool:
 
 
 def test_sigkill_mid_stream_loses_no_accepted_event(database_url: str, tmp_path: Path) -> None:
-    out = tmp_path / "out"
+    out = shared(tmp_path) / "out"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FN_")}
     env.update(FN_STATE_DIR=str(tmp_path / "state"), FN_PORT="0", FN_TOKEN=TOKEN,
+               FN_EXPOSE=str(shared(tmp_path)),
                DATABASE_URL=database_url, FN_DELIVERY_LEASE="1s", FN_RETRY_BASE="100ms")
     handler = tmp_path / "rec.py"
     handler.write_text(SLOW_RECORDER)

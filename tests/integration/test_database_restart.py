@@ -15,7 +15,7 @@ from gateway.platform import Platform
 from gateway.settings import Settings
 from scheduler.scheduler import PoolSettings
 from store.embedded import start_embedded_postgres
-from tests.conftest import TOKEN
+from tests.conftest import TOKEN, exposing, shared
 
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -63,11 +63,12 @@ async def test_platform_rides_out_a_database_restart(tmp_path: Path) -> None:
 async def test_deliveries_ride_out_a_database_restart(tmp_path: Path) -> None:
     from gateway.settings import EventSettings
 
-    out = tmp_path / "out"
+    out = shared(tmp_path) / "out"
     pg = await asyncio.to_thread(start_embedded_postgres, tmp_path / "pg")
     settings = Settings(port=0, state_dir=tmp_path / "state", database_url=pg.url, token=TOKEN,
                         pool=PoolSettings(generic_pool_size=1, max_instances=2),
-                        events=EventSettings(poll_s=0.1, retry_base_s=0.05, lease_margin_s=1))
+                        events=EventSettings(poll_s=0.1, retry_base_s=0.05, lease_margin_s=1),
+                        isolation=exposing(tmp_path))
     platform = await Platform.start(settings)
     runner = web.AppRunner(build_app(platform), access_log=None)
     await runner.setup()

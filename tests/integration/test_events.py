@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from store.embedded import with_database
-from tests.conftest import PlatformFactory, Running
+from tests.conftest import PlatformFactory, Running, shared
 
 # Appends each event's "n" (or the whole event) to the file named by env OUT, one per line.
 RECORDER = textwrap.dedent("""
@@ -64,7 +64,7 @@ async def submit(running: Running, target: str, payload: Any, **headers: str) ->
 
 
 async def test_async_invocation_is_accepted_then_runs(running: Running, tmp_path: Path) -> None:
-    out = tmp_path / "out"
+    out = shared(tmp_path) / "out"
     await running.deploy_ok("rec", RECORDER, env={"OUT": str(out)})
     accepted = await submit(running, "rec", {"n": 1})
     assert accepted["status"] == "accepted"
@@ -85,7 +85,7 @@ async def test_async_invocation_is_accepted_then_runs(running: Running, tmp_path
 
 
 async def test_an_idempotency_key_runs_the_call_once(running: Running, tmp_path: Path) -> None:
-    out = tmp_path / "out"
+    out = shared(tmp_path) / "out"
     await running.deploy_ok("rec", RECORDER, env={"OUT": str(out)})
     first = await submit(running, "rec", {"n": 1}, **{"Idempotency-Key": "order-7"})
     again = await submit(running, "rec", {"n": 1}, **{"Idempotency-Key": "order-7"})
@@ -118,7 +118,7 @@ async def test_failures_retry_then_dead_letter_and_redrive(make_platform: Platfo
                                                            tmp_path: Path) -> None:
     from gateway.settings import EventSettings
 
-    fixed = tmp_path / "fixed"
+    fixed = shared(tmp_path) / "fixed"
     async with make_platform(events=EventSettings(retry_base_s=0.05, poll_s=0.2)) as running:
         await running.deploy_ok("flaky", FLAKY, env={"FIXED": str(fixed)}, max_attempts=3)
         accepted = await submit(running, "flaky", {})
@@ -185,7 +185,7 @@ async def test_handlers_say_do_not_retry_or_retry_later(running: Running) -> Non
 
 
 async def test_topics_fan_out_to_each_subscriber(running: Running, tmp_path: Path) -> None:
-    a, b = tmp_path / "a", tmp_path / "b"
+    a, b = shared(tmp_path) / "a", shared(tmp_path) / "b"
     await running.deploy_ok("suba", RECORDER, env={"OUT": str(a)})
     await running.deploy_ok("subb", RECORDER, env={"OUT": str(b)})
 
@@ -250,7 +250,7 @@ async def test_bad_triggers_are_refused_with_a_reason(running: Running) -> None:
 
 async def test_a_schedule_fires_each_tick_once_across_gateways(
         make_platform: PlatformFactory, tmp_path: Path) -> None:
-    out = tmp_path / "out"
+    out = shared(tmp_path) / "out"
     async with make_platform() as one, make_platform() as two:
         await one.deploy_ok("tick", RECORDER, env={"OUT": str(out)})
         status, trigger = await one.admin("POST", "/v1/functions/tick/triggers",
@@ -314,7 +314,7 @@ async def app_database(database_url: str) -> Any:
 
 async def test_table_changes_are_delivered_even_while_ember_is_down(
         make_platform: PlatformFactory, app_database: str, tmp_path: Path) -> None:
-    out = tmp_path / "out"
+    out = shared(tmp_path) / "out"
     app = await asyncpg.connect(app_database)
     try:
         async with make_platform() as running:
@@ -369,7 +369,7 @@ def test_a_watched_database_password_is_never_shown() -> None:
 
 
 async def test_a_batch_publishes_all_or_nothing(running: Running, tmp_path: Path) -> None:
-    out = tmp_path / "out"
+    out = shared(tmp_path) / "out"
     await running.deploy_ok("rec", RECORDER, env={"OUT": str(out)})
     await running.admin("PUT", "/v1/topics/a")
     await running.admin("PUT", "/v1/topics/b")

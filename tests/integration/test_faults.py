@@ -8,10 +8,14 @@ import signal
 import textwrap
 from typing import Any
 
+import psutil
+
 from tests.conftest import PlatformFactory, Running
 
 PID = textwrap.dedent("""
-    import os, time, ctypes
+    import os, time, ctypes, uuid
+
+    INSTANCE = uuid.uuid4().int >> 80  # once per instance (each is PID 2 in its sandbox)
 
     def handler(event, context):
         if event.get("sleep"):
@@ -20,7 +24,7 @@ PID = textwrap.dedent("""
             os._exit(3)
         if event.get("segfault"):
             ctypes.string_at(0)
-        return os.getpid()
+        return INSTANCE
 """)
 
 
@@ -71,7 +75,11 @@ async def test_an_instance_killed_while_idle_is_replaced(running: Running) -> No
     pid = await (await running.call("pid", {})).json()
     scheduler = running.platform.scheduler
     [instance] = scheduler.instances_of("pid")
-    os.kill(pid, signal.SIGKILL)
+    host_pid = scheduler.pid_of(instance)
+    assert host_pid is not None
+    # The process running the handler: the innermost one (supervisor > namespace init > it).
+    *_, invoker = [psutil.Process(host_pid), *psutil.Process(host_pid).children(recursive=True)]
+    os.kill(invoker.pid, signal.SIGKILL)
     await scheduler.wait_until(lambda: instance.id not in scheduler.pool.instances, 10)
     response = await running.call("pid", {})
     assert response.status == 200

@@ -23,14 +23,16 @@ PID = textwrap.dedent("""
 async def test_instances_are_forked_by_the_zygote(make_platform: PlatformFactory) -> None:
     async with make_platform() as running:
         await running.deploy_ok("pid", PID)
-        pid = await (await running.call("pid", {})).json()
+        assert (await running.call("pid", {})).status == 200
         backend = running.platform.scheduler.backend
         assert isinstance(backend, LocalBackend)
         assert backend.zygote_pid is not None
+        [instance] = running.platform.scheduler.instances_of("pid")
+        pid = running.platform.scheduler.pid_of(instance)
+        assert pid is not None
         assert psutil.Process(pid).ppid() == backend.zygote_pid
         assert psutil.Process(backend.zygote_pid).cmdline()[-1] == "--zygote"
         # It listens on a Unix socket that only the platform's user can open.
-        [instance] = running.platform.scheduler.instances_of("pid")
         path = running.platform.scheduler.address_of(instance).removeprefix("unix:")
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
         assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.conftest import PlatformFactory, Running
+from tests.conftest import PlatformFactory, Running, shared
 
 SLOW = textwrap.dedent("""
     import time
@@ -51,7 +51,7 @@ async def test_undecodable_header_bytes_neither_fail_nor_leak_the_slot(
 async def test_a_version_that_fails_to_start_backs_off_instead_of_looping(
     make_platform: PlatformFactory, tmp_path: Path,
 ) -> None:
-    flag = tmp_path / "broken"
+    flag = shared(tmp_path) / "broken"
     async with make_platform(pool={"keep_alive_s": 0.2}) as running:
         await running.deploy_ok("flaky", textwrap.dedent("""
             import os
@@ -125,8 +125,13 @@ async def test_processes_a_handler_forks_are_stopped_with_its_instance(running: 
             child = subprocess.Popen(["sleep", "300"])
             return child.pid
     """))
-    child_pid = await (await running.call("forker", {})).json()
-    child = psutil.Process(child_pid)
+    assert (await running.call("forker", {})).status == 200
+    # The pid it returns is the one in its own PID namespace: find the child on this side.
+    [instance] = running.platform.scheduler.instances_of("forker")
+    instance_pid = running.platform.scheduler.pid_of(instance)
+    assert instance_pid is not None
+    [child] = [p for p in psutil.Process(instance_pid).children(recursive=True)
+               if p.cmdline() == ["sleep", "300"]]
     assert child.is_running()
     status, _ = await running.admin("DELETE", "/v1/functions/forker")
     assert status == 200

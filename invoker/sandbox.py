@@ -1,0 +1,547 @@
+"""The walls around one instance on one machine (Linux): namespaces, identity, seccomp, output.
+
+Built in two steps so that a cold start stays a specialization (SOCK, ATC'18):
+
+- `enter(spec)`, in the process the zygote forks, while the instance is still generic and runs
+  only our code: join the instance's cgroups, unshare mount, PID, IPC and UTS namespaces (in a
+  user namespace first when not root), mount a private `/proc`, a size-capped `/tmp` and
+  `/dev/shm`, and cover the platform's directories (state, sockets, homes, `/run`...) with empty
+  read-only filesystems. Three processes result:
+
+      supervisor (our parent's child, outside)  waits for init; exits as it exits: the PID the
+        │                                       platform watches and signals
+        └─ init (PID 1 inside)                  reaps orphans; when it dies, the kernel kills
+             └─ invoker (PID 2)                 every process left in the namespace
+
+- `Walls.specialize(...)`, in the invoker when a function's code arrives, before its module is
+  imported: a network namespace with only loopback for `--network none`, the function's
+  environment bound in read-only, the code made read-only, then the function's own uid and gid
+  (no groups, no capabilities, no new privileges), a seccomp filter, and stdout/stderr file
+  descriptors that go into the activation's logs (capped) instead of the platform's log.
+
+The invoker imports nothing else of Ember; the platform sends what to build (`GenericSpec`,
+`SpecializeSpec`) and `docs/security.md` says what each wall stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import os
+import resource
+import select
+import signal
+import socket
+import stat
+import struct
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, NoReturn, TypedDict
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+NAMESPACE_FLAGS = (CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER,
+                   CLONE_NEWPID, CLONE_NEWNET)
+
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 1, 2, 4, 8
+_MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 32, 4096, 16384, 1 << 18
+_PR_SET_PDEATHSIG, _PR_SET_DUMPABLE, _PR_SET_NO_NEW_PRIVS = 1, 4, 38
+_PR_CAPBSET_DROP = 24
+_COVER_FLAGS = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
+_SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
+
+DENIED_SYSCALLS = (
+    # reading or steering other processes
+    "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "kcmp",
+    # kernel keyrings, BPF, perf, modules, kexec
+    "keyctl", "add_key", "request_key", "bpf", "perf_event_open", "init_module",
+    "finit_module", "delete_module", "kexec_load", "kexec_file_load",
+    # leaving the namespaces and mounts
+    "mount", "umount2", "pivot_root", "chroot", "unshare", "setns", "open_tree", "move_mount",
+    "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr",
+    # file handles bypass path checks; userfaultfd and friends widen kernel exploits
+    "open_by_handle_at", "name_to_handle_at", "userfaultfd", "lookup_dcookie",
+    "fanotify_init", "quotactl", "acct", "swapon", "swapoff", "reboot", "syslog",
+    "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "iopl", "ioperm",
+)
+"""Denied with EPERM in every instance (with `clone` of new namespaces; `clone3` answers
+ENOSYS so that the C library falls back to `clone`, whose flags the filter can read)."""
+
+DENIED_WITH_EGRESS = ("bind", "listen")
+"""Also denied when the instance shares the host's network (the default, egress allowed): it
+cannot accept connections from anywhere, and cannot open Unix sockets (abstract ones would
+reach the host's daemons)."""
+
+
+class GenericSpec(TypedDict, total=False):
+    """What the platform asks the zygote to build around a new generic instance."""
+
+    cgroup_procs: list[str]
+    """`cgroup.procs` files to join (one per cgroup v1 hierarchy, or one v2 leaf)."""
+    namespaces: bool
+    """Mount, PID, IPC and UTS namespaces, private /proc, /tmp and /dev/shm."""
+    userns: bool
+    """Not root: a user namespace first (no uid of its own, no cgroups)."""
+    tmp_bytes: int
+    """Size of the private /tmp and of /dev/shm (tmpfs; counted in the memory cgroup)."""
+    hide: list[str]
+    """Directories (and files) covered with empty read-only ones: the platform's state and
+    sockets, home directories, /run..."""
+    reveal: list[str]
+    """Paths below covered directories bound back in, read-only (where Python lives)."""
+    expose: list[str]
+    """Host directories bound in read-write at the same path (FN_EXPOSE: the operator's
+    choice to share them with every function)."""
+    reveal_later: list[str]
+    """Directories below covered ones from which a function's environment is bound back in,
+    read-only, at specialization (the environments cache)."""
+    nofile: int
+    """RLIMIT_NOFILE of the instance."""
+
+
+class SpecializeSpec(TypedDict, total=False):
+    """What the platform adds to the specialize message for a sandboxed instance."""
+
+    uid: int
+    gid: int
+    network: str
+    """"egress" (host network, loopback and private addresses blocked by the platform's
+    firewall rules) or "none" (a network namespace with only loopback)."""
+    seccomp: bool
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"{what}: {os.strerror(code)}")
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int,
+           data: str | None = None) -> None:
+    libc = _libc()
+    _check(libc.mount(source.encode() if source else None, target.encode(),
+                      fstype.encode() if fstype else None, ctypes.c_ulong(flags),
+                      data.encode() if data else None), f"mount {target}")
+
+
+def unshare(flags: int) -> None:
+    _check(_libc().unshare(ctypes.c_int(flags)), "unshare")
+
+
+def _die_with_parent(parent: int) -> None:
+    _libc().prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _exit_like(status: int) -> NoReturn:
+    """Exit with a child's wait status: killed by a signal -> killed by the same signal."""
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        with contextlib.suppress(OSError):
+            signal.signal(-code, signal.SIG_DFL)
+            os.kill(os.getpid(), -code)
+        os._exit(128 - code)
+    os._exit(code)
+
+
+def _supervise(child: int, status_pipe: int) -> NoReturn:
+    """The supervisor: wait for init, then end as the invoker ended (init writes the
+    invoker's wait status on `status_pipe`: a PID 1 cannot die by its own signal). Signals
+    reach the invoker by the process group; dying early would kill the namespace at once."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    while True:
+        try:
+            _, status = os.waitpid(child, 0)
+        except ChildProcessError:
+            os._exit(1)
+        with contextlib.suppress(OSError, struct.error):
+            data = os.read(status_pipe, 4)
+            if len(data) == 4:
+                status = struct.unpack("i", data)[0]
+        _exit_like(status)
+
+
+def _run_init(child: int, status_pipe: int) -> NoReturn:
+    """PID 1 of the namespace: reap every orphan; when the invoker exits, pass its wait
+    status to the supervisor and exit (the kernel then kills what is left)."""
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            os._exit(1)
+        if pid == child:
+            with contextlib.suppress(OSError):
+                os.write(status_pipe, struct.pack("i", status))
+            os._exit(0)
+
+
+def _write(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _enter_user_namespace() -> None:
+    uid, gid = os.geteuid(), os.getegid()
+    unshare(CLONE_NEWUSER)
+    _write("/proc/self/setgroups", "deny")
+    _write("/proc/self/uid_map", f"0 {uid} 1")
+    _write("/proc/self/gid_map", f"0 {gid} 1")
+
+
+def _cover(path: str) -> bool:
+    """Mount an empty read-only filesystem over a directory (or /dev/null over a file)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return False
+    if stat.S_ISDIR(mode):
+        _mount("tmpfs", path, "tmpfs", _COVER_FLAGS | _MS_RDONLY, "size=64k,mode=755")
+        return True
+    if stat.S_ISREG(mode) or stat.S_ISSOCK(mode):
+        _mount("/dev/null", path, None, _MS_BIND)
+    return False
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+class _Covers:
+    """The covered directories of one instance, and a way back in below them."""
+
+    def __init__(self) -> None:
+        self.fds: dict[str, int] = {}
+        self.covered: dict[str, bool] = {}
+        """Covered directory -> whether its covering filesystem is read-only."""
+
+    def bind_back(self, path: str, *, source_fd: int | None = None,
+                  writable: bool = False) -> None:
+        """Bind `path` (below a covered directory) back in at the same place: from the real
+        one below it, or from `source_fd`; read-only unless `writable`."""
+        roots = [c for c in self.covered if _under(path, c)]
+        if not roots:
+            return
+        root = max(roots, key=len)
+        if source_fd is not None:
+            source = f"/proc/self/fd/{source_fd}"
+        else:
+            holders = [h for h in self.fds if _under(path, h)]
+            if not holders:
+                return
+            holder = max(holders, key=len)
+            source = f"/proc/self/fd/{self.fds[holder]}/{path[len(holder.rstrip('/')) + 1:]}"
+        if not os.path.exists(source):
+            return
+        read_only = self.covered[root]
+        if read_only:
+            _mount(None, root, None, _MS_REMOUNT | _COVER_FLAGS)  # for the mount point
+        try:
+            if os.path.isdir(source):
+                os.makedirs(path, exist_ok=True)
+            else:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o444))
+            _mount(source, path, None, _MS_BIND | _MS_REC)
+            _mount(None, path, None, _MS_REMOUNT | _MS_BIND | _MS_NOSUID | _MS_NODEV
+                   | (0 if writable else _MS_RDONLY))
+        finally:
+            if read_only:
+                _mount(None, root, None, _MS_REMOUNT | _COVER_FLAGS | _MS_RDONLY)
+
+    def keep_only(self, paths: list[str]) -> None:
+        """Close the descriptors no later `bind_back` of `paths` needs."""
+        for root, fd in list(self.fds.items()):
+            if not any(_under(p, root) for p in paths):
+                os.close(fd)
+                del self.fds[root]
+
+    def close(self) -> None:
+        self.keep_only([])
+
+
+_PRIVATE_DIRS = ("/tmp", "/dev/shm", "/var/tmp")
+
+
+def _build_mounts(spec: GenericSpec) -> _Covers:
+    """In init, in the new mount namespace: private /proc, /tmp, /dev/shm, covered paths,
+    then what is bound back in (Python, read-only; exposed directories, writable)."""
+    _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
+    covers = _Covers()
+    hide = [p for p in spec.get("hide", [])
+            if not any(_under(p, t) for t in _PRIVATE_DIRS)]  # private anyway
+    for path in [*hide, *spec.get("reveal_later", [])]:
+        with contextlib.suppress(OSError):
+            covers.fds[path] = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    exposed: dict[str, int] = {}
+    for path in spec.get("expose", []):
+        with contextlib.suppress(OSError):
+            exposed[path] = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
+    size = int(spec.get("tmp_bytes", 64 << 20))
+    for path in _PRIVATE_DIRS:
+        if os.path.isdir(path):
+            _mount("tmpfs", path, "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={size},mode=1777")
+            covers.covered[path] = False
+    for path in sorted(hide):
+        if not any(_under(path, c) for c in covers.covered) and _cover(path):
+            covers.covered[path] = True
+    for path in spec.get("reveal", []):
+        covers.bind_back(path)
+    for path, fd in exposed.items():
+        covers.bind_back(path, source_fd=fd, writable=True)
+        os.close(fd)
+    covers.keep_only(spec.get("reveal_later", []))
+    return covers
+
+
+def enter(spec: GenericSpec) -> Walls:
+    """Build the generic walls; returns in the invoker process only (see the module doc)."""
+    for procs in spec.get("cgroup_procs", []):
+        _write(procs, str(os.getpid()))
+    if not spec.get("namespaces"):
+        _set_nofile(spec)
+        return Walls(spec, _Covers())
+    if spec.get("userns"):
+        _enter_user_namespace()
+    unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS)
+    status_read, status_write = os.pipe()
+    init = os.fork()
+    if init != 0:
+        os.close(status_write)
+        _supervise(init, status_read)
+    os.close(status_read)
+    _die_with_parent(0)  # (the supervisor is outside the namespace: its pid reads as 0)
+    try:
+        covers = _build_mounts(spec)
+        socket.sethostname("ember")
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        os._exit(70)
+    invoker = os.fork()
+    if invoker != 0:
+        covers.close()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        _run_init(invoker, status_write)
+    os.close(status_write)
+    _die_with_parent(1)
+    _set_nofile(spec)
+    return Walls(spec, covers)
+
+
+def _set_nofile(spec: GenericSpec) -> None:
+    nofile = int(spec.get("nofile", 0))
+    if nofile > 0:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def _loopback_up() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(sock, _SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | _IFF_UP))
+
+
+def _make_read_only(root: Path) -> None:
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames:
+            os.chmod(os.path.join(dirpath, name), 0o444)
+        for name in dirnames:
+            os.chmod(os.path.join(dirpath, name), 0o555)
+    os.chmod(root, 0o555)
+
+
+def _drop_capabilities() -> None:
+    """No capability left, in any set (for a user-namespace root that keeps its uid 0)."""
+    libc = _libc()
+    for cap in range(64):
+        if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() == errno.EINVAL:
+            break
+    header = struct.pack("II", 0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    data = ctypes.create_string_buffer(24)
+    _check(libc.capset(ctypes.c_char_p(header), data), "capset")
+
+
+def _load_seccomp(egress: bool) -> None:
+    import pyseccomp as seccomp  # the maintained libseccomp binding (ctypes)
+
+    filt = seccomp.SyscallFilter(seccomp.ALLOW)
+    names = DENIED_SYSCALLS + (DENIED_WITH_EGRESS if egress else ())
+    for name in names:
+        with contextlib.suppress(Exception):  # a syscall this kernel or arch does not have
+            filt.add_rule(seccomp.ERRNO(errno.EPERM), name)
+    for flag in NAMESPACE_FLAGS:
+        filt.add_rule(seccomp.ERRNO(errno.EPERM), "clone",
+                      seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
+    with contextlib.suppress(Exception):
+        filt.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
+    if egress:
+        filt.add_rule(seccomp.ERRNO(errno.EPERM), "socket",
+                      seccomp.Arg(0, seccomp.EQ, socket.AF_UNIX))
+    filt.load()
+
+
+class OutputCapture:
+    """The instance's file descriptors 1 and 2 go into a pipe that a thread drains into a
+    bounded buffer; each call takes what arrived by its end into its logs. Output of
+    subprocesses and `os.write(1, ...)` thus lands in the activation's logs, capped, and never
+    in the platform's log (nor can it fill a pipe and block the writer)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._dropped = 0
+        read_fd, write_fd = os.pipe()
+        os.dup2(write_fd, 1)
+        os.dup2(write_fd, 2)
+        os.close(write_fd)
+        os.set_blocking(read_fd, False)
+        self._read_fd = read_fd
+        threading.Thread(target=self._drain, name="output capture", daemon=True).start()
+
+    def _drain(self) -> None:
+        poller = select.poll()
+        poller.register(self._read_fd, select.POLLIN)
+        while True:
+            poller.poll()
+            with self._lock:
+                if not self._read_available():
+                    return
+
+    def _read_available(self) -> bool:
+        """Read what is in the pipe now (holding the lock); False once it is closed."""
+        while True:
+            try:
+                chunk = os.read(self._read_fd, 65536)
+            except (BlockingIOError, InterruptedError):
+                return True
+            except OSError:
+                return False
+            if not chunk:
+                return False
+            room = self.max_bytes - self._size
+            if room > 0:
+                self._parts.append(chunk[:room])
+                self._size += min(room, len(chunk))
+            self._dropped += max(0, len(chunk) - max(room, 0))
+
+    def take(self) -> str:
+        """What was written since the last call, decoded; a note says what was dropped."""
+        with self._lock:
+            self._read_available()
+            data, dropped = b"".join(self._parts), self._dropped
+            self._parts, self._size, self._dropped = [], 0, 0
+        text = data.decode("utf-8", "replace")
+        if dropped:
+            text += f"\n[{dropped} bytes of output dropped past {self.max_bytes} bytes]\n"
+        return text
+
+
+class Walls:
+    """One instance's sandbox, as seen from the invoker."""
+
+    def __init__(self, spec: GenericSpec, covers: _Covers) -> None:
+        self.spec = spec
+        self._covers = covers
+        self.output: OutputCapture | None = None
+
+    @classmethod
+    def none(cls) -> Walls:
+        """No walls: a spawned instance, or isolation off."""
+        return cls(GenericSpec(), _Covers())
+
+    @property
+    def sandboxed(self) -> bool:
+        return bool(self.spec.get("namespaces"))
+
+    def private_tmp(self) -> None:
+        """Code and temporary files go to the private /tmp, not the platform's directory."""
+        if self.sandboxed:
+            os.environ["TMPDIR"] = "/tmp"
+            tempfile.tempdir = None
+
+    def specialize(self, spec: SpecializeSpec, code_dir: Path, paths: list[str],
+                   max_output_bytes: int) -> None:
+        """Close the walls around one function; called before its module is imported."""
+        if not spec:
+            return
+        if spec.get("network") == "none":
+            unshare(CLONE_NEWNET)
+            _loopback_up()
+        for path in paths:
+            self._covers.bind_back(path)
+        self._covers.close()
+        _make_read_only(code_dir)
+        if "uid" in spec:
+            os.setgroups([])
+            gid, uid = int(spec["gid"]), int(spec["uid"])
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+        else:
+            _drop_capabilities()
+        libc = _libc()
+        _check(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+        _check(libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0), "dumpable")
+        if spec.get("seccomp"):
+            _load_seccomp(egress=spec.get("network") != "none")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.output = OutputCapture(max_output_bytes)
+
+
+def probe() -> dict[str, Any]:
+    """What this host lets us build, tried in a throw-away child: namespaces (as root, or in a
+    user namespace), and whether the seccomp binding loads."""
+    result: dict[str, Any] = {"root": os.geteuid() == 0, "why": {}}
+    userns = os.geteuid() != 0
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            if userns:
+                _enter_user_namespace()
+            unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET)
+            _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
+            _mount("tmpfs", "/tmp", "tmpfs", _MS_NOSUID | _MS_NODEV, "size=4k")
+        except BaseException:
+            code = 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    result["namespaces"] = status == 0
+    result["userns"] = userns
+    if status != 0:
+        result["why"]["namespaces"] = ("user namespaces are not allowed for this user "
+                                       "(kernel.unprivileged_userns_clone or AppArmor)"
+                                       if userns else "unshare or mount failed")
+    try:
+        import pyseccomp
+
+        pyseccomp.SyscallFilter(pyseccomp.ALLOW)
+        result["seccomp"] = True
+    except Exception as exc:
+        result["seccomp"] = False
+        result["why"]["seccomp"] = f"libseccomp could not be loaded: {exc}"
+    return result
