@@ -29,7 +29,9 @@ class Gateway:
         state_dir.mkdir(parents=True, exist_ok=True)
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("FN_")}
         full_env.update(FN_STATE_DIR=str(state_dir), FN_PORT="0", FN_HOST="127.0.0.1",
-                        FN_TOKEN=TOKEN, DATABASE_URL=database_url, **env)
+                        FN_TOKEN=TOKEN, DATABASE_URL=database_url,
+                        FN_ISOLATION=os.environ.get("EMBER_BENCH_ISOLATION", "auto"))
+        full_env.update(env)
         log = state_dir / "gateway.log"
         process = subprocess.Popen([sys.executable, "-m", "gateway"], env=full_env,
                                    stderr=subprocess.PIPE)

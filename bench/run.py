@@ -297,13 +297,18 @@ async def main_async(quick: bool) -> list[Row]:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.run")
     parser.add_argument("--quick", action="store_true", help="fewer samples: under a minute")
+    parser.add_argument("--isolation", choices=("auto", "strict", "off"), default="auto",
+                        help="the gateways' FN_ISOLATION: off measures the path without "
+                             "sandboxes, to price them")
     args = parser.parse_args()
+    os.environ["EMBER_BENCH_ISOLATION"] = args.isolation
     started = dt.datetime.now(dt.UTC)
     rows = uvloop.run(main_async(args.quick))
     print_table(rows)
     RESULTS.mkdir(exist_ok=True)
     report = {
         "date": started.isoformat(timespec="seconds"), "quick": args.quick,
+        "isolation": args.isolation,
         "machine": {"cpus": os.cpu_count(), "python": pyplatform.python_version(),
                     "system": pyplatform.platform()},
         "rows": [asdict(r) for r in rows],

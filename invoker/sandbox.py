@@ -2,16 +2,19 @@
 
 Built in two steps so that a cold start stays a specialization (SOCK, ATC'18):
 
-- `enter(spec)`, in the process the zygote forks, while the instance is still generic and runs
-  only our code: join the instance's cgroups, unshare mount, PID, IPC and UTS namespaces (in a
-  user namespace first when not root), mount a private `/proc`, a size-capped `/tmp` and
-  `/dev/shm`, and cover the platform's directories (state, sockets, homes, `/run`...) with empty
-  read-only filesystems. Three processes result:
+- `fork_instance(spec)` and `enter(spec)`, while the instance is still generic and runs only
+  our code: the zygote forks the instance as the PID 1 of a PID namespace of its own (as root),
+  which joins the instance's cgroups and forks the invoker at once; the invoker unshares mount,
+  IPC and UTS namespaces, mounts a private `/proc`, a size-capped `/tmp` and `/dev/shm`, and
+  covers the platform's directories (state, sockets, homes, `/run`...) with empty read-only
+  filesystems:
 
-      supervisor (our parent's child, outside)  waits for init; exits as it exits: the PID the
-        │                                       platform watches and signals
-        └─ init (PID 1 inside)                  reaps orphans; when it dies, the kernel kills
-             └─ invoker (PID 2)                 every process left in the namespace
+      init (PID 1, the zygote's child)   reaps orphans; the PID the platform watches and
+        │                                signals; when it ends, the kernel kills every
+        └─ invoker (PID 2)               process left in the namespace
+
+  Not root, a user namespace is needed first, and a supervisor outside it stands for the
+  instance (the zygote cannot bring its children back from a namespace it does not own).
 
 - `Walls.specialize(...)`, in the invoker when a function's code arrives, before its module is
   imported: a network namespace with only loopback for `--network none`, the function's
@@ -177,17 +180,22 @@ def _supervise(child: int, status_pipe: int) -> NoReturn:
 
 
 def _run_init(child: int, status_pipe: int) -> NoReturn:
-    """PID 1 of the namespace: reap every orphan; when the invoker exits, pass its wait
-    status to the supervisor and exit (the kernel then kills what is left)."""
+    """PID 1 of the namespace: reap every orphan; when the invoker exits, exit too (the kernel
+    then kills what is left). A PID 1 cannot die by its own signal: the invoker's wait status
+    goes to the supervisor on `status_pipe` when there is one, else the exit code is 128 + the
+    signal (the zygote reports it as the signal)."""
     while True:
         try:
             pid, status = os.wait()
         except ChildProcessError:
             os._exit(1)
         if pid == child:
-            with contextlib.suppress(OSError):
-                os.write(status_pipe, struct.pack("i", status))
-            os._exit(0)
+            if status_pipe >= 0:
+                with contextlib.suppress(OSError):
+                    os.write(status_pipe, struct.pack("i", status))
+                os._exit(0)
+            code = os.waitstatus_to_exitcode(status)
+            os._exit(128 - code if code < 0 else min(code, 128))
 
 
 def _write(path: str, text: str) -> None:
@@ -200,6 +208,8 @@ def _write(path: str, text: str) -> None:
 
 def _enter_user_namespace() -> None:
     uid, gid = os.geteuid(), os.getegid()
+    # A process that changed its uid is not dumpable: its /proc/self files are root's then.
+    _libc().prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0)
     unshare(CLONE_NEWUSER)
     _write("/proc/self/setgroups", "deny")
     _write("/proc/self/uid_map", f"0 {uid} 1")
@@ -312,39 +322,60 @@ def _build_mounts(spec: GenericSpec) -> _Covers:
     return covers
 
 
+_own_pid_namespace: int | None = None
+
+
+def fork_instance(spec: GenericSpec) -> int:
+    """Fork the process that stands for a new instance (returns 0 in it, its pid here).
+
+    As root, it is the PID 1 of a PID namespace of its own: the caller (the zygote) moves its
+    children into a new namespace for this one fork, then back. In a user namespace (not
+    root) that way back is closed, so the child makes the namespace itself (`enter`)."""
+    global _own_pid_namespace
+    if not spec.get("namespaces") or spec.get("userns"):
+        return os.fork()
+    if _own_pid_namespace is None:
+        _own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    unshare(CLONE_NEWPID)
+    try:
+        pid = os.fork()
+    finally:
+        if os.getpid() != 1:  # in the parent (and on failure): children in our namespace
+            _check(_libc().setns(_own_pid_namespace, CLONE_NEWPID), "setns")
+    return pid
+
+
 def enter(spec: GenericSpec) -> Walls:
-    """Build the generic walls; returns in the invoker process only (see the module doc)."""
+    """Build the generic walls in the process `fork_instance` made; returns in the invoker
+    process only (see the module doc)."""
     for procs in spec.get("cgroup_procs", []):
-        _write(procs, str(os.getpid()))
+        _write(procs, "0")  # this process (its pid as the cgroup's namespace reads it)
     if not spec.get("namespaces"):
         _set_nofile(spec)
         return Walls(spec, _Covers())
     if spec.get("userns"):
         _enter_user_namespace()
-    unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS)
-    status_read, status_write = os.pipe()
-    init = os.fork()
-    if init != 0:
-        os.close(status_write)
-        _supervise(init, status_read)
-    os.close(status_read)
-    _die_with_parent(0)  # (the supervisor is outside the namespace: its pid reads as 0)
-    try:
-        covers = _build_mounts(spec)
-        socket.sethostname("ember")
-    except BaseException:
-        import traceback
-
-        traceback.print_exc()
-        os._exit(70)
-    invoker = os.fork()
+        unshare(CLONE_NEWPID)
+        status_read, status_write = os.pipe()
+        init = os.fork()
+        if init != 0:
+            os.close(status_write)
+            _supervise(init, status_read)
+        os.close(status_read)
+        _die_with_parent(0)  # (the supervisor is outside the namespace: its pid reads as 0)
+    else:
+        status_write = -1  # PID 1 already, a direct child of the zygote
+    invoker = os.fork()  # at once: init stays small, the invoker builds its own walls
     if invoker != 0:
-        covers.close()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)
         _run_init(invoker, status_write)
-    os.close(status_write)
+    if status_write >= 0:
+        os.close(status_write)
     _die_with_parent(1)
+    unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS)
+    covers = _build_mounts(spec)
+    socket.sethostname("ember")
     _set_nofile(spec)
     return Walls(spec, covers)
 
@@ -383,8 +414,14 @@ def _drop_capabilities() -> None:
     _check(libc.capset(ctypes.c_char_p(header), data), "capset")
 
 
-def _load_seccomp(egress: bool) -> None:
-    import pyseccomp as seccomp  # the maintained libseccomp binding (ctypes)
+_SYS_SECCOMP = {"x86_64": 317, "aarch64": 277}
+_SECCOMP_SET_MODE_FILTER, _SECCOMP_FILTER_FLAG_TSYNC = 1, 1
+_compiled: dict[bool, bytes] = {}
+
+
+def _compile_seccomp(egress: bool) -> bytes:
+    """The filter as BPF, generated by libseccomp (through the maintained binding)."""
+    import pyseccomp as seccomp
 
     filt = seccomp.SyscallFilter(seccomp.ALLOW)
     names = DENIED_SYSCALLS + (DENIED_WITH_EGRESS if egress else ())
@@ -399,7 +436,40 @@ def _load_seccomp(egress: bool) -> None:
     if egress:
         filt.add_rule(seccomp.ERRNO(errno.EPERM), "socket",
                       seccomp.Arg(0, seccomp.EQ, socket.AF_UNIX))
-    filt.load()
+    with tempfile.TemporaryFile() as out:
+        filt.export_bpf(out)
+        out.seek(0)
+        return out.read()
+
+
+def precompile_seccomp() -> None:
+    """Compile both filters once (in the zygote): a specialization then only loads one."""
+    for egress in (True, False):
+        _compiled[egress] = _compile_seccomp(egress)
+
+
+def _load_seccomp(egress: bool) -> None:
+    """Install the filter on every thread of the process (TSYNC)."""
+    program = _compiled.get(egress) or _compile_seccomp(egress)
+    number = _SYS_SECCOMP.get(os.uname().machine)
+    if number is None:  # an architecture we have no number for: libseccomp loads it
+        import pyseccomp as seccomp
+
+        raise OSError(errno.ENOSYS, f"seccomp: unsupported machine {os.uname().machine} "
+                      f"(libseccomp {seccomp.get_api()})")
+    instructions = len(program) // 8
+    buffer = ctypes.create_string_buffer(program, len(program))
+
+    class _Prog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    prog = _Prog(instructions, ctypes.cast(buffer, ctypes.c_void_p))
+    libc = _libc()
+    result = libc.syscall(ctypes.c_long(number), ctypes.c_long(_SECCOMP_SET_MODE_FILTER),
+                          ctypes.c_long(_SECCOMP_FILTER_FLAG_TSYNC), ctypes.byref(prog))
+    if result != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"seccomp: {os.strerror(code) if code else f'thread {result}'}")
 
 
 class OutputCapture:
@@ -409,18 +479,25 @@ class OutputCapture:
     in the platform's log (nor can it fill a pipe and block the writer)."""
 
     def __init__(self, max_bytes: int) -> None:
+        """Made in the generic instance (a thread start is not free); `attach` at
+        specialization (the seccomp filter, synchronized to every thread, covers it)."""
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._parts: list[bytes] = []
         self._size = 0
         self._dropped = 0
-        read_fd, write_fd = os.pipe()
-        os.dup2(write_fd, 1)
-        os.dup2(write_fd, 2)
-        os.close(write_fd)
+        read_fd, self._write_fd = os.pipe()
         os.set_blocking(read_fd, False)
         self._read_fd = read_fd
         threading.Thread(target=self._drain, name="output capture", daemon=True).start()
+
+    def attach(self) -> None:
+        """From now on, file descriptors 1 and 2 write into the pipe."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(self._write_fd, 1)
+        os.dup2(self._write_fd, 2)
+        os.close(self._write_fd)
 
     def _drain(self) -> None:
         poller = select.poll()
@@ -467,6 +544,7 @@ class Walls:
         self.spec = spec
         self._covers = covers
         self.output: OutputCapture | None = None
+        self._pending_output: OutputCapture | None = None
 
     @classmethod
     def none(cls) -> Walls:
@@ -477,11 +555,13 @@ class Walls:
     def sandboxed(self) -> bool:
         return bool(self.spec.get("namespaces"))
 
-    def private_tmp(self) -> None:
-        """Code and temporary files go to the private /tmp, not the platform's directory."""
+    def private_tmp(self, max_output_bytes: int) -> None:
+        """Code and temporary files go to the private /tmp, not the platform's directory;
+        the output capture is made ready for the specialization."""
         if self.sandboxed:
             os.environ["TMPDIR"] = "/tmp"
             tempfile.tempdir = None
+            self._pending_output = OutputCapture(max_output_bytes)
 
     def specialize(self, spec: SpecializeSpec, code_dir: Path, paths: list[str],
                    max_output_bytes: int) -> None:
@@ -507,9 +587,8 @@ class Walls:
         _check(libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0), "dumpable")
         if spec.get("seccomp"):
             _load_seccomp(egress=spec.get("network") != "none")
-        sys.stdout.flush()
-        sys.stderr.flush()
-        self.output = OutputCapture(max_output_bytes)
+        self.output = self._pending_output or OutputCapture(max_output_bytes)
+        self.output.attach()
 
 
 def probe() -> dict[str, Any]:

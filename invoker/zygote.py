@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import os
 import resource
 import selectors
 import signal
 import socket
 import sys
+from dataclasses import dataclass
 from typing import cast
 
 import orjson
@@ -57,12 +59,45 @@ def _write(line: str) -> None:
         data = data[written:]
 
 
-def _close_inherited(keep: int) -> None:
+def _close_inherited(*keep: int) -> None:
     """Close every descriptor but stdio and `keep`: the zygote's pipes stay the zygote's."""
     limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     limit = limit if 0 < limit < 1 << 20 else 1 << 16
-    os.closerange(3, keep)
-    os.closerange(keep + 1, limit)
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, limit)
+
+
+@dataclass(slots=True)
+class _Starting:
+    """An instance forked but still building its walls: announced once it says it is ready."""
+
+    request_id: str
+    pid: int
+    port: int
+    ready_fd: int
+
+
+_starting: dict[int, _Starting] = {}  # by ready_fd
+_selector = selectors.DefaultSelector()
+
+
+def _announce(starting: _Starting) -> None:
+    """Say `forked` if the instance wrote its ready byte, else `failed` (it died first)."""
+    _selector.unregister(starting.ready_fd)
+    del _starting[starting.ready_fd]
+    try:
+        ready = os.read(starting.ready_fd, 1) == b"r"
+    except OSError:
+        ready = False
+    os.close(starting.ready_fd)
+    if ready:
+        _write(f"forked {starting.request_id} {starting.pid} {starting.port}\n")
+    else:
+        _write(f"failed {starting.request_id} the instance exited while its sandbox was "
+               "being built (see the platform's log)\n")
 
 
 def _fork(request_id: str, request: str, wakeup: tuple[int, int]) -> None:
@@ -79,7 +114,15 @@ def _fork(request_id: str, request: str, wakeup: tuple[int, int]) -> None:
         _write(f"failed {request_id} cannot listen on {address}: {exc}\n")
         return
     parent = os.getpid()
-    pid = os.fork()
+    ready_r, ready_w = os.pipe()
+    try:
+        pid = invoker.sandbox.fork_instance(spec)
+    except OSError as exc:
+        sock.close()
+        os.close(ready_r)
+        os.close(ready_w)
+        _write(f"failed {request_id} cannot fork: {exc}\n")
+        return
     if pid == 0:  # the instance
         code = 0
         try:
@@ -87,14 +130,17 @@ def _fork(request_id: str, request: str, wakeup: tuple[int, int]) -> None:
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.setsid()  # its own process group: stopping it stops what the handler forks
-            _die_with_parent(parent)
+            # (PID 1 of a namespace of its own sees its parent as 0)
+            _die_with_parent(0 if os.getpid() == 1 else parent)
             devnull = os.open(os.devnull, os.O_RDONLY)
             os.dup2(devnull, 0)
             os.close(devnull)
             os.dup2(2, 1)  # the control pipe is the zygote's alone
-            _close_inherited(sock.fileno())
+            _close_inherited(sock.fileno(), ready_w)
             walls = invoker.sandbox.enter(spec)
-            walls.private_tmp()
+            walls.private_tmp(invoker.context.MAX_LOG_BYTES)
+            os.write(ready_w, b"r")  # the walls are up: the zygote may announce us
+            os.close(ready_w)
             invoker.runtime.run_instance(sock, walls=walls)
         except BaseException:
             code = 1
@@ -103,9 +149,19 @@ def _fork(request_id: str, request: str, wakeup: tuple[int, int]) -> None:
             traceback.print_exc()
         finally:
             os._exit(code)
+    if spec.get("namespaces") and not spec.get("userns"):
+        _namespace_inits.add(pid)
     port = 0 if sock.family == socket.AF_UNIX else sock.getsockname()[1]
     sock.close()
-    _write(f"forked {request_id} {pid} {port}\n")
+    os.close(ready_w)
+    starting = _Starting(request_id, pid, port, ready_r)
+    _starting[ready_r] = starting
+    _selector.register(ready_r, selectors.EVENT_READ, starting)
+
+
+_namespace_inits: set[int] = set()
+"""Instances that are the PID 1 of their namespace: they exit with 128 + the signal that
+ended the invoker (a PID 1 cannot die by its own signals), reported as that signal."""
 
 
 def _reap() -> None:
@@ -116,24 +172,42 @@ def _reap() -> None:
             return
         if pid == 0:
             return
-        _write(f"exit {pid} {os.waitstatus_to_exitcode(status)}\n")
+        for starting in list(_starting.values()):
+            if starting.pid == pid:  # died before its announcement was read: that first
+                _announce(starting)
+        code = os.waitstatus_to_exitcode(status)
+        if pid in _namespace_inits:
+            _namespace_inits.discard(pid)
+            if 128 < code < 128 + signal.NSIG:
+                code = 128 - code
+        _write(f"exit {pid} {code}\n")
 
 
 def run_zygote() -> None:
     capabilities = invoker.sandbox.probe()  # before our SIGCHLD handler: it reaps its child
+    if capabilities.get("seccomp"):
+        invoker.sandbox.precompile_seccomp()
+    # What is loaded now is never collected: a collection in an instance would otherwise
+    # write to every object's header and copy the pages it shares with us.
+    gc.collect()
+    gc.freeze()
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    selector = selectors.DefaultSelector()
+    selector = _selector
     selector.register(0, selectors.EVENT_READ, "stdin")
     selector.register(wake_r, selectors.EVENT_READ, "signal")
     _write("ready " + orjson.dumps(capabilities).decode() + "\n")
     pending = b""
     while True:
         for key, _ in selector.select():
+            if isinstance(key.data, _Starting):
+                if key.data.ready_fd in _starting:  # (unless a reap announced it already)
+                    _announce(key.data)
+                continue
             if key.data == "signal":
                 with contextlib.suppress(BlockingIOError):
                     os.read(wake_r, 4096)

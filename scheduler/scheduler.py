@@ -314,6 +314,9 @@ class Scheduler:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait_exit_s):
                     how = describe_exit(await handle.wait())
+                    note = getattr(handle, "exit_note", None)  # e.g. the memory limit's
+                    if note:
+                        how = f"{how}: {note}"
         await self._drop(lease.instance, reason)
         return how
 

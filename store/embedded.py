@@ -10,6 +10,7 @@ instance's view. A data directory from before (trust authentication) is converte
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import secrets
@@ -138,8 +139,11 @@ def start_embedded_postgres(data_dir: Path) -> EmbeddedPostgres:
     superuser_password = _secret(folder, SUPERUSER)
     platform_password = _secret(folder, PLATFORM_ROLE)
     try:
-        asyncio.run(_secure(server_url, str(socket_dir), data_dir / "pg_hba.conf",
-                            superuser_password, platform_password))
+        # A thread of its own: callers may be inside an event loop (that then waits here).
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pg-secure") as pool:
+            pool.submit(lambda: asyncio.run(_secure(
+                server_url, str(socket_dir), data_dir / "pg_hba.conf", superuser_password,
+                platform_password))).result()
     except BaseException:
         server.cleanup()
         raise

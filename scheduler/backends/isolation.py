@@ -173,6 +173,11 @@ class InstanceCgroup:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
 
+    def release(self) -> None:
+        """Kill what is left in it, then remove it."""
+        self.kill()
+        self.remove()
+
     def remove(self) -> None:
         for d in self.dirs:
             with contextlib.suppress(OSError):

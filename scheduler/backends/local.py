@@ -131,6 +131,17 @@ class ForkedHandle:
     exited: asyncio.Future[int | None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
     cgroup: InstanceCgroup | None = None
+    memory_bytes: int = 0
+    """The function's --memory, once specialized (for the exit note)."""
+
+    @property
+    def exit_note(self) -> str | None:
+        """Why it ended, when the cgroup knows better than the exit status."""
+        if self.cgroup is not None and self.cgroup.oom_killed():
+            limit = f"{self.memory_bytes >> 20} MiB" if self.memory_bytes else "its limit"
+            return (f"out of memory (--memory {limit}, its processes and /tmp together); "
+                    "raise it with fn deploy --memory")
+        return None
 
     async def wait(self) -> int | None:
         return await asyncio.shield(self.exited)
@@ -339,6 +350,7 @@ class LocalBackend:
         if not isinstance(handle, ForkedHandle) or self.isolation.mode == "off":
             return {}
         c = version.config
+        handle.memory_bytes = c.memory_bytes
         if handle.cgroup is not None:
             handle.cgroup.set_limits(memory_bytes=c.memory_bytes + RUNTIME_MEMORY_BYTES,
                                      pids_max=self.isolation.pids_max, cpus=c.cpus)
@@ -450,8 +462,9 @@ class LocalBackend:
             if self._socket_dir is not None and pid is not None:
                 _remove_code_dirs(self._socket_dir, pid)
             if isinstance(handle, ForkedHandle) and handle.cgroup is not None:
-                handle.cgroup.kill()  # what left the process group and the namespace's init
-                handle.cgroup.remove()
+                # What left the process group and the namespace's init; off the event loop
+                # (removing a memory cgroup can take a while).
+                await asyncio.to_thread(handle.cgroup.release)
 
     async def _stop(self, handle: InstanceHandle, grace_s: float) -> None:
         """SIGTERM, then SIGKILL after `grace_s`, to the instance's whole process group: what

@@ -130,8 +130,10 @@ async def test_processes_a_handler_forks_are_stopped_with_its_instance(running: 
     [instance] = running.platform.scheduler.instances_of("forker")
     instance_pid = running.platform.scheduler.pid_of(instance)
     assert instance_pid is not None
-    [child] = [p for p in psutil.Process(instance_pid).children(recursive=True)
-               if p.cmdline() == ["sleep", "300"]]
+    tree = psutil.Process(instance_pid).children(recursive=True)
+    children = [p for p in tree if p.cmdline() == ["sleep", "300"]]
+    assert len(children) == 1, [p.cmdline() for p in tree]
+    [child] = children
     assert child.is_running()
     status, _ = await running.admin("DELETE", "/v1/functions/forker")
     assert status == 200
