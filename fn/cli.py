@@ -109,7 +109,8 @@ def up(host: str, port: int, state_dir: str | None, keep_alive: str, generic_poo
     if state_dir:
         env["FN_STATE_DIR"] = str(Path(state_dir).absolute())
     sys.stdout.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "gateway"], env)
+    # -P: the directory fn up runs from is not put on the platform's sys.path.
+    os.execve(sys.executable, [sys.executable, "-P", "-m", "gateway"], env)
 
 
 def _parse_env(pairs: Sequence[str]) -> dict[str, str]:

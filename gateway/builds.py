@@ -27,6 +27,7 @@ import sysconfig
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -172,9 +173,23 @@ def _clean(text: str) -> str:
     return text.replace("\x00", "\\0")
 
 
+def _reclaim(root: Path) -> None:
+    """Give what a confined build wrote back to the platform's user."""
+    uid, gid = os.getuid(), os.getgid()
+    for path in [root, *root.rglob("*")]:
+        os.chown(path, uid, gid, follow_symlinks=False)
+
+
+Confine = Callable[[list[Path], str], list[str]]
+
+
 class Builder:
     def __init__(self, store: Store, cache_dir: Path, *, timeout_s: float = 600.0,
                  max_env_bytes: int = 1 << 30) -> None:
+        self.confine: Confine | None = None
+        """Command prefix that walls a build in (its writable directories, a name), set by
+        the platform from its backend; None: builds run as the platform's user."""
+        self.release_confined: Callable[[str], None] | None = None
         self._store = store
         self.cache_dir = cache_dir
         self.timeout_s = timeout_s
@@ -256,9 +271,10 @@ class Builder:
                 output = await self._pip(
                     ["install", "--target", str(site), "--no-warn-script-location",
                      "--progress-bar", "off", "--report", str(report), "-r",
-                     str(requirements)], build_env(home), home)
+                     str(requirements)], build_env(home), home, [work])
             build_s = time.perf_counter() - t0
             site.mkdir(exist_ok=True)  # empty requirements install nothing
+            await asyncio.to_thread(_reclaim, work)  # the build's uid owns nothing after it
             unpacked = await asyncio.to_thread(_tree_bytes, site)
             if unpacked > self.max_env_bytes:
                 raise BuildFailed(
@@ -283,9 +299,21 @@ class Builder:
             await asyncio.to_thread(shutil.rmtree, work, True)
             await asyncio.to_thread(shutil.rmtree, home, True)
 
-    async def _pip(self, args: list[str], env: dict[str, str], cwd: Path) -> str:
+    async def _pip(self, args: list[str], env: dict[str, str], cwd: Path,
+                   writable: list[Path]) -> str:
+        """pip, confined like a function when the backend can (`confine`): the build code of
+        the packages it installs is the function author's to choose."""
+        name = cwd.name
+        prefix = self.confine([cwd, *writable], name) if self.confine is not None else []
+        try:
+            return await self._run([*prefix, sys.executable, "-m", "pip", *args], env, cwd)
+        finally:
+            if prefix and self.release_confined is not None:
+                await asyncio.to_thread(self.release_confined, name)
+
+    async def _run(self, argv: list[str], env: dict[str, str], cwd: Path) -> str:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "pip", *args, env=env, cwd=cwd,
+            *argv, env=env, cwd=cwd,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT, start_new_session=True,
             preexec_fn=lambda: os.nice(10))

@@ -29,6 +29,9 @@ from store import (
 )
 
 log = logging.getLogger("ember.gateway.invoke")
+
+MAX_LOG_CHARS = 64 * 1024 + 1024
+"""Logs and error texts kept per call (the runtime's 64 KiB capture, and its note)."""
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length",
                          "upgrade", "te", "trailer", "proxy-authenticate", "proxy-authorization"})
 
@@ -236,10 +239,10 @@ async def execute(platform: Platform, version: Version, activation_id: Activatio
             raise
         return await _failed(platform, version, lease, exc, record)
     platform.scheduler.release(lease)
-    logs = _no_nul(reply.get("logs", ""))
+    logs = _capped(reply.get("logs", ""))
     if not reply.get("ok"):
-        error = {k: _no_nul(v) if isinstance(v, str) else v
-                 for k, v in (reply.get("error") or {}).items()}
+        error = {str(k)[:100]: _capped(v) if isinstance(v, str) else v
+                 for k, v in list((reply.get("error") or {}).items())[:20]}
         status = int(reply.get("status", 500))
         code = "bad_request" if status == 400 else "handler_error"
         if error.get("type") == "ResponseTooLarge":
@@ -283,6 +286,15 @@ def _text(value: str) -> str:
     if value.isascii():
         return value
     return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _capped(text: Any) -> str:
+    """What an instance reports, as the platform stores it: text, at most `MAX_LOG_BYTES`
+    (the runtime caps it there; an instance that forges its reply gets no more), no NUL."""
+    text = text if isinstance(text, str) else str(text)
+    if len(text) > MAX_LOG_CHARS:
+        text = text[:MAX_LOG_CHARS] + f"\n[truncated at {MAX_LOG_CHARS} characters]\n"
+    return _no_nul(text)
 
 
 def _no_nul(text: str) -> str:

@@ -170,6 +170,9 @@ class Platform:
             if embedded is not None:
                 embedded.stop()
             raise
+        if isinstance(backend, LocalBackend):  # builds run package code: walled in the same
+            builder.confine = backend.confine_command
+            builder.release_confined = backend.release_build
         functions = FunctionCache(store)
         activations = ActivationWriter(store)
         platform = cls(

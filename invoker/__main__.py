@@ -1,4 +1,5 @@
-"""Entry point of an invoker: `python -m invoker [--host H] [--port P] [--zygote]`.
+"""Entry point of an invoker: `python -m invoker [--host H] [--port P] [--zygote]`, or
+`python -m invoker --confine SPEC -- COMMAND...` to run a command inside an instance's walls.
 
 As an instance, it prints the port it listens on as the first line of stdout, then sends stdout
 to stderr; with `--exit-with-stdin` it exits when its stdin closes, so a local instance never
@@ -24,7 +25,18 @@ def main() -> None:
     parser.add_argument("--exit-with-stdin", action="store_true")
     parser.add_argument("--zygote", action="store_true",
                         help="fork instances on request instead of serving calls")
+    parser.add_argument("--confine", metavar="SPEC",
+                        help="run the command after -- inside an instance's walls (JSON spec)")
+    parser.add_argument("command", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.confine:
+        import json
+
+        from invoker.sandbox import confine
+
+        if not args.command:
+            parser.error("--confine needs a command after --")
+        confine(json.loads(args.confine), args.command)
     if args.zygote:
         from invoker.zygote import run_zygote
 

@@ -176,9 +176,10 @@ class Runtime:
         module_name = filename.removesuffix(".py")
         entry: str = meta.get("entry", "handler")
         self.env = {str(k): str(v) for k, v in meta.get("env", {}).items()}
-        os.environ.update(self.env)
-        # Named after the pid so that the backend can remove it with the instance.
-        code_dir = Path(tempfile.mkdtemp(prefix=f"ember-fn-{os.getpid()}-"))
+        # Named after the pid so that the backend can remove it with the instance; in the
+        # runtime's temporary directory (the function's --env TMPDIR applies to its code only).
+        code_dir = Path(tempfile.mkdtemp(prefix=f"ember-fn-{os.getpid()}-",
+                                         dir=tempfile.gettempdir()))
         path = code_dir / filename
         capture = Capture()
         token = current_capture.set(capture)
@@ -194,6 +195,7 @@ class Runtime:
             # The walls close here, before any of the function's code runs.
             walls_spec = cast(SpecializeSpec, meta.get("sandbox") or {})
             self.walls.specialize(walls_spec, code_dir, paths, MAX_LOG_BYTES)
+            os.environ.update(self.env)
             sys.path[:0] = [str(code_dir), *paths]
             self.user_file = str(path)
             for name in meta.get("preimport", ()):

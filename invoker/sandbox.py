@@ -71,6 +71,9 @@ DENIED_SYSCALLS = (
     # leaving the namespaces and mounts
     "mount", "umount2", "pivot_root", "chroot", "unshare", "setns", "open_tree", "move_mount",
     "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr",
+    # io_uring runs socket, bind, connect... where seccomp cannot see them (its setup
+    # answers ENOSYS, "not supported", from the instance's start: see `deny_io_uring`)
+    "io_uring_enter", "io_uring_register",
     # file handles bypass path checks; userfaultfd and friends widen kernel exploits
     "open_by_handle_at", "name_to_handle_at", "userfaultfd", "lookup_dcookie",
     "fanotify_init", "quotactl", "acct", "swapon", "swapoff", "reboot", "syslog",
@@ -82,7 +85,8 @@ ENOSYS so that the C library falls back to `clone`, whose flags the filter can r
 DENIED_WITH_EGRESS = ("bind", "listen")
 """Also denied when the instance shares the host's network (the default, egress allowed): it
 cannot accept connections from anywhere, and cannot open Unix sockets (abstract ones would
-reach the host's daemons)."""
+reach the host's daemons): neither `socket(AF_UNIX)` nor a datagram or seqpacket
+`socketpair` (whose `sendto` takes any address); a stream `socketpair` stays allowed."""
 
 
 class GenericSpec(TypedDict, total=False):
@@ -101,6 +105,9 @@ class GenericSpec(TypedDict, total=False):
     sockets, home directories, /run..."""
     reveal: list[str]
     """Paths below covered directories bound back in, read-only (where Python lives)."""
+    hide_last: list[str]
+    """The platform's own directories (state, sockets): covered after everything is bound
+    back, so that they stay hidden even below a path bound back in."""
     expose: list[str]
     """Host directories bound in read-write at the same path (FN_EXPOSE: the operator's
     choice to share them with every function)."""
@@ -288,6 +295,33 @@ class _Covers:
 
 
 _PRIVATE_DIRS = ("/tmp", "/dev/shm", "/var/tmp")
+_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+_DEVICE_LINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0",
+                 "stdout": "/proc/self/fd/1", "stderr": "/proc/self/fd/2", "ptmx": "pts/ptmx"}
+
+
+def _build_dev(size: int) -> None:
+    """A /dev of its own: the harmless devices, its own pseudo-terminals (not the host's:
+    opening many cannot exhaust them for ssh), a private /dev/shm; read-only otherwise."""
+    host = os.open("/dev", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _mount("tmpfs", "/dev", "tmpfs", _MS_NOSUID | _MS_NOEXEC, "size=64k,mode=755")
+        for name in _DEVICES:
+            source = f"/proc/self/fd/{host}/{name}"
+            if not os.path.exists(source):
+                continue
+            os.close(os.open(f"/dev/{name}", os.O_CREAT | os.O_WRONLY, 0o666))
+            _mount(source, f"/dev/{name}", None, _MS_BIND)
+        for name, target in _DEVICE_LINKS.items():
+            os.symlink(target, f"/dev/{name}")
+        os.mkdir("/dev/pts", 0o755)
+        _mount("devpts", "/dev/pts", "devpts", _MS_NOSUID | _MS_NOEXEC,
+               "newinstance,ptmxmode=0666,mode=0620,max=64")
+        os.mkdir("/dev/shm", 0o1777)
+        _mount("tmpfs", "/dev/shm", "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={size},mode=1777")
+        _mount(None, "/dev", None, _MS_REMOUNT | _MS_NOSUID | _MS_NOEXEC | _MS_RDONLY)
+    finally:
+        os.close(host)
 
 
 def _build_mounts(spec: GenericSpec) -> _Covers:
@@ -297,7 +331,7 @@ def _build_mounts(spec: GenericSpec) -> _Covers:
     covers = _Covers()
     hide = [p for p in spec.get("hide", [])
             if not any(_under(p, t) for t in _PRIVATE_DIRS)]  # private anyway
-    for path in [*hide, *spec.get("reveal_later", [])]:
+    for path in [*hide, *spec.get("hide_last", []), *spec.get("reveal_later", [])]:
         with contextlib.suppress(OSError):
             covers.fds[path] = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     exposed: dict[str, int] = {}
@@ -306,7 +340,9 @@ def _build_mounts(spec: GenericSpec) -> _Covers:
             exposed[path] = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
     size = int(spec.get("tmp_bytes", 64 << 20))
-    for path in _PRIVATE_DIRS:
+    _build_dev(size)
+    covers.covered["/dev/shm"] = False
+    for path in ("/tmp", "/var/tmp"):
         if os.path.isdir(path):
             _mount("tmpfs", path, "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={size},mode=1777")
             covers.covered[path] = False
@@ -315,7 +351,10 @@ def _build_mounts(spec: GenericSpec) -> _Covers:
             covers.covered[path] = True
     for path in spec.get("reveal", []):
         covers.bind_back(path)
-    for path, fd in exposed.items():
+    for path in spec.get("hide_last", []):
+        if not any(_under(path, t) for t in _PRIVATE_DIRS) and _cover(path):
+            covers.covered[path] = True
+    for path, fd in exposed.items():  # the operator's (or a build's) choice comes last
         covers.bind_back(path, source_fd=fd, writable=True)
         os.close(fd)
     covers.keep_only(spec.get("reveal_later", []))
@@ -365,7 +404,11 @@ def enter(spec: GenericSpec) -> Walls:
         _die_with_parent(0)  # (the supervisor is outside the namespace: its pid reads as 0)
     else:
         status_write = -1  # PID 1 already, a direct child of the zygote
-    invoker = os.fork()  # at once: init stays small, the invoker builds its own walls
+    # Init shares the invoker's mount namespace (/proc/1/root shows the walls, not the host)
+    # and cannot be read through /proc; the invoker builds the mounts, so init stays small.
+    unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS)
+    _libc().prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+    invoker = os.fork()
     if invoker != 0:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)
@@ -373,7 +416,6 @@ def enter(spec: GenericSpec) -> Walls:
     if status_write >= 0:
         os.close(status_write)
     _die_with_parent(1)
-    unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS)
     covers = _build_mounts(spec)
     socket.sethostname("ember")
     _set_nofile(spec)
@@ -431,11 +473,30 @@ def _compile_seccomp(egress: bool) -> bytes:
     for flag in NAMESPACE_FLAGS:
         filt.add_rule(seccomp.ERRNO(errno.EPERM), "clone",
                       seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
-    with contextlib.suppress(Exception):
-        filt.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
+    for name in ("clone3", "io_uring_setup"):
+        with contextlib.suppress(Exception):
+            filt.add_rule(seccomp.ERRNO(errno.ENOSYS), name)
     if egress:
         filt.add_rule(seccomp.ERRNO(errno.EPERM), "socket",
                       seccomp.Arg(0, seccomp.EQ, socket.AF_UNIX))
+        for kind in (socket.SOCK_DGRAM, socket.SOCK_SEQPACKET, socket.SOCK_RAW):
+            filt.add_rule(seccomp.ERRNO(errno.EPERM), "socketpair",
+                          seccomp.Arg(0, seccomp.EQ, socket.AF_UNIX),
+                          seccomp.Arg(1, seccomp.MASKED_EQ, 0xF, int(kind)))
+    with tempfile.TemporaryFile() as out:
+        filt.export_bpf(out)
+        out.seek(0)
+        return out.read()
+
+
+_compiled_early: list[bytes] = []
+
+
+def _compile_early() -> bytes:
+    import pyseccomp as seccomp
+
+    filt = seccomp.SyscallFilter(seccomp.ALLOW)
+    filt.add_rule(seccomp.ERRNO(errno.ENOSYS), "io_uring_setup")
     with tempfile.TemporaryFile() as out:
         filt.export_bpf(out)
         out.seek(0)
@@ -443,14 +504,25 @@ def _compile_seccomp(egress: bool) -> bytes:
 
 
 def precompile_seccomp() -> None:
-    """Compile both filters once (in the zygote): a specialization then only loads one."""
+    """Compile the filters once (in the zygote): a specialization then only loads one."""
     for egress in (True, False):
         _compiled[egress] = _compile_seccomp(egress)
+    _compiled_early.append(_compile_early())
+
+
+def deny_io_uring() -> None:
+    """From the instance's start, io_uring is "not supported": libuv (uvloop) would otherwise
+    make a ring for its event loop before the function's filter, which denies io_uring_enter,
+    and abort on the first refusal."""
+    _load_program(_compiled_early[0] if _compiled_early else _compile_early())
 
 
 def _load_seccomp(egress: bool) -> None:
     """Install the filter on every thread of the process (TSYNC)."""
-    program = _compiled.get(egress) or _compile_seccomp(egress)
+    _load_program(_compiled.get(egress) or _compile_seccomp(egress))
+
+
+def _load_program(program: bytes) -> None:
     number = _SYS_SECCOMP.get(os.uname().machine)
     if number is None:  # an architecture we have no number for: libseccomp loads it
         import pyseccomp as seccomp
@@ -560,8 +632,14 @@ class Walls:
         the output capture is made ready for the specialization."""
         if self.sandboxed:
             os.environ["TMPDIR"] = "/tmp"
-            tempfile.tempdir = None
-            self._pending_output = OutputCapture(max_output_bytes)
+            tempfile.tempdir = "/tmp"
+            with contextlib.suppress(Exception):  # (no libseccomp: reported off already)
+                deny_io_uring()
+            if not self.spec.get("userns"):
+                # Started now, it costs the cold start nothing; the uid change at
+                # specialization reaches every thread. (In a user namespace, capabilities
+                # are dropped per thread: it is started after they are.)
+                self._pending_output = OutputCapture(max_output_bytes)
 
     def specialize(self, spec: SpecializeSpec, code_dir: Path, paths: list[str],
                    max_output_bytes: int) -> None:
@@ -597,14 +675,24 @@ def probe() -> dict[str, Any]:
     result: dict[str, Any] = {"root": os.geteuid() == 0, "why": {}}
     userns = os.geteuid() != 0
     pid = os.fork()
-    if pid == 0:
+    if pid == 0:  # what `enter` does: namespaces, then (in the new PID namespace) the mounts
         code = 0
         try:
             if userns:
                 _enter_user_namespace()
             unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET)
-            _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
-            _mount("tmpfs", "/tmp", "tmpfs", _MS_NOSUID | _MS_NODEV, "size=4k")
+            inner = os.fork()
+            if inner == 0:
+                try:
+                    _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
+                    _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
+                    _mount("tmpfs", "/tmp", "tmpfs", _MS_NOSUID | _MS_NODEV, "size=4k")
+                    _mount("devpts", "/tmp", "devpts", _MS_NOSUID | _MS_NOEXEC,
+                           "newinstance,ptmxmode=0666,max=1")
+                except BaseException:
+                    os._exit(1)
+                os._exit(0)
+            code = os.waitstatus_to_exitcode(os.waitpid(inner, 0)[1])
         except BaseException:
             code = 1
         os._exit(code)
@@ -619,8 +707,46 @@ def probe() -> dict[str, Any]:
         import pyseccomp
 
         pyseccomp.SyscallFilter(pyseccomp.ALLOW)
-        result["seccomp"] = True
+        result["seccomp"] = os.uname().machine in _SYS_SECCOMP
+        if not result["seccomp"]:
+            result["why"]["seccomp"] = f"not supported on {os.uname().machine} yet"
     except Exception as exc:
         result["seccomp"] = False
         result["why"]["seccomp"] = f"libseccomp could not be loaded: {exc}"
     return result
+
+
+class ConfineSpec(GenericSpec, total=False):
+    """What `confine` builds around a command (a requirements build)."""
+
+    uid: int
+    gid: int
+    cwd: str
+
+
+def confine(spec: ConfineSpec, argv: list[str]) -> NoReturn:
+    """Run `argv` inside walls like an instance's (`python -m invoker --confine SPEC -- ...`):
+    for a requirements build, whose packages' build code is as untrusted as a function.
+
+    Its own uid, PID, mount, IPC and UTS namespaces with the platform's directories covered
+    and only `expose` writable, its cgroups, no capabilities, no new privileges, the seccomp
+    filter of an instance with egress; exits as the command exits."""
+    for procs in spec.get("cgroup_procs", []):
+        _write(procs, "0")
+    unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS)
+    command = os.fork()
+    if command != 0:
+        _supervise(command, -1)
+    _die_with_parent(0)
+    covers = _build_mounts(spec)
+    covers.close()
+    socket.sethostname("ember-build")
+    _set_nofile(spec)
+    os.chdir(spec.get("cwd", "/tmp"))
+    os.setgroups([])
+    gid, uid = int(spec["gid"]), int(spec["uid"])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    _check(_libc().prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+    _load_seccomp(egress=True)
+    os.execv(argv[0], argv)

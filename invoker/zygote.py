@@ -154,6 +154,7 @@ def _fork(request_id: str, request: str, wakeup: tuple[int, int]) -> None:
     port = 0 if sock.family == socket.AF_UNIX else sock.getsockname()[1]
     sock.close()
     os.close(ready_w)
+    os.set_blocking(ready_r, False)
     starting = _Starting(request_id, pid, port, ready_r)
     _starting[ready_r] = starting
     _selector.register(ready_r, selectors.EVENT_READ, starting)
@@ -205,7 +206,8 @@ def run_zygote() -> None:
     while True:
         for key, _ in selector.select():
             if isinstance(key.data, _Starting):
-                if key.data.ready_fd in _starting:  # (unless a reap announced it already)
+                # (unless a reap announced it already, and its descriptor number was reused)
+                if _starting.get(key.data.ready_fd) is key.data:
                     _announce(key.data)
                 continue
             if key.data == "signal":

@@ -22,6 +22,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 
+from store.errors import StoreError
+
 log = logging.getLogger("ember.store.embedded")
 
 PLATFORM_ROLE = "ember"
@@ -73,14 +75,73 @@ def _write_hba(hba: Path) -> bool:
     return True
 
 
-async def _secure(server_url: str, socket_dir: str, hba: Path, superuser_password: str,
-                  platform_password: str) -> None:
-    """Passwords on, the platform's role in place and owner of the database's objects."""
-    with_password = _url(socket_dir, SUPERUSER, superuser_password)
+_REASSIGN = """
+DO $$
+DECLARE item record;
+BEGIN
+    FOR item IN
+        SELECT n.nspname FROM pg_namespace n
+        WHERE n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'
+          AND pg_get_userbyid(n.nspowner) <> '{role}'
+    LOOP
+        EXECUTE format('ALTER SCHEMA %I OWNER TO {role}', item.nspname);
+    END LOOP;
+    -- tables and views (the sequences of their serial and identity columns follow them)
+    FOR item IN
+        SELECT c.oid::regclass::text AS name, c.relkind FROM pg_class c
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'
+          AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+          AND pg_get_userbyid(c.relowner) <> '{role}'
+    LOOP
+        EXECUTE format('ALTER %s %s OWNER TO {role}',
+            CASE item.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                 WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END, item.name);
+    END LOOP;
+    FOR item IN
+        SELECT c.oid::regclass::text AS name FROM pg_class c
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'
+          AND c.relkind = 'S' AND pg_get_userbyid(c.relowner) <> '{role}'
+          AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                          WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                            AND d.deptype IN ('a', 'i'))
+    LOOP
+        EXECUTE format('ALTER SEQUENCE %s OWNER TO {role}', item.name);
+    END LOOP;
+    FOR item IN
+        SELECT p.oid::regprocedure::text AS name, p.prokind FROM pg_proc p
+        JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'
+          AND pg_get_userbyid(p.proowner) <> '{role}'
+    LOOP
+        EXECUTE format('ALTER %s %s OWNER TO {role}',
+            CASE item.prokind WHEN 'p' THEN 'PROCEDURE' WHEN 'a' THEN 'AGGREGATE'
+                 ELSE 'FUNCTION' END, item.name);
+    END LOOP;
+END $$"""
+
+
+async def _connect_as_superuser(server_url: str, socket_dir: str, password: str,
+                                folder: Path, hba: Path) -> asyncpg.Connection:
     try:
-        conn = await asyncpg.connect(with_password)
+        return await asyncpg.connect(_url(socket_dir, SUPERUSER, password))
     except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError):
-        conn = await asyncpg.connect(server_url)  # the first start: trust, as initdb left it
+        pass
+    try:  # the first start (or one from before passwords): trust, as initdb left it
+        return await asyncpg.connect(server_url)
+    except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError,
+            asyncpg.ClientCannotConnectError) as exc:
+        raise StoreError(
+            f"the embedded Postgres refused the superuser password kept in {folder}; if that "
+            f"file was lost, put the line 'local all all trust' in {hba} for one start "
+            f"(Ember then sets new passwords): {exc}") from exc
+
+
+async def _secure(server_url: str, socket_dir: str, hba: Path, folder: Path,
+                  superuser_password: str, platform_password: str) -> None:
+    """Passwords on, the platform's role in place and owner of the database's objects."""
+    conn = await _connect_as_superuser(server_url, socket_dir, superuser_password, folder, hba)
     try:
         await conn.execute(await conn.fetchval(
             "SELECT format('ALTER ROLE %I PASSWORD %L', $1::text, $2::text)",
@@ -92,31 +153,8 @@ async def _secure(server_url: str, socket_dir: str, hba: Path, superuser_passwor
             "NOREPLICATION NOBYPASSRLS PASSWORD %L', $1::text, $2::text, $3::text)",
             verb, PLATFORM_ROLE, platform_password))
         await conn.execute(f'ALTER DATABASE "{DATABASE}" OWNER TO "{PLATFORM_ROLE}"')
-        await conn.execute(f'ALTER SCHEMA public OWNER TO "{PLATFORM_ROLE}"')
         # What earlier versions created as the superuser becomes the platform's.
-        await conn.execute(f"""
-            DO $$
-            DECLARE item record;
-            BEGIN
-                FOR item IN
-                    SELECT c.oid::regclass::text AS name, c.relkind FROM pg_class c
-                    JOIN pg_namespace n ON n.oid = c.relnamespace
-                    WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'S', 'v', 'm')
-                      AND pg_get_userbyid(c.relowner) <> '{PLATFORM_ROLE}'
-                LOOP
-                    EXECUTE format('ALTER %s %s OWNER TO {PLATFORM_ROLE}',
-                        CASE item.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW'
-                             WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'TABLE' END, item.name);
-                END LOOP;
-                FOR item IN
-                    SELECT p.oid::regprocedure::text AS name FROM pg_proc p
-                    JOIN pg_namespace n ON n.oid = p.pronamespace
-                    WHERE n.nspname = 'public'
-                      AND pg_get_userbyid(p.proowner) <> '{PLATFORM_ROLE}'
-                LOOP
-                    EXECUTE format('ALTER FUNCTION %s OWNER TO {PLATFORM_ROLE}', item.name);
-                END LOOP;
-            END $$""")
+        await conn.execute(_REASSIGN.format(role=PLATFORM_ROLE))
         if _write_hba(hba):
             await conn.execute("SELECT pg_reload_conf()")
     finally:
@@ -142,8 +180,8 @@ def start_embedded_postgres(data_dir: Path) -> EmbeddedPostgres:
         # A thread of its own: callers may be inside an event loop (that then waits here).
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pg-secure") as pool:
             pool.submit(lambda: asyncio.run(_secure(
-                server_url, str(socket_dir), data_dir / "pg_hba.conf", superuser_password,
-                platform_password))).result()
+                server_url, str(socket_dir), data_dir / "pg_hba.conf", folder,
+                superuser_password, platform_password))).result()
     except BaseException:
         server.cleanup()
         raise

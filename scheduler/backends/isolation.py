@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,16 @@ HIDDEN_PATHS = ("/root", "/home", "/run", "/var/lib", "/var/log", "/var/spool", 
 """Covered in every instance unless Python itself lives below (then all but its path)."""
 
 PRIVATE_V4 = ("0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
-              "172.16.0.0/12", "192.168.0.0/16", "198.18.0.0/15", "224.0.0.0/4", "240.0.0.0/4")
-PRIVATE_V6 = ("::/127", "::ffff:0:0/96", "64:ff9b:1::/48", "fc00::/7", "fe80::/10", "ff00::/8")
+              "172.16.0.0/12", "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15",
+              "224.0.0.0/4", "240.0.0.0/4")
+"""Special-purpose IPv4 (RFC 6890): this network, private, shared (CGNAT), loopback,
+link-local, protocol assignments, benchmarking, multicast, reserved. (Not the documentation
+ranges: never routed on the internet, but some sandboxes put their package mirrors there.)"""
+PRIVATE_V6 = ("::/127", "::ffff:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48", "100::/64",
+               "2001::/32", "2001:db8::/32", "2002::/16", "fc00::/7", "fe80::/10", "ff00::/8")
+"""Special-purpose IPv6: unspecified and loopback, IPv4-mapped, NAT64 (both prefixes embed
+IPv4 addresses), discard, Teredo and 6to4 (which embed IPv4 too), documentation, unique
+local, link-local, multicast."""
 
 
 class IsolationError(BackendError):
@@ -55,12 +64,14 @@ class IsolationSettings:
     mode: str = "auto"
     """`auto`: every protection the host allows, the rest reported; `strict`: refuse to
     start without all of them; `off`: none (FN_ISOLATION)."""
-    uid_first: int = 100_000
-    """First uid (and gid) given to functions (FN_UID_RANGE=100000-165535)."""
+    uid_first: int = 1_500_000_000
+    """First uid (and gid) given to functions (FN_UID_RANGE, default 1500000000-1500065535:
+    above the ranges useradd gives out in /etc/subuid, and below 2^31)."""
     uid_count: int = 65_536
-    tmp_bytes: int = 64 << 20
-    """Size of each instance's private /tmp and /dev/shm (FN_INSTANCE_TMP); counted in its
-    memory."""
+    tmp_bytes: int = 128 << 20
+    """Size of each instance's private /tmp and /dev/shm (FN_INSTANCE_TMP); what is written
+    there (the function's code too) counts in its memory. Above the largest code a deploy
+    accepts unpacked (100 MiB)."""
     pids_max: int = 256
     """Processes and threads per instance (FN_INSTANCE_PIDS)."""
     nofile: int = 1024
@@ -173,10 +184,21 @@ class InstanceCgroup:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
 
-    def release(self) -> None:
-        """Kill what is left in it, then remove it."""
+    def release(self, wait_s: float = 2.0) -> None:
+        """Kill what is left in it, then remove it once empty (a killed process leaves the
+        cgroup only when it has exited; until then the kernel refuses the removal)."""
         self.kill()
+        deadline = time.monotonic() + wait_s
+        while not self.empty() and time.monotonic() < deadline:
+            time.sleep(0.01)
         self.remove()
+
+    def empty(self) -> bool:
+        for procs in self.procs_files:
+            with contextlib.suppress(OSError):
+                if Path(procs).read_text().strip():
+                    return False
+        return True
 
     def remove(self) -> None:
         for d in self.dirs:
@@ -207,9 +229,7 @@ class CgroupDriver:
         for parent in self.parents:
             for child in parent.glob("*"):
                 if child.is_dir():
-                    InstanceCgroup([child], self.v2).kill()
-                    with contextlib.suppress(OSError):
-                        child.rmdir()
+                    InstanceCgroup([child], self.v2).release()
             with contextlib.suppress(OSError):
                 parent.rmdir()
 
@@ -257,12 +277,20 @@ def _v2_driver(root: Path, platform_id: str) -> CgroupDriver:
     except OSError as exc:
         if exc.errno != errno.EBUSY:
             raise
+        # Our processes (and a service's others) move to a leaf; a process forked meanwhile
+        # lands in the base again: a few rounds.
         leaf = base / "ember-platform"
         leaf.mkdir(exist_ok=True)
-        for pid in (base / "cgroup.procs").read_text().split():
-            with contextlib.suppress(OSError):
-                _write(leaf / "cgroup.procs", pid)
-        _write(base / "cgroup.subtree_control", enable)
+        for attempt in range(5):
+            for pid in (base / "cgroup.procs").read_text().split():
+                with contextlib.suppress(OSError):
+                    _write(leaf / "cgroup.procs", pid)
+            try:
+                _write(base / "cgroup.subtree_control", enable)
+                break
+            except OSError as again:
+                if again.errno != errno.EBUSY or attempt == 4:
+                    raise
     _remove_dead_platform_groups(base)
     parent = base / f"ember-{platform_id}"
     parent.mkdir(exist_ok=True)
@@ -312,10 +340,11 @@ class UidAllocator:
         self._by_function: dict[str, int] = {}
 
     def uid_of(self, function: str) -> int:
+        """(The last uid of the range is the builds'.)"""
         uid = self._by_function.get(function)
         if uid is None:
             used = len(self._by_function)
-            uid = self.first + used % self.count
+            uid = self.first + used % max(1, self.count - 1)
             if used >= self.count:
                 log.warning("uid range exhausted: functions share uids",
                             extra={"range": self.count})
@@ -380,11 +409,17 @@ def install_firewall(uid_first: int, uid_last: int) -> str:
 
 
 def _needed_paths() -> list[str]:
-    """Where this Python and its packages live: never covered."""
-    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
-             os.path.dirname(os.path.realpath(sys.executable))}
-    paths.update(p for p in sys.path if p and os.path.isdir(p))
-    return sorted({os.path.realpath(p) for p in paths})
+    """Where this Python lives (interpreter, standard library, installed packages): bound
+    back into instances read-only. Never `sys.path` as such: it can hold the directory the
+    platform was started from (`/` under systemd)."""
+    import sysconfig
+
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    for name in ("stdlib", "platstdlib", "purelib", "platlib"):
+        with contextlib.suppress(KeyError):
+            paths.add(sysconfig.get_paths()[name])
+    real = {os.path.realpath(p) for p in paths if p and os.path.isdir(p)}
+    return sorted(p for p in real if p != "/")
 
 
 def _under(path: str, root: str) -> bool:
@@ -394,16 +429,24 @@ def _under(path: str, root: str) -> bool:
 def cover_plan(candidates: list[str], needed: list[str]) -> tuple[list[str], list[str]]:
     """(directories to cover, paths to bind back in read-only): `candidates` are hidden, but
     what Python needs below one of them is bound back (through directories anyone may cross,
-    even where the real ones are 0700, such as /root)."""
-    hide = sorted({os.path.realpath(c) for c in candidates
-                   if os.path.exists(c) and not os.path.islink(c)})
-    hide = [h for h in hide if not any(_under(h, n) for n in needed)]
+    even where the real ones are 0700, such as /root). Symbolic links count as their target
+    (/home -> /var/home)."""
+    hide = sorted({os.path.realpath(c) for c in candidates if os.path.exists(c)})
+    hide = [h for h in hide if h != "/" and not any(_under(h, n) for n in needed)]
     reveal = sorted({n for n in needed if any(_under(n, h) for h in hide)})
     reveal = [r for r in reveal if not any(r != o and _under(r, o) for o in reveal)]
     return hide, reveal
 
 
-def hidden_paths(settings: IsolationSettings, private: list[str]) -> tuple[list[str], list[str]]:
-    """What instances must not see: the usual places, the settings' extra ones and the
-    platform's own (`private`: state dir, socket dir); and what to bind back (Python)."""
-    return cover_plan([*HIDDEN_PATHS, *settings.hide, *private], _needed_paths())
+def hidden_paths(settings: IsolationSettings,
+                 private: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """What instances must not see: the usual places and the settings' extra ones; what to
+    bind back (Python, and the resolver configuration when it lives under /run); and the
+    platform's own directories (`private`: state dir, socket dir), covered last, whatever was
+    bound back around them."""
+    hide, reveal = cover_plan([*HIDDEN_PATHS, *settings.hide], _needed_paths())
+    resolv = os.path.realpath("/etc/resolv.conf")
+    if resolv != "/etc/resolv.conf" and any(_under(resolv, h) for h in hide):
+        reveal.append(resolv)  # systemd-resolved, resolvconf: a link into /run
+    last = sorted({os.path.realpath(p) for p in private if os.path.exists(p)})
+    return hide, reveal, last

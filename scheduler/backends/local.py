@@ -48,6 +48,11 @@ from store.records import Version
 
 log = logging.getLogger("ember.scheduler.local")
 
+BUILD_TMP_BYTES = 2 << 30
+"""A build's private /tmp (tmpfs: only what it writes counts, in its memory)."""
+BUILD_MEMORY_BYTES = 4 << 30
+"""A build's memory, /tmp included."""
+
 # Only what a Python process needs to run; everything else of the platform's environment
 # (DATABASE_URL, FN_TOKEN, cloud credentials...) stays out of user code's reach.
 _PASSED_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH")
@@ -58,6 +63,8 @@ def invoker_env(tmp_dir: str | None = None) -> dict[str, str]:
     if tmp_dir is not None:
         env["TMPDIR"] = tmp_dir  # instances put their code here: removed with them
     env["MALLOC_ARENA_MAX"] = "2"
+    # No io_uring for libuv's (uvloop's) file operations either: instances deny it.
+    env["UV_USE_IO_URING"] = "0"
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     env["HOME"] = "/tmp"
     return env
@@ -243,8 +250,9 @@ class LocalBackend:
         self.use_zygote = zygote
         self.isolation = isolation or IsolationSettings()
         self.report = IsolationReport()
-        self._private_paths = [str(p) for p in private_paths]
-        self._environments = str(environments) if environments is not None else None
+        self._private_paths = [os.path.realpath(p) for p in private_paths]
+        self._environments = os.path.realpath(environments) if environments is not None \
+            else None
         self._cgroups: CgroupDriver | None = None
         self._uids = UidAllocator(self.isolation.uid_first, self.isolation.uid_count)
         self._generic_spec: dict[str, Any] = {}
@@ -305,9 +313,11 @@ class LocalBackend:
                 " in a user namespace" if caps.get("userns") else "")
         else:
             report.off["namespaces"] = why.get("namespaces", "not available")
-        if self._root:
+        if self._root and namespaces:
             report.on["uid"] = (f"uids {self.isolation.uid_first}-"
                                 f"{self.isolation.uid_first + self.isolation.uid_count - 1}")
+        elif self._root:
+            report.off["uid"] = "needs the namespaces (the code and sockets are root's)"
         else:
             report.off["uid"] = "not root: instances run as the platform's user"
         self._seccomp = bool(caps.get("seccomp"))
@@ -324,25 +334,57 @@ class LocalBackend:
         else:
             report.off["cgroups"] = reason
         if self._root:
-            last = self.isolation.uid_first + self.isolation.uid_count - 1
-            reason = install_firewall(self.isolation.uid_first, last)
+            reason = install_firewall(self.isolation.uid_first,
+                                      self.isolation.uid_first + self.isolation.uid_count - 1)
         else:
             reason = "not root: cannot install firewall rules"
         if not reason and "uid" in report.on:
             report.on["network"] = "instances' uids reach no loopback or private address"
         else:
             report.off["network"] = reason or "needs a uid per function"
-        hide, reveal = hidden_paths(self.isolation, [*self._private_paths,
-                                                     *([self._socket_dir] if self._socket_dir
-                                                       else [])])
+        hide, reveal, hide_last = hidden_paths(
+            self.isolation, [*self._private_paths, *([self._socket_dir] if self._socket_dir
+                                                     else [])])
         self._generic_spec = {
             "namespaces": namespaces, "userns": bool(caps.get("userns")),
             "tmp_bytes": self.isolation.tmp_bytes, "hide": hide, "reveal": reveal,
+            "hide_last": hide_last,
             "reveal_later": [self._environments] if self._environments else [],
             "expose": [os.path.realpath(p) for p in self.isolation.expose],
             "nofile": self.isolation.nofile,
         } if namespaces else {"nofile": self.isolation.nofile}
         return report
+
+    @property
+    def build_uid(self) -> int:
+        """The uid requirements builds run as: the last of the range (never a function's)."""
+        return self.isolation.uid_first + self.isolation.uid_count - 1
+
+    def confine_command(self, writable: list[Path], name: str) -> list[str]:
+        """The command prefix that runs a requirements build inside walls like an instance's
+        (`writable`: its work directories, handed to the build's uid); [] when this host
+        gives no such walls (not root, or isolation off: the report says so)."""
+        if not {"namespaces", "uid"} <= set(self.report.on):
+            return []
+        for root in writable:
+            for path in [root, *root.rglob("*")]:
+                os.chown(path, self.build_uid, self.build_uid, follow_symlinks=False)
+        spec: dict[str, Any] = {
+            **self._generic_spec, "tmp_bytes": BUILD_TMP_BYTES, "reveal_later": [],
+            "expose": [os.path.realpath(p) for p in writable], "uid": self.build_uid,
+            "gid": self.build_uid, "cwd": os.path.realpath(writable[0]),
+        }
+        if self._cgroups is not None:
+            cgroup = self._cgroups.create(f"build-{name}")
+            cgroup.set_limits(memory_bytes=BUILD_MEMORY_BYTES, pids_max=1024, cpus=1.0)
+            spec["cgroup_procs"] = cgroup.procs_files
+        return [self.python, "-P", "-m", "invoker", "--confine", orjson.dumps(spec).decode(),
+                "--"]
+
+    def release_build(self, name: str) -> None:
+        """Remove a finished build's cgroup (what is left in it is killed)."""
+        if self._cgroups is not None:
+            self._cgroups.create(f"build-{name}").release()
 
     def instance_spec(self, handle: InstanceHandle, version: Version) -> dict[str, Any]:
         """Fit the instance's limits to `version` and say what the invoker must close around
@@ -379,9 +421,9 @@ class LocalBackend:
                     try:
                         handle = await zygote.fork(address, spec)
                     except BaseException:
-                        if cgroup is not None:
+                        if cgroup is not None:  # (removed once empty, off the event loop)
                             cgroup.kill()
-                            cgroup.remove()
+                            asyncio.get_running_loop().run_in_executor(None, cgroup.release)
                         raise
                     handle.cgroup = cgroup
                 else:
@@ -431,7 +473,8 @@ class LocalBackend:
     async def _start_process(self, *args: str) -> asyncio.subprocess.Process:
         try:
             return await asyncio.create_subprocess_exec(
-                self.python, "-m", "invoker", *args,
+                # -P: the working directory is not on sys.path (nor, then, in instances' view)
+                self.python, "-P", "-m", "invoker", *args,
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 env=invoker_env(self._socket_dir), start_new_session=True,
             )
@@ -501,4 +544,4 @@ class LocalBackend:
         if self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
         if self._cgroups is not None:
-            self._cgroups.close()
+            await asyncio.to_thread(self._cgroups.close)

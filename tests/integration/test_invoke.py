@@ -182,7 +182,9 @@ async def test_concurrent_calls_each_get_their_own_logs(running: Running) -> Non
             return event["n"]
     """), concurrency=8)
     responses = await asyncio.gather(*(running.call("conc", {"n": n}) for n in range(8)))
-    assert sorted([await r.json() for r in responses]) == list(range(8))
+    bodies = [await r.json() for r in responses]
+    assert all(isinstance(b, int) for b in bodies), bodies
+    assert sorted(bodies) == list(range(8)), bodies
     assert len(running.platform.scheduler.instances_of("conc")) == 1
     for response in responses:
         n = await response.json()

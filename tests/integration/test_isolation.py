@@ -81,8 +81,13 @@ def _unprivileged_instance() -> dict[str, object]:
             log_dir = "listed"
         except OSError:
             log_dir = "hidden"
+        threads = [Path(f"/proc/self/task/{t}/status").read_text()
+                   for t in os.listdir("/proc/self/task")]
+        cap_eff = {line.split()[1] for text in threads for line in text.splitlines()
+                   if line.startswith("CapEff:")}
         seen = {"pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
-                "cap_eff": status["CapEff"].strip(), "seccomp": status["Seccomp"].strip(),
+                "cap_eff": status["CapEff"].strip(), "threads": len(threads),
+                "cap_eff_threads": sorted(cap_eff), "seccomp": status["Seccomp"].strip(),
                 "no_new_privs": status["NoNewPrivs"].strip(), "network": network,
                 "var_log": os.listdir("/var/log") if log_dir == "listed" else log_dir,
                 "code_writable": os.access(code_dir / "handler.py", os.W_OK)}
@@ -108,6 +113,8 @@ def test_without_root_a_user_namespace_still_walls_the_instance() -> None:
     assert "error" not in seen, seen
     assert seen["pids"] == [1, 2], seen
     assert int(str(seen["cap_eff"]), 16) == 0, seen
+    assert seen["threads"] == 2, seen  # the output capture's thread too, and without any
+    assert seen["cap_eff_threads"] == ["0000000000000000"], seen
     assert (seen["seccomp"], seen["no_new_privs"]) == ("2", "1"), seen
     # --network none: its own loopback (nothing listens there), and no way out
     assert seen["network"] == ["ConnectionRefusedError: [Errno 111] Connection refused",
