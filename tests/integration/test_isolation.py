@@ -196,3 +196,19 @@ def test_cover_plan_hides_homes_but_keeps_the_way_to_python(tmp_path: Path) -> N
     assert reveal == [str(home / ".pyenv" / "versions" / "3.11")]
     hide, reveal = cover_plan([str(home / ".pyenv")], [str(home)])
     assert (hide, reveal) == ([], [])  # inside what Python needs: never covered
+
+
+def test_what_is_hidden_does_not_depend_on_where_the_platform_starts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`python -m gateway` from / (systemd's default) would put / on sys.path: the paths bound
+    back into instances come from Python's install only, and the state dir is covered last."""
+    from scheduler.backends.isolation import hidden_paths
+
+    state = tmp_path / "state"
+    state.mkdir()
+    monkeypatch.chdir("/")
+    monkeypatch.setattr("sys.path", ["/", "", *__import__("sys").path])
+    hide, reveal, last = hidden_paths(IsolationSettings(), [str(state)])
+    assert "/" not in reveal
+    assert "/root" in hide or not Path("/root").exists()
+    assert last == [str(state.resolve())]
