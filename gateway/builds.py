@@ -15,6 +15,7 @@ kept with the environment and with every version that uses it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import logging
@@ -22,6 +23,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import sys
 import sysconfig
 import tarfile
@@ -107,6 +109,8 @@ def _allowed(line: str) -> bool:
             return re.fullmatch(r"https?://\S+", values[0]) is not None
         return option in _VALUE_OPTIONS and _BINARY_VALUE.match(values[0]) is not None
     requirement, *options = re.split(r"\s+(?=--)", line)
+    if re.search(r"\s-", requirement):  # pip reads " -C..." in a marker as an option
+        return False
     return _REQUIREMENT.match(requirement) is not None \
         and all(_HASH.match(o) for o in options)
 
@@ -138,7 +142,15 @@ def lock_from_report(report: dict[str, Any]) -> str:
 
 
 def _tree_bytes(root: Path) -> int:
-    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+    """Bytes of the regular files below `root` (links not followed; files that vanish while
+    it counts, as in a running build, count as nothing)."""
+    total = 0
+    for path in root.rglob("*"):
+        with contextlib.suppress(OSError):
+            info = path.lstat()
+            if stat.S_ISREG(info.st_mode):
+                total += info.st_size
+    return total
 
 
 def pack(root: Path, target: Path) -> int:
@@ -171,6 +183,36 @@ def _install(site: Path, target: Path) -> None:
 
 def _clean(text: str) -> str:
     return text.replace("\x00", "\\0")
+
+
+MAX_BUILD_OUTPUT_BYTES = 1 << 20
+"""Build output kept (its end) for the error message and `fn build-logs`."""
+MAX_REPORT_BYTES = 16 << 20
+
+
+def _check_output(site: Path) -> None:
+    """What pip installed must be a plain directory (a build may have put a link there, to
+    make the platform pack or freeze what it points at)."""
+    try:
+        mode = os.lstat(site).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(mode):
+        raise BuildFailed("the build left something else than a directory where packages "
+                          "are installed (a link?): refused", "")
+
+
+def _read_report(path: Path) -> bytes:
+    """pip's --report, read without following a link or waiting on a pipe the build left."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return b""
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_REPORT_BYTES:
+            return b""
+        return f.read(MAX_REPORT_BYTES)
 
 
 def _reclaim(root: Path) -> None:
@@ -273,6 +315,9 @@ class Builder:
                      "--progress-bar", "off", "--report", str(report), "-r",
                      str(requirements)], build_env(home), home, [work])
             build_s = time.perf_counter() - t0
+            # The build is over, its processes gone: what it left is checked before the
+            # platform (root) follows any path in it.
+            await asyncio.to_thread(_check_output, site)
             site.mkdir(exist_ok=True)  # empty requirements install nothing
             await asyncio.to_thread(_reclaim, work)  # the build's uid owns nothing after it
             unpacked = await asyncio.to_thread(_tree_bytes, site)
@@ -280,8 +325,8 @@ class Builder:
                 raise BuildFailed(
                     f"the environment is {unpacked / (1 << 20):.0f} MiB, over the limit of "
                     f"{self.max_env_bytes / (1 << 20):.0f} MiB (FN_MAX_ENV)", output)
-            lock = lock_from_report(orjson.loads(report.read_bytes())) \
-                if report.exists() else ""
+            data = await asyncio.to_thread(_read_report, report)
+            lock = lock_from_report(orjson.loads(data)) if data else ""
             archive = work / "env.tar.gz"
             size = await asyncio.to_thread(pack, site, archive)
             env = Environment(hash=env_hash, requirements=normalized, lock=lock, python=PYTHON,
@@ -306,12 +351,16 @@ class Builder:
         name = cwd.name
         prefix = self.confine([cwd, *writable], name) if self.confine is not None else []
         try:
-            return await self._run([*prefix, sys.executable, "-m", "pip", *args], env, cwd)
+            return await self._run([*prefix, sys.executable, "-m", "pip", *args], env, cwd,
+                                   watch=[cwd, *writable])
         finally:
             if prefix and self.release_confined is not None:
                 await asyncio.to_thread(self.release_confined, name)
 
-    async def _run(self, argv: list[str], env: dict[str, str], cwd: Path) -> str:
+    async def _run(self, argv: list[str], env: dict[str, str], cwd: Path,
+                   watch: list[Path] | None = None) -> str:
+        """Run a build command; its output is kept up to `MAX_BUILD_OUTPUT_BYTES` (the end of
+        it), and it is stopped if what it writes in `watch` grows past twice FN_MAX_ENV."""
         process = await asyncio.create_subprocess_exec(
             *argv, env=env, cwd=cwd,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
@@ -319,12 +368,34 @@ class Builder:
             preexec_fn=lambda: os.nice(10))
         assert process.stdout is not None
         stdout = process.stdout
-        chunks: list[bytes] = []
+        tail: collections.deque[bytes] = collections.deque()
+        kept = dropped = 0
+        too_big: list[int] = []
 
         async def read() -> None:
+            nonlocal kept, dropped
             while chunk := await stdout.read(1 << 16):
-                chunks.append(chunk)
+                tail.append(chunk)
+                kept += len(chunk)
+                while kept > MAX_BUILD_OUTPUT_BYTES and len(tail) > 1:
+                    dropped += len(first := tail.popleft())
+                    kept -= len(first)
 
+        async def guard_disk() -> None:
+            while watch:
+                await asyncio.sleep(2.0)
+                used = sum([await asyncio.to_thread(_tree_bytes, d) for d in watch])
+                if used > 2 * self.max_env_bytes:
+                    too_big.append(used)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(process.pid, signal.SIGKILL)
+                    return
+
+        def output_text() -> str:
+            text = b"".join(tail).decode(errors="replace")
+            return f"[{dropped} bytes of output left out]\n{text}" if dropped else text
+
+        guard = asyncio.create_task(guard_disk(), name="build disk guard")
         try:
             async with asyncio.timeout(self.timeout_s):
                 await read()
@@ -335,10 +406,16 @@ class Builder:
             await process.wait()
             if isinstance(exc, TimeoutError):
                 raise BuildFailed(f"the build took longer than {self.timeout_s:g}s "
-                                  "(FN_BUILD_TIMEOUT)",
-                                  b"".join(chunks).decode(errors="replace")) from None
+                                  "(FN_BUILD_TIMEOUT)", output_text()) from None
             raise
-        output = b"".join(chunks).decode(errors="replace")
+        finally:
+            guard.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await guard
+        output = output_text()
+        if too_big:
+            raise BuildFailed(f"the build wrote {too_big[0] >> 20} MiB, over twice the limit "
+                              f"of {self.max_env_bytes >> 20} MiB (FN_MAX_ENV)", output)
         if process.returncode != 0:
             errors = [line for line in output.splitlines() if line.startswith("ERROR:")]
             raise BuildFailed("\n".join(errors) or output.strip()[-2000:], output)

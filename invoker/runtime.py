@@ -85,8 +85,8 @@ def encode_result(result: Any) -> tuple[int, list[list[str]], bytes]:
         status = int(result.status)
         headers = [[str(k), str(v)] for k, v in result.headers.items()]
         result = result.body
-        if not 100 <= status <= 599:
-            raise ValueError(f"Response status must be 100-599, got {status}")
+        if not 200 <= status <= 599:  # (1xx would switch protocols or confuse proxies)
+            raise ValueError(f"Response status must be 200-599, got {status}")
     has_type = any(k.lower() == "content-type" for k, _ in headers)
     if isinstance(result, bytes | bytearray | memoryview):
         body, ctype = bytes(result), "application/octet-stream"

@@ -476,6 +476,15 @@ def _compile_seccomp(egress: bool) -> bytes:
     for name in ("clone3", "io_uring_setup"):
         with contextlib.suppress(Exception):
             filt.add_rule(seccomp.ERRNO(errno.ENOSYS), name)
+    # Socket families: Unix, IPv4, IPv6 and netlink (the C library asks it for addresses);
+    # not vsock (the hypervisor, outside any network namespace), packet, crypto and others.
+    unsupported = seccomp.ERRNO(errno.EAFNOSUPPORT)
+    for family in (0, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15):
+        filt.add_rule(unsupported, "socket", seccomp.Arg(0, seccomp.EQ, family))
+    filt.add_rule(unsupported, "socket", seccomp.Arg(0, seccomp.GE, 17))
+    filt.add_rule(seccomp.ERRNO(errno.EPERM), "socket",  # sock_diag: the host's sockets
+                  seccomp.Arg(0, seccomp.EQ, socket.AF_NETLINK),
+                  seccomp.Arg(2, seccomp.EQ, 4))
     if egress:
         filt.add_rule(seccomp.ERRNO(errno.EPERM), "socket",
                       seccomp.Arg(0, seccomp.EQ, socket.AF_UNIX))

@@ -136,6 +136,8 @@ class InstanceCgroup:
             return
         for name, value in (("memory.limit_in_bytes", str(memory_bytes)),
                             ("memory.memsw.limit_in_bytes", str(memory_bytes)),
+                            # v1 charges socket buffers only with a TCP limit of their own
+                            ("memory.kmem.tcp.limit_in_bytes", str(memory_bytes)),
                             ("pids.max", str(pids_max)),
                             ("cpu.cfs_period_us", str(CPU_PERIOD_US)),
                             ("cpu.cfs_quota_us", str(quota))):
@@ -145,6 +147,8 @@ class InstanceCgroup:
             try:
                 _write(target, value)
             except OSError as exc:
+                if name == "memory.kmem.tcp.limit_in_bytes":
+                    continue  # (kernels without it: nothing to limit)
                 # v1 refuses memsw below limit_in_bytes and a lower limit under usage: order
                 if exc.errno != errno.EINVAL or not name.startswith("memory."):
                     raise

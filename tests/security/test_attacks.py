@@ -730,3 +730,22 @@ def test_requirements_builds_run_inside_the_walls(platform: Platform, tmp_path: 
     assert seen["pids"] == [1], seen  # the build itself is its namespace's PID 1
     assert seen["postgres"] == "failed: OSError", seen
     assert not Path("/etc/ember-pwned").exists()
+
+
+def test_only_internet_unix_and_netlink_sockets(platform: Platform) -> None:
+    source = TRY + textwrap.dedent("""
+        def handler(event, context):
+            return {"vsock": attempt(lambda: socket.socket(40, socket.SOCK_STREAM)),
+                    "alg": attempt(lambda: socket.socket(38, socket.SOCK_SEQPACKET)),
+                    "sock_diag": attempt(lambda: socket.socket(16, socket.SOCK_DGRAM, 4)),
+                    "route": attempt(lambda: socket.socket(16, socket.SOCK_DGRAM, 0).close()),
+                    "tcp": attempt(lambda: socket.socket().close())}
+    """)
+    for network in ("egress", "none"):
+        seen = platform.attack(f"families-{network}", source, network=network)
+        assert seen["vsock"].startswith("failed: OSError: [Errno 97]"), seen  # EAFNOSUPPORT
+        assert seen["alg"].startswith("failed: OSError: [Errno 97]"), seen
+        assert seen["sock_diag"].startswith("failed: PermissionError"), seen
+        assert seen["route"] == "succeeded: None", seen  # getaddrinfo needs it
+        assert seen["tcp"] == "succeeded: None", seen
+    platform.healthy()

@@ -27,8 +27,10 @@ def test_encode_result() -> None:
     assert (status, headers, body) == (201, [["Content-Type", "text/html"]], b"<p>")
     with pytest.raises(TypeError, match="not JSON-serializable"):
         encode_result({"x": object()})
-    with pytest.raises(ValueError, match="100-599"):
+    with pytest.raises(ValueError, match="200-599"):
         encode_result(Response(status=42))
+    with pytest.raises(ValueError, match="200-599"):  # no protocol switch through a proxy
+        encode_result(Response(status=101))
 
 
 def test_capture_truncates() -> None:
