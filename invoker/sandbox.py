@@ -34,59 +34,44 @@ import errno
 import fcntl
 import os
 import resource
-import select
 import signal
 import socket
 import stat
 import struct
-import sys
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any, NoReturn, TypedDict
 
-CLONE_NEWNS = 0x00020000
-CLONE_NEWCGROUP = 0x02000000
-CLONE_NEWUTS = 0x04000000
-CLONE_NEWIPC = 0x08000000
-CLONE_NEWUSER = 0x10000000
-CLONE_NEWPID = 0x20000000
-CLONE_NEWNET = 0x40000000
-NAMESPACE_FLAGS = (CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER,
-                   CLONE_NEWPID, CLONE_NEWNET)
-
-_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 1, 2, 4, 8
-_MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 32, 4096, 16384, 1 << 18
-_PR_SET_PDEATHSIG, _PR_SET_DUMPABLE, _PR_SET_NO_NEW_PRIVS = 1, 4, 38
-_PR_CAPBSET_DROP = 24
-_COVER_FLAGS = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
-_SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
-
-DENIED_SYSCALLS = (
-    # reading or steering other processes
-    "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "kcmp",
-    # kernel keyrings, BPF, perf, modules, kexec
-    "keyctl", "add_key", "request_key", "bpf", "perf_event_open", "init_module",
-    "finit_module", "delete_module", "kexec_load", "kexec_file_load",
-    # leaving the namespaces and mounts
-    "mount", "umount2", "pivot_root", "chroot", "unshare", "setns", "open_tree", "move_mount",
-    "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr",
-    # io_uring runs socket, bind, connect... where seccomp cannot see them (its setup
-    # answers ENOSYS, "not supported", from the instance's start: see `deny_io_uring`)
-    "io_uring_enter", "io_uring_register",
-    # file handles bypass path checks; userfaultfd and friends widen kernel exploits
-    "open_by_handle_at", "name_to_handle_at", "userfaultfd", "lookup_dcookie",
-    "fanotify_init", "quotactl", "acct", "swapon", "swapoff", "reboot", "syslog",
-    "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "iopl", "ioperm",
+from invoker import seccomp
+from invoker.linux import (
+    CLONE_NEWIPC,
+    CLONE_NEWNET,
+    CLONE_NEWNS,
+    CLONE_NEWPID,
+    CLONE_NEWUSER,
+    CLONE_NEWUTS,
+    COVER_FLAGS,
+    IFF_UP,
+    MS_BIND,
+    MS_NODEV,
+    MS_NOEXEC,
+    MS_NOSUID,
+    MS_PRIVATE,
+    MS_RDONLY,
+    MS_REC,
+    MS_REMOUNT,
+    PR_CAPBSET_DROP,
+    PR_SET_DUMPABLE,
+    PR_SET_NO_NEW_PRIVS,
+    PR_SET_PDEATHSIG,
+    SIOCGIFFLAGS,
+    SIOCSIFFLAGS,
+    check,
+    libc,
+    mount,
+    unshare,
 )
-"""Denied with EPERM in every instance (with `clone` of new namespaces; `clone3` answers
-ENOSYS so that the C library falls back to `clone`, whose flags the filter can read)."""
-
-DENIED_WITH_EGRESS = ("bind", "listen")
-"""Also denied when the instance shares the host's network (the default, egress allowed): it
-cannot accept connections from anywhere, and cannot open Unix sockets (abstract ones would
-reach the host's daemons): neither `socket(AF_UNIX)` nor a datagram or seqpacket
-`socketpair` (whose `sendto` takes any address); a stream `socketpair` stays allowed."""
+from invoker.output import OutputCapture
 
 
 class GenericSpec(TypedDict, total=False):
@@ -129,30 +114,8 @@ class SpecializeSpec(TypedDict, total=False):
     seccomp: bool
 
 
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _check(result: int, what: str) -> None:
-    if result != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, f"{what}: {os.strerror(code)}")
-
-
-def _mount(source: str | None, target: str, fstype: str | None, flags: int,
-           data: str | None = None) -> None:
-    libc = _libc()
-    _check(libc.mount(source.encode() if source else None, target.encode(),
-                      fstype.encode() if fstype else None, ctypes.c_ulong(flags),
-                      data.encode() if data else None), f"mount {target}")
-
-
-def unshare(flags: int) -> None:
-    _check(_libc().unshare(ctypes.c_int(flags)), "unshare")
-
-
 def _die_with_parent(parent: int) -> None:
-    _libc().prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
 
@@ -216,7 +179,7 @@ def _write(path: str, text: str) -> None:
 def _enter_user_namespace() -> None:
     uid, gid = os.geteuid(), os.getegid()
     # A process that changed its uid is not dumpable: its /proc/self files are root's then.
-    _libc().prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0)
+    libc().prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
     unshare(CLONE_NEWUSER)
     _write("/proc/self/setgroups", "deny")
     _write("/proc/self/uid_map", f"0 {uid} 1")
@@ -230,10 +193,10 @@ def _cover(path: str) -> bool:
     except OSError:
         return False
     if stat.S_ISDIR(mode):
-        _mount("tmpfs", path, "tmpfs", _COVER_FLAGS | _MS_RDONLY, "size=64k,mode=755")
+        mount("tmpfs", path, "tmpfs", COVER_FLAGS | MS_RDONLY, "size=64k,mode=755")
         return True
     if stat.S_ISREG(mode) or stat.S_ISSOCK(mode):
-        _mount("/dev/null", path, None, _MS_BIND)
+        mount("/dev/null", path, None, MS_BIND)
     return False
 
 
@@ -269,19 +232,19 @@ class _Covers:
             return
         read_only = self.covered[root]
         if read_only:
-            _mount(None, root, None, _MS_REMOUNT | _COVER_FLAGS)  # for the mount point
+            mount(None, root, None, MS_REMOUNT | COVER_FLAGS)  # for the mount point
         try:
             if os.path.isdir(source):
                 os.makedirs(path, exist_ok=True)
             else:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o444))
-            _mount(source, path, None, _MS_BIND | _MS_REC)
-            _mount(None, path, None, _MS_REMOUNT | _MS_BIND | _MS_NOSUID | _MS_NODEV
-                   | (0 if writable else _MS_RDONLY))
+            mount(source, path, None, MS_BIND | MS_REC)
+            mount(None, path, None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV
+                   | (0 if writable else MS_RDONLY))
         finally:
             if read_only:
-                _mount(None, root, None, _MS_REMOUNT | _COVER_FLAGS | _MS_RDONLY)
+                mount(None, root, None, MS_REMOUNT | COVER_FLAGS | MS_RDONLY)
 
     def keep_only(self, paths: list[str]) -> None:
         """Close the descriptors no later `bind_back` of `paths` needs."""
@@ -305,21 +268,21 @@ def _build_dev(size: int) -> None:
     opening many cannot exhaust them for ssh), a private /dev/shm; read-only otherwise."""
     host = os.open("/dev", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        _mount("tmpfs", "/dev", "tmpfs", _MS_NOSUID | _MS_NOEXEC, "size=64k,mode=755")
+        mount("tmpfs", "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "size=64k,mode=755")
         for name in _DEVICES:
             source = f"/proc/self/fd/{host}/{name}"
             if not os.path.exists(source):
                 continue
             os.close(os.open(f"/dev/{name}", os.O_CREAT | os.O_WRONLY, 0o666))
-            _mount(source, f"/dev/{name}", None, _MS_BIND)
+            mount(source, f"/dev/{name}", None, MS_BIND)
         for name, target in _DEVICE_LINKS.items():
             os.symlink(target, f"/dev/{name}")
         os.mkdir("/dev/pts", 0o755)
-        _mount("devpts", "/dev/pts", "devpts", _MS_NOSUID | _MS_NOEXEC,
+        mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
                "newinstance,ptmxmode=0666,mode=0620,max=64")
         os.mkdir("/dev/shm", 0o1777)
-        _mount("tmpfs", "/dev/shm", "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={size},mode=1777")
-        _mount(None, "/dev", None, _MS_REMOUNT | _MS_NOSUID | _MS_NOEXEC | _MS_RDONLY)
+        mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=1777")
+        mount(None, "/dev", None, MS_REMOUNT | MS_NOSUID | MS_NOEXEC | MS_RDONLY)
     finally:
         os.close(host)
 
@@ -327,7 +290,7 @@ def _build_dev(size: int) -> None:
 def _build_mounts(spec: GenericSpec) -> _Covers:
     """In init, in the new mount namespace: private /proc, /tmp, /dev/shm, covered paths,
     then what is bound back in (Python, read-only; exposed directories, writable)."""
-    _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
     covers = _Covers()
     hide = [p for p in spec.get("hide", [])
             if not any(_under(p, t) for t in _PRIVATE_DIRS)]  # private anyway
@@ -338,13 +301,13 @@ def _build_mounts(spec: GenericSpec) -> _Covers:
     for path in spec.get("expose", []):
         with contextlib.suppress(OSError):
             exposed[path] = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
+    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     size = int(spec.get("tmp_bytes", 64 << 20))
     _build_dev(size)
     covers.covered["/dev/shm"] = False
     for path in ("/tmp", "/var/tmp"):
         if os.path.isdir(path):
-            _mount("tmpfs", path, "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={size},mode=1777")
+            mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=1777")
             covers.covered[path] = False
     for path in sorted(hide):
         if not any(_under(path, c) for c in covers.covered) and _cover(path):
@@ -380,7 +343,7 @@ def fork_instance(spec: GenericSpec) -> int:
         pid = os.fork()
     finally:
         if os.getpid() != 1:  # in the parent (and on failure): children in our namespace
-            _check(_libc().setns(_own_pid_namespace, CLONE_NEWPID), "setns")
+            check(libc().setns(_own_pid_namespace, CLONE_NEWPID), "setns")
     return pid
 
 
@@ -407,7 +370,7 @@ def enter(spec: GenericSpec) -> Walls:
     # Init shares the invoker's mount namespace (/proc/1/root shows the walls, not the host)
     # and cannot be read through /proc; the invoker builds the mounts, so init stays small.
     unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS)
-    _libc().prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+    libc().prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     invoker = os.fork()
     if invoker != 0:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -432,8 +395,8 @@ def _set_nofile(spec: GenericSpec) -> None:
 def _loopback_up() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         request = struct.pack("16sH14x", b"lo", 0)
-        flags = struct.unpack("16sH14x", fcntl.ioctl(sock, _SIOCGIFFLAGS, request))[1]
-        fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | _IFF_UP))
+        flags = struct.unpack("16sH14x", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
 
 
 def _make_read_only(root: Path) -> None:
@@ -447,175 +410,13 @@ def _make_read_only(root: Path) -> None:
 
 def _drop_capabilities() -> None:
     """No capability left, in any set (for a user-namespace root that keeps its uid 0)."""
-    libc = _libc()
+    lib = libc()
     for cap in range(64):
-        if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() == errno.EINVAL:
+        if lib.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() == errno.EINVAL:
             break
     header = struct.pack("II", 0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
     data = ctypes.create_string_buffer(24)
-    _check(libc.capset(ctypes.c_char_p(header), data), "capset")
-
-
-_SYS_SECCOMP = {"x86_64": 317, "aarch64": 277}
-_SECCOMP_SET_MODE_FILTER, _SECCOMP_FILTER_FLAG_TSYNC = 1, 1
-_compiled: dict[bool, bytes] = {}
-
-
-def _compile_seccomp(egress: bool) -> bytes:
-    """The filter as BPF, generated by libseccomp (through the maintained binding)."""
-    import pyseccomp as seccomp
-
-    filt = seccomp.SyscallFilter(seccomp.ALLOW)
-    names = DENIED_SYSCALLS + (DENIED_WITH_EGRESS if egress else ())
-    for name in names:
-        with contextlib.suppress(Exception):  # a syscall this kernel or arch does not have
-            filt.add_rule(seccomp.ERRNO(errno.EPERM), name)
-    for flag in NAMESPACE_FLAGS:
-        filt.add_rule(seccomp.ERRNO(errno.EPERM), "clone",
-                      seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
-    for name in ("clone3", "io_uring_setup"):
-        with contextlib.suppress(Exception):
-            filt.add_rule(seccomp.ERRNO(errno.ENOSYS), name)
-    # Socket families: Unix, IPv4, IPv6 and netlink (the C library asks it for addresses);
-    # not vsock (the hypervisor, outside any network namespace), packet, crypto and others.
-    unsupported = seccomp.ERRNO(errno.EAFNOSUPPORT)
-    for family in (0, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15):
-        filt.add_rule(unsupported, "socket", seccomp.Arg(0, seccomp.EQ, family))
-    filt.add_rule(unsupported, "socket", seccomp.Arg(0, seccomp.GE, 17))
-    filt.add_rule(seccomp.ERRNO(errno.EPERM), "socket",  # sock_diag: the host's sockets
-                  seccomp.Arg(0, seccomp.EQ, socket.AF_NETLINK),
-                  seccomp.Arg(2, seccomp.EQ, 4))
-    if egress:
-        filt.add_rule(seccomp.ERRNO(errno.EPERM), "socket",
-                      seccomp.Arg(0, seccomp.EQ, socket.AF_UNIX))
-        for kind in (socket.SOCK_DGRAM, socket.SOCK_SEQPACKET, socket.SOCK_RAW):
-            filt.add_rule(seccomp.ERRNO(errno.EPERM), "socketpair",
-                          seccomp.Arg(0, seccomp.EQ, socket.AF_UNIX),
-                          seccomp.Arg(1, seccomp.MASKED_EQ, 0xF, int(kind)))
-    with tempfile.TemporaryFile() as out:
-        filt.export_bpf(out)
-        out.seek(0)
-        return out.read()
-
-
-_compiled_early: list[bytes] = []
-
-
-def _compile_early() -> bytes:
-    import pyseccomp as seccomp
-
-    filt = seccomp.SyscallFilter(seccomp.ALLOW)
-    filt.add_rule(seccomp.ERRNO(errno.ENOSYS), "io_uring_setup")
-    with tempfile.TemporaryFile() as out:
-        filt.export_bpf(out)
-        out.seek(0)
-        return out.read()
-
-
-def precompile_seccomp() -> None:
-    """Compile the filters once (in the zygote): a specialization then only loads one."""
-    for egress in (True, False):
-        _compiled[egress] = _compile_seccomp(egress)
-    _compiled_early.append(_compile_early())
-
-
-def deny_io_uring() -> None:
-    """From the instance's start, io_uring is "not supported": libuv (uvloop) would otherwise
-    make a ring for its event loop before the function's filter, which denies io_uring_enter,
-    and abort on the first refusal."""
-    _load_program(_compiled_early[0] if _compiled_early else _compile_early())
-
-
-def _load_seccomp(egress: bool) -> None:
-    """Install the filter on every thread of the process (TSYNC)."""
-    _load_program(_compiled.get(egress) or _compile_seccomp(egress))
-
-
-def _load_program(program: bytes) -> None:
-    number = _SYS_SECCOMP.get(os.uname().machine)
-    if number is None:  # an architecture we have no number for: libseccomp loads it
-        import pyseccomp as seccomp
-
-        raise OSError(errno.ENOSYS, f"seccomp: unsupported machine {os.uname().machine} "
-                      f"(libseccomp {seccomp.get_api()})")
-    instructions = len(program) // 8
-    buffer = ctypes.create_string_buffer(program, len(program))
-
-    class _Prog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-    prog = _Prog(instructions, ctypes.cast(buffer, ctypes.c_void_p))
-    libc = _libc()
-    result = libc.syscall(ctypes.c_long(number), ctypes.c_long(_SECCOMP_SET_MODE_FILTER),
-                          ctypes.c_long(_SECCOMP_FILTER_FLAG_TSYNC), ctypes.byref(prog))
-    if result != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, f"seccomp: {os.strerror(code) if code else f'thread {result}'}")
-
-
-class OutputCapture:
-    """The instance's file descriptors 1 and 2 go into a pipe that a thread drains into a
-    bounded buffer; each call takes what arrived by its end into its logs. Output of
-    subprocesses and `os.write(1, ...)` thus lands in the activation's logs, capped, and never
-    in the platform's log (nor can it fill a pipe and block the writer)."""
-
-    def __init__(self, max_bytes: int) -> None:
-        """Made in the generic instance (a thread start is not free); `attach` at
-        specialization (the seccomp filter, synchronized to every thread, covers it)."""
-        self.max_bytes = max_bytes
-        self._lock = threading.Lock()
-        self._parts: list[bytes] = []
-        self._size = 0
-        self._dropped = 0
-        read_fd, self._write_fd = os.pipe()
-        os.set_blocking(read_fd, False)
-        self._read_fd = read_fd
-        threading.Thread(target=self._drain, name="output capture", daemon=True).start()
-
-    def attach(self) -> None:
-        """From now on, file descriptors 1 and 2 write into the pipe."""
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(self._write_fd, 1)
-        os.dup2(self._write_fd, 2)
-        os.close(self._write_fd)
-
-    def _drain(self) -> None:
-        poller = select.poll()
-        poller.register(self._read_fd, select.POLLIN)
-        while True:
-            poller.poll()
-            with self._lock:
-                if not self._read_available():
-                    return
-
-    def _read_available(self) -> bool:
-        """Read what is in the pipe now (holding the lock); False once it is closed."""
-        while True:
-            try:
-                chunk = os.read(self._read_fd, 65536)
-            except (BlockingIOError, InterruptedError):
-                return True
-            except OSError:
-                return False
-            if not chunk:
-                return False
-            room = self.max_bytes - self._size
-            if room > 0:
-                self._parts.append(chunk[:room])
-                self._size += min(room, len(chunk))
-            self._dropped += max(0, len(chunk) - max(room, 0))
-
-    def take(self) -> str:
-        """What was written since the last call, decoded; a note says what was dropped."""
-        with self._lock:
-            self._read_available()
-            data, dropped = b"".join(self._parts), self._dropped
-            self._parts, self._size, self._dropped = [], 0, 0
-        text = data.decode("utf-8", "replace")
-        if dropped:
-            text += f"\n[{dropped} bytes of output dropped past {self.max_bytes} bytes]\n"
-        return text
+    check(lib.capset(ctypes.c_char_p(header), data), "capset")
 
 
 class Walls:
@@ -643,7 +444,7 @@ class Walls:
             os.environ["TMPDIR"] = "/tmp"
             tempfile.tempdir = "/tmp"
             with contextlib.suppress(Exception):  # (no libseccomp: reported off already)
-                deny_io_uring()
+                seccomp.deny_io_uring()
             if not self.spec.get("userns"):
                 # Started now, it costs the cold start nothing; the uid change at
                 # specialization reaches every thread. (In a user namespace, capabilities
@@ -669,11 +470,11 @@ class Walls:
             os.setresuid(uid, uid, uid)
         else:
             _drop_capabilities()
-        libc = _libc()
-        _check(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
-        _check(libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0), "dumpable")
+        lib = libc()
+        check(lib.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+        check(lib.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "dumpable")
         if spec.get("seccomp"):
-            _load_seccomp(egress=spec.get("network") != "none")
+            seccomp.load(egress=spec.get("network") != "none")
         self.output = self._pending_output or OutputCapture(max_output_bytes)
         self.output.attach()
 
@@ -693,10 +494,10 @@ def probe() -> dict[str, Any]:
             inner = os.fork()
             if inner == 0:
                 try:
-                    _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
-                    _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
-                    _mount("tmpfs", "/tmp", "tmpfs", _MS_NOSUID | _MS_NODEV, "size=4k")
-                    _mount("devpts", "/tmp", "devpts", _MS_NOSUID | _MS_NOEXEC,
+                    mount(None, "/", None, MS_REC | MS_PRIVATE)
+                    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+                    mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=4k")
+                    mount("devpts", "/tmp", "devpts", MS_NOSUID | MS_NOEXEC,
                            "newinstance,ptmxmode=0666,max=1")
                 except BaseException:
                     os._exit(1)
@@ -716,7 +517,7 @@ def probe() -> dict[str, Any]:
         import pyseccomp
 
         pyseccomp.SyscallFilter(pyseccomp.ALLOW)
-        result["seccomp"] = os.uname().machine in _SYS_SECCOMP
+        result["seccomp"] = os.uname().machine in seccomp.SYSCALL_NUMBERS
         if not result["seccomp"]:
             result["why"]["seccomp"] = f"not supported on {os.uname().machine} yet"
     except Exception as exc:
@@ -756,6 +557,6 @@ def confine(spec: ConfineSpec, argv: list[str]) -> NoReturn:
     gid, uid = int(spec["gid"]), int(spec["uid"])
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
-    _check(_libc().prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
-    _load_seccomp(egress=True)
+    check(libc().prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+    seccomp.load(egress=True)
     os.execv(argv[0], argv)

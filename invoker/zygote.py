@@ -39,9 +39,11 @@ import invoker.context
 import invoker.protocol
 import invoker.runtime
 import invoker.sandbox
+import invoker.seccomp
 
 _PR_SET_PDEATHSIG = 1
-_PRELOADED = (invoker.context, invoker.protocol, invoker.runtime, invoker.sandbox)
+_PRELOADED = (invoker.context, invoker.protocol, invoker.runtime, invoker.sandbox,
+              invoker.seccomp)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -187,7 +189,7 @@ def _reap() -> None:
 def run_zygote() -> None:
     capabilities = invoker.sandbox.probe()  # before our SIGCHLD handler: it reaps its child
     if capabilities.get("seccomp"):
-        invoker.sandbox.precompile_seccomp()
+        invoker.seccomp.precompile()
     # What is loaded now is never collected: a collection in an instance would otherwise
     # write to every object's header and copy the pages it shares with us.
     gc.collect()

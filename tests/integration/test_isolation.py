@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import invoker.sandbox as sandbox
+from invoker import seccomp
 from scheduler.backends.isolation import (
     CgroupDriver,
     IsolationError,
@@ -105,7 +106,7 @@ def test_without_root_a_user_namespace_still_walls_the_instance() -> None:
         pytest.skip("needs root to become an unprivileged user in a child")
     # What the zygote does first; and what the child will need: nobody may not read Python's
     # own files here (they can live under /root).
-    sandbox.precompile_seccomp()
+    seccomp.precompile()
     import encodings.idna  # noqa: F401
     seen = _in_child_as_nobody("_unprivileged_instance")
     if "skip" in seen:
