@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
 import sys
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from scheduler.scheduler import PoolSettings
 from store.embedded import start_embedded_postgres, with_database
 
 TOKEN = "test-token"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item,
@@ -184,3 +187,47 @@ def make_platform(database_url: str, tmp_path: Path) -> PlatformFactory:
 async def running(make_platform: PlatformFactory) -> AsyncIterator[Running]:
     async with make_platform() as r:
         yield r
+
+
+@dataclass
+class FnUp:
+    """`fn up` as a subprocess (what a user runs), with the lines it wrote on stderr."""
+
+    process: subprocess.Popen[bytes]
+    env: dict[str, str]
+    stderr: list[bytes]
+
+
+@contextmanager
+def fn_up_process(state_dir: Path, **env_vars: str) -> Iterator[FnUp]:
+    """Run `fn up` on a free port with its state in `state_dir`; stop it by PID afterwards,
+    and fail if it exits badly or leaves a process behind."""
+    fn = str(Path(sys.executable).parent / "fn")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("FN_") and k != "DATABASE_URL"}
+    env.update(FN_STATE_DIR=str(state_dir), **env_vars)
+    process = subprocess.Popen([fn, "up", "--port", "0"], env=env, cwd=ROOT,
+                               stderr=subprocess.PIPE)
+    assert process.stderr is not None
+    stderr = process.stderr
+    lines: list[bytes] = []
+    for line in stderr:  # until it says it is up (or exits)
+        lines.append(line)
+        if line.startswith(b"Ember is up"):
+            break
+    else:
+        stderr.close()
+        pytest.fail(f"fn up exited with {process.wait()}: {b''.join(lines).decode()}")
+    drain = threading.Thread(target=lambda: lines.extend(stderr), daemon=True)
+    drain.start()
+    try:
+        yield FnUp(process, env, lines)
+    finally:
+        children = psutil.Process(process.pid).children(recursive=True)
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=30)
+        drain.join(timeout=5)
+        stderr.close()
+        assert code == 0, b"".join(lines).decode()[-3000:]
+        _, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive, f"processes outlived fn up: {alive}"

@@ -4,23 +4,19 @@ does after `make up`. The README's quick tour runs here, so the README cannot ro
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import pytest
 
-from tests.conftest import shared
+from tests.conftest import fn_up_process, shared
 
 ROOT = Path(__file__).resolve().parents[2]
 FN = str(Path(sys.executable).parent / "fn")
@@ -46,35 +42,9 @@ class Cli:
 @contextmanager
 def fn_up(state_dir: Path) -> Iterator[Cli]:
     """Run `fn up` on a free port with its state in `state_dir`; stop it by PID afterwards."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("FN_") and k != "DATABASE_URL"}
-    env["FN_STATE_DIR"] = str(state_dir)
-    env["FN_EXPOSE"] = str(shared(state_dir.parent))  # where handlers leave what tests read
-    gateway = subprocess.Popen([FN, "up", "--port", "0"], env=env, cwd=ROOT,
-                               stderr=subprocess.PIPE)
-    assert gateway.stderr is not None
-    stderr = gateway.stderr
-    lines: list[bytes] = []
-    for line in stderr:  # until it says it is up (or exits)
-        lines.append(line)
-        if line.startswith(b"Ember is up"):
-            break
-    else:
-        stderr.close()
-        pytest.fail(f"fn up exited with {gateway.wait()}: {b''.join(lines).decode()}")
-    drain = threading.Thread(target=lambda: lines.extend(stderr), daemon=True)
-    drain.start()
-    try:
-        yield Cli(env, gateway)
-    finally:
-        children = psutil.Process(gateway.pid).children(recursive=True)
-        gateway.send_signal(signal.SIGTERM)
-        code = gateway.wait(timeout=30)
-        drain.join(timeout=5)
-        stderr.close()
-        assert code == 0, b"".join(lines).decode()[-3000:]
-        _, alive = psutil.wait_procs(children, timeout=10)
-        assert not alive, f"processes outlived fn up: {alive}"
+    # FN_EXPOSE: where handlers leave what tests read
+    with fn_up_process(state_dir, FN_EXPOSE=str(shared(state_dir.parent))) as running:
+        yield Cli(running.env, running.process)
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,9 +25,7 @@ import psutil
 import pytest
 
 from fn.client import Client, Reply
-
-ROOT = Path(__file__).resolve().parents[2]
-FN = str(Path(sys.executable).parent / "fn")
+from tests.conftest import fn_up_process
 
 pytestmark = [pytest.mark.timeout(120)]
 
@@ -103,27 +100,10 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     if os.geteuid() != 0:
         pytest.skip("the sandbox's uids, cgroups and firewall rules need root")
     state_dir = tmp_path_factory.mktemp("attacks") / "state"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FN_")
-           and k != "DATABASE_URL"}
-    env.update(FN_STATE_DIR=str(state_dir), FN_GENERIC_POOL="2")
-    process = subprocess.Popen([FN, "up", "--port", "0"], env=env, cwd=ROOT,
-                               stderr=subprocess.PIPE)
-    assert process.stderr is not None
-    stderr = process.stderr
-    lines: list[bytes] = []
-    for line in stderr:
-        lines.append(line)
-        if line.startswith(b"Ember is up"):
-            break
-    else:
-        stderr.close()
-        pytest.fail(f"fn up exited with {process.wait()}: {b''.join(lines).decode()}")
-    drain = threading.Thread(target=lambda: lines.extend(stderr), daemon=True)
-    drain.start()
-    url = json.loads((state_dir / "gateway.json").read_text())["url"]
-    running = Platform(state_dir, process, Client(url, (state_dir / "token").read_text().strip(),
-                                                  timeout_s=60), lines)
-    try:
+    with fn_up_process(state_dir, FN_GENERIC_POOL="2") as up:
+        url = json.loads((state_dir / "gateway.json").read_text())["url"]
+        token = (state_dir / "token").read_text().strip()
+        running = Platform(state_dir, up.process, Client(url, token, timeout_s=60), up.stderr)
         health = running.client.api("GET", "/healthz")
         off = health["isolation"]["protections_off"]
         if off:
@@ -131,15 +111,6 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         running.deploy("bystander", BYSTANDER, env={"API_KEY": "k" * 24})
         running.healthy()
         yield running
-    finally:
-        children = psutil.Process(process.pid).children(recursive=True)
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=30)
-        drain.join(timeout=5)
-        stderr.close()
-        assert code == 0, b"".join(lines).decode()[-3000:]
-        _, alive = psutil.wait_procs(children, timeout=10)
-        assert not alive, f"processes outlived fn up: {alive}"
 
 
 TRY = textwrap.dedent("""
