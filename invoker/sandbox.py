@@ -301,6 +301,10 @@ def _build_mounts(spec: GenericSpec) -> _Covers:
     for path in spec.get("expose", []):
         with contextlib.suppress(OSError):
             exposed[path] = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    revealed: dict[str, int] = {}  # (opened now: they may lie below /tmp, made private next)
+    for path in spec.get("reveal", []):
+        with contextlib.suppress(OSError):
+            revealed[path] = os.open(path, os.O_PATH | os.O_CLOEXEC)
     mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     size = int(spec.get("tmp_bytes", 64 << 20))
     _build_dev(size)
@@ -312,8 +316,9 @@ def _build_mounts(spec: GenericSpec) -> _Covers:
     for path in sorted(hide):
         if not any(_under(path, c) for c in covers.covered) and _cover(path):
             covers.covered[path] = True
-    for path in spec.get("reveal", []):
-        covers.bind_back(path)
+    for path, fd in revealed.items():
+        covers.bind_back(path, source_fd=fd)
+        os.close(fd)
     for path in spec.get("hide_last", []):
         if not any(_under(path, t) for t in _PRIVATE_DIRS) and _cover(path):
             covers.covered[path] = True

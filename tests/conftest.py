@@ -172,10 +172,10 @@ def make_platform(database_url: str, tmp_path: Path) -> PlatformFactory:
             async with aiohttp.ClientSession() as http:
                 yield Running(platform, f"http://{host}:{port}", http)
         finally:
+            watchdog.cancel()  # (also when the test failed: it would fire in a later one)
             processes = platform_processes(platform)
             await runner.cleanup()
             await platform.stop()
-        watchdog.cancel()
         _, leaked = psutil.wait_procs(processes, timeout=5)
         leaked = [p for p in leaked if p.status() != psutil.STATUS_ZOMBIE]
         assert not leaked, f"invoker processes left running: {leaked}"

@@ -35,6 +35,9 @@ RUNTIME_MEMORY_BYTES = 64 << 20
 """Added to a function's --memory in its cgroup: the runtime's own pages and its helpers."""
 CPU_PERIOD_US = 100_000
 
+PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+"""Made private (empty tmpfs) in every instance."""
+
 HIDDEN_PATHS = ("/root", "/home", "/run", "/var/lib", "/var/log", "/var/spool", "/var/mail",
                 "/var/cache", "/var/backups", "/sys/fs/cgroup", "/boot", "/mnt", "/media",
                 "/srv", "/etc/ember", "/etc/ssl/private")
@@ -448,7 +451,12 @@ def hidden_paths(settings: IsolationSettings,
     bind back (Python, and the resolver configuration when it lives under /run); and the
     platform's own directories (`private`: state dir, socket dir), covered last, whatever was
     bound back around them."""
-    hide, reveal = cover_plan([*HIDDEN_PATHS, *settings.hide], _needed_paths())
+    needed = _needed_paths()
+    hide, reveal = cover_plan([*HIDDEN_PATHS, *settings.hide], needed)
+    # Instances get /tmp, /var/tmp and /dev/shm of their own: Python living there (a virtual
+    # environment in /tmp) is bound back in as well.
+    reveal += [n for n in needed if any(_under(n, t) for t in PRIVATE_DIRS)
+               and not any(_under(n, r) for r in reveal)]
     resolv = os.path.realpath("/etc/resolv.conf")
     if resolv != "/etc/resolv.conf" and any(_under(resolv, h) for h in hide):
         reveal.append(resolv)  # systemd-resolved, resolvconf: a link into /run

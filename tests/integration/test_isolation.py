@@ -213,3 +213,13 @@ def test_what_is_hidden_does_not_depend_on_where_the_platform_starts(
     assert "/" not in reveal
     assert "/root" in hide or not Path("/root").exists()
     assert last == [str(state.resolve())]
+
+
+def test_python_in_a_private_directory_is_bound_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A virtual environment under /tmp (a fresh clone there) stays importable: instances
+    get a /tmp of their own, and Python's directories are bound back into it."""
+    import scheduler.backends.isolation as isolation
+
+    monkeypatch.setattr(isolation, "_needed_paths", lambda: ["/tmp/clone/.venv"])
+    _, reveal, _ = isolation.hidden_paths(IsolationSettings(), [])
+    assert "/tmp/clone/.venv" in reveal
