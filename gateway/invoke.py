@@ -243,14 +243,24 @@ async def execute(platform: Platform, version: Version, activation_id: Activatio
     if not reply.get("ok"):
         error = {str(k)[:100]: _capped(v) if isinstance(v, str) else v
                  for k, v in list((reply.get("error") or {}).items())[:20]}
-        status = int(reply.get("status", 500))
+        status = reply.get("status", 500)
+        if not isinstance(status, int) or not 400 <= status <= 599:
+            status = 500  # (an error is an error, whatever a forged reply says)
         code = "bad_request" if status == 400 else "handler_error"
         if error.get("type") == "ResponseTooLarge":
             status, code = 502, "response_too_large"
         record("error", status, error, logs, lease.cold)
         return CallResult("error", status, error=error, code=code,
                           message=error.get("message", ""), logs=logs, cold=lease.cold)
-    status = int(reply.get("status", 200))
+    status = reply.get("status", 200)
+    if not isinstance(status, int) or not 200 <= status <= 599:
+        # The runtime refuses these; an instance that writes its own reply frame does not.
+        error = {"type": "InvalidResponse",
+                 "message": f"the handler answered with status {str(status)[:20]!r}; "
+                            "a response status must be 200-599"}
+        record("error", 502, error, logs, lease.cold)
+        return CallResult("error", 502, error=error, code="invalid_response",
+                          message=error["message"], logs=logs, cold=lease.cold)
     record("success", status, None, logs, lease.cold)
     return CallResult("success", status, body=out, headers=reply.get("headers", []), logs=logs,
                       cold=lease.cold)

@@ -16,6 +16,7 @@ import errno
 import os
 import socket
 import tempfile
+from typing import Any
 
 from invoker.linux import NAMESPACE_FLAGS, libc
 
@@ -68,19 +69,19 @@ def _compile(egress: bool) -> bytes:
             filt.add_rule(seccomp.ERRNO(errno.ENOSYS), name)
     # Socket families: Unix, IPv4, IPv6 and netlink (the C library asks it for addresses);
     # not vsock (the hypervisor, outside any network namespace), packet, crypto and others.
+    # (The kernel reads these int arguments' low 32 bits only: compare just those, or a
+    # value with high bits set would pass as the same family or protocol.)
     unsupported = seccomp.ERRNO(errno.EAFNOSUPPORT)
     for family in (0, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15):
-        filt.add_rule(unsupported, "socket", seccomp.Arg(0, seccomp.EQ, family))
-    filt.add_rule(unsupported, "socket", seccomp.Arg(0, seccomp.GE, 17))
+        filt.add_rule(unsupported, "socket", _int_eq(seccomp, 0, family))
+    filt.add_rule(unsupported, "socket", seccomp.Arg(0, seccomp.GE, 17))  # (high bits too)
     filt.add_rule(seccomp.ERRNO(errno.EPERM), "socket",  # sock_diag: the host's sockets
-                  seccomp.Arg(0, seccomp.EQ, socket.AF_NETLINK),
-                  seccomp.Arg(2, seccomp.EQ, 4))
+                  _int_eq(seccomp, 0, socket.AF_NETLINK), _int_eq(seccomp, 2, 4))
     if egress:
-        filt.add_rule(seccomp.ERRNO(errno.EPERM), "socket",
-                      seccomp.Arg(0, seccomp.EQ, socket.AF_UNIX))
+        filt.add_rule(seccomp.ERRNO(errno.EPERM), "socket", _int_eq(seccomp, 0, socket.AF_UNIX))
         for kind in (socket.SOCK_DGRAM, socket.SOCK_SEQPACKET, socket.SOCK_RAW):
             filt.add_rule(seccomp.ERRNO(errno.EPERM), "socketpair",
-                          seccomp.Arg(0, seccomp.EQ, socket.AF_UNIX),
+                          _int_eq(seccomp, 0, socket.AF_UNIX),
                           seccomp.Arg(1, seccomp.MASKED_EQ, 0xF, int(kind)))
     with tempfile.TemporaryFile() as out:
         filt.export_bpf(out)
@@ -100,6 +101,11 @@ def _compile_early() -> bytes:
         filt.export_bpf(out)
         out.seek(0)
         return out.read()
+
+
+def _int_eq(seccomp: Any, index: int, value: int) -> Any:
+    """Argument `index`, an int in the kernel, equals `value` (its low 32 bits do)."""
+    return seccomp.Arg(index, seccomp.MASKED_EQ, 0xFFFFFFFF, value)
 
 
 def precompile() -> None:

@@ -706,7 +706,18 @@ def test_requirements_builds_run_inside_the_walls(platform: Platform, tmp_path: 
 def test_only_internet_unix_and_netlink_sockets(platform: Platform) -> None:
     source = TRY + textwrap.dedent("""
         def handler(event, context):
-            return {"vsock": attempt(lambda: socket.socket(40, socket.SOCK_STREAM)),
+            libc = ctypes.CDLL(None, use_errno=True)
+
+            def raw_socket(family, kind, protocol):
+                fd = libc.syscall(41, ctypes.c_long(family), ctypes.c_long(kind),
+                                  ctypes.c_long(protocol))
+                if fd < 0:
+                    raise OSError(ctypes.get_errno(), "socket")
+                os.close(fd)
+
+            return {"diag high bits": attempt(lambda: raw_socket(16, 3, (1 << 32) | 4)),
+                    "unix high bits": attempt(lambda: raw_socket((1 << 32) | 1, 1, 0)),
+                    "vsock": attempt(lambda: socket.socket(40, socket.SOCK_STREAM)),
                     "alg": attempt(lambda: socket.socket(38, socket.SOCK_SEQPACKET)),
                     "sock_diag": attempt(lambda: socket.socket(16, socket.SOCK_DGRAM, 4)),
                     "route": attempt(lambda: socket.socket(16, socket.SOCK_DGRAM, 0).close()),
@@ -717,6 +728,31 @@ def test_only_internet_unix_and_netlink_sockets(platform: Platform) -> None:
         assert seen["vsock"].startswith("failed: OSError: [Errno 97]"), seen  # EAFNOSUPPORT
         assert seen["alg"].startswith("failed: OSError: [Errno 97]"), seen
         assert seen["sock_diag"].startswith("failed: PermissionError"), seen
+        # the kernel reads ints' low 32 bits: so does the filter
+        assert seen["diag high bits"].startswith("failed: PermissionError"), seen
+        if network == "egress":
+            assert seen["unix high bits"].startswith("failed: PermissionError"), seen
         assert seen["route"] == "succeeded: None", seen  # getaddrinfo needs it
         assert seen["tcp"] == "succeeded: None", seen
+    platform.healthy()
+
+
+def test_a_forged_status_does_not_reach_the_caller(platform: Platform) -> None:
+    """The runtime refuses 1xx statuses; a handler that replaces the runtime's encoder gets
+    the same answer from the gateway (no protocol switch through a proxy)."""
+    source = textwrap.dedent("""
+        import invoker.runtime
+
+        def forged(result):
+            return 101, [["Upgrade", "websocket"], ["Connection", "Upgrade"]], b""
+
+        invoker.runtime.encode_result = forged
+
+        def handler(event, context):
+            return "upgrade me"
+    """)
+    platform.deploy("switcher", source)
+    reply = platform.call("switcher")
+    assert reply.status == 502, reply
+    assert reply.json()["error"]["code"] == "invalid_response"
     platform.healthy()
