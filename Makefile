@@ -20,13 +20,15 @@ up: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-## lint: ruff, mypy --strict and the import-linter layering contract
+## lint: ruff (rules and formatting), mypy --strict and the import-linter layering contract
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
 format: $(STAMP)
+	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
 clean:

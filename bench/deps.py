@@ -38,16 +38,20 @@ from bench.run import (
 )
 
 REQUIREMENTS = "requests==2.32.3\n"
-USES_REQUESTS = ("import requests\n\ndef handler(event, context):\n"
-                 "    return {'requests': requests.__version__}\n")
+USES_REQUESTS = (
+    "import requests\n\ndef handler(event, context):\n"
+    "    return {'requests': requests.__version__}\n"
+)
 TRIVIAL = "def handler(event, context):\n    return {'ok': True}\n"
 
 
-async def deploy(http: aiohttp.ClientSession, url: str, name: str, source: str,
-                 requirements: str = "") -> dict[str, object]:
+async def deploy(
+    http: aiohttp.ClientSession, url: str, name: str, source: str, requirements: str = ""
+) -> dict[str, object]:
     body = {"name": name, "source": source, "requirements": requirements}
-    async with http.post(f"{url}/v1/functions", headers=admin_headers(),
-                         data=orjson.dumps(body)) as response:
+    async with http.post(
+        f"{url}/v1/functions", headers=admin_headers(), data=orjson.dumps(body)
+    ) as response:
         data: dict[str, object] = await response.json()
         if response.status != 201:
             raise RuntimeError(f"deploy {name}: {response.status} {data}")
@@ -67,21 +71,22 @@ def naive_starts(site: Path, n: int) -> list[float]:
 
 async def run(quick: bool, database_url: str, work: Path) -> list[Row]:
     n = 10 if quick else 30
-    gateway = Gateway.start(work / "state", database_url, FN_KEEP_ALIVE="1s",
-                            FN_GENERIC_POOL="4")
+    gateway = Gateway.start(work / "state", database_url, FN_KEEP_ALIVE="1s", FN_GENERIC_POOL="4")
     rows = []
     try:
         async with aiohttp.ClientSession() as http:
             admin = Admin(http, gateway.url)
             t0 = time.perf_counter()
-            first = await deploy(http, gateway.url, "dep-0", USES_REQUESTS + "\nV = 0\n",
-                                 REQUIREMENTS)
+            first = await deploy(
+                http, gateway.url, "dep-0", USES_REQUESTS + "\nV = 0\n", REQUIREMENTS
+            )
             build_s = time.perf_counter() - t0
             reuse = []
             for i in range(1, n):
                 t0 = time.perf_counter()
-                await deploy(http, gateway.url, f"dep-{i}", USES_REQUESTS + f"\nV = {i}\n",
-                             REQUIREMENTS)
+                await deploy(
+                    http, gateway.url, f"dep-{i}", USES_REQUESTS + f"\nV = {i}\n", REQUIREMENTS
+                )
                 reuse.append(time.perf_counter() - t0)
             for i in range(n):
                 await deploy(http, gateway.url, f"plain-{i}", TRIVIAL + f"\nV = {i}\n")
@@ -103,12 +108,17 @@ async def run(quick: bool, database_url: str, work: Path) -> list[Row]:
     dep_p50 = quantiles_ms(dep_cold)[0]
     naive_p50 = quantiles_ms(naive)[0]
     rows += [
-        latency_row("cold, trivial function (generic pool): baseline", plain_cold,
-                    ratio="1.00x"),
-        latency_row("cold, function importing requests (generic pool)", dep_cold,
-                    ratio=f"{dep_p50 / base:.1f}x trivial"),
-        latency_row("naive: fresh interpreter + import requests", naive,
-                    ratio=f"{naive_p50 / dep_p50:.1f}x Ember"),
+        latency_row("cold, trivial function (generic pool): baseline", plain_cold, ratio="1.00x"),
+        latency_row(
+            "cold, function importing requests (generic pool)",
+            dep_cold,
+            ratio=f"{dep_p50 / base:.1f}x trivial",
+        ),
+        latency_row(
+            "naive: fresh interpreter + import requests",
+            naive,
+            ratio=f"{naive_p50 / dep_p50:.1f}x Ember",
+        ),
         Row("deploy with requirements, first (pip install)", p50_ms=build_s * 1000),
         latency_row("deploy with the same requirements (environment reused)", reuse),
     ]

@@ -39,8 +39,7 @@ TRIVIAL = "def handler(event, context):\n    return {'ok': True}\n"
 async def deploy_all(http: aiohttp.ClientSession, url: str, names: list[str]) -> None:
     for i, name in enumerate(names):
         body = {"name": name, "source": TRIVIAL + f"\nV = {i}\n"}
-        async with http.post(f"{url}/v1/functions", headers=admin_headers(),
-                             json=body) as response:
+        async with http.post(f"{url}/v1/functions", headers=admin_headers(), json=body) as response:
             if response.status != 201:
                 raise RuntimeError(f"deploy {name}: {response.status} {await response.text()}")
 
@@ -49,15 +48,22 @@ def scaled_to_zero(admin: Admin, names: list[str]) -> Callable[[], Awaitable[boo
     async def check() -> bool:
         counts = await admin.instances()
         return all(counts.get(x, 0) == 0 for x in names)
+
     return check
 
 
-def start_scheduler(work: Path, database_url: str, kubeconfig: str, port: int,
-                    pool: int) -> subprocess.Popen[bytes]:
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("FN_", "EMBER_"))},
-           "DATABASE_URL": database_url, "FN_SCHEDULER_TOKEN": TOKEN,
-           "EMBER_SCHEDULER_PORT": str(port), "KUBECONFIG": kubeconfig,
-           "EMBER_NAMESPACE": NS, "EMBER_GENERIC_POOL": str(pool)}
+def start_scheduler(
+    work: Path, database_url: str, kubeconfig: str, port: int, pool: int
+) -> subprocess.Popen[bytes]:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("FN_", "EMBER_"))},
+        "DATABASE_URL": database_url,
+        "FN_SCHEDULER_TOKEN": TOKEN,
+        "EMBER_SCHEDULER_PORT": str(port),
+        "KUBECONFIG": kubeconfig,
+        "EMBER_NAMESPACE": NS,
+        "EMBER_GENERIC_POOL": str(pool),
+    }
     log = (work / f"scheduler-{port}.log").open("wb")
     return subprocess.Popen([sys.executable, "-m", "scheduler"], env=env, stderr=log)
 
@@ -73,21 +79,29 @@ async def scheduler_generic(http: aiohttp.ClientSession, url: str) -> int:
         return -1
 
 
-async def k8s_cold_starts(work: Path, database_url: str, fake: FakeKubernetes, n: int,
-                          pool: int, port: int) -> list[float]:
-    scheduler = start_scheduler(work, database_url, fake.kubeconfig(str(work / "kc")), port,
-                                pool)
+async def k8s_cold_starts(
+    work: Path, database_url: str, fake: FakeKubernetes, n: int, pool: int, port: int
+) -> list[float]:
+    scheduler = start_scheduler(work, database_url, fake.kubeconfig(str(work / "kc")), port, pool)
     url = f"http://127.0.0.1:{port}"
     gateway = None
     try:
         async with aiohttp.ClientSession() as http:
+
             async def leader() -> bool:
                 return await scheduler_generic(http, url) >= 0
+
             await until(leader, 60, "the scheduler to lead")
-            gateway = Gateway.start(work / f"gw-{port}", database_url, EMBER_BACKEND="kubernetes",
-                                    EMBER_SCHEDULER_URL=url, FN_SCHEDULER_TOKEN=TOKEN,
-                                    EMBER_GATEWAY_ID=f"bench-{port}", FN_KEEP_ALIVE="1s",
-                                    FN_DELIVERIES="0")
+            gateway = Gateway.start(
+                work / f"gw-{port}",
+                database_url,
+                EMBER_BACKEND="kubernetes",
+                EMBER_SCHEDULER_URL=url,
+                FN_SCHEDULER_TOKEN=TOKEN,
+                EMBER_GATEWAY_ID=f"bench-{port}",
+                FN_KEEP_ALIVE="1s",
+                FN_DELIVERIES="0",
+            )
             admin = Admin(http, gateway.url)
             names = [f"k{port}-{i}" for i in range(n)]
             await deploy_all(http, gateway.url, names)
@@ -95,8 +109,10 @@ async def k8s_cold_starts(work: Path, database_url: str, fake: FakeKubernetes, n
             await until(scaled_to_zero(admin, names), 60, "scale to zero")
             samples = []
             for name in names:
+
                 async def full() -> bool:
                     return await scheduler_generic(http, url) >= pool
+
                 await until(full, 60, "the generic pods to be ready")
                 latency, _ = await admin.call(name)
                 samples.append(latency)
@@ -113,11 +129,15 @@ async def run(quick: bool, database_url: str, work: Path) -> list[Row]:
     n = 10 if quick else 30
     fake = FakeKubernetes(rules=SCHEDULER_RULES)
     await fake.start()
-    fake.put("configmaps", NS, {"apiVersion": "v1", "kind": "ConfigMap",
-                                "metadata": {"name": "ember-invokers"}})
+    fake.put(
+        "configmaps",
+        NS,
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ember-invokers"}},
+    )
     try:
-        local = Gateway.start(work / "local", database_url, FN_KEEP_ALIVE="1s",
-                              FN_GENERIC_POOL="2", FN_DELIVERIES="0")
+        local = Gateway.start(
+            work / "local", database_url, FN_KEEP_ALIVE="1s", FN_GENERIC_POOL="2", FN_DELIVERIES="0"
+        )
         try:
             async with aiohttp.ClientSession() as http:
                 admin = Admin(http, local.url)
@@ -135,10 +155,16 @@ async def run(quick: bool, database_url: str, work: Path) -> list[Row]:
     p50 = quantiles_ms(base)[0]
     return [
         latency_row("local: cold start from the generic pool (baseline)", base, ratio="1.00x"),
-        latency_row("kubernetes: generic pod ready (relabel + push code)", specialized,
-                    ratio=f"{quantiles_ms(specialized)[0] / p50:.1f}x"),
-        latency_row("kubernetes: no generic pod (pod created; here a process start)", started,
-                    ratio=f"{quantiles_ms(started)[0] / p50:.1f}x"),
+        latency_row(
+            "kubernetes: generic pod ready (relabel + push code)",
+            specialized,
+            ratio=f"{quantiles_ms(specialized)[0] / p50:.1f}x",
+        ),
+        latency_row(
+            "kubernetes: no generic pod (pod created; here a process start)",
+            started,
+            ratio=f"{quantiles_ms(started)[0] / p50:.1f}x",
+        ),
     ]
 
 

@@ -40,12 +40,21 @@ async def sequential(load: Load, n: int, *, warmup: int = 50) -> list[float]:
     return latencies
 
 
-async def sequential_direct(host: str, port: int, body: bytes, n: int, *,
-                            warmup: int = 50) -> list[float]:
+async def sequential_direct(
+    host: str, port: int, body: bytes, n: int, *, warmup: int = 50
+) -> list[float]:
     """The same, straight to an invoker instance over its wire protocol."""
     conn = await Connection.open(host, port)
-    meta = {"op": "invoke", "id": "bench", "timeout_s": 30, "method": "POST", "path": "/",
-            "query": "", "headers": [], "content_type": "application/json"}
+    meta = {
+        "op": "invoke",
+        "id": "bench",
+        "timeout_s": 30,
+        "method": "POST",
+        "path": "/",
+        "query": "",
+        "headers": [],
+        "content_type": "application/json",
+    }
     latencies = []
     try:
         for i in range(n + warmup):
@@ -60,8 +69,11 @@ async def sequential_direct(host: str, port: int, body: bytes, n: int, *,
     return latencies
 
 
-async def _closed_loop(load: Load, concurrency: int, duration_s: float,
-                       ) -> tuple[int, int, list[float]]:
+async def _closed_loop(
+    load: Load,
+    concurrency: int,
+    duration_s: float,
+) -> tuple[int, int, list[float]]:
     connector = aiohttp.TCPConnector(limit=concurrency)
     headers = {"Content-Type": load.content_type}
     latencies: list[float] = []
@@ -85,17 +97,26 @@ async def _closed_loop(load: Load, concurrency: int, duration_s: float,
     return len(latencies), errors, latencies
 
 
-def _process_main(load: Load, concurrency: int, duration_s: float,
-                  ) -> tuple[int, int, list[float]]:
+def _process_main(
+    load: Load,
+    concurrency: int,
+    duration_s: float,
+) -> tuple[int, int, list[float]]:
     return uvloop.run(_closed_loop(load, concurrency, duration_s))
 
 
-def throughput(load: Load, concurrency: int, duration_s: float, processes: int = 2,
-               ) -> tuple[float, int, list[float]]:
+def throughput(
+    load: Load,
+    concurrency: int,
+    duration_s: float,
+    processes: int = 2,
+) -> tuple[float, int, list[float]]:
     """Calls/s of `concurrency` clients calling back to back for `duration_s`, in processes."""
     processes = max(1, min(processes, concurrency))
-    shares = [concurrency // processes + (1 if i < concurrency % processes else 0)
-              for i in range(processes)]
+    shares = [
+        concurrency // processes + (1 if i < concurrency % processes else 0)
+        for i in range(processes)
+    ]
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(processes) as pool:
         results = pool.starmap(_process_main, [(load, c, duration_s) for c in shares])

@@ -34,8 +34,12 @@ class Caller(HttpUser):
     body = orjson.dumps({"data": "x" * 1000})
 
     def _call(self, name: str) -> None:
-        self.client.post(f"/fn/{name}", data=self.body, name=f"/fn/{name.split('-')[0]}",
-                         headers={"Content-Type": "application/json"})
+        self.client.post(
+            f"/fn/{name}",
+            data=self.body,
+            name=f"/fn/{name.split('-')[0]}",
+            headers={"Content-Type": "application/json"},
+        )
 
     @task(20)
     def hot(self) -> None:

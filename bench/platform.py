@@ -28,13 +28,19 @@ class Gateway:
     def start(cls, state_dir: Path, database_url: str, **env: str) -> Gateway:
         state_dir.mkdir(parents=True, exist_ok=True)
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("FN_")}
-        full_env.update(FN_STATE_DIR=str(state_dir), FN_PORT="0", FN_HOST="127.0.0.1",
-                        FN_TOKEN=TOKEN, DATABASE_URL=database_url,
-                        FN_ISOLATION=os.environ.get("EMBER_BENCH_ISOLATION", "auto"))
+        full_env.update(
+            FN_STATE_DIR=str(state_dir),
+            FN_PORT="0",
+            FN_HOST="127.0.0.1",
+            FN_TOKEN=TOKEN,
+            DATABASE_URL=database_url,
+            FN_ISOLATION=os.environ.get("EMBER_BENCH_ISOLATION", "auto"),
+        )
         full_env.update(env)
         log = state_dir / "gateway.log"
-        process = subprocess.Popen([sys.executable, "-m", "gateway"], env=full_env,
-                                   stderr=subprocess.PIPE)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway"], env=full_env, stderr=subprocess.PIPE
+        )
         assert process.stderr is not None
         stderr = process.stderr
         sink = log.open("wb")
@@ -75,10 +81,20 @@ class Server:
 async def specialize(port: int, source: str, name: str = "bench") -> None:
     conn = await Connection.open("127.0.0.1", port)
     try:
-        reply, _ = await conn.call({"op": "specialize", "function": name, "version": 1,
-                                    "filename": "handler.py", "source": source,
-                                    "entry": "handler", "env": {}, "timeout_s": 30,
-                                    "memory_bytes": 256 << 20, "concurrency": 1})
+        reply, _ = await conn.call(
+            {
+                "op": "specialize",
+                "function": name,
+                "version": 1,
+                "filename": "handler.py",
+                "source": source,
+                "entry": "handler",
+                "env": {},
+                "timeout_s": 30,
+                "memory_bytes": 256 << 20,
+                "concurrency": 1,
+            }
+        )
     finally:
         conn.close()
     if not reply.get("ok"):

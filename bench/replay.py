@@ -33,8 +33,9 @@ TRACE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "azure-funct
 HANDLER = "async def handler(event, context):\n    return 'ok'\n"
 
 
-def pick_slice(traces: list[FunctionTrace], start_min: int, minutes: int, functions: int,
-               max_calls: int) -> list[FunctionTrace]:
+def pick_slice(
+    traces: list[FunctionTrace], start_min: int, minutes: int, functions: int, max_calls: int
+) -> list[FunctionTrace]:
     """The functions with calls in the slice (at most `max_calls` each), times from its
     start."""
     lo, hi = start_min * 60.0, (start_min + minutes) * 60.0
@@ -42,18 +43,23 @@ def pick_slice(traces: list[FunctionTrace], start_min: int, minutes: int, functi
     for t in traces:
         calls = [a - lo for a in t.arrivals if lo <= a < hi]
         if 2 <= len(calls) <= max_calls:
-            chosen.append(FunctionTrace(f"r{len(chosen)}", calls, 0.001,
-                                        max(128.0, float(round(t.memory_mb)))))
+            chosen.append(
+                FunctionTrace(
+                    f"r{len(chosen)}", calls, 0.001, max(128.0, float(round(t.memory_mb)))
+                )
+            )
         if len(chosen) == functions:
             break
     return chosen
 
 
-async def replay(gateway_url: str, traces: list[FunctionTrace],
-                 speedup: float) -> dict[str, list[bool]]:
+async def replay(
+    gateway_url: str, traces: list[FunctionTrace], speedup: float
+) -> dict[str, list[bool]]:
     """Call each function at its times compressed `speedup` times; returns the cold flag of
     every call."""
     async with aiohttp.ClientSession() as http:
+
         async def call(name: str) -> str:
             async with http.post(f"{gateway_url}/fn/{name}", json={}) as r:
                 await r.read()
@@ -71,15 +77,22 @@ async def replay(gateway_url: str, traces: list[FunctionTrace],
         await asyncio.gather(*tasks)
         cold: dict[str, list[bool]] = {}
         for t in traces:
-            async with http.get(f"{gateway_url}/v1/functions/{t.name}/activations?limit=1000",
-                                headers=admin_headers()) as r:
+            async with http.get(
+                f"{gateway_url}/v1/functions/{t.name}/activations?limit=1000",
+                headers=admin_headers(),
+            ) as r:
                 cold[t.name] = [a["cold"] for a in (await r.json())["activations"]]
         return cold
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    traces = pick_slice(load_azure_trace(args.trace), args.start_minute, args.minutes,
-                        args.functions, args.max_calls)
+    traces = pick_slice(
+        load_azure_trace(args.trace),
+        args.start_minute,
+        args.minutes,
+        args.functions,
+        args.max_calls,
+    )
     keep_alive_s = args.keep_alive_min * 60
     # What the live router runs for each: the histogram keeps the keep-alive while it learns.
     policy: FixedKeepAlive | HybridHistogram
@@ -101,27 +114,41 @@ async def main_async(args: argparse.Namespace) -> None:
         conn = await asyncpg.connect(server)
         await conn.execute(f'CREATE DATABASE "{name}"')
         await conn.close()
-        gateway = Gateway.start(Path(tmp) / "gw", with_database(server, name),
-                                FN_KEEP_ALIVE=f"{keep_alive_s}s", FN_GENERIC_POOL="4",
-                                FN_TIME_SCALE=str(args.speedup))
+        gateway = Gateway.start(
+            Path(tmp) / "gw",
+            with_database(server, name),
+            FN_KEEP_ALIVE=f"{keep_alive_s}s",
+            FN_GENERIC_POOL="4",
+            FN_TIME_SCALE=str(args.speedup),
+        )
         try:
             async with aiohttp.ClientSession() as http:
                 for t in traces:
-                    async with http.post(f"{gateway.url}/v1/functions", headers=admin_headers(),
-                                         data=orjson.dumps({
-                                             "name": t.name, "source": HANDLER,
-                                             "concurrency": 1000,
-                                             # the memory the cost mode weighs, as simulated
-                                             "memory": f"{max(128, round(t.memory_mb))}Mi",
-                                         })) as r:
+                    async with http.post(
+                        f"{gateway.url}/v1/functions",
+                        headers=admin_headers(),
+                        data=orjson.dumps(
+                            {
+                                "name": t.name,
+                                "source": HANDLER,
+                                "concurrency": 1000,
+                                # the memory the cost mode weighs, as simulated
+                                "memory": f"{max(128, round(t.memory_mb))}Mi",
+                            }
+                        ),
+                    ) as r:
                         assert r.status == 201, await r.text()
-                async with http.put(f"{gateway.url}/v1/policy", headers=admin_headers(),
-                                    data=orjson.dumps({"prewarm": args.policy})) as r:
+                async with http.put(
+                    f"{gateway.url}/v1/policy",
+                    headers=admin_headers(),
+                    data=orjson.dumps({"prewarm": args.policy}),
+                ) as r:
                     assert r.status == 200, await r.text()
 
                 async def scaled_to_zero() -> bool:  # the deploys' warm instances
-                    async with http.get(f"{gateway.url}/v1/functions",
-                                        headers=admin_headers()) as r:
+                    async with http.get(
+                        f"{gateway.url}/v1/functions", headers=admin_headers()
+                    ) as r:
                         data = await r.json()
                     return all(f["instances"]["total"] == 0 for f in data["functions"])
 
@@ -138,13 +165,17 @@ async def main_async(args: argparse.Namespace) -> None:
                 embedded.stop()
     measured_calls = sum(len(v) for v in cold.values())
     measured_cold = sum(sum(v) for v in cold.values())
-    print(f"slice: minutes {args.start_minute}-{args.start_minute + args.minutes} of the trace, "
-          f"{len(traces)} functions, {predicted.calls} calls, compressed {args.speedup:g}x "
-          f"(replayed in {elapsed:.1f}s); policy {args.policy}, keep-alive "
-          f"{args.keep_alive_min:g}m")
+    print(
+        f"slice: minutes {args.start_minute}-{args.start_minute + args.minutes} of the trace, "
+        f"{len(traces)} functions, {predicted.calls} calls, compressed {args.speedup:g}x "
+        f"(replayed in {elapsed:.1f}s); policy {args.policy}, keep-alive "
+        f"{args.keep_alive_min:g}m"
+    )
     print(f"simulated: {predicted.cold} cold starts, {predicted.cold_rate:.2%}")
-    print(f"measured:  {measured_cold} cold starts of {measured_calls} calls, "
-          f"{measured_cold / max(measured_calls, 1):.2%}")
+    print(
+        f"measured:  {measured_cold} cold starts of {measured_calls} calls, "
+        f"{measured_cold / max(measured_calls, 1):.2%}"
+    )
 
 
 def main() -> None:
@@ -153,14 +184,27 @@ def main() -> None:
     parser.add_argument("--start-minute", type=int, default=600)
     parser.add_argument("--minutes", type=int, default=60)
     parser.add_argument("--functions", type=int, default=25)
-    parser.add_argument("--max-calls", type=int, default=400,
-                        help="skip functions with more calls than this in the slice")
-    parser.add_argument("--speedup", type=float, default=60.0,
-                        help="time compression: 60 replays an hour in a minute")
-    parser.add_argument("--keep-alive-min", type=float, default=10.0,
-                        help="the keep-alive (the histogram's while it learns)")
-    parser.add_argument("--policy", choices=["fixed", "histogram", "histogram-cost"],
-                        default="fixed")
+    parser.add_argument(
+        "--max-calls",
+        type=int,
+        default=400,
+        help="skip functions with more calls than this in the slice",
+    )
+    parser.add_argument(
+        "--speedup",
+        type=float,
+        default=60.0,
+        help="time compression: 60 replays an hour in a minute",
+    )
+    parser.add_argument(
+        "--keep-alive-min",
+        type=float,
+        default=10.0,
+        help="the keep-alive (the histogram's while it learns)",
+    )
+    parser.add_argument(
+        "--policy", choices=["fixed", "histogram", "histogram-cost"], default="fixed"
+    )
     uvloop.run(main_async(parser.parse_args()))
 
 

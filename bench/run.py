@@ -67,8 +67,11 @@ class Admin:
         self.url = url
 
     async def deploy(self, name: str, source: str) -> None:
-        async with self.http.post(f"{self.url}/v1/functions", headers=admin_headers(),
-                                  data=orjson.dumps({"name": name, "source": source})) as r:
+        async with self.http.post(
+            f"{self.url}/v1/functions",
+            headers=admin_headers(),
+            data=orjson.dumps({"name": name, "source": source}),
+        ) as r:
             if r.status != 201:
                 raise RuntimeError(f"deploy {name}: {r.status} {await r.text()}")
 
@@ -86,8 +89,9 @@ class Admin:
 
     async def call(self, name: str, body: bytes = b"{}") -> tuple[float, Any]:
         t0 = time.perf_counter()
-        async with self.http.post(f"{self.url}/fn/{name}", data=body,
-                                  headers={"Content-Type": "application/json"}) as r:
+        async with self.http.post(
+            f"{self.url}/fn/{name}", data=body, headers={"Content-Type": "application/json"}
+        ) as r:
             data = await r.read()
             if r.status != 200:
                 raise RuntimeError(f"call {name}: {r.status} {data[:200]!r}")
@@ -108,8 +112,10 @@ async def cold_starts(admin: Admin, names: list[str], pool_size: int) -> list[fl
     samples = []
     for name in names:
         if pool_size:
+
             async def full() -> bool:
                 return await admin.generic_ready() >= pool_size
+
             await until(full, 30, "the generic pool to refill")
         latency, _ = await admin.call(name)
         samples.append(latency)
@@ -133,11 +139,15 @@ async def run(quick: bool, database_url: str, work: Path) -> list[Row]:
 
         await specialize(invoker.port, ECHO)
         direct = await sequential_direct("127.0.0.1", invoker.port, BODY_1KB, n_seq)
-        rows.append(latency_row("direct: client -> warm invoker, 1 KB", direct,
-                                ratio=f"{quantiles_ms(direct)[0] / floor_p50:.2f}x"))
+        rows.append(
+            latency_row(
+                "direct: client -> warm invoker, 1 KB",
+                direct,
+                ratio=f"{quantiles_ms(direct)[0] / floor_p50:.2f}x",
+            )
+        )
 
-        main = Gateway.start(work / "main", database_url, FN_KEEP_ALIVE="1s",
-                             FN_GENERIC_POOL="4")
+        main = Gateway.start(work / "main", database_url, FN_KEEP_ALIVE="1s", FN_GENERIC_POOL="4")
         gateways.append(main)
         async with aiohttp.ClientSession() as http:
             admin = Admin(http, main.url)
@@ -146,9 +156,15 @@ async def run(quick: bool, database_url: str, work: Path) -> list[Row]:
             warm = await sequential(Load(f"{main.url}/fn/echo", BODY_1KB), n_seq)
             p50, p99, _ = quantiles_ms(warm)
             ratio = p50 / floor_p50
-            rows.append(latency_row(
-                "warm: client -> gateway -> instance, 1 KB", warm, ratio=f"{ratio:.2f}x",
-                target="p50<=1ms p99<=3ms <=2.5x", met=p50 <= 1 and p99 <= 3 and ratio <= 2.5))
+            rows.append(
+                latency_row(
+                    "warm: client -> gateway -> instance, 1 KB",
+                    warm,
+                    ratio=f"{ratio:.2f}x",
+                    target="p50<=1ms p99<=3ms <=2.5x",
+                    met=p50 <= 1 and p99 <= 3 and ratio <= 2.5,
+                )
+            )
 
             names = [f"cold-{i}" for i in range(n_cold)]
             deploys = []
@@ -157,43 +173,73 @@ async def run(quick: bool, database_url: str, work: Path) -> list[Row]:
                 await admin.deploy(name, ECHO + f"\nVARIANT = {i}\n")
                 await admin.call(name)
                 deploys.append(time.perf_counter() - t0)
-            rows.append(latency_row("deploy -> first successful call", deploys,
-                                    target="<=500ms", met=quantiles_ms(deploys)[0] <= 500))
+            rows.append(
+                latency_row(
+                    "deploy -> first successful call",
+                    deploys,
+                    target="<=500ms",
+                    met=quantiles_ms(deploys)[0] <= 500,
+                )
+            )
 
             async def scaled_to_zero() -> bool:
                 counts = await admin.instances()
                 return all(counts.get(n, 0) == 0 for n in names)
+
             await until(scaled_to_zero, 60, "scale to zero")
             cold = await cold_starts(admin, names, pool_size=4)
             p50, p99, _ = quantiles_ms(cold)
-            rows.append(latency_row("cold after scale to zero (generic pool)", cold,
-                                    target="p50<=10ms p99<=30ms", met=p50 <= 10 and p99 <= 30))
+            rows.append(
+                latency_row(
+                    "cold after scale to zero (generic pool)",
+                    cold,
+                    target="p50<=10ms p99<=30ms",
+                    met=p50 <= 10 and p99 <= 30,
+                )
+            )
 
             # Instance memory: an idle warm instance, and the platform's process tree.
             await admin.deploy("whoami", PID)
             # Kept warm whatever this gateway's short keep-alive (set for the cold rows) says.
-            async with http.put(f"{main.url}/v1/functions/whoami/policy", headers=admin_headers(),
-                                data=orjson.dumps({"keep_alive": "10m"})) as r:
+            async with http.put(
+                f"{main.url}/v1/functions/whoami/policy",
+                headers=admin_headers(),
+                data=orjson.dumps({"keep_alive": "10m"}),
+            ) as r:
                 if r.status != 200:
                     raise RuntimeError(f"policy whoami: {r.status} {await r.text()}")
             await admin.call("whoami")  # once it has replied, the instance is idle
-            async with http.get(f"{main.url}/v1/functions/whoami",
-                                headers=admin_headers()) as r:
+            async with http.get(f"{main.url}/v1/functions/whoami", headers=admin_headers()) as r:
                 [pid] = (await r.json())["instances"]["pids"]
             # The instance is a process tree (supervisor, namespace init, invoker): all of it.
             instance_pss = tree_pss(pid)["pss_bytes"] / (1 << 20)
             platform_mem = tree_pss(main.process.pid)
-            rows.append(Row("memory: idle warm instance PSS (MB)", p50_ms=instance_pss,
-                            target="<=12MB", met=instance_pss <= 12))
-            rows.append(Row(f"memory: gateway, zygote, instances ({platform_mem['processes']} "
-                            "processes) PSS (MB)", p50_ms=platform_mem["pss_bytes"] / (1 << 20)))
+            rows.append(
+                Row(
+                    "memory: idle warm instance PSS (MB)",
+                    p50_ms=instance_pss,
+                    target="<=12MB",
+                    met=instance_pss <= 12,
+                )
+            )
+            rows.append(
+                Row(
+                    f"memory: gateway, zygote, instances ({platform_mem['processes']} "
+                    "processes) PSS (MB)",
+                    p50_ms=platform_mem["pss_bytes"] / (1 << 20),
+                )
+            )
 
-            for label, env in (("cold, no generic pool (zygote fork + import)",
-                                {"FN_GENERIC_POOL": "0"}),
-                               ("cold, no pool, no zygote (new interpreter)",
-                                {"FN_GENERIC_POOL": "0", "FN_ZYGOTE": "0"})):
-                other = Gateway.start(work / label.split()[3].strip(",()"), database_url,
-                                      FN_KEEP_ALIVE="10m", **env)
+            for label, env in (
+                ("cold, no generic pool (zygote fork + import)", {"FN_GENERIC_POOL": "0"}),
+                (
+                    "cold, no pool, no zygote (new interpreter)",
+                    {"FN_GENERIC_POOL": "0", "FN_ZYGOTE": "0"},
+                ),
+            ):
+                other = Gateway.start(
+                    work / label.split()[3].strip(",()"), database_url, FN_KEEP_ALIVE="10m", **env
+                )
                 gateways.append(other)
                 samples = await cold_starts(Admin(http, other.url), names, pool_size=0)
                 rows.append(latency_row(label, samples))
@@ -202,24 +248,38 @@ async def run(quick: bool, database_url: str, work: Path) -> list[Row]:
 
         for concurrency in (1, 16, 64):
             f_rate, _, _ = throughput(Load(floor_url, BODY_1KB), concurrency, duration_s)
-            g_rate, errors, lat = throughput(Load(f"{main.url}/fn/echo", BODY_1KB), concurrency,
-                                             duration_s)
+            g_rate, errors, lat = throughput(
+                Load(f"{main.url}/fn/echo", BODY_1KB), concurrency, duration_s
+            )
             target = ">=6000/s" if concurrency == 64 else ""
-            rows.append(latency_row(
-                f"throughput c={concurrency}, 1 KB (floor {f_rate:,.0f}/s)", lat,
-                calls_per_s=g_rate, ratio=f"{g_rate / f_rate:.2f}x of floor",
-                target=target, met=(g_rate >= 6000) if target else None))
+            rows.append(
+                latency_row(
+                    f"throughput c={concurrency}, 1 KB (floor {f_rate:,.0f}/s)",
+                    lat,
+                    calls_per_s=g_rate,
+                    ratio=f"{g_rate / f_rate:.2f}x of floor",
+                    target=target,
+                    met=(g_rate >= 6000) if target else None,
+                )
+            )
             if errors:
                 rows[-1].name += f" [{errors} errors]"
         for size_kb in (64, 1024):
             body = b"x" * (size_kb * 1024)
-            f_rate, _, _ = throughput(Load(floor_url, body, "application/octet-stream"), 16,
-                                      duration_s)
+            f_rate, _, _ = throughput(
+                Load(floor_url, body, "application/octet-stream"), 16, duration_s
+            )
             g_rate, errors, lat = throughput(
-                Load(f"{main.url}/fn/echo", body, "application/octet-stream"), 16, duration_s)
-            rows.append(latency_row(f"throughput c=16, {size_kb} KB (floor {f_rate:,.0f}/s)",
-                                    lat, calls_per_s=g_rate,
-                                    ratio=f"{g_rate / f_rate:.2f}x of floor"))
+                Load(f"{main.url}/fn/echo", body, "application/octet-stream"), 16, duration_s
+            )
+            rows.append(
+                latency_row(
+                    f"throughput c=16, {size_kb} KB (floor {f_rate:,.0f}/s)",
+                    lat,
+                    calls_per_s=g_rate,
+                    ratio=f"{g_rate / f_rate:.2f}x of floor",
+                )
+            )
     finally:
         for gateway in gateways:
             gateway.stop()
@@ -241,8 +301,16 @@ def print_table(rows: list[Row]) -> None:
 
     for r in rows:
         met = "" if r.met is None else ("yes" if r.met else "NO")
-        table.add_row(r.name, fmt(r.p50_ms), fmt(r.p99_ms), fmt(r.p999_ms),
-                      fmt(r.calls_per_s, 0), r.ratio, r.target, met)
+        table.add_row(
+            r.name,
+            fmt(r.p50_ms),
+            fmt(r.p99_ms),
+            fmt(r.p999_ms),
+            fmt(r.calls_per_s, 0),
+            r.ratio,
+            r.target,
+            met,
+        )
     Console(width=160).print(table)
 
 
@@ -284,8 +352,12 @@ def bench_main(module: str, bench: Bench) -> None:
     rows = uvloop.run(in_fresh_database(bench, args.quick))
     print_table(rows)
     RESULTS.mkdir(exist_ok=True)
-    report = {"date": started.isoformat(timespec="seconds"), "quick": args.quick,
-              "cpus": os.cpu_count(), "rows": [asdict(r) for r in rows]}
+    report = {
+        "date": started.isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "cpus": os.cpu_count(),
+        "rows": [asdict(r) for r in rows],
+    }
     (RESULTS / f"{name}.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     print(f"wrote {RESULTS / f'{name}.json'}")
 
@@ -297,9 +369,12 @@ async def main_async(quick: bool) -> list[Row]:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.run")
     parser.add_argument("--quick", action="store_true", help="fewer samples: under a minute")
-    parser.add_argument("--isolation", choices=("auto", "strict", "off"), default="auto",
-                        help="the gateways' FN_ISOLATION: off measures the path without "
-                             "sandboxes, to price them")
+    parser.add_argument(
+        "--isolation",
+        choices=("auto", "strict", "off"),
+        default="auto",
+        help="the gateways' FN_ISOLATION: off measures the path without sandboxes, to price them",
+    )
     args = parser.parse_args()
     os.environ["EMBER_BENCH_ISOLATION"] = args.isolation
     started = dt.datetime.now(dt.UTC)
@@ -307,10 +382,14 @@ def main() -> None:
     print_table(rows)
     RESULTS.mkdir(exist_ok=True)
     report = {
-        "date": started.isoformat(timespec="seconds"), "quick": args.quick,
+        "date": started.isoformat(timespec="seconds"),
+        "quick": args.quick,
         "isolation": args.isolation,
-        "machine": {"cpus": os.cpu_count(), "python": pyplatform.python_version(),
-                    "system": pyplatform.platform()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": pyplatform.python_version(),
+            "system": pyplatform.platform(),
+        },
         "rows": [asdict(r) for r in rows],
     }
     (RESULTS / "latest.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))

@@ -21,8 +21,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def json_option(func: F) -> F:
-    return click.option("--json", "as_json", is_flag=True,
-                        help="Print machine-readable JSON.")(func)
+    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")(
+        func
+    )
 
 
 def _client(ctx: click.Context) -> Client:
@@ -58,9 +59,15 @@ def _api(ctx: click.Context, method: str, path: str, payload: Any = None) -> Any
         details = exc.body.get("error", {}) if isinstance(exc.body, dict) else {}
         extra = ""
         if details.get("code") == "syntax_error" and details.get("text"):
-            extra = "\n    " + details["text"] + (
-                "\n    " + " " * max(0, (details.get("offset") or 1) - 1) + "^"
-                if details.get("offset") else "")
+            extra = (
+                "\n    "
+                + details["text"]
+                + (
+                    "\n    " + " " * max(0, (details.get("offset") or 1) - 1) + "^"
+                    if details.get("offset")
+                    else ""
+                )
+            )
         elif details.get("traceback"):
             extra = "\n" + details["traceback"].rstrip()
         _fail(str(exc) + extra)
@@ -68,10 +75,18 @@ def _api(ctx: click.Context, method: str, path: str, payload: Any = None) -> Any
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--url", envvar="FN_URL", show_envvar=True,
-              help="Gateway URL. Default: the one `fn up` wrote in the state dir.")
-@click.option("--token", envvar="FN_TOKEN", show_envvar=True,
-              help="Admin API token. Default: the one `fn up` wrote in the state dir.")
+@click.option(
+    "--url",
+    envvar="FN_URL",
+    show_envvar=True,
+    help="Gateway URL. Default: the one `fn up` wrote in the state dir.",
+)
+@click.option(
+    "--token",
+    envvar="FN_TOKEN",
+    show_envvar=True,
+    help="Admin API token. Default: the one `fn up` wrote in the state dir.",
+)
 @click.version_option(package_name="ember-faas")
 @click.pass_context
 def cli(ctx: click.Context, url: str | None, token: str | None) -> None:
@@ -80,32 +95,88 @@ def cli(ctx: click.Context, url: str | None, token: str | None) -> None:
 
 
 @cli.command()
-@click.option("--host", envvar="FN_HOST", show_envvar=True, default="127.0.0.1",
-              show_default=True, help="Address to listen on.")
-@click.option("--port", envvar="FN_PORT", show_envvar=True, default=8080, show_default=True,
-              type=int, help="Port to listen on (0: any free port).")
-@click.option("--state-dir", envvar="FN_STATE_DIR", show_envvar=True, type=click.Path(),
-              help="Token, embedded Postgres data, gateway address. "
-                   "Default: $XDG_STATE_HOME/ember or ~/.local/state/ember.")
-@click.option("--keep-alive", envvar="FN_KEEP_ALIVE", show_envvar=True, default="10m",
-              show_default=True, help="Idle time before an instance stops (scale to zero).")
-@click.option("--generic-pool", envvar="FN_GENERIC_POOL", show_envvar=True, default=2,
-              show_default=True, type=click.IntRange(0, 1000),
-              help="Prewarmed generic instances kept ready for cold starts.")
-@click.option("--max-body", envvar="FN_MAX_BODY", show_envvar=True, default="6Mi",
-              show_default=True, help="Largest request body accepted.")
-@click.option("--isolation", envvar="FN_ISOLATION", show_envvar=True, default="auto",
-              show_default=True, type=click.Choice(["auto", "strict", "off"]),
-              help="Sandboxing of instances: auto uses what this host allows and says what is "
-                   "off; strict refuses to start without every protection (docs/security.md).")
-def up(host: str, port: int, state_dir: str | None, keep_alive: str, generic_pool: int,
-       max_body: str, isolation: str) -> None:
+@click.option(
+    "--host",
+    envvar="FN_HOST",
+    show_envvar=True,
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on.",
+)
+@click.option(
+    "--port",
+    envvar="FN_PORT",
+    show_envvar=True,
+    default=8080,
+    show_default=True,
+    type=int,
+    help="Port to listen on (0: any free port).",
+)
+@click.option(
+    "--state-dir",
+    envvar="FN_STATE_DIR",
+    show_envvar=True,
+    type=click.Path(),
+    help="Token, embedded Postgres data, gateway address. "
+    "Default: $XDG_STATE_HOME/ember or ~/.local/state/ember.",
+)
+@click.option(
+    "--keep-alive",
+    envvar="FN_KEEP_ALIVE",
+    show_envvar=True,
+    default="10m",
+    show_default=True,
+    help="Idle time before an instance stops (scale to zero).",
+)
+@click.option(
+    "--generic-pool",
+    envvar="FN_GENERIC_POOL",
+    show_envvar=True,
+    default=2,
+    show_default=True,
+    type=click.IntRange(0, 1000),
+    help="Prewarmed generic instances kept ready for cold starts.",
+)
+@click.option(
+    "--max-body",
+    envvar="FN_MAX_BODY",
+    show_envvar=True,
+    default="6Mi",
+    show_default=True,
+    help="Largest request body accepted.",
+)
+@click.option(
+    "--isolation",
+    envvar="FN_ISOLATION",
+    show_envvar=True,
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "strict", "off"]),
+    help="Sandboxing of instances: auto uses what this host allows and says what is "
+    "off; strict refuses to start without every protection (docs/security.md).",
+)
+def up(
+    host: str,
+    port: int,
+    state_dir: str | None,
+    keep_alive: str,
+    generic_pool: int,
+    max_body: str,
+    isolation: str,
+) -> None:
     """Run the platform on this machine (embedded Postgres unless DATABASE_URL is set).
 
     Stops on Ctrl-C. The admin token is kept in the state dir, where fn finds it.
     """
-    env = dict(os.environ, FN_HOST=host, FN_PORT=str(port), FN_KEEP_ALIVE=keep_alive,
-               FN_GENERIC_POOL=str(generic_pool), FN_MAX_BODY=max_body, FN_ISOLATION=isolation)
+    env = dict(
+        os.environ,
+        FN_HOST=host,
+        FN_PORT=str(port),
+        FN_KEEP_ALIVE=keep_alive,
+        FN_GENERIC_POOL=str(generic_pool),
+        FN_MAX_BODY=max_body,
+        FN_ISOLATION=isolation,
+    )
     if state_dir:
         env["FN_STATE_DIR"] = str(Path(state_dir).absolute())
     sys.stdout.flush()
@@ -136,9 +207,13 @@ def _zip_dir(root: Path) -> bytes:
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for path in sorted(root.rglob("*")):
             rel = path.relative_to(root)
-            if any(part.startswith(".") or part in _SKIPPED for part in rel.parts) \
-                    or path.is_symlink() or not path.is_file() or path.suffix == ".pyc" \
-                    or rel == Path("requirements.txt"):
+            if (
+                any(part.startswith(".") or part in _SKIPPED for part in rel.parts)
+                or path.is_symlink()
+                or not path.is_file()
+                or path.suffix == ".pyc"
+                or rel == Path("requirements.txt")
+            ):
                 continue
             info = zipfile.ZipInfo(rel.as_posix(), date_time=(1980, 1, 1, 0, 0, 0))
             info.external_attr = 0o644 << 16  # fixed: the same files give the same sha256
@@ -149,36 +224,77 @@ def _zip_dir(root: Path) -> bytes:
 @cli.command()
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--name", help="Function name. Default: the file (or directory) name.")
-@click.option("--handler", "entry", default="handler", show_default=True,
-              help="Name of the handler function in the file.")
-@click.option("--main", "main_file", default="handler.py", show_default=True,
-              help="With a directory: the module that holds the handler.")
-@click.option("--requirements", "requirements_file",
-              type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="A requirements.txt to install for the function (a directory's own "
-                   "requirements.txt is used without this).")
-@click.option("--preimport", help="Modules to import when an instance starts, before the "
-              "function's module, like numpy,pandas.")
-@click.option("--env", "env_pairs", multiple=True, metavar="NAME=VALUE",
-              help="Environment variable for the function (repeatable).")
+@click.option(
+    "--handler",
+    "entry",
+    default="handler",
+    show_default=True,
+    help="Name of the handler function in the file.",
+)
+@click.option(
+    "--main",
+    "main_file",
+    default="handler.py",
+    show_default=True,
+    help="With a directory: the module that holds the handler.",
+)
+@click.option(
+    "--requirements",
+    "requirements_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A requirements.txt to install for the function (a directory's own "
+    "requirements.txt is used without this).",
+)
+@click.option(
+    "--preimport",
+    help="Modules to import when an instance starts, before the "
+    "function's module, like numpy,pandas.",
+)
+@click.option(
+    "--env",
+    "env_pairs",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Environment variable for the function (repeatable).",
+)
 @click.option("--timeout", help="Time limit per call, like 30s or 5m. Default: 30s.")
 @click.option("--memory", help="Memory limit, like 256Mi or 1Gi. Default: 256Mi.")
 @click.option("--concurrency", help="Calls one instance serves at once. Default: 1.")
-@click.option("--network", type=click.Choice(["egress", "none"]),
-              help="egress: the internet, but no address of this host or a private network "
-              "(default); none: no network at all.")
+@click.option(
+    "--network",
+    type=click.Choice(["egress", "none"]),
+    help="egress: the internet, but no address of this host or a private network "
+    "(default); none: no network at all.",
+)
 @click.option("--cpus", help="CPU time per instance, in cores, like 0.5. Default: 1.")
-@click.option("--max-attempts", help="Tries of an async call or event before it is "
-              "dead-lettered. Default: 5.")
-@click.option("--max-event-age", help="How long after submission an async call or event may "
-              "still be retried, like 1h or 2d. Default: 1d.")
+@click.option(
+    "--max-attempts", help="Tries of an async call or event before it is dead-lettered. Default: 5."
+)
+@click.option(
+    "--max-event-age",
+    help="How long after submission an async call or event may "
+    "still be retried, like 1h or 2d. Default: 1d.",
+)
 @json_option
 @click.pass_context
-def deploy(ctx: click.Context, path: Path, name: str | None, entry: str, main_file: str,
-           requirements_file: Path | None, preimport: str | None,
-           env_pairs: tuple[str, ...], timeout: str | None, memory: str | None,
-           concurrency: str | None, network: str | None, cpus: str | None,
-           max_attempts: str | None, max_event_age: str | None, as_json: bool) -> None:
+def deploy(
+    ctx: click.Context,
+    path: Path,
+    name: str | None,
+    entry: str,
+    main_file: str,
+    requirements_file: Path | None,
+    preimport: str | None,
+    env_pairs: tuple[str, ...],
+    timeout: str | None,
+    memory: str | None,
+    concurrency: str | None,
+    network: str | None,
+    cpus: str | None,
+    max_attempts: str | None,
+    max_event_age: str | None,
+    as_json: bool,
+) -> None:
     """Deploy PATH as a new version, and make it active.
 
     PATH is a Python file with a handler, or a directory holding handler.py (see --main), other
@@ -191,8 +307,7 @@ def deploy(ctx: click.Context, path: Path, name: str | None, entry: str, main_fi
     if path.is_dir():
         main = path / main_file
         if not main.is_file():
-            _fail(f"{path} has no {main_file}; give the module that holds the handler with "
-                  "--main")
+            _fail(f"{path} has no {main_file}; give the module that holds the handler with --main")
         payload["archive"] = base64.b64encode(_zip_dir(path)).decode()
         payload["filename"] = main_file
         if (path / "requirements.txt").is_file():
@@ -212,9 +327,16 @@ def deploy(ctx: click.Context, path: Path, name: str | None, entry: str, main_fi
     if requirements:
         payload["requirements"] = requirements
     payload["name"] = name or default_name.lower().replace("_", "-")
-    for key, value in (("timeout", timeout), ("memory", memory), ("concurrency", concurrency),
-                       ("max_attempts", max_attempts), ("max_event_age", max_event_age),
-                       ("preimport", preimport), ("network", network), ("cpus", cpus)):
+    for key, value in (
+        ("timeout", timeout),
+        ("memory", memory),
+        ("concurrency", concurrency),
+        ("max_attempts", max_attempts),
+        ("max_event_age", max_event_age),
+        ("preimport", preimport),
+        ("network", network),
+        ("cpus", cpus),
+    ):
         if value is not None:
             payload[key] = value
     if requirements and not as_json:
@@ -223,20 +345,32 @@ def deploy(ctx: click.Context, path: Path, name: str | None, entry: str, main_fi
     if as_json:
         _print_json(version)
         return
-    click.echo(f'Deployed {version["function"]} version {version["version"]} '
-               f'(sha256 {version["sha256"][:12]}).')
+    click.echo(
+        f"Deployed {version['function']} version {version['version']} "
+        f"(sha256 {version['sha256'][:12]})."
+    )
     if version.get("environment"):
         packages = len(version["lock"].splitlines())
-        click.echo(f"Environment {version['environment'][:12]}: {packages} package(s); "
-                   f"build output: fn build-logs {version['function']}")
-    click.echo(f"Call it: fn invoke {version['function']} --data '{{}}'   or   "
-               f"POST {_client(ctx).url}/fn/{version['function']}")
+        click.echo(
+            f"Environment {version['environment'][:12]}: {packages} package(s); "
+            f"build output: fn build-logs {version['function']}"
+        )
+    click.echo(
+        f"Call it: fn invoke {version['function']} --data '{{}}'   or   "
+        f"POST {_client(ctx).url}/fn/{version['function']}"
+    )
 
 
 @cli.command("build-logs")
 @click.argument("name")
-@click.option("--limit", "-n", default=1, show_default=True, type=click.IntRange(1, 100),
-              help="How many recent builds.")
+@click.option(
+    "--limit",
+    "-n",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 100),
+    help="How many recent builds.",
+)
 @json_option
 @click.pass_context
 def build_logs(ctx: click.Context, name: str, limit: int, as_json: bool) -> None:
@@ -248,8 +382,10 @@ def build_logs(ctx: click.Context, name: str, limit: int, as_json: bool) -> None
     if not data["builds"]:
         click.echo(f"{name} has no builds: it was deployed without requirements.")
     for b in data["builds"][::-1]:
-        click.echo(f"--- build {b['id']} {b['created_at'][:19]} {b['status']} "
-                   f"({b['duration_s']:.1f}s) environment {b['environment'][:12]}")
+        click.echo(
+            f"--- build {b['id']} {b['created_at'][:19]} {b['status']} "
+            f"({b['duration_s']:.1f}s) environment {b['environment'][:12]}"
+        )
         click.echo(b["log"].rstrip("\n"))
 
 
@@ -279,14 +415,28 @@ def _read_data(data: str | None, content_type: str | None) -> tuple[bytes | None
 @click.argument("name")
 @click.option("--data", "-d", help="Request body: JSON text, @FILE, or - for stdin.")
 @click.option("--content-type", help="Default: application/json when --data is valid JSON.")
-@click.option("--async", "is_async", is_flag=True,
-              help="Queue the call and print its activation id at once (see: fn activation).")
-@click.option("--idempotency-key", help="With --async: a repeat with the same key returns the "
-              "first call's activation instead of running again.")
+@click.option(
+    "--async",
+    "is_async",
+    is_flag=True,
+    help="Queue the call and print its activation id at once (see: fn activation).",
+)
+@click.option(
+    "--idempotency-key",
+    help="With --async: a repeat with the same key returns the "
+    "first call's activation instead of running again.",
+)
 @json_option
 @click.pass_context
-def invoke(ctx: click.Context, name: str, data: str | None, content_type: str | None,
-           is_async: bool, idempotency_key: str | None, as_json: bool) -> None:
+def invoke(
+    ctx: click.Context,
+    name: str,
+    data: str | None,
+    content_type: str | None,
+    is_async: bool,
+    idempotency_key: str | None,
+    as_json: bool,
+) -> None:
     """Call function NAME (NAME:VERSION pins a version) and print its response."""
     body, content_type = _read_data(data, content_type)
     if is_async:
@@ -304,6 +454,7 @@ def invoke(ctx: click.Context, name: str, data: str | None, content_type: str | 
             answer = {}
         if reply.status != 202:
             from fn.client import error_message
+
             _fail(error_message(reply.status, answer))
         if as_json:
             _print_json(answer)
@@ -333,8 +484,12 @@ def invoke(ctx: click.Context, name: str, data: str | None, content_type: str | 
             message = reply.json()["error"]["message"]
         except (ValueError, KeyError, TypeError):
             message = reply.body.decode(errors="replace")
-        suffix = f" (activation {activation}; see: fn logs {name.split(':')[0]} " \
-                 f"--activation {activation})" if activation else ""
+        suffix = (
+            f" (activation {activation}; see: fn logs {name.split(':')[0]} "
+            f"--activation {activation})"
+            if activation
+            else ""
+        )
         click.echo(f"fn: HTTP {reply.status}: {message}{suffix}", err=True)
     if reply.status >= 400:
         raise SystemExit(1)
@@ -352,9 +507,20 @@ def list_(ctx: click.Context, as_json: bool) -> None:
     if not data["functions"]:
         click.echo("No functions yet; deploy one with: fn deploy handler.py")
         return
-    _table(["NAME", "ACTIVE", "LATEST", "VERSIONS", "INSTANCES", "UPDATED"],
-           [(f["name"], f["active_version"], f["latest_version"], f["versions"],
-             f["instances"]["total"], f["updated_at"][:19]) for f in data["functions"]])
+    _table(
+        ["NAME", "ACTIVE", "LATEST", "VERSIONS", "INSTANCES", "UPDATED"],
+        [
+            (
+                f["name"],
+                f["active_version"],
+                f["latest_version"],
+                f["versions"],
+                f["instances"]["total"],
+                f["updated_at"][:19],
+            )
+            for f in data["functions"]
+        ],
+    )
 
 
 @cli.command()
@@ -367,16 +533,30 @@ def versions(ctx: click.Context, name: str, as_json: bool) -> None:
     if as_json:
         _print_json(data)
         return
-    _table(["VERSION", "ACTIVE", "SHA256", "TIMEOUT", "MEMORY", "CONCURRENCY", "CREATED"],
-           [(v["version"], "*" if v["active"] else "", v["sha256"][:12], f"{v['timeout_s']:g}s",
-             f"{v['memory_bytes'] >> 20}Mi", v["concurrency"], v["created_at"][:19])
-            for v in data["versions"]])
+    _table(
+        ["VERSION", "ACTIVE", "SHA256", "TIMEOUT", "MEMORY", "CONCURRENCY", "CREATED"],
+        [
+            (
+                v["version"],
+                "*" if v["active"] else "",
+                v["sha256"][:12],
+                f"{v['timeout_s']:g}s",
+                f"{v['memory_bytes'] >> 20}Mi",
+                v["concurrency"],
+                v["created_at"][:19],
+            )
+            for v in data["versions"]
+        ],
+    )
 
 
 @cli.command()
 @click.argument("name")
-@click.option("--to", type=click.IntRange(min=1), help="Version to make active. "
-              "Default: the one before the active version.")
+@click.option(
+    "--to",
+    type=click.IntRange(min=1),
+    help="Version to make active. Default: the one before the active version.",
+)
 @json_option
 @click.pass_context
 def rollback(ctx: click.Context, name: str, to: int | None, as_json: bool) -> None:
@@ -390,8 +570,10 @@ def rollback(ctx: click.Context, name: str, to: int | None, as_json: bool) -> No
 
 def _print_activation(a: dict[str, Any]) -> None:
     temp = "cold" if a["cold"] else "warm"
-    click.echo(f"--- {a['started_at'][:23]} {a['id']} v{a['version']} {a['status']} "
-               f"HTTP {a['http_status']} {a['duration_ms']:.1f}ms {temp}")
+    click.echo(
+        f"--- {a['started_at'][:23]} {a['id']} v{a['version']} {a['status']} "
+        f"HTTP {a['http_status']} {a['duration_ms']:.1f}ms {temp}"
+    )
     if a.get("error"):
         click.echo(f"error: {a['error'].get('type', '')}: {a['error'].get('message', '')}")
     if a.get("logs"):
@@ -401,22 +583,29 @@ def _print_activation(a: dict[str, Any]) -> None:
 @cli.command()
 @click.argument("name")
 @click.option("--activation", "activation_id", help="Show this activation only.")
-@click.option("--limit", "-n", default=10, show_default=True, type=click.IntRange(1, 1000),
-              help="How many recent activations.")
+@click.option(
+    "--limit",
+    "-n",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    help="How many recent activations.",
+)
 @json_option
 @click.pass_context
-def logs(ctx: click.Context, name: str, activation_id: str | None, limit: int,
-         as_json: bool) -> None:
+def logs(
+    ctx: click.Context, name: str, activation_id: str | None, limit: int, as_json: bool
+) -> None:
     """Show the logs of NAME's recent activations (oldest first), or of one activation."""
     if activation_id:
         activation = _api(ctx, "GET", f"/v1/activations/{activation_id}")
         if activation["function"] != name:
-            _fail(f'activation {activation_id} belongs to "{activation["function"]}", not '
-                  f'"{name}"')
+            _fail(f'activation {activation_id} belongs to "{activation["function"]}", not "{name}"')
         activations = [activation]
     else:
         activations = _api(ctx, "GET", f"/v1/functions/{name}/activations?limit={limit}")[
-            "activations"][::-1]
+            "activations"
+        ][::-1]
     if as_json:
         _print_json({"activations": activations})
         return
@@ -474,39 +663,75 @@ def policy_show(ctx: click.Context, name: str | None, as_json: bool) -> None:
     if as_json:
         _print_json(data)
         return
-    _table(["FUNCTION", "PREWARM", "KEEP-ALIVE", "MIN-WARM", "MAX-INSTANCES"],
-           [(p["function"], p["prewarm"], f"{p['keep_alive_s']:g}s", p["min_warm"],
-             p["max_instances"]) for p in [data["default"], *data["functions"]]])
+    _table(
+        ["FUNCTION", "PREWARM", "KEEP-ALIVE", "MIN-WARM", "MAX-INSTANCES"],
+        [
+            (
+                p["function"],
+                p["prewarm"],
+                f"{p['keep_alive_s']:g}s",
+                p["min_warm"],
+                p["max_instances"],
+            )
+            for p in [data["default"], *data["functions"]]
+        ],
+    )
 
 
 @policy.command("set")
 @click.argument("name", required=False)
-@click.option("--default", "is_default", is_flag=True,
-              help="Set the default that functions without their own setting use.")
-@click.option("--prewarm", type=click.Choice(["fixed", "off", "histogram", "histogram-cost"]),
-              help="fixed (or off): keep idle instances for --keep-alive; histogram: learn "
-                   "each function's idle times, unload and prewarm before the next call; "
-                   "histogram-cost: the same, keeping warm only where that costs less than "
-                   "the cold starts it saves (see docs/policies.md).")
-@click.option("--keep-alive", help="Idle time before scale to zero, like 10m (histogram: "
-              "while it is still learning).")
+@click.option(
+    "--default",
+    "is_default",
+    is_flag=True,
+    help="Set the default that functions without their own setting use.",
+)
+@click.option(
+    "--prewarm",
+    type=click.Choice(["fixed", "off", "histogram", "histogram-cost"]),
+    help="fixed (or off): keep idle instances for --keep-alive; histogram: learn "
+    "each function's idle times, unload and prewarm before the next call; "
+    "histogram-cost: the same, keeping warm only where that costs less than "
+    "the cold starts it saves (see docs/policies.md).",
+)
+@click.option(
+    "--keep-alive",
+    help="Idle time before scale to zero, like 10m (histogram: while it is still learning).",
+)
 @click.option("--min-warm", type=click.IntRange(0, 10_000), help="Instances always warm.")
-@click.option("--max-instances", type=click.IntRange(1, 10_000),
-              help="Instances of one version at most.")
-@click.option("--unset", "unset", multiple=True,
-              type=click.Choice(["prewarm", "keep-alive", "min-warm", "max-instances"]),
-              help="Drop this setting (repeatable): it is inherited again.")
+@click.option(
+    "--max-instances", type=click.IntRange(1, 10_000), help="Instances of one version at most."
+)
+@click.option(
+    "--unset",
+    "unset",
+    multiple=True,
+    type=click.Choice(["prewarm", "keep-alive", "min-warm", "max-instances"]),
+    help="Drop this setting (repeatable): it is inherited again.",
+)
 @json_option
 @click.pass_context
-def policy_set(ctx: click.Context, name: str | None, is_default: bool, prewarm: str | None,
-               keep_alive: str | None, min_warm: int | None, max_instances: int | None,
-               unset: tuple[str, ...], as_json: bool) -> None:
+def policy_set(
+    ctx: click.Context,
+    name: str | None,
+    is_default: bool,
+    prewarm: str | None,
+    keep_alive: str | None,
+    min_warm: int | None,
+    max_instances: int | None,
+    unset: tuple[str, ...],
+    as_json: bool,
+) -> None:
     """Set the warm-pool policy of function NAME (or --default); applies at once."""
     if bool(name) == is_default:
         raise click.UsageError("give a function NAME or --default (not both)")
-    payload = {"prewarm": prewarm, "keep_alive": keep_alive, "min_warm": min_warm,
-               "max_instances": max_instances,
-               "unset": [u.replace("-", "_") for u in unset] or None}
+    payload = {
+        "prewarm": prewarm,
+        "keep_alive": keep_alive,
+        "min_warm": min_warm,
+        "max_instances": max_instances,
+        "unset": [u.replace("-", "_") for u in unset] or None,
+    }
     path = "/v1/policy" if is_default else f"/v1/functions/{name}/policy"
     data = _api(ctx, "PUT", path, {k: v for k, v in payload.items() if v is not None})
     if as_json:
@@ -538,10 +763,13 @@ def simulate(args: tuple[str, ...]) -> None:
 
 # -- events ---------------------------------------------------------------------------------
 
+
 def _print_delivery(d: dict[str, Any], *, verbose: bool = True) -> None:
     when = d["finished_at"] or d["started_at"] or d["created_at"]
-    click.echo(f"--- {d['id']} {d['function']} ({d['source']}) {d['status']} after "
-               f"{d['attempts']} attempt(s), {(when or '')[:23]}")
+    click.echo(
+        f"--- {d['id']} {d['function']} ({d['source']}) {d['status']} after "
+        f"{d['attempts']} attempt(s), {(when or '')[:23]}"
+    )
     if d["status"] == "pending" and d.get("next_attempt_at"):
         click.echo(f"next attempt at {d['next_attempt_at'][:23]}")
     if d.get("error"):
@@ -558,21 +786,29 @@ def _print_delivery(d: dict[str, Any], *, verbose: bool = True) -> None:
 
 @cli.command()
 @click.argument("activation_id")
-@click.option("--wait", "wait_s", type=click.FloatRange(0), default=None, is_flag=False,
-              flag_value=60.0, help="Wait (default up to 60 s) until an async activation "
-              "succeeds or is dead-lettered.")
+@click.option(
+    "--wait",
+    "wait_s",
+    type=click.FloatRange(0),
+    default=None,
+    is_flag=False,
+    flag_value=60.0,
+    help="Wait (default up to 60 s) until an async activation succeeds or is dead-lettered.",
+)
 @json_option
 @click.pass_context
-def activation(ctx: click.Context, activation_id: str, wait_s: float | None,
-               as_json: bool) -> None:
+def activation(ctx: click.Context, activation_id: str, wait_s: float | None, as_json: bool) -> None:
     """Show one activation: status, attempts, result or error, and logs."""
     import time
 
     deadline = time.monotonic() + (wait_s or 0)
     while True:
         data = _api(ctx, "GET", f"/v1/activations/{activation_id}")
-        if not data.get("async") or data["status"] in ("succeeded", "dead") \
-                or time.monotonic() >= deadline:
+        if (
+            not data.get("async")
+            or data["status"] in ("succeeded", "dead")
+            or time.monotonic() >= deadline
+        ):
             break
         time.sleep(0.1)
     if as_json:
@@ -592,8 +828,14 @@ def activation(ctx: click.Context, activation_id: str, wait_s: float | None,
 @click.option("--idempotency-key", help="A repeat with the same key is not published again.")
 @json_option
 @click.pass_context
-def publish(ctx: click.Context, topic: str, data: str | None, content_type: str | None,
-            idempotency_key: str | None, as_json: bool) -> None:
+def publish(
+    ctx: click.Context,
+    topic: str,
+    data: str | None,
+    content_type: str | None,
+    idempotency_key: str | None,
+    as_json: bool,
+) -> None:
     """Publish an event to TOPIC: each subscribed function gets it (durably, at least once)."""
     body, content_type = _read_data(data, content_type)
     headers = {"Content-Type": content_type or "application/json"}
@@ -609,6 +851,7 @@ def publish(ctx: click.Context, topic: str, data: str | None, content_type: str 
         answer = {}
     if reply.status != 202:
         from fn.client import error_message
+
         _fail(error_message(reply.status, answer))
     if as_json:
         _print_json(answer)
@@ -642,8 +885,10 @@ def topic_list(ctx: click.Context, as_json: bool) -> None:
     elif not data["topics"]:
         click.echo("No topics yet; create one with: fn topic create orders.created")
     else:
-        _table(["TOPIC", "SUBSCRIBERS", "CREATED"],
-               [(t["name"], t["subscribers"], t["created_at"][:19]) for t in data["topics"]])
+        _table(
+            ["TOPIC", "SUBSCRIBERS", "CREATED"],
+            [(t["name"], t["subscribers"], t["created_at"][:19]) for t in data["topics"]],
+        )
 
 
 @topic.command("delete")
@@ -671,21 +916,40 @@ def _describe_trigger(t: dict[str, Any]) -> str:
 @trigger.command("add")
 @click.argument("name")
 @click.option("--topic", "topic_name", help="Run NAME for each event published to this topic.")
-@click.option("--cron", help='Run NAME on a schedule, like "*/5 * * * *" (a sixth field '
-              "adds seconds).")
-@click.option("--timezone", default="UTC", show_default=True,
-              help="Time zone of --cron, like Europe/Paris.")
+@click.option(
+    "--cron", help='Run NAME on a schedule, like "*/5 * * * *" (a sixth field adds seconds).'
+)
+@click.option(
+    "--timezone", default="UTC", show_default=True, help="Time zone of --cron, like Europe/Paris."
+)
 @click.option("--table", help="Run NAME for each change of this table (SCHEMA.TABLE).")
-@click.option("--on", "operations", default="insert,update,delete", show_default=True,
-              help="With --table: which changes.")
-@click.option("--database", envvar="FN_TRIGGER_DATABASE", show_envvar=True,
-              help="With --table: the watched database's URL (kept as a secret). "
-                   "Default: Ember's own database.")
+@click.option(
+    "--on",
+    "operations",
+    default="insert,update,delete",
+    show_default=True,
+    help="With --table: which changes.",
+)
+@click.option(
+    "--database",
+    envvar="FN_TRIGGER_DATABASE",
+    show_envvar=True,
+    help="With --table: the watched database's URL (kept as a secret). "
+    "Default: Ember's own database.",
+)
 @json_option
 @click.pass_context
-def trigger_add(ctx: click.Context, name: str, topic_name: str | None, cron: str | None,
-                timezone: str, table: str | None, operations: str, database: str | None,
-                as_json: bool) -> None:
+def trigger_add(
+    ctx: click.Context,
+    name: str,
+    topic_name: str | None,
+    cron: str | None,
+    timezone: str,
+    table: str | None,
+    operations: str,
+    database: str | None,
+    as_json: bool,
+) -> None:
     """Add a trigger to function NAME: --topic, --cron or --table."""
     body: dict[str, Any] = {}
     if topic_name is not None:
@@ -711,18 +975,24 @@ def trigger_list(ctx: click.Context, name: str | None, as_json: bool) -> None:
     if as_json:
         _print_json(data)
     elif not data["triggers"]:
-        click.echo("No triggers; add one with: fn trigger add NAME --topic T | --cron EXPR | "
-                   "--table T")
+        click.echo(
+            "No triggers; add one with: fn trigger add NAME --topic T | --cron EXPR | --table T"
+        )
     else:
-        _table(["ID", "FUNCTION", "KIND", "WHAT"],
-               [(t["id"], t["function"], t["kind"], _describe_trigger(t))
-                for t in data["triggers"]])
+        _table(
+            ["ID", "FUNCTION", "KIND", "WHAT"],
+            [(t["id"], t["function"], t["kind"], _describe_trigger(t)) for t in data["triggers"]],
+        )
 
 
 @trigger.command("delete")
 @click.argument("trigger_id", type=int)
-@click.option("--force", is_flag=True, help="Forget a table trigger even when its database "
-              "cannot be reached (what it installed there then stays).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Forget a table trigger even when its database "
+    "cannot be reached (what it installed there then stays).",
+)
 @click.pass_context
 def trigger_delete(ctx: click.Context, trigger_id: int, force: bool) -> None:
     """Delete trigger ID (a table trigger is uninstalled from its database)."""
@@ -749,10 +1019,20 @@ def dlq_list(ctx: click.Context, name: str | None, limit: int, as_json: bool) ->
     elif not data["dead"]:
         click.echo("No dead letters.")
     else:
-        _table(["ID", "FUNCTION", "SOURCE", "ATTEMPTS", "ERROR", "DEAD SINCE"],
-               [(d["id"], d["function"], d["source"], d["attempts"],
-                 f"{(d['error'] or {}).get('type', '')}: {(d['error'] or {}).get('message', '')}"
-                 [:60], (d["finished_at"] or "")[:19]) for d in data["dead"]])
+        _table(
+            ["ID", "FUNCTION", "SOURCE", "ATTEMPTS", "ERROR", "DEAD SINCE"],
+            [
+                (
+                    d["id"],
+                    d["function"],
+                    d["source"],
+                    d["attempts"],
+                    _error_summary(d["error"]),
+                    (d["finished_at"] or "")[:19],
+                )
+                for d in data["dead"]
+            ],
+        )
 
 
 @dlq.command("show")
@@ -772,13 +1052,11 @@ def dlq_show(ctx: click.Context, activation_id: str, as_json: bool) -> None:
 @click.argument("activation_ids", nargs=-1)
 @click.option("--function", "function", help="Resend every dead letter of this function.")
 @click.pass_context
-def dlq_redrive(ctx: click.Context, activation_ids: tuple[str, ...],
-                function: str | None) -> None:
+def dlq_redrive(ctx: click.Context, activation_ids: tuple[str, ...], function: str | None) -> None:
     """Resend dead letters (by id, or all of --function) with a fresh count of attempts."""
     if not activation_ids and not function:
         raise click.UsageError("give activation ids, or --function NAME")
-    data = _api(ctx, "POST", "/v1/dlq/redrive",
-                {"ids": list(activation_ids), "function": function})
+    data = _api(ctx, "POST", "/v1/dlq/redrive", {"ids": list(activation_ids), "function": function})
     click.echo(f"Resent {len(data['redriven'])} dead letter(s).")
 
 
@@ -786,6 +1064,12 @@ def dlq_redrive(ctx: click.Context, activation_ids: tuple[str, ...],
 def show_state_dir() -> None:
     """Print the state dir fn reads the gateway address and token from."""
     click.echo(str(state_dir()))
+
+
+def _error_summary(error: dict[str, Any] | None) -> str:
+    """A dead letter's error in one table cell."""
+    error = error or {}
+    return f"{error.get('type', '')}: {error.get('message', '')}"[:60]
 
 
 def main() -> None:

@@ -25,8 +25,9 @@ def state_dir() -> Path:
 class ClientError(Exception):
     """A call failed; the message is what the user should read."""
 
-    def __init__(self, message: str, status: int | None = None,
-                 body: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, message: str, status: int | None = None, body: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.body = body or {}
@@ -61,20 +62,29 @@ def discover_token() -> str | None:
 
 
 class Client:
-    def __init__(self, url: str | None = None, token: str | None = None,
-                 timeout_s: float = 900.0) -> None:
+    def __init__(
+        self, url: str | None = None, token: str | None = None, timeout_s: float = 900.0
+    ) -> None:
         """`timeout_s` covers the slowest answer: a deploy that builds its requirements."""
         self.url = (url or discover_url()).rstrip("/")
         self.token = token if token is not None else discover_token()
         self.timeout_s = timeout_s
 
-    def request(self, method: str, path: str, body: bytes | None = None,
-                headers: dict[str, str] | None = None, *, admin: bool = True) -> Reply:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        *,
+        admin: bool = True,
+    ) -> Reply:
         parts = urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ClientError(f'invalid gateway URL "{self.url}": expected http://HOST:PORT')
-        conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else \
-            http.client.HTTPConnection
+        conn_cls = (
+            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        )
         conn = conn_cls(parts.hostname, parts.port, timeout=self.timeout_s)
         all_headers = dict(headers or {})
         if admin and self.token:
@@ -84,8 +94,10 @@ class Client:
             response = conn.getresponse()
             data = response.read()
         except (ConnectionRefusedError, FileNotFoundError) as exc:
-            raise ClientError(f"cannot reach the Ember gateway at {self.url} ({exc.strerror}); "
-                              "start it with: fn up (or make up), or set FN_URL") from None
+            raise ClientError(
+                f"cannot reach the Ember gateway at {self.url} ({exc.strerror}); "
+                "start it with: fn up (or make up), or set FN_URL"
+            ) from None
         except OSError as exc:
             raise ClientError(f"request to {self.url} failed: {exc}") from None
         finally:
@@ -105,8 +117,13 @@ class Client:
             raise ClientError(error_message(reply.status, data), reply.status, data)
         return data
 
-    def invoke(self, name: str, data: bytes | None, content_type: str | None,
-               extra_headers: dict[str, str] | None = None) -> Reply:
+    def invoke(
+        self,
+        name: str,
+        data: bytes | None,
+        content_type: str | None,
+        extra_headers: dict[str, str] | None = None,
+    ) -> Reply:
         headers = {"Content-Type": content_type} if content_type else {}
         headers.update(extra_headers or {})
         return self.request("POST", f"/fn/{quote(name, safe=':')}", data, headers, admin=False)
@@ -116,6 +133,8 @@ def error_message(status: int, data: Any) -> str:
     if isinstance(data, dict) and isinstance(data.get("error"), dict):
         return str(data["error"].get("message") or data["error"].get("code"))
     if status == 401:
-        return "the gateway refused the admin token (set FN_TOKEN, or run fn on the machine " \
-               "where fn up runs)"
+        return (
+            "the gateway refused the admin token (set FN_TOKEN, or run fn on the machine "
+            "where fn up runs)"
+        )
     return f"the gateway answered HTTP {status}"

@@ -15,9 +15,18 @@ from store import Activation, ActivationId, DatabaseUnavailable, Store, new_id
 new_activation_id = new_id
 
 log = logging.getLogger("ember.gateway.activations")
+
+
 class ActivationWriter:
-    def __init__(self, store: Store, *, batch_delay_s: float = 0.05, max_batch: int = 1000,
-                 max_pending: int = 100_000, retry_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        batch_delay_s: float = 0.05,
+        max_batch: int = 1000,
+        max_pending: int = 100_000,
+        retry_s: float = 1.0,
+    ) -> None:
         self._store = store
         self._pending: list[Activation] = []
         self._has_pending = asyncio.Event()

@@ -48,16 +48,29 @@ def _platform(request: web.Request) -> Platform:
 def version_json(version: Version, *, active: bool | None = None) -> dict[str, Any]:
     c = version.config
     out: dict[str, Any] = {
-        "function": version.function, "version": version.version, "sha256": version.sha256,
-        "filename": version.filename, "handler": c.entry, "env": dict(c.env),
-        "timeout_s": c.timeout_s, "memory_bytes": c.memory_bytes, "concurrency": c.concurrency,
-        "max_attempts": c.max_attempts, "max_event_age_s": c.max_event_age_s,
-        "network": c.network, "cpus": c.cpus,
+        "function": version.function,
+        "version": version.version,
+        "sha256": version.sha256,
+        "filename": version.filename,
+        "handler": c.entry,
+        "env": dict(c.env),
+        "timeout_s": c.timeout_s,
+        "memory_bytes": c.memory_bytes,
+        "concurrency": c.concurrency,
+        "max_attempts": c.max_attempts,
+        "max_event_age_s": c.max_event_age_s,
+        "network": c.network,
+        "cpus": c.cpus,
         "created_at": version.created_at.isoformat(),
     }
     p = version.package
-    out.update(preimport=list(c.preimport), requirements=p.requirements, environment=p.env_hash,
-               lock=p.lock, files=list(p.files) or [version.filename])
+    out.update(
+        preimport=list(c.preimport),
+        requirements=p.requirements,
+        environment=p.env_hash,
+        lock=p.lock,
+        files=list(p.files) or [version.filename],
+    )
     if active is not None:
         out["active"] = active
     return out
@@ -66,29 +79,41 @@ def version_json(version: Version, *, active: bool | None = None) -> dict[str, A
 def function_json(function: Function, platform: Platform) -> dict[str, Any]:
     instances = platform.scheduler.instances_of(function.name)
     return {
-        "name": function.name, "active_version": function.active_version,
-        "latest_version": function.latest_version, "versions": function.version_count,
+        "name": function.name,
+        "active_version": function.active_version,
+        "latest_version": function.latest_version,
+        "versions": function.version_count,
         "created_at": function.created_at.isoformat(),
         "updated_at": function.updated_at.isoformat(),
-        "instances": {"total": len(instances), "busy": sum(1 for i in instances if i.busy),
-                      "pids": [pid for i in instances
-                               if (pid := platform.scheduler.pid_of(i)) is not None]},
+        "instances": {
+            "total": len(instances),
+            "busy": sum(1 for i in instances if i.busy),
+            "pids": [pid for i in instances if (pid := platform.scheduler.pid_of(i)) is not None],
+        },
     }
 
 
 def activation_json(activation: Activation) -> dict[str, Any]:
     return {
-        "id": str(activation.id), "function": activation.function,
-        "version": activation.version, "started_at": activation.started_at.isoformat(),
-        "duration_ms": round(activation.duration_ms, 3), "cold": activation.cold,
-        "status": activation.status, "http_status": activation.http_status,
-        "error": activation.error, "logs": activation.logs,
+        "id": str(activation.id),
+        "function": activation.function,
+        "version": activation.version,
+        "started_at": activation.started_at.isoformat(),
+        "duration_ms": round(activation.duration_ms, 3),
+        "cold": activation.cold,
+        "status": activation.status,
+        "http_status": activation.http_status,
+        "error": activation.error,
+        "logs": activation.logs,
     }
 
 
 def _not_found(name: str) -> web.Response:
-    return error_response(404, "function_not_found",
-                          f'function "{name}" not found; deploy it with: fn deploy {name}.py')
+    return error_response(
+        404,
+        "function_not_found",
+        f'function "{name}" not found; deploy it with: fn deploy {name}.py',
+    )
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -113,16 +138,24 @@ async def deploy(request: web.Request) -> web.Response:
 async def _deploy(platform: Platform, body: dict[str, Any]) -> web.Response:
     name, source = body.get("name"), body.get("source")
     if not isinstance(name, str) or not NAME.match(name):
-        return error_response(400, "bad_name", f"invalid function name {name!r}: use 1-63 "
-                              "lowercase letters, digits, - and _, starting with a letter")
+        return error_response(
+            400,
+            "bad_name",
+            f"invalid function name {name!r}: use 1-63 "
+            "lowercase letters, digits, - and _, starting with a letter",
+        )
     if body.get("archive") is not None and source is None:
         source = ""  # taken from the archive below
     if not isinstance(source, str) or (not source.strip() and body.get("archive") is None):
         return error_response(400, "bad_source", "the request has no source code")
     filename = body.get("filename", "handler.py")
     if not isinstance(filename, str) or not FILENAME.match(filename):
-        return error_response(400, "bad_filename", f"invalid file name {filename!r}: the module "
-                              "must be a Python identifier ending in .py, like handler.py")
+        return error_response(
+            400,
+            "bad_filename",
+            f"invalid file name {filename!r}: the module "
+            "must be a Python identifier ending in .py, like handler.py",
+        )
     try:
         config = parse_function_config(body)
     except ConfigError as exc:
@@ -132,29 +165,40 @@ async def _deploy(platform: Platform, body: dict[str, Any]) -> web.Response:
     if body.get("archive") is not None:
         try:  # (decoding, unzipping and compiling in a thread: calls go on meanwhile)
             archive, files = await asyncio.to_thread(
-                read_archive, body["archive"], filename, platform.settings.max_source_bytes)
+                read_archive, body["archive"], filename, platform.settings.max_source_bytes
+            )
         except ArchiveError as exc:
             return error_response(400, "bad_archive", str(exc))
         source = files[filename]
     elif len(source.encode()) > platform.settings.max_source_bytes:
-        return error_response(400, "source_too_large", f"{filename} is larger than the limit "
-                              f"of {platform.settings.max_source_bytes} bytes (FN_MAX_SOURCE)")
+        return error_response(
+            400,
+            "source_too_large",
+            f"{filename} is larger than the limit "
+            f"of {platform.settings.max_source_bytes} bytes (FN_MAX_SOURCE)",
+        )
     for path, text in files.items():
         try:
             await asyncio.to_thread(compile, text, path, "exec", dont_inherit=True)
         except SyntaxError as exc:
             return error_response(
-                400, "syntax_error", f"{path}, line {exc.lineno}: {exc.msg}",
-                file=path, line=exc.lineno, offset=exc.offset,
-                text=(exc.text or "").rstrip("\n"))
+                400,
+                "syntax_error",
+                f"{path}, line {exc.lineno}: {exc.msg}",
+                file=path,
+                line=exc.lineno,
+                offset=exc.offset,
+                text=(exc.text or "").rstrip("\n"),
+            )
         except ValueError as exc:  # e.g. null bytes in the source
             return error_response(400, "bad_source", f"{path}: {exc}")
     names = tuple(archive_names(archive)) if archive else ()
     package = Package(archive=archive, files=names)
     requirements = body.get("requirements") or ""
     if not isinstance(requirements, str):
-        return error_response(400, "bad_requirements", "requirements must be the text of a "
-                              "requirements.txt")
+        return error_response(
+            400, "bad_requirements", "requirements must be the text of a requirements.txt"
+        )
     if requirements.strip():
         try:
             env = await platform.builder.ensure(name, requirements)
@@ -162,23 +206,45 @@ async def _deploy(platform: Platform, body: dict[str, Any]) -> web.Response:
             return error_response(400, "bad_requirements", str(exc))
         except BuildFailed as exc:
             return error_response(
-                422, "build_failed", f"installing the requirements failed; the previous "
+                422,
+                "build_failed",
+                f"installing the requirements failed; the previous "
                 f"version (if any) keeps serving. pip said:\n{exc}",
-                log=exc.log[-20000:], hint=f"full output: fn build-logs {name}")
-        package = Package(archive=archive, requirements=requirements, env_hash=env.hash,
-                          lock=env.lock, files=names)
-    candidate = Version(function=name, version=0, source=source, sha256="", filename=filename,
-                        config=config, created_at=_now(), package=package)
+                log=exc.log[-20000:],
+                hint=f"full output: fn build-logs {name}",
+            )
+        package = Package(
+            archive=archive,
+            requirements=requirements,
+            env_hash=env.hash,
+            lock=env.lock,
+            files=names,
+        )
+    candidate = Version(
+        function=name,
+        version=0,
+        source=source,
+        sha256="",
+        filename=filename,
+        config=config,
+        created_at=_now(),
+        package=package,
+    )
     try:
         instance = await platform.scheduler.check(candidate)
     except StartFailed as exc:
         return error_response(
-            422, "import_error", f"{filename} failed to import: {exc}",
-            type=exc.error.get("type"), traceback=exc.error.get("traceback", ""),
-            logs=exc.logs)
+            422,
+            "import_error",
+            f"{filename} failed to import: {exc}",
+            type=exc.error.get("type"),
+            traceback=exc.error.get("traceback", ""),
+            logs=exc.logs,
+        )
     try:
         version = await platform.store.create_version(
-            name, source=source, filename=filename, config=config, package=package)
+            name, source=source, filename=filename, config=config, package=package
+        )
     except BaseException:
         platform.scheduler.drop_checked_soon(instance)
         raise
@@ -210,8 +276,9 @@ async def show_function(request: web.Request) -> web.Response:
         active = await platform.store.get_version(name)
     except FunctionNotFound:
         return _not_found(name)
-    return json_response({**function_json(function, platform),
-                          "active": version_json(active, active=True)})
+    return json_response(
+        {**function_json(function, platform), "active": version_json(active, active=True)}
+    )
 
 
 @routes.delete("/v1/functions/{name}")
@@ -231,9 +298,12 @@ async def delete_function(request: web.Request) -> web.Response:
         return _not_found(name)
     except TriggerError as exc:
         platform.deleting.discard(name)
-        return error_response(503, "watched_database_unavailable",
-                              f"cannot uninstall a table trigger of {name} ({exc}); retry, or "
-                              "remove it with fn trigger delete ID --force first")
+        return error_response(
+            503,
+            "watched_database_unavailable",
+            f"cannot uninstall a table trigger of {name} ({exc}); retry, or "
+            "remove it with fn trigger delete ID --force first",
+        )
     platform.triggers_changed()
     platform.functions.invalidate(name)
     try:
@@ -260,18 +330,25 @@ async def rollback(request: web.Request) -> web.Response:
     body = await _json_body(request)
     to = body.get("to")
     if to is not None and (isinstance(to, bool) or not isinstance(to, int) or to < 1):
-        return error_response(400, "bad_version", f"invalid version {to!r}: expected a number "
-                              "from fn versions " + name)
+        return error_response(
+            400,
+            "bad_version",
+            f"invalid version {to!r}: expected a number from fn versions " + name,
+        )
     try:
         active = await platform.store.set_active_version(name, to)
     except FunctionNotFound:
         return _not_found(name)
     except VersionNotFound as exc:
         if to is None:
-            return error_response(409, "no_previous_version",
-                                  f'function "{name}" has no version before the active one')
-        return error_response(404, "version_not_found",
-                              f"{exc}; list them with: fn versions {name}")
+            return error_response(
+                409,
+                "no_previous_version",
+                f'function "{name}" has no version before the active one',
+            )
+        return error_response(
+            404, "version_not_found", f"{exc}; list them with: fn versions {name}"
+        )
     platform.functions.invalidate(name)
     await platform.scheduler.ensure_warm(await platform.functions.resolve(name))
     return json_response({"function": name, "active_version": active})
@@ -288,10 +365,22 @@ async def list_builds(request: web.Request) -> web.Response:
             await platform.store.get_function(name)
         except FunctionNotFound:
             return _not_found(name)
-    return json_response({"builds": [
-        {"id": b.id, "function": b.function, "environment": b.env_hash, "status": b.status,
-         "duration_s": round(b.duration_s, 3), "created_at": b.created_at.isoformat(),
-         "log": b.log} for b in builds]})
+    return json_response(
+        {
+            "builds": [
+                {
+                    "id": b.id,
+                    "function": b.function,
+                    "environment": b.env_hash,
+                    "status": b.status,
+                    "duration_s": round(b.duration_s, 3),
+                    "created_at": b.created_at.isoformat(),
+                    "log": b.log,
+                }
+                for b in builds
+            ]
+        }
+    )
 
 
 def _limit(request: web.Request) -> int:
@@ -328,8 +417,9 @@ async def show_activation(request: web.Request) -> web.Response:
     delivery = await platform.store.get_delivery(activation_id)
     if delivery is not None:
         return json_response(delivery_json(delivery))
-    activation = platform.activations.pending(activation_id) \
-        or await platform.store.get_activation(activation_id)
+    activation = platform.activations.pending(activation_id) or await platform.store.get_activation(
+        activation_id
+    )
     if activation is None:
         return error_response(404, "activation_not_found", f'activation "{raw}" not found')
     return json_response(activation_json(activation))

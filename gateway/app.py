@@ -27,11 +27,15 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         if scheme.lower() != "bearer" or not hmac.compare_digest(
             token.strip().encode(), platform.token.encode()
         ):
-            message = ("missing admin token: send Authorization: Bearer <token> (fn reads it "
-                       "from the state dir, or FN_TOKEN)" if not header
-                       else "wrong admin token")
-            return error_response(401, "unauthorized", message,
-                                  headers={"WWW-Authenticate": 'Bearer realm="ember"'})
+            message = (
+                "missing admin token: send Authorization: Bearer <token> (fn reads it "
+                "from the state dir, or FN_TOKEN)"
+                if not header
+                else "wrong admin token"
+            )
+            return error_response(
+                401, "unauthorized", message, headers={"WWW-Authenticate": 'Bearer realm="ember"'}
+            )
     return await handler(request)
 
 
@@ -45,13 +49,20 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.content_type == "application/json":
             raise
-        return error_response(exc.status, exc.reason.lower().replace(" ", "_"),
-                              exc.text or exc.reason, headers=exc.headers)
+        return error_response(
+            exc.status,
+            exc.reason.lower().replace(" ", "_"),
+            exc.text or exc.reason,
+            headers=exc.headers,
+        )
     except DatabaseUnavailable as exc:
         log.warning("database unavailable: %s", exc)
-        return error_response(503, "database_unavailable",
-                              f"the database is unavailable: {exc}; retry shortly",
-                              headers={"Retry-After": "1"})
+        return error_response(
+            503,
+            "database_unavailable",
+            f"the database is unavailable: {exc}; retry shortly",
+            headers={"Retry-After": "1"},
+        )
     except Exception:
         log.exception("unhandled error", extra={"path": request.path})
         return error_response(500, "internal_error", "internal error; see the gateway's logs")
@@ -69,8 +80,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     platform = request.app[PLATFORM]
-    return web.Response(body=generate_latest(platform.metrics.registry),
-                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return web.Response(
+        body=generate_latest(platform.metrics.registry),
+        headers={"Content-Type": CONTENT_TYPE_LATEST},
+    )
 
 
 def build_app(platform: Platform) -> web.Application:
@@ -79,10 +92,12 @@ def build_app(platform: Platform) -> web.Application:
     app = web.Application(client_max_size=platform.settings.max_body_bytes)
     app[PLATFORM] = platform
     # A deploy carries the code base64-encoded in JSON.
-    admin_max = max(platform.settings.max_body_bytes,
-                    platform.settings.max_source_bytes * 4 // 3 + (1 << 20))
-    admin_app = web.Application(client_max_size=admin_max,
-                                middlewares=[error_middleware, auth_middleware])
+    admin_max = max(
+        platform.settings.max_body_bytes, platform.settings.max_source_bytes * 4 // 3 + (1 << 20)
+    )
+    admin_app = web.Application(
+        client_max_size=admin_max, middlewares=[error_middleware, auth_middleware]
+    )
     admin_app[PLATFORM] = platform
     admin_app[events.PUBLISHER] = events.publisher(platform)
     for route in [*admin.routes, *policies.routes, *events.routes]:

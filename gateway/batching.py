@@ -18,9 +18,15 @@ Commit = Callable[[list[T]], Awaitable[Sequence["R | Exception"]]]
 
 
 class GroupCommit(Generic[T, R]):
-    def __init__(self, commit: Commit[T, R], *, max_batch: int = 500,
-                 max_bytes: int = 32 << 20, size: Callable[[T], int] = lambda _: 0,
-                 after: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        commit: Commit[T, R],
+        *,
+        max_batch: int = 500,
+        max_bytes: int = 32 << 20,
+        size: Callable[[T], int] = lambda _: 0,
+        after: Callable[[], None] | None = None,
+    ) -> None:
         """`commit(items)` commits a batch and returns, per item, its result or the
         exception that item's caller gets; `after()` runs after each committed batch. A batch
         holds at most `max_batch` items and (beyond its first) `max_bytes` of `size`."""

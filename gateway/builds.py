@@ -46,19 +46,23 @@ PLATFORM = sysconfig.get_platform()
 # specifier, environment markers and --hash options; a direct reference over http(s); or one
 # of the index and binary options below.
 _NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
-_REQUIREMENT = re.compile(rf"^{_NAME}(?:\s*\[\s*{_NAME}(?:\s*,\s*{_NAME})*\s*\])?"
-                          r"(?:\s*@\s*https?://[^\s;]+)?"
-                          r"(?:\s*[<>=!~][^;\s@]*(?:\s*,\s*[<>=!~][^;\s@]*)*)?"
-                          r"(?:\s*;[^@]*)?$")
+_REQUIREMENT = re.compile(
+    rf"^{_NAME}(?:\s*\[\s*{_NAME}(?:\s*,\s*{_NAME})*\s*\])?"
+    r"(?:\s*@\s*https?://[^\s;]+)?"
+    r"(?:\s*[<>=!~][^;\s@]*(?:\s*,\s*[<>=!~][^;\s@]*)*)?"
+    r"(?:\s*;[^@]*)?$"
+)
 _HASH = re.compile(r"^--hash=sha(256|384|512):[0-9a-f]+$")
 _URL_OPTIONS = frozenset({"-i", "--index-url", "--extra-index-url"})
 _VALUE_OPTIONS = frozenset({"--only-binary", "--no-binary"})
 _FLAG_OPTIONS = frozenset({"--pre", "--prefer-binary"})
 _BINARY_VALUE = re.compile(rf"^(:all:|:none:|{_NAME}(,{_NAME})*)$")
 # What the build may see of the platform's environment: where to find packages, not secrets.
-_BUILD_ENV_KEEP = re.compile(r"^(PATH|LANG|LC_[A-Z]+|TZ|PIP_[A-Z_]+|UV_INDEX_URL"
-                             r"|(HTTPS?|NO|ALL)_PROXY|(https?|no|all)_proxy"
-                             r"|SSL_CERT_(FILE|DIR)|REQUESTS_CA_BUNDLE|CURL_CA_BUNDLE)$")
+_BUILD_ENV_KEEP = re.compile(
+    r"^(PATH|LANG|LC_[A-Z]+|TZ|PIP_[A-Z_]+|UV_INDEX_URL"
+    r"|(HTTPS?|NO|ALL)_PROXY|(https?|no|all)_proxy"
+    r"|SSL_CERT_(FILE|DIR)|REQUESTS_CA_BUNDLE|CURL_CA_BUNDLE)$"
+)
 
 
 class BuildFailed(Exception):
@@ -91,7 +95,8 @@ def normalize_requirements(text: str) -> str:
                 "https:// URL (name @ https://...), or the options -i/--index-url, "
                 "--extra-index-url, --pre, --prefer-binary, --only-binary, --no-binary. "
                 "Local paths, -e, -r, -c and other options cannot be used: the build runs on "
-                "the platform")
+                "the platform"
+            )
         lines.append(line)
     return "\n".join(sorted(set(lines))) + "\n" if lines else ""
 
@@ -111,8 +116,7 @@ def _allowed(line: str) -> bool:
     requirement, *options = re.split(r"\s+(?=--)", line)
     if re.search(r"\s-", requirement):  # pip reads " -C..." in a marker as an option
         return False
-    return _REQUIREMENT.match(requirement) is not None \
-        and all(_HASH.match(o) for o in options)
+    return _REQUIREMENT.match(requirement) is not None and all(_HASH.match(o) for o in options)
 
 
 def environment_hash(normalized: str) -> str:
@@ -123,8 +127,9 @@ def build_env(home: Path) -> dict[str, str]:
     """pip's environment: package-index settings and proxies pass, nothing else of the
     platform's (no DATABASE_URL, no admin token)."""
     env = {k: v for k, v in os.environ.items() if _BUILD_ENV_KEEP.match(k)}
-    env.update(HOME=str(home), PYTHONNOUSERSITE="1", PIP_NO_INPUT="1",
-               PIP_DISABLE_PIP_VERSION_CHECK="1")
+    env.update(
+        HOME=str(home), PYTHONNOUSERSITE="1", PIP_NO_INPUT="1", PIP_DISABLE_PIP_VERSION_CHECK="1"
+    )
     return env
 
 
@@ -198,8 +203,11 @@ def _check_output(site: Path) -> None:
     except FileNotFoundError:
         return
     if not stat.S_ISDIR(mode):
-        raise BuildFailed("the build left something else than a directory where packages "
-                          "are installed (a link?): refused", "")
+        raise BuildFailed(
+            "the build left something else than a directory where packages "
+            "are installed (a link?): refused",
+            "",
+        )
 
 
 def _read_report(path: Path) -> bytes:
@@ -226,8 +234,14 @@ Confine = Callable[[list[Path], str], list[str]]
 
 
 class Builder:
-    def __init__(self, store: Store, cache_dir: Path, *, timeout_s: float = 600.0,
-                 max_env_bytes: int = 1 << 30) -> None:
+    def __init__(
+        self,
+        store: Store,
+        cache_dir: Path,
+        *,
+        timeout_s: float = 600.0,
+        max_env_bytes: int = 1 << 30,
+    ) -> None:
         self.confine: Confine | None = None
         """Command prefix that walls a build in (its writable directories, a name), set by
         the platform from its backend; None: builds run as the platform's user."""
@@ -257,17 +271,24 @@ class Builder:
         try:
             found = await self._store.get_environment(env_hash)
             if found is not None:
-                await self._store.record_build(function, env_hash, "cached",
-                                               f"reused environment {env_hash[:12]}\n"
-                                               + found.lock, 0.0)
+                await self._store.record_build(
+                    function,
+                    env_hash,
+                    "cached",
+                    f"reused environment {env_hash[:12]}\n" + found.lock,
+                    0.0,
+                )
                 return found
             building = self._building.get(env_hash)
             if building is not None:  # one build per hash at a time on this gateway
                 env = await asyncio.shield(building)
                 await self._store.record_build(
-                    function, env_hash, "cached",
+                    function,
+                    env_hash,
+                    "cached",
                     f"built meanwhile for another deploy: {env_hash[:12]}\n{env.lock}",
-                    time.perf_counter() - t0)
+                    time.perf_counter() - t0,
+                )
                 return env
             building = asyncio.get_running_loop().create_future()
             self._building[env_hash] = building
@@ -280,8 +301,9 @@ class Builder:
             finally:
                 self._building.pop(env_hash, None)
             building.set_result(env)
-            await self._store.record_build(function, env_hash, "succeeded", _clean(output),
-                                           env.build_s)
+            await self._store.record_build(
+                function, env_hash, "succeeded", _clean(output), env.build_s
+            )
             return env
         except BuildFailed as exc:
             await self._record_failure(function, env_hash, exc.log or str(exc), t0)
@@ -290,11 +312,11 @@ class Builder:
             await self._record_failure(function, env_hash, f"the build failed: {exc!r}", t0)
             raise
 
-    async def _record_failure(self, function: str, env_hash: str, text: str,
-                              t0: float) -> None:
+    async def _record_failure(self, function: str, env_hash: str, text: str, t0: float) -> None:
         try:
-            await self._store.record_build(function, env_hash, "failed", _clean(text),
-                                           time.perf_counter() - t0)
+            await self._store.record_build(
+                function, env_hash, "failed", _clean(text), time.perf_counter() - t0
+            )
         except Exception:
             log.exception("could not record a failed build", extra={"function": function})
 
@@ -311,9 +333,22 @@ class Builder:
             t0 = time.perf_counter()
             async with self._one_build:
                 output = await self._pip(
-                    ["install", "--target", str(site), "--no-warn-script-location",
-                     "--progress-bar", "off", "--report", str(report), "-r",
-                     str(requirements)], build_env(home), home, [work])
+                    [
+                        "install",
+                        "--target",
+                        str(site),
+                        "--no-warn-script-location",
+                        "--progress-bar",
+                        "off",
+                        "--report",
+                        str(report),
+                        "-r",
+                        str(requirements),
+                    ],
+                    build_env(home),
+                    home,
+                    [work],
+                )
             build_s = time.perf_counter() - t0
             # The build is over, its processes gone: what it left is checked before the
             # platform (root) follows any path in it.
@@ -324,48 +359,67 @@ class Builder:
             if unpacked > self.max_env_bytes:
                 raise BuildFailed(
                     f"the environment is {unpacked / (1 << 20):.0f} MiB, over the limit of "
-                    f"{self.max_env_bytes / (1 << 20):.0f} MiB (FN_MAX_ENV)", output)
+                    f"{self.max_env_bytes / (1 << 20):.0f} MiB (FN_MAX_ENV)",
+                    output,
+                )
             data = await asyncio.to_thread(_read_report, report)
             lock = lock_from_report(orjson.loads(data)) if data else ""
             archive = work / "env.tar.gz"
             size = await asyncio.to_thread(pack, site, archive)
-            env = Environment(hash=env_hash, requirements=normalized, lock=lock, python=PYTHON,
-                              size_bytes=size, unpacked_bytes=unpacked, chunks=0,
-                              build_s=build_s)
+            env = Environment(
+                hash=env_hash,
+                requirements=normalized,
+                lock=lock,
+                python=PYTHON,
+                size_bytes=size,
+                unpacked_bytes=unpacked,
+                chunks=0,
+                build_s=build_s,
+            )
             stored_here = await self._store.put_environment(env, archive)
             stored = await self._store.get_environment(env_hash)
             assert stored is not None
             if stored_here:  # else another gateway's build won: its archive is the one kept
                 await asyncio.to_thread(_install, site, self.cache_dir / env_hash)
-            log.info("built an environment", extra={"env": env_hash[:12], "build_s": build_s,
-                                                    "bytes": size})
+            log.info(
+                "built an environment",
+                extra={"env": env_hash[:12], "build_s": build_s, "bytes": size},
+            )
             return stored, output
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)
             await asyncio.to_thread(shutil.rmtree, home, True)
 
-    async def _pip(self, args: list[str], env: dict[str, str], cwd: Path,
-                   writable: list[Path]) -> str:
+    async def _pip(
+        self, args: list[str], env: dict[str, str], cwd: Path, writable: list[Path]
+    ) -> str:
         """pip, confined like a function when the backend can (`confine`): the build code of
         the packages it installs is the function author's to choose."""
         name = cwd.name
         prefix = self.confine([cwd, *writable], name) if self.confine is not None else []
         try:
-            return await self._run([*prefix, sys.executable, "-m", "pip", *args], env, cwd,
-                                   watch=[cwd, *writable])
+            return await self._run(
+                [*prefix, sys.executable, "-m", "pip", *args], env, cwd, watch=[cwd, *writable]
+            )
         finally:
             if prefix and self.release_confined is not None:
                 await asyncio.to_thread(self.release_confined, name)
 
-    async def _run(self, argv: list[str], env: dict[str, str], cwd: Path,
-                   watch: list[Path] | None = None) -> str:
+    async def _run(
+        self, argv: list[str], env: dict[str, str], cwd: Path, watch: list[Path] | None = None
+    ) -> str:
         """Run a build command; its output is kept up to `MAX_BUILD_OUTPUT_BYTES` (the end of
         it), and it is stopped if what it writes in `watch` grows past twice FN_MAX_ENV."""
         process = await asyncio.create_subprocess_exec(
-            *argv, env=env, cwd=cwd,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-            preexec_fn=lambda: os.nice(10))
+            *argv,
+            env=env,
+            cwd=cwd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=lambda: os.nice(10),
+        )
         assert process.stdout is not None
         stdout = process.stdout
         tail: collections.deque[bytes] = collections.deque()
@@ -405,8 +459,10 @@ class Builder:
                 os.killpg(process.pid, signal.SIGKILL)
             await process.wait()
             if isinstance(exc, TimeoutError):
-                raise BuildFailed(f"the build took longer than {self.timeout_s:g}s "
-                                  "(FN_BUILD_TIMEOUT)", output_text()) from None
+                raise BuildFailed(
+                    f"the build took longer than {self.timeout_s:g}s (FN_BUILD_TIMEOUT)",
+                    output_text(),
+                ) from None
             raise
         finally:
             guard.cancel()
@@ -414,8 +470,11 @@ class Builder:
                 await guard
         output = output_text()
         if too_big:
-            raise BuildFailed(f"the build wrote {too_big[0] >> 20} MiB, over twice the limit "
-                              f"of {self.max_env_bytes >> 20} MiB (FN_MAX_ENV)", output)
+            raise BuildFailed(
+                f"the build wrote {too_big[0] >> 20} MiB, over twice the limit "
+                f"of {self.max_env_bytes >> 20} MiB (FN_MAX_ENV)",
+                output,
+            )
         if process.returncode != 0:
             errors = [line for line in output.splitlines() if line.startswith("ERROR:")]
             raise BuildFailed("\n".join(errors) or output.strip()[-2000:], output)

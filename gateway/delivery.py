@@ -45,8 +45,7 @@ _SECONDS = re.compile(r"[0-9]{1,9}")
 def backoff_s(attempt: int, settings: EventSettings, rng: random.Random) -> float:
     """Delay before retry number `attempt` (1 = the first retry): base x 2^(attempt-1), capped,
     then "equal jitter" (between half and all of it) so retries of a burst spread out."""
-    delay: float = min(settings.retry_max_s,
-                       settings.retry_base_s * 2.0 ** min(attempt - 1, 30))
+    delay: float = min(settings.retry_max_s, settings.retry_base_s * 2.0 ** min(attempt - 1, 30))
     return delay * (0.5 + rng.random() / 2)
 
 
@@ -61,20 +60,37 @@ def _retry_after(result: CallResult) -> float | None:
     return None
 
 
-def decide(claimed: Claimed, version: Version, result: CallResult, *, now: dt.datetime,
-           settings: EventSettings, rng: random.Random,
-           activation: ActivationId | None) -> Outcome:
+def decide(
+    claimed: Claimed,
+    version: Version,
+    result: CallResult,
+    *,
+    now: dt.datetime,
+    settings: EventSettings,
+    rng: random.Random,
+    activation: ActivationId | None,
+) -> Outcome:
     """The outcome of one attempt: succeeded, a retry at some time, or dead (pure)."""
     config = version.config
-    base: dict[str, Any] = {"id": claimed.id, "claim": claimed.claim, "logs": result.logs,
-                            "activation": activation, "http_status": result.http_status}
+    base: dict[str, Any] = {
+        "id": claimed.id,
+        "claim": claimed.claim,
+        "logs": result.logs,
+        "activation": activation,
+        "http_status": result.http_status,
+    }
     if result.status == "throttled":  # nothing ran: try again soon, the attempt not counted
-        return Outcome(status="pending", uncounted=True, error={
-            "type": "NoCapacity", "message": result.message},
-            run_at=now + dt.timedelta(seconds=min(result.retry_after_s or 1.0, 60.0)), **base)
+        return Outcome(
+            status="pending",
+            uncounted=True,
+            error={"type": "NoCapacity", "message": result.message},
+            run_at=now + dt.timedelta(seconds=min(result.retry_after_s or 1.0, 60.0)),
+            **base,
+        )
     if result.status == "success" and result.http_status < 400:
-        content_type = next((_no_nul(v) for k, v in result.headers
-                             if k.lower() == "content-type"), None)
+        content_type = next(
+            (_no_nul(v) for k, v in result.headers if k.lower() == "content-type"), None
+        )
         body = result.body
         if len(body) > MAX_RESULT_BYTES:
             body = body[:MAX_RESULT_BYTES]
@@ -82,27 +98,41 @@ def decide(claimed: Claimed, version: Version, result: CallResult, *, now: dt.da
         return Outcome(status="succeeded", result=body, result_type=content_type, **base)
     error: Mapping[str, Any]
     if result.status == "success":  # the handler answered with an error status
-        error = {"type": f"HTTP{result.http_status}",
-                 "message": _no_nul(result.body[:1000].decode("utf-8", "replace"))}
+        error = {
+            "type": f"HTTP{result.http_status}",
+            "message": _no_nul(result.body[:1000].decode("utf-8", "replace")),
+        }
     else:
         error = result.error or {"type": result.status, "message": result.message}
-    permanent = (error.get("retry") is False
-                 or (result.status in ("success", "error")
-                     and result.http_status in _PERMANENT_HTTP))
+    permanent = error.get("retry") is False or (
+        result.status in ("success", "error") and result.http_status in _PERMANENT_HTTP
+    )
     if permanent:
         return Outcome(status="dead", error={**error, "dead_because": "permanent error"}, **base)
     if claimed.attempt >= config.max_attempts:
-        return Outcome(status="dead", error={
-            **error, "dead_because": f"failed {claimed.attempt} attempts "
-                                     f"(max_attempts {config.max_attempts})"}, **base)
+        return Outcome(
+            status="dead",
+            error={
+                **error,
+                "dead_because": f"failed {claimed.attempt} attempts "
+                f"(max_attempts {config.max_attempts})",
+            },
+            **base,
+        )
     delay = _retry_after(result)
     if delay is None:
         delay = backoff_s(claimed.attempt, settings, rng)
     run_at = now + dt.timedelta(seconds=min(delay, config.max_event_age_s + 1))
     if (run_at - claimed.created_at).total_seconds() > config.max_event_age_s:
-        return Outcome(status="dead", error={
-            **error, "dead_because": f"a retry would be older than max_event_age "
-                                     f"({config.max_event_age_s:g}s)"}, **base)
+        return Outcome(
+            status="dead",
+            error={
+                **error,
+                "dead_because": f"a retry would be older than max_event_age "
+                f"({config.max_event_age_s:g}s)",
+            },
+            **base,
+        )
     return Outcome(status="pending", run_at=run_at, error=error, **base)
 
 
@@ -110,8 +140,14 @@ class OutcomeWriter:
     """Outcomes written in batches (one UPDATE per batch). If the gateway dies before a batch
     is written, those deliveries are redelivered when their lease ends: at-least-once."""
 
-    def __init__(self, platform: Platform, *, delay_s: float = 0.002, max_batch: int = 500,
-                 retry_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        platform: Platform,
+        *,
+        delay_s: float = 0.002,
+        max_batch: int = 500,
+        retry_s: float = 1.0,
+    ) -> None:
         self._platform = platform
         self._pending: list[Outcome] = []
         self._has_pending = asyncio.Event()
@@ -145,8 +181,9 @@ class OutcomeWriter:
                 except DatabaseUnavailable:
                     raise
                 except Exception:
-                    log.exception("a batch of delivery outcomes was refused; writing them "
-                                  "one by one")
+                    log.exception(
+                        "a batch of delivery outcomes was refused; writing them one by one"
+                    )
                     await self._write_one_by_one(batch)
                 del self._pending[: len(batch)]
             self._has_pending.clear()
@@ -161,16 +198,24 @@ class OutcomeWriter:
             except Exception as exc:
                 refused = exc
             # Keep the decision, drop what the database refused (result, logs, error text).
-            bare = dataclasses.replace(outcome, result=None, result_type=None, logs="", error={
-                "type": "UnrecordableOutcome",
-                "message": f"the outcome could not be stored: {type(refused).__name__}"})
+            bare = dataclasses.replace(
+                outcome,
+                result=None,
+                result_type=None,
+                logs="",
+                error={
+                    "type": "UnrecordableOutcome",
+                    "message": f"the outcome could not be stored: {type(refused).__name__}",
+                },
+            )
             try:
                 await self._platform.store.finish([bare])
             except DatabaseUnavailable:
                 raise
             except Exception:  # its lease runs out and it is delivered again
-                log.exception("could not record a delivery outcome",
-                              extra={"delivery": str(outcome.id)})
+                log.exception(
+                    "could not record a delivery outcome", extra={"delivery": str(outcome.id)}
+                )
 
 
 class DeliveryWorker:
@@ -246,51 +291,86 @@ class DeliveryWorker:
             metrics.delivery_wait.labels(claimed.source).observe(max(wait_s, 0.0))
         if claimed.redelivered:
             metrics.redeliveries.labels(claimed.function).inc()
-            log.warning("redelivering after an expired lease",
-                        extra={"function": claimed.function, "delivery": str(claimed.id)})
+            log.warning(
+                "redelivering after an expired lease",
+                extra={"function": claimed.function, "delivery": str(claimed.id)},
+            )
         try:
             version = await platform.functions.resolve(claimed.function, claimed.version)
         except (FunctionNotFound, VersionNotFound) as exc:
-            self._finish(claimed, Outcome(
-                id=claimed.id, claim=claimed.claim, status="dead",
-                error={"type": type(exc).__name__, "message": str(exc),
-                       "dead_because": "the function or version no longer exists"}))
+            self._finish(
+                claimed,
+                Outcome(
+                    id=claimed.id,
+                    claim=claimed.claim,
+                    status="dead",
+                    error={
+                        "type": type(exc).__name__,
+                        "message": str(exc),
+                        "dead_because": "the function or version no longer exists",
+                    },
+                ),
+            )
             return
         except DatabaseUnavailable:
             return  # the lease runs out and the delivery is taken again
         age_s = (dt.datetime.now(dt.UTC) - claimed.created_at).total_seconds()
         if age_s > version.config.max_event_age_s:
-            self._finish(claimed, Outcome(
-                id=claimed.id, claim=claimed.claim, status="dead",
-                error={"type": "Expired", "message": f"{age_s:.0f}s old",
-                       "dead_because": f"older than max_event_age "
-                                       f"({version.config.max_event_age_s:g}s)"}))
+            self._finish(
+                claimed,
+                Outcome(
+                    id=claimed.id,
+                    claim=claimed.claim,
+                    status="dead",
+                    error={
+                        "type": "Expired",
+                        "message": f"{age_s:.0f}s old",
+                        "dead_because": f"older than max_event_age "
+                        f"({version.config.max_event_age_s:g}s)",
+                    },
+                ),
+            )
             return
         activation = new_id()
         t0 = time.perf_counter()
         try:
             meta = dict(claimed.meta)
             # A stable id across attempts, so a handler can skip a repeat it already did.
-            meta["headers"] = [*meta.get("headers", ()),
-                               ("X-Ember-Delivery-Id", str(claimed.id)),
-                               ("X-Ember-Attempt", str(claimed.attempt))]
+            meta["headers"] = [
+                *meta.get("headers", ()),
+                ("X-Ember-Delivery-Id", str(claimed.id)),
+                ("X-Ember-Attempt", str(claimed.attempt)),
+            ]
             result = await execute(platform, version, activation, meta, claimed.payload)
         except Exception:  # a bug: the lease runs out and the delivery is taken again
             log.exception("delivery failed", extra={"delivery": str(claimed.id)})
             return
         try:
-            outcome = decide(claimed, version, result, now=dt.datetime.now(dt.UTC),
-                             settings=self.settings, rng=self._rng, activation=activation)
+            outcome = decide(
+                claimed,
+                version,
+                result,
+                now=dt.datetime.now(dt.UTC),
+                settings=self.settings,
+                rng=self._rng,
+                activation=activation,
+            )
         except Exception:  # a bug: retry it as a plain failure rather than lose the outcome
-            log.exception("could not decide a delivery's outcome",
-                          extra={"delivery": str(claimed.id)})
-            outcome = Outcome(id=claimed.id, claim=claimed.claim, status="pending",
-                              run_at=dt.datetime.now(dt.UTC) + dt.timedelta(
-                                  seconds=backoff_s(claimed.attempt, self.settings, self._rng)),
-                              error={"type": "InternalError", "message": "see the gateway's log"})
+            log.exception(
+                "could not decide a delivery's outcome", extra={"delivery": str(claimed.id)}
+            )
+            outcome = Outcome(
+                id=claimed.id,
+                claim=claimed.claim,
+                status="pending",
+                run_at=dt.datetime.now(dt.UTC)
+                + dt.timedelta(seconds=backoff_s(claimed.attempt, self.settings, self._rng)),
+                error={"type": "InternalError", "message": "see the gateway's log"},
+            )
         if outcome.status == "succeeded":
             metrics.delivery_latency.labels(claimed.source).observe(
-                wait_s + time.perf_counter() - t0)
+                wait_s + time.perf_counter() - t0
+            )
         self._finish(claimed, outcome)
 
     def _finish(self, claimed: Claimed, outcome: Outcome) -> None:
@@ -300,9 +380,14 @@ class DeliveryWorker:
         self._platform.metrics.deliveries.labels(claimed.function, kind).inc()
         if outcome.status == "dead":
             self._platform.metrics.dead_letters.labels(claimed.function).inc()
-            log.warning("dead-lettered", extra={"function": claimed.function,
-                                                "delivery": str(claimed.id),
-                                                "error": dict(outcome.error or {})})
+            log.warning(
+                "dead-lettered",
+                extra={
+                    "function": claimed.function,
+                    "delivery": str(claimed.id),
+                    "error": dict(outcome.error or {}),
+                },
+            )
         self.outcomes.add(outcome)
 
     def stop_claiming(self) -> None:
@@ -327,12 +412,16 @@ class DeliveryWorker:
             if unfinished:
                 await self._platform.store.release(unfinished)
         except Exception as exc:
-            log.warning("could not record the last delivery outcomes (they will be "
-                        "redelivered when their leases end): %r", exc)
+            log.warning(
+                "could not record the last delivery outcomes (they will be "
+                "redelivered when their leases end): %r",
+                exc,
+            )
 
 
-async def housekeeping(platform: Platform, *, sample_s: float = 5.0,
-                       prune_every_s: float = 600.0) -> None:
+async def housekeeping(
+    platform: Platform, *, sample_s: float = 5.0, prune_every_s: float = 600.0
+) -> None:
     """Sample the queue depth for `/metrics`; delete succeeded deliveries past retention."""
     last_prune = 0.0
     while True:
@@ -340,8 +429,7 @@ async def housekeeping(platform: Platform, *, sample_s: float = 5.0,
             platform.metrics.queue_depth = await platform.store.delivery_depth()
             if time.monotonic() - last_prune > prune_every_s:
                 last_prune = time.monotonic()
-                pruned = await platform.store.prune_deliveries(
-                    platform.settings.events.retention_s)
+                pruned = await platform.store.prune_deliveries(platform.settings.events.retention_s)
                 if pruned:
                     log.info("pruned succeeded deliveries", extra={"deleted": pruned})
         except Exception as exc:  # DatabaseUnavailable, or a query the server refused

@@ -9,27 +9,36 @@ import orjson
 from aiohttp import web
 
 
-def json_response(data: Any, status: int = 200,
-                  headers: Mapping[str, str] | None = None) -> web.Response:
-    return web.Response(body=orjson.dumps(data, default=str), status=status,
-                        content_type="application/json", headers=headers)
+def json_response(
+    data: Any, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data, default=str),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
 
 
-def error_response(status: int, code: str, message: str, *,
-                   headers: Mapping[str, str] | None = None, **fields: Any) -> web.Response:
-    return json_response({"error": {"code": code, "message": message, **fields}}, status,
-                         headers)
+def error_response(
+    status: int, code: str, message: str, *, headers: Mapping[str, str] | None = None, **fields: Any
+) -> web.Response:
+    return json_response({"error": {"code": code, "message": message, **fields}}, status, headers)
 
 
 def payload_too_large(limit_bytes: int) -> web.Response:
-    return error_response(413, "payload_too_large",
-                          f"request body is larger than the limit of {limit_bytes} bytes "
-                          f"({limit_bytes / (1 << 20):g} MiB); raise it with FN_MAX_BODY",
-                          limit_bytes=limit_bytes)
+    return error_response(
+        413,
+        "payload_too_large",
+        f"request body is larger than the limit of {limit_bytes} bytes "
+        f"({limit_bytes / (1 << 20):g} MiB); raise it with FN_MAX_BODY",
+        limit_bytes=limit_bytes,
+    )
 
 
 def bad_request(code: str, message: str, **fields: Any) -> web.HTTPBadRequest:
     """A 400 to raise from deep in a handler, in the same JSON shape as `error_response`."""
     return web.HTTPBadRequest(
         text=orjson.dumps({"error": {"code": code, "message": message, **fields}}).decode(),
-        content_type="application/json")
+        content_type="application/json",
+    )

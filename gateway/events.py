@@ -1,10 +1,10 @@
 """The admin API of events: topics, publishing, triggers, async activations, the dead letters.
 
-    POST   /v1/events/{topic}             publish (202 once committed; Idempotency-Key honoured)
-    GET    /v1/topics                     PUT/DELETE /v1/topics/{name}
-    GET    /v1/triggers[?function=NAME]
-    POST   /v1/functions/{name}/triggers  DELETE /v1/triggers/{id}
-    GET    /v1/dlq[?function=&limit=]     POST /v1/dlq/redrive {"ids": [...]} or {"function": NAME}
+POST   /v1/events/{topic}             publish (202 once committed; Idempotency-Key honoured)
+GET    /v1/topics                     PUT/DELETE /v1/topics/{name}
+GET    /v1/triggers[?function=NAME]
+POST   /v1/functions/{name}/triggers  DELETE /v1/triggers/{id}
+GET    /v1/dlq[?function=&limit=]     POST /v1/dlq/redrive {"ids": [...]} or {"function": NAME}
 """
 
 from __future__ import annotations
@@ -50,14 +50,18 @@ TABLE = re.compile(r'^("?[A-Za-z_][A-Za-z0-9_$]*"?\.)?"?[A-Za-z_][A-Za-z0-9_$]*"
 
 def _topic_name(raw: str) -> str:
     if not TOPIC.match(raw):
-        raise bad_request("bad_topic", f"invalid topic name {raw!r}: use 1-200 letters, digits, "
-                   ". _ and -, starting with a letter or digit (like orders.created)")
+        raise bad_request(
+            "bad_topic",
+            f"invalid topic name {raw!r}: use 1-200 letters, digits, "
+            ". _ and -, starting with a letter or digit (like orders.created)",
+        )
     return raw
 
 
 def _topic_not_found(name: str) -> web.Response:
-    return error_response(404, "topic_not_found",
-                          f'topic "{name}" not found; create it with: fn topic create {name}')
+    return error_response(
+        404, "topic_not_found", f'topic "{name}" not found; create it with: fn topic create {name}'
+    )
 
 
 def publisher(platform: Platform) -> GroupCommit[Event, int]:
@@ -87,6 +91,7 @@ PUBLISHER = web.AppKey("publisher", GroupCommit[Event, int])
 
 # -- topics and publishing --------------------------------------------------------------------
 
+
 @routes.put("/v1/topics/{name}")
 async def create_topic(request: web.Request) -> web.Response:
     name = _topic_name(request.match_info["name"])
@@ -97,9 +102,18 @@ async def create_topic(request: web.Request) -> web.Response:
 @routes.get("/v1/topics")
 async def list_topics(request: web.Request) -> web.Response:
     topics = await _platform(request).store.list_topics()
-    return json_response({"topics": [
-        {"name": t.name, "subscribers": t.subscribers, "created_at": t.created_at.isoformat()}
-        for t in topics]})
+    return json_response(
+        {
+            "topics": [
+                {
+                    "name": t.name,
+                    "subscribers": t.subscribers,
+                    "created_at": t.created_at.isoformat(),
+                }
+                for t in topics
+            ]
+        }
+    )
 
 
 @routes.delete("/v1/topics/{name}")
@@ -121,22 +135,35 @@ async def publish(request: web.Request) -> web.Response:
     topic = _topic_name(request.match_info["topic"])
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
-        raise bad_request("bad_idempotency_key",
-                   f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters")
-    event = Event(new_id(), topic, await request.read(),
-                  request.headers.get("Content-Type", "application/json"))
+        raise bad_request(
+            "bad_idempotency_key", f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters"
+        )
+    event = Event(
+        new_id(),
+        topic,
+        await request.read(),
+        request.headers.get("Content-Type", "application/json"),
+    )
     try:
         if key is None:  # shares a statement with concurrent publishes
             deliveries, created = await request.app[PUBLISHER].submit(event), True
             event_id = event.id
         else:
             event_id, deliveries, created = await platform.store.publish(
-                event, key, notify=platform.must_notify())
+                event, key, notify=platform.must_notify()
+            )
             platform.wake_deliveries()
     except TopicNotFound:
         return _topic_not_found(topic)
-    return json_response({"event_id": str(event_id), "topic": topic, "deliveries": deliveries,
-                          "status": "accepted" if created else "duplicate"}, status=202)
+    return json_response(
+        {
+            "event_id": str(event_id),
+            "topic": topic,
+            "deliveries": deliveries,
+            "status": "accepted" if created else "duplicate",
+        },
+        status=202,
+    )
 
 
 MAX_BATCH = 500
@@ -152,15 +179,25 @@ async def publish_batch(request: web.Request) -> web.Response:
     except orjson.JSONDecodeError as exc:
         raise bad_request("bad_json", f"request body is not JSON: {exc}") from None
     if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
-        raise bad_request("bad_batch", f'send a JSON array of 1-{MAX_BATCH} events like '
-                          '{"topic": "orders.created", "data": {...}}')
+        raise bad_request(
+            "bad_batch",
+            f"send a JSON array of 1-{MAX_BATCH} events like "
+            '{"topic": "orders.created", "data": {...}}',
+        )
     if request.headers.get("Idempotency-Key") is not None:
-        raise bad_request("bad_batch", "a batch takes no Idempotency-Key: publish events "
-                          "that need one one at a time (POST /v1/events/TOPIC)")
+        raise bad_request(
+            "bad_batch",
+            "a batch takes no Idempotency-Key: publish events "
+            "that need one one at a time (POST /v1/events/TOPIC)",
+        )
     events = []
     for i, item in enumerate(items):
-        if not isinstance(item, dict) or not isinstance(item.get("topic"), str) \
-                or "data" not in item or set(item) - {"topic", "data"}:
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("topic"), str)
+            or "data" not in item
+            or set(item) - {"topic", "data"}
+        ):
             raise bad_request("bad_batch", f'event {i} must be {{"topic": T, "data": ...}}')
         events.append(Event(new_id(), _topic_name(item["topic"]), orjson.dumps(item["data"])))
     try:
@@ -168,27 +205,46 @@ async def publish_batch(request: web.Request) -> web.Response:
     except TopicNotFound as exc:
         return _topic_not_found(exc.name)
     platform.wake_deliveries()
-    return json_response({"events": [
-        {"event_id": str(e.id), "topic": e.topic, "deliveries": counts[e.id],
-         "status": "accepted"} for e in events]}, status=202)
+    return json_response(
+        {
+            "events": [
+                {
+                    "event_id": str(e.id),
+                    "topic": e.topic,
+                    "deliveries": counts[e.id],
+                    "status": "accepted",
+                }
+                for e in events
+            ]
+        },
+        status=202,
+    )
 
 
 # -- triggers ---------------------------------------------------------------------------------
 
+
 def trigger_json(trigger: Trigger) -> dict[str, Any]:
-    out: dict[str, Any] = {"id": trigger.id, "function": trigger.function, "kind": trigger.kind,
-                           "created_at": trigger.created_at.isoformat()
-                           if trigger.created_at else None}
+    out: dict[str, Any] = {
+        "id": trigger.id,
+        "function": trigger.function,
+        "kind": trigger.kind,
+        "created_at": trigger.created_at.isoformat() if trigger.created_at else None,
+    }
     if trigger.kind == "topic":
         out["topic"] = trigger.topic
     elif trigger.kind == "cron":
-        out.update(cron=trigger.cron, timezone=trigger.timezone,
-                   next_fire_at=trigger.next_fire_at.isoformat()
-                   if trigger.next_fire_at else None)
+        out.update(
+            cron=trigger.cron,
+            timezone=trigger.timezone,
+            next_fire_at=trigger.next_fire_at.isoformat() if trigger.next_fire_at else None,
+        )
     else:
-        out.update(table=trigger.table_name, on=list(trigger.operations),
-                   database=_redact(trigger.database_url) if trigger.database_url
-                   else "ember")
+        out.update(
+            table=trigger.table_name,
+            on=list(trigger.operations),
+            database=_redact(trigger.database_url) if trigger.database_url else "ember",
+        )
     return out
 
 
@@ -199,8 +255,10 @@ def _redact(url: str) -> str:
     if parts.password is not None:
         parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1))
     if parts.query:
-        query = [(k, "***" if "pass" in k.lower() else v)
-                 for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+        query = [
+            (k, "***" if "pass" in k.lower() else v)
+            for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        ]
         parts = parts._replace(query=urlencode(query, safe="/*"))
     return parts.geturl()
 
@@ -218,8 +276,9 @@ def _trigger_from_body(name: str, body: dict[str, Any]) -> Trigger:
         except ConfigError as exc:
             raise bad_request("bad_schedule", str(exc), setting=exc.setting) from None
         first = next_tick(cron, zone, dt.datetime.now(dt.UTC))
-        return Trigger(id=0, function=name, kind="cron", cron=cron, timezone=zone.key,
-                       next_fire_at=first)
+        return Trigger(
+            id=0, function=name, kind="cron", cron=cron, timezone=zone.key, next_fire_at=first
+        )
     table = str(body["table"]).strip()
     if not TABLE.match(table):
         raise bad_request("bad_table", f"invalid table {table!r}: expected TABLE or SCHEMA.TABLE")
@@ -227,15 +286,23 @@ def _trigger_from_body(name: str, body: dict[str, Any]) -> Trigger:
     ops = raw_ops.split(",") if isinstance(raw_ops, str) else raw_ops
     ops = [str(op).strip().lower() for op in ops]
     if not ops or any(op not in OPERATIONS for op in ops):
-        raise bad_request("bad_operations", f"--on takes a comma-separated list of "
-                   f"{', '.join(OPERATIONS)}; got {','.join(ops)!r}")
+        raise bad_request(
+            "bad_operations",
+            f"--on takes a comma-separated list of {', '.join(OPERATIONS)}; got {','.join(ops)!r}",
+        )
     database = body.get("database")
     if database is not None:
         database = str(database)
         if urlsplit(database).scheme not in ("postgres", "postgresql"):
             raise bad_request("bad_database", "--database must be a postgresql://USER@HOST/DB URL")
-    return Trigger(id=0, function=name, kind="table", table_name=table,
-                   operations=tuple(dict.fromkeys(ops)), database_url=database)
+    return Trigger(
+        id=0,
+        function=name,
+        kind="table",
+        table_name=table,
+        operations=tuple(dict.fromkeys(ops)),
+        database_url=database,
+    )
 
 
 def _watched(request: web.Request, url: str | None) -> tuple[WatchedDatabase, bool]:
@@ -296,8 +363,11 @@ async def remove_trigger(request: web.Request, trigger: Trigger, *, force: bool 
         except (DatabaseUnavailable, TriggerError) as exc:
             if not force:
                 raise
-            log.warning("forgot a table trigger without uninstalling it: %s", exc,
-                        extra={"trigger": trigger.id, "table": trigger.table_name})
+            log.warning(
+                "forgot a table trigger without uninstalling it: %s",
+                exc,
+                extra={"trigger": trigger.id, "table": trigger.table_name},
+            )
         finally:
             if temporary:
                 await db.close()
@@ -318,14 +388,17 @@ async def delete_trigger(request: web.Request) -> web.Response:
         return error_response(404, "trigger_not_found", str(exc))
     except (DatabaseUnavailable, TriggerError) as exc:
         return error_response(
-            503, "watched_database_unavailable",
+            503,
+            "watched_database_unavailable",
             f"cannot uninstall trigger {raw} from its database ({exc}); retry, or forget it "
-            f"with: fn trigger delete {raw} --force (what it installed then stays there)")
+            f"with: fn trigger delete {raw} --force (what it installed then stays there)",
+        )
     platform.triggers_changed()
     return json_response({"deleted": trigger_json(trigger)})
 
 
 # -- async activations and dead letters -------------------------------------------------------
+
 
 def _result_json(delivery: Delivery) -> Any:
     if delivery.result is None:
@@ -347,14 +420,23 @@ def delivery_json(delivery: Delivery, *, payload: bool = False) -> dict[str, Any
         return value.isoformat() if value is not None else None
 
     out: dict[str, Any] = {
-        "id": str(delivery.id), "async": True, "function": delivery.function,
-        "version": delivery.version, "source": delivery.source, "status": delivery.status,
-        "attempts": delivery.attempts, "redeliveries": delivery.redeliveries,
-        "redrives": delivery.redrives, "created_at": iso(delivery.created_at),
-        "started_at": iso(delivery.started_at), "finished_at": iso(delivery.finished_at),
+        "id": str(delivery.id),
+        "async": True,
+        "function": delivery.function,
+        "version": delivery.version,
+        "source": delivery.source,
+        "status": delivery.status,
+        "attempts": delivery.attempts,
+        "redeliveries": delivery.redeliveries,
+        "redrives": delivery.redrives,
+        "created_at": iso(delivery.created_at),
+        "started_at": iso(delivery.started_at),
+        "finished_at": iso(delivery.finished_at),
         "next_attempt_at": iso(delivery.run_at) if delivery.status == "pending" else None,
-        "http_status": delivery.http_status, "result": _result_json(delivery),
-        "error": delivery.error, "logs": delivery.logs,
+        "http_status": delivery.http_status,
+        "result": _result_json(delivery),
+        "error": delivery.error,
+        "logs": delivery.logs,
         "last_activation": str(delivery.last_activation) if delivery.last_activation else None,
         "trigger_id": delivery.trigger_id,
         "event_id": str(delivery.event_id) if delivery.event_id else None,

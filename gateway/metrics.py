@@ -10,57 +10,84 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
-              30, 60)
+_BUCKETS_S = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+)
 
 
 class _PoolCollector(Collector):
-    def __init__(self, counts: Callable[[], dict[str, int]], starts: Callable[[], int],
-                 dropped: Callable[[], int], pool: Callable[[], PoolReadout]) -> None:
+    def __init__(
+        self,
+        counts: Callable[[], dict[str, int]],
+        starts: Callable[[], int],
+        dropped: Callable[[], int],
+        pool: Callable[[], PoolReadout],
+    ) -> None:
         self._counts = counts
         self._starts = starts
         self._dropped = dropped
         self._pool = pool
 
     def collect(self) -> Iterator[Metric]:
-        gauge = GaugeMetricFamily("ember_instances", "Invoker instances by state",
-                                  labels=["state"])
+        gauge = GaugeMetricFamily("ember_instances", "Invoker instances by state", labels=["state"])
         for state, n in sorted(self._counts().items()):
             gauge.add_metric([state], n)
         yield gauge
-        starts = GaugeMetricFamily("ember_instance_process_starts",
-                                   "Invoker processes started since the platform started")
+        starts = GaugeMetricFamily(
+            "ember_instance_process_starts", "Invoker processes started since the platform started"
+        )
         starts.add_metric([], self._starts())
         yield starts
         dropped = CounterMetricFamily(
             "ember_activations_dropped",
             "Activation records lost: over the in-memory bound while the database was away, "
-            "or refused by it")
+            "or refused by it",
+        )
         dropped.add_metric([], self._dropped())
         yield dropped
         readout = self._pool()
-        warm = GaugeMetricFamily("ember_warm_instances",
-                                 "Specialized instances (busy or idle), per function",
-                                 labels=["function"])
+        warm = GaugeMetricFamily(
+            "ember_warm_instances",
+            "Specialized instances (busy or idle), per function",
+            labels=["function"],
+        )
         for function, n in sorted(readout.warm.items()):
             warm.add_metric([function], n)
         yield warm
-        idle = CounterMetricFamily("ember_idle_instance_seconds",
-                                   "Seconds specialized instances spent warm and idle",
-                                   labels=["function"])
+        idle = CounterMetricFamily(
+            "ember_idle_instance_seconds",
+            "Seconds specialized instances spent warm and idle",
+            labels=["function"],
+        )
         for function, seconds in sorted(readout.idle_s.items()):
             idle.add_metric([function], seconds)
         yield idle
-        prewarms = CounterMetricFamily("ember_prewarms",
-                                       "Instances started ahead of an expected call",
-                                       labels=["function"])
+        prewarms = CounterMetricFamily(
+            "ember_prewarms", "Instances started ahead of an expected call", labels=["function"]
+        )
         for function, n in sorted(readout.prewarm_starts.items()):
             prewarms.add_metric([function], n)
         yield prewarms
         outcomes = CounterMetricFamily(
             "ember_prewarm_outcomes",
             "Prewarmed instances that served a call (used) or expired unused (wasted)",
-            labels=["function", "outcome"])
+            labels=["function", "outcome"],
+        )
         for (function, outcome), n in sorted(readout.prewarm_outcomes.items()):
             outcomes.add_metric([function, outcome], n)
         yield outcomes
@@ -74,7 +101,9 @@ class _QueueCollector(Collector):
         depth = GaugeMetricFamily(
             "ember_delivery_queue_depth",
             "Deliveries waiting (pending), in progress (running) or dead-lettered (dead), as "
-            "last sampled", labels=["function", "status"])
+            "last sampled",
+            labels=["function", "status"],
+        )
         for (function, status), n in sorted(self._metrics.queue_depth.items()):
             depth.add_metric([function, status], n)
         yield depth
@@ -89,40 +118,73 @@ class PoolReadout:
 
 
 class Metrics:
-    def __init__(self, counts: Callable[[], dict[str, int]], starts: Callable[[], int],
-                 dropped: Callable[[], int], pool: Callable[[], PoolReadout]) -> None:
+    def __init__(
+        self,
+        counts: Callable[[], dict[str, int]],
+        starts: Callable[[], int],
+        dropped: Callable[[], int],
+        pool: Callable[[], PoolReadout],
+    ) -> None:
         self.registry = CollectorRegistry()
         self.invocations = Counter(
-            "ember_invocations", "Calls to functions, by outcome",
-            ["function", "status"], registry=self.registry)
+            "ember_invocations",
+            "Calls to functions, by outcome",
+            ["function", "status"],
+            registry=self.registry,
+        )
         self.duration = Histogram(
-            "ember_invocation_duration_seconds", "Time from request to response, per function",
-            ["function"], buckets=_BUCKETS_S, registry=self.registry)
+            "ember_invocation_duration_seconds",
+            "Time from request to response, per function",
+            ["function"],
+            buckets=_BUCKETS_S,
+            registry=self.registry,
+        )
         self.cold_starts = Counter(
-            "ember_cold_starts", "Calls that waited for an instance to be started or specialized",
-            ["function"], registry=self.registry)
+            "ember_cold_starts",
+            "Calls that waited for an instance to be started or specialized",
+            ["function"],
+            registry=self.registry,
+        )
         self.deploys = Counter(
-            "ember_deploys", "Deploy attempts, by outcome", ["status"], registry=self.registry)
+            "ember_deploys", "Deploy attempts, by outcome", ["status"], registry=self.registry
+        )
         self.warm_hits = Counter(
-            "ember_warm_hits", "Calls served by an instance that was already warm",
-            ["function"], registry=self.registry)
+            "ember_warm_hits",
+            "Calls served by an instance that was already warm",
+            ["function"],
+            registry=self.registry,
+        )
         self.deliveries = Counter(
-            "ember_delivery_attempts", "Attempts to deliver async invocations and events, by "
-            "outcome (succeeded, retry, dead, throttled)", ["function", "outcome"],
-            registry=self.registry)
+            "ember_delivery_attempts",
+            "Attempts to deliver async invocations and events, by "
+            "outcome (succeeded, retry, dead, throttled)",
+            ["function", "outcome"],
+            registry=self.registry,
+        )
         self.dead_letters = Counter(
-            "ember_dead_letters", "Deliveries dead-lettered", ["function"],
-            registry=self.registry)
+            "ember_dead_letters", "Deliveries dead-lettered", ["function"], registry=self.registry
+        )
         self.redeliveries = Counter(
-            "ember_redeliveries", "Deliveries claimed again after a lease ran out (the earlier "
-            "attempt may have run: a possible duplicate)", ["function"], registry=self.registry)
+            "ember_redeliveries",
+            "Deliveries claimed again after a lease ran out (the earlier "
+            "attempt may have run: a possible duplicate)",
+            ["function"],
+            registry=self.registry,
+        )
         self.delivery_wait = Histogram(
-            "ember_delivery_wait_seconds", "From submission to the first attempt's start",
-            ["source"], buckets=_BUCKETS_S, registry=self.registry)
+            "ember_delivery_wait_seconds",
+            "From submission to the first attempt's start",
+            ["source"],
+            buckets=_BUCKETS_S,
+            registry=self.registry,
+        )
         self.delivery_latency = Histogram(
             "ember_delivery_latency_seconds",
-            "From submission to the handler's success (all attempts)", ["source"],
-            buckets=_BUCKETS_S, registry=self.registry)
+            "From submission to the handler's success (all attempts)",
+            ["source"],
+            buckets=_BUCKETS_S,
+            registry=self.registry,
+        )
         self.queue_depth: dict[tuple[str, str], int] = {}
         self.registry.register(_QueueCollector(self))
         self.registry.register(_PoolCollector(counts, starts, dropped, pool))
@@ -134,8 +196,11 @@ class Metrics:
         children = self._children.get(key)
         if children is None:
             children = self._children[key] = (
-                self.invocations.labels(function, status), self.duration.labels(function),
-                self.cold_starts.labels(function), self.warm_hits.labels(function))
+                self.invocations.labels(function, status),
+                self.duration.labels(function),
+                self.cold_starts.labels(function),
+                self.warm_hits.labels(function),
+            )
         children[0].inc()
         children[1].observe(elapsed_s)
         if cold:

@@ -58,9 +58,12 @@ def _pool_readout(scheduler: Scheduler) -> PoolReadout:
     for instance in pool.instances.values():
         if instance.key is not None:
             warm[instance.key[0]] = warm.get(instance.key[0], 0) + 1
-    return PoolReadout(warm=warm, idle_s=dict(pool.idle_s),
-                       prewarm_starts=dict(scheduler.prewarm_starts),
-                       prewarm_outcomes=dict(pool.prewarm_outcomes))
+    return PoolReadout(
+        warm=warm,
+        idle_s=dict(pool.idle_s),
+        prewarm_starts=dict(scheduler.prewarm_starts),
+        prewarm_outcomes=dict(pool.prewarm_outcomes),
+    )
 
 
 @dataclass(slots=True)
@@ -86,8 +89,9 @@ class Platform:
     _stopping: bool = False
 
     def __post_init__(self) -> None:
-        async def submit(batch: list[NewDelivery],
-                         ) -> list[tuple[ActivationId, bool] | Exception]:
+        async def submit(
+            batch: list[NewDelivery],
+        ) -> list[tuple[ActivationId, bool] | Exception]:
             try:
                 return list(await self.store.submit_batch(batch, notify=self.must_notify()))
             except DatabaseUnavailable:
@@ -105,8 +109,9 @@ class Platform:
             return results
 
         # Concurrent async invocations share one INSERT (see GroupCommit).
-        self.submitter = GroupCommit(submit, after=self.wake_deliveries,
-                                     size=lambda d: len(d.payload))
+        self.submitter = GroupCommit(
+            submit, after=self.wake_deliveries, size=lambda d: len(d.payload)
+        )
 
     @classmethod
     async def start(cls, settings: Settings) -> Platform:
@@ -116,7 +121,8 @@ class Platform:
         url = settings.database_url
         if url is None:
             embedded = await asyncio.to_thread(
-                start_embedded_postgres, settings.state_dir / "pgdata")
+                start_embedded_postgres, settings.state_dir / "pgdata"
+            )
             url = embedded.url
         try:
             store = await Store.connect(url)
@@ -131,18 +137,22 @@ class Platform:
             if embedded is not None:
                 embedded.stop()
             raise
-        builder = Builder(store, settings.state_dir / "envs",
-                          timeout_s=settings.build_timeout_s,
-                          max_env_bytes=settings.max_env_bytes)
+        builder = Builder(
+            store,
+            settings.state_dir / "envs",
+            timeout_s=settings.build_timeout_s,
+            max_env_bytes=settings.max_env_bytes,
+        )
         await asyncio.to_thread(builder.remove_leftovers)
 
         async def prepare(version: Version) -> dict[str, Any]:
             env_hash = version.package.env_hash
             if env_hash is not None and settings.backend == "kubernetes":
-                raise ValueError("functions with requirements do not run on the Kubernetes "
-                                 "backend yet (docs/kubernetes.md)")
-            return {} if env_hash is None else {
-                "paths": [str(await builder.local_path(env_hash))]}
+                raise ValueError(
+                    "functions with requirements do not run on the Kubernetes "
+                    "backend yet (docs/kubernetes.md)"
+                )
+            return {} if env_hash is None else {"paths": [str(await builder.local_path(env_hash))]}
 
         backend: Backend
         if settings.backend == "kubernetes":
@@ -154,14 +164,20 @@ class Platform:
 
             backend = RemoteBackend(locate, settings.scheduler_token, settings.gateway_id)
         else:
-            backend = LocalBackend(zygote=settings.zygote, isolation=settings.isolation,
-                                   private_paths=(settings.state_dir,),
-                                   environments=settings.state_dir / "envs")
+            backend = LocalBackend(
+                zygote=settings.zygote,
+                isolation=settings.isolation,
+                private_paths=(settings.state_dir,),
+                environments=settings.state_dir / "envs",
+            )
         scale = settings.time_scale
         scheduler = Scheduler(
-            backend, settings.pool, prepare=prepare,
+            backend,
+            settings.pool,
+            prepare=prepare,
             clock=time.monotonic if scale == 1 else lambda: time.monotonic() * scale,
-            time_scale=scale)
+            time_scale=scale,
+        )
         try:
             await scheduler.start()
         except BaseException:
@@ -176,18 +192,28 @@ class Platform:
         functions = FunctionCache(store)
         activations = ActivationWriter(store)
         platform = cls(
-            settings=settings, store=store, scheduler=scheduler, functions=functions,
+            settings=settings,
+            store=store,
+            scheduler=scheduler,
+            functions=functions,
             builder=builder,
-            activations=activations, token=token, embedded=embedded,
-            metrics=Metrics(scheduler.instance_counts, lambda: scheduler.starts_total,
-                            lambda: activations.dropped, lambda: _pool_readout(scheduler)),
+            activations=activations,
+            token=token,
+            embedded=embedded,
+            metrics=Metrics(
+                scheduler.instance_counts,
+                lambda: scheduler.starts_total,
+                lambda: activations.dropped,
+                lambda: _pool_readout(scheduler),
+            ),
         )
         platform._watch(platform.activations.run(), "activation writer")
         if settings.events.workers:
             platform._start_event_workers()
         platform._watch(
-            store.listen_function_changes(platform._on_change, platform._on_listening,
-                                          on_deliveries=platform.wake_deliveries),
+            store.listen_function_changes(
+                platform._on_change, platform._on_listening, on_deliveries=platform.wake_deliveries
+            ),
             "function change listener",
         )
         await platform._reload_policies()

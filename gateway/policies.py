@@ -31,8 +31,10 @@ def _merge(base: FunctionPolicy, row: PolicyRow | None) -> FunctionPolicy:
     return dataclasses.replace(base, **changes)
 
 
-def effective(platform: Platform, rows: list[PolicyRow],
-              ) -> tuple[FunctionPolicy, dict[str, FunctionPolicy]]:
+def effective(
+    platform: Platform,
+    rows: list[PolicyRow],
+) -> tuple[FunctionPolicy, dict[str, FunctionPolicy]]:
     pool = platform.settings.pool
     base = FunctionPolicy(keep_alive_s=pool.keep_alive_s, max_instances=pool.max_instances)
     by_name = {r.function: r for r in rows}
@@ -44,8 +46,11 @@ async def reload_policies(platform: Platform) -> None:
     """Read the stored policies and apply them to this gateway's scheduler."""
     default, overrides = effective(platform, await platform.store.list_policies())
     platform.scheduler.configure(default, overrides)
-    names = [f.name for f in await platform.store.list_functions()] if default.min_warm \
+    names = (
+        [f.name for f in await platform.store.list_functions()]
+        if default.min_warm
         else [n for n, p in overrides.items() if p.min_warm]
+    )
     for name in names:
         if platform.scheduler.policies.settings(name).min_warm:
             with contextlib.suppress(FunctionNotFound):  # deleted meanwhile
@@ -61,23 +66,36 @@ def parse_policy(body: dict[str, Any], function: str) -> PolicyRow:
     keep_alive_s = None
     if body.get("keep_alive") is not None:
         raw = body["keep_alive"]
-        keep_alive_s = 0.0 if raw in (0, "0", "0s") else parse_duration_s(
-            raw, "--keep-alive", maximum_s=7 * 86400)
+        keep_alive_s = (
+            0.0
+            if raw in (0, "0", "0s")
+            else parse_duration_s(raw, "--keep-alive", maximum_s=7 * 86400)
+        )
     counts: dict[str, int | None] = {}
     for key, flag, low in (("min_warm", "--min-warm", 0), ("max_instances", "--max-instances", 1)):
         value = body.get(key)
         if isinstance(value, str) and value.isdigit():
             value = int(value)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or not low <= value <= 10_000):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 10_000
+        ):
             raise ConfigError(flag, value, f"a whole number from {low} to 10000")
         counts[key] = value
-    return PolicyRow(function=function, prewarm=prewarm, keep_alive_s=keep_alive_s,
-                     min_warm=counts["min_warm"], max_instances=counts["max_instances"])
+    return PolicyRow(
+        function=function,
+        prewarm=prewarm,
+        keep_alive_s=keep_alive_s,
+        min_warm=counts["min_warm"],
+        max_instances=counts["max_instances"],
+    )
 
 
-_UNSETTABLE = {"prewarm": "prewarm", "keep_alive": "keep_alive_s", "min_warm": "min_warm",
-               "max_instances": "max_instances"}
+_UNSETTABLE = {
+    "prewarm": "prewarm",
+    "keep_alive": "keep_alive_s",
+    "min_warm": "min_warm",
+    "max_instances": "max_instances",
+}
 
 
 def _parse_unset(value: Any) -> list[str]:
@@ -89,9 +107,11 @@ def _parse_unset(value: Any) -> list[str]:
 
 
 def _policy_json(name: str, policy: FunctionPolicy, row: PolicyRow | None) -> dict[str, Any]:
-    return {"function": name, **dataclasses.asdict(policy),
-            "set": {f: getattr(row, f) for f in _FIELDS if getattr(row, f) is not None}
-            if row else {}}
+    return {
+        "function": name,
+        **dataclasses.asdict(policy),
+        "set": {f: getattr(row, f) for f in _FIELDS if getattr(row, f) is not None} if row else {},
+    }
 
 
 async def _read(platform: Platform, name: str) -> dict[str, Any]:
@@ -120,23 +140,39 @@ async def _write(request: web.Request, name: str) -> web.Response:
         return error_response(400, "bad_policy", str(exc), setting=exc.setting)
     both = [f for f in unset if getattr(row, f) is not None]
     if both:
-        return error_response(400, "bad_policy", f"{both[0].removesuffix('_s')} is both set "
-                              "and unset")
+        return error_response(
+            400, "bad_policy", f"{both[0].removesuffix('_s')} is both set and unset"
+        )
     if all(getattr(row, f) is None for f in _FIELDS) and not unset:
-        return error_response(400, "bad_policy", "nothing to set: give --prewarm, "
-                              "--keep-alive, --min-warm, --max-instances or --unset")
+        return error_response(
+            400,
+            "bad_policy",
+            "nothing to set: give --prewarm, --keep-alive, --min-warm, --max-instances or --unset",
+        )
     policies = await platform.store.list_policies()
     rows = [r for r in policies if r.function != name]
     old = next((r for r in policies if r.function == name), None)
-    merged = PolicyRow(function=name, **{
-        f: None if f in unset else getattr(row, f) if getattr(row, f) is not None
-        else getattr(old, f, None) for f in _FIELDS})
+    merged = PolicyRow(
+        function=name,
+        **{
+            f: None
+            if f in unset
+            else getattr(row, f)
+            if getattr(row, f) is not None
+            else getattr(old, f, None)
+            for f in _FIELDS
+        },
+    )
     default, overrides = effective(platform, [*rows, merged])
     for policy_name, policy in [("default", default), *overrides.items()]:
         if policy.min_warm > policy.max_instances:
             return error_response(
-                400, "bad_policy", f"min-warm ({policy.min_warm}) cannot exceed max-instances "
-                f"({policy.max_instances}) for {policy_name}", setting="--min-warm")
+                400,
+                "bad_policy",
+                f"min-warm ({policy.min_warm}) cannot exceed max-instances "
+                f"({policy.max_instances}) for {policy_name}",
+                setting="--min-warm",
+            )
     await platform.store.set_policy(row, unset)
     await platform._reload_policies()  # this gateway at once; the others on NOTIFY
     return json_response(await _read(platform, name))
@@ -156,8 +192,11 @@ async def _exists(platform: Platform, name: str) -> web.Response | None:
     try:
         await platform.store.get_function(name)
     except FunctionNotFound:
-        return error_response(404, "function_not_found", f'function "{name}" not found; '
-                              f"deploy it first with: fn deploy {name}.py")
+        return error_response(
+            404,
+            "function_not_found",
+            f'function "{name}" not found; deploy it first with: fn deploy {name}.py',
+        )
     return None
 
 
@@ -190,7 +229,9 @@ async def list_policies(request: web.Request) -> web.Response:
     rows = await platform.store.list_policies()
     default, overrides = effective(platform, rows)
     by_name = {r.function: r for r in rows}
-    return json_response({
-        "default": _policy_json("default", default, by_name.get(DEFAULT)),
-        "functions": [_policy_json(n, p, by_name.get(n)) for n, p in sorted(overrides.items())],
-    })
+    return json_response(
+        {
+            "default": _policy_json("default", default, by_name.get(DEFAULT)),
+            "functions": [_policy_json(n, p, by_name.get(n)) for n, p in sorted(overrides.items())],
+        }
+    )

@@ -41,8 +41,9 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     platform = await Platform.start(settings)
-    runner = web.AppRunner(build_app(platform), access_log=None,
-                           shutdown_timeout=settings.shutdown_timeout_s)
+    runner = web.AppRunner(
+        build_app(platform), access_log=None, shutdown_timeout=settings.shutdown_timeout_s
+    )
     address_file = settings.state_dir / "gateway.json"
     try:
         await runner.setup()
@@ -52,13 +53,18 @@ async def serve(settings: Settings) -> None:
         url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
         address_file.write_bytes(orjson.dumps({"url": url, "pid": os.getpid()}))
         database = "embedded" if platform.embedded else "DATABASE_URL"
-        log.info("ember is up", extra={"url": url, "database": database,
-                                       "state_dir": str(settings.state_dir)})
+        log.info(
+            "ember is up",
+            extra={"url": url, "database": database, "state_dir": str(settings.state_dir)},
+        )
         isolation = platform.isolation_summary()
         if isolation:
             print(isolation, file=sys.stderr, flush=True)
-        print(f"Ember is up at {url} (database: {database}; state: {settings.state_dir})",
-              file=sys.stderr, flush=True)
+        print(
+            f"Ember is up at {url} (database: {database}; state: {settings.state_dir})",
+            file=sys.stderr,
+            flush=True,
+        )
         stopped = asyncio.create_task(stop.wait(), name="stop signal")
         broken = asyncio.create_task(platform.wait_broken(), name="platform watch")
         await asyncio.wait([stopped, broken], return_when=asyncio.FIRST_COMPLETED)

@@ -94,26 +94,33 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
         defaults = cls()
         pool = PoolSettings(
-            keep_alive_s=parse_duration_s(env.get("FN_KEEP_ALIVE", "10m"), "FN_KEEP_ALIVE",
-                                          maximum_s=7 * 86400),
+            keep_alive_s=parse_duration_s(
+                env.get("FN_KEEP_ALIVE", "10m"), "FN_KEEP_ALIVE", maximum_s=7 * 86400
+            ),
             generic_pool_size=int(env.get("FN_GENERIC_POOL", "2")),
             max_instances=int(env.get("FN_MAX_INSTANCES", "20")),
             max_queue=int(env.get("FN_MAX_QUEUE", "100")),
-            max_response_bytes=parse_size_bytes(env.get("FN_MAX_RESPONSE", "6Mi"),
-                                                "FN_MAX_RESPONSE", minimum=1024),
+            max_response_bytes=parse_size_bytes(
+                env.get("FN_MAX_RESPONSE", "6Mi"), "FN_MAX_RESPONSE", minimum=1024
+            ),
         )
         d = EventSettings()
         events = EventSettings(
             workers=env.get("FN_DELIVERIES", "1") not in ("0", "false", "no"),
             concurrency=int(env.get("FN_DELIVERY_CONCURRENCY", str(d.concurrency))),
-            lease_margin_s=parse_duration_s(env.get("FN_DELIVERY_LEASE", d.lease_margin_s),
-                                            "FN_DELIVERY_LEASE"),
-            retry_base_s=parse_duration_s(env.get("FN_RETRY_BASE", d.retry_base_s),
-                                          "FN_RETRY_BASE"),
+            lease_margin_s=parse_duration_s(
+                env.get("FN_DELIVERY_LEASE", d.lease_margin_s), "FN_DELIVERY_LEASE"
+            ),
+            retry_base_s=parse_duration_s(
+                env.get("FN_RETRY_BASE", d.retry_base_s), "FN_RETRY_BASE"
+            ),
             retry_max_s=parse_duration_s(env.get("FN_RETRY_MAX", d.retry_max_s), "FN_RETRY_MAX"),
             poll_s=parse_duration_s(env.get("FN_DELIVERY_POLL", d.poll_s), "FN_DELIVERY_POLL"),
-            retention_s=parse_duration_s(env.get("FN_DELIVERY_RETENTION", d.retention_s),
-                                         "FN_DELIVERY_RETENTION", maximum_s=365 * 86400),
+            retention_s=parse_duration_s(
+                env.get("FN_DELIVERY_RETENTION", d.retention_s),
+                "FN_DELIVERY_RETENTION",
+                maximum_s=365 * 86400,
+            ),
         )
         backend = env.get("EMBER_BACKEND", "local")
         if backend not in ("local", "kubernetes"):
@@ -121,8 +128,9 @@ class Settings:
         if backend == "kubernetes":
             for name in ("FN_SCHEDULER_TOKEN", "DATABASE_URL"):
                 if not env.get(name):
-                    raise ConfigError(name, "", "set with EMBER_BACKEND=kubernetes "
-                                      "(deploy/ sets it)")
+                    raise ConfigError(
+                        name, "", "set with EMBER_BACKEND=kubernetes (deploy/ sets it)"
+                    )
             # The scheduler process keeps the generic pods; a gateway holds specialized ones.
             pool = replace(pool, generic_pool_size=0)
         isolation = isolation_from_env(env)
@@ -139,16 +147,19 @@ class Settings:
             # Secrets written with `echo` or `openssl rand > file` end with a newline.
             database_url=env.get("DATABASE_URL", "").strip() or None,
             token=env.get("FN_TOKEN", "").strip() or None,
-            max_body_bytes=parse_size_bytes(env.get("FN_MAX_BODY", defaults.max_body_bytes),
-                                            "FN_MAX_BODY", minimum=1024),
+            max_body_bytes=parse_size_bytes(
+                env.get("FN_MAX_BODY", defaults.max_body_bytes), "FN_MAX_BODY", minimum=1024
+            ),
             zygote=env.get("FN_ZYGOTE", "1") not in ("0", "false", "no"),
-            max_source_bytes=parse_size_bytes(env.get("FN_MAX_SOURCE", defaults.max_source_bytes),
-                                              "FN_MAX_SOURCE", minimum=1024),
-            max_env_bytes=parse_size_bytes(env.get("FN_MAX_ENV", defaults.max_env_bytes),
-                                           "FN_MAX_ENV", minimum=1 << 20),
-            build_timeout_s=parse_duration_s(env.get("FN_BUILD_TIMEOUT",
-                                                     defaults.build_timeout_s),
-                                             "FN_BUILD_TIMEOUT"),
+            max_source_bytes=parse_size_bytes(
+                env.get("FN_MAX_SOURCE", defaults.max_source_bytes), "FN_MAX_SOURCE", minimum=1024
+            ),
+            max_env_bytes=parse_size_bytes(
+                env.get("FN_MAX_ENV", defaults.max_env_bytes), "FN_MAX_ENV", minimum=1 << 20
+            ),
+            build_timeout_s=parse_duration_s(
+                env.get("FN_BUILD_TIMEOUT", defaults.build_timeout_s), "FN_BUILD_TIMEOUT"
+            ),
             pool=pool,
             backend=backend,
             scheduler_url=env.get("EMBER_SCHEDULER_URL") or None,
@@ -166,10 +177,17 @@ def isolation_from_env(env: Mapping[str, str]) -> IsolationSettings:
     first, count = d.uid_first, d.uid_count
     if env.get("FN_UID_RANGE"):
         low, sep, high = env["FN_UID_RANGE"].partition("-")
-        if not (sep and low.strip().isdigit() and high.strip().isdigit()
-                and 1000 <= int(low) <= int(high) < 2**32 - 1):
-            raise ConfigError("FN_UID_RANGE", env["FN_UID_RANGE"],
-                              "FIRST-LAST uids, like 100000-165535 (not below 1000)")
+        if not (
+            sep
+            and low.strip().isdigit()
+            and high.strip().isdigit()
+            and 1000 <= int(low) <= int(high) < 2**32 - 1
+        ):
+            raise ConfigError(
+                "FN_UID_RANGE",
+                env["FN_UID_RANGE"],
+                "FIRST-LAST uids, like 100000-165535 (not below 1000)",
+            )
         first, count = int(low), int(high) - int(low) + 1
 
     def whole(name: str, default: int, low: int, high: int) -> int:
@@ -185,9 +203,12 @@ def isolation_from_env(env: Mapping[str, str]) -> IsolationSettings:
             if not path.startswith("/"):
                 raise ConfigError(name, path, "absolute paths separated by colons")
     return IsolationSettings(
-        mode=mode, uid_first=first, uid_count=count,
-        tmp_bytes=parse_size_bytes(env.get("FN_INSTANCE_TMP", d.tmp_bytes), "FN_INSTANCE_TMP",
-                                   minimum=1 << 20),
+        mode=mode,
+        uid_first=first,
+        uid_count=count,
+        tmp_bytes=parse_size_bytes(
+            env.get("FN_INSTANCE_TMP", d.tmp_bytes), "FN_INSTANCE_TMP", minimum=1 << 20
+        ),
         pids_max=whole("FN_INSTANCE_PIDS", d.pids_max, 8, 1_000_000),
         nofile=whole("FN_INSTANCE_NOFILE", d.nofile, 64, 1_048_576),
         hide=paths["FN_HIDE"],

@@ -41,12 +41,16 @@ def parse_schedule(cron: str, timezone: str) -> tuple[str, ZoneInfo]:
     try:
         zone = ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError("--timezone", timezone,
-                          "an IANA time zone name, like UTC or Europe/Paris") from None
+        raise ConfigError(
+            "--timezone", timezone, "an IANA time zone name, like UTC or Europe/Paris"
+        ) from None
     cron = " ".join(cron.split())
     if len(cron.split()) not in (5, 6) or not croniter.is_valid(cron):
-        raise ConfigError("--cron", cron, 'a cron expression like "*/5 * * * *" (minute hour '
-                          "day-of-month month day-of-week)")
+        raise ConfigError(
+            "--cron",
+            cron,
+            'a cron expression like "*/5 * * * *" (minute hour day-of-month month day-of-week)',
+        )
     return cron, zone
 
 
@@ -71,8 +75,7 @@ def plan(trigger: Trigger, now: dt.datetime) -> tuple[dt.datetime, int, dt.datet
         tick, missed = following, missed + 1
         following = next_tick(cron, zone, tick)
     if following <= now:  # a very long outage: jump to the present without counting further
-        last: dt.datetime = croniter(cron, (now + _EPSILON).astimezone(zone)).get_prev(
-            dt.datetime)
+        last: dt.datetime = croniter(cron, (now + _EPSILON).astimezone(zone)).get_prev(dt.datetime)
         tick = last.astimezone(dt.UTC)
         following = next_tick(cron, zone, tick)
     return tick, missed, following
@@ -94,8 +97,7 @@ async def run_schedules(platform: Platform, wake: asyncio.Event, *, poll_s: floa
             nxt = None
         timeout = poll_s
         if nxt is not None:
-            timeout = min(poll_s, max((nxt - dt.datetime.now(dt.UTC)).total_seconds(), 0.0)
-                          + 0.001)
+            timeout = min(poll_s, max((nxt - dt.datetime.now(dt.UTC)).total_seconds(), 0.0) + 0.001)
         await wait_event(wake, timeout)
 
 
@@ -119,11 +121,11 @@ class TableRelays:
     async def sync(self) -> None:
         """Start relays for databases that gained triggers, stop those that lost all."""
         triggers = await self._platform.store.list_triggers()
-        wanted = {t.database_url or self._platform.store.url for t in triggers
-                  if t.kind == "table"}
+        wanted = {t.database_url or self._platform.store.url for t in triggers if t.kind == "table"}
         for url in wanted - self._relays.keys():
-            self._relays[url] = asyncio.create_task(self._relay(self.database(url)),
-                                                    name="table relay")
+            self._relays[url] = asyncio.create_task(
+                self._relay(self.database(url)), name="table relay"
+            )
         for url in set(self._relays) - wanted:
             task = self._relays.pop(url)
             task.cancel()

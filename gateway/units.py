@@ -18,8 +18,16 @@ from store.records import FunctionConfig
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(Ki|Mi|Gi|K|M|G|k)?\s*$")
-_SIZE_UNITS = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "K": 1000, "k": 1000,
-               "M": 1000**2, "G": 1000**3, None: 1}
+_SIZE_UNITS = {
+    "Ki": 1 << 10,
+    "Mi": 1 << 20,
+    "Gi": 1 << 30,
+    "K": 1000,
+    "k": 1000,
+    "M": 1000**2,
+    "G": 1000**3,
+    None: 1,
+}
 NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 FILENAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\.py$")
 ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -51,16 +59,19 @@ def read_archive(encoded: Any, main: str, max_bytes: int) -> tuple[bytes, dict[s
     except (binascii.Error, ValueError):
         raise ArchiveError("archive is not valid base64") from None
     if len(archive) > max_bytes:
-        raise ArchiveError(f"the function's files are {len(archive)} bytes zipped, over the "
-                           f"limit of {max_bytes} bytes (FN_MAX_SOURCE)")
+        raise ArchiveError(
+            f"the function's files are {len(archive)} bytes zipped, over the "
+            f"limit of {max_bytes} bytes (FN_MAX_SOURCE)"
+        )
     try:
         files = zipfile.ZipFile(io.BytesIO(archive))
         infos = files.infolist()
     except zipfile.BadZipFile as exc:
         raise ArchiveError(f"archive is not a zip: {exc}") from None
     if sum(i.file_size for i in infos) > MAX_UNPACKED_SOURCE_BYTES:
-        raise ArchiveError(f"the function's files unpack to more than "
-                           f"{MAX_UNPACKED_SOURCE_BYTES >> 20} MiB")
+        raise ArchiveError(
+            f"the function's files unpack to more than {MAX_UNPACKED_SOURCE_BYTES >> 20} MiB"
+        )
     texts = {}
     for info in infos:
         parts = info.filename.split("/")
@@ -95,8 +106,9 @@ def _quote(value: Any) -> str:
     return f'"{value}"' if isinstance(value, str) else repr(value)
 
 
-def parse_duration_s(value: Any, setting: str = "duration", *,
-                     maximum_s: float = MAX_TIMEOUT_S) -> float:
+def parse_duration_s(
+    value: Any, setting: str = "duration", *, maximum_s: float = MAX_TIMEOUT_S
+) -> float:
     """`30`, `"30s"`, `"500ms"`, `"10m"`, `"1h"` -> seconds; must be > 0 and <= maximum_s."""
     expected = f"a duration like 500ms, 30s, 10m or 1h, above 0 and at most {maximum_s:g}s"
     if isinstance(value, bool):
@@ -112,11 +124,15 @@ def parse_duration_s(value: Any, setting: str = "duration", *,
     return seconds
 
 
-def parse_size_bytes(value: Any, setting: str = "size", *, minimum: int = MIN_MEMORY_BYTES,
-                     maximum: int = MAX_MEMORY_BYTES) -> int:
+def parse_size_bytes(
+    value: Any,
+    setting: str = "size",
+    *,
+    minimum: int = MIN_MEMORY_BYTES,
+    maximum: int = MAX_MEMORY_BYTES,
+) -> int:
     """`"256Mi"`, `"1Gi"`, `"512M"` or a number of bytes -> bytes, within [minimum, maximum]."""
-    expected = (f"a size like 128Mi, 1Gi or 512M, between {minimum >> 20}Mi and "
-                f"{maximum >> 30}Gi")
+    expected = f"a size like 128Mi, 1Gi or 512M, between {minimum >> 20}Mi and {maximum >> 30}Gi"
     if isinstance(value, bool):
         raise ConfigError(setting, value, expected)
     if isinstance(value, int):
@@ -147,42 +163,58 @@ def parse_function_config(body: Mapping[str, Any]) -> FunctionConfig:
     concurrency = body.get("concurrency", defaults.concurrency)
     if isinstance(concurrency, str) and concurrency.strip().isdigit():
         concurrency = int(concurrency)
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) \
-            or not 1 <= concurrency <= MAX_CONCURRENCY:
-        raise ConfigError("--concurrency", concurrency,
-                          f"a whole number from 1 to {MAX_CONCURRENCY}")
+    if (
+        isinstance(concurrency, bool)
+        or not isinstance(concurrency, int)
+        or not 1 <= concurrency <= MAX_CONCURRENCY
+    ):
+        raise ConfigError(
+            "--concurrency", concurrency, f"a whole number from 1 to {MAX_CONCURRENCY}"
+        )
     attempts = body.get("max_attempts", defaults.max_attempts)
     if isinstance(attempts, str) and attempts.strip().isdigit():
         attempts = int(attempts)
-    if isinstance(attempts, bool) or not isinstance(attempts, int) \
-            or not 1 <= attempts <= MAX_ATTEMPTS:
+    if (
+        isinstance(attempts, bool)
+        or not isinstance(attempts, int)
+        or not 1 <= attempts <= MAX_ATTEMPTS
+    ):
         raise ConfigError("--max-attempts", attempts, f"a whole number from 1 to {MAX_ATTEMPTS}")
     preimport = body.get("preimport") or []
     if isinstance(preimport, str):
         preimport = [m.strip() for m in preimport.split(",") if m.strip()]
-    if not isinstance(preimport, list) or len(preimport) > 50 \
-            or not all(isinstance(m, str) and MODULE.match(m) for m in preimport):
-        raise ConfigError("--preimport", preimport, "module names separated by commas, like "
-                          "numpy,pandas")
+    if (
+        not isinstance(preimport, list)
+        or len(preimport) > 50
+        or not all(isinstance(m, str) and MODULE.match(m) for m in preimport)
+    ):
+        raise ConfigError(
+            "--preimport", preimport, "module names separated by commas, like numpy,pandas"
+        )
     network = body.get("network", defaults.network)
     if network not in ("egress", "none"):
-        raise ConfigError("--network", network, "egress (the internet, no local or private "
-                          "address) or none (no network at all)")
+        raise ConfigError(
+            "--network",
+            network,
+            "egress (the internet, no local or private address) or none (no network at all)",
+        )
     cpus = body.get("cpus", defaults.cpus)
     try:
         cpus = float(cpus)
     except (TypeError, ValueError):
         cpus = -1.0
     if isinstance(body.get("cpus"), bool) or not 0.01 <= cpus <= 64:
-        raise ConfigError("--cpus", body.get("cpus"), "a number of cores from 0.01 to 64, "
-                          "like 0.5")
+        raise ConfigError("--cpus", body.get("cpus"), "a number of cores from 0.01 to 64, like 0.5")
     return FunctionConfig(
         network=network,
         cpus=cpus,
         preimport=tuple(preimport),
         max_attempts=attempts,
-        max_event_age_s=parse_duration_s(body.get("max_event_age", defaults.max_event_age_s),
-                                         "--max-event-age", maximum_s=MAX_EVENT_AGE_S),
+        max_event_age_s=parse_duration_s(
+            body.get("max_event_age", defaults.max_event_age_s),
+            "--max-event-age",
+            maximum_s=MAX_EVENT_AGE_S,
+        ),
         entry=entry,
         env={str(k): v for k, v in env.items()},
         timeout_s=parse_duration_s(body.get("timeout", defaults.timeout_s), "--timeout"),

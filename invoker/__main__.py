@@ -19,14 +19,21 @@ from invoker.runtime import run_instance
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m invoker")
-    parser.add_argument("--host", default=os.environ.get("EMBER_INVOKER_HOST", "127.0.0.1"),
-                        help="address to listen on, or unix:/path for a Unix socket")
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("EMBER_INVOKER_HOST", "127.0.0.1"),
+        help="address to listen on, or unix:/path for a Unix socket",
+    )
     parser.add_argument("--port", type=int, default=int(os.environ.get("EMBER_INVOKER_PORT", "0")))
     parser.add_argument("--exit-with-stdin", action="store_true")
-    parser.add_argument("--zygote", action="store_true",
-                        help="fork instances on request instead of serving calls")
-    parser.add_argument("--confine", metavar="SPEC",
-                        help="run the command after -- inside an instance's walls (JSON spec)")
+    parser.add_argument(
+        "--zygote", action="store_true", help="fork instances on request instead of serving calls"
+    )
+    parser.add_argument(
+        "--confine",
+        metavar="SPEC",
+        help="run the command after -- inside an instance's walls (JSON spec)",
+    )
     parser.add_argument("command", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.confine:

@@ -149,6 +149,7 @@ class Context:
         return max(0.0, self.deadline - time.monotonic())
 
     @staticmethod
-    def response(body: Any = b"", *, status: int = 200,
-                 headers: Mapping[str, str] | None = None) -> Response:
+    def response(
+        body: Any = b"", *, status: int = 200, headers: Mapping[str, str] | None = None
+    ) -> Response:
         return Response(body=body, status=status, headers=dict(headers or {}))

@@ -35,7 +35,7 @@ def listen(address: str) -> socket.socket:
     """A listening socket for an instance: `unix:/path` (local: no TCP stack on the hop, and
     only the platform's user may connect), or `HOST` / `HOST:PORT` over TCP (port 0: any)."""
     if address.startswith("unix:"):
-        path = address[len("unix:"):]
+        path = address[len("unix:") :]
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.bind(path)
         os.chmod(path, 0o600)
@@ -58,8 +58,8 @@ class ErrorInfo(TypedDict, total=False):
     message: str
     traceback: str
     line: int
-    retry: bool            # False: a permanent error, do not retry the event
-    retry_after_s: float   # retry the event no sooner than this
+    retry: bool  # False: a permanent error, do not retry the event
+    retry_after_s: float  # retry the event no sooner than this
 
 
 def encode_frame(meta: dict[str, Any], body: bytes = b"") -> list[bytes]:
@@ -105,9 +105,13 @@ class _ReplyParser(asyncio.Protocol):
         end = HEADER.size + meta_len + body_len
         if meta_len > MAX_META_BYTES or body_len > self.max_body_bytes:
             # Before buffering it: a hostile instance cannot make the gateway hold more.
-            self._fail(ReplyTooLarge(f"the instance sent a reply of {body_len} bytes (limit "
-                                     f"{self.max_body_bytes}) and {meta_len} bytes of metadata "
-                                     f"(limit {MAX_META_BYTES})"))
+            self._fail(
+                ReplyTooLarge(
+                    f"the instance sent a reply of {body_len} bytes (limit "
+                    f"{self.max_body_bytes}) and {meta_len} bytes of metadata "
+                    f"(limit {MAX_META_BYTES})"
+                )
+            )
             return
         if len(self._buf) < end:
             return
@@ -115,11 +119,11 @@ class _ReplyParser(asyncio.Protocol):
             self._fail(ProtocolError("the instance sent more than one reply"))
             return
         try:
-            meta = orjson.loads(memoryview(self._buf)[HEADER.size:HEADER.size + meta_len])
+            meta = orjson.loads(memoryview(self._buf)[HEADER.size : HEADER.size + meta_len])
         except orjson.JSONDecodeError as exc:
             self._fail(ProtocolError(f"reply meta is not JSON: {exc}"))
             return
-        body = bytes(memoryview(self._buf)[HEADER.size + meta_len:end])
+        body = bytes(memoryview(self._buf)[HEADER.size + meta_len : end])
         self._buf.clear()
         waiter, self.waiter = self.waiter, None
         if waiter is None or waiter.done():
@@ -151,8 +155,9 @@ class Connection:
         self.closed = False
 
     @classmethod
-    async def open(cls, host: str, port: int, *,
-                   max_body_bytes: int = MAX_BODY_BYTES) -> Connection:
+    async def open(
+        cls, host: str, port: int, *, max_body_bytes: int = MAX_BODY_BYTES
+    ) -> Connection:
         """Connect to an instance at `host:port`, or at the Unix socket `host="unix:/path"`;
         a reply body over `max_body_bytes` fails the call (`ReplyTooLarge`)."""
         loop = asyncio.get_running_loop()
@@ -162,7 +167,8 @@ class Connection:
 
         if host.startswith("unix:"):
             transport, parser = await loop.create_unix_connection(
-                parser_factory, host[len("unix:"):])
+                parser_factory, host[len("unix:") :]
+            )
         else:
             transport, parser = await loop.create_connection(parser_factory, host, port)
         return cls(transport, parser)

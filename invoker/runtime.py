@@ -57,9 +57,11 @@ def _error(exc: BaseException, *, user_file: str | None = None) -> ErrorInfo:
         frames = traceback.StackSummary.from_list(
             [f for f in frames if not f.filename.startswith(str(Path(__file__).parent))]
         )
-    info["traceback"] = "Traceback (most recent call last):\n" + "".join(
-        frames.format()
-    ) + "".join(traceback.format_exception_only(type(exc), exc))
+    info["traceback"] = (
+        "Traceback (most recent call last):\n"
+        + "".join(frames.format())
+        + "".join(traceback.format_exception_only(type(exc), exc))
+    )
     if isinstance(exc, SyntaxError) and exc.lineno is not None:
         info["line"] = exc.lineno
     if isinstance(exc, PermanentError):
@@ -96,8 +98,9 @@ def encode_result(result: Any) -> tuple[int, list[list[str]], bytes]:
         try:
             body = orjson.dumps(result, option=orjson.OPT_NON_STR_KEYS)
         except TypeError as exc:
-            raise TypeError(f"the handler returned a value that is not JSON-serializable: {exc}") \
-                from None
+            raise TypeError(
+                f"the handler returned a value that is not JSON-serializable: {exc}"
+            ) from None
         ctype = "application/json"
     if not has_type:
         headers.append(["Content-Type", ctype])
@@ -131,9 +134,14 @@ class Runtime:
                 try:
                     frame = encode_frame(reply, reply_body)
                 except TypeError as exc:  # e.g. a lone surrogate in a log line
-                    reply = {"ok": False, "error": {
-                        "type": "ReplyError", "message": f"the reply could not be encoded: {exc}"},
-                        "logs": ""}
+                    reply = {
+                        "ok": False,
+                        "error": {
+                            "type": "ReplyError",
+                            "message": f"the reply could not be encoded: {exc}",
+                        },
+                        "logs": "",
+                    }
                     frame = encode_frame(reply, b"")
                 if len(reply_body) < SMALL_FRAME_BYTES:
                     writer.write(b"".join(frame))  # one send() instead of three
@@ -153,8 +161,12 @@ class Runtime:
         if op == "invoke":
             return await self.invoke(meta, body)
         if op == "ping":
-            return {"ok": True, "function": self.function, "version": self.version,
-                    "pid": os.getpid()}, b""
+            return {
+                "ok": True,
+                "function": self.function,
+                "version": self.version,
+                "pid": os.getpid(),
+            }, b""
         if op == "specialize":
             return self.specialize(meta, body), b""
         if op == "relabel":
@@ -169,8 +181,10 @@ class Runtime:
         in meta["source"]), put its environment's directories (`paths`) on sys.path, import
         `preimport` and then its module."""
         if self.function is not None:
-            return {"ok": False, "error": {"type": "ProtocolError",
-                                           "message": "instance is already specialized"}}
+            return {
+                "ok": False,
+                "error": {"type": "ProtocolError", "message": "instance is already specialized"},
+            }
         started = time.perf_counter()
         filename: str = meta["filename"]
         module_name = filename.removesuffix(".py")
@@ -178,8 +192,9 @@ class Runtime:
         self.env = {str(k): str(v) for k, v in meta.get("env", {}).items()}
         # Named after the pid so that the backend can remove it with the instance; in the
         # runtime's temporary directory (the function's --env TMPDIR applies to its code only).
-        code_dir = Path(tempfile.mkdtemp(prefix=f"ember-fn-{os.getpid()}-",
-                                         dir=tempfile.gettempdir()))
+        code_dir = Path(
+            tempfile.mkdtemp(prefix=f"ember-fn-{os.getpid()}-", dir=tempfile.gettempdir())
+        )
         path = code_dir / filename
         capture = Capture()
         token = current_capture.set(capture)
@@ -208,15 +223,21 @@ class Runtime:
             spec.loader.exec_module(module)
             handler = getattr(module, entry, None)
             if handler is None:
-                raise LookupError(f'{filename} defines no function "{entry}"; add: '
-                                  f"def {entry}(event, context): ...")
+                raise LookupError(
+                    f'{filename} defines no function "{entry}"; add: '
+                    f"def {entry}(event, context): ..."
+                )
             if not callable(handler):
-                raise LookupError(f'"{entry}" in {filename} is a {type(handler).__name__}, '
-                                  "not a function")
+                raise LookupError(
+                    f'"{entry}" in {filename} is a {type(handler).__name__}, not a function'
+                )
         except BaseException as exc:
             self._take_output(capture)
-            return {"ok": False, "error": _error(exc, user_file=self.user_file),
-                    "logs": capture.text()}
+            return {
+                "ok": False,
+                "error": _error(exc, user_file=self.user_file),
+                "logs": capture.text(),
+            }
         finally:
             current_capture.reset(token)
         self._take_output(capture)
@@ -231,13 +252,18 @@ class Runtime:
                 self.concurrency, thread_name_prefix="handler"
             )
         _limit_memory(int(meta.get("memory_bytes", 0)))
-        return {"ok": True, "import_ms": (time.perf_counter() - started) * 1000,
-                "logs": capture.text()}
+        return {
+            "ok": True,
+            "import_ms": (time.perf_counter() - started) * 1000,
+            "logs": capture.text(),
+        }
 
     async def invoke(self, meta: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
         if self.handler is None:
-            return {"ok": False, "error": {"type": "ProtocolError",
-                                           "message": "instance is not specialized"}}, b""
+            return {
+                "ok": False,
+                "error": {"type": "ProtocolError", "message": "instance is not specialized"},
+            }, b""
         capture = Capture()
         token = current_capture.set(capture)
         try:
@@ -255,9 +281,15 @@ class Runtime:
             try:
                 event = decode_event(body, meta.get("content_type", ""))
             except orjson.JSONDecodeError as exc:
-                return {"ok": False, "status": 400, "error": {
-                    "type": "BadRequest", "message": f"request body is not valid JSON: {exc}"},
-                    "logs": ""}, b""
+                return {
+                    "ok": False,
+                    "status": 400,
+                    "error": {
+                        "type": "BadRequest",
+                        "message": f"request body is not valid JSON: {exc}",
+                    },
+                    "logs": "",
+                }, b""
             try:
                 if self.is_async:
                     result = await self.handler(event, context)
@@ -279,11 +311,16 @@ class Runtime:
                 return {"ok": False, "error": info, "logs": capture.text()}, b""
             self._take_output(capture)
             if 0 < self.max_reply_bytes < len(out):
-                return {"ok": False, "error": {
-                    "type": "ResponseTooLarge",
-                    "message": f"the handler returned {len(out)} bytes; the limit is "
-                               f"{self.max_reply_bytes} bytes (FN_MAX_RESPONSE)",
-                    "limit_bytes": self.max_reply_bytes}, "logs": capture.text()}, b""
+                return {
+                    "ok": False,
+                    "error": {
+                        "type": "ResponseTooLarge",
+                        "message": f"the handler returned {len(out)} bytes; the limit is "
+                        f"{self.max_reply_bytes} bytes (FN_MAX_RESPONSE)",
+                        "limit_bytes": self.max_reply_bytes,
+                    },
+                    "logs": capture.text(),
+                }, b""
             return {"ok": True, "status": status, "headers": headers, "logs": capture.text()}, out
         finally:
             current_capture.reset(token)
@@ -332,8 +369,9 @@ async def _serve(sock: socket.socket, watch_stdin: TextIO | None, walls: Walls |
         await stop.wait()
 
 
-def run_instance(sock: socket.socket, *, watch_stdin: TextIO | None = None,
-                 walls: Walls | None = None) -> None:
+def run_instance(
+    sock: socket.socket, *, watch_stdin: TextIO | None = None, walls: Walls | None = None
+) -> None:
     """Serve the wire protocol on an already listening socket until SIGTERM."""
     try:
         import uvloop

@@ -212,8 +212,7 @@ class _Covers:
         self.covered: dict[str, bool] = {}
         """Covered directory -> whether its covering filesystem is read-only."""
 
-    def bind_back(self, path: str, *, source_fd: int | None = None,
-                  writable: bool = False) -> None:
+    def bind_back(self, path: str, *, source_fd: int | None = None, writable: bool = False) -> None:
         """Bind `path` (below a covered directory) back in at the same place: from the real
         one below it, or from `source_fd`; read-only unless `writable`."""
         roots = [c for c in self.covered if _under(path, c)]
@@ -227,7 +226,7 @@ class _Covers:
             if not holders:
                 return
             holder = max(holders, key=len)
-            source = f"/proc/self/fd/{self.fds[holder]}/{path[len(holder.rstrip('/')) + 1:]}"
+            source = f"/proc/self/fd/{self.fds[holder]}/{path[len(holder.rstrip('/')) + 1 :]}"
         if not os.path.exists(source):
             return
         read_only = self.covered[root]
@@ -240,8 +239,12 @@ class _Covers:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o444))
             mount(source, path, None, MS_BIND | MS_REC)
-            mount(None, path, None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV
-                   | (0 if writable else MS_RDONLY))
+            mount(
+                None,
+                path,
+                None,
+                MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | (0 if writable else MS_RDONLY),
+            )
         finally:
             if read_only:
                 mount(None, root, None, MS_REMOUNT | COVER_FLAGS | MS_RDONLY)
@@ -259,8 +262,13 @@ class _Covers:
 
 _PRIVATE_DIRS = ("/tmp", "/dev/shm", "/var/tmp")
 _DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
-_DEVICE_LINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0",
-                 "stdout": "/proc/self/fd/1", "stderr": "/proc/self/fd/2", "ptmx": "pts/ptmx"}
+_DEVICE_LINKS = {
+    "fd": "/proc/self/fd",
+    "stdin": "/proc/self/fd/0",
+    "stdout": "/proc/self/fd/1",
+    "stderr": "/proc/self/fd/2",
+    "ptmx": "pts/ptmx",
+}
 
 
 def _build_dev(size: int) -> None:
@@ -278,8 +286,13 @@ def _build_dev(size: int) -> None:
         for name, target in _DEVICE_LINKS.items():
             os.symlink(target, f"/dev/{name}")
         os.mkdir("/dev/pts", 0o755)
-        mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
-               "newinstance,ptmxmode=0666,mode=0620,max=64")
+        mount(
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            MS_NOSUID | MS_NOEXEC,
+            "newinstance,ptmxmode=0666,mode=0620,max=64",
+        )
         os.mkdir("/dev/shm", 0o1777)
         mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=1777")
         mount(None, "/dev", None, MS_REMOUNT | MS_NOSUID | MS_NOEXEC | MS_RDONLY)
@@ -292,8 +305,9 @@ def _build_mounts(spec: GenericSpec) -> _Covers:
     then what is bound back in (Python, read-only; exposed directories, writable)."""
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     covers = _Covers()
-    hide = [p for p in spec.get("hide", [])
-            if not any(_under(p, t) for t in _PRIVATE_DIRS)]  # private anyway
+    hide = [
+        p for p in spec.get("hide", []) if not any(_under(p, t) for t in _PRIVATE_DIRS)
+    ]  # private anyway
     for path in [*hide, *spec.get("hide_last", []), *spec.get("reveal_later", [])]:
         with contextlib.suppress(OSError):
             covers.fds[path] = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -456,8 +470,9 @@ class Walls:
                 # are dropped per thread: it is started after they are.)
                 self._pending_output = OutputCapture(max_output_bytes)
 
-    def specialize(self, spec: SpecializeSpec, code_dir: Path, paths: list[str],
-                   max_output_bytes: int) -> None:
+    def specialize(
+        self, spec: SpecializeSpec, code_dir: Path, paths: list[str], max_output_bytes: int
+    ) -> None:
         """Close the walls around one function; called before its module is imported."""
         if not spec:
             return
@@ -502,8 +517,13 @@ def probe() -> dict[str, Any]:
                     mount(None, "/", None, MS_REC | MS_PRIVATE)
                     mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
                     mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=4k")
-                    mount("devpts", "/tmp", "devpts", MS_NOSUID | MS_NOEXEC,
-                           "newinstance,ptmxmode=0666,max=1")
+                    mount(
+                        "devpts",
+                        "/tmp",
+                        "devpts",
+                        MS_NOSUID | MS_NOEXEC,
+                        "newinstance,ptmxmode=0666,max=1",
+                    )
                 except BaseException:
                     os._exit(1)
                 os._exit(0)
@@ -515,9 +535,12 @@ def probe() -> dict[str, Any]:
     result["namespaces"] = status == 0
     result["userns"] = userns
     if status != 0:
-        result["why"]["namespaces"] = ("user namespaces are not allowed for this user "
-                                       "(kernel.unprivileged_userns_clone or AppArmor)"
-                                       if userns else "unshare or mount failed")
+        result["why"]["namespaces"] = (
+            "user namespaces are not allowed for this user "
+            "(kernel.unprivileged_userns_clone or AppArmor)"
+            if userns
+            else "unshare or mount failed"
+        )
     try:
         import pyseccomp
 

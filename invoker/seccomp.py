@@ -22,20 +22,58 @@ from invoker.linux import NAMESPACE_FLAGS, libc
 
 DENIED_SYSCALLS = (
     # reading or steering other processes
-    "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "kcmp",
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "pidfd_getfd",
+    "kcmp",
     # kernel keyrings, BPF, perf, modules, kexec
-    "keyctl", "add_key", "request_key", "bpf", "perf_event_open", "init_module",
-    "finit_module", "delete_module", "kexec_load", "kexec_file_load",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "bpf",
+    "perf_event_open",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "kexec_load",
+    "kexec_file_load",
     # leaving the namespaces and mounts
-    "mount", "umount2", "pivot_root", "chroot", "unshare", "setns", "open_tree", "move_mount",
-    "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "unshare",
+    "setns",
+    "open_tree",
+    "move_mount",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "mount_setattr",
     # io_uring runs socket, bind, connect... where seccomp cannot see them (its setup
     # answers ENOSYS, "not supported", from the instance's start: see `deny_io_uring`)
-    "io_uring_enter", "io_uring_register",
+    "io_uring_enter",
+    "io_uring_register",
     # file handles bypass path checks; userfaultfd and friends widen kernel exploits
-    "open_by_handle_at", "name_to_handle_at", "userfaultfd", "lookup_dcookie",
-    "fanotify_init", "quotactl", "acct", "swapon", "swapoff", "reboot", "syslog",
-    "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "iopl", "ioperm",
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "userfaultfd",
+    "lookup_dcookie",
+    "fanotify_init",
+    "quotactl",
+    "acct",
+    "swapon",
+    "swapoff",
+    "reboot",
+    "syslog",
+    "settimeofday",
+    "clock_settime",
+    "clock_adjtime",
+    "adjtimex",
+    "iopl",
+    "ioperm",
 )
 """Denied with EPERM in every instance (with `clone` of new namespaces; `clone3` answers
 ENOSYS so that the C library falls back to `clone`, whose flags the filter can read)."""
@@ -62,8 +100,9 @@ def _compile(egress: bool) -> bytes:
         with contextlib.suppress(Exception):  # a syscall this kernel or arch does not have
             filt.add_rule(seccomp.ERRNO(errno.EPERM), name)
     for flag in NAMESPACE_FLAGS:
-        filt.add_rule(seccomp.ERRNO(errno.EPERM), "clone",
-                      seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
+        filt.add_rule(
+            seccomp.ERRNO(errno.EPERM), "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag)
+        )
     for name in ("clone3", "io_uring_setup"):
         with contextlib.suppress(Exception):
             filt.add_rule(seccomp.ERRNO(errno.ENOSYS), name)
@@ -75,14 +114,21 @@ def _compile(egress: bool) -> bytes:
     for family in (0, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15):
         filt.add_rule(unsupported, "socket", _int_eq(seccomp, 0, family))
     filt.add_rule(unsupported, "socket", seccomp.Arg(0, seccomp.GE, 17))  # (high bits too)
-    filt.add_rule(seccomp.ERRNO(errno.EPERM), "socket",  # sock_diag: the host's sockets
-                  _int_eq(seccomp, 0, socket.AF_NETLINK), _int_eq(seccomp, 2, 4))
+    filt.add_rule(
+        seccomp.ERRNO(errno.EPERM),
+        "socket",  # sock_diag: the host's sockets
+        _int_eq(seccomp, 0, socket.AF_NETLINK),
+        _int_eq(seccomp, 2, 4),
+    )
     if egress:
         filt.add_rule(seccomp.ERRNO(errno.EPERM), "socket", _int_eq(seccomp, 0, socket.AF_UNIX))
         for kind in (socket.SOCK_DGRAM, socket.SOCK_SEQPACKET, socket.SOCK_RAW):
-            filt.add_rule(seccomp.ERRNO(errno.EPERM), "socketpair",
-                          _int_eq(seccomp, 0, socket.AF_UNIX),
-                          seccomp.Arg(1, seccomp.MASKED_EQ, 0xF, int(kind)))
+            filt.add_rule(
+                seccomp.ERRNO(errno.EPERM),
+                "socketpair",
+                _int_eq(seccomp, 0, socket.AF_UNIX),
+                seccomp.Arg(1, seccomp.MASKED_EQ, 0xF, int(kind)),
+            )
     with tempfile.TemporaryFile() as out:
         filt.export_bpf(out)
         out.seek(0)
@@ -132,8 +178,10 @@ def _load_program(program: bytes) -> None:
     if number is None:  # an architecture we have no number for: libseccomp loads it
         import pyseccomp as seccomp
 
-        raise OSError(errno.ENOSYS, f"seccomp: unsupported machine {os.uname().machine} "
-                      f"(libseccomp {seccomp.get_api()})")
+        raise OSError(
+            errno.ENOSYS,
+            f"seccomp: unsupported machine {os.uname().machine} (libseccomp {seccomp.get_api()})",
+        )
     instructions = len(program) // 8
     buffer = ctypes.create_string_buffer(program, len(program))
 
@@ -142,8 +190,12 @@ def _load_program(program: bytes) -> None:
 
     prog = _Prog(instructions, ctypes.cast(buffer, ctypes.c_void_p))
     lib = libc()
-    result = lib.syscall(ctypes.c_long(number), ctypes.c_long(_SECCOMP_SET_MODE_FILTER),
-                          ctypes.c_long(_SECCOMP_FILTER_FLAG_TSYNC), ctypes.byref(prog))
+    result = lib.syscall(
+        ctypes.c_long(number),
+        ctypes.c_long(_SECCOMP_SET_MODE_FILTER),
+        ctypes.c_long(_SECCOMP_FILTER_FLAG_TSYNC),
+        ctypes.byref(prog),
+    )
     if result != 0:
         code = ctypes.get_errno()
         raise OSError(code, f"seccomp: {os.strerror(code) if code else f'thread {result}'}")

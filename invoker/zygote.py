@@ -42,8 +42,7 @@ import invoker.sandbox
 import invoker.seccomp
 
 _PR_SET_PDEATHSIG = 1
-_PRELOADED = (invoker.context, invoker.protocol, invoker.runtime, invoker.sandbox,
-              invoker.seccomp)
+_PRELOADED = (invoker.context, invoker.protocol, invoker.runtime, invoker.sandbox, invoker.seccomp)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -98,8 +97,10 @@ def _announce(starting: _Starting) -> None:
     if ready:
         _write(f"forked {starting.request_id} {starting.pid} {starting.port}\n")
     else:
-        _write(f"failed {starting.request_id} the instance exited while its sandbox was "
-               "being built (see the platform's log)\n")
+        _write(
+            f"failed {starting.request_id} the instance exited while its sandbox was "
+            "being built (see the platform's log)\n"
+        )
 
 
 def _fork(request_id: str, request: str, wakeup: tuple[int, int]) -> None:

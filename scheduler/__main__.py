@@ -20,8 +20,10 @@ def main() -> None:
     try:
         code = uvloop.run(serve(settings))
     except OSError as exc:
-        print(f"ember scheduler: cannot serve on {settings.host}:{settings.port}: {exc}",
-              file=sys.stderr)
+        print(
+            f"ember scheduler: cannot serve on {settings.host}:{settings.port}: {exc}",
+            file=sys.stderr,
+        )
         raise SystemExit(1) from None
     raise SystemExit(code)
 

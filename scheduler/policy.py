@@ -124,7 +124,8 @@ class HybridHistogram:
         state = self._functions.get(function)
         if state is None:
             state = self._functions[function] = _Histogram(
-                bins=[0] * math.ceil(self.range_s / self.bin_s))
+                bins=[0] * math.ceil(self.range_s / self.bin_s)
+            )
         return state
 
     def on_arrival(self, function: str, now: float) -> None:
@@ -152,24 +153,31 @@ class HybridHistogram:
         samples = state.in_range + state.out_of_range
         if samples >= self.min_samples and state.out_of_range > self.out_of_range_share * samples:
             predicted = statistics.median(state.recent_idle_s)
-            return Decision(keep_until=now,
-                            prewarm_at=now + (1 - self.forecast_margin) * predicted,
-                            prewarm_until=now + (1 + self.forecast_margin) * predicted)
+            return Decision(
+                keep_until=now,
+                prewarm_at=now + (1 - self.forecast_margin) * predicted,
+                prewarm_until=now + (1 + self.forecast_margin) * predicted,
+            )
         if state.in_range < self.min_samples:
             warmup_s = self.range_s if warmup_keep_alive_s is None else warmup_keep_alive_s
             return Decision(keep_until=now + warmup_s)
         # Recomputed when the histogram grew by 1% (every sample while it is small): a
         # busy function goes idle after every call, and the percentiles barely move.
-        if state.window is None or \
-                state.in_range - state.window_samples >= max(1, state.in_range // 100):
-            state.window = self._cheapest_window(function, state) \
-                if self.break_even_s is not None else self._percentile_window(state)
+        if state.window is None or state.in_range - state.window_samples >= max(
+            1, state.in_range // 100
+        ):
+            state.window = (
+                self._cheapest_window(function, state)
+                if self.break_even_s is not None
+                else self._percentile_window(state)
+            )
             state.window_samples = state.in_range
         keep_s, start_s, end_s = state.window
         if start_s <= keep_s:
             return Decision(keep_until=now + max(keep_s, end_s))
-        return Decision(keep_until=now + keep_s, prewarm_at=now + start_s,
-                        prewarm_until=now + end_s)
+        return Decision(
+            keep_until=now + keep_s, prewarm_at=now + start_s, prewarm_until=now + end_s
+        )
 
     def forget(self, function: str) -> None:
         self._functions.pop(function, None)
@@ -196,8 +204,9 @@ class HybridHistogram:
         sums price a (start, end) pair in O(log n).
         """
         assert self.break_even_s is not None
-        break_even_s = self.break_even_s * self.reference_mb / self.memory_mb.get(
-            function, self.reference_mb)
+        break_even_s = (
+            self.break_even_s * self.reference_mb / self.memory_mb.get(function, self.reference_mb)
+        )
         filled = [(i, c) for i, c in enumerate(state.bins) if c]
         xs = [(i + 0.5) * self.bin_s for i, _ in filled]
         counts = [c for _, c in filled]
@@ -217,8 +226,8 @@ class HybridHistogram:
         for keep in [0.0, *edges]:
             a = first_above(keep)
             beyond = total - count_sum[a] + n_out  # samples not covered by the keep part
-            base = x_sum[a] + keep * beyond        # warm time of the keep part
-            cost = base + break_even_s * beyond    # with no second part
+            base = x_sum[a] + keep * beyond  # warm time of the keep part
+            cost = base + break_even_s * beyond  # with no second part
             if cost < best[0]:
                 best = (cost, keep, keep, keep)
             for start in starts:
@@ -232,8 +241,7 @@ class HybridHistogram:
                     covered = count_sum[hi] - count_sum[lo]
                     warm = (x_sum[hi] - x_sum[lo]) - start * covered
                     after = total - count_sum[hi] + n_out
-                    plan = base + warm + (end - start) * after \
-                        + break_even_s * (beyond - covered)
+                    plan = base + warm + (end - start) * after + break_even_s * (beyond - covered)
                     if plan < best[0]:
                         best = (plan, keep, start, end)
         return best[1], best[2], best[3]
@@ -279,7 +287,9 @@ class PolicyRouter:
         self.default = default or FunctionPolicy()
         self.overrides: dict[str, FunctionPolicy] = {}
         self.histograms: dict[str, HybridHistogram] = {
-            "histogram": HybridHistogram(), "histogram-cost": cost_histogram()}
+            "histogram": HybridHistogram(),
+            "histogram-cost": cost_histogram(),
+        }
 
     @property
     def name(self) -> str:
@@ -319,8 +329,14 @@ class PolicyRouter:
 
 def cost_histogram(break_even_s: float = 7200.0) -> HybridHistogram:
     """The histogram in cost mode (`histogram-cost`): see docs/policies.md."""
-    return HybridHistogram(break_even_s=break_even_s, warmup_keep_alive_s=600.0, min_samples=3,
-                           prewarm_margin=1.0, keep_margin=1.0, reference_mb=1024.0)
+    return HybridHistogram(
+        break_even_s=break_even_s,
+        warmup_keep_alive_s=600.0,
+        min_samples=3,
+        prewarm_margin=1.0,
+        keep_margin=1.0,
+        reference_mb=1024.0,
+    )
 
 
 def parse_policy(spec: str) -> Policy:
@@ -332,8 +348,10 @@ def parse_policy(spec: str) -> Policy:
         return HybridHistogram()
     if kind == "histogram-cost":
         return cost_histogram(_seconds(arg or "2h", spec))
-    raise ValueError(f'unknown policy "{spec}": expected fixed:DURATION (like fixed:10m), '
-                     "histogram, or histogram-cost[:BREAK_EVEN] (like histogram-cost:2h)")
+    raise ValueError(
+        f'unknown policy "{spec}": expected fixed:DURATION (like fixed:10m), '
+        "histogram, or histogram-cost[:BREAK_EVEN] (like histogram-cost:2h)"
+    )
 
 
 def _seconds(text: str, spec: str) -> float:
@@ -341,8 +359,9 @@ def _seconds(text: str, spec: str) -> float:
     try:
         value = float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
     except (ValueError, IndexError):
-        raise ValueError(f'invalid policy "{spec}": the keep-alive must be like 30s, 10m '
-                         "or 1h") from None
+        raise ValueError(
+            f'invalid policy "{spec}": the keep-alive must be like 30s, 10m or 1h'
+        ) from None
     if value < 0:
         raise ValueError(f'invalid policy "{spec}": the keep-alive cannot be negative')
     return value

@@ -19,9 +19,9 @@ _ids = itertools.count(1)
 
 
 class State(enum.Enum):
-    STARTING = "starting"   # process starting, or being specialized
-    GENERIC = "generic"     # running, holds no user code: ready to be specialized
-    READY = "ready"         # specialized; serves calls
+    STARTING = "starting"  # process starting, or being specialized
+    GENERIC = "generic"  # running, holds no user code: ready to be specialized
+    READY = "ready"  # specialized; serves calls
     STOPPING = "stopping"
 
 
@@ -94,8 +94,11 @@ class Pool:
         free = self._free.get(key)
         while free:
             instance = free.pop()
-            if instance.state is State.READY and instance.key == key \
-                    and instance.busy < instance.concurrency:
+            if (
+                instance.state is State.READY
+                and instance.key == key
+                and instance.busy < instance.concurrency
+            ):
                 self.occupy(instance, now)
                 return instance
         return None
@@ -171,12 +174,16 @@ class Pool:
 
     def expired(self, now: float) -> list[Instance]:
         """Idle specialized instances whose keep-alive has run out: to be stopped now."""
-        return [i for i in self.instances.values()
-                if i.state is State.READY and i.busy == 0 and i.keep_until <= now]
+        return [
+            i
+            for i in self.instances.values()
+            if i.state is State.READY and i.busy == 0 and i.keep_until <= now
+        ]
 
     def next_expiry(self) -> float | None:
-        times = [i.keep_until for i in self.instances.values()
-                 if i.state is State.READY and i.busy == 0]
+        times = [
+            i.keep_until for i in self.instances.values() if i.state is State.READY and i.busy == 0
+        ]
         return min(times, default=None)
 
     def _went_idle(self, instance: Instance, now: float) -> None:
@@ -185,8 +192,11 @@ class Pool:
         decision = self.policy.on_idle(instance.key[0], now)
         instance.keep_until = decision.keep_until
         if decision.prewarm_at is not None:
-            until = decision.prewarm_until if decision.prewarm_until is not None \
+            until = (
+                decision.prewarm_until
+                if decision.prewarm_until is not None
                 else decision.prewarm_at
+            )
             self._prewarm_for[instance.key] = (decision.prewarm_at, until)
             heapq.heappush(self.prewarms, (decision.prewarm_at, until, instance.key))
         else:

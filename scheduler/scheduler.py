@@ -103,21 +103,34 @@ class _Waiting:
 def _specialize_meta(version: Version, max_response_bytes: int) -> dict[str, Any]:
     c = version.config
     # The code travels as the frame's body (see `_code`): it may exceed a frame's metadata.
-    return {"op": "specialize", "function": version.function, "version": version.version,
-            "filename": version.filename, "code": "zip" if version.package.archive else "source",
-            "entry": c.entry,
-            "env": dict(c.env), "timeout_s": c.timeout_s, "memory_bytes": c.memory_bytes,
-            "concurrency": c.concurrency, "preimport": list(c.preimport),
-            "max_reply_bytes": max_response_bytes}
+    return {
+        "op": "specialize",
+        "function": version.function,
+        "version": version.version,
+        "filename": version.filename,
+        "code": "zip" if version.package.archive else "source",
+        "entry": c.entry,
+        "env": dict(c.env),
+        "timeout_s": c.timeout_s,
+        "memory_bytes": c.memory_bytes,
+        "concurrency": c.concurrency,
+        "preimport": list(c.preimport),
+        "max_reply_bytes": max_response_bytes,
+    }
 
 
 Prepare = Callable[[Version], Awaitable[dict[str, Any]]]
 
 
 class Scheduler:
-    def __init__(self, backend: Backend, settings: PoolSettings | None = None,
-                 clock: Callable[[], float] = time.monotonic,
-                 prepare: Prepare | None = None, time_scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        settings: PoolSettings | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        prepare: Prepare | None = None,
+        time_scale: float = 1.0,
+    ) -> None:
         """`prepare(version)` readies what a version needs on this node before an instance is
         specialized (its environment) and returns what to add to the specialize message.
         `clock` gives the policies' time; `time_scale` is how many of its seconds pass per
@@ -127,8 +140,11 @@ class Scheduler:
         self.settings = settings or PoolSettings()
         self.backend = backend
         self.clock = clock
-        self.policies = PolicyRouter(FunctionPolicy(
-            keep_alive_s=self.settings.keep_alive_s, max_instances=self.settings.max_instances))
+        self.policies = PolicyRouter(
+            FunctionPolicy(
+                keep_alive_s=self.settings.keep_alive_s, max_instances=self.settings.max_instances
+            )
+        )
         self.pool = Pool(self.policies)
         self.prewarm_starts: dict[str, int] = {}
         self._known: dict[VersionKey, Version] = {}
@@ -173,8 +189,9 @@ class Scheduler:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await asyncio.gather(*(self._drop(i, "platform shutdown")
-                               for i in list(self.pool.instances.values())))
+        await asyncio.gather(
+            *(self._drop(i, "platform shutdown") for i in list(self.pool.instances.values()))
+        )
         await asyncio.gather(*self._instance_stops, return_exceptions=True)
         await self.backend.close()
 
@@ -234,8 +251,7 @@ class Scheduler:
             connection = await self._connection(instance)
         except (OSError, KeyError) as exc:  # KeyError: it exited since it was handed out
             self._spawn(self._drop(instance, f"cannot connect: {exc!r}"), f"stop {instance.id}")
-            raise InstanceLost(f"instance of {version.function} is unreachable: {exc!r}") \
-                from exc
+            raise InstanceLost(f"instance of {version.function} is unreachable: {exc!r}") from exc
         except BaseException:
             self._give_back(instance)
             raise
@@ -246,8 +262,11 @@ class Scheduler:
             raise StartFailed("the platform is shutting down")
         waiting = self._waiting.get(key)
         if len(waiting.queue if waiting else ()) >= self.settings.max_queue:
-            raise QueueFull(version.function, self.settings.max_queue,
-                            retry_after_s=max(1.0, version.config.timeout_s / 10))
+            raise QueueFull(
+                version.function,
+                self.settings.max_queue,
+                retry_after_s=max(1.0, version.config.timeout_s / 10),
+            )
         if waiting is None:
             waiting = self._waiting[key] = _Waiting(version)
         fut: asyncio.Future[tuple[Instance, bool]] = asyncio.get_running_loop().create_future()
@@ -281,8 +300,9 @@ class Scheduler:
                 return conn
             conn.close()
         handle = self._handles[instance.id]
-        return await Connection.open(handle.host, handle.port,
-                                     max_body_bytes=self.settings.max_response_bytes)
+        return await Connection.open(
+            handle.host, handle.port, max_body_bytes=self.settings.max_response_bytes
+        )
 
     def release(self, lease: Lease) -> None:
         """Give back the slot of a call that completed (the instance is fine)."""
@@ -362,8 +382,9 @@ class Scheduler:
             self._spawn(self._bring_up(instance, waiting.version, fresh), f"start {instance.id}")
             self._refill.set()
 
-    async def _bring_up(self, instance: Instance, version: Version, fresh: bool,
-                        prewarm_until: float | None = None) -> None:
+    async def _bring_up(
+        self, instance: Instance, version: Version, fresh: bool, prewarm_until: float | None = None
+    ) -> None:
         key = (version.function, version.version)
         try:
             await self._specialize(instance, version, fresh)
@@ -394,18 +415,19 @@ class Scheduler:
     async def _specialize(self, instance: Instance, version: Version, fresh: bool) -> None:
         code = version.package.archive or version.source.encode()
         if version.sha256 and version.sha256 not in (
-                code_digest(code, version.package.env_hash, version.config.preimport),
-                hashlib.sha256(code).hexdigest()):  # (the digest of versions before 0.1)
+            code_digest(code, version.package.env_hash, version.config.preimport),
+            hashlib.sha256(code).hexdigest(),
+        ):  # (the digest of versions before 0.1)
             raise StartFailed(
                 f'the code of "{version.function}" version {version.version} does not match '
-                "its sha256: it was changed in the database outside Ember; deploy it again")
+                "its sha256: it was changed in the database outside Ember; deploy it again"
+            )
         meta = _specialize_meta(version, self.settings.max_response_bytes)
         if self._prepare is not None:  # first: a version that cannot run costs no instance
             try:
                 meta.update(await self._prepare(version))
             except Exception as exc:
-                raise StartFailed(f"could not prepare the function's environment: {exc}") \
-                    from exc
+                raise StartFailed(f"could not prepare the function's environment: {exc}") from exc
         if fresh:
             await self._start_process(instance, version)
         try:
@@ -429,7 +451,8 @@ class Scheduler:
             error = cast(ErrorInfo, reply.get("error") or {"type": "Error", "message": ""})
             raise StartFailed(
                 f"{error.get('type', 'Error')}: {error.get('message', '')}",
-                error, reply.get("logs", ""),
+                error,
+                reply.get("logs", ""),
             )
         self._conns.setdefault(instance.id, []).append(conn)
 
@@ -457,8 +480,9 @@ class Scheduler:
     async def _watch(self, instance: Instance, handle: InstanceHandle) -> None:
         code = await handle.wait()
         if instance.id in self._handles and not self._stopping:
-            log.warning("instance exited", extra={"instance": instance.id,
-                                                  "exit": describe_exit(code)})
+            log.warning(
+                "instance exited", extra={"instance": instance.id, "exit": describe_exit(code)}
+            )
             await self._drop(instance, f"exited ({describe_exit(code)})")
 
     async def _drop(self, instance: Instance, reason: str, *, restart: bool = True) -> None:
@@ -472,7 +496,8 @@ class Scheduler:
             # Shielded and owned: a caller cancelled meanwhile (a shutdown) must not leave
             # the process half-stopped; `stop` waits for every stop in flight.
             stopping = asyncio.ensure_future(
-                self.backend.stop_instance(handle, grace_s=self.settings.stop_grace_s))
+                self.backend.stop_instance(handle, grace_s=self.settings.stop_grace_s)
+            )
             self._instance_stops.add(stopping)
             stopping.add_done_callback(self._instance_stops.discard)
             await asyncio.shield(stopping)
@@ -480,8 +505,12 @@ class Scheduler:
             self._refill.set()
         elif restart and key in self._waiting and not self._stopping:
             self._start_for(key)
-        elif restart and not self._stopping and self._active.get(key[0]) == key \
-                and self.pool.count(key) < self.policies.settings(key[0]).min_warm:
+        elif (
+            restart
+            and not self._stopping
+            and self._active.get(key[0]) == key
+            and self.pool.count(key) < self.policies.settings(key[0]).min_warm
+        ):
             self._spawn(self.ensure_warm(self._known[key]), f"keep warm {key[0]}")
         self._notify()
 
@@ -555,8 +584,7 @@ class Scheduler:
             self.pool.remove(instance)
             if instance.busy == 0 and instance.state is not State.STARTING:
                 idle.append(instance)
-        await asyncio.gather(*(self._drop(i, "function deleted", restart=False)
-                               for i in idle))
+        await asyncio.gather(*(self._drop(i, "function deleted", restart=False) for i in idle))
 
     # -- background tasks -------------------------------------------------------------------
 
@@ -570,7 +598,8 @@ class Scheduler:
             if expired:
                 results = await asyncio.gather(
                     *(self._drop(i, "idle past keep-alive") for i in expired),
-                    return_exceptions=True)
+                    return_exceptions=True,
+                )
                 for result in results:
                     if isinstance(result, Exception):
                         log.error("could not stop an idle instance", exc_info=result)
@@ -578,12 +607,12 @@ class Scheduler:
                 self._prewarm(key, until)
             self._notify()
             self._wake_reaper.clear()
-            targets = [t for t in (self.pool.next_expiry(), self.pool.next_prewarm())
-                       if t is not None]
+            targets = [
+                t for t in (self.pool.next_expiry(), self.pool.next_prewarm()) if t is not None
+            ]
             target = min(targets, default=None)
             self._reaper_target = math.inf if target is None else target
-            timeout = None if target is None else \
-                max(0.0, target - self.clock()) / self.time_scale
+            timeout = None if target is None else max(0.0, target - self.clock()) / self.time_scale
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._wake_reaper.wait()
@@ -595,8 +624,10 @@ class Scheduler:
         for instance in self.pool.expired(now):
             assert instance.key is not None
             left = kept.setdefault(instance.key, self.pool.count(instance.key))
-            if self._active.get(instance.key[0]) == instance.key and \
-                    left <= self.policies.settings(instance.key[0]).min_warm:
+            if (
+                self._active.get(instance.key[0]) == instance.key
+                and left <= self.policies.settings(instance.key[0]).min_warm
+            ):
                 instance.keep_until = math.inf  # kept warm on purpose; re-decided after a call
                 continue
             kept[instance.key] = left - 1
@@ -620,8 +651,9 @@ class Scheduler:
             instance = self.pool.new_instance(self.clock())
         self.pool.begin_specialize(instance, key, version.config.concurrency)
         self.prewarm_starts[key[0]] = self.prewarm_starts.get(key[0], 0) + 1
-        self._spawn(self._bring_up(instance, version, fresh, prewarm_until=until),
-                    f"prewarm {instance.id}")
+        self._spawn(
+            self._bring_up(instance, version, fresh, prewarm_until=until), f"prewarm {instance.id}"
+        )
         self._refill.set()
 
     def configure(self, default: FunctionPolicy, overrides: dict[str, FunctionPolicy]) -> None:
@@ -629,8 +661,12 @@ class Scheduler:
         self.policies.default = default
         self.policies.overrides = overrides
         for instance in self.pool.instances.values():
-            if instance.key is None or instance.busy or instance.state is not State.READY \
-                    or instance.prewarmed:
+            if (
+                instance.key is None
+                or instance.busy
+                or instance.state is not State.READY
+                or instance.prewarmed
+            ):
                 continue
             settings = self.policies.settings(instance.key[0])
             if settings.prewarm == "fixed" or instance.keep_until == math.inf:
@@ -705,8 +741,11 @@ class Scheduler:
     def knows(self, function: str) -> bool:
         """Whether anything of `function` is here: instances, waiting calls, an active
         version (false again once it was retired)."""
-        return function in self._active or bool(self.pool.of_function(function)) \
+        return (
+            function in self._active
+            or bool(self.pool.of_function(function))
             or any(k[0] == function for k in (*self._waiting, *self._known))
+        )
 
     def pid_of(self, instance: Instance) -> int | None:
         """The process that stands for an instance on this machine (local backend), if any."""

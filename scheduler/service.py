@@ -92,7 +92,8 @@ class ServiceSettings:
         if backend != "kubernetes":
             raise SettingsError(
                 f"EMBER_BACKEND={backend!r}: the scheduler process is for EMBER_BACKEND="
-                "kubernetes; with the local backend the scheduler runs inside `fn up`")
+                "kubernetes; with the local backend the scheduler runs inside `fn up`"
+            )
         missing = [n for n in ("DATABASE_URL", "FN_SCHEDULER_TOKEN") if not env.get(n)]
         if missing:
             raise SettingsError(f"{' and '.join(missing)} must be set (see deploy/)")
@@ -102,14 +103,19 @@ class ServiceSettings:
         advertise = env.get("EMBER_SCHEDULER_ADVERTISE", "").strip()
         if not advertise:
             if host in ("0.0.0.0", "::"):
-                raise SettingsError("EMBER_SCHEDULER_ADVERTISE must be set when listening on "
-                                    f"{host}: the URL gateways reach this replica at")
+                raise SettingsError(
+                    "EMBER_SCHEDULER_ADVERTISE must be set when listening on "
+                    f"{host}: the URL gateways reach this replica at"
+                )
             advertise = f"http://{host}:{port}"
         memory_mib = _int(env, "EMBER_GENERIC_MEMORY_MIB", d.generic_memory_bytes >> 20, 32)
         return cls(
             # Secrets written with `echo` or `openssl rand > file` end with a newline.
-            database_url=env["DATABASE_URL"].strip(), token=env["FN_SCHEDULER_TOKEN"].strip(),
-            host=host, port=port, advertise=advertise,
+            database_url=env["DATABASE_URL"].strip(),
+            token=env["FN_SCHEDULER_TOKEN"].strip(),
+            host=host,
+            port=port,
+            advertise=advertise,
             kubeconfig=env.get("KUBECONFIG") or None,
             orphan_grace_s=float(_int(env, "EMBER_ORPHAN_GRACE", 60, 1)),
             kubernetes=KubernetesSettings(
@@ -169,12 +175,15 @@ class Broker:
     async def _healthz(self, request: web.Request) -> web.Response:
         if self.pool is None:
             return web.json_response({"leader": False})
-        return web.json_response({"leader": True,
-                                  "generic_ready": len(self.pool.generic(ready_only=True))})
+        return web.json_response(
+            {"leader": True, "generic_ready": len(self.pool.generic(ready_only=True))}
+        )
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        lines = ["# TYPE ember_scheduler_leader gauge",
-                 f"ember_scheduler_leader {int(self.pool is not None)}"]
+        lines = [
+            "# TYPE ember_scheduler_leader gauge",
+            f"ember_scheduler_leader {int(self.pool is not None)}",
+        ]
         pool = self.pool
         if pool is not None:
             states: dict[str, int] = {}
@@ -184,19 +193,23 @@ class Broker:
                 states[state] = states.get(state, 0) + 1
             lines.append("# TYPE ember_invoker_pods gauge")
             lines += [f"ember_invoker_pods{{{k}}} {v}" for k, v in sorted(states.items())]
-            lines.append("# HELP ember_pod_claims_total Pods handed to gateways, by source: "
-                         "a ready generic pod, or a pod created (a pod start).")
+            lines.append(
+                "# HELP ember_pod_claims_total Pods handed to gateways, by source: "
+                "a ready generic pod, or a pod created (a pod start)."
+            )
             lines.append("# TYPE ember_pod_claims_total counter")
-            lines += [f'ember_pod_claims_total{{source="{k}"}} {v}'
-                      for k, v in pool.claims_total.items()]
+            lines += [
+                f'ember_pod_claims_total{{source="{k}"}} {v}' for k, v in pool.claims_total.items()
+            ]
             lines.append("# TYPE ember_pods_created_total counter")
             lines.append(f"ember_pods_created_total {pool.created_total}")
             lines.append("# TYPE ember_pods_gone_total counter")
             lines.append(f"ember_pods_gone_total {pool.gone_total}")
             lines.append("# TYPE ember_pod_watch_relists_total counter")
             lines.append(f"ember_pod_watch_relists_total {pool.relists_total}")
-        return web.Response(text="\n".join(lines) + "\n",
-                            content_type="text/plain", charset="utf-8")
+        return web.Response(
+            text="\n".join(lines) + "\n", content_type="text/plain", charset="utf-8"
+        )
 
     async def _claim(self, request: web.Request) -> web.Response:
         assert self.pool is not None
@@ -208,11 +221,17 @@ class Broker:
         except (ValueError, KeyError, TypeError) as exc:
             return web.json_response({"error": f"bad instance request: {exc}"}, status=400)
         try:
-            pod = await self.pool.claim(gateway=gateway, function=function, version=version,
-                                        memory_bytes=memory_bytes, timeout_s=timeout_s)
+            pod = await self.pool.claim(
+                gateway=gateway,
+                function=function,
+                version=version,
+                memory_bytes=memory_bytes,
+                timeout_s=timeout_s,
+            )
         except KubernetesError as exc:
-            log.error("cannot provide an invoker pod", extra={"function": function,
-                                                               "error": str(exc)})
+            log.error(
+                "cannot provide an invoker pod", extra={"function": function, "error": str(exc)}
+            )
             return web.json_response({"error": str(exc)}, status=503)
         host, port = self.pool.address(pod)
         return web.json_response({"name": pod.name, "host": host, "port": port}, status=201)
@@ -264,13 +283,14 @@ class Broker:
             if gateway is None or pod.dead or gateway in self.streams:
                 continue
             if now - self.last_seen.get(gateway, self.started) > self.settings.orphan_grace_s:
-                log.warning("deleting the pod of a gateway that is gone",
-                            extra={"pod": pod.name, "gateway": gateway})
+                log.warning(
+                    "deleting the pod of a gateway that is gone",
+                    extra={"pod": pod.name, "gateway": gateway},
+                )
                 try:
                     await self.pool.release(pod.name)
                 except KubernetesError as exc:
-                    log.warning("cannot delete a pod", extra={"pod": pod.name,
-                                                              "error": str(exc)})
+                    log.warning("cannot delete a pod", extra={"pod": pod.name, "error": str(exc)})
                     continue
                 deleted.append(pod.name)
         return deleted
@@ -303,8 +323,9 @@ async def serve(settings: ServiceSettings, stop: asyncio.Event | None = None) ->
             await store.migrate()  # the leader's table may be new; the gateways do the same
         finally:
             await store.close()
-        acquiring = asyncio.create_task(Leadership.acquire(settings.database_url),
-                                        name="leader election")
+        acquiring = asyncio.create_task(
+            Leadership.acquire(settings.database_url), name="leader election"
+        )
         stopping = asyncio.create_task(stop.wait(), name="stop signal")
         await asyncio.wait({acquiring, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if not acquiring.done():
@@ -322,8 +343,9 @@ async def serve(settings: ServiceSettings, stop: asyncio.Event | None = None) ->
         broken = asyncio.create_task(pool.broken.wait(), name="pod pool watch")
         while not stop.is_set():
             sweep_s = min(10.0, settings.orphan_grace_s / 2)
-            done, _ = await asyncio.wait({stopping, lost, broken}, timeout=sweep_s,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {stopping, lost, broken}, timeout=sweep_s, return_when=asyncio.FIRST_COMPLETED
+            )
             if lost in done:
                 log.critical("lost the leader lock; stopping so another scheduler takes over")
                 code = 1

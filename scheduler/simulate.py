@@ -23,13 +23,17 @@ from scheduler.simulator import (
 
 def _table(results: list[Result], traces: list[FunctionTrace]) -> str:
     calls = sum(len(t.arrivals) for t in traces)
-    lines = [f"{len(traces)} functions, {calls:,} calls",
-             f"{'policy':<26}{'cold starts':>12}{'cold rate':>11}{'p50 fn':>8}{'p90 fn':>8}"
-             f"{'idle GB·s':>14}{'starts':>9}{'time':>8}"]
+    lines = [
+        f"{len(traces)} functions, {calls:,} calls",
+        f"{'policy':<26}{'cold starts':>12}{'cold rate':>11}{'p50 fn':>8}{'p90 fn':>8}"
+        f"{'idle GB·s':>14}{'starts':>9}{'time':>8}",
+    ]
     for r in results:
         pct = r.cold_rate_percentiles((50, 90))
-        lines.append(f"{r.policy:<26}{r.cold:>12,}{r.cold_rate:>11.4%}{pct[50]:>8.1%}"
-                     f"{pct[90]:>8.1%}{r.idle_gb_s:>14,.0f}{r.starts:>9,}{r.elapsed_s:>7.1f}s")
+        lines.append(
+            f"{r.policy:<26}{r.cold:>12,}{r.cold_rate:>11.4%}{pct[50]:>8.1%}"
+            f"{pct[90]:>8.1%}{r.idle_gb_s:>14,.0f}{r.starts:>9,}{r.elapsed_s:>7.1f}s"
+        )
     return "\n".join(lines)
 
 
@@ -43,10 +47,20 @@ def plot(results: list[Result], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for r in results:
         oracle = r.policy.startswith("oracle")
-        ax.scatter(r.idle_gb_s / 1e6, r.cold_rate * 100, s=60,
-                   marker="*" if oracle else "o", color="black" if oracle else None)
-        ax.annotate(r.policy, (r.idle_gb_s / 1e6, r.cold_rate * 100),
-                    textcoords="offset points", xytext=(6, 4), fontsize=8)
+        ax.scatter(
+            r.idle_gb_s / 1e6,
+            r.cold_rate * 100,
+            s=60,
+            marker="*" if oracle else "o",
+            color="black" if oracle else None,
+        )
+        ax.annotate(
+            r.policy,
+            (r.idle_gb_s / 1e6, r.cold_rate * 100),
+            textcoords="offset points",
+            xytext=(6, 4),
+            fontsize=8,
+        )
     ax.set_xlabel("idle memory (million GB·s)")
     ax.set_ylabel("cold starts (% of calls)")
     ax.set_title("Warm-pool policies: cold starts against idle memory")
@@ -61,16 +75,29 @@ def main(argv: list[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--trace", type=Path, help="a folder in the Azure Functions 2019 format")
     source.add_argument("--csv", type=Path, help="a CSV of function,timestamp_s rows")
-    parser.add_argument("--policy", action="append", default=[],
-                        help="fixed:DURATION or histogram (repeatable; default: fixed:10m and "
-                             "histogram); the oracle is added at the first one's idle memory")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed for spreading each minute's calls (default 0)")
-    parser.add_argument("--spread", choices=("uniform", "even"), default="uniform",
-                        help="place a minute's calls at random (uniform) or evenly")
+    parser.add_argument(
+        "--policy",
+        action="append",
+        default=[],
+        help="fixed:DURATION or histogram (repeatable; default: fixed:10m and "
+        "histogram); the oracle is added at the first one's idle memory",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed for spreading each minute's calls (default 0)"
+    )
+    parser.add_argument(
+        "--spread",
+        choices=("uniform", "even"),
+        default="uniform",
+        help="place a minute's calls at random (uniform) or evenly",
+    )
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    parser.add_argument("--plot", type=Path, metavar="FILE.png",
-                        help="draw cold-start rate against idle memory, one point per policy")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        metavar="FILE.png",
+        help="draw cold-start rate against idle memory, one point per policy",
+    )
     args = parser.parse_args(argv)
     specs = args.policy or ["fixed:10m", "histogram"]
     makers: list[Callable[[], Policy]] = []
@@ -78,8 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         for spec in specs:
             parse_policy(spec)
             makers.append(functools.partial(parse_policy, spec))
-        traces = (load_azure_trace(args.trace, seed=args.seed, spread=args.spread)
-                  if args.trace else load_timestamps_csv(args.csv))
+        traces = (
+            load_azure_trace(args.trace, seed=args.seed, spread=args.spread)
+            if args.trace
+            else load_timestamps_csv(args.csv)
+        )
     except (ValueError, OSError, KeyError) as exc:
         print(f"fn policy simulate: {exc}", file=sys.stderr)
         return 2
@@ -88,19 +118,37 @@ def main(argv: list[str] | None = None) -> int:
         try:
             plot(results, args.plot)
         except ImportError:
-            print("fn policy simulate: --plot needs matplotlib: pip install matplotlib",
-                  file=sys.stderr)
+            print(
+                "fn policy simulate: --plot needs matplotlib: pip install matplotlib",
+                file=sys.stderr,
+            )
             return 2
     if args.json:
-        sys.stdout.write(orjson.dumps([{
-            "policy": r.policy, "calls": r.calls, "cold": r.cold, "cold_rate": r.cold_rate,
-            "cold_rate_by_function": r.cold_rate_percentiles(), "idle_gb_s": r.idle_gb_s,
-            "starts": r.starts, "elapsed_s": r.elapsed_s} for r in results],
-            option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode() + "\n")
+        sys.stdout.write(
+            orjson.dumps(
+                [
+                    {
+                        "policy": r.policy,
+                        "calls": r.calls,
+                        "cold": r.cold,
+                        "cold_rate": r.cold_rate,
+                        "cold_rate_by_function": r.cold_rate_percentiles(),
+                        "idle_gb_s": r.idle_gb_s,
+                        "starts": r.starts,
+                        "elapsed_s": r.elapsed_s,
+                    }
+                    for r in results
+                ],
+                option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS,
+            ).decode()
+            + "\n"
+        )
     else:
         print(_table(results, traces))
-        print(f"(calls placed within each minute: {args.spread}"
-              f"{f', seed {args.seed}' if args.spread == 'uniform' else ''})")
+        print(
+            f"(calls placed within each minute: {args.spread}"
+            f"{f', seed {args.seed}' if args.spread == 'uniform' else ''})"
+        )
     return 0
 
 

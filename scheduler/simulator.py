@@ -69,16 +69,23 @@ class Result:
     def cold_rate(self) -> float:
         return self.cold / self.calls if self.calls else 0.0
 
-    def cold_rate_percentiles(self, percentiles: Iterable[int] = (50, 75, 90, 99)
-                              ) -> dict[int, float]:
+    def cold_rate_percentiles(
+        self, percentiles: Iterable[int] = (50, 75, 90, 99)
+    ) -> dict[int, float]:
         """The distribution of per-function cold-start rates."""
         rates = sorted(f.cold_rate for f in self.functions if f.calls)
-        return {p: rates[min(len(rates) - 1, int(p / 100 * len(rates)))] if rates else 0.0
-                for p in percentiles}
+        return {
+            p: rates[min(len(rates) - 1, int(p / 100 * len(rates)))] if rates else 0.0
+            for p in percentiles
+        }
 
 
-def load_azure_trace(folder: Path, *, seed: int = 0, spread: str = "uniform",
-                     ) -> list[FunctionTrace]:
+def load_azure_trace(
+    folder: Path,
+    *,
+    seed: int = 0,
+    spread: str = "uniform",
+) -> list[FunctionTrace]:
     """Read the Azure Functions 2019 format (`functions*_inv.csv`, `_run.csv`, `_mem.csv`).
 
     The trace counts calls per minute; `spread` places them in the minute: "uniform" (random,
@@ -100,20 +107,28 @@ def load_azure_trace(folder: Path, *, seed: int = 0, spread: str = "uniform",
             for minute, raw in enumerate(row[first_minute:]):
                 count = int(raw or 0)
                 if spread == "even":
-                    arrivals.extend(minute * 60.0 + (i + 0.5) * 60.0 / count
-                                    for i in range(count))
+                    arrivals.extend(minute * 60.0 + (i + 0.5) * 60.0 / count for i in range(count))
                 else:
-                    arrivals.extend(sorted(minute * 60.0 + rng.random() * 60.0
-                                           for _ in range(count)))
-            traces.append(FunctionTrace(
-                name=row[0][:12], arrivals=arrivals,
-                duration_s=durations_ms.get(row[0], 1000.0) / 1000,
-                memory_mb=memory_mb.get(row[1], 256.0)))
+                    arrivals.extend(
+                        sorted(minute * 60.0 + rng.random() * 60.0 for _ in range(count))
+                    )
+            traces.append(
+                FunctionTrace(
+                    name=row[0][:12],
+                    arrivals=arrivals,
+                    duration_s=durations_ms.get(row[0], 1000.0) / 1000,
+                    memory_mb=memory_mb.get(row[1], 256.0),
+                )
+            )
     return traces
 
 
-def load_timestamps_csv(path: Path, *, memory_mb: float = 256.0, duration_s: float = 0.1,
-                        ) -> list[FunctionTrace]:
+def load_timestamps_csv(
+    path: Path,
+    *,
+    memory_mb: float = 256.0,
+    duration_s: float = 0.1,
+) -> list[FunctionTrace]:
     """A CSV of `function,timestamp_s` rows (optional `duration_ms`, `memory_mb` columns)."""
     by_name: dict[str, FunctionTrace] = {}
     with path.open() as f:
@@ -122,8 +137,11 @@ def load_timestamps_csv(path: Path, *, memory_mb: float = 256.0, duration_s: flo
             trace = by_name.get(name)
             if trace is None:
                 trace = by_name[name] = FunctionTrace(
-                    name, [], float(row.get("duration_ms") or duration_s * 1000) / 1000,
-                    float(row.get("memory_mb") or memory_mb))
+                    name,
+                    [],
+                    float(row.get("duration_ms") or duration_s * 1000) / 1000,
+                    float(row.get("memory_mb") or memory_mb),
+                )
             trace.arrivals.append(float(row["timestamp_s"]))
     for trace in by_name.values():
         trace.arrivals.sort()
@@ -133,17 +151,26 @@ def load_timestamps_csv(path: Path, *, memory_mb: float = 256.0, duration_s: flo
 def _one(folder: Path, pattern: str) -> Path:
     found = sorted(folder.glob(pattern))
     if not found:
-        raise FileNotFoundError(f"no {pattern} in {folder}: expected the Azure Functions "
-                                "2019 trace format (see shared/traces/README.md)")
+        raise FileNotFoundError(
+            f"no {pattern} in {folder}: expected the Azure Functions "
+            "2019 trace format (see shared/traces/README.md)"
+        )
     return found[0]
 
 
-def simulate(traces: list[FunctionTrace], policy: Policy, *, end_s: float | None = None,
-             ) -> Result:
+def simulate(
+    traces: list[FunctionTrace],
+    policy: Policy,
+    *,
+    end_s: float | None = None,
+) -> Result:
     """Run every function's calls through `policy`; idle time counts until `end_s`."""
     started = time.perf_counter()
-    end = end_s if end_s is not None else max(
-        (t.arrivals[-1] + t.duration_s for t in traces if t.arrivals), default=0.0)
+    end = (
+        end_s
+        if end_s is not None
+        else max((t.arrivals[-1] + t.duration_s for t in traces if t.arrivals), default=0.0)
+    )
     result = Result(policy.name)
     sizes = getattr(policy, "memory_mb", None)
     if isinstance(sizes, dict):  # policies that weigh memory learn each function's size
@@ -191,8 +218,7 @@ def _simulate_function(trace: FunctionTrace, policy: Policy, end: float) -> Func
         decision = policy.on_idle(name, busy_until)
         keep_until = decision.keep_until
         prewarm_at = decision.prewarm_at if decision.prewarm_at is not None else math.inf
-        prewarm_until = decision.prewarm_until if decision.prewarm_until is not None \
-            else -math.inf
+        prewarm_until = decision.prewarm_until if decision.prewarm_until is not None else -math.inf
         decided = True
     if decided and busy_until < end:  # the idle tail after the last call
         kept = _loaded_s(busy_until, end, keep_until)
@@ -233,8 +259,10 @@ def oracle(traces: list[FunctionTrace], idle_budget_gb_s: float) -> Result:
     return result
 
 
-def compare(traces: list[FunctionTrace], policies: list[Callable[[], Policy]],
-            ) -> list[Result]:
+def compare(
+    traces: list[FunctionTrace],
+    policies: list[Callable[[], Policy]],
+) -> list[Result]:
     """Each policy (a fresh object per run), then the oracle at the first policy's idle memory."""
     results = [simulate(traces, make()) for make in policies]
     if results:

@@ -92,9 +92,13 @@ log = logging.getLogger("ember.store")
 MIGRATION_LOCK_KEY = 0x656D626572  # "ember"
 NOTIFY_CHANNEL = "ember_functions"
 DELIVERIES_CHANNEL = "ember_deliveries"
-_UNAVAILABLE = (OSError, asyncpg.exceptions.ConnectionDoesNotExistError,
-                asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.InterfaceError,
-                asyncpg.exceptions.AdminShutdownError)
+_UNAVAILABLE = (
+    OSError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.AdminShutdownError,
+)
 
 
 P = ParamSpec("P")
@@ -122,8 +126,11 @@ def _retry_once(
 async def _init_connection(conn: asyncpg.Connection) -> None:
     # Binary jsonb (a version byte, then the text), so COPY can write it too.
     await conn.set_type_codec(
-        "jsonb", encoder=lambda v: b"\x01" + orjson.dumps(v),
-        decoder=lambda b: orjson.loads(b[1:]), schema="pg_catalog", format="binary",
+        "jsonb",
+        encoder=lambda v: b"\x01" + orjson.dumps(v),
+        decoder=lambda b: orjson.loads(b[1:]),
+        schema="pg_catalog",
+        format="binary",
     )
 
 
@@ -147,7 +154,10 @@ class Store:
     async def connect(cls, url: str, *, min_size: int = 1, max_size: int = 10) -> Store:
         try:
             pool = await asyncpg.create_pool(
-                url, min_size=min_size, max_size=max_size, init=_init_connection,
+                url,
+                min_size=min_size,
+                max_size=max_size,
+                init=_init_connection,
                 reset=_reset_connection,
             )
         except _UNAVAILABLE as exc:
@@ -207,22 +217,42 @@ class Store:
     # -- functions and versions -------------------------------------------------------------
 
     async def create_version(
-        self, name: str, *, source: str, filename: str, config: FunctionConfig,
+        self,
+        name: str,
+        *,
+        source: str,
+        filename: str,
+        config: FunctionConfig,
         package: Package = NO_PACKAGE,
     ) -> Version:
         """Store a new immutable version and make it the active one, in one transaction.
         Its sha256 covers what it runs: the code (the archive when there is one, else the
         source), the environment and the modules it preimports."""
-        sha256 = code_digest(package.archive or source.encode(), package.env_hash,
-                             config.preimport)
+        sha256 = code_digest(package.archive or source.encode(), package.env_hash, config.preimport)
         async with self._conn() as conn, conn.transaction():
             number = await conn.fetchval(QUERIES["create_function_or_bump"], name)
             row = await conn.fetchrow(
-                QUERIES["insert_version"], name, number, source, sha256, filename,
-                config.entry, dict(config.env), config.timeout_s, config.memory_bytes,
-                config.concurrency, config.max_attempts, config.max_event_age_s,
-                package.archive, package.requirements, package.env_hash, package.lock,
-                list(config.preimport), list(package.files), config.network, config.cpus,
+                QUERIES["insert_version"],
+                name,
+                number,
+                source,
+                sha256,
+                filename,
+                config.entry,
+                dict(config.env),
+                config.timeout_s,
+                config.memory_bytes,
+                config.concurrency,
+                config.max_attempts,
+                config.max_event_age_s,
+                package.archive,
+                package.requirements,
+                package.env_hash,
+                package.lock,
+                list(config.preimport),
+                list(package.files),
+                config.network,
+                config.cpus,
             )
             await conn.execute(QUERIES["set_active_version"], name, number)
             await conn.execute(QUERIES["notify_function_changed"], name, number)
@@ -251,8 +281,11 @@ class Store:
                 row = await conn.fetchrow(QUERIES["get_active_version"], name)
             else:
                 row = await conn.fetchrow(QUERIES["get_version"], name, version)
-            if row is None and version is not None \
-                    and await conn.fetchval(QUERIES["function_exists"], name):
+            if (
+                row is None
+                and version is not None
+                and await conn.fetchval(QUERIES["function_exists"], name)
+            ):
                 raise VersionNotFound(name, version)
         if row is None:
             raise FunctionNotFound(name)
@@ -299,7 +332,8 @@ class Store:
     async def record_activations(self, activations: Sequence[Activation]) -> None:
         async with self._conn() as conn:
             await conn.copy_records_to_table(
-                "ember_activations", records=[a.as_row() for a in activations],
+                "ember_activations",
+                records=[a.as_row() for a in activations],
                 columns=ACTIVATION_COLUMNS,
             )
 
@@ -327,8 +361,14 @@ class Store:
         `unset` (they inherit again); notify every gateway."""
         async with self._conn() as conn, conn.transaction():
             row = await conn.fetchrow(
-                QUERIES["set_policy"], policy.function, policy.prewarm, policy.keep_alive_s,
-                policy.min_warm, policy.max_instances, list(unset))
+                QUERIES["set_policy"],
+                policy.function,
+                policy.prewarm,
+                policy.keep_alive_s,
+                policy.min_warm,
+                policy.max_instances,
+                list(unset),
+            )
             await conn.execute(QUERIES["notify_policy_changed"], policy.function)
         assert row is not None
         return PolicyRow.from_row(row)
@@ -353,23 +393,31 @@ class Store:
             row = await conn.fetchrow(QUERIES["get_environment"], env_hash)
         return Environment.from_row(row) if row is not None else None
 
-    async def put_environment(self, env: Environment, archive: Path, *,
-                              chunk_bytes: int = 8 << 20) -> bool:
+    async def put_environment(
+        self, env: Environment, archive: Path, *, chunk_bytes: int = 8 << 20
+    ) -> bool:
         """Store an environment and its archive (a file, read a chunk at a time), in one
         transaction: readers never see half of one. Returns False when an environment with
         that hash was stored already (this one is then dropped)."""
         size = (await asyncio.to_thread(archive.stat)).st_size
         async with self._conn() as conn, conn.transaction():
             created = await conn.fetchval(
-                QUERIES["insert_environment"], env.hash, env.requirements, env.lock, env.python,
-                size, env.unpacked_bytes, -(-size // chunk_bytes), env.build_s)
+                QUERIES["insert_environment"],
+                env.hash,
+                env.requirements,
+                env.lock,
+                env.python,
+                size,
+                env.unpacked_bytes,
+                -(-size // chunk_bytes),
+                env.build_s,
+            )
             if created is None:
                 return False
             with archive.open("rb") as f:
                 seq = 0
                 while chunk := await asyncio.to_thread(f.read, chunk_bytes):
-                    await conn.execute(QUERIES["insert_environment_chunk"], env.hash, seq,
-                                       chunk)
+                    await conn.execute(QUERIES["insert_environment_chunk"], env.hash, seq, chunk)
                     seq += 1
         return True
 
@@ -383,11 +431,13 @@ class Store:
                 raise StoreError(f"environment {env.hash[:12]} is missing chunk {seq}")
             yield data
 
-    async def record_build(self, function: str, env_hash: str, status: str, log: str,
-                           duration_s: float) -> Build:
+    async def record_build(
+        self, function: str, env_hash: str, status: str, log: str, duration_s: float
+    ) -> Build:
         async with self._conn() as conn:
-            row = await conn.fetchrow(QUERIES["insert_build"], function, env_hash, status, log,
-                                      duration_s)
+            row = await conn.fetchrow(
+                QUERIES["insert_build"], function, env_hash, status, log, duration_s
+            )
         assert row is not None
         return Build.from_row(row)
 
@@ -399,8 +449,12 @@ class Store:
 
     # -- async invocations and deliveries ---------------------------------------------------
 
-    async def submit(self, delivery: NewDelivery, *, notify: bool = True,
-                     ) -> tuple[ActivationId, bool]:
+    async def submit(
+        self,
+        delivery: NewDelivery,
+        *,
+        notify: bool = True,
+    ) -> tuple[ActivationId, bool]:
         """Commit a delivery; returns its id and whether it is new. With an idempotency key
         that the function has seen before, the first submission's id (and False).
 
@@ -408,55 +462,100 @@ class Store:
         callers that cannot wake a worker themselves)."""
         async with self._conn() as conn:
             row = await conn.fetchrow(
-                QUERIES["insert_delivery"], delivery.id, delivery.function, delivery.version,
-                delivery.source, delivery.trigger_id, delivery.idempotency_key,
-                delivery.payload, dict(delivery.meta), delivery.run_at, notify)
+                QUERIES["insert_delivery"],
+                delivery.id,
+                delivery.function,
+                delivery.version,
+                delivery.source,
+                delivery.trigger_id,
+                delivery.idempotency_key,
+                delivery.payload,
+                dict(delivery.meta),
+                delivery.run_at,
+                notify,
+            )
             if row is not None:
                 return ActivationId(row["id"]), True
             found = await conn.fetchval(
-                QUERIES["find_delivery_by_key"], delivery.function, delivery.source,
-                delivery.idempotency_key)
+                QUERIES["find_delivery_by_key"],
+                delivery.function,
+                delivery.source,
+                delivery.idempotency_key,
+            )
         if found is None:  # the first submission was deleted (its function too): try again
             return await self.submit(delivery, notify=notify)
         return ActivationId(found), False
 
-    async def submit_batch(self, deliveries: Sequence[NewDelivery], *, notify: bool = True,
-                           ) -> list[tuple[ActivationId, bool]]:
+    async def submit_batch(
+        self,
+        deliveries: Sequence[NewDelivery],
+        *,
+        notify: bool = True,
+    ) -> list[tuple[ActivationId, bool]]:
         """`submit` for many in one statement (async invocations only: source "async")."""
         async with self._conn() as conn:
             row = await conn.fetchrow(
-                QUERIES["insert_deliveries"], [d.id for d in deliveries],
-                [d.function for d in deliveries], [d.version for d in deliveries],
-                [d.source for d in deliveries], [d.idempotency_key for d in deliveries],
-                [d.payload for d in deliveries], [dict(d.meta) for d in deliveries], notify)
+                QUERIES["insert_deliveries"],
+                [d.id for d in deliveries],
+                [d.function for d in deliveries],
+                [d.version for d in deliveries],
+                [d.source for d in deliveries],
+                [d.idempotency_key for d in deliveries],
+                [d.payload for d in deliveries],
+                [dict(d.meta) for d in deliveries],
+                notify,
+            )
             assert row is not None
             inserted = set(row["ids"] or ())
             results: list[tuple[ActivationId, bool] | None] = []
             for d in deliveries:
-                found = None if d.id in inserted else await conn.fetchval(
-                    QUERIES["find_delivery_by_key"], d.function, d.source, d.idempotency_key)
-                results.append((d.id, True) if d.id in inserted
-                               else (ActivationId(found), False) if found is not None
-                               else None)  # the first submission was deleted meanwhile
-        return [r if r is not None else await self.submit(d, notify=notify)
-                for r, d in zip(results, deliveries, strict=True)]
+                found = (
+                    None
+                    if d.id in inserted
+                    else await conn.fetchval(
+                        QUERIES["find_delivery_by_key"], d.function, d.source, d.idempotency_key
+                    )
+                )
+                results.append(
+                    (d.id, True)
+                    if d.id in inserted
+                    else (ActivationId(found), False)
+                    if found is not None
+                    else None
+                )  # the first submission was deleted meanwhile
+        return [
+            r if r is not None else await self.submit(d, notify=notify)
+            for r, d in zip(results, deliveries, strict=True)
+        ]
 
-    async def publish(self, event: Event, idempotency_key: str, *, notify: bool = True,
-                      ) -> tuple[uuid.UUID, int, bool]:
+    async def publish(
+        self,
+        event: Event,
+        idempotency_key: str,
+        *,
+        notify: bool = True,
+    ) -> tuple[uuid.UUID, int, bool]:
         """Commit an event once per idempotency key: returns the event id, the number of
         deliveries and whether it is new (False: the key was used before, and the first
         event's id and deliveries come back). Raises TopicNotFound."""
         async with self._conn() as conn, conn.transaction():
             created = await conn.fetchval(
-                QUERIES["insert_event"], event.id, event.topic, idempotency_key, 0)
+                QUERIES["insert_event"], event.id, event.topic, idempotency_key, 0
+            )
             if created is None:
-                row = await conn.fetchrow(QUERIES["find_event_by_key"], event.topic,
-                                          idempotency_key)
+                row = await conn.fetchrow(
+                    QUERIES["find_event_by_key"], event.topic, idempotency_key
+                )
                 assert row is not None
                 return row["id"], row["deliveries"], False
             row = await conn.fetchrow(
-                QUERIES["fan_out_events"], [event.id], [event.topic], [event.payload],
-                [event.content_type], notify)
+                QUERIES["fan_out_events"],
+                [event.id],
+                [event.topic],
+                [event.payload],
+                [event.content_type],
+                notify,
+            )
             assert row is not None
             if row["missing"]:
                 raise TopicNotFound(event.topic)
@@ -464,15 +563,24 @@ class Store:
             await conn.execute(QUERIES["set_event_deliveries"], event.id, deliveries)
         return event.id, deliveries, True
 
-    async def publish_batch(self, events: Sequence[Event], *, notify: bool = True,
-                            ) -> dict[uuid.UUID, int]:
+    async def publish_batch(
+        self,
+        events: Sequence[Event],
+        *,
+        notify: bool = True,
+    ) -> dict[uuid.UUID, int]:
         """Commit a batch of events, all or nothing, in one statement. Returns the number of
         deliveries per event id; raises TopicNotFound for the first topic that does not exist
         (and then nothing is published)."""
         async with self._conn() as conn:
             row = await conn.fetchrow(
-                QUERIES["fan_out_events"], [e.id for e in events], [e.topic for e in events],
-                [e.payload for e in events], [e.content_type for e in events], notify)
+                QUERIES["fan_out_events"],
+                [e.id for e in events],
+                [e.topic for e in events],
+                [e.payload for e in events],
+                [e.content_type for e in events],
+                notify,
+            )
         assert row is not None
         if row["missing"]:
             raise TopicNotFound(row["missing"][0])
@@ -491,10 +599,23 @@ class Store:
         (an outcome whose lease ran out and was claimed again is ignored)."""
         columns: tuple[list[Any], ...] = tuple([] for _ in range(11))
         for o in outcomes:
-            for column, value in zip(columns, (
-                    o.id, o.claim, o.status, o.run_at, o.http_status, o.result,
-                    o.result_type, dict(o.error) if o.error is not None else None, o.logs,
-                    o.activation, o.uncounted), strict=True):
+            for column, value in zip(
+                columns,
+                (
+                    o.id,
+                    o.claim,
+                    o.status,
+                    o.run_at,
+                    o.http_status,
+                    o.result,
+                    o.result_type,
+                    dict(o.error) if o.error is not None else None,
+                    o.logs,
+                    o.activation,
+                    o.uncounted,
+                ),
+                strict=True,
+            ):
                 column.append(value)
         async with self._conn() as conn:
             status = await conn.execute(QUERIES["finish_deliveries"], *columns)
@@ -503,8 +624,9 @@ class Store:
     async def release(self, claims: Sequence[tuple[ActivationId, int]]) -> None:
         """Give back (delivery id, claim) pairs not finished: due now, the attempt uncounted."""
         async with self._conn() as conn:
-            await conn.execute(QUERIES["release_deliveries"], [c[0] for c in claims],
-                               [c[1] for c in claims])
+            await conn.execute(
+                QUERIES["release_deliveries"], [c[0] for c in claims], [c[1] for c in claims]
+            )
 
     @_retry_once
     async def next_delivery_due_s(self) -> float | None:
@@ -525,8 +647,9 @@ class Store:
             rows = await conn.fetch(QUERIES["list_dead"], function, limit)
         return [Delivery.from_row(r) for r in rows]
 
-    async def redrive(self, ids: Sequence[ActivationId] = (),
-                      function: str | None = None) -> list[ActivationId]:
+    async def redrive(
+        self, ids: Sequence[ActivationId] = (), function: str | None = None
+    ) -> list[ActivationId]:
         """Make dead deliveries (by id, or all of a function) pending again, attempts reset."""
         async with self._conn() as conn, conn.transaction():
             rows = await conn.fetch(QUERIES["redrive"], list(ids), function)
@@ -552,8 +675,12 @@ class Store:
     async def enqueue_changes(self, changes: Sequence[Change]) -> None:
         """Turn table changes from a watched database's outbox into deliveries (idempotent)."""
         async with self._conn() as conn, conn.transaction():
-            await conn.execute(QUERIES["enqueue_changes"], [c.id for c in changes],
-                               [c.trigger_id for c in changes], [c.payload for c in changes])
+            await conn.execute(
+                QUERIES["enqueue_changes"],
+                [c.id for c in changes],
+                [c.trigger_id for c in changes],
+                [c.payload for c in changes],
+            )
             await conn.execute(QUERIES["notify_deliveries"])
 
     # -- topics and triggers ----------------------------------------------------------------
@@ -575,8 +702,9 @@ class Store:
             async with self._conn() as conn:
                 deleted = await conn.fetchval(QUERIES["delete_topic"], name)
         except asyncpg.ForeignKeyViolationError:
-            raise TriggerError(f'topic "{name}" has subscribers; remove them first '
-                               "(fn trigger list)") from None
+            raise TriggerError(
+                f'topic "{name}" has subscribers; remove them first (fn trigger list)'
+            ) from None
         if deleted is None:
             raise TopicNotFound(name)
 
@@ -587,17 +715,27 @@ class Store:
             async with self._conn() as conn, conn.transaction():
                 if not await conn.fetchval(QUERIES["function_exists"], trigger.function):
                     raise FunctionNotFound(trigger.function)
-                if trigger.topic is not None \
-                        and not await conn.fetchval(QUERIES["topic_exists"], trigger.topic):
+                if trigger.topic is not None and not await conn.fetchval(
+                    QUERIES["topic_exists"], trigger.topic
+                ):
                     raise TopicNotFound(trigger.topic)
                 row = await conn.fetchrow(
-                    QUERIES["insert_trigger"], trigger.function, trigger.kind, trigger.topic,
-                    trigger.cron, trigger.timezone, trigger.next_fire_at, trigger.table_name,
-                    list(trigger.operations) or None, trigger.database_url)
+                    QUERIES["insert_trigger"],
+                    trigger.function,
+                    trigger.kind,
+                    trigger.topic,
+                    trigger.cron,
+                    trigger.timezone,
+                    trigger.next_fire_at,
+                    trigger.table_name,
+                    list(trigger.operations) or None,
+                    trigger.database_url,
+                )
                 await conn.execute(QUERIES["notify_triggers_changed"], trigger.kind)
         except asyncpg.UniqueViolationError:
-            raise TriggerError(f'function "{trigger.function}" already subscribes to topic '
-                               f'"{trigger.topic}"') from None
+            raise TriggerError(
+                f'function "{trigger.function}" already subscribes to topic "{trigger.topic}"'
+            ) from None
         assert row is not None
         return Trigger.from_row(row)
 
@@ -629,7 +767,8 @@ class Store:
         return Trigger.from_row(row)
 
     async def fire_schedules(
-        self, now: dt.datetime,
+        self,
+        now: dt.datetime,
         plan: Callable[[Trigger], tuple[dt.datetime, int, dt.datetime]],
     ) -> list[ActivationId]:
         """Fire every schedule due at `now`, each tick once however many gateways try.
@@ -642,17 +781,37 @@ class Store:
         async with self._conn() as conn, conn.transaction():
             rows = await conn.fetch(QUERIES["due_schedules"], now)
             for row in rows:
-                trigger = Trigger(id=row["id"], function=row["function"], kind="cron",
-                                  cron=row["cron"], timezone=row["timezone"],
-                                  next_fire_at=row["next_fire_at"])
+                trigger = Trigger(
+                    id=row["id"],
+                    function=row["function"],
+                    kind="cron",
+                    cron=row["cron"],
+                    timezone=row["timezone"],
+                    next_fire_at=row["next_fire_at"],
+                )
                 tick, missed, next_tick = plan(trigger)
-                payload = orjson.dumps({"trigger": trigger.id, "cron": trigger.cron,
-                                        "timezone": trigger.timezone,
-                                        "scheduled_at": tick.isoformat(), "missed": missed})
+                payload = orjson.dumps(
+                    {
+                        "trigger": trigger.id,
+                        "cron": trigger.cron,
+                        "timezone": trigger.timezone,
+                        "scheduled_at": tick.isoformat(),
+                        "missed": missed,
+                    }
+                )
                 found = await conn.fetchrow(
-                    QUERIES["insert_delivery"], new_id(), trigger.function, None, "cron",
-                    trigger.id, f"cron:{trigger.id}:{tick.isoformat()}", payload,
-                    {"content_type": "application/json"}, None, True)
+                    QUERIES["insert_delivery"],
+                    new_id(),
+                    trigger.function,
+                    None,
+                    "cron",
+                    trigger.id,
+                    f"cron:{trigger.id}:{tick.isoformat()}",
+                    payload,
+                    {"content_type": "application/json"},
+                    None,
+                    True,
+                )
                 if found is not None:
                     fired.append(ActivationId(found["id"]))
                 await conn.execute(QUERIES["set_next_fire"], trigger.id, next_tick)
@@ -674,8 +833,12 @@ class Store:
     # -- change notifications ---------------------------------------------------------------
 
     async def listen_function_changes(
-        self, on_change: Callable[[str], Any], on_listening: Callable[[], Any],
-        *, on_deliveries: Callable[[], Any] | None = None, retry_s: float = 1.0,
+        self,
+        on_change: Callable[[str], Any],
+        on_listening: Callable[[], Any],
+        *,
+        on_deliveries: Callable[[], Any] | None = None,
+        retry_s: float = 1.0,
     ) -> None:
         """Call `on_change(payload)` on every deploy, rollback or delete ("name:version", version
         0 for a delete), policy change ("policy:name") and trigger change ("triggers:kind"),

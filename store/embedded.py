@@ -122,36 +122,56 @@ BEGIN
 END $$"""
 
 
-async def _connect_as_superuser(server_url: str, socket_dir: str, password: str,
-                                folder: Path, hba: Path) -> asyncpg.Connection:
+async def _connect_as_superuser(
+    server_url: str, socket_dir: str, password: str, folder: Path, hba: Path
+) -> asyncpg.Connection:
     try:
         return await asyncpg.connect(_url(socket_dir, SUPERUSER, password))
     except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError):
         pass
     try:  # the first start (or one from before passwords): trust, as initdb left it
         return await asyncpg.connect(server_url)
-    except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError,
-            asyncpg.ClientCannotConnectError) as exc:
+    except (
+        asyncpg.InvalidPasswordError,
+        asyncpg.InvalidAuthorizationSpecificationError,
+        asyncpg.ClientCannotConnectError,
+    ) as exc:
         raise StoreError(
             f"the embedded Postgres refused the superuser password kept in {folder}; if that "
             f"file was lost, put the line 'local all all trust' in {hba} for one start "
-            f"(Ember then sets new passwords): {exc}") from exc
+            f"(Ember then sets new passwords): {exc}"
+        ) from exc
 
 
-async def _secure(server_url: str, socket_dir: str, hba: Path, folder: Path,
-                  superuser_password: str, platform_password: str) -> None:
+async def _secure(
+    server_url: str,
+    socket_dir: str,
+    hba: Path,
+    folder: Path,
+    superuser_password: str,
+    platform_password: str,
+) -> None:
     """Passwords on, the platform's role in place and owner of the database's objects."""
     conn = await _connect_as_superuser(server_url, socket_dir, superuser_password, folder, hba)
     try:
-        await conn.execute(await conn.fetchval(
-            "SELECT format('ALTER ROLE %I PASSWORD %L', $1::text, $2::text)",
-            SUPERUSER, superuser_password))
+        await conn.execute(
+            await conn.fetchval(
+                "SELECT format('ALTER ROLE %I PASSWORD %L', $1::text, $2::text)",
+                SUPERUSER,
+                superuser_password,
+            )
+        )
         exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", PLATFORM_ROLE)
         verb = "ALTER" if exists else "CREATE"
-        await conn.execute(await conn.fetchval(
-            "SELECT format('%s ROLE %I LOGIN CREATEDB NOSUPERUSER NOCREATEROLE "
-            "NOREPLICATION NOBYPASSRLS PASSWORD %L', $1::text, $2::text, $3::text)",
-            verb, PLATFORM_ROLE, platform_password))
+        await conn.execute(
+            await conn.fetchval(
+                "SELECT format('%s ROLE %I LOGIN CREATEDB NOSUPERUSER NOCREATEROLE "
+                "NOREPLICATION NOBYPASSRLS PASSWORD %L', $1::text, $2::text, $3::text)",
+                verb,
+                PLATFORM_ROLE,
+                platform_password,
+            )
+        )
         await conn.execute(f'ALTER DATABASE "{DATABASE}" OWNER TO "{PLATFORM_ROLE}"')
         # What earlier versions created as the superuser becomes the platform's.
         await conn.execute(_REASSIGN.format(role=PLATFORM_ROLE))
@@ -179,16 +199,28 @@ def start_embedded_postgres(data_dir: Path) -> EmbeddedPostgres:
     try:
         # A thread of its own: callers may be inside an event loop (that then waits here).
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pg-secure") as pool:
-            pool.submit(lambda: asyncio.run(_secure(
-                server_url, str(socket_dir), data_dir / "pg_hba.conf", folder,
-                superuser_password, platform_password))).result()
+            pool.submit(
+                lambda: asyncio.run(
+                    _secure(
+                        server_url,
+                        str(socket_dir),
+                        data_dir / "pg_hba.conf",
+                        folder,
+                        superuser_password,
+                        platform_password,
+                    )
+                )
+            ).result()
     except BaseException:
         server.cleanup()
         raise
     log.info("embedded postgres ready", extra={"data_dir": str(data_dir)})
     return EmbeddedPostgres(
-        data_dir=data_dir, url=_url(str(socket_dir), PLATFORM_ROLE, platform_password),
-        superuser_url=_url(str(socket_dir), SUPERUSER, superuser_password), _server=server)
+        data_dir=data_dir,
+        url=_url(str(socket_dir), PLATFORM_ROLE, platform_password),
+        superuser_url=_url(str(socket_dir), SUPERUSER, superuser_password),
+        _server=server,
+    )
 
 
 def with_database(url: str, database: str) -> str:

@@ -1,13 +1,13 @@
 """Errors raised by the store.
 
-    StoreError
-    ├── DatabaseUnavailable   the server cannot be reached or went away mid-query
-    ├── FunctionNotFound
-    ├── VersionNotFound
-    ├── MigrationError
-    ├── TopicNotFound
-    ├── TriggerError          a trigger cannot be installed (no such table, no rights, ...)
-    └── NotFound              any other record (a trigger, a delivery)
+StoreError
+├── DatabaseUnavailable   the server cannot be reached or went away mid-query
+├── FunctionNotFound
+├── VersionNotFound
+├── MigrationError
+├── TopicNotFound
+├── TriggerError          a trigger cannot be installed (no such table, no rights, ...)
+└── NotFound              any other record (a trigger, a delivery)
 """
 
 from __future__ import annotations

@@ -31,16 +31,16 @@ class Leadership:
         self._check = asyncio.create_task(self._keep(check_s), name="leader lock check")
 
     @classmethod
-    async def acquire(cls, url: str, *, key: int = SCHEDULER_LOCK_KEY, retry_s: float = 2.0,
-                      check_s: float = 5.0) -> Leadership:
+    async def acquire(
+        cls, url: str, *, key: int = SCHEDULER_LOCK_KEY, retry_s: float = 2.0, check_s: float = 5.0
+    ) -> Leadership:
         """Wait until this process holds the lock (another holder may be alive: we stand by)."""
         waited = False
         while True:
             try:
                 conn = await asyncpg.connect(url)
             except (OSError, asyncpg.PostgresError) as exc:
-                log.warning("cannot reach Postgres for the leader lock",
-                            extra={"error": str(exc)})
+                log.warning("cannot reach Postgres for the leader lock", extra={"error": str(exc)})
                 await asyncio.sleep(retry_s)
                 continue
             try:
@@ -61,8 +61,12 @@ class Leadership:
             try:
                 async with asyncio.timeout(check_s):
                     await self._conn.fetchval(QUERIES["ping"])
-            except (OSError, TimeoutError, asyncpg.PostgresError,
-                    asyncpg.exceptions.InterfaceError) as exc:
+            except (
+                OSError,
+                TimeoutError,
+                asyncpg.PostgresError,
+                asyncpg.exceptions.InterfaceError,
+            ) as exc:
                 log.error("lost the leader lock's connection", extra={"error": str(exc)})
                 self.lost.set()
 
@@ -74,6 +78,7 @@ class Leadership:
         self._check.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._check
-        with contextlib.suppress(OSError, asyncpg.PostgresError, DatabaseUnavailable,
-                                 asyncpg.exceptions.InterfaceError):
+        with contextlib.suppress(
+            OSError, asyncpg.PostgresError, DatabaseUnavailable, asyncpg.exceptions.InterfaceError
+        ):
             await self._conn.close(timeout=5)

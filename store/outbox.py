@@ -26,9 +26,13 @@ log = logging.getLogger("ember.store.outbox")
 SQL = parse_queries((resources.files("store") / "outbox.sql").read_text())
 OPERATIONS = ("insert", "update", "delete")
 NOTIFY_CHANNEL = "ember_outbox"
-_UNAVAILABLE = (OSError, asyncpg.exceptions.ConnectionDoesNotExistError,
-                asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.InterfaceError,
-                asyncpg.exceptions.AdminShutdownError)
+_UNAVAILABLE = (
+    OSError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.AdminShutdownError,
+)
 
 
 @dataclass(slots=True, frozen=True)
@@ -54,8 +58,7 @@ class WatchedDatabase:
             try:
                 self._pool = await asyncpg.create_pool(self.url, min_size=0, max_size=2)
             except _UNAVAILABLE as exc:
-                raise DatabaseUnavailable(f"cannot connect to the watched database: {exc}") \
-                    from exc
+                raise DatabaseUnavailable(f"cannot connect to the watched database: {exc}") from exc
             except asyncpg.PostgresError as exc:
                 raise TriggerError(f"cannot connect to the watched database: {exc}") from exc
         assert self._pool is not None
@@ -99,22 +102,28 @@ class WatchedDatabase:
                 await conn.execute(SQL["lock"])
                 try:
                     row = await conn.fetchrow(SQL["resolve_table"], table)
-                except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError,
-                        asyncpg.InvalidNameError) as exc:
-                    raise TriggerError(f'table "{table}" does not exist in the watched '
-                                       f"database ({exc})") from None
+                except (
+                    asyncpg.UndefinedTableError,
+                    asyncpg.InvalidSchemaNameError,
+                    asyncpg.InvalidNameError,
+                ) as exc:
+                    raise TriggerError(
+                        f'table "{table}" does not exist in the watched database ({exc})'
+                    ) from None
                 assert row is not None
                 qualified, kind = row[0], row[1]
                 if kind not in ("r", "p"):
-                    raise TriggerError(f'"{table}" is not a table (views and other relations '
-                                       "cannot be watched)")
+                    raise TriggerError(
+                        f'"{table}" is not a table (views and other relations cannot be watched)'
+                    )
                 await conn.execute(SQL["setup"])
                 events = " OR ".join(op.upper() for op in dict.fromkeys(ops))
                 # Identifiers cannot be parameters: the name is quoted by Postgres (format %I)
                 # and the id is an int.
                 await conn.execute(
                     f"CREATE TRIGGER {_trigger_name(trigger_id)} AFTER {events} ON {qualified} "
-                    f"FOR EACH ROW EXECUTE FUNCTION ember_outbox.capture('{int(trigger_id)}')")
+                    f"FOR EACH ROW EXECUTE FUNCTION ember_outbox.capture('{int(trigger_id)}')"
+                )
         except asyncpg.InsufficientPrivilegeError as exc:
             raise TriggerError(f'not allowed to install a trigger on "{table}": {exc}') from None
         except _UNAVAILABLE as exc:
@@ -130,7 +139,8 @@ class WatchedDatabase:
                 qualified = await conn.fetchval(SQL["find_trigger"], _trigger_name(trigger_id))
                 if qualified is not None:
                     await conn.execute(
-                        f"DROP TRIGGER IF EXISTS {_trigger_name(trigger_id)} ON {qualified}")
+                        f"DROP TRIGGER IF EXISTS {_trigger_name(trigger_id)} ON {qualified}"
+                    )
                 if not await conn.fetchval(SQL["has_schema"]):
                     return
                 await conn.execute(SQL["remove_changes"], trigger_id)

@@ -22,10 +22,9 @@ def new_id() -> ActivationId:
     ms = time.time_ns() // 1_000_000
     rand = _random.getrandbits(80)  # ids are not secrets: no syscall per call
     value = (ms << 80) | rand
-    value = (value & ~(0xF << 76)) | (0x7 << 76)          # version 7
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)          # RFC 4122 variant
+    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
     return ActivationId(uuid.UUID(int=value))
-
 
 
 class Row(Protocol):
@@ -106,10 +105,15 @@ class Version:
                 network=row["network"],
                 cpus=row["cpus"],
             ),
-            package=Package(archive=row["archive"], requirements=row["requirements"],
-                            env_hash=row["env_hash"], lock=row["lock"],
-                            files=tuple(row["files"]))
-            if row["files"] or row["env_hash"] is not None else NO_PACKAGE,
+            package=Package(
+                archive=row["archive"],
+                requirements=row["requirements"],
+                env_hash=row["env_hash"],
+                lock=row["lock"],
+                files=tuple(row["files"]),
+            )
+            if row["files"] or row["env_hash"] is not None
+            else NO_PACKAGE,
         )
 
     @property
@@ -218,9 +222,13 @@ class PolicyRow:
 
     @classmethod
     def from_row(cls, row: Row) -> PolicyRow:
-        return cls(function=row["function"], prewarm=row["prewarm"],
-                   keep_alive_s=row["keep_alive_s"], min_warm=row["min_warm"],
-                   max_instances=row["max_instances"])
+        return cls(
+            function=row["function"],
+            prewarm=row["prewarm"],
+            keep_alive_s=row["keep_alive_s"],
+            min_warm=row["min_warm"],
+            max_instances=row["max_instances"],
+        )
 
 
 def _json(value: Any) -> Any:
@@ -272,10 +280,19 @@ class Claimed:
 
     @classmethod
     def from_row(cls, row: Row) -> Claimed:
-        return cls(id=ActivationId(row["id"]), function=row["function"], version=row["version"],
-                   source=row["source"], trigger_id=row["trigger_id"], payload=row["payload"],
-                   meta=_json(row["meta"]), attempt=row["attempts"], claim=row["claims"],
-                   created_at=row["created_at"], redelivered=row["redelivered"])
+        return cls(
+            id=ActivationId(row["id"]),
+            function=row["function"],
+            version=row["version"],
+            source=row["source"],
+            trigger_id=row["trigger_id"],
+            payload=row["payload"],
+            meta=_json(row["meta"]),
+            attempt=row["attempts"],
+            claim=row["claims"],
+            created_at=row["created_at"],
+            redelivered=row["redelivered"],
+        )
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -328,15 +345,30 @@ class Delivery:
     @classmethod
     def from_row(cls, row: Row) -> Delivery:
         return cls(
-            id=ActivationId(row["id"]), function=row["function"], version=row["version"],
-            source=row["source"], trigger_id=row["trigger_id"], event_id=row["event_id"],
-            idempotency_key=row["idempotency_key"], payload=row["payload"],
-            meta=_json(row["meta"]), status=row["status"], attempts=row["attempts"],
-            redeliveries=row["redeliveries"], redrives=row["redrives"], run_at=row["run_at"],
-            created_at=row["created_at"], started_at=row["started_at"],
-            finished_at=row["finished_at"], http_status=row["http_status"],
-            result=row["result"], result_type=row["result_type"], error=_json(row["error"]),
-            logs=row["logs"], last_activation=row["last_activation"])
+            id=ActivationId(row["id"]),
+            function=row["function"],
+            version=row["version"],
+            source=row["source"],
+            trigger_id=row["trigger_id"],
+            event_id=row["event_id"],
+            idempotency_key=row["idempotency_key"],
+            payload=row["payload"],
+            meta=_json(row["meta"]),
+            status=row["status"],
+            attempts=row["attempts"],
+            redeliveries=row["redeliveries"],
+            redrives=row["redrives"],
+            run_at=row["run_at"],
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            http_status=row["http_status"],
+            result=row["result"],
+            result_type=row["result_type"],
+            error=_json(row["error"]),
+            logs=row["logs"],
+            last_activation=row["last_activation"],
+        )
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -347,8 +379,7 @@ class Topic:
 
     @classmethod
     def from_row(cls, row: Row) -> Topic:
-        return cls(name=row["name"], created_at=row["created_at"],
-                   subscribers=row["subscribers"])
+        return cls(name=row["name"], created_at=row["created_at"], subscribers=row["subscribers"])
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -370,10 +401,19 @@ class Trigger:
 
     @classmethod
     def from_row(cls, row: Row) -> Trigger:
-        return cls(id=row["id"], function=row["function"], kind=row["kind"], topic=row["topic"],
-                   cron=row["cron"], timezone=row["timezone"], next_fire_at=row["next_fire_at"],
-                   table_name=row["table_name"], operations=tuple(row["operations"] or ()),
-                   database_url=row["database_url"], created_at=row["created_at"])
+        return cls(
+            id=row["id"],
+            function=row["function"],
+            kind=row["kind"],
+            topic=row["topic"],
+            cron=row["cron"],
+            timezone=row["timezone"],
+            next_fire_at=row["next_fire_at"],
+            table_name=row["table_name"],
+            operations=tuple(row["operations"] or ()),
+            database_url=row["database_url"],
+            created_at=row["created_at"],
+        )
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -391,10 +431,16 @@ class Environment:
 
     @classmethod
     def from_row(cls, row: Row) -> Environment:
-        return cls(hash=row["hash"], requirements=row["requirements"], lock=row["lock"],
-                   python=row["python"], size_bytes=row["size_bytes"],
-                   unpacked_bytes=row["unpacked_bytes"], chunks=row["chunks"],
-                   build_s=row["build_s"])
+        return cls(
+            hash=row["hash"],
+            requirements=row["requirements"],
+            lock=row["lock"],
+            python=row["python"],
+            size_bytes=row["size_bytes"],
+            unpacked_bytes=row["unpacked_bytes"],
+            chunks=row["chunks"],
+            build_s=row["build_s"],
+        )
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -409,6 +455,12 @@ class Build:
 
     @classmethod
     def from_row(cls, row: Row) -> Build:
-        return cls(id=row["id"], function=row["function"], env_hash=row["env_hash"],
-                   status=row["status"], log=row["log"], duration_s=row["duration_s"],
-                   created_at=row["created_at"])
+        return cls(
+            id=row["id"],
+            function=row["function"],
+            env_hash=row["env_hash"],
+            status=row["status"],
+            log=row["log"],
+            duration_s=row["duration_s"],
+            created_at=row["created_at"],
+        )

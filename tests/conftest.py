@@ -35,8 +35,10 @@ TOKEN = "test-token"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item,
-                                  ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+def pytest_asyncio_loop_factories(
+    config: pytest.Config,
+    item: pytest.Item,
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
     """Tests run on uvloop, as the platform does."""
     return {"uvloop": uvloop.new_event_loop}
 
@@ -88,14 +90,15 @@ class Running:
     platform: Platform
     url: str
     http: aiohttp.ClientSession
-    admin_headers: dict[str, str] = field(default_factory=lambda: {
-        "Authorization": f"Bearer {TOKEN}"})
+    admin_headers: dict[str, str] = field(
+        default_factory=lambda: {"Authorization": f"Bearer {TOKEN}"}
+    )
 
-    async def deploy(self, name: str, source: str | None,
-                     **config: Any) -> aiohttp.ClientResponse:
+    async def deploy(self, name: str, source: str | None, **config: Any) -> aiohttp.ClientResponse:
         body = {"name": name, "source": source, "filename": "handler.py", **config}
-        return await self.http.post(f"{self.url}/v1/functions", json=body,
-                                    headers=self.admin_headers)
+        return await self.http.post(
+            f"{self.url}/v1/functions", json=body, headers=self.admin_headers
+        )
 
     async def deploy_ok(self, name: str, source: str, **config: Any) -> dict[str, Any]:
         response = await self.deploy(name, source, **config)
@@ -103,16 +106,16 @@ class Running:
         assert response.status == 201, data
         return data
 
-    async def call(self, target: str, payload: Any = None, **kwargs: Any
-                   ) -> aiohttp.ClientResponse:
+    async def call(self, target: str, payload: Any = None, **kwargs: Any) -> aiohttp.ClientResponse:
         if payload is not None:
             kwargs["json"] = payload
         return await self.http.post(f"{self.url}/fn/{target}", **kwargs)
 
     async def admin(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
         headers = {**self.admin_headers, **kwargs.pop("headers", {})}
-        async with self.http.request(method, f"{self.url}{path}", headers=headers,
-                                     **kwargs) as response:
+        async with self.http.request(
+            method, f"{self.url}{path}", headers=headers, **kwargs
+        ) as response:
             return response.status, await response.json()
 
 
@@ -153,14 +156,20 @@ def make_platform(database_url: str, tmp_path: Path) -> PlatformFactory:
     """Start a platform with the given settings / pool settings overrides."""
 
     @asynccontextmanager
-    async def start(*, pool: dict[str, Any] | None = None, **overrides: Any
-                    ) -> AsyncIterator[Running]:
-        pool_settings = replace(PoolSettings(generic_pool_size=1, stop_grace_s=1.0),
-                                **(pool or {}))
+    async def start(
+        *, pool: dict[str, Any] | None = None, **overrides: Any
+    ) -> AsyncIterator[Running]:
+        pool_settings = replace(PoolSettings(generic_pool_size=1, stop_grace_s=1.0), **(pool or {}))
         overrides.setdefault("isolation", exposing(tmp_path))
-        settings = Settings(host="127.0.0.1", port=0, state_dir=tmp_path / "state",
-                            database_url=database_url, token=TOKEN, pool=pool_settings,
-                            **overrides)
+        settings = Settings(
+            host="127.0.0.1",
+            port=0,
+            state_dir=tmp_path / "state",
+            database_url=database_url,
+            token=TOKEN,
+            pool=pool_settings,
+            **overrides,
+        )
         platform = await Platform.start(settings)
         watchdog = _task_dump_after(45.0)
         runner = web.AppRunner(build_app(platform), access_log=None, shutdown_timeout=2)
@@ -203,11 +212,9 @@ def fn_up_process(state_dir: Path, **env_vars: str) -> Iterator[FnUp]:
     """Run `fn up` on a free port with its state in `state_dir`; stop it by PID afterwards,
     and fail if it exits badly or leaves a process behind."""
     fn = str(Path(sys.executable).parent / "fn")
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("FN_") and k != "DATABASE_URL"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FN_") and k != "DATABASE_URL"}
     env.update(FN_STATE_DIR=str(state_dir), **env_vars)
-    process = subprocess.Popen([fn, "up", "--port", "0"], env=env, cwd=ROOT,
-                               stderr=subprocess.PIPE)
+    process = subprocess.Popen([fn, "up", "--port", "0"], env=env, cwd=ROOT, stderr=subprocess.PIPE)
     assert process.stderr is not None
     stderr = process.stderr
     lines: list[bytes] = []

@@ -27,8 +27,9 @@ class Backend(Protocol):
         """Get ready to start instances quickly (e.g. start the zygote)."""
         ...
 
-    async def start_instance(self, instance_id: str,
-                             version: Version | None = None) -> InstanceHandle:
+    async def start_instance(
+        self, instance_id: str, version: Version | None = None
+    ) -> InstanceHandle:
         """Start an invoker and return once it accepts connections. `version` is the function
         version it will be specialized for, or None for the generic pool."""
         ...

@@ -38,19 +38,55 @@ CPU_PERIOD_US = 100_000
 PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
 """Made private (empty tmpfs) in every instance."""
 
-HIDDEN_PATHS = ("/root", "/home", "/run", "/var/lib", "/var/log", "/var/spool", "/var/mail",
-                "/var/cache", "/var/backups", "/sys/fs/cgroup", "/boot", "/mnt", "/media",
-                "/srv", "/etc/ember", "/etc/ssl/private")
+HIDDEN_PATHS = (
+    "/root",
+    "/home",
+    "/run",
+    "/var/lib",
+    "/var/log",
+    "/var/spool",
+    "/var/mail",
+    "/var/cache",
+    "/var/backups",
+    "/sys/fs/cgroup",
+    "/boot",
+    "/mnt",
+    "/media",
+    "/srv",
+    "/etc/ember",
+    "/etc/ssl/private",
+)
 """Covered in every instance unless Python itself lives below (then all but its path)."""
 
-PRIVATE_V4 = ("0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
-              "172.16.0.0/12", "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15",
-              "224.0.0.0/4", "240.0.0.0/4")
+PRIVATE_V4 = (
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+)
 """Special-purpose IPv4 (RFC 6890): this network, private, shared (CGNAT), loopback,
 link-local, protocol assignments, benchmarking, multicast, reserved. (Not the documentation
 ranges: never routed on the internet, but some sandboxes put their package mirrors there.)"""
-PRIVATE_V6 = ("::/127", "::ffff:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48", "100::/64",
-               "2001::/32", "2001:db8::/32", "2002::/16", "fc00::/7", "fe80::/10", "ff00::/8")
+PRIVATE_V6 = (
+    "::/127",
+    "::ffff:0:0/96",
+    "64:ff9b::/96",
+    "64:ff9b:1::/48",
+    "100::/64",
+    "2001::/32",
+    "2001:db8::/32",
+    "2002::/16",
+    "fc00::/7",
+    "fe80::/10",
+    "ff00::/8",
+)
 """Special-purpose IPv6: unspecified and loopback, IPv4-mapped, NAT64 (both prefixes embed
 IPv4 addresses), discard, Teredo and 6to4 (which embed IPv4 too), documentation, unique
 local, link-local, multicast."""
@@ -130,20 +166,25 @@ class InstanceCgroup:
     def set_limits(self, *, memory_bytes: int, pids_max: int, cpus: float) -> None:
         quota = max(1000, int(cpus * CPU_PERIOD_US))
         if self.v2:
-            for name, value in (("memory.max", str(memory_bytes)), ("memory.swap.max", "0"),
-                                ("pids.max", str(pids_max)),
-                                ("cpu.max", f"{quota} {CPU_PERIOD_US}")):
+            for name, value in (
+                ("memory.max", str(memory_bytes)),
+                ("memory.swap.max", "0"),
+                ("pids.max", str(pids_max)),
+                ("cpu.max", f"{quota} {CPU_PERIOD_US}"),
+            ):
                 target = self._file(name)
                 if target is not None:
                     _write(target, value)
             return
-        for name, value in (("memory.limit_in_bytes", str(memory_bytes)),
-                            ("memory.memsw.limit_in_bytes", str(memory_bytes)),
-                            # v1 charges socket buffers only with a TCP limit of their own
-                            ("memory.kmem.tcp.limit_in_bytes", str(memory_bytes)),
-                            ("pids.max", str(pids_max)),
-                            ("cpu.cfs_period_us", str(CPU_PERIOD_US)),
-                            ("cpu.cfs_quota_us", str(quota))):
+        for name, value in (
+            ("memory.limit_in_bytes", str(memory_bytes)),
+            ("memory.memsw.limit_in_bytes", str(memory_bytes)),
+            # v1 charges socket buffers only with a TCP limit of their own
+            ("memory.kmem.tcp.limit_in_bytes", str(memory_bytes)),
+            ("pids.max", str(pids_max)),
+            ("cpu.cfs_period_us", str(CPU_PERIOD_US)),
+            ("cpu.cfs_quota_us", str(quota)),
+        ):
             target = self._file(name)
             if target is None:
                 continue
@@ -263,8 +304,11 @@ def _v2_base(root: Path) -> Path | None:
     if not {"memory", "pids"} <= set(controllers.read_text().split()):
         return None
     try:
-        own = next(line[3:] for line in Path("/proc/self/cgroup").read_text().splitlines()
-                   if line.startswith("0::"))
+        own = next(
+            line[3:]
+            for line in Path("/proc/self/cgroup").read_text().splitlines()
+            if line.startswith("0::")
+        )
     except (OSError, StopIteration):
         return None
     return root / own.strip("/")
@@ -276,8 +320,11 @@ def _v2_driver(root: Path, platform_id: str) -> CgroupDriver:
     base = _v2_base(root)
     if base is None:
         raise OSError("no cgroup v2 hierarchy with the memory and pids controllers")
-    wanted = [c for c in ("memory", "pids", "cpu")
-              if c in (base / "cgroup.controllers").read_text().split()]
+    wanted = [
+        c
+        for c in ("memory", "pids", "cpu")
+        if c in (base / "cgroup.controllers").read_text().split()
+    ]
     enable = " ".join(f"+{c}" for c in wanted)
     try:
         _write(base / "cgroup.subtree_control", enable)
@@ -353,8 +400,9 @@ class UidAllocator:
             used = len(self._by_function)
             uid = self.first + used % max(1, self.count - 1)
             if used >= self.count:
-                log.warning("uid range exhausted: functions share uids",
-                            extra={"range": self.count})
+                log.warning(
+                    "uid range exhausted: functions share uids", extra={"range": self.count}
+                )
             self._by_function[function] = uid
         return uid
 
@@ -399,12 +447,19 @@ def firewall_rules(uid_first: int, uid_last: int) -> str:
 def install_firewall(uid_first: int, uid_last: int) -> str:
     """Install the rules (idempotent: the table is replaced). '' when done, else why not."""
     nft = shutil.which("nft") or next(
-        (p for p in ("/usr/sbin/nft", "/sbin/nft") if os.path.exists(p)), None)
+        (p for p in ("/usr/sbin/nft", "/sbin/nft") if os.path.exists(p)), None
+    )
     if nft is None:
         return "the nft command (package nftables) is not installed"
     try:
-        result = subprocess.run([nft, "-f", "-"], input=firewall_rules(uid_first, uid_last),
-                                capture_output=True, text=True, timeout=10, check=False)
+        result = subprocess.run(
+            [nft, "-f", "-"],
+            input=firewall_rules(uid_first, uid_last),
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"nft failed: {exc}"
     if result.returncode != 0:
@@ -445,8 +500,9 @@ def cover_plan(candidates: list[str], needed: list[str]) -> tuple[list[str], lis
     return hide, reveal
 
 
-def hidden_paths(settings: IsolationSettings,
-                 private: list[str]) -> tuple[list[str], list[str], list[str]]:
+def hidden_paths(
+    settings: IsolationSettings, private: list[str]
+) -> tuple[list[str], list[str], list[str]]:
     """What instances must not see: the usual places and the settings' extra ones; what to
     bind back (Python, and the resolver configuration when it lives under /run); and the
     platform's own directories (`private`: state dir, socket dir), covered last, whatever was
@@ -455,8 +511,11 @@ def hidden_paths(settings: IsolationSettings,
     hide, reveal = cover_plan([*HIDDEN_PATHS, *settings.hide], needed)
     # Instances get /tmp, /var/tmp and /dev/shm of their own: Python living there (a virtual
     # environment in /tmp) is bound back in as well.
-    reveal += [n for n in needed if any(_under(n, t) for t in PRIVATE_DIRS)
-               and not any(_under(n, r) for r in reveal)]
+    reveal += [
+        n
+        for n in needed
+        if any(_under(n, t) for t in PRIVATE_DIRS) and not any(_under(n, r) for r in reveal)
+    ]
     resolv = os.path.realpath("/etc/resolv.conf")
     if resolv != "/etc/resolv.conf" and any(_under(resolv, h) for h in hide):
         reveal.append(resolv)  # systemd-resolved, resolvconf: a link into /run

@@ -53,8 +53,12 @@ INVOKER_COMMAND = ["python", "-m", "invoker"]
 """The invoker image's entry point, and the command the local backend runs."""
 
 REQUIRED_PERMISSIONS: tuple[tuple[str, str], ...] = (
-    ("pods", "list"), ("pods", "watch"), ("pods", "create"), ("pods", "patch"),
-    ("pods", "delete"), ("configmaps", "get"),
+    ("pods", "list"),
+    ("pods", "watch"),
+    ("pods", "create"),
+    ("pods", "patch"),
+    ("pods", "delete"),
+    ("configmaps", "get"),
 )
 """Every (resource, verb) this module uses in the functions namespace; the scheduler's Role in
 deploy/ grants exactly these (a test holds the two together)."""
@@ -141,11 +145,16 @@ class PodView:
                 reason = f"{term.get('reason', 'terminated')} (exit {term.get('exitCode')})"
         annotations = meta.get("annotations") or {}
         return cls(
-            name=meta["name"], uid=meta.get("uid", ""),
+            name=meta["name"],
+            uid=meta.get("uid", ""),
             resource_version=meta.get("resourceVersion", ""),
-            labels=dict(meta.get("labels") or {}), phase=status.get("phase", "Pending"),
-            ready=ready, ip=status.get("podIP"), deleting=bool(meta.get("deletionTimestamp")),
-            memory_bytes=int(annotations.get(MEMORY_ANNOTATION, "0") or 0), reason=reason,
+            labels=dict(meta.get("labels") or {}),
+            phase=status.get("phase", "Pending"),
+            ready=ready,
+            ip=status.get("podIP"),
+            deleting=bool(meta.get("deletionTimestamp")),
+            memory_bytes=int(annotations.get(MEMORY_ANNOTATION, "0") or 0),
+            reason=reason,
             image=((obj.get("spec") or {}).get("containers") or [{}])[0].get("image", ""),
         )
 
@@ -166,8 +175,11 @@ GoneCallback = Callable[[PodView, str], None]
 
 def _api_error(exc: ApiException, what: str) -> KubernetesError:
     if exc.status == 403:
-        return Forbidden(f"{what}: forbidden ({exc.reason}); the scheduler's service account "
-                         "needs the Role in deploy/base/scheduler-rbac.yaml", 403)
+        return Forbidden(
+            f"{what}: forbidden ({exc.reason}); the scheduler's service account "
+            "needs the Role in deploy/base/scheduler-rbac.yaml",
+            403,
+        )
     raw: Any = exc.body
     body = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
     with contextlib.suppress(ValueError, TypeError, AttributeError):
@@ -209,14 +221,17 @@ class PodPool:
         try:
             if kubeconfig:
                 k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
-                    config_file=kubeconfig, client_configuration=configuration)
+                    config_file=kubeconfig, client_configuration=configuration
+                )
             else:
                 k8s_config.load_incluster_config(  # type: ignore[no-untyped-call]
-                    client_configuration=configuration)
+                    client_configuration=configuration
+                )
         except k8s_config.ConfigException as exc:
             raise KubernetesError(
                 f"no Kubernetes configuration: {exc}; run in a pod with a service account, "
-                "or set KUBECONFIG") from exc
+                "or set KUBECONFIG"
+            ) from exc
         return k8s.ApiClient(configuration)
 
     async def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -229,8 +244,7 @@ class PodPool:
             raise _api_error(exc, what) from exc
         except Exception as exc:  # urllib3: connection refused, DNS, TLS, timeouts
             host = self.api.configuration.host
-            raise Unreachable(f"{what}: cannot reach the Kubernetes API at {host}: {exc}") \
-                from exc
+            raise Unreachable(f"{what}: cannot reach the Kubernetes API at {host}: {exc}") from exc
         data: bytes = cast(Any, response).data
         return json.loads(data) if data else {}
 
@@ -239,34 +253,46 @@ class PodPool:
         auth = k8s.AuthorizationV1Api(self.api)
         missing = []
         for resource, verb in REQUIRED_PERMISSIONS:
-            attributes = {"namespace": self.settings.namespace, "verb": verb,
-                          "resource": resource}
+            attributes = {"namespace": self.settings.namespace, "verb": verb, "resource": resource}
             if resource == "configmaps":  # the Role grants one ConfigMap by name
                 attributes["name"] = self.settings.owner_configmap
-            review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
-                      "spec": {"resourceAttributes": attributes}}
-            answer = await self._call("checking permissions",
-                                      auth.create_self_subject_access_review, review)
+            review = {
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SelfSubjectAccessReview",
+                "spec": {"resourceAttributes": attributes},
+            }
+            answer = await self._call(
+                "checking permissions", auth.create_self_subject_access_review, review
+            )
             if not answer.get("status", {}).get("allowed"):
                 missing.append(f"{verb} {resource}")
         if missing:
             raise Forbidden(
                 f"the scheduler's service account may not {', '.join(missing)} in namespace "
                 f'"{self.settings.namespace}"; apply deploy/base/scheduler-rbac.yaml '
-                "(or grant the same rules)")
+                "(or grant the same rules)"
+            )
 
     async def _load_owner(self) -> None:
         name = self.settings.owner_configmap
         try:
-            cm = await self._call(f'reading ConfigMap "{name}"',
-                                  self.core.read_namespaced_config_map, name,
-                                  self.settings.namespace)
+            cm = await self._call(
+                f'reading ConfigMap "{name}"',
+                self.core.read_namespaced_config_map,
+                name,
+                self.settings.namespace,
+            )
         except KubernetesError as exc:
             raise KubernetesError(
                 f'{exc}; the ConfigMap "{name}" in namespace "{self.settings.namespace}" owns '
-                "the invoker pods (deploy/base creates it)") from exc
-        self._owner = {"apiVersion": "v1", "kind": "ConfigMap", "name": name,
-                       "uid": cm["metadata"]["uid"]}
+                "the invoker pods (deploy/base creates it)"
+            ) from exc
+        self._owner = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "name": name,
+            "uid": cm["metadata"]["uid"],
+        }
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -275,9 +301,13 @@ class PodPool:
         await self._load_owner()
         await self._relist()
         adopted = [p for p in self.pods.values() if not p.dead]
-        log.info("adopted invoker pods", extra={
-            "generic": sum(p.state == "generic" for p in adopted),
-            "specialized": sum(p.state == "specialized" for p in adopted)})
+        log.info(
+            "adopted invoker pods",
+            extra={
+                "generic": sum(p.state == "generic" for p in adopted),
+                "specialized": sum(p.state == "specialized" for p in adopted),
+            },
+        )
         for coro, name in ((self._watcher(), "pod watch"), (self._refiller(), "pod pool refill")):
             task = asyncio.create_task(coro, name=name)
             task.add_done_callback(self._task_done)
@@ -312,14 +342,21 @@ class PodPool:
 
     async def _relist(self) -> None:
         began = time.monotonic()
-        listing = await self._call("listing invoker pods", self.core.list_namespaced_pod,
-                                   self.settings.namespace, label_selector=self._selector())
+        listing = await self._call(
+            "listing invoker pods",
+            self.core.list_namespaced_pod,
+            self.settings.namespace,
+            label_selector=self._selector(),
+        )
         fresh = {o["metadata"]["name"]: PodView.from_object(o) for o in listing.get("items", [])}
         for name, old in list(self.pods.items()):
             # A pod we created while the list was on its way is not in it; the watch that
             # follows (from the list's resourceVersion) tells its fate.
-            if name not in fresh and name not in self._creating \
-                    and self._created_at.get(name, 0.0) < began:
+            if (
+                name not in fresh
+                and name not in self._creating
+                and self._created_at.get(name, 0.0) < began
+            ):
                 self._forget(old, "deleted")
         for pod in fresh.values():
             self._update(pod)
@@ -348,20 +385,26 @@ class PodPool:
         self.gone_total += 1
         if pod.state != "specialized":
             if pod.state == "generic" and pod.phase == "Failed":
-                log.warning("generic invoker pod failed", extra={"pod": pod.name,
-                                                                 "reason": reason})
+                log.warning("generic invoker pod failed", extra={"pod": pod.name, "reason": reason})
             return
         for callback in self.on_gone:
             callback(pod, reason)
 
-    def _watch_thread(self, resource_version: str, queue: asyncio.Queue[Any],
-                      loop: asyncio.AbstractEventLoop) -> None:
+    def _watch_thread(
+        self, resource_version: str, queue: asyncio.Queue[Any], loop: asyncio.AbstractEventLoop
+    ) -> None:
         """Read one watch response line by line and pass the events to the loop."""
         try:
             response: Any = self.core.list_namespaced_pod(
-                self.settings.namespace, label_selector=self._selector(), watch=True,
-                resource_version=resource_version, allow_watch_bookmarks=True,
-                timeout_seconds=300, _preload_content=False, _request_timeout=(10, 330))
+                self.settings.namespace,
+                label_selector=self._selector(),
+                watch=True,
+                resource_version=resource_version,
+                allow_watch_bookmarks=True,
+                timeout_seconds=300,
+                _preload_content=False,
+                _request_timeout=(10, 330),
+            )
             self._watch_response = response
             buffer = b""
             for chunk in response.stream(65536, decode_content=True):
@@ -381,8 +424,12 @@ class PodPool:
         failures = 0
         while not self._stopping:
             queue: asyncio.Queue[Any] = asyncio.Queue()
-            thread = threading.Thread(target=self._watch_thread, name="pod watch",
-                                      args=(self._resource_version, queue, loop), daemon=True)
+            thread = threading.Thread(
+                target=self._watch_thread,
+                name="pod watch",
+                args=(self._resource_version, queue, loop),
+                daemon=True,
+            )
             thread.start()
             expired = False
             while True:
@@ -397,8 +444,10 @@ class PodPool:
                         expired = True
                     else:
                         failures += 1
-                        log.warning("pod watch failed; watching again",
-                                    extra={"error": str(item), "failures": failures})
+                        log.warning(
+                            "pod watch failed; watching again",
+                            extra={"error": str(item), "failures": failures},
+                        )
                         await asyncio.sleep(min(30.0, 0.5 * 2 ** min(failures, 6)))
                         expired = failures > 3
                     break
@@ -430,26 +479,39 @@ class PodPool:
     # -- the generic pool ---------------------------------------------------------------------
 
     def _outdated(self, pod: PodView) -> bool:
-        return pod.image != self.settings.image \
+        return (
+            pod.image != self.settings.image
             or pod.memory_bytes != self.settings.generic_memory_bytes
+        )
 
     def generic(self, *, ready_only: bool = False) -> list[PodView]:
-        return [p for p in self.pods.values() if p.state == "generic" and not p.dead
-                and not self._outdated(p) and (p.usable() or not ready_only)]
+        return [
+            p
+            for p in self.pods.values()
+            if p.state == "generic"
+            and not p.dead
+            and not self._outdated(p)
+            and (p.usable() or not ready_only)
+        ]
 
     async def _refiller(self) -> None:
         while not self._stopping:
             await self._refill.wait()
             self._refill.clear()
-            for pod in [p for p in self.pods.values() if (p.dead and not p.deleting)
-                        or (p.state == "generic" and not p.dead and self._outdated(p))]:
+            for pod in [
+                p
+                for p in self.pods.values()
+                if (p.dead and not p.deleting)
+                or (p.state == "generic" and not p.dead and self._outdated(p))
+            ]:
                 # A failed pod (its reason was logged and reported), or a generic pod of an
                 # earlier image or size (after an upgrade): remove it; the pool refills.
                 try:
                     await self._delete(pod.name)
                 except KubernetesError as exc:
-                    log.warning("cannot delete an invoker pod", extra={"pod": pod.name,
-                                                                       "error": str(exc)})
+                    log.warning(
+                        "cannot delete an invoker pod", extra={"pod": pod.name, "error": str(exc)}
+                    )
             missing = self.settings.generic_pool_size - len(self.generic())
             for _ in range(missing):
                 try:
@@ -460,49 +522,78 @@ class PodPool:
                     self._refill.set()
                     break
 
-    def pod_spec(self, *, function: str | None = None, version: int | None = None,
-                 gateway: str | None = None, memory_bytes: int | None = None,
-                 timeout_s: float | None = None) -> dict[str, Any]:
+    def pod_spec(
+        self,
+        *,
+        function: str | None = None,
+        version: int | None = None,
+        gateway: str | None = None,
+        memory_bytes: int | None = None,
+        timeout_s: float | None = None,
+    ) -> dict[str, Any]:
         """The pod of an invoker: generic, or for one function version when `function` is set."""
         s = self.settings
         labels = {APP_LABEL: APP, STATE_LABEL: "generic"}
         if function is not None:
-            labels.update({STATE_LABEL: "specialized", FUNCTION_LABEL: label_value(function),
-                           VERSION_LABEL: str(version), GATEWAY_LABEL: label_value(gateway or "")})
+            labels.update(
+                {
+                    STATE_LABEL: "specialized",
+                    FUNCTION_LABEL: label_value(function),
+                    VERSION_LABEL: str(version),
+                    GATEWAY_LABEL: label_value(gateway or ""),
+                }
+            )
         memory = memory_bytes or s.generic_memory_bytes
         annotations = {MEMORY_ANNOTATION: str(memory)}
         if timeout_s is not None:
             annotations["ember.dev/timeout-s"] = f"{timeout_s:g}"
-        metadata: dict[str, Any] = {"name": f"ember-invoker-{secrets.token_hex(5)}",
-                                    "labels": labels, "annotations": annotations}
+        metadata: dict[str, Any] = {
+            "name": f"ember-invoker-{secrets.token_hex(5)}",
+            "labels": labels,
+            "annotations": annotations,
+        }
         if self._owner is not None:
             metadata["ownerReferences"] = [self._owner]
         probe = {"tcpSocket": {"port": s.port}, "periodSeconds": 1, "failureThreshold": 3}
         return {
-            "apiVersion": "v1", "kind": "Pod", "metadata": metadata,
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": metadata,
             "spec": {
                 "automountServiceAccountToken": False,
                 "serviceAccountName": s.service_account,
                 "enableServiceLinks": False,
                 "restartPolicy": "Never",
                 "terminationGracePeriodSeconds": s.stop_grace_s,
-                "securityContext": {"runAsNonRoot": True, "runAsUser": 10001,
-                                    "runAsGroup": 10001,
-                                    "seccompProfile": {"type": "RuntimeDefault"}},
-                "containers": [{
-                    "name": "invoker", "image": s.image, "command": INVOKER_COMMAND,
-                    "env": [{"name": "EMBER_INVOKER_HOST", "value": "0.0.0.0"},
-                            {"name": "EMBER_INVOKER_PORT", "value": str(s.port)}],
-                    "ports": [{"name": "invoker", "containerPort": s.port}],
-                    "readinessProbe": probe,
-                    "resources": {
-                        "requests": {"cpu": s.cpu_request, "memory": _mebibytes(memory)},
-                        "limits": {"cpu": s.cpu_limit, "memory": _mebibytes(memory)}},
-                    "securityContext": {"allowPrivilegeEscalation": False,
-                                        "readOnlyRootFilesystem": True,
-                                        "capabilities": {"drop": ["ALL"]}},
-                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-                }],
+                "securityContext": {
+                    "runAsNonRoot": True,
+                    "runAsUser": 10001,
+                    "runAsGroup": 10001,
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+                "containers": [
+                    {
+                        "name": "invoker",
+                        "image": s.image,
+                        "command": INVOKER_COMMAND,
+                        "env": [
+                            {"name": "EMBER_INVOKER_HOST", "value": "0.0.0.0"},
+                            {"name": "EMBER_INVOKER_PORT", "value": str(s.port)},
+                        ],
+                        "ports": [{"name": "invoker", "containerPort": s.port}],
+                        "readinessProbe": probe,
+                        "resources": {
+                            "requests": {"cpu": s.cpu_request, "memory": _mebibytes(memory)},
+                            "limits": {"cpu": s.cpu_limit, "memory": _mebibytes(memory)},
+                        },
+                        "securityContext": {
+                            "allowPrivilegeEscalation": False,
+                            "readOnlyRootFilesystem": True,
+                            "capabilities": {"drop": ["ALL"]},
+                        },
+                        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                    }
+                ],
                 "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}],
             },
         }
@@ -511,8 +602,12 @@ class PodPool:
         name = spec["metadata"]["name"]
         self._creating.add(name)
         try:
-            obj = await self._call(f'creating pod "{name}"', self.core.create_namespaced_pod,
-                                   self.settings.namespace, spec)
+            obj = await self._call(
+                f'creating pod "{name}"',
+                self.core.create_namespaced_pod,
+                self.settings.namespace,
+                spec,
+            )
         finally:
             self._creating.discard(name)
         self.created_total += 1
@@ -524,29 +619,41 @@ class PodPool:
 
     async def _delete(self, name: str) -> None:
         try:
-            await self._call(f'deleting pod "{name}"', self.core.delete_namespaced_pod, name,
-                             self.settings.namespace,
-                             grace_period_seconds=self.settings.stop_grace_s)
+            await self._call(
+                f'deleting pod "{name}"',
+                self.core.delete_namespaced_pod,
+                name,
+                self.settings.namespace,
+                grace_period_seconds=self.settings.stop_grace_s,
+            )
         except KubernetesError as exc:
             if exc.status != 404:
                 raise
 
     # -- what the scheduler asks ----------------------------------------------------------------
 
-    async def claim(self, *, gateway: str, function: str, version: int,
-                    memory_bytes: int, timeout_s: float) -> PodView:
+    async def claim(
+        self, *, gateway: str, function: str, version: int, memory_bytes: int, timeout_s: float
+    ) -> PodView:
         """A ready pod for a function version, owned by `gateway`: a generic one relabelled,
         else a new one (which takes a pod start)."""
-        labels = {STATE_LABEL: "specialized", FUNCTION_LABEL: label_value(function),
-                  VERSION_LABEL: str(version), GATEWAY_LABEL: label_value(gateway)}
+        labels = {
+            STATE_LABEL: "specialized",
+            FUNCTION_LABEL: label_value(function),
+            VERSION_LABEL: str(version),
+            GATEWAY_LABEL: label_value(gateway),
+        }
         if memory_bytes <= self.settings.generic_memory_bytes:
             for pod in sorted(self.generic(ready_only=True), key=lambda p: p.name):
-                patch = {"metadata": {"resourceVersion": pod.resource_version,
-                                      "labels": labels}}
+                patch = {"metadata": {"resourceVersion": pod.resource_version, "labels": labels}}
                 try:
-                    obj = await self._call(f'claiming pod "{pod.name}"',
-                                           self.core.patch_namespaced_pod, pod.name,
-                                           self.settings.namespace, patch)
+                    obj = await self._call(
+                        f'claiming pod "{pod.name}"',
+                        self.core.patch_namespaced_pod,
+                        pod.name,
+                        self.settings.namespace,
+                        patch,
+                    )
                 except KubernetesError as exc:
                     if exc.status in (404, 409):
                         continue  # changed or gone meanwhile: try the next one
@@ -558,10 +665,16 @@ class PodPool:
                     self.claims_total["generic"] += 1
                     return claimed
                 with contextlib.suppress(KubernetesError):  # died meanwhile: nobody else
-                    await self._delete(claimed.name)       # would delete it
-        pod = await self.create_pod(self.pod_spec(
-            function=function, version=version, gateway=gateway, memory_bytes=memory_bytes,
-            timeout_s=timeout_s))
+                    await self._delete(claimed.name)  # would delete it
+        pod = await self.create_pod(
+            self.pod_spec(
+                function=function,
+                version=version,
+                gateway=gateway,
+                memory_bytes=memory_bytes,
+                timeout_s=timeout_s,
+            )
+        )
         self._refill.set()
         self.claims_total["created"] += 1
         return await self.wait_ready(pod.name)
@@ -595,7 +708,8 @@ class PodPool:
             raise KubernetesError(
                 f'invoker pod "{name}" was not ready after '
                 f"{self.settings.pod_start_timeout_s:g}s (phase {phase}); "
-                f"kubectl describe pod {name} tells why") from None
+                f"kubectl describe pod {name} tells why"
+            ) from None
         pod = self.pods.get(name)
         if pod is None or pod.dead:
             reason = pod.reason if pod is not None else "deleted"
@@ -610,10 +724,10 @@ class PodPool:
 
     def owned_by(self, gateway: str) -> list[PodView]:
         value = label_value(gateway)
-        return [p for p in self.pods.values()
-                if p.labels.get(GATEWAY_LABEL) == value and not p.dead]
+        return [
+            p for p in self.pods.values() if p.labels.get(GATEWAY_LABEL) == value and not p.dead
+        ]
 
     def address(self, pod: PodView) -> tuple[str, int]:
         assert pod.ip is not None
         return pod.ip, self.settings.port
-

@@ -136,7 +136,8 @@ class ForkedHandle:
     port: int
     pid: int
     exited: asyncio.Future[int | None] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future())
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
     cgroup: InstanceCgroup | None = None
     memory_bytes: int = 0
     """The function's --memory, once specialized (for the exit note)."""
@@ -146,8 +147,10 @@ class ForkedHandle:
         """Why it ended, when the cgroup knows better than the exit status."""
         if self.cgroup is not None and self.cgroup.oom_killed():
             limit = f"{self.memory_bytes >> 20} MiB" if self.memory_bytes else "its limit"
-            return (f"out of memory (--memory {limit}, its processes and /tmp together); "
-                    "raise it with fn deploy --memory")
+            return (
+                f"out of memory (--memory {limit}, its processes and /tmp together); "
+                "raise it with fn deploy --memory"
+            )
         return None
 
     async def wait(self) -> int | None:
@@ -162,8 +165,7 @@ class _Zygote:
     protocol's lines means the pipe was tampered with: the zygote is killed (and replaced on
     the next start) and the reason kept for /healthz."""
 
-    def __init__(self, process: asyncio.subprocess.Process,
-                 capabilities: dict[str, Any]) -> None:
+    def __init__(self, process: asyncio.subprocess.Process, capabilities: dict[str, Any]) -> None:
         self.capabilities = capabilities
         self.broken: str | None = None
         self.process = process
@@ -178,8 +180,10 @@ class _Zygote:
             async for raw in self.process.stdout:
                 if not _REPORT.fullmatch(raw):
                     self.broken = f"the zygote sent a malformed report ({raw[:80]!r})"
-                    log.error("zygote pipe tampered with: replacing the zygote",
-                              extra={"line": raw[:200].decode(errors="replace")})
+                    log.error(
+                        "zygote pipe tampered with: replacing the zygote",
+                        extra={"line": raw[:200].decode(errors="replace")},
+                    )
                     self.process.kill()
                     break
                 parts = raw.decode(errors="replace").split(maxsplit=3)
@@ -197,7 +201,8 @@ class _Zygote:
                     _, fut = self.requests.pop(parts[1])
                     if not fut.done():
                         fut.set_exception(
-                            BackendError(f"zygote could not fork: {' '.join(parts[2:])}"))
+                            BackendError(f"zygote could not fork: {' '.join(parts[2:])}")
+                        )
                 elif parts[0] == "exit":
                     child = self.children.pop(int(parts[1]), None)
                     if child is not None and not child.exited.done():
@@ -239,11 +244,17 @@ class _Zygote:
 
 
 class LocalBackend:
-    def __init__(self, *, zygote: bool = True, unix_sockets: bool = True,
-                 start_timeout_s: float = 10.0, python: str = sys.executable,
-                 isolation: IsolationSettings | None = None,
-                 private_paths: tuple[Path, ...] = (), environments: Path | None = None,
-                 ) -> None:
+    def __init__(
+        self,
+        *,
+        zygote: bool = True,
+        unix_sockets: bool = True,
+        start_timeout_s: float = 10.0,
+        python: str = sys.executable,
+        isolation: IsolationSettings | None = None,
+        private_paths: tuple[Path, ...] = (),
+        environments: Path | None = None,
+    ) -> None:
         """`private_paths`: the platform's directories instances must not see (state dir);
         `environments`: the cache of built environments, bound into the instances that use
         one (read-only)."""
@@ -251,8 +262,7 @@ class LocalBackend:
         self.isolation = isolation or IsolationSettings()
         self.report = IsolationReport()
         self._private_paths = [os.path.realpath(p) for p in private_paths]
-        self._environments = os.path.realpath(environments) if environments is not None \
-            else None
+        self._environments = os.path.realpath(environments) if environments is not None else None
         self._cgroups: CgroupDriver | None = None
         self._uids = UidAllocator(self.isolation.uid_first, self.isolation.uid_count)
         self._generic_spec: dict[str, Any] = {}
@@ -262,8 +272,9 @@ class LocalBackend:
         # cheaper than TCP over loopback, and no other local user can reach user code.
         if unix_sockets:
             _remove_dirs_of_dead_platforms()
-        self._socket_dir = tempfile.mkdtemp(prefix=f"ember-{os.getpid()}-") \
-            if unix_sockets else None
+        self._socket_dir = (
+            tempfile.mkdtemp(prefix=f"ember-{os.getpid()}-") if unix_sockets else None
+        )
         self.start_timeout_s = start_timeout_s
         self.python = python
         self._handles: set[InstanceHandle] = set()
@@ -302,20 +313,26 @@ class LocalBackend:
         report = IsolationReport()
         names = ("namespaces", "uid", "seccomp", "cgroups", "network")
         if self.isolation.mode == "off" or not self.use_zygote:
-            why = "FN_ISOLATION=off" if self.isolation.mode == "off" \
+            why = (
+                "FN_ISOLATION=off"
+                if self.isolation.mode == "off"
                 else "FN_ZYGOTE=0: spawned instances are not sandboxed"
+            )
             report.off = dict.fromkeys(names, why)
             return report
         why = caps.get("why", {})
         namespaces = bool(caps.get("namespaces"))
         if namespaces:
             report.on["namespaces"] = "mount, PID, IPC, UTS" + (
-                " in a user namespace" if caps.get("userns") else "")
+                " in a user namespace" if caps.get("userns") else ""
+            )
         else:
             report.off["namespaces"] = why.get("namespaces", "not available")
         if self._root and namespaces:
-            report.on["uid"] = (f"uids {self.isolation.uid_first}-"
-                                f"{self.isolation.uid_first + self.isolation.uid_count - 1}")
+            report.on["uid"] = (
+                f"uids {self.isolation.uid_first}-"
+                f"{self.isolation.uid_first + self.isolation.uid_count - 1}"
+            )
         elif self._root:
             report.off["uid"] = "needs the namespaces (the code and sockets are root's)"
         else:
@@ -334,8 +351,9 @@ class LocalBackend:
         else:
             report.off["cgroups"] = reason
         if self._root:
-            reason = install_firewall(self.isolation.uid_first,
-                                      self.isolation.uid_first + self.isolation.uid_count - 1)
+            reason = install_firewall(
+                self.isolation.uid_first, self.isolation.uid_first + self.isolation.uid_count - 1
+            )
         else:
             reason = "not root: cannot install firewall rules"
         if not reason and "uid" in report.on:
@@ -343,16 +361,24 @@ class LocalBackend:
         else:
             report.off["network"] = reason or "needs a uid per function"
         hide, reveal, hide_last = hidden_paths(
-            self.isolation, [*self._private_paths, *([self._socket_dir] if self._socket_dir
-                                                     else [])])
-        self._generic_spec = {
-            "namespaces": namespaces, "userns": bool(caps.get("userns")),
-            "tmp_bytes": self.isolation.tmp_bytes, "hide": hide, "reveal": reveal,
-            "hide_last": hide_last,
-            "reveal_later": [self._environments] if self._environments else [],
-            "expose": [os.path.realpath(p) for p in self.isolation.expose],
-            "nofile": self.isolation.nofile,
-        } if namespaces else {"nofile": self.isolation.nofile}
+            self.isolation,
+            [*self._private_paths, *([self._socket_dir] if self._socket_dir else [])],
+        )
+        self._generic_spec = (
+            {
+                "namespaces": namespaces,
+                "userns": bool(caps.get("userns")),
+                "tmp_bytes": self.isolation.tmp_bytes,
+                "hide": hide,
+                "reveal": reveal,
+                "hide_last": hide_last,
+                "reveal_later": [self._environments] if self._environments else [],
+                "expose": [os.path.realpath(p) for p in self.isolation.expose],
+                "nofile": self.isolation.nofile,
+            }
+            if namespaces
+            else {"nofile": self.isolation.nofile}
+        )
         return report
 
     @property
@@ -370,16 +396,19 @@ class LocalBackend:
             for path in [root, *root.rglob("*")]:
                 os.chown(path, self.build_uid, self.build_uid, follow_symlinks=False)
         spec: dict[str, Any] = {
-            **self._generic_spec, "tmp_bytes": BUILD_TMP_BYTES, "reveal_later": [],
-            "expose": [os.path.realpath(p) for p in writable], "uid": self.build_uid,
-            "gid": self.build_uid, "cwd": os.path.realpath(writable[0]),
+            **self._generic_spec,
+            "tmp_bytes": BUILD_TMP_BYTES,
+            "reveal_later": [],
+            "expose": [os.path.realpath(p) for p in writable],
+            "uid": self.build_uid,
+            "gid": self.build_uid,
+            "cwd": os.path.realpath(writable[0]),
         }
         if self._cgroups is not None:
             cgroup = self._cgroups.create(f"build-{name}")
             cgroup.set_limits(memory_bytes=BUILD_MEMORY_BYTES, pids_max=1024, cpus=1.0)
             spec["cgroup_procs"] = cgroup.procs_files
-        return [self.python, "-P", "-m", "invoker", "--confine", orjson.dumps(spec).decode(),
-                "--"]
+        return [self.python, "-P", "-m", "invoker", "--confine", orjson.dumps(spec).decode(), "--"]
 
     def release_build(self, name: str) -> None:
         """Remove a finished build's cgroup (what is left in it is killed)."""
@@ -394,24 +423,33 @@ class LocalBackend:
         c = version.config
         handle.memory_bytes = c.memory_bytes
         if handle.cgroup is not None:
-            handle.cgroup.set_limits(memory_bytes=c.memory_bytes + RUNTIME_MEMORY_BYTES,
-                                     pids_max=self.isolation.pids_max, cpus=c.cpus)
+            handle.cgroup.set_limits(
+                memory_bytes=c.memory_bytes + RUNTIME_MEMORY_BYTES,
+                pids_max=self.isolation.pids_max,
+                cpus=c.cpus,
+            )
         spec: dict[str, Any] = {"network": c.network, "seccomp": self._seccomp}
         if c.network == "none" and "namespaces" not in self.report.on:
-            raise BackendError("--network none needs network namespaces, which this host "
-                               f"does not allow ({self.report.off['namespaces']})")
+            raise BackendError(
+                "--network none needs network namespaces, which this host "
+                f"does not allow ({self.report.off['namespaces']})"
+            )
         if "uid" in self.report.on:
             uid = self._uids.uid_of(version.function)
             spec.update(uid=uid, gid=uid)
         return spec
 
-    async def start_instance(self, instance_id: str,
-                             version: Version | None = None) -> InstanceHandle:
+    async def start_instance(
+        self, instance_id: str, version: Version | None = None
+    ) -> InstanceHandle:
         handle: InstanceHandle
         try:
             async with asyncio.timeout(self.start_timeout_s):
-                address = "127.0.0.1" if self._socket_dir is None \
+                address = (
+                    "127.0.0.1"
+                    if self._socket_dir is None
                     else f"unix:{self._socket_dir}/{instance_id}.sock"
+                )
                 if self.use_zygote:
                     zygote = await self._ensure_zygote()
                     cgroup = self._new_cgroup(instance_id)
@@ -440,11 +478,15 @@ class LocalBackend:
             return None
         try:
             cgroup = self._cgroups.create(instance_id)
-            cgroup.set_limits(memory_bytes=(256 << 20) + RUNTIME_MEMORY_BYTES,
-                              pids_max=self.isolation.pids_max, cpus=1.0)
+            cgroup.set_limits(
+                memory_bytes=(256 << 20) + RUNTIME_MEMORY_BYTES,
+                pids_max=self.isolation.pids_max,
+                cpus=1.0,
+            )
         except OSError as exc:
-            raise BackendError(f"cannot create the cgroup of instance {instance_id}: {exc}") \
-                from exc
+            raise BackendError(
+                f"cannot create the cgroup of instance {instance_id}: {exc}"
+            ) from exc
         return cgroup
 
     async def _ensure_zygote(self) -> _Zygote:
@@ -455,15 +497,16 @@ class LocalBackend:
                 self._zygote_broken = self._zygote.broken or self._zygote_broken
                 if self._zygote.broken is not None:
                     await self._zygote.close()
-                log.warning("the zygote is gone; starting a new one",
-                            extra={"reason": self._zygote.broken})
+                log.warning(
+                    "the zygote is gone; starting a new one", extra={"reason": self._zygote.broken}
+                )
             process = await self._start_process("--zygote")
             line = await _first_line(process)
             if not line.startswith(b"ready "):
                 code = await process.wait()
                 raise BackendError(f"the zygote failed to start ({describe_exit(code)})")
             try:
-                capabilities = orjson.loads(line[len(b"ready "):])
+                capabilities = orjson.loads(line[len(b"ready ") :])
             except orjson.JSONDecodeError:
                 capabilities = {}
             self._zygote = _Zygote(process, capabilities)
@@ -474,16 +517,21 @@ class LocalBackend:
         try:
             return await asyncio.create_subprocess_exec(
                 # -P: the working directory is not on sys.path (nor, then, in instances' view)
-                self.python, "-P", "-m", "invoker", *args,
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                env=invoker_env(self._socket_dir), start_new_session=True,
+                self.python,
+                "-P",
+                "-m",
+                "invoker",
+                *args,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                env=invoker_env(self._socket_dir),
+                start_new_session=True,
             )
         except OSError as exc:
             raise BackendError(f"cannot start an invoker process: {exc}") from exc
 
     async def _spawn(self, instance_id: str, address: str) -> LocalHandle:
-        process = await self._start_process("--host", address, "--port", "0",
-                                            "--exit-with-stdin")
+        process = await self._start_process("--host", address, "--port", "0", "--exit-with-stdin")
         line = await _first_line(process)
         if not line.strip().isdigit():
             code = await process.wait()
@@ -500,7 +548,7 @@ class LocalBackend:
         finally:
             if handle.host.startswith("unix:"):
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(handle.host[len("unix:"):])
+                    os.unlink(handle.host[len("unix:") :])
             pid = handle.pid if isinstance(handle, ForkedHandle | LocalHandle) else None
             if self._socket_dir is not None and pid is not None:
                 _remove_code_dirs(self._socket_dir, pid)

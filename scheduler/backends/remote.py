@@ -38,7 +38,8 @@ class PodHandle:
     port: int
     name: str
     gone: asyncio.Future[str] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future())
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
     async def wait(self) -> int | None:
         await asyncio.shield(self.gone)
@@ -46,8 +47,14 @@ class PodHandle:
 
 
 class RemoteBackend:
-    def __init__(self, locate: Callable[[], Awaitable[str | None]], token: str,
-                 gateway_id: str, *, request_timeout_s: float = 180.0) -> None:
+    def __init__(
+        self,
+        locate: Callable[[], Awaitable[str | None]],
+        token: str,
+        gateway_id: str,
+        *,
+        request_timeout_s: float = 180.0,
+    ) -> None:
         self._locate = locate
         self.url: str | None = None
         self.gateway_id = gateway_id
@@ -88,8 +95,10 @@ class RemoteBackend:
             except Exception as exc:
                 raise BackendError(f"cannot look up the scheduler: {exc}") from exc
             if not url:
-                raise BackendError("no scheduler has been elected yet; is the ember-scheduler "
-                                   "Deployment running? (kubectl -n ember-system get pods)")
+                raise BackendError(
+                    "no scheduler has been elected yet; is the ember-scheduler "
+                    "Deployment running? (kubectl -n ember-system get pods)"
+                )
             self.url = url.rstrip("/")
         return self.url
 
@@ -109,8 +118,9 @@ class RemoteBackend:
         assert self._session is not None
         base = await self._base()
         try:
-            async with self._session.request(method, base + path, json=body,
-                                             timeout=self._timeout) as response:
+            async with self._session.request(
+                method, base + path, json=body, timeout=self._timeout
+            ) as response:
                 data = await response.read()
                 if response.status >= 400:
                     try:
@@ -131,11 +141,17 @@ class RemoteBackend:
 
     async def start_instance(self, instance_id: str, version: Version | None = None) -> PodHandle:
         if version is None:
-            raise BackendError("on Kubernetes the scheduler keeps the generic pool; "
-                               "set the gateway's generic pool size to 0")
-        body = {"gateway": self.gateway_id, "function": version.function,
-                "version": version.version, "memory_bytes": version.config.memory_bytes,
-                "timeout_s": version.config.timeout_s}
+            raise BackendError(
+                "on Kubernetes the scheduler keeps the generic pool; "
+                "set the gateway's generic pool size to 0"
+            )
+        body = {
+            "gateway": self.gateway_id,
+            "function": version.function,
+            "version": version.version,
+            "memory_bytes": version.config.memory_bytes,
+            "timeout_s": version.config.timeout_s,
+        }
         self._claiming += 1
         try:
             answer = await self._request("POST", "/v1/instances", body)
@@ -169,11 +185,13 @@ class RemoteBackend:
         while True:
             try:
                 path = f"{await self._base()}/v1/gateways/{self.gateway_id}/events"
-                async with self._session.get(path, timeout=aiohttp.ClientTimeout(
-                        total=None, sock_connect=10, sock_read=60)) as response:
+                async with self._session.get(
+                    path, timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
+                ) as response:
                     if response.status != 200:
-                        raise BackendError(f"event stream: {response.status} "
-                                           f"{(await response.text())[:200]}")
+                        raise BackendError(
+                            f"event stream: {response.status} {(await response.text())[:200]}"
+                        )
                     async for line in response.content:
                         if not line.strip():
                             continue
@@ -194,7 +212,9 @@ class RemoteBackend:
                 self.url = None  # look the leader up again: it may have changed
                 failures += 1
                 if failures in (1, 10) or failures % 100 == 0:
-                    log.warning("lost the scheduler's event stream; reconnecting",
-                                extra={"error": str(exc), "failures": failures})
+                    log.warning(
+                        "lost the scheduler's event stream; reconnecting",
+                        extra={"error": str(exc), "failures": failures},
+                    )
             self.connected.clear()
             await asyncio.sleep(min(5.0, 0.1 * 2 ** min(failures, 6)))

@@ -30,8 +30,15 @@ class Cli:
     gateway: subprocess.Popen[bytes]
 
     def run(self, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([FN, *args], env=self.env, cwd=ROOT, capture_output=True,
-                              text=True, timeout=60, input=stdin.decode() if stdin else None)
+        return subprocess.run(
+            [FN, *args],
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            input=stdin.decode() if stdin else None,
+        )
 
     def ok(self, *args: str) -> str:
         result = self.run(*args)
@@ -126,8 +133,13 @@ def test_json_output_and_errors_exit_non_zero(cli: Cli, tmp_path: Path) -> None:
     assert "HTTP 500" in crashed.stderr
     assert "fn logs fails --activation" in crashed.stderr
 
-    denied = subprocess.run([FN, "list"], env={**cli.env, "FN_TOKEN": "wrong"},
-                            capture_output=True, text=True, timeout=60)
+    denied = subprocess.run(
+        [FN, "list"],
+        env={**cli.env, "FN_TOKEN": "wrong"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert denied.returncode == 1
     assert "wrong admin token" in denied.stderr
 
@@ -149,13 +161,27 @@ def test_state_is_kept_across_restarts(tmp_path: Path) -> None:
 
 def test_policy_simulate_on_a_csv_trace(tmp_path: Path) -> None:
     calls = tmp_path / "calls.csv"
-    calls.write_text("function,timestamp_s\n" + "".join(
-        f"f,{i * 1800}\n" for i in range(30)))
+    calls.write_text("function,timestamp_s\n" + "".join(f"f,{i * 1800}\n" for i in range(30)))
     plot = tmp_path / "trade-off.png"
-    result = subprocess.run([FN, "policy", "simulate", "--csv", str(calls), "--json",
-                             "--policy", "fixed:10m", "--policy", "histogram",
-                             "--plot", str(plot)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            FN,
+            "policy",
+            "simulate",
+            "--csv",
+            str(calls),
+            "--json",
+            "--policy",
+            "fixed:10m",
+            "--policy",
+            "histogram",
+            "--plot",
+            str(plot),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert plot.read_bytes().startswith(b"\x89PNG")
     rows = {r["policy"].split("@")[0]: r for r in json.loads(result.stdout)}
@@ -163,8 +189,12 @@ def test_policy_simulate_on_a_csv_trace(tmp_path: Path) -> None:
     assert rows["fixed:600s"]["cold"] == 30
     assert rows["histogram"]["cold"] < 10
 
-    bad = subprocess.run([FN, "policy", "simulate", "--csv", str(calls), "--policy", "lru"],
-                         capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [FN, "policy", "simulate", "--csv", str(calls), "--policy", "lru"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 2
     assert 'unknown policy "lru"' in bad.stderr
 
@@ -173,8 +203,9 @@ def test_policy_set_and_show(cli: Cli, tmp_path: Path) -> None:
     handler = tmp_path / "pol.py"
     handler.write_text("def handler(event, context):\n    return 1\n")
     cli.ok("deploy", str(handler))
-    shown = cli.ok("policy", "set", "pol", "--prewarm", "histogram", "--keep-alive", "5m",
-                   "--min-warm", "1")
+    shown = cli.ok(
+        "policy", "set", "pol", "--prewarm", "histogram", "--keep-alive", "5m", "--min-warm", "1"
+    )
     assert "prewarm        histogram" in shown
     assert "keep-alive     300s" in shown
     data = json.loads(cli.ok("policy", "show", "pol", "--json"))
@@ -199,19 +230,25 @@ def test_events_from_the_cli(cli: Cli, tmp_path: Path) -> None:
         "        f.write(repr(event) + '\\n')\n"
         "    if event.get('bad'):\n"
         "        raise context.PermanentError('bad order')\n"
-        "    return {'ok': event}\n")
+        "    return {'ok': event}\n"
+    )
     cli.ok("deploy", str(handler), "--max-attempts", "2")
 
-    queued = cli.ok("invoke", "on-order", "--async", "--data", '{"id": 1}',
-                    "--idempotency-key", "order-1")
+    queued = cli.ok(
+        "invoke", "on-order", "--async", "--data", '{"id": 1}', "--idempotency-key", "order-1"
+    )
     activation = re.search(r"activation (\S+)", queued)
     assert activation is not None, queued
-    again = cli.ok("invoke", "on-order", "--async", "--data", '{"id": 1}',
-                   "--idempotency-key", "order-1")
+    again = cli.ok(
+        "invoke", "on-order", "--async", "--data", '{"id": 1}', "--idempotency-key", "order-1"
+    )
     assert again.startswith(f"Already queued: activation {activation[1]}")
     shown = json.loads(cli.ok("activation", activation[1], "--wait", "--json"))
     assert (shown["status"], shown["result"], shown["attempts"]) == (
-        "succeeded", {"ok": {"id": 1}}, 1)
+        "succeeded",
+        {"ok": {"id": 1}},
+        1,
+    )
 
     failed = cli.run("publish", "orders.created", "--data", "{}")
     assert failed.returncode == 1
@@ -251,7 +288,8 @@ def test_a_directory_with_requirements_from_the_cli(cli: Cli, tmp_path: Path) ->
     (project / "handler.py").write_text(
         "import six\nfrom lib.count import count\n\n"
         "def handler(event, context):\n"
-        "    return {'words': count(event['text']), 'six': six.__version__}\n")
+        "    return {'words': count(event['text']), 'six': six.__version__}\n"
+    )
     (project / "lib" / "__init__.py").write_text("")
     (project / "lib" / "count.py").write_text("def count(text):\n    return len(text.split())\n")
     (project / "requirements.txt").write_text("six==1.16.0\n")
@@ -262,7 +300,9 @@ def test_a_directory_with_requirements_from_the_cli(cli: Cli, tmp_path: Path) ->
     assert out.startswith("Deployed word-count version 1")
     assert "Environment " in out
     assert json.loads(cli.ok("invoke", "word-count", "--data", '{"text": "a b c"}')) == {
-        "words": 3, "six": "1.16.0"}
+        "words": 3,
+        "six": "1.16.0",
+    }
     logs = cli.ok("build-logs", "word-count")
     assert "succeeded" in logs
     assert "Successfully installed six-1.16.0" in logs
@@ -275,5 +315,6 @@ def test_a_directory_with_requirements_from_the_cli(cli: Cli, tmp_path: Path) ->
     assert "installing the requirements failed" in failed.stderr
     assert "six==0.0.0-no-such-version" in failed.stderr
     assert "failed" in cli.ok("build-logs", "word-count")
-    assert json.loads(cli.ok("invoke", "word-count", "--data", '{"text": "still here"}'))[
-        "words"] == 2
+    assert (
+        json.loads(cli.ok("invoke", "word-count", "--data", '{"text": "still here"}'))["words"] == 2
+    )

@@ -41,8 +41,9 @@ SLOW_RECORDER = textwrap.dedent("""
 @contextmanager
 def gateway(env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """`python -m gateway` (what `fn up` runs) on a free port; yields it and its URL."""
-    process = subprocess.Popen([sys.executable, "-m", "gateway"], env=env, cwd=ROOT,
-                               stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway"], env=env, cwd=ROOT, stderr=subprocess.PIPE
+    )
     assert process.stderr is not None
     stderr = process.stderr
     lines: list[bytes] = []
@@ -73,8 +74,12 @@ def gateway(env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[bytes], str]
 def publish(client: Client, n: int) -> bool:
     """Publish event n; True when the platform accepted (committed) it."""
     try:
-        reply = client.request("POST", "/v1/events/stream", json.dumps({"n": n}).encode(),
-                               {"Content-Type": "application/json"})
+        reply = client.request(
+            "POST",
+            "/v1/events/stream",
+            json.dumps({"n": n}).encode(),
+            {"Content-Type": "application/json"},
+        )
     except ClientError:
         return False
     return reply.status == 202
@@ -83,9 +88,15 @@ def publish(client: Client, n: int) -> bool:
 def test_sigkill_mid_stream_loses_no_accepted_event(database_url: str, tmp_path: Path) -> None:
     out = shared(tmp_path) / "out"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FN_")}
-    env.update(FN_STATE_DIR=str(tmp_path / "state"), FN_PORT="0", FN_TOKEN=TOKEN,
-               FN_EXPOSE=str(shared(tmp_path)),
-               DATABASE_URL=database_url, FN_DELIVERY_LEASE="1s", FN_RETRY_BASE="100ms")
+    env.update(
+        FN_STATE_DIR=str(tmp_path / "state"),
+        FN_PORT="0",
+        FN_TOKEN=TOKEN,
+        FN_EXPOSE=str(shared(tmp_path)),
+        DATABASE_URL=database_url,
+        FN_DELIVERY_LEASE="1s",
+        FN_RETRY_BASE="100ms",
+    )
     handler = tmp_path / "rec.py"
     handler.write_text(SLOW_RECORDER)
     accepted: list[int] = []
@@ -93,9 +104,17 @@ def test_sigkill_mid_stream_loses_no_accepted_event(database_url: str, tmp_path:
 
     with gateway(env) as (process, url):
         client = Client(url, TOKEN)
-        client.api("POST", "/v1/functions", {
-            "name": "rec", "source": SLOW_RECORDER, "filename": "rec.py",
-            "env": {"OUT": str(out)}, "timeout": "2s"})
+        client.api(
+            "POST",
+            "/v1/functions",
+            {
+                "name": "rec",
+                "source": SLOW_RECORDER,
+                "filename": "rec.py",
+                "env": {"OUT": str(out)},
+                "timeout": "2s",
+            },
+        )
         client.api("PUT", "/v1/topics/stream")
         client.api("POST", "/v1/functions/rec/triggers", {"topic": "stream"})
         n = 0
@@ -126,10 +145,15 @@ def test_sigkill_mid_stream_loses_no_accepted_event(database_url: str, tmp_path:
         metrics = client.request("GET", "/metrics", admin=False).body.decode()
 
     duplicates = sum(count - 1 for count in seen.values())
-    redelivered = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-                      if line.startswith("ember_redeliveries_total{"))
-    print(f"accepted {len(accepted)} of {total}; delivered before the kill "
-          f"{delivered_before}; duplicates {duplicates}; redeliveries counted {redelivered:g}")
+    redelivered = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("ember_redeliveries_total{")
+    )
+    print(
+        f"accepted {len(accepted)} of {total}; delivered before the kill "
+        f"{delivered_before}; duplicates {duplicates}; redeliveries counted {redelivered:g}"
+    )
     assert len(accepted) == total  # the kill refused nothing: it fell between two publishes
     assert set(seen) == set(accepted)
     # A duplicate can only come from a delivery whose lease ran out: each one is counted.

@@ -32,8 +32,9 @@ async def test_requirements_are_installed_once_and_shared(running: Running) -> N
     assert (response.status, await response.json()) == (200, {"six": "1.16.0"})
 
     # Another function, the same requirements (written differently): the same environment.
-    other = await running.deploy_ok("also-six", SIX,
-                                    requirements="# pinned\n\nsix==1.16.0   # ok\n")
+    other = await running.deploy_ok(
+        "also-six", SIX, requirements="# pinned\n\nsix==1.16.0   # ok\n"
+    )
     assert other["environment"] == first["environment"]
     status, builds = await running.admin("GET", "/v1/functions/also-six/builds")
     assert (status, [b["status"] for b in builds["builds"]]) == (200, ["cached"])
@@ -50,8 +51,9 @@ async def test_requirements_are_installed_once_and_shared(running: Running) -> N
 
 async def test_a_failed_build_keeps_the_previous_version_serving(running: Running) -> None:
     await running.deploy_ok("uses-six", SIX, requirements="six==1.16.0\n")
-    response = await running.deploy("uses-six", SIX,
-                                     requirements="six==1.16.0\nember-no-such-package==1.0\n")
+    response = await running.deploy(
+        "uses-six", SIX, requirements="six==1.16.0\nember-no-such-package==1.0\n"
+    )
     data = await response.json()
     assert response.status == 422
     assert data["error"]["code"] == "build_failed"
@@ -64,11 +66,20 @@ async def test_a_failed_build_keeps_the_previous_version_serving(running: Runnin
     assert builds["builds"][0]["status"] == "failed"
     assert "ember-no-such-package" in builds["builds"][0]["log"]
 
-    for refused in ("-e ./mylib", "-rfoo", "--requirem x", "x @ file:///etc", "-f /dir",
-                    "--target /tmp/x", "./pkg"):
+    for refused in (
+        "-e ./mylib",
+        "-rfoo",
+        "--requirem x",
+        "x @ file:///etc",
+        "-f /dir",
+        "--target /tmp/x",
+        "./pkg",
+    ):
         response = await running.deploy("uses-six", SIX, requirements=refused + "\n")
         assert (response.status, (await response.json())["error"]["code"]) == (
-            400, "bad_requirements"), refused
+            400,
+            "bad_requirements",
+        ), refused
 
 
 COMPILED = textwrap.dedent("""
@@ -98,15 +109,20 @@ def _zip(files: dict[str, str]) -> str:
 async def test_a_directory_with_modules_and_preimports(running: Running) -> None:
     files = {
         "handler.py": "import sys\nfrom lib.greet import greet\n\n"
-                      "def handler(event, context):\n"
-                      "    return {'text': greet(event['name']),\n"
-                      "            'preimported': 'six' in sys.modules}\n",
+        "def handler(event, context):\n"
+        "    return {'text': greet(event['name']),\n"
+        "            'preimported': 'six' in sys.modules}\n",
         "lib/__init__.py": "",
         "lib/greet.py": "def greet(name):\n    return f'hello {name}'\n",
         "data/greeting.txt": "not code\n",
     }
-    deployed = await running.deploy_ok("greeter", files["handler.py"], archive=_zip(files),
-                                       requirements="six==1.16.0\n", preimport="six")
+    deployed = await running.deploy_ok(
+        "greeter",
+        files["handler.py"],
+        archive=_zip(files),
+        requirements="six==1.16.0\n",
+        preimport="six",
+    )
     assert deployed["files"] == sorted(files)
     response = await running.call("greeter", {"name": "ann"})
     assert await response.json() == {"text": "hello ann", "preimported": True}
@@ -121,7 +137,8 @@ async def test_a_directory_with_modules_and_preimports(running: Running) -> None
 
 
 async def test_a_new_node_fetches_the_environment_from_the_database(
-        make_platform: PlatformFactory, tmp_path: Path) -> None:
+    make_platform: PlatformFactory, tmp_path: Path
+) -> None:
     async with make_platform() as running:
         deployed = await running.deploy_ok("uses-six", SIX, requirements="six==1.16.0\n")
     # Another node: its cache does not have the environment (here: the cache is emptied).
@@ -136,8 +153,9 @@ async def test_a_new_node_fetches_the_environment_from_the_database(
         assert (tmp_path / "state" / "envs" / deployed["environment"]).is_dir()
 
 
-def test_the_build_sees_no_platform_credentials(monkeypatch: pytest.MonkeyPatch,
-                                                tmp_path: Path) -> None:
+def test_the_build_sees_no_platform_credentials(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     from gateway.builds import build_env
 
     monkeypatch.setenv("DATABASE_URL", "postgresql://secret@db/ember")

@@ -22,8 +22,13 @@ HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 
 async def test_platform_rides_out_a_database_restart(tmp_path: Path) -> None:
     pg = await asyncio.to_thread(start_embedded_postgres, tmp_path / "pg")
-    settings = Settings(port=0, state_dir=tmp_path / "state", database_url=pg.url, token=TOKEN,
-                        pool=PoolSettings(generic_pool_size=1))
+    settings = Settings(
+        port=0,
+        state_dir=tmp_path / "state",
+        database_url=pg.url,
+        token=TOKEN,
+        pool=PoolSettings(generic_pool_size=1),
+    )
     platform = await Platform.start(settings)
     platform.activations.retry_s = 0.05
     runner = web.AppRunner(build_app(platform), access_log=None)
@@ -33,8 +38,11 @@ async def test_platform_rides_out_a_database_restart(tmp_path: Path) -> None:
     url = "http://{}:{}".format(*runner.addresses[0][:2])
     try:
         async with aiohttp.ClientSession() as http:
-            async with http.post(f"{url}/v1/functions", headers=HEADERS, json={
-                    "name": "up", "source": "def handler(e, c):\n    return 'up'\n"}) as r:
+            async with http.post(
+                f"{url}/v1/functions",
+                headers=HEADERS,
+                json={"name": "up", "source": "def handler(e, c):\n    return 'up'\n"},
+            ) as r:
                 assert r.status == 201
             async with http.post(f"{url}/fn/up") as r:
                 assert await r.text() == "up"
@@ -65,34 +73,46 @@ async def test_deliveries_ride_out_a_database_restart(tmp_path: Path) -> None:
 
     out = shared(tmp_path) / "out"
     pg = await asyncio.to_thread(start_embedded_postgres, tmp_path / "pg")
-    settings = Settings(port=0, state_dir=tmp_path / "state", database_url=pg.url, token=TOKEN,
-                        pool=PoolSettings(generic_pool_size=1, max_instances=2),
-                        events=EventSettings(poll_s=0.1, retry_base_s=0.05, lease_margin_s=1),
-                        isolation=exposing(tmp_path))
+    settings = Settings(
+        port=0,
+        state_dir=tmp_path / "state",
+        database_url=pg.url,
+        token=TOKEN,
+        pool=PoolSettings(generic_pool_size=1, max_instances=2),
+        events=EventSettings(poll_s=0.1, retry_base_s=0.05, lease_margin_s=1),
+        isolation=exposing(tmp_path),
+    )
     platform = await Platform.start(settings)
     runner = web.AppRunner(build_app(platform), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     url = "http://{}:{}".format(*runner.addresses[0][:2])
-    source = ("import json, time\n"
-              "def handler(event, context):\n"
-              "    time.sleep(0.02)\n"
-              "    with open(context.config['OUT'], 'a') as f:\n"
-              "        f.write(json.dumps(event) + '\\n')\n")
+    source = (
+        "import json, time\n"
+        "def handler(event, context):\n"
+        "    time.sleep(0.02)\n"
+        "    with open(context.config['OUT'], 'a') as f:\n"
+        "        f.write(json.dumps(event) + '\\n')\n"
+    )
     try:
         async with aiohttp.ClientSession() as http:
-            async with http.post(f"{url}/v1/functions", headers=HEADERS, json={
-                    "name": "rec", "source": source, "env": {"OUT": str(out)}}) as r:
+            async with http.post(
+                f"{url}/v1/functions",
+                headers=HEADERS,
+                json={"name": "rec", "source": source, "env": {"OUT": str(out)}},
+            ) as r:
                 assert r.status == 201
             for n in range(60):
-                async with http.post(f"{url}/fn/rec", json={"n": n},
-                                     headers={"Prefer": "respond-async"}) as r:
+                async with http.post(
+                    f"{url}/fn/rec", json={"n": n}, headers={"Prefer": "respond-async"}
+                ) as r:
                     assert r.status == 202
             await asyncio.to_thread(pg.stop)  # mid-stream: most are still queued
             done_while_down = len(out.read_text().splitlines()) if out.exists() else 0
-            async with http.post(f"{url}/fn/rec", json={"n": -1},
-                                 headers={"Prefer": "respond-async"}) as r:
+            async with http.post(
+                f"{url}/fn/rec", json={"n": -1}, headers={"Prefer": "respond-async"}
+            ) as r:
                 assert r.status == 503  # not accepted, and says so
                 assert (await r.json())["error"]["code"] == "database_unavailable"
             pg = await asyncio.to_thread(start_embedded_postgres, tmp_path / "pg")

@@ -52,15 +52,24 @@ async def test_an_older_data_directory_is_converted(tmp_path: Path) -> None:
     try:
         owners = await _owners(pg.url)
         assert set(owners.values()) == {"ember"}, owners
-        assert {"old_t", "old_t_id_seq", "old_t_x_seq", "free_seq", "legacy.t2", "legacy",
-                "legacy.f()"} <= set(owners)
+        assert {
+            "old_t",
+            "old_t_id_seq",
+            "old_t_x_seq",
+            "free_seq",
+            "legacy.t2",
+            "legacy",
+            "legacy.f()",
+        } <= set(owners)
         with pytest.raises(asyncpg.InvalidPasswordError):
-            await asyncpg.connect(pg.superuser_url.replace(pg.superuser_url.split(":")[2]
-                                                           .split("@")[0], "wrong"))
+            await asyncpg.connect(
+                pg.superuser_url.replace(pg.superuser_url.split(":")[2].split("@")[0], "wrong")
+            )
         conn = await asyncpg.connect(pg.url)
         try:
             assert not await conn.fetchval(
-                "SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+                "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+            )
         finally:
             await conn.close()
     finally:

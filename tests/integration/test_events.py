@@ -32,8 +32,9 @@ def lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-async def wait_for_status(running: Running, activation_id: str, *statuses: str,
-                          timeout_s: float = 20.0) -> dict[str, Any]:
+async def wait_for_status(
+    running: Running, activation_id: str, *statuses: str, timeout_s: float = 20.0
+) -> dict[str, Any]:
     """Poll `GET /v1/activations/ID` (what `fn activation ID --wait` does) until it is in one
     of `statuses`."""
     deadline = time.monotonic() + timeout_s
@@ -55,8 +56,9 @@ async def wait_for_lines(path: Path, n: int, timeout_s: float = 20.0) -> list[st
 
 
 async def submit(running: Running, target: str, payload: Any, **headers: str) -> Any:
-    async with running.http.post(f"{running.url}/fn/{target}", json=payload,
-                                 headers={"Prefer": "respond-async", **headers}) as response:
+    async with running.http.post(
+        f"{running.url}/fn/{target}", json=payload, headers={"Prefer": "respond-async", **headers}
+    ) as response:
         data = await response.json()
         assert response.status == 202, data
         assert response.headers["Location"] == f"/v1/activations/{data['activation_id']}"
@@ -69,8 +71,11 @@ async def test_async_invocation_is_accepted_then_runs(running: Running, tmp_path
     accepted = await submit(running, "rec", {"n": 1})
     assert accepted["status"] == "accepted"
     done = await wait_for_status(running, accepted["activation_id"], "succeeded")
-    assert done["result"] == {"got": {"n": 1}, "delivery": accepted["activation_id"],
-                              "attempt": "1"}
+    assert done["result"] == {
+        "got": {"n": 1},
+        "delivery": accepted["activation_id"],
+        "attempt": "1",
+    }
     assert done["attempts"] == 1
     assert done["source"] == "async"
     assert lines(out) == ['{"n": 1}']
@@ -98,8 +103,9 @@ async def test_an_idempotency_key_runs_the_call_once(running: Running, tmp_path:
 
 
 async def test_async_call_of_an_unknown_function_is_refused(running: Running) -> None:
-    async with running.http.post(f"{running.url}/fn/nope", json={},
-                                 headers={"Prefer": "respond-async"}) as response:
+    async with running.http.post(
+        f"{running.url}/fn/nope", json={}, headers={"Prefer": "respond-async"}
+    ) as response:
         assert response.status == 404
         assert (await response.json())["error"]["code"] == "function_not_found"
 
@@ -114,8 +120,9 @@ FLAKY = textwrap.dedent("""
 """)
 
 
-async def test_failures_retry_then_dead_letter_and_redrive(make_platform: PlatformFactory,
-                                                           tmp_path: Path) -> None:
+async def test_failures_retry_then_dead_letter_and_redrive(
+    make_platform: PlatformFactory, tmp_path: Path
+) -> None:
     from gateway.settings import EventSettings
 
     fixed = shared(tmp_path) / "fixed"
@@ -140,8 +147,9 @@ async def test_failures_retry_then_dead_letter_and_redrive(make_platform: Platfo
         assert [d["id"] for d in dlq["dead"]] == [accepted["activation_id"]]
 
         fixed.touch()
-        status, redriven = await running.admin("POST", "/v1/dlq/redrive",
-                                               json={"ids": [accepted["activation_id"]]})
+        status, redriven = await running.admin(
+            "POST", "/v1/dlq/redrive", json={"ids": [accepted["activation_id"]]}
+        )
         assert redriven == {"redriven": [accepted["activation_id"]]}
         done = await wait_for_status(running, accepted["activation_id"], "succeeded")
         assert (done["result"], done["attempts"], done["redrives"]) == ("fine now", 1, 1)
@@ -179,8 +187,11 @@ async def test_handlers_say_do_not_retry_or_retry_later(running: Running) -> Non
         while data["attempts"] == 0:
             data = await wait_for_status(running, accepted["activation_id"], "pending")
         import datetime as dt
-        wait = (dt.datetime.fromisoformat(data["next_attempt_at"])
-                - dt.datetime.fromisoformat(data["started_at"])).total_seconds()
+
+        wait = (
+            dt.datetime.fromisoformat(data["next_attempt_at"])
+            - dt.datetime.fromisoformat(data["started_at"])
+        ).total_seconds()
         assert delay - 1 < wait < delay + 1, data
 
 
@@ -192,28 +203,32 @@ async def test_topics_fan_out_to_each_subscriber(running: Running, tmp_path: Pat
     status, data = await running.admin("POST", "/v1/events/orders.created", json={"n": 0})
     assert (status, data["error"]["code"]) == (404, "topic_not_found")
     assert "fn topic create orders.created" in data["error"]["message"]
-    status, data = await running.admin("POST", "/v1/functions/suba/triggers",
-                                       json={"topic": "orders.created"})
+    status, data = await running.admin(
+        "POST", "/v1/functions/suba/triggers", json={"topic": "orders.created"}
+    )
     assert (status, data["error"]["code"]) == (404, "topic_not_found")
 
     status, _ = await running.admin("PUT", "/v1/topics/orders.created")
     assert status == 201
     for name in ("suba", "subb"):
-        status, trigger = await running.admin("POST", f"/v1/functions/{name}/triggers",
-                                              json={"topic": "orders.created"})
+        status, trigger = await running.admin(
+            "POST", f"/v1/functions/{name}/triggers", json={"topic": "orders.created"}
+        )
         assert status == 201, trigger
-    status, data = await running.admin("POST", "/v1/functions/suba/triggers",
-                                       json={"topic": "orders.created"})
+    status, data = await running.admin(
+        "POST", "/v1/functions/suba/triggers", json={"topic": "orders.created"}
+    )
     assert (status, data["error"]["code"]) == (409, "trigger_exists")
 
     for n in range(5):
-        status, published = await running.admin("POST", "/v1/events/orders.created",
-                                                 json={"n": n})
+        status, published = await running.admin("POST", "/v1/events/orders.created", json={"n": n})
         assert (status, published["deliveries"]) == (202, 2)
-    status, repeat = await running.admin("POST", "/v1/events/orders.created", json={"n": 9},
-                                         headers={"Idempotency-Key": "k1"})
-    status, again = await running.admin("POST", "/v1/events/orders.created", json={"n": 9},
-                                        headers={"Idempotency-Key": "k1"})
+    status, repeat = await running.admin(
+        "POST", "/v1/events/orders.created", json={"n": 9}, headers={"Idempotency-Key": "k1"}
+    )
+    status, again = await running.admin(
+        "POST", "/v1/events/orders.created", json={"n": 9}, headers={"Idempotency-Key": "k1"}
+    )
     assert repeat["event_id"] == again["event_id"]
     assert again["status"] == "duplicate"
     expected = sorted(f'{{"n": {n}}}' for n in (0, 1, 2, 3, 4, 9))
@@ -241,20 +256,23 @@ async def test_bad_triggers_are_refused_with_a_reason(running: Running) -> None:
     for body, code in cases:
         status, data = await running.admin("POST", "/v1/functions/rec/triggers", json=body)
         assert (status, data["error"]["code"]) == (400, code), (body, data)
-    status, data = await running.admin("POST", "/v1/functions/nope/triggers",
-                                       json={"cron": "* * * * *"})
+    status, data = await running.admin(
+        "POST", "/v1/functions/nope/triggers", json={"cron": "* * * * *"}
+    )
     assert status == 404
     _, listed = await running.admin("GET", "/v1/triggers")
     assert listed["triggers"] == []
 
 
 async def test_a_schedule_fires_each_tick_once_across_gateways(
-        make_platform: PlatformFactory, tmp_path: Path) -> None:
+    make_platform: PlatformFactory, tmp_path: Path
+) -> None:
     out = shared(tmp_path) / "out"
     async with make_platform() as one, make_platform() as two:
         await one.deploy_ok("tick", RECORDER, env={"OUT": str(out)})
-        status, trigger = await one.admin("POST", "/v1/functions/tick/triggers",
-                                          json={"cron": "* * * * * *"})  # every second
+        status, trigger = await one.admin(
+            "POST", "/v1/functions/tick/triggers", json={"cron": "* * * * * *"}
+        )  # every second
         assert status == 201, trigger
         two.platform.triggers_changed()
         found = await wait_for_lines(out, 3)
@@ -273,19 +291,32 @@ def test_missed_ticks_are_coalesced_into_one() -> None:
     from store import Trigger
 
     utc = dt.UTC
-    trigger = Trigger(id=1, function="f", kind="cron", cron="*/5 * * * *", timezone="UTC",
-                      next_fire_at=dt.datetime(2026, 1, 1, 10, 0, tzinfo=utc))
+    trigger = Trigger(
+        id=1,
+        function="f",
+        kind="cron",
+        cron="*/5 * * * *",
+        timezone="UTC",
+        next_fire_at=dt.datetime(2026, 1, 1, 10, 0, tzinfo=utc),
+    )
     tick, missed, following = plan(trigger, now=dt.datetime(2026, 1, 1, 10, 17, tzinfo=utc))
     assert tick == dt.datetime(2026, 1, 1, 10, 15, tzinfo=utc)
     assert missed == 3  # 10:00, 10:05, 10:10 stand behind the 10:15 firing
     assert following == dt.datetime(2026, 1, 1, 10, 20, tzinfo=utc)
     on_time = plan(trigger, now=dt.datetime(2026, 1, 1, 10, 0, 0, 300, tzinfo=utc))
     assert on_time == (trigger.next_fire_at, 0, dt.datetime(2026, 1, 1, 10, 5, tzinfo=utc))
-    paris = Trigger(id=2, function="f", kind="cron", cron="0 9 * * *", timezone="Europe/Paris",
-                    next_fire_at=dt.datetime(2026, 3, 28, 8, 0, tzinfo=utc))
+    paris = Trigger(
+        id=2,
+        function="f",
+        kind="cron",
+        cron="0 9 * * *",
+        timezone="Europe/Paris",
+        next_fire_at=dt.datetime(2026, 3, 28, 8, 0, tzinfo=utc),
+    )
     # 9:00 in Paris is 8:00 UTC before the change to summer time and 7:00 UTC after it.
-    assert plan(paris, now=dt.datetime(2026, 3, 28, 8, 0, tzinfo=utc))[2] \
-        == dt.datetime(2026, 3, 29, 7, 0, tzinfo=utc)
+    assert plan(paris, now=dt.datetime(2026, 3, 28, 8, 0, tzinfo=utc))[2] == dt.datetime(
+        2026, 3, 29, 7, 0, tzinfo=utc
+    )
 
 
 @pytest.fixture
@@ -300,8 +331,9 @@ async def app_database(database_url: str) -> Any:
     url = with_database(database_url, app_name)
     conn = await asyncpg.connect(url)
     try:
-        await conn.execute("CREATE SCHEMA app; CREATE TABLE app.orders "
-                           "(id int PRIMARY KEY, item text, qty int)")
+        await conn.execute(
+            "CREATE SCHEMA app; CREATE TABLE app.orders (id int PRIMARY KEY, item text, qty int)"
+        )
     finally:
         await conn.close()
     yield url
@@ -313,21 +345,28 @@ async def app_database(database_url: str) -> Any:
 
 
 async def test_table_changes_are_delivered_even_while_ember_is_down(
-        make_platform: PlatformFactory, app_database: str, tmp_path: Path) -> None:
+    make_platform: PlatformFactory, app_database: str, tmp_path: Path
+) -> None:
     out = shared(tmp_path) / "out"
     app = await asyncpg.connect(app_database)
     try:
         async with make_platform() as running:
             await running.deploy_ok("orders", RECORDER, env={"OUT": str(out)})
             status, trigger = await running.admin(
-                "POST", "/v1/functions/orders/triggers",
-                json={"table": "app.orders", "on": "insert,update", "database": app_database})
+                "POST",
+                "/v1/functions/orders/triggers",
+                json={"table": "app.orders", "on": "insert,update", "database": app_database},
+            )
             assert status == 201, trigger
             assert trigger["table"] == "app.orders"
             assert urlsplit(trigger["database"]).password in (None, "***")
             # A caller's key that looks like the relay's own cannot shadow a change.
-            spoof = await submit(running, "orders", {"op": "spoof"},
-                                 **{"Idempotency-Key": f"change:{trigger['id']}:1"})
+            spoof = await submit(
+                running,
+                "orders",
+                {"op": "spoof"},
+                **{"Idempotency-Key": f"change:{trigger['id']}:1"},
+            )
             await wait_for_status(running, spoof["activation_id"], "succeeded")
             await app.execute("INSERT INTO app.orders VALUES (1, 'tea', 2)")
             await app.execute("UPDATE app.orders SET qty = 3 WHERE id = 1")
@@ -342,6 +381,7 @@ async def test_table_changes_are_delivered_even_while_ember_is_down(
             status, _ = await running.admin("DELETE", f"/v1/triggers/{trigger['id']}")
             assert status == 200
         import json
+
         events = [e for e in map(json.loads, found) if e.get("op") != "spoof"]
         assert [(e["op"], e["table"], e["new"]) for e in events] == [
             ("insert", "app.orders", {"id": 1, "item": "tea", "qty": 2}),
@@ -351,10 +391,11 @@ async def test_table_changes_are_delivered_even_while_ember_is_down(
         assert events[1]["old"] == {"id": 1, "item": "tea", "qty": 2}
         assert len(first) == 3
         # Removing the trigger removed what it installed.
-        assert await app.fetchval("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'ember%'") \
+        assert await app.fetchval("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'ember%'") == 0
+        assert (
+            await app.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname = 'ember_outbox'")
             == 0
-        assert await app.fetchval(
-            "SELECT count(*) FROM pg_namespace WHERE nspname = 'ember_outbox'") == 0
+        )
     finally:
         await app.close()
 
@@ -364,8 +405,10 @@ def test_a_watched_database_password_is_never_shown() -> None:
 
     assert _redact("postgresql://app:s3cret@db:5432/shop") == "postgresql://app:***@db:5432/shop"
     assert _redact("postgresql://app@db/shop") == "postgresql://app@db/shop"
-    assert _redact("postgresql://app@db/shop?password=s3cret&sslmode=require") \
+    assert (
+        _redact("postgresql://app@db/shop?password=s3cret&sslmode=require")
         == "postgresql://app@db/shop?password=***&sslmode=require"
+    )
 
 
 async def test_a_batch_publishes_all_or_nothing(running: Running, tmp_path: Path) -> None:
@@ -374,26 +417,38 @@ async def test_a_batch_publishes_all_or_nothing(running: Running, tmp_path: Path
     await running.admin("PUT", "/v1/topics/a")
     await running.admin("PUT", "/v1/topics/b")
     await running.admin("POST", "/v1/functions/rec/triggers", json={"topic": "a"})
-    status, data = await running.admin("POST", "/v1/events", json=[
-        {"topic": "a", "data": {"n": 1}}, {"topic": "nope", "data": {"n": 2}}])
+    status, data = await running.admin(
+        "POST",
+        "/v1/events",
+        json=[{"topic": "a", "data": {"n": 1}}, {"topic": "nope", "data": {"n": 2}}],
+    )
     assert (status, data["error"]["code"]) == (404, "topic_not_found")
     assert '"nope"' in data["error"]["message"]
-    status, data = await running.admin("POST", "/v1/events", json=[
-        {"topic": "a", "data": {"n": 1}}, {"topic": "b", "data": {"n": 2}},
-        {"topic": "a", "data": {"n": 3}}])
+    status, data = await running.admin(
+        "POST",
+        "/v1/events",
+        json=[
+            {"topic": "a", "data": {"n": 1}},
+            {"topic": "b", "data": {"n": 2}},
+            {"topic": "a", "data": {"n": 3}},
+        ],
+    )
     assert status == 202, data
-    assert [(e["topic"], e["deliveries"]) for e in data["events"]] == [("a", 1), ("b", 0),
-                                                                      ("a", 1)]
+    assert [(e["topic"], e["deliveries"]) for e in data["events"]] == [("a", 1), ("b", 0), ("a", 1)]
     assert sorted(await wait_for_lines(out, 2)) == ['{"n": 1}', '{"n": 3}']
     status, data = await running.admin("POST", "/v1/events", json={"topic": "a"})
     assert (status, data["error"]["code"]) == (400, "bad_batch")
 
 
 async def test_a_trigger_whose_database_is_gone_can_be_forgotten(
-        running: Running, app_database: str, database_url: str) -> None:
+    running: Running, app_database: str, database_url: str
+) -> None:
     await running.deploy_ok("orders", RECORDER, env={"OUT": "/dev/null"})
-    status, trigger = await running.admin("POST", "/v1/functions/orders/triggers",
-                                          json={"table": "app.orders", "database": app_database})
+    status, trigger = await running.admin(
+        "POST",
+        "/v1/functions/orders/triggers",
+        json={"table": "app.orders", "database": app_database},
+    )
     assert status == 201, trigger
     admin = await asyncpg.connect(database_url)
     try:
@@ -418,9 +473,11 @@ NASTY = textwrap.dedent("""
 
 async def test_nul_bytes_in_a_reply_or_a_path_break_nothing(running: Running) -> None:
     await running.deploy_ok("nasty", NASTY, max_attempts=1)
-    async with running.http.post(f"{running.url}/fn/nasty/a%00b", json={},
-                                 headers={"Prefer": "respond-async",
-                                          "Authorization": "Bearer caller-secret"}) as response:
+    async with running.http.post(
+        f"{running.url}/fn/nasty/a%00b",
+        json={},
+        headers={"Prefer": "respond-async", "Authorization": "Bearer caller-secret"},
+    ) as response:
         assert response.status == 202
         accepted = await response.json()
     dead = await wait_for_status(running, accepted["activation_id"], "dead")

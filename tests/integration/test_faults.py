@@ -103,8 +103,9 @@ async def test_admin_api_needs_the_token(running: Running) -> None:
             assert r.status == 401
             assert r.headers["WWW-Authenticate"].startswith("Bearer")
             assert (await r.json())["error"]["code"] == "unauthorized"
-    async with running.http.post(f"{running.url}/v1/functions", json={
-            "name": "x", "source": "def handler(e, c): pass"}) as r:
+    async with running.http.post(
+        f"{running.url}/v1/functions", json={"name": "x", "source": "def handler(e, c): pass"}
+    ) as r:
         assert r.status == 401
     status, data = await running.admin("GET", "/v1/functions")
     assert (status, data) == (200, {"functions": []})
@@ -160,11 +161,15 @@ async def test_import_failure_and_missing_handler_are_reported_at_deploy(
 
 
 async def test_memory_limit_turns_a_runaway_allocation_into_an_error(running: Running) -> None:
-    await running.deploy_ok("hog", textwrap.dedent("""
+    await running.deploy_ok(
+        "hog",
+        textwrap.dedent("""
         def handler(event, context):
             blob = bytearray(event["mb"] * 1024 * 1024)
             return len(blob)
-    """), memory="64Mi")
+    """),
+        memory="64Mi",
+    )
     assert await (await running.call("hog", {"mb": 8})).json() == 8 << 20
     response = await running.call("hog", {"mb": 512})
     assert response.status == 500
@@ -175,8 +180,7 @@ async def test_memory_limit_turns_a_runaway_allocation_into_an_error(running: Ru
 async def test_full_queue_answers_429_with_retry_after(make_platform: PlatformFactory) -> None:
     async with make_platform(pool={"max_instances": 1, "max_queue": 1}) as running:
         await running.deploy_ok("slow", PID)
-        responses = await asyncio.gather(*(running.call("slow", {"sleep": 0.5})
-                                           for _ in range(3)))
+        responses = await asyncio.gather(*(running.call("slow", {"sleep": 0.5}) for _ in range(3)))
         statuses = sorted(r.status for r in responses)
         assert statuses == [200, 200, 429]
         [throttled] = [r for r in responses if r.status == 429]

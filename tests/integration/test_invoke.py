@@ -89,11 +89,14 @@ async def test_unknown_function_names_the_deploy_command(running: Running) -> No
 async def test_handler_exception_is_a_500_with_type_message_and_activation(
     running: Running,
 ) -> None:
-    await running.deploy_ok("boom", textwrap.dedent("""
+    await running.deploy_ok(
+        "boom",
+        textwrap.dedent("""
         def handler(event, context):
             print("about to fail")
             return 1 / 0
-    """))
+    """),
+    )
     response = await running.call("boom", {})
     assert response.status == 500
     error = (await response.json())["error"]
@@ -117,7 +120,9 @@ async def test_handler_exception_is_a_500_with_type_message_and_activation(
 
 
 async def test_async_handler_and_captured_logging(running: Running) -> None:
-    await running.deploy_ok("aio", textwrap.dedent("""
+    await running.deploy_ok(
+        "aio",
+        textwrap.dedent("""
         import asyncio, logging, sys
 
         async def handler(event, context):
@@ -126,7 +131,8 @@ async def test_async_handler_and_captured_logging(running: Running) -> None:
             logging.getLogger("lib").warning("via logging")
             print("to stderr", file=sys.stderr)
             return context.response(b"raw", status=201, headers={"X-Custom": "yes"})
-    """))
+    """),
+    )
     response = await running.call("aio", {})
     assert response.status == 201
     assert response.headers["X-Custom"] == "yes"
@@ -134,31 +140,43 @@ async def test_async_handler_and_captured_logging(running: Running) -> None:
     activation_id = response.headers["X-Ember-Activation-Id"]
     _, activation = await running.admin("GET", f"/v1/activations/{activation_id}")
     assert activation["logs"] == (
-        "INFO function: via context\nWARNING lib: via logging\nto stderr\n")
+        "INFO function: via context\nWARNING lib: via logging\nto stderr\n"
+    )
 
 
 async def test_event_is_json_or_raw_bytes_and_context_has_the_request(running: Running) -> None:
-    await running.deploy_ok("echo", textwrap.dedent("""
+    await running.deploy_ok(
+        "echo",
+        textwrap.dedent("""
         def handler(event, context):
             return {"type": type(event).__name__, "method": context.method,
                     "path": context.path, "query": context.query,
                     "header": context.headers.get("X-Trace"),
                     "remaining_ok": 0 < context.remaining_s() <= 30}
-    """))
-    response = await running.call("echo/a/b?x=1", data=b"\x00\x01",
-                                  headers={"X-Trace": "t1"})
-    assert await response.json() == {"type": "bytes", "method": "POST", "path": "/a/b",
-                                     "query": "x=1", "header": "t1", "remaining_ok": True}
+    """),
+    )
+    response = await running.call("echo/a/b?x=1", data=b"\x00\x01", headers={"X-Trace": "t1"})
+    assert await response.json() == {
+        "type": "bytes",
+        "method": "POST",
+        "path": "/a/b",
+        "query": "x=1",
+        "header": "t1",
+        "remaining_ok": True,
+    }
     response = await running.call("echo", {"a": 1})
     assert (await response.json())["type"] == "dict"
-    response = await running.call("echo", data=b"{nope", headers={
-        "Content-Type": "application/json"})
+    response = await running.call(
+        "echo", data=b"{nope", headers={"Content-Type": "application/json"}
+    )
     assert response.status == 400
     assert "not valid JSON" in (await response.json())["error"]["message"]
 
 
 async def test_function_sees_its_env_but_no_platform_credentials(running: Running) -> None:
-    await running.deploy_ok("env", textwrap.dedent("""
+    await running.deploy_ok(
+        "env",
+        textwrap.dedent("""
         import os
 
         def handler(event, context):
@@ -166,13 +184,17 @@ async def test_function_sees_its_env_but_no_platform_credentials(running: Runnin
                     "leaked": sorted(k for k in os.environ
                                      if k in ("DATABASE_URL", "FN_TOKEN", "PGPASSWORD")
                                      or "TOKEN" in k)}
-    """), env={"GREETING": "hej"})
+    """),
+        env={"GREETING": "hej"},
+    )
     data = await (await running.call("env", {})).json()
     assert data == {"greeting": "hej", "config": {"GREETING": "hej"}, "leaked": []}
 
 
 async def test_concurrent_calls_each_get_their_own_logs(running: Running) -> None:
-    await running.deploy_ok("conc", textwrap.dedent("""
+    await running.deploy_ok(
+        "conc",
+        textwrap.dedent("""
         import asyncio
 
         async def handler(event, context):
@@ -180,7 +202,9 @@ async def test_concurrent_calls_each_get_their_own_logs(running: Running) -> Non
             await asyncio.sleep(0.05)
             print("end", event["n"])
             return event["n"]
-    """), concurrency=8)
+    """),
+        concurrency=8,
+    )
     responses = await asyncio.gather(*(running.call("conc", {"n": n}) for n in range(8)))
     bodies = [await r.json() for r in responses]
     assert all(isinstance(b, int) for b in bodies), bodies
@@ -189,7 +213,8 @@ async def test_concurrent_calls_each_get_their_own_logs(running: Running) -> Non
     for response in responses:
         n = await response.json()
         _, activation = await running.admin(
-            "GET", f"/v1/activations/{response.headers['X-Ember-Activation-Id']}")
+            "GET", f"/v1/activations/{response.headers['X-Ember-Activation-Id']}"
+        )
         assert activation["logs"] == f"start {n}\nend {n}\n"
 
 
@@ -242,5 +267,6 @@ async def test_scale_to_zero_after_keep_alive_then_cold_start(
         response = await running.call("hello", {})
         assert (await response.json())["calls"] == 1  # a new instance: module state is fresh
         _, activation = await running.admin(
-            "GET", f"/v1/activations/{response.headers['X-Ember-Activation-Id']}")
+            "GET", f"/v1/activations/{response.headers['X-Ember-Activation-Id']}"
+        )
         assert activation["cold"] is True

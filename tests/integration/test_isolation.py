@@ -56,8 +56,13 @@ def _unprivileged_instance() -> dict[str, object]:
     capabilities = sandbox.probe()
     if not capabilities["namespaces"]:
         return {"skip": capabilities["why"].get("namespaces", "no user namespaces")}
-    spec: sandbox.GenericSpec = {"namespaces": True, "userns": True, "tmp_bytes": 1 << 20,
-                                 "hide": ["/var/log"], "nofile": 256}
+    spec: sandbox.GenericSpec = {
+        "namespaces": True,
+        "userns": True,
+        "tmp_bytes": 1 << 20,
+        "hide": ["/var/log"],
+        "nofile": 256,
+    }
     read_fd, write_fd = os.pipe()
     instance = sandbox.fork_instance(spec)
     if instance == 0:  # the instance's supervisor, then (in enter) its init and its invoker
@@ -67,9 +72,11 @@ def _unprivileged_instance() -> dict[str, object]:
         code_dir = Path(tempfile.mkdtemp())
         (code_dir / "handler.py").write_text("x = 1\n")
         walls.specialize({"network": "none", "seccomp": True}, code_dir, [], 65536)
-        status = dict(line.split(":\t", 1)
-                      for line in Path("/proc/self/status").read_text().splitlines()
-                      if ":\t" in line)
+        status = dict(
+            line.split(":\t", 1)
+            for line in Path("/proc/self/status").read_text().splitlines()
+            if ":\t" in line
+        )
         network = []
         for address in (("127.0.0.1", 5432), ("10.0.0.1", 80)):
             try:
@@ -82,16 +89,26 @@ def _unprivileged_instance() -> dict[str, object]:
             log_dir = "listed"
         except OSError:
             log_dir = "hidden"
-        threads = [Path(f"/proc/self/task/{t}/status").read_text()
-                   for t in os.listdir("/proc/self/task")]
-        cap_eff = {line.split()[1] for text in threads for line in text.splitlines()
-                   if line.startswith("CapEff:")}
-        seen = {"pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
-                "cap_eff": status["CapEff"].strip(), "threads": len(threads),
-                "cap_eff_threads": sorted(cap_eff), "seccomp": status["Seccomp"].strip(),
-                "no_new_privs": status["NoNewPrivs"].strip(), "network": network,
-                "var_log": os.listdir("/var/log") if log_dir == "listed" else log_dir,
-                "code_writable": os.access(code_dir / "handler.py", os.W_OK)}
+        threads = [
+            Path(f"/proc/self/task/{t}/status").read_text() for t in os.listdir("/proc/self/task")
+        ]
+        cap_eff = {
+            line.split()[1]
+            for text in threads
+            for line in text.splitlines()
+            if line.startswith("CapEff:")
+        }
+        seen = {
+            "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+            "cap_eff": status["CapEff"].strip(),
+            "threads": len(threads),
+            "cap_eff_threads": sorted(cap_eff),
+            "seccomp": status["Seccomp"].strip(),
+            "no_new_privs": status["NoNewPrivs"].strip(),
+            "network": network,
+            "var_log": os.listdir("/var/log") if log_dir == "listed" else log_dir,
+            "code_writable": os.access(code_dir / "handler.py", os.W_OK),
+        }
         os.write(write_fd, json.dumps(seen).encode())
         os._exit(0)
     os.close(write_fd)
@@ -108,6 +125,7 @@ def test_without_root_a_user_namespace_still_walls_the_instance() -> None:
     # own files here (they can live under /root).
     seccomp.precompile()
     import encodings.idna  # noqa: F401
+
     seen = _in_child_as_nobody("_unprivileged_instance")
     if "skip" in seen:
         pytest.skip(f"this kernel allows no user namespace to nobody: {seen['skip']}")
@@ -118,8 +136,10 @@ def test_without_root_a_user_namespace_still_walls_the_instance() -> None:
     assert seen["cap_eff_threads"] == ["0000000000000000"], seen
     assert (seen["seccomp"], seen["no_new_privs"]) == ("2", "1"), seen
     # --network none: its own loopback (nothing listens there), and no way out
-    assert seen["network"] == ["ConnectionRefusedError: [Errno 111] Connection refused",
-                               "OSError: [Errno 101] Network is unreachable"], seen
+    assert seen["network"] == [
+        "ConnectionRefusedError: [Errno 111] Connection refused",
+        "OSError: [Errno 101] Network is unreachable",
+    ], seen
     assert seen["var_log"] in ([], "hidden"), seen
     assert seen["code_writable"] is False
 
@@ -149,8 +169,11 @@ def test_off_builds_no_walls() -> None:
 
 
 def test_cgroup_v2_driver_on_a_tree_laid_out_as_the_kernel_does(tmp_path: Path) -> None:
-    own = next(line[3:] for line in Path("/proc/self/cgroup").read_text().splitlines()
-               if line.startswith("0::")).strip("/")
+    own = next(
+        line[3:]
+        for line in Path("/proc/self/cgroup").read_text().splitlines()
+        if line.startswith("0::")
+    ).strip("/")
     base = tmp_path / own
     base.mkdir(parents=True, exist_ok=True)
     (tmp_path / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
@@ -163,8 +186,14 @@ def test_cgroup_v2_driver_on_a_tree_laid_out_as_the_kernel_does(tmp_path: Path) 
     cgroup = driver.create("i1")
     leaf = base / "ember-4242" / "i1"
     assert cgroup.procs_files == [str(leaf / "cgroup.procs")]
-    for name in ("memory.max", "memory.swap.max", "pids.max", "cpu.max", "cgroup.kill",
-                 "memory.events"):
+    for name in (
+        "memory.max",
+        "memory.swap.max",
+        "pids.max",
+        "cpu.max",
+        "cgroup.kill",
+        "memory.events",
+    ):
         (leaf / name).write_text("")
     cgroup.set_limits(memory_bytes=192 << 20, pids_max=64, cpus=0.5)
     assert (leaf / "memory.max").read_text() == str(192 << 20)
@@ -180,10 +209,16 @@ def test_cgroup_v2_driver_on_a_tree_laid_out_as_the_kernel_does(tmp_path: Path) 
 def test_firewall_rules_keep_the_uids_off_local_and_private_addresses() -> None:
     rules = firewall_rules(100000, 165535)
     assert "table inet ember_100000 {" in rules
-    assert "meta skuid 100000-165535 fib daddr type { local, broadcast, multicast } reject" \
-        in rules
-    for net in ("127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
-                "169.254.0.0/16", "fc00::/7", "fe80::/10"):
+    assert "meta skuid 100000-165535 fib daddr type { local, broadcast, multicast } reject" in rules
+    for net in (
+        "127.0.0.0/8",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "169.254.0.0/16",
+        "fc00::/7",
+        "fe80::/10",
+    ):
         assert net in rules
 
 
@@ -191,8 +226,9 @@ def test_cover_plan_hides_homes_but_keeps_the_way_to_python(tmp_path: Path) -> N
     home = tmp_path / "root"
     (home / ".pyenv" / "versions" / "3.11").mkdir(parents=True)
     (home / ".ssh").mkdir()
-    hide, reveal = cover_plan([str(home), str(tmp_path / "missing")],
-                              [str(home / ".pyenv" / "versions" / "3.11")])
+    hide, reveal = cover_plan(
+        [str(home), str(tmp_path / "missing")], [str(home / ".pyenv" / "versions" / "3.11")]
+    )
     assert hide == [str(home)]
     assert reveal == [str(home / ".pyenv" / "versions" / "3.11")]
     hide, reveal = cover_plan([str(home / ".pyenv")], [str(home)])
@@ -200,7 +236,8 @@ def test_cover_plan_hides_homes_but_keeps_the_way_to_python(tmp_path: Path) -> N
 
 
 def test_what_is_hidden_does_not_depend_on_where_the_platform_starts(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`python -m gateway` from / (systemd's default) would put / on sys.path: the paths bound
     back into instances come from Python's install only, and the state dir is covered last."""
     from scheduler.backends.isolation import hidden_paths

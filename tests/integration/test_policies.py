@@ -23,26 +23,35 @@ async def test_set_show_and_reset_a_function_policy(running: Running) -> None:
     assert status == 200
     assert (data["prewarm"], data["keep_alive_s"], data["set"]) == ("fixed", 600.0, {})
 
-    status, data = await running.admin("PUT", "/v1/functions/pid/policy", json={
-        "prewarm": "histogram", "keep_alive": "2m", "max_instances": 3})
+    status, data = await running.admin(
+        "PUT",
+        "/v1/functions/pid/policy",
+        json={"prewarm": "histogram", "keep_alive": "2m", "max_instances": 3},
+    )
     assert status == 200
-    assert (data["prewarm"], data["keep_alive_s"], data["max_instances"]) == \
-        ("histogram", 120.0, 3)
+    assert (data["prewarm"], data["keep_alive_s"], data["max_instances"]) == ("histogram", 120.0, 3)
     assert running.platform.scheduler.policies.settings("pid").max_instances == 3
-    status, data = await running.admin("PUT", "/v1/functions/pid/policy",
-                                       json={"prewarm": "histogram-cost"})
+    status, data = await running.admin(
+        "PUT", "/v1/functions/pid/policy", json={"prewarm": "histogram-cost"}
+    )
     assert (status, data["prewarm"], data["keep_alive_s"]) == (200, "histogram-cost", 120.0)
 
     # One field unset: inherited again; the others stay.
-    status, data = await running.admin("PUT", "/v1/functions/pid/policy",
-                                       json={"unset": ["keep_alive"]})
+    status, data = await running.admin(
+        "PUT", "/v1/functions/pid/policy", json={"unset": ["keep_alive"]}
+    )
     assert (status, data["keep_alive_s"], data["set"]) == (
-        200, 600.0, {"prewarm": "histogram-cost", "max_instances": 3})
-    status, data = await running.admin("PUT", "/v1/functions/pid/policy",
-                                       json={"unset": ["keep_alive"], "keep_alive": "1m"})
+        200,
+        600.0,
+        {"prewarm": "histogram-cost", "max_instances": 3},
+    )
+    status, data = await running.admin(
+        "PUT", "/v1/functions/pid/policy", json={"unset": ["keep_alive"], "keep_alive": "1m"}
+    )
     assert (status, data["error"]["code"]) == (400, "bad_policy")
-    status, data = await running.admin("PUT", "/v1/functions/pid/policy",
-                                       json={"unset": ["colour"]})
+    status, data = await running.admin(
+        "PUT", "/v1/functions/pid/policy", json={"unset": ["colour"]}
+    )
     assert (status, data["error"]["setting"]) == (400, "--unset")
 
     status, data = await running.admin("PUT", "/v1/policy", json={"keep_alive": "30s"})
@@ -54,16 +63,18 @@ async def test_set_show_and_reset_a_function_policy(running: Running) -> None:
 
 
 async def test_bad_policy_values_are_rejected(running: Running) -> None:
-    status, data = await running.admin("PUT", "/v1/functions/nosuch/policy", json={
-        "min_warm": 1})
+    status, data = await running.admin("PUT", "/v1/functions/nosuch/policy", json={"min_warm": 1})
     assert status == 404
     assert "fn deploy nosuch.py" in data["error"]["message"]
     await running.deploy_ok("pid", PID)
     cases: tuple[tuple[dict[str, object], str], ...] = (
-             ({"prewarm": "lru"}, "--prewarm"), ({"keep_alive": "-1"}, "--keep-alive"),
-             ({"min_warm": -1}, "--min-warm"), ({"max_instances": 0}, "--max-instances"),
-             ({}, "nothing to set"),
-             ({"min_warm": 3, "max_instances": 2}, "cannot exceed max-instances"))
+        ({"prewarm": "lru"}, "--prewarm"),
+        ({"keep_alive": "-1"}, "--keep-alive"),
+        ({"min_warm": -1}, "--min-warm"),
+        ({"max_instances": 0}, "--max-instances"),
+        ({}, "nothing to set"),
+        ({"min_warm": 3, "max_instances": 2}, "cannot exceed max-instances"),
+    )
     for body, message in cases:
         status, data = await running.admin("PUT", "/v1/functions/pid/policy", json=body)
         assert status == 400, body
@@ -84,12 +95,15 @@ async def test_min_warm_starts_instances_and_keeps_them(make_platform: PlatformF
     async with make_platform(pool={"keep_alive_s": 0.1}) as running:
         await running.deploy_ok("pid", PID)
         scheduler = running.platform.scheduler
-        status, _ = await running.admin("PUT", "/v1/functions/pid/policy",
-                                        json={"min_warm": 2})
+        status, _ = await running.admin("PUT", "/v1/functions/pid/policy", json={"min_warm": 2})
         assert status == 200
-        await scheduler.wait_until(lambda: len(scheduler.instances_of("pid")) == 2
-                                   and all(i.keep_until == math.inf
-                                           for i in scheduler.instances_of("pid")), 10)
+        await scheduler.wait_until(
+            lambda: (
+                len(scheduler.instances_of("pid")) == 2
+                and all(i.keep_until == math.inf for i in scheduler.instances_of("pid"))
+            ),
+            10,
+        )
         # Idle far past the keep-alive, and still there.
         assert len(scheduler.instances_of("pid")) == 2
 
@@ -100,11 +114,13 @@ async def test_histogram_prewarms_ahead_of_a_regular_caller(
     async with make_platform(pool={"keep_alive_s": 30}) as running:
         scheduler = running.platform.scheduler
         # A fast histogram (0.1 s bins) so that a regular caller is learnt in seconds.
-        scheduler.policies.histograms["histogram"] = HybridHistogram(bin_s=0.1, range_s=5.0,
-                                                                     min_samples=3)
+        scheduler.policies.histograms["histogram"] = HybridHistogram(
+            bin_s=0.1, range_s=5.0, min_samples=3
+        )
         await running.deploy_ok("pid", PID)
-        status, _ = await running.admin("PUT", "/v1/functions/pid/policy",
-                                        json={"prewarm": "histogram"})
+        status, _ = await running.admin(
+            "PUT", "/v1/functions/pid/policy", json={"prewarm": "histogram"}
+        )
         assert status == 200
         for _ in range(6):  # the workload: a call every 0.5 s, from 0.5 s after the deploy
             await asyncio.sleep(0.5)
@@ -118,4 +134,4 @@ async def test_histogram_prewarms_ahead_of_a_regular_caller(
         assert 'ember_prewarm_outcomes_total{function="pid",outcome="used"}' in text
         assert 'ember_warm_hits_total{function="pid"}' in text
         assert 'ember_idle_instance_seconds_total{function="pid"}' in text
-        assert '# TYPE ember_warm_instances gauge' in text
+        assert "# TYPE ember_warm_instances gauge" in text

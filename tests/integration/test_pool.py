@@ -65,7 +65,8 @@ async def test_cold_start_after_scale_to_zero_is_served_by_the_generic_pool(
         response = await running.call("pid", {})
         assert response.status == 200
         _, activation = await running.admin(
-            "GET", f"/v1/activations/{response.headers['X-Ember-Activation-Id']}")
+            "GET", f"/v1/activations/{response.headers['X-Ember-Activation-Id']}"
+        )
         assert activation["cold"] is True
         # Served by the instance that was waiting generic, not by a process started for it.
         assert [i.id for i in scheduler.instances_of("pid")] == [generic.id]
@@ -112,9 +113,13 @@ async def test_other_gateways_follow_a_delete_and_a_new_version(
         # A new version deployed on the first gateway: the second keeps it at min_warm too,
         # before any call of its own.
         await first.deploy_ok("pid", PID.replace("os.getpid()", "'v2'"))
-        await scheduler.wait_until(lambda: any(
-            i.key == ("pid", 2) and i.state is State.READY for i in scheduler.instances_of("pid")),
-            10)
+        await scheduler.wait_until(
+            lambda: any(
+                i.key == ("pid", 2) and i.state is State.READY
+                for i in scheduler.instances_of("pid")
+            ),
+            10,
+        )
         # Deleted on the first gateway: the second stops its instances now, not after the
         # keep-alive.
         status, _ = await first.admin("DELETE", "/v1/functions/pid")

@@ -35,32 +35,43 @@ async def test_undecodable_header_bytes_neither_fail_nor_leak_the_slot(
     make_platform: PlatformFactory,
 ) -> None:
     async with make_platform(pool={"max_instances": 1, "queue_timeout_s": 5}) as running:
-        await running.deploy_ok("echo", textwrap.dedent("""
+        await running.deploy_ok(
+            "echo",
+            textwrap.dedent("""
             def handler(event, context):
                 return context.headers.get("X-Bad")
-        """))
+        """),
+        )
         for _ in range(3):
-            reply = await raw_request(running.url, b"POST /fn/echo HTTP/1.1\r\nHost: x\r\n"
-                                      b"X-Bad: \xff\xfe\r\nContent-Length: 0\r\n"
-                                      b"Connection: close\r\n\r\n")
+            reply = await raw_request(
+                running.url,
+                b"POST /fn/echo HTTP/1.1\r\nHost: x\r\n"
+                b"X-Bad: \xff\xfe\r\nContent-Length: 0\r\n"
+                b"Connection: close\r\n\r\n",
+            )
             assert reply.startswith(b"HTTP/1.1 200")
             assert "\ufffd".encode() in reply
         assert (await running.call("echo", {})).status == 200
 
 
 async def test_a_version_that_fails_to_start_backs_off_instead_of_looping(
-    make_platform: PlatformFactory, tmp_path: Path,
+    make_platform: PlatformFactory,
+    tmp_path: Path,
 ) -> None:
     flag = shared(tmp_path) / "broken"
     async with make_platform(pool={"keep_alive_s": 0.2}) as running:
-        await running.deploy_ok("flaky", textwrap.dedent("""
+        await running.deploy_ok(
+            "flaky",
+            textwrap.dedent("""
             import os
             if os.path.exists(os.environ["FLAG"]):
                 raise RuntimeError("the config server is down")
 
             def handler(event, context):
                 return "ok"
-        """), env={"FLAG": str(flag)})
+        """),
+            env={"FLAG": str(flag)},
+        )
         scheduler = running.platform.scheduler
         await scheduler.wait_until(lambda: not scheduler.instances_of("flaky"), 10)
         flag.touch()
@@ -86,8 +97,7 @@ async def test_delete_fails_queued_calls_and_the_old_code_never_comes_back(
         await running.deploy_ok("f", SLOW)
         busy = asyncio.create_task(running.call("f", {"sleep": 0.5}))
         scheduler = running.platform.scheduler
-        await scheduler.wait_until(
-            lambda: any(i.busy for i in scheduler.instances_of("f")), 10)
+        await scheduler.wait_until(lambda: any(i.busy for i in scheduler.instances_of("f")), 10)
         queued = asyncio.create_task(running.call("f", {}))
         await scheduler.wait_until(lambda: scheduler.waiting(("f", 1)) == 1, 10)
         status, _ = await running.admin("DELETE", "/v1/functions/f")
@@ -101,11 +111,14 @@ async def test_delete_fails_queued_calls_and_the_old_code_never_comes_back(
 
 
 async def test_odd_characters_in_logs_are_kept_readable(running: Running) -> None:
-    await running.deploy_ok("odd", textwrap.dedent("""
+    await running.deploy_ok(
+        "odd",
+        textwrap.dedent("""
         def handler(event, context):
             print("nul:\\x00 surrogate:\\udc80")
             raise ValueError("bad\\x00value")
-    """))
+    """),
+    )
     response = await running.call("odd", {})
     assert response.status == 500
     activation_id = (await response.json())["error"]["activation_id"]
@@ -118,13 +131,16 @@ async def test_odd_characters_in_logs_are_kept_readable(running: Running) -> Non
 
 
 async def test_processes_a_handler_forks_are_stopped_with_its_instance(running: Running) -> None:
-    await running.deploy_ok("forker", textwrap.dedent("""
+    await running.deploy_ok(
+        "forker",
+        textwrap.dedent("""
         import subprocess
 
         def handler(event, context):
             child = subprocess.Popen(["sleep", "300"])
             return child.pid
-    """))
+    """),
+    )
     assert (await running.call("forker", {})).status == 200
     # The pid it returns is the one in its own PID namespace: find the child on this side.
     [instance] = running.platform.scheduler.instances_of("forker")

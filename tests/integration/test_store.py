@@ -63,12 +63,16 @@ async def test_versions_are_numbered_and_immutable(store: Store) -> None:
 
 
 async def test_changes_are_notified_and_a_lost_listener_reconnects(
-    store: Store, database_url: str,
+    store: Store,
+    database_url: str,
 ) -> None:
     changes: asyncio.Queue[str] = asyncio.Queue()
     listening: asyncio.Queue[None] = asyncio.Queue()
-    listener = asyncio.create_task(store.listen_function_changes(
-        changes.put_nowait, lambda: listening.put_nowait(None), retry_s=0.05))
+    listener = asyncio.create_task(
+        store.listen_function_changes(
+            changes.put_nowait, lambda: listening.put_nowait(None), retry_s=0.05
+        )
+    )
     try:
         await asyncio.wait_for(listening.get(), 10)
         await store.create_version("f", source="", filename="f.py", config=FunctionConfig())
@@ -77,7 +81,8 @@ async def test_changes_are_notified_and_a_lost_listener_reconnects(
         try:
             await admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE query LIKE 'LISTEN%' AND datname = current_database()")
+                "WHERE query LIKE 'LISTEN%' AND datname = current_database()"
+            )
         finally:
             await admin.close()
         await asyncio.wait_for(listening.get(), 10)

@@ -16,8 +16,11 @@ async def fake() -> AsyncIterator[FakeKubernetes]:
     """The API server, with the ConfigMap that owns invoker pods (deploy/ creates it)."""
     api = FakeKubernetes(rules=SCHEDULER_RULES)
     await api.start()
-    api.put("configmaps", NS, {"apiVersion": "v1", "kind": "ConfigMap",
-                               "metadata": {"name": "ember-invokers"}})
+    api.put(
+        "configmaps",
+        NS,
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ember-invokers"}},
+    )
     yield api
     await api.stop()
     assert_stopped(api)

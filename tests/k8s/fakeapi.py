@@ -44,13 +44,21 @@ def _now() -> str:
 
 
 def _status(code: int, reason: str, message: str) -> web.Response:
-    body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message,
-            "reason": reason, "code": code}
+    body = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
     return web.json_response(body, status=code)
 
 
-_TERM = re.compile(r"^\s*(!?)([A-Za-z0-9./_-]+)\s*(?:(==|=|!=)\s*([A-Za-z0-9._-]*)"
-                   r"|\s+(in|notin)\s*\(([^)]*)\))?\s*$")
+_TERM = re.compile(
+    r"^\s*(!?)([A-Za-z0-9./_-]+)\s*(?:(==|=|!=)\s*([A-Za-z0-9._-]*)"
+    r"|\s+(in|notin)\s*\(([^)]*)\))?\s*$"
+)
 
 
 def matches(selector: str, labels: dict[str, str]) -> bool:
@@ -101,8 +109,9 @@ def _next_pod_ip() -> str:
 
 
 class FakeKubernetes:
-    def __init__(self, *, rules: list[Obj] | None = None,
-                 run_pods: bool = True, python: str = sys.executable) -> None:
+    def __init__(
+        self, *, rules: list[Obj] | None = None, run_pods: bool = True, python: str = sys.executable
+    ) -> None:
         self.rules = rules
         """The caller's Role rules; None allows everything."""
         self.used: set[tuple[str, str]] = set()
@@ -135,8 +144,9 @@ class FakeKubernetes:
         app.router.add_get(base + "/{name}", self._get)
         app.router.add_patch(base + "/{name}", self._patch)
         app.router.add_delete(base + "/{name}", self._delete)
-        app.router.add_post("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
-                            self._access_review)
+        app.router.add_post(
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", self._access_review
+        )
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -165,7 +175,9 @@ class FakeKubernetes:
     def kubeconfig(self, path: str) -> str:
         """Write a kubeconfig for this server to `path`."""
         config = {
-            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "fake",
             "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
             "users": [{"name": "fake", "user": {"token": "fake-token"}}],
             "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
@@ -184,13 +196,14 @@ class FakeKubernetes:
                     return True
         return False
 
-    def _authorize(self, resource: str, verb: str,
-                   name: str | None = None) -> web.Response | None:
+    def _authorize(self, resource: str, verb: str, name: str | None = None) -> web.Response | None:
         self.used.add((resource, verb))
         if not self.allows(resource, verb, name):
-            return _status(403, "Forbidden",
-                           f'{resource} is forbidden: User "fake" cannot {verb} resource '
-                           f'"{resource}"')
+            return _status(
+                403,
+                "Forbidden",
+                f'{resource} is forbidden: User "fake" cannot {verb} resource "{resource}"',
+            )
         return None
 
     # -- state ----------------------------------------------------------------------------------
@@ -226,11 +239,13 @@ class FakeKubernetes:
         return obj
 
     def pods(self, namespace: str | None = None) -> list[Obj]:
-        return [o for (r, ns, _), o in self.objects.items()
-                if r == "pods" and namespace in (None, ns)]
+        return [
+            o for (r, ns, _), o in self.objects.items() if r == "pods" and namespace in (None, ns)
+        ]
 
-    def modify(self, namespace: str, name: str, change: Callable[[Obj], None],
-               resource: str = "pods") -> Obj:
+    def modify(
+        self, namespace: str, name: str, change: Callable[[Obj], None], resource: str = "pods"
+    ) -> Obj:
         obj = self.objects[(resource, namespace, name)]
         change(obj)
         self._record("MODIFIED", resource, obj)
@@ -256,26 +271,41 @@ class FakeKubernetes:
         selector = request.query.get("labelSelector", "")
 
         def selected(o: Obj) -> bool:
-            return o["metadata"].get("namespace") == ns and \
-                matches(selector, o["metadata"].get("labels") or {})
+            return o["metadata"].get("namespace") == ns and matches(
+                selector, o["metadata"].get("labels") or {}
+            )
 
         if not watching:
             items = [o for (r, _, _), o in self.objects.items() if r == resource and selected(o)]
-            return web.json_response({"kind": "PodList", "apiVersion": "v1",
-                                      "metadata": {"resourceVersion": str(self.rv)},
-                                      "items": items})
+            return web.json_response(
+                {
+                    "kind": "PodList",
+                    "apiVersion": "v1",
+                    "metadata": {"resourceVersion": str(self.rv)},
+                    "items": items,
+                }
+            )
         return await self._watch(request, resource, selected)
 
-    async def _watch(self, request: web.Request, resource: str,
-                     selected: Callable[[Obj], bool]) -> web.StreamResponse:
+    async def _watch(
+        self, request: web.Request, resource: str, selected: Callable[[Obj], bool]
+    ) -> web.StreamResponse:
         since = int(request.query.get("resourceVersion") or 0)
         response = web.StreamResponse()
         response.content_type = "application/json"
         await response.prepare(request)
         if since < self.compacted:
-            gone = {"type": "ERROR", "object": {
-                "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410,
-                "reason": "Expired", "message": f"too old resource version: {since}"}}
+            gone = {
+                "type": "ERROR",
+                "object": {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "status": "Failure",
+                    "code": 410,
+                    "reason": "Expired",
+                    "message": f"too old resource version: {since}",
+                },
+            }
             await response.write(json.dumps(gone).encode() + b"\n")
             return response
         queue: asyncio.Queue[tuple[int, str, Obj] | None] = asyncio.Queue()
@@ -294,8 +324,7 @@ class FakeKubernetes:
                     obj = {k: v for k, v in tagged.items() if k != "_resource"}
                     if tagged["_resource"] != resource or not selected(obj):
                         continue
-                    await response.write(json.dumps({"type": kind, "object": obj}).encode()
-                                         + b"\n")
+                    await response.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
         except (TimeoutError, ConnectionResetError):
             pass
         finally:
@@ -344,9 +373,12 @@ class FakeKubernetes:
         patch = await request.json()
         wanted = (patch.get("metadata") or {}).get("resourceVersion")
         if wanted is not None and wanted != found["metadata"]["resourceVersion"]:
-            return _status(409, "Conflict",
-                           "Operation cannot be fulfilled: the object has been modified; "
-                           "please apply your changes to the latest version and try again")
+            return _status(
+                409,
+                "Conflict",
+                "Operation cannot be fulfilled: the object has been modified; "
+                "please apply your changes to the latest version and try again",
+            )
         patched = merge_patch(found, patch)
         found.clear()
         found.update(patched)
@@ -393,8 +425,13 @@ class FakeKubernetes:
             command[0] = self.python
         # The pod's /tmp (an emptyDir): removed with the pod.
         scratch = tempfile.mkdtemp(prefix=f"fake-pod-{name}-")
-        env = {"PATH": os.environ.get("PATH", ""), "HOME": scratch, "TMPDIR": scratch,
-               "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": os.getcwd()}
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": scratch,
+            "TMPDIR": scratch,
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONPATH": os.getcwd(),
+        }
         env.update({e["name"]: e["value"] for e in container.get("env", [])})
         env["EMBER_INVOKER_HOST"] = ip  # what 0.0.0.0 is inside the pod's own network
         try:
@@ -402,10 +439,12 @@ class FakeKubernetes:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    async def _run_process(self, ns: str, name: str, ip: str, command: list[str],
-                           env: dict[str, str]) -> None:
+    async def _run_process(
+        self, ns: str, name: str, ip: str, command: list[str], env: dict[str, str]
+    ) -> None:
         process = await asyncio.create_subprocess_exec(
-            *command, env=env, stdout=asyncio.subprocess.PIPE, start_new_session=True)
+            *command, env=env, stdout=asyncio.subprocess.PIPE, start_new_session=True
+        )
         self.processes[name] = process
         self.spawned.append(process.pid)
         if not self.run_pods:  # the fake stopped while this pod was starting
@@ -413,9 +452,14 @@ class FakeKubernetes:
         assert process.stdout is not None
         first = await process.stdout.readline()
         if first.strip() and ("pods", ns, name) in self.objects:
+
             def running(o: Obj) -> None:
-                o["status"] = {"phase": "Running", "podIP": ip, "conditions": [
-                    {"type": "Ready", "status": "True"}]}
+                o["status"] = {
+                    "phase": "Running",
+                    "podIP": ip,
+                    "conditions": [{"type": "Ready", "status": "True"}],
+                }
+
             self.modify(ns, name, running)
         await process.stdout.read()  # until the process is gone (EOF closes the pipe)
         code = await process.wait()
@@ -425,10 +469,24 @@ class FakeKubernetes:
             return
 
         def failed(o: Obj) -> None:
-            o["status"] = {"phase": "Failed", "podIP": ip, "reason": "Error", "conditions": [
-                {"type": "Ready", "status": "False"}], "containerStatuses": [
-                {"name": "invoker", "state": {"terminated": {
-                    "exitCode": code, "reason": "OOMKilled" if code == -9 else "Error"}}}]}
+            o["status"] = {
+                "phase": "Failed",
+                "podIP": ip,
+                "reason": "Error",
+                "conditions": [{"type": "Ready", "status": "False"}],
+                "containerStatuses": [
+                    {
+                        "name": "invoker",
+                        "state": {
+                            "terminated": {
+                                "exitCode": code,
+                                "reason": "OOMKilled" if code == -9 else "Error",
+                            }
+                        },
+                    }
+                ],
+            }
+
         self.modify(ns, name, failed)
 
     async def _kill(self, name: str) -> None:
@@ -445,7 +503,6 @@ class FakeKubernetes:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 await process.wait()
-
 
     async def _finish_delete(self, ns: str, name: str) -> None:
         await self._kill(name)
@@ -478,11 +535,14 @@ def role_rules(path: Path, name: str = "ember-scheduler") -> list[Obj]:
     raise LookupError(f"no Role {name} in {path}")
 
 
-SCHEDULER_RULES = role_rules(Path(__file__).resolve().parents[2] / "deploy" / "base"
-                             / "scheduler-rbac.yaml")
+SCHEDULER_RULES = role_rules(
+    Path(__file__).resolve().parents[2] / "deploy" / "base" / "scheduler-rbac.yaml"
+)
 """What deploy/ grants the scheduler: the fake enforces exactly this."""
 
 
 def without(rules: list[Obj], resource: str, verb: str) -> list[Obj]:
-    return [{**r, "verbs": [v for v in r["verbs"] if not (v == verb and resource in
-                                                           r["resources"])]} for r in rules]
+    return [
+        {**r, "verbs": [v for v in r["verbs"] if not (v == verb and resource in r["resources"])]}
+        for r in rules
+    ]

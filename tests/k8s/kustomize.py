@@ -18,8 +18,15 @@ from typing import Any
 import yaml
 
 Obj = dict[str, Any]
-_KNOWN = {"apiVersion", "kind", "resources", "patches", "secretGenerator", "generatorOptions",
-          "images"}
+_KNOWN = {
+    "apiVersion",
+    "kind",
+    "resources",
+    "patches",
+    "secretGenerator",
+    "generatorOptions",
+    "images",
+}
 
 
 def _key(obj: Obj) -> tuple[str, str, str]:
@@ -33,8 +40,11 @@ def strategic_merge(target: Any, patch: Any) -> Any:
         for key, value in patch.items():
             merged[key] = strategic_merge(target.get(key), value) if key in target else value
         return merged
-    if isinstance(target, list) and isinstance(patch, list) and all(
-            isinstance(i, dict) and "name" in i for i in target + patch):
+    if (
+        isinstance(target, list)
+        and isinstance(patch, list)
+        and all(isinstance(i, dict) and "name" in i for i in target + patch)
+    ):
         merged_list = list(target)
         names = [i["name"] for i in merged_list]
         for item in patch:
@@ -82,8 +92,15 @@ def render(directory: Path) -> list[Obj]:
         meta = {"name": generator["name"]}
         if "namespace" in generator:
             meta["namespace"] = generator["namespace"]
-        objects.append({"apiVersion": "v1", "kind": "Secret", "metadata": meta,
-                        "type": generator.get("type", "Opaque"), "data": data})
+        objects.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": meta,
+                "type": generator.get("type", "Opaque"),
+                "data": data,
+            }
+        )
     by_key = {_key(o): i for i, o in enumerate(objects)}
     for patch_entry in kustomization.get("patches", []):
         patch = yaml.safe_load((directory / patch_entry["path"]).read_text())

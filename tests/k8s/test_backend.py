@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,8 +34,13 @@ async def make_pool(fake: FakeKubernetes, tmp_path: Path) -> AsyncIterator[PoolF
     kubeconfig = fake.kubeconfig(str(tmp_path / "kubeconfig"))
 
     async def make(**overrides: object) -> PodPool:
-        settings = KubernetesSettings(**{"generic_pool_size": 2, "namespace": NS,
-                                         "pod_start_timeout_s": 20.0, **overrides})  # type: ignore[arg-type]
+        values: dict[str, Any] = {
+            "generic_pool_size": 2,
+            "namespace": NS,
+            "pod_start_timeout_s": 20.0,
+            **overrides,
+        }
+        settings = KubernetesSettings(**values)
         pool = PodPool(PodPool.load_client(kubeconfig), settings)
         pools.append(pool)
         await pool.start()
@@ -50,7 +56,8 @@ def generic_ready(pool: PodPool, n: int) -> Callable[[], bool]:
 
 
 async def test_the_generic_pool_is_filled_with_restricted_pods(
-        fake: FakeKubernetes, make_pool: PoolFactory) -> None:
+    fake: FakeKubernetes, make_pool: PoolFactory
+) -> None:
     pool = await make_pool()
     await pool.wait_until(generic_ready(pool, 2), 20)
     pods = fake.pods(NS)
@@ -64,8 +71,10 @@ async def test_the_generic_pool_is_filled_with_restricted_pods(
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         container = spec["containers"][0]
         assert container["securityContext"] == {
-            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]}}
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        }
         assert container["resources"]["limits"]["memory"] == "256Mi"
     # The invoker in each pod answers on its pod IP.
     for pod in pool.generic(ready_only=True):
@@ -74,12 +83,14 @@ async def test_the_generic_pool_is_filled_with_restricted_pods(
 
 
 async def test_claim_relabels_a_generic_pod_and_the_pool_refills(
-        fake: FakeKubernetes, make_pool: PoolFactory) -> None:
+    fake: FakeKubernetes, make_pool: PoolFactory
+) -> None:
     pool = await make_pool()
     await pool.wait_until(generic_ready(pool, 2), 20)
     before = {p["metadata"]["name"] for p in fake.pods(NS)}
-    pod = await pool.claim(gateway="gw-1", function="resize", version=3,
-                           memory_bytes=128 << 20, timeout_s=30)
+    pod = await pool.claim(
+        gateway="gw-1", function="resize", version=3, memory_bytes=128 << 20, timeout_s=30
+    )
     assert pod.name in before  # specialization of a ready pod, not a pod start
     labels = fake.objects[("pods", NS, pod.name)]["metadata"]["labels"]
     assert labels[STATE_LABEL] == "specialized"
@@ -94,12 +105,14 @@ async def test_claim_relabels_a_generic_pod_and_the_pool_refills(
 
 
 async def test_a_function_bigger_than_a_generic_pod_gets_its_own_pod(
-        fake: FakeKubernetes, make_pool: PoolFactory) -> None:
+    fake: FakeKubernetes, make_pool: PoolFactory
+) -> None:
     pool = await make_pool(generic_pool_size=1)
     await pool.wait_until(generic_ready(pool, 1), 20)
     generic = {p.name for p in pool.generic()}
-    pod = await pool.claim(gateway="gw-1", function="big", version=1,
-                           memory_bytes=1 << 30, timeout_s=30)
+    pod = await pool.claim(
+        gateway="gw-1", function="big", version=1, memory_bytes=1 << 30, timeout_s=30
+    )
     assert pod.name not in generic
     container = fake.objects[("pods", NS, pod.name)]["spec"]["containers"][0]
     assert container["resources"]["limits"]["memory"] == "1024Mi"
@@ -107,17 +120,20 @@ async def test_a_function_bigger_than_a_generic_pod_gets_its_own_pod(
 
 
 async def test_an_empty_generic_pool_creates_a_specialized_pod(
-        fake: FakeKubernetes, make_pool: PoolFactory) -> None:
+    fake: FakeKubernetes, make_pool: PoolFactory
+) -> None:
     pool = await make_pool(generic_pool_size=0)
-    pod = await pool.claim(gateway="gw-1", function="f", version=1,
-                           memory_bytes=64 << 20, timeout_s=30)
+    pod = await pool.claim(
+        gateway="gw-1", function="f", version=1, memory_bytes=64 << 20, timeout_s=30
+    )
     assert pod.usable()
     assert pod.labels[STATE_LABEL] == "specialized"
     assert len(fake.pods(NS)) == 1
 
 
 async def test_a_conflicting_claim_takes_another_pod(
-        fake: FakeKubernetes, make_pool: PoolFactory) -> None:
+    fake: FakeKubernetes, make_pool: PoolFactory
+) -> None:
     pool = await make_pool()
     await pool.wait_until(generic_ready(pool, 2), 20)
     first = min(p.name for p in pool.generic())
@@ -127,15 +143,17 @@ async def test_a_conflicting_claim_takes_another_pod(
     stale = pool.pods[first]
     fake.modify(NS, first, lambda o: o["metadata"].setdefault("annotations", {}).update(x="1"))
     pool.pods[first] = stale
-    pod = await pool.claim(gateway="gw-1", function="f", version=1,
-                           memory_bytes=64 << 20, timeout_s=30)
+    pod = await pool.claim(
+        gateway="gw-1", function="f", version=1, memory_bytes=64 << 20, timeout_s=30
+    )
     assert pod.name != first
     assert fake.requests.count(("patch", "pods")) == 2
     assert fake.objects[("pods", NS, first)]["metadata"]["labels"][STATE_LABEL] == "generic"
 
 
 async def test_a_failed_or_deleted_pod_is_reported_gone(
-        fake: FakeKubernetes, make_pool: PoolFactory) -> None:
+    fake: FakeKubernetes, make_pool: PoolFactory
+) -> None:
     pool = await make_pool(generic_pool_size=2)
     gone: list[tuple[str, str]] = []
     pool.on_gone.append(lambda pod, reason: gone.append((pod.name, reason)))
@@ -153,13 +171,13 @@ async def test_a_failed_or_deleted_pod_is_reported_gone(
 
 
 async def test_an_expired_watch_lists_again_and_misses_nothing(
-        fake: FakeKubernetes, make_pool: PoolFactory) -> None:
+    fake: FakeKubernetes, make_pool: PoolFactory
+) -> None:
     pool = await make_pool(generic_pool_size=1)
     await pool.wait_until(generic_ready(pool, 1), 20)
     gone: list[str] = []
     pool.on_gone.append(lambda pod, reason: gone.append(pod.name))
-    claimed = await pool.claim(gateway="gw", function="f", version=1, memory_bytes=1,
-                               timeout_s=1)
+    claimed = await pool.claim(gateway="gw", function="f", version=1, memory_bytes=1, timeout_s=1)
     await pool.wait_until(generic_ready(pool, 1), 20)
     relists = pool.relists_total
     fake.expire_watches()
@@ -169,17 +187,18 @@ async def test_an_expired_watch_lists_again_and_misses_nothing(
     fake.compacted = fake.rv
     del obj
     await pool.wait_until(
-        lambda: pool.relists_total > relists and claimed.name not in pool.pods, 20)
+        lambda: pool.relists_total > relists and claimed.name not in pool.pods, 20
+    )
     assert gone == [claimed.name]
     assert ("watch", "pods") in fake.requests
 
 
 async def test_a_restarted_scheduler_adopts_the_pods(
-        fake: FakeKubernetes, make_pool: PoolFactory) -> None:
+    fake: FakeKubernetes, make_pool: PoolFactory
+) -> None:
     first = await make_pool(generic_pool_size=2)
     await first.wait_until(generic_ready(first, 2), 20)
-    claimed = await first.claim(gateway="gw", function="f", version=1, memory_bytes=1,
-                                timeout_s=1)
+    claimed = await first.claim(gateway="gw", function="f", version=1, memory_bytes=1, timeout_s=1)
     await first.wait_until(generic_ready(first, 2), 20)
     await first.close()
     names = {p["metadata"]["name"] for p in fake.pods(NS)}
@@ -193,10 +212,12 @@ async def test_a_restarted_scheduler_adopts_the_pods(
 
 async def test_a_missing_permission_is_named(fake: FakeKubernetes, tmp_path: Path) -> None:
     fake.rules = without(without(SCHEDULER_RULES, "pods", "watch"), "pods", "delete")
-    pool = PodPool(PodPool.load_client(fake.kubeconfig(str(tmp_path / "kc"))),
-                   KubernetesSettings(namespace=NS))
-    with pytest.raises(Forbidden, match='may not watch pods, delete pods in namespace '
-                                        '"ember-functions"'):
+    pool = PodPool(
+        PodPool.load_client(fake.kubeconfig(str(tmp_path / "kc"))), KubernetesSettings(namespace=NS)
+    )
+    with pytest.raises(
+        Forbidden, match='may not watch pods, delete pods in namespace "ember-functions"'
+    ):
         await pool.start()
     await pool.close()
 
@@ -204,18 +225,28 @@ async def test_a_missing_permission_is_named(fake: FakeKubernetes, tmp_path: Pat
 async def test_an_unreachable_api_server_is_a_clear_error(tmp_path: Path) -> None:
     fake = FakeKubernetes()
     fake.url = "http://127.0.0.1:9"  # nothing listens there
-    pool = PodPool(PodPool.load_client(fake.kubeconfig(str(tmp_path / "kc"))),
-                   KubernetesSettings(namespace=NS))
-    with pytest.raises(Unreachable, match=r"cannot reach the Kubernetes API at "
-                                          r"http://127\.0\.0\.1:9"):
+    pool = PodPool(
+        PodPool.load_client(fake.kubeconfig(str(tmp_path / "kc"))), KubernetesSettings(namespace=NS)
+    )
+    with pytest.raises(
+        Unreachable,
+        match=r"cannot reach the Kubernetes API at "
+        r"http://127\.0\.0\.1:9",
+    ):
         await pool.start()
     await pool.close()
 
 
 def test_a_pod_view_reads_failure_reasons() -> None:
-    pod = PodView.from_object({
-        "metadata": {"name": "p", "labels": {STATE_LABEL: "specialized"}},
-        "status": {"phase": "Failed", "reason": "Evicted",
-                   "message": "The node was low on resource: memory."}})
+    pod = PodView.from_object(
+        {
+            "metadata": {"name": "p", "labels": {STATE_LABEL: "specialized"}},
+            "status": {
+                "phase": "Failed",
+                "reason": "Evicted",
+                "message": "The node was low on resource: memory.",
+            },
+        }
+    )
     assert pod.dead
     assert pod.reason == "Evicted"

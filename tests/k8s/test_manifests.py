@@ -57,8 +57,11 @@ def find(objects: list[Obj], kind: str, name: str) -> Obj:
 
 
 def pod_specs(objects: list[Obj]) -> list[tuple[str, Obj]]:
-    return [(o["metadata"]["name"], o["spec"]["template"]["spec"]) for o in objects
-            if o["kind"] in ("Deployment", "StatefulSet")]
+    return [
+        (o["metadata"]["name"], o["spec"]["template"]["spec"])
+        for o in objects
+        if o["kind"] in ("Deployment", "StatefulSet")
+    ]
 
 
 OVERLAYS = ["dev", "production"]
@@ -68,8 +71,18 @@ OVERLAYS = ["dev", "production"]
 def test_every_object_validates_against_the_schema(overlay: str, production: Path) -> None:
     objects = rendered(overlay, production)
     kinds = {o["kind"] for o in objects}
-    assert {"Namespace", "Deployment", "Service", "PodDisruptionBudget", "Role", "RoleBinding",
-            "ServiceAccount", "NetworkPolicy", "ConfigMap", "Secret"} <= kinds
+    assert {
+        "Namespace",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "Role",
+        "RoleBinding",
+        "ServiceAccount",
+        "NetworkPolicy",
+        "ConfigMap",
+        "Secret",
+    } <= kinds
     for obj in objects:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 
@@ -83,8 +96,9 @@ def test_the_base_validates_too() -> None:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_renderer_matches_kubectl(overlay: str, production: Path) -> None:
     path = production if overlay == "production" else DEPLOY / "overlays" / overlay
-    out = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(path)], capture_output=True, text=True, check=True
+    ).stdout
     theirs = sorted((_normal(d) for d in yaml.safe_load_all(out) if d), key=_order)
     ours = sorted((_normal(d) for d in rendered(overlay, production)), key=_order)
     assert ours == theirs
@@ -130,8 +144,9 @@ def test_rbac_is_exactly_what_the_backend_calls(overlay: str, production: Path) 
     assert granted == set(REQUIRED_PERMISSIONS)
     [binding] = [o for o in objects if o["kind"] == "RoleBinding"]
     assert binding["roleRef"]["name"] == "ember-scheduler"
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "ember-scheduler",
-                                    "namespace": "ember-system"}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "ember-scheduler", "namespace": "ember-system"}
+    ]
     # The gateway and the invokers have no rights and mount no token.
     for name in ("ember-gateway", "ember-invoker"):
         assert find(objects, "ServiceAccount", name)["automountServiceAccountToken"] is False
@@ -154,8 +169,7 @@ def test_platform_pods_are_restricted_and_probed(overlay: str, production: Path)
     container = gateway["spec"]["template"]["spec"]["containers"][0]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     pdb = find(objects, "PodDisruptionBudget", "ember-gateway")
-    assert pdb["spec"]["selector"]["matchLabels"] == \
-        gateway["spec"]["selector"]["matchLabels"]
+    assert pdb["spec"]["selector"]["matchLabels"] == gateway["spec"]["selector"]["matchLabels"]
     assert gateway["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
 
 
@@ -167,9 +181,12 @@ def test_the_network_policy_fences_invoker_pods(production: Path) -> None:
     [ingress] = policy["spec"]["ingress"]
     [source] = ingress["from"]
     assert source["namespaceSelector"]["matchLabels"] == {
-        "kubernetes.io/metadata.name": "ember-system"}
+        "kubernetes.io/metadata.name": "ember-system"
+    }
     assert source["podSelector"]["matchExpressions"][0]["values"] == [
-        "ember-gateway", "ember-scheduler"]
+        "ember-gateway",
+        "ember-scheduler",
+    ]
     assert ingress["ports"] == [{"protocol": "TCP", "port": KubernetesSettings().port}]
     blocked = policy["spec"]["egress"][1]["to"][0]["ipBlock"]["except"]
     assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"} <= set(blocked)
@@ -181,8 +198,7 @@ def _env(container: Obj, secrets: dict[str, str]) -> dict[str, str]:
     fields = {"metadata.name": "ember-gateway-5f7d9-abcde", "status.podIP": "10.244.1.7"}
     for item in container.get("env", []):
         if "value" in item:
-            env[item["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m[1], m[0]),
-                                       item["value"])
+            env[item["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m[1], m[0]), item["value"])
         elif "secretKeyRef" in item.get("valueFrom", {}):
             env[item["name"]] = secrets[item["valueFrom"]["secretKeyRef"]["key"]]
         else:
@@ -191,8 +207,7 @@ def _env(container: Obj, secrets: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_the_manifests_settings_are_what_the_processes_read(overlay: str,
-                                                            production: Path) -> None:
+def test_the_manifests_settings_are_what_the_processes_read(overlay: str, production: Path) -> None:
     objects = rendered(overlay, production)
     secret = find(objects, "Secret", "ember-secrets")
     secrets = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
@@ -222,10 +237,18 @@ def test_the_manifests_settings_are_what_the_processes_read(overlay: str,
 def test_an_invoker_pod_validates_and_is_restricted() -> None:
     pool = PodPool.__new__(PodPool)
     pool.settings = KubernetesSettings()
-    pool._owner = {"apiVersion": "v1", "kind": "ConfigMap", "name": "ember-invokers",
-                   "uid": "00000000-0000-0000-0000-000000000000"}
-    for spec in (pool.pod_spec(), pool.pod_spec(function="resize", version=2, gateway="gw",
-                                                memory_bytes=512 << 20, timeout_s=30)):
+    pool._owner = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "name": "ember-invokers",
+        "uid": "00000000-0000-0000-0000-000000000000",
+    }
+    for spec in (
+        pool.pod_spec(),
+        pool.pod_spec(
+            function="resize", version=2, gateway="gw", memory_bytes=512 << 20, timeout_s=30
+        ),
+    ):
         kubernetes_validate.validate(spec, K8S_VERSION, strict=True)
         assert spec["spec"]["automountServiceAccountToken"] is False
         assert spec["metadata"]["ownerReferences"][0]["kind"] == "ConfigMap"

@@ -43,10 +43,9 @@ class SchedulerProcess:
         self.url = url
 
     async def health(self) -> str:
-        """"leader" or "standby" when the readiness probe passes, else "down"."""
+        """ "leader" or "standby" when the readiness probe passes, else "down"."""
         try:
-            async with aiohttp.ClientSession() as http, \
-                    http.get(f"{self.url}/healthz") as response:
+            async with aiohttp.ClientSession() as http, http.get(f"{self.url}/healthz") as response:
                 if response.status != 200:
                     return "down"
                 return "leader" if (await response.json())["leader"] else "standby"
@@ -64,21 +63,25 @@ SchedulerFactory = Callable[..., AbstractAsyncContextManager[SchedulerProcess]]
 
 
 @pytest.fixture
-def start_scheduler(fake: FakeKubernetes, database_url: str,
-                    tmp_path: Path) -> SchedulerFactory:
+def start_scheduler(fake: FakeKubernetes, database_url: str, tmp_path: Path) -> SchedulerFactory:
     @asynccontextmanager
     async def start(**env: str) -> AsyncIterator[SchedulerProcess]:
         port = free_port()
         environment = {
-            "PATH": os.environ.get("PATH", ""), "DATABASE_URL": database_url,
-            "FN_SCHEDULER_TOKEN": SCHEDULER_TOKEN, "EMBER_SCHEDULER_PORT": str(port),
+            "PATH": os.environ.get("PATH", ""),
+            "DATABASE_URL": database_url,
+            "FN_SCHEDULER_TOKEN": SCHEDULER_TOKEN,
+            "EMBER_SCHEDULER_PORT": str(port),
             "KUBECONFIG": fake.kubeconfig(str(tmp_path / "kubeconfig")),
-            "EMBER_NAMESPACE": NS, "EMBER_GENERIC_POOL": "1", "PYTHONPATH": os.getcwd(),
+            "EMBER_NAMESPACE": NS,
+            "EMBER_GENERIC_POOL": "1",
+            "PYTHONPATH": os.getcwd(),
             **env,
         }
         with open(tmp_path / f"scheduler-{port}.log", "wb") as log:  # noqa: ASYNC230
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "scheduler", env=environment, stderr=log)
+                sys.executable, "-m", "scheduler", env=environment, stderr=log
+            )
         try:
             yield SchedulerProcess(process, f"http://127.0.0.1:{port}")
         finally:
@@ -95,17 +98,26 @@ def start_scheduler(fake: FakeKubernetes, database_url: str,
 
 
 def pods(fake: FakeKubernetes, **labels: str) -> list[dict[str, Any]]:
-    return [p for p in fake.pods(NS) if not p["metadata"].get("deletionTimestamp")
-            and all(p["metadata"]["labels"].get(k) == v for k, v in labels.items())]
+    return [
+        p
+        for p in fake.pods(NS)
+        if not p["metadata"].get("deletionTimestamp")
+        and all(p["metadata"]["labels"].get(k) == v for k, v in labels.items())
+    ]
 
 
-async def test_calls_run_in_invoker_pods(fake: FakeKubernetes, start_scheduler: SchedulerFactory,
-                                         make_platform: PlatformFactory) -> None:
+async def test_calls_run_in_invoker_pods(
+    fake: FakeKubernetes, start_scheduler: SchedulerFactory, make_platform: PlatformFactory
+) -> None:
     async with start_scheduler() as scheduler:
         await scheduler.wait_health("leader")
         # No scheduler URL: the gateway finds the leader where it wrote its address.
-        async with make_platform(backend="kubernetes", scheduler_token=SCHEDULER_TOKEN,
-                                 gateway_id="gw-a", pool={"generic_pool_size": 0}) as r:
+        async with make_platform(
+            backend="kubernetes",
+            scheduler_token=SCHEDULER_TOKEN,
+            gateway_id="gw-a",
+            pool={"generic_pool_size": 0},
+        ) as r:
             backend = r.platform.scheduler.backend
             assert isinstance(backend, RemoteBackend)
             await asyncio.wait_for(backend.connected.wait(), 10)
@@ -124,7 +136,8 @@ async def test_calls_run_in_invoker_pods(fake: FakeKubernetes, start_scheduler: 
             # The pod dies: the gateway hears it, and the next call gets a new pod.
             await fake.crash_pod(pod["metadata"]["name"])
             await r.platform.scheduler.wait_until(
-                lambda: not r.platform.scheduler.instances_of("hello"), 10)
+                lambda: not r.platform.scheduler.instances_of("hello"), 10
+            )
             response = await r.call("hello", {})
             assert response.status == 200, await response.text()
             assert (await response.json())["pid"] != pid
@@ -133,25 +146,37 @@ async def test_calls_run_in_invoker_pods(fake: FakeKubernetes, start_scheduler: 
             status, _ = await r.admin("DELETE", "/v1/functions/hello")
             assert status == 200
             await r.platform.scheduler.wait_until(
-                lambda: not r.platform.scheduler.instances_of("hello"), 10)
+                lambda: not r.platform.scheduler.instances_of("hello"), 10
+            )
         # The gateway stopped: none of its pods is left.
         assert pods(fake, **{GATEWAY_LABEL: "gw-a"}) == []
 
 
 async def test_one_leader_and_a_standby_that_takes_over(
-        fake: FakeKubernetes, start_scheduler: SchedulerFactory,
-        make_platform: PlatformFactory) -> None:
-    async with start_scheduler() as first, \
-            make_platform(backend="kubernetes", scheduler_token=SCHEDULER_TOKEN,
-                          gateway_id="gw-b", pool={"generic_pool_size": 0}) as r:
+    fake: FakeKubernetes, start_scheduler: SchedulerFactory, make_platform: PlatformFactory
+) -> None:
+    async with (
+        start_scheduler() as first,
+        make_platform(
+            backend="kubernetes",
+            scheduler_token=SCHEDULER_TOKEN,
+            gateway_id="gw-b",
+            pool={"generic_pool_size": 0},
+        ) as r,
+    ):
         await first.wait_health("leader")
         await r.deploy_ok("one", HANDLER)
         assert (await r.call("one", {})).status == 200
         async with start_scheduler() as second:
             await second.wait_health("standby")  # ready (a rollout can go on), not leading
-            async with aiohttp.ClientSession() as http, http.post(
-                    f"{second.url}/v1/instances", json={},
-                    headers={"Authorization": f"Bearer {SCHEDULER_TOKEN}"}) as response:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(
+                    f"{second.url}/v1/instances",
+                    json={},
+                    headers={"Authorization": f"Bearer {SCHEDULER_TOKEN}"},
+                ) as response,
+            ):
                 assert response.status == 503
             generic = {p["metadata"]["name"] for p in pods(fake, **{STATE_LABEL: "generic"})}
             first.process.send_signal(signal.SIGTERM)
@@ -160,8 +185,9 @@ async def test_one_leader_and_a_standby_that_takes_over(
             # The new leader adopted the pods instead of starting others, and the gateway,
             # which looks the leader up again, gets its next pod from it.
             created = sum(1 for x in fake.requests if x == ("create", "pods"))
-            assert {p["metadata"]["name"] for p in pods(fake, **{STATE_LABEL: "generic"})} \
-                == generic
+            assert {
+                p["metadata"]["name"] for p in pods(fake, **{STATE_LABEL: "generic"})
+            } == generic
             assert (await r.call("one", {})).status == 200  # warm: the pod outlived the leader
             await r.deploy_ok("two", HANDLER)
             assert (await r.call("two", {})).status == 200
@@ -172,7 +198,8 @@ async def test_one_leader_and_a_standby_that_takes_over(
 
 
 async def test_the_scheduler_names_a_missing_permission(
-        fake: FakeKubernetes, start_scheduler: SchedulerFactory, tmp_path: Path) -> None:
+    fake: FakeKubernetes, start_scheduler: SchedulerFactory, tmp_path: Path
+) -> None:
     fake.rules = without(SCHEDULER_RULES, "pods", "patch")
     async with start_scheduler() as scheduler:
         code = await asyncio.wait_for(scheduler.process.wait(), 30)
@@ -182,23 +209,34 @@ async def test_the_scheduler_names_a_missing_permission(
 
 
 async def test_the_scheduler_api_needs_its_token(
-        fake: FakeKubernetes, start_scheduler: SchedulerFactory) -> None:
+    fake: FakeKubernetes, start_scheduler: SchedulerFactory
+) -> None:
     async with start_scheduler() as scheduler:
         await scheduler.wait_health("leader")
-        async with aiohttp.ClientSession() as http, http.post(
-                f"{scheduler.url}/v1/instances", json={}) as response:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{scheduler.url}/v1/instances", json={}) as response,
+        ):
             assert response.status == 401
 
 
 async def test_pods_of_a_gateway_that_is_gone_are_collected(
-        fake: FakeKubernetes, start_scheduler: SchedulerFactory) -> None:
+    fake: FakeKubernetes, start_scheduler: SchedulerFactory
+) -> None:
     async with start_scheduler(EMBER_ORPHAN_GRACE="1") as scheduler:
         await scheduler.wait_health("leader")
         headers = {"Authorization": f"Bearer {SCHEDULER_TOKEN}"}
-        body = {"gateway": "gw-dead", "function": "f", "version": 1,
-                "memory_bytes": 1 << 20, "timeout_s": 5}
-        async with aiohttp.ClientSession(headers=headers) as http, \
-                http.post(f"{scheduler.url}/v1/instances", json=body) as response:
+        body = {
+            "gateway": "gw-dead",
+            "function": "f",
+            "version": 1,
+            "memory_bytes": 1 << 20,
+            "timeout_s": 5,
+        }
+        async with (
+            aiohttp.ClientSession(headers=headers) as http,
+            http.post(f"{scheduler.url}/v1/instances", json=body) as response,
+        ):
             assert response.status == 201
             name = (await response.json())["name"]
         # That gateway never connects its event stream: after the grace period the pod goes.

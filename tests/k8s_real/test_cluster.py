@@ -43,8 +43,12 @@ def _apply(dynamic: DynamicClient, obj: dict[str, Any], *, dry_run: bool) -> Non
     if dry_run:
         kwargs["dry_run"] = "All"
     dynamic.server_side_apply(  # type: ignore[no-untyped-call]
-        resource, body=obj, name=obj["metadata"]["name"],
-                              namespace=obj["metadata"].get("namespace"), **kwargs)
+        resource,
+        body=obj,
+        name=obj["metadata"]["name"],
+        namespace=obj["metadata"].get("namespace"),
+        **kwargs,
+    )
 
 
 def test_the_api_server_accepts_every_object() -> None:
@@ -64,12 +68,14 @@ def test_the_api_server_accepts_every_object() -> None:
 async def pool() -> AsyncIterator[PodPool]:
     test_the_api_server_accepts_every_object()
     api = PodPool.load_client(KUBECONFIG)
-    api.set_default_header("Impersonate-User",  # type: ignore[no-untyped-call]
-                           "system:serviceaccount:ember-system:ember-scheduler")
-    image = os.environ.get("EMBER_TEST_INVOKER_IMAGE",
-                           KubernetesSettings().image)
-    pool = PodPool(api, KubernetesSettings(generic_pool_size=1, image=image,
-                                           pod_start_timeout_s=180))
+    api.set_default_header(
+        "Impersonate-User",  # type: ignore[no-untyped-call]
+        "system:serviceaccount:ember-system:ember-scheduler",
+    )
+    image = os.environ.get("EMBER_TEST_INVOKER_IMAGE", KubernetesSettings().image)
+    pool = PodPool(
+        api, KubernetesSettings(generic_pool_size=1, image=image, pod_start_timeout_s=180)
+    )
     yield pool
     for pod in list(pool.pods.values()):
         with contextlib.suppress(KubernetesError):
@@ -80,14 +86,19 @@ async def pool() -> AsyncIterator[PodPool]:
 async def test_the_scheduler_role_is_enough_and_pods_run(pool: PodPool) -> None:
     await pool.start()  # the permission check runs as the scheduler's ServiceAccount
     try:
-        await pool.wait_until(lambda: bool(pool.generic(ready_only=True)) or any(
-            p.dead for p in pool.pods.values()), 180)
+        await pool.wait_until(
+            lambda: bool(pool.generic(ready_only=True)) or any(p.dead for p in pool.pods.values()),
+            180,
+        )
     except TimeoutError:
         pending = [f"{p.name}: {p.phase} {p.reason}" for p in pool.pods.values()]
-        pytest.skip(f"the cluster did not run the invoker image in 180 s ({pending}); the "
-                    "manifests and the RBAC were checked")
-    pod = await pool.claim(gateway="k8s-test", function="probe", version=1,
-                           memory_bytes=64 << 20, timeout_s=5)
+        pytest.skip(
+            f"the cluster did not run the invoker image in 180 s ({pending}); the "
+            "manifests and the RBAC were checked"
+        )
+    pod = await pool.claim(
+        gateway="k8s-test", function="probe", version=1, memory_bytes=64 << 20, timeout_s=5
+    )
     assert pod.labels[STATE_LABEL] == "specialized"
     core = k8s.CoreV1Api(PodPool.load_client(KUBECONFIG))
     live: Any = core.read_namespaced_pod(pod.name, pool.settings.namespace)

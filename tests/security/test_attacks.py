@@ -142,9 +142,16 @@ def test_1_cannot_read_the_gateway_environment_or_the_admin_token(platform: Plat
             }
     """)
     port = int(platform.url.rsplit(":", 1)[1])
-    seen = platform.attack("steal", source, {
-        "gateway": platform.process.pid, "token": str(platform.state_dir / "token"),
-        "state": str(platform.state_dir), "port": port})
+    seen = platform.attack(
+        "steal",
+        source,
+        {
+            "gateway": platform.process.pid,
+            "token": str(platform.state_dir / "token"),
+            "state": str(platform.state_dir),
+            "port": port,
+        },
+    )
     assert seen["environ"].startswith("failed: FileNotFoundError"), seen
     assert seen["token"].startswith("failed: FileNotFoundError"), seen
     assert seen["state"].startswith("failed: FileNotFoundError"), seen
@@ -153,8 +160,9 @@ def test_1_cannot_read_the_gateway_environment_or_the_admin_token(platform: Plat
     assert "DATABASE_URL" not in seen["env_keys"]
     assert "FN_TOKEN" not in seen["env_keys"]
     # /root holds at most the way to Python (when Python lives there), nothing of the rest.
-    assert seen["home"] in ("succeeded: []", "succeeded: ['.pyenv']") \
-        or seen["home"].startswith("failed"), seen
+    assert seen["home"] in ("succeeded: []", "succeeded: ['.pyenv']") or seen["home"].startswith(
+        "failed"
+    ), seen
     platform.healthy()
 
 
@@ -232,11 +240,11 @@ def test_3_the_database_needs_a_password_and_is_out_of_reach(platform: Platform)
         except asyncpg.InvalidPasswordError as exc:
             refused = f"refused: {exc}"
         password = (platform.state_dir / "pgdata.secrets" / "ember").read_text().strip()
-        conn = await asyncpg.connect(
-            f"postgresql://ember:{password}@/postgres?host={socket_dir}")
+        conn = await asyncpg.connect(f"postgresql://ember:{password}@/postgres?host={socket_dir}")
         try:
-            superuser = bool(await conn.fetchval("SELECT rolsuper FROM pg_roles "
-                                                 "WHERE rolname = current_user"))
+            superuser = bool(
+                await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+            )
         finally:
             await conn.close()
         return refused, superuser
@@ -261,10 +269,13 @@ def test_3b_code_changed_in_the_database_does_not_run(platform: Platform) -> Non
 
     async def tamper() -> None:
         conn = await asyncpg.connect(
-            f"postgresql://postgres:{password}@/postgres?host={socket_dir}")
+            f"postgresql://postgres:{password}@/postgres?host={socket_dir}"
+        )
         try:
-            await conn.execute("UPDATE ember_versions SET source = $1 WHERE function = 'victim'",
-                               "def handler(event, context):\n    return 'attacker'\n")
+            await conn.execute(
+                "UPDATE ember_versions SET source = $1 WHERE function = 'victim'",
+                "def handler(event, context):\n    return 'attacker'\n",
+            )
             await conn.execute("SELECT pg_notify('ember_functions', 'victim:999')")
         finally:
             await conn.close()
@@ -296,8 +307,7 @@ def test_4_cannot_signal_the_gateway_or_the_zygote(platform: Platform) -> None:
             out["everyone"] = attempt(lambda: os.kill(-1, signal.SIGKILL))
             return out
     """)
-    seen = platform.attack("killer", source, {"gateway": platform.process.pid,
-                                              "zygote": zygote})
+    seen = platform.attack("killer", source, {"gateway": platform.process.pid, "zygote": zygote})
     for key, outcome in seen.items():
         if key != "everyone":
             assert outcome.startswith("failed: ProcessLookupError"), (key, outcome)
@@ -306,8 +316,7 @@ def test_4_cannot_signal_the_gateway_or_the_zygote(platform: Platform) -> None:
     platform.healthy()
 
 
-def test_5_cannot_take_the_zygote_pipe_and_garbage_on_it_is_survived(
-        platform: Platform) -> None:
+def test_5_cannot_take_the_zygote_pipe_and_garbage_on_it_is_survived(platform: Platform) -> None:
     zygote = platform.zygote_pid
     source = TRY + textwrap.dedent("""
         def handler(event, context):
@@ -323,8 +332,9 @@ def test_5_cannot_take_the_zygote_pipe_and_garbage_on_it_is_survived(
             return {"pidfd_getfd": attempt(pidfd)}
     """)
     seen = platform.attack("pipe", source, {"zygote": zygote})
-    assert seen["pidfd_getfd"].startswith(("failed: ProcessLookupError",
-                                           "failed: PermissionError")), seen
+    assert seen["pidfd_getfd"].startswith(
+        ("failed: ProcessLookupError", "failed: PermissionError")
+    ), seen
     # What the attack would have done, done from the host: garbage on the report pipe.
     import ctypes
 
@@ -463,8 +473,11 @@ def test_7c_nothing_outlives_the_function(platform: Platform) -> None:
     uid = platform.attack("escape", source)
 
     def of_the_function() -> list[psutil.Process]:
-        return [p for p in psutil.process_iter(["uids"])
-                if p.info["uids"] and p.info["uids"].real == uid]
+        return [
+            p
+            for p in psutil.process_iter(["uids"])
+            if p.info["uids"] and p.info["uids"].real == uid
+        ]
 
     assert len(of_the_function()) >= 2  # the instance and the escaped grandchild
     platform.client.api("DELETE", "/v1/functions/escape")
@@ -491,7 +504,8 @@ def test_7d_output_floods_stay_in_the_activation(platform: Platform) -> None:
     records: list[dict[str, Any]] = []
     while not records and time.monotonic() < deadline:
         records = platform.client.api("GET", "/v1/functions/flood/activations?limit=1")[
-            "activations"]
+            "activations"
+        ]
     assert records, "no activation record"
     assert len(records[0].get("logs") or "") <= 70 * 1024
     # 200 MB were written to fds 1 and 2: none of it reached the platform's own log (the
@@ -534,11 +548,22 @@ def test_8_no_loopback_or_private_address_and_no_listening(platform: Platform) -
             return out
     """)
     port = int(platform.url.rsplit(":", 1)[1])
-    targets = [("127.0.0.1", port), ("127.0.0.1", 5432), ("127.0.0.1", 6379),
-               ("127.0.0.1", 5672), ("::1", port), ("10.0.0.1", 80), ("192.168.1.1", 80),
-               ("169.254.169.254", 80)]
-    targets += [(a.address, port) for addrs in psutil.net_if_addrs().values() for a in addrs
-                if a.family.name == "AF_INET" and not a.address.startswith("127.")]
+    targets = [
+        ("127.0.0.1", port),
+        ("127.0.0.1", 5432),
+        ("127.0.0.1", 6379),
+        ("127.0.0.1", 5672),
+        ("::1", port),
+        ("10.0.0.1", 80),
+        ("192.168.1.1", 80),
+        ("169.254.169.254", 80),
+    ]
+    targets += [
+        (a.address, port)
+        for addrs in psutil.net_if_addrs().values()
+        for a in addrs
+        if a.family.name == "AF_INET" and not a.address.startswith("127.")
+    ]
     try:  # a name this host resolves through its resolver (not /etc/hosts)
         name = "pypi.org"
         socket.getaddrinfo(name, 443)
@@ -550,8 +575,10 @@ def test_8_no_loopback_or_private_address_and_no_listening(platform: Platform) -
     for target, outcome in seen.items():
         if target not in ("listen", "dns"):
             # Rejected by the firewall: EHOSTUNREACH (IPv4) or EACCES (IPv6), never connected.
-            assert "No route to host" in outcome or "Permission denied" in outcome, \
-                (target, outcome)
+            assert "No route to host" in outcome or "Permission denied" in outcome, (
+                target,
+                outcome,
+            )
     assert seen["listen"].startswith("failed: PermissionError"), seen
     platform.healthy()
 
@@ -641,8 +668,21 @@ def test_dev_is_the_instance_own(platform: Platform) -> None:
                         lambda: os.write(os.open("/dev/null", os.O_WRONLY), b"x"))}
     """)
     seen = platform.attack("ptys", source)
-    assert set(seen["dev"]) <= {"null", "zero", "full", "random", "urandom", "tty", "fd",
-                                "stdin", "stdout", "stderr", "ptmx", "pts", "shm"}, seen
+    assert set(seen["dev"]) <= {
+        "null",
+        "zero",
+        "full",
+        "random",
+        "urandom",
+        "tty",
+        "fd",
+        "stdin",
+        "stdout",
+        "stderr",
+        "ptmx",
+        "pts",
+        "shm",
+    }, seen
     # Its own devpts, capped at 64 (and kernel.pty.reserve keeps the host's own terminals).
     assert seen["opened"] == 64, seen
     assert seen["ptmx"].startswith("failed: OSError: [Errno 28]"), seen
@@ -680,15 +720,21 @@ def test_requirements_builds_run_inside_the_walls(platform: Platform, tmp_path: 
     """) % (str(state / "token"), str(work / "site.txt"))
 
     async def run() -> dict[str, Any]:
-        backend = LocalBackend(isolation=IsolationSettings(), private_paths=(state,),
-                               environments=state / "envs")
+        backend = LocalBackend(
+            isolation=IsolationSettings(), private_paths=(state,), environments=state / "envs"
+        )
         await backend.start()
         try:
             prefix = backend.confine_command([work], "x")
             assert prefix, backend.report.summary()
             result = await asyncio.to_thread(
-                subprocess.run, [*prefix, sys.executable, "-c", attack], capture_output=True,
-                text=True, timeout=30, check=False)
+                subprocess.run,
+                [*prefix, sys.executable, "-c", attack],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
             assert result.returncode == 0, result.stderr
             seen: dict[str, Any] = json.loads(result.stdout)
             backend.release_build("x")

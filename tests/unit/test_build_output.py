@@ -30,8 +30,7 @@ def test_a_link_where_packages_go_is_refused(tmp_path: Path) -> None:
     _check_output(tmp_path / "missing")  # (empty requirements install nothing)
 
 
-def test_the_report_is_read_without_following_links_or_waiting_on_a_pipe(
-        tmp_path: Path) -> None:
+def test_the_report_is_read_without_following_links_or_waiting_on_a_pipe(tmp_path: Path) -> None:
     secret = tmp_path / "secret"
     secret.write_text('{"install": []}')
     report = tmp_path / "report.json"
@@ -54,5 +53,7 @@ def test_sizes_count_no_link(tmp_path: Path) -> None:
 def test_a_marker_cannot_carry_pip_options() -> None:
     with pytest.raises(RequirementsError):
         normalize_requirements('evilpkg==1.0 ; python_version>"0" -Cbuilddir=/x\n')
-    assert normalize_requirements('six==1.16.0 ; python_version>"3"\n') \
+    assert (
+        normalize_requirements('six==1.16.0 ; python_version>"3"\n')
         == 'six==1.16.0 ; python_version>"3"\n'
+    )

@@ -23,7 +23,8 @@ def test_encode_result() -> None:
     assert encode_result("hi")[1:] == ([["Content-Type", "text/plain; charset=utf-8"]], b"hi")
     assert encode_result(b"\x01")[2] == b"\x01"
     status, headers, body = encode_result(
-        Response(body="<p>", status=201, headers={"Content-Type": "text/html"}))
+        Response(body="<p>", status=201, headers={"Content-Type": "text/html"})
+    )
     assert (status, headers, body) == (201, [["Content-Type", "text/html"]], b"<p>")
     with pytest.raises(TypeError, match="not JSON-serializable"):
         encode_result({"x": object()})

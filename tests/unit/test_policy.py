@@ -73,8 +73,7 @@ def test_histograms_are_per_function() -> None:
 
 def test_cost_window_keeps_warm_only_where_it_pays() -> None:
     # Break-even 10 min: a cold start costs as much as 10 minutes warm.
-    policy = HybridHistogram(break_even_s=600, min_samples=3, prewarm_margin=1.0,
-                             keep_margin=1.0)
+    policy = HybridHistogram(break_even_s=600, min_samples=3, prewarm_margin=1.0, keep_margin=1.0)
     now = feed(policy, [30 * MIN + 10] * 5)  # every 30 min: prewarm just before, not 30 min warm
     decision = policy.on_idle("f", now)
     assert decision.keep_until == now
@@ -91,8 +90,7 @@ def test_cost_window_keeps_warm_only_where_it_pays() -> None:
 def test_cost_plan_keeps_for_a_burst_then_prewarms_for_the_next() -> None:
     # An hourly timer that fires a burst of calls 20 s apart: the short gaps are worth keeping
     # warm for, the hour is worth a prewarm just before it, and nothing in between.
-    policy = HybridHistogram(break_even_s=600, min_samples=3, prewarm_margin=1.0,
-                             keep_margin=1.0)
+    policy = HybridHistogram(break_even_s=600, min_samples=3, prewarm_margin=1.0, keep_margin=1.0)
     gaps = ([20.0] * 4 + [60 * MIN - 80]) * 4
     now = feed(policy, gaps)
     decision = policy.on_idle("f", now)
@@ -106,21 +104,30 @@ def test_cost_window_weighs_memory() -> None:
     gaps = [8 * MIN] * 3 + [40 * MIN] * 3  # half short, half long
     for policy in (small, big):
         feed(policy, gaps)
+
     def covers(decision: Decision, idle_s: float) -> bool:
         return decision.keep_until >= idle_s or (
-            decision.prewarm_at is not None and decision.prewarm_until is not None
-            and decision.prewarm_at <= idle_s <= decision.prewarm_until)
+            decision.prewarm_at is not None
+            and decision.prewarm_until is not None
+            and decision.prewarm_at <= idle_s <= decision.prewarm_until
+        )
 
     # The small function is worth having warm for the short gaps; the big one is not.
     assert covers(small.on_idle("f", 0), 8 * MIN)
     assert not covers(big.on_idle("f", 0), 8 * MIN)
 
 
-@pytest.mark.parametrize(("spec", "name"), [
-    ("fixed:10m", "fixed:600s"), ("fixed:90", "fixed:90s"), ("fixed:1h", "fixed:3600s"),
-    ("histogram", "histogram"), ("histogram-cost:40m", "histogram-cost:2400s"),
-    ("histogram-cost", "histogram-cost:7200s"),
-])
+@pytest.mark.parametrize(
+    ("spec", "name"),
+    [
+        ("fixed:10m", "fixed:600s"),
+        ("fixed:90", "fixed:90s"),
+        ("fixed:1h", "fixed:3600s"),
+        ("histogram", "histogram"),
+        ("histogram-cost:40m", "histogram-cost:2400s"),
+        ("histogram-cost", "histogram-cost:7200s"),
+    ],
+)
 def test_parse_policy(spec: str, name: str) -> None:
     assert parse_policy(spec).name == name
 
