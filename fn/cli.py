@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -47,7 +47,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     Console(soft_wrap=True).print(table)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.echo(f"fn: {message}", err=True)
     raise SystemExit(1)
 

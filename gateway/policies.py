@@ -57,7 +57,7 @@ async def reload_policies(platform: Platform) -> None:
                 await platform.scheduler.ensure_warm(await platform.functions.resolve(name))
 
 
-def parse_policy(body: dict[str, Any], function: str) -> PolicyRow:
+def policy_row_from_body(body: dict[str, Any], function: str) -> PolicyRow:
     prewarm = body.get("prewarm")
     if prewarm == "off":
         prewarm = "fixed"
@@ -134,7 +134,7 @@ async def _write(request: web.Request, name: str) -> web.Response:
     if not isinstance(body, dict):
         return error_response(400, "bad_json", "request body must be a JSON object")
     try:
-        row = parse_policy(body, name)
+        row = policy_row_from_body(body, name)
         unset = _parse_unset(body.get("unset", []))
     except ConfigError as exc:
         return error_response(400, "bad_policy", str(exc), setting=exc.setting)
