@@ -111,9 +111,17 @@ def pss_bytes(pid: int) -> int:
 
 
 def tree_pss(pid: int) -> dict[str, Any]:
+    """PSS of a process and its descendants; one that exits meanwhile (an instance scaled to
+    zero, a namespace's init going with it) counts as nothing."""
     root = psutil.Process(pid)
-    procs = [root, *root.children(recursive=True)]
-    return {"processes": len(procs), "pss_bytes": sum(pss_bytes(p.pid) for p in procs)}
+    total = counted = 0
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            total += pss_bytes(proc.pid)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        counted += 1
+    return {"processes": counted, "pss_bytes": total}
 
 
 def admin_headers() -> dict[str, str]:
