@@ -66,7 +66,8 @@ def gateway(env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[bytes], str]
         process.wait(timeout=30)
         drain.join(timeout=5)
         stderr.close()
-        children += [c for c in psutil.process_iter() if c.ppid() == process.pid]
+        # (process_iter's attrs: a process that exits while listed is no error)
+        children += [c for c in psutil.process_iter(["ppid"]) if c.info["ppid"] == process.pid]
         _, alive = psutil.wait_procs(children, timeout=10)
         assert not alive, f"processes outlived the gateway: {alive}"
 
