@@ -88,10 +88,14 @@ async def test_deliveries_ride_out_a_database_restart(tmp_path: Path) -> None:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     url = "http://{}:{}".format(*runner.addresses[0][:2])
+    hold = shared(tmp_path) / "hold"  # deliveries wait while it exists: mid-stream for sure
+    hold.touch()
     source = (
-        "import json, time\n"
+        "import json, os, time\n"
         "def handler(event, context):\n"
-        "    time.sleep(0.02)\n"
+        "    deadline = time.monotonic() + 20\n"
+        "    while os.path.exists(context.config['HOLD']) and time.monotonic() < deadline:\n"
+        "        time.sleep(0.01)\n"
         "    with open(context.config['OUT'], 'a') as f:\n"
         "        f.write(json.dumps(event) + '\\n')\n"
     )
@@ -100,7 +104,11 @@ async def test_deliveries_ride_out_a_database_restart(tmp_path: Path) -> None:
             async with http.post(
                 f"{url}/v1/functions",
                 headers=HEADERS,
-                json={"name": "rec", "source": source, "env": {"OUT": str(out)}},
+                json={
+                    "name": "rec",
+                    "source": source,
+                    "env": {"OUT": str(out), "HOLD": str(hold)},
+                },
             ) as r:
                 assert r.status == 201
             for n in range(60):
@@ -108,8 +116,9 @@ async def test_deliveries_ride_out_a_database_restart(tmp_path: Path) -> None:
                     f"{url}/fn/rec", json={"n": n}, headers={"Prefer": "respond-async"}
                 ) as r:
                     assert r.status == 202
-            await asyncio.to_thread(pg.stop)  # mid-stream: most are still queued
+            await asyncio.to_thread(pg.stop)  # mid-stream: all are queued or held in calls
             done_while_down = len(out.read_text().splitlines()) if out.exists() else 0
+            hold.unlink()  # the calls in flight finish while the database is down
             async with http.post(
                 f"{url}/fn/rec", json={"n": -1}, headers={"Prefer": "respond-async"}
             ) as r:
