@@ -1,0 +1,31 @@
+"""The warm pool's settings: one frozen record, each field with its unit, default and why."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class PoolSettings:
+    keep_alive_s: float = 600.0
+    """Idle seconds before a specialized instance stops (scale to zero). Default: 10 min, as
+    OpenWhisk."""
+    generic_pool_size: int = 2
+    """Prewarmed generic instances kept ready, so a cold start is a specialization (ms), not a
+    process start."""
+    max_instances: int = 20
+    """Instances per function version at most."""
+    max_queue: int = 100
+    """Calls per function version that may wait for a slot; more get 429."""
+    queue_timeout_s: float = 30.0
+    """How long a call waits for a slot before it gets 503."""
+    specialize_timeout_s: float = 30.0
+    """How long importing a function's module may take."""
+    stop_grace_s: float = 2.0
+    """Seconds between SIGTERM and SIGKILL when stopping an instance."""
+    max_start_backoff_s: float = 30.0
+    """After a version fails to start, calls fail fast for 0.5 s, doubling per failure up to
+    this, instead of restarting it in a loop (like Kubernetes' crash-loop back-off)."""
+    max_response_bytes: int = 6 << 20
+    """Largest response body a handler may return (FN_MAX_RESPONSE); a larger one is an error
+    (502 response_too_large), and the gateway never buffers more than this per call."""

@@ -1,0 +1,294 @@
+"""The scheduler's work beside the call path: scale to zero, prewarms, `min_warm`, the generic
+pool, new policies, deleted functions, deploy-time import checks, and read-outs.
+
+A part of `Scheduler` (which mixes it in) kept in a module of its own; the state it works on is
+the scheduler's, declared below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from scheduler.errors import StartFailed
+from scheduler.live import InstanceConnection, InstanceGone, Live, Tracked
+from scheduler.policy import FunctionPolicy, PolicyRouter
+from scheduler.pool import Instance, Pool, State, VersionKey
+from scheduler.settings import PoolSettings
+from scheduler.tasks import Supervisor
+from store.records import Version
+
+log = logging.getLogger("ember.scheduler")
+
+
+class Upkeep:
+    settings: PoolSettings
+    clock: Callable[[], float]
+    time_scale: float
+    policies: PolicyRouter
+    pool: Pool
+    prewarm_starts: dict[str, int]
+    _live: dict[str, Live]
+    _versions: dict[VersionKey, Tracked]
+    _active: dict[str, VersionKey]
+    _tasks: Supervisor
+    _wake_reaper: asyncio.Event
+    _reaper_target: float
+    _refill: asyncio.Event
+    _stopping: bool
+
+    if TYPE_CHECKING:
+
+        def _learn(self, key: VersionKey, version: Version) -> Tracked: ...
+        def _launch(
+            self, tracked: Tracked, why: str, *, prewarm_until: float | None = None
+        ) -> None: ...
+        def _new_instance(self) -> Instance: ...
+        async def _start_process(
+            self, instance: Instance, version: Version | None = None
+        ) -> None: ...
+        def _fail_waiters(
+            self, tracked: Tracked, exc: StartFailed, *, all_: bool = False
+        ) -> None: ...
+        async def _drop(self, instance: Instance, reason: str, *, restart: bool = True) -> None: ...
+        def _notify(self) -> None: ...
+        def _take_instance(self) -> tuple[Instance, bool]: ...
+        async def _specialize(self, instance: Instance, version: Version, fresh: bool) -> None: ...
+        def _stop_soon(self, instance: Instance, reason: str) -> None: ...
+        async def _connection(self, instance: Instance) -> InstanceConnection: ...
+        def _keep_connection(self, instance: Instance, conn: InstanceConnection) -> None: ...
+        def _hand_out(self, tracked: Tracked, *, cold: bool) -> None: ...
+
+    async def retire(self, function: str) -> None:
+        """Stop every instance of a deleted function (busy ones once their calls end)."""
+        gone = StartFailed(f'function "{function}" was deleted')
+        for key in [k for k in self._versions if k[0] == function]:
+            self._fail_waiters(self._versions.pop(key), gone, all_=True)
+        self._active.pop(function, None)
+        self.pool.forget(function)
+        self.prewarm_starts.pop(function, None)
+        self.policies.forget(function)
+        idle = []
+        for instance in self.pool.of_function(function):
+            self.pool.remove(instance)
+            if instance.busy == 0 and instance.state is not State.STARTING:
+                idle.append(instance)
+        await asyncio.gather(*(self._drop(i, "function deleted", restart=False) for i in idle))
+
+    async def _reaper(self) -> None:
+        while True:
+            now = self.clock()
+            expired = self._expired(now)
+            for instance in expired:
+                self.pool.stopped(instance, now)
+                self.pool.remove(instance)
+            if expired:
+                results = await asyncio.gather(
+                    *(self._drop(i, "idle past keep-alive") for i in expired),
+                    return_exceptions=True,
+                )
+                for result in results:
+                    if isinstance(result, Exception):
+                        log.error("could not stop an idle instance", exc_info=result)
+            for until, key in self.pool.due_prewarms(now):
+                self._prewarm(key, until)
+            self._notify()
+            self._wake_reaper.clear()
+            targets = [
+                t for t in (self.pool.next_expiry(), self.pool.next_prewarm()) if t is not None
+            ]
+            target = min(targets, default=None)
+            self._reaper_target = math.inf if target is None else target
+            timeout = None if target is None else max(0.0, target - self.clock()) / self.time_scale
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake_reaper.wait()
+
+    def _expired(self, now: float) -> list[Instance]:
+        """Instances to stop now: idle past their keep-alive, but never below `min_warm`."""
+        expired = []
+        kept: dict[VersionKey, int] = {}
+        for instance in self.pool.expired(now):
+            assert instance.key is not None
+            left = kept.setdefault(instance.key, self.pool.count(instance.key))
+            if (
+                self._active.get(instance.key[0]) == instance.key
+                and left <= self.policies.settings(instance.key[0]).min_warm
+            ):
+                instance.keep_until = math.inf  # kept warm on purpose; re-decided after a call
+                continue
+            kept[instance.key] = left - 1
+            expired.append(instance)
+        return expired
+
+    def _prewarm(self, key: VersionKey, until: float) -> None:
+        """Start an instance ahead of an expected call, as the policy asked."""
+        tracked = self._versions.get(key)
+        active = self._active.get(key[0])
+        if tracked is None or self._stopping or (active is not None and active != key):
+            return  # unknown, or no longer the active version
+        if self.pool.count(key) > 0:
+            for existing in self.pool.of_function(key[0]):
+                if existing.key == key and existing.busy == 0 and existing.state is State.READY:
+                    existing.keep_until = max(existing.keep_until, until)
+            return
+        self.prewarm_starts[key[0]] = self.prewarm_starts.get(key[0], 0) + 1
+        self._launch(tracked, "prewarm", prewarm_until=until)
+
+    def configure(self, default: FunctionPolicy, overrides: dict[str, FunctionPolicy]) -> None:
+        """Apply new policies now: idle instances get a keep-alive under the new settings."""
+        self.policies.default = default
+        self.policies.overrides = overrides
+        for instance in self.pool.instances.values():
+            if (
+                instance.key is None
+                or instance.busy
+                or instance.state is not State.READY
+                or instance.prewarmed
+            ):
+                continue
+            settings = self.policies.settings(instance.key[0])
+            if settings.prewarm == "fixed" or instance.keep_until == math.inf:
+                # (inf: kept for a min_warm that may have been lowered)
+                instance.keep_until = instance.idle_since + settings.keep_alive_s
+        self._wake_reaper.set()
+
+    async def ensure_warm(self, version: Version) -> None:
+        """Note `version` as its function's active one, and start instances of it up to the
+        function's `min_warm` (within `max_instances`)."""
+        key = (version.function, version.version)
+        previous = self._active.get(version.function)
+        self._active[version.function] = key
+        tracked = self._learn(key, version)
+        if previous is not None and previous != key and self.pool.count(previous) == 0:
+            old = self._versions.get(previous)
+            if old is not None and not old.waiting and old.backoff_error is None:
+                del self._versions[previous]
+        if previous != key:
+            self.pool.cancel_prewarms(version.function)
+        if self._stopping or self.start_backoff_remaining_s(key) > 0:
+            return
+        settings = self.policies.settings(version.function)
+        missing = min(settings.min_warm, settings.max_instances) - self.pool.count(key)
+        for _ in range(max(0, missing)):
+            self._launch(tracked, "keep warm")
+        self._refill.set()
+
+    async def _refiller(self) -> None:
+        while True:
+            await self._refill.wait()
+            self._refill.clear()
+            while (
+                not self._stopping and self.pool.generic_ready() < self.settings.generic_pool_size
+            ):
+                instance = self._new_instance()
+                try:
+                    await self._start_process(instance)
+                except StartFailed as exc:
+                    self.pool.remove(instance)
+                    self._live.pop(instance.id, None)
+                    log.error("cannot prewarm a generic instance: %s", exc)
+                    await asyncio.sleep(1.0)
+                    continue
+                if instance.id in self.pool.instances:
+                    self.pool.mark_generic(instance)
+                    self._notify()
+
+    # -- deploy-time checks -----------------------------------------------------------------
+
+    async def check(self, version: Version) -> Instance:
+        """Import a version in an instance of its own, before it is stored.
+
+        Raises `StartFailed` with the import error. On success the instance is kept aside;
+        `admit` makes it the first warm instance of the stored version, `drop_checked_soon`
+        stops it.
+        """
+        instance, fresh = self._take_instance()
+        instance.state = State.STARTING
+        self._refill.set()
+        try:
+            await self._specialize(instance, version, fresh)
+        except BaseException as exc:  # failed, or the deploy request was cancelled
+            self._stop_soon(instance, f"import check: {exc!r}")
+            raise
+        instance.concurrency = version.config.concurrency
+        return instance
+
+    async def admit(self, instance: Instance, version: Version) -> None:
+        """Make a checked instance the first warm instance of `version` (or drop it)."""
+        try:
+            conn = await self._connection(instance)
+            async with asyncio.timeout(self.settings.specialize_timeout_s):
+                reply, _ = await conn.call({"op": "relabel", "version": version.version})
+        except BaseException as exc:
+            # The version is stored and active either way; the first call starts an instance.
+            self.drop_checked_soon(instance)
+            if isinstance(exc, Exception):
+                log.warning("checked instance lost before it served: %r", exc)
+                return
+            raise
+        if not reply.get("ok"):
+            conn.close()
+            self.drop_checked_soon(instance)
+            return
+        self._keep_connection(instance, conn)
+        key = (version.function, version.version)
+        tracked = self._learn(key, version)
+        self.pool.relabel(instance, key)
+        self.pool.mark_ready(instance, self.clock())
+        self._hand_out(tracked, cold=True)
+        self._wake_reaper.set()
+
+    def drop_checked_soon(self, instance: Instance) -> None:
+        self._stop_soon(instance, "deploy did not complete")
+
+    # -- read-outs --------------------------------------------------------------------------
+
+    def instance_counts(self) -> dict[str, int]:
+        counts = {s.value: 0 for s in State}
+        for instance in self.pool.instances.values():
+            state = "busy" if instance.busy else instance.state.value
+            counts[state] = counts.get(state, 0) + 1
+        return counts
+
+    def waiting(self, key: VersionKey) -> int:
+        """Calls of a version waiting for a slot."""
+        tracked = self._versions.get(key)
+        return len(tracked.waiting) if tracked else 0
+
+    def start_backoff_remaining_s(self, key: VersionKey) -> float:
+        """How long calls of a version that failed to start still fail fast."""
+        tracked = self._versions.get(key)
+        if tracked is None or tracked.backoff_error is None:
+            return 0.0
+        return max(0.0, tracked.backoff_until - self.clock())
+
+    def instances_of(self, function: str) -> list[Instance]:
+        return self.pool.of_function(function)
+
+    def knows(self, function: str) -> bool:
+        """Whether anything of `function` is here: instances, waiting calls, an active
+        version (false again once it was retired)."""
+        return (
+            function in self._active
+            or bool(self.pool.of_function(function))
+            or any(k[0] == function for k in self._versions)
+        )
+
+    def pid_of(self, instance: Instance) -> int | None:
+        """The process that stands for an instance on this machine (local backend), if any."""
+        live = self._live.get(instance.id)
+        pid = getattr(live.handle if live else None, "pid", None)
+        return pid if isinstance(pid, int) else None
+
+    def address_of(self, instance: Instance) -> str:
+        """Where an instance listens: `host:port`, or `unix:/path`."""
+        live = self._live.get(instance.id)
+        if live is None or live.handle is None:
+            raise InstanceGone(f"instance {instance.id} is gone")
+        handle = live.handle
+        return handle.host if handle.host.startswith("unix:") else f"{handle.host}:{handle.port}"

@@ -1,0 +1,294 @@
+"""The scheduler's decisions on in-memory instances and a fake clock (`scheduler.testing`):
+warm reuse, scale to zero, replacement, back-off, the queue bound, min-warm, prewarm, delete."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+
+from scheduler.policy import FunctionPolicy
+from scheduler.scheduler import (
+    InstanceLost,
+    PoolSettings,
+    QueueFull,
+    QueueTimeout,
+    Scheduler,
+    StartFailed,
+)
+from scheduler.testing import FakeBackend, FakeClock, FakeInstance, fake_version
+
+pytestmark = pytest.mark.timeout(5)
+
+VERSION = fake_version("resize")
+KEY = ("resize", 1)
+SETTLE_S = 1.0  # real seconds a state change may take on in-memory instances: all are at once
+
+
+class Harness:
+    def __init__(self, scheduler: Scheduler, backend: FakeBackend, clock: FakeClock) -> None:
+        self.scheduler = scheduler
+        self.backend = backend
+        self.clock = clock
+
+    async def until(self, predicate: Callable[[], bool]) -> None:
+        await self.scheduler.wait_until(predicate, SETTLE_S)
+
+    def advance(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        self.scheduler.tick()
+
+    def handle(self, instance_id: str) -> FakeInstance:
+        return self.backend.instances[instance_id]
+
+    def ready(self, function: str = "resize") -> int:
+        return sum(1 for i in self.scheduler.instances_of(function) if i.state.value == "ready")
+
+
+@asynccontextmanager
+async def running(**settings: float) -> AsyncIterator[Harness]:
+    """A started scheduler on a fake backend (no generic pool unless asked), stopped after."""
+    clock = FakeClock()
+    backend = FakeBackend()
+    pool = PoolSettings(**{"generic_pool_size": 0, **settings})  # type: ignore[arg-type]
+    scheduler = Scheduler(backend, pool, clock=clock, connect=backend.connect)
+    await scheduler.start()
+    try:
+        yield Harness(scheduler, backend, clock)
+    finally:
+        await scheduler.stop()
+    assert not backend.running(), "the scheduler left instances running"
+
+
+@pytest.fixture
+async def h() -> AsyncIterator[Harness]:
+    async with running() as harness:
+        yield harness
+
+
+async def call(h: Harness, version=VERSION) -> tuple[str, bool]:  # type: ignore[no-untyped-def]
+    lease = await h.scheduler.acquire(version)
+    reply, body = await lease.connection.call({"op": "invoke"}, b"{}")
+    assert reply["ok"]
+    assert body == b"{}"
+    h.scheduler.release(lease)
+    return lease.instance.id, lease.cold
+
+
+async def test_a_second_call_reuses_the_warm_instance(h: Harness) -> None:
+    first, cold = await call(h)
+    assert cold
+    second, cold = await call(h)
+    assert (second, cold) == (first, False)
+    assert h.backend.started == [first]
+    assert h.handle(first).calls == 2
+
+
+async def test_a_cold_start_specializes_a_generic_instance() -> None:
+    async with running(generic_pool_size=1) as h:
+        await h.until(lambda: h.scheduler.instance_counts()["generic"] == 1)
+        generic = h.backend.started[0]
+        instance, cold = await call(h)
+        assert (instance, cold) == (generic, True)
+        assert h.backend.specialized == [(generic, "resize")]
+        # The generic pool is refilled off the call path.
+        await h.until(lambda: h.scheduler.instance_counts()["generic"] == 1)
+        assert len(h.backend.started) == 2
+
+
+async def test_idle_instances_scale_to_zero_after_the_keep_alive(h: Harness) -> None:
+    instance, _ = await call(h)
+    h.advance(599)
+    await asyncio.sleep(0)
+    assert [i.id for i in h.scheduler.instances_of("resize")] == [instance]
+    h.advance(2)
+    await h.until(lambda: not h.scheduler.instances_of("resize"))
+    assert h.backend.stopped == [instance]
+    assert not h.handle(instance).alive
+    _, cold = await call(h)
+    assert cold
+
+
+async def test_a_crashed_instance_is_replaced_at_the_next_call(h: Harness) -> None:
+    instance, _ = await call(h)
+    h.handle(instance).crash()
+    await h.until(lambda: not h.scheduler.instances_of("resize"))
+    replacement, cold = await call(h)
+    assert cold
+    assert replacement != instance
+
+
+async def test_discard_reports_how_the_instance_ended(h: Harness) -> None:
+    lease = await h.scheduler.acquire(VERSION)
+    h.handle(lease.instance.id).crash()
+    how = await h.scheduler.discard(lease, "died during a call", wait_exit_s=1.0)
+    assert how == "killed by SIGKILL"
+    assert not h.scheduler.instances_of("resize")
+
+
+async def test_a_lease_on_an_instance_that_exited_is_lost_not_hung(h: Harness) -> None:
+    instance, _ = await call(h)
+    handle = h.handle(instance)
+    handle.exited = asyncio.get_running_loop().create_future()  # exits unseen by the watcher
+    handle.exited.set_result(-9)
+    with pytest.raises(InstanceLost):
+        await h.scheduler.acquire(VERSION)
+    await h.until(lambda: not h.scheduler.instances_of("resize"))
+
+
+async def test_an_import_that_hangs_fails_after_the_specialize_timeout() -> None:
+    async with running(specialize_timeout_s=0.05) as h:
+        h.backend.hang_imports.add("resize")
+        with pytest.raises(StartFailed, match=r"took longer than 0\.05s"):
+            await h.scheduler.acquire(VERSION)
+        await h.until(lambda: not h.backend.running())
+
+
+async def test_a_failing_import_backs_off_doubling(h: Harness) -> None:
+    h.backend.import_errors["resize"] = "No module named 'PIL'"
+    with pytest.raises(StartFailed, match="No module named 'PIL'"):
+        await h.scheduler.acquire(VERSION)
+    assert len(h.backend.started) == 1
+    # Within the back-off, calls fail at once without starting anything.
+    with pytest.raises(StartFailed, match="PIL"):
+        await h.scheduler.acquire(VERSION)
+    assert len(h.backend.started) == 1
+    assert h.scheduler.start_backoff_remaining_s(KEY) == pytest.approx(0.5)
+    h.advance(0.6)
+    with pytest.raises(StartFailed):
+        await h.scheduler.acquire(VERSION)
+    assert len(h.backend.started) == 2
+    assert h.scheduler.start_backoff_remaining_s(KEY) == pytest.approx(1.0)
+    # Fixed: the next start after the back-off succeeds and clears it.
+    del h.backend.import_errors["resize"]
+    h.advance(1.1)
+    _, cold = await call(h)
+    assert cold
+    assert h.scheduler.start_backoff_remaining_s(KEY) == 0
+
+
+async def test_a_backend_that_cannot_start_instances_fails_the_call(h: Harness) -> None:
+    h.backend.fail_starts = 1
+    with pytest.raises(StartFailed, match="no room"):
+        await h.scheduler.acquire(VERSION)
+
+
+async def test_calls_queue_up_to_the_bound_then_get_queue_full() -> None:
+    async with running(max_instances=1, max_queue=2) as h:
+        held = await h.scheduler.acquire(VERSION)
+        waiters = [asyncio.create_task(h.scheduler.acquire(VERSION)) for _ in range(2)]
+        await h.until(lambda: h.scheduler.waiting(KEY) == 2)
+        with pytest.raises(QueueFull) as full:
+            await h.scheduler.acquire(VERSION)
+        assert full.value.retry_after_s >= 1
+        assert len(h.backend.started) == 1  # the instance limit holds
+        h.scheduler.release(held)
+        first = await waiters[0]
+        assert (first.instance, first.cold) == (held.instance, False)
+        assert not waiters[1].done()
+        h.scheduler.release(first)
+        h.scheduler.release(await waiters[1])
+        assert h.scheduler.waiting(KEY) == 0
+
+
+async def test_a_queued_call_times_out() -> None:
+    async with running(max_instances=1, queue_timeout_s=0.05) as h:
+        held = await h.scheduler.acquire(VERSION)
+        with pytest.raises(QueueTimeout, match=r"within 0\.05s"):
+            await h.scheduler.acquire(VERSION)
+        assert h.scheduler.waiting(KEY) == 0
+        h.scheduler.release(held)
+
+
+async def test_concurrency_puts_several_calls_on_one_instance(h: Harness) -> None:
+    version = fake_version("resize", concurrency=3)
+    leases = [await h.scheduler.acquire(version) for _ in range(3)]
+    assert len({lease.instance.id for lease in leases}) == 1
+    assert len(h.backend.started) == 1
+    for lease in leases:
+        h.scheduler.release(lease)
+
+
+async def test_min_warm_keeps_instances_past_the_keep_alive_and_replaces_crashed_ones(
+    h: Harness,
+) -> None:
+    h.scheduler.configure(FunctionPolicy(min_warm=2), {})
+    await h.scheduler.ensure_warm(VERSION)
+    await h.until(lambda: h.ready() == 2)
+    h.advance(3600)
+    await asyncio.sleep(0)
+    assert h.ready() == 2
+    assert not h.backend.stopped
+    h.handle(h.scheduler.instances_of("resize")[0].id).crash()
+    await h.until(lambda: len(h.backend.started) == 3 and h.ready() == 2)
+
+
+async def test_the_histogram_policy_prewarms_before_a_regular_call(h: Harness) -> None:
+    h.scheduler.configure(FunctionPolicy(prewarm="histogram"), {})
+    for _ in range(8):  # a call every 10 minutes: the histogram learns the gap
+        await call(h)
+        h.advance(600)
+        await asyncio.sleep(0)
+    await call(h)
+    # Representative now: unloaded at once after the call, prewarmed at 0.9 x the gap.
+    await h.until(lambda: not h.scheduler.instances_of("resize"))
+    starts = len(h.backend.started)
+    h.advance(500)
+    await asyncio.sleep(0)
+    assert len(h.backend.started) == starts
+    h.advance(60)
+    await h.until(lambda: h.ready() == 1)
+    assert h.scheduler.prewarm_starts == {"resize": 1}
+    h.advance(40)
+    _, cold = await call(h)
+    assert not cold
+
+
+async def test_deleting_a_function_fails_its_queued_calls_and_stops_it_after_the_last_call() -> (
+    None
+):
+    async with running(max_instances=1) as h:
+        held = await h.scheduler.acquire(VERSION)
+        queued = asyncio.create_task(h.scheduler.acquire(VERSION))
+        await h.until(lambda: h.scheduler.waiting(KEY) == 1)
+        await h.scheduler.retire("resize")
+        with pytest.raises(StartFailed, match='"resize" was deleted'):
+            await queued
+        assert h.handle(held.instance.id).alive  # busy: stopped once its call is over
+        h.scheduler.release(held)
+        await h.until(lambda: not h.backend.running())
+        assert not h.scheduler.knows("resize")
+
+
+async def test_a_new_active_version_is_warmed_and_the_old_one_forgotten(h: Harness) -> None:
+    h.scheduler.configure(FunctionPolicy(min_warm=1), {})
+    await h.scheduler.ensure_warm(VERSION)
+    await h.until(lambda: h.ready() == 1)
+    v2 = fake_version("resize", 2)
+    await h.scheduler.ensure_warm(v2)
+    await h.until(lambda: any(i.key == ("resize", 2) for i in h.scheduler.instances_of("resize")))
+    # The old version's instance is no longer kept at min_warm: it scales to zero.
+    h.advance(601)
+    await h.until(lambda: [i.key for i in h.scheduler.instances_of("resize")] == [("resize", 2)])
+
+
+async def test_shutdown_fails_waiting_calls_and_stops_every_instance() -> None:
+    clock, backend = FakeClock(), FakeBackend()
+    scheduler = Scheduler(
+        backend,
+        PoolSettings(max_instances=1, generic_pool_size=1),
+        clock=clock,
+        connect=backend.connect,
+    )
+    await scheduler.start()
+    held = await scheduler.acquire(VERSION)
+    queued = asyncio.create_task(scheduler.acquire(VERSION))
+    await scheduler.wait_until(lambda: scheduler.waiting(KEY) == 1, SETTLE_S)
+    await scheduler.stop()
+    with pytest.raises(StartFailed, match="shutting down"):
+        await queued
+    assert held.instance.id in backend.stopped
+    assert not backend.running()
+    assert backend.closed
