@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import functools
-import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any
 
 import asyncpg
 import orjson
-from asyncpg.pool import PoolConnectionProxy
 
+from store.base import StoreBase, retry_once
 from store.errors import (
     DatabaseUnavailable,
     FunctionNotFound,
@@ -31,7 +28,7 @@ from store.errors import (
     VersionNotFound,
 )
 from store.outbox import Change
-from store.queries import QUERIES, load_migrations
+from store.queries import QUERIES
 from store.records import (
     ACTIVATION_COLUMNS,
     NO_PACKAGE,
@@ -86,133 +83,9 @@ __all__ = [
     "new_id",
 ]
 
-log = logging.getLogger("ember.store")
 
-# Any constant unique to Ember: serializes migrations when several replicas start at once.
-MIGRATION_LOCK_KEY = 0x656D626572  # "ember"
-NOTIFY_CHANNEL = "ember_functions"
-DELIVERIES_CHANNEL = "ember_deliveries"
-_UNAVAILABLE = (
-    OSError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.InterfaceError,
-    asyncpg.exceptions.AdminShutdownError,
-)
-
-
-P = ParamSpec("P")
-T = TypeVar("T")
-
-
-def _retry_once(
-    method: Callable[Concatenate[Store, P], Awaitable[T]],
-) -> Callable[Concatenate[Store, P], Awaitable[T]]:
-    """For reads (and idempotent writes): after a lost connection (a database restart leaves
-    every pooled connection dead), expire the pool's connections and try once more."""
-
-    @functools.wraps(method)
-    async def wrapper(store: Store, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return await method(store, *args, **kwargs)
-        except DatabaseUnavailable:
-            await store._pool.expire_connections()
-            log.info("retrying %s on a new connection", method.__name__)
-            return await method(store, *args, **kwargs)
-
-    return wrapper
-
-
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    # Binary jsonb (a version byte, then the text), so COPY can write it too.
-    await conn.set_type_codec(
-        "jsonb",
-        encoder=lambda v: b"\x01" + orjson.dumps(v),
-        decoder=lambda b: orjson.loads(b[1:]),
-        schema="pg_catalog",
-        format="binary",
-    )
-
-
-async def _reset_connection(conn: asyncpg.Connection) -> None:
-    """Run when a connection goes back to the pool. The default reset query (UNLISTEN, RESET
-    ALL, unlock advisory locks) costs a round trip per query; Ember leaves no session state on
-    pooled connections (listening uses connections of its own, the migration lock is released
-    explicitly), so only an open transaction is rolled back."""
-    if conn.is_in_transaction():
-        await conn.execute("ROLLBACK")
-
-
-class Store:
+class Store(StoreBase):
     """Named queries over an asyncpg pool. Create with `await Store.connect(url)`."""
-
-    def __init__(self, pool: asyncpg.Pool, url: str) -> None:
-        self._pool = pool
-        self.url = url
-
-    @classmethod
-    async def connect(cls, url: str, *, min_size: int = 1, max_size: int = 10) -> Store:
-        try:
-            pool = await asyncpg.create_pool(
-                url,
-                min_size=min_size,
-                max_size=max_size,
-                init=_init_connection,
-                reset=_reset_connection,
-            )
-        except _UNAVAILABLE as exc:
-            raise DatabaseUnavailable(f"cannot connect to Postgres: {exc}") from exc
-        assert pool is not None
-        return cls(pool, url)
-
-    async def close(self, timeout_s: float = 10.0) -> None:
-        """Close the pool; connections still held after `timeout_s` are terminated."""
-        try:
-            async with asyncio.timeout(timeout_s):
-                await self._pool.close()
-        except TimeoutError:
-            log.warning("terminating database connections still in use")
-            self._pool.terminate()
-
-    @asynccontextmanager
-    async def _conn(self) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
-        try:
-            async with self._pool.acquire() as conn:
-                yield conn
-        except _UNAVAILABLE as exc:
-            raise DatabaseUnavailable(f"lost the connection to Postgres: {exc}") from exc
-
-    # -- migrations -------------------------------------------------------------------------
-
-    async def migrate(self) -> list[int]:
-        """Apply the migrations not yet applied, in order, under an advisory lock.
-
-        Returns the numbers applied by this call (empty when the schema was up to date).
-        """
-        applied_now = []
-        async with self._conn() as conn:
-            await conn.execute(QUERIES["lock_migrations"], MIGRATION_LOCK_KEY)
-            try:
-                await conn.execute(QUERIES["create_migrations_table"])
-                done = {r["number"] for r in await conn.fetch(QUERIES["applied_migrations"])}
-                for migration in load_migrations():
-                    if migration.number in done:
-                        continue
-                    try:
-                        async with conn.transaction():
-                            await conn.execute(migration.sql)
-                            await conn.execute(
-                                QUERIES["record_migration"], migration.number, migration.name
-                            )
-                    except asyncpg.PostgresError as exc:
-                        raise MigrationError(
-                            f"migration {migration.number:04d}_{migration.name} failed: {exc}"
-                        ) from exc
-                    log.info("applied migration", extra={"migration": migration.number})
-                    applied_now.append(migration.number)
-            finally:
-                await conn.execute(QUERIES["unlock_migrations"], MIGRATION_LOCK_KEY)
-        return applied_now
 
     # -- functions and versions -------------------------------------------------------------
 
@@ -259,7 +132,7 @@ class Store:
         assert row is not None
         return Version.from_row(row)
 
-    @_retry_once
+    @retry_once
     async def get_function(self, name: str) -> Function:
         async with self._conn() as conn:
             row = await conn.fetchrow(QUERIES["get_function"], name)
@@ -267,13 +140,13 @@ class Store:
             raise FunctionNotFound(name)
         return Function.from_row(row)
 
-    @_retry_once
+    @retry_once
     async def list_functions(self) -> list[Function]:
         async with self._conn() as conn:
             rows = await conn.fetch(QUERIES["list_functions"])
         return [Function.from_row(r) for r in rows]
 
-    @_retry_once
+    @retry_once
     async def get_version(self, name: str, version: int | None = None) -> Version:
         """The given version of a function, or its active version when `version` is None."""
         async with self._conn() as conn:
@@ -291,7 +164,7 @@ class Store:
             raise FunctionNotFound(name)
         return Version.from_row(row)
 
-    @_retry_once
+    @retry_once
     async def list_versions(self, name: str) -> list[tuple[Version, bool]]:
         """Every version of a function, newest first, with whether it is the active one."""
         async with self._conn() as conn:
@@ -328,7 +201,7 @@ class Store:
 
     # -- activations ------------------------------------------------------------------------
 
-    @_retry_once
+    @retry_once
     async def record_activations(self, activations: Sequence[Activation]) -> None:
         async with self._conn() as conn:
             await conn.copy_records_to_table(
@@ -337,22 +210,17 @@ class Store:
                 columns=ACTIVATION_COLUMNS,
             )
 
-    @_retry_once
+    @retry_once
     async def list_activations(self, name: str, *, limit: int = 20) -> list[Activation]:
         async with self._conn() as conn:
             rows = await conn.fetch(QUERIES["list_activations"], name, limit)
         return [Activation.from_row(r) for r in rows]
 
-    @_retry_once
+    @retry_once
     async def get_activation(self, activation_id: ActivationId) -> Activation | None:
         async with self._conn() as conn:
             row = await conn.fetchrow(QUERIES["get_activation"], activation_id)
         return Activation.from_row(row) if row is not None else None
-
-    @_retry_once
-    async def ping(self) -> None:
-        async with self._conn() as conn:
-            await conn.fetchval(QUERIES["ping"])
 
     # -- policies ---------------------------------------------------------------------------
 
@@ -373,7 +241,7 @@ class Store:
         assert row is not None
         return PolicyRow.from_row(row)
 
-    @_retry_once
+    @retry_once
     async def list_policies(self) -> list[PolicyRow]:
         async with self._conn() as conn:
             rows = await conn.fetch(QUERIES["list_policies"])
@@ -387,7 +255,7 @@ class Store:
 
     # -- environments and builds ------------------------------------------------------------
 
-    @_retry_once
+    @retry_once
     async def get_environment(self, env_hash: str) -> Environment | None:
         async with self._conn() as conn:
             row = await conn.fetchrow(QUERIES["get_environment"], env_hash)
@@ -441,7 +309,7 @@ class Store:
         assert row is not None
         return Build.from_row(row)
 
-    @_retry_once
+    @retry_once
     async def list_builds(self, function: str, *, limit: int = 5) -> list[Build]:
         async with self._conn() as conn:
             rows = await conn.fetch(QUERIES["list_builds"], function, limit)
@@ -628,20 +496,20 @@ class Store:
                 QUERIES["release_deliveries"], [c[0] for c in claims], [c[1] for c in claims]
             )
 
-    @_retry_once
+    @retry_once
     async def next_delivery_due_s(self) -> float | None:
         """Seconds until the next delivery is due (<= 0: now), None when none is waiting."""
         async with self._conn() as conn:
             value = await conn.fetchval(QUERIES["next_delivery_due"])
         return None if value is None else float(value)
 
-    @_retry_once
+    @retry_once
     async def get_delivery(self, delivery_id: ActivationId) -> Delivery | None:
         async with self._conn() as conn:
             row = await conn.fetchrow(QUERIES["get_delivery"], delivery_id)
         return Delivery.from_row(row) if row is not None else None
 
-    @_retry_once
+    @retry_once
     async def list_dead(self, function: str | None = None, *, limit: int = 20) -> list[Delivery]:
         async with self._conn() as conn:
             rows = await conn.fetch(QUERIES["list_dead"], function, limit)
@@ -656,7 +524,7 @@ class Store:
             await conn.execute(QUERIES["notify_deliveries"])
         return [ActivationId(r["id"]) for r in rows]
 
-    @_retry_once
+    @retry_once
     async def delivery_depth(self) -> dict[tuple[str, str], int]:
         """{(function, status): count} of pending, running and dead deliveries."""
         async with self._conn() as conn:
@@ -690,7 +558,7 @@ class Store:
         async with self._conn() as conn:
             return await conn.fetchval(QUERIES["create_topic"], name) is not None
 
-    @_retry_once
+    @retry_once
     async def list_topics(self) -> list[Topic]:
         async with self._conn() as conn:
             rows = await conn.fetch(QUERIES["list_topics"])
@@ -739,13 +607,13 @@ class Store:
         assert row is not None
         return Trigger.from_row(row)
 
-    @_retry_once
+    @retry_once
     async def list_triggers(self, function: str | None = None) -> list[Trigger]:
         async with self._conn() as conn:
             rows = await conn.fetch(QUERIES["list_triggers"], function)
         return [Trigger.from_row(r) for r in rows]
 
-    @_retry_once
+    @retry_once
     async def get_trigger(self, trigger_id: int) -> Trigger:
         async with self._conn() as conn:
             row = await conn.fetchrow(QUERIES["get_trigger"], trigger_id)
@@ -817,51 +685,8 @@ class Store:
                 await conn.execute(QUERIES["set_next_fire"], trigger.id, next_tick)
         return fired
 
-    @_retry_once
+    @retry_once
     async def next_schedule_due(self) -> dt.datetime | None:
         async with self._conn() as conn:
             value: dt.datetime | None = await conn.fetchval(QUERIES["next_schedule_due"])
         return value
-
-    @_retry_once
-    async def scheduler_address(self) -> str | None:
-        """Where the scheduler leader listens (Kubernetes), or None before one was elected."""
-        async with self._conn() as conn:
-            value: str | None = await conn.fetchval(QUERIES["scheduler_address"])
-        return value
-
-    # -- change notifications ---------------------------------------------------------------
-
-    async def listen_function_changes(
-        self,
-        on_change: Callable[[str], Any],
-        on_listening: Callable[[], Any],
-        *,
-        on_deliveries: Callable[[], Any] | None = None,
-        retry_s: float = 1.0,
-    ) -> None:
-        """Call `on_change(payload)` on every deploy, rollback or delete ("name:version", version
-        0 for a delete), policy change ("policy:name") and trigger change ("triggers:kind"),
-        and `on_deliveries()` when deliveries were submitted; runs until cancelled.
-
-        `on_listening()` is called each time listening (re)starts: notifications sent while the
-        connection was down (a database restart) are lost, so callers drop their caches then.
-        """
-        while True:
-            try:
-                conn = await asyncpg.connect(self.url)
-            except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
-                log.warning("cannot listen for function changes, retrying: %s", exc)
-                await asyncio.sleep(retry_s)
-                continue
-            lost = asyncio.Event()
-            try:
-                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
-                await conn.add_listener(NOTIFY_CHANNEL, lambda _c, _pid, _ch, name: on_change(name))
-                if on_deliveries is not None:
-                    await conn.add_listener(DELIVERIES_CHANNEL, lambda *_: on_deliveries())
-                on_listening()
-                await lost.wait()
-                log.warning("lost the change-notification connection; reconnecting")
-            finally:
-                await conn.close(timeout=1)
