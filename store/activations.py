@@ -1,0 +1,34 @@
+"""Activation records: one row per call, written in batches by COPY."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from store.base import StoreBase, retry_once
+from store.queries import QUERIES
+from store.records import ACTIVATION_COLUMNS, Activation, ActivationId
+
+
+class ActivationStore(StoreBase):
+    """Activation records."""
+
+    @retry_once
+    async def record_activations(self, activations: Sequence[Activation]) -> None:
+        async with self._conn() as conn:
+            await conn.copy_records_to_table(
+                "ember_activations",
+                records=[a.as_row() for a in activations],
+                columns=ACTIVATION_COLUMNS,
+            )
+
+    @retry_once
+    async def list_activations(self, name: str, *, limit: int = 20) -> list[Activation]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(QUERIES["list_activations"], name, limit)
+        return [Activation.from_row(r) for r in rows]
+
+    @retry_once
+    async def get_activation(self, activation_id: ActivationId) -> Activation | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(QUERIES["get_activation"], activation_id)
+        return Activation.from_row(row) if row is not None else None
