@@ -15,9 +15,10 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from fn.client import Client, ClientError, state_dir
+from fn.client import Client, ClientError, Reply, state_dir
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 def json_option(func: F) -> F:
@@ -31,8 +32,22 @@ def _client(ctx: click.Context) -> Client:
     return Client(obj.get("url"), obj.get("token"))
 
 
-def _print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True))
+def emit(
+    data: T,
+    as_json: bool,
+    render: Callable[[T], None],
+    *,
+    to_json: Callable[[T], Any] | None = None,
+) -> None:
+    """Print a command's result: as JSON with --json, else through `render` for people.
+
+    `to_json` shapes the JSON when it is not `data` itself; it runs only with --json.
+    """
+    if as_json:
+        shaped = data if to_json is None else to_json(data)
+        click.echo(json.dumps(shaped, indent=2, sort_keys=True))
+    else:
+        render(data)
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -71,7 +86,6 @@ def _api(ctx: click.Context, method: str, path: str, payload: Any = None) -> Any
         elif details.get("traceback"):
             extra = "\n" + details["traceback"].rstrip()
         _fail(str(exc) + extra)
-        raise AssertionError from None  # unreachable: _fail exits
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -342,9 +356,10 @@ def deploy(
     if requirements and not as_json:
         click.echo("Installing the requirements (once per set of requirements)...", err=True)
     version = _api(ctx, "POST", "/v1/functions", payload)
-    if as_json:
-        _print_json(version)
-        return
+    emit(version, as_json, lambda v: _print_deployed(v, _client(ctx).url))
+
+
+def _print_deployed(version: dict[str, Any], url: str) -> None:
     click.echo(
         f"Deployed {version['function']} version {version['version']} "
         f"(sha256 {version['sha256'][:12]})."
@@ -357,7 +372,7 @@ def deploy(
         )
     click.echo(
         f"Call it: fn invoke {version['function']} --data '{{}}'   or   "
-        f"POST {_client(ctx).url}/fn/{version['function']}"
+        f"POST {url}/fn/{version['function']}"
     )
 
 
@@ -376,12 +391,13 @@ def deploy(
 def build_logs(ctx: click.Context, name: str, limit: int, as_json: bool) -> None:
     """Show the output of NAME's latest requirement builds (failed ones included)."""
     data = _api(ctx, "GET", f"/v1/functions/{name}/builds?limit={limit}")
-    if as_json:
-        _print_json(data)
-        return
-    if not data["builds"]:
+    emit(data, as_json, lambda d: _print_builds(name, d["builds"]))
+
+
+def _print_builds(name: str, builds: list[dict[str, Any]]) -> None:
+    if not builds:
         click.echo(f"{name} has no builds: it was deployed without requirements.")
-    for b in data["builds"][::-1]:
+    for b in builds[::-1]:
         click.echo(
             f"--- build {b['id']} {b['created_at'][:19]} {b['status']} "
             f"({b['duration_s']:.1f}s) environment {b['environment'][:12]}"
@@ -447,7 +463,6 @@ def invoke(
             reply = _client(ctx).invoke(name, body, content_type, headers)
         except ClientError as exc:
             _fail(str(exc))
-            return
         try:
             answer = reply.json()
         except ValueError:
@@ -456,43 +471,57 @@ def invoke(
             from fn.client import error_message
 
             _fail(error_message(reply.status, answer))
-        if as_json:
-            _print_json(answer)
-        else:
-            word = "Queued" if answer["status"] == "accepted" else "Already queued"
-            click.echo(f"{word}: activation {answer['activation_id']}")
-            click.echo(f"Follow it: fn activation {answer['activation_id']} --wait")
+        emit(answer, as_json, _print_queued)
         return
     try:
         reply = _client(ctx).invoke(name, body, content_type)
     except ClientError as exc:
         _fail(str(exc))
-        return
-    activation = reply.headers.get("x-ember-activation-id")
-    if as_json:
-        try:
-            decoded: Any = reply.json()
-        except ValueError:
-            decoded = reply.body.decode(errors="replace")
-        _print_json({"status": reply.status, "activation_id": activation, "body": decoded})
-    elif reply.status < 400:
+    emit(
+        reply,
+        as_json,
+        lambda r: _print_reply(name, r),
+        to_json=lambda r: {
+            "status": r.status,
+            "activation_id": r.headers.get("x-ember-activation-id"),
+            "body": _decoded_body(r),
+        },
+    )
+    if reply.status >= 400:
+        raise SystemExit(1)
+
+
+def _print_queued(answer: dict[str, Any]) -> None:
+    word = "Queued" if answer["status"] == "accepted" else "Already queued"
+    click.echo(f"{word}: activation {answer['activation_id']}")
+    click.echo(f"Follow it: fn activation {answer['activation_id']} --wait")
+
+
+def _decoded_body(reply: Reply) -> Any:
+    try:
+        return reply.json()
+    except ValueError:
+        return reply.body.decode(errors="replace")
+
+
+def _print_reply(name: str, reply: Reply) -> None:
+    """The body as it came on success (bytes, not re-encoded); the error on stderr otherwise."""
+    if reply.status < 400:
         sys.stdout.buffer.write(reply.body)
         if not reply.body.endswith(b"\n"):
             sys.stdout.buffer.write(b"\n")
-    else:
-        try:
-            message = reply.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = reply.body.decode(errors="replace")
-        suffix = (
-            f" (activation {activation}; see: fn logs {name.split(':')[0]} "
-            f"--activation {activation})"
-            if activation
-            else ""
-        )
-        click.echo(f"fn: HTTP {reply.status}: {message}{suffix}", err=True)
-    if reply.status >= 400:
-        raise SystemExit(1)
+        return
+    activation = reply.headers.get("x-ember-activation-id")
+    try:
+        message = reply.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = reply.body.decode(errors="replace")
+    suffix = (
+        f" (activation {activation}; see: fn logs {name.split(':')[0]} --activation {activation})"
+        if activation
+        else ""
+    )
+    click.echo(f"fn: HTTP {reply.status}: {message}{suffix}", err=True)
 
 
 @cli.command("list")
@@ -500,10 +529,10 @@ def invoke(
 @click.pass_context
 def list_(ctx: click.Context, as_json: bool) -> None:
     """List the deployed functions."""
-    data = _api(ctx, "GET", "/v1/functions")
-    if as_json:
-        _print_json(data)
-        return
+    emit(_api(ctx, "GET", "/v1/functions"), as_json, _print_functions)
+
+
+def _print_functions(data: dict[str, Any]) -> None:
     if not data["functions"]:
         click.echo("No functions yet; deploy one with: fn deploy handler.py")
         return
@@ -529,10 +558,10 @@ def list_(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def versions(ctx: click.Context, name: str, as_json: bool) -> None:
     """List the versions of function NAME, newest first."""
-    data = _api(ctx, "GET", f"/v1/functions/{name}/versions")
-    if as_json:
-        _print_json(data)
-        return
+    emit(_api(ctx, "GET", f"/v1/functions/{name}/versions"), as_json, _print_versions)
+
+
+def _print_versions(data: dict[str, Any]) -> None:
     _table(
         ["VERSION", "ACTIVE", "SHA256", "TIMEOUT", "MEMORY", "CONCURRENCY", "CREATED"],
         [
@@ -562,10 +591,7 @@ def versions(ctx: click.Context, name: str, as_json: bool) -> None:
 def rollback(ctx: click.Context, name: str, to: int | None, as_json: bool) -> None:
     """Make an earlier version of NAME the active one."""
     data = _api(ctx, "POST", f"/v1/functions/{name}/rollback", {"to": to})
-    if as_json:
-        _print_json(data)
-        return
-    click.echo(f"{name} now serves version {data['active_version']}.")
+    emit(data, as_json, lambda d: click.echo(f"{name} now serves version {d['active_version']}."))
 
 
 def _print_activation(a: dict[str, Any]) -> None:
@@ -606,9 +632,10 @@ def logs(
         activations = _api(ctx, "GET", f"/v1/functions/{name}/activations?limit={limit}")[
             "activations"
         ][::-1]
-    if as_json:
-        _print_json({"activations": activations})
-        return
+    emit({"activations": activations}, as_json, lambda d: _print_logs(name, d["activations"]))
+
+
+def _print_logs(name: str, activations: list[dict[str, Any]]) -> None:
     if not activations:
         click.echo(f"No activations of {name} yet; call it with: fn invoke {name}")
     for activation in activations:
@@ -622,10 +649,7 @@ def logs(
 def delete(ctx: click.Context, name: str, as_json: bool) -> None:
     """Delete function NAME with all its versions and activation records."""
     data = _api(ctx, "DELETE", f"/v1/functions/{name}")
-    if as_json:
-        _print_json(data)
-        return
-    click.echo(f"Deleted {name}.")
+    emit(data, as_json, lambda _: click.echo(f"Deleted {name}."))
 
 
 @cli.group()
@@ -653,16 +677,12 @@ def _print_policy(p: dict[str, Any]) -> None:
 def policy_show(ctx: click.Context, name: str | None, as_json: bool) -> None:
     """Show the policy of function NAME, or the default and every override."""
     if name:
-        data = _api(ctx, "GET", f"/v1/functions/{name}/policy")
-        if as_json:
-            _print_json(data)
-            return
-        _print_policy(data)
-        return
-    data = _api(ctx, "GET", "/v1/policies")
-    if as_json:
-        _print_json(data)
-        return
+        emit(_api(ctx, "GET", f"/v1/functions/{name}/policy"), as_json, _print_policy)
+    else:
+        emit(_api(ctx, "GET", "/v1/policies"), as_json, _print_policies)
+
+
+def _print_policies(data: dict[str, Any]) -> None:
     _table(
         ["FUNCTION", "PREWARM", "KEEP-ALIVE", "MIN-WARM", "MAX-INSTANCES"],
         [
@@ -734,10 +754,7 @@ def policy_set(
     }
     path = "/v1/policy" if is_default else f"/v1/functions/{name}/policy"
     data = _api(ctx, "PUT", path, {k: v for k, v in payload.items() if v is not None})
-    if as_json:
-        _print_json(data)
-        return
-    _print_policy(data)
+    emit(data, as_json, _print_policy)
 
 
 @policy.command("reset")
@@ -811,12 +828,7 @@ def activation(ctx: click.Context, activation_id: str, wait_s: float | None, as_
         ):
             break
         time.sleep(0.1)
-    if as_json:
-        _print_json(data)
-    elif data.get("async"):
-        _print_delivery(data)
-    else:
-        _print_activation(data)
+    emit(data, as_json, lambda d: _print_delivery(d) if d.get("async") else _print_activation(d))
     if data["status"] in ("dead", "error", "timeout", "crashed", "start_failed"):
         raise SystemExit(1)
 
@@ -846,16 +858,16 @@ def publish(
         answer = reply.json()
     except ClientError as exc:
         _fail(str(exc))
-        return
     except ValueError:
         answer = {}
     if reply.status != 202:
         from fn.client import error_message
 
         _fail(error_message(reply.status, answer))
-    if as_json:
-        _print_json(answer)
-        return
+    emit(answer, as_json, _print_published)
+
+
+def _print_published(answer: dict[str, Any]) -> None:
     word = "Published" if answer["status"] == "accepted" else "Already published"
     click.echo(f"{word} event {answer['event_id']} to {answer['deliveries']} subscriber(s).")
 
@@ -879,16 +891,17 @@ def topic_create(ctx: click.Context, name: str) -> None:
 @click.pass_context
 def topic_list(ctx: click.Context, as_json: bool) -> None:
     """List topics with their number of subscribers."""
-    data = _api(ctx, "GET", "/v1/topics")
-    if as_json:
-        _print_json(data)
-    elif not data["topics"]:
+    emit(_api(ctx, "GET", "/v1/topics"), as_json, _print_topics)
+
+
+def _print_topics(data: dict[str, Any]) -> None:
+    if not data["topics"]:
         click.echo("No topics yet; create one with: fn topic create orders.created")
-    else:
-        _table(
-            ["TOPIC", "SUBSCRIBERS", "CREATED"],
-            [(t["name"], t["subscribers"], t["created_at"][:19]) for t in data["topics"]],
-        )
+        return
+    _table(
+        ["TOPIC", "SUBSCRIBERS", "CREATED"],
+        [(t["name"], t["subscribers"], t["created_at"][:19]) for t in data["topics"]],
+    )
 
 
 @topic.command("delete")
@@ -959,10 +972,11 @@ def trigger_add(
     if table is not None:
         body.update(table=table, on=operations, database=database)
     data = _api(ctx, "POST", f"/v1/functions/{name}/triggers", body)
-    if as_json:
-        _print_json(data)
-        return
-    click.echo(f"Added trigger {data['id']}: {name} runs on {_describe_trigger(data)}.")
+    emit(
+        data,
+        as_json,
+        lambda t: click.echo(f"Added trigger {t['id']}: {name} runs on {_describe_trigger(t)}."),
+    )
 
 
 @trigger.command("list")
@@ -972,17 +986,19 @@ def trigger_add(
 def trigger_list(ctx: click.Context, name: str | None, as_json: bool) -> None:
     """List triggers (of function NAME, or all)."""
     data = _api(ctx, "GET", "/v1/triggers" + (f"?function={name}" if name else ""))
-    if as_json:
-        _print_json(data)
-    elif not data["triggers"]:
+    emit(data, as_json, _print_triggers)
+
+
+def _print_triggers(data: dict[str, Any]) -> None:
+    if not data["triggers"]:
         click.echo(
             "No triggers; add one with: fn trigger add NAME --topic T | --cron EXPR | --table T"
         )
-    else:
-        _table(
-            ["ID", "FUNCTION", "KIND", "WHAT"],
-            [(t["id"], t["function"], t["kind"], _describe_trigger(t)) for t in data["triggers"]],
-        )
+        return
+    _table(
+        ["ID", "FUNCTION", "KIND", "WHAT"],
+        [(t["id"], t["function"], t["kind"], _describe_trigger(t)) for t in data["triggers"]],
+    )
 
 
 @trigger.command("delete")
@@ -1013,26 +1029,27 @@ def dlq() -> None:
 def dlq_list(ctx: click.Context, name: str | None, limit: int, as_json: bool) -> None:
     """List dead letters, newest first (of function NAME, or all)."""
     query = f"?limit={limit}" + (f"&function={name}" if name else "")
-    data = _api(ctx, "GET", "/v1/dlq" + query)
-    if as_json:
-        _print_json(data)
-    elif not data["dead"]:
+    emit(_api(ctx, "GET", "/v1/dlq" + query), as_json, _print_dead_letters)
+
+
+def _print_dead_letters(data: dict[str, Any]) -> None:
+    if not data["dead"]:
         click.echo("No dead letters.")
-    else:
-        _table(
-            ["ID", "FUNCTION", "SOURCE", "ATTEMPTS", "ERROR", "DEAD SINCE"],
-            [
-                (
-                    d["id"],
-                    d["function"],
-                    d["source"],
-                    d["attempts"],
-                    _error_summary(d["error"]),
-                    (d["finished_at"] or "")[:19],
-                )
-                for d in data["dead"]
-            ],
-        )
+        return
+    _table(
+        ["ID", "FUNCTION", "SOURCE", "ATTEMPTS", "ERROR", "DEAD SINCE"],
+        [
+            (
+                d["id"],
+                d["function"],
+                d["source"],
+                d["attempts"],
+                _error_summary(d["error"]),
+                (d["finished_at"] or "")[:19],
+            )
+            for d in data["dead"]
+        ],
+    )
 
 
 @dlq.command("show")
@@ -1041,11 +1058,7 @@ def dlq_list(ctx: click.Context, name: str | None, limit: int, as_json: bool) ->
 @click.pass_context
 def dlq_show(ctx: click.Context, activation_id: str, as_json: bool) -> None:
     """Show a dead letter: its error, the last attempt's logs."""
-    data = _api(ctx, "GET", f"/v1/activations/{activation_id}")
-    if as_json:
-        _print_json(data)
-    else:
-        _print_delivery(data)
+    emit(_api(ctx, "GET", f"/v1/activations/{activation_id}"), as_json, _print_delivery)
 
 
 @dlq.command("redrive")
