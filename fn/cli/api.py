@@ -1,0 +1,65 @@
+"""How `fn` reaches the gateway: a client from the root options, admin API calls whose
+refusals become `fn: ...` messages (a syntax error with its caret, a traceback), and request
+bodies given with --data.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from fn.cli.output import fail
+from fn.client import Client, ClientError
+
+
+def client(ctx: click.Context) -> Client:
+    obj: dict[str, Any] = ctx.ensure_object(dict)
+    return Client(obj.get("url"), obj.get("token"))
+
+
+def api(ctx: click.Context, method: str, path: str, payload: Any = None) -> Any:
+    """Call the admin API and return its JSON; a refusal exits with the gateway's message."""
+    try:
+        return client(ctx).api(method, path, payload)
+    except ClientError as exc:
+        details = exc.body.get("error", {}) if isinstance(exc.body, dict) else {}
+        extra = ""
+        if details.get("code") == "syntax_error" and details.get("text"):
+            extra = (
+                "\n    "
+                + details["text"]
+                + (
+                    "\n    " + " " * max(0, (details.get("offset") or 1) - 1) + "^"
+                    if details.get("offset")
+                    else ""
+                )
+            )
+        elif details.get("traceback"):
+            extra = "\n" + details["traceback"].rstrip()
+        fail(str(exc) + extra)
+
+
+def read_data(data: str | None, content_type: str | None) -> tuple[bytes | None, str | None]:
+    """The body given by --data (JSON text, @FILE or - for stdin) and its content type."""
+    body: bytes | None = None
+    if data is not None:
+        if data == "-":
+            body = sys.stdin.buffer.read()
+        elif data.startswith("@"):
+            try:
+                body = Path(data[1:]).read_bytes()
+            except OSError as exc:
+                fail(f"cannot read {data[1:]}: {exc.strerror}")
+        else:
+            body = data.encode()
+        if content_type is None and body is not None:
+            try:
+                json.loads(body)
+                content_type = "application/json"
+            except ValueError:
+                content_type = "application/octet-stream"
+    return body, content_type

@@ -1,0 +1,300 @@
+"""Functions and their versions: deploy (a file, or a directory zipped with its
+requirements), build logs, list, versions, rollback, delete."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from fn.cli.api import api, client
+from fn.cli.output import emit, fail, json_option, print_table
+
+
+def _parse_env(pairs: Sequence[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f'"{pair}" is not NAME=VALUE', param_hint="--env")
+        env[key] = value
+    return env
+
+
+_SKIPPED = frozenset({"__pycache__", "venv", ".venv", "node_modules"})
+
+
+def _zip_dir(root: Path) -> bytes:
+    """The function's directory as a zip: hidden files, caches and virtualenvs left out, and
+    requirements.txt (sent as the requirements)."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(root.rglob("*")):
+            rel = path.relative_to(root)
+            if (
+                any(part.startswith(".") or part in _SKIPPED for part in rel.parts)
+                or path.is_symlink()
+                or not path.is_file()
+                or path.suffix == ".pyc"
+                or rel == Path("requirements.txt")
+            ):
+                continue
+            info = zipfile.ZipInfo(rel.as_posix(), date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16  # fixed: the same files give the same sha256
+            archive.writestr(info, path.read_bytes(), zipfile.ZIP_DEFLATED)
+    return buffer.getvalue()
+
+
+@click.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--name", help="Function name. Default: the file (or directory) name.")
+@click.option(
+    "--handler",
+    "entry",
+    default="handler",
+    show_default=True,
+    help="Name of the handler function in the file.",
+)
+@click.option(
+    "--main",
+    "main_file",
+    default="handler.py",
+    show_default=True,
+    help="With a directory: the module that holds the handler.",
+)
+@click.option(
+    "--requirements",
+    "requirements_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A requirements.txt to install for the function (a directory's own "
+    "requirements.txt is used without this).",
+)
+@click.option(
+    "--preimport",
+    help="Modules to import when an instance starts, before the "
+    "function's module, like numpy,pandas.",
+)
+@click.option(
+    "--env",
+    "env_pairs",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Environment variable for the function (repeatable).",
+)
+@click.option("--timeout", help="Time limit per call, like 30s or 5m. Default: 30s.")
+@click.option("--memory", help="Memory limit, like 256Mi or 1Gi. Default: 256Mi.")
+@click.option("--concurrency", help="Calls one instance serves at once. Default: 1.")
+@click.option(
+    "--network",
+    type=click.Choice(["egress", "none"]),
+    help="egress: the internet, but no address of this host or a private network "
+    "(default); none: no network at all.",
+)
+@click.option("--cpus", help="CPU time per instance, in cores, like 0.5. Default: 1.")
+@click.option(
+    "--max-attempts", help="Tries of an async call or event before it is dead-lettered. Default: 5."
+)
+@click.option(
+    "--max-event-age",
+    help="How long after submission an async call or event may "
+    "still be retried, like 1h or 2d. Default: 1d.",
+)
+@json_option
+@click.pass_context
+def deploy(
+    ctx: click.Context,
+    path: Path,
+    name: str | None,
+    entry: str,
+    main_file: str,
+    requirements_file: Path | None,
+    preimport: str | None,
+    env_pairs: tuple[str, ...],
+    timeout: str | None,
+    memory: str | None,
+    concurrency: str | None,
+    network: str | None,
+    cpus: str | None,
+    max_attempts: str | None,
+    max_event_age: str | None,
+    as_json: bool,
+) -> None:
+    """Deploy PATH as a new version, and make it active.
+
+    PATH is a Python file with a handler, or a directory holding handler.py (see --main), other
+    modules and files, and optionally a requirements.txt.
+    """
+    import base64
+
+    payload: dict[str, Any] = {"entry": entry, "env": _parse_env(env_pairs)}
+    requirements = None
+    if path.is_dir():
+        main = path / main_file
+        if not main.is_file():
+            fail(f"{path} has no {main_file}; give the module that holds the handler with --main")
+        payload["archive"] = base64.b64encode(_zip_dir(path)).decode()
+        payload["filename"] = main_file
+        if (path / "requirements.txt").is_file():
+            requirements = (path / "requirements.txt").read_text()
+        source_path = main
+        default_name = path.resolve().name
+    else:
+        source_path = path
+        payload["filename"] = path.name
+        default_name = path.stem
+    try:
+        payload["source"] = source_path.read_text()
+    except UnicodeDecodeError:
+        fail(f"{source_path} is not a UTF-8 text file")
+    if requirements_file is not None:
+        requirements = requirements_file.read_text()
+    if requirements:
+        payload["requirements"] = requirements
+    payload["name"] = name or default_name.lower().replace("_", "-")
+    for key, value in (
+        ("timeout", timeout),
+        ("memory", memory),
+        ("concurrency", concurrency),
+        ("max_attempts", max_attempts),
+        ("max_event_age", max_event_age),
+        ("preimport", preimport),
+        ("network", network),
+        ("cpus", cpus),
+    ):
+        if value is not None:
+            payload[key] = value
+    if requirements and not as_json:
+        click.echo("Installing the requirements (once per set of requirements)...", err=True)
+    version = api(ctx, "POST", "/v1/functions", payload)
+    emit(version, as_json, lambda v: _print_deployed(v, client(ctx).url))
+
+
+def _print_deployed(version: dict[str, Any], url: str) -> None:
+    click.echo(
+        f"Deployed {version['function']} version {version['version']} "
+        f"(sha256 {version['sha256'][:12]})."
+    )
+    if version.get("environment"):
+        packages = len(version["lock"].splitlines())
+        click.echo(
+            f"Environment {version['environment'][:12]}: {packages} package(s); "
+            f"build output: fn build-logs {version['function']}"
+        )
+    click.echo(
+        f"Call it: fn invoke {version['function']} --data '{{}}'   or   "
+        f"POST {url}/fn/{version['function']}"
+    )
+
+
+@click.command("build-logs")
+@click.argument("name")
+@click.option(
+    "--limit",
+    "-n",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 100),
+    help="How many recent builds.",
+)
+@json_option
+@click.pass_context
+def build_logs(ctx: click.Context, name: str, limit: int, as_json: bool) -> None:
+    """Show the output of NAME's latest requirement builds (failed ones included)."""
+    data = api(ctx, "GET", f"/v1/functions/{name}/builds?limit={limit}")
+    emit(data, as_json, lambda d: _print_builds(name, d["builds"]))
+
+
+def _print_builds(name: str, builds: list[dict[str, Any]]) -> None:
+    if not builds:
+        click.echo(f"{name} has no builds: it was deployed without requirements.")
+    for b in builds[::-1]:
+        click.echo(
+            f"--- build {b['id']} {b['created_at'][:19]} {b['status']} "
+            f"({b['duration_s']:.1f}s) environment {b['environment'][:12]}"
+        )
+        click.echo(b["log"].rstrip("\n"))
+
+
+@click.command("list")
+@json_option
+@click.pass_context
+def list_(ctx: click.Context, as_json: bool) -> None:
+    """List the deployed functions."""
+    emit(api(ctx, "GET", "/v1/functions"), as_json, _print_functions)
+
+
+def _print_functions(data: dict[str, Any]) -> None:
+    if not data["functions"]:
+        click.echo("No functions yet; deploy one with: fn deploy handler.py")
+        return
+    print_table(
+        ["NAME", "ACTIVE", "LATEST", "VERSIONS", "INSTANCES", "UPDATED"],
+        [
+            (
+                f["name"],
+                f["active_version"],
+                f["latest_version"],
+                f["versions"],
+                f["instances"]["total"],
+                f["updated_at"][:19],
+            )
+            for f in data["functions"]
+        ],
+    )
+
+
+@click.command()
+@click.argument("name")
+@json_option
+@click.pass_context
+def versions(ctx: click.Context, name: str, as_json: bool) -> None:
+    """List the versions of function NAME, newest first."""
+    emit(api(ctx, "GET", f"/v1/functions/{name}/versions"), as_json, _print_versions)
+
+
+def _print_versions(data: dict[str, Any]) -> None:
+    print_table(
+        ["VERSION", "ACTIVE", "SHA256", "TIMEOUT", "MEMORY", "CONCURRENCY", "CREATED"],
+        [
+            (
+                v["version"],
+                "*" if v["active"] else "",
+                v["sha256"][:12],
+                f"{v['timeout_s']:g}s",
+                f"{v['memory_bytes'] >> 20}Mi",
+                v["concurrency"],
+                v["created_at"][:19],
+            )
+            for v in data["versions"]
+        ],
+    )
+
+
+@click.command()
+@click.argument("name")
+@click.option(
+    "--to",
+    type=click.IntRange(min=1),
+    help="Version to make active. Default: the one before the active version.",
+)
+@json_option
+@click.pass_context
+def rollback(ctx: click.Context, name: str, to: int | None, as_json: bool) -> None:
+    """Make an earlier version of NAME the active one."""
+    data = api(ctx, "POST", f"/v1/functions/{name}/rollback", {"to": to})
+    emit(data, as_json, lambda d: click.echo(f"{name} now serves version {d['active_version']}."))
+
+
+@click.command()
+@click.argument("name")
+@json_option
+@click.pass_context
+def delete(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Delete function NAME with all its versions and activation records."""
+    data = api(ctx, "DELETE", f"/v1/functions/{name}")
+    emit(data, as_json, lambda _: click.echo(f"Deleted {name}."))
