@@ -32,17 +32,19 @@ from typing import Any
 import orjson
 
 from scheduler.backends import BackendError, InstanceHandle, describe_exit
-from scheduler.backends.isolation import (
+from scheduler.backends.cgroups import (
     RUNTIME_MEMORY_BYTES,
     CgroupDriver,
     InstanceCgroup,
+    detect_cgroups,
+)
+from scheduler.backends.firewall import install_firewall
+from scheduler.backends.isolation import (
     IsolationError,
     IsolationReport,
     IsolationSettings,
     UidAllocator,
-    detect_cgroups,
     hidden_paths,
-    install_firewall,
 )
 from store.records import Version
 
