@@ -29,7 +29,8 @@ import aiohttp
 
 from bench.platform import Gateway, admin_headers
 from bench.run import Admin, Row, bench_main, cold_starts, latency_row, quantiles_ms, until
-from tests.k8s.fakeapi import SCHEDULER_RULES, FakeKubernetes
+from tests.k8s.apimachinery import SCHEDULER_RULES
+from tests.k8s.fakeapi import FakeKubernetes
 
 NS = "ember-functions"
 TOKEN = "bench-scheduler-token"

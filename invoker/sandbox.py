@@ -23,7 +23,8 @@ Built in two steps so that a cold start stays a specialization (SOCK, ATC'18):
   descriptors that go into the activation's logs (capped) instead of the platform's log.
 
 The invoker imports nothing else of Ember; the platform sends what to build (`GenericSpec`,
-`SpecializeSpec`) and `docs/security.md` says what each wall stops.
+`SpecializeSpec`). The filesystem an instance sees is `invoker.mounts`, the seccomp filters
+`invoker.seccomp`; `docs/security.md` says what each wall stops.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ import os
 import resource
 import signal
 import socket
-import stat
 import struct
 import tempfile
 from pathlib import Path
@@ -50,16 +50,12 @@ from invoker.linux import (
     CLONE_NEWPID,
     CLONE_NEWUSER,
     CLONE_NEWUTS,
-    COVER_FLAGS,
     IFF_UP,
-    MS_BIND,
     MS_NODEV,
     MS_NOEXEC,
     MS_NOSUID,
     MS_PRIVATE,
-    MS_RDONLY,
     MS_REC,
-    MS_REMOUNT,
     PR_CAPBSET_DROP,
     PR_SET_DUMPABLE,
     PR_SET_NO_NEW_PRIVS,
@@ -71,6 +67,7 @@ from invoker.linux import (
     mount,
     unshare,
 )
+from invoker.mounts import Covers, build_mounts
 from invoker.output import OutputCapture
 
 
@@ -186,163 +183,6 @@ def _enter_user_namespace() -> None:
     _write("/proc/self/gid_map", f"0 {gid} 1")
 
 
-def _cover(path: str) -> bool:
-    """Mount an empty read-only filesystem over a directory (or /dev/null over a file)."""
-    try:
-        mode = os.lstat(path).st_mode
-    except OSError:
-        return False
-    if stat.S_ISDIR(mode):
-        mount("tmpfs", path, "tmpfs", COVER_FLAGS | MS_RDONLY, "size=64k,mode=755")
-        return True
-    if stat.S_ISREG(mode) or stat.S_ISSOCK(mode):
-        mount("/dev/null", path, None, MS_BIND)
-    return False
-
-
-def _under(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
-
-
-class _Covers:
-    """The covered directories of one instance, and a way back in below them."""
-
-    def __init__(self) -> None:
-        self.fds: dict[str, int] = {}
-        self.covered: dict[str, bool] = {}
-        """Covered directory -> whether its covering filesystem is read-only."""
-
-    def bind_back(self, path: str, *, source_fd: int | None = None, writable: bool = False) -> None:
-        """Bind `path` (below a covered directory) back in at the same place: from the real
-        one below it, or from `source_fd`; read-only unless `writable`."""
-        roots = [c for c in self.covered if _under(path, c)]
-        if not roots:
-            return
-        root = max(roots, key=len)
-        if source_fd is not None:
-            source = f"/proc/self/fd/{source_fd}"
-        else:
-            holders = [h for h in self.fds if _under(path, h)]
-            if not holders:
-                return
-            holder = max(holders, key=len)
-            source = f"/proc/self/fd/{self.fds[holder]}/{path[len(holder.rstrip('/')) + 1 :]}"
-        if not os.path.exists(source):
-            return
-        read_only = self.covered[root]
-        if read_only:
-            mount(None, root, None, MS_REMOUNT | COVER_FLAGS)  # for the mount point
-        try:
-            if os.path.isdir(source):
-                os.makedirs(path, exist_ok=True)
-            else:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o444))
-            mount(source, path, None, MS_BIND | MS_REC)
-            mount(
-                None,
-                path,
-                None,
-                MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | (0 if writable else MS_RDONLY),
-            )
-        finally:
-            if read_only:
-                mount(None, root, None, MS_REMOUNT | COVER_FLAGS | MS_RDONLY)
-
-    def keep_only(self, paths: list[str]) -> None:
-        """Close the descriptors no later `bind_back` of `paths` needs."""
-        for root, fd in list(self.fds.items()):
-            if not any(_under(p, root) for p in paths):
-                os.close(fd)
-                del self.fds[root]
-
-    def close(self) -> None:
-        self.keep_only([])
-
-
-_PRIVATE_DIRS = ("/tmp", "/dev/shm", "/var/tmp")
-_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
-_DEVICE_LINKS = {
-    "fd": "/proc/self/fd",
-    "stdin": "/proc/self/fd/0",
-    "stdout": "/proc/self/fd/1",
-    "stderr": "/proc/self/fd/2",
-    "ptmx": "pts/ptmx",
-}
-
-
-def _build_dev(size: int) -> None:
-    """A /dev of its own: the harmless devices, its own pseudo-terminals (not the host's:
-    opening many cannot exhaust them for ssh), a private /dev/shm; read-only otherwise."""
-    host = os.open("/dev", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        mount("tmpfs", "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "size=64k,mode=755")
-        for name in _DEVICES:
-            source = f"/proc/self/fd/{host}/{name}"
-            if not os.path.exists(source):
-                continue
-            os.close(os.open(f"/dev/{name}", os.O_CREAT | os.O_WRONLY, 0o666))
-            mount(source, f"/dev/{name}", None, MS_BIND)
-        for name, target in _DEVICE_LINKS.items():
-            os.symlink(target, f"/dev/{name}")
-        os.mkdir("/dev/pts", 0o755)
-        mount(
-            "devpts",
-            "/dev/pts",
-            "devpts",
-            MS_NOSUID | MS_NOEXEC,
-            "newinstance,ptmxmode=0666,mode=0620,max=64",
-        )
-        os.mkdir("/dev/shm", 0o1777)
-        mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=1777")
-        mount(None, "/dev", None, MS_REMOUNT | MS_NOSUID | MS_NOEXEC | MS_RDONLY)
-    finally:
-        os.close(host)
-
-
-def _build_mounts(spec: GenericSpec) -> _Covers:
-    """In init, in the new mount namespace: private /proc, /tmp, /dev/shm, covered paths,
-    then what is bound back in (Python, read-only; exposed directories, writable)."""
-    mount(None, "/", None, MS_REC | MS_PRIVATE)
-    covers = _Covers()
-    hide = [
-        p for p in spec.get("hide", []) if not any(_under(p, t) for t in _PRIVATE_DIRS)
-    ]  # private anyway
-    for path in [*hide, *spec.get("hide_last", []), *spec.get("reveal_later", [])]:
-        with contextlib.suppress(OSError):
-            covers.fds[path] = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    exposed: dict[str, int] = {}
-    for path in spec.get("expose", []):
-        with contextlib.suppress(OSError):
-            exposed[path] = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    revealed: dict[str, int] = {}  # (opened now: they may lie below /tmp, made private next)
-    for path in spec.get("reveal", []):
-        with contextlib.suppress(OSError):
-            revealed[path] = os.open(path, os.O_PATH | os.O_CLOEXEC)
-    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    size = int(spec.get("tmp_bytes", 64 << 20))
-    _build_dev(size)
-    covers.covered["/dev/shm"] = False
-    for path in ("/tmp", "/var/tmp"):
-        if os.path.isdir(path):
-            mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=1777")
-            covers.covered[path] = False
-    for path in sorted(hide):
-        if not any(_under(path, c) for c in covers.covered) and _cover(path):
-            covers.covered[path] = True
-    for path, fd in revealed.items():
-        covers.bind_back(path, source_fd=fd)
-        os.close(fd)
-    for path in spec.get("hide_last", []):
-        if not any(_under(path, t) for t in _PRIVATE_DIRS) and _cover(path):
-            covers.covered[path] = True
-    for path, fd in exposed.items():  # the operator's (or a build's) choice comes last
-        covers.bind_back(path, source_fd=fd, writable=True)
-        os.close(fd)
-    covers.keep_only(spec.get("reveal_later", []))
-    return covers
-
-
 _own_pid_namespace: int | None = None
 
 
@@ -373,7 +213,7 @@ def enter(spec: GenericSpec) -> Walls:
         _write(procs, "0")  # this process (its pid as the cgroup's namespace reads it)
     if not spec.get("namespaces"):
         _set_nofile(spec)
-        return Walls(spec, _Covers())
+        return Walls(spec, Covers())
     if spec.get("userns"):
         _enter_user_namespace()
         unshare(CLONE_NEWPID)
@@ -398,7 +238,7 @@ def enter(spec: GenericSpec) -> Walls:
     if status_write >= 0:
         os.close(status_write)
     _die_with_parent(1)
-    covers = _build_mounts(spec)
+    covers = build_mounts(spec)
     socket.sethostname("ember")
     _set_nofile(spec)
     return Walls(spec, covers)
@@ -441,7 +281,7 @@ def _drop_capabilities() -> None:
 class Walls:
     """One instance's sandbox, as seen from the invoker."""
 
-    def __init__(self, spec: GenericSpec, covers: _Covers) -> None:
+    def __init__(self, spec: GenericSpec, covers: Covers) -> None:
         self.spec = spec
         self._covers = covers
         self.output: OutputCapture | None = None
@@ -450,7 +290,7 @@ class Walls:
     @classmethod
     def none(cls) -> Walls:
         """No walls: a spawned instance, or isolation off."""
-        return cls(GenericSpec(), _Covers())
+        return cls(GenericSpec(), Covers())
 
     @property
     def sandboxed(self) -> bool:
@@ -576,7 +416,7 @@ def confine(spec: ConfineSpec, argv: list[str]) -> NoReturn:
     if command != 0:
         _supervise(command, -1)
     _die_with_parent(0)
-    covers = _build_mounts(spec)
+    covers = build_mounts(spec)
     covers.close()
     socket.sethostname("ember-build")
     _set_nofile(spec)

@@ -1,8 +1,9 @@
 """The local backend: invoker instances are processes on this machine.
 
 By default instances are forked by a zygote (`python -m invoker --zygote`) that has imported the
-runtime once: a start costs a fork (~2 ms) and shares the runtime's memory. With `zygote=False`
-each instance is a fresh `python -m invoker` (~100 ms), the baseline the benchmark compares with.
+runtime once: a start costs a fork (~2 ms) and shares the runtime's memory
+(`scheduler.backends.zygote` speaks to it). With `zygote=False` each instance is a fresh
+`python -m invoker` (~100 ms), the baseline the benchmark compares with.
 
 Every process starts with a scrubbed environment (no database URL, no token: user code never
 sees platform credentials), and nothing outlives the platform: the zygote and spawned instances
@@ -20,30 +21,32 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import shutil
 import signal
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from scheduler.backends import BackendError, InstanceHandle, describe_exit
-from scheduler.backends.isolation import (
+from scheduler.backends.cgroups import (
     RUNTIME_MEMORY_BYTES,
     CgroupDriver,
     InstanceCgroup,
+    detect_cgroups,
+)
+from scheduler.backends.firewall import install_firewall
+from scheduler.backends.isolation import (
     IsolationError,
     IsolationReport,
     IsolationSettings,
     UidAllocator,
-    detect_cgroups,
     hidden_paths,
-    install_firewall,
 )
+from scheduler.backends.zygote import ForkedHandle, Zygote, first_line
 from store.records import Version
 
 log = logging.getLogger("ember.scheduler.local")
@@ -68,17 +71,6 @@ def invoker_env(tmp_dir: str | None = None) -> dict[str, str]:
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     env["HOME"] = "/tmp"
     return env
-
-
-async def _first_line(process: asyncio.subprocess.Process) -> bytes:
-    """What a starting invoker or zygote says first; it is killed if we stop waiting."""
-    assert process.stdout is not None
-    try:
-        return await process.stdout.readline()
-    except BaseException:  # timed out, or cancelled (shutdown): never leak it
-        process.kill()
-        await asyncio.shield(process.wait())
-        raise
 
 
 def _exited(handle: ForkedHandle | LocalHandle) -> bool:
@@ -128,121 +120,6 @@ class LocalHandle:
         return await self.process.wait()
 
 
-@dataclass(slots=True, eq=False)
-class ForkedHandle:
-    """An instance forked by the zygote, which reports its exit."""
-
-    host: str
-    port: int
-    pid: int
-    exited: asyncio.Future[int | None] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
-    cgroup: InstanceCgroup | None = None
-    memory_bytes: int = 0
-    """The function's --memory, once specialized (for the exit note)."""
-
-    @property
-    def exit_note(self) -> str | None:
-        """Why it ended, when the cgroup knows better than the exit status."""
-        if self.cgroup is not None and self.cgroup.oom_killed():
-            limit = f"{self.memory_bytes >> 20} MiB" if self.memory_bytes else "its limit"
-            return (
-                f"out of memory (--memory {limit}, its processes and /tmp together); "
-                "raise it with fn deploy --memory"
-            )
-        return None
-
-    async def wait(self) -> int | None:
-        return await asyncio.shield(self.exited)
-
-
-_REPORT = re.compile(rb"(forked \d+ \d+ \d+|failed \S+ [^\n]*|exit \d+ -?\d+)\n")
-
-
-class _Zygote:
-    """The zygote process and the reader of its reports. A report that is not one of the
-    protocol's lines means the pipe was tampered with: the zygote is killed (and replaced on
-    the next start) and the reason kept for /healthz."""
-
-    def __init__(self, process: asyncio.subprocess.Process, capabilities: dict[str, Any]) -> None:
-        self.capabilities = capabilities
-        self.broken: str | None = None
-        self.process = process
-        self.requests: dict[str, tuple[str, asyncio.Future[ForkedHandle]]] = {}
-        self.children: dict[int, ForkedHandle] = {}
-        self.counter = 0
-        self.reader = asyncio.create_task(self._read(), name="zygote reader")
-
-    async def _read(self) -> None:
-        assert self.process.stdout is not None
-        try:
-            async for raw in self.process.stdout:
-                if not _REPORT.fullmatch(raw):
-                    self.broken = f"the zygote sent a malformed report ({raw[:80]!r})"
-                    log.error(
-                        "zygote pipe tampered with: replacing the zygote",
-                        extra={"line": raw[:200].decode(errors="replace")},
-                    )
-                    self.process.kill()
-                    break
-                parts = raw.decode(errors="replace").split(maxsplit=3)
-                if parts[0] == "forked" and parts[1] in self.requests:
-                    address, fut = self.requests.pop(parts[1])
-                    # Registered here, before the next line is read: its exit may be next.
-                    handle = ForkedHandle(host=address, port=int(parts[3]), pid=int(parts[2]))
-                    self.children[handle.pid] = handle
-                    if fut.done():  # the caller gave up (shutdown, timeout): nobody owns it
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(handle.pid, signal.SIGKILL)
-                    else:
-                        fut.set_result(handle)
-                elif parts[0] == "failed" and parts[1] in self.requests:
-                    _, fut = self.requests.pop(parts[1])
-                    if not fut.done():
-                        fut.set_exception(
-                            BackendError(f"zygote could not fork: {' '.join(parts[2:])}")
-                        )
-                elif parts[0] == "exit":
-                    child = self.children.pop(int(parts[1]), None)
-                    if child is not None and not child.exited.done():
-                        child.exited.set_result(int(parts[2]))
-        finally:
-            code = await self.process.wait()
-            for _, fut in self.requests.values():
-                if not fut.done():
-                    fut.set_exception(BackendError(f"the zygote exited ({describe_exit(code)})"))
-            for handle in self.children.values():
-                if not handle.exited.done():
-                    handle.exited.set_result(None)
-            self.children.clear()
-
-    @property
-    def alive(self) -> bool:
-        return self.process.returncode is None and not self.reader.done()
-
-    async def fork(self, address: str, sandbox: dict[str, Any]) -> ForkedHandle:
-        assert self.process.stdin is not None
-        self.counter += 1
-        request_id = str(self.counter)
-        fut: asyncio.Future[ForkedHandle] = asyncio.get_running_loop().create_future()
-        self.requests[request_id] = (address, fut)
-        request = orjson.dumps({"address": address, "sandbox": sandbox})
-        self.process.stdin.write(b"fork %s %s\n" % (request_id.encode(), request))
-        return await fut
-
-    async def close(self) -> None:
-        if self.process.stdin is not None:
-            self.process.stdin.close()
-        try:
-            async with asyncio.timeout(5):
-                await self.process.wait()
-        except TimeoutError:
-            self.process.kill()
-            await self.process.wait()
-        await self.reader
-
-
 class LocalBackend:
     def __init__(
         self,
@@ -278,7 +155,7 @@ class LocalBackend:
         self.start_timeout_s = start_timeout_s
         self.python = python
         self._handles: set[InstanceHandle] = set()
-        self._zygote: _Zygote | None = None
+        self._zygote: Zygote | None = None
         self._zygote_broken: str | None = None
         self._zygote_lock = asyncio.Lock()
 
@@ -489,7 +366,7 @@ class LocalBackend:
             ) from exc
         return cgroup
 
-    async def _ensure_zygote(self) -> _Zygote:
+    async def _ensure_zygote(self) -> Zygote:
         async with self._zygote_lock:
             if self._zygote is not None and self._zygote.alive:
                 return self._zygote
@@ -501,15 +378,7 @@ class LocalBackend:
                     "the zygote is gone; starting a new one", extra={"reason": self._zygote.broken}
                 )
             process = await self._start_process("--zygote")
-            line = await _first_line(process)
-            if not line.startswith(b"ready "):
-                code = await process.wait()
-                raise BackendError(f"the zygote failed to start ({describe_exit(code)})")
-            try:
-                capabilities = orjson.loads(line[len(b"ready ") :])
-            except orjson.JSONDecodeError:
-                capabilities = {}
-            self._zygote = _Zygote(process, capabilities)
+            self._zygote = await Zygote.ready(process)
             log.info("zygote started", extra={"pid": process.pid})
             return self._zygote
 
@@ -532,7 +401,7 @@ class LocalBackend:
 
     async def _spawn(self, instance_id: str, address: str) -> LocalHandle:
         process = await self._start_process("--host", address, "--port", "0", "--exit-with-stdin")
-        line = await _first_line(process)
+        line = await first_line(process)
         if not line.strip().isdigit():
             code = await process.wait()
             raise BackendError(f"invoker {instance_id} failed to start ({describe_exit(code)})")

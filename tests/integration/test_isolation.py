@@ -14,14 +14,9 @@ import pytest
 
 import invoker.sandbox as sandbox
 from invoker import seccomp
-from scheduler.backends.isolation import (
-    CgroupDriver,
-    IsolationError,
-    IsolationSettings,
-    _v2_driver,
-    cover_plan,
-    firewall_rules,
-)
+from scheduler.backends.cgroups import CgroupDriver, _v2_driver
+from scheduler.backends.firewall import firewall_rules
+from scheduler.backends.isolation import IsolationError, IsolationSettings, cover_plan
 from scheduler.backends.local import LocalBackend
 
 NOBODY = 65534

@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.k8s.fakeapi import SCHEDULER_RULES, FakeKubernetes, assert_stopped
+from tests.k8s.apimachinery import SCHEDULER_RULES
+from tests.k8s.fakeapi import FakeKubernetes, assert_stopped
 
 NS = "ember-functions"
 

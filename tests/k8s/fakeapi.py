@@ -10,93 +10,31 @@ Kubernetes does (anything else is 403; every (resource, verb) asked for is recor
 The kubelet runs each pod's container command as a real process, with the pod's environment
 and its own loopback address as pod IP (127.0.0.N), so the invoker in a "pod" is the one the
 image runs. A pod whose process exits goes Failed; a deleted pod's process is stopped by PID.
+
+Here: the HTTP handlers, RBAC enforced per request, and the kubelet. The objects, their events
+and the watch streams are `tests/k8s/objects.py`; selectors, merge patches, Status bodies and
+the Role's rules `tests/k8s/apimachinery.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import itertools
 import json
 import os
-import re
 import shutil
 import signal
 import sys
 import tempfile
-import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import psutil
-import yaml
 from aiohttp import web
 
-Obj = dict[str, Any]
-ALL_VERBS = ("get", "list", "watch", "create", "update", "patch", "delete")
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _status(code: int, reason: str, message: str) -> web.Response:
-    body = {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "status": "Failure",
-        "message": message,
-        "reason": reason,
-        "code": code,
-    }
-    return web.json_response(body, status=code)
-
-
-_TERM = re.compile(
-    r"^\s*(!?)([A-Za-z0-9./_-]+)\s*(?:(==|=|!=)\s*([A-Za-z0-9._-]*)"
-    r"|\s+(in|notin)\s*\(([^)]*)\))?\s*$"
-)
-
-
-def matches(selector: str, labels: dict[str, str]) -> bool:
-    """Kubernetes label selector semantics: =, ==, !=, in, notin, exists, !exists."""
-    for term in re.split(r",(?![^(]*\))", selector):
-        if not term.strip():
-            continue
-        m = _TERM.match(term)
-        if m is None:
-            raise ValueError(f"bad selector term {term!r}")
-        neg, key, op, value, set_op, values = m.groups()
-        if set_op:
-            options = {v.strip() for v in values.split(",")}
-            if (labels.get(key) in options) != (set_op == "in"):
-                return False
-        elif op in ("=", "=="):
-            if labels.get(key) != value:
-                return False
-        elif op == "!=":
-            if labels.get(key) == value:
-                return False
-        elif (key in labels) == bool(neg):
-            return False
-    return True
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386; for the maps the backend patches, strategic merge does the same."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
-
+from tests.k8s.apimachinery import Obj, matches, merge_patch, now, status
+from tests.k8s.objects import ObjectStore
 
 _pod_ips = itertools.count(2)
 
@@ -108,27 +46,22 @@ def _next_pod_ip() -> str:
     return f"127.0.{n // 254}.{n % 254 + 1}"
 
 
-class FakeKubernetes:
+class FakeKubernetes(ObjectStore):
     def __init__(
         self, *, rules: list[Obj] | None = None, run_pods: bool = True, python: str = sys.executable
     ) -> None:
+        super().__init__()
         self.rules = rules
         """The caller's Role rules; None allows everything."""
         self.used: set[tuple[str, str]] = set()
         self.run_pods = run_pods
         self.python = python
-        self.rv = 100
-        self.objects: dict[tuple[str, str, str], Obj] = {}  # (resource, namespace, name)
-        self.history: list[tuple[int, str, Obj]] = []
-        self.compacted = 0
-        self.watchers: set[asyncio.Queue[tuple[int, str, Obj] | None]] = set()
         self.processes: dict[str, asyncio.subprocess.Process] = {}
         self.url = ""
         self.requests: list[tuple[str, str]] = []
         self.on_request: Callable[[web.Request], None] | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._waiters: set[asyncio.Event] = set()
         self.spawned: list[int] = []
         """Every pod process's PID, to check that none outlives the fake."""
         self.kubelet: dict[str, asyncio.Task[None]] = {}
@@ -199,65 +132,12 @@ class FakeKubernetes:
     def _authorize(self, resource: str, verb: str, name: str | None = None) -> web.Response | None:
         self.used.add((resource, verb))
         if not self.allows(resource, verb, name):
-            return _status(
+            return status(
                 403,
                 "Forbidden",
                 f'{resource} is forbidden: User "fake" cannot {verb} resource "{resource}"',
             )
         return None
-
-    # -- state ----------------------------------------------------------------------------------
-
-    def _record(self, kind: str, resource: str, obj: Obj) -> None:
-        self.rv += 1
-        obj["metadata"]["resourceVersion"] = str(self.rv)
-        event = (self.rv, kind, copy.deepcopy(obj) | {"_resource": resource})
-        self.history.append(event)
-        for queue in list(self.watchers):
-            queue.put_nowait(event)
-        for waiter in self._waiters:
-            waiter.set()
-
-    async def wait_until(self, predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
-        """Wait until `predicate()` holds; checked after every change of any object."""
-        event = asyncio.Event()
-        self._waiters.add(event)
-        try:
-            async with asyncio.timeout(timeout_s):
-                while not predicate():
-                    await event.wait()
-                    event.clear()
-        finally:
-            self._waiters.discard(event)
-
-    def put(self, resource: str, namespace: str, obj: Obj) -> Obj:
-        """Create an object directly (test set-up, or "someone else" creating it)."""
-        meta = obj.setdefault("metadata", {})
-        meta.update(namespace=namespace, uid=str(uuid.uuid4()), creationTimestamp=_now())
-        self.objects[(resource, namespace, meta["name"])] = obj
-        self._record("ADDED", resource, obj)
-        return obj
-
-    def pods(self, namespace: str | None = None) -> list[Obj]:
-        return [
-            o for (r, ns, _), o in self.objects.items() if r == "pods" and namespace in (None, ns)
-        ]
-
-    def modify(
-        self, namespace: str, name: str, change: Callable[[Obj], None], resource: str = "pods"
-    ) -> Obj:
-        obj = self.objects[(resource, namespace, name)]
-        change(obj)
-        self._record("MODIFIED", resource, obj)
-        return obj
-
-    def expire_watches(self) -> None:
-        """Compact the history: every open watch ends, and watching again from an older
-        resourceVersion gets 410 Gone, as after etcd compaction."""
-        self.compacted = self.rv
-        self.history.clear()
-        for queue in list(self.watchers):
-            queue.put_nowait(None)
 
     # -- handlers -------------------------------------------------------------------------------
 
@@ -285,51 +165,7 @@ class FakeKubernetes:
                     "items": items,
                 }
             )
-        return await self._watch(request, resource, selected)
-
-    async def _watch(
-        self, request: web.Request, resource: str, selected: Callable[[Obj], bool]
-    ) -> web.StreamResponse:
-        since = int(request.query.get("resourceVersion") or 0)
-        response = web.StreamResponse()
-        response.content_type = "application/json"
-        await response.prepare(request)
-        if since < self.compacted:
-            gone = {
-                "type": "ERROR",
-                "object": {
-                    "kind": "Status",
-                    "apiVersion": "v1",
-                    "status": "Failure",
-                    "code": 410,
-                    "reason": "Expired",
-                    "message": f"too old resource version: {since}",
-                },
-            }
-            await response.write(json.dumps(gone).encode() + b"\n")
-            return response
-        queue: asyncio.Queue[tuple[int, str, Obj] | None] = asyncio.Queue()
-        for event in self.history:
-            if event[0] > since:
-                queue.put_nowait(event)
-        self.watchers.add(queue)
-        timeout_s = float(request.query.get("timeoutSeconds") or 300)
-        try:
-            async with asyncio.timeout(timeout_s):
-                while True:
-                    item = await queue.get()
-                    if item is None:
-                        break
-                    _, kind, tagged = item
-                    obj = {k: v for k, v in tagged.items() if k != "_resource"}
-                    if tagged["_resource"] != resource or not selected(obj):
-                        continue
-                    await response.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
-        except (TimeoutError, ConnectionResetError):
-            pass
-        finally:
-            self.watchers.discard(queue)
-        return response
+        return await self.watch(request, resource, selected)
 
     async def _create(self, request: web.Request) -> web.Response:
         ns, resource = request.match_info["ns"], request.match_info["resource"]
@@ -340,9 +176,9 @@ class FakeKubernetes:
         obj = await request.json()
         name = obj.get("metadata", {}).get("name")
         if not name:
-            return _status(422, "Invalid", "metadata.name: Required value")
+            return status(422, "Invalid", "metadata.name: Required value")
         if (resource, ns, name) in self.objects:
-            return _status(409, "AlreadyExists", f'{resource} "{name}" already exists')
+            return status(409, "AlreadyExists", f'{resource} "{name}" already exists')
         if resource == "pods":
             obj["status"] = {"phase": "Pending", "conditions": []}
         self.put(resource, ns, obj)
@@ -359,7 +195,7 @@ class FakeKubernetes:
             return denied
         obj = self.objects.get((resource, ns, name))
         if obj is None:
-            return _status(404, "NotFound", f'{resource} "{name}" not found')
+            return status(404, "NotFound", f'{resource} "{name}" not found')
         return obj
 
     async def _get(self, request: web.Request) -> web.Response:
@@ -373,7 +209,7 @@ class FakeKubernetes:
         patch = await request.json()
         wanted = (patch.get("metadata") or {}).get("resourceVersion")
         if wanted is not None and wanted != found["metadata"]["resourceVersion"]:
-            return _status(
+            return status(
                 409,
                 "Conflict",
                 "Operation cannot be fulfilled: the object has been modified; "
@@ -396,7 +232,7 @@ class FakeKubernetes:
             self._record("DELETED", resource, found)
             return web.json_response(found)
         if not found["metadata"].get("deletionTimestamp"):
-            found["metadata"]["deletionTimestamp"] = _now()
+            found["metadata"]["deletionTimestamp"] = now()
             self._record("MODIFIED", resource, found)
             self._spawn(self._finish_delete(ns, name))
         return web.json_response(found)
@@ -524,25 +360,3 @@ def assert_stopped(api: FakeKubernetes) -> None:
             if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
                 alive.append(pid)
     assert not alive, f"pod processes left running: {alive}"
-
-
-def role_rules(path: Path, name: str = "ember-scheduler") -> list[Obj]:
-    """The rules of the Role `name` in a manifest file."""
-    for doc in yaml.safe_load_all(path.read_text()):
-        if doc and doc["kind"] == "Role" and doc["metadata"]["name"] == name:
-            rules: list[Obj] = doc["rules"]
-            return rules
-    raise LookupError(f"no Role {name} in {path}")
-
-
-SCHEDULER_RULES = role_rules(
-    Path(__file__).resolve().parents[2] / "deploy" / "base" / "scheduler-rbac.yaml"
-)
-"""What deploy/ grants the scheduler: the fake enforces exactly this."""
-
-
-def without(rules: list[Obj], resource: str, verb: str) -> list[Obj]:
-    return [
-        {**r, "verbs": [v for v in r["verbs"] if not (v == verb and resource in r["resources"])]}
-        for r in rules
-    ]

@@ -22,8 +22,9 @@ from scheduler.backends.kubernetes import (
     PodView,
     Unreachable,
 )
+from tests.k8s.apimachinery import SCHEDULER_RULES, without
 from tests.k8s.conftest import NS
-from tests.k8s.fakeapi import SCHEDULER_RULES, FakeKubernetes, without
+from tests.k8s.fakeapi import FakeKubernetes
 
 PoolFactory = Callable[..., Awaitable[PodPool]]
 

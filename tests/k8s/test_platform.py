@@ -23,8 +23,9 @@ from scheduler.backends.kubernetes import (
 )
 from scheduler.backends.remote import RemoteBackend
 from tests.conftest import PlatformFactory
+from tests.k8s.apimachinery import SCHEDULER_RULES, without
 from tests.k8s.conftest import NS
-from tests.k8s.fakeapi import SCHEDULER_RULES, FakeKubernetes, without
+from tests.k8s.fakeapi import FakeKubernetes
 
 SCHEDULER_TOKEN = "scheduler-test-token"
 HANDLER = "import os\ndef handler(event, context):\n    return {'pid': os.getpid()}\n"

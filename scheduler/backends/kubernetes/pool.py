@@ -1,23 +1,6 @@
-"""The Kubernetes backend: invoker instances are pods. The only module that speaks Kubernetes.
-
-`PodPool` keeps `generic_pool_size` generic invoker pods (the runtime image, labelled
-`ember.dev/state=generic`) ready in the functions namespace. `claim` hands a ready generic pod to
-a gateway for a function version and relabels it (`specialized`, function, version, gateway):
-the gateway then pushes the code over the invoker's own protocol, so a cold start costs a label
-patch and an import, not a pod start. When no generic pod is ready, or the function needs more
-memory than a generic pod has, `claim` creates a specialized pod directly and waits for it. The
-pool refills off the request path.
-
-Pod state comes from one list and a watch from its resourceVersion; an expired watch (410
-Gone) is answered with a fresh list. A pod that fails, is evicted or is deleted by someone else
-is reported to `on_gone`. On start the pool adopts the invoker pods that exist (generic ones
-count towards the pool; specialized ones keep their gateway), so a restart neither leaks nor
-duplicates pods. Every call goes through the official client, on threads: the client is
-synchronous.
-
-Errors: `KubernetesError` (a `BackendError`), with `Unreachable` and `Forbidden` (which names
-the missing permission) below it.
-"""
+"""`PodPool`: the invoker pods of the functions namespace as the scheduler's leader keeps them:
+the list and the watch that keep `pods` current, the generic pool and its refill, claims, and
+waits on pod state (the package's docstring tells how they fit together)."""
 
 from __future__ import annotations
 
@@ -25,166 +8,37 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
-import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from kubernetes import client as k8s
-from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
-from scheduler.backends import BackendError
+from scheduler.backends.kubernetes.api import (
+    KubernetesError,
+    call,
+    check_access,
+    load_client,
+    owner_reference,
+)
+from scheduler.backends.kubernetes.pods import (
+    APP,
+    APP_LABEL,
+    FUNCTION_LABEL,
+    GATEWAY_LABEL,
+    STATE_LABEL,
+    VERSION_LABEL,
+    KubernetesSettings,
+    PodView,
+    label_value,
+    pod_manifest,
+)
 
 log = logging.getLogger("ember.scheduler.kubernetes")
 
-APP_LABEL = "app.kubernetes.io/name"
-APP = "ember-invoker"
-STATE_LABEL = "ember.dev/state"
-FUNCTION_LABEL = "ember.dev/function"
-VERSION_LABEL = "ember.dev/version"
-GATEWAY_LABEL = "ember.dev/gateway"
-MEMORY_ANNOTATION = "ember.dev/memory-bytes"
-
-INVOKER_COMMAND = ["python", "-m", "invoker"]
-"""The invoker image's entry point, and the command the local backend runs."""
-
-REQUIRED_PERMISSIONS: tuple[tuple[str, str], ...] = (
-    ("pods", "list"),
-    ("pods", "watch"),
-    ("pods", "create"),
-    ("pods", "patch"),
-    ("pods", "delete"),
-    ("configmaps", "get"),
-)
-"""Every (resource, verb) this module uses in the functions namespace; the scheduler's Role in
-deploy/ grants exactly these (a test holds the two together)."""
-
-
-class KubernetesError(BackendError):
-    """A Kubernetes API call failed; `status` is the HTTP status when the server answered."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class Unreachable(KubernetesError):
-    """The API server could not be reached."""
-
-
-class Forbidden(KubernetesError):
-    """The service account lacks a permission."""
-
-
-def _mebibytes(n_bytes: int) -> str:
-    return f"{max(1, -(-n_bytes // (1 << 20)))}Mi"
-
-
-def label_value(text: str) -> str:
-    """A label value for `text` (63 characters of [A-Za-z0-9._-], alphanumeric at both ends)."""
-    value = re.sub(r"[^A-Za-z0-9._-]", "_", text)[:63].strip("._-")
-    return value or "x"
-
-
-@dataclass(slots=True, frozen=True, kw_only=True)
-class KubernetesSettings:
-    namespace: str = "ember-functions"
-    """Namespace of the invoker pods (EMBER_NAMESPACE)."""
-    image: str = "ghcr.io/ember-faas/invoker:0.1.0-py3.11"
-    """The invoker runtime image (EMBER_INVOKER_IMAGE); see runtime-images/."""
-    generic_pool_size: int = 2
-    """Generic pods kept ready (EMBER_GENERIC_POOL): each absorbs one cold start without a pod
-    start. Size it to the cold starts expected within one pod start time (see
-    docs/kubernetes.md)."""
-    port: int = 8080
-    """Port the invoker listens on in its pod."""
-    generic_memory_bytes: int = 256 << 20
-    """Memory limit of a generic pod; a function that needs more gets a pod of its own."""
-    cpu_request: str = "50m"
-    cpu_limit: str = "1"
-    owner_configmap: str = "ember-invokers"
-    """A ConfigMap in the functions namespace that owns every invoker pod: deleting it (or
-    Ember) lets Kubernetes garbage-collect them. deploy/ creates it."""
-    pod_start_timeout_s: float = 120.0
-    """How long a new pod may take to become ready (image pull included)."""
-    stop_grace_s: int = 2
-    """terminationGracePeriodSeconds of invoker pods."""
-    service_account: str = "ember-invoker"
-    """The invoker pods' ServiceAccount: no token is mounted, so it has no rights anyway."""
-
-
-@dataclass(slots=True)
-class PodView:
-    """What the pool knows of one invoker pod, from the list and the watch."""
-
-    name: str
-    uid: str
-    resource_version: str
-    labels: dict[str, str]
-    phase: str
-    ready: bool
-    ip: str | None
-    deleting: bool
-    memory_bytes: int
-    image: str = ""
-    reason: str = ""
-
-    @classmethod
-    def from_object(cls, obj: dict[str, Any]) -> PodView:
-        meta, status = obj.get("metadata", {}), obj.get("status", {})
-        conditions = status.get("conditions") or []
-        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-        reason = status.get("reason") or status.get("message") or ""
-        for cs in status.get("containerStatuses") or []:
-            term = (cs.get("state") or {}).get("terminated") or {}
-            if term and not reason:
-                reason = f"{term.get('reason', 'terminated')} (exit {term.get('exitCode')})"
-        annotations = meta.get("annotations") or {}
-        return cls(
-            name=meta["name"],
-            uid=meta.get("uid", ""),
-            resource_version=meta.get("resourceVersion", ""),
-            labels=dict(meta.get("labels") or {}),
-            phase=status.get("phase", "Pending"),
-            ready=ready,
-            ip=status.get("podIP"),
-            deleting=bool(meta.get("deletionTimestamp")),
-            memory_bytes=int(annotations.get(MEMORY_ANNOTATION, "0") or 0),
-            reason=reason,
-            image=((obj.get("spec") or {}).get("containers") or [{}])[0].get("image", ""),
-        )
-
-    @property
-    def state(self) -> str:
-        return self.labels.get(STATE_LABEL, "")
-
-    @property
-    def dead(self) -> bool:
-        return self.deleting or self.phase in ("Failed", "Succeeded")
-
-    def usable(self) -> bool:
-        return self.ready and self.ip is not None and not self.dead
-
-
 GoneCallback = Callable[[PodView, str], None]
-
-
-def _api_error(exc: ApiException, what: str) -> KubernetesError:
-    if exc.status == 403:
-        return Forbidden(
-            f"{what}: forbidden ({exc.reason}); the scheduler's service account "
-            "needs the Role in deploy/base/scheduler-rbac.yaml",
-            403,
-        )
-    raw: Any = exc.body
-    body = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
-    with contextlib.suppress(ValueError, TypeError, AttributeError):
-        body = json.loads(body).get("message", body)
-    return KubernetesError(f"{what}: {exc.status} {exc.reason}: {body}", exc.status)
 
 
 class PodPool:
@@ -217,82 +71,17 @@ class PodPool:
     @classmethod
     def load_client(cls, kubeconfig: str | None = None) -> k8s.ApiClient:
         """A client for the cluster: from `kubeconfig` when given, else in-cluster."""
-        configuration = k8s.Configuration()
-        try:
-            if kubeconfig:
-                k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
-                    config_file=kubeconfig, client_configuration=configuration
-                )
-            else:
-                k8s_config.load_incluster_config(  # type: ignore[no-untyped-call]
-                    client_configuration=configuration
-                )
-        except k8s_config.ConfigException as exc:
-            raise KubernetesError(
-                f"no Kubernetes configuration: {exc}; run in a pod with a service account, "
-                "or set KUBECONFIG"
-            ) from exc
-        return k8s.ApiClient(configuration)
+        return load_client(kubeconfig)
 
     async def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Call the API on a thread; the JSON of the answer, as a dict."""
-        kwargs.setdefault("_preload_content", False)
-        kwargs.setdefault("_request_timeout", 30)
-        try:
-            response = await asyncio.to_thread(fn, *args, **kwargs)
-        except ApiException as exc:
-            raise _api_error(exc, what) from exc
-        except Exception as exc:  # urllib3: connection refused, DNS, TLS, timeouts
-            host = self.api.configuration.host
-            raise Unreachable(f"{what}: cannot reach the Kubernetes API at {host}: {exc}") from exc
-        data: bytes = cast(Any, response).data
-        return json.loads(data) if data else {}
+        return await call(self.api, what, fn, *args, **kwargs)
 
     async def check_access(self) -> None:
         """Fail early, and say which permission is missing, rather than on the first call."""
-        auth = k8s.AuthorizationV1Api(self.api)
-        missing = []
-        for resource, verb in REQUIRED_PERMISSIONS:
-            attributes = {"namespace": self.settings.namespace, "verb": verb, "resource": resource}
-            if resource == "configmaps":  # the Role grants one ConfigMap by name
-                attributes["name"] = self.settings.owner_configmap
-            review = {
-                "apiVersion": "authorization.k8s.io/v1",
-                "kind": "SelfSubjectAccessReview",
-                "spec": {"resourceAttributes": attributes},
-            }
-            answer = await self._call(
-                "checking permissions", auth.create_self_subject_access_review, review
-            )
-            if not answer.get("status", {}).get("allowed"):
-                missing.append(f"{verb} {resource}")
-        if missing:
-            raise Forbidden(
-                f"the scheduler's service account may not {', '.join(missing)} in namespace "
-                f'"{self.settings.namespace}"; apply deploy/base/scheduler-rbac.yaml '
-                "(or grant the same rules)"
-            )
+        await check_access(self.api, self.settings)
 
     async def _load_owner(self) -> None:
-        name = self.settings.owner_configmap
-        try:
-            cm = await self._call(
-                f'reading ConfigMap "{name}"',
-                self.core.read_namespaced_config_map,
-                name,
-                self.settings.namespace,
-            )
-        except KubernetesError as exc:
-            raise KubernetesError(
-                f'{exc}; the ConfigMap "{name}" in namespace "{self.settings.namespace}" owns '
-                "the invoker pods (deploy/base creates it)"
-            ) from exc
-        self._owner = {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "name": name,
-            "uid": cm["metadata"]["uid"],
-        }
+        self._owner = await owner_reference(self.api, self.settings)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -532,71 +321,15 @@ class PodPool:
         timeout_s: float | None = None,
     ) -> dict[str, Any]:
         """The pod of an invoker: generic, or for one function version when `function` is set."""
-        s = self.settings
-        labels = {APP_LABEL: APP, STATE_LABEL: "generic"}
-        if function is not None:
-            labels.update(
-                {
-                    STATE_LABEL: "specialized",
-                    FUNCTION_LABEL: label_value(function),
-                    VERSION_LABEL: str(version),
-                    GATEWAY_LABEL: label_value(gateway or ""),
-                }
-            )
-        memory = memory_bytes or s.generic_memory_bytes
-        annotations = {MEMORY_ANNOTATION: str(memory)}
-        if timeout_s is not None:
-            annotations["ember.dev/timeout-s"] = f"{timeout_s:g}"
-        metadata: dict[str, Any] = {
-            "name": f"ember-invoker-{secrets.token_hex(5)}",
-            "labels": labels,
-            "annotations": annotations,
-        }
-        if self._owner is not None:
-            metadata["ownerReferences"] = [self._owner]
-        probe = {"tcpSocket": {"port": s.port}, "periodSeconds": 1, "failureThreshold": 3}
-        return {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": metadata,
-            "spec": {
-                "automountServiceAccountToken": False,
-                "serviceAccountName": s.service_account,
-                "enableServiceLinks": False,
-                "restartPolicy": "Never",
-                "terminationGracePeriodSeconds": s.stop_grace_s,
-                "securityContext": {
-                    "runAsNonRoot": True,
-                    "runAsUser": 10001,
-                    "runAsGroup": 10001,
-                    "seccompProfile": {"type": "RuntimeDefault"},
-                },
-                "containers": [
-                    {
-                        "name": "invoker",
-                        "image": s.image,
-                        "command": INVOKER_COMMAND,
-                        "env": [
-                            {"name": "EMBER_INVOKER_HOST", "value": "0.0.0.0"},
-                            {"name": "EMBER_INVOKER_PORT", "value": str(s.port)},
-                        ],
-                        "ports": [{"name": "invoker", "containerPort": s.port}],
-                        "readinessProbe": probe,
-                        "resources": {
-                            "requests": {"cpu": s.cpu_request, "memory": _mebibytes(memory)},
-                            "limits": {"cpu": s.cpu_limit, "memory": _mebibytes(memory)},
-                        },
-                        "securityContext": {
-                            "allowPrivilegeEscalation": False,
-                            "readOnlyRootFilesystem": True,
-                            "capabilities": {"drop": ["ALL"]},
-                        },
-                        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-                    }
-                ],
-                "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}],
-            },
-        }
+        return pod_manifest(
+            self.settings,
+            self._owner,
+            function=function,
+            version=version,
+            gateway=gateway,
+            memory_bytes=memory_bytes,
+            timeout_s=timeout_s,
+        )
 
     async def create_pod(self, spec: dict[str, Any]) -> PodView:
         name = spec["metadata"]["name"]
