@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from config.units import ConfigError
 from gateway.builds import BuildFailed, RequirementsError
 from gateway.errors import bad_request, error_response, json_response
 from gateway.platform import PLATFORM, Platform
@@ -19,7 +20,6 @@ from gateway.units import (
     FILENAME,
     NAME,
     ArchiveError,
-    ConfigError,
     archive_names,
     parse_function_config,
     read_archive,

@@ -21,13 +21,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import orjson
 from aiohttp import web
 
+from config.units import ConfigError
 from gateway.admin import _json_body, _limit, _not_found, _platform
 from gateway.batching import GroupCommit
 from gateway.errors import bad_request, error_response, json_response
 from gateway.invoke import MAX_IDEMPOTENCY_KEY
 from gateway.platform import Platform
 from gateway.triggers import next_tick, parse_schedule
-from gateway.units import ConfigError
 from store import (
     ActivationId,
     DatabaseUnavailable,

@@ -13,9 +13,9 @@ from typing import Any
 
 from aiohttp import web
 
+from config.units import ConfigError, parse_duration_s
 from gateway.errors import error_response, json_response
 from gateway.platform import PLATFORM, Platform
-from gateway.units import ConfigError, parse_duration_s
 from scheduler.policy import FunctionPolicy
 from store import FunctionNotFound, PolicyRow
 

@@ -25,8 +25,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
+from config.units import ConfigError
 from gateway.platform import Platform
-from gateway.units import ConfigError
 from gateway.waiting import wait_event
 from store import DatabaseUnavailable, Store, Trigger
 from store.outbox import WatchedDatabase
