@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from builds.requirements import BuildFailed, RequirementsError
 from config.units import ConfigError
-from gateway.builds import BuildFailed, RequirementsError
 from gateway.errors import bad_request, error_response, json_response
 from gateway.platform import PLATFORM, Platform
 from gateway.units import (
@@ -285,12 +285,10 @@ async def show_function(request: web.Request) -> web.Response:
 async def delete_function(request: web.Request) -> web.Response:
     platform = _platform(request)
     name = request.match_info["name"]
-    from gateway.events import remove_trigger  # (it imports this module)
-
     try:
         for trigger in await platform.store.list_triggers(name):
             if trigger.kind == "table":  # uninstall it from the watched database
-                await remove_trigger(request, trigger)
+                await platform.events.remove(trigger)
         platform.deleting.add(name)  # its notification's echo: this handler retires it
         await platform.store.delete_function(name)
     except FunctionNotFound:
@@ -304,7 +302,7 @@ async def delete_function(request: web.Request) -> web.Response:
             f"cannot uninstall a table trigger of {name} ({exc}); retry, or "
             "remove it with fn trigger delete ID --force first",
         )
-    platform.triggers_changed()
+    platform.events.triggers_changed()
     platform.functions.invalidate(name)
     try:
         await platform.scheduler.retire(name)  # its instances are gone when this answers
