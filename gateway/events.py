@@ -22,9 +22,9 @@ from aiohttp import web
 
 from config.units import ConfigError
 from events.triggers import next_tick, parse_schedule
-from gateway.admin import _json_body, _limit, _not_found, _platform
 from gateway.errors import bad_request, error_response, json_response
 from gateway.invoke import MAX_IDEMPOTENCY_KEY
+from gateway.requests import json_body, limit_of, not_found, platform_of
 from store import (
     ActivationId,
     DatabaseUnavailable,
@@ -55,7 +55,7 @@ def _topic_name(raw: str) -> str:
     return raw
 
 
-def _topic_not_found(name: str) -> web.Response:
+def _topicnot_found(name: str) -> web.Response:
     return error_response(
         404, "topic_not_found", f'topic "{name}" not found; create it with: fn topic create {name}'
     )
@@ -67,13 +67,13 @@ def _topic_not_found(name: str) -> web.Response:
 @routes.put("/v1/topics/{name}")
 async def create_topic(request: web.Request) -> web.Response:
     name = _topic_name(request.match_info["name"])
-    created = await _platform(request).store.create_topic(name)
+    created = await platform_of(request).store.create_topic(name)
     return json_response({"topic": name, "created": created}, status=201 if created else 200)
 
 
 @routes.get("/v1/topics")
 async def list_topics(request: web.Request) -> web.Response:
-    topics = await _platform(request).store.list_topics()
+    topics = await platform_of(request).store.list_topics()
     return json_response(
         {
             "topics": [
@@ -92,9 +92,9 @@ async def list_topics(request: web.Request) -> web.Response:
 async def delete_topic(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     try:
-        await _platform(request).store.delete_topic(name)
+        await platform_of(request).store.delete_topic(name)
     except TopicNotFound:
-        return _topic_not_found(name)
+        return _topicnot_found(name)
     except TriggerError as exc:
         return error_response(409, "topic_in_use", str(exc))
     return json_response({"deleted": name})
@@ -103,7 +103,7 @@ async def delete_topic(request: web.Request) -> web.Response:
 @routes.post("/v1/events/{topic}")
 async def publish(request: web.Request) -> web.Response:
     """Commit one delivery per subscriber, then answer 202."""
-    platform = _platform(request)
+    platform = platform_of(request)
     topic = _topic_name(request.match_info["topic"])
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
@@ -126,7 +126,7 @@ async def publish(request: web.Request) -> web.Response:
             )
             platform.events.wake_deliveries()
     except TopicNotFound:
-        return _topic_not_found(topic)
+        return _topicnot_found(topic)
     return json_response(
         {
             "event_id": str(event_id),
@@ -145,7 +145,7 @@ MAX_BATCH = 500
 async def publish_batch(request: web.Request) -> web.Response:
     """Publish a batch: `[{"topic": T, "data": JSON}, ...]` (up to MAX_BATCH), committed all
     or nothing; each event's body is its `data` as JSON."""
-    platform = _platform(request)
+    platform = platform_of(request)
     try:
         items = orjson.loads(await request.read())
     except orjson.JSONDecodeError as exc:
@@ -175,7 +175,7 @@ async def publish_batch(request: web.Request) -> web.Response:
     try:
         counts = await platform.store.publish_batch(events, notify=platform.events.must_notify())
     except TopicNotFound as exc:
-        return _topic_not_found(exc.name)
+        return _topicnot_found(exc.name)
     platform.events.wake_deliveries()
     return json_response(
         {
@@ -279,13 +279,13 @@ def _trigger_from_body(name: str, body: dict[str, Any]) -> Trigger:
 
 @routes.post("/v1/functions/{name}/triggers")
 async def add_trigger(request: web.Request) -> web.Response:
-    platform = _platform(request)
+    platform = platform_of(request)
     name = request.match_info["name"]
-    wanted = _trigger_from_body(name, await _json_body(request))
+    wanted = _trigger_from_body(name, await json_body(request))
     try:
         trigger = await platform.store.add_trigger(wanted)
     except FunctionNotFound:
-        return _not_found(name)
+        return not_found(name)
     except TopicNotFound as exc:
         return error_response(404, "topic_not_found", str(exc))
     except TriggerError as exc:
@@ -302,7 +302,7 @@ async def add_trigger(request: web.Request) -> web.Response:
 @routes.get("/v1/triggers")
 async def list_triggers(request: web.Request) -> web.Response:
     function = request.query.get("function") or None
-    triggers = await _platform(request).store.list_triggers(function)
+    triggers = await platform_of(request).store.list_triggers(function)
     return json_response({"triggers": [trigger_json(t) for t in triggers]})
 
 
@@ -311,7 +311,7 @@ async def delete_trigger(request: web.Request) -> web.Response:
     raw = request.match_info["id"]
     if not raw.isdigit():
         raise bad_request("bad_trigger_id", f'"{raw}" is not a trigger id (see fn trigger list)')
-    platform = _platform(request)
+    platform = platform_of(request)
     force = request.query.get("force") in ("1", "true", "yes")
     try:
         trigger = await platform.store.get_trigger(int(raw))
@@ -385,13 +385,13 @@ def delivery_json(delivery: Delivery, *, payload: bool = False) -> dict[str, Any
 @routes.get("/v1/dlq")
 async def list_dead(request: web.Request) -> web.Response:
     function = request.query.get("function") or None
-    dead = await _platform(request).store.list_dead(function, limit=_limit(request))
+    dead = await platform_of(request).store.list_dead(function, limit=limit_of(request))
     return json_response({"dead": [delivery_json(d) for d in dead]})
 
 
 @routes.post("/v1/dlq/redrive")
 async def redrive(request: web.Request) -> web.Response:
-    body = await _json_body(request)
+    body = await json_body(request)
     raw_ids, function = body.get("ids") or [], body.get("function")
     if not isinstance(raw_ids, list) or (function is not None and not isinstance(function, str)):
         raise bad_request("bad_redrive", 'send {"ids": [ID, ...]} or {"function": NAME}')
@@ -401,5 +401,5 @@ async def redrive(request: web.Request) -> web.Response:
         ids = [ActivationId(uuid.UUID(str(i))) for i in raw_ids]
     except ValueError:
         raise bad_request("bad_activation_id", "ids must be activation ids (fn dlq list)") from None
-    redriven = await _platform(request).store.redrive(ids, function)
+    redriven = await platform_of(request).store.redrive(ids, function)
     return json_response({"redriven": [str(i) for i in redriven]})

@@ -22,6 +22,7 @@ from calls.execute import CallPath
 from calls.functions import FunctionCache
 from calls.metrics import Metrics, PoolReadout
 from events.system import EventSystem
+from gateway.policy_settings import reload_policies
 from gateway.settings import Settings
 from scheduler.backends import Backend
 from scheduler.backends.local import LocalBackend
@@ -193,7 +194,7 @@ class Platform:
             ),
             "function change listener",
         )
-        await platform._reload_policies()
+        await platform.reload_policies()
         return platform
 
     def triggers_changed(self) -> None:
@@ -234,7 +235,7 @@ class Platform:
         self.events.wake_deliveries()
 
     def _reload_policies_soon(self) -> None:
-        self._side_task(self._reload_policies(), "policy reload")
+        self._side_task(self.reload_policies(), "policy reload")
 
     def _side_task(self, coro: Any, name: str) -> None:
         """A short task that may fail without stopping the platform (it is logged)."""
@@ -248,11 +249,10 @@ class Platform:
 
         task.add_done_callback(done)
 
-    async def _reload_policies(self) -> None:
-        from gateway.policies import reload_policies  # (it imports this module)
-
+    async def reload_policies(self) -> None:
+        """Apply the stored policies to this gateway's scheduler."""
         async with self._policy_lock:  # one at a time, so the newest read is applied last
-            await reload_policies(self)
+            await reload_policies(self.store, self.scheduler, self.functions, self.settings.pool)
 
     def _watch(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
