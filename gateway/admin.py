@@ -9,17 +9,18 @@ import asyncio
 import uuid
 from typing import Any
 
-import orjson
 from aiohttp import web
 
-from gateway.builds import BuildFailed, RequirementsError
-from gateway.errors import bad_request, error_response, json_response
-from gateway.platform import PLATFORM, Platform
+from builds.requirements import BuildFailed, RequirementsError
+from config.units import ConfigError
+from gateway.errors import error_response, json_response
+from gateway.events import delivery_json
+from gateway.platform import Platform
+from gateway.requests import json_body, limit_of, not_found, platform_of
 from gateway.units import (
     FILENAME,
     NAME,
     ArchiveError,
-    ConfigError,
     archive_names,
     parse_function_config,
     read_archive,
@@ -37,12 +38,6 @@ from store import (
 )
 
 routes = web.RouteTableDef()
-MAX_ACTIVATIONS = 1000
-
-
-def _platform(request: web.Request) -> Platform:
-    platform = request.app[PLATFORM]
-    return platform
 
 
 def version_json(version: Version, *, active: bool | None = None) -> dict[str, Any]:
@@ -108,28 +103,10 @@ def activation_json(activation: Activation) -> dict[str, Any]:
     }
 
 
-def _not_found(name: str) -> web.Response:
-    return error_response(
-        404,
-        "function_not_found",
-        f'function "{name}" not found; deploy it with: fn deploy {name}.py',
-    )
-
-
-async def _json_body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = orjson.loads(await request.read() or b"{}")
-    except orjson.JSONDecodeError as exc:
-        raise bad_request("bad_json", f"request body is not JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise bad_request("bad_json", "request body must be a JSON object")
-    return body
-
-
 @routes.post("/v1/functions")
 async def deploy(request: web.Request) -> web.Response:
-    platform = _platform(request)
-    body = await _json_body(request)
+    platform = platform_of(request)
+    body = await json_body(request)
     response = await _deploy(platform, body)
     platform.metrics.deploys.labels("ok" if response.status < 300 else "rejected").inc()
     return response
@@ -262,20 +239,20 @@ def _now() -> Any:
 
 @routes.get("/v1/functions")
 async def list_functions(request: web.Request) -> web.Response:
-    platform = _platform(request)
+    platform = platform_of(request)
     functions = await platform.store.list_functions()
     return json_response({"functions": [function_json(f, platform) for f in functions]})
 
 
 @routes.get("/v1/functions/{name}")
 async def show_function(request: web.Request) -> web.Response:
-    platform = _platform(request)
+    platform = platform_of(request)
     name = request.match_info["name"]
     try:
         function = await platform.store.get_function(name)
         active = await platform.store.get_version(name)
     except FunctionNotFound:
-        return _not_found(name)
+        return not_found(name)
     return json_response(
         {**function_json(function, platform), "active": version_json(active, active=True)}
     )
@@ -283,19 +260,17 @@ async def show_function(request: web.Request) -> web.Response:
 
 @routes.delete("/v1/functions/{name}")
 async def delete_function(request: web.Request) -> web.Response:
-    platform = _platform(request)
+    platform = platform_of(request)
     name = request.match_info["name"]
-    from gateway.events import remove_trigger  # (it imports this module)
-
     try:
         for trigger in await platform.store.list_triggers(name):
             if trigger.kind == "table":  # uninstall it from the watched database
-                await remove_trigger(request, trigger)
+                await platform.events.remove(trigger)
         platform.deleting.add(name)  # its notification's echo: this handler retires it
         await platform.store.delete_function(name)
     except FunctionNotFound:
         platform.deleting.discard(name)
-        return _not_found(name)
+        return not_found(name)
     except TriggerError as exc:
         platform.deleting.discard(name)
         return error_response(
@@ -304,7 +279,7 @@ async def delete_function(request: web.Request) -> web.Response:
             f"cannot uninstall a table trigger of {name} ({exc}); retry, or "
             "remove it with fn trigger delete ID --force first",
         )
-    platform.triggers_changed()
+    platform.events.triggers_changed()
     platform.functions.invalidate(name)
     try:
         await platform.scheduler.retire(name)  # its instances are gone when this answers
@@ -317,17 +292,17 @@ async def delete_function(request: web.Request) -> web.Response:
 async def list_versions(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     try:
-        versions = await _platform(request).store.list_versions(name)
+        versions = await platform_of(request).store.list_versions(name)
     except FunctionNotFound:
-        return _not_found(name)
+        return not_found(name)
     return json_response({"versions": [version_json(v, active=a) for v, a in versions]})
 
 
 @routes.post("/v1/functions/{name}/rollback")
 async def rollback(request: web.Request) -> web.Response:
-    platform = _platform(request)
+    platform = platform_of(request)
     name = request.match_info["name"]
-    body = await _json_body(request)
+    body = await json_body(request)
     to = body.get("to")
     if to is not None and (isinstance(to, bool) or not isinstance(to, int) or to < 1):
         return error_response(
@@ -338,7 +313,7 @@ async def rollback(request: web.Request) -> web.Response:
     try:
         active = await platform.store.set_active_version(name, to)
     except FunctionNotFound:
-        return _not_found(name)
+        return not_found(name)
     except VersionNotFound as exc:
         if to is None:
             return error_response(
@@ -357,14 +332,14 @@ async def rollback(request: web.Request) -> web.Response:
 @routes.get("/v1/functions/{name}/builds")
 async def list_builds(request: web.Request) -> web.Response:
     """The latest builds of NAME's requirements, newest first, with pip's output."""
-    platform = _platform(request)
+    platform = platform_of(request)
     name = request.match_info["name"]
-    builds = await platform.store.list_builds(name, limit=_limit(request))
+    builds = await platform.store.list_builds(name, limit=limit_of(request))
     if not builds:
         try:
             await platform.store.get_function(name)
         except FunctionNotFound:
-            return _not_found(name)
+            return not_found(name)
     return json_response(
         {
             "builds": [
@@ -383,22 +358,15 @@ async def list_builds(request: web.Request) -> web.Response:
     )
 
 
-def _limit(request: web.Request) -> int:
-    raw = request.query.get("limit", "20")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_ACTIVATIONS:
-        raise bad_request("bad_limit", f"limit must be 1-{MAX_ACTIVATIONS}, got {raw!r}")
-    return int(raw)
-
-
 @routes.get("/v1/functions/{name}/activations")
 async def list_activations(request: web.Request) -> web.Response:
-    platform = _platform(request)
+    platform = platform_of(request)
     name = request.match_info["name"]
-    limit = _limit(request)
+    limit = limit_of(request)
     try:
         await platform.store.get_function(name)
     except FunctionNotFound:
-        return _not_found(name)
+        return not_found(name)
     await platform.activations.flush()
     activations = await platform.store.list_activations(name, limit=limit)
     return json_response({"activations": [activation_json(a) for a in activations]})
@@ -406,14 +374,12 @@ async def list_activations(request: web.Request) -> web.Response:
 
 @routes.get("/v1/activations/{id}")
 async def show_activation(request: web.Request) -> web.Response:
-    platform = _platform(request)
+    platform = platform_of(request)
     raw = request.match_info["id"]
     try:
         activation_id = ActivationId(uuid.UUID(raw))
     except ValueError:
         return error_response(400, "bad_activation_id", f'"{raw}" is not an activation id')
-    from gateway.events import delivery_json  # (it imports this module)
-
     delivery = await platform.store.get_delivery(activation_id)
     if delivery is not None:
         return json_response(delivery_json(delivery))

@@ -99,7 +99,6 @@ def build_app(platform: Platform) -> web.Application:
         client_max_size=admin_max, middlewares=[error_middleware, auth_middleware]
     )
     admin_app[PLATFORM] = platform
-    admin_app[events.PUBLISHER] = events.publisher(platform)
     for route in [*admin.routes, *policies.routes, *events.routes]:
         assert isinstance(route, web.RouteDef)
         admin_app.router.add_route(route.method, route.path.removeprefix("/v1"), route.handler)

@@ -10,7 +10,6 @@ GET    /v1/dlq[?function=&limit=]     POST /v1/dlq/redrive {"ids": [...]} or {"f
 from __future__ import annotations
 
 import base64
-import dataclasses
 import datetime as dt
 import logging
 import re
@@ -21,13 +20,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import orjson
 from aiohttp import web
 
-from gateway.admin import _json_body, _limit, _not_found, _platform
-from gateway.batching import GroupCommit
+from config.units import ConfigError
+from events.triggers import next_tick, parse_schedule
 from gateway.errors import bad_request, error_response, json_response
 from gateway.invoke import MAX_IDEMPOTENCY_KEY
-from gateway.platform import Platform
-from gateway.triggers import next_tick, parse_schedule
-from gateway.units import ConfigError
+from gateway.requests import json_body, limit_of, not_found, platform_of
 from store import (
     ActivationId,
     DatabaseUnavailable,
@@ -40,7 +37,7 @@ from store import (
     TriggerError,
     new_id,
 )
-from store.outbox import OPERATIONS, WatchedDatabase
+from store.outbox import OPERATIONS
 
 log = logging.getLogger("ember.gateway.events")
 routes = web.RouteTableDef()
@@ -58,35 +55,10 @@ def _topic_name(raw: str) -> str:
     return raw
 
 
-def _topic_not_found(name: str) -> web.Response:
+def _topicnot_found(name: str) -> web.Response:
     return error_response(
         404, "topic_not_found", f'topic "{name}" not found; create it with: fn topic create {name}'
     )
-
-
-def publisher(platform: Platform) -> GroupCommit[Event, int]:
-    """Single publishes (without an idempotency key) share statements: see GroupCommit."""
-    store = platform.store
-
-    async def commit(events: list[Event]) -> list[int | Exception]:
-        try:
-            counts = await store.publish_batch(events, notify=platform.must_notify())
-        except TopicNotFound:
-            pass  # one of them named a missing topic: one by one, so only those fail
-        else:
-            return [counts[e.id] for e in events]
-        results: list[int | Exception] = []
-        for event in events:
-            try:
-                results.append((await store.publish_batch([event]))[event.id])
-            except TopicNotFound as exc:
-                results.append(exc)
-        return results
-
-    return GroupCommit(commit, after=platform.wake_deliveries, size=lambda e: len(e.payload))
-
-
-PUBLISHER = web.AppKey("publisher", GroupCommit[Event, int])
 
 
 # -- topics and publishing --------------------------------------------------------------------
@@ -95,13 +67,13 @@ PUBLISHER = web.AppKey("publisher", GroupCommit[Event, int])
 @routes.put("/v1/topics/{name}")
 async def create_topic(request: web.Request) -> web.Response:
     name = _topic_name(request.match_info["name"])
-    created = await _platform(request).store.create_topic(name)
+    created = await platform_of(request).store.create_topic(name)
     return json_response({"topic": name, "created": created}, status=201 if created else 200)
 
 
 @routes.get("/v1/topics")
 async def list_topics(request: web.Request) -> web.Response:
-    topics = await _platform(request).store.list_topics()
+    topics = await platform_of(request).store.list_topics()
     return json_response(
         {
             "topics": [
@@ -120,9 +92,9 @@ async def list_topics(request: web.Request) -> web.Response:
 async def delete_topic(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     try:
-        await _platform(request).store.delete_topic(name)
+        await platform_of(request).store.delete_topic(name)
     except TopicNotFound:
-        return _topic_not_found(name)
+        return _topicnot_found(name)
     except TriggerError as exc:
         return error_response(409, "topic_in_use", str(exc))
     return json_response({"deleted": name})
@@ -131,7 +103,7 @@ async def delete_topic(request: web.Request) -> web.Response:
 @routes.post("/v1/events/{topic}")
 async def publish(request: web.Request) -> web.Response:
     """Commit one delivery per subscriber, then answer 202."""
-    platform = _platform(request)
+    platform = platform_of(request)
     topic = _topic_name(request.match_info["topic"])
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
@@ -146,15 +118,15 @@ async def publish(request: web.Request) -> web.Response:
     )
     try:
         if key is None:  # shares a statement with concurrent publishes
-            deliveries, created = await request.app[PUBLISHER].submit(event), True
+            deliveries, created = await platform.events.publisher.submit(event), True
             event_id = event.id
         else:
             event_id, deliveries, created = await platform.store.publish(
-                event, key, notify=platform.must_notify()
+                event, key, notify=platform.events.must_notify()
             )
-            platform.wake_deliveries()
+            platform.events.wake_deliveries()
     except TopicNotFound:
-        return _topic_not_found(topic)
+        return _topicnot_found(topic)
     return json_response(
         {
             "event_id": str(event_id),
@@ -173,7 +145,7 @@ MAX_BATCH = 500
 async def publish_batch(request: web.Request) -> web.Response:
     """Publish a batch: `[{"topic": T, "data": JSON}, ...]` (up to MAX_BATCH), committed all
     or nothing; each event's body is its `data` as JSON."""
-    platform = _platform(request)
+    platform = platform_of(request)
     try:
         items = orjson.loads(await request.read())
     except orjson.JSONDecodeError as exc:
@@ -201,10 +173,10 @@ async def publish_batch(request: web.Request) -> web.Response:
             raise bad_request("bad_batch", f'event {i} must be {{"topic": T, "data": ...}}')
         events.append(Event(new_id(), _topic_name(item["topic"]), orjson.dumps(item["data"])))
     try:
-        counts = await platform.store.publish_batch(events, notify=platform.must_notify())
+        counts = await platform.store.publish_batch(events, notify=platform.events.must_notify())
     except TopicNotFound as exc:
-        return _topic_not_found(exc.name)
-    platform.wake_deliveries()
+        return _topicnot_found(exc.name)
+    platform.events.wake_deliveries()
     return json_response(
         {
             "events": [
@@ -305,73 +277,33 @@ def _trigger_from_body(name: str, body: dict[str, Any]) -> Trigger:
     )
 
 
-def _watched(request: web.Request, url: str | None) -> tuple[WatchedDatabase, bool]:
-    """The platform's connection to a watched database, or a temporary one (and True)."""
-    platform = _platform(request)
-    if platform.relays is not None:
-        return platform.relays.database(url), False
-    return WatchedDatabase(url or platform.store.url), True
-
-
 @routes.post("/v1/functions/{name}/triggers")
 async def add_trigger(request: web.Request) -> web.Response:
-    platform = _platform(request)
+    platform = platform_of(request)
     name = request.match_info["name"]
-    wanted = _trigger_from_body(name, await _json_body(request))
+    wanted = _trigger_from_body(name, await json_body(request))
     try:
         trigger = await platform.store.add_trigger(wanted)
     except FunctionNotFound:
-        return _not_found(name)
+        return not_found(name)
     except TopicNotFound as exc:
         return error_response(404, "topic_not_found", str(exc))
     except TriggerError as exc:
         return error_response(409, "trigger_exists", str(exc))
     if trigger.kind == "table":
-        assert trigger.table_name is not None
-        db, temporary = _watched(request, trigger.database_url)
         try:
-            qualified = await db.install(trigger.id, trigger.table_name, trigger.operations)
-        except BaseException as exc:
-            await platform.store.delete_trigger(trigger.id)
-            if isinstance(exc, TriggerError):
-                return error_response(400, "bad_table", str(exc))
-            raise
-        finally:
-            if temporary:
-                await db.close()
-        await platform.store.set_trigger_table(trigger.id, qualified)
-        trigger = dataclasses.replace(trigger, table_name=qualified)
-    platform.triggers_changed()
+            trigger = await platform.events.install(trigger)
+        except TriggerError as exc:
+            return error_response(400, "bad_table", str(exc))
+    platform.events.triggers_changed()
     return json_response(trigger_json(trigger), status=201)
 
 
 @routes.get("/v1/triggers")
 async def list_triggers(request: web.Request) -> web.Response:
     function = request.query.get("function") or None
-    triggers = await _platform(request).store.list_triggers(function)
+    triggers = await platform_of(request).store.list_triggers(function)
     return json_response({"triggers": [trigger_json(t) for t in triggers]})
-
-
-async def remove_trigger(request: web.Request, trigger: Trigger, *, force: bool = False) -> None:
-    """Uninstall what a table trigger installed, then forget the trigger. With `force`, a
-    watched database that cannot be reached does not stop the trigger being forgotten (what
-    was installed there stays: the log says so)."""
-    if trigger.kind == "table":
-        db, temporary = _watched(request, trigger.database_url)
-        try:
-            await db.uninstall(trigger.id)
-        except (DatabaseUnavailable, TriggerError) as exc:
-            if not force:
-                raise
-            log.warning(
-                "forgot a table trigger without uninstalling it: %s",
-                exc,
-                extra={"trigger": trigger.id, "table": trigger.table_name},
-            )
-        finally:
-            if temporary:
-                await db.close()
-    await _platform(request).store.delete_trigger(trigger.id)
 
 
 @routes.delete("/v1/triggers/{id}")
@@ -379,11 +311,11 @@ async def delete_trigger(request: web.Request) -> web.Response:
     raw = request.match_info["id"]
     if not raw.isdigit():
         raise bad_request("bad_trigger_id", f'"{raw}" is not a trigger id (see fn trigger list)')
-    platform = _platform(request)
+    platform = platform_of(request)
     force = request.query.get("force") in ("1", "true", "yes")
     try:
         trigger = await platform.store.get_trigger(int(raw))
-        await remove_trigger(request, trigger, force=force)
+        await platform.events.remove(trigger, force=force)
     except NotFound as exc:
         return error_response(404, "trigger_not_found", str(exc))
     except (DatabaseUnavailable, TriggerError) as exc:
@@ -393,7 +325,7 @@ async def delete_trigger(request: web.Request) -> web.Response:
             f"cannot uninstall trigger {raw} from its database ({exc}); retry, or forget it "
             f"with: fn trigger delete {raw} --force (what it installed then stays there)",
         )
-    platform.triggers_changed()
+    platform.events.triggers_changed()
     return json_response({"deleted": trigger_json(trigger)})
 
 
@@ -453,13 +385,13 @@ def delivery_json(delivery: Delivery, *, payload: bool = False) -> dict[str, Any
 @routes.get("/v1/dlq")
 async def list_dead(request: web.Request) -> web.Response:
     function = request.query.get("function") or None
-    dead = await _platform(request).store.list_dead(function, limit=_limit(request))
+    dead = await platform_of(request).store.list_dead(function, limit=limit_of(request))
     return json_response({"dead": [delivery_json(d) for d in dead]})
 
 
 @routes.post("/v1/dlq/redrive")
 async def redrive(request: web.Request) -> web.Response:
-    body = await _json_body(request)
+    body = await json_body(request)
     raw_ids, function = body.get("ids") or [], body.get("function")
     if not isinstance(raw_ids, list) or (function is not None and not isinstance(function, str)):
         raise bad_request("bad_redrive", 'send {"ids": [ID, ...]} or {"function": NAME}')
@@ -469,5 +401,5 @@ async def redrive(request: web.Request) -> web.Response:
         ids = [ActivationId(uuid.UUID(str(i))) for i in raw_ids]
     except ValueError:
         raise bad_request("bad_activation_id", "ids must be activation ids (fn dlq list)") from None
-    redriven = await _platform(request).store.redrive(ids, function)
+    redriven = await platform_of(request).store.redrive(ids, function)
     return json_response({"redriven": [str(i) for i in redriven]})

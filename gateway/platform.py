@@ -12,27 +12,25 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
-from gateway.activations import ActivationWriter
-from gateway.batching import GroupCommit
-from gateway.builds import Builder
-from gateway.functions import FunctionCache
-from gateway.metrics import Metrics, PoolReadout
+from builds.builder import Builder
+from calls.activations import ActivationWriter
+from calls.execute import CallPath
+from calls.functions import FunctionCache
+from calls.metrics import Metrics, PoolReadout
+from events.system import EventSystem
+from gateway.policy_settings import reload_policies
 from gateway.settings import Settings
 from scheduler.backends import Backend
 from scheduler.backends.local import LocalBackend
 from scheduler.backends.remote import RemoteBackend
 from scheduler.scheduler import Scheduler
-from store import ActivationId, DatabaseUnavailable, NewDelivery, Store, Version
+from store import Store, Version
 from store.embedded import EmbeddedPostgres, start_embedded_postgres
 from store.errors import FunctionNotFound
-
-if TYPE_CHECKING:
-    from gateway.delivery import DeliveryWorker
-    from gateway.triggers import TableRelays
 
 log = logging.getLogger("ember.gateway")
 
@@ -76,42 +74,15 @@ class Platform:
     metrics: Metrics
     token: str
     builder: Builder
+    calls: CallPath
+    events: EventSystem
     embedded: EmbeddedPostgres | None = None
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _side_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     deleting: set[str] = field(default_factory=set)
     """Functions this gateway is deleting: it retires them itself, before it answers."""
     _policy_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    submitter: GroupCommit[NewDelivery, tuple[ActivationId, bool]] = field(init=False)
-    deliveries: DeliveryWorker | None = None
-    relays: TableRelays | None = None
-    _triggers_changed: list[asyncio.Event] = field(default_factory=list)
     _stopping: bool = False
-
-    def __post_init__(self) -> None:
-        async def submit(
-            batch: list[NewDelivery],
-        ) -> list[tuple[ActivationId, bool] | Exception]:
-            try:
-                return list(await self.store.submit_batch(batch, notify=self.must_notify()))
-            except DatabaseUnavailable:
-                raise
-            except Exception:
-                if len(batch) == 1:
-                    raise
-            # The database refused the batch: one by one, so that only the culprit fails.
-            results: list[tuple[ActivationId, bool] | Exception] = []
-            for item in batch:
-                try:
-                    results.append(await self.store.submit(item, notify=self.must_notify()))
-                except Exception as exc:
-                    results.append(exc)
-            return results
-
-        # Concurrent async invocations share one INSERT (see GroupCommit).
-        self.submitter = GroupCommit(
-            submit, after=self.wake_deliveries, size=lambda d: len(d.payload)
-        )
 
     @classmethod
     async def start(cls, settings: Settings) -> Platform:
@@ -191,6 +162,15 @@ class Platform:
             builder.release_confined = backend.release_build
         functions = FunctionCache(store)
         activations = ActivationWriter(store)
+        metrics = Metrics(
+            scheduler.instance_counts,
+            lambda: scheduler.starts_total,
+            lambda: activations.dropped,
+            lambda: _pool_readout(scheduler),
+        )
+        calls = CallPath(
+            scheduler=scheduler, functions=functions, activations=activations, metrics=metrics
+        )
         platform = cls(
             settings=settings,
             store=store,
@@ -200,52 +180,25 @@ class Platform:
             activations=activations,
             token=token,
             embedded=embedded,
-            metrics=Metrics(
-                scheduler.instance_counts,
-                lambda: scheduler.starts_total,
-                lambda: activations.dropped,
-                lambda: _pool_readout(scheduler),
-            ),
+            metrics=metrics,
+            calls=calls,
+            events=EventSystem(store, calls, settings.events),
         )
         platform._watch(platform.activations.run(), "activation writer")
-        if settings.events.workers:
-            platform._start_event_workers()
+        platform.events.start(platform._watch)
         platform._watch(
             store.listen_function_changes(
-                platform._on_change, platform._on_listening, on_deliveries=platform.wake_deliveries
+                platform._on_change,
+                platform._on_listening,
+                on_deliveries=platform.events.wake_deliveries,
             ),
             "function change listener",
         )
-        await platform._reload_policies()
+        await platform.reload_policies()
         return platform
 
-    def _start_event_workers(self) -> None:
-        from gateway.delivery import DeliveryWorker, housekeeping
-        from gateway.triggers import TableRelays, run_schedules
-
-        self.deliveries = DeliveryWorker(self, self.settings.events)
-        self.relays = TableRelays(self)
-        schedules_wake, tables_wake = asyncio.Event(), asyncio.Event()
-        self._triggers_changed = [schedules_wake, tables_wake]
-        self._watch(self.deliveries.run(), "delivery worker")
-        self._watch(self.deliveries.outcomes.run(), "delivery outcome writer")
-        self._watch(run_schedules(self, schedules_wake), "schedules")
-        self._watch(self.relays.run(tables_wake), "table relays")
-        self._watch(housekeeping(self), "delivery housekeeping")
-
-    def must_notify(self) -> bool:
-        """Whether a submission must wake every gateway's workers (NOTIFY) because this
-        gateway runs none or its worker is full; otherwise `wake_deliveries` after the commit
-        is enough (and NOTIFY, which serializes commits, is saved)."""
-        return self.deliveries is None or self.deliveries.saturated
-
-    def wake_deliveries(self) -> None:
-        if self.deliveries is not None:
-            self.deliveries.wake()
-
     def triggers_changed(self) -> None:
-        for event in self._triggers_changed:
-            event.set()
+        self.events.triggers_changed()
 
     def _on_change(self, payload: str) -> None:
         if payload.startswith("policy:"):
@@ -278,11 +231,11 @@ class Platform:
         # Changes made while not listening are unknown: forget what they could have changed.
         self.functions.clear()
         self._reload_policies_soon()
-        self.triggers_changed()
-        self.wake_deliveries()
+        self.events.triggers_changed()
+        self.events.wake_deliveries()
 
     def _reload_policies_soon(self) -> None:
-        self._side_task(self._reload_policies(), "policy reload")
+        self._side_task(self.reload_policies(), "policy reload")
 
     def _side_task(self, coro: Any, name: str) -> None:
         """A short task that may fail without stopping the platform (it is logged)."""
@@ -296,13 +249,12 @@ class Platform:
 
         task.add_done_callback(done)
 
-    async def _reload_policies(self) -> None:
-        from gateway.policies import reload_policies  # (it imports this module)
-
+    async def reload_policies(self) -> None:
+        """Apply the stored policies to this gateway's scheduler."""
         async with self._policy_lock:  # one at a time, so the newest read is applied last
-            await reload_policies(self)
+            await reload_policies(self.store, self.scheduler, self.functions, self.settings.pool)
 
-    def _watch(self, coro: Any, name: str) -> None:
+    def _watch(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
 
         def done(t: asyncio.Task[Any]) -> None:
@@ -312,6 +264,7 @@ class Platform:
 
         task.add_done_callback(done)
         self._tasks.append(task)
+        return task
 
     async def wait_broken(self) -> str:
         """Wait until a part of the platform dies; returns why."""
@@ -343,13 +296,7 @@ class Platform:
 
     async def stop(self) -> None:
         self._stopping = True
-        if self.deliveries is not None:
-            # Claim nothing more (a claim in flight still starts its deliveries), then let the
-            # claimed ones finish.
-            self.deliveries.stop_claiming()
-            worker = next(t for t in self._tasks if t.get_name() == "delivery worker")
-            await asyncio.wait([worker], timeout=self.settings.shutdown_timeout_s)
-            await self.deliveries.stop(self.settings.shutdown_timeout_s)
+        await self.events.stop(self.settings.shutdown_timeout_s)
         for task in (*self._tasks, *self._side_tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, *self._side_tasks, return_exceptions=True)

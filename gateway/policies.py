@@ -7,54 +7,19 @@ when Postgres notifies a change, so `fn policy set` applies without a restart.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from typing import Any
 
 from aiohttp import web
 
+from config.units import ConfigError, parse_duration_s
 from gateway.errors import error_response, json_response
 from gateway.platform import PLATFORM, Platform
-from gateway.units import ConfigError, parse_duration_s
+from gateway.policy_settings import DEFAULT, FIELDS, effective
 from scheduler.policy import FunctionPolicy
 from store import FunctionNotFound, PolicyRow
 
 routes = web.RouteTableDef()
-DEFAULT = "*"
-_FIELDS = ("prewarm", "keep_alive_s", "min_warm", "max_instances")
-
-
-def _merge(base: FunctionPolicy, row: PolicyRow | None) -> FunctionPolicy:
-    if row is None:
-        return base
-    changes = {f: getattr(row, f) for f in _FIELDS if getattr(row, f) is not None}
-    return dataclasses.replace(base, **changes)
-
-
-def effective(
-    platform: Platform,
-    rows: list[PolicyRow],
-) -> tuple[FunctionPolicy, dict[str, FunctionPolicy]]:
-    pool = platform.settings.pool
-    base = FunctionPolicy(keep_alive_s=pool.keep_alive_s, max_instances=pool.max_instances)
-    by_name = {r.function: r for r in rows}
-    default = _merge(base, by_name.get(DEFAULT))
-    return default, {n: _merge(default, r) for n, r in by_name.items() if n != DEFAULT}
-
-
-async def reload_policies(platform: Platform) -> None:
-    """Read the stored policies and apply them to this gateway's scheduler."""
-    default, overrides = effective(platform, await platform.store.list_policies())
-    platform.scheduler.configure(default, overrides)
-    names = (
-        [f.name for f in await platform.store.list_functions()]
-        if default.min_warm
-        else [n for n, p in overrides.items() if p.min_warm]
-    )
-    for name in names:
-        if platform.scheduler.policies.settings(name).min_warm:
-            with contextlib.suppress(FunctionNotFound):  # deleted meanwhile
-                await platform.scheduler.ensure_warm(await platform.functions.resolve(name))
 
 
 def policy_row_from_body(body: dict[str, Any], function: str) -> PolicyRow:
@@ -110,13 +75,13 @@ def _policy_json(name: str, policy: FunctionPolicy, row: PolicyRow | None) -> di
     return {
         "function": name,
         **dataclasses.asdict(policy),
-        "set": {f: getattr(row, f) for f in _FIELDS if getattr(row, f) is not None} if row else {},
+        "set": {f: getattr(row, f) for f in FIELDS if getattr(row, f) is not None} if row else {},
     }
 
 
 async def _read(platform: Platform, name: str) -> dict[str, Any]:
     rows = await platform.store.list_policies()
-    default, overrides = effective(platform, rows)
+    default, overrides = effective(platform.settings.pool, rows)
     row = next((r for r in rows if r.function == name), None)
     policy = default if name == DEFAULT else overrides.get(name, default)
     out = _policy_json("default" if name == DEFAULT else name, policy, row)
@@ -143,7 +108,7 @@ async def _write(request: web.Request, name: str) -> web.Response:
         return error_response(
             400, "bad_policy", f"{both[0].removesuffix('_s')} is both set and unset"
         )
-    if all(getattr(row, f) is None for f in _FIELDS) and not unset:
+    if all(getattr(row, f) is None for f in FIELDS) and not unset:
         return error_response(
             400,
             "bad_policy",
@@ -160,10 +125,10 @@ async def _write(request: web.Request, name: str) -> web.Response:
             else getattr(row, f)
             if getattr(row, f) is not None
             else getattr(old, f, None)
-            for f in _FIELDS
+            for f in FIELDS
         },
     )
-    default, overrides = effective(platform, [*rows, merged])
+    default, overrides = effective(platform.settings.pool, [*rows, merged])
     for policy_name, policy in [("default", default), *overrides.items()]:
         if policy.min_warm > policy.max_instances:
             return error_response(
@@ -174,7 +139,7 @@ async def _write(request: web.Request, name: str) -> web.Response:
                 setting="--min-warm",
             )
     await platform.store.set_policy(row, unset)
-    await platform._reload_policies()  # this gateway at once; the others on NOTIFY
+    await platform.reload_policies()  # this gateway at once; the others on NOTIFY
     return json_response(await _read(platform, name))
 
 
@@ -219,7 +184,7 @@ async def reset_policy(request: web.Request) -> web.Response:
     if missing is not None:
         return missing
     await platform.store.delete_policy(name)
-    await platform._reload_policies()
+    await platform.reload_policies()
     return json_response(await _read(platform, name))
 
 
@@ -227,7 +192,7 @@ async def reset_policy(request: web.Request) -> web.Response:
 async def list_policies(request: web.Request) -> web.Response:
     platform = request.app[PLATFORM]
     rows = await platform.store.list_policies()
-    default, overrides = effective(platform, rows)
+    default, overrides = effective(platform.settings.pool, rows)
     by_name = {r.function: r for r in rows}
     return json_response(
         {

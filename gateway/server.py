@@ -17,10 +17,10 @@ import sys
 import orjson
 from aiohttp import web
 
+from config.units import ConfigError
 from gateway.app import build_app
 from gateway.platform import Platform
 from gateway.settings import Settings
-from gateway.units import ConfigError
 from scheduler.logs import configure_logging
 from scheduler.scheduler import StartFailed
 from store import StoreError

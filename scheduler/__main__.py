@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import sys
 
+from config.env import SettingsError
 from scheduler.logs import configure_logging
-from scheduler.service import ServiceSettings, SettingsError, serve
+from scheduler.service import ServiceSettings, serve
 
 
 def main() -> None:

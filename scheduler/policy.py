@@ -18,6 +18,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from config.units import duration_text_s
+
+DEFAULT_KEEP_ALIVE_S = 600.0
+"""Idle seconds before an instance stops, unless an operator sets another: 10 min, as
+OpenWhisk. The one place this default is written (`fn up --keep-alive`, FN_KEEP_ALIVE)."""
+
 
 @dataclass(slots=True, frozen=True)
 class Decision:
@@ -50,7 +56,7 @@ class Policy(Protocol):
 class FixedKeepAlive:
     """Keep every idle instance for the same time, as OpenWhisk (10 min) and Knative do."""
 
-    keep_alive_s: float = 600.0
+    keep_alive_s: float = DEFAULT_KEEP_ALIVE_S
 
     @property
     def name(self) -> str:
@@ -270,7 +276,7 @@ class FunctionPolicy:
     prewarm: str = "fixed"
     """`fixed`: keep idle instances for `keep_alive_s`; `histogram`: the hybrid histogram, with
     `keep_alive_s` as its keep-alive while it learns a function's idle times."""
-    keep_alive_s: float = 600.0
+    keep_alive_s: float = DEFAULT_KEEP_ALIVE_S
     min_warm: int = 0
     """Instances kept warm even when idle (never scaled below this)."""
     max_instances: int = 20
@@ -331,7 +337,7 @@ def cost_histogram(break_even_s: float = 7200.0) -> HybridHistogram:
     """The histogram in cost mode (`histogram-cost`): see docs/policies.md."""
     return HybridHistogram(
         break_even_s=break_even_s,
-        warmup_keep_alive_s=600.0,
+        warmup_keep_alive_s=DEFAULT_KEEP_ALIVE_S,
         min_samples=3,
         prewarm_margin=1.0,
         keep_margin=1.0,
@@ -343,11 +349,11 @@ def parse_policy(spec: str) -> Policy:
     """`fixed:10m`, `fixed:600`, `histogram` -> a policy object; ValueError names the spec."""
     kind, _, arg = spec.partition(":")
     if kind == "fixed":
-        return FixedKeepAlive(_seconds(arg or "10m", spec))
+        return FixedKeepAlive(_seconds(arg, spec) if arg else DEFAULT_KEEP_ALIVE_S)
     if kind == "histogram" and not arg:
         return HybridHistogram()
     if kind == "histogram-cost":
-        return cost_histogram(_seconds(arg or "2h", spec))
+        return cost_histogram(_seconds(arg, spec)) if arg else cost_histogram()
     raise ValueError(
         f'unknown policy "{spec}": expected fixed:DURATION (like fixed:10m), '
         "histogram, or histogram-cost[:BREAK_EVEN] (like histogram-cost:2h)"
@@ -355,13 +361,10 @@ def parse_policy(spec: str) -> Policy:
 
 
 def _seconds(text: str, spec: str) -> float:
-    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
-    try:
-        value = float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
-    except (ValueError, IndexError):
-        raise ValueError(
-            f'invalid policy "{spec}": the keep-alive must be like 30s, 10m or 1h'
-        ) from None
-    if value < 0:
+    """A policy's duration (`30s`, `10m`, `1h`, seconds) via `config.units`; 0 is allowed."""
+    if text.startswith("-") and duration_text_s(text[1:]) is not None:
         raise ValueError(f'invalid policy "{spec}": the keep-alive cannot be negative')
+    value = duration_text_s(text)
+    if value is None:
+        raise ValueError(f'invalid policy "{spec}": the keep-alive must be like 30s, 10m or 1h')
     return value

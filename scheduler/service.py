@@ -36,6 +36,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from config.env import Env, SettingsError, default_of
 from scheduler.backends.kubernetes import (
     GATEWAY_LABEL,
     KubernetesError,
@@ -49,21 +50,6 @@ from store.errors import StoreError
 from store.leader import Leadership
 
 log = logging.getLogger("ember.scheduler.service")
-
-
-class SettingsError(ValueError):
-    pass
-
-
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
-    raw = env.get(name, str(default))
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r}: expected a whole number") from None
-    if value < minimum:
-        raise SettingsError(f"{name}={raw!r}: expected at least {minimum}")
-    return value
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -88,19 +74,20 @@ class ServiceSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> ServiceSettings:
-        backend = env.get("EMBER_BACKEND", "kubernetes")
+        read = Env(env)
+        backend = read.text("EMBER_BACKEND", "kubernetes")
         if backend != "kubernetes":
             raise SettingsError(
                 f"EMBER_BACKEND={backend!r}: the scheduler process is for EMBER_BACKEND="
                 "kubernetes; with the local backend the scheduler runs inside `fn up`"
             )
-        missing = [n for n in ("DATABASE_URL", "FN_SCHEDULER_TOKEN") if not env.get(n)]
+        missing = [n for n in ("DATABASE_URL", "FN_SCHEDULER_TOKEN") if n not in read]
         if missing:
             raise SettingsError(f"{' and '.join(missing)} must be set (see deploy/)")
         d = KubernetesSettings()
-        host = env.get("EMBER_SCHEDULER_HOST", "127.0.0.1")
-        port = _int(env, "EMBER_SCHEDULER_PORT", 8081)
-        advertise = env.get("EMBER_SCHEDULER_ADVERTISE", "").strip()
+        host = read.text("EMBER_SCHEDULER_HOST", default_of(cls, "host"))
+        port = read.at_least("EMBER_SCHEDULER_PORT", default_of(cls, "port"))
+        advertise = read.text("EMBER_SCHEDULER_ADVERTISE").strip()
         if not advertise:
             if host in ("0.0.0.0", "::"):
                 raise SettingsError(
@@ -108,22 +95,22 @@ class ServiceSettings:
                     f"{host}: the URL gateways reach this replica at"
                 )
             advertise = f"http://{host}:{port}"
-        memory_mib = _int(env, "EMBER_GENERIC_MEMORY_MIB", d.generic_memory_bytes >> 20, 32)
+        memory_mib = read.at_least("EMBER_GENERIC_MEMORY_MIB", d.generic_memory_bytes >> 20, 32)
+        grace_s = int(default_of(cls, "orphan_grace_s"))
         return cls(
-            # Secrets written with `echo` or `openssl rand > file` end with a newline.
-            database_url=env["DATABASE_URL"].strip(),
-            token=env["FN_SCHEDULER_TOKEN"].strip(),
+            database_url=read.secret("DATABASE_URL") or "",
+            token=read.secret("FN_SCHEDULER_TOKEN") or "",
             host=host,
             port=port,
             advertise=advertise,
-            kubeconfig=env.get("KUBECONFIG") or None,
-            orphan_grace_s=float(_int(env, "EMBER_ORPHAN_GRACE", 60, 1)),
+            kubeconfig=read.optional("KUBECONFIG"),
+            orphan_grace_s=float(read.at_least("EMBER_ORPHAN_GRACE", grace_s, 1)),
             kubernetes=KubernetesSettings(
-                namespace=env.get("EMBER_NAMESPACE", d.namespace),
-                image=env.get("EMBER_INVOKER_IMAGE", d.image),
-                generic_pool_size=_int(env, "EMBER_GENERIC_POOL", d.generic_pool_size),
+                namespace=read.text("EMBER_NAMESPACE", d.namespace),
+                image=read.text("EMBER_INVOKER_IMAGE", d.image),
+                generic_pool_size=read.at_least("EMBER_GENERIC_POOL", d.generic_pool_size),
                 generic_memory_bytes=memory_mib << 20,
-                owner_configmap=env.get("EMBER_OWNER_CONFIGMAP", d.owner_configmap),
+                owner_configmap=read.text("EMBER_OWNER_CONFIGMAP", d.owner_configmap),
             ),
         )
 

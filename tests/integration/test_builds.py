@@ -156,7 +156,7 @@ async def test_a_new_node_fetches_the_environment_from_the_database(
 def test_the_build_sees_no_platform_credentials(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from gateway.builds import build_env
+    from builds.packing import build_env
 
     monkeypatch.setenv("DATABASE_URL", "postgresql://secret@db/ember")
     monkeypatch.setenv("FN_TOKEN", "admin-token")

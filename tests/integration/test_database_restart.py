@@ -69,7 +69,7 @@ async def test_platform_rides_out_a_database_restart(tmp_path: Path) -> None:
 
 
 async def test_deliveries_ride_out_a_database_restart(tmp_path: Path) -> None:
-    from gateway.settings import EventSettings
+    from events.settings import EventSettings
 
     out = shared(tmp_path) / "out"
     pg = await asyncio.to_thread(start_embedded_postgres, tmp_path / "pg")

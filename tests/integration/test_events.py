@@ -123,7 +123,7 @@ FLAKY = textwrap.dedent("""
 async def test_failures_retry_then_dead_letter_and_redrive(
     make_platform: PlatformFactory, tmp_path: Path
 ) -> None:
-    from gateway.settings import EventSettings
+    from events.settings import EventSettings
 
     fixed = shared(tmp_path) / "fixed"
     async with make_platform(events=EventSettings(retry_base_s=0.05, poll_s=0.2)) as running:
@@ -287,7 +287,7 @@ async def test_a_schedule_fires_each_tick_once_across_gateways(
 def test_missed_ticks_are_coalesced_into_one() -> None:
     import datetime as dt
 
-    from gateway.triggers import plan
+    from events.triggers import plan
     from store import Trigger
 
     utc = dt.UTC

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from gateway.activations import new_activation_id
+from calls.activations import new_activation_id
 
 
 def test_activation_ids_are_unique_uuid7_and_time_ordered() -> None:

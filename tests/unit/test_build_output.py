@@ -7,14 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.builds import (
-    BuildFailed,
-    RequirementsError,
-    _check_output,
-    _read_report,
-    _tree_bytes,
-    normalize_requirements,
-)
+from builds.packing import check_output, read_report, tree_bytes
+from builds.requirements import BuildFailed, RequirementsError, normalize_requirements
 
 
 def test_a_link_where_packages_go_is_refused(tmp_path: Path) -> None:
@@ -23,11 +17,11 @@ def test_a_link_where_packages_go_is_refused(tmp_path: Path) -> None:
     site = tmp_path / "site"
     site.symlink_to(victim)
     with pytest.raises(BuildFailed, match="a link"):
-        _check_output(site)
+        check_output(site)
     site.unlink()
     site.mkdir()
-    _check_output(site)  # a plain directory is fine
-    _check_output(tmp_path / "missing")  # (empty requirements install nothing)
+    check_output(site)  # a plain directory is fine
+    check_output(tmp_path / "missing")  # (empty requirements install nothing)
 
 
 def test_the_report_is_read_without_following_links_or_waiting_on_a_pipe(tmp_path: Path) -> None:
@@ -35,19 +29,19 @@ def test_the_report_is_read_without_following_links_or_waiting_on_a_pipe(tmp_pat
     secret.write_text('{"install": []}')
     report = tmp_path / "report.json"
     report.symlink_to(secret)
-    assert _read_report(report) == b""
+    assert read_report(report) == b""
     report.unlink()
     os.mkfifo(report)  # would block a plain read() forever
-    assert _read_report(report) == b""
+    assert read_report(report) == b""
     report.unlink()
     report.write_bytes(b'{"install": []}')
-    assert _read_report(report) == b'{"install": []}'
+    assert read_report(report) == b'{"install": []}'
 
 
 def test_sizes_count_no_link(tmp_path: Path) -> None:
     (tmp_path / "a").write_bytes(b"x" * 10)
     (tmp_path / "big").symlink_to("/dev/zero")
-    assert _tree_bytes(tmp_path) == 10
+    assert tree_bytes(tmp_path) == 10
 
 
 def test_a_marker_cannot_carry_pip_options() -> None:

@@ -63,10 +63,10 @@ async def test_frames_round_trip_and_reject_garbage() -> None:
 def test_the_gateway_keeps_no_more_logs_than_the_runtime_captures() -> None:
     """An instance can write its own reply frame on its connection (it is its process); what
     it claims as logs is cut where the runtime's capture would have cut it."""
-    from gateway.invoke import MAX_LOG_CHARS, _capped
+    from calls.execute import MAX_LOG_CHARS, capped
 
-    stored = _capped("L" * (1 << 20) + "\x00")
+    stored = capped("L" * (1 << 20) + "\x00")
     assert len(stored) < MAX_LOG_CHARS + 100
     assert stored.endswith(f"[truncated at {MAX_LOG_CHARS} characters]\n")
-    assert _capped("short\x00") == "short\\0"
-    assert _capped(12) == "12"
+    assert capped("short\x00") == "short\\0"
+    assert capped(12) == "12"

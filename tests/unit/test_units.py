@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.units import ConfigError, parse_duration_s, parse_function_config, parse_size_bytes
+from config.units import ConfigError, parse_duration_s, parse_size_bytes
+from gateway.units import parse_function_config
 
 
 @pytest.mark.parametrize(

@@ -21,16 +21,17 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.invoke import CallResult, _no_nul, execute
-from gateway.platform import Platform
-from gateway.settings import EventSettings
-from gateway.waiting import wait_event
+from calls.execute import CallPath, CallResult, execute, no_nul
+from calls.metrics import Metrics
+from events.settings import EventSettings
+from events.waiting import wait_event
 from store import (
     ActivationId,
     Claimed,
     DatabaseUnavailable,
     FunctionNotFound,
     Outcome,
+    Store,
     Version,
     VersionNotFound,
     new_id,
@@ -89,7 +90,7 @@ def decide(
         )
     if result.status == "success" and result.http_status < 400:
         content_type = next(
-            (_no_nul(v) for k, v in result.headers if k.lower() == "content-type"), None
+            (no_nul(v) for k, v in result.headers if k.lower() == "content-type"), None
         )
         body = result.body
         if len(body) > MAX_RESULT_BYTES:
@@ -100,7 +101,7 @@ def decide(
     if result.status == "success":  # the handler answered with an error status
         error = {
             "type": f"HTTP{result.http_status}",
-            "message": _no_nul(result.body[:1000].decode("utf-8", "replace")),
+            "message": no_nul(result.body[:1000].decode("utf-8", "replace")),
         }
     else:
         error = result.error or {"type": result.status, "message": result.message}
@@ -142,13 +143,13 @@ class OutcomeWriter:
 
     def __init__(
         self,
-        platform: Platform,
+        store: Store,
         *,
         delay_s: float = 0.002,
         max_batch: int = 500,
         retry_s: float = 1.0,
     ) -> None:
-        self._platform = platform
+        self._store = store
         self._pending: list[Outcome] = []
         self._has_pending = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -177,7 +178,7 @@ class OutcomeWriter:
             while self._pending:
                 batch = self._pending[: self.max_batch]
                 try:
-                    await self._platform.store.finish(batch)
+                    await self._store.finish(batch)
                 except DatabaseUnavailable:
                     raise
                 except Exception:
@@ -191,7 +192,7 @@ class OutcomeWriter:
     async def _write_one_by_one(self, batch: list[Outcome]) -> None:
         for outcome in batch:
             try:
-                await self._platform.store.finish([outcome])
+                await self._store.finish([outcome])
                 continue
             except DatabaseUnavailable:
                 raise
@@ -209,7 +210,7 @@ class OutcomeWriter:
                 },
             )
             try:
-                await self._platform.store.finish([bare])
+                await self._store.finish([bare])
             except DatabaseUnavailable:
                 raise
             except Exception:  # its lease runs out and it is delivered again
@@ -221,10 +222,11 @@ class OutcomeWriter:
 class DeliveryWorker:
     """Claims due deliveries and runs them, at most `settings.concurrency` at a time."""
 
-    def __init__(self, platform: Platform, settings: EventSettings) -> None:
-        self._platform = platform
+    def __init__(self, store: Store, calls: CallPath, settings: EventSettings) -> None:
+        self._store = store
+        self._calls = calls
         self.settings = settings
-        self.outcomes = OutcomeWriter(platform)
+        self.outcomes = OutcomeWriter(store)
         self._wake = asyncio.Event()
         self._slot_free = asyncio.Event()
         # By (delivery, claim): a delivery whose lease ran out may be claimed again here.
@@ -244,7 +246,7 @@ class DeliveryWorker:
     async def run(self) -> None:
         """Claim and start deliveries until `stop`; a claim in progress is completed first, so
         nothing claimed is left without a task."""
-        store = self._platform.store
+        store = self._store
         while not self._stopping:
             free = self.settings.concurrency - len(self._inflight)
             if free <= 0:
@@ -284,8 +286,7 @@ class DeliveryWorker:
         self._slot_free.set()
 
     async def _deliver(self, claimed: Claimed) -> None:
-        platform = self._platform
-        metrics = platform.metrics
+        metrics = self._calls.metrics
         wait_s = (dt.datetime.now(dt.UTC) - claimed.created_at).total_seconds()
         if claimed.attempt == 1:
             metrics.delivery_wait.labels(claimed.source).observe(max(wait_s, 0.0))
@@ -296,7 +297,7 @@ class DeliveryWorker:
                 extra={"function": claimed.function, "delivery": str(claimed.id)},
             )
         try:
-            version = await platform.functions.resolve(claimed.function, claimed.version)
+            version = await self._calls.functions.resolve(claimed.function, claimed.version)
         except (FunctionNotFound, VersionNotFound) as exc:
             self._finish(
                 claimed,
@@ -341,7 +342,7 @@ class DeliveryWorker:
                 ("X-Ember-Delivery-Id", str(claimed.id)),
                 ("X-Ember-Attempt", str(claimed.attempt)),
             ]
-            result = await execute(platform, version, activation, meta, claimed.payload)
+            result = await execute(self._calls, version, activation, meta, claimed.payload)
         except Exception:  # a bug: the lease runs out and the delivery is taken again
             log.exception("delivery failed", extra={"delivery": str(claimed.id)})
             return
@@ -377,9 +378,9 @@ class DeliveryWorker:
         kind = "retry" if outcome.status == "pending" else outcome.status
         if outcome.uncounted:
             kind = "throttled"
-        self._platform.metrics.deliveries.labels(claimed.function, kind).inc()
+        self._calls.metrics.deliveries.labels(claimed.function, kind).inc()
         if outcome.status == "dead":
-            self._platform.metrics.dead_letters.labels(claimed.function).inc()
+            self._calls.metrics.dead_letters.labels(claimed.function).inc()
             log.warning(
                 "dead-lettered",
                 extra={
@@ -410,7 +411,7 @@ class DeliveryWorker:
         try:
             await self.outcomes.flush()
             if unfinished:
-                await self._platform.store.release(unfinished)
+                await self._store.release(unfinished)
         except Exception as exc:
             log.warning(
                 "could not record the last delivery outcomes (they will be "
@@ -420,16 +421,21 @@ class DeliveryWorker:
 
 
 async def housekeeping(
-    platform: Platform, *, sample_s: float = 5.0, prune_every_s: float = 600.0
+    store: Store,
+    metrics: Metrics,
+    retention_s: float,
+    *,
+    sample_s: float = 5.0,
+    prune_every_s: float = 600.0,
 ) -> None:
     """Sample the queue depth for `/metrics`; delete succeeded deliveries past retention."""
     last_prune = 0.0
     while True:
         try:
-            platform.metrics.queue_depth = await platform.store.delivery_depth()
+            metrics.queue_depth = await store.delivery_depth()
             if time.monotonic() - last_prune > prune_every_s:
                 last_prune = time.monotonic()
-                pruned = await platform.store.prune_deliveries(platform.settings.events.retention_s)
+                pruned = await store.prune_deliveries(retention_s)
                 if pruned:
                     log.info("pruned succeeded deliveries", extra={"deleted": pruned})
         except Exception as exc:  # DatabaseUnavailable, or a query the server refused

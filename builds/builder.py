@@ -17,217 +17,41 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import hashlib
 import logging
 import os
 import re
 import shutil
 import signal
-import stat
 import sys
-import sysconfig
 import tarfile
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import orjson
 
+from builds.packing import (
+    MAX_BUILD_OUTPUT_BYTES,
+    build_env,
+    check_output,
+    clean,
+    install,
+    lock_from_report,
+    pack,
+    read_report,
+    reclaim,
+    tree_bytes,
+)
+from builds.requirements import (
+    PYTHON,
+    BuildFailed,
+    environment_hash,
+    normalize_requirements,
+)
 from store import Environment, Store
 
 log = logging.getLogger("ember.gateway.builds")
-MAX_REQUIREMENTS_BYTES = 64 << 10
-PYTHON = f"{sys.implementation.name}-{sys.version_info[0]}.{sys.version_info[1]}"
-PLATFORM = sysconfig.get_platform()
-# What a requirements line may be (an allowlist: pip reads many options, some of which read
-# files or run code from paths): a requirement from an index, optionally with extras, a version
-# specifier, environment markers and --hash options; a direct reference over http(s); or one
-# of the index and binary options below.
-_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
-_REQUIREMENT = re.compile(
-    rf"^{_NAME}(?:\s*\[\s*{_NAME}(?:\s*,\s*{_NAME})*\s*\])?"
-    r"(?:\s*@\s*https?://[^\s;]+)?"
-    r"(?:\s*[<>=!~][^;\s@]*(?:\s*,\s*[<>=!~][^;\s@]*)*)?"
-    r"(?:\s*;[^@]*)?$"
-)
-_HASH = re.compile(r"^--hash=sha(256|384|512):[0-9a-f]+$")
-_URL_OPTIONS = frozenset({"-i", "--index-url", "--extra-index-url"})
-_VALUE_OPTIONS = frozenset({"--only-binary", "--no-binary"})
-_FLAG_OPTIONS = frozenset({"--pre", "--prefer-binary"})
-_BINARY_VALUE = re.compile(rf"^(:all:|:none:|{_NAME}(,{_NAME})*)$")
-# What the build may see of the platform's environment: where to find packages, not secrets.
-_BUILD_ENV_KEEP = re.compile(
-    r"^(PATH|LANG|LC_[A-Z]+|TZ|PIP_[A-Z_]+|UV_INDEX_URL"
-    r"|(HTTPS?|NO|ALL)_PROXY|(https?|no|all)_proxy"
-    r"|SSL_CERT_(FILE|DIR)|REQUESTS_CA_BUNDLE|CURL_CA_BUNDLE)$"
-)
-
-
-class BuildFailed(Exception):
-    """pip could not install the requirements; `log` is its whole output."""
-
-    def __init__(self, message: str, log: str) -> None:
-        super().__init__(message)
-        self.log = log
-
-
-class RequirementsError(ValueError):
-    """The requirements cannot be built here (a local path, an editable install, ...)."""
-
-
-def normalize_requirements(text: str) -> str:
-    """One requirement per line, comments and blank lines dropped, sorted: the same set of
-    requirements always hashes the same. Lines that point at the deployer's own files are
-    refused: the build runs on the platform, which cannot see them."""
-    if len(text.encode()) > MAX_REQUIREMENTS_BYTES:
-        raise RequirementsError(f"requirements are larger than {MAX_REQUIREMENTS_BYTES} bytes")
-    lines = []
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.split(" #", 1)[0].strip() if not raw.lstrip().startswith("#") else ""
-        if not line:
-            continue
-        if not _allowed(line):
-            raise RequirementsError(
-                f"requirements line {number}: {line!r} is not supported: give packages from "
-                "an index (like requests==2.32.3, with extras, markers or --hash), an "
-                "https:// URL (name @ https://...), or the options -i/--index-url, "
-                "--extra-index-url, --pre, --prefer-binary, --only-binary, --no-binary. "
-                "Local paths, -e, -r, -c and other options cannot be used: the build runs on "
-                "the platform"
-            )
-        lines.append(line)
-    return "\n".join(sorted(set(lines))) + "\n" if lines else ""
-
-
-def _allowed(line: str) -> bool:
-    tokens = line.split()
-    if tokens[0].startswith("-"):
-        option, _, value = tokens[0].partition("=")
-        values = [value] if value else tokens[1:]
-        if option in _FLAG_OPTIONS:
-            return not value and len(tokens) == 1
-        if len(values) != 1 or (not value and len(tokens) != 2):
-            return False
-        if option in _URL_OPTIONS:
-            return re.fullmatch(r"https?://\S+", values[0]) is not None
-        return option in _VALUE_OPTIONS and _BINARY_VALUE.match(values[0]) is not None
-    requirement, *options = re.split(r"\s+(?=--)", line)
-    if re.search(r"\s-", requirement):  # pip reads " -C..." in a marker as an option
-        return False
-    return _REQUIREMENT.match(requirement) is not None and all(_HASH.match(o) for o in options)
-
-
-def environment_hash(normalized: str) -> str:
-    return hashlib.sha256(f"{PYTHON}\n{PLATFORM}\n{normalized}".encode()).hexdigest()
-
-
-def build_env(home: Path) -> dict[str, str]:
-    """pip's environment: package-index settings and proxies pass, nothing else of the
-    platform's (no DATABASE_URL, no admin token)."""
-    env = {k: v for k, v in os.environ.items() if _BUILD_ENV_KEEP.match(k)}
-    env.update(
-        HOME=str(home), PYTHONNOUSERSITE="1", PIP_NO_INPUT="1", PIP_DISABLE_PIP_VERSION_CHECK="1"
-    )
-    return env
-
-
-def lock_from_report(report: dict[str, Any]) -> str:
-    """`name==version --hash=sha256:...` for each package pip installed (its --report)."""
-    lines = []
-    for item in report.get("install", []):
-        meta = item.get("metadata", {})
-        line = f"{meta.get('name')}=={meta.get('version')}"
-        hashes = (item.get("download_info", {}).get("archive_info") or {}).get("hashes") or {}
-        if "sha256" in hashes:
-            line += f" --hash=sha256:{hashes['sha256']}"
-        lines.append(line)
-    return "\n".join(sorted(lines, key=str.lower)) + "\n" if lines else ""
-
-
-def _tree_bytes(root: Path) -> int:
-    """Bytes of the regular files below `root` (links not followed; files that vanish while
-    it counts, as in a running build, count as nothing)."""
-    total = 0
-    for path in root.rglob("*"):
-        with contextlib.suppress(OSError):
-            info = path.lstat()
-            if stat.S_ISREG(info.st_mode):
-                total += info.st_size
-    return total
-
-
-def pack(root: Path, target: Path) -> int:
-    """Write a tar.gz of `root` to `target` (entries in a fixed order); returns its size."""
-    with tarfile.open(target, mode="w:gz", compresslevel=3) as tar:
-        for path in sorted(root.rglob("*")):
-            tar.add(path, arcname=str(path.relative_to(root)), recursive=False)
-    return target.stat().st_size
-
-
-def _freeze(path: Path) -> None:
-    """Make an environment read-only: instances of many functions import from it."""
-    for item in [path, *path.rglob("*")]:
-        if not item.is_symlink():
-            item.chmod(item.stat().st_mode & ~0o222)
-
-
-def _install(site: Path, target: Path) -> None:
-    """Move a complete directory into the cache (at once, by rename); another gateway sharing
-    the cache may have put it there first, which is as good."""
-    try:
-        site.rename(target)
-    except OSError as exc:
-        if not target.is_dir():
-            raise
-        log.debug("environment already cached: %s", exc)
-        return
-    _freeze(target)
-
-
-def _clean(text: str) -> str:
-    return text.replace("\x00", "\\0")
-
-
-MAX_BUILD_OUTPUT_BYTES = 1 << 20
-"""Build output kept (its end) for the error message and `fn build-logs`."""
-MAX_REPORT_BYTES = 16 << 20
-
-
-def _check_output(site: Path) -> None:
-    """What pip installed must be a plain directory (a build may have put a link there, to
-    make the platform pack or freeze what it points at)."""
-    try:
-        mode = os.lstat(site).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISDIR(mode):
-        raise BuildFailed(
-            "the build left something else than a directory where packages "
-            "are installed (a link?): refused",
-            "",
-        )
-
-
-def _read_report(path: Path) -> bytes:
-    """pip's --report, read without following a link or waiting on a pipe the build left."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return b""
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_REPORT_BYTES:
-            return b""
-        return f.read(MAX_REPORT_BYTES)
-
-
-def _reclaim(root: Path) -> None:
-    """Give what a confined build wrote back to the platform's user."""
-    uid, gid = os.getuid(), os.getgid()
-    for path in [root, *root.rglob("*")]:
-        os.chown(path, uid, gid, follow_symlinks=False)
 
 
 Confine = Callable[[list[Path], str], list[str]]
@@ -302,7 +126,7 @@ class Builder:
                 self._building.pop(env_hash, None)
             building.set_result(env)
             await self._store.record_build(
-                function, env_hash, "succeeded", _clean(output), env.build_s
+                function, env_hash, "succeeded", clean(output), env.build_s
             )
             return env
         except BuildFailed as exc:
@@ -315,7 +139,7 @@ class Builder:
     async def _record_failure(self, function: str, env_hash: str, text: str, t0: float) -> None:
         try:
             await self._store.record_build(
-                function, env_hash, "failed", _clean(text), time.perf_counter() - t0
+                function, env_hash, "failed", clean(text), time.perf_counter() - t0
             )
         except Exception:
             log.exception("could not record a failed build", extra={"function": function})
@@ -352,17 +176,17 @@ class Builder:
             build_s = time.perf_counter() - t0
             # The build is over, its processes gone: what it left is checked before the
             # platform (root) follows any path in it.
-            await asyncio.to_thread(_check_output, site)
+            await asyncio.to_thread(check_output, site)
             site.mkdir(exist_ok=True)  # empty requirements install nothing
-            await asyncio.to_thread(_reclaim, work)  # the build's uid owns nothing after it
-            unpacked = await asyncio.to_thread(_tree_bytes, site)
+            await asyncio.to_thread(reclaim, work)  # the build's uid owns nothing after it
+            unpacked = await asyncio.to_thread(tree_bytes, site)
             if unpacked > self.max_env_bytes:
                 raise BuildFailed(
                     f"the environment is {unpacked / (1 << 20):.0f} MiB, over the limit of "
                     f"{self.max_env_bytes / (1 << 20):.0f} MiB (FN_MAX_ENV)",
                     output,
                 )
-            data = await asyncio.to_thread(_read_report, report)
+            data = await asyncio.to_thread(read_report, report)
             lock = lock_from_report(orjson.loads(data)) if data else ""
             archive = work / "env.tar.gz"
             size = await asyncio.to_thread(pack, site, archive)
@@ -380,7 +204,7 @@ class Builder:
             stored = await self._store.get_environment(env_hash)
             assert stored is not None
             if stored_here:  # else another gateway's build won: its archive is the one kept
-                await asyncio.to_thread(_install, site, self.cache_dir / env_hash)
+                await asyncio.to_thread(install, site, self.cache_dir / env_hash)
             log.info(
                 "built an environment",
                 extra={"env": env_hash[:12], "build_s": build_s, "bytes": size},
@@ -438,7 +262,7 @@ class Builder:
         async def guard_disk() -> None:
             while watch:
                 await asyncio.sleep(2.0)
-                used = sum([await asyncio.to_thread(_tree_bytes, d) for d in watch])
+                used = sum([await asyncio.to_thread(tree_bytes, d) for d in watch])
                 if used > 2 * self.max_env_bytes:
                     too_big.append(used)
                     with contextlib.suppress(ProcessLookupError):
@@ -518,7 +342,7 @@ class Builder:
             def extract() -> None:
                 with tarfile.open(archive) as tar:
                     tar.extractall(site, filter="data")
-                _install(site, target)
+                install(site, target)
 
             await asyncio.to_thread(extract)
             log.info("unpacked an environment", extra={"env": env_hash[:12]})

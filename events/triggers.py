@@ -25,9 +25,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
-from gateway.platform import Platform
-from gateway.units import ConfigError
-from gateway.waiting import wait_event
+from config.units import ConfigError
+from events.waiting import wait_event
 from store import DatabaseUnavailable, Store, Trigger
 from store.outbox import WatchedDatabase
 
@@ -81,9 +80,8 @@ def plan(trigger: Trigger, now: dt.datetime) -> tuple[dt.datetime, int, dt.datet
     return tick, missed, following
 
 
-async def run_schedules(platform: Platform, wake: asyncio.Event, *, poll_s: float = 5.0) -> None:
+async def run_schedules(store: Store, wake: asyncio.Event, *, poll_s: float = 5.0) -> None:
     """Fire due schedules until cancelled; `wake` is set when triggers change."""
-    store = platform.store
     while True:
         wake.clear()
         now = dt.datetime.now(dt.UTC)
@@ -104,15 +102,15 @@ async def run_schedules(platform: Platform, wake: asyncio.Event, *, poll_s: floa
 class TableRelays:
     """One relay task per watched database that has table triggers."""
 
-    def __init__(self, platform: Platform, *, poll_s: float = 5.0) -> None:
-        self._platform = platform
+    def __init__(self, store: Store, *, poll_s: float = 5.0) -> None:
+        self._store = store
         self._relays: dict[str, asyncio.Task[None]] = {}
         self._databases: dict[str, WatchedDatabase] = {}
         self.poll_s = poll_s
 
     def database(self, url: str | None) -> WatchedDatabase:
         """The watched database at `url` (None: Ember's own), connected on first use."""
-        key = url or self._platform.store.url
+        key = url or self._store.url
         found = self._databases.get(key)
         if found is None:
             found = self._databases[key] = WatchedDatabase(key)
@@ -120,8 +118,8 @@ class TableRelays:
 
     async def sync(self) -> None:
         """Start relays for databases that gained triggers, stop those that lost all."""
-        triggers = await self._platform.store.list_triggers()
-        wanted = {t.database_url or self._platform.store.url for t in triggers if t.kind == "table"}
+        triggers = await self._store.list_triggers()
+        wanted = {t.database_url or self._store.url for t in triggers if t.kind == "table"}
         for url in wanted - self._relays.keys():
             self._relays[url] = asyncio.create_task(
                 self._relay(self.database(url)), name="table relay"
@@ -159,7 +157,7 @@ class TableRelays:
             while True:
                 changed.clear()
                 try:
-                    await move_changes(self._platform.store, db)
+                    await move_changes(self._store, db)
                 except DatabaseUnavailable as exc:
                     log.warning("cannot relay table changes, retrying: %s", exc)
                 except Exception:

@@ -1,0 +1,27 @@
+"""How async invocations and events are delivered: the event system's settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class EventSettings:
+    """How async invocations and events are delivered (see docs/events.md)."""
+
+    workers: bool = True
+    """Run delivery workers, schedules and table relays in this gateway (FN_DELIVERIES=0: no)."""
+    concurrency: int = 64
+    """Deliveries one gateway runs at once (FN_DELIVERY_CONCURRENCY)."""
+    lease_margin_s: float = 120.0
+    """A claimed delivery is leased for its function's timeout plus this (FN_DELIVERY_LEASE),
+    which covers waiting for an instance (the queue timeout, a cold start) and recording the
+    outcome; if the gateway dies, another takes the delivery over when the lease ends."""
+    retry_base_s: float = 1.0
+    """First retry delay (FN_RETRY_BASE); doubled each attempt, with jitter."""
+    retry_max_s: float = 600.0
+    """Longest retry delay (FN_RETRY_MAX)."""
+    poll_s: float = 1.0
+    """How often workers look for due work without a notification (FN_DELIVERY_POLL)."""
+    retention_s: float = 7 * 86400.0
+    """How long succeeded deliveries are kept for `fn activation` (FN_DELIVERY_RETENTION)."""

@@ -1,0 +1,44 @@
+"""What the admin API's handlers share: the platform of a request, its JSON body, `?limit=`,
+and the answer for a function that does not exist."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.errors import bad_request, error_response
+from gateway.platform import PLATFORM, Platform
+
+MAX_ACTIVATIONS = 1000
+
+
+def platform_of(request: web.Request) -> Platform:
+    platform = request.app[PLATFORM]
+    return platform
+
+
+def not_found(name: str) -> web.Response:
+    return error_response(
+        404,
+        "function_not_found",
+        f'function "{name}" not found; deploy it with: fn deploy {name}.py',
+    )
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await request.read() or b"{}")
+    except orjson.JSONDecodeError as exc:
+        raise bad_request("bad_json", f"request body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise bad_request("bad_json", "request body must be a JSON object")
+    return body
+
+
+def limit_of(request: web.Request) -> int:
+    raw = request.query.get("limit", "20")
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_ACTIVATIONS:
+        raise bad_request("bad_limit", f"limit must be 1-{MAX_ACTIVATIONS}, got {raw!r}")
+    return int(raw)

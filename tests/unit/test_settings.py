@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from config.env import Env, SettingsError
+from config.units import ConfigError
+from gateway.settings import Settings
+from scheduler.policy import DEFAULT_KEEP_ALIVE_S, FixedKeepAlive, FunctionPolicy, parse_policy
+from scheduler.service import ServiceSettings
+
+
+def test_an_empty_environment_gives_the_dataclass_defaults() -> None:
+    read = Settings.from_env({"FN_STATE_DIR": "/state", "EMBER_GATEWAY_ID": "gw"})
+    assert read == dataclasses.replace(Settings(), state_dir=Path("/state"), gateway_id="gw")
+
+
+def test_the_keep_alive_default_is_written_once() -> None:
+    assert Settings.from_env({}).pool.keep_alive_s == DEFAULT_KEEP_ALIVE_S
+    assert FunctionPolicy().keep_alive_s == DEFAULT_KEEP_ALIVE_S
+    policy = parse_policy("fixed")
+    assert isinstance(policy, FixedKeepAlive)
+    assert policy.keep_alive_s == DEFAULT_KEEP_ALIVE_S
+
+
+def test_the_scheduler_process_reads_its_defaults_from_its_dataclass() -> None:
+    settings = ServiceSettings.from_env(
+        {"DATABASE_URL": "postgresql://x\n", "FN_SCHEDULER_TOKEN": "t"}
+    )
+    assert (settings.host, settings.port, settings.orphan_grace_s) == ("127.0.0.1", 8081, 60.0)
+    assert (settings.database_url, settings.advertise) == (
+        "postgresql://x",
+        "http://127.0.0.1:8081",
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "error", "message"),
+    [
+        (
+            {"FN_KEEP_ALIVE": "soon"},
+            ConfigError,
+            'invalid FN_KEEP_ALIVE "soon": expected a duration',
+        ),
+        ({"FN_INSTANCE_PIDS": "2"}, ConfigError, "a whole number from 8 to 1000000"),
+        ({"EMBER_BACKEND": "nomad"}, ConfigError, 'invalid EMBER_BACKEND "nomad"'),
+    ],
+)
+def test_bad_gateway_settings_name_the_variable(
+    env: dict[str, str], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        Settings.from_env(env)
+
+
+def test_bad_scheduler_settings_name_the_variable() -> None:
+    env = {"DATABASE_URL": "postgresql://x", "FN_SCHEDULER_TOKEN": "t"}
+    with pytest.raises(SettingsError, match="EMBER_SCHEDULER_PORT='x': expected a whole number"):
+        ServiceSettings.from_env({**env, "EMBER_SCHEDULER_PORT": "x"})
+    with pytest.raises(SettingsError, match="EMBER_ORPHAN_GRACE='0': expected at least 1"):
+        ServiceSettings.from_env({**env, "EMBER_ORPHAN_GRACE": "0"})
+    assert Env({"A": "no"}).flag("A", True) is False
