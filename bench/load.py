@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import aiohttp
 import uvloop
 
-from invoker.protocol import Connection
+from invoker.protocol import Connection, InvokeRequest
 
 
 @dataclass(slots=True)
@@ -45,7 +45,7 @@ async def sequential_direct(
 ) -> list[float]:
     """The same, straight to an invoker instance over its wire protocol."""
     conn = await Connection.open(host, port)
-    meta = {
+    meta: InvokeRequest = {
         "op": "invoke",
         "id": "bench",
         "timeout_s": 30,

@@ -10,12 +10,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from calls.activations import ActivationWriter
 from calls.functions import FunctionCache
 from calls.metrics import Metrics
-from invoker.protocol import ReplyTooLarge
+from invoker.protocol import InvokeRequest, ReplyTooLarge, RequestMeta
 from scheduler.scheduler import (
     InstanceLost,
     Lease,
@@ -30,6 +30,9 @@ log = logging.getLogger("ember.gateway.invoke")
 
 MAX_LOG_CHARS = 64 * 1024 + 1024
 """Logs and error texts kept per call (the runtime's 64 KiB capture, and its note)."""
+
+
+CallStatus = Literal["success", "error", "timeout", "crashed", "start_failed", "throttled"]
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -49,7 +52,7 @@ class CallResult:
     `status` is that of the activation record: success, error, timeout, crashed, start_failed,
     or throttled (no capacity: nothing ran, no record)."""
 
-    status: str
+    status: CallStatus
     http_status: int
     body: bytes = b""
     headers: list[list[str]] = field(default_factory=list)
@@ -65,7 +68,7 @@ async def execute(
     calls: CallPath,
     version: Version,
     activation_id: ActivationId,
-    meta: dict[str, Any],
+    meta: RequestMeta,
     body: bytes,
 ) -> CallResult:
     """Run one activation of `version` on a warm slot: the path every call takes."""
@@ -76,7 +79,7 @@ async def execute(
     timeout_s = version.config.timeout_s
 
     def record(
-        status: str, http_status: int, error: dict[str, Any] | None, logs: str, cold: bool
+        status: CallStatus, http_status: int, error: dict[str, Any] | None, logs: str, cold: bool
     ) -> None:
         elapsed = time.perf_counter() - t0
         metrics.observe_call(name, status, elapsed, cold)
@@ -106,7 +109,10 @@ async def execute(
         metrics.invocations.labels(name, "throttled").inc()
         return CallResult("throttled", 503, code="no_capacity", message=str(exc), retry_after_s=1.0)
     except StartFailed as exc:
-        error = {"type": exc.error.get("type", "StartFailed"), "message": str(exc)}
+        error: dict[str, Any] = {
+            "type": exc.error.get("type", "StartFailed"),
+            "message": str(exc),
+        }
         logs = no_nul(exc.logs + exc.error.get("traceback", ""))
         record("start_failed", 502, error, logs, True)
         return CallResult(
@@ -123,12 +129,15 @@ async def execute(
         record("crashed", 502, error, "", False)
         return CallResult("crashed", 502, error=error, code="instance_died", message=str(exc))
 
-    meta["op"] = "invoke"
-    meta["id"] = str(activation_id)
-    meta["timeout_s"] = timeout_s
+    request: InvokeRequest = {
+        **meta,
+        "op": "invoke",
+        "id": str(activation_id),
+        "timeout_s": timeout_s,
+    }
     try:
         async with asyncio.timeout(timeout_s):
-            reply, out = await lease.connection.call(meta, body)
+            reply, out = await lease.connection.call(request, body)
     except ReplyTooLarge as exc:
         await calls.scheduler.discard(lease, "reply over the limit")
         error = {"type": "ResponseTooLarge", "message": str(exc)}
@@ -196,7 +205,7 @@ async def execute(
     )
 
 
-Record = Callable[[str, int, "dict[str, Any] | None", str, bool], None]
+Record = Callable[[CallStatus, int, "dict[str, Any] | None", str, bool], None]
 
 
 async def _failed(

@@ -19,12 +19,13 @@ import random
 import re
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from calls.execute import CallPath, CallResult, execute, no_nul
 from calls.metrics import Metrics
 from events.settings import EventSettings
 from events.waiting import wait_event
+from invoker.protocol import RequestMeta
 from store import (
     ActivationId,
     Claimed,
@@ -335,7 +336,7 @@ class DeliveryWorker:
         activation = new_id()
         t0 = time.perf_counter()
         try:
-            meta = dict(claimed.meta)
+            meta = cast(RequestMeta, dict(claimed.meta))  # as the gateway stored it
             # A stable id across attempts, so a handler can skip a repeat it already did.
             meta["headers"] = [
                 *meta.get("headers", ()),

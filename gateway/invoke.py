@@ -4,7 +4,6 @@ body as bytes, map the outcome to HTTP, and queue the activation record."""
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from aiohttp import web
 
@@ -12,6 +11,7 @@ from calls.activations import new_activation_id
 from calls.execute import execute, no_nul
 from gateway.errors import error_response, json_response, payload_too_large
 from gateway.platform import PLATFORM, Platform
+from invoker.protocol import RequestMeta
 from store import (
     DatabaseUnavailable,
     FunctionNotFound,
@@ -140,7 +140,7 @@ async def submit_async(
     )
 
 
-def request_meta(request: web.Request) -> dict[str, Any]:
+def request_meta(request: web.Request) -> RequestMeta:
     """What the handler's context shows of the HTTP request."""
     return {
         "method": request.method,
@@ -156,14 +156,17 @@ def request_meta(request: web.Request) -> dict[str, Any]:
 _NOT_STORED = frozenset({"authorization", "proxy-authorization", "cookie"})
 
 
-def _stored_meta(request: web.Request) -> dict[str, Any]:
+def _stored_meta(request: web.Request) -> RequestMeta:
     """`request_meta` as kept with an async call: no NUL (Postgres refuses it in jsonb), no
     credentials."""
     meta = request_meta(request)
-    meta["headers"] = [(k, no_nul(v)) for k, v in meta["headers"] if k.lower() not in _NOT_STORED]
-    for key in ("path", "query", "content_type"):
-        meta[key] = no_nul(meta[key])
-    return meta
+    return {
+        "method": meta["method"],
+        "path": no_nul(meta["path"]),
+        "query": no_nul(meta["query"]),
+        "headers": [(k, no_nul(v)) for k, v in meta["headers"] if k.lower() not in _NOT_STORED],
+        "content_type": no_nul(meta["content_type"]),
+    }
 
 
 async def _call(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from typing import TYPE_CHECKING
 
 from invoker.linux import (
     COVER_FLAGS,
@@ -26,9 +25,7 @@ from invoker.linux import (
     MS_REMOUNT,
     mount,
 )
-
-if TYPE_CHECKING:  # (the spec is the sandbox's; it imports this module)
-    from invoker.sandbox import GenericSpec
+from invoker.specs import GenericSpec
 
 
 def _cover(path: str) -> bool:

@@ -21,9 +21,12 @@ import asyncio
 import os
 import socket
 import struct
-from typing import Any, TypedDict, cast
+from collections.abc import Mapping
+from typing import Any, Literal, Required, TypedDict, cast
 
 import orjson
+
+from invoker.specs import SpecializeSpec
 
 HEADER = struct.Struct(">II")
 MAX_META_BYTES = 1 << 20
@@ -60,9 +63,78 @@ class ErrorInfo(TypedDict, total=False):
     line: int
     retry: bool  # False: a permanent error, do not retry the event
     retry_after_s: float  # retry the event no sooner than this
+    limit_bytes: int  # ResponseTooLarge: the limit the response went over
 
 
-def encode_frame(meta: dict[str, Any], body: bytes = b"") -> list[bytes]:
+class RequestMeta(TypedDict, total=False):
+    """What the handler's context shows of the HTTP request (or event) that caused a call."""
+
+    method: str
+    path: str
+    query: str
+    headers: list[tuple[str, str]]
+    content_type: str
+
+
+class InvokeRequest(RequestMeta, total=False):
+    op: Required[Literal["invoke"]]
+    id: str
+    """The activation id."""
+    timeout_s: float
+
+
+class SpecializeRequest(TypedDict, total=False):
+    """The function version an instance becomes; its code is the frame's body."""
+
+    op: Required[Literal["specialize"]]
+    function: Required[str]
+    version: int
+    filename: Required[str]
+    code: Literal["source", "zip"]
+    source: str
+    """(Senders before 0.1 put the module's source here instead of in the body.)"""
+    entry: str
+    env: dict[str, str]
+    timeout_s: float
+    memory_bytes: int
+    concurrency: int
+    preimport: list[str]
+    max_reply_bytes: int
+    paths: list[str]
+    """The environment's directories (requirements), put on sys.path."""
+    sandbox: SpecializeSpec
+
+
+class RelabelRequest(TypedDict):
+    op: Literal["relabel"]
+    version: int
+
+
+class PingRequest(TypedDict):
+    op: Literal["ping"]
+
+
+Request = InvokeRequest | SpecializeRequest | RelabelRequest | PingRequest
+
+
+class Reply(TypedDict, total=False):
+    """An instance's reply. It comes from user code's process: the platform checks each field
+    it uses (`status` a number in range, `headers` pairs of strings) before trusting it."""
+
+    ok: Required[bool]
+    error: ErrorInfo
+    logs: str
+    status: int
+    """HTTP status of the handler's response (invoke)."""
+    headers: list[list[str]]
+    import_ms: float
+    """Time the module took to import (specialize)."""
+    function: str | None
+    version: int
+    pid: int
+
+
+def encode_frame(meta: Mapping[str, Any], body: bytes = b"") -> list[bytes]:
     meta_bytes = orjson.dumps(meta)
     return [HEADER.pack(len(meta_bytes), len(body)), meta_bytes, body]
 
@@ -173,7 +245,7 @@ class Connection:
             transport, parser = await loop.create_connection(parser_factory, host, port)
         return cls(transport, parser)
 
-    async def call(self, meta: dict[str, Any], body: bytes = b"") -> tuple[dict[str, Any], bytes]:
+    async def call(self, meta: Request, body: bytes = b"") -> tuple[Reply, bytes]:
         """Send a request and wait for its reply.
 
         Raises `ConnectionError` when the instance goes away (the caller discards the instance).
@@ -189,8 +261,8 @@ class Connection:
                 self._transport.write(b"".join(frame))  # one send() instead of three
             else:
                 self._transport.writelines(frame)
-            reply: tuple[dict[str, Any], bytes] = await waiter
-            return reply
+            reply, reply_body = await waiter
+            return cast(Reply, reply), reply_body
         except ReplyTooLarge:
             self.close()
             raise

@@ -41,8 +41,17 @@ from invoker.context import (
     current_capture,
     install_capture,
 )
-from invoker.protocol import SMALL_FRAME_BYTES, ErrorInfo, encode_frame, read_frame
-from invoker.sandbox import SpecializeSpec, Walls
+from invoker.protocol import (
+    SMALL_FRAME_BYTES,
+    ErrorInfo,
+    InvokeRequest,
+    Reply,
+    SpecializeRequest,
+    encode_frame,
+    read_frame,
+)
+from invoker.sandbox import Walls
+from invoker.specs import SpecializeSpec
 
 log = logging.getLogger("ember.invoker")
 _JSON_TYPES = ("application/json", "+json")
@@ -156,10 +165,10 @@ class Runtime:
         finally:
             writer.close()
 
-    async def dispatch(self, meta: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
+    async def dispatch(self, meta: dict[str, Any], body: bytes) -> tuple[Reply, bytes]:
         op = meta.get("op")
         if op == "invoke":
-            return await self.invoke(meta, body)
+            return await self.invoke(cast(InvokeRequest, meta), body)
         if op == "ping":
             return {
                 "ok": True,
@@ -168,14 +177,14 @@ class Runtime:
                 "pid": os.getpid(),
             }, b""
         if op == "specialize":
-            return self.specialize(meta, body), b""
+            return self.specialize(cast(SpecializeRequest, meta), body), b""
         if op == "relabel":
             self.version = int(meta["version"])
             return {"ok": True}, b""
-        error = {"type": "ProtocolError", "message": f"unknown op {op!r}"}
+        error: ErrorInfo = {"type": "ProtocolError", "message": f"unknown op {op!r}"}
         return {"ok": False, "error": error}, b""
 
-    def specialize(self, meta: dict[str, Any], code: bytes = b"") -> dict[str, Any]:
+    def specialize(self, meta: SpecializeRequest, code: bytes = b"") -> Reply:
         """Become an instance of one function version: write its code (`code`: the module's
         source, or with meta "code": "zip" a zip of its files; older senders put the source
         in meta["source"]), put its environment's directories (`paths`) on sys.path, import
@@ -208,7 +217,7 @@ class Runtime:
                 path.write_bytes(code)
             paths = [str(p) for p in meta.get("paths", ())]
             # The walls close here, before any of the function's code runs.
-            walls_spec = cast(SpecializeSpec, meta.get("sandbox") or {})
+            walls_spec: SpecializeSpec = meta.get("sandbox") or {}
             self.walls.specialize(walls_spec, code_dir, paths, MAX_LOG_BYTES)
             os.environ.update(self.env)
             sys.path[:0] = [str(code_dir), *paths]
@@ -258,7 +267,7 @@ class Runtime:
             "logs": capture.text(),
         }
 
-    async def invoke(self, meta: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
+    async def invoke(self, meta: InvokeRequest, body: bytes) -> tuple[Reply, bytes]:
         if self.handler is None:
             return {
                 "ok": False,

@@ -40,6 +40,7 @@ import invoker.protocol
 import invoker.runtime
 import invoker.sandbox
 import invoker.seccomp
+import invoker.specs
 
 _PR_SET_PDEATHSIG = 1
 _PRELOADED = (invoker.context, invoker.protocol, invoker.runtime, invoker.sandbox, invoker.seccomp)
@@ -107,7 +108,7 @@ def _fork(request_id: str, request: str, wakeup: tuple[int, int]) -> None:
     try:
         parsed = orjson.loads(request)
         address = str(parsed["address"])
-        spec = cast(invoker.sandbox.GenericSpec, parsed.get("sandbox") or {})
+        spec = cast(invoker.specs.GenericSpec, parsed.get("sandbox") or {})
     except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
         _write(f"failed {request_id} bad fork request: {exc}\n")
         return

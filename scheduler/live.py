@@ -14,9 +14,9 @@ import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
-from invoker.protocol import Connection
+from invoker.protocol import Connection, Reply, Request, SpecializeRequest
 from scheduler.backends import InstanceHandle
 from scheduler.errors import StartFailed
 from scheduler.pool import Instance
@@ -28,9 +28,7 @@ class InstanceConnection(Protocol):
 
     closed: bool
 
-    async def call(
-        self, meta: dict[str, Any], body: bytes = b""
-    ) -> tuple[dict[str, Any], bytes]: ...
+    async def call(self, meta: Request, body: bytes = b"") -> tuple[Reply, bytes]: ...
 
     @property
     def usable(self) -> bool: ...
@@ -92,7 +90,7 @@ class Tracked:
         self.backoff_error = None
 
 
-def specialize_meta(version: Version, max_response_bytes: int) -> dict[str, Any]:
+def specialize_meta(version: Version, max_response_bytes: int) -> SpecializeRequest:
     c = version.config
     # The code travels as the frame's body: it may exceed a frame's metadata.
     return {

@@ -21,7 +21,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TypedDict
 
 from invoker.protocol import ErrorInfo
 from scheduler.backends import Backend, BackendError, describe_exit
@@ -65,7 +65,14 @@ class Lease:
     cold: bool
 
 
-Prepare = Callable[[Version], Awaitable[dict[str, Any]]]
+class Prepared(TypedDict, total=False):
+    """What a version needs on this node, for its specialize message."""
+
+    paths: list[str]
+    """Its environment's directories (requirements)."""
+
+
+Prepare = Callable[[Version], Awaitable[Prepared]]
 
 
 class Scheduler(Upkeep):
@@ -134,6 +141,7 @@ class Scheduler(Upkeep):
 
     async def stop(self) -> None:
         self._stopping = True
+        self._tasks.closing = True
         for tracked in self._versions.values():
             for fut in tracked.waiting:
                 if not fut.done():
@@ -382,9 +390,11 @@ class Scheduler(Upkeep):
         meta = specialize_meta(version, self.settings.max_response_bytes)
         if self._prepare is not None:  # first: a version that cannot run costs no instance
             try:
-                meta.update(await self._prepare(version))
+                prepared = await self._prepare(version)
             except Exception as exc:
                 raise StartFailed(f"could not prepare the function's environment: {exc}") from exc
+            if "paths" in prepared:
+                meta["paths"] = prepared["paths"]
         if fresh:
             await self._start_process(instance, version)
         try:
@@ -407,7 +417,7 @@ class Scheduler(Upkeep):
             raise StartFailed(f"the instance died while importing the function: {exc}") from exc
         if not reply.get("ok"):
             conn.close()
-            error = cast(ErrorInfo, reply.get("error") or {"type": "Error", "message": ""})
+            error: ErrorInfo = reply.get("error") or {"type": "Error", "message": ""}
             raise StartFailed(
                 f"{error.get('type', 'Error')}: {error.get('message', '')}",
                 error,

@@ -18,6 +18,8 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any
 
+from invoker.protocol import Reply, Request
+from invoker.specs import SpecializeSpec
 from scheduler.backends import BackendError, InstanceHandle
 from store.records import FunctionConfig, Version
 
@@ -74,14 +76,13 @@ class FakeConnection:
     def close(self) -> None:
         self.closed = True
 
-    async def call(self, meta: dict[str, Any], body: bytes = b"") -> tuple[dict[str, Any], bytes]:
+    async def call(self, meta: Request, body: bytes = b"") -> tuple[Reply, bytes]:
         if not self.usable:
             self.close()
             raise ConnectionResetError("connection to the instance is closed")
         instance, backend = self._instance, self._backend
-        op = meta.get("op")
-        if op == "specialize":
-            function = str(meta["function"])
+        if meta["op"] == "specialize":
+            function = meta["function"]
             if function in backend.hang_imports:
                 await asyncio.Event().wait()  # never answers: the caller's timeout ends it
             error = backend.import_errors.get(function)
@@ -90,12 +91,15 @@ class FakeConnection:
             instance.function = function
             backend.specialized.append((instance.id, function))
             return {"ok": True}, b""
-        if op == "relabel":
+        if meta["op"] == "relabel":
             return {"ok": True}, b""
-        if op == "invoke":
+        if meta["op"] == "invoke":
             instance.calls += 1
             return {"ok": True, "status": 200}, body
-        return {"ok": False, "error": {"type": "ProtocolError", "message": f"op {op!r}"}}, b""
+        return {
+            "ok": False,
+            "error": {"type": "ProtocolError", "message": f"op {meta['op']!r}"},
+        }, b""
 
 
 class FakeBackend:
@@ -129,7 +133,7 @@ class FakeBackend:
         self.started.append(instance_id)
         return instance
 
-    def instance_spec(self, handle: InstanceHandle, version: Version) -> dict[str, Any]:
+    def instance_spec(self, handle: InstanceHandle, version: Version) -> SpecializeSpec:
         return {}
 
     async def stop_instance(self, handle: InstanceHandle, *, grace_s: float) -> None:

@@ -16,6 +16,7 @@ import asyncpg
 import orjson
 from asyncpg.pool import PoolConnectionProxy
 
+from store.changes import Change, parse_change
 from store.errors import DatabaseUnavailable, MigrationError
 from store.queries import QUERIES, load_migrations
 
@@ -157,15 +158,15 @@ class StoreBase:
 
     async def listen_function_changes(
         self,
-        on_change: Callable[[str], Any],
+        on_change: Callable[[Change], Any],
         on_listening: Callable[[], Any],
         *,
         on_deliveries: Callable[[], Any] | None = None,
         retry_s: float = 1.0,
     ) -> None:
-        """Call `on_change(payload)` on every deploy, rollback or delete ("name:version", version
-        0 for a delete), policy change ("policy:name") and trigger change ("triggers:kind"),
-        and `on_deliveries()` when deliveries were submitted; runs until cancelled.
+        """Call `on_change(change)` on every deploy, rollback or delete, policy change and
+        trigger change (`store.changes`), and `on_deliveries()` when deliveries were submitted;
+        runs until cancelled. A payload that is no change is logged and skipped.
 
         `on_listening()` is called each time listening (re)starts: notifications sent while the
         connection was down (a database restart) are lost, so callers drop their caches then.
@@ -180,7 +181,9 @@ class StoreBase:
             lost = asyncio.Event()
             try:
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
-                await conn.add_listener(NOTIFY_CHANNEL, lambda _c, _pid, _ch, name: on_change(name))
+                await conn.add_listener(
+                    NOTIFY_CHANNEL, lambda _c, _pid, _ch, payload: _dispatch(on_change, payload)
+                )
                 if on_deliveries is not None:
                     await conn.add_listener(DELIVERIES_CHANNEL, lambda *_: on_deliveries())
                 on_listening()
@@ -195,3 +198,12 @@ class StoreBase:
         async with self._conn() as conn:
             value: str | None = await conn.fetchval(QUERIES["scheduler_address"])
         return value
+
+
+def _dispatch(on_change: Callable[[Change], Any], payload: str) -> None:
+    try:
+        change = parse_change(payload)
+    except ValueError as exc:
+        log.warning("ignored a change notification: %s", exc)
+        return
+    on_change(change)

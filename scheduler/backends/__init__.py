@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import signal
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from invoker.specs import SpecializeSpec
     from store.records import Version
 
 
@@ -34,9 +35,9 @@ class Backend(Protocol):
         version it will be specialized for, or None for the generic pool."""
         ...
 
-    def instance_spec(self, handle: InstanceHandle, version: Version) -> dict[str, Any]:
+    def instance_spec(self, handle: InstanceHandle, version: Version) -> SpecializeSpec:
         """Fit an instance about to be specialized to `version` (its limits) and return what
-        the invoker must close around the function's code (`invoker.sandbox.SpecializeSpec`;
+        the invoker must close around the function's code (`invoker.specs.SpecializeSpec`;
         empty where the pod is the wall)."""
         ...
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import orjson
 
+from invoker.specs import SpecializeSpec
 from scheduler.backends import BackendError, InstanceHandle, describe_exit
 from scheduler.backends.cgroups import (
     RUNTIME_MEMORY_BYTES,
@@ -292,7 +293,7 @@ class LocalBackend:
         if self._cgroups is not None:
             self._cgroups.create(f"build-{name}").release()
 
-    def instance_spec(self, handle: InstanceHandle, version: Version) -> dict[str, Any]:
+    def instance_spec(self, handle: InstanceHandle, version: Version) -> SpecializeSpec:
         """Fit the instance's limits to `version` and say what the invoker must close around
         it before importing the code (its uid, network, seccomp)."""
         if not isinstance(handle, ForkedHandle) or self.isolation.mode == "off":
@@ -305,7 +306,7 @@ class LocalBackend:
                 pids_max=self.isolation.pids_max,
                 cpus=c.cpus,
             )
-        spec: dict[str, Any] = {"network": c.network, "seccomp": self._seccomp}
+        spec: SpecializeSpec = {"network": c.network, "seccomp": self._seccomp}
         if c.network == "none" and "namespaces" not in self.report.on:
             raise BackendError(
                 "--network none needs network namespaces, which this host "
@@ -313,7 +314,7 @@ class LocalBackend:
             )
         if "uid" in self.report.on:
             uid = self._uids.uid_of(version.function)
-            spec.update(uid=uid, gid=uid)
+            spec["uid"] = spec["gid"] = uid
         return spec
 
     async def start_instance(

@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from invoker.specs import SpecializeSpec
 from scheduler.backends import BackendError, InstanceHandle
 from store.records import Version
 
@@ -136,7 +137,7 @@ class RemoteBackend:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise BackendError(f"the scheduler at {base} failed: {exc}") from exc
 
-    def instance_spec(self, handle: InstanceHandle, version: Version) -> dict[str, Any]:
+    def instance_spec(self, handle: InstanceHandle, version: Version) -> SpecializeSpec:
         return {}  # the pod (security context, NetworkPolicy, limits) is the wall
 
     async def start_instance(self, instance_id: str, version: Version | None = None) -> PodHandle:

@@ -14,6 +14,7 @@ import pytest
 
 import invoker.sandbox as sandbox
 from invoker import seccomp
+from invoker.specs import GenericSpec
 from scheduler.backends.cgroups import CgroupDriver, _v2_driver
 from scheduler.backends.firewall import firewall_rules
 from scheduler.backends.isolation import IsolationError, IsolationSettings, cover_plan
@@ -51,7 +52,7 @@ def _unprivileged_instance() -> dict[str, object]:
     capabilities = sandbox.probe()
     if not capabilities["namespaces"]:
         return {"skip": capabilities["why"].get("namespaces", "no user namespaces")}
-    spec: sandbox.GenericSpec = {
+    spec: GenericSpec = {
         "namespaces": True,
         "userns": True,
         "tmp_bytes": 1 << 20,

@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 
 from store import FunctionConfig, FunctionNotFound, Store, VersionNotFound
+from store.changes import Change, FunctionChanged
 from store.queries import load_migrations
 
 
@@ -66,7 +67,7 @@ async def test_changes_are_notified_and_a_lost_listener_reconnects(
     store: Store,
     database_url: str,
 ) -> None:
-    changes: asyncio.Queue[str] = asyncio.Queue()
+    changes: asyncio.Queue[Change] = asyncio.Queue()
     listening: asyncio.Queue[None] = asyncio.Queue()
     listener = asyncio.create_task(
         store.listen_function_changes(
@@ -76,7 +77,7 @@ async def test_changes_are_notified_and_a_lost_listener_reconnects(
     try:
         await asyncio.wait_for(listening.get(), 10)
         await store.create_version("f", source="", filename="f.py", config=FunctionConfig())
-        assert await asyncio.wait_for(changes.get(), 10) == "f:1"
+        assert await asyncio.wait_for(changes.get(), 10) == FunctionChanged("f", 1)
         admin = await asyncpg.connect(database_url)
         try:
             await admin.execute(
@@ -87,7 +88,9 @@ async def test_changes_are_notified_and_a_lost_listener_reconnects(
             await admin.close()
         await asyncio.wait_for(listening.get(), 10)
         await store.set_active_version("f", 1)
-        assert await asyncio.wait_for(changes.get(), 10) == "f:1"
+        assert await asyncio.wait_for(changes.get(), 10) == FunctionChanged("f", 1)
+        await store.delete_function("f")
+        assert await asyncio.wait_for(changes.get(), 10) == FunctionChanged("f", 0)
     finally:
         listener.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -1,0 +1,39 @@
+"""Change notifications: JSON payloads with a kind, and the text payloads of earlier releases."""
+
+from __future__ import annotations
+
+import pytest
+
+from store.changes import FunctionChanged, PolicyChanged, TriggersChanged, parse_change
+
+
+@pytest.mark.parametrize(
+    ("payload", "change"),
+    [
+        ('{"kind": "function", "function": "a:b", "version": 3}', FunctionChanged("a:b", 3)),
+        ('{"kind": "function", "function": "gone", "version": 0}', FunctionChanged("gone", 0)),
+        ('{"kind": "policy", "function": "resize"}', PolicyChanged("resize")),
+        ('{"kind": "triggers", "trigger_kind": "schedule"}', TriggersChanged("schedule")),
+        # Gateways of earlier releases, during an upgrade:
+        ("resize:3", FunctionChanged("resize", 3)),
+        ("policy:resize", PolicyChanged("resize")),
+        ("triggers:table", TriggersChanged("table")),
+    ],
+)
+def test_payloads_parse_to_typed_changes(payload: str, change: object) -> None:
+    assert parse_change(payload) == change
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        '{"kind": "restart"}',
+        '{"kind": "function", "function": "f"}',
+        '{"kind": "function", "function": "f", "version": "three"}',
+        "{not json",
+        "resize:three",
+    ],
+)
+def test_anything_else_is_refused_with_the_payload_named(payload: str) -> None:
+    with pytest.raises(ValueError, match="change"):
+        parse_change(payload)
