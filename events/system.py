@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 from calls.execute import CallPath
@@ -19,6 +19,7 @@ from events.batching import GroupCommit
 from events.delivery import DeliveryWorker, housekeeping
 from events.settings import EventSettings
 from events.triggers import TableRelays, run_schedules
+from scheduler.tasks import Supervisor
 from store import (
     ActivationId,
     DatabaseUnavailable,
@@ -32,9 +33,6 @@ from store import (
 from store.outbox import WatchedDatabase
 
 log = logging.getLogger("ember.gateway.events")
-
-Watch = Callable[[Coroutine[Any, Any, Any], str], "asyncio.Task[Any]"]
-"""Starts a named background task that must not stop (see `gateway.supervisor`)."""
 
 
 class EventSystem:
@@ -54,12 +52,13 @@ class EventSystem:
             self._publish, after=self.wake_deliveries, size=lambda e: len(e.payload)
         )
 
-    def start(self, watch: Watch) -> None:
-        """Start the workers (if this gateway runs them), each a watched background task."""
+    def start(self, tasks: Supervisor) -> None:
+        """Start the workers (if this gateway runs them), each a critical task of `tasks`."""
         if self.deliveries is None or self.relays is None:
             return
         schedules_wake, tables_wake = asyncio.Event(), asyncio.Event()
         self._triggers_changed = [schedules_wake, tables_wake]
+        watch = functools.partial(tasks.spawn, critical=True)
         self._worker = watch(self.deliveries.run(), "delivery worker")
         watch(self.deliveries.outcomes.run(), "delivery outcome writer")
         watch(run_schedules(self.store, schedules_wake), "schedules")

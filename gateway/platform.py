@@ -7,6 +7,7 @@ app and `fn up` are thin layers over it, so tests run the very same thing in-pro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -27,8 +28,10 @@ from gateway.settings import Settings
 from scheduler.backends import Backend
 from scheduler.backends.local import LocalBackend
 from scheduler.backends.remote import RemoteBackend
-from scheduler.scheduler import Scheduler
+from scheduler.scheduler import Prepare, Prepared, Scheduler
+from scheduler.tasks import Supervisor
 from store import Store, Version
+from store.changes import Change, FunctionChanged, PolicyChanged, TriggersChanged
 from store.embedded import EmbeddedPostgres, start_embedded_postgres
 from store.errors import FunctionNotFound
 
@@ -76,142 +79,115 @@ class Platform:
     builder: Builder
     calls: CallPath
     events: EventSystem
+    tasks: Supervisor
+    """The platform's background tasks; if a critical one stops, the platform is broken."""
+    _exits: contextlib.AsyncExitStack
+    """Stops what `start` started, in reverse."""
     embedded: EmbeddedPostgres | None = None
-    _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
-    _side_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     deleting: set[str] = field(default_factory=set)
     """Functions this gateway is deleting: it retires them itself, before it answers."""
     _policy_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    _stopping: bool = False
 
     @classmethod
     async def start(cls, settings: Settings) -> Platform:
+        """Start every part in order; if one fails, what started is stopped again."""
         settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         token = settings.token or load_or_create_token(settings.state_dir / "token")
-        embedded = None
-        url = settings.database_url
-        if url is None:
-            embedded = await asyncio.to_thread(
-                start_embedded_postgres, settings.state_dir / "pgdata"
-            )
-            url = embedded.url
-        try:
-            store = await Store.connect(url)
-        except BaseException:
-            if embedded is not None:
-                embedded.stop()
-            raise
-        try:
-            await store.migrate()
-        except BaseException:
-            await store.close()
-            if embedded is not None:
-                embedded.stop()
-            raise
-        builder = Builder(
-            store,
-            settings.state_dir / "envs",
-            timeout_s=settings.build_timeout_s,
-            max_env_bytes=settings.max_env_bytes,
-        )
-        await asyncio.to_thread(builder.remove_leftovers)
-
-        async def prepare(version: Version) -> dict[str, Any]:
-            env_hash = version.package.env_hash
-            if env_hash is not None and settings.backend == "kubernetes":
-                raise ValueError(
-                    "functions with requirements do not run on the Kubernetes "
-                    "backend yet (docs/kubernetes.md)"
+        async with contextlib.AsyncExitStack() as exits:
+            embedded = None
+            url = settings.database_url
+            if url is None:
+                embedded = await asyncio.to_thread(
+                    start_embedded_postgres, settings.state_dir / "pgdata"
                 )
-            return {} if env_hash is None else {"paths": [str(await builder.local_path(env_hash))]}
-
-        backend: Backend
-        if settings.backend == "kubernetes":
-            assert settings.scheduler_token is not None
-            fixed_url = settings.scheduler_url
-
-            async def locate() -> str | None:
-                return fixed_url or await store.scheduler_address()
-
-            backend = RemoteBackend(locate, settings.scheduler_token, settings.gateway_id)
-        else:
-            backend = LocalBackend(
-                zygote=settings.zygote,
-                isolation=settings.isolation,
-                private_paths=(settings.state_dir,),
-                environments=settings.state_dir / "envs",
+                exits.push_async_callback(asyncio.to_thread, embedded.stop)
+                url = embedded.url
+            store = await Store.connect(url)
+            exits.push_async_callback(store.close)
+            await store.migrate()
+            builder = Builder(
+                store,
+                settings.state_dir / "envs",
+                timeout_s=settings.build_timeout_s,
+                max_env_bytes=settings.max_env_bytes,
             )
-        scale = settings.time_scale
-        scheduler = Scheduler(
-            backend,
-            settings.pool,
-            prepare=prepare,
-            clock=time.monotonic if scale == 1 else lambda: time.monotonic() * scale,
-            time_scale=scale,
-        )
-        try:
+            await asyncio.to_thread(builder.remove_leftovers)
+            backend = _backend(settings, store)
+            scale = settings.time_scale
+            scheduler = Scheduler(
+                backend,
+                settings.pool,
+                prepare=_preparer(settings, builder),
+                clock=time.monotonic if scale == 1 else lambda: time.monotonic() * scale,
+                time_scale=scale,
+            )
+            exits.push_async_callback(scheduler.stop)
             await scheduler.start()
-        except BaseException:
-            await scheduler.stop()
-            await store.close()
-            if embedded is not None:
-                embedded.stop()
-            raise
-        if isinstance(backend, LocalBackend):  # builds run package code: walled in the same
-            builder.confine = backend.confine_command
-            builder.release_confined = backend.release_build
-        functions = FunctionCache(store)
-        activations = ActivationWriter(store)
-        metrics = Metrics(
-            scheduler.instance_counts,
-            lambda: scheduler.starts_total,
-            lambda: activations.dropped,
-            lambda: _pool_readout(scheduler),
-        )
-        calls = CallPath(
-            scheduler=scheduler, functions=functions, activations=activations, metrics=metrics
-        )
-        platform = cls(
-            settings=settings,
-            store=store,
-            scheduler=scheduler,
-            functions=functions,
-            builder=builder,
-            activations=activations,
-            token=token,
-            embedded=embedded,
-            metrics=metrics,
-            calls=calls,
-            events=EventSystem(store, calls, settings.events),
-        )
-        platform._watch(platform.activations.run(), "activation writer")
-        platform.events.start(platform._watch)
-        platform._watch(
-            store.listen_function_changes(
-                platform._on_change,
-                platform._on_listening,
-                on_deliveries=platform.events.wake_deliveries,
-            ),
-            "function change listener",
-        )
-        await platform.reload_policies()
-        return platform
+            if isinstance(backend, LocalBackend):  # builds run package code: walled in the same
+                builder.confine = backend.confine_command
+                builder.release_confined = backend.release_build
+            functions = FunctionCache(store)
+            activations = ActivationWriter(store)
+            exits.push_async_callback(_flush, activations)
+            metrics = Metrics(
+                scheduler.instance_counts,
+                lambda: scheduler.starts_total,
+                lambda: activations.dropped,
+                lambda: _pool_readout(scheduler),
+            )
+            calls = CallPath(
+                scheduler=scheduler, functions=functions, activations=activations, metrics=metrics
+            )
+            tasks = Supervisor(log)
+            exits.push_async_callback(tasks.close)
+            events = EventSystem(store, calls, settings.events)
+            exits.push_async_callback(events.stop, settings.shutdown_timeout_s)
+            # First when stopping: the tasks that end from now on are stopped, not failed.
+            exits.callback(setattr, tasks, "closing", True)
+            platform = cls(
+                settings=settings,
+                store=store,
+                scheduler=scheduler,
+                functions=functions,
+                builder=builder,
+                activations=activations,
+                token=token,
+                embedded=embedded,
+                metrics=metrics,
+                calls=calls,
+                events=events,
+                tasks=tasks,
+                _exits=exits,
+            )
+            tasks.spawn(activations.run(), "activation writer", critical=True)
+            events.start(tasks)
+            tasks.spawn(
+                store.listen_function_changes(
+                    platform._on_change,
+                    platform._on_listening,
+                    on_deliveries=events.wake_deliveries,
+                ),
+                "function change listener",
+                critical=True,
+            )
+            await platform.reload_policies()
+            platform._exits = exits.pop_all()
+            return platform
+        raise AssertionError("unreachable")  # (mypy: the stack does not swallow errors)
 
     def triggers_changed(self) -> None:
         self.events.triggers_changed()
 
-    def _on_change(self, payload: str) -> None:
-        if payload.startswith("policy:"):
-            self._reload_policies_soon()
-            return
-        if payload.startswith("triggers:"):
-            self.triggers_changed()
-            return
-        name, _, version = payload.rpartition(":")
-        number = int(version or 0)
-        if not self.functions.is_active(name, number):
-            self.functions.invalidate(name)
-            self._side_task(self._follow(name, number), f"follow {name}")
+    def _on_change(self, change: Change) -> None:
+        match change:
+            case PolicyChanged():
+                self._reload_policies_soon()
+            case TriggersChanged():
+                self.triggers_changed()
+            case FunctionChanged(function=name, version=number):
+                if not self.functions.is_active(name, number):
+                    self.functions.invalidate(name)
+                    self.tasks.spawn(self._follow(name, number), f"follow {name}")
 
     async def _follow(self, name: str, version: int) -> None:
         """Another gateway deployed, rolled back or deleted `name` (or this one did, and the
@@ -235,40 +211,24 @@ class Platform:
         self.events.wake_deliveries()
 
     def _reload_policies_soon(self) -> None:
-        self._side_task(self.reload_policies(), "policy reload")
-
-    def _side_task(self, coro: Any, name: str) -> None:
-        """A short task that may fail without stopping the platform (it is logged)."""
-        task = asyncio.create_task(coro, name=name)
-        self._side_tasks.add(task)
-
-        def done(t: asyncio.Task[Any]) -> None:
-            self._side_tasks.discard(t)
-            if not t.cancelled() and t.exception() is not None:
-                log.error("%s failed", name, exc_info=t.exception())
-
-        task.add_done_callback(done)
+        self.tasks.spawn(self.reload_policies(), "policy reload")
 
     async def reload_policies(self) -> None:
         """Apply the stored policies to this gateway's scheduler."""
         async with self._policy_lock:  # one at a time, so the newest read is applied last
             await reload_policies(self.store, self.scheduler, self.functions, self.settings.pool)
 
-    def _watch(self, coro: Any, name: str) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coro, name=name)
-
-        def done(t: asyncio.Task[Any]) -> None:
-            if not t.cancelled() and not self._stopping:
-                log.error("background task %r stopped", name, exc_info=t.exception())
-                self.scheduler.broken.set()
-
-        task.add_done_callback(done)
-        self._tasks.append(task)
-        return task
-
     async def wait_broken(self) -> str:
         """Wait until a part of the platform dies; returns why."""
-        await self.scheduler.broken.wait()
+        waits = [
+            asyncio.create_task(self.tasks.broken.wait(), name="platform tasks watch"),
+            asyncio.create_task(self.scheduler.broken.wait(), name="scheduler watch"),
+        ]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
         return self.failure() or "a background task stopped"
 
     def isolation(self) -> dict[str, Any] | None:
@@ -287,27 +247,54 @@ class Platform:
         backend = self.scheduler.backend
         if isinstance(backend, LocalBackend) and backend.zygote_failure is not None:
             return backend.zygote_failure + "; it is replaced at the next instance start"
-        for task in self._tasks:
-            if task.done():
-                return f"background task {task.get_name()!r} stopped"
+        if self.tasks.failed_task is not None:
+            return f"background task {self.tasks.failed_task!r} stopped"
         if self.scheduler.failed is not None:
             return f"scheduler failed: {self.scheduler.failed!r}"
         return None
 
     async def stop(self) -> None:
-        self._stopping = True
-        await self.events.stop(self.settings.shutdown_timeout_s)
-        for task in (*self._tasks, *self._side_tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, *self._side_tasks, return_exceptions=True)
-        try:
-            await self.activations.flush()
-        except Exception:
-            log.exception("could not write the last activation records")
-        await self.scheduler.stop()
-        await self.store.close()
-        if self.embedded is not None:
-            await asyncio.to_thread(self.embedded.stop)
+        """Stop taking events, let claimed deliveries finish (`shutdown_timeout_s`), stop the
+        background tasks, write the last activation records, then the scheduler, the store and
+        the embedded Postgres."""
+        await self._exits.aclose()
+
+
+async def _flush(activations: ActivationWriter) -> None:
+    try:
+        await activations.flush()
+    except Exception:
+        log.exception("could not write the last activation records")
+
+
+def _backend(settings: Settings, store: Store) -> Backend:
+    if settings.backend == "kubernetes":
+        assert settings.scheduler_token is not None
+        fixed_url = settings.scheduler_url
+
+        async def locate() -> str | None:
+            return fixed_url or await store.scheduler_address()
+
+        return RemoteBackend(locate, settings.scheduler_token, settings.gateway_id)
+    return LocalBackend(
+        zygote=settings.zygote,
+        isolation=settings.isolation,
+        private_paths=(settings.state_dir,),
+        environments=settings.state_dir / "envs",
+    )
+
+
+def _preparer(settings: Settings, builder: Builder) -> Prepare:
+    async def prepare(version: Version) -> Prepared:
+        env_hash = version.package.env_hash
+        if env_hash is not None and settings.backend == "kubernetes":
+            raise ValueError(
+                "functions with requirements do not run on the Kubernetes "
+                "backend yet (docs/kubernetes.md)"
+            )
+        return {} if env_hash is None else {"paths": [str(await builder.local_path(env_hash))]}
+
+    return prepare
 
 
 PLATFORM = web.AppKey("platform", Platform)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from scheduler.policy import DEFAULT_KEEP_ALIVE_S
+
 
 @dataclass(slots=True, frozen=True, kw_only=True)
 class PoolSettings:
-    keep_alive_s: float = 600.0
+    keep_alive_s: float = DEFAULT_KEEP_ALIVE_S
     """Idle seconds before a specialized instance stops (scale to zero). Default: 10 min, as
     OpenWhisk."""
     generic_pool_size: int = 2

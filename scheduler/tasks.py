@@ -18,6 +18,8 @@ class Supervisor:
         self._log = log
         self._tasks: set[asyncio.Task[Any]] = set()
         self.failed: BaseException | None = None
+        self.failed_task: str | None = None
+        """The name of the critical task that died, if one did."""
         self.broken = asyncio.Event()
         """Set when a critical task died: the owner should stop."""
         self.closing = False
@@ -37,14 +39,13 @@ class Supervisor:
             return
         name = task.get_name()
         exc = task.exception()
-        if exc is not None:
-            self._log.error("background task %r failed", name, exc_info=exc)
-            if critical:
-                self.failed = exc
-                self.broken.set()
-        elif critical:
-            self.failed = RuntimeError(f"background task {name!r} stopped")
+        if critical:
+            self._log.critical("background task %r stopped", name, exc_info=exc)
+            self.failed = exc or RuntimeError(f"background task {name!r} stopped")
+            self.failed_task = name
             self.broken.set()
+        elif exc is not None:
+            self._log.error("background task %r failed", name, exc_info=exc)
 
     async def close(self) -> None:
         """Cancel every task still running and wait until they have ended."""

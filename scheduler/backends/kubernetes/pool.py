@@ -35,6 +35,7 @@ from scheduler.backends.kubernetes.pods import (
     label_value,
     pod_manifest,
 )
+from scheduler.tasks import Supervisor
 
 log = logging.getLogger("ember.scheduler.kubernetes")
 
@@ -60,11 +61,9 @@ class PodPool:
         self._resource_version = ""
         self._waiters: set[asyncio.Event] = set()
         self._refill = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks = Supervisor(log)
         self._watch_response: Any = None
         self._stopping = False
-        self.failed: BaseException | None = None
-        self.broken = asyncio.Event()
 
     # -- connecting ---------------------------------------------------------------------------
 
@@ -97,31 +96,28 @@ class PodPool:
                 "specialized": sum(p.state == "specialized" for p in adopted),
             },
         )
-        for coro, name in ((self._watcher(), "pod watch"), (self._refiller(), "pod pool refill")):
-            task = asyncio.create_task(coro, name=name)
-            task.add_done_callback(self._task_done)
-            self._tasks.append(task)
+        self._tasks.spawn(self._watcher(), "pod watch", critical=True)
+        self._tasks.spawn(self._refiller(), "pod pool refill", critical=True)
         self._refill.set()
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled() or self._stopping:
-            return
-        exc = task.exception()
-        log.critical("pod pool task died", extra={"task": task.get_name()}, exc_info=exc)
-        self.failed = exc or RuntimeError(f"{task.get_name()} stopped")
-        self.broken.set()
+    @property
+    def failed(self) -> BaseException | None:
+        """Why the watch or the refill died, if one did."""
+        return self._tasks.failed
+
+    @property
+    def broken(self) -> asyncio.Event:
+        """Set when the watch or the refill died: the scheduler process should stop."""
+        return self._tasks.broken
 
     async def close(self) -> None:
         self._stopping = True
+        self._tasks.closing = True  # the watch ends on its own now: that is no failure
         response = self._watch_response
         if response is not None:
             with contextlib.suppress(Exception):
                 response.shutdown() if hasattr(response, "shutdown") else response.close()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._tasks.close()
         await asyncio.to_thread(self.api.close)
 
     # -- pod state ----------------------------------------------------------------------------
