@@ -6,6 +6,10 @@ FROM python:3.11-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY builds/ builds/
+COPY calls/ calls/
+COPY config/ config/
+COPY events/ events/
 COPY fn/ fn/
 COPY gateway/ gateway/
 COPY invoker/ invoker/

@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -270,6 +271,22 @@ def test_the_invoker_images_run_the_invoker_as_the_tests_do(python: str) -> None
     assert "COPY invoker/ " in text
     assert "COPY gateway" not in text
     assert "COPY store" not in text
+
+
+def test_the_platform_image_holds_every_package_the_project_installs() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = set(project["tool"]["setuptools"]["packages"])
+    top_level = {name.split(".")[0] for name in packages}
+    text = (ROOT / "runtime-images" / "platform.Dockerfile").read_text()
+    copied = set(re.findall(r"^COPY (\w+)/ \1/$", text, re.M))
+    assert top_level <= copied, f"platform.Dockerfile does not copy {sorted(top_level - copied)}"
+    # Every package is installed (one left out of pyproject would be missing from the image).
+    on_disk = {
+        ".".join(p.parent.relative_to(ROOT).parts)
+        for p in ROOT.glob("**/__init__.py")
+        if p.parts[len(ROOT.parts)] not in {"tests", "bench", ".venv", "build"}
+    }
+    assert on_disk <= packages, f"pyproject.toml does not install {sorted(on_disk - packages)}"
 
 
 def test_the_platform_image_runs_what_the_manifests_and_tests_run(production: Path) -> None:
