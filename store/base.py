@@ -16,7 +16,7 @@ import asyncpg
 import orjson
 from asyncpg.pool import PoolConnectionProxy
 
-from store.changes import Change, parse_change
+from store.changes import Change, ChangeFeed
 from store.errors import DatabaseUnavailable, MigrationError
 from store.queries import QUERIES, load_migrations
 
@@ -24,7 +24,9 @@ log = logging.getLogger("ember.store")
 
 # Any constant unique to Ember: serializes migrations when several replicas start at once.
 MIGRATION_LOCK_KEY = 0x656D626572  # "ember"
-NOTIFY_CHANNEL = "ember_functions"
+CHANGES_CHANNEL = "ember_changes"
+LEGACY_CHANGES_CHANNEL = "ember_functions"
+"""Where gateways of earlier releases listen (text payloads; see store/changes.py)."""
 DELIVERIES_CHANNEL = "ember_deliveries"
 _UNAVAILABLE = (
     OSError,
@@ -181,9 +183,10 @@ class StoreBase:
             lost = asyncio.Event()
             try:
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
-                await conn.add_listener(
-                    NOTIFY_CHANNEL, lambda _c, _pid, _ch, payload: _dispatch(on_change, payload)
-                )
+                # One feed per connection: a change's twins arrive on the same one.
+                changed = functools.partial(_dispatch, on_change, ChangeFeed())
+                await conn.add_listener(CHANGES_CHANNEL, changed)
+                await conn.add_listener(LEGACY_CHANGES_CHANNEL, changed)
                 if on_deliveries is not None:
                     await conn.add_listener(DELIVERIES_CHANNEL, lambda *_: on_deliveries())
                 on_listening()
@@ -200,10 +203,18 @@ class StoreBase:
         return value
 
 
-def _dispatch(on_change: Callable[[Change], Any], payload: str) -> None:
+def _dispatch(
+    on_change: Callable[[Change], Any],
+    feed: ChangeFeed,
+    _conn: Any,
+    sender_pid: int,
+    _channel: str,
+    payload: object,
+) -> None:
     try:
-        change = parse_change(payload)
+        change = feed.feed(sender_pid, str(payload))
     except ValueError as exc:
         log.warning("ignored a change notification: %s", exc)
         return
-    on_change(change)
+    if change is not None:
+        on_change(change)

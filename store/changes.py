@@ -1,4 +1,4 @@
-"""Change notifications between gateways: what NOTIFY on the `ember_functions` channel carries.
+"""Change notifications between gateways: what NOTIFY on the `ember_changes` channel carries.
 
 Each payload is a JSON object with a `kind`:
 
@@ -7,8 +7,11 @@ Each payload is a JSON object with a `kind`:
 - `{"kind": "policy", "function": "resize"}`: its warm-pool policy (or the default's) changed;
 - `{"kind": "triggers", "trigger_kind": "schedule"}`: triggers of that kind changed.
 
-`parse_change` also reads the text payloads of earlier Ember releases (`resize:3`,
-`policy:resize`, `triggers:schedule`), so gateways of both can run side by side during an upgrade.
+Gateways of earlier releases listen on `ember_functions` for text payloads (`resize:3`,
+`policy:resize`, `triggers:schedule`), so every change is also sent there, in the same
+transaction, until the next release: during a rolling upgrade old and new gateways see each
+other's changes. A new gateway listens on both channels; `ChangeFeed` passes each change on once
+(the text twin that follows a JSON payload from the same sender is skipped).
 """
 
 from __future__ import annotations
@@ -36,6 +39,24 @@ class TriggersChanged:
 
 
 Change = FunctionChanged | PolicyChanged | TriggersChanged
+
+
+class ChangeFeed:
+    """Parses the payloads of both channels, in the order they arrive, into changes."""
+
+    def __init__(self) -> None:
+        self._last: tuple[int, Change] | None = None
+
+    def feed(self, sender_pid: int, payload: str) -> Change | None:
+        """The change to act on, or None: a twin of the one just passed on, from the same
+        sender (ValueError: no change). Skipping is safe: a change says what the state is now,
+        so the same one twice in a row is no news."""
+        change = parse_change(payload)
+        if self._last == (sender_pid, change):
+            self._last = None
+            return None
+        self._last = (sender_pid, change)
+        return change
 
 
 def parse_change(payload: str) -> Change:

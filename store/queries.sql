@@ -24,10 +24,11 @@ RETURNING active_version;
 
 -- name: notify_function_changed
 -- The active version (0 when deleted), so a gateway that already has that version cached (it
--- made the change) keeps its cache. Payloads: store/changes.py.
-SELECT pg_notify('ember_functions',
+-- made the change) keeps its cache. Payloads, and why twice: store/changes.py.
+SELECT pg_notify('ember_changes',
                  json_build_object('kind', 'function', 'function', $1::text,
-                                   'version', $2::int)::text);
+                                   'version', $2::int)::text),
+       pg_notify('ember_functions', $1::text || ':' || $2::int);
 
 -- name: get_function
 SELECT f.name, f.active_version, f.latest_version, f.created_at, f.updated_at,
@@ -135,8 +136,9 @@ SELECT * FROM ember_policies ORDER BY function;
 DELETE FROM ember_policies WHERE function = $1 RETURNING function;
 
 -- name: notify_policy_changed
-SELECT pg_notify('ember_functions',
-                 json_build_object('kind', 'policy', 'function', $1::text)::text);
+SELECT pg_notify('ember_changes',
+                 json_build_object('kind', 'policy', 'function', $1::text)::text),
+       pg_notify('ember_functions', 'policy:' || $1::text);
 
 -- name: insert_delivery
 -- Submit, and ($10) wake every gateway's workers, in one round trip. A notifying commit takes a
@@ -357,8 +359,9 @@ UPDATE ember_triggers SET next_fire_at = $2 WHERE id = $1;
 SELECT min(next_fire_at) FROM ember_triggers WHERE kind = 'cron';
 
 -- name: notify_triggers_changed
-SELECT pg_notify('ember_functions',
-                 json_build_object('kind', 'triggers', 'trigger_kind', $1::text)::text);
+SELECT pg_notify('ember_changes',
+                 json_build_object('kind', 'triggers', 'trigger_kind', $1::text)::text),
+       pg_notify('ember_functions', 'triggers:' || $1::text);
 
 -- name: get_environment
 SELECT * FROM ember_environments WHERE hash = $1;

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from store import FunctionConfig, FunctionNotFound, Store, VersionNotFound
-from store.changes import Change, FunctionChanged
+from store import FunctionConfig, FunctionNotFound, PolicyRow, Store, VersionNotFound
+from store.changes import Change, FunctionChanged, PolicyChanged
 from store.queries import load_migrations
 
 
@@ -92,6 +92,35 @@ async def test_changes_are_notified_and_a_lost_listener_reconnects(
         await store.delete_function("f")
         assert await asyncio.wait_for(changes.get(), 10) == FunctionChanged("f", 0)
     finally:
+        listener.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await listener
+
+
+async def test_each_change_reaches_new_gateways_once_and_old_gateways_as_text(
+    store: Store,
+    database_url: str,
+) -> None:
+    changes: asyncio.Queue[Change] = asyncio.Queue()
+    listening: asyncio.Queue[None] = asyncio.Queue()
+    listener = asyncio.create_task(
+        store.listen_function_changes(changes.put_nowait, lambda: listening.put_nowait(None))
+    )
+    old_gateway = await asyncpg.connect(database_url)  # listens as releases before JSON did
+    legacy: asyncio.Queue[str] = asyncio.Queue()
+    await old_gateway.add_listener("ember_functions", lambda *args: legacy.put_nowait(args[3]))
+    try:
+        await asyncio.wait_for(listening.get(), 10)
+        await store.create_version("f", source="", filename="f.py", config=FunctionConfig())
+        await store.set_policy(PolicyRow(function="f", keep_alive_s=60.0))
+        assert await asyncio.wait_for(legacy.get(), 10) == "f:1"
+        assert await asyncio.wait_for(legacy.get(), 10) == "policy:f"
+        # A change an old gateway makes (text only) arrives too; and nothing came twice.
+        await old_gateway.execute("SELECT pg_notify('ember_functions', 'f:7')")
+        received = [await asyncio.wait_for(changes.get(), 10) for _ in range(3)]
+        assert received == [FunctionChanged("f", 1), PolicyChanged("f"), FunctionChanged("f", 7)]
+    finally:
+        await old_gateway.close()
         listener.cancel()
         with pytest.raises(asyncio.CancelledError):
             await listener

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from store.changes import FunctionChanged, PolicyChanged, TriggersChanged, parse_change
+from store.changes import ChangeFeed, FunctionChanged, PolicyChanged, TriggersChanged, parse_change
 
 
 @pytest.mark.parametrize(
@@ -37,3 +37,14 @@ def test_payloads_parse_to_typed_changes(payload: str, change: object) -> None:
 def test_anything_else_is_refused_with_the_payload_named(payload: str) -> None:
     with pytest.raises(ValueError, match="change"):
         parse_change(payload)
+
+
+def test_the_feed_passes_a_change_on_once_when_its_text_twin_follows() -> None:
+    feed = ChangeFeed()
+    json_payload = '{"kind": "function", "function": "f", "version": 2}'
+    assert feed.feed(100, json_payload) == FunctionChanged("f", 2)
+    assert feed.feed(100, "f:2") is None  # the same sender's twin, for older gateways
+    assert feed.feed(200, "f:2") == FunctionChanged("f", 2)  # an older gateway's own change
+    assert feed.feed(200, "f:2") is None  # the same state again: no news (changes are states)
+    assert feed.feed(100, '{"kind": "policy", "function": "f"}') == PolicyChanged("f")
+    assert feed.feed(100, "f:2") == FunctionChanged("f", 2)  # not the twin of the policy
