@@ -484,4 +484,6 @@ class Scheduler(Upkeep):
             and self.pool.count(key) < self.policies.settings(key[0]).min_warm
         ):
             self._tasks.spawn(self.ensure_warm(tracked.version), f"keep warm {key[0]}")
+        elif tracked is not None:
+            self._forget_if_unused(key)
         self._notify()

@@ -63,6 +63,20 @@ class Upkeep:
         def _keep_connection(self, instance: Instance, conn: InstanceConnection) -> None: ...
         def _hand_out(self, tracked: Tracked, *, cold: bool) -> None: ...
 
+    def _forget_if_unused(self, key: VersionKey) -> None:
+        """Drop the record of a version another one replaced, once it runs nowhere and has no
+        waiting calls and no back-off in force: each deploy would otherwise leave one (with its
+        code). (A version whose function's active one is unknown is kept: it may be prewarmed.)"""
+        tracked = self._versions.get(key)
+        if (
+            tracked is not None
+            and self._active.get(key[0]) not in (None, key)
+            and self.pool.count(key) == 0
+            and not tracked.waiting
+            and tracked.backing_off(self.clock()) is None
+        ):
+            del self._versions[key]
+
     async def retire(self, function: str) -> None:
         """Stop every instance of a deleted function (busy ones once their calls end)."""
         gone = StartFailed(f'function "{function}" was deleted')
@@ -164,10 +178,8 @@ class Upkeep:
         previous = self._active.get(version.function)
         self._active[version.function] = key
         tracked = self._learn(key, version)
-        if previous is not None and previous != key and self.pool.count(previous) == 0:
-            old = self._versions.get(previous)
-            if old is not None and not old.waiting and old.backoff_error is None:
-                del self._versions[previous]
+        if previous is not None and previous != key:
+            self._forget_if_unused(previous)
         if previous != key:
             self.pool.cancel_prewarms(version.function)
         if self._stopping or self.start_backoff_remaining_s(key) > 0:

@@ -292,3 +292,15 @@ async def test_shutdown_fails_waiting_calls_and_stops_every_instance() -> None:
     assert held.instance.id in backend.stopped
     assert not backend.running()
     assert backend.closed
+
+
+async def test_versions_no_longer_active_are_forgotten_once_their_instances_are_gone(
+    h: Harness,
+) -> None:
+    for number in range(1, 6):  # five deploys, each called once
+        version = fake_version("resize", number)
+        await h.scheduler.ensure_warm(version)
+        await call(h, version)
+    h.advance(601)
+    await h.until(lambda: not h.scheduler.instances_of("resize"))
+    assert list(h.scheduler._versions) == [("resize", 5)]  # the active one only
