@@ -292,3 +292,11 @@ async def test_shutdown_fails_waiting_calls_and_stops_every_instance() -> None:
     assert held.instance.id in backend.stopped
     assert not backend.running()
     assert backend.closed
+
+
+async def test_an_instance_whose_stop_was_still_to_run_is_stopped_at_shutdown() -> None:
+    async with running() as h:
+        lease = await h.scheduler.acquire(VERSION)
+        await h.scheduler.retire("resize")  # busy: out of the pool, stopped after its call
+        h.scheduler.release(lease)  # its stop is a task that has not run when shutdown comes
+    assert not h.backend.running()
