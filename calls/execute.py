@@ -17,6 +17,7 @@ from calls.functions import FunctionCache
 from calls.metrics import Metrics
 from invoker.protocol import InvokeRequest, ReplyTooLarge, RequestMeta
 from scheduler.scheduler import (
+    AtCapacity,
     InstanceLost,
     Lease,
     QueueFull,
@@ -108,6 +109,11 @@ async def execute(
     except QueueTimeout as exc:
         metrics.invocations.labels(name, "throttled").inc()
         return CallResult("throttled", 503, code="no_capacity", message=str(exc), retry_after_s=1.0)
+    except AtCapacity as exc:
+        metrics.invocations.labels(name, "throttled").inc()
+        return CallResult(
+            "throttled", 503, code="at_capacity", message=str(exc), retry_after_s=exc.retry_after_s
+        )
     except StartFailed as exc:
         error: dict[str, Any] = {
             "type": exc.error.get("type", "StartFailed"),

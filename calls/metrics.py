@@ -91,6 +91,25 @@ class _PoolCollector(Collector):
         for (function, outcome), n in sorted(readout.prewarm_outcomes.items()):
             outcomes.add_metric([function, outcome], n)
         yield outcomes
+        evictions = CounterMetricFamily(
+            "ember_evictions",
+            "Idle instances stopped early to make room for another (the node at its capacity)",
+        )
+        evictions.add_metric([], readout.evictions)
+        yield evictions
+        memory = GaugeMetricFamily(
+            "ember_instance_memory_bytes",
+            "The memory limits of the node's instances added up, and the cap on them",
+            labels=["kind"],
+        )
+        memory.add_metric(["charged"], readout.memory_bytes)
+        memory.add_metric(["capacity"], readout.capacity_memory_bytes)
+        yield memory
+        cap = GaugeMetricFamily(
+            "ember_instance_capacity", "Instances the node runs at most (FN_MAX_INSTANCES_TOTAL)"
+        )
+        cap.add_metric([], readout.capacity_instances)
+        yield cap
 
 
 class _QueueCollector(Collector):
@@ -115,6 +134,11 @@ class PoolReadout:
     idle_s: dict[str, float]
     prewarm_starts: dict[str, int]
     prewarm_outcomes: dict[tuple[str, str], int]
+    evictions: int = 0
+    memory_bytes: int = 0
+    """The memory limits of the node's instances, added up (what the capacity counts)."""
+    capacity_instances: int = 0
+    capacity_memory_bytes: int = 0
 
 
 class Metrics:

@@ -25,7 +25,7 @@ from gateway.units import (
     parse_function_config,
     read_archive,
 )
-from scheduler.scheduler import StartFailed
+from scheduler.scheduler import AtCapacity, StartFailed
 from store import (
     Activation,
     ActivationId,
@@ -209,6 +209,13 @@ async def _deploy(platform: Platform, body: dict[str, Any]) -> web.Response:
     )
     try:
         instance = await platform.scheduler.check(candidate)
+    except AtCapacity as exc:
+        return error_response(
+            503,
+            "at_capacity",
+            f"{filename} could not be checked: {exc}",
+            headers={"Retry-After": str(round(exc.retry_after_s))},
+        )
     except StartFailed as exc:
         return error_response(
             422,

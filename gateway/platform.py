@@ -64,6 +64,10 @@ def _pool_readout(scheduler: Scheduler) -> PoolReadout:
         idle_s=dict(pool.idle_s),
         prewarm_starts=dict(scheduler.prewarm_starts),
         prewarm_outcomes=dict(pool.prewarm_outcomes),
+        evictions=scheduler.evictions_total,
+        memory_bytes=scheduler.room.usage()[1],
+        capacity_instances=scheduler.room.capacity.max_instances,
+        capacity_memory_bytes=scheduler.room.capacity.max_memory_bytes,
     )
 
 

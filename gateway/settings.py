@@ -78,6 +78,10 @@ class Settings:
             keep_alive_s=read.duration_s("FN_KEEP_ALIVE", p.keep_alive_s, maximum_s=7 * 86400),
             generic_pool_size=read.integer("FN_GENERIC_POOL", p.generic_pool_size),
             max_instances=read.integer("FN_MAX_INSTANCES", p.max_instances),
+            max_total_instances=read.whole(
+                "FN_MAX_INSTANCES_TOTAL", p.max_total_instances, 0, 1_000_000
+            ),
+            max_total_memory_bytes=_total_memory(read, p.max_total_memory_bytes),
             max_queue=read.integer("FN_MAX_QUEUE", p.max_queue),
             max_response_bytes=read.size_bytes(
                 "FN_MAX_RESPONSE", p.max_response_bytes, minimum=1024
@@ -169,3 +173,10 @@ def isolation_from_env(env: Mapping[str, str]) -> IsolationSettings:
         hide=paths["FN_HIDE"],
         expose=paths["FN_EXPOSE"],
     )
+
+
+def _total_memory(read: Env, default: int) -> int:
+    value = read.size_bytes("FN_MAX_INSTANCES_MEMORY", default, minimum=0, maximum=1 << 50)
+    if 0 < value < 64 << 20:
+        raise ConfigError("FN_MAX_INSTANCES_MEMORY", str(value), "0 (automatic) or at least 64Mi")
+    return value

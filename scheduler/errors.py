@@ -3,6 +3,7 @@
 SchedulerError
  ├── QueueFull       too many calls wait for the version already (429)
  ├── QueueTimeout    no slot became free in time (503)
+ ├── AtCapacity      the node is full and nothing idle can be evicted (503)
  ├── StartFailed     no instance could be started or specialized (502)
  └── InstanceLost    the instance handed out could not be reached (502)
 """
@@ -27,6 +28,12 @@ class QueueFull(SchedulerError):
 
 class QueueTimeout(SchedulerError):
     pass
+
+
+class AtCapacity(SchedulerError):
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class StartFailed(SchedulerError):

@@ -14,10 +14,11 @@ import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypedDict
 
 from invoker.protocol import Connection, Reply, Request, SpecializeRequest
 from scheduler.backends import InstanceHandle
+from scheduler.capacity import GENERIC_MEMORY_BYTES
 from scheduler.errors import StartFailed
 from scheduler.pool import Instance
 from store.records import Version
@@ -55,6 +56,8 @@ class Live:
     """None until the backend has started the process or pod."""
     idle: list[InstanceConnection] = field(default_factory=list)
     """Open connections no call uses now, the most recently used last."""
+    memory_bytes: int = GENERIC_MEMORY_BYTES
+    """What it is charged against the node's capacity: its function's memory limit."""
 
     def close_connections(self) -> None:
         for conn in self.idle:
@@ -107,3 +110,22 @@ def specialize_meta(version: Version, max_response_bytes: int) -> SpecializeRequ
         "preimport": list(c.preimport),
         "max_reply_bytes": max_response_bytes,
     }
+
+
+@dataclass(slots=True)
+class Lease:
+    """A slot on one instance, held for one call; give it back with `release` or `discard`."""
+
+    instance: Instance
+    connection: InstanceConnection
+    cold: bool
+
+
+class Prepared(TypedDict, total=False):
+    """What a version needs on this node, for its specialize message."""
+
+    paths: list[str]
+    """Its environment's directories (requirements)."""
+
+
+Prepare = Callable[[Version], Awaitable[Prepared]]

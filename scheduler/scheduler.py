@@ -19,18 +19,27 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TypedDict
+from collections.abc import Callable
 
 from invoker.protocol import ErrorInfo
 from scheduler.backends import Backend, BackendError, describe_exit
-from scheduler.errors import InstanceLost, QueueFull, QueueTimeout, SchedulerError, StartFailed
+from scheduler.capacity import Capacity, Room
+from scheduler.errors import (
+    AtCapacity,
+    InstanceLost,
+    QueueFull,
+    QueueTimeout,
+    SchedulerError,
+    StartFailed,
+)
 from scheduler.live import (
     Connect,
     InstanceConnection,
     InstanceGone,
+    Lease,
     Live,
+    Prepare,
+    Prepared,
     Tracked,
     open_connection,
     specialize_meta,
@@ -43,9 +52,12 @@ from scheduler.upkeep import Upkeep
 from store.records import Version, code_digest
 
 __all__ = [
+    "AtCapacity",
     "InstanceLost",
     "Lease",
     "PoolSettings",
+    "Prepare",
+    "Prepared",
     "QueueFull",
     "QueueTimeout",
     "Scheduler",
@@ -54,25 +66,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("ember.scheduler")
-
-
-@dataclass(slots=True)
-class Lease:
-    """A slot on one instance, held for one call; give it back with `release` or `discard`."""
-
-    instance: Instance
-    connection: InstanceConnection
-    cold: bool
-
-
-class Prepared(TypedDict, total=False):
-    """What a version needs on this node, for its specialize message."""
-
-    paths: list[str]
-    """Its environment's directories (requirements)."""
-
-
-Prepare = Callable[[Version], Awaitable[Prepared]]
 
 
 class Scheduler(Upkeep):
@@ -104,7 +97,15 @@ class Scheduler(Upkeep):
         self.pool = Pool(self.policies)
         self.prewarm_starts: dict[str, int] = {}
         self.starts_total = 0
+        self.evictions_total = 0
         self._live: dict[str, Live] = {}
+        self.room = Room(
+            Capacity.resolve(
+                self.settings.max_total_instances, self.settings.max_total_memory_bytes
+            ),
+            self.pool.instances,
+            lambda i: self._live[i.id].memory_bytes if i.id in self._live else 0,
+        )
         self._versions: dict[VersionKey, Tracked] = {}
         self._active: dict[str, VersionKey] = {}
         """Each function's active version, as the gateway last said (`ensure_warm`): only it
@@ -147,8 +148,10 @@ class Scheduler(Upkeep):
                 if not fut.done():
                     fut.set_exception(StartFailed("the platform is shutting down"))
         await self._tasks.close()
+        # Every instance with a record: also those out of the pool whose stop was still to run
+        # in a task just cancelled (evicted, retired, discarded).
         await asyncio.gather(
-            *(self._drop(i, "platform shutdown") for i in list(self.pool.instances.values()))
+            *(self._drop(live.instance, "platform shutdown") for live in list(self._live.values()))
         )
         await asyncio.gather(*self._instance_stops, return_exceptions=True)
         await self.backend.close()
@@ -156,27 +159,9 @@ class Scheduler(Upkeep):
     def _stop_soon(self, instance: Instance, reason: str) -> None:
         self._tasks.spawn(self._drop(instance, reason), f"stop {instance.id}")
 
-    async def wait_until(self, predicate: Callable[[], bool], timeout_s: float) -> None:
-        """Wait for the pool to reach a state (tests and tools); raises TimeoutError.
-
-        The predicate is checked again after every change of the pool or of a queue.
-        """
-        self._watchers += 1
-        try:
-            async with asyncio.timeout(timeout_s):
-                while not predicate():
-                    self._changed.clear()
-                    await self._changed.wait()
-        finally:
-            self._watchers -= 1
-
     def _notify(self) -> None:
         if self._watchers:  # nobody waits in production: one integer test per event
             self._changed.set()
-
-    def tick(self) -> None:
-        """Check keep-alives and prewarms against the clock now (a fake clock moved)."""
-        self._wake_reaper.set()
 
     # -- the call path ----------------------------------------------------------------------
 
@@ -332,16 +317,32 @@ class Scheduler(Upkeep):
             return instance, False
         return self._new_instance(), True
 
-    def _launch(self, tracked: Tracked, why: str, *, prewarm_until: float | None = None) -> None:
-        """Start one instance of a version in the background: the one way instances start."""
+    def _make_room(self, memory_bytes: int, key: VersionKey | None, *, evict: bool) -> bool:
+        """Whether one more instance fits the node's capacity, after evicting idle ones if
+        `evict` (calls and deploys do; prewarms and `min_warm` only use free room)."""
+        generic = self.pool.take_generic()
+        victims = self.room.victims_for(memory_bytes, key, generic=generic, evict=evict)
+        for victim in victims or ():
+            self._evict(victim)
+        return victims is not None
+
+    def _launch(
+        self, tracked: Tracked, why: str, *, prewarm_until: float | None = None, evict: bool = True
+    ) -> bool:
+        """Start one instance of a version in the background, if the node has room: the one
+        way instances start."""
         version = tracked.version
-        instance, fresh = self._take_instance()
         key = (version.function, version.version)
+        if not self._make_room(version.config.memory_bytes, key, evict=evict):
+            return False
+        instance, fresh = self._take_instance()
+        self._live[instance.id].memory_bytes = version.config.memory_bytes
         self.pool.begin_specialize(instance, key, version.config.concurrency)
         self._tasks.spawn(
             self._bring_up(instance, tracked, fresh, prewarm_until), f"{why} {instance.id}"
         )
         self._refill.set()
+        return True
 
     def _start_for(self, tracked: Tracked) -> None:
         """Start as many instances as the waiting calls need, within the instance limit."""
@@ -350,7 +351,10 @@ class Scheduler(Upkeep):
         needed = len(tracked.waiting) - self.pool.starting(key)
         room = self.policies.settings(key[0]).max_instances - self.pool.count(key)
         for _ in range(max(0, min(room, math.ceil(needed / version.config.concurrency)))):
-            self._launch(tracked, "start")
+            if not self._launch(tracked, "start"):
+                if self.pool.count(key) == 0:  # nothing of it runs or starts to serve them
+                    self._fail_waiters(tracked, self._full(version), all_=True)
+                break
 
     async def _bring_up(
         self, instance: Instance, tracked: Tracked, fresh: bool, prewarm_until: float | None
@@ -436,7 +440,7 @@ class Scheduler(Upkeep):
         live.handle = handle
         self._tasks.spawn(self._watch(live), f"watch {instance.id}")
 
-    def _fail_waiters(self, tracked: Tracked, exc: StartFailed, *, all_: bool = False) -> None:
+    def _fail_waiters(self, tracked: Tracked, exc: SchedulerError, *, all_: bool = False) -> None:
         key = (tracked.version.function, tracked.version.version)
         waiting = tracked.waiting
         # Calls that the instances still starting can serve keep waiting; the rest fail.
@@ -472,14 +476,14 @@ class Scheduler(Upkeep):
             stopping.add_done_callback(self._instance_stops.discard)
             await asyncio.shield(stopping)
         tracked = None if key is None else self._versions.get(key)
-        if key is None:
-            self._refill.set()
-        elif restart and not self._stopping and tracked is not None and tracked.waiting:
+        self._refill.set()  # (room for a generic instance, too, when the node was full)
+        if key is None or tracked is None:
+            pass
+        elif restart and not self._stopping and tracked.waiting:
             self._start_for(tracked)
         elif (
             restart
             and not self._stopping
-            and tracked is not None
             and self._active.get(key[0]) == key
             and self.pool.count(key) < self.policies.settings(key[0]).min_warm
         ):

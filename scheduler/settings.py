@@ -17,6 +17,13 @@ class PoolSettings:
     process start."""
     max_instances: int = 20
     """Instances per function version at most."""
+    max_total_instances: int = 0
+    """Instances on this node at most, generic ones included (FN_MAX_INSTANCES_TOTAL); 0: one
+    per 64 MiB of `max_total_memory_bytes`. When full, a call evicts the least valued idle
+    instance (`scheduler.capacity`)."""
+    max_total_memory_bytes: int = 0
+    """The memory limits of this node's instances added up at most (FN_MAX_INSTANCES_MEMORY);
+    0: three quarters of the machine's memory (or of the platform's cgroup limit)."""
     max_queue: int = 100
     """Calls per function version that may wait for a slot; more get 429."""
     queue_timeout_s: float = 30.0

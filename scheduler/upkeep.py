@@ -14,7 +14,8 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from scheduler.errors import StartFailed
+from scheduler.capacity import Room
+from scheduler.errors import AtCapacity, SchedulerError, StartFailed
 from scheduler.live import InstanceConnection, InstanceGone, Live, Tracked
 from scheduler.policy import FunctionPolicy, PolicyRouter
 from scheduler.pool import Instance, Pool, State, VersionKey
@@ -32,6 +33,10 @@ class Upkeep:
     policies: PolicyRouter
     pool: Pool
     prewarm_starts: dict[str, int]
+    evictions_total: int
+    room: Room
+    _changed: asyncio.Event
+    _watchers: int
     _live: dict[str, Live]
     _versions: dict[VersionKey, Tracked]
     _active: dict[str, VersionKey]
@@ -45,14 +50,20 @@ class Upkeep:
 
         def _learn(self, key: VersionKey, version: Version) -> Tracked: ...
         def _launch(
-            self, tracked: Tracked, why: str, *, prewarm_until: float | None = None
-        ) -> None: ...
+            self,
+            tracked: Tracked,
+            why: str,
+            *,
+            prewarm_until: float | None = None,
+            evict: bool = True,
+        ) -> bool: ...
+        def _make_room(self, memory_bytes: int, key: VersionKey | None, *, evict: bool) -> bool: ...
         def _new_instance(self) -> Instance: ...
         async def _start_process(
             self, instance: Instance, version: Version | None = None
         ) -> None: ...
         def _fail_waiters(
-            self, tracked: Tracked, exc: StartFailed, *, all_: bool = False
+            self, tracked: Tracked, exc: SchedulerError, *, all_: bool = False
         ) -> None: ...
         async def _drop(self, instance: Instance, reason: str, *, restart: bool = True) -> None: ...
         def _notify(self) -> None: ...
@@ -76,6 +87,48 @@ class Upkeep:
             and tracked.backing_off(self.clock()) is None
         ):
             del self._versions[key]
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout_s: float) -> None:
+        """Wait for the pool to reach a state (tests and tools); raises TimeoutError.
+
+        The predicate is checked again after every change of the pool or of a queue.
+        """
+        self._watchers += 1
+        try:
+            async with asyncio.timeout(timeout_s):
+                while not predicate():
+                    self._changed.clear()
+                    await self._changed.wait()
+        finally:
+            self._watchers -= 1
+
+    def tick(self) -> None:
+        """Check keep-alives and prewarms against the clock now (a fake clock moved)."""
+        self._wake_reaper.set()
+
+    def _evict(self, victim: Instance) -> None:
+        """Stop an idle instance now to make room for another (the node is full)."""
+        now = self.clock()
+        self.pool.stopped(victim, now)
+        self.pool.remove(victim)
+        self.evictions_total += 1
+        log.info("evicting an idle instance", extra={"instance": victim.id, "key": victim.key})
+        self._stop_soon(victim, "evicted: the node is at its capacity")
+
+    def _full(self, version: Version) -> AtCapacity:
+        cap = self.room.capacity
+        if version.config.memory_bytes > cap.max_memory_bytes:
+            return AtCapacity(
+                f'function "{version.function}" needs {version.config.memory_bytes >> 20} MiB, '
+                f"more than this node runs in all ({cap.describe()}); lower its --memory or "
+                "raise FN_MAX_INSTANCES_MEMORY",
+                retry_after_s=60.0,
+            )
+        return AtCapacity(
+            f"this node is at its capacity ({cap.describe()}) and every instance is busy or "
+            "kept warm on purpose; retry later, or raise FN_MAX_INSTANCES_TOTAL / "
+            "FN_MAX_INSTANCES_MEMORY"
+        )
 
     async def retire(self, function: str) -> None:
         """Stop every instance of a deleted function (busy ones once their calls end)."""
@@ -150,8 +203,8 @@ class Upkeep:
                 if existing.key == key and existing.busy == 0 and existing.state is State.READY:
                     existing.keep_until = max(existing.keep_until, until)
             return
-        self.prewarm_starts[key[0]] = self.prewarm_starts.get(key[0], 0) + 1
-        self._launch(tracked, "prewarm", prewarm_until=until)
+        if self._launch(tracked, "prewarm", prewarm_until=until, evict=False):
+            self.prewarm_starts[key[0]] = self.prewarm_starts.get(key[0], 0) + 1
 
     def configure(self, default: FunctionPolicy, overrides: dict[str, FunctionPolicy]) -> None:
         """Apply new policies now: idle instances get a keep-alive under the new settings."""
@@ -187,7 +240,12 @@ class Upkeep:
         settings = self.policies.settings(version.function)
         missing = min(settings.min_warm, settings.max_instances) - self.pool.count(key)
         for _ in range(max(0, missing)):
-            self._launch(tracked, "keep warm")
+            if not self._launch(tracked, "keep warm", evict=False):
+                log.warning(
+                    "no room to keep instances warm",
+                    extra={"function": version.function, "capacity": self.room.capacity.describe()},
+                )
+                break
         self._refill.set()
 
     async def _refiller(self) -> None:
@@ -195,7 +253,9 @@ class Upkeep:
             await self._refill.wait()
             self._refill.clear()
             while (
-                not self._stopping and self.pool.generic_ready() < self.settings.generic_pool_size
+                not self._stopping
+                and self.pool.generic_ready() < self.settings.generic_pool_size
+                and self.room.generic_fits()
             ):
                 instance = self._new_instance()
                 try:
@@ -219,7 +279,10 @@ class Upkeep:
         `admit` makes it the first warm instance of the stored version, `drop_checked_soon`
         stops it.
         """
+        if not self._make_room(version.config.memory_bytes, None, evict=True):
+            raise self._full(version)
         instance, fresh = self._take_instance()
+        self._live[instance.id].memory_bytes = version.config.memory_bytes
         instance.state = State.STARTING
         self._refill.set()
         try:

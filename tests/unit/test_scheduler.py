@@ -304,3 +304,11 @@ async def test_versions_no_longer_active_are_forgotten_once_their_instances_are_
     h.advance(601)
     await h.until(lambda: not h.scheduler.instances_of("resize"))
     assert list(h.scheduler._versions) == [("resize", 5)]  # the active one only
+
+
+async def test_an_instance_whose_stop_was_still_to_run_is_stopped_at_shutdown() -> None:
+    async with running() as h:
+        lease = await h.scheduler.acquire(VERSION)
+        await h.scheduler.retire("resize")  # busy: out of the pool, stopped after its call
+        h.scheduler.release(lease)  # its stop is a task that has not run when shutdown comes
+    assert not h.backend.running()
