@@ -209,6 +209,12 @@ class Metrics:
             buckets=_BUCKETS_S,
             registry=self.registry,
         )
+        self.pruned_rows = Counter(
+            "ember_pruned_rows",
+            "Rows deleted by retention (age or count), per table",
+            ["table"],
+            registry=self.registry,
+        )
         self.queue_depth: dict[tuple[str, str], int] = {}
         self.registry.register(_QueueCollector(self))
         self.registry.register(_PoolCollector(counts, starts, dropped, pool))

@@ -23,6 +23,9 @@ _SIZE_UNITS = {
 }
 
 MAX_TIMEOUT_S = 3600.0
+MIN_TIMEOUT_S = 0.1
+"""The shortest time limit a function may have: below it a call cannot even go to a warm
+instance and back under load, let alone start one, so every call would time out."""
 MIN_MEMORY_BYTES = 32 << 20
 MAX_MEMORY_BYTES = 64 << 30
 
@@ -47,10 +50,16 @@ def duration_text_s(text: str) -> float | None:
 
 
 def parse_duration_s(
-    value: Any, setting: str = "duration", *, maximum_s: float = MAX_TIMEOUT_S
+    value: Any,
+    setting: str = "duration",
+    *,
+    minimum_s: float = 0.0,
+    maximum_s: float = MAX_TIMEOUT_S,
 ) -> float:
-    """`30`, `"30s"`, `"500ms"`, `"10m"`, `"1h"` -> seconds; must be > 0 and <= maximum_s."""
-    expected = f"a duration like 500ms, 30s, 10m or 1h, above 0 and at most {maximum_s:g}s"
+    """`30`, `"30s"`, `"500ms"`, `"10m"`, `"1h"` -> seconds; must be above 0 (at least
+    `minimum_s` when given) and at most `maximum_s`."""
+    low = "above 0" if minimum_s <= 0 else f"at least {_duration_text(minimum_s)}"
+    expected = f"a duration like 500ms, 30s, 10m or 1h, {low} and at most {maximum_s:g}s"
     if isinstance(value, bool):
         raise ConfigError(setting, value, expected)
     if isinstance(value, int | float):
@@ -59,9 +68,13 @@ def parse_duration_s(
         seconds = parsed
     else:
         raise ConfigError(setting, value, expected)
-    if not 0 < seconds <= maximum_s:
+    if not 0 < seconds <= maximum_s or seconds < minimum_s:
         raise ConfigError(setting, value, expected)
     return seconds
+
+
+def _duration_text(seconds: float) -> str:
+    return f"{seconds * 1000:g}ms" if seconds < 1 else f"{seconds:g}s"
 
 
 def parse_size_bytes(

@@ -421,24 +421,12 @@ class DeliveryWorker:
             )
 
 
-async def housekeeping(
-    store: Store,
-    metrics: Metrics,
-    retention_s: float,
-    *,
-    sample_s: float = 5.0,
-    prune_every_s: float = 600.0,
-) -> None:
-    """Sample the queue depth for `/metrics`; delete succeeded deliveries past retention."""
-    last_prune = 0.0
+async def housekeeping(store: Store, metrics: Metrics, *, sample_s: float = 5.0) -> None:
+    """Sample the queue depth for `/metrics` (retention prunes finished deliveries:
+    gateway/retention.py)."""
     while True:
         try:
             metrics.queue_depth = await store.delivery_depth()
-            if time.monotonic() - last_prune > prune_every_s:
-                last_prune = time.monotonic()
-                pruned = await store.prune_deliveries(retention_s)
-                if pruned:
-                    log.info("pruned succeeded deliveries", extra={"deleted": pruned})
         except Exception as exc:  # DatabaseUnavailable, or a query the server refused
-            log.warning("delivery housekeeping failed, retrying: %r", exc)
+            log.warning("sampling the delivery queue failed, retrying: %r", exc)
         await asyncio.sleep(sample_s)

@@ -24,4 +24,6 @@ class EventSettings:
     poll_s: float = 1.0
     """How often workers look for due work without a notification (FN_DELIVERY_POLL)."""
     retention_s: float = 7 * 86400.0
-    """How long succeeded deliveries are kept for `fn activation` (FN_DELIVERY_RETENTION)."""
+    """How long succeeded deliveries are kept for `fn activation`, and published events'
+    idempotency keys (FN_DELIVERY_RETENTION); the platform's pruner deletes them
+    (gateway/retention.py, which also caps their count)."""

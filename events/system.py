@@ -63,10 +63,7 @@ class EventSystem:
         watch(self.deliveries.outcomes.run(), "delivery outcome writer")
         watch(run_schedules(self.store, schedules_wake), "schedules")
         watch(self.relays.run(tables_wake), "table relays")
-        watch(
-            housekeeping(self.store, self._metrics, self.settings.retention_s),
-            "delivery housekeeping",
-        )
+        watch(housekeeping(self.store, self._metrics), "delivery housekeeping")
 
     async def stop(self, grace_s: float) -> None:
         """Claim nothing more (a claim in flight still starts its deliveries), then let the

@@ -24,6 +24,7 @@ from calls.functions import FunctionCache
 from calls.metrics import Metrics, PoolReadout
 from events.system import EventSystem
 from gateway.policy_settings import reload_policies
+from gateway.retention import Pruner
 from gateway.settings import Settings
 from scheduler.backends import Backend
 from scheduler.backends.local import LocalBackend
@@ -165,6 +166,13 @@ class Platform:
             )
             tasks.spawn(activations.run(), "activation writer", critical=True)
             events.start(tasks)
+            pruner = Pruner(
+                store,
+                settings.retention,
+                delivery_age_s=settings.events.retention_s,
+                pruned_rows=metrics.pruned_rows,
+            )
+            tasks.spawn(pruner.run(), "retention", critical=True)
             tasks.spawn(
                 store.listen_function_changes(
                     platform._on_change,

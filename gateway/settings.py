@@ -14,6 +14,7 @@ from pathlib import Path
 from config.env import Env
 from config.units import ConfigError
 from events.settings import EventSettings
+from gateway.retention import RetentionSettings, retention_from_env
 from scheduler.backends.isolation import IsolationSettings
 from scheduler.scheduler import PoolSettings
 
@@ -69,6 +70,7 @@ class Settings:
     pool: PoolSettings = field(default_factory=PoolSettings)
     events: EventSettings = field(default_factory=EventSettings)
     isolation: IsolationSettings = field(default_factory=IsolationSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -117,6 +119,7 @@ class Settings:
             time_scale=time_scale,
             events=events,
             isolation=isolation,
+            retention=retention_from_env(env),
             host=read.text("FN_HOST", defaults.host),
             port=read.integer("FN_PORT", defaults.port),
             state_dir=default_state_dir(env),

@@ -14,7 +14,7 @@ import zipfile
 from collections.abc import Mapping
 from typing import Any
 
-from config.units import ConfigError, parse_duration_s, parse_size_bytes
+from config.units import MIN_TIMEOUT_S, ConfigError, parse_duration_s, parse_size_bytes
 from store.records import FunctionConfig
 
 NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -151,7 +151,9 @@ def parse_function_config(body: Mapping[str, Any]) -> FunctionConfig:
         ),
         entry=entry,
         env={str(k): v for k, v in env.items()},
-        timeout_s=parse_duration_s(body.get("timeout", defaults.timeout_s), "--timeout"),
+        timeout_s=parse_duration_s(
+            body.get("timeout", defaults.timeout_s), "--timeout", minimum_s=MIN_TIMEOUT_S
+        ),
         memory_bytes=parse_size_bytes(body.get("memory", defaults.memory_bytes), "--memory"),
         concurrency=concurrency,
     )

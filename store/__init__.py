@@ -12,6 +12,7 @@ object, so callers keep calling `store.create_version(...)` whatever module hold
     policies.py     policy overrides
     deliveries.py   the delivery queue, dead letters, outbox changes
     events.py       topics, events, triggers, schedules
+    retention.py    pruning the tables that grow, by age and count, in batches
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from store.records import (
     Version,
     new_id,
 )
+from store.retention import RetentionStore
 
 __all__ = [
     "NO_PACKAGE",
@@ -85,5 +87,5 @@ __all__ = [
 ]
 
 
-class Store(FunctionStore, ActivationStore, PolicyStore, DeliveryStore, EventStore):
+class Store(FunctionStore, ActivationStore, PolicyStore, DeliveryStore, EventStore, RetentionStore):
     """Named queries over an asyncpg pool. Create with `await Store.connect(url)`."""

@@ -3,7 +3,6 @@ released; dead letters and their redrive; table changes from an outbox turned in
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
@@ -170,15 +169,6 @@ class DeliveryStore(StoreBase):
         async with self._conn() as conn:
             rows = await conn.fetch(QUERIES["delivery_depth"])
         return {(r["function"], r["status"]): r["n"] for r in rows}
-
-    async def prune_deliveries(self, older_than_s: float) -> int:
-        """Forget succeeded deliveries, and published events' idempotency keys, older than
-        `older_than_s`; returns how many deliveries went."""
-        age = dt.timedelta(seconds=older_than_s)
-        async with self._conn() as conn:
-            status = await conn.execute(QUERIES["prune_deliveries"], age)
-            await conn.execute(QUERIES["prune_events"], age)
-        return int(status.rsplit(" ", 1)[-1])
 
     async def enqueue_changes(self, changes: Sequence[Change]) -> None:
         """Turn table changes from a watched database's outbox into deliveries (idempotent)."""

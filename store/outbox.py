@@ -26,6 +26,8 @@ log = logging.getLogger("ember.store.outbox")
 SQL = parse_queries((resources.files("store") / "outbox.sql").read_text())
 OPERATIONS = ("insert", "update", "delete")
 NOTIFY_CHANNEL = "ember_outbox"
+OUTBOX_LOCK_KEY = 0x656D626572 + 1
+"""Serializes installing and removing triggers in a watched database ("ember" + 1)."""
 _UNAVAILABLE = (
     OSError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
@@ -99,7 +101,7 @@ class WatchedDatabase:
             raise TriggerError(f"--on takes {', '.join(OPERATIONS)}, got {','.join(operations)}")
         try:
             async with self._connection() as conn, conn.transaction():
-                await conn.execute(SQL["lock"])
+                await conn.execute(SQL["lock"], OUTBOX_LOCK_KEY)
                 try:
                     row = await conn.fetchrow(SQL["resolve_table"], table)
                 except (
@@ -135,7 +137,7 @@ class WatchedDatabase:
         outbox goes with the last trigger."""
         try:
             async with self._connection() as conn, conn.transaction():
-                await conn.execute(SQL["lock"])
+                await conn.execute(SQL["lock"], OUTBOX_LOCK_KEY)
                 qualified = await conn.fetchval(SQL["find_trigger"], _trigger_name(trigger_id))
                 if qualified is not None:
                     await conn.execute(

@@ -25,7 +25,8 @@ BEGIN
 END $$;
 
 -- name: lock
-SELECT pg_advisory_xact_lock(0x656D626572 + 1);
+-- $1: OUTBOX_LOCK_KEY (a parameter: hex integer literals need Postgres 16).
+SELECT pg_advisory_xact_lock($1);
 
 -- name: resolve_table
 -- The table's schema-qualified, quoted name; raises when there is no such table.

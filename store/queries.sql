@@ -300,13 +300,6 @@ SELECT function, status, count(*)::int AS n FROM ember_deliveries
 WHERE status IN ('pending', 'running', 'dead')
 GROUP BY function, status;
 
--- name: prune_deliveries
-DELETE FROM ember_deliveries WHERE status = 'succeeded' AND finished_at < now() - $1::interval;
-
--- name: prune_events
--- Idempotency keys of published events are remembered as long as succeeded deliveries.
-DELETE FROM ember_events WHERE created_at < now() - $1::interval;
-
 -- name: delete_deliveries
 DELETE FROM ember_deliveries WHERE function = $1;
 
@@ -399,3 +392,64 @@ ON CONFLICT (singleton) DO UPDATE SET address = EXCLUDED.address, elected_at = n
 
 -- name: scheduler_address
 SELECT address FROM ember_scheduler_leader;
+
+-- Retention (store/retention.py). Per table: the cutoff, then batches of deletes. A row goes when
+-- it is older than $1 (now() minus the age, read once per round) or at or before $2 (the newest
+-- row beyond the count; NULL when the table is within it); the oldest $3 such rows per batch,
+-- found by the index on the timestamp.
+
+-- name: retention_lock
+SELECT pg_try_advisory_lock($1);
+
+-- name: retention_unlock
+SELECT pg_advisory_unlock($1);
+
+-- name: cutoff_activations
+SELECT now() - $1::interval AS before,
+       (SELECT started_at FROM ember_activations
+        ORDER BY started_at DESC OFFSET $2 LIMIT 1) AS through;
+
+-- name: prune_activations
+DELETE FROM ember_activations WHERE id IN (
+    SELECT id FROM ember_activations
+    WHERE started_at < $1 OR started_at <= $2
+    ORDER BY started_at
+    LIMIT $3);
+
+-- name: cutoff_deliveries
+-- Succeeded deliveries only: pending and running ones are work, dead letters wait for a redrive.
+SELECT now() - $1::interval AS before,
+       (SELECT finished_at FROM ember_deliveries WHERE status = 'succeeded'
+        ORDER BY finished_at DESC OFFSET $2 LIMIT 1) AS through;
+
+-- name: prune_deliveries
+DELETE FROM ember_deliveries WHERE id IN (
+    SELECT id FROM ember_deliveries
+    WHERE status = 'succeeded' AND (finished_at < $1 OR finished_at <= $2)
+    ORDER BY finished_at
+    LIMIT $3);
+
+-- name: cutoff_events
+-- Published events' idempotency keys: a publish retried after this is a new event.
+SELECT now() - $1::interval AS before,
+       (SELECT created_at FROM ember_events
+        ORDER BY created_at DESC OFFSET $2 LIMIT 1) AS through;
+
+-- name: prune_events
+DELETE FROM ember_events WHERE id IN (
+    SELECT id FROM ember_events
+    WHERE created_at < $1 OR created_at <= $2
+    ORDER BY created_at
+    LIMIT $3);
+
+-- name: cutoff_builds
+SELECT now() - $1::interval AS before,
+       (SELECT created_at FROM ember_builds
+        ORDER BY created_at DESC OFFSET $2 LIMIT 1) AS through;
+
+-- name: prune_builds
+DELETE FROM ember_builds WHERE id IN (
+    SELECT id FROM ember_builds
+    WHERE created_at < $1 OR created_at <= $2
+    ORDER BY created_at
+    LIMIT $3);

@@ -1,5 +1,6 @@
-"""Shared fixtures: a real Postgres (DATABASE_URL, else an embedded one) with a fresh database
-per test, and a running platform on a real socket with real invoker processes."""
+"""Shared fixtures: a real Postgres (DATABASE_URL, else an embedded one; tests marked
+`both_postgres` also on EMBER_TEST_EXTERNAL_DATABASE_URL) with a fresh database per test, and a
+running platform on a real socket with real invoker processes."""
 
 from __future__ import annotations
 
@@ -43,8 +44,22 @@ def pytest_asyncio_loop_factories(
     return {"uvloop": uvloop.new_event_loop}
 
 
+EXTERNAL_DATABASE_URL = os.environ.get("EMBER_TEST_EXTERNAL_DATABASE_URL") or None
+"""A second Postgres server (another major version: the machine's own, in CI), set by .ci/run
+when one answers. Tests marked `both_postgres` run against it as well as the usual server."""
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if (
+        EXTERNAL_DATABASE_URL
+        and "pg_server_url" in metafunc.fixturenames
+        and metafunc.definition.get_closest_marker("both_postgres")
+    ):
+        metafunc.parametrize("pg_server_url", ["usual", "external"], indirect=True)
+
+
 @pytest.fixture(scope="session")
-def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def usual_pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Postgres server for the session: DATABASE_URL when set, else an embedded one."""
     if os.environ.get("DATABASE_URL"):
         yield os.environ["DATABASE_URL"]
@@ -52,6 +67,35 @@ def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     embedded = start_embedded_postgres(tmp_path_factory.mktemp("pg") / "data")
     yield embedded.url
     embedded.stop()
+
+
+@pytest.fixture(scope="session")
+def external_pg_server_url() -> str:
+    """EMBER_TEST_EXTERNAL_DATABASE_URL, checked once: set means it must answer."""
+    assert EXTERNAL_DATABASE_URL is not None
+
+    async def version() -> str:
+        conn = await asyncpg.connect(EXTERNAL_DATABASE_URL, timeout=10)
+        try:
+            return str(await conn.fetchval("SHOW server_version"))
+        finally:
+            await conn.close()
+
+    try:
+        server_version = asyncio.run(version())
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.fail(f"EMBER_TEST_EXTERNAL_DATABASE_URL is set but does not answer: {exc}")
+    assert int(server_version.split(".")[0]) >= 13, f"Ember needs Postgres 13+: {server_version}"
+    return EXTERNAL_DATABASE_URL
+
+
+@pytest.fixture
+def pg_server_url(request: pytest.FixtureRequest) -> str:
+    """The server a test's database is created on: the usual one, or (tests marked
+    `both_postgres`, a second time) the external one. The servers themselves live for the
+    session."""
+    which = getattr(request, "param", "usual")
+    return str(request.getfixturevalue(f"{which}_pg_server_url"))
 
 
 @pytest.fixture

@@ -9,15 +9,15 @@ from typing import Any
 
 import click
 
-from fn.cli.api import api, client, read_data
+from fn.cli.api import CONTENT_TYPE_HELP, DATA_HELP, api, client, read_data
 from fn.cli.output import emit, fail, json_option
 from fn.client import ClientError, Reply, error_message
 
 
 @click.command()
 @click.argument("name")
-@click.option("--data", "-d", help="Request body: JSON text, @FILE, or - for stdin.")
-@click.option("--content-type", help="Default: application/json when --data is valid JSON.")
+@click.option("--data", "-d", help=DATA_HELP)
+@click.option("--content-type", help=CONTENT_TYPE_HELP)
 @click.option(
     "--async",
     "is_async",
@@ -98,7 +98,10 @@ def _print_reply(name: str, reply: Reply) -> None:
         return
     activation = reply.headers.get("x-ember-activation-id")
     try:
-        message = reply.json()["error"]["message"]
+        error = reply.json()["error"]
+        message = error["message"]
+        if error.get("type") and error.get("code") == "handler_error":
+            message = f"{error['type']}: {message}"  # what the handler raised
     except (ValueError, KeyError, TypeError):
         message = reply.body.decode(errors="replace")
     suffix = (

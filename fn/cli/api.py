@@ -43,8 +43,18 @@ def api(ctx: click.Context, method: str, path: str, payload: Any = None) -> Any:
         fail(str(exc) + extra)
 
 
+DATA_HELP = (
+    "Body: JSON text, @FILE, or - for stdin. It must be valid JSON unless --content-type "
+    "says what it is (text/plain, application/octet-stream, ...)."
+)
+CONTENT_TYPE_HELP = "The body's type; default application/json (and --data must be JSON)."
+
+
 def read_data(data: str | None, content_type: str | None) -> tuple[bytes | None, str | None]:
-    """The body given by --data (JSON text, @FILE or - for stdin) and its content type."""
+    """The body given by --data (JSON text, @FILE or - for stdin) and its content type.
+
+    Without --content-type the body must be JSON: text that is not (a typo, `{name: Ada}`) is
+    refused, naming the problem, rather than sent as bytes the handler did not expect."""
     body: bytes | None = None
     if data is not None:
         if data == "-":
@@ -59,7 +69,11 @@ def read_data(data: str | None, content_type: str | None) -> tuple[bytes | None,
         if content_type is None and body is not None:
             try:
                 json.loads(body)
-                content_type = "application/json"
-            except ValueError:
-                content_type = "application/octet-stream"
+            except ValueError as exc:
+                where = "stdin" if data == "-" else data[1:] if data.startswith("@") else "--data"
+                fail(
+                    f"{where} is not valid JSON ({exc}); fix it, or send it as it is with "
+                    "--content-type, e.g. --content-type text/plain"
+                )
+            content_type = "application/json"
     return body, content_type

@@ -8,15 +8,15 @@ from typing import Any
 import click
 
 from fn.cli.activations import print_delivery
-from fn.cli.api import api, client, read_data
+from fn.cli.api import CONTENT_TYPE_HELP, DATA_HELP, api, client, read_data
 from fn.cli.output import emit, fail, json_option, print_table
 from fn.client import ClientError, error_message
 
 
 @click.command()
 @click.argument("topic")
-@click.option("--data", "-d", help="Event body: JSON text, @FILE, or - for stdin.")
-@click.option("--content-type", help="Default: application/json when --data is valid JSON.")
+@click.option("--data", "-d", help=DATA_HELP)
+@click.option("--content-type", help=CONTENT_TYPE_HELP)
 @click.option("--idempotency-key", help="A repeat with the same key is not published again.")
 @json_option
 @click.pass_context

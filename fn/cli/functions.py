@@ -86,7 +86,9 @@ def _zip_dir(root: Path) -> bytes:
     metavar="NAME=VALUE",
     help="Environment variable for the function (repeatable).",
 )
-@click.option("--timeout", help="Time limit per call, like 30s or 5m. Default: 30s.")
+@click.option(
+    "--timeout", help="Time limit per call, like 30s or 5m, from 100ms to 1h. Default: 30s."
+)
 @click.option("--memory", help="Memory limit, like 256Mi or 1Gi. Default: 256Mi.")
 @click.option("--concurrency", help="Calls one instance serves at once. Default: 1.")
 @click.option(

@@ -38,16 +38,35 @@ def emit(
         render(data)
 
 
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+def print_table(
+    headers: Sequence[str], rows: Sequence[Sequence[Any]], *, whole: Sequence[str] = ("ID",)
+) -> None:
+    """Rows under headers. The columns named in `whole` (ids, to paste into the next command)
+    are never cut or wrapped. Into a pipe or a file (not a terminal) the table is as wide as
+    its content: nothing is cut to fit a width no one sees."""
     from rich.console import Console
     from rich.table import Table
 
+    cells = [["" if v is None else str(v) for v in row] for row in rows]
+    console = Console(soft_wrap=True)
+    piped = not console.is_terminal
+    if piped:
+        console = Console(soft_wrap=True, width=1_000_000)
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for header in headers:
-        table.add_column(header)
-    for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
-    Console(soft_wrap=True).print(table)
+    for i, header in enumerate(headers):
+        if header in whole:
+            width = max([len(header), *(len(row[i]) for row in cells)])
+            table.add_column(header, no_wrap=True, min_width=width)
+        else:
+            table.add_column(header)
+    for row in cells:
+        table.add_row(*row)
+    if not piped:
+        console.print(table)
+        return
+    with console.capture() as captured:
+        console.print(table)
+    click.echo("\n".join(line.rstrip() for line in captured.get().splitlines()))
 
 
 def fail(message: str) -> NoReturn:

@@ -16,6 +16,9 @@ import pytest
 from store.embedded import with_database
 from tests.conftest import PlatformFactory, Running, shared
 
+# Each runs on the usual Postgres and on the external one when set (tests/conftest.py).
+pytestmark = pytest.mark.both_postgres
+
 # Appends each event's "n" (or the whole event) to the file named by env OUT, one per line.
 RECORDER = textwrap.dedent("""
     import json, os

@@ -12,6 +12,9 @@ from store import FunctionConfig, FunctionNotFound, PolicyRow, Store, VersionNot
 from store.changes import Change, FunctionChanged, PolicyChanged
 from store.queries import load_migrations
 
+# Each runs on the usual Postgres and on the external one when set (tests/conftest.py).
+pytestmark = pytest.mark.both_postgres
+
 
 @pytest.fixture
 async def store(database_url: str) -> AsyncIterator[Store]:

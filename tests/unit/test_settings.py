@@ -46,6 +46,9 @@ def test_the_scheduler_process_reads_its_defaults_from_its_dataclass() -> None:
         ),
         ({"FN_INSTANCE_PIDS": "2"}, ConfigError, "a whole number from 8 to 1000000"),
         ({"EMBER_BACKEND": "nomad"}, ConfigError, 'invalid EMBER_BACKEND "nomad"'),
+        ({"FN_RETENTION": "a week"}, ConfigError, 'invalid FN_RETENTION "a week"'),
+        ({"FN_RETENTION_ROWS": "0"}, SettingsError, "FN_RETENTION_ROWS='0': expected at least 1"),
+        ({"FN_RETENTION_BATCH": "0"}, ConfigError, "a whole number from 1 to 1000000"),
     ],
 )
 def test_bad_gateway_settings_name_the_variable(
@@ -62,3 +65,17 @@ def test_bad_scheduler_settings_name_the_variable() -> None:
     with pytest.raises(SettingsError, match="EMBER_ORPHAN_GRACE='0': expected at least 1"):
         ServiceSettings.from_env({**env, "EMBER_ORPHAN_GRACE": "0"})
     assert Env({"A": "no"}).flag("A", True) is False
+
+
+def test_retention_settings_are_read_with_their_units() -> None:
+    retention = Settings.from_env(
+        {
+            "FN_RETENTION": "3d",
+            "FN_RETENTION_ROWS": "50000",
+            "FN_RETENTION_BATCH": "1000",
+            "FN_RETENTION_PAUSE": "20ms",
+            "FN_RETENTION_EVERY": "1m",
+        }
+    ).retention
+    assert (retention.age_s, retention.max_rows, retention.batch_rows) == (3 * 86400, 50000, 1000)
+    assert (retention.pause_s, retention.every_s) == (0.02, 60)

@@ -73,3 +73,10 @@ def test_function_config_errors(body: dict[str, object], setting: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_function_config(body)
     assert info.value.setting == setting
+
+
+@pytest.mark.parametrize("timeout", ["5ms", "99ms", 0.05])
+def test_a_function_timeout_below_100ms_is_refused(timeout: object) -> None:
+    with pytest.raises(ConfigError, match="at least 100ms and at most 3600s"):
+        parse_function_config({"timeout": timeout})
+    assert parse_function_config({"timeout": "100ms"}).timeout_s == 0.1
