@@ -12,6 +12,7 @@ object, so callers keep calling `store.create_version(...)` whatever module hold
     policies.py     policy overrides
     deliveries.py   the delivery queue, dead letters, outbox changes
     events.py       topics, events, triggers, schedules
+    gateways.py     gateway runs, heartbeats, the release of dead runs' claims
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from store.errors import (
 )
 from store.events import EventStore
 from store.functions import FunctionStore
+from store.gateways import GatewayStore
 from store.outbox import Change
 from store.policies import PolicyStore
 from store.records import (
@@ -85,5 +87,5 @@ __all__ = [
 ]
 
 
-class Store(FunctionStore, ActivationStore, PolicyStore, DeliveryStore, EventStore):
+class Store(FunctionStore, ActivationStore, PolicyStore, DeliveryStore, EventStore, GatewayStore):
     """Named queries over an asyncpg pool. Create with `await Store.connect(url)`."""
