@@ -2,7 +2,8 @@
 
 A call adds its record to memory; a named background task copies batches into Postgres. While
 the database is away, records wait in memory (bounded: the oldest are dropped past `max_pending`,
-and counted in `ember_activations_dropped_total`).
+and counted in `ember_activations_dropped_total`). With a spool (`calls/spool.py`), each record
+is also appended to a local file until it is stored, so a killed gateway loses none.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from calls.spool import ActivationSpool
 from store import Activation, ActivationId, DatabaseUnavailable, Store, new_id
 
 new_activation_id = new_id
@@ -26,8 +28,10 @@ class ActivationWriter:
         max_batch: int = 1000,
         max_pending: int = 100_000,
         retry_s: float = 1.0,
+        spool: ActivationSpool | None = None,
     ) -> None:
         self._store = store
+        self._spool = spool
         self._pending: list[Activation] = []
         self._has_pending = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -39,6 +43,8 @@ class ActivationWriter:
         self._writing: list[Activation] = []
 
     def add(self, activation: Activation) -> None:
+        if self._spool is not None:
+            self._spool.append(activation)
         self._pending.append(activation)
         if len(self._pending) > self.max_pending:
             del self._pending[0]
@@ -50,6 +56,8 @@ class ActivationWriter:
             await self._has_pending.wait()
             await asyncio.sleep(self.batch_delay_s)  # gather a batch
             try:
+                if self._spool is not None:
+                    await asyncio.to_thread(self._spool.sync)
                 await self.flush()
             except DatabaseUnavailable as exc:
                 log.warning("cannot write activations, will retry: %s", exc)
@@ -78,6 +86,8 @@ class ActivationWriter:
                 finally:
                     self._writing = []
             self._has_pending.clear()
+            if self._spool is not None:  # every record appended so far is stored
+                self._spool.clear()
 
     def pending(self, activation_id: ActivationId) -> Activation | None:
         for activation in (*self._pending, *self._writing):

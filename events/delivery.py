@@ -4,8 +4,9 @@ A worker claims due deliveries from Postgres (`FOR UPDATE SKIP LOCKED`, so gatew
 queue without double work), runs each with `execute` (the warm pool, as for a direct call), and
 reports outcomes in batches. A failed attempt is retried with exponential backoff and jitter until
 the function's `max_attempts` or `max_event_age` is reached, then dead-lettered. Each claim is a
-lease: if the gateway dies mid-delivery, the delivery is claimed again when its lease ends
-(at-least-once; the repeat is counted as a redelivery).
+lease, in the name of this gateway's run: if the gateway dies mid-delivery, the delivery is
+claimed again when its successor starts or a peer sees its heartbeat stop (`events/recovery.py`),
+at the latest when its lease ends (at-least-once; the repeat is counted as a redelivery).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import logging
 import random
 import re
 import time
+import uuid
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -223,8 +225,16 @@ class OutcomeWriter:
 class DeliveryWorker:
     """Claims due deliveries and runs them, at most `settings.concurrency` at a time."""
 
-    def __init__(self, store: Store, calls: CallPath, settings: EventSettings) -> None:
+    def __init__(
+        self,
+        store: Store,
+        calls: CallPath,
+        settings: EventSettings,
+        *,
+        gateway: uuid.UUID | None = None,
+    ) -> None:
         self._store = store
+        self._gateway = gateway
         self._calls = calls
         self.settings = settings
         self.outcomes = OutcomeWriter(store)
@@ -256,7 +266,9 @@ class DeliveryWorker:
                 continue
             self._wake.clear()
             try:
-                claimed = await store.claim(free, self.settings.lease_margin_s)
+                claimed = await store.claim(
+                    free, self.settings.lease_margin_s, gateway=self._gateway
+                )
             except Exception as exc:  # DatabaseUnavailable, or a query the server refused
                 log.warning("cannot claim deliveries, retrying: %r", exc)
                 await self._sleep(self.settings.poll_s)
@@ -294,7 +306,7 @@ class DeliveryWorker:
         if claimed.redelivered:
             metrics.redeliveries.labels(claimed.function).inc()
             log.warning(
-                "redelivering after an expired lease",
+                "redelivering: the claim of a dead gateway or an expired lease",
                 extra={"function": claimed.function, "delivery": str(claimed.id)},
             )
         try:

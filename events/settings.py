@@ -27,3 +27,9 @@ class EventSettings:
     """How long succeeded deliveries are kept for `fn activation`, and published events'
     idempotency keys (FN_DELIVERY_RETENTION); the platform's pruner deletes them
     (gateway/retention.py, which also caps their count)."""
+    heartbeat_s: float = 2.0
+    """How often a gateway notes in Postgres that it is alive (FN_GATEWAY_HEARTBEAT)."""
+    gateway_dead_after_s: float = 15.0
+    """A gateway silent this long is taken for dead and its claimed deliveries are retried at
+    once, without waiting for their leases (FN_GATEWAY_DEAD_AFTER). A restart on the same state
+    dir releases the previous run's claims at start, without waiting at all."""

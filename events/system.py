@@ -15,8 +15,10 @@ import logging
 from typing import Any
 
 from calls.execute import CallPath
+from events import recovery
 from events.batching import GroupCommit
 from events.delivery import DeliveryWorker, housekeeping
+from events.recovery import GatewayRun
 from events.settings import EventSettings
 from events.triggers import TableRelays, run_schedules
 from scheduler.tasks import Supervisor
@@ -36,11 +38,23 @@ log = logging.getLogger("ember.gateway.events")
 
 
 class EventSystem:
-    def __init__(self, store: Store, calls: CallPath, settings: EventSettings) -> None:
+    def __init__(
+        self,
+        store: Store,
+        calls: CallPath,
+        settings: EventSettings,
+        run: GatewayRun | None = None,
+    ) -> None:
         self.store = store
         self.settings = settings
+        self.run = run
+        """This gateway's run: its claims carry its id (see `events/recovery.py`)."""
         self._metrics = calls.metrics
-        self.deliveries = DeliveryWorker(store, calls, settings) if settings.workers else None
+        self.deliveries = (
+            DeliveryWorker(store, calls, settings, gateway=run.id if run else None)
+            if settings.workers
+            else None
+        )
         self.relays = TableRelays(store) if settings.workers else None
         self._triggers_changed: list[asyncio.Event] = []
         self._worker: asyncio.Task[Any] | None = None
@@ -52,8 +66,24 @@ class EventSystem:
             self._publish, after=self.wake_deliveries, size=lambda e: len(e.payload)
         )
 
+    async def register(self) -> None:
+        """Register this gateway's run (before `start`): the claims of the previous run on this
+        state dir are released, and the worker's first claim takes them."""
+        if self.run is not None:
+            await recovery.register(self.store, self.run)
+
+    async def deregister(self) -> None:
+        if self.run is not None:
+            await recovery.deregister(self.store, self.run)
+
     def start(self, tasks: Supervisor) -> None:
         """Start the workers (if this gateway runs them), each a critical task of `tasks`."""
+        if self.run is not None:
+            tasks.spawn(
+                recovery.heartbeat(self.store, self.run, self.settings, self.wake_deliveries),
+                "gateway heartbeat",
+                critical=True,
+            )
         if self.deliveries is None or self.relays is None:
             return
         schedules_wake, tables_wake = asyncio.Event(), asyncio.Event()

@@ -22,10 +22,13 @@ from calls.activations import ActivationWriter
 from calls.execute import CallPath
 from calls.functions import FunctionCache
 from calls.metrics import Metrics, PoolReadout
+from calls.spool import ActivationSpool, replay_spool
+from events.recovery import GatewayRun
 from events.system import EventSystem
 from gateway.policy_settings import reload_policies
 from gateway.retention import Pruner
 from gateway.settings import Settings
+from gateway.state_dir import lock_state_dir
 from scheduler.backends import Backend
 from scheduler.backends.local import LocalBackend
 from scheduler.backends.remote import RemoteBackend
@@ -96,9 +99,10 @@ class Platform:
     @classmethod
     async def start(cls, settings: Settings) -> Platform:
         """Start every part in order; if one fails, what started is stopped again."""
-        settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        token = settings.token or load_or_create_token(settings.state_dir / "token")
+        lock = lock_state_dir(settings.state_dir)  # StateDirInUse: another platform runs there
         async with contextlib.AsyncExitStack() as exits:
+            exits.callback(lock.release)  # last, after the embedded Postgres has stopped
+            token = settings.token or load_or_create_token(settings.state_dir / "token")
             embedded = None
             url = settings.database_url
             if url is None:
@@ -132,7 +136,10 @@ class Platform:
                 builder.confine = backend.confine_command
                 builder.release_confined = backend.release_build
             functions = FunctionCache(store)
-            activations = ActivationWriter(store)
+            spool = ActivationSpool(settings.state_dir / "activations.spool")
+            exits.callback(spool.close)
+            await replay_spool(spool, store)  # what a killed run on this state dir left
+            activations = ActivationWriter(store, spool=spool)
             exits.push_async_callback(_flush, activations)
             metrics = Metrics(
                 scheduler.instance_counts,
@@ -145,7 +152,10 @@ class Platform:
             )
             tasks = Supervisor(log)
             exits.push_async_callback(tasks.close)
-            events = EventSystem(store, calls, settings.events)
+            run = GatewayRun(name=settings.gateway_id, home=lock.home)
+            events = EventSystem(store, calls, settings.events, run)
+            await events.register()
+            exits.push_async_callback(events.deregister)  # after its claims are given back
             exits.push_async_callback(events.stop, settings.shutdown_timeout_s)
             # First when stopping: the tasks that end from now on are stopped, not failed.
             exits.callback(setattr, tasks, "closing", True)

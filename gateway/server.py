@@ -21,6 +21,7 @@ from config.units import ConfigError
 from gateway.app import build_app
 from gateway.platform import Platform
 from gateway.settings import Settings
+from gateway.state_dir import ADDRESS_FILE, StateDirInUse
 from scheduler.logs import configure_logging
 from scheduler.scheduler import StartFailed
 from store import StoreError
@@ -44,7 +45,7 @@ async def serve(settings: Settings) -> None:
     runner = web.AppRunner(
         build_app(platform), access_log=None, shutdown_timeout=settings.shutdown_timeout_s
     )
-    address_file = settings.state_dir / "gateway.json"
+    address_file = settings.state_dir / ADDRESS_FILE
     try:
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
@@ -92,7 +93,7 @@ def main() -> None:
         import uvloop
 
         uvloop.run(serve(settings))
-    except (StoreError, StartFailed) as exc:
+    except (StoreError, StartFailed, StateDirInUse) as exc:
         print(f"fn up: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     except OSError as exc:

@@ -99,6 +99,8 @@ class Settings:
             retention_s=read.duration_s(
                 "FN_DELIVERY_RETENTION", e.retention_s, maximum_s=365 * 86400
             ),
+            heartbeat_s=read.duration_s("FN_GATEWAY_HEARTBEAT", e.heartbeat_s),
+            gateway_dead_after_s=read.duration_s("FN_GATEWAY_DEAD_AFTER", e.gateway_dead_after_s),
         )
         backend = read.choice(
             "EMBER_BACKEND", defaults.backend, ("local", "kubernetes"), "local or kubernetes"

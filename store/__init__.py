@@ -13,6 +13,7 @@ object, so callers keep calling `store.create_version(...)` whatever module hold
     deliveries.py   the delivery queue, dead letters, outbox changes
     events.py       topics, events, triggers, schedules
     retention.py    pruning the tables that grow, by age and count, in batches
+    gateways.py     gateway runs, heartbeats, the release of dead runs' claims
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from store.errors import (
 )
 from store.events import EventStore
 from store.functions import FunctionStore
+from store.gateways import GatewayStore
 from store.outbox import Change
 from store.policies import PolicyStore
 from store.records import (
@@ -87,5 +89,13 @@ __all__ = [
 ]
 
 
-class Store(FunctionStore, ActivationStore, PolicyStore, DeliveryStore, EventStore, RetentionStore):
+class Store(
+    FunctionStore,
+    ActivationStore,
+    PolicyStore,
+    DeliveryStore,
+    EventStore,
+    RetentionStore,
+    GatewayStore,
+):
     """Named queries over an asyncpg pool. Create with `await Store.connect(url)`."""

@@ -22,6 +22,20 @@ class ActivationStore(StoreBase):
             )
 
     @retry_once
+    async def restore_activations(self, activations: Sequence[Activation]) -> int:
+        """Write records that may already be stored (replayed after a crash): those present
+        are skipped. Returns how many were new."""
+        async with self._conn() as conn, conn.transaction():
+            await conn.execute(QUERIES["create_restored_activations"])
+            await conn.copy_records_to_table(
+                "ember_restored_activations",
+                records=[a.as_row() for a in activations],
+                columns=ACTIVATION_COLUMNS,
+            )
+            status = await conn.execute(QUERIES["insert_restored_activations"])
+        return int(status.rsplit(" ", 1)[-1])
+
+    @retry_once
     async def list_activations(self, name: str, *, limit: int = 20) -> list[Activation]:
         async with self._conn() as conn:
             rows = await conn.fetch(QUERIES["list_activations"], name, limit)

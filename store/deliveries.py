@@ -3,6 +3,7 @@ released; dead letters and their redrive; table changes from an outbox turned in
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -94,11 +95,14 @@ class DeliveryStore(StoreBase):
             for r, d in zip(results, deliveries, strict=True)
         ]
 
-    async def claim(self, limit: int, lease_margin_s: float) -> list[Claimed]:
+    async def claim(
+        self, limit: int, lease_margin_s: float, *, gateway: uuid.UUID | None = None
+    ) -> list[Claimed]:
         """Take up to `limit` due deliveries (pending, or running past their lease), leased for
-        their function's timeout plus `lease_margin_s`."""
+        their function's timeout plus `lease_margin_s`, in the name of the `gateway` run (see
+        `GatewayStore`: its claims are released when it dies)."""
         async with self._conn() as conn:
-            rows = await conn.fetch(QUERIES["claim_deliveries"], limit, lease_margin_s)
+            rows = await conn.fetch(QUERIES["claim_deliveries"], limit, lease_margin_s, gateway)
         return [Claimed.from_row(r) for r in rows]
 
     async def finish(self, outcomes: Sequence[Outcome]) -> int:

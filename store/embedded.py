@@ -5,12 +5,17 @@ that directory only, never on a TCP port. Every connection needs a password: the
 and the platform's (a role that is not a superuser, owner of the database) are generated at
 the first start and kept in `<data_dir>.secrets/` (mode 0700, files 0600), outside any
 instance's view. A data directory from before (trust authentication) is converted at start.
+
+After a platform is killed (SIGKILL) its server runs on; the next start reuses it and its clean
+stop stops it (pgserver's record of the killed process is dropped). A postmaster.pid whose pid
+is not a postgres of the same data directory is removed before the start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import logging
 import os
 import secrets
@@ -21,6 +26,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
+import psutil
 
 from store.errors import StoreError
 
@@ -29,6 +35,8 @@ log = logging.getLogger("ember.store.embedded")
 PLATFORM_ROLE = "ember"
 SUPERUSER = "postgres"
 DATABASE = "postgres"
+HANDLES = ".handle_pids.json"
+"""pgserver's list of the processes using a server (it stops the server when the last goes)."""
 HBA = (
     "# Written by Ember (store/embedded.py): a password for every connection, Unix socket only.\n"
     "local all all scram-sha-256\n"
@@ -44,7 +52,53 @@ class EmbeddedPostgres:
     _server: Any
 
     def stop(self) -> None:
+        """Stop the server, unless another live process still uses it."""
+        _forget_dead_handles(self.data_dir)  # else a killed user's pid keeps it running
         self._server.cleanup()
+
+
+def _forget_dead_handles(data_dir: Path) -> None:
+    """pgserver stops the server when its last user lets go, and counts users by the pids in
+    `.handle_pids.json`: one killed (SIGKILL) never lets go. Drop the pids no longer running."""
+    path = data_dir / HANDLES
+    try:
+        pids = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(pids, list):
+        return
+    alive = [p for p in pids if isinstance(p, int) and psutil.pid_exists(p)]
+    if alive != pids:
+        log.info("forgetting dead users of the embedded postgres", extra={"pids": pids})
+        path.write_text(json.dumps(alive))
+
+
+def _postmaster_of(data_dir: Path) -> psutil.Process | None:
+    """The running postmaster of `data_dir`, per its postmaster.pid, if that pid is a postgres
+    serving this very directory (a pid left by a crash may have been reused by anything)."""
+    try:
+        pid = int((data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+        process = psutil.Process(pid)
+        if process.name() != "postgres":
+            return None
+        resolved = data_dir.resolve()
+        if Path(process.cwd()).resolve() == resolved:  # a postmaster runs in its data dir
+            return process
+        cmdline = process.cmdline()
+        if str(resolved) in cmdline or str(data_dir) in cmdline:
+            return process
+    except (OSError, ValueError, IndexError, psutil.Error):
+        return None
+    return None
+
+
+def _remove_stale_pid_file(data_dir: Path) -> None:
+    """A postmaster.pid whose pid is no postgres of this directory (the machine rebooted, the
+    pid was reused): Postgres would refuse to start, and pgserver take it for running."""
+    pid_file = data_dir / "postmaster.pid"
+    if pid_file.exists() and _postmaster_of(data_dir) is None:
+        log.warning("removing a stale postmaster.pid", extra={"data_dir": str(data_dir)})
+        pid_file.unlink(missing_ok=True)
 
 
 def _secret(folder: Path, name: str) -> str:
@@ -185,6 +239,9 @@ def start_embedded_postgres(data_dir: Path) -> EmbeddedPostgres:
     """Start (or reuse, when already running) the Postgres whose data lives in `data_dir`."""
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     data_dir.mkdir(parents=True, exist_ok=True)
+    # After a crash: a server still running is reused, and stopped by our `stop`.
+    _forget_dead_handles(data_dir)
+    _remove_stale_pid_file(data_dir)
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI): harmless here.
         warnings.simplefilter("ignore")

@@ -82,6 +82,13 @@ WHERE function = $1
 ORDER BY started_at DESC
 LIMIT $2;
 
+-- name: create_restored_activations
+CREATE TEMPORARY TABLE ember_restored_activations (LIKE ember_activations) ON COMMIT DROP;
+
+-- name: insert_restored_activations
+INSERT INTO ember_activations SELECT * FROM ember_restored_activations
+ON CONFLICT (id) DO NOTHING;
+
 -- name: get_activation
 SELECT id, function, version, started_at, duration_ms, cold, status, http_status, error, logs
 FROM ember_activations
@@ -222,7 +229,8 @@ JOIN ember_triggers t ON t.id = c.trigger_id AND t.kind = 'table'
 ON CONFLICT (function, source, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING;
 
 -- name: claim_deliveries
--- Take up to $1 due deliveries; each is leased for its function's timeout plus $2 seconds.
+-- Take up to $1 due deliveries for gateway run $3; each is leased for its function's timeout
+-- plus $2 seconds.
 WITH due AS (
     SELECT d.id, d.status AS was,
            coalesce((SELECT v.timeout_s FROM ember_versions v
@@ -241,7 +249,8 @@ UPDATE ember_deliveries d SET
     claims = d.claims + 1,
     redeliveries = d.redeliveries + (due.was = 'running')::int,
     started_at = now(),
-    run_at = now() + make_interval(secs => due.timeout_s + $2)
+    run_at = now() + make_interval(secs => due.timeout_s + $2),
+    claimed_by = $3
 FROM due
 WHERE d.id = due.id
 RETURNING d.id, d.function, d.version, d.source, d.trigger_id, d.event_id, d.payload, d.meta,
@@ -453,3 +462,29 @@ DELETE FROM ember_builds WHERE id IN (
     WHERE created_at < $1 OR created_at <= $2
     ORDER BY created_at
     LIMIT $3);
+
+-- name: register_gateway
+INSERT INTO ember_gateways (id, name, home, pid) VALUES ($1, $2, $3, $4)
+ON CONFLICT (id) DO UPDATE SET heartbeat_at = now();
+
+-- name: heartbeat_gateway
+UPDATE ember_gateways SET heartbeat_at = now() WHERE id = $1;
+
+-- name: deregister_gateway
+DELETE FROM ember_gateways WHERE id = $1;
+
+-- name: release_dead_gateways
+-- Forget the gateway runs that are gone, other than $1: those on home $2 (the caller holds that
+-- home's lock, so no other run there is alive) and those without a heartbeat for $3 seconds
+-- (NULL: none). Their running deliveries fall due now, as when a lease ends: the next claim
+-- takes them again and counts a redelivery.
+WITH dead AS (
+    DELETE FROM ember_gateways
+    WHERE id <> $1
+      AND (home = $2 OR heartbeat_at < now() - make_interval(secs => $3))
+    RETURNING id
+)
+UPDATE ember_deliveries d SET run_at = now()
+FROM dead
+WHERE d.claimed_by = dead.id AND d.status = 'running' AND d.run_at > now()
+RETURNING d.id;

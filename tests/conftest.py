@@ -197,7 +197,9 @@ def exposing(tmp_path: Path) -> IsolationSettings:
 
 @pytest.fixture
 def make_platform(database_url: str, tmp_path: Path) -> PlatformFactory:
-    """Start a platform with the given settings / pool settings overrides."""
+    """Start a platform with the given settings / pool settings overrides. Platforms running
+    at once get state dirs of their own (one platform per state dir)."""
+    running: list[Path] = []
 
     @asynccontextmanager
     async def start(
@@ -205,16 +207,22 @@ def make_platform(database_url: str, tmp_path: Path) -> PlatformFactory:
     ) -> AsyncIterator[Running]:
         pool_settings = replace(PoolSettings(generic_pool_size=1, stop_grace_s=1.0), **(pool or {}))
         overrides.setdefault("isolation", exposing(tmp_path))
+        state_dir = next(
+            d
+            for n in range(100)
+            if (d := tmp_path / ("state" if n == 0 else f"state-{n}")) not in running
+        )
         settings = Settings(
             host="127.0.0.1",
             port=0,
-            state_dir=tmp_path / "state",
+            state_dir=state_dir,
             database_url=database_url,
             token=TOKEN,
             pool=pool_settings,
             **overrides,
         )
         platform = await Platform.start(settings)
+        running.append(state_dir)
         watchdog = _task_dump_after(45.0)
         runner = web.AppRunner(build_app(platform), access_log=None, shutdown_timeout=2)
         await runner.setup()
@@ -229,6 +237,7 @@ def make_platform(database_url: str, tmp_path: Path) -> PlatformFactory:
             processes = platform_processes(platform)
             await runner.cleanup()
             await platform.stop()
+            running.remove(state_dir)
         _, leaked = psutil.wait_procs(processes, timeout=5)
         leaked = [p for p in leaked if p.status() != psutil.STATUS_ZOMBIE]
         assert not leaked, f"invoker processes left running: {leaked}"

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
-from store import FunctionConfig, FunctionNotFound, PolicyRow, Store, VersionNotFound
+from store import (
+    FunctionConfig,
+    FunctionNotFound,
+    NewDelivery,
+    PolicyRow,
+    Store,
+    VersionNotFound,
+    new_id,
+)
 from store.changes import Change, FunctionChanged, PolicyChanged
 from store.queries import load_migrations
 
@@ -127,3 +136,31 @@ async def test_each_change_reaches_new_gateways_once_and_old_gateways_as_text(
         listener.cancel()
         with pytest.raises(asyncio.CancelledError):
             await listener
+
+
+async def test_the_claims_of_a_silent_gateway_are_released_and_a_live_ones_kept(
+    store: Store,
+) -> None:
+    await store.create_version("f", source="x = 1\n", filename="f.py", config=FunctionConfig())
+    silent, live = uuid.uuid4(), uuid.uuid4()
+    await store.register_gateway(silent, name="a", home="host-a:/state", pid=1)
+    await store.register_gateway(live, name="b", home="host-b:/state", pid=2)
+    for _ in range(2):
+        await store.submit(
+            NewDelivery(id=new_id(), function="f", version=None, payload=b"", meta={})
+        )
+    [by_silent] = await store.claim(1, 600, gateway=silent)
+    [by_live] = await store.claim(1, 600, gateway=live)
+    assert await store.claim(10, 600, gateway=live) == []  # both leased for ten minutes
+
+    await asyncio.sleep(0.2)  # `silent` has not beaten since it registered
+    assert await store.heartbeat_gateway(live)
+    assert await store.release_dead_gateways(live, 0.1) == [by_silent.id]
+    assert not await store.heartbeat_gateway(silent)  # forgotten: it must register again
+    [again] = await store.claim(10, 600, gateway=live)
+    assert (again.id, again.redelivered) == (by_silent.id, True)
+
+    # A restart on the same home releases its predecessor's claims at once.
+    successor = uuid.uuid4()
+    released = await store.register_gateway(successor, name="b", home="host-b:/state", pid=3)
+    assert set(released) == {by_live.id, by_silent.id}
