@@ -136,6 +136,7 @@ class Scheduler(Upkeep):
             await self.backend.start()
         except BackendError as exc:
             raise StartFailed(f"cannot start the invoker backend: {exc}") from exc
+        self.policies.defer_to(asyncio.get_running_loop().call_soon)
         self._tasks.spawn(self._reaper(), "pool reaper", critical=True)
         self._tasks.spawn(self._refiller(), "generic pool refill", critical=True)
         self._refill.set()
