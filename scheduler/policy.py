@@ -132,7 +132,10 @@ class HybridHistogram:
     def name(self) -> str:
         if self.break_even_s is None:
             return "histogram"
-        return f"histogram-cost:{self.break_even_s:g}s"
+        if (self.break_even_s, self.start_cost_s) == (ADAPTIVE_BREAK_EVEN_S, ADAPTIVE_START_COST_S):
+            return "adaptive"
+        start = f"/{self.start_cost_s:g}s" if self.start_cost_s else ""
+        return f"histogram-cost:{self.break_even_s:g}s{start}"
 
     def _state(self, function: str) -> _Histogram:
         state = self._functions.get(function)
@@ -268,9 +271,10 @@ class HybridHistogram:
 class FunctionPolicy:
     """What an operator sets per function (or as the default): see docs/policies.md."""
 
-    prewarm: str = "fixed"
-    """`fixed`: keep idle instances for `keep_alive_s`; `histogram`: the hybrid histogram, with
-    `keep_alive_s` as its keep-alive while it learns a function's idle times."""
+    prewarm: str = "adaptive"
+    """`adaptive` (the default), `histogram-cost` or `histogram`: a histogram of the function's
+    idle times, with `keep_alive_s` as its keep-alive while it learns them; `fixed`: keep idle
+    instances for `keep_alive_s`. See docs/policies.md."""
     keep_alive_s: float = DEFAULT_KEEP_ALIVE_S
     min_warm: int = 0
     """Instances kept warm even when idle (never scaled below this)."""
@@ -290,6 +294,7 @@ class PolicyRouter:
         self.histograms: dict[str, HybridHistogram] = {
             "histogram": HybridHistogram(),
             "histogram-cost": cost_histogram(),
+            "adaptive": adaptive_histogram(),
         }
 
     @property
@@ -305,7 +310,9 @@ class PolicyRouter:
 
     def note_memory(self, function: str, memory_mb: float) -> None:
         """The function's memory (its limit, live), which the cost mode weighs."""
-        self.histograms["histogram-cost"].memory_mb[function] = memory_mb
+        for histogram in self.histograms.values():
+            if histogram.break_even_s is not None:
+                histogram.memory_mb[function] = memory_mb
 
     def on_arrival(self, function: str, now: float) -> None:
         for histogram in self.histograms.values():
@@ -333,10 +340,11 @@ class PolicyRouter:
         return decision
 
 
-def cost_histogram(break_even_s: float = 7200.0) -> HybridHistogram:
+def cost_histogram(break_even_s: float = 7200.0, start_cost_s: float = 0.0) -> HybridHistogram:
     """The histogram in cost mode (`histogram-cost`): see docs/policies.md."""
     return HybridHistogram(
         break_even_s=break_even_s,
+        start_cost_s=start_cost_s,
         warmup_keep_alive_s=DEFAULT_KEEP_ALIVE_S,
         min_samples=3,
         prewarm_margin=1.0,
@@ -345,18 +353,36 @@ def cost_histogram(break_even_s: float = 7200.0) -> HybridHistogram:
     )
 
 
+ADAPTIVE_BREAK_EVEN_S = 1800.0
+ADAPTIVE_START_COST_S = 300.0
+
+
+def adaptive_histogram() -> HybridHistogram:
+    """The default (`adaptive`): the cost plan with a 30-minute break-even per cold start and
+    5 minutes per instance start, chosen on half of the trace sample (docs/policies.md)."""
+    return cost_histogram(ADAPTIVE_BREAK_EVEN_S, ADAPTIVE_START_COST_S)
+
+
 def parse_policy(spec: str) -> Policy:
-    """`fixed:10m`, `fixed:600`, `histogram` -> a policy object; ValueError names the spec."""
+    """`fixed:10m`, `fixed:600`, `histogram`, `histogram-cost:2h`, `histogram-cost:30m/5m`
+    (break-even / start cost), `adaptive` -> a policy object; ValueError names the spec."""
     kind, _, arg = spec.partition(":")
     if kind == "fixed":
         return FixedKeepAlive(_seconds(arg, spec) if arg else DEFAULT_KEEP_ALIVE_S)
     if kind == "histogram" and not arg:
         return HybridHistogram()
+    if kind == "adaptive" and not arg:
+        return adaptive_histogram()
     if kind == "histogram-cost":
-        return cost_histogram(_seconds(arg, spec)) if arg else cost_histogram()
+        if not arg:
+            return cost_histogram()
+        break_even, _, start_cost = arg.partition("/")
+        return cost_histogram(
+            _seconds(break_even, spec), _seconds(start_cost, spec) if start_cost else 0.0
+        )
     raise ValueError(
-        f'unknown policy "{spec}": expected fixed:DURATION (like fixed:10m), '
-        "histogram, or histogram-cost[:BREAK_EVEN] (like histogram-cost:2h)"
+        f'unknown policy "{spec}": expected fixed:DURATION (like fixed:10m), histogram, '
+        "histogram-cost[:BREAK_EVEN[/START_COST]] (like histogram-cost:2h) or adaptive"
     )
 
 
