@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint format clean bench bench-quick bench-events bench-deps bench-k8s bench-replay bench-soak simulate
+.PHONY: up test lint format clean bench bench-quick bench-events bench-deps bench-k8s bench-replay bench-soak bench-decisions simulate
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,10 @@ bench-deps: $(STAMP)
 ## bench-k8s: cold starts on the Kubernetes backend (against the API emulation) vs local
 bench-k8s: $(STAMP)
 	$(PY) -m bench.k8s
+
+## bench-decisions: the time of one policy decision per call at 240 filled histogram bins
+bench-decisions: $(STAMP)
+	$(PY) -m bench.decisions
 
 ## bench-replay: replay a time-compressed trace slice on a platform (--policy fixed|histogram); compare with the simulator
 bench-replay: $(STAMP)

@@ -25,7 +25,12 @@ import uvloop
 
 from bench.platform import Gateway, admin_headers
 from bench.run import until
-from scheduler.policy import FixedKeepAlive, HybridHistogram, cost_histogram
+from scheduler.policy import (
+    FixedKeepAlive,
+    HybridHistogram,
+    adaptive_histogram,
+    cost_histogram,
+)
 from scheduler.simulator import FunctionTrace, load_azure_trace, simulate
 from store.embedded import start_embedded_postgres, with_database
 
@@ -100,8 +105,8 @@ async def main_async(args: argparse.Namespace) -> None:
         policy = FixedKeepAlive(keep_alive_s)
     elif args.policy == "histogram":
         policy = HybridHistogram(warmup_keep_alive_s=keep_alive_s)
-    else:  # the live router's cost mode, with the keep-alive while it learns
-        policy = cost_histogram()
+    else:  # the live router's cost modes, with the keep-alive while it learns
+        policy = adaptive_histogram() if args.policy == "adaptive" else cost_histogram()
         policy.warmup_keep_alive_s = keep_alive_s
     predicted = simulate(traces, policy)
     with tempfile.TemporaryDirectory(prefix="ember-replay-") as tmp:
@@ -203,7 +208,7 @@ def main() -> None:
         help="the keep-alive (the histogram's while it learns)",
     )
     parser.add_argument(
-        "--policy", choices=["fixed", "histogram", "histogram-cost"], default="fixed"
+        "--policy", choices=["fixed", "histogram", "histogram-cost", "adaptive"], default="fixed"
     )
     uvloop.run(main_async(parser.parse_args()))
 

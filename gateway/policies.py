@@ -26,8 +26,10 @@ def policy_row_from_body(body: dict[str, Any], function: str) -> PolicyRow:
     prewarm = body.get("prewarm")
     if prewarm == "off":
         prewarm = "fixed"
-    if prewarm is not None and prewarm not in ("fixed", "histogram", "histogram-cost"):
-        raise ConfigError("--prewarm", prewarm, "fixed (or off), histogram or histogram-cost")
+    if prewarm is not None and prewarm not in ("fixed", "histogram", "histogram-cost", "adaptive"):
+        raise ConfigError(
+            "--prewarm", prewarm, "adaptive, fixed (or off), histogram or histogram-cost"
+        )
     keep_alive_s = None
     if body.get("keep_alive") is not None:
         raw = body["keep_alive"]

@@ -11,14 +11,15 @@ the very same code, which is what lets an operator try a policy on a trace befor
 
 from __future__ import annotations
 
-import bisect
 import math
 import statistics
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from config.units import duration_text_s
+from scheduler.windows import cheapest_plan
 
 DEFAULT_KEEP_ALIVE_S = 600.0
 """Idle seconds before an instance stops, unless an operator sets another: 10 min, as
@@ -110,6 +111,9 @@ class HybridHistogram:
     break_even_s: float | None = None
     """When set, the window is the one that minimizes warm time + `break_even_s` per cold start
     over the idle times seen, instead of the 5th-99th percentile rule."""
+    start_cost_s: float = 0.0
+    """With `break_even_s`: what an instance start (a cold start or a prewarm) costs besides,
+    in seconds warm, so a plan does not unload and reload where keeping costs about the same."""
     reference_mb: float = 256.0
     """With `break_even_s`: a function of this much memory (see `memory_mb`) is priced at
     `break_even_s` per cold start; one of twice the memory at half of it (its warm time costs
@@ -118,13 +122,20 @@ class HybridHistogram:
     """Each function's memory, when known (the simulator and the live scheduler fill it)."""
     warmup_keep_alive_s: float | None = None
     """Keep-alive while a function has fewer than `min_samples` idle times (None: the range)."""
+    defer: Callable[[Callable[[], None]], object] | None = None
+    """Runs a callable soon, off the call path (live: the event loop's `call_soon`); None:
+    plans are recomputed inside the decision that finds them stale."""
     _functions: dict[str, _Histogram] = field(default_factory=dict)
+    _stale: set[str] = field(default_factory=set)
 
     @property
     def name(self) -> str:
         if self.break_even_s is None:
             return "histogram"
-        return f"histogram-cost:{self.break_even_s:g}s"
+        if (self.break_even_s, self.start_cost_s) == (ADAPTIVE_BREAK_EVEN_S, ADAPTIVE_START_COST_S):
+            return "adaptive"
+        start = f"/{self.start_cost_s:g}s" if self.start_cost_s else ""
+        return f"histogram-cost:{self.break_even_s:g}s{start}"
 
     def _state(self, function: str) -> _Histogram:
         state = self._functions.get(function)
@@ -148,6 +159,17 @@ class HybridHistogram:
             state.in_range += 1
         else:
             state.out_of_range += 1
+        # The plan is recomputed when the histogram grew by 1% (every sample while it is
+        # small): a busy function goes idle after every call and its plan barely moves. Not
+        # on the call path: live, while the call runs (`defer`); the simulator at once.
+        if state.window is not None and state.in_range - state.window_samples >= max(
+            1, state.in_range // 100
+        ):
+            if self.defer is None:
+                self._recompute(function, state)
+            elif function not in self._stale:
+                self._stale.add(function)
+                self.defer(self.refresh)
 
     def on_idle(self, function: str, now: float) -> Decision:
         return self.decide(function, now, self.warmup_keep_alive_s)
@@ -167,17 +189,10 @@ class HybridHistogram:
         if state.in_range < self.min_samples:
             warmup_s = self.range_s if warmup_keep_alive_s is None else warmup_keep_alive_s
             return Decision(keep_until=now + warmup_s)
-        # Recomputed when the histogram grew by 1% (every sample while it is small): a
-        # busy function goes idle after every call, and the percentiles barely move.
-        if state.window is None or state.in_range - state.window_samples >= max(
-            1, state.in_range // 100
-        ):
-            state.window = (
-                self._cheapest_window(function, state)
-                if self.break_even_s is not None
-                else self._percentile_window(state)
-            )
-            state.window_samples = state.in_range
+        if state.window is None or function in self._stale:
+            self._stale.discard(function)  # (a deferred recomputation that has not run yet)
+            self._recompute(function, state)
+        assert state.window is not None
         keep_s, start_s, end_s = state.window
         if start_s <= keep_s:
             return Decision(keep_until=now + max(keep_s, end_s))
@@ -185,8 +200,25 @@ class HybridHistogram:
             keep_until=now + keep_s, prewarm_at=now + start_s, prewarm_until=now + end_s
         )
 
+    def refresh(self) -> None:
+        """Recompute the plans of the functions whose histogram moved since."""
+        while self._stale:
+            function = self._stale.pop()
+            state = self._functions.get(function)
+            if state is not None:
+                self._recompute(function, state)
+
+    def _recompute(self, function: str, state: _Histogram) -> None:
+        state.window = (
+            self._cheapest_window(function, state)
+            if self.break_even_s is not None
+            else self._percentile_window(state)
+        )
+        state.window_samples = state.in_range
+
     def forget(self, function: str) -> None:
         self._functions.pop(function, None)
+        self._stale.discard(function)
 
     def note_idle(self, function: str, now: float) -> None:
         """Learn from a function that another policy decides for (no decision computed)."""
@@ -201,56 +233,22 @@ class HybridHistogram:
 
     def _cheapest_window(self, function: str, state: _Histogram) -> tuple[float, float, float]:
         """The plan (keep, start, end), in seconds after going idle, that minimizes, over the
-        idle times seen, the time kept warm plus `break_even_s` per cold start: keep the idle
-        instance until `keep`, then (when `start` > `keep`) load one again at `start` and keep
-        it until `end`. Two parts cover the common shape of short gaps within a burst and a
-        long, regular gap between bursts (an hourly timer) at the cost of neither.
-
-        Candidates are the edges of the bins that hold samples, so this stays cheap; prefix
-        sums price a (start, end) pair in O(log n).
-        """
+        idle times seen, the time kept warm plus `break_even_s` per cold start (and
+        `start_cost_s` per instance start): keep the idle instance until `keep`, then (when
+        `start` > `keep`) load one again at `start` and keep it until `end`. Two parts cover
+        the common shape of short gaps within a burst and a long, regular gap between bursts
+        (an hourly timer) at the cost of neither. O(bins): `scheduler.windows`."""
         assert self.break_even_s is not None
-        break_even_s = (
-            self.break_even_s * self.reference_mb / self.memory_mb.get(function, self.reference_mb)
+        scale = self.reference_mb / self.memory_mb.get(function, self.reference_mb)
+        return cheapest_plan(
+            [(i, c) for i, c in enumerate(state.bins) if c],
+            state.out_of_range,
+            bin_s=self.bin_s,
+            break_even_s=self.break_even_s * scale,
+            start_cost_s=self.start_cost_s * scale,
+            keep_margin=self.keep_margin,
+            prewarm_margin=self.prewarm_margin,
         )
-        filled = [(i, c) for i, c in enumerate(state.bins) if c]
-        xs = [(i + 0.5) * self.bin_s for i, _ in filled]
-        counts = [c for _, c in filled]
-        n_out = state.out_of_range
-        count_sum, x_sum = [0], [0.0]
-        for x, c in zip(xs, counts, strict=True):
-            count_sum.append(count_sum[-1] + c)
-            x_sum.append(x_sum[-1] + x * c)
-        total = count_sum[-1]
-        edges = [(i + 1) * self.bin_s * self.keep_margin for i, _ in filled]
-        starts = [i * self.bin_s * self.prewarm_margin for i, _ in filled]
-
-        def first_above(t: float) -> int:  # index of the first sample with x > t
-            return bisect.bisect_right(xs, t)
-
-        best = (math.inf, 0.0, 0.0, 0.0)
-        for keep in [0.0, *edges]:
-            a = first_above(keep)
-            beyond = total - count_sum[a] + n_out  # samples not covered by the keep part
-            base = x_sum[a] + keep * beyond  # warm time of the keep part
-            cost = base + break_even_s * beyond  # with no second part
-            if cost < best[0]:
-                best = (cost, keep, keep, keep)
-            for start in starts:
-                if start <= keep:
-                    continue
-                lo = bisect.bisect_left(xs, start)
-                for end in edges:
-                    if end <= start:
-                        continue
-                    hi = first_above(end)
-                    covered = count_sum[hi] - count_sum[lo]
-                    warm = (x_sum[hi] - x_sum[lo]) - start * covered
-                    after = total - count_sum[hi] + n_out
-                    plan = base + warm + (end - start) * after + break_even_s * (beyond - covered)
-                    if plan < best[0]:
-                        best = (plan, keep, start, end)
-        return best[1], best[2], best[3]
 
     def _cv(self, state: _Histogram) -> float:
         n = len(state.bins)
@@ -273,9 +271,10 @@ class HybridHistogram:
 class FunctionPolicy:
     """What an operator sets per function (or as the default): see docs/policies.md."""
 
-    prewarm: str = "fixed"
-    """`fixed`: keep idle instances for `keep_alive_s`; `histogram`: the hybrid histogram, with
-    `keep_alive_s` as its keep-alive while it learns a function's idle times."""
+    prewarm: str = "adaptive"
+    """`adaptive` (the default), `histogram-cost` or `histogram`: a histogram of the function's
+    idle times, with `keep_alive_s` as its keep-alive while it learns them; `fixed`: keep idle
+    instances for `keep_alive_s`. See docs/policies.md."""
     keep_alive_s: float = DEFAULT_KEEP_ALIVE_S
     min_warm: int = 0
     """Instances kept warm even when idle (never scaled below this)."""
@@ -295,6 +294,7 @@ class PolicyRouter:
         self.histograms: dict[str, HybridHistogram] = {
             "histogram": HybridHistogram(),
             "histogram-cost": cost_histogram(),
+            "adaptive": adaptive_histogram(),
         }
 
     @property
@@ -310,7 +310,9 @@ class PolicyRouter:
 
     def note_memory(self, function: str, memory_mb: float) -> None:
         """The function's memory (its limit, live), which the cost mode weighs."""
-        self.histograms["histogram-cost"].memory_mb[function] = memory_mb
+        for histogram in self.histograms.values():
+            if histogram.break_even_s is not None:
+                histogram.memory_mb[function] = memory_mb
 
     def on_arrival(self, function: str, now: float) -> None:
         for histogram in self.histograms.values():
@@ -321,6 +323,11 @@ class PolicyRouter:
         for histogram in self.histograms.values():
             histogram.forget(function)
             histogram.memory_mb.pop(function, None)
+
+    def defer_to(self, defer: Callable[[Callable[[], None]], object]) -> None:
+        """Recompute the histograms' plans off the call path, with `defer` (`call_soon`)."""
+        for histogram in self.histograms.values():
+            histogram.defer = defer
 
     def on_idle(self, function: str, now: float) -> Decision:
         settings = self.settings(function)
@@ -333,10 +340,11 @@ class PolicyRouter:
         return decision
 
 
-def cost_histogram(break_even_s: float = 7200.0) -> HybridHistogram:
+def cost_histogram(break_even_s: float = 7200.0, start_cost_s: float = 0.0) -> HybridHistogram:
     """The histogram in cost mode (`histogram-cost`): see docs/policies.md."""
     return HybridHistogram(
         break_even_s=break_even_s,
+        start_cost_s=start_cost_s,
         warmup_keep_alive_s=DEFAULT_KEEP_ALIVE_S,
         min_samples=3,
         prewarm_margin=1.0,
@@ -345,18 +353,36 @@ def cost_histogram(break_even_s: float = 7200.0) -> HybridHistogram:
     )
 
 
+ADAPTIVE_BREAK_EVEN_S = 1800.0
+ADAPTIVE_START_COST_S = 300.0
+
+
+def adaptive_histogram() -> HybridHistogram:
+    """The default (`adaptive`): the cost plan with a 30-minute break-even per cold start and
+    5 minutes per instance start, chosen on half of the trace sample (docs/policies.md)."""
+    return cost_histogram(ADAPTIVE_BREAK_EVEN_S, ADAPTIVE_START_COST_S)
+
+
 def parse_policy(spec: str) -> Policy:
-    """`fixed:10m`, `fixed:600`, `histogram` -> a policy object; ValueError names the spec."""
+    """`fixed:10m`, `fixed:600`, `histogram`, `histogram-cost:2h`, `histogram-cost:30m/5m`
+    (break-even / start cost), `adaptive` -> a policy object; ValueError names the spec."""
     kind, _, arg = spec.partition(":")
     if kind == "fixed":
         return FixedKeepAlive(_seconds(arg, spec) if arg else DEFAULT_KEEP_ALIVE_S)
     if kind == "histogram" and not arg:
         return HybridHistogram()
+    if kind == "adaptive" and not arg:
+        return adaptive_histogram()
     if kind == "histogram-cost":
-        return cost_histogram(_seconds(arg, spec)) if arg else cost_histogram()
+        if not arg:
+            return cost_histogram()
+        break_even, _, start_cost = arg.partition("/")
+        return cost_histogram(
+            _seconds(break_even, spec), _seconds(start_cost, spec) if start_cost else 0.0
+        )
     raise ValueError(
-        f'unknown policy "{spec}": expected fixed:DURATION (like fixed:10m), '
-        "histogram, or histogram-cost[:BREAK_EVEN] (like histogram-cost:2h)"
+        f'unknown policy "{spec}": expected fixed:DURATION (like fixed:10m), histogram, '
+        "histogram-cost[:BREAK_EVEN[/START_COST]] (like histogram-cost:2h) or adaptive"
     )
 
 

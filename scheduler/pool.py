@@ -77,11 +77,22 @@ class Pool:
         instance.concurrency = concurrency
         self._by_key.setdefault(key, []).append(instance)
 
-    def mark_ready(self, instance: Instance, now: float) -> None:
+    def mark_ready(self, instance: Instance, now: float, *, for_call: bool = False) -> None:
+        """The instance is specialized. `for_call`: a waiting call takes it now, so it is not
+        idle and the policy is not asked (it would learn an idle time that never was); if no
+        call took it after all, `settle` asks."""
         instance.state = State.READY
         assert instance.key is not None
         self._free.setdefault(instance.key, []).extend([instance] * instance.free_slots)
-        self._went_idle(instance, now)
+        if for_call:
+            instance.idle_since = now
+        else:
+            self._went_idle(instance, now)
+
+    def settle(self, instance: Instance, now: float) -> None:
+        """An instance made ready for a call that no call took: idle from now."""
+        if instance.busy == 0 and instance.state is State.READY:
+            self._went_idle(instance, now)
 
     def relabel(self, instance: Instance, key: VersionKey) -> None:
         if instance.key is not None:

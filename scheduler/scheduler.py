@@ -136,6 +136,7 @@ class Scheduler(Upkeep):
             await self.backend.start()
         except BackendError as exc:
             raise StartFailed(f"cannot start the invoker backend: {exc}") from exc
+        self.policies.defer_to(asyncio.get_running_loop().call_soon)
         self._tasks.spawn(self._reaper(), "pool reaper", critical=True)
         self._tasks.spawn(self._refiller(), "generic pool refill", critical=True)
         self._refill.set()
@@ -373,11 +374,14 @@ class Scheduler(Upkeep):
             await self._drop(instance, "retired while starting", restart=False)
             return
         tracked.started()
+        for_call = any(not fut.done() for fut in tracked.waiting)
         if prewarm_until is not None:
             self.pool.mark_prewarmed(instance, self.clock(), prewarm_until)
         else:
-            self.pool.mark_ready(instance, self.clock())
+            self.pool.mark_ready(instance, self.clock(), for_call=for_call)
         self._hand_out(tracked, cold=True)
+        if for_call and prewarm_until is None and instance.id in self.pool.instances:
+            self.pool.settle(instance, self.clock())
         if self.pool.instances.get(instance.id) is instance and instance.busy == 0:
             self._wake_reaper.set()
 

@@ -15,6 +15,7 @@ from scheduler.policy import Policy, parse_policy
 from scheduler.simulator import (
     FunctionTrace,
     Result,
+    cap_durations,
     compare,
     load_azure_trace,
     load_timestamps_csv,
@@ -87,9 +88,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--spread",
-        choices=("uniform", "even"),
-        default="uniform",
-        help="place a minute's calls at random (uniform) or evenly",
+        choices=("random", "uniform", "even"),
+        default="random",
+        help="place a minute's calls uniformly at random (random, or uniform) or evenly "
+        "(the reference simulator)",
+    )
+    parser.add_argument(
+        "--max-duration",
+        type=float,
+        metavar="SECONDS",
+        help="cap each call's duration (the reference simulator: 60)",
+    )
+    parser.add_argument(
+        "--tail",
+        choices=("trace-end", "full"),
+        default="trace-end",
+        help="after a function's last call, count its idle memory until the end of the trace "
+        "(trace-end) or as long as the policy keeps it (full: the reference simulator)",
     )
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
     parser.add_argument(
@@ -110,10 +125,14 @@ def main(argv: list[str] | None = None) -> int:
             if args.trace
             else load_timestamps_csv(args.csv)
         )
+        if args.max_duration is not None:
+            if args.max_duration <= 0:
+                raise ValueError(f"--max-duration must be above 0, not {args.max_duration:g}")
+            traces = cap_durations(traces, args.max_duration)
     except (ValueError, OSError, KeyError) as exc:
         print(f"fn policy simulate: {exc}", file=sys.stderr)
         return 2
-    results = compare(traces, makers)
+    results = compare(traces, makers, tail=args.tail)
     if args.plot:
         try:
             plot(results, args.plot)
@@ -147,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         print(_table(results, traces))
         print(
             f"(calls placed within each minute: {args.spread}"
-            f"{f', seed {args.seed}' if args.spread == 'uniform' else ''})"
+            f"{f', seed {args.seed}' if args.spread != 'even' else ''}; durations capped at "
+            f"{'none' if args.max_duration is None else f'{args.max_duration:g} s'}; "
+            f"idle tail: {args.tail})"
         )
     return 0
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scheduler.policy import Policy
+from scheduler.policy import Decision, Policy
 
 DAY_S = 1440 * 60.0
 
@@ -84,13 +84,15 @@ def load_azure_trace(
     folder: Path,
     *,
     seed: int = 0,
-    spread: str = "uniform",
+    spread: str = "random",
 ) -> list[FunctionTrace]:
     """Read the Azure Functions 2019 format (`functions*_inv.csv`, `_run.csv`, `_mem.csv`).
 
-    The trace counts calls per minute; `spread` places them in the minute: "uniform" (random,
-    with `seed`) or "even" (equally spaced).
+    The trace counts calls per minute; `spread` places them in the minute: "random" (uniformly,
+    with `seed`; "uniform" is the same) or "even" (equally spaced, as the reference does).
     """
+    if spread not in ("random", "uniform", "even"):
+        raise ValueError(f'invalid spread "{spread}": random or even')
     inv = _one(folder, "*_inv.csv")
     with _one(folder, "*_run.csv").open() as f:
         durations_ms = {r["HashFunction"]: float(r["Average"]) for r in csv.DictReader(f)}
@@ -148,6 +150,14 @@ def load_timestamps_csv(
     return list(by_name.values())
 
 
+def cap_durations(traces: list[FunctionTrace], max_duration_s: float) -> list[FunctionTrace]:
+    """The same calls, none longer than `max_duration_s` (the reference simulator: 60 s)."""
+    return [
+        FunctionTrace(t.name, t.arrivals, min(t.duration_s, max_duration_s), t.memory_mb)
+        for t in traces
+    ]
+
+
 def _one(folder: Path, pattern: str) -> Path:
     found = sorted(folder.glob(pattern))
     if not found:
@@ -163,11 +173,21 @@ def simulate(
     policy: Policy,
     *,
     end_s: float | None = None,
+    tail: str = "trace-end",
 ) -> Result:
-    """Run every function's calls through `policy`; idle time counts until `end_s`."""
+    """Run every function's calls through `policy`.
+
+    `tail`: after a function's last call, its instance's idle time counts until `end_s` (by
+    default the end of the trace: "trace-end"), or for as long as the policy keeps it ("full",
+    the reference simulator's convention).
+    """
     started = time.perf_counter()
+    if tail not in ("trace-end", "full"):
+        raise ValueError(f'invalid tail "{tail}": trace-end or full')
     end = (
-        end_s
+        math.inf
+        if tail == "full"
+        else end_s
         if end_s is not None
         else max((t.arrivals[-1] + t.duration_s for t in traces if t.arrivals), default=0.0)
     )
@@ -181,51 +201,51 @@ def simulate(
     return result
 
 
-def _loaded_s(start: float, stop: float, until: float) -> float:
-    return max(0.0, min(stop, until) - start)
+def _idle(decision: Decision, idle_start: float, stop: float) -> tuple[float, int, bool]:
+    """An instance idle from `idle_start` under `decision` until a call at `stop` (or the end
+    of the simulation): (seconds loaded while idle, prewarm starts, whether the call is warm)."""
+    kept = max(0.0, min(stop, decision.keep_until) - idle_start)
+    if stop <= decision.keep_until:
+        return kept, 0, True
+    at = decision.prewarm_at
+    if at is None or at >= stop:
+        return kept, 0, False
+    until = decision.prewarm_until if decision.prewarm_until is not None else at
+    loaded_from = max(at, idle_start)
+    if stop <= until:  # the prewarmed instance takes the call
+        return kept + stop - loaded_from, 1, True
+    return kept + max(0.0, until - loaded_from), 1, False  # prewarmed, then let go
 
 
 def _simulate_function(trace: FunctionTrace, policy: Policy, end: float) -> FunctionResult:
+    """One instance per function, as in Shahrad et al.: a call that arrives while it runs
+    another joins it (warm) and moves the end of its busy time; the policy decides when the
+    instance goes idle, after the last of the overlapping calls, as `Pool.release` does live."""
     out = FunctionResult(trace.name)
-    name, duration, mb = trace.name, trace.duration_s, trace.memory_mb
+    name, mb, duration = trace.name, trace.memory_mb, trace.duration_s
     busy_until = -math.inf
-    decided = False
-    keep_until = prewarm_at = prewarm_until = -math.inf
     for arrival in trace.arrivals:
         out.calls += 1
-        if arrival < busy_until:  # overlaps a running call: that instance is warm
+        if arrival < busy_until:  # joins the running instance
+            policy.on_arrival(name, arrival)
             busy_until = max(busy_until, arrival + duration)
             continue
-        if decided:
-            idle_start = busy_until
-            kept = _loaded_s(idle_start, arrival, keep_until)
-            warm = arrival <= keep_until
-            if not warm and prewarm_at <= arrival <= prewarm_until:
-                warm = True
-                out.starts += 1  # the prewarm was an instance start
-                kept += arrival - max(prewarm_at, idle_start)
-            elif prewarm_at < arrival:
-                out.starts += 1  # prewarmed, but the call came after it was let go
-                kept += max(0.0, min(prewarm_until, arrival) - max(prewarm_at, idle_start))
+        warm = False
+        if busy_until > -math.inf:
+            kept, prewarms, warm = _idle(policy.on_idle(name, busy_until), busy_until, arrival)
             out.idle_mb_s += kept * mb
-        else:
-            warm = False
+            out.starts += prewarms
         if not warm:
             out.cold += 1
             out.starts += 1
         policy.on_arrival(name, arrival)
         busy_until = arrival + duration
+    if busy_until > -math.inf:  # the idle tail after the last call
         decision = policy.on_idle(name, busy_until)
-        keep_until = decision.keep_until
-        prewarm_at = decision.prewarm_at if decision.prewarm_at is not None else math.inf
-        prewarm_until = decision.prewarm_until if decision.prewarm_until is not None else -math.inf
-        decided = True
-    if decided and busy_until < end:  # the idle tail after the last call
-        kept = _loaded_s(busy_until, end, keep_until)
-        if prewarm_at < end:
-            out.starts += 1
-            kept += max(0.0, min(prewarm_until, end) - max(prewarm_at, busy_until))
-        out.idle_mb_s += kept * mb
+        if busy_until < end:
+            kept, prewarms, _ = _idle(decision, busy_until, end)
+            out.idle_mb_s += kept * mb
+            out.starts += prewarms
     return out
 
 
@@ -259,12 +279,60 @@ def oracle(traces: list[FunctionTrace], idle_budget_gb_s: float) -> Result:
     return result
 
 
+def prewarm_oracle(traces: list[FunctionTrace], idle_budget_gb_s: float, lead_s: float) -> Result:
+    """The bound for a policy that may also prewarm: knowing every next arrival, an instance
+    is loaded `lead_s` before it (0: just in time; 60: within the minute, the resolution of
+    the trace's counts), at one instance start, or kept across the gap when that is cheaper.
+    Gaps are covered cheapest first within the idle-memory budget (fewest cold starts); what
+    the budget leaves turns prewarms into kept instances, the cheapest first (fewer starts)."""
+    started = time.perf_counter()
+    result = Result(f"oracle+prewarm {lead_s:g}s@{idle_budget_gb_s:,.0f}GB·s")
+    gaps: list[tuple[float, float, int]] = []  # (prewarm cost, keep cost) in MB·s, function
+    for index, trace in enumerate(traces):
+        out = FunctionResult(trace.name, calls=len(trace.arrivals))
+        busy_until = -math.inf
+        for arrival in trace.arrivals:
+            if arrival >= busy_until:
+                out.cold += 1
+                out.starts += 1
+                if busy_until > -math.inf:
+                    gap_s = arrival - busy_until
+                    gaps.append(
+                        (min(gap_s, lead_s) * trace.memory_mb, gap_s * trace.memory_mb, index)
+                    )
+            busy_until = max(busy_until, arrival + trace.duration_s)
+        result.functions.append(out)
+    budget_mb_s = idle_budget_gb_s * 1024
+    prewarmed: list[tuple[float, int]] = []
+    for cover_mb_s, keep_mb_s, index in sorted(gaps):
+        if cover_mb_s > budget_mb_s:
+            break
+        budget_mb_s -= cover_mb_s
+        out = result.functions[index]
+        out.cold -= 1
+        out.idle_mb_s += cover_mb_s
+        if keep_mb_s <= cover_mb_s:
+            out.starts -= 1  # kept across the gap: no start
+        else:
+            prewarmed.append((keep_mb_s - cover_mb_s, index))
+    for extra_mb_s, index in sorted(prewarmed):
+        if extra_mb_s > budget_mb_s:
+            break
+        budget_mb_s -= extra_mb_s
+        result.functions[index].starts -= 1
+        result.functions[index].idle_mb_s += extra_mb_s
+    result.elapsed_s = time.perf_counter() - started
+    return result
+
+
 def compare(
     traces: list[FunctionTrace],
     policies: list[Callable[[], Policy]],
+    *,
+    tail: str = "trace-end",
 ) -> list[Result]:
     """Each policy (a fresh object per run), then the oracle at the first policy's idle memory."""
-    results = [simulate(traces, make()) for make in policies]
+    results = [simulate(traces, make(), tail=tail) for make in policies]
     if results:
         results.append(oracle(traces, results[0].idle_gb_s))
     return results

@@ -69,7 +69,7 @@ def _print_policies(data: dict[str, Any]) -> None:
 )
 @click.option(
     "--prewarm",
-    type=click.Choice(["fixed", "off", "histogram", "histogram-cost"]),
+    type=click.Choice(["adaptive", "fixed", "off", "histogram", "histogram-cost"]),
     help="fixed (or off): keep idle instances for --keep-alive; histogram: learn "
     "each function's idle times, unload and prewarm before the next call; "
     "histogram-cost: the same, keeping warm only where that costs less than "

@@ -213,7 +213,7 @@ def test_policy_set_and_show(cli: Cli, tmp_path: Path) -> None:
     assert "(inherited)" in cli.ok("policy", "show", "pol").split("max-instances")[1]
     cli.ok("policy", "set", "--default", "--keep-alive", "2m")
     table = cli.ok("policy", "show")
-    assert table.splitlines()[1].split()[:3] == ["default", "fixed", "120s"]
+    assert table.splitlines()[1].split()[:3] == ["default", "adaptive", "120s"]
     bad = cli.run("policy", "set", "pol", "--keep-alive", "soon")
     assert bad.returncode == 1
     assert 'invalid --keep-alive "soon"' in bad.stderr

@@ -21,7 +21,7 @@ async def test_set_show_and_reset_a_function_policy(running: Running) -> None:
     await running.deploy_ok("pid", PID)
     status, data = await running.admin("GET", "/v1/functions/pid/policy")
     assert status == 200
-    assert (data["prewarm"], data["keep_alive_s"], data["set"]) == ("fixed", 600.0, {})
+    assert (data["prewarm"], data["keep_alive_s"], data["set"]) == ("adaptive", 600.0, {})
 
     status, data = await running.admin(
         "PUT",
@@ -57,7 +57,7 @@ async def test_set_show_and_reset_a_function_policy(running: Running) -> None:
     status, data = await running.admin("PUT", "/v1/policy", json={"keep_alive": "30s"})
     assert (status, data["keep_alive_s"]) == (200, 30.0)
     status, data = await running.admin("DELETE", "/v1/functions/pid/policy")
-    assert (data["prewarm"], data["keep_alive_s"], data["set"]) == ("fixed", 30.0, {})
+    assert (data["prewarm"], data["keep_alive_s"], data["set"]) == ("adaptive", 30.0, {})
     status, data = await running.admin("GET", "/v1/policies")
     assert data["default"]["set"] == {"keep_alive_s": 30.0}
 
@@ -82,6 +82,9 @@ async def test_bad_policy_values_are_rejected(running: Running) -> None:
 
 
 async def test_a_shorter_keep_alive_applies_to_idle_instances_now(running: Running) -> None:
+    # Fixed keep-alive semantics (the default is adaptive): set explicitly.
+    status, _ = await running.admin("PUT", "/v1/policy", json={"prewarm": "fixed"})
+    assert status == 200
     await running.deploy_ok("pid", PID)
     assert (await running.call("pid", {})).status == 200
     scheduler = running.platform.scheduler

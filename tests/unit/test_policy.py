@@ -141,7 +141,7 @@ def test_parse_policy_rejects(spec: str) -> None:
 def test_the_live_router_runs_the_policy_each_function_has() -> None:
     from scheduler.policy import FunctionPolicy, PolicyRouter, cost_histogram
 
-    router = PolicyRouter(FunctionPolicy(keep_alive_s=600))
+    router = PolicyRouter(FunctionPolicy(prewarm="fixed", keep_alive_s=600))
     router.overrides["costly"] = FunctionPolicy(prewarm="histogram-cost", keep_alive_s=600)
     router.note_memory("costly", 2048)
     twin = cost_histogram()

@@ -312,3 +312,56 @@ async def test_an_instance_whose_stop_was_still_to_run_is_stopped_at_shutdown() 
         await h.scheduler.retire("resize")  # busy: out of the pool, stopped after its call
         h.scheduler.release(lease)  # its stop is a task that has not run when shutdown comes
     assert not h.backend.running()
+
+
+async def test_live_decisions_match_the_simulator_on_overlapping_calls(h: Harness) -> None:
+    # The simulator's trace of overlapping calls (tests/unit/test_simulator.py), run live on
+    # one instance that takes several calls at once (the simulator's model): the scheduler
+    # asks the policy the same questions at the same times and gets the same answers.
+    from scheduler.policy import Decision, PolicyRouter
+    from scheduler.simulator import simulate
+    from tests.unit.test_simulator import overlapping_then_one_more
+
+    class Recorder:
+        def __init__(self, policy: PolicyRouter) -> None:
+            self.policy = policy
+            self.decisions: list[tuple[float, Decision]] = []
+
+        @property
+        def name(self) -> str:
+            return self.policy.name
+
+        def on_arrival(self, function: str, now: float) -> None:
+            self.policy.on_arrival(function, now)
+
+        def on_idle(self, function: str, now: float) -> Decision:
+            decision = self.policy.on_idle(function, now)
+            self.decisions.append((now, decision))
+            return decision
+
+    trace = overlapping_then_one_more(start=h.clock.now)
+    simulated = Recorder(PolicyRouter(h.scheduler.policies.default))
+    result = simulate([trace], simulated, end_s=trace.arrivals[-1] + 60)
+    live = Recorder(h.scheduler.policies)
+    h.scheduler.pool.policy = live
+    version = fake_version("resize", concurrency=4)
+    events = sorted(
+        [(t, 1, "call") for t in trace.arrivals]
+        + [(t + trace.duration_s, 0, "done") for t in trace.arrivals]
+    )  # a call that ends at the time another arrives frees its slot first
+    leases, colds = [], []
+    for at, _, kind in events:
+        h.advance(at - h.clock.now)
+        if kind == "call":
+            lease = await h.scheduler.acquire(version)
+            leases.append(lease)
+            colds.append(lease.cold)
+        else:
+            h.scheduler.release(leases.pop(0))
+    assert live.decisions == simulated.decisions
+    assert [d.keep_until for _, d in live.decisions] == [
+        trace.arrivals[30] + 60 + 600,
+        trace.arrivals[31] + 60 + 600,
+    ]
+    assert sum(colds) == result.cold == 1
+    assert len(h.backend.started) == 1
