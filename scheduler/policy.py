@@ -174,6 +174,17 @@ class HybridHistogram:
     def on_idle(self, function: str, now: float) -> Decision:
         return self.decide(function, now, self.warmup_keep_alive_s)
 
+    def learning(self, function: str) -> bool:
+        """Whether `decide` still answers with the warm-up keep-alive for `function`."""
+        state = self._functions.get(function)
+        if state is None:
+            return True
+        samples = state.in_range + state.out_of_range
+        forecasting = (
+            samples >= self.min_samples and state.out_of_range > self.out_of_range_share * samples
+        )
+        return not forecasting and state.in_range < self.min_samples
+
     def decide(self, function: str, now: float, warmup_keep_alive_s: float | None) -> Decision:
         """`on_idle` with the keep-alive to use while the function's histogram is learning."""
         state = self._state(function)
@@ -328,6 +339,12 @@ class PolicyRouter:
         """Recompute the histograms' plans off the call path, with `defer` (`call_soon`)."""
         for histogram in self.histograms.values():
             histogram.defer = defer
+
+    def keeps_for_keep_alive(self, function: str) -> bool:
+        """Whether the function's idle instances are kept for its `keep_alive_s` now: under a
+        fixed keep-alive, or while its histogram is still learning."""
+        histogram = self.histograms.get(self.settings(function).prewarm)
+        return histogram is None or histogram.learning(function)
 
     def on_idle(self, function: str, now: float) -> Decision:
         settings = self.settings(function)

@@ -219,7 +219,10 @@ class Upkeep:
             ):
                 continue
             settings = self.policies.settings(instance.key[0])
-            if settings.prewarm == "fixed" or instance.keep_until == math.inf:
+            if (
+                self.policies.keeps_for_keep_alive(instance.key[0])
+                or instance.keep_until == math.inf
+            ):
                 # (inf: kept for a min_warm that may have been lowered)
                 instance.keep_until = instance.idle_since + settings.keep_alive_s
         self._wake_reaper.set()

@@ -365,3 +365,13 @@ async def test_live_decisions_match_the_simulator_on_overlapping_calls(h: Harnes
     ]
     assert sum(colds) == result.cold == 1
     assert len(h.backend.started) == 1
+
+
+@pytest.mark.parametrize("prewarm", ["fixed", "adaptive", "histogram"])
+async def test_a_shorter_keep_alive_applies_at_once_to_idle_instances_of_a_learning_function(
+    h: Harness, prewarm: str
+) -> None:
+    h.scheduler.configure(FunctionPolicy(prewarm=prewarm, keep_alive_s=600), {})
+    await call(h)
+    h.scheduler.configure(FunctionPolicy(prewarm=prewarm, keep_alive_s=0), {})
+    await h.until(lambda: not h.scheduler.instances_of("resize"))
