@@ -8,6 +8,8 @@ gateways over HTTP:
 
 - `POST /v1/instances` {gateway, function, version, memory_bytes, timeout_s}: a ready pod for the
   version, owned by that gateway: {name, host, port}. The gateway pushes the code to it.
+- `PATCH /v1/instances/NAME` {gateway, function, version}: a pod a deploy checked (as version 0)
+  now serves that version: its labels say so.
 - `DELETE /v1/instances/NAME`: the gateway's policy let the instance go (scale down or to zero).
 - `GET /v1/gateways/ID/events`: a stream of NDJSON lines, first `{"pods": [...]}` (what the
   gateway owns, repeated every 15 s so a gateway gives back a pod it does not hold), then
@@ -111,6 +113,7 @@ class ServiceSettings:
                 generic_pool_size=read.at_least("EMBER_GENERIC_POOL", d.generic_pool_size),
                 generic_memory_bytes=memory_mib << 20,
                 owner_configmap=read.text("EMBER_OWNER_CONFIGMAP", d.owner_configmap),
+                access_check_s=float(read.at_least("EMBER_ACCESS_CHECK", int(d.access_check_s), 1)),
             ),
         )
 
@@ -132,8 +135,11 @@ class Broker:
 
     def _gone(self, pod: PodView, reason: str) -> None:
         gateway = pod.labels.get(GATEWAY_LABEL, "")
+        message: dict[str, Any] = {"gone": pod.name, "reason": reason}
+        if pod.exit_code is not None:
+            message["exit_code"] = pod.exit_code
         for queue in self.streams.get(gateway, ()):
-            queue.put_nowait({"gone": pod.name, "reason": reason})
+            queue.put_nowait(message)
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._auth])
@@ -142,6 +148,7 @@ class Broker:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_post("/v1/instances", self._claim)
         app.router.add_delete("/v1/instances/{name}", self._release)
+        app.router.add_patch("/v1/instances/{name}", self._relabel)
         app.router.add_get("/v1/gateways/{gateway}/events", self._events)
         return app
 
@@ -222,6 +229,22 @@ class Broker:
             return web.json_response({"error": str(exc)}, status=503)
         host, port = self.pool.address(pod)
         return web.json_response({"name": pod.name, "host": host, "port": port}, status=201)
+
+    async def _relabel(self, request: web.Request) -> web.Response:
+        assert self.pool is not None
+        try:
+            body = await request.json()
+            gateway, function = str(body["gateway"]), str(body["function"])
+            version = int(body["version"])
+        except (ValueError, KeyError, TypeError) as exc:
+            return web.json_response({"error": f"bad relabel request: {exc}"}, status=400)
+        try:
+            await self.pool.relabel(
+                request.match_info["name"], gateway=gateway, function=function, version=version
+            )
+        except KubernetesError as exc:
+            return web.json_response({"error": str(exc)}, status=503)
+        return web.Response(status=204)
 
     async def _release(self, request: web.Request) -> web.Response:
         assert self.pool is not None
@@ -339,7 +362,8 @@ async def serve(settings: ServiceSettings, stop: asyncio.Event | None = None) ->
                 break
             if broken in done:
                 log.critical("the pod pool failed: %s", pool.failed)
-                code = 1
+                denied = isinstance(pool.failed, KubernetesError) and pool.failed.denied
+                code = 2 if denied else 1  # 2: as when the permissions are missing at start
                 break
             await broker.collect_orphans()
         for task in (lost, broken, stopping):

@@ -136,6 +136,9 @@ class FakeBackend:
     def instance_spec(self, handle: InstanceHandle, version: Version) -> SpecializeSpec:
         return {}
 
+    async def relabel_instance(self, handle: InstanceHandle, version: Version) -> None:
+        """Nothing outside the process names its version."""
+
     async def stop_instance(self, handle: InstanceHandle, *, grace_s: float) -> None:
         assert isinstance(handle, FakeInstance)
         if handle.alive:

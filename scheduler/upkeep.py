@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from scheduler.backends import Backend, BackendError
 from scheduler.capacity import Room
 from scheduler.errors import AtCapacity, SchedulerError, StartFailed
 from scheduler.live import InstanceConnection, InstanceGone, Live, Tracked
@@ -27,6 +28,7 @@ log = logging.getLogger("ember.scheduler")
 
 
 class Upkeep:
+    backend: Backend
     settings: PoolSettings
     clock: Callable[[], float]
     time_scale: float
@@ -314,6 +316,12 @@ class Upkeep:
             self.drop_checked_soon(instance)
             return
         self._keep_connection(instance, conn)
+        live = self._live.get(instance.id)
+        if live is not None and live.handle is not None:
+            try:  # checked as a candidate (version 0): say which version it serves now
+                await self.backend.relabel_instance(live.handle, version)
+            except BackendError as exc:
+                log.warning("cannot relabel a checked instance: %s", exc)
         key = (version.function, version.version)
         tracked = self._learn(key, version)
         self.pool.relabel(instance, key)

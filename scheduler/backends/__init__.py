@@ -45,6 +45,10 @@ class Backend(Protocol):
         """Stop an instance: politely, then by force after `grace_s`."""
         ...
 
+    async def relabel_instance(self, handle: InstanceHandle, version: Version) -> None:
+        """An instance started for a deploy's check (version 0) now serves `version`."""
+        ...
+
     async def close(self) -> None: ...
 
 

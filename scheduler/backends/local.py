@@ -408,6 +408,9 @@ class LocalBackend:
             raise BackendError(f"invoker {instance_id} failed to start ({describe_exit(code)})")
         return LocalHandle(host=address, port=int(line), process=process)
 
+    async def relabel_instance(self, handle: InstanceHandle, version: Version) -> None:
+        """Nothing outside the process names its version."""
+
     async def stop_instance(self, handle: InstanceHandle, *, grace_s: float = 2.0) -> None:
         try:
             await self._stop(handle, grace_s)

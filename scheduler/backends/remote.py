@@ -41,10 +41,12 @@ class PodHandle:
     gone: asyncio.Future[str] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    exit_code: int | None = None
+    """The pod's container exit code, when the scheduler reported it gone with one."""
 
     async def wait(self) -> int | None:
         await asyncio.shield(self.gone)
-        return None
+        return self.exit_code
 
 
 class RemoteBackend:
@@ -162,6 +164,15 @@ class RemoteBackend:
         self.handles[handle.name] = handle
         return handle
 
+    async def relabel_instance(self, handle: Any, version: Version) -> None:
+        assert isinstance(handle, PodHandle)
+        body = {
+            "gateway": self.gateway_id,
+            "function": version.function,
+            "version": version.version,
+        }
+        await self._request("PATCH", f"/v1/instances/{handle.name}", body)
+
     async def stop_instance(self, handle: Any, *, grace_s: float) -> None:
         assert isinstance(handle, PodHandle)
         self.handles.pop(handle.name, None)
@@ -173,10 +184,11 @@ class RemoteBackend:
         if not handle.gone.done():
             handle.gone.set_result("stopped")
 
-    def _lost(self, name: str, reason: str) -> None:
+    def _lost(self, name: str, reason: str, exit_code: int | None = None) -> None:
         handle = self.handles.pop(name, None)
         if handle is not None and not handle.gone.done():
             log.warning("invoker pod gone", extra={"pod": name, "reason": reason})
+            handle.exit_code = exit_code
             handle.gone.set_result(reason)
 
     async def _follow(self) -> None:
@@ -208,7 +220,12 @@ class RemoteBackend:
                                 for name in known - set(self.handles):
                                     self._spawn_release(name)
                         elif "gone" in message:
-                            self._lost(message["gone"], message.get("reason", ""))
+                            code = message.get("exit_code")
+                            self._lost(
+                                message["gone"],
+                                message.get("reason", ""),
+                                code if isinstance(code, int) else None,
+                            )
             except (aiohttp.ClientError, TimeoutError, BackendError, ValueError) as exc:
                 self.url = None  # look the leader up again: it may have changed
                 failures += 1

@@ -5,7 +5,10 @@ delete), ConfigMaps and SelfSubjectAccessReviews over real HTTP, for the officia
 keeps what kmock does not: resourceVersions and uids, 409 on a name taken or a stale
 resourceVersion in a patch, 410 on a watch from a compacted resourceVersion, label selectors, and
 RBAC: the rules of a Role, with `resourceNames` matching only requests for a named object, as
-Kubernetes does (anything else is 403; every (resource, verb) asked for is recorded).
+Kubernetes does (anything else is 403; every (resource, verb) asked for is recorded), and 401
+to everything once the credentials are `revoked`. Its garbage collector deletes, a moment
+later, every pod whose owner (by uid) is gone: when the owner is deleted, and when a pod is
+created for an owner that no longer exists.
 
 The kubelet runs each pod's container command as a real process, with the pod's environment
 and its own loopback address as pod IP (127.0.0.N), so the invoker in a "pod" is the one the
@@ -66,6 +69,8 @@ class FakeKubernetes(ObjectStore):
         """Every pod process's PID, to check that none outlives the fake."""
         self.kubelet: dict[str, asyncio.Task[None]] = {}
         """The task running each pod (it ends when the pod's process has exited)."""
+        self.revoked = False
+        """The caller's credentials are gone (its ServiceAccount deleted): 401 to everything."""
 
     # -- serving --------------------------------------------------------------------------------
 
@@ -130,6 +135,8 @@ class FakeKubernetes(ObjectStore):
         return False
 
     def _authorize(self, resource: str, verb: str, name: str | None = None) -> web.Response | None:
+        if self.revoked:
+            return status(401, "Unauthorized", "Unauthorized")
         self.used.add((resource, verb))
         if not self.allows(resource, verb, name):
             return status(
@@ -184,6 +191,8 @@ class FakeKubernetes(ObjectStore):
         self.put(resource, ns, obj)
         if resource == "pods" and self.run_pods:
             self.kubelet[name] = self._spawn(self._run_pod(ns, name))
+        if resource == "pods" and obj["metadata"].get("ownerReferences"):
+            self._spawn(self._collect_garbage())  # an owner already gone
         return web.json_response(obj, status=201)
 
     def _find(self, request: web.Request, verb: str) -> Obj | web.Response:
@@ -228,8 +237,7 @@ class FakeKubernetes(ObjectStore):
         ns, resource = request.match_info["ns"], request.match_info["resource"]
         name = request.match_info["name"]
         if resource != "pods":
-            del self.objects[(resource, ns, name)]
-            self._record("DELETED", resource, found)
+            self.delete_object(resource, ns, name)
             return web.json_response(found)
         if not found["metadata"].get("deletionTimestamp"):
             found["metadata"]["deletionTimestamp"] = now()
@@ -238,11 +246,34 @@ class FakeKubernetes(ObjectStore):
         return web.json_response(found)
 
     async def _access_review(self, request: web.Request) -> web.Response:
+        if self.revoked:
+            return status(401, "Unauthorized", "Unauthorized")
         review = await request.json()
         attrs = review["spec"]["resourceAttributes"]
         allowed = self.allows(attrs["resource"], attrs["verb"], attrs.get("name"))
         review["status"] = {"allowed": allowed}
         return web.json_response(review, status=201)
+
+    def delete_object(self, resource: str, namespace: str, name: str) -> None:
+        """Delete an object that is not a pod (`kubectl delete`); the garbage collector then
+        deletes the pods it owned."""
+        obj = self.objects.pop((resource, namespace, name))
+        self._record("DELETED", resource, obj)
+        self._spawn(self._collect_garbage())
+
+    async def _collect_garbage(self) -> None:
+        """Kubernetes' garbage collector: a pod whose owner (by uid) no longer exists is
+        deleted, in the background and a moment later, as the real one does."""
+        await asyncio.sleep(0.02)
+        uids = {o["metadata"].get("uid") for o in self.objects.values()}
+        for (resource, ns, name), obj in list(self.objects.items()):
+            owners = obj["metadata"].get("ownerReferences") or []
+            if resource != "pods" or obj["metadata"].get("deletionTimestamp") or not owners:
+                continue
+            if all(ref.get("uid") not in uids for ref in owners):
+                obj["metadata"]["deletionTimestamp"] = now()
+                self._record("MODIFIED", resource, obj)
+                self._spawn(self._finish_delete(ns, name))
 
     # -- the kubelet ----------------------------------------------------------------------------
 

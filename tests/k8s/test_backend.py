@@ -6,9 +6,7 @@ so these tests also show that the Role is sufficient. Pods run the invoker as re
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -23,37 +21,8 @@ from scheduler.backends.kubernetes import (
     Unreachable,
 )
 from tests.k8s.apimachinery import SCHEDULER_RULES, without
-from tests.k8s.conftest import NS
+from tests.k8s.conftest import NS, PoolFactory, generic_ready
 from tests.k8s.fakeapi import FakeKubernetes
-
-PoolFactory = Callable[..., Awaitable[PodPool]]
-
-
-@pytest.fixture
-async def make_pool(fake: FakeKubernetes, tmp_path: Path) -> AsyncIterator[PoolFactory]:
-    pools: list[PodPool] = []
-    kubeconfig = fake.kubeconfig(str(tmp_path / "kubeconfig"))
-
-    async def make(**overrides: object) -> PodPool:
-        values: dict[str, Any] = {
-            "generic_pool_size": 2,
-            "namespace": NS,
-            "pod_start_timeout_s": 20.0,
-            **overrides,
-        }
-        settings = KubernetesSettings(**values)
-        pool = PodPool(PodPool.load_client(kubeconfig), settings)
-        pools.append(pool)
-        await pool.start()
-        return pool
-
-    yield make
-    for pool in pools:
-        await pool.close()
-
-
-def generic_ready(pool: PodPool, n: int) -> Callable[[], bool]:
-    return lambda: len(pool.generic(ready_only=True)) >= n
 
 
 async def test_the_generic_pool_is_filled_with_restricted_pods(

@@ -16,6 +16,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from kubernetes import client as k8s
 
 from gateway.settings import Settings
 from scheduler.backends.kubernetes import (
@@ -236,9 +237,8 @@ def test_the_manifests_settings_are_what_the_processes_read(overlay: str, produc
 
 
 def test_an_invoker_pod_validates_and_is_restricted() -> None:
-    pool = PodPool.__new__(PodPool)
-    pool.settings = KubernetesSettings()
-    pool._owner = {
+    pool = PodPool(k8s.ApiClient(), KubernetesSettings())
+    pool._guard.owner = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "name": "ember-invokers",
@@ -297,3 +297,21 @@ def test_the_platform_image_runs_what_the_manifests_and_tests_run(production: Pa
     commands = {name: spec["containers"][0].get("command") for name, spec in pod_specs(objects)}
     assert commands["ember-gateway"] == ["python", "-m", "gateway"]
     assert commands["ember-scheduler"] == ["python", "-m", "scheduler"]  # as test_platform.py
+
+
+def test_generated_secrets_reapply_unchanged() -> None:
+    """kustomize wraps the base64 of a value over 51 bytes (70 characters); the API server stores it
+    unwrapped, so `kubectl apply` would say "configured" on every run (issue 17)."""
+    for obj in render(ROOT / "deploy" / "overlays" / "dev"):
+        for key, value in (obj.get("data") or {}).items() if obj["kind"] == "Secret" else ():
+            assert len(base64.b64decode(value)) <= 51, f"{obj['metadata']['name']}/{key}"
+    if shutil.which("kubectl"):
+        rendered = subprocess.run(
+            ["kubectl", "kustomize", str(ROOT / "deploy" / "overlays" / "dev")],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for obj in yaml.safe_load_all(rendered):
+            if obj and obj["kind"] == "Secret":
+                assert all("\n" not in v for v in obj["data"].values()), obj["metadata"]["name"]

@@ -20,6 +20,7 @@ from scheduler.backends.kubernetes import (
     FUNCTION_LABEL,
     GATEWAY_LABEL,
     STATE_LABEL,
+    VERSION_LABEL,
 )
 from scheduler.backends.remote import RemoteBackend
 from tests.conftest import PlatformFactory
@@ -249,3 +250,43 @@ async def test_pods_of_a_gateway_that_is_gone_are_collected(
             name = (await response.json())["name"]
         # That gateway never connects its event stream: after the grace period the pod goes.
         await fake.wait_until(lambda: ("pods", NS, name) not in fake.objects)
+
+
+EXIT_3 = "import os\ndef handler(event, context):\n    os._exit(3)\n"
+
+
+async def test_a_pod_is_labelled_with_the_deployed_version_and_its_exit_code_reaches_the_call(
+    fake: FakeKubernetes, start_scheduler: SchedulerFactory, make_platform: PlatformFactory
+) -> None:
+    async with (
+        start_scheduler() as scheduler,
+        make_platform(
+            backend="kubernetes",
+            scheduler_token=SCHEDULER_TOKEN,
+            gateway_id="gw-v",
+            pool={"generic_pool_size": 0},
+        ) as r,
+    ):
+        await scheduler.wait_health("leader")
+        await r.deploy_ok("hello", HANDLER)
+        await r.deploy_ok("hello", HANDLER)  # version 2
+        # The deploy's import check claimed the pod as version 0; admitted, it says 2.
+        held = pods(fake, **{STATE_LABEL: "specialized", FUNCTION_LABEL: "hello"})
+        assert sorted(p["metadata"]["labels"][VERSION_LABEL] for p in held) == ["1", "2"]
+        await r.deploy_ok("exits", EXIT_3)
+        response = await r.call("exits", {})
+        assert response.status == 502
+        message = (await response.json())["error"]["message"]
+        assert "exit code 3" in message, message
+
+
+async def test_the_scheduler_exits_when_its_permissions_are_gone(
+    fake: FakeKubernetes, start_scheduler: SchedulerFactory, tmp_path: Path
+) -> None:
+    async with start_scheduler(EMBER_ACCESS_CHECK="1") as scheduler:
+        await scheduler.wait_health("leader")
+        fake.rules = []  # the RoleBinding deleted
+        code = await asyncio.wait_for(scheduler.process.wait(), 30)
+    assert code == 2
+    log = next(tmp_path.glob("scheduler-*.log")).read_text()  # noqa: ASYNC240
+    assert "lost its permissions" in log

@@ -4,7 +4,8 @@ client is synchronous), the permissions it needs, and its errors translated into
     BackendError
      └── KubernetesError      a call failed; `status` when the server answered
           ├── Unreachable     the API server could not be reached
-          └── Forbidden       the service account lacks a permission (named)
+          └── Forbidden       the service account lacks a permission (named); 403
+    (a 401, credentials refused, is a KubernetesError with status 401)
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ class KubernetesError(BackendError):
         super().__init__(message)
         self.status = status
 
+    @property
+    def denied(self) -> bool:
+        """The credentials were refused (401) or lack a permission (403)."""
+        return self.status in (401, 403)
+
 
 class Unreachable(KubernetesError):
     """The API server could not be reached."""
@@ -51,6 +57,12 @@ class Forbidden(KubernetesError):
 
 
 def api_error(exc: ApiException, what: str) -> KubernetesError:
+    if exc.status == 401:
+        return KubernetesError(
+            f"{what}: 401 Unauthorized: the API server refused the scheduler's credentials "
+            "(its ServiceAccount or token is gone?)",
+            401,
+        )
     if exc.status == 403:
         return Forbidden(
             f"{what}: forbidden ({exc.reason}); the scheduler's service account "
@@ -123,7 +135,8 @@ async def check_access(api: k8s.ApiClient, settings: KubernetesSettings) -> None
         raise Forbidden(
             f"the scheduler's service account may not {', '.join(missing)} in namespace "
             f'"{settings.namespace}"; apply deploy/base/scheduler-rbac.yaml '
-            "(or grant the same rules)"
+            "(or grant the same rules)",
+            403,
         )
 
 
@@ -142,7 +155,8 @@ async def owner_reference(api: k8s.ApiClient, settings: KubernetesSettings) -> d
     except KubernetesError as exc:
         raise KubernetesError(
             f'{exc}; the ConfigMap "{name}" in namespace "{settings.namespace}" owns '
-            "the invoker pods (deploy/base creates it)"
+            "the invoker pods (deploy/base creates it)",
+            exc.status,
         ) from exc
     return {
         "apiVersion": "v1",

@@ -56,6 +56,13 @@ class KubernetesSettings:
     """terminationGracePeriodSeconds of invoker pods."""
     service_account: str = "ember-invoker"
     """The invoker pods' ServiceAccount: no token is mounted, so it has no rights anyway."""
+    access_check_s: float = 60.0
+    """How often the scheduler checks that its permissions still hold, and how long a 401 or
+    403 may last before it checks again at once (a tenth of it): when they are gone the pool
+    fails and the scheduler exits with code 2 (EMBER_ACCESS_CHECK, seconds)."""
+    vanish_window_s: float = 10.0
+    """Pods that vanish without the scheduler deleting them within this window count towards
+    the refill's back-off (the garbage collector deletes pods whose owner is gone)."""
 
 
 @dataclass(slots=True)
@@ -73,6 +80,8 @@ class PodView:
     memory_bytes: int
     image: str = ""
     reason: str = ""
+    exit_code: int | None = None
+    """The container's exit code once it has terminated (137 after a SIGKILL)."""
 
     @classmethod
     def from_object(cls, obj: dict[str, Any]) -> PodView:
@@ -80,10 +89,13 @@ class PodView:
         conditions = status.get("conditions") or []
         ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
         reason = status.get("reason") or status.get("message") or ""
+        exit_code = None
         for cs in status.get("containerStatuses") or []:
             term = (cs.get("state") or {}).get("terminated") or {}
-            if term and not reason:
-                reason = f"{term.get('reason', 'terminated')} (exit {term.get('exitCode')})"
+            if term:
+                exit_code = term.get("exitCode")
+                if not reason:
+                    reason = f"{term.get('reason', 'terminated')} (exit {exit_code})"
         annotations = meta.get("annotations") or {}
         return cls(
             name=meta["name"],
@@ -96,6 +108,7 @@ class PodView:
             deleting=bool(meta.get("deletionTimestamp")),
             memory_bytes=int(annotations.get(MEMORY_ANNOTATION, "0") or 0),
             reason=reason,
+            exit_code=exit_code if isinstance(exit_code, int) else None,
             image=((obj.get("spec") or {}).get("containers") or [{}])[0].get("image", ""),
         )
 

@@ -21,8 +21,8 @@ from scheduler.backends.kubernetes.api import (
     call,
     check_access,
     load_client,
-    owner_reference,
 )
+from scheduler.backends.kubernetes.guards import Guard
 from scheduler.backends.kubernetes.pods import (
     APP,
     APP_LABEL,
@@ -57,13 +57,13 @@ class PodPool:
         start: the generic pool was empty, or the function too big for a generic pod)."""
         self._creating: set[str] = set()
         self._created_at: dict[str, float] = {}
-        self._owner: dict[str, Any] | None = None
         self._resource_version = ""
         self._waiters: set[asyncio.Event] = set()
         self._refill = asyncio.Event()
         self._tasks = Supervisor(log)
         self._watch_response: Any = None
         self._stopping = False
+        self._guard = Guard(api, settings)
 
     # -- connecting ---------------------------------------------------------------------------
 
@@ -73,14 +73,19 @@ class PodPool:
         return load_client(kubeconfig)
 
     async def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return await call(self.api, what, fn, *args, **kwargs)
+        try:
+            return await call(self.api, what, fn, *args, **kwargs)
+        except KubernetesError as exc:
+            if exc.denied:
+                self._guard.denied.set()
+            raise
 
     async def check_access(self) -> None:
         """Fail early, and say which permission is missing, rather than on the first call."""
         await check_access(self.api, self.settings)
 
     async def _load_owner(self) -> None:
-        self._owner = await owner_reference(self.api, self.settings)
+        await self._guard.load_owner()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -98,6 +103,7 @@ class PodPool:
         )
         self._tasks.spawn(self._watcher(), "pod watch", critical=True)
         self._tasks.spawn(self._refiller(), "pod pool refill", critical=True)
+        self._tasks.spawn(self._guard.check_access_often(), "permission check", critical=True)
         self._refill.set()
 
     @property
@@ -159,6 +165,8 @@ class PodPool:
 
     def _forget(self, pod: PodView, reason: str) -> None:
         self._created_at.pop(pod.name, None)
+        if not self._stopping:
+            self._guard.gone(pod.name)
         old = self.pods.pop(pod.name, None)
         if old is not None and not old.dead:
             self._report(pod, reason)
@@ -228,6 +236,8 @@ class PodPool:
                     if isinstance(item, ApiException) and item.status == 410:
                         expired = True
                     else:
+                        if isinstance(item, ApiException) and item.status in (401, 403):
+                            self._guard.denied.set()
                         failures += 1
                         log.warning(
                             "pod watch failed; watching again",
@@ -298,6 +308,9 @@ class PodPool:
                         "cannot delete an invoker pod", extra={"pod": pod.name, "error": str(exc)}
                     )
             missing = self.settings.generic_pool_size - len(self.generic())
+            if missing > 0 and not await self._guard.may_create():
+                self._refill.set()
+                continue
             for _ in range(missing):
                 try:
                     await self.create_pod(self.pod_spec())
@@ -319,7 +332,7 @@ class PodPool:
         """The pod of an invoker: generic, or for one function version when `function` is set."""
         return pod_manifest(
             self.settings,
-            self._owner,
+            self._guard.owner,
             function=function,
             version=version,
             gateway=gateway,
@@ -347,6 +360,7 @@ class PodPool:
         return pod
 
     async def _delete(self, name: str) -> None:
+        self._guard.deleting(name)
         try:
             await self._call(
                 f'deleting pod "{name}"',
@@ -395,6 +409,12 @@ class PodPool:
                     return claimed
                 with contextlib.suppress(KubernetesError):  # died meanwhile: nobody else
                     await self._delete(claimed.name)  # would delete it
+        if self._guard.owner_stale and not await self._guard.reload_owner():
+            raise KubernetesError(
+                f'cannot create an invoker pod: the ConfigMap "{self.settings.owner_configmap}" '
+                f'that owns them is gone from namespace "{self.settings.namespace}"; '
+                "apply deploy/ again"
+            )
         pod = await self.create_pod(
             self.pod_spec(
                 function=function,
@@ -446,6 +466,21 @@ class PodPool:
                 await self._delete(name)
             raise KubernetesError(f'invoker pod "{name}" did not start: {reason}')
         return pod
+
+    async def relabel(self, name: str, *, gateway: str, function: str, version: int) -> None:
+        """Say which version a pod serves (it was claimed for a deploy's check, as version 0)."""
+        pod = self.pods.get(name)
+        if pod is None or pod.labels.get(GATEWAY_LABEL) != label_value(gateway):
+            raise KubernetesError(f'pod "{name}" is not held by gateway "{gateway}"', 404)
+        labels = {FUNCTION_LABEL: label_value(function), VERSION_LABEL: str(version)}
+        obj = await self._call(
+            f'relabelling pod "{name}"',
+            self.core.patch_namespaced_pod,
+            name,
+            self.settings.namespace,
+            {"metadata": {"labels": labels}},
+        )
+        self._update(PodView.from_object(obj))
 
     async def release(self, name: str) -> None:
         """Delete a pod the scheduler no longer needs (scale down, scale to zero)."""
