@@ -11,9 +11,10 @@ gateways over HTTP:
 - `PATCH /v1/instances/NAME` {gateway, function, version}: a pod a deploy checked (as version 0)
   now serves that version: its labels say so.
 - `DELETE /v1/instances/NAME`: the gateway's policy let the instance go (scale down or to zero).
-- `GET /v1/gateways/ID/events`: a stream of NDJSON lines, first `{"pods": [...]}` (what the
-  gateway owns, repeated every 15 s so a gateway gives back a pod it does not hold), then
-  `{"gone": NAME, "reason": ...}` when a pod dies. The stream doubles as the gateway's
+- `GET /v1/gateways/ID/events`: a stream of NDJSON lines, first the gateway's recent deaths
+  (`{"gone": NAME, "reason": ..., "exit_code": N}`, so none is missed across a reconnect), then
+  `{"pods": [...]}` (what the gateway owns, repeated every 15 s so a gateway gives back a pod it
+  does not hold), then `{"gone": ...}` when a pod dies. The stream doubles as the gateway's
   heartbeat: pods of a gateway that stays away for `orphan_grace_s` are deleted.
 - `GET /healthz` (the process is up; says whether it leads), `GET /metrics` (Prometheus).
 
@@ -118,6 +119,9 @@ class ServiceSettings:
         )
 
 
+RECENTLY_GONE = 256
+
+
 class Broker:
     """The HTTP face of the pod pool, and the gateways' heartbeats."""
 
@@ -126,6 +130,10 @@ class Broker:
         self.pool: PodPool | None = None
         self.streams: dict[str, set[asyncio.Queue[dict[str, Any] | None]]] = {}
         self.last_seen: dict[str, float] = {}
+        self.recently_gone: dict[str, dict[str, dict[str, Any]]] = {}
+        """Per gateway, the last `RECENTLY_GONE` pods that died, as their "gone" message: sent
+        again when the gateway's stream reconnects, so a death (and its exit code) that happened
+        while it was down is not reported as "unknown to the scheduler"."""
         self.started = time.monotonic()
 
     def attach(self, pool: PodPool) -> None:
@@ -138,6 +146,10 @@ class Broker:
         message: dict[str, Any] = {"gone": pod.name, "reason": reason}
         if pod.exit_code is not None:
             message["exit_code"] = pod.exit_code
+        recent = self.recently_gone.setdefault(gateway, {})
+        recent[pod.name] = message
+        while len(recent) > RECENTLY_GONE:
+            del recent[next(iter(recent))]
         for queue in self.streams.get(gateway, ()):
             queue.put_nowait(message)
 
@@ -263,6 +275,9 @@ class Broker:
         await response.prepare(request)
         try:
             owned = [p.name for p in self.pool.owned_by(gateway)]
+            # The deaths it may have missed first: the snapshot takes what it lists for lost.
+            for gone in list(self.recently_gone.get(gateway, {}).values()):
+                await response.write(orjson.dumps(gone) + b"\n")
             await response.write(orjson.dumps({"pods": owned}) + b"\n")
             while True:
                 try:
