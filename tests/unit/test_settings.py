@@ -62,3 +62,18 @@ def test_bad_scheduler_settings_name_the_variable() -> None:
     with pytest.raises(SettingsError, match="EMBER_ORPHAN_GRACE='0': expected at least 1"):
         ServiceSettings.from_env({**env, "EMBER_ORPHAN_GRACE": "0"})
     assert Env({"A": "no"}).flag("A", True) is False
+
+
+def test_the_http_limits_are_read_from_their_variables() -> None:
+    http = Settings.from_env(
+        {
+            "FN_HEADER_TIMEOUT": "2s",
+            "FN_BODY_TIMEOUT": "1m",
+            "FN_IDLE_TIMEOUT": "500ms",
+            "FN_MAX_CONNECTIONS": "300",
+        }
+    ).http
+    assert (http.header_timeout_s, http.body_timeout_s, http.idle_timeout_s) == (2.0, 60.0, 0.5)
+    assert http.max_connections == 300
+    with pytest.raises(ConfigError, match="FN_MAX_CONNECTIONS"):
+        Settings.from_env({"FN_MAX_CONNECTIONS": "0"})
