@@ -1,4 +1,6 @@
-"""The aiohttp application: routes, the admin-token check, and JSON errors for everything."""
+"""The aiohttp application: routes, the admin-token check, and JSON errors for everything:
+whatever a handler raises or aiohttp answers itself (no route, wrong method, a body too
+large or too slow, `Expect`) is the `{"error": {...}}` shape with its status."""
 
 from __future__ import annotations
 
@@ -10,9 +12,11 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import admin, events, policies
-from gateway.errors import error_response, json_response, payload_too_large
+from gateway.errors import BodyTimeout, error_response, json_response, payload_too_large
 from gateway.invoke import invoke
 from gateway.platform import PLATFORM, Platform
+from gateway.requests import not_found
+from gateway.units import NAME
 from store import DatabaseUnavailable
 
 log = logging.getLogger("ember.gateway.app")
@@ -36,25 +40,31 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             return error_response(
                 401, "unauthorized", message, headers={"WWW-Authenticate": 'Bearer realm="ember"'}
             )
+    name = request.match_info.get("name")
+    if name is not None and request.path.startswith("/v1/functions/") and not NAME.fullmatch(name):
+        return not_found(name)  # no such function can exist; the store is not asked
     return await handler(request)
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    platform = request.app[PLATFORM]
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The last word on every request's errors: what escapes the handlers, and what aiohttp
+    raises (no route, wrong method), as the JSON error shape."""
+    if request.version.major != 1:  # HTTP/0.9 ("GET /" and an empty line)
+        return _closing(
+            error_response(505, "http_version_not_supported", "use HTTP/1.1 (or HTTP/1.0)")
+        )
+    length = request.content_length
+    if length is not None and length > request.client_max_size:
+        return _closing(payload_too_large(request.client_max_size))  # not read, not waited for
     try:
         return await handler(request)
-    except web.HTTPRequestEntityTooLarge:
-        return payload_too_large(platform.settings.max_body_bytes)
     except web.HTTPException as exc:
-        if exc.content_type == "application/json":
+        if exc.status < 400 or exc.content_type == "application/json":
             raise
-        return error_response(
-            exc.status,
-            exc.reason.lower().replace(" ", "_"),
-            exc.text or exc.reason,
-            headers=exc.headers,
-        )
+        return http_error(request, exc)
+    except BodyTimeout as exc:
+        return _closing(error_response(408, "body_timeout", f"{exc} (FN_BODY_TIMEOUT)"))
     except DatabaseUnavailable as exc:
         log.warning("database unavailable: %s", exc)
         return error_response(
@@ -66,6 +76,47 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("unhandled error", extra={"path": request.path})
         return error_response(500, "internal_error", "internal error; see the gateway's logs")
+
+
+def http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
+    """aiohttp's own error (text/plain) as the JSON shape, with its headers (Allow...)."""
+    headers = {
+        k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")
+    }
+    path = request.path if len(request.path) <= 200 else request.path[:200] + "..."
+    if isinstance(exc, web.HTTPNotFound):
+        code, message = "not_found", f"nothing at {path!r}: see the API in the README"
+    elif isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        code, message = "method_not_allowed", f"{exc.method} is not allowed on {path!r}: {allowed}"
+    elif isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return _closing(payload_too_large(request.client_max_size))
+    else:
+        code, message = exc.reason.lower().replace(" ", "_"), exc.text or exc.reason
+    return error_response(exc.status, code, message, headers=headers)
+
+
+def _closing(response: web.Response) -> web.Response:
+    response.force_close()
+    return response
+
+
+async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """`Expect: 100-continue`: refuse a body over the limit before the client sends it (413
+    instead of "100 Continue"); else invite it."""
+    if request.version != (1, 1):
+        return None
+    expect = request.headers.get("Expect", "")
+    if expect.lower() != "100-continue":
+        return _closing(
+            error_response(417, "expectation_failed", f"Expect: {expect[:100]!r} is not served")
+        )
+    length = request.content_length
+    if length is not None and length > request.client_max_size:
+        return _closing(payload_too_large(request.client_max_size))
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # the response proper starts after it
+    return None
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -87,24 +138,29 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def build_app(platform: Platform) -> web.Application:
-    """Calls (`/fn/...`) run without middleware: the call path handles its own errors, and
-    the admin API (`/v1`) is a sub-application with the token check and JSON errors."""
-    app = web.Application(client_max_size=platform.settings.max_body_bytes)
+    """Calls (`/fn/...`) pass one middleware (`json_errors`; the call path answers its own
+    errors), and the admin API (`/v1`) is a sub-application with the token check."""
+    app = web.Application(
+        client_max_size=platform.settings.max_body_bytes, middlewares=[json_errors]
+    )
     app[PLATFORM] = platform
     # A deploy carries the code base64-encoded in JSON.
     admin_max = max(
         platform.settings.max_body_bytes, platform.settings.max_source_bytes * 4 // 3 + (1 << 20)
     )
-    admin_app = web.Application(
-        client_max_size=admin_max, middlewares=[error_middleware, auth_middleware]
-    )
+    admin_app = web.Application(client_max_size=admin_max, middlewares=[auth_middleware])
     admin_app[PLATFORM] = platform
     for route in [*admin.routes, *policies.routes, *events.routes]:
         assert isinstance(route, web.RouteDef)
-        admin_app.router.add_route(route.method, route.path.removeprefix("/v1"), route.handler)
+        admin_app.router.add_route(
+            route.method,
+            route.path.removeprefix("/v1"),
+            route.handler,
+            expect_handler=expect_continue,
+        )
     app.add_subapp("/v1", admin_app)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_route("*", "/fn/{name}", invoke)
-    app.router.add_route("*", "/fn/{name}/{tail:.*}", invoke)
+    app.router.add_get("/healthz", healthz, expect_handler=expect_continue)
+    app.router.add_get("/metrics", metrics, expect_handler=expect_continue)
+    app.router.add_route("*", "/fn/{name}", invoke, expect_handler=expect_continue)
+    app.router.add_route("*", "/fn/{name}/{tail:.*}", invoke, expect_handler=expect_continue)
     return app

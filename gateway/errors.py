@@ -9,6 +9,14 @@ import orjson
 from aiohttp import web
 
 
+class BodyTimeout(TimeoutError):
+    """The request's body did not arrive within `body_timeout_s` (raised by its reads)."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(f"the request's body did not arrive within {timeout_s:g}s")
+        self.timeout_s = timeout_s
+
+
 def json_response(
     data: Any, status: int = 200, headers: Mapping[str, str] | None = None
 ) -> web.Response:

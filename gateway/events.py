@@ -309,7 +309,7 @@ async def list_triggers(request: web.Request) -> web.Response:
 @routes.delete("/v1/triggers/{id}")
 async def delete_trigger(request: web.Request) -> web.Response:
     raw = request.match_info["id"]
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
         raise bad_request("bad_trigger_id", f'"{raw}" is not a trigger id (see fn trigger list)')
     platform = platform_of(request)
     force = request.query.get("force") in ("1", "true", "yes")

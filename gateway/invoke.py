@@ -11,6 +11,7 @@ from calls.activations import new_activation_id
 from calls.execute import execute, no_nul
 from gateway.errors import error_response, json_response, payload_too_large
 from gateway.platform import PLATFORM, Platform
+from gateway.units import NAME
 from invoker.protocol import RequestMeta
 from store import (
     DatabaseUnavailable,
@@ -37,26 +38,40 @@ _HOP_BY_HOP = frozenset(
 )
 
 
-def _parse_target(target: str) -> tuple[str, int | None]:
+MAX_VERSION = 2**31 - 1  # a Postgres integer
+
+
+def _parse_target(target: str) -> tuple[str, int | None] | web.Response:
+    """NAME or NAME:VERSION, else a 400. Checked here, not by the store: a name no function
+    can have, or a version past an integer, is the caller's mistake, not a 500."""
     name, sep, pin = target.partition(":")
+    if not NAME.fullmatch(name):
+        shown = name if len(name) <= 100 else name[:100] + "..."
+        return error_response(
+            400,
+            "bad_name",
+            f"{shown!r} is not a function name: 1-63 lowercase letters, digits, - and _, "
+            "starting with a letter (like hello-world)",
+        )
     if not sep:
         return name, None
-    if not pin.isdigit():
-        raise web.HTTPBadRequest(text="")  # replaced by the caller's error response
+    if not (pin.isascii() and pin.isdigit() and len(pin) <= 10 and 1 <= int(pin) <= MAX_VERSION):
+        shown = pin if len(pin) <= 20 else pin[:20] + "..."
+        return error_response(
+            400,
+            "bad_version",
+            f"{shown!r} is not a version of {name}: NAME:VERSION takes a number from 1 (like "
+            f"{name}:3); list them with: fn versions {name}",
+        )
     return name, int(pin)
 
 
 async def invoke(request: web.Request) -> web.StreamResponse:
     platform = request.app[PLATFORM]
-    target = request.match_info["name"]
-    try:
-        name, pinned = _parse_target(target)
-    except web.HTTPBadRequest:
-        return error_response(
-            400,
-            "bad_version",
-            f'"{target}" is not NAME or NAME:VERSION (a version number, like hello:3)',
-        )
+    parsed = _parse_target(request.match_info["name"])
+    if isinstance(parsed, web.Response):
+        return parsed
+    name, pinned = parsed
     try:
         version = await platform.functions.resolve(name, pinned)
     except FunctionNotFound:
@@ -70,6 +85,15 @@ async def invoke(request: web.Request) -> web.StreamResponse:
             404,
             "version_not_found",
             f'function "{name}" has no version {pinned}; list them with: fn versions {name}',
+        )
+    except DatabaseUnavailable as exc:
+        log.warning("cannot resolve %s: %s", name, exc)
+        return error_response(
+            503,
+            "database_unavailable",
+            f'function "{name}" is not cached here and the database is unavailable ({exc}); '
+            "retry shortly",
+            headers={"Retry-After": "1"},
         )
     try:
         body = await request.read()

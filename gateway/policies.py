@@ -41,7 +41,7 @@ def policy_row_from_body(body: dict[str, Any], function: str) -> PolicyRow:
     counts: dict[str, int | None] = {}
     for key, flag, low in (("min_warm", "--min-warm", 0), ("max_instances", "--max-instances", 1)):
         value = body.get(key)
-        if isinstance(value, str) and value.isdigit():
+        if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 6:
             value = int(value)
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 10_000

@@ -39,6 +39,6 @@ async def json_body(request: web.Request) -> dict[str, Any]:
 
 def limit_of(request: web.Request) -> int:
     raw = request.query.get("limit", "20")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_ACTIVATIONS:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 4 and 1 <= int(raw) <= MAX_ACTIVATIONS):
         raise bad_request("bad_limit", f"limit must be 1-{MAX_ACTIVATIONS}, got {raw!r}")
     return int(raw)

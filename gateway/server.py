@@ -19,6 +19,7 @@ from aiohttp import web
 
 from config.units import ConfigError
 from gateway.app import build_app
+from gateway.connections import GatewayRunner
 from gateway.platform import Platform
 from gateway.settings import Settings
 from gateway.state_dir import ADDRESS_FILE, StateDirInUse
@@ -27,6 +28,7 @@ from scheduler.scheduler import StartFailed
 from store import StoreError
 
 log = logging.getLogger("ember.gateway")
+BACKLOG = 1024  # connections the kernel queues before accept: a burst of clients is not refused
 
 
 async def serve(settings: Settings) -> None:
@@ -42,13 +44,15 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     platform = await Platform.start(settings)
-    runner = web.AppRunner(
-        build_app(platform), access_log=None, shutdown_timeout=settings.shutdown_timeout_s
+    runner = GatewayRunner(
+        build_app(platform), settings.http, shutdown_timeout=settings.shutdown_timeout_s
     )
     address_file = settings.state_dir / ADDRESS_FILE
     try:
         await runner.setup()
-        site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+        site = web.TCPSite(
+            runner, settings.host, settings.port, reuse_address=True, backlog=BACKLOG
+        )
         await site.start()
         host, port = runner.addresses[0][:2]
         url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"

@@ -6,6 +6,7 @@ The `fn up` flags set these variables, so a flag and its variable are the same s
 from __future__ import annotations
 
 import os
+import resource
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -26,6 +27,33 @@ def default_state_dir(env: Mapping[str, str] = os.environ) -> Path:
         return Path(env["FN_STATE_DIR"])
     base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "ember"
+
+
+def default_max_connections() -> int:
+    """10,000 open connections, or half the open-files limit when that is lower: the other half
+    stays for instances, Postgres and files."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(16, min(10_000, soft // 2))
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class HttpSettings:
+    """Limits on client connections (gateway/connections.py): what a slow or hostile client
+    may hold. A connection waits for a request (idle), receives its headers, then its body."""
+
+    header_timeout_s: float = 10.0
+    """From the first byte of a request to the end of its headers (FN_HEADER_TIMEOUT); later,
+    408 and the connection is closed. Default 10 s: a client sends its headers in one packet."""
+    body_timeout_s: float = 60.0
+    """From the end of the headers to the end of the body (FN_BODY_TIMEOUT); later, 408 and
+    the connection is closed. Default 60 s: 6 MiB at 100 KB/s."""
+    idle_timeout_s: float = 75.0
+    """How long a connection may wait for its next request (FN_IDLE_TIMEOUT), the first one
+    included. Default 75 s (nginx's), longer than clients keep idle connections."""
+    max_connections: int = field(default_factory=default_max_connections)
+    """Open client connections at most (FN_MAX_CONNECTIONS); one more closes the connection
+    that has waited longest for a request, or, when all are busy, gets 503. Default 10,000,
+    or half the open-files limit when that is lower."""
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -67,6 +95,7 @@ class Settings:
     gateway_id: str = field(default_factory=socket.gethostname)
     """This gateway's name towards the scheduler (EMBER_GATEWAY_ID); default: the host name,
     which on Kubernetes is the pod name."""
+    http: HttpSettings = field(default_factory=HttpSettings)
     pool: PoolSettings = field(default_factory=PoolSettings)
     events: EventSettings = field(default_factory=EventSettings)
     isolation: IsolationSettings = field(default_factory=IsolationSettings)
@@ -75,7 +104,13 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
         read = Env(env)
-        defaults, p, e = cls(), PoolSettings(), EventSettings()
+        defaults, p, e, h = cls(), PoolSettings(), EventSettings(), HttpSettings()
+        http = HttpSettings(
+            header_timeout_s=read.duration_s("FN_HEADER_TIMEOUT", h.header_timeout_s),
+            body_timeout_s=read.duration_s("FN_BODY_TIMEOUT", h.body_timeout_s),
+            idle_timeout_s=read.duration_s("FN_IDLE_TIMEOUT", h.idle_timeout_s),
+            max_connections=read.whole("FN_MAX_CONNECTIONS", h.max_connections, 1, 10_000_000),
+        )
         pool = PoolSettings(
             keep_alive_s=read.duration_s("FN_KEEP_ALIVE", p.keep_alive_s, maximum_s=7 * 86400),
             generic_pool_size=read.integer("FN_GENERIC_POOL", p.generic_pool_size),
@@ -118,6 +153,7 @@ class Settings:
         if not 1 <= time_scale <= 10_000:
             raise ConfigError("FN_TIME_SCALE", time_scale, "a number from 1 to 10000")
         return cls(
+            http=http,
             time_scale=time_scale,
             events=events,
             isolation=isolation,

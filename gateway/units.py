@@ -80,6 +80,12 @@ def archive_names(archive: bytes) -> list[str]:
         return sorted(i.filename for i in files.infolist() if not i.is_dir())
 
 
+def _small_number(raw: str) -> bool:
+    """ASCII digits that `int` takes and no setting overflows ("²" is a digit to `isdigit`)."""
+    raw = raw.strip()
+    return raw.isascii() and raw.isdigit() and len(raw) <= 9
+
+
 def parse_function_config(body: Mapping[str, Any]) -> FunctionConfig:
     """The configuration of a deploy request, checked; raises ConfigError on the first bad one."""
     defaults = FunctionConfig()
@@ -95,7 +101,7 @@ def parse_function_config(body: Mapping[str, Any]) -> FunctionConfig:
         if not isinstance(val, str):
             raise ConfigError(f"--env {key}", val, "a string")
     concurrency = body.get("concurrency", defaults.concurrency)
-    if isinstance(concurrency, str) and concurrency.strip().isdigit():
+    if isinstance(concurrency, str) and _small_number(concurrency):
         concurrency = int(concurrency)
     if (
         isinstance(concurrency, bool)
@@ -106,7 +112,7 @@ def parse_function_config(body: Mapping[str, Any]) -> FunctionConfig:
             "--concurrency", concurrency, f"a whole number from 1 to {MAX_CONCURRENCY}"
         )
     attempts = body.get("max_attempts", defaults.max_attempts)
-    if isinstance(attempts, str) and attempts.strip().isdigit():
+    if isinstance(attempts, str) and _small_number(attempts):
         attempts = int(attempts)
     if (
         isinstance(attempts, bool)

@@ -25,6 +25,7 @@ import uvloop
 from aiohttp import web
 
 from gateway.app import build_app
+from gateway.connections import GatewayRunner
 from gateway.platform import Platform
 from gateway.settings import Settings
 from scheduler.backends.isolation import IsolationSettings
@@ -224,9 +225,9 @@ def make_platform(database_url: str, tmp_path: Path) -> PlatformFactory:
         platform = await Platform.start(settings)
         running.append(state_dir)
         watchdog = _task_dump_after(45.0)
-        runner = web.AppRunner(build_app(platform), access_log=None, shutdown_timeout=2)
+        runner = GatewayRunner(build_app(platform), settings.http, shutdown_timeout=2)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
         await site.start()
         host, port = runner.addresses[0][:2]
         try:

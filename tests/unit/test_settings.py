@@ -79,3 +79,18 @@ def test_retention_settings_are_read_with_their_units() -> None:
     ).retention
     assert (retention.age_s, retention.max_rows, retention.batch_rows) == (3 * 86400, 50000, 1000)
     assert (retention.pause_s, retention.every_s) == (0.02, 60)
+
+
+def test_the_http_limits_are_read_from_their_variables() -> None:
+    http = Settings.from_env(
+        {
+            "FN_HEADER_TIMEOUT": "2s",
+            "FN_BODY_TIMEOUT": "1m",
+            "FN_IDLE_TIMEOUT": "500ms",
+            "FN_MAX_CONNECTIONS": "300",
+        }
+    ).http
+    assert (http.header_timeout_s, http.body_timeout_s, http.idle_timeout_s) == (2.0, 60.0, 0.5)
+    assert http.max_connections == 300
+    with pytest.raises(ConfigError, match="FN_MAX_CONNECTIONS"):
+        Settings.from_env({"FN_MAX_CONNECTIONS": "0"})
