@@ -20,6 +20,7 @@ from gateway.units import NAME
 from store import DatabaseUnavailable
 
 log = logging.getLogger("ember.gateway.app")
+ADMIN_MAX_BODY = web.AppKey("admin_max_body", int)
 
 
 @web.middleware
@@ -54,6 +55,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return _closing(
             error_response(505, "http_version_not_supported", "use HTTP/1.1 (or HTTP/1.0)")
         )
+    _admit_deploy_size(request)
     length = request.content_length
     if length is not None and length > request.client_max_size:
         return _closing(payload_too_large(request.client_max_size))  # not read, not waited for
@@ -101,11 +103,20 @@ def _closing(response: web.Response) -> web.Response:
     return response
 
 
+def _admit_deploy_size(request: web.Request) -> None:
+    """The admin API reads deploys (code, base64 in JSON) up to its own limit: aiohttp reads
+    every request with the root application's `client_max_size` (the calls' FN_MAX_BODY), and
+    a sub-application's is not used, so the limit is raised here for `/v1` (cold path only)."""
+    if request.path.startswith("/v1/"):
+        request._client_max_size = request.app[ADMIN_MAX_BODY]
+
+
 async def expect_continue(request: web.Request) -> web.StreamResponse | None:
     """`Expect: 100-continue`: refuse a body over the limit before the client sends it (413
     instead of "100 Continue"); else invite it."""
     if request.version != (1, 1):
         return None
+    _admit_deploy_size(request)
     expect = request.headers.get("Expect", "")
     if expect.lower() != "100-continue":
         return _closing(
@@ -148,8 +159,10 @@ def build_app(platform: Platform) -> web.Application:
     admin_max = max(
         platform.settings.max_body_bytes, platform.settings.max_source_bytes * 4 // 3 + (1 << 20)
     )
+    app[ADMIN_MAX_BODY] = admin_max
     admin_app = web.Application(client_max_size=admin_max, middlewares=[auth_middleware])
     admin_app[PLATFORM] = platform
+    admin_app[ADMIN_MAX_BODY] = admin_max
     for route in [*admin.routes, *policies.routes, *events.routes]:
         assert isinstance(route, web.RouteDef)
         admin_app.router.add_route(

@@ -8,6 +8,7 @@ loaded machine."""
 from __future__ import annotations
 
 import asyncio
+import io
 import resource
 import sys
 import textwrap
@@ -458,3 +459,30 @@ async def test_an_uncached_function_while_the_database_is_down_is_a_503(tmp_path
         await runner.cleanup()
         await platform.stop()
         await asyncio.to_thread(pg.stop)
+
+
+async def test_a_deploy_larger_than_a_call_body_is_read_up_to_the_source_limit(
+    running: Running,
+) -> None:
+    """Calls stop at FN_MAX_BODY (6 MiB); a deploy carries up to FN_MAX_SOURCE of code, base64
+    in JSON, so the admin API reads more (aiohttp would apply the calls' limit to it)."""
+    settings = running.platform.settings
+    assert settings.max_source_bytes > settings.max_body_bytes
+    body = b"x" * (settings.max_body_bytes + (1 << 20))
+    async with running.http.post(f"{running.url}/fn/nosuch", data=io.BytesIO(body)) as response:
+        assert response.status == 413
+
+    async def deploy(name: str, source: str) -> tuple[int, Any]:
+        body = orjson.dumps({"name": name, "source": source, "filename": "handler.py"})
+        headers = {**running.admin_headers, "Content-Type": "application/json"}
+        async with running.http.post(
+            f"{running.url}/v1/functions", data=io.BytesIO(body), headers=headers
+        ) as response:
+            return response.status, await response.json()
+
+    source = "def handler(event, context):\n    return 1\n" + "#" * (7 << 20) + "\n"
+    status, data = await deploy("big", source)
+    assert status == 201, data
+    status, data = await deploy("bigger", "#" * (settings.max_source_bytes + 1))
+    assert (status, data["error"]["code"]) == (400, "source_too_large"), data
+    assert "FN_MAX_SOURCE" in data["error"]["message"]
