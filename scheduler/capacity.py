@@ -88,15 +88,18 @@ class Room:
     """Whether one more instance fits on the node, and which idle ones to evict so it does."""
 
     def __init__(
-        self, capacity: Capacity, instances: dict[str, Instance], charge: Callable[[Instance], int]
+        self,
+        capacity: Capacity,
+        instances: dict[str, Instance],
+        charge: Callable[[Instance], int],
+        usage: Callable[[], tuple[int, int]],
     ) -> None:
         self.capacity = capacity
         self._instances = instances
         self._charge = charge
-
-    def usage(self) -> tuple[int, int]:
-        """Instances on the node, and the memory they are charged."""
-        return len(self._instances), sum(self._charge(i) for i in self._instances.values())
+        self.usage = usage
+        """Instances on the node and the memory they are charged: every one until the backend
+        has stopped it (also those out of the pool: evicted, or a deleted function's busy)."""
 
     def victims_for(
         self, memory_bytes: int, key: object, *, generic: Instance | None, evict: bool

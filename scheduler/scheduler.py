@@ -105,13 +105,15 @@ class Scheduler(Upkeep):
             ),
             self.pool.instances,
             lambda i: self._live[i.id].memory_bytes if i.id in self._live else 0,
+            self._usage,
         )
         self._versions: dict[VersionKey, Tracked] = {}
         self._active: dict[str, VersionKey] = {}
         """Each function's active version, as the gateway last said (`ensure_warm`): only it
         is kept at `min_warm` and prewarmed."""
         self._tasks = Supervisor(log)
-        self._instance_stops: set[asyncio.Future[None]] = set()
+        self._instance_stops: dict[asyncio.Future[None], int] = {}
+        """Stops in flight, with the memory each instance is charged until it is stopped."""
         self._wake_reaper = asyncio.Event()
         self._reaper_target = math.inf
         self._refill = asyncio.Event()
@@ -157,8 +159,8 @@ class Scheduler(Upkeep):
         await asyncio.gather(*self._instance_stops, return_exceptions=True)
         await self.backend.close()
 
-    def _stop_soon(self, instance: Instance, reason: str) -> None:
-        self._tasks.spawn(self._drop(instance, reason), f"stop {instance.id}")
+    def _stop_soon(self, instance: Instance, reason: str) -> asyncio.Task[None]:
+        return self._tasks.spawn(self._drop(instance, reason), f"stop {instance.id}")
 
     def _notify(self) -> None:
         if self._watchers:  # nobody waits in production: one integer test per event
@@ -318,15 +320,6 @@ class Scheduler(Upkeep):
             return instance, False
         return self._new_instance(), True
 
-    def _make_room(self, memory_bytes: int, key: VersionKey | None, *, evict: bool) -> bool:
-        """Whether one more instance fits the node's capacity, after evicting idle ones if
-        `evict` (calls and deploys do; prewarms and `min_warm` only use free room)."""
-        generic = self.pool.take_generic()
-        victims = self.room.victims_for(memory_bytes, key, generic=generic, evict=evict)
-        for victim in victims or ():
-            self._evict(victim)
-        return victims is not None
-
     def _launch(
         self, tracked: Tracked, why: str, *, prewarm_until: float | None = None, evict: bool = True
     ) -> bool:
@@ -334,13 +327,15 @@ class Scheduler(Upkeep):
         way instances start."""
         version = tracked.version
         key = (version.function, version.version)
-        if not self._make_room(version.config.memory_bytes, key, evict=evict):
+        evicting = self._make_room(version.config.memory_bytes, key, evict=evict)
+        if evicting is None:
             return False
         instance, fresh = self._take_instance()
         self._live[instance.id].memory_bytes = version.config.memory_bytes
         self.pool.begin_specialize(instance, key, version.config.concurrency)
         self._tasks.spawn(
-            self._bring_up(instance, tracked, fresh, prewarm_until), f"{why} {instance.id}"
+            self._bring_up(instance, tracked, fresh, prewarm_until, evicting),
+            f"{why} {instance.id}",
         )
         self._refill.set()
         return True
@@ -358,9 +353,16 @@ class Scheduler(Upkeep):
                 break
 
     async def _bring_up(
-        self, instance: Instance, tracked: Tracked, fresh: bool, prewarm_until: float | None
+        self,
+        instance: Instance,
+        tracked: Tracked,
+        fresh: bool,
+        prewarm_until: float | None,
+        evicting: list[asyncio.Task[None]],
     ) -> None:
         try:
+            if evicting:  # the room is theirs until they are stopped
+                await asyncio.wait(evicting)
             await self._specialize(instance, tracked.version, fresh)
         except StartFailed as exc:
             # Back off before starting this version again, so a module that fails to import
@@ -476,8 +478,8 @@ class Scheduler(Upkeep):
             stopping = asyncio.ensure_future(
                 self.backend.stop_instance(live.handle, grace_s=self.settings.stop_grace_s)
             )
-            self._instance_stops.add(stopping)
-            stopping.add_done_callback(self._instance_stops.discard)
+            self._instance_stops[stopping] = live.memory_bytes  # charged until it is stopped
+            stopping.add_done_callback(self._instance_stops.pop)
             await asyncio.shield(stopping)
         tracked = None if key is None else self._versions.get(key)
         self._refill.set()  # (room for a generic instance, too, when the node was full)

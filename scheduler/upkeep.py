@@ -40,6 +40,7 @@ class Upkeep:
     _changed: asyncio.Event
     _watchers: int
     _live: dict[str, Live]
+    _instance_stops: dict[asyncio.Future[None], int]
     _versions: dict[VersionKey, Tracked]
     _active: dict[str, VersionKey]
     _tasks: Supervisor
@@ -59,7 +60,7 @@ class Upkeep:
             prewarm_until: float | None = None,
             evict: bool = True,
         ) -> bool: ...
-        def _make_room(self, memory_bytes: int, key: VersionKey | None, *, evict: bool) -> bool: ...
+
         def _new_instance(self) -> Instance: ...
         async def _start_process(
             self, instance: Instance, version: Version | None = None
@@ -71,7 +72,7 @@ class Upkeep:
         def _notify(self) -> None: ...
         def _take_instance(self) -> tuple[Instance, bool]: ...
         async def _specialize(self, instance: Instance, version: Version, fresh: bool) -> None: ...
-        def _stop_soon(self, instance: Instance, reason: str) -> None: ...
+        def _stop_soon(self, instance: Instance, reason: str) -> asyncio.Task[None]: ...
         async def _connection(self, instance: Instance) -> InstanceConnection: ...
         def _keep_connection(self, instance: Instance, conn: InstanceConnection) -> None: ...
         def _hand_out(self, tracked: Tracked, *, cold: bool) -> None: ...
@@ -108,14 +109,32 @@ class Upkeep:
         """Check keep-alives and prewarms against the clock now (a fake clock moved)."""
         self._wake_reaper.set()
 
-    def _evict(self, victim: Instance) -> None:
+    def _usage(self) -> tuple[int, int]:
+        """Instances charged against the node's capacity, and their memory: every instance
+        with a record (in the pool, a deleted function's still busy, evicted ones not yet
+        stopping) and those whose stop is in flight."""
+        count = len(self._live) + len(self._instance_stops)
+        memory = sum(live.memory_bytes for live in self._live.values())
+        return count, memory + sum(self._instance_stops.values())
+
+    def _make_room(
+        self, memory_bytes: int, key: VersionKey | None, *, evict: bool
+    ) -> list[asyncio.Task[None]] | None:
+        """Room for one more instance: None if it does not fit, else the stops of the idle
+        instances evicted for it (if `evict`: calls and deploys do; prewarms and `min_warm` only
+        use free room), which the new instance waits for before it starts."""
+        generic = self.pool.take_generic()
+        victims = self.room.victims_for(memory_bytes, key, generic=generic, evict=evict)
+        return None if victims is None else [self._evict(victim) for victim in victims]
+
+    def _evict(self, victim: Instance) -> asyncio.Task[None]:
         """Stop an idle instance now to make room for another (the node is full)."""
         now = self.clock()
         self.pool.stopped(victim, now)
         self.pool.remove(victim)
         self.evictions_total += 1
         log.info("evicting an idle instance", extra={"instance": victim.id, "key": victim.key})
-        self._stop_soon(victim, "evicted: the node is at its capacity")
+        return self._stop_soon(victim, "evicted: the node is at its capacity")
 
     def _full(self, version: Version) -> AtCapacity:
         cap = self.room.capacity
@@ -284,13 +303,16 @@ class Upkeep:
         `admit` makes it the first warm instance of the stored version, `drop_checked_soon`
         stops it.
         """
-        if not self._make_room(version.config.memory_bytes, None, evict=True):
+        evicting = self._make_room(version.config.memory_bytes, None, evict=True)
+        if evicting is None:
             raise self._full(version)
         instance, fresh = self._take_instance()
         self._live[instance.id].memory_bytes = version.config.memory_bytes
         instance.state = State.STARTING
         self._refill.set()
         try:
+            if evicting:  # the room is theirs until they are stopped
+                await asyncio.wait(evicting)
             await self._specialize(instance, version, fresh)
         except BaseException as exc:  # failed, or the deploy request was cancelled
             self._stop_soon(instance, f"import check: {exc!r}")

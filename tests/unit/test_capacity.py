@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 
@@ -139,3 +140,51 @@ def test_automatic_caps_follow_the_machines_memory() -> None:
     assert auto.max_memory_bytes == int(available_memory_bytes() * AUTO_MEMORY_SHARE)
     assert auto.max_instances == max(4, auto.max_memory_bytes // AUTO_BYTES_PER_INSTANCE)
     assert Capacity.resolve(7, 1 << 30) == Capacity(max_instances=7, max_memory_bytes=1 << 30)
+
+
+class SlowStops(FakeBackend):
+    """Instances that take their grace period to exit (handlers that ignore SIGTERM)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.let_stop = asyncio.Event()
+
+    async def stop_instance(self, handle: Any, *, grace_s: float) -> None:
+        await self.let_stop.wait()
+        await super().stop_instance(handle, grace_s=grace_s)
+
+
+async def test_an_evicted_instance_counts_until_it_is_stopped() -> None:
+    backend = SlowStops()
+    pool = PoolSettings(generic_pool_size=0, max_total_instances=2)
+    scheduler = Scheduler(backend, pool, clock=FakeClock(), connect=backend.connect)
+    await scheduler.start()
+    try:
+        await call(scheduler, A)
+        await call(scheduler, B)
+        waiting = asyncio.create_task(call(scheduler, C))  # evicts a, whose stop is slow
+        await scheduler.wait_until(lambda: scheduler.evictions_total == 1, 1)
+        # a (stopping) and c (waiting for a's room) fill the node: evicting b would not do.
+        with pytest.raises(AtCapacity):
+            await call(scheduler, fake_version("d"))
+        assert sorted(i.function or "" for i in backend.running()) == ["a", "b"]
+        backend.let_stop.set()
+        await waiting
+        assert functions_running(scheduler) == ["b", "c"]
+        assert sorted(i.function or "" for i in backend.running()) == ["b", "c"]
+    finally:
+        backend.let_stop.set()
+        await scheduler.stop()
+
+
+async def test_a_deleted_functions_busy_instance_counts_until_its_call_ends() -> None:
+    async with node(max_total_instances=1) as (scheduler, backend, _):
+        held = await scheduler.acquire(A)
+        await scheduler.retire("a")  # its call runs on
+        with pytest.raises(AtCapacity):
+            await call(scheduler, B)
+        assert len(backend.running()) == 1
+        scheduler.release(held)  # the call ends: a stops, and b fits
+        await scheduler.wait_until(lambda: not backend.running(), 1)
+        await call(scheduler, B)
+        assert functions_running(scheduler) == ["b"]
