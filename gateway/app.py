@@ -8,6 +8,7 @@ import hmac
 import logging
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -29,8 +30,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         platform = request.app[PLATFORM]
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
+        # (surrogateescape: a header with bytes that are not UTF-8 is a wrong token, not a 500)
         if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), platform.token.encode()
+            token.strip().encode("utf-8", "surrogateescape"), platform.token.encode()
         ):
             message = (
                 "missing admin token: send Authorization: Bearer <token> (fn reads it "
@@ -67,6 +69,10 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return http_error(request, exc)
     except BodyTimeout as exc:
         return _closing(error_response(408, "body_timeout", f"{exc} (FN_BODY_TIMEOUT)"))
+    except (HttpProcessingError, web.RequestPayloadError) as exc:  # e.g. gzip that is not
+        cause = exc.__cause__ if isinstance(exc, web.RequestPayloadError) else exc
+        message = str(getattr(cause, "message", "") or exc)[:200]
+        return _closing(error_response(400, "bad_request_body", f"bad request body: {message}"))
     except DatabaseUnavailable as exc:
         log.warning("database unavailable: %s", exc)
         return error_response(

@@ -45,7 +45,7 @@ from gateway.settings import HttpSettings
 
 log = logging.getLogger("ember.gateway.connections")
 
-_IDLE, _HEADERS, _BUSY, _CLOSED = range(4)
+_IDLE, _HEADERS, _BUSY, _WRITING, _CLOSED = range(5)
 _VERSION = re.compile(rb" HTTP/(\d)\.(\d)$")
 _MAX_FIRST_LINE = 8190  # aiohttp's max_line_size: longer lines are the parser's to refuse
 
@@ -72,6 +72,9 @@ class Connections:
         self.settings = settings
         self.open: set[Connection] = set()
         self.waiting: dict[Connection, None] = {}  # insertion-ordered: oldest first
+        self.stalling: dict[Connection, None] = {}
+        """Connections receiving a body or writing a response, oldest first: when none waits
+        for a request, the first of them still stalled is closed to make room."""
         self.refused_total = 0
         self.evicted_total = 0
         self.timed_out_total = 0
@@ -94,9 +97,11 @@ class Connections:
         """Below the cap, or made so by closing the connection waiting longest."""
         if len(self.open) < self.settings.max_connections:
             return True
-        if not self.waiting:
-            return False
-        oldest = next(iter(self.waiting))
+        oldest = next(iter(self.waiting), None) or next(
+            (c for c in self.stalling if c.stalled), None
+        )
+        if oldest is None:
+            return False  # every connection runs a handler: 503
         self.evicted_total += 1
         oldest.close_now()
         return True
@@ -104,6 +109,7 @@ class Connections:
     def discard(self, connection: Connection) -> None:
         self.open.discard(connection)
         self.waiting.pop(connection, None)
+        self.stalling.pop(connection, None)
 
 
 class Connection(RequestHandler):
@@ -178,16 +184,32 @@ class Connection(RequestHandler):
             self._deadline = math.inf
         else:
             self._body = payload
+            self._table.stalling[self] = None
             self._set_deadline(self._table.settings.body_timeout_s)
+
+    @property
+    def stalled(self) -> bool:
+        """Waiting on the client: for the rest of a body, or to read the response."""
+        body = self._body
+        return self._state == _WRITING or (
+            self._state == _BUSY and body is not None and not body.is_eof()
+        )
 
     async def finish_response(
         self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None
     ) -> tuple[web.StreamResponse, bool]:
+        if self._state == _BUSY:
+            self._state = _WRITING
+            stalling = self._table.stalling
+            stalling.pop(self, None)
+            stalling[self] = None  # (last: the oldest stalled are closed first)
+            self._set_deadline(self._table.settings.write_timeout_s)
         try:
             return await super().finish_response(request, resp, start_time)
         finally:
-            if self._state == _BUSY:
+            if self._state == _WRITING:
                 self._body = None
+                self._table.stalling.pop(self, None)
                 self._wait()
 
     def handle_error(
@@ -214,9 +236,14 @@ class Connection(RequestHandler):
         return response
 
     def close_now(self) -> None:
-        """Close at once (to make room): no answer, the client was waiting for none."""
+        """Close at once (to make room, or past a deadline): no answer, and what is still to
+        be written is dropped (a client that does not read would keep a closing connection
+        open until it did)."""
         self._table.discard(self)
+        writing = self._state == _WRITING
         self._state = _CLOSED
+        if writing and self.transport is not None:
+            self.transport.abort()
         self.force_close()
 
     def _wait(self) -> None:
@@ -284,6 +311,10 @@ class Connection(RequestHandler):
         elif state == _HEADERS:
             self._table.timed_out_total += 1
             self._answer_and_close(self._table.header_timeout_reply)
+        elif state == _WRITING:
+            self._table.timed_out_total += 1
+            log.debug("closing a connection whose client does not read its response")
+            self.close_now()
         elif state == _BUSY and self._body is not None and not self._body.is_eof():
             self._table.timed_out_total += 1
             timeout_s = self._table.settings.body_timeout_s

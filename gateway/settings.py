@@ -50,10 +50,14 @@ class HttpSettings:
     idle_timeout_s: float = 75.0
     """How long a connection may wait for its next request (FN_IDLE_TIMEOUT), the first one
     included. Default 75 s (nginx's), longer than clients keep idle connections."""
+    write_timeout_s: float = 60.0
+    """From the handler's answer to the end of writing the response (FN_WRITE_TIMEOUT); later
+    the connection is closed (a client that does not read). Default 60 s: 6 MiB at 100 KB/s."""
     max_connections: int = field(default_factory=default_max_connections)
     """Open client connections at most (FN_MAX_CONNECTIONS); one more closes the connection
-    that has waited longest for a request, or, when all are busy, gets 503. Default 10,000,
-    or half the open-files limit when that is lower."""
+    that has waited longest for a request, else the one stalled longest on a body that does not
+    come or a response that is not read, or, when all are running handlers, gets 503. Default
+    10,000, or half the open-files limit when that is lower."""
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -109,6 +113,7 @@ class Settings:
             header_timeout_s=read.duration_s("FN_HEADER_TIMEOUT", h.header_timeout_s),
             body_timeout_s=read.duration_s("FN_BODY_TIMEOUT", h.body_timeout_s),
             idle_timeout_s=read.duration_s("FN_IDLE_TIMEOUT", h.idle_timeout_s),
+            write_timeout_s=read.duration_s("FN_WRITE_TIMEOUT", h.write_timeout_s),
             max_connections=read.whole("FN_MAX_CONNECTIONS", h.max_connections, 1, 10_000_000),
         )
         pool = PoolSettings(

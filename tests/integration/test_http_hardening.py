@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import resource
+import socket
 import sys
 import textwrap
 import time
@@ -28,7 +29,7 @@ from gateway.platform import Platform
 from gateway.settings import HttpSettings, Settings
 from scheduler.scheduler import PoolSettings
 from store.embedded import start_embedded_postgres
-from tests.conftest import ROOT, TOKEN, PlatformFactory, Running
+from tests.conftest import ROOT, TOKEN, PlatformFactory, Running, shared
 
 ECHO = textwrap.dedent("""
     def handler(event, context):
@@ -216,24 +217,27 @@ async def test_a_request_line_without_http_1_gets_an_error_at_once(
 
 
 async def test_past_the_cap_the_longest_waiting_connection_is_closed_or_503_when_all_are_busy(
-    make_platform: PlatformFactory,
+    make_platform: PlatformFactory, tmp_path: Path
 ) -> None:
     cap = 20
     limits = HttpSettings(
         header_timeout_s=30, body_timeout_s=30, idle_timeout_s=30, max_connections=cap
     )
-    async with make_platform(http=limits) as running:
+    flags = shared(tmp_path)
+    async with make_platform(http=limits, pool={"max_instances": cap}) as running:
         await running.deploy_ok("echo", ECHO)
+        await running.deploy_ok("hold", hold(flags), concurrency=cap)
         host, port = running.url.removeprefix("http://").split(":")
         idle = [await asyncio.open_connection(host, int(port)) for _ in range(cap)]
         # One more: the first idle connection (waiting longest) makes room for it.
         extra = await asyncio.open_connection(host, int(port))
         async with asyncio.timeout(MARGIN_S):
             assert await idle[0][0].read() == b""
-        assert (await running.call("echo", {"a": 1})).status == 200
+        for _, writer in [*idle, extra]:
+            writer.close()
 
-        # Connections busy with a request (headers in, body awaited) are never closed for room.
-        busy = []
+        # With none idle, the connection stalled longest on a body that does not come goes.
+        stalled = []
         for _ in range(cap):
             reader, writer = await asyncio.open_connection(host, int(port))
             writer.write(
@@ -242,7 +246,20 @@ async def test_past_the_cap_the_longest_waiting_connection_is_closed_or_503_when
             )
             async with asyncio.timeout(MARGIN_S):
                 await reader.readuntil(b"100 Continue\r\n\r\n")
-            busy.append((reader, writer))
+            stalled.append((reader, writer))
+        assert (await running.call("echo", {"a": 1})).status == 200
+        async with asyncio.timeout(MARGIN_S):
+            assert await stalled[0][0].read() == b""
+        for _, writer in stalled:
+            writer.close()
+
+        # Connections running a handler are never closed for room: one more gets 503.
+        (flags / "hold").touch()
+        calls = [asyncio.create_task(raw_call(host, int(port), "hold")) for _ in range(cap)]
+        await running.platform.scheduler.wait_until(
+            lambda: sum(i.busy for i in running.platform.scheduler.instances_of("hold")) == cap,
+            MARGIN_S * 3,
+        )
         started = time.monotonic()
         raw, closed = await exchange(running.url, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         assert closed
@@ -253,14 +270,82 @@ async def test_past_the_cap_the_longest_waiting_connection_is_closed_or_503_when
             "too_many_connections",
             "1",
         )
-        for reader, writer in busy:
-            writer.write(b"{}")
+        (flags / "hold").unlink()
+        for call in calls:
             async with asyncio.timeout(MARGIN_S):
-                assert (await reader.read()).startswith(b"HTTP/1.1 200")
-            writer.close()
-        for _, writer in [*idle, extra]:
-            writer.close()
+                assert (await call).startswith(b"HTTP/1.1 200")
         assert (await running.call("echo", {"a": 2})).status == 200
+
+
+def hold(flag_dir: Path) -> str:
+    """A handler that answers once the test removes its flag file."""
+    return (
+        "import os, time\n\n"
+        "def handler(event, context):\n"
+        f"    while os.path.exists({str(flag_dir / 'hold')!r}):\n"
+        "        time.sleep(0.01)\n"
+        "    return 'done'\n"
+    )
+
+
+async def raw_call(host: str, port: int, name: str) -> bytes:
+    """A call on a connection of its own, its whole response."""
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(
+        f"POST /fn/{name} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "Content-Length: 2\r\nConnection: close\r\n\r\n{}".encode()
+    )
+    try:
+        return await reader.read()
+    finally:
+        writer.close()
+
+
+async def test_a_client_that_does_not_read_its_response_is_closed_or_evicted(
+    make_platform: PlatformFactory,
+) -> None:
+    """Large responses to clients that never read: past the cap the longest stalled goes, so
+    new clients are served; each is closed at the write timeout anyway."""
+    cap = 6
+    limits = HttpSettings(
+        header_timeout_s=30,
+        body_timeout_s=30,
+        idle_timeout_s=30,
+        write_timeout_s=3,
+        max_connections=cap,
+    )
+    size = 5 << 20
+    big = f"def handler(event, context):\n    return context.response(b'x' * {size})\n"
+    async with make_platform(http=limits) as running:
+        await running.deploy_ok("big", big)
+        host, port = running.url.removeprefix("http://").split(":")
+        readers = []
+        for _ in range(cap):
+            # A small receive buffer (no autotuning): the server's write soon waits on it.
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect((host, int(port)))
+            reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 12)
+            writer.write(b"POST /fn/big HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+            readers.append((reader, writer))
+        for reader, _ in readers:  # the response has begun; its client reads no more of it
+            async with asyncio.timeout(MARGIN_S * 3):
+                await reader.readuntil(b"\r\n\r\n")
+        stalled_at = time.monotonic()
+        for _ in range(3):  # new clients are served, the stalled ones make room
+            response = await running.call("big", {})
+            assert response.status == 200
+            assert len(await response.read()) == size
+        # Past the write timeout (waited for on the clock, with a margin for a late loop), every
+        # stalled response was cut: reading now ends early, not with the whole body.
+        await asyncio.sleep(max(0.0, stalled_at + limits.write_timeout_s - time.monotonic()) + 2)
+        for reader, writer in readers:
+            received = 0
+            async with asyncio.timeout(MARGIN_S):
+                while chunk := await reader.read(1 << 20):
+                    received += len(chunk)
+            assert received < size
+            writer.close()
 
 
 @pytest.mark.timeout(240)
@@ -486,3 +571,22 @@ async def test_a_deploy_larger_than_a_call_body_is_read_up_to_the_source_limit(
     status, data = await deploy("bigger", "#" * (settings.max_source_bytes + 1))
     assert (status, data["error"]["code"]) == (400, "source_too_large"), data
     assert "FN_MAX_SOURCE" in data["error"]["message"]
+
+
+async def test_a_token_that_is_not_utf8_is_refused_not_an_error(short: Running) -> None:
+    raw, _ = await exchange(
+        short.url, b"GET /v1/functions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xe9\r\n\r\n"
+    )
+    status, _, body = parse(raw)
+    assert (status, body["error"]["code"]) == (401, "unauthorized")
+
+
+async def test_a_body_that_is_not_in_its_content_encoding_gets_400(short: Running) -> None:
+    raw, _ = await exchange(
+        short.url,
+        b"POST /fn/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Encoding: gzip\r\nContent-Length: 9\r\n\r\nnot gzip!",
+    )
+    status, _, body = parse(raw)
+    assert status == 400, body
+    assert body["error"]["code"] == "bad_request_body"
