@@ -34,16 +34,21 @@ BACKLOG = 1024  # connections the kernel queues before accept: a burst of client
 async def serve(settings: Settings) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    started: list[Platform] = []
 
     def on_signal() -> None:
         if stop.is_set():
             log.warning("second signal: exiting now")
+            for platform in started:  # its embedded Postgres must not outlive it
+                if platform.embedded is not None:
+                    platform.embedded.stop_now()
             os._exit(130)
         stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     platform = await Platform.start(settings)
+    started.append(platform)
     runner = GatewayRunner(
         build_app(platform), settings.http, shutdown_timeout=settings.shutdown_timeout_s
     )

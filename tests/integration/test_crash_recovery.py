@@ -6,6 +6,7 @@ second `fn up` on a state dir in use is refused."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -21,7 +22,7 @@ import asyncpg
 import psutil
 import pytest
 
-from fn.client import Client
+from fn.client import Client, ClientError
 from tests.conftest import ROOT, shared
 
 pytestmark = pytest.mark.timeout(150)
@@ -257,3 +258,37 @@ def test_a_second_fn_up_on_a_state_dir_in_use_is_refused(tmp_path: Path) -> None
         assert json.loads((state / "gateway.json").read_text())["url"] == first.url
         assert first.client.request("GET", "/healthz").status == 200
         first.stop()
+
+
+def test_a_second_signal_exits_at_once_and_takes_the_embedded_postgres_along(
+    tmp_path: Path,
+) -> None:
+    state, out = tmp_path / "state", shared(tmp_path)
+    pgdata = state / "pgdata"
+    started, done, hold = out / "started", out / "done", out / "hold"
+    hold.touch()
+    with platforms(state) as running:
+        running.append(up := FnUp(state, out))
+        env = {"STARTED": str(started), "OUT": str(done), "HOLD": str(hold)}
+        up.client.api(
+            "POST",
+            "/v1/functions",
+            {"name": "slow", "source": HOLDING, "filename": "handler.py", "env": env},
+        )
+
+        def call_slow() -> None:
+            with contextlib.suppress(ClientError):  # the platform exits under it: expected
+                up.client.invoke("slow", b'{"n": 1}', "application/json")
+
+        call = threading.Thread(target=call_slow, daemon=True)
+        call.start()
+        wait_until(started.exists, 30, "the call to start")
+        postmaster = postmaster_of(pgdata)
+        assert postmaster is not None
+        up.process.send_signal(signal.SIGTERM)  # a clean stop: it waits for the call...
+        wait_until(lambda: b"shutting down" in b"".join(up.lines), 30, "the first signal")
+        up.process.send_signal(signal.SIGTERM)  # ...and the impatient second Ctrl-C
+        assert up.process.wait(timeout=30) == 130
+        up._closed()
+        postmaster.wait(20)  # (psutil.TimeoutExpired if it runs on)
+        assert postmaster_of(pgdata) is None
