@@ -138,3 +138,13 @@ async def test_histogram_prewarms_ahead_of_a_regular_caller(
         assert 'ember_warm_hits_total{function="pid"}' in text
         assert 'ember_idle_instance_seconds_total{function="pid"}' in text
         assert "# TYPE ember_warm_instances gauge" in text
+
+
+async def test_every_policy_the_api_accepts_can_be_stored(running: Running) -> None:
+    """Each `prewarm` value the API takes is stored, as the default and per function (the
+    database's check once refused `adaptive`, the default itself, with a 500)."""
+    await running.deploy_ok("pid", PID)
+    for prewarm in ("fixed", "histogram", "histogram-cost", "adaptive"):
+        for path in ("/v1/policy", "/v1/functions/pid/policy"):
+            status, data = await running.admin("PUT", path, json={"prewarm": prewarm})
+            assert (status, data["prewarm"]) == (200, prewarm), data
