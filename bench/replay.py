@@ -67,7 +67,9 @@ async def replay(
 
         async def call(name: str) -> str:
             async with http.post(f"{gateway_url}/fn/{name}", json={}) as r:
-                await r.read()
+                body = await r.read()
+                if r.status != 200:
+                    raise RuntimeError(f"call to {name}: {r.status} {body[:300]!r}")
                 return r.headers["X-Ember-Activation-Id"]
 
         loop = asyncio.get_running_loop()
@@ -125,6 +127,10 @@ async def main_async(args: argparse.Namespace) -> None:
             FN_KEEP_ALIVE=f"{keep_alive_s}s",
             FN_GENERIC_POOL="4",
             FN_TIME_SCALE=str(args.speedup),
+            # The functions carry the trace's memory limits (to price idle memory) but use
+            # little; the simulator has no node capacity, so neither may the replay.
+            FN_MAX_INSTANCES_MEMORY="65536Gi",
+            FN_MAX_INSTANCES_TOTAL="100000",
         )
         try:
             async with aiohttp.ClientSession() as http:
