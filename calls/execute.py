@@ -51,7 +51,9 @@ class CallResult:
     """How one call ended, for the HTTP caller or the delivery worker.
 
     `status` is that of the activation record: success, error, timeout, crashed, start_failed,
-    or throttled (no capacity: nothing ran, no record)."""
+    or throttled (no capacity: nothing ran, no record); except that "success" means the
+    handler answered, and its response goes to the caller as it is, whatever its status (a
+    status of 400 or more is recorded as an error, "HTTP404")."""
 
     status: CallStatus
     http_status: int
@@ -205,7 +207,14 @@ async def execute(
             logs=logs,
             cold=lease.cold,
         )
-    record("success", status, None, logs, lease.cold)
+    if status >= 400:  # the handler's own error response: passed on, recorded as an error
+        error = {
+            "type": f"HTTP{status}",
+            "message": no_nul(out[:1000].decode("utf-8", "replace")),
+        }
+        record("error", status, error, logs, lease.cold)
+    else:
+        record("success", status, None, logs, lease.cold)
     return CallResult(
         "success", status, body=out, headers=reply.get("headers", []), logs=logs, cold=lease.cold
     )

@@ -355,6 +355,13 @@ class DeliveryWorker:
                 ("X-Ember-Delivery-Id", str(claimed.id)),
                 ("X-Ember-Attempt", str(claimed.attempt)),
             ]
+            # What a handler style needs to build its platform's event (invoker.styles).
+            meta["source"] = "schedule" if claimed.source == "cron" else claimed.source
+            meta["event_id"] = str(claimed.id)
+            meta["event_time"] = claimed.created_at.isoformat()
+            topic = next((v for k, v in meta["headers"] if k == "X-Ember-Topic"), None)
+            if topic is not None:
+                meta["topic"] = topic
             result = await execute(self._calls, version, activation, meta, claimed.payload)
         except Exception:  # a bug: the lease runs out and the delivery is taken again
             log.exception("delivery failed", extra={"delivery": str(claimed.id)})

@@ -6,6 +6,7 @@ Every route needs `Authorization: Bearer <token>` (see `app.auth_middleware`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from typing import Any
 
@@ -15,6 +16,7 @@ from builds.requirements import BuildFailed, RequirementsError
 from config.units import ConfigError
 from gateway.errors import error_response, json_response
 from gateway.events import delivery_json
+from gateway.frameworks import missing_module, missing_packages, requirement_names, with_packages
 from gateway.platform import Platform
 from gateway.requests import json_body, limit_of, not_found, platform_of
 from gateway.units import (
@@ -48,6 +50,8 @@ def version_json(version: Version, *, active: bool | None = None) -> dict[str, A
         "sha256": version.sha256,
         "filename": version.filename,
         "handler": c.entry,
+        "style": c.style,
+        "style_options": dict(c.style_options),
         "env": dict(c.env),
         "timeout_s": c.timeout_s,
         "memory_bytes": c.memory_bytes,
@@ -169,73 +173,118 @@ async def _deploy(platform: Platform, body: dict[str, Any]) -> web.Response:
             )
         except ValueError as exc:  # e.g. null bytes in the source
             return error_response(400, "bad_source", f"{path}: {exc}")
+    if "/" in filename and archive is None:
+        return error_response(
+            400,
+            "bad_filename",
+            f"{filename} is a module in a package: deploy the directory that holds it "
+            f"(fn deploy DIR --handler {filename.removesuffix('.py')}.FUNCTION)",
+        )
     names = tuple(archive_names(archive)) if archive else ()
-    package = Package(archive=archive, files=names)
     requirements = body.get("requirements") or ""
     if not isinstance(requirements, str):
         return error_response(
             400, "bad_requirements", "requirements must be the text of a requirements.txt"
         )
-    if requirements.strip():
+    added = [] if config.style == "ember" else missing_packages(config.style, files, requirements)
+    added_total: list[str] = []
+    for attempt in range(2):
+        if added:
+            requirements = with_packages(requirements, added)
+            added_total += added
+        packaged = await _package(platform, name, requirements, archive, names)
+        if isinstance(packaged, web.Response):
+            return packaged
+        built = packaged
+        candidate = Version(
+            function=name,
+            version=0,
+            source=source,
+            sha256="",
+            filename=filename,
+            config=config,
+            created_at=_now(),
+            package=built,
+        )
         try:
-            env = await platform.builder.ensure(name, requirements)
-        except RequirementsError as exc:
-            return error_response(400, "bad_requirements", str(exc))
-        except BuildFailed as exc:
+            checked = await platform.scheduler.check(candidate)
+            break
+        except AtCapacity as exc:
+            return error_response(
+                503,
+                "at_capacity",
+                f"{filename} could not be checked: {exc}",
+                headers={"Retry-After": str(round(exc.retry_after_s))},
+            )
+        except StartFailed as exc:
+            module = missing_module(exc.error)
+            if attempt == 0 and config.style != "ember" and module is not None:
+                # A framework the platform it was written for provides, found missing only
+                # by the import (a style detected there that hands it a Flask request).
+                added = missing_packages(config.style, files, "", also=[module])
+                added = [p for p in added if p not in requirement_names(requirements)]
+                if added:
+                    continue
+            if exc.error.get("type") == "StyleMismatch":
+                return error_response(
+                    422, "style_mismatch", str(exc.error.get("message", exc)), logs=exc.logs
+                )
             return error_response(
                 422,
-                "build_failed",
-                f"installing the requirements failed; the previous "
-                f"version (if any) keeps serving. pip said:\n{exc}",
-                log=exc.log[-20000:],
-                hint=f"full output: fn build-logs {name}",
+                "import_error",
+                f"{filename} failed to import: {exc}",
+                type=exc.error.get("type"),
+                traceback=exc.error.get("traceback", ""),
+                logs=exc.logs,
             )
-        package = Package(
-            archive=archive,
-            requirements=requirements,
-            env_hash=env.hash,
-            lock=env.lock,
-            files=names,
-        )
-    candidate = Version(
-        function=name,
-        version=0,
-        source=source,
-        sha256="",
-        filename=filename,
-        config=config,
-        created_at=_now(),
-        package=package,
-    )
-    try:
-        instance = await platform.scheduler.check(candidate)
-    except AtCapacity as exc:
-        return error_response(
-            503,
-            "at_capacity",
-            f"{filename} could not be checked: {exc}",
-            headers={"Retry-After": str(round(exc.retry_after_s))},
-        )
-    except StartFailed as exc:
-        return error_response(
-            422,
-            "import_error",
-            f"{filename} failed to import: {exc}",
-            type=exc.error.get("type"),
-            traceback=exc.error.get("traceback", ""),
-            logs=exc.logs,
-        )
+    detected = config.style == "auto"
+    config = dataclasses.replace(config, style=checked.style, entry=checked.entry)
     try:
         version = await platform.store.create_version(
-            name, source=source, filename=filename, config=config, package=package
+            name, source=source, filename=filename, config=config, package=built
         )
     except BaseException:
-        platform.scheduler.drop_checked_soon(instance)
+        platform.scheduler.drop_checked_soon(checked)
         raise
     platform.functions.put(version, active=True)
-    await platform.scheduler.admit(instance, version)  # drops the instance on any failure
+    await platform.scheduler.admit(checked, version)  # drops the instance on any failure
     await platform.scheduler.ensure_warm(version)
-    return json_response(version_json(version, active=True), status=201)
+    out = version_json(version, active=True)
+    out["style_detected"] = detected
+    out["added_requirements"] = added_total
+    return json_response(out, status=201)
+
+
+async def _package(
+    platform: Platform,
+    name: str,
+    requirements: str,
+    archive: bytes | None,
+    names: tuple[str, ...],
+) -> Package | web.Response:
+    """The deploy's package, its requirements installed (once per set of requirements)."""
+    if not requirements.strip():
+        return Package(archive=archive, files=names)
+    try:
+        env = await platform.builder.ensure(name, requirements)
+    except RequirementsError as exc:
+        return error_response(400, "bad_requirements", str(exc))
+    except BuildFailed as exc:
+        return error_response(
+            422,
+            "build_failed",
+            f"installing the requirements failed; the previous "
+            f"version (if any) keeps serving. pip said:\n{exc}",
+            log=exc.log[-20000:],
+            hint=f"full output: fn build-logs {name}",
+        )
+    return Package(
+        archive=archive,
+        requirements=requirements,
+        env_hash=env.hash,
+        lock=env.lock,
+        files=names,
+    )
 
 
 def _now() -> Any:

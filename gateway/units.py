@@ -15,12 +15,19 @@ from collections.abc import Mapping
 from typing import Any
 
 from config.units import MIN_TIMEOUT_S, ConfigError, parse_duration_s, parse_size_bytes
+from invoker.protocol import STYLES
 from store.records import FunctionConfig
 
 NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
-FILENAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\.py$")
+FILENAME = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*/){0,8}[A-Za-z_][A-Za-z0-9_]*\.py$")
+"""The main module: handler.py, or a module in a package directory like hello_world/app.py."""
 ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-ENTRY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENTRY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,8}$")
+"""A name in the module, or an attribute path (an ASGI app's `api.app`)."""
+STYLE_OPTIONS: dict[str, dict[str, tuple[str, ...]]] = {
+    "lambda": {"event": ("v2", "v1", "alb", "url")},
+}
+"""The settings each style takes, and their values (the first is the default)."""
 
 MAX_CONCURRENCY = 1000
 MAX_ATTEMPTS = 100
@@ -92,6 +99,10 @@ def parse_function_config(body: Mapping[str, Any]) -> FunctionConfig:
     entry = body.get("entry", defaults.entry)
     if not isinstance(entry, str) or not ENTRY.match(entry):
         raise ConfigError("handler", entry, "the name of a function in the module, like handler")
+    style = body.get("style", "auto")
+    if style not in (*STYLES, "auto"):
+        raise ConfigError("--style", style, "one of " + ", ".join(("auto", *STYLES)))
+    style_options = _style_options(style, body.get("style_options") or {})
     env = body.get("env", {})
     if not isinstance(env, Mapping):
         raise ConfigError("env", env, "an object of NAME: value strings")
@@ -156,6 +167,8 @@ def parse_function_config(body: Mapping[str, Any]) -> FunctionConfig:
             maximum_s=MAX_EVENT_AGE_S,
         ),
         entry=entry,
+        style=style,
+        style_options=style_options,
         env={str(k): v for k, v in env.items()},
         timeout_s=parse_duration_s(
             body.get("timeout", defaults.timeout_s), "--timeout", minimum_s=MIN_TIMEOUT_S
@@ -163,3 +176,23 @@ def parse_function_config(body: Mapping[str, Any]) -> FunctionConfig:
         memory_bytes=parse_size_bytes(body.get("memory", defaults.memory_bytes), "--memory"),
         concurrency=concurrency,
     )
+
+
+def _style_options(style: str, options: Any) -> dict[str, str]:
+    if not isinstance(options, Mapping):
+        raise ConfigError("style_options", options, "an object of setting: value strings")
+    known = (
+        {k: v for settings in STYLE_OPTIONS.values() for k, v in settings.items()}
+        if style == "auto"
+        else STYLE_OPTIONS.get(style, {})
+    )
+    for key, value in options.items():
+        if key not in known:
+            raise ConfigError(
+                f"style option {key}",
+                value,
+                f"one of the {style} style's settings: " + (", ".join(known) or "(none)"),
+            )
+        if value not in known[key]:
+            raise ConfigError(f"style option {key}", value, "one of " + ", ".join(known[key]))
+    return {str(k): str(v) for k, v in options.items()}

@@ -48,6 +48,10 @@ def listen(address: str) -> socket.socket:
     return socket.create_server((host, int(port or 0)), backlog=128)
 
 
+STYLES = ("ember", "lambda", "openwhisk", "openfaas", "fission", "gcf", "knative", "asgi", "wsgi")
+"""The handler styles a specialize message may name (besides "auto"; see invoker.styles)."""
+
+
 class ProtocolError(Exception):
     """The peer sent something that is not a frame, or closed the connection mid-frame."""
 
@@ -74,6 +78,13 @@ class RequestMeta(TypedDict, total=False):
     query: str
     headers: list[tuple[str, str]]
     content_type: str
+    source: str
+    """http (the default), async, topic, schedule or table (invoker.styles.Source)."""
+    topic: str
+    event_id: str
+    """A delivery's id, the same on every attempt."""
+    event_time: str
+    """When the delivery was submitted (ISO 8601)."""
 
 
 class InvokeRequest(RequestMeta, total=False):
@@ -103,6 +114,9 @@ class SpecializeRequest(TypedDict, total=False):
     paths: list[str]
     """The environment's directories (requirements), put on sys.path."""
     sandbox: SpecializeSpec
+    style: str
+    """The platform the handler is written for (invoker.styles), or "auto": detect it."""
+    style_options: dict[str, str]
 
 
 class RelabelRequest(TypedDict):
@@ -129,6 +143,10 @@ class Reply(TypedDict, total=False):
     headers: list[list[str]]
     import_ms: float
     """Time the module took to import (specialize)."""
+    style: str
+    """The style the instance runs the function in (specialize; detected for "auto")."""
+    entry: str
+    """The entry point it runs (specialize; detection may pick a well-known name)."""
     function: str | None
     version: int
     pid: int

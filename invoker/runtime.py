@@ -13,7 +13,6 @@ import asyncio
 import concurrent.futures
 import contextvars
 import importlib.util
-import inspect
 import io
 import logging
 import os
@@ -25,18 +24,15 @@ import tempfile
 import time
 import traceback
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO, cast
 
-import orjson
-
+from invoker import styles
 from invoker.context import (
     MAX_LOG_BYTES,
     Capture,
     Context,
     PermanentError,
-    Response,
     RetryAfter,
     current_capture,
     install_capture,
@@ -52,9 +48,12 @@ from invoker.protocol import (
 )
 from invoker.sandbox import Walls
 from invoker.specs import SpecializeSpec
+from invoker.styles.detect import detect_style, resolve_entry
+from invoker.styles.native import decode_event, encode_result
+
+__all__ = ["Runtime", "decode_event", "encode_result", "run_instance"]
 
 log = logging.getLogger("ember.invoker")
-_JSON_TYPES = ("application/json", "+json")
 
 
 def _error(exc: BaseException, *, user_file: str | None = None) -> ErrorInfo:
@@ -80,42 +79,6 @@ def _error(exc: BaseException, *, user_file: str | None = None) -> ErrorInfo:
     return info
 
 
-def decode_event(body: bytes, content_type: str) -> Any:
-    """The handler's `event`: decoded JSON for JSON requests and empty bodies, else bytes."""
-    if not body:
-        return {}
-    if content_type.startswith(_JSON_TYPES[0]) or _JSON_TYPES[1] in content_type.split(";")[0]:
-        return orjson.loads(body)
-    return body
-
-
-def encode_result(result: Any) -> tuple[int, list[list[str]], bytes]:
-    """Turn a handler's return value into (status, headers, body)."""
-    status, headers = 200, []
-    if isinstance(result, Response):
-        status = int(result.status)
-        headers = [[str(k), str(v)] for k, v in result.headers.items()]
-        result = result.body
-        if not 200 <= status <= 599:  # (1xx would switch protocols or confuse proxies)
-            raise ValueError(f"Response status must be 200-599, got {status}")
-    has_type = any(k.lower() == "content-type" for k, _ in headers)
-    if isinstance(result, bytes | bytearray | memoryview):
-        body, ctype = bytes(result), "application/octet-stream"
-    elif isinstance(result, str):
-        body, ctype = result.encode(), "text/plain; charset=utf-8"
-    else:
-        try:
-            body = orjson.dumps(result, option=orjson.OPT_NON_STR_KEYS)
-        except TypeError as exc:
-            raise TypeError(
-                f"the handler returned a value that is not JSON-serializable: {exc}"
-            ) from None
-        ctype = "application/json"
-    if not has_type:
-        headers.append(["Content-Type", ctype])
-    return status, headers, body
-
-
 class Runtime:
     """One instance's state: generic until `specialize`, then bound to one function version."""
 
@@ -125,8 +88,8 @@ class Runtime:
         """Largest reply body (0: no limit); a bigger one is an error, not a reply."""
         self.function: str | None = None
         self.version = 0
-        self.handler: Callable[..., Any] | None = None
-        self.is_async = False
+        self.bound: styles.Bound | None = None
+        self.style = "ember"
         self.concurrency = 1
         self.env: dict[str, str] = {}
         self.user_file: str | None = None
@@ -177,14 +140,14 @@ class Runtime:
                 "pid": os.getpid(),
             }, b""
         if op == "specialize":
-            return self.specialize(cast(SpecializeRequest, meta), body), b""
+            return await self.specialize(cast(SpecializeRequest, meta), body), b""
         if op == "relabel":
             self.version = int(meta["version"])
             return {"ok": True}, b""
         error: ErrorInfo = {"type": "ProtocolError", "message": f"unknown op {op!r}"}
         return {"ok": False, "error": error}, b""
 
-    def specialize(self, meta: SpecializeRequest, code: bytes = b"") -> Reply:
+    async def specialize(self, meta: SpecializeRequest, code: bytes = b"") -> Reply:
         """Become an instance of one function version: write its code (`code`: the module's
         source, or with meta "code": "zip" a zip of its files; older senders put the source
         in meta["source"]), put its environment's directories (`paths`) on sys.path, import
@@ -196,7 +159,6 @@ class Runtime:
             }
         started = time.perf_counter()
         filename: str = meta["filename"]
-        module_name = filename.removesuffix(".py")
         entry: str = meta.get("entry", "handler")
         self.env = {str(k): str(v) for k, v in meta.get("env", {}).items()}
         # Named after the pid so that the backend can remove it with the instance; in the
@@ -224,22 +186,27 @@ class Runtime:
             self.user_file = str(path)
             for name in meta.get("preimport", ()):
                 importlib.import_module(name)
-            spec = importlib.util.spec_from_file_location(module_name, path)
-            assert spec is not None
-            assert spec.loader is not None
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[module_name] = module
-            spec.loader.exec_module(module)
-            handler = getattr(module, entry, None)
-            if handler is None:
-                raise LookupError(
-                    f'{filename} defines no function "{entry}"; add: '
-                    f"def {entry}(event, context): ..."
-                )
-            if not callable(handler):
-                raise LookupError(
-                    f'"{entry}" in {filename} is a {type(handler).__name__}, not a function'
-                )
+            module = _import_main(filename, path)
+            style: str = meta.get("style") or "ember"
+            if style == "auto":
+                style, entry, target = detect_style(module, entry)
+            else:
+                target = resolve_entry(module, entry, filename)
+            bound = styles.bind(
+                target,
+                styles.BindInfo(
+                    style=style,
+                    entry=entry,
+                    module=module,
+                    function=meta["function"],
+                    version=int(meta.get("version", 0)),
+                    memory_mb=int(meta.get("memory_bytes", 0)) >> 20,
+                    timeout_s=float(meta.get("timeout_s", 30.0)),
+                    options=dict(meta.get("style_options") or {}),
+                ),
+            )
+            if bound.startup is not None:
+                await bound.startup()
         except BaseException as exc:
             self._take_output(capture)
             return {
@@ -251,12 +218,12 @@ class Runtime:
             current_capture.reset(token)
         self._take_output(capture)
         self.max_reply_bytes = int(meta.get("max_reply_bytes", 0))
-        self.handler = handler
-        self.is_async = inspect.iscoroutinefunction(handler)
+        self.bound = bound
+        self.style = style
         self.function = meta["function"]
         self.version = int(meta.get("version", 0))
         self.concurrency = int(meta.get("concurrency", 1))
-        if not self.is_async and self.concurrency > 1:
+        if not bound.is_async and self.concurrency > 1:
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 self.concurrency, thread_name_prefix="handler"
             )
@@ -265,10 +232,13 @@ class Runtime:
             "ok": True,
             "import_ms": (time.perf_counter() - started) * 1000,
             "logs": capture.text(),
+            "style": style,
+            "entry": entry,
         }
 
     async def invoke(self, meta: InvokeRequest, body: bytes) -> tuple[Reply, bytes]:
-        if self.handler is None:
+        bound = self.bound
+        if bound is None:
             return {
                 "ok": False,
                 "error": {"type": "ProtocolError", "message": "instance is not specialized"},
@@ -276,40 +246,49 @@ class Runtime:
         capture = Capture()
         token = current_capture.set(capture)
         try:
-            context = Context(
-                function=self.function or "",
-                version=self.version,
-                activation_id=meta.get("id", ""),
-                deadline=time.monotonic() + float(meta.get("timeout_s", 30.0)),
+            call = styles.Incoming(
+                body=body,
                 method=meta.get("method", "POST"),
                 path=meta.get("path", "/"),
                 query=meta.get("query", ""),
-                headers=dict(meta.get("headers", ())),
-                config=self.env,
+                headers=[(k, v) for k, v in meta.get("headers", ())],
+                content_type=meta.get("content_type", ""),
+                source=meta.get("source", "http"),
+                topic=meta.get("topic", ""),
+                event_id=meta.get("event_id", ""),
+                event_time=meta.get("event_time", ""),
+                context=Context(
+                    function=self.function or "",
+                    version=self.version,
+                    activation_id=meta.get("id", ""),
+                    deadline=time.monotonic() + float(meta.get("timeout_s", 30.0)),
+                    method=meta.get("method", "POST"),
+                    path=meta.get("path", "/"),
+                    query=meta.get("query", ""),
+                    headers=dict(meta.get("headers", ())),
+                    config=self.env,
+                ),
             )
             try:
-                event = decode_event(body, meta.get("content_type", ""))
-            except orjson.JSONDecodeError as exc:
+                outgoing: styles.Outgoing
+                if bound.is_async:
+                    outgoing = await bound.run(call)
+                elif self._executor is None:
+                    outgoing = bound.run(call)
+                else:
+                    loop = asyncio.get_running_loop()
+                    outgoing = await loop.run_in_executor(
+                        self._executor, contextvars.copy_context().run, bound.run, call
+                    )
+                status, headers, out = outgoing
+            except styles.BadRequest as exc:
+                self._take_output(capture)
                 return {
                     "ok": False,
                     "status": 400,
-                    "error": {
-                        "type": "BadRequest",
-                        "message": f"request body is not valid JSON: {exc}",
-                    },
-                    "logs": "",
+                    "error": {"type": "BadRequest", "message": str(exc)},
+                    "logs": capture.text(),
                 }, b""
-            try:
-                if self.is_async:
-                    result = await self.handler(event, context)
-                elif self._executor is None:
-                    result = self.handler(event, context)
-                else:
-                    loop = asyncio.get_running_loop()
-                    result = await loop.run_in_executor(
-                        self._executor, contextvars.copy_context().run, self.handler, event, context
-                    )
-                status, headers, out = encode_result(result)
             except (KeyboardInterrupt, asyncio.CancelledError):
                 raise
             except BaseException as exc:
@@ -341,6 +320,22 @@ class Runtime:
             text = output.take()
             if text:
                 capture.write(text)
+
+
+def _import_main(filename: str, path: Path) -> Any:
+    """Import the function's main module: `handler.py` as `handler`, and a module in a package
+    directory (`hello_world/app.py`, as Lambda's handlers name them) as `hello_world.app`, so
+    that its relative imports work."""
+    if "/" in filename:
+        return importlib.import_module(filename.removesuffix(".py").replace("/", "."))
+    module_name = filename.removesuffix(".py")
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def _limit_memory(memory_bytes: int) -> None:

@@ -109,7 +109,19 @@ def specialize_meta(version: Version, max_response_bytes: int) -> SpecializeRequ
         "concurrency": c.concurrency,
         "preimport": list(c.preimport),
         "max_reply_bytes": max_response_bytes,
+        "style": c.style,
+        "style_options": dict(c.style_options),
     }
+
+
+@dataclass(slots=True, frozen=True)
+class Checked:
+    """An instance that imported a candidate version at deploy, kept aside for `admit`, and
+    what its import found: the style and entry point (detected when the deploy said "auto")."""
+
+    instance: Instance
+    style: str
+    entry: str
 
 
 @dataclass(slots=True)

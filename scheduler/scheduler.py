@@ -21,7 +21,7 @@ import math
 import time
 from collections.abc import Callable
 
-from invoker.protocol import ErrorInfo
+from invoker.protocol import ErrorInfo, Reply
 from scheduler.backends import Backend, BackendError, describe_exit
 from scheduler.capacity import Capacity, Room
 from scheduler.errors import (
@@ -387,7 +387,7 @@ class Scheduler(Upkeep):
         if self.pool.instances.get(instance.id) is instance and instance.busy == 0:
             self._wake_reaper.set()
 
-    async def _specialize(self, instance: Instance, version: Version, fresh: bool) -> None:
+    async def _specialize(self, instance: Instance, version: Version, fresh: bool) -> Reply:
         code = version.package.archive or version.source.encode()
         if version.sha256 and version.sha256 not in (
             code_digest(code, version.package.env_hash, version.config.preimport),
@@ -434,6 +434,7 @@ class Scheduler(Upkeep):
                 reply.get("logs", ""),
             )
         self._keep_connection(instance, conn)
+        return reply
 
     async def _start_process(self, instance: Instance, version: Version | None = None) -> None:
         try:

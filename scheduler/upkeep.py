@@ -14,10 +14,11 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from invoker.protocol import Reply
 from scheduler.backends import Backend, BackendError
 from scheduler.capacity import Room
 from scheduler.errors import AtCapacity, SchedulerError, StartFailed
-from scheduler.live import InstanceConnection, InstanceGone, Live, Tracked
+from scheduler.live import Checked, InstanceConnection, InstanceGone, Live, Tracked
 from scheduler.policy import FunctionPolicy, PolicyRouter
 from scheduler.pool import Instance, Pool, State, VersionKey
 from scheduler.settings import PoolSettings
@@ -71,7 +72,7 @@ class Upkeep:
         async def _drop(self, instance: Instance, reason: str, *, restart: bool = True) -> None: ...
         def _notify(self) -> None: ...
         def _take_instance(self) -> tuple[Instance, bool]: ...
-        async def _specialize(self, instance: Instance, version: Version, fresh: bool) -> None: ...
+        async def _specialize(self, instance: Instance, version: Version, fresh: bool) -> Reply: ...
         def _stop_soon(self, instance: Instance, reason: str) -> asyncio.Task[None]: ...
         async def _connection(self, instance: Instance) -> InstanceConnection: ...
         def _keep_connection(self, instance: Instance, conn: InstanceConnection) -> None: ...
@@ -296,7 +297,7 @@ class Upkeep:
 
     # -- deploy-time checks -----------------------------------------------------------------
 
-    async def check(self, version: Version) -> Instance:
+    async def check(self, version: Version) -> Checked:
         """Import a version in an instance of its own, before it is stored.
 
         Raises `StartFailed` with the import error. On success the instance is kept aside;
@@ -313,29 +314,35 @@ class Upkeep:
         try:
             if evicting:  # the room is theirs until they are stopped
                 await asyncio.wait(evicting)
-            await self._specialize(instance, version, fresh)
+            reply = await self._specialize(instance, version, fresh)
         except BaseException as exc:  # failed, or the deploy request was cancelled
             self._stop_soon(instance, f"import check: {exc!r}")
             raise
         instance.concurrency = version.config.concurrency
-        return instance
+        style = reply.get("style") or version.config.style
+        return Checked(
+            instance,
+            style="ember" if style == "auto" else style,
+            entry=reply.get("entry") or version.config.entry,
+        )
 
-    async def admit(self, instance: Instance, version: Version) -> None:
+    async def admit(self, checked: Checked, version: Version) -> None:
         """Make a checked instance the first warm instance of `version` (or drop it)."""
+        instance = checked.instance
         try:
             conn = await self._connection(instance)
             async with asyncio.timeout(self.settings.specialize_timeout_s):
                 reply, _ = await conn.call({"op": "relabel", "version": version.version})
         except BaseException as exc:
             # The version is stored and active either way; the first call starts an instance.
-            self.drop_checked_soon(instance)
+            self.drop_checked_soon(checked)
             if isinstance(exc, Exception):
                 log.warning("checked instance lost before it served: %r", exc)
                 return
             raise
         if not reply.get("ok"):
             conn.close()
-            self.drop_checked_soon(instance)
+            self.drop_checked_soon(checked)
             return
         self._keep_connection(instance, conn)
         live = self._live.get(instance.id)
@@ -351,8 +358,8 @@ class Upkeep:
         self._hand_out(tracked, cold=True)
         self._wake_reaper.set()
 
-    def drop_checked_soon(self, instance: Instance) -> None:
-        self._stop_soon(instance, "deploy did not complete")
+    def drop_checked_soon(self, checked: Checked) -> None:
+        self._stop_soon(checked.instance, "deploy did not complete")
 
     # -- read-outs --------------------------------------------------------------------------
 

@@ -64,6 +64,8 @@ class FunctionStore(StoreBase):
                 list(package.files),
                 config.network,
                 config.cpus,
+                config.style,
+                dict(config.style_options),
             )
             await conn.execute(QUERIES["set_active_version"], name, number)
             await conn.execute(QUERIES["notify_function_changed"], name, number)

@@ -12,9 +12,9 @@ RETURNING latest_version;
 INSERT INTO ember_versions
     (function, version, source, sha256, filename, entry, env, timeout_s, memory_bytes, concurrency,
      max_attempts, max_event_age_s, archive, requirements, env_hash, lock, preimport, files,
-     network, cpus)
+     network, cpus, style, style_options)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-        $19, $20)
+        $19, $20, $21, $22)
 RETURNING *;
 
 -- name: set_active_version
@@ -55,7 +55,7 @@ WHERE f.name = $1;
 SELECT v.function, v.version, v.source, v.sha256, v.filename, v.entry, v.env, v.timeout_s,
        v.memory_bytes, v.concurrency, v.created_at, v.max_attempts, v.max_event_age_s,
        NULL::bytea AS archive, v.requirements, v.env_hash, v.lock, v.preimport, v.files,
-       v.network, v.cpus, (v.version = f.active_version) AS active
+       v.network, v.cpus, v.style, v.style_options, (v.version = f.active_version) AS active
 FROM ember_versions v JOIN ember_functions f ON f.name = v.function
 WHERE v.function = $1
 ORDER BY v.version DESC;

@@ -52,6 +52,11 @@ class FunctionConfig:
     """"egress": the internet, but no loopback or private address; "none": no network."""
     cpus: float = 1.0
     """CPU time per instance, in cores (a cgroup quota on one machine)."""
+    style: str = "ember"
+    """The platform the handler is written for (invoker.styles); "auto" only in a deploy
+    request, before the import check says which."""
+    style_options: Mapping[str, str] = field(default_factory=dict)
+    """That style's settings, like {"event": "v1"} for lambda."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -104,6 +109,8 @@ class Version:
                 preimport=tuple(row["preimport"]),
                 network=row["network"],
                 cpus=row["cpus"],
+                style=row["style"],
+                style_options=_json(row["style_options"]),
             ),
             package=Package(
                 archive=row["archive"],

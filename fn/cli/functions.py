@@ -4,6 +4,7 @@ requirements), build logs, list, versions, rollback, delete."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import click
 
 from fn.cli.api import api, client
 from fn.cli.output import emit, fail, json_option, print_table
+from invoker.protocol import STYLES
 
 
 def _parse_env(pairs: Sequence[str]) -> dict[str, str]:
@@ -50,22 +52,87 @@ def _zip_dir(root: Path) -> bytes:
     return buffer.getvalue()
 
 
+@dataclass(slots=True, frozen=True)
+class _Target:
+    style: str
+    entry: str | None
+    main: str | None
+    """The main module's path in a directory (None: for a file, the file itself)."""
+
+
+def _target(
+    path: Path,
+    entry: str | None,
+    main: str | None,
+    style: str | None,
+    asgi: str | None,
+    wsgi: str | None,
+) -> _Target:
+    """The deploy's entry point, from --handler, --main, --asgi or --wsgi."""
+    if asgi and wsgi:
+        fail("give --asgi or --wsgi, not both")
+    app = asgi or wsgi
+    if app is not None:
+        if entry is not None:
+            fail("--asgi and --wsgi name the app themselves; leave out --handler")
+        module, sep, attr = app.partition(":")
+        if not sep or not module or not attr:
+            fail(f"--{'asgi' if asgi else 'wsgi'} takes MODULE:APP, like main:app (got {app!r})")
+        kind = "asgi" if asgi else "wsgi"
+        if style not in (None, kind, "knative"):
+            fail(f"--{kind} serves an app in the {kind} style, not {style}")
+        return _Target(style or kind, attr, _module_file(path, module.replace(".", "/")))
+    if entry is not None and ("." in entry or "/" in entry):
+        # Lambda's MODULE.FUNCTION, or pkg/module.function
+        module, _, function = entry.rpartition(".")
+        if not module or not function:
+            fail(f"--handler {entry!r}: give FUNCTION or MODULE.FUNCTION, like app.lambda_handler")
+        return _Target(style or "auto", function, _module_file(path, module.replace(".", "/")))
+    return _Target(style or "auto", entry, main)
+
+
+def _module_file(path: Path, module: str) -> str | None:
+    """The main file for a module named by --handler/--asgi/--wsgi: its path in a directory;
+    for a file deploy, the file must be that module."""
+    if path.is_dir():
+        return f"{module}.py"
+    if module.split("/")[-1] != path.stem:
+        fail(
+            f"the handler names module {module!r} but {path.name} is module {path.stem!r}: "
+            "deploy the directory that holds it, or name the file's own module"
+        )
+    return None
+
+
 @click.command()
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--name", help="Function name. Default: the file (or directory) name.")
 @click.option(
     "--handler",
     "entry",
-    default="handler",
-    show_default=True,
-    help="Name of the handler function in the file.",
+    help="The handler: a function name in the file (default: handler, else a name the "
+    "style is known by, like lambda_handler or main), or MODULE.FUNCTION / "
+    "pkg/module.function as Lambda writes it.",
 )
 @click.option(
     "--main",
     "main_file",
-    default="handler.py",
-    show_default=True,
-    help="With a directory: the module that holds the handler.",
+    help="With a directory: the module that holds the handler, like app.py or "
+    "hello_world/app.py. Default: handler.py.",
+)
+@click.option(
+    "--style",
+    type=click.Choice(["auto", *STYLES]),
+    help="The platform the handler is written for. Default: auto (detected from the "
+    "handler's name and parameters, and printed). See docs/migrating.md.",
+)
+@click.option("--asgi", metavar="MODULE:APP", help="Serve an ASGI app (FastAPI, Starlette...).")
+@click.option("--wsgi", metavar="MODULE:APP", help="Serve a WSGI app (Flask, Django...).")
+@click.option(
+    "--lambda-event",
+    type=click.Choice(["v2", "v1", "alb", "url"]),
+    help="Lambda style: the event built from an HTTP request: v2 (API Gateway HTTP API, the "
+    "default), v1 (REST API), alb or url (function URL).",
 )
 @click.option(
     "--requirements",
@@ -112,8 +179,12 @@ def deploy(
     ctx: click.Context,
     path: Path,
     name: str | None,
-    entry: str,
-    main_file: str,
+    entry: str | None,
+    main_file: str | None,
+    style: str | None,
+    asgi: str | None,
+    wsgi: str | None,
+    lambda_event: str | None,
     requirements_file: Path | None,
     preimport: str | None,
     env_pairs: tuple[str, ...],
@@ -133,9 +204,15 @@ def deploy(
     """
     import base64
 
-    payload: dict[str, Any] = {"entry": entry, "env": _parse_env(env_pairs)}
+    target = _target(path, entry, main_file, style, asgi, wsgi)
+    payload: dict[str, Any] = {"env": _parse_env(env_pairs), "style": target.style}
+    if target.entry is not None:
+        payload["entry"] = target.entry
+    if lambda_event is not None:
+        payload["style_options"] = {"event": lambda_event}
     requirements = None
     if path.is_dir():
+        main_file = target.main or "handler.py"
         main = path / main_file
         if not main.is_file():
             fail(f"{path} has no {main_file}; give the module that holds the handler with --main")
@@ -181,6 +258,15 @@ def _print_deployed(version: dict[str, Any], url: str) -> None:
         f"Deployed {version['function']} version {version['version']} "
         f"(sha256 {version['sha256'][:12]})."
     )
+    if version.get("style_detected") and version.get("style") != "ember":
+        click.echo(
+            f"Style: {version['style']} (detected from {version['handler']}; another with --style)"
+        )
+    if version.get("added_requirements"):
+        click.echo(
+            "Added to the requirements (the platform it was written for provides them): "
+            + ", ".join(version["added_requirements"])
+        )
     if version.get("environment"):
         packages = len(version["lock"].splitlines())
         click.echo(

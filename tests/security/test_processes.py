@@ -125,12 +125,12 @@ def test_a_forged_status_does_not_reach_the_caller(platform: Platform) -> None:
     """The runtime refuses 1xx statuses; a handler that replaces the runtime's encoder gets
     the same answer from the gateway (no protocol switch through a proxy)."""
     source = textwrap.dedent("""
-        import invoker.runtime
+        import invoker.styles.native
 
         def forged(result):
             return 101, [["Upgrade", "websocket"], ["Connection", "Upgrade"]], b""
 
-        invoker.runtime.encode_result = forged
+        invoker.styles.native.encode_result = forged
 
         def handler(event, context):
             return "upgrade me"

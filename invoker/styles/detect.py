@@ -1,0 +1,161 @@
+"""Which style a function is written in, when the deploy did not say (`--style auto`).
+
+Only what is obvious from the entry point's name, its parameters and the kind of object it is:
+
+    lambda_handler(event, context)             lambda
+    handler(event, context)  (any other name)  ember
+    main(args)                                 openwhisk
+    main()                                     fission
+    main(context)                              knative (the parliament template)
+    handle(event, context) / handle(req)       openfaas
+    any(request)                               gcf
+    new()                                      knative (returns an object with async handle)
+    an ASGI app (FastAPI, Starlette, ...)      asgi
+    a WSGI app (Flask, Django, ...)            wsgi
+
+When the default entry point `handler` is absent, the first of lambda_handler, main, handle,
+app, application, new that the module defines is used. Anything else needs `--style`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from invoker.protocol import STYLES
+from invoker.styles import StyleMismatch
+from invoker.styles.native import positional_arity
+
+WELL_KNOWN = ("lambda_handler", "main", "handle", "app", "application", "new")
+
+
+def resolve_entry(module: Any, entry: str, filename: str) -> Any:
+    """The object `entry` (a name, or a dotted attribute path like `api.app`) names in the
+    module; LookupError when there is none."""
+    target: Any = module
+    for part in entry.split("."):
+        target = getattr(target, part, None)
+        if target is None:
+            raise LookupError(
+                f'{filename} defines no function "{entry}"; add: def {entry}(event, context): ...'
+                if "." not in entry
+                else f'{filename} has no "{entry}"'
+            )
+    if not callable(target):
+        raise LookupError(f'"{entry}" in {filename} is a {type(target).__name__}, not a function')
+    return target
+
+
+def _params(target: Any) -> list[str]:
+    try:
+        return [
+            p.name
+            for p in inspect.signature(target).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+    except (TypeError, ValueError):
+        return []
+
+
+def is_asgi(target: Any) -> bool:
+    """An ASGI 3 application: `async def app(scope, receive, send)`, or an object whose
+    `__call__` is one (FastAPI, Starlette, Quart...)."""
+    if inspect.isclass(target):
+        return False
+    if inspect.isfunction(target) or inspect.ismethod(target):
+        call = target
+    elif callable(target):
+        call = type(target).__call__.__get__(target)  # bound: self not counted
+    else:
+        return False
+    return inspect.iscoroutinefunction(call) and len(_params(call)) == 3
+
+
+def is_wsgi(target: Any) -> bool:
+    """A WSGI application: `app(environ, start_response)`, or an object with `wsgi_app`
+    (Flask) or whose `__call__` takes (environ, start_response) (Django, Bottle, Falcon)."""
+    if inspect.isclass(target) or is_asgi(target):
+        return False
+    if hasattr(target, "wsgi_app"):
+        return True
+    if inspect.isfunction(target):
+        call = target
+    elif callable(target):
+        call = type(target).__call__.__get__(target)
+    else:
+        return False
+    if inspect.iscoroutinefunction(call):
+        return False
+    names = _params(call)
+    return len(names) == 2 and names[1] in ("start_response", "start")
+
+
+def classify(name: str, target: Any) -> str | None:
+    """The style that `target`, found under `name`, is obviously written in, or None."""
+    if is_asgi(target):
+        return "asgi"
+    if is_wsgi(target):
+        return "wsgi"
+    arity = positional_arity(target)
+    if arity is None:
+        return None
+    params = _params(target)
+    required, most = arity
+    if most == -2:
+        return None
+    short = name.rsplit(".", 1)[-1]
+    if short == "new" and required == 0:
+        return "knative"
+    if short == "main" and required == 0:
+        return "fission"
+    if (required == 1 and (most == 1 or most == -1)) or (required == 0 and most == 1):
+        first = params[0] if params else ""
+        if first in ("request", "req_flask", "cloud_event"):
+            return "gcf"
+        if short == "main":
+            return "knative" if first == "context" else "openwhisk"
+        if short == "handle":
+            return "openfaas"
+        return None
+    if required <= 2 and (most == -1 or most >= 2):
+        if short == "lambda_handler":
+            return "lambda"
+        if short == "handle":
+            return "openfaas"
+        return "ember"
+    return None
+
+
+def detect_style(module: Any, entry: str) -> tuple[str, str, Any]:
+    """(style, entry, target) for a module deployed without a style; StyleMismatch (or
+    LookupError when the entry point is missing) otherwise."""
+    filename = getattr(module, "__file__", None) or getattr(module, "__name__", "the module")
+    filename = str(filename).rsplit("/", 1)[-1]
+    found = _lookup(module, entry)
+    if found is None and entry == "handler":
+        for name in WELL_KNOWN:
+            found = _lookup(module, name)
+            if found is not None:
+                entry = name
+                break
+    if found is None:
+        raise LookupError(
+            f'{filename} defines no function "{entry}"; add: def {entry}(event, context): ... '
+            "(or name the entry point with --handler)"
+        )
+    style = classify(entry, found)
+    if style is None:
+        raise StyleMismatch(
+            f'the style of "{entry}" in {filename} is not obvious from its name and '
+            f"parameters; give it with --style (one of: {', '.join(STYLES)})"
+        )
+    return style, entry, found
+
+
+def _lookup(module: Any, entry: str) -> Any:
+    target: Any = module
+    for part in entry.split("."):
+        target = getattr(target, part, None)
+        if target is None:
+            return None
+    return target if callable(target) else None
