@@ -91,7 +91,8 @@ def describe(target: Any, entry: str) -> str:
     """How an entry point reads in an error message: `def main(args)`, `a Flask object`."""
     if inspect.isfunction(target) or inspect.ismethod(target):
         try:
-            signature = str(inspect.signature(target))
+            params = inspect.signature(target).parameters.values()
+            signature = "(" + ", ".join(str(p.replace(annotation=p.empty)) for p in params) + ")"
         except (TypeError, ValueError):
             signature = "(...)"
         prefix = "async def" if inspect.iscoroutinefunction(target) else "def"

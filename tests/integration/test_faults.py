@@ -149,9 +149,11 @@ async def test_import_failure_and_missing_handler_are_reported_at_deploy(
     assert "ModuleNotFoundError" in error["message"]
     assert "no_such_module_xyz" in error["message"]
 
-    response = await running.deploy("bad", "def main(event, context):\n    return 1\n")
+    response = await running.deploy("bad", "def run(event, context):\n    return 1\n")
     assert response.status == 422
-    assert 'defines no function "handler"' in (await response.json())["error"]["message"]
+    message = (await response.json())["error"]["message"]
+    assert 'defines no function "handler"' in message
+    assert "--handler" in message
 
     response = await running.deploy("bad", "raise SystemExit(4)\n")
     assert response.status == 422

@@ -1,0 +1,104 @@
+"""Deploying in a style: detection at the import check, refusals that name the style and the
+expected signature, a main module in a package directory, and a handler's own error status
+recorded as an error."""
+
+from __future__ import annotations
+
+import base64
+import io
+import textwrap
+import zipfile
+
+from tests.conftest import Running
+
+
+def zipped(files: dict[str, str]) -> str:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+async def test_the_style_is_detected_once_and_stored_with_the_version(running: Running) -> None:
+    deployed = await running.deploy_ok("plain", "def handler(event, context):\n    return 1\n")
+    assert (deployed["style"], deployed["handler"], deployed["style_detected"]) == (
+        "ember",
+        "handler",
+        True,
+    )
+    assert deployed["added_requirements"] == []
+    _, versions = await running.admin("GET", "/v1/functions/plain/versions")
+    assert versions["versions"][0]["style"] == "ember"
+    explicit = await running.deploy_ok(
+        "plain", "def handler(event, context):\n    return 1\n", style="ember"
+    )
+    assert explicit["style_detected"] is False
+
+
+async def test_a_handler_that_fits_no_style_is_refused_at_deploy(running: Running) -> None:
+    one_arg = "def handler(event):\n    return event\n"
+    response = await running.deploy("lonely", one_arg, style="ember")
+    body = await response.json()
+    assert response.status == 422, body
+    assert body["error"]["code"] == "style_mismatch"
+    assert body["error"]["message"].startswith(
+        "def handler(event) does not fit the ember style, which expects def handler(event, context)"
+    )
+    response = await running.deploy("lonely", one_arg)  # auto: not obvious
+    body = await response.json()
+    assert response.status == 422, body
+    assert "not obvious" in body["error"]["message"]
+    assert "--style" in body["error"]["message"]
+    status, _ = await running.admin("GET", "/v1/functions/lonely")
+    assert status == 404  # nothing was stored
+
+    response = await running.deploy("lonely", one_arg, style="cobol")
+    assert response.status == 400
+    assert "--style" in (await response.json())["error"]["message"]
+
+
+async def test_the_main_module_may_live_in_a_package_directory(running: Running) -> None:
+    files = {
+        "hello_world/__init__.py": "",
+        "hello_world/app.py": textwrap.dedent("""
+            from .greeting import greet
+
+            def handler(event, context):
+                return {"greeting": greet(event.get("name", "world")), "module": __name__}
+        """),
+        "hello_world/greeting.py": "def greet(name):\n    return f'hello {name}'\n",
+    }
+    deployed = await running.deploy_ok(
+        "nested",
+        files["hello_world/app.py"],
+        filename="hello_world/app.py",
+        archive=zipped(files),
+    )
+    assert deployed["filename"] == "hello_world/app.py"
+    response = await running.call("nested", {"name": "ada"})
+    assert await response.json() == {"greeting": "hello ada", "module": "hello_world.app"}
+
+    response = await running.deploy("nested", files["hello_world/app.py"], filename="pkg/app.py")
+    body = await response.json()
+    assert response.status == 400
+    assert "deploy the directory" in body["error"]["message"]
+
+
+async def test_a_handlers_own_error_status_reaches_the_caller_and_counts_as_an_error(
+    running: Running,
+) -> None:
+    source = textwrap.dedent("""
+        def handler(event, context):
+            return context.response(b"upstream is down", status=503, headers={"X-Why": "db"})
+    """)
+    await running.deploy_ok("down", source)
+    response = await running.call("down", {})
+    assert response.status == 503
+    assert response.headers["X-Why"] == "db"
+    assert await response.read() == b"upstream is down"
+    _, activation = await running.admin(
+        "GET", f"/v1/activations/{response.headers['X-Ember-Activation-Id']}"
+    )
+    assert (activation["status"], activation["http_status"]) == ("error", 503)
+    assert activation["error"] == {"type": "HTTP503", "message": "upstream is down"}

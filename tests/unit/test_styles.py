@@ -1,0 +1,195 @@
+"""The style machinery: detection of a handler's style, Ember's own style through the interface,
+and the packages a deploy adds for the platform a function was written for."""
+
+from __future__ import annotations
+
+import time
+import types
+from typing import Any
+
+import pytest
+
+from gateway.frameworks import (
+    imported_modules,
+    missing_module,
+    missing_packages,
+    requirement_names,
+    with_packages,
+)
+from invoker import styles
+from invoker.context import Context, Response
+from invoker.styles.detect import classify, detect_style, resolve_entry
+
+
+def module(**names: Any) -> types.ModuleType:
+    mod = types.ModuleType("handler")
+    mod.__file__ = "/tmp/code/handler.py"
+    for key, value in names.items():
+        setattr(mod, key, value)
+    return mod
+
+
+def lambda_handler(event: Any, context: Any) -> Any: ...
+def handler(event: Any, context: Any) -> Any: ...
+def main_args(args: Any) -> Any: ...
+def main_none() -> Any: ...
+def main_context(context: Any) -> Any: ...
+def handle2(event: Any, context: Any) -> Any: ...
+def handle1(req: Any) -> Any: ...
+def hello_http(request: Any) -> Any: ...
+def new() -> Any: ...
+async def asgi_app(scope: Any, receive: Any, send: Any) -> None: ...
+def wsgi_app(environ: Any, start_response: Any) -> Any: ...
+def one_event(event: Any) -> Any: ...
+
+
+class AsgiObject:
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None: ...
+
+
+class WsgiObject:
+    def __call__(self, environ: Any, start_response: Any) -> Any: ...
+
+
+class FlaskLike:
+    def wsgi_app(self, environ: Any, start_response: Any) -> Any: ...
+
+    def __call__(self, environ: Any, start_response: Any) -> Any: ...
+
+
+@pytest.mark.parametrize(
+    ("name", "target", "style"),
+    [
+        ("lambda_handler", lambda_handler, "lambda"),
+        ("handler", handler, "ember"),
+        ("hello", handler, "ember"),
+        ("main", main_args, "openwhisk"),
+        ("main", main_none, "fission"),
+        ("main", main_context, "knative"),
+        ("handle", handle2, "openfaas"),
+        ("handle", handle1, "openfaas"),
+        ("hello_http", hello_http, "gcf"),
+        ("new", new, "knative"),
+        ("app", asgi_app, "asgi"),
+        ("app", AsgiObject(), "asgi"),
+        ("app", wsgi_app, "wsgi"),
+        ("application", WsgiObject(), "wsgi"),
+        ("app", FlaskLike(), "wsgi"),
+        ("process", one_event, None),
+        ("App", AsgiObject, None),  # a class is not an app
+    ],
+)
+def test_a_style_is_detected_only_when_it_is_obvious(name: str, target: Any, style: str) -> None:
+    assert classify(name, target) == style
+
+
+def test_detection_falls_back_to_the_names_platforms_use() -> None:
+    assert detect_style(module(lambda_handler=lambda_handler), "handler")[:2] == (
+        "lambda",
+        "lambda_handler",
+    )
+    assert detect_style(module(main=main_args, handle=handle2), "handler")[:2] == (
+        "openwhisk",
+        "main",
+    )
+    # an explicit entry point is not replaced
+    with pytest.raises(LookupError, match='defines no function "process"'):
+        detect_style(module(main=main_args), "process")
+    with pytest.raises(styles.StyleMismatch, match=r"not obvious.*--style"):
+        detect_style(module(process=one_event), "process")
+
+
+def test_an_entry_point_may_be_an_attribute_path() -> None:
+    api = types.SimpleNamespace(app=AsgiObject())
+    assert isinstance(resolve_entry(module(api=api), "api.app", "handler.py"), AsgiObject)
+    with pytest.raises(LookupError, match=r'has no "api\.nope"'):
+        resolve_entry(module(api=api), "api.nope", "handler.py")
+    with pytest.raises(LookupError, match="is a int, not a function"):
+        resolve_entry(module(limit=3), "limit", "handler.py")
+
+
+def context() -> Context:
+    return Context(function="f", version=1, activation_id="a", deadline=time.monotonic() + 5)
+
+
+def info(style: str = "ember", entry: str = "handler") -> styles.BindInfo:
+    return styles.BindInfo(
+        style=style,
+        entry=entry,
+        module=module(),
+        function="f",
+        version=1,
+        memory_mb=256,
+        timeout_s=30,
+    )
+
+
+def test_ember_style_through_the_interface() -> None:
+    def echo(event: Any, ctx: Context) -> Any:
+        return {"event": event, "path": ctx.path}
+
+    bound = styles.bind(echo, info())
+    assert not bound.is_async
+    call = styles.Incoming(body=b'{"a": 1}', content_type="application/json", context=context())
+    assert bound.run(call) == (
+        200,
+        [["Content-Type", "application/json"]],
+        b'{"event":{"a":1},"path":"/"}',
+    )
+    with pytest.raises(styles.BadRequest, match="not valid JSON"):
+        bound.run(styles.Incoming(body=b"{", content_type="application/json", context=context()))
+
+    def teapot(event: Any, ctx: Context) -> Response:
+        return Response(body="no", status=418)
+
+    assert styles.bind(teapot, info()).run(call)[0] == 418
+
+
+async def test_an_async_ember_handler_is_bound_as_async() -> None:
+    async def echo(event: Any, ctx: Context) -> Any:
+        return event
+
+    bound = styles.bind(echo, info())
+    assert bound.is_async
+    out = await bound.run(styles.Incoming(body=b"raw", context=context()))
+    assert out == (200, [["Content-Type", "application/octet-stream"]], b"raw")
+
+
+def test_a_handler_that_does_not_fit_is_refused_naming_the_style_and_signature() -> None:
+    with pytest.raises(styles.StyleMismatch) as refused:
+        styles.bind(one_event, info(entry="process"))
+    assert str(refused.value).startswith(
+        "def process(event) does not fit the ember style, which expects def handler(event, context)"
+    )
+    assert "--style" in str(refused.value)
+    with pytest.raises(styles.UnknownStyle, match="unknown style 'pulumi'"):
+        styles.load("pulumi")
+
+
+def test_an_event_is_not_an_http_request() -> None:
+    assert not styles.Incoming(body=b"", source="async", context=context()).is_event
+    assert styles.Incoming(body=b"", source="schedule", context=context()).is_event
+    call = styles.Incoming(body=b"", headers=[("X-A", "1"), ("x-a", "2")], context=context())
+    assert call.header("x-A") == "1"
+    assert call.header("missing", "none") == "none"
+
+
+def test_frameworks_the_platforms_provide_are_added_unless_named() -> None:
+    files = {
+        "main.py": "import functions_framework\nfrom flask import jsonify\nimport os\n",
+        "lib/util.py": "from . import x\nimport boto3.session\n",
+    }
+    assert imported_modules(files) == {"functions_framework", "flask", "os", "boto3"}
+    assert missing_packages("gcf", files, "") == ["boto3", "flask", "functions-framework"]
+    assert missing_packages("gcf", files, "Flask==3.0\n# note\nboto3>=1\n") == [
+        "functions-framework"
+    ]
+    assert missing_packages("fission", {"h.py": "def main(): ...\n"}, "") == ["flask"]
+    # a function's own module of that name is not a package to install
+    assert missing_packages("lambda", {"boto3.py": "", "h.py": "import boto3\n"}, "") == []
+    assert requirement_names("functions_framework==3\n-r other.txt\n") == {"functions-framework"}
+    assert with_packages("requests\n", ["flask"]).splitlines()[0] == "requests"
+    assert with_packages("", ["flask"]).startswith("flask  #")
+    found = {"type": "ModuleNotFoundError", "message": "No module named 'flask'"}
+    assert missing_module(found) == "flask"
+    assert missing_module({**found, "message": "No module named 'numpy'"}) is None
