@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint format clean bench bench-quick bench-events bench-deps bench-k8s bench-replay bench-soak bench-decisions simulate
+.PHONY: up test lint format clean bench bench-quick bench-events bench-deps bench-styles bench-k8s bench-replay bench-soak bench-decisions simulate
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ bench-events: $(STAMP)
 ## bench-deps: cold starts of a function with dependencies, and the naive baseline
 bench-deps: $(STAMP)
 	$(PY) -m bench.deps
+
+## bench-styles: what each handler style (lambda, openwhisk, asgi...) adds to a warm call
+bench-styles: $(STAMP)
+	$(PY) -m bench.styles
 
 ## bench-k8s: cold starts on the Kubernetes backend (against the API emulation) vs local
 bench-k8s: $(STAMP)
