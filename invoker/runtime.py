@@ -251,7 +251,7 @@ class Runtime:
                 method=meta.get("method", "POST"),
                 path=meta.get("path", "/"),
                 query=meta.get("query", ""),
-                headers=[(k, v) for k, v in meta.get("headers", ())],
+                headers=meta.get("headers") or [],  # [name, value] pairs, as sent
                 content_type=meta.get("content_type", ""),
                 source=meta.get("source", "http"),
                 topic=meta.get("topic", ""),
