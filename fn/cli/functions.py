@@ -12,7 +12,10 @@ import click
 
 from fn.cli.api import api, client
 from fn.cli.output import emit, fail, json_option, print_table
-from invoker.protocol import STYLES
+
+STYLES = ("ember", "lambda", "openwhisk", "openfaas", "fission", "gcf", "knative", "asgi", "wsgi")
+"""The gateway's handler styles (invoker.protocol.STYLES; the CLI speaks to it over HTTP only,
+so it keeps its own copy, checked equal by tests/unit/test_styles.py)."""
 
 
 def _parse_env(pairs: Sequence[str]) -> dict[str, str]:

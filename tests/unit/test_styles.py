@@ -193,3 +193,10 @@ def test_frameworks_the_platforms_provide_are_added_unless_named() -> None:
     found = {"type": "ModuleNotFoundError", "message": "No module named 'flask'"}
     assert missing_module(found) == "flask"
     assert missing_module({**found, "message": "No module named 'numpy'"}) is None
+
+
+def test_the_cli_offers_the_styles_the_platform_has() -> None:
+    from fn.cli.functions import STYLES as CLI_STYLES
+    from invoker.protocol import STYLES
+
+    assert CLI_STYLES == STYLES
