@@ -152,6 +152,15 @@ def detect_style(module: Any, entry: str) -> tuple[str, str, Any]:
     return style, entry, found
 
 
+def default_entry(module: Any, entry: str) -> str:
+    """The entry point of a deploy that named its style but not its handler: `entry`, unless it
+    is the default `handler` and the module has none, then the first of WELL_KNOWN it defines
+    (`--style lambda` finds lambda_handler)."""
+    if entry != "handler" or _lookup(module, entry) is not None:
+        return entry
+    return next((name for name in WELL_KNOWN if _lookup(module, name) is not None), entry)
+
+
 def _lookup(module: Any, entry: str) -> Any:
     target: Any = module
     for part in entry.split("."):
