@@ -8,16 +8,17 @@ import os
 import threading
 import time
 import types
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from fn.cli.functions import _target
 from invoker.context import Context
 from invoker.styles import BindInfo, Bound, Incoming, Outgoing, StyleError, StyleMismatch, bind
 from invoker.styles.aws_lambda import LambdaContext
+from invoker.styles.detect import default_entry
 
 ACTIVATION = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"
 LAMBDA_VARIABLES = (
@@ -127,14 +128,33 @@ def test_a_handler_that_cannot_take_event_and_context_is_refused() -> None:
     def main(args: Any) -> Any:
         return args
 
-    with pytest.raises(
-        StyleMismatch, match=r"def main\(args.*not fit the lambda style.*--style"
-    ):
+    with pytest.raises(StyleMismatch, match=r"def main\(args.*not fit the lambda style.*--style"):
         bind(main, info("main"))
     with pytest.raises(StyleMismatch, match="lambda style"):
         bind(42, info())
     with pytest.raises(StyleError, match="'v3' is not one of v2, v1, alb, url"):
         bind(lambda event, context: None, info(event="v3"))
+
+
+def test_a_deploy_that_names_the_style_but_not_the_handler_finds_lambda_handler(
+    tmp_path: Path,
+) -> None:
+    module = types.ModuleType("app")
+    module.lambda_handler = lambda event, context: None  # type: ignore[attr-defined]
+    assert default_entry(module, "handler") == "lambda_handler"
+    assert default_entry(module, "other") == "other"
+    module.handler = lambda event, context: None  # type: ignore[attr-defined]
+    assert default_entry(module, "handler") == "handler"
+    # The CLI's --handler as Lambda writes it: the main module and the function.
+    (tmp_path / "hello_world").mkdir()
+    target = _target(tmp_path, "hello_world/app.lambda_handler", None, None, None, None)
+    assert (target.style, target.entry, target.main) == (
+        "auto",
+        "lambda_handler",
+        "hello_world/app.py",
+    )
+    target = _target(tmp_path, "app.lambda_handler", None, "lambda", None, None)
+    assert (target.style, target.entry, target.main) == ("lambda", "lambda_handler", "app.py")
 
 
 def test_binding_sets_lambdas_environment_without_overriding_the_functions(
@@ -454,152 +474,3 @@ def test_a_schedule_tick_is_an_eventbridge_scheduled_event() -> None:
         "resources": ["arn:aws:events:us-east-1:000000000000:rule/orders-schedule-4"],
         "detail": {},
     }
-
-
-def test_an_events_result_is_json() -> None:
-    tick = call(b"{}", source="schedule")
-    assert answer("done", tick) == (200, [["Content-Type", "application/json"]], b'"done"')
-    assert answer(None, tick)[2] == b"null"
-    # A proxy response from an event is just a result.
-    assert answer({"statusCode": 500}, call(b"{}", source="topic"))[:2] == (
-        200,
-        [["Content-Type", "application/json"]],
-    )
-
-
-# -- responses ------------------------------------------------------------------------------
-
-
-def test_a_proxy_response_is_mapped_to_http() -> None:
-    status, headers, body = answer(
-        {
-            "statusCode": 201,
-            "statusDescription": "201 Created",  # ALB's: ignored
-            "headers": {"Content-Type": "text/html", "X-Count": 2, "X-Flag": True, "X-None": None},
-            "multiValueHeaders": {"X-Multi": ["a", "b"]},
-            "cookies": ["a=1; Path=/", "b=2"],
-            "body": "<p>hi</p>",
-            "isBase64Encoded": False,
-        }
-    )
-    assert status == 201
-    assert headers == [
-        ["Content-Type", "text/html"],
-        ["X-Count", "2"],
-        ["X-Flag", "true"],
-        ["X-Multi", "a"],
-        ["X-Multi", "b"],
-        ["Set-Cookie", "a=1; Path=/"],
-        ["Set-Cookie", "b=2"],
-    ]
-    assert body == b"<p>hi</p>"
-
-
-def test_headers_and_multi_value_headers_merge_as_api_gateway_merges_them() -> None:
-    _, headers, _ = answer(
-        {
-            "statusCode": 200,
-            "headers": {"Set-Cookie": "a=1", "X-Same": "1"},
-            "multiValueHeaders": {"Set-Cookie": ["b=2", "c=3"], "x-same": ["1"]},
-        }
-    )
-    assert headers == [
-        ["Set-Cookie", "a=1"],
-        ["Set-Cookie", "b=2"],
-        ["Set-Cookie", "c=3"],
-        ["x-same", "1"],
-        ["Content-Type", "application/json"],
-    ]
-
-
-def test_a_base64_body_is_decoded_and_the_status_may_be_a_string() -> None:
-    png = b"\x89PNG\r\n\x1a\n\x00\xff"
-    status, headers, body = answer(
-        {
-            "statusCode": "200",
-            "headers": {"Content-Type": "image/png"},
-            "body": base64.b64encode(png).decode(),
-            "isBase64Encoded": True,
-        }
-    )
-    assert (status, headers, body) == (200, [["Content-Type", "image/png"]], png)
-    assert answer({"statusCode": 404})[:3] == (404, [["Content-Type", "application/json"]], b"")
-    assert answer({"statusCode": 200, "body": {"a": Decimal("1.5")}})[2] == b'{"a":1.5}'
-
-
-@pytest.mark.parametrize(
-    ("response", "message"),
-    [
-        ({"statusCode": 42}, "statusCode 42, outside 200-599"),
-        ({"statusCode": 700, "body": ""}, "statusCode 700, outside 200-599"),
-        ({"statusCode": "OK"}, "statusCode 'OK', which is not an HTTP status"),
-        ({"statusCode": True}, "statusCode True"),
-        ({"statusCode": 200, "body": "abc", "isBase64Encoded": True}, "not valid base64"),
-        ({"statusCode": 200, "headers": {"X-A": "a\r\nX-B: b"}}, "line break"),
-        ({"statusCode": 200, "headers": {"Bad Name": "x"}}, "not a valid HTTP header name"),
-        ({"statusCode": 200, "headers": ["X-A"]}, "not an object"),
-    ],
-)
-def test_a_bad_proxy_response_is_an_error_that_says_what_is_wrong(
-    response: dict[str, Any], message: str
-) -> None:
-    with pytest.raises(ValueError, match=message):
-        answer(response)
-
-
-def test_a_result_without_status_code_is_inferred_as_http_apis_infer_it() -> None:
-    json_type = [["Content-Type", "application/json"]]
-    assert answer({"hello": "world"}) == (200, json_type, b'{"hello":"world"}')
-    assert answer("hello") == (200, json_type, b"hello")  # the string itself, not quoted
-    assert answer(["hello", 3, True]) == (200, json_type, b'["hello",3,true]')
-    assert answer(3.1) == (200, json_type, b"3.1")
-    assert answer(None) == (200, json_type, b"null")
-    assert answer({"n": Decimal("12"), 1: "int key"})[2] == b'{"n":12,"1":"int key"}'
-    assert answer({"big": 2**70})[2] == b'{"big":1180591620717411303424}'
-    assert answer(b"\x00raw") == (200, [["Content-Type", "application/octet-stream"]], b"\x00raw")
-    for kind in ("v1", "alb", "url"):
-        assert answer({"hello": "world"}, event=kind)[2] == b'{"hello":"world"}'
-
-
-def test_a_result_json_cannot_encode_is_an_error() -> None:
-    with pytest.raises(TypeError, match=r"not JSON-serializable .*Runtime.MarshalError"):
-        answer({"when": {1, 2}})
-
-
-def test_the_handlers_exception_is_the_calls_error() -> None:
-    def lambda_handler(event: Any, context: Any) -> Any:
-        raise KeyError("queryStringParameters")
-
-    with pytest.raises(KeyError, match="queryStringParameters"):
-        run(bind(lambda_handler, info()), call())
-
-
-async def test_an_async_handler_runs_on_the_loop() -> None:
-    async def lambda_handler(event: Any, context: Any) -> Any:
-        return {"statusCode": 202, "body": event["rawPath"] + context.aws_request_id[:4]}
-
-    bound = bind(lambda_handler, info())
-    assert bound.is_async
-    assert await bound.run(call(path="/p")) == (
-        202,
-        [["Content-Type", "application/json"]],
-        b"/p0190",
-    )
-
-    class Handler:
-        async def __call__(self, event: Any, context: Any) -> Any:
-            return "from an object"
-
-    assert bind(Handler(), info()).is_async
-
-
-def test_the_warm_call_overhead_is_small() -> None:
-    """Not a benchmark (bench/ measures it): a guard against a per-call import or scan."""
-    bound = bind(lambda event, context: {"statusCode": 200, "body": "ok"}, info())
-    incoming = call(b'{"a": 1}', path="/a/b", query="x=1", headers=HEADERS)
-    run(bound, incoming)
-    started = time.perf_counter()
-    for _ in range(1000):
-        run(bound, incoming)
-    per_call_ms = (time.perf_counter() - started) / 1000 * 1000
-    assert per_call_ms < 0.2, per_call_ms
