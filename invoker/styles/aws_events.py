@@ -49,6 +49,7 @@ Builder = Callable[[Incoming, Site], dict[str, Any]]
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _KNOWN = frozenset({"host", "user-agent", "x-forwarded-for"})
+_FORM_OR_NONE = frozenset({"", "application/x-www-form-urlencoded"})
 _TEXT_TYPES = frozenset({"application/json", "application/javascript", "application/xml"})
 
 
@@ -80,12 +81,18 @@ def is_text_type(content_type: str) -> bool:
 
 def _body(call: Incoming, *, any_text: bool) -> tuple[str | None, bool]:
     """(body, isBase64Encoded): UTF-8 text for textual content types (`any_text`: for any
-    type, as a REST API without binary media types passes it; no Content-Type: text when
-    it decodes), else base64."""
+    type, as a REST API without binary media types passes it), else base64. A form or a
+    body without Content-Type (what `curl -d` sends) is text too when it decodes: HTTP APIs
+    base64-encode those, which a handler that checks isBase64Encoded does not notice and one
+    that does not check cannot take."""
     body = call.body
     if not body:
         return None, False
-    if any_text or not call.content_type or is_text_type(call.content_type):
+    if (
+        any_text
+        or is_text_type(call.content_type)
+        or call.content_type.split(";", 1)[0].strip().lower() in _FORM_OR_NONE
+    ):
         try:
             return body.decode(), False
         except UnicodeDecodeError:

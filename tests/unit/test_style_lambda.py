@@ -316,10 +316,11 @@ def test_v2_leaves_out_what_the_request_has_none_of_and_base64_encodes_binary() 
     png = b"\x89PNG\r\n\x1a\n\x00"
     event = event_of(call(png, content_type="image/png"))
     assert (event["body"], event["isBase64Encoded"]) == (base64.b64encode(png).decode(), True)
-    # A form is base64 too, as HTTP APIs send it; text/* and +json are text.
-    assert event_of(call(b"a=1", content_type="application/x-www-form-urlencoded"))[
-        "isBase64Encoded"
-    ]
+    # text/* and +json are text; so are a form and a body without a type when they decode.
+    form = event_of(call(b"a=1", content_type="application/x-www-form-urlencoded"))
+    assert (form["body"], form["isBase64Encoded"]) == ("a=1", False)
+    upload = event_of(call(b"--b\r\n", content_type="multipart/form-data; boundary=b"))
+    assert (upload["body"], upload["isBase64Encoded"]) == ("LS1iDQo=", True)
     assert event_of(call(b"<p>", content_type="text/html; charset=utf-8"))["body"] == "<p>"
     assert event_of(call(b"{}", content_type="application/vnd.api+json"))["body"] == "{}"
     assert event_of(call(b"plain"))["body"] == "plain"  # no Content-Type: text if it decodes
