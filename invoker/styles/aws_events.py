@@ -1,7 +1,8 @@
 """The events the Lambda style hands a handler, built from an Ember call (invoker/styles).
 
 An HTTP call (source "http", or "async": an HTTP request queued) becomes the event of the
-service that would have fronted the function on AWS, chosen at deploy (`--lambda-event`):
+service that would have fronted the function on AWS, chosen at deploy (`--lambda-event`; when
+not given, the one whose fields the handler's module reads, `infer_event_kind`):
 
     v2   API Gateway HTTP API, payload format 2.0 (the default)
     v1   API Gateway REST API proxy integration, payload format 1.0
@@ -22,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -285,6 +287,35 @@ def alb_event(call: Incoming, site: Site) -> dict[str, Any]:
         "body": body or "",
         "isBase64Encoded": encoded,
     }
+
+
+# What a handler's source reads of its event, by the service whose event has it.
+_READS = {
+    "alb": re.compile(r"\bALB(Resolver|Event)\b|targetGroupArn|statusDescription|[\"']elb[\"']"),
+    "url": re.compile(r"\bLambdaFunctionUrl(Resolver|Event)\b"),
+    "v1": re.compile(
+        r"\bAPIGatewayRestResolver\b|\bAPIGatewayProxyEvent\b|[\"']httpMethod[\"']"
+        r"|multiValue(Headers|QueryStringParameters)"
+    ),
+    "v2": re.compile(
+        r"\bAPIGatewayHttpResolver\b|\bAPIGatewayProxyEventV2\b|rawPath|rawQueryString"
+        r"|routeKey|\[[\"']http[\"']\]"
+    ),
+}
+
+
+def infer_event_kind(source: str) -> str:
+    """The event a handler module expects when the deploy did not say: v1 for one that reads
+    v1's fields (httpMethod, multiValueHeaders, Powertools' APIGatewayRestResolver...) and
+    none of v2's (rawPath, requestContext.http...), alb for a load balancer's, url for
+    Powertools' function URL resolver; v2 otherwise (a handler reading both takes both)."""
+    reads = {kind for kind, pattern in _READS.items() if pattern.search(source)}
+    if "v2" in reads:
+        return "v2"
+    for kind in ("alb", "url", "v1"):
+        if kind in reads:
+            return kind
+    return "v2"
 
 
 HTTP_EVENTS: dict[str, Builder] = {

@@ -1,8 +1,8 @@
 """The AWS Lambda style: `lambda_handler(event, context)` run as Lambda's Python runtime runs it.
 
 The event is what API Gateway, a load balancer or a function URL would send for the HTTP
-request (invoker/styles/aws_events.py; `--lambda-event` chooses, v2 by default), or the payload of
-a topic, schedule or table event. The context is Lambda's (`LambdaContext`), with Ember's own
+request (invoker/styles/aws_events.py; `--lambda-event` chooses, else the fields the module
+reads, else v2), or the payload of a topic, schedule or table event. The context is Lambda's (`LambdaContext`), with Ember's own
 reachable as `context.ember`. At bind the function gets Lambda's environment variables (those
 its `--env` does not set) and, as on Lambda, its working directory is its code's root.
 
@@ -35,7 +35,14 @@ import orjson
 
 from invoker.context import Context
 from invoker.styles import BindInfo, Bound, Incoming, Outgoing, StyleError, mismatch
-from invoker.styles.aws_events import ACCOUNT_ID, HTTP_EVENTS, Site, b64decode, event_of
+from invoker.styles.aws_events import (
+    ACCOUNT_ID,
+    HTTP_EVENTS,
+    Site,
+    b64decode,
+    event_of,
+    infer_event_kind,
+)
 from invoker.styles.native import describe, takes
 
 SIGNATURE = "def lambda_handler(event, context) (or async def)"
@@ -261,6 +268,14 @@ def _task_root(module: Any) -> str | None:
     return str(Path(file).resolve().parents[depth])
 
 
+def _source(module: Any) -> str:
+    file = getattr(module, "__file__", None)
+    try:
+        return Path(file).read_text(errors="replace") if file else ""
+    except OSError:
+        return ""
+
+
 def prepare_environment(info: BindInfo) -> Facts:
     """Lambda's environment variables (not those the function's --env set) and working
     directory; the facts every call's context repeats."""
@@ -293,7 +308,7 @@ def prepare_environment(info: BindInfo) -> Facts:
 def bind(target: Any, info: BindInfo) -> Bound:
     if not callable(target) or not takes(target, 2):
         raise mismatch("lambda", describe(target, info.entry), SIGNATURE)
-    kind = info.options.get("event", "v2")
+    kind = info.options.get("event") or infer_event_kind(_source(info.module))
     http = HTTP_EVENTS.get(kind)
     if http is None:
         raise StyleError(
