@@ -2,9 +2,11 @@
 
 The event is what API Gateway, a load balancer or a function URL would send for the HTTP
 request (invoker/styles/aws_events.py; `--lambda-event` chooses, else the fields the module
-reads, else v2), or the payload of a topic, schedule or table event. The context is Lambda's (`LambdaContext`), with Ember's own
-reachable as `context.ember`. At bind the function gets Lambda's environment variables (those
-its `--env` does not set) and, as on Lambda, its working directory is its code's root.
+reads, else v2), or the payload of a topic, schedule or table event. The context is Lambda's
+(`LambdaContext`), with Ember's own reachable as `context.ember`. At bind the function gets
+Lambda's environment variables (those its `--env` does not set) and, as on Lambda, its working
+directory is its code's root. A sync handler runs with no event loop running (as on Lambda,
+where handlers call asyncio.run themselves).
 
 What the handler returns is mapped to HTTP as the fronting service maps it:
 - a proxy response (a dict with `statusCode`): its status, `headers` and `multiValueHeaders`
@@ -19,12 +21,14 @@ A value JSON cannot encode is an error, as it is on Lambda (Runtime.MarshalError
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import json
 import os
 import re
 import sys
+import threading
 import time
 import uuid
 from decimal import Decimal
@@ -255,6 +259,41 @@ def event_result(result: Any) -> Outgoing:
     return 200, [h[:] for h in _JSON_HEADERS], to_json(result)
 
 
+# -- calling --------------------------------------------------------------------------------
+
+
+class _ThreadLoop:
+    """An event loop of a thread's own for sync handlers, closed when the thread ends."""
+
+    __slots__ = ("loop",)
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+
+    def __del__(self) -> None:
+        self.loop.close()
+
+
+_threads = threading.local()
+
+
+def call_outside_loop(handler: Any, event: Any, context: LambdaContext) -> Any:
+    """Call a sync handler as Lambda does: with no event loop running in its thread (the
+    instance's own is hidden for the call) and an idle one set as the thread's current loop,
+    so that `asyncio.run(...)` and `asyncio.get_event_loop().run_until_complete(...)` (how
+    Mangum and other adapters run async code) work."""
+    own: _ThreadLoop | None = getattr(_threads, "own", None)
+    if own is None or own.loop.is_closed():
+        own = _threads.own = _ThreadLoop()
+    running = asyncio._get_running_loop()
+    asyncio._set_running_loop(None)
+    asyncio.set_event_loop(own.loop)  # (again each call: asyncio.run() unsets it)
+    try:
+        return handler(event, context)
+    finally:
+        asyncio._set_running_loop(running)
+
+
 # -- binding --------------------------------------------------------------------------------
 
 
@@ -335,6 +374,8 @@ def bind(target: Any, info: BindInfo) -> Bound:
 
     def run(call: Incoming) -> Outgoing:
         event = event_of(call, site, http)
-        return result_of(call, handler(event, LambdaContext(facts, call.context)))
+        return result_of(
+            call, call_outside_loop(handler, event, LambdaContext(facts, call.context))
+        )
 
     return Bound(run=run, is_async=False)

@@ -313,6 +313,28 @@ SAM_CODE_URI = {
 }
 
 
+# A sync handler running async code the way Mangum and many handlers do on Lambda.
+LOOP_RUNNER = textwrap.dedent("""
+    import asyncio
+
+    async def fetch(n):
+        await asyncio.sleep(0)
+        return n * 2
+
+    def lambda_handler(event, context):
+        first = asyncio.get_event_loop().run_until_complete(fetch(1))
+        return {"first": first, "second": asyncio.run(fetch(2))}
+""")
+
+
+async def test_a_sync_handler_may_run_its_own_event_loop(running: Running) -> None:
+    await running.deploy_ok("loops", LOOP_RUNNER)
+    await running.deploy_ok("loops-threads", LOOP_RUNNER, concurrency=3)
+    for name in ("loops", "loops-threads", "loops"):
+        response = await running.call(name)
+        assert (response.status, await response.json()) == (200, {"first": 2, "second": 4})
+
+
 async def test_sam_layouts_deploy_unchanged(running: Running) -> None:
     deployed = await running.deploy_ok(
         "hello-world",

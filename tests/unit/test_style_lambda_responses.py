@@ -3,6 +3,7 @@ HTTP API's inference, events' JSON results), errors, async handlers."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from decimal import Decimal
@@ -168,3 +169,31 @@ def test_the_warm_call_overhead_is_small() -> None:
         run(bound, incoming)
     per_call_ms = (time.perf_counter() - started) / 1000 * 1000
     assert per_call_ms < 0.2, per_call_ms
+
+
+ASYNC_INSIDE = [
+    # How handlers and adapters (Mangum) run async code from a sync handler on Lambda.
+    lambda coroutine: asyncio.run(coroutine),
+    lambda coroutine: asyncio.get_event_loop().run_until_complete(coroutine),
+]
+
+
+async def test_a_sync_handler_runs_with_no_event_loop_running() -> None:
+    async def work() -> str:
+        await asyncio.sleep(0)
+        return "done"
+
+    for runner in ASYNC_INSIDE * 2:
+        bound = bind(lambda event, context, runner=runner: runner(work()), info())
+        # As the runtime calls it at concurrency 1: inline, on the instance's running loop.
+        assert run(bound, call())[2] == b"done"
+        assert asyncio.get_running_loop() is not None  # (given back after the call)
+        # And at higher concurrency: in a worker thread.
+        result = await asyncio.get_running_loop().run_in_executor(None, run, bound, call())
+        assert result[2] == b"done"
+
+    def lambda_handler(event: Any, context: Any) -> Any:
+        return asyncio.get_running_loop()
+
+    with pytest.raises(RuntimeError, match="no running event loop"):
+        run(bind(lambda_handler, info()), call())
