@@ -335,6 +335,22 @@ async def test_a_sync_handler_may_run_its_own_event_loop(running: Running) -> No
         assert (response.status, await response.json()) == (200, {"first": 2, "second": 4})
 
 
+SERVERLESS = textwrap.dedent("""
+    import json
+
+    def hello(event, context):
+        body = {"message": "Go Serverless!", "input": event["rawPath"]}
+        return {"statusCode": 200, "body": json.dumps(body)}
+""")
+
+
+async def test_a_serverless_framework_handler_is_detected_as_lambda(running: Running) -> None:
+    deployed = await running.deploy_ok("sls", SERVERLESS, entry="hello")
+    assert (deployed["style"], deployed["style_detected"]) == ("lambda", True)
+    response = await running.call("sls/x")
+    assert await response.json() == {"message": "Go Serverless!", "input": "/x"}
+
+
 async def test_sam_layouts_deploy_unchanged(running: Running) -> None:
     deployed = await running.deploy_ok(
         "hello-world",

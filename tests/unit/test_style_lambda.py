@@ -17,7 +17,7 @@ from invoker.context import Context
 from invoker.styles import BindInfo, Bound, Incoming, Outgoing, StyleError, StyleMismatch, bind
 from invoker.styles.aws_events import infer_event_kind
 from invoker.styles.aws_lambda import LambdaContext
-from invoker.styles.detect import default_entry
+from invoker.styles.detect import default_entry, detect_style
 
 ACTIVATION = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"
 LAMBDA_VARIABLES = (
@@ -154,6 +154,29 @@ def test_a_deploy_that_names_the_style_but_not_the_handler_finds_lambda_handler(
     )
     target = _target(tmp_path, "app.lambda_handler", None, "lambda", None, None)
     assert (target.style, target.entry, target.main) == ("lambda", "lambda_handler", "app.py")
+
+
+def test_a_handler_of_another_name_is_lambda_when_its_module_uses_lambdas_fields(
+    tmp_path: Path,
+) -> None:
+    def module_of(source: str) -> types.ModuleType:
+        (tmp_path / "handler.py").write_text(source)
+        module = types.ModuleType("handler")
+        module.__file__ = str(tmp_path / "handler.py")
+        exec(compile(source, module.__file__, "exec"), module.__dict__)
+        return module
+
+    serverless = module_of(  # the Serverless Framework's template, in its shape
+        "import json\n\n"
+        "def hello(event, context):\n"
+        "    body = {'message': 'ok', 'input': event}\n"
+        "    return {'statusCode': 200, 'body': json.dumps(body)}\n"
+    )
+    assert detect_style(serverless, "hello")[0] == "lambda"
+    uses_context = module_of("def hello(event, context):\n    return context.aws_request_id\n")
+    assert detect_style(uses_context, "hello")[0] == "lambda"
+    native = module_of("def handler(event, context):\n    return {'hello': event['name']}\n")
+    assert detect_style(native, "handler")[0] == "ember"
 
 
 def test_binding_sets_lambdas_environment_without_overriding_the_functions(
