@@ -48,7 +48,7 @@ from invoker.protocol import (
 )
 from invoker.sandbox import Walls
 from invoker.specs import SpecializeSpec
-from invoker.styles.detect import detect_style, resolve_entry
+from invoker.styles.detect import default_entry, detect_style, resolve_entry
 from invoker.styles.native import decode_event, encode_result
 
 __all__ = ["Runtime", "decode_event", "encode_result", "run_instance"]
@@ -191,6 +191,7 @@ class Runtime:
             if style == "auto":
                 style, entry, target = detect_style(module, entry)
             else:
+                entry = default_entry(module, entry)
                 target = resolve_entry(module, entry, filename)
             bound = styles.bind(
                 target,

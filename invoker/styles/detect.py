@@ -3,7 +3,9 @@
 Only what is obvious from the entry point's name, its parameters and the kind of object it is:
 
     lambda_handler(event, context)             lambda
-    handler(event, context)  (any other name)  ember
+    handler(event, context)  (any other name)  ember, or lambda when its module uses Lambda's
+                                               fields (statusCode, requestContext,
+                                               context.aws_request_id...)
     main(args)                                 openwhisk
     main()                                     fission
     main(context)                              knative (the parliament template)
@@ -20,6 +22,8 @@ app, application, new that the module defines is used. Anything else needs `--st
 from __future__ import annotations
 
 import inspect
+import re
+from pathlib import Path
 from typing import Any
 
 from invoker.protocol import STYLES
@@ -144,12 +148,39 @@ def detect_style(module: Any, entry: str) -> tuple[str, str, Any]:
             "(or name the entry point with --handler)"
         )
     style = classify(entry, found)
+    if style == "ember" and _reads_like_lambda(module):
+        style = "lambda"  # Serverless Framework's handler.hello, SAM's app.handler...
     if style is None:
         raise StyleMismatch(
             f'the style of "{entry}" in {filename} is not obvious from its name and '
             f"parameters; give it with --style (one of: {', '.join(STYLES)})"
         )
     return style, entry, found
+
+
+_LAMBDA_FIELDS = re.compile(
+    r"[\"'](statusCode|queryStringParameters|pathParameters|requestContext|isBase64Encoded"
+    r"|httpMethod|rawPath)[\"']|\.(aws_request_id|invoked_function_arn|get_remaining_time_in_millis)\b"
+)
+
+
+def _reads_like_lambda(module: Any) -> bool:
+    """Whether the module's source uses fields only Lambda's events, responses or context have."""
+    file = getattr(module, "__file__", None)
+    try:
+        source = Path(file).read_text(errors="replace") if file else ""
+    except OSError:
+        return False
+    return _LAMBDA_FIELDS.search(source) is not None
+
+
+def default_entry(module: Any, entry: str) -> str:
+    """The entry point of a deploy that named its style but not its handler: `entry`, unless it
+    is the default `handler` and the module has none, then the first of WELL_KNOWN it defines
+    (`--style lambda` finds lambda_handler)."""
+    if entry != "handler" or _lookup(module, entry) is not None:
+        return entry
+    return next((name for name in WELL_KNOWN if _lookup(module, name) is not None), entry)
 
 
 def _lookup(module: Any, entry: str) -> Any:

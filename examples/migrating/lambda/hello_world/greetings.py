@@ -1,0 +1,2 @@
+def greeting_for(name):
+    return f"Hello, {name}!"
