@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Running, shared
+from tests.conftest import PlatformFactory, Running, shared
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -27,6 +27,9 @@ BARE = textwrap.dedent("""
                     scope["state"]["greeting"] = "hello from startup"
                     await send({"type": "lifespan.startup.complete"})
                 else:
+                    if os.environ.get("OUT"):
+                        with open(os.environ["OUT"], "a") as f:
+                            f.write("lifespan shutdown\\n")
                     await send({"type": "lifespan.shutdown.complete"})
                     return
         body = b""
@@ -284,3 +287,14 @@ async def test_a_fastapi_app(running: Running) -> None:
     _, listed = await running.admin("GET", "/v1/functions/shop/activations")
     topic_calls = [a for a in listed["activations"] if a.get("source") == "topic"]
     assert all(a["status"] == "success" for a in topic_calls), json.dumps(listed)[:2000]
+
+
+async def test_the_lifespan_shutdown_runs_when_an_instance_stops(
+    make_platform: PlatformFactory, tmp_path: Path
+) -> None:
+    out = shared(tmp_path) / "out"
+    async with make_platform() as running:
+        await running.deploy_ok("bare", BARE, env={"OUT": str(out)})
+        async with running.http.get(f"{running.url}/fn/bare") as response:
+            assert response.status == 200
+    assert lines_of(out) == ["lifespan shutdown"]  # (invoker/runtime.py, on SIGTERM)
