@@ -394,7 +394,7 @@ def handler(event: Any, context: Any) -> Any:
     ("target", "said"),
     [
         (Flaskish(), "a WSGI app: deploy it with --wsgi"),
-        (handler, "def app(event: 'Any', context: 'Any') -> 'Any' does not fit the asgi style"),
+        (handler, "def app(event, context) does not fit the asgi style"),
         (lambda: 42, "returned a int, not an ASGI app"),
     ],
 )
