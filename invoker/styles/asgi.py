@@ -31,6 +31,7 @@ import asyncio
 import contextvars
 import inspect
 import os
+import re
 import sys
 import traceback
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -58,6 +59,7 @@ _ASGI = {"version": "3.0", "spec_version": "2.3"}
 _UNKNOWN_CLIENT = ("0.0.0.0", 0)
 _SAFE_PATH = "/!$&'()*+,;=:@-._~"
 _SAFE_QUERY = _SAFE_PATH + "?%"
+_LONE_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 # What the gateway already undid: a body it decompressed, a chunked body it read whole.
 _REPLACED = frozenset({"content-length", "transfer-encoding"})
 _DECODED = frozenset({"gzip", "x-gzip", "deflate", "br", "zstd"})
@@ -83,10 +85,11 @@ def raw_path(path: str) -> bytes:
 
 
 def raw_query(query: str) -> bytes:
-    """The query string as bytes, re-encoding what the gateway decoded (spaces, UTF-8)."""
-    if query.isascii() and " " not in query:
+    """The query string as bytes, re-encoding what the gateway decoded (spaces, UTF-8, a "%"
+    that was "%25": its escapes for "&", "=", "+" and "#" it keeps)."""
+    if query.isascii() and " " not in query and "%" not in query:
         return query.encode()
-    return quote(query, safe=_SAFE_QUERY).encode()
+    return quote(_LONE_PERCENT.sub("%25", query), safe=_SAFE_QUERY).encode()
 
 
 def host_port(host: str, scheme: str) -> tuple[str, int]:

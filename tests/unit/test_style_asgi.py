@@ -140,6 +140,14 @@ async def test_the_scope_of_an_http_call() -> None:
     ]
 
 
+def test_the_query_string_is_re_encoded() -> None:
+    """The gateway hands styles yarl's decoded query (escapes of &, =, + and # kept)."""
+    assert asgi.raw_query("a=1&b=x%26y") == b"a=1&b=x%26y"
+    assert asgi.raw_query("q=red shoes&e=€") == b"q=red%20shoes&e=%E2%82%AC"
+    assert asgi.raw_query("off=50%") == b"off=50%25"  # was 50%25
+    assert asgi.raw_path("/a b/ü?") == b"/a%20b/%C3%BC%3F"
+
+
 async def test_defaults_without_forwarding_headers() -> None:
     bound = asgi.bind(echo, info())
     seen = json.loads((await run(bound, call(headers=[("Host", "[::1]:9000")])))[2])
