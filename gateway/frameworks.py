@@ -33,8 +33,19 @@ NEEDED_BY_STYLE: dict[str, tuple[str, ...]] = {
 _REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
 
+LEGACY_CLOUDEVENTS = "cloudevents<2"
+"""What parliament (Knative's older Python templates) and code written against the CloudEvents
+SDK 1.x API need: cloudevents 2 moved `cloudevents.http` to `cloudevents.v1.http`."""
+_LEGACY_IMPORTS = ("parliament", "cloudevents.http", "cloudevents.conversion", "cloudevents.sdk")
+
+
 def imported_modules(files: Mapping[str, str]) -> set[str]:
     """Top-level names of the modules the function's files import (absolute imports)."""
+    return {name.split(".")[0] for name in _imports(files)}
+
+
+def _imports(files: Mapping[str, str]) -> set[str]:
+    """Dotted names the function's files import (`from a import b` counts a and a.b)."""
     names: set[str] = set()
     for text in files.values():
         try:
@@ -43,9 +54,10 @@ def imported_modules(files: Mapping[str, str]) -> set[str]:
             continue
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
-                names.update(alias.name.split(".")[0] for alias in node.names)
+                names.update(alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names.add(node.module.split(".")[0])
+                names.add(node.module)
+                names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names
 
 
@@ -69,10 +81,14 @@ def missing_packages(
     `also` (modules an import check found missing), less those the requirements name and the
     function's own modules."""
     own = {path.split("/")[0].removesuffix(".py") for path in files}
+    imports = _imports(files)
     modules = imported_modules(files) | set(NEEDED_BY_STYLE.get(style, ())) | set(also)
     named = requirement_names(requirements)
-    wanted = sorted({PROVIDED[m] for m in modules if m in PROVIDED and m not in own})
-    return [p for p in wanted if _normalized(p) not in named]
+    wanted = {PROVIDED[m] for m in modules if m in PROVIDED and m not in own}
+    if any(name.startswith(_LEGACY_IMPORTS) for name in imports if name.split(".")[0] not in own):
+        wanted.discard("cloudevents")
+        wanted.add(LEGACY_CLOUDEVENTS)
+    return [p for p in sorted(wanted) if _normalized(p.partition("<")[0]) not in named]
 
 
 def with_packages(requirements: str, packages: Iterable[str]) -> str:

@@ -55,6 +55,9 @@ __all__ = ["Runtime", "decode_event", "encode_result", "run_instance"]
 
 log = logging.getLogger("ember.invoker")
 
+SHUTDOWN_TIMEOUT_S = 10.0
+"""Longest wait for a style's shutdown when the instance stops (SIGKILL may come sooner)."""
+
 
 def _error(exc: BaseException, *, user_file: str | None = None) -> ErrorInfo:
     info: ErrorInfo = {"type": type(exc).__name__, "message": str(exc)}
@@ -314,6 +317,17 @@ class Runtime:
         finally:
             current_capture.reset(token)
 
+    async def shut_down(self) -> None:
+        """The bound style's shutdown (an ASGI app's lifespan shutdown, a Knative function's
+        stop()), when the instance stops; bounded, as the platform kills it after its grace."""
+        bound = self.bound
+        if bound is None or bound.shutdown is None:
+            return
+        try:
+            await asyncio.wait_for(bound.shutdown(), SHUTDOWN_TIMEOUT_S)
+        except Exception:
+            log.exception("the function's shutdown failed", extra={"function": self.function})
+
     def _take_output(self, capture: Capture) -> None:
         """What the function wrote to its file descriptors 1 and 2 (subprocesses included)."""
         output = self.walls.output
@@ -372,6 +386,7 @@ async def _serve(sock: socket.socket, watch_stdin: TextIO | None, walls: Walls |
     install_capture()
     async with server:
         await stop.wait()
+    await runtime.shut_down()
 
 
 def run_instance(
