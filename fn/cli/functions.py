@@ -203,7 +203,8 @@ def deploy(
     """Deploy PATH as a new version, and make it active.
 
     PATH is a Python file with a handler, or a directory holding handler.py (see --main), other
-    modules and files, and optionally a requirements.txt.
+    modules and files, and optionally a requirements.txt (else the [project] dependencies of
+    its pyproject.toml). A SAM template or an OpenFaaS stack file deploys each function in it.
     """
     import base64
 
@@ -223,6 +224,8 @@ def deploy(
         payload["filename"] = main_file
         if (path / "requirements.txt").is_file():
             requirements = (path / "requirements.txt").read_text()
+        elif (path / "pyproject.toml").is_file():
+            requirements = _project_dependencies(path / "pyproject.toml")
         source_path = main
         default_name = path.resolve().name
     else:
@@ -254,6 +257,21 @@ def deploy(
         click.echo("Installing the requirements (once per set of requirements)...", err=True)
     version = api(ctx, "POST", "/v1/functions", payload)
     emit(version, as_json, lambda v: _print_deployed(v, client(ctx).url))
+
+
+def _project_dependencies(pyproject: Path) -> str | None:
+    """The `[project] dependencies` of a pyproject.toml (Knative's Python templates list theirs
+    there), as requirements."""
+    import tomllib
+
+    try:
+        project = tomllib.loads(pyproject.read_text()).get("project", {})
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        fail(f"{pyproject} is not valid TOML: {exc}")
+    dependencies = project.get("dependencies", []) if isinstance(project, dict) else []
+    if not isinstance(dependencies, list) or not all(isinstance(d, str) for d in dependencies):
+        fail(f"{pyproject}: [project] dependencies must be a list of requirement strings")
+    return "\n".join(dependencies) + "\n" if dependencies else None
 
 
 def _print_deployed(version: dict[str, Any], url: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import types
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -200,3 +201,18 @@ def test_the_cli_offers_the_styles_the_platform_has() -> None:
     from invoker.protocol import STYLES
 
     assert CLI_STYLES == STYLES
+
+
+def test_a_directory_without_requirements_txt_uses_its_pyproject_dependencies(
+    tmp_path: Path,
+) -> None:
+    from fn.cli.functions import _project_dependencies
+
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text('[project]\nname = "f"\ndependencies = ["httpx>=0.25", "pydantic"]\n')
+    assert _project_dependencies(pyproject) == "httpx>=0.25\npydantic\n"
+    pyproject.write_text('[project]\nname = "f"\n')
+    assert _project_dependencies(pyproject) is None
+    pyproject.write_text("[project\n")
+    with pytest.raises(SystemExit):
+        _project_dependencies(pyproject)
