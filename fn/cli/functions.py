@@ -15,7 +15,7 @@ from fn.cli.output import emit, fail, json_option, print_table
 from invoker.protocol import STYLES
 
 
-def _parse_env(pairs: Sequence[str]) -> dict[str, str]:
+def parse_env(pairs: Sequence[str]) -> dict[str, str]:
     env = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -25,30 +25,37 @@ def _parse_env(pairs: Sequence[str]) -> dict[str, str]:
     return env
 
 
+STACK_SUFFIXES = (".yaml", ".yml", ".json")
+"""A PATH ending so is a stack file (an AWS SAM template, an OpenFaaS stack file)."""
+
 _SKIPPED = frozenset({"__pycache__", "venv", ".venv", "node_modules"})
 
 
-def _zip_dir(root: Path) -> bytes:
+def zip_dir(root: Path, prefix: str = "", extra: Sequence[tuple[Path, str]] = ()) -> bytes:
     """The function's directory as a zip: hidden files, caches and virtualenvs left out, and
-    requirements.txt (sent as the requirements)."""
+    requirements.txt (sent as the requirements). `prefix` puts the files in a folder of the zip
+    (an OpenFaaS handler goes in function/); `extra` adds (file or directory, path in the zip)."""
     import io
     import zipfile
 
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(root.rglob("*")):
-            rel = path.relative_to(root)
-            if (
-                any(part.startswith(".") or part in _SKIPPED for part in rel.parts)
-                or path.is_symlink()
-                or not path.is_file()
-                or path.suffix == ".pyc"
-                or rel == Path("requirements.txt")
-            ):
-                continue
-            info = zipfile.ZipInfo(rel.as_posix(), date_time=(1980, 1, 1, 0, 0, 0))
-            info.external_attr = 0o644 << 16  # fixed: the same files give the same sha256
-            archive.writestr(info, path.read_bytes(), zipfile.ZIP_DEFLATED)
+        for base, at in ((root, prefix.rstrip("/")), *extra):
+            paths = sorted(base.rglob("*")) if base.is_dir() else [base]
+            for path in paths:
+                rel = path.relative_to(base) if base.is_dir() else Path(path.name)
+                if (
+                    any(part.startswith(".") or part in _SKIPPED for part in rel.parts)
+                    or path.is_symlink()
+                    or not path.is_file()
+                    or path.suffix == ".pyc"
+                    or (base == root and rel == Path("requirements.txt"))
+                ):
+                    continue
+                name = (Path(at) / rel if base.is_dir() else Path(at)).as_posix()
+                info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+                info.external_attr = 0o644 << 16  # fixed: the same files give the same sha256
+                archive.writestr(info, path.read_bytes(), zipfile.ZIP_DEFLATED)
     return buffer.getvalue()
 
 
@@ -200,12 +207,19 @@ def deploy(
     """Deploy PATH as a new version, and make it active.
 
     PATH is a Python file with a handler, or a directory holding handler.py (see --main), other
-    modules and files, and optionally a requirements.txt.
+    modules and files, and optionally a requirements.txt. A .yaml, .yml or .json PATH is an AWS
+    SAM template or an OpenFaaS stack file: each of its functions is deployed, with its
+    schedules and routes, and what has no Ember equivalent is listed (docs/migrating.md).
     """
     import base64
 
+    if path.is_file() and path.suffix.lower() in STACK_SUFFIXES:
+        from fn.cli.stack_deploy import deploy_stack
+
+        deploy_stack(ctx, path, ctx.params)
+        return
     target = _target(path, entry, main_file, style, asgi, wsgi)
-    payload: dict[str, Any] = {"env": _parse_env(env_pairs), "style": target.style}
+    payload: dict[str, Any] = {"env": parse_env(env_pairs), "style": target.style}
     if target.entry is not None:
         payload["entry"] = target.entry
     if lambda_event is not None:
@@ -216,7 +230,7 @@ def deploy(
         main = path / main_file
         if not main.is_file():
             fail(f"{path} has no {main_file}; give the module that holds the handler with --main")
-        payload["archive"] = base64.b64encode(_zip_dir(path)).decode()
+        payload["archive"] = base64.b64encode(zip_dir(path)).decode()
         payload["filename"] = main_file
         if (path / "requirements.txt").is_file():
             requirements = (path / "requirements.txt").read_text()
