@@ -68,9 +68,9 @@ class Template:
                 value = [v.strip() for v in str(value).split(",")]
             self.parameters[name] = value
         self.pseudo = {**_PSEUDO, **pseudo}
+        self.resources = _mapping(doc.get("Resources"))
         self.resource_types = {
-            name: str(_mapping(r).get("Type", "?"))
-            for name, r in _mapping(doc.get("Resources")).items()
+            name: str(_mapping(r).get("Type", "?")) for name, r in self.resources.items()
         }
         self.mappings = _mapping(doc.get("Mappings"))
         self.conditions = _mapping(doc.get("Conditions"))

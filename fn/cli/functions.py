@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from fn.cli.api import api, client
+from fn.cli.archive import zip_dir
 from fn.cli.output import emit, fail, json_option, print_table
 from invoker.protocol import STYLES
 
@@ -27,36 +28,6 @@ def parse_env(pairs: Sequence[str]) -> dict[str, str]:
 
 STACK_SUFFIXES = (".yaml", ".yml", ".json")
 """A PATH ending so is a stack file (an AWS SAM template, an OpenFaaS stack file)."""
-
-_SKIPPED = frozenset({"__pycache__", "venv", ".venv", "node_modules"})
-
-
-def zip_dir(root: Path, prefix: str = "", extra: Sequence[tuple[Path, str]] = ()) -> bytes:
-    """The function's directory as a zip: hidden files, caches and virtualenvs left out, and
-    requirements.txt (sent as the requirements). `prefix` puts the files in a folder of the zip
-    (an OpenFaaS handler goes in function/); `extra` adds (file or directory, path in the zip)."""
-    import io
-    import zipfile
-
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for base, at in ((root, prefix.rstrip("/")), *extra):
-            paths = sorted(base.rglob("*")) if base.is_dir() else [base]
-            for path in paths:
-                rel = path.relative_to(base) if base.is_dir() else Path(path.name)
-                if (
-                    any(part.startswith(".") or part in _SKIPPED for part in rel.parts)
-                    or path.is_symlink()
-                    or not path.is_file()
-                    or path.suffix == ".pyc"
-                    or (base == root and rel == Path("requirements.txt"))
-                ):
-                    continue
-                name = (Path(at) / rel if base.is_dir() else Path(at)).as_posix()
-                info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-                info.external_attr = 0o644 << 16  # fixed: the same files give the same sha256
-                archive.writestr(info, path.read_bytes(), zipfile.ZIP_DEFLATED)
-    return buffer.getvalue()
 
 
 @dataclass(slots=True, frozen=True)
@@ -216,7 +187,7 @@ def deploy(
     if path.is_file() and path.suffix.lower() in STACK_SUFFIXES:
         from fn.cli.stack_deploy import deploy_stack
 
-        deploy_stack(ctx, path, ctx.params)
+        deploy_stack(ctx, path, ctx.params, parse_env(env_pairs))
         return
     target = _target(path, entry, main_file, style, asgi, wsgi)
     payload: dict[str, Any] = {"env": parse_env(env_pairs), "style": target.style}

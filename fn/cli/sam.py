@@ -1,5 +1,6 @@
-"""AWS SAM templates as Ember functions: each AWS::Serverless::Function with a python3.x
-runtime becomes a function in the lambda style (docs/migrating.md, "AWS SAM templates").
+"""AWS SAM templates as Ember functions: each AWS::Serverless::Function (or plain
+AWS::Lambda::Function) with a python3.x runtime becomes a function in the lambda style
+(docs/migrating.md, "AWS SAM templates").
 
     Handler module.function / pkg/module.function   relative to CodeUri (a local directory,
                                                     default the template's); its
@@ -12,7 +13,9 @@ runtime becomes a function in the lambda style (docs/migrating.md, "AWS SAM temp
     ReservedConcurrentExecutions, provisioned       policy max_instances, min_warm
     Events Api / HttpApi / FunctionUrlConfig        routes under /fn/NAME; the event shape
                                                     v1 / v2 (or 1.0 payloads) / url
-    Events Schedule / ScheduleV2                    cron triggers (fn.cli.schedules)
+    Events Schedule / ScheduleV2, and schedule      cron triggers (fn.cli.schedules)
+    rules (AWS::Events::Rule, AWS::Scheduler::...)
+    Layers                                          files and requirements (fn.cli.sam_layers)
     Globals.Function                                applied to every function
 
 Everything else is listed in the plan's not_mapped with its reason.
@@ -23,16 +26,18 @@ from __future__ import annotations
 import re
 import shlex
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from fn.cli.cfn import NO_VALUE, Template, Unresolved
-from fn.cli.sam_events import plan_events
+from fn.cli.sam_events import SCHEDULE_RESOURCES, plan_events, resource_schedules
+from fn.cli.sam_layers import LAYER_TYPES, plan_layers
 from fn.cli.stacks import Plan, PlannedFunction, ember_name
 
 FUNCTION = "AWS::Serverless::Function"
+LAMBDA_FUNCTION = "AWS::Lambda::Function"
 _PYTHON = re.compile(r"python3(\.\d+)?")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -40,7 +45,7 @@ _MAPPED = frozenset(
     {
         "Handler", "Runtime", "CodeUri", "InlineCode", "MemorySize", "Timeout", "Environment",
         "Events", "FunctionName", "FunctionUrlConfig", "PackageType", "EventInvokeConfig",
-        "ReservedConcurrentExecutions", "ProvisionedConcurrencyConfig",
+        "ReservedConcurrentExecutions", "ProvisionedConcurrencyConfig", "Layers",
     }
 )  # fmt: skip
 _IGNORED = frozenset(
@@ -57,11 +62,11 @@ _REASONS = {
     "AssumeRolePolicyDocument": _IAM,
     "PermissionsBoundary": _IAM,
     "RolePath": _IAM,
-    "Layers": "Ember has no layers: list the layer's packages in requirements.txt, or put its "
-    "modules in CodeUri",
     "VpcConfig": "Ember functions reach the internet (--network egress), not a VPC",
     "Tracing": "no X-Ray tracing: see fn logs and the activation records",
+    "TracingConfig": "no X-Ray tracing: see fn logs and the activation records",
     "DeadLetterQueue": "failed async calls and events go to Ember's dead letters (fn dlq)",
+    "DeadLetterConfig": "failed async calls and events go to Ember's dead letters (fn dlq)",
     "EphemeralStorage": "the size of /tmp is not set per function",
     "FileSystemConfigs": "Ember mounts no EFS file systems",
     "SnapStart": "Ember keeps instances warm instead (fn policy)",
@@ -117,10 +122,14 @@ def plan(doc: dict[str, Any], base: Path, config: SamConfig | None = None) -> Pl
         if section != "Function":
             result.skip(f"Globals.{section}", f"settings of {section} resources, not created")
     names: dict[str, str] = {}
+    rules: list[tuple[str, str, dict[str, Any]]] = []
     for logical_id, resource in _dict(doc.get("Resources")).items():
         resource = _dict(resource)
         kind = str(resource.get("Type", ""))
-        if kind != FUNCTION:
+        if kind in SCHEDULE_RESOURCES:
+            rules.append((logical_id, kind, _dict(resource.get("Properties"))))
+            continue
+        if kind not in (FUNCTION, LAMBDA_FUNCTION):
             result.skip(f"{logical_id} ({kind})", _resource_reason(kind))
             continue
         if "Condition" in resource:
@@ -131,8 +140,11 @@ def plan(doc: dict[str, Any], base: Path, config: SamConfig | None = None) -> Pl
                     continue
             except Unresolved as exc:
                 result.skip(f"{logical_id} Condition", f"deployed anyway: {exc}")
-        props = _merged(shared, _dict(resource.get("Properties")))
-        for key in _dict(resource.get("Properties")):
+        own = _dict(resource.get("Properties"))
+        if kind == LAMBDA_FUNCTION:
+            own = _from_cloudformation(own)
+        props = _merged(shared, own) if kind == FUNCTION else own
+        for key in own:
             if key not in _MAPPED | _IGNORED:
                 result.skip(f"{logical_id} {key}", _REASONS.get(key, "no Ember equivalent"))
         planned = _function(result, tpl, logical_id, props, base)
@@ -147,17 +159,53 @@ def plan(doc: dict[str, Any], base: Path, config: SamConfig | None = None) -> Pl
             continue
         names[planned.name] = logical_id
         result.functions.append(planned)
+    _add_rules(result, tpl, rules)
     return result
 
 
+def _from_cloudformation(props: dict[str, Any]) -> dict[str, Any]:
+    """An AWS::Lambda::Function's properties in SAM's terms (Code -> InlineCode or CodeUri)."""
+    out = {k: v for k, v in props.items() if k != "Code"}
+    code = props.get("Code")
+    if isinstance(code, dict) and "ZipFile" in code:
+        out["InlineCode"] = code["ZipFile"]
+    elif isinstance(code, dict) and "ImageUri" in code:
+        out["ImageUri"] = code["ImageUri"]
+    elif isinstance(code, dict) and "S3Bucket" in code:
+        out["CodeUri"] = {"Bucket": code["S3Bucket"], "Key": code.get("S3Key")}
+    elif code is not None:
+        out["CodeUri"] = code  # a local path, as `aws cloudformation package` takes it
+    return out
+
+
+def _add_rules(result: Plan, tpl: Template, rules: list[tuple[str, str, dict[str, Any]]]) -> None:
+    """EventBridge rules and schedules of the template that run its functions on a schedule."""
+    by_origin = {f.origin: i for i, f in enumerate(result.functions)}
+    for logical_id, kind, props in rules:
+        pairs = resource_schedules(result, tpl, logical_id, kind, props)
+        if pairs is None:
+            result.skip(
+                f"{logical_id} ({kind})", "an EventBridge event pattern: no Ember equivalent"
+            )
+            continue
+        for target, schedule in pairs:
+            if target not in by_origin:
+                result.skip(f"{logical_id} ({kind})", f"{target} is not deployed: no trigger added")
+                continue
+            i = by_origin[target]
+            result.functions[i] = replace(
+                result.functions[i], schedules=(*result.functions[i].schedules, schedule)
+            )
+
+
 def _resource_reason(kind: str) -> str:
-    if kind == "AWS::Lambda::Function":
-        return (
-            "not deployed: only AWS::Serverless::Function resources are; deploy its code "
-            "directory with: fn deploy DIR --style lambda --handler HANDLER"
-        )
+    if kind in LAYER_TYPES:
+        return "not created: a function that lists it gets its files, if they are local"
     if kind in ("AWS::Serverless::Api", "AWS::Serverless::HttpApi", "AWS::ApiGateway::RestApi"):
-        return "not created: the functions' routes are served under /fn/NAME (see above)"
+        return (
+            "not created: the functions' routes are served under /fn/NAME (see above), "
+            "without its authorizers, CORS or stages"
+        )
     return "not created: Ember does not create AWS resources"
 
 
@@ -168,6 +216,8 @@ def _merged(shared: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
     own_vars = _dict(_dict(own.get("Environment")).get("Variables"))
     if shared_vars and own_vars:
         props["Environment"] = {"Variables": {**shared_vars, **own_vars}}
+    if isinstance(shared.get("Layers"), list) and isinstance(own.get("Layers"), list):
+        props["Layers"] = [*shared["Layers"], *own["Layers"]]  # lists add up, as SAM does
     return props
 
 
@@ -213,12 +263,15 @@ def _planned(
     filename = f"{path}.py"
     code_dir, source = _code(tpl, props, base, filename)
     planned_events = plan_events(result, tpl, logical_id, name, props)
+    layers = plan_layers(result, tpl, logical_id, props.get("Layers"), base, tpl.resources)
     return PlannedFunction(
         name=name,
         origin=logical_id,
         code_dir=code_dir,
         source=source,
         filename=filename,
+        extra=layers.trees if code_dir is not None else (),
+        requirements=layers.requirements,
         entry=entry,
         style="lambda",
         style_options=planned_events.style_options,
@@ -283,18 +336,30 @@ def _settings(
     result: Plan, tpl: Template, logical_id: str, props: dict[str, Any]
 ) -> dict[str, str]:
     settings = {}
-    for key, setting, unit in (("MemorySize", "memory", "Mi"), ("Timeout", "timeout", "s")):
-        if key in props:
+    invoke = _dict(props.get("EventInvokeConfig"))
+    conversions: tuple[tuple[str, Any, str, Callable[[float], str]], ...] = (
+        ("MemorySize", props.get("MemorySize"), "memory", lambda n: f"{n:g}Mi"),
+        ("Timeout", props.get("Timeout"), "timeout", lambda n: f"{n:g}s"),
+        (
+            "EventInvokeConfig.MaximumRetryAttempts",
+            invoke.get("MaximumRetryAttempts"),
+            "max_attempts",
+            lambda n: str(int(n) + 1),
+        ),
+        (
+            "EventInvokeConfig.MaximumEventAgeInSeconds",
+            invoke.get("MaximumEventAgeInSeconds"),
+            "max_event_age",
+            lambda n: f"{n:g}s",
+        ),
+    )
+    for where, raw, setting, convert in conversions:
+        if raw is not None:
             try:
-                settings[setting] = f"{_number(tpl, props[key], key):g}{unit}"
+                settings[setting] = convert(_number(tpl, raw, where))
             except Unresolved as exc:
-                result.skip(f"{logical_id} {key}", f"Ember's default used: {exc}")
-    config = _dict(props.get("EventInvokeConfig"))
-    if "MaximumRetryAttempts" in config:
-        settings["max_attempts"] = str(int(_number(tpl, config["MaximumRetryAttempts"], "")) + 1)
-    if "MaximumEventAgeInSeconds" in config:
-        settings["max_event_age"] = f"{_number(tpl, config['MaximumEventAgeInSeconds'], ''):g}s"
-    if "DestinationConfig" in config:
+                result.skip(f"{logical_id} {where}", f"Ember's default used: {exc}")
+    if "DestinationConfig" in invoke:
         result.skip(
             f"{logical_id} EventInvokeConfig.DestinationConfig",
             "Ember sends no results on; failures go to its dead letters (fn dlq)",
@@ -303,20 +368,35 @@ def _settings(
 
 
 def _policy(result: Plan, tpl: Template, logical_id: str, props: dict[str, Any]) -> dict[str, int]:
+    """ReservedConcurrentExecutions -> max_instances (one call per instance, as on Lambda),
+    provisioned concurrency -> min_warm."""
     policy = {}
-    if "ReservedConcurrentExecutions" in props:
-        reserved = int(_number(tpl, props["ReservedConcurrentExecutions"], "concurrency"))
-        if reserved >= 1:
-            policy["max_instances"] = reserved
-        else:
-            result.skip(
-                f"{logical_id} ReservedConcurrentExecutions", "0 (throttled): no equivalent"
-            )
     provisioned = _dict(props.get("ProvisionedConcurrencyConfig"))
-    if "ProvisionedConcurrentExecutions" in provisioned:
-        policy["min_warm"] = int(
-            _number(tpl, provisioned["ProvisionedConcurrentExecutions"], "concurrency")
-        )
+    for where, raw, setting in (
+        (
+            "ReservedConcurrentExecutions",
+            props.get("ReservedConcurrentExecutions"),
+            "max_instances",
+        ),
+        (
+            "ProvisionedConcurrencyConfig",
+            provisioned.get("ProvisionedConcurrentExecutions"),
+            "min_warm",
+        ),
+    ):
+        if raw is None:
+            continue
+        try:
+            count = int(_number(tpl, raw, where))
+        except Unresolved as exc:
+            result.skip(f"{logical_id} {where}", f"not mapped: {exc}")
+            continue
+        if setting == "max_instances" and count < 1:
+            result.skip(
+                f"{logical_id} {where}", f"{count} (the function is throttled): no equivalent"
+            )
+            continue
+        policy[setting] = count
     return policy
 
 

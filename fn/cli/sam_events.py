@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from fn.cli.cfn import Template, Unresolved
+from fn.cli.cfn import Template, Unresolved, describe
 from fn.cli.schedules import ScheduleRefused, aws_schedule
 from fn.cli.stacks import Plan, Route, Schedule
 
@@ -174,3 +174,54 @@ def _schedule(
         result.skip(f"{where} FlexibleTimeWindow", "Ember fires each tick on time")
     zone = tpl.text(ev.get("ScheduleExpressionTimezone", "UTC")) if kind == "ScheduleV2" else "UTC"
     return Schedule(cron=cron, timezone=zone, origin=f"{kind} {event_id}: {expression}")
+
+
+SCHEDULE_RESOURCES = ("AWS::Events::Rule", "AWS::Scheduler::Schedule")
+
+
+def resource_schedules(
+    result: Plan, tpl: Template, logical_id: str, kind: str, props: dict[str, Any]
+) -> list[tuple[str, Schedule]] | None:
+    """A CloudFormation schedule (an EventBridge rule or Scheduler schedule with a
+    ScheduleExpression) as (target function's logical id, schedule) pairs; None when the
+    resource is no schedule (an event pattern). Targets other than a function's
+    `!GetAtt F.Arn` are listed."""
+    if "ScheduleExpression" not in props:
+        return None
+    where = f"{logical_id} ({kind})"
+    try:
+        expression = tpl.text(props["ScheduleExpression"])
+        zone = tpl.text(props.get("ScheduleExpressionTimezone", "UTC"))
+        disabled = tpl.text(props.get("State", "ENABLED")).upper() == "DISABLED"
+    except Unresolved as exc:
+        result.skip(where, f"no trigger added: {exc}")
+        return []
+    if disabled:
+        result.skip(where, f"{expression} is disabled in the template: no trigger added")
+        return []
+    try:
+        cron = aws_schedule(expression)
+    except ScheduleRefused as exc:
+        result.skip(where, f"no trigger added: {exc}")
+        return []
+    targets = props.get("Targets") if kind == "AWS::Events::Rule" else [props.get("Target")]
+    pairs = []
+    for target in targets if isinstance(targets, list) else []:
+        arn = target.get("Arn") if isinstance(target, dict) else None
+        attribute = arn.get("Fn::GetAtt") if isinstance(arn, dict) else None
+        if isinstance(attribute, list) and len(attribute) == 2 and attribute[1] == "Arn":
+            schedule = Schedule(
+                cron=cron, timezone=zone, origin=f"{kind} {logical_id}: {expression}"
+            )
+            pairs.append((str(attribute[0]), schedule))
+            if isinstance(target, dict) and "Input" in target:
+                result.skip(
+                    f"{where} Input",
+                    "the function gets Ember's schedule event, not this fixed Input",
+                )
+        else:
+            result.skip(
+                f"{where} target {describe(arn)}",
+                "not a function of this template: no trigger added",
+            )
+    return pairs

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,11 @@ from urllib.parse import quote
 
 import click
 
+from fn.cli import openfaas_stack, sam
 from fn.cli.api import client, error_text
-from fn.cli.functions import parse_env, zip_dir
+from fn.cli.archive import zip_dir
 from fn.cli.output import fail
-from fn.cli.stacks import KIND_NAMES, PlannedFunction, StackError, load_plan
+from fn.cli.stacks import KIND_NAMES, Plan, PlannedFunction, StackError, kind_of, read_yaml
 from fn.client import Client, ClientError
 
 _PER_FUNCTION = {
@@ -62,7 +64,31 @@ class Report:
         }
 
 
-def deploy_stack(ctx: click.Context, path: Path, params: dict[str, Any]) -> None:
+def load_plan(path: Path, environ: Mapping[str, str]) -> Plan:
+    """The plan of a stack file; StackError when it is not one."""
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise StackError(f"{path} is not a UTF-8 text file") from None
+    doc = read_yaml(text, str(path))
+    kind = kind_of(doc)
+    if kind == "openfaas":
+        # faas-cli substitutes ${VAR} and ${VAR:-default} in the text before reading it
+        doc = read_yaml(openfaas_stack.substitute(text, environ), str(path))
+        return openfaas_stack.plan(doc, path.parent)
+    if kind == "sam":
+        return sam.plan(doc, path.parent, sam.samconfig_parameters(path.parent))
+    raise StackError(
+        f"{path} is neither an AWS SAM template (Transform: AWS::Serverless-2016-10-31, with "
+        "AWS::Serverless::Function resources) nor an OpenFaaS stack file (provider: openfaas, "
+        "and functions:); to deploy a function, give its .py file or its directory"
+    )
+
+
+def deploy_stack(
+    ctx: click.Context, path: Path, params: dict[str, Any], env: dict[str, str]
+) -> None:
+    """Deploy the stack file at `path`; `params` are `fn deploy`'s options, `env` its --env."""
     refused = [flag for key, flag in _PER_FUNCTION.items() if params.get(key) is not None]
     if refused:
         fail(
@@ -70,7 +96,6 @@ def deploy_stack(ctx: click.Context, path: Path, params: dict[str, Any]) -> None
             "function's name, handler and files itself"
         )
     as_json = bool(params.get("as_json"))
-    env = parse_env(params.get("env_pairs") or ())
     overrides = {k: params[k] for k in _FOR_ALL if params.get(k) is not None}
     try:
         plan = load_plan(path, os.environ)
@@ -95,7 +120,10 @@ def deploy_stack(ctx: click.Context, path: Path, params: dict[str, Any]) -> None
             + (", see above)" if plan.functions or plan.not_mapped else ")")
         )
     if report.failed:
-        raise SystemExit(1)
+        failed = ", ".join(f["function"] for f in report.failed)
+        fail(
+            f"{len(report.failed)} of {len(plan.functions)} function(s) failed: {failed}; see above"
+        )
 
 
 def payload(
@@ -121,9 +149,13 @@ def payload(
         zip_dir(planned.code_dir, planned.prefix, planned.extra)
     ).decode()
     body["source"] = (planned.code_dir / planned.filename.removeprefix(planned.prefix)).read_text()
-    requirements = planned.code_dir / "requirements.txt"
-    if requirements.is_file() and requirements.read_text().strip():
-        body["requirements"] = requirements.read_text()
+    listed = planned.code_dir / "requirements.txt"
+    own = listed.read_text() if listed.is_file() else ""
+    requirements = "\n".join(
+        line for line in (own.rstrip("\n"), *planned.requirements) if line.strip()
+    )
+    if requirements:
+        body["requirements"] = requirements + "\n"
     return body
 
 
@@ -218,17 +250,21 @@ def _failed(
     report.failed.append({"function": planned.name, "from": planned.origin, "error": error})
     if not as_json:
         what = "its triggers or policy failed" if deployed else "not deployed"
-        click.echo(f"fn: {planned.origin} ({planned.name}): {what}: {error}", err=True)
+        who = (
+            planned.name if planned.origin == planned.name else f"{planned.origin} ({planned.name})"
+        )
+        click.echo(f"fn: {who}: {what}: {error}", err=True)
 
 
 def _print_function(f: dict[str, Any]) -> None:
+    origin = "" if f["from"] == f["name"] else f", from {f['from']}"
     click.echo(
         f"Deployed {f['name']} version {f['version']} (sha256 {f['sha256'][:12]}), "
-        f"style {f['style']}, from {f['from']}."
+        f"style {f['style']}{origin}."
     )
     for route in f["routes"]:
         shown = f"{route['method']} {route['path'] or '/*'}"
-        click.echo(f"  {shown} ({route['from']}): {route['url'] or f['url']}")
+        click.echo(f"  {shown} ({route['from']}): {route['url']}")
     if not f["routes"]:
         click.echo(f"  URL: {f['url']} (and its sub-paths)")
     if f["policy"]:

@@ -3,7 +3,7 @@ functions (files, handler, style, settings, schedules, routes, policy) and the l
 has no Ember equivalent, each with its reason. Pure: reading the files is all it does; the
 deploy itself is `fn.cli.stack_deploy`.
 
-    load_plan(path, environ) -> Plan     which format, then fn.cli.sam or fn.cli.openfaas_stack
+    read_yaml(text, where) -> the document      kind_of(document) -> "sam", "openfaas" or None
 
 Scalars are read as the text written (YAML's `yes`, `0.10` or `08` stay what they say: they
 become environment variables); CloudFormation's short-form intrinsics (`!Ref X`, `!Sub ...`,
@@ -67,7 +67,10 @@ class PlannedFunction:
     prefix: str = ""
     """Where `code_dir`'s files go in the deployed files (OpenFaaS: function/)."""
     extra: tuple[tuple[Path, str], ...] = ()
-    """More files or trees to deploy: (path, where in the deployed files)."""
+    """More files or trees to deploy: (path, where in the deployed files); a path the
+    function's own files already have is not overwritten."""
+    requirements: tuple[str, ...] = ()
+    """Requirement lines added to code_dir's requirements.txt (from SAM layers)."""
     style_options: Mapping[str, str] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
     settings: Mapping[str, str] = field(default_factory=dict)
@@ -105,8 +108,27 @@ def ember_name(raw: str) -> str:
 # -- reading ---------------------------------------------------------------------------------
 
 
-class _Loader(yaml.BaseLoader):
-    """YAML with every scalar as its text, and CloudFormation's `!Tag` short forms."""
+class _Loader(
+    yaml.reader.Reader,
+    yaml.scanner.Scanner,
+    yaml.parser.Parser,
+    yaml.composer.Composer,
+    yaml.constructor.SafeConstructor,
+    yaml.resolver.BaseResolver,
+):
+    """YAML with every scalar as its text (BaseResolver resolves no int, bool or null), merge
+    keys (`<<: *defaults`), and CloudFormation's `!Tag` short forms."""
+
+    def __init__(self, stream: str) -> None:
+        yaml.reader.Reader.__init__(self, stream)
+        yaml.scanner.Scanner.__init__(self)
+        yaml.parser.Parser.__init__(self)
+        yaml.composer.Composer.__init__(self)
+        yaml.constructor.SafeConstructor.__init__(self)
+        yaml.resolver.BaseResolver.__init__(self)
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:merge", re.compile(r"^(?:<<)$"), ["<"])
 
 
 def _intrinsic(loader: _Loader, suffix: str, node: yaml.Node) -> dict[str, Any]:
@@ -128,13 +150,16 @@ _Loader.add_multi_constructor("!", _intrinsic)
 
 
 def read_yaml(text: str, where: str) -> Any:
+    loader = _Loader(text)  # a safe constructor: builds no objects
     try:
-        return yaml.load(text, Loader=_Loader)  # BaseLoader: builds no objects
+        return loader.get_single_data()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f", line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise StackError(f"{where} is not valid YAML{at}: {problem}") from None
+    finally:
+        loader.dispose()
 
 
 def kind_of(doc: Any) -> str | None:
@@ -160,26 +185,3 @@ def kind_of(doc: Any) -> str | None:
     ):
         return "openfaas"
     return None
-
-
-def load_plan(path: Path, environ: Mapping[str, str]) -> Plan:
-    """The plan of a stack file; StackError when it is not one."""
-    from fn.cli import openfaas_stack, sam
-
-    try:
-        text = path.read_text()
-    except UnicodeDecodeError:
-        raise StackError(f"{path} is not a UTF-8 text file") from None
-    doc = read_yaml(text, str(path))
-    kind = kind_of(doc)
-    if kind == "openfaas":
-        # faas-cli substitutes ${VAR} and ${VAR:-default} in the text before reading it
-        doc = read_yaml(openfaas_stack.substitute(text, environ), str(path))
-        return openfaas_stack.plan(doc, path.parent)
-    if kind == "sam":
-        return sam.plan(doc, path.parent, sam.samconfig_parameters(path.parent))
-    raise StackError(
-        f"{path} is neither an AWS SAM template (Transform: AWS::Serverless-2016-10-31, with "
-        "AWS::Serverless::Function resources) nor an OpenFaaS stack file (provider: openfaas, "
-        "and functions:); to deploy a function, give its .py file or its directory"
-    )

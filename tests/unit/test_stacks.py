@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from fn.cli.stack_deploy import payload
-from fn.cli.stacks import Plan, PlannedFunction, StackError, ember_name, load_plan
+from fn.cli.stack_deploy import load_plan, payload
+from fn.cli.stacks import Plan, PlannedFunction, StackError, ember_name
 
 
 def write(root: Path, files: dict[str, str]) -> Path:
@@ -157,7 +157,7 @@ def test_sam_functions_not_deployed_say_why(tmp_path: Path) -> None:
             Properties: {CodeUri: code, Handler: app, Runtime: python3.12}
           Plain:
             Type: AWS::Lambda::Function
-            Properties: {Handler: app.h, Runtime: python3.12}
+            Properties: {Handler: app.h, Runtime: python3.12, Code: {S3Bucket: b, S3Key: k}}
         """,
     )
     assert plan.functions == []
@@ -169,7 +169,7 @@ def test_sam_functions_not_deployed_say_why(tmp_path: Path) -> None:
     assert "nowhere: no such directory" in why["Missing"]
     assert "main.py is not in CodeUri code" in why["WrongModule"]
     assert "expected module.function" in why["BadHandler"]
-    assert "--style lambda --handler" in why["Plain (AWS::Lambda::Function)"]
+    assert "is in S3" in why["Plain"]
 
 
 def test_sam_environment_and_intrinsics(tmp_path: Path) -> None:
@@ -377,7 +377,7 @@ def test_sam_settings_policy_conditions_and_leftovers(tmp_path: Path) -> None:
     assert worker.policy == {"max_instances": 5, "min_warm": 2}
     assert [f.name for f in plan.functions] == ["worker"]
     why = reasons(plan)
-    assert "layers" in why["Worker Layers"]
+    assert "Ember has no layers" in why["Worker layer !Ref Deps"]
     assert "IAM" in why["Worker Policies"]
     assert why["Worker SomethingNew"] == "no Ember equivalent"
     assert "dead letters" in why["Worker EventInvokeConfig.DestinationConfig"]

@@ -10,8 +10,7 @@ import zipfile
 from pathlib import Path
 
 from fn.cli.openfaas_stack import substitute
-from fn.cli.stack_deploy import payload
-from fn.cli.stacks import load_plan
+from fn.cli.stack_deploy import load_plan, payload
 from tests.unit.test_stacks import only, reasons, write
 
 
@@ -126,3 +125,26 @@ def test_variables_are_substituted_as_faas_cli_does() -> None:
     environ = {"SET": "s", "EMPTY": ""}
     text = "${SET} ${UNSET} ${EMPTY:-d1} ${EMPTY-d2} ${UNSET-d3} ${SET:-d4} $SET"
     assert substitute(text, environ) == "s  d1  d3 s $SET"
+
+
+def test_yaml_anchors_and_merge_keys(tmp_path: Path) -> None:
+    write(tmp_path, {"a/handler.py": "", "b/handler.py": ""})
+    path = tmp_path / "stack.yml"
+    path.write_text(
+        textwrap.dedent("""\
+            provider: {name: openfaas}
+            x-defaults: &defaults
+              lang: python3-http
+              environment: {LEVEL: info, RETRIES: 03}
+            functions:
+              a: {<<: *defaults, handler: ./a}
+              b:
+                <<: *defaults
+                handler: ./b
+                environment: {LEVEL: debug}
+            """)
+    )
+    plan = load_plan(path, {})
+    assert only(plan, "a").env == {"LEVEL": "info", "RETRIES": "03"}
+    assert only(plan, "b").env == {"LEVEL": "debug"}
+    assert only(plan, "b").style == "openfaas"
