@@ -47,7 +47,8 @@ _MAPPED = frozenset(
 _REASONS = {
     "build_options": "Ember installs no system packages (apk, apt); Python packages go in "
     "the handler's requirements.txt",
-    "build_args": "Ember builds no image",
+    "build_args": "Ember builds no image (system packages such as ADDITIONAL_PACKAGE are not "
+    "installed; Python packages go in the handler's requirements.txt)",
     "build_secrets": "Ember builds no image",
     "constraints": "Ember places instances itself",
     "namespace": "Ember has no namespaces",
@@ -224,7 +225,8 @@ def _schedules(result: Plan, key: str, spec: dict[str, Any]) -> tuple[Schedule, 
             result.skip(
                 f"{key} topic {topic}",
                 "Ember runs no OpenFaaS connectors; publish those messages to an Ember topic "
-                f"and subscribe: fn topic create T && fn trigger add {ember_name(key)} --topic T",
+                f"and subscribe: fn topic create {topic} && "
+                f"fn trigger add {ember_name(key)} --topic {topic}",
             )
             continue
         expression = str(annotations.get("schedule", "")).strip()

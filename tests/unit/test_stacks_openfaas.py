@@ -108,7 +108,7 @@ def test_openfaas_stack(tmp_path: Path) -> None:
     assert [f.name for f in plan.functions] == ["hello", "classic", "custom"]
     why = reasons(plan)
     assert "Ember has no secrets yet" in why["hello secret api-key"]
-    assert "fn trigger add hello --topic T" in why["hello topic payments"]
+    assert "fn trigger add hello --topic payments" in why["hello topic payments"]
     assert why["hello annotation com.openfaas.health.http.path"] == "no Ember equivalent"
     assert why["hello label team"] == "Ember has no labels"
     assert "system packages" in why["hello build_options"]
