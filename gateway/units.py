@@ -25,9 +25,11 @@ ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 ENTRY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,8}$")
 """A name in the module, or an attribute path (an ASGI app's `api.app`)."""
 STYLE_OPTIONS: dict[str, dict[str, tuple[str, ...]]] = {
-    "lambda": {"event": ("v2", "v1", "alb", "url")},
+    "lambda": {"event": ("v2", "v1", "alb", "url"), "routes": ()},
 }
-"""The settings each style takes, and their values (the first is the default)."""
+"""The settings each style takes, and their values (the first is the default); () is free
+text (lambda's routes: the routes of a SAM template, `GET /items/{id};ANY /{proxy+}`)."""
+MAX_STYLE_OPTION_CHARS = 4096
 
 MAX_CONCURRENCY = 1000
 MAX_ATTEMPTS = 100
@@ -193,6 +195,11 @@ def _style_options(style: str, options: Any) -> dict[str, str]:
                 value,
                 f"one of the {style} style's settings: " + (", ".join(known) or "(none)"),
             )
-        if value not in known[key]:
+        if not known[key]:
+            if not isinstance(value, str) or len(value) > MAX_STYLE_OPTION_CHARS:
+                raise ConfigError(
+                    f"style option {key}", value, f"text of at most {MAX_STYLE_OPTION_CHARS} chars"
+                )
+        elif value not in known[key]:
             raise ConfigError(f"style option {key}", value, "one of " + ", ".join(known[key]))
     return {str(k): str(v) for k, v in options.items()}

@@ -26,21 +26,27 @@ def api(ctx: click.Context, method: str, path: str, payload: Any = None) -> Any:
     try:
         return client(ctx).api(method, path, payload)
     except ClientError as exc:
-        details = exc.body.get("error", {}) if isinstance(exc.body, dict) else {}
-        extra = ""
-        if details.get("code") == "syntax_error" and details.get("text"):
-            extra = (
-                "\n    "
-                + details["text"]
-                + (
-                    "\n    " + " " * max(0, (details.get("offset") or 1) - 1) + "^"
-                    if details.get("offset")
-                    else ""
-                )
+        fail(error_text(exc))
+
+
+def error_text(exc: ClientError) -> str:
+    """A refusal of the gateway as `fn` shows it: the message, and a syntax error's line with
+    its caret or an import error's traceback."""
+    details = exc.body.get("error", {}) if isinstance(exc.body, dict) else {}
+    extra = ""
+    if details.get("code") == "syntax_error" and details.get("text"):
+        extra = (
+            "\n    "
+            + details["text"]
+            + (
+                "\n    " + " " * max(0, (details.get("offset") or 1) - 1) + "^"
+                if details.get("offset")
+                else ""
             )
-        elif details.get("traceback"):
-            extra = "\n" + details["traceback"].rstrip()
-        fail(str(exc) + extra)
+        )
+    elif details.get("traceback"):
+        extra = "\n" + details["traceback"].rstrip()
+    return str(exc) + extra
 
 
 DATA_HELP = (

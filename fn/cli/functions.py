@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from fn.cli.api import api, client
+from fn.cli.archive import zip_dir
 from fn.cli.output import emit, fail, json_option, print_table
 
 STYLES = ("ember", "lambda", "openwhisk", "openfaas", "fission", "gcf", "knative", "asgi", "wsgi")
@@ -18,7 +19,7 @@ STYLES = ("ember", "lambda", "openwhisk", "openfaas", "fission", "gcf", "knative
 so it keeps its own copy, checked equal by tests/unit/test_styles.py)."""
 
 
-def _parse_env(pairs: Sequence[str]) -> dict[str, str]:
+def parse_env(pairs: Sequence[str]) -> dict[str, str]:
     env = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -28,31 +29,8 @@ def _parse_env(pairs: Sequence[str]) -> dict[str, str]:
     return env
 
 
-_SKIPPED = frozenset({"__pycache__", "venv", ".venv", "node_modules"})
-
-
-def _zip_dir(root: Path) -> bytes:
-    """The function's directory as a zip: hidden files, caches and virtualenvs left out, and
-    requirements.txt (sent as the requirements)."""
-    import io
-    import zipfile
-
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(root.rglob("*")):
-            rel = path.relative_to(root)
-            if (
-                any(part.startswith(".") or part in _SKIPPED for part in rel.parts)
-                or path.is_symlink()
-                or not path.is_file()
-                or path.suffix == ".pyc"
-                or rel == Path("requirements.txt")
-            ):
-                continue
-            info = zipfile.ZipInfo(rel.as_posix(), date_time=(1980, 1, 1, 0, 0, 0))
-            info.external_attr = 0o644 << 16  # fixed: the same files give the same sha256
-            archive.writestr(info, path.read_bytes(), zipfile.ZIP_DEFLATED)
-    return buffer.getvalue()
+STACK_SUFFIXES = (".yaml", ".yml", ".json")
+"""A PATH ending so is a stack file (an AWS SAM template, an OpenFaaS stack file)."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -204,12 +182,19 @@ def deploy(
 
     PATH is a Python file with a handler, or a directory holding handler.py (see --main), other
     modules and files, and optionally a requirements.txt (else the [project] dependencies of
-    its pyproject.toml). A SAM template or an OpenFaaS stack file deploys each function in it.
+    its pyproject.toml). A .yaml, .yml or .json PATH is an AWS SAM template or an OpenFaaS stack
+    file: each of its functions is deployed, with its schedules and routes, and what has no
+    Ember equivalent is listed (docs/migrating.md).
     """
     import base64
 
+    if path.is_file() and path.suffix.lower() in STACK_SUFFIXES:
+        from fn.cli.stack_deploy import deploy_stack
+
+        deploy_stack(ctx, path, ctx.params, parse_env(env_pairs))
+        return
     target = _target(path, entry, main_file, style, asgi, wsgi)
-    payload: dict[str, Any] = {"env": _parse_env(env_pairs), "style": target.style}
+    payload: dict[str, Any] = {"env": parse_env(env_pairs), "style": target.style}
     if target.entry is not None:
         payload["entry"] = target.entry
     if lambda_event is not None:
@@ -220,7 +205,7 @@ def deploy(
         main = path / main_file
         if not main.is_file():
             fail(f"{path} has no {main_file}; give the module that holds the handler with --main")
-        payload["archive"] = base64.b64encode(_zip_dir(path)).decode()
+        payload["archive"] = base64.b64encode(zip_dir(path)).decode()
         payload["filename"] = main_file
         if (path / "requirements.txt").is_file():
             requirements = (path / "requirements.txt").read_text()
