@@ -321,10 +321,11 @@ def _forward(output: Capture) -> None:
 
 class _CgiEnv:
     """The classic watchdog's request environment (cgi_headers): Http_Method, Http_Path,
-    Http_Query, Http_ContentLength and Http_<Header> for each header, replaced per call."""
+    Http_Query, Http_ContentLength and Http_<Header> for each header, replaced per call (only
+    the values that changed are written: putenv is the cost)."""
 
     def __init__(self) -> None:
-        self.names: set[str] = set()
+        self.last: dict[str, str] = {}
 
     def set(self, call: Incoming) -> None:
         env = {
@@ -336,11 +337,13 @@ class _CgiEnv:
             env["Http_Query"] = call.query
         for name, value in _headers(call):
             env["Http_" + name.title().replace("-", "_")] = value
-        environ = os.environ
-        for name in self.names.difference(env):
+        environ, last = os.environ, self.last
+        for name in last.keys() - env.keys():
             environ.pop(name, None)
-        environ.update(env)
-        self.names = set(env)
+        for name, value in env.items():
+            if last.get(name) != value:
+                environ[name] = value
+        self.last = env
 
 
 def http_result(result: Any) -> Outgoing:
