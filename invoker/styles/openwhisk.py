@@ -64,7 +64,6 @@ _CORS_METHODS = "OPTIONS, GET, DELETE, POST, PUT, HEAD, PATCH"
 _CORS_HEADERS = "Authorization, Origin, X-Requested-With, Content-Type, Accept, User-Agent"
 _NOT_A_DICT = "The action did not return a dictionary or array."
 _NOT_HTTP = "Response is not valid 'message/http'."
-_NOT_ALLOWED = "Request defines parameters that are not allowed (e.g., reserved properties)."
 
 
 def media_type(content_type: str) -> str:
@@ -173,7 +172,11 @@ def _metadata(call: Incoming) -> dict[str, Any]:
 def _merge(args: dict[str, Any], params: Any, defaults: dict[str, Any]) -> None:
     for key, value in params:
         if key in _RESERVED or key in defaults:
-            raise BadRequest(f"{_NOT_ALLOWED} The request sets {key!r}.")
+            what = "a reserved name" if key in _RESERVED else f"a default parameter ({PARAMS_ENV})"
+            raise BadRequest(
+                f"the request sets {key!r}, {what} that a web action's request may not set "
+                "(as in OpenWhisk); leave it out of the query and body"
+            )
         args[key] = value
 
 
