@@ -166,3 +166,24 @@ async def test_async_calls_and_topic_events(running: Running, tmp_path: Path) ->
     event = json.loads((await wait_for_lines(out, 2))[1])
     assert json.loads(event.pop("body")) == {"order": 7}
     assert event == {"method": "POST", "path": "/", "topic": "orders"}
+
+
+FLASK_HANDLER = textwrap.dedent("""
+    from flask import abort, jsonify, request
+
+    def handle(req):
+        if not req:
+            abort(400)
+        return jsonify(echo=req, lang=request.args.get("lang", "en"))
+""")
+
+
+async def test_a_python3_flask_handler_that_uses_flask(running: Running) -> None:
+    """Flask is added to its requirements (OpenFaaS's template provides it), and each call
+    runs in Flask's request context."""
+    deployed = await running.deploy_ok("flasky", FLASK_HANDLER)
+    assert (deployed["style"], deployed["added_requirements"]) == ("openfaas", ["flask"])
+    async with running.http.post(f"{running.url}/fn/flasky?lang=fr", data="salut") as response:
+        assert (response.status, await response.json()) == (200, {"echo": "salut", "lang": "fr"})
+    async with running.http.post(f"{running.url}/fn/flasky") as response:
+        assert response.status == 400

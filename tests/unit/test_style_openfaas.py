@@ -20,7 +20,7 @@ import pytest
 from invoker.context import Capture, Context, _ActivationStream, current_capture
 from invoker.styles import BadRequest, BindInfo, Bound, Incoming, Outgoing, StyleMismatch, bind
 from invoker.styles.detect import detect_style
-from invoker.styles.openfaas import flask_response, jsonify
+from invoker.styles.flask_compat import flask_response, jsonify
 
 
 @pytest.fixture(autouse=True)
@@ -399,3 +399,36 @@ def test_an_event_is_a_post_to_the_root_with_the_payload() -> None:
     }
     classic = bound("def handle(req):\n    return 'got ' + req\n")
     assert run(classic, call(b"tick", source="schedule"))[2] == b"got tick"
+
+
+# -- a function that uses Flask itself -------------------------------------------------------
+
+FLASK_HANDLER = """
+from flask import abort, jsonify, request
+
+def handle(req):
+    if request.args.get("q") == "none":
+        abort(404)
+    return jsonify(got=req, q=request.args.get("q"), agent=request.headers.get("X-Agent"),
+                   path=request.path, method=request.method)
+"""
+
+
+def test_a_handler_that_imports_flask_runs_in_its_request_context() -> None:
+    pytest.importorskip("flask")
+    b = bound(FLASK_HANDLER)
+    out = run(b, call(b"hi", method="PUT", path="/p", query="q=1", headers=[("X-Agent", "t")]))
+    assert (out[0], header(out, "Content-Type")) == (200, "application/json")
+    assert orjson.loads(out[2]) == {
+        "got": "hi",
+        "q": "1",
+        "agent": "t",
+        "path": "/p",
+        "method": "PUT",
+    }
+    assert run(b, call(query="q=none"))[0] == 404
+    http = bound(
+        "from flask import request\ndef handle(event, context):\n"
+        "    return {'body': request.args['q'] + event.query['q']}\n"
+    )
+    assert run(http, call(query="q=a"))[2] == b"aa"
