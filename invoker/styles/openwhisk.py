@@ -314,13 +314,21 @@ def _http(result: dict[str, Any], call: Incoming, default_status: int | None) ->
         headers.append(["Content-Type", "text/html; charset=UTF-8"])
         return status, _cors(headers, call), body.encode()
     media = media_type(content_type)
-    if is_json_type(media):
-        decoded = _base64(body) if _BASE64.fullmatch(body.strip()) else None
+    if is_json_type(media):  # base64 JSON, for old actions; not JSON that looks like it ("true")
+        decoded = _base64(body) if _BASE64.fullmatch(body.strip()) and not _is_json(body) else None
     elif not is_text_type(content_type):
         decoded = _base64(body)
     else:
         decoded = None
     return status, _cors(headers, call), body.encode() if decoded is None else decoded
+
+
+def _is_json(text: str) -> bool:
+    try:
+        orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 def _status(value: Any) -> int | None:

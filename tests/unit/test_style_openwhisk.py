@@ -311,6 +311,10 @@ def test_json_bodies() -> None:
     assert legacy[2] == b'{"a": 1}'
     plain = result_of("{'headers': {'Content-Type': 'application/json'}, 'body': '{\"a\": 1}'}")
     assert plain[2] == b'{"a": 1}'
+    looks_like_base64 = result_of(
+        "{'headers': {'Content-Type': 'application/json'}, 'body': 'true'}"
+    )
+    assert looks_like_base64[2] == b"true"
 
 
 @pytest.mark.parametrize(
