@@ -15,7 +15,8 @@ for `--web raw`):
 
 The activation's environment (`__OW_ACTIVATION_ID`, `__OW_DEADLINE` in ms since the epoch,
 `__OW_ACTION_NAME`, ...) is set in os.environ for each call, as the Python runtime does; with
-concurrency above 1 it holds the latest call's values.
+concurrency above 1 it holds the latest call's values. `__OW_API_HOST` and `__OW_API_KEY` are
+empty unless the function's env sets them.
 
 Results: a dict with `statusCode`, `headers` or `body` is an HTTP response (a string body
 under a binary content type is base64-decoded, a JSON value body is JSON, no body is 204);
@@ -98,6 +99,10 @@ def bind(target: Any, info: BindInfo) -> Bound:
         __OW_ACTION_NAME=f"/{namespace}/{info.function}",
         __OW_ACTION_VERSION=f"0.0.{info.version}",
     )
+    # No OpenWhisk API to call back: empty unless the function's env points at one (actions
+    # read them with os.environ[...] and would fail on a missing key).
+    os.environ.setdefault("__OW_API_HOST", "")
+    os.environ.setdefault("__OW_API_KEY", "")
     make_args = _raw_args if raw else _web_args
 
     def prepare(call: Incoming) -> dict[str, Any] | None:

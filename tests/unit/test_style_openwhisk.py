@@ -236,12 +236,16 @@ def test_the_activation_environment_is_set_per_call() -> None:
     assert env["__OW_ACTION_NAME"] == "/guest/hello"
     assert env["__OW_ACTION_VERSION"] == "0.0.3"
     assert before + 29_000 < int(env["__OW_DEADLINE"]) < before + 31_000
+    assert (env["__OW_API_HOST"], env["__OW_API_KEY"]) == ("", "")
 
 
-def test_a_namespace_from_the_functions_environment_is_kept() -> None:
+def test_a_namespace_and_api_host_from_the_functions_environment_are_kept() -> None:
     os.environ["__OW_NAMESPACE"] = "acme_dev"
+    os.environ["__OW_API_HOST"] = "https://ow.example.com"
     _, _, body = run(bound(ENVIRON), call())
-    assert orjson.loads(body)["__OW_ACTION_NAME"] == "/acme_dev/hello"
+    env = orjson.loads(body)
+    assert env["__OW_ACTION_NAME"] == "/acme_dev/hello"
+    assert env["__OW_API_HOST"] == "https://ow.example.com"
 
 
 # -- results ---------------------------------------------------------------------------------
