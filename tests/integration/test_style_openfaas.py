@@ -4,8 +4,11 @@ a topic event, against real Postgres and invoker processes (no Flask installed).
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import textwrap
+import zipfile
 from pathlib import Path
 
 from tests.conftest import Running, shared
@@ -134,6 +137,27 @@ async def test_classic_and_flask_handlers(running: Running) -> None:
     async with running.http.post(f"{running.url}/fn/rawbody", data=b"\xff\x00") as response:
         assert response.headers["Content-Type"] == "application/octet-stream"
         assert await response.read() == b"\x00\xff"
+
+
+def zipped(files: dict[str, str]) -> str:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+async def test_a_handler_that_imports_its_siblings_relatively(running: Running) -> None:
+    """OpenFaaS imports handler.py as function.handler: `from .pricing import ...` works."""
+    files = {
+        "handler.py": "from .pricing import total\n\n"
+        "def handle(event, context):\n"
+        "    return {'statusCode': 200, 'body': {'total': total([1, 2, 3])}}\n",
+        "pricing.py": "def total(values):\n    return sum(values)\n",
+    }
+    await running.deploy_ok("orders", files["handler.py"], archive=zipped(files))
+    async with running.http.get(f"{running.url}/fn/orders") as response:
+        assert (response.status, await response.json()) == (200, {"total": 6})
 
 
 RECORDER = textwrap.dedent("""
