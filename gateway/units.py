@@ -26,6 +26,7 @@ ENTRY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,8}$")
 """A name in the module, or an attribute path (an ASGI app's `api.app`)."""
 STYLE_OPTIONS: dict[str, dict[str, tuple[str, ...]]] = {
     "lambda": {"event": ("v2", "v1", "alb", "url"), "routes": ()},
+    "openwhisk": {"web": ("true", "raw")},
 }
 """The settings each style takes, and their values (the first is the default); () is free
 text (lambda's routes: the routes of a SAM template, `GET /items/{id};ANY /{proxy+}`)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import importlib.machinery
 import importlib.util
 import io
 import logging
@@ -349,7 +350,20 @@ def _import_main(filename: str, path: Path) -> Any:
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except ImportError as exc:
+        if "no known parent package" not in str(exc):
+            raise
+        # It imports its sibling modules relatively, as OpenFaaS's templates allow (they
+        # import handler.py as function.handler): import it again in such a package.
+        del sys.modules[module_name]
+        package = importlib.util.module_from_spec(
+            importlib.machinery.ModuleSpec("function", None, is_package=True)
+        )
+        package.__path__ = [str(path.parent)]
+        sys.modules["function"] = package
+        return importlib.import_module(f"function.{module_name}")
     return module
 
 

@@ -116,6 +116,13 @@ def _module_file(path: Path, module: str) -> str | None:
     "default), v1 (REST API), alb or url (function URL).",
 )
 @click.option(
+    "--web",
+    type=click.Choice(["true", "raw"]),
+    help="OpenWhisk style: true (a web action: query and JSON or form body merged into args, "
+    "the default) or raw (the query string and body as __ow_query and __ow_body, as "
+    "wsk's --web raw).",
+)
+@click.option(
     "--requirements",
     "requirements_file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -166,6 +173,7 @@ def deploy(
     asgi: str | None,
     wsgi: str | None,
     lambda_event: str | None,
+    web: str | None,
     requirements_file: Path | None,
     preimport: str | None,
     env_pairs: tuple[str, ...],
@@ -197,8 +205,9 @@ def deploy(
     payload: dict[str, Any] = {"env": parse_env(env_pairs), "style": target.style}
     if target.entry is not None:
         payload["entry"] = target.entry
-    if lambda_event is not None:
-        payload["style_options"] = {"event": lambda_event}
+    options = {k: v for k, v in (("event", lambda_event), ("web", web)) if v is not None}
+    if options:
+        payload["style_options"] = options
     requirements = None
     if path.is_dir():
         main_file = target.main or "handler.py"
