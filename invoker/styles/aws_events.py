@@ -33,6 +33,7 @@ from urllib.parse import parse_qsl
 import orjson
 
 from invoker.styles import Incoming
+from invoker.styles.aws_routes import Matched, Route, match_route
 
 ACCOUNT_ID = "000000000000"
 """The AWS account id in ARNs and events: Ember has none (a valid 12-digit form)."""
@@ -45,6 +46,21 @@ class Site:
     function: str
     region: str
     api_id: str = "ember"
+    routes: tuple[Route, ...] = ()
+    """A SAM template's routes (aws_routes); none: every path is /{proxy+}."""
+
+
+class NotRouted(LookupError):
+    """The function has routes and none takes the call's method and path (API Gateway: 404)."""
+
+
+def _routed(call: Incoming, site: Site, path: str) -> Matched | None:
+    if not site.routes:
+        return None
+    matched = match_route(site.routes, call.method, path)
+    if matched is None:
+        raise NotRouted(f"no route for {call.method} {path}")
+    return matched
 
 
 Builder = Callable[[Incoming, Site], dict[str, Any]]
@@ -139,9 +155,11 @@ def http_api_event(call: Incoming, site: Site, *, function_url: bool = False) ->
     domain, prefix = _host(headers.get("host"))
     arrived = _request_time(call)
     path = call.path or "/"
+    matched = None if function_url else _routed(call, site, path)
+    route_key = matched.route.key if matched else "$default"
     event: dict[str, Any] = {
         "version": "2.0",
-        "routeKey": "$default",
+        "routeKey": route_key,
         "rawPath": path,
         "rawQueryString": call.query,
     }
@@ -167,7 +185,7 @@ def http_api_event(call: Incoming, site: Site, *, function_url: bool = False) ->
             "userAgent": headers.get("user-agent", ""),
         },
         "requestId": call.context.activation_id,
-        "routeKey": "$default",
+        "routeKey": route_key,
         "stage": "$default",
         "time": _clf_time(arrived),
         "timeEpoch": int(arrived * 1000),
@@ -176,9 +194,9 @@ def http_api_event(call: Incoming, site: Site, *, function_url: bool = False) ->
     if body is not None:
         event["body"] = body
     if not function_url:
-        proxy = _proxy(path)
-        if proxy is not None:
-            event["pathParameters"] = proxy
+        parameters = matched.parameters if matched else _proxy(path)
+        if parameters:
+            event["pathParameters"] = parameters
     event["isBase64Encoded"] = encoded
     return event
 
@@ -210,8 +228,13 @@ def rest_api_event(call: Incoming, site: Site) -> dict[str, Any]:
     domain, prefix = _host(known.get("host"))
     arrived = _request_time(call)
     path = call.path or "/"
-    proxy = _proxy(path)
-    resource = "/{proxy+}" if proxy else "/"
+    matched = _routed(call, site, path)
+    if matched is not None:
+        proxy = matched.parameters or None
+        resource = matched.route.path
+    else:
+        proxy = _proxy(path)
+        resource = "/{proxy+}" if proxy else "/"
     source_ip = _source_ip(known.get("x-forwarded-for"))
     user_agent = known.get("user-agent", "")
     request_id = call.context.activation_id

@@ -42,11 +42,13 @@ from invoker.styles import BindInfo, Bound, Incoming, Outgoing, StyleError, mism
 from invoker.styles.aws_events import (
     ACCOUNT_ID,
     HTTP_EVENTS,
+    NotRouted,
     Site,
     b64decode,
     event_of,
     infer_event_kind,
 )
+from invoker.styles.aws_routes import RoutesError, parse_routes
 from invoker.styles.native import describe, takes
 
 SIGNATURE = "def lambda_handler(event, context) (or async def)"
@@ -344,6 +346,10 @@ def prepare_environment(info: BindInfo) -> Facts:
     return facts
 
 
+NOT_FOUND: Outgoing = (404, [["Content-Type", "application/json"]], b'{"message":"Not Found"}')
+"""What API Gateway answers a path none of a function's routes takes."""
+
+
 def bind(target: Any, info: BindInfo) -> Bound:
     if not callable(target) or not takes(target, 2):
         raise mismatch("lambda", describe(target, info.entry), SIGNATURE)
@@ -354,8 +360,12 @@ def bind(target: Any, info: BindInfo) -> Bound:
             f"the lambda style's event {kind!r} is not one of {', '.join(HTTP_EVENTS)}; "
             "give one with --lambda-event"
         )
+    try:
+        routes = parse_routes(info.options.get("routes", ""))
+    except RoutesError as exc:
+        raise StyleError(f"the lambda style's routes option: {exc}") from None
     facts = prepare_environment(info)
-    site = Site(function=info.function, region=facts.region)
+    site = Site(function=info.function, region=facts.region, routes=routes)
     handler = target
 
     def result_of(call: Incoming, result: Any) -> Outgoing:
@@ -366,14 +376,20 @@ def bind(target: Any, info: BindInfo) -> Bound:
     ):
 
         async def run_async(call: Incoming) -> Outgoing:
-            event = event_of(call, site, http)
+            try:
+                event = event_of(call, site, http)
+            except NotRouted:
+                return NOT_FOUND
             result = await handler(event, LambdaContext(facts, call.context))
             return result_of(call, result)
 
         return Bound(run=run_async, is_async=True)
 
     def run(call: Incoming) -> Outgoing:
-        event = event_of(call, site, http)
+        try:
+            event = event_of(call, site, http)
+        except NotRouted:
+            return NOT_FOUND
         return result_of(
             call, call_outside_loop(handler, event, LambdaContext(facts, call.context))
         )

@@ -110,7 +110,6 @@ def test_stack_file_of_ember_style_handlers(ember: Cli, tmp_path: Path) -> None:
 
 
 def test_sam_template(ember: Cli) -> None:
-    pytest.importorskip("invoker.styles.aws_lambda")
     report = json.loads(ember.ok("deploy", str(SAM), "--json"))
     functions = {f["name"]: f for f in report["functions"]}
     assert {n: (f["from"], f["style"]) for n, f in functions.items()} == {
@@ -136,9 +135,7 @@ def test_sam_template(ember: Cli) -> None:
     assert crons(ember, "sam-example-clock") == [("*/5 * * * *", "UTC")]
 
 
-@pytest.mark.xfail(strict=False, reason="needs the lambda style to read its routes option")
 def test_sam_path_parameters(ember: Cli, tmp_path: Path) -> None:
-    pytest.importorskip("invoker.styles.aws_lambda")
     (tmp_path / "items").mkdir()
     (tmp_path / "items/app.py").write_text(
         "import json\n\ndef handler(event, context):\n"
@@ -167,7 +164,6 @@ def test_sam_path_parameters(ember: Cli, tmp_path: Path) -> None:
 
 
 def test_openfaas_stack(ember: Cli) -> None:
-    pytest.importorskip("invoker.styles.openfaas")
     out = ember.ok("deploy", str(OPENFAAS))
     assert out.splitlines()[0].startswith("Deployed openfaas-stack-example version ")
     assert "style openfaas" in out.splitlines()[0]
