@@ -169,7 +169,7 @@ def request_meta(request: web.Request) -> RequestMeta:
     return {
         "method": request.method,
         "path": _text("/" + request.match_info.get("tail", "")),
-        "query": _text(request.query_string),
+        "query": _text(request.rel_url.raw_query_string),  # as sent (%25 stays %25)
         "headers": [(k, _text(v)) for k, v in request.headers.items()],
         "content_type": _text(request.headers.get("Content-Type", "")),
     }
