@@ -118,7 +118,7 @@ async def test_a_flask_app_served_whole(running: Running) -> None:
         assert (response.status, await response.text()) == (200, "home")
 
     async with running.http.put(
-        f"{url}/items/7?x=1&x=2&name=caf%C3%A9",
+        f"{url}/items/7?x=1&x=2&name=caf%C3%A9&off=50%25+off&pct=100%2541&plus=%2B",
         json={"qty": 2},
         headers={"X-Trace": "t-1", "Cookie": "session=abc"},
     ) as response:
@@ -129,7 +129,13 @@ async def test_a_flask_app_served_whole(running: Running) -> None:
         "item": 7,
         "method": "PUT",
         "json": {"qty": 2},
-        "args": {"x": ["1", "2"], "name": ["caf\u00e9"]},
+        "args": {
+            "x": ["1", "2"],
+            "name": ["caf\u00e9"],
+            "off": ["50% off"],
+            "pct": ["100%41"],
+            "plus": ["+"],
+        },
         "url": f"{url}/items/7",
         "trace": "t-1",
         "cookie": "abc",
