@@ -354,6 +354,20 @@ def test_http_functions_get_a_flask_request_and_return_what_flask_takes() -> Non
     assert run(bound, body=b"payload", source="topic")[2] == b"Hello World!"
 
 
+def test_a_cors_preflight_reaches_the_function() -> None:
+    pytest.importorskip("flask")
+
+    def cors(request: Any) -> Any:
+        if request.method == "OPTIONS":
+            return "", 204, {"Access-Control-Allow-Origin": "*", "Access-Control-Max-Age": "3600"}
+        return "hello", 200, {"Access-Control-Allow-Origin": "*"}
+
+    status, headers, body = run(gcf(cors), method="OPTIONS")
+    assert (status, body) == (204, b"")
+    assert ["Access-Control-Max-Age", "3600"] in headers
+    assert run(gcf(cors), method="HEAD")[::2] == (200, b"")  # HEAD: the headers only
+
+
 def test_decorated_functions_of_functions_framework() -> None:
     functions_framework = pytest.importorskip("functions_framework")
 
