@@ -168,6 +168,8 @@ def call_app(app: WsgiApp, env: dict[str, Any]) -> Outgoing:
         return chunks.append
 
     result = app(env, start_response)
+    if result is None:
+        raise TypeError("the WSGI app returned None, not an iterable of bytes (PEP 3333)")
     try:
         for chunk in result:
             if chunk:

@@ -98,6 +98,15 @@ async def test_fission_functions(running: Running) -> None:
     assert done["status"] == "succeeded"
     assert (done["result"]["method"], done["result"]["json"]) == ("PUT", {"n": 1})
 
+    # An entry point that does not fit is refused at deploy, saying what fits.
+    response = await running.deploy(
+        "echo", "def main(args):\n    return args\n", style="fission", entry="main"
+    )
+    assert response.status == 422
+    error = (await response.json())["error"]
+    assert error["code"] == "style_mismatch"
+    assert error["message"].startswith("def main(args) does not fit the fission style")
+
     await publish(running, "echo", "greetings", {"hello": "fission"})
     event = await wait_for_activation(running, "echo", "event:")
     assert event["status"] == "success"

@@ -234,6 +234,12 @@ def test_apps_that_break_the_spec_fail_with_a_message() -> None:
     with pytest.raises(RuntimeError, match="without calling start_response"):
         run(bind(silent, info()), call())
 
+    def nothing(environ: Environ, start_response: StartResponse) -> None:
+        start_response("200 OK", [])
+
+    with pytest.raises(TypeError, match="returned None"):
+        run(bind(nothing, info()), call())
+
     def text(environ: Environ, start_response: StartResponse) -> list[Any]:
         start_response("200 OK", [])
         return ["not bytes"]
