@@ -7,7 +7,8 @@ Each call becomes one PEP 3333 request:
     SCRIPT_NAME      /fn/NAME, so that the app's own URLs (url_for, reverse) point back at it
     PATH_INFO        the sub-path after /fn/NAME (decoded, as PEP 3333 wants it)
     QUERY_STRING     the query, percent-encoded
-    CONTENT_TYPE, CONTENT_LENGTH   the body's (the body is read whole: no chunked input)
+    CONTENT_TYPE, CONTENT_LENGTH   the body's, when it has one (it is read whole: no chunked
+                     input, and decompressed: no Content-Encoding)
     HTTP_*           each header; repeated ones joined with ", " (Cookie with "; "); names
                      with "_" are dropped (they would pass for their "-" twins, as in gunicorn)
     SERVER_NAME/PORT from Host (localhost:80 without one, as for events)
@@ -107,9 +108,13 @@ def serve(app: WsgiApp, function: str) -> Bound:
 def environ(call: Incoming, base: dict[str, Any]) -> dict[str, Any]:
     """The PEP 3333 environ of one call (`base`: what is the same for every call)."""
     env = base.copy()
+    framed = False  # the request said how long its body is (a GET usually does not)
     for name, value in call.headers:
         lowered = name.lower()
-        if lowered in _SKIPPED or "_" in name:
+        if lowered in _SKIPPED:
+            framed = framed or lowered != "content-type"
+            continue
+        if "_" in name:
             continue
         key = "HTTP_" + name.upper().replace("-", "_")
         if not value.isascii():
@@ -135,8 +140,6 @@ def environ(call: Incoming, base: dict[str, Any]) -> dict[str, Any]:
             "REQUEST_METHOD": "POST" if call.is_event else call.method,
             "PATH_INFO": path if path.isascii() else _native(path),
             "QUERY_STRING": query,
-            "CONTENT_TYPE": call.content_type,
-            "CONTENT_LENGTH": str(len(body)),
             "SERVER_NAME": name.strip("[]") or "localhost",
             "SERVER_PORT": port or _DEFAULT_PORTS[scheme],
             "wsgi.url_scheme": scheme,
@@ -144,6 +147,10 @@ def environ(call: Incoming, base: dict[str, Any]) -> dict[str, Any]:
             "wsgi.errors": sys.stderr,  # the runtime routes it to the activation's log
         }
     )
+    if body or framed:
+        env["CONTENT_LENGTH"] = str(len(body))
+    if call.content_type:
+        env["CONTENT_TYPE"] = call.content_type
     return env
 
 

@@ -127,6 +127,14 @@ def test_environ_follows_pep_3333() -> None:
     assert all(v.encode("latin-1") for k, v in env.items() if k.isupper())
 
 
+def test_a_request_without_a_body_has_no_length_or_type() -> None:
+    env = seen_environ(call(method="GET"))
+    assert "CONTENT_LENGTH" not in env
+    assert "CONTENT_TYPE" not in env
+    env = seen_environ(call(method="POST", headers=[("Content-Length", "0")]))
+    assert env["CONTENT_LENGTH"] == "0"
+
+
 def test_server_name_and_port() -> None:
     def host(value: str | None, proto: str | None = None) -> tuple[str, str, str]:
         headers = [("Host", value)] if value is not None else []
