@@ -174,3 +174,25 @@ def test_main_must_take_no_argument() -> None:
 
     with pytest.raises(StyleMismatch, match=r"def main\(args: 'Any'\) .* fit the fission style"):
         fission(main)
+
+
+def test_route_parameters_as_fission_headers(monkeypatch: pytest.MonkeyPatch) -> None:
+    def main() -> Any:
+        headers = flask.request.headers
+        return {
+            "id": headers.get("X-Fission-Params-Id"),
+            "name": headers.get("X-Fission-Params-name"),
+        }
+
+    monkeypatch.setenv("FISSION_ROUTE", "/items/{id:[0-9_]+}/{name} /hello/{id:[a-z]{2,3}}")
+    bound = fission(main)
+    assert orjson.loads(run(bound, path="/items/12_3/ada")[2]) == {"id": "12_3", "name": "ada"}
+    assert orjson.loads(run(bound, path="/items/x/ada")[2]) == {"id": None, "name": None}
+    assert orjson.loads(run(bound, path="/ab")[2]) == {"id": "ab", "name": None}  # /hello/ab
+    assert orjson.loads(run(bound, path="/abcd")[2]) == {"id": None, "name": None}
+    monkeypatch.setenv("FISSION_ROUTE", "/items/{id:(a|b)}")
+    with pytest.raises(StyleMismatch, match=r"non-capturing groups \(\?:...\)"):
+        fission(main)
+    monkeypatch.setenv("FISSION_ROUTE", "/items/{id:[}")
+    with pytest.raises(StyleMismatch, match="is not a route template"):
+        fission(main)
