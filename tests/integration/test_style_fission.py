@@ -46,6 +46,14 @@ REQUEST = textwrap.dedent("""
         )
 """)
 
+ROUTED = textwrap.dedent("""
+    from flask import request
+
+
+    def main():
+        return "item " + request.headers["X-Fission-Params-Id"]
+""")
+
 
 async def test_fission_functions(running: Running) -> None:
     deployed = await running.deploy_ok("hello", HELLO)
@@ -106,6 +114,17 @@ async def test_fission_functions(running: Running) -> None:
     error = (await response.json())["error"]
     assert error["code"] == "style_mismatch"
     assert error["message"].startswith("def main(args) does not fit the fission style")
+
+    # Route parameters, as Fission's router gives them.
+    await running.deploy_ok(
+        "items",
+        ROUTED,
+        style="fission",
+        entry="main",
+        env={"FISSION_ROUTE": "/items/{id:[0-9]+}"},
+    )
+    async with running.http.get(f"{running.url}/fn/items/42") as response:
+        assert await response.text() == "item 42"
 
     await publish(running, "echo", "greetings", {"hello": "fission"})
     event = await wait_for_activation(running, "echo", "event:")
