@@ -67,10 +67,10 @@ def bind(target: Any, info: BindInfo) -> Bound:
     kind, registered = signature_type(target, info.entry)
     if not takes(target, 2 if kind == "event" else 1):
         expected = {
-            "event": "def fn(data, context) (a background function)",
-            "cloudevent": "def fn(cloud_event)",
-        }.get(kind, "def fn(request)")
-        raise mismatch("gcf", describe(target, info.entry), f"{expected}, for a {kind} function")
+            "event": "def fn(data, context), a background function",
+            "cloudevent": "def fn(cloud_event), a CloudEvent function",
+        }.get(kind, "def fn(request), an HTTP function")
+        raise mismatch("gcf", describe(target, info.entry), expected)
     if kind == "event":
         return _background(target, info)
     if kind == "cloudevent":
