@@ -11,6 +11,7 @@ Only what is obvious from the entry point's name, its parameters and the kind of
     main(context)                              knative (the parliament template)
     handle(event, context) / handle(req)       openfaas
     any(request)                               gcf
+    any function functions_framework registered gcf (@functions_framework.http, .cloud_event...)
     new()                                      knative (returns an object with async handle)
     an ASGI app (FastAPI, Starlette, ...)      asgi
     a WSGI app (Flask, Django, ...)            wsgi
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +110,9 @@ def classify(name: str, target: Any) -> str | None:
     if most == -2:
         return None
     short = name.rsplit(".", 1)[-1]
+    registry = sys.modules.get("functions_framework._function_registry")
+    if registry is not None and short in getattr(registry, "REGISTRY_MAP", {}):
+        return "gcf"
     if short == "new" and required == 0:
         return "knative"
     if short == "main" and required == 0:
