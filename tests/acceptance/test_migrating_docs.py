@@ -80,5 +80,5 @@ def _run_fn(cli: Cli, args: list[str], shown: list[str]) -> None:
         return
     assert result.returncode == 0, (args, result.stdout, result.stderr)
     if args[1] == "deploy" and shown:
-        masked = re.sub(r"sha256 \w+", "sha256", shown[0])
+        masked = re.sub(r"sha256 [\w.]+", "sha256", shown[0])
         assert re.sub(r"sha256 \w+", "sha256", result.stdout.splitlines()[0]) == masked
