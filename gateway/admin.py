@@ -24,6 +24,7 @@ from gateway.units import (
     NAME,
     ArchiveError,
     archive_names,
+    checked_style_options,
     parse_function_config,
     read_archive,
 )
@@ -238,7 +239,12 @@ async def _deploy(platform: Platform, body: dict[str, Any]) -> web.Response:
                 logs=exc.logs,
             )
     detected = config.style == "auto"
-    config = dataclasses.replace(config, style=checked.style, entry=checked.entry)
+    config = dataclasses.replace(
+        config,
+        style=checked.style,
+        entry=checked.entry,
+        style_options=checked_style_options(checked.style, checked.style_options),
+    )
     try:
         version = await platform.store.create_version(
             name, source=source, filename=filename, config=config, package=built

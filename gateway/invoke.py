@@ -166,13 +166,20 @@ async def submit_async(
 
 def request_meta(request: web.Request) -> RequestMeta:
     """What the handler's context shows of the HTTP request."""
+    headers = [(k, _text(v)) for k, v in request.headers.items()]
+    if "Content-Encoding" in request.headers:  # the body was decompressed on the way in
+        headers = [h for h in headers if h[0].lower() not in _DECODED]
     return {
         "method": request.method,
         "path": _text("/" + request.match_info.get("tail", "")),
         "query": _text(request.rel_url.raw_query_string),  # as sent: a decoded one is ambiguous
-        "headers": [(k, _text(v)) for k, v in request.headers.items()],
+        "headers": headers,
         "content_type": _text(request.headers.get("Content-Type", "")),
+        "client": request.remote or "",
     }
+
+
+_DECODED = frozenset({"content-encoding", "content-length"})
 
 
 # Credentials of the caller are not kept in the queue (days, or until a dead letter is
@@ -190,6 +197,7 @@ def _stored_meta(request: web.Request) -> RequestMeta:
         "query": no_nul(meta["query"]),
         "headers": [(k, no_nul(v)) for k, v in meta["headers"] if k.lower() not in _NOT_STORED],
         "content_type": no_nul(meta["content_type"]),
+        "client": meta["client"],
     }
 
 

@@ -25,7 +25,7 @@ ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 ENTRY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,8}$")
 """A name in the module, or an attribute path (an ASGI app's `api.app`)."""
 STYLE_OPTIONS: dict[str, dict[str, tuple[str, ...]]] = {
-    "lambda": {"event": ("v2", "v1", "alb", "url"), "routes": ()},
+    "lambda": {"event": ("v2", "v1", "alb", "url", "payload"), "routes": ()},
     "openwhisk": {"web": ("true", "raw")},
 }
 """The settings each style takes, and their values (the first is the default); () is free
@@ -204,3 +204,17 @@ def _style_options(style: str, options: Any) -> dict[str, str]:
         elif value not in known[key]:
             raise ConfigError(f"style option {key}", value, "one of " + ", ".join(known[key]))
     return {str(k): str(v) for k, v in options.items()}
+
+
+def checked_style_options(style: str, options: Any) -> dict[str, str]:
+    """The settings an instance says it bound `style` with, as stored: only those the style
+    has, with values it takes (the reply comes from the function's process)."""
+    if not isinstance(options, Mapping):
+        return {}
+    kept = {}
+    for key, value in options.items():
+        try:
+            kept.update(_style_options(style, {key: value}))
+        except ConfigError:
+            continue
+    return kept

@@ -80,6 +80,8 @@ class RequestMeta(TypedDict, total=False):
     content_type: str
     source: str
     """http (the default), async, topic, schedule or table (invoker.styles.Source)."""
+    client: str
+    """The address of the HTTP client the gateway saw (its TCP peer)."""
     topic: str
     event_id: str
     """A delivery's id, the same on every attempt."""
@@ -147,6 +149,8 @@ class Reply(TypedDict, total=False):
     """The style the instance runs the function in (specialize; detected for "auto")."""
     entry: str
     """The entry point it runs (specialize; detection may pick a well-known name)."""
+    style_options: dict[str, str]
+    """The style's settings as bound, those it inferred included (specialize)."""
     function: str | None
     version: int
     pid: int

@@ -70,10 +70,8 @@ def _error(exc: BaseException, *, user_file: str | None = None) -> ErrorInfo:
             [f for f in frames if not f.filename.startswith(str(Path(__file__).parent))]
         )
     info["traceback"] = (
-        "Traceback (most recent call last):\n"
-        + "".join(frames.format())
-        + "".join(traceback.format_exception_only(type(exc), exc))
-    )
+        "Traceback (most recent call last):\n" + "".join(frames.format()) if frames else ""
+    ) + "".join(traceback.format_exception_only(type(exc), exc))
     if isinstance(exc, SyntaxError) and exc.lineno is not None:
         info["line"] = exc.lineno
     if isinstance(exc, PermanentError):
@@ -147,6 +145,8 @@ class Runtime:
             return await self.specialize(cast(SpecializeRequest, meta), body), b""
         if op == "relabel":
             self.version = int(meta["version"])
+            if self.bound is not None and self.bound.relabel is not None:
+                self.bound.relabel(self.version)
             return {"ok": True}, b""
         error: ErrorInfo = {"type": "ProtocolError", "message": f"unknown op {op!r}"}
         return {"ok": False, "error": error}, b""
@@ -239,6 +239,7 @@ class Runtime:
             "logs": capture.text(),
             "style": style,
             "entry": entry,
+            "style_options": {**dict(meta.get("style_options") or {}), **bound.options},
         }
 
     async def invoke(self, meta: InvokeRequest, body: bytes) -> tuple[Reply, bytes]:
@@ -258,6 +259,7 @@ class Runtime:
                 query=meta.get("query", ""),
                 headers=meta.get("headers") or [],  # [name, value] pairs, as sent
                 content_type=meta.get("content_type", ""),
+                client=meta.get("client", ""),
                 source=meta.get("source", "http"),
                 topic=meta.get("topic", ""),
                 event_id=meta.get("event_id", ""),

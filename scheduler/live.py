@@ -122,6 +122,7 @@ class Checked:
     instance: Instance
     style: str
     entry: str
+    style_options: dict[str, str]
 
 
 @dataclass(slots=True)

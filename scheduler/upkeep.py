@@ -324,6 +324,7 @@ class Upkeep:
             instance,
             style="ember" if style == "auto" else style,
             entry=reply.get("entry") or version.config.entry,
+            style_options=dict(reply.get("style_options") or version.config.style_options),
         )
 
     async def admit(self, checked: Checked, version: Version) -> None:

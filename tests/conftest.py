@@ -66,8 +66,14 @@ def usual_pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
         yield os.environ["DATABASE_URL"]
         return
     embedded = start_embedded_postgres(tmp_path_factory.mktemp("pg") / "data")
+    _DROP_AS[embedded.url] = embedded.superuser_url
     yield embedded.url
     embedded.stop()
+
+
+_DROP_AS: dict[str, str] = {}
+"""Test databases are dropped as the embedded server's superuser: only it may end the
+autovacuum worker that a DROP ... WITH (FORCE) can meet after a test wrote much."""
 
 
 @pytest.fixture(scope="session")
@@ -109,7 +115,7 @@ async def database_url(pg_server_url: str) -> AsyncIterator[str]:
     finally:
         await admin.close()
     yield with_database(pg_server_url, name)
-    admin = await asyncpg.connect(pg_server_url)
+    admin = await asyncpg.connect(_DROP_AS.get(pg_server_url, pg_server_url))
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:

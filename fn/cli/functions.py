@@ -68,8 +68,18 @@ def _target(
         module, _, function = entry.rpartition(".")
         if not module or not function:
             fail(f"--handler {entry!r}: give FUNCTION or MODULE.FUNCTION, like app.lambda_handler")
-        return _Target(style or "auto", function, _module_file(path, module.replace(".", "/")))
+        # Lambda's notation: the function is in the lambda style unless --style says otherwise
+        return _Target(style or "lambda", function, _module_file(path, module.replace(".", "/")))
     return _Target(style or "auto", entry, main)
+
+
+DEFAULT_MAINS = ("handler.py", "lambda_function.py", "main.py", "app.py", "func.py")
+"""The main module of a directory deployed without --main or --handler MODULE.FUNCTION:
+Ember's, then the Lambda console's, Cloud Functions', SAM's and Knative's defaults."""
+
+
+def _default_main(root: Path) -> str:
+    return next((m for m in DEFAULT_MAINS if (root / m).is_file()), DEFAULT_MAINS[0])
 
 
 def _module_file(path: Path, module: str) -> str | None:
@@ -111,9 +121,10 @@ def _module_file(path: Path, module: str) -> str | None:
 @click.option("--wsgi", metavar="MODULE:APP", help="Serve a WSGI app (Flask, Django...).")
 @click.option(
     "--lambda-event",
-    type=click.Choice(["v2", "v1", "alb", "url"]),
-    help="Lambda style: the event built from an HTTP request: v2 (API Gateway HTTP API, the "
-    "default), v1 (REST API), alb or url (function URL).",
+    type=click.Choice(["v2", "v1", "alb", "url", "payload"]),
+    help="Lambda style: the event built from an HTTP request: v2 (API Gateway HTTP API), v1 "
+    "(REST API), alb, url (function URL), or payload (the JSON body itself, as aws lambda "
+    "invoke sends it). Default: inferred from the fields the code reads.",
 )
 @click.option(
     "--web",
@@ -210,10 +221,14 @@ def deploy(
         payload["style_options"] = options
     requirements = None
     if path.is_dir():
-        main_file = target.main or "handler.py"
+        main_file = target.main or _default_main(path)
         main = path / main_file
         if not main.is_file():
-            fail(f"{path} has no {main_file}; give the module that holds the handler with --main")
+            looked = main_file if target.main else " or ".join(DEFAULT_MAINS)
+            fail(
+                f"{path} has no {looked}; give the module that holds the handler with --main "
+                "(or --handler MODULE.FUNCTION)"
+            )
         payload["archive"] = base64.b64encode(zip_dir(path)).decode()
         payload["filename"] = main_file
         if (path / "requirements.txt").is_file():

@@ -79,6 +79,9 @@ class Incoming:
     headers: list[tuple[str, str]] = field(default_factory=list)
     """As received, in order, repeated names kept."""
     content_type: str = ""
+    client: str = ""
+    """The address of the HTTP client as the gateway saw it (its TCP peer; empty for events).
+    Not X-Forwarded-For, which any caller can write."""
     source: str = "http"
     """http: a direct call; async: an HTTP call queued with Prefer: respond-async (still an HTTP
     request); topic, schedule, table: an event, not an HTTP request."""
@@ -134,6 +137,11 @@ class Bound:
     """Run once after binding, before the first call (an ASGI app's lifespan startup);
     an exception fails the specialization like an import error."""
     shutdown: Callable[[], Awaitable[None]] | None = None
+    relabel: Callable[[int], None] | None = None
+    """Called when the instance, checked at deploy as version 0, is given its version."""
+    options: Mapping[str, str] = field(default_factory=dict)
+    """The style's settings as bound, those it inferred included: stored with the version,
+    so that the next instance binds the same way and `fn versions` shows them."""
 
 
 def load(style: str) -> Any:

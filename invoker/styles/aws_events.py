@@ -118,9 +118,10 @@ def _body(call: Incoming, *, any_text: bool) -> tuple[str | None, bool]:
     return base64.b64encode(body).decode(), True
 
 
-def _source_ip(forwarded: str | None) -> str:
-    """The client's address: the first of X-Forwarded-For (Ember sees no other)."""
-    return forwarded.split(",", 1)[0].strip() if forwarded else "unknown"
+def _source_ip(call: Incoming) -> str:
+    """The client's address as the gateway saw it (its TCP peer, as API Gateway's sourceIp
+    is), not X-Forwarded-For, which any caller can write."""
+    return call.client or "unknown"
 
 
 def _proxy(path: str) -> dict[str, str] | None:
@@ -181,7 +182,7 @@ def http_api_event(call: Incoming, site: Site, *, function_url: bool = False) ->
             "method": call.method,
             "path": path,
             "protocol": "HTTP/1.1",
-            "sourceIp": _source_ip(headers.get("x-forwarded-for")),
+            "sourceIp": _source_ip(call),
             "userAgent": headers.get("user-agent", ""),
         },
         "requestId": call.context.activation_id,
@@ -235,7 +236,7 @@ def rest_api_event(call: Incoming, site: Site) -> dict[str, Any]:
     else:
         proxy = _proxy(path)
         resource = "/{proxy+}" if proxy else "/"
-    source_ip = _source_ip(known.get("x-forwarded-for"))
+    source_ip = _source_ip(call)
     user_agent = known.get("user-agent", "")
     request_id = call.context.activation_id
     body, encoded = _body(call, any_text=True)
@@ -318,7 +319,8 @@ _READS = {
     "url": re.compile(r"\bLambdaFunctionUrl(Resolver|Event)\b"),
     "v1": re.compile(
         r"\bAPIGatewayRestResolver\b|\bAPIGatewayProxyEvent\b|[\"']httpMethod[\"']"
-        r"|multiValue(Headers|QueryStringParameters)"
+        r"|multiValue(Headers|QueryStringParameters)|\[[\"'](path|resource)[\"']\]"
+        r"|\.get\([\"'](path|resource)[\"']|resourcePath"
     ),
     "v2": re.compile(
         r"\bAPIGatewayHttpResolver\b|\bAPIGatewayProxyEventV2\b|rawPath|rawQueryString"
@@ -327,11 +329,23 @@ _READS = {
 }
 
 
+# Anything of an HTTP event or response: a module with none of it is not an HTTP handler.
+_HTTP = re.compile(
+    r"statusCode|[\"'](body|headers|path|resource|cookies)[\"']|queryStringParameters"
+    r"|pathParameters|requestContext|httpMethod|rawPath|rawQueryString|routeKey|multiValue"
+    r"|isBase64Encoded|Resolver\b|[Mm]angum|aws_lambda_powertools|APIGateway"
+)
+
+
 def infer_event_kind(source: str) -> str:
     """The event a handler module expects when the deploy did not say: v1 for one that reads
-    v1's fields (httpMethod, multiValueHeaders, Powertools' APIGatewayRestResolver...) and
-    none of v2's (rawPath, requestContext.http...), alb for a load balancer's, url for
-    Powertools' function URL resolver; v2 otherwise (a handler reading both takes both)."""
+    v1's fields (httpMethod, multiValueHeaders, event["path"], Powertools'
+    APIGatewayRestResolver...) and none of v2's (rawPath, requestContext.http...), alb for a
+    load balancer's, url for Powertools' function URL resolver; payload for a module that
+    touches nothing of an HTTP event or response (a function called with a payload, as `aws
+    lambda invoke` calls it); v2 otherwise (a handler reading both takes both)."""
+    if source and not _HTTP.search(source):
+        return "payload"
     reads = {kind for kind, pattern in _READS.items() if pattern.search(source)}
     if "v2" in reads:
         return "v2"
@@ -346,6 +360,7 @@ HTTP_EVENTS: dict[str, Builder] = {
     "v1": rest_api_event,
     "alb": alb_event,
     "url": function_url_event,
+    "payload": lambda call, site: payload_event(call, site),
 }
 """The event of an HTTP call, by `--lambda-event`."""
 

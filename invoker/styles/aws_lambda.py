@@ -77,7 +77,16 @@ class CognitoIdentity:
 class Facts:
     """What every call's context says of the function, fixed at bind."""
 
-    __slots__ = ("arn", "log_group", "log_stream", "memory_mb", "name", "region")
+    __slots__ = (
+        "arn",
+        "log_group",
+        "log_stream",
+        "memory_mb",
+        "name",
+        "region",
+        "set_by_us",
+        "stream_id",
+    )
 
     def __init__(self, info: BindInfo, region: str) -> None:
         self.name = info.function
@@ -85,8 +94,17 @@ class Facts:
         self.arn = f"arn:aws:lambda:{region}:{ACCOUNT_ID}:function:{info.function}"
         self.memory_mb = str(info.memory_mb if info.memory_mb > 0 else UNLIMITED_MEMORY_MB)
         self.log_group = f"/aws/lambda/{info.function}"
+        self.stream_id = uuid.uuid4().hex
+        self.log_stream = ""
+        self.set_by_us: set[str] = set()
+        """The environment variables bound here (not the function's --env)."""
+        self.relabel(info.version)
+
+    def relabel(self, version: int) -> None:
+        """The version in the log stream's name (an instance checked at deploy as version 0
+        learns its number afterwards)."""
         day = time.strftime("%Y/%m/%d", time.gmtime())
-        self.log_stream = f"{day}/[{info.version}]{uuid.uuid4().hex}"
+        self.log_stream = f"{day}/[{version}]{self.stream_id}"
 
 
 class LambdaContext:
@@ -98,12 +116,14 @@ class LambdaContext:
     """(mobile apps) Lambda sets it only for the AWS Mobile SDK's calls."""
     tenant_id: str | None = None
 
-    def __init__(self, facts: Facts, ember: Context) -> None:
+    def __init__(self, facts: Facts, ember: Context, request_id: str = "") -> None:
         self.function_name = facts.name
         self.function_version = str(ember.version)
         self.invoked_function_arn = facts.arn
         self.memory_limit_in_mb = facts.memory_mb
-        self.aws_request_id = ember.activation_id
+        self.aws_request_id = request_id or ember.activation_id
+        """The same on every attempt of an async call or event (as Lambda's retries keep it):
+        the delivery's id, which the 202 of an async call returned; else the activation's."""
         self.log_group_name = facts.log_group
         self.log_stream_name = facts.log_stream
         self.identity = CognitoIdentity()
@@ -132,9 +152,15 @@ class LambdaContext:
 
 
 def _encode_default(value: Any) -> Any:
-    """What Lambda's encoder takes beyond JSON's types: Decimal (DynamoDB's numbers)."""
+    """What Lambda's encoder takes beyond JSON's types: Decimal (DynamoDB's numbers), and
+    bytes (as their UTF-8 text)."""
     if isinstance(value, Decimal):
         return orjson.Fragment(str(value)) if value.is_finite() else None
+    if isinstance(value, bytes | bytearray):  # Lambda's marshaller sends bytes as UTF-8 text
+        try:
+            return bytes(value).decode()
+        except UnicodeDecodeError:
+            raise TypeError("bytes that are not UTF-8 text") from None
     raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
 
 
@@ -214,9 +240,10 @@ def proxy_response(result: dict[str, Any]) -> Outgoing:
         if value is None:
             continue
         seen = both.get(str(name).lower())
-        if seen is not None and value in _listed(multi[seen]):
-            continue  # the same pair in both: once (API Gateway's merge)
-        headers.append(_header(name, value))
+        for one in _listed(value):  # (a list: one header per value)
+            if seen is not None and one in _listed(multi[seen]):
+                continue  # the same pair in both: once (API Gateway's merge)
+            headers.append(_header(name, one))
     for name, values in multi.items():
         for value in _listed(values):
             if value is not None:
@@ -231,8 +258,11 @@ def proxy_response(result: dict[str, Any]) -> Outgoing:
     elif isinstance(body, str):
         encoded = result.get("isBase64Encoded")
         data = b64decode(body) if encoded is True or encoded == "true" else body.encode()
-    elif isinstance(body, bytes | bytearray):
+    elif isinstance(body, bytes | bytearray):  # sent by Lambda as its UTF-8 text
+        encoded = result.get("isBase64Encoded")
         data = bytes(body)
+        if encoded is True or encoded == "true":
+            data = b64decode(data.decode("ascii", "replace"))
     else:  # API Gateway wants a string; a handler that returns an object means its JSON
         data = to_json(body)
     if not any(h[0].lower() == "content-type" for h in headers):
@@ -339,7 +369,9 @@ def prepare_environment(info: BindInfo) -> Facts:
     if root is not None:
         values["LAMBDA_TASK_ROOT"] = root
     for key, value in values.items():
-        os.environ.setdefault(key, value)
+        if key not in os.environ:
+            os.environ[key] = value
+            facts.set_by_us.add(key)
     if root is not None:
         with contextlib.suppress(OSError):  # Lambda runs a function in its code's directory
             os.chdir(root)
@@ -367,9 +399,21 @@ def bind(target: Any, info: BindInfo) -> Bound:
     facts = prepare_environment(info)
     site = Site(function=info.function, region=facts.region, routes=routes)
     handler = target
+    direct = kind == "payload"  # called as `aws lambda invoke` calls: the result is the reply
 
     def result_of(call: Incoming, result: Any) -> Outgoing:
-        return event_result(result) if call.is_event else http_result(result)
+        return event_result(result) if direct or call.is_event else http_result(result)
+
+    def relabel(version: int) -> None:
+        facts.relabel(version)
+        for key, value in (
+            ("AWS_LAMBDA_FUNCTION_VERSION", str(version)),
+            ("AWS_LAMBDA_LOG_STREAM_NAME", facts.log_stream),
+        ):
+            if key in facts.set_by_us:
+                os.environ[key] = value
+
+    options = {"event": kind}
 
     if inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
         type(handler).__call__  # an object whose __call__ is async
@@ -380,10 +424,10 @@ def bind(target: Any, info: BindInfo) -> Bound:
                 event = event_of(call, site, http)
             except NotRouted:
                 return NOT_FOUND
-            result = await handler(event, LambdaContext(facts, call.context))
+            result = await handler(event, LambdaContext(facts, call.context, call.event_id))
             return result_of(call, result)
 
-        return Bound(run=run_async, is_async=True)
+        return Bound(run=run_async, is_async=True, relabel=relabel, options=options)
 
     def run(call: Incoming) -> Outgoing:
         try:
@@ -391,7 +435,8 @@ def bind(target: Any, info: BindInfo) -> Bound:
         except NotRouted:
             return NOT_FOUND
         return result_of(
-            call, call_outside_loop(handler, event, LambdaContext(facts, call.context))
+            call,
+            call_outside_loop(handler, event, LambdaContext(facts, call.context, call.event_id)),
         )
 
-    return Bound(run=run, is_async=False)
+    return Bound(run=run, is_async=False, relabel=relabel, options=options)

@@ -30,7 +30,7 @@ from typing import Any
 
 from invoker.protocol import STYLES
 from invoker.styles import StyleMismatch
-from invoker.styles.native import positional_arity
+from invoker.styles.native import positional_arity, takes
 
 WELL_KNOWN = ("lambda_handler", "main", "handle", "app", "application", "new")
 
@@ -98,6 +98,8 @@ def is_wsgi(target: Any) -> bool:
 
 def classify(name: str, target: Any) -> str | None:
     """The style that `target`, found under `name`, is obviously written in, or None."""
+    if name.rsplit(".", 1)[-1] == "lambda_handler" and takes(target, 2):
+        return "lambda"
     if is_asgi(target):
         return "asgi"
     if is_wsgi(target):
@@ -153,7 +155,7 @@ def detect_style(module: Any, entry: str) -> tuple[str, str, Any]:
             "(or name the entry point with --handler)"
         )
     style = classify(entry, found)
-    if style == "ember" and _reads_like_lambda(module):
+    if style == "ember" and (_reads_like_lambda(module) or type(found).__name__ == "Mangum"):
         style = "lambda"  # Serverless Framework's handler.hello, SAM's app.handler...
     if style is None:
         raise StyleMismatch(
@@ -163,20 +165,26 @@ def detect_style(module: Any, entry: str) -> tuple[str, str, Any]:
     return style, entry, found
 
 
-_LAMBDA_FIELDS = re.compile(
-    r"[\"'](statusCode|queryStringParameters|pathParameters|requestContext|isBase64Encoded"
-    r"|httpMethod|rawPath)[\"']|\.(aws_request_id|invoked_function_arn|get_remaining_time_in_millis)\b"
+_LAMBDA_ONLY = re.compile(
+    r"[\"'](queryStringParameters|pathParameters|requestContext|isBase64Encoded|httpMethod"
+    r"|rawPath|multiValueHeaders)[\"']"
+    r"|\.(aws_request_id|invoked_function_arn|get_remaining_time_in_millis)\b"
+    r"|\b(aws_lambda_powertools|mangum|awslambdaric|LambdaContext)\b"
 )
+"""What only Lambda's events, context and libraries have."""
+_PROXY_RESPONSE = (re.compile(r"[\"']statusCode[\"']"), re.compile(r"[\"']body[\"']"))
+"""A proxy response ({"statusCode": ..., "body": ...}): both keys, not one of them."""
 
 
 def _reads_like_lambda(module: Any) -> bool:
-    """Whether the module's source uses fields only Lambda's events, responses or context have."""
+    """Whether the module's source uses what only Lambda's events, context, libraries or
+    proxy responses have (a dict with a "statusCode" of its own is not enough)."""
     file = getattr(module, "__file__", None)
     try:
         source = Path(file).read_text(errors="replace") if file else ""
     except OSError:
         return False
-    return _LAMBDA_FIELDS.search(source) is not None
+    return _LAMBDA_ONLY.search(source) is not None or all(p.search(source) for p in _PROXY_RESPONSE)
 
 
 def default_entry(module: Any, entry: str) -> str:

@@ -56,6 +56,10 @@ def info(entry: str = "lambda_handler", **options: str) -> BindInfo:
     )
 
 
+PEER = "192.0.2.10"
+"""The client's address as the gateway saw it (X-Forwarded-For, which callers write, differs)."""
+
+
 def call(
     body: bytes = b"",
     *,
@@ -66,6 +70,7 @@ def call(
     content_type: str = "",
     source: str = "http",
     deadline_s: float = 30.0,
+    client: str = PEER,
     **extra: str,
 ) -> Incoming:
     headers = headers if headers is not None else [("Host", "localhost:8080")]
@@ -78,6 +83,7 @@ def call(
         query=query,
         headers=headers,
         content_type=content_type,
+        client=client,
         source=source,
         context=Context(
             function="orders",
@@ -148,7 +154,7 @@ def test_a_deploy_that_names_the_style_but_not_the_handler_finds_lambda_handler(
     (tmp_path / "hello_world").mkdir()
     target = _target(tmp_path, "hello_world/app.lambda_handler", None, None, None, None)
     assert (target.style, target.entry, target.main) == (
-        "auto",
+        "lambda",  # (Lambda's notation: the lambda style)
         "lambda_handler",
         "hello_world/app.py",
     )

@@ -11,6 +11,7 @@ import orjson
 from tests.unit.test_style_lambda import (
     ACTIVATION,
     HEADERS,
+    PEER,
     call,
     event_of,
     lambda_environment,  # noqa: F401 (the autouse fixture: each test's environment restored)
@@ -60,7 +61,7 @@ def test_http_api_v2_event() -> None:
             "method": "PUT",
             "path": "/items/7",
             "protocol": "HTTP/1.1",
-            "sourceIp": "203.0.113.7",
+            "sourceIp": PEER,  # the gateway's peer, not X-Forwarded-For
             "userAgent": "curl/8.5.0",
         },
         "requestId": ACTIVATION,
@@ -70,7 +71,7 @@ def test_http_api_v2_event() -> None:
 
 
 def test_v2_leaves_out_what_the_request_has_none_of_and_base64_encodes_binary() -> None:
-    event = event_of(call(method="GET", headers=[("Host", "fn.example.com")]))
+    event = event_of(call(method="GET", headers=[("Host", "fn.example.com")], client=""))
     for absent in ("cookies", "queryStringParameters", "body", "pathParameters"):
         assert absent not in event
     assert event["isBase64Encoded"] is False
@@ -140,7 +141,7 @@ def test_rest_api_v1_event() -> None:
         "body": "a=1&b=2",
         "isBase64Encoded": False,
     }
-    assert context["identity"]["sourceIp"] == "203.0.113.7"
+    assert context["identity"]["sourceIp"] == PEER
     assert context["identity"]["userAgent"] == "curl/8.5.0"
     assert context["identity"]["cognitoIdentityId"] is None
     assert (context["requestId"], context["extendedRequestId"]) == (ACTIVATION, ACTIVATION)
