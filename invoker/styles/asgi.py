@@ -110,7 +110,9 @@ def http_scope(
     """The HTTP connection scope of one call, and the body to give the app."""
     body = call.body
     headers: list[tuple[bytes, bytes]] = []
-    scheme, host, client = "http", "", ""
+    # The client is the gateway's peer; X-Forwarded-For only when the gateway saw none (a
+    # caller can write that header)
+    scheme, host, client = "http", "", call.client
     had_length = False
     for key, value in call.headers:
         name = key.lower()

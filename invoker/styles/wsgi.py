@@ -147,6 +147,8 @@ def environ(call: Incoming, base: dict[str, Any]) -> dict[str, Any]:
             "wsgi.errors": sys.stderr,  # the runtime routes it to the activation's log
         }
     )
+    if call.client:
+        env["REMOTE_ADDR"] = call.client  # the gateway's peer (not X-Forwarded-For)
     if body or framed:
         env["CONTENT_LENGTH"] = str(len(body))
     if call.content_type:
