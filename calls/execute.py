@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -190,13 +191,18 @@ async def execute(
             cold=lease.cold,
         )
     status = reply.get("status", 200)
+    headers = reply.get("headers", [])
+    invalid = None
     if not isinstance(status, int) or not 200 <= status <= 599:
         # The runtime refuses these; an instance that writes its own reply frame does not.
-        error = {
-            "type": "InvalidResponse",
-            "message": f"the handler answered with status {str(status)[:20]!r}; "
-            "a response status must be 200-599",
-        }
+        invalid = (
+            f"the handler answered with status {str(status)[:20]!r}; "
+            "a response status must be 200-599"
+        )
+    else:
+        invalid = bad_headers(headers)
+    if invalid is not None:
+        error = {"type": "InvalidResponse", "message": invalid}
         record("error", 502, error, logs, lease.cold)
         return CallResult(
             "error",
@@ -215,9 +221,33 @@ async def execute(
         record("error", status, error, logs, lease.cold)
     else:
         record("success", status, None, logs, lease.cold)
-    return CallResult(
-        "success", status, body=out, headers=reply.get("headers", []), logs=logs, cold=lease.cold
-    )
+    return CallResult("success", status, body=out, headers=headers, logs=logs, cold=lease.cold)
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_FIELD_VALUE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")
+
+
+def bad_headers(headers: Any) -> str | None:
+    """Why a handler's response headers cannot go out (a name that is not an HTTP token, a
+    line break or control character in a value: response splitting), or None."""
+    if not isinstance(headers, list):
+        return "the handler's response headers are not a list of [name, value] pairs"
+    for pair in headers:
+        if not (isinstance(pair, list | tuple) and len(pair) == 2):
+            return f"the handler's response header {str(pair)[:60]!r} is not a [name, value] pair"
+        name, value = pair
+        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+            return (
+                f"the handler's response has a header named {str(name)[:60]!r}, which is not "
+                "a valid HTTP header name"
+            )
+        if not isinstance(value, str) or not _FIELD_VALUE.fullmatch(value):
+            return (
+                f"the handler's response header {name} has a line break or control character "
+                f"in its value {str(value)[:60]!r}"
+            )
+    return None
 
 
 Record = Callable[[CallStatus, int, "dict[str, Any] | None", str, bool], None]

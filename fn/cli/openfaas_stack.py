@@ -25,7 +25,16 @@ from pathlib import Path
 from typing import Any
 
 from fn.cli.schedules import ScheduleRefused, cron_connector, go_duration_s
-from fn.cli.stacks import Plan, PlannedFunction, Schedule, StackError, ember_name, read_yaml
+from fn.cli.stacks import (
+    OUTSIDE,
+    Plan,
+    PlannedFunction,
+    Schedule,
+    StackError,
+    ember_name,
+    outside,
+    read_yaml,
+)
 
 HTTP_TEMPLATES = frozenset({"python3-http", "python3-http-debian", "python3-http-armhf"})
 CLASSIC_TEMPLATES = frozenset(
@@ -87,14 +96,26 @@ def plan(doc: dict[str, Any], base: Path) -> Plan:
     copies = config.get("copy")
     for copy in copies if isinstance(copies, list) else []:
         source = base / str(copy)
-        if source.exists():
+        if outside(base, source):
+            result.skip(f"configuration.copy {copy}", OUTSIDE)
+        elif source.exists():
             extra.append((source, f"{PACKAGE}/{Path(str(copy)).as_posix().strip('/')}"))
         else:
             result.skip(f"configuration.copy {copy}", "no such file or directory")
+    taken: dict[str, str] = {}
     for key, spec in _dict(doc.get("functions")).items():
         planned = _function(result, str(key), _dict(spec), base, tuple(extra))
-        if planned is not None:
-            result.functions.append(planned)
+        if planned is None:
+            continue
+        if planned.name in taken:  # (Hello and hello, or 1password-sync and password-sync)
+            result.skip(
+                str(key),
+                f"not deployed: its name on Ember, {planned.name}, is {taken[planned.name]}'s "
+                "too; rename one of them",
+            )
+            continue
+        taken[planned.name] = str(key)
+        result.functions.append(planned)
     return result
 
 
@@ -151,6 +172,8 @@ def _refusal(lang: str, handler: str, image: Any, base: Path) -> str | None:
         )
     if not lang.startswith("python"):
         return f"lang {lang}: Ember runs Python functions only"
+    if outside(base, base / handler):
+        return f"handler {handler} {OUTSIDE}"
     if not (base / handler).is_dir():
         return f"handler {handler}: no such directory next to the stack file"
     if not (base / handler / "handler.py").is_file():
@@ -164,6 +187,9 @@ def _env(result: Plan, key: str, spec: dict[str, Any], base: Path) -> dict[str, 
     files = spec.get("environment_file")
     for name in files if isinstance(files, list) else []:
         path = base / str(name)
+        if outside(base, path):
+            result.skip(f"{key} environment_file {name}", OUTSIDE)
+            continue
         try:
             doc = read_yaml(path.read_text(), str(path))
         except (OSError, UnicodeDecodeError, StackError) as exc:

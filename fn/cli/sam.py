@@ -34,7 +34,7 @@ from typing import Any
 from fn.cli.cfn import NO_VALUE, Template, Unresolved
 from fn.cli.sam_events import SCHEDULE_RESOURCES, plan_events, resource_schedules
 from fn.cli.sam_layers import LAYER_TYPES, plan_layers
-from fn.cli.stacks import Plan, PlannedFunction, ember_name
+from fn.cli.stacks import OUTSIDE, Plan, PlannedFunction, ember_name, outside
 
 FUNCTION = "AWS::Serverless::Function"
 LAMBDA_FUNCTION = "AWS::Lambda::Function"
@@ -301,6 +301,8 @@ def _code(
             f"CodeUri {uri} is in S3; download and unzip it, then point CodeUri at the directory"
         )
     code_dir = base / uri
+    if outside(base, code_dir):
+        raise _NotDeployed(f"CodeUri {uri} {OUTSIDE}")
     if code_dir.is_file():
         raise _NotDeployed(f"CodeUri {uri} is a file; unzip it and point CodeUri at the directory")
     if not code_dir.is_dir():

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fn.cli.cfn import Template, Unresolved, describe, is_intrinsic
-from fn.cli.stacks import Plan
+from fn.cli.stacks import OUTSIDE, Plan, outside
 
 LAYER_TYPES = ("AWS::Serverless::LayerVersion", "AWS::Lambda::LayerVersion")
 _POWERTOOLS = re.compile(r":layer:AWSLambdaPowertoolsPython")
@@ -82,6 +82,8 @@ def _local_layer(
     except Unresolved as exc:
         return f"its content is not a local directory: {exc}"
     folder = base / uri
+    if outside(base, folder):
+        return f"its content {uri} {OUTSIDE}"
     if uri.startswith("s3://") or not folder.is_dir():
         return f"its content {uri} is not a local directory next to the template"
     trees.append((folder / "python" if (folder / "python").is_dir() else folder, ""))

@@ -97,6 +97,17 @@ KIND_NAMES = {"sam": "AWS SAM template", "openfaas": "OpenFaaS stack file"}
 _NAME_INVALID = re.compile(r"[^a-z0-9_-]+")
 
 
+def outside(base: Path, path: Path) -> bool:
+    """Whether `path` (links followed) lies outside the directory of the template or stack
+    file `base`: such files are not deployed (a file from elsewhere must not end up in a
+    function, as faas-cli refuses paths outside the build context)."""
+    root = base.resolve()
+    return not path.resolve().is_relative_to(root)
+
+
+OUTSIDE = "is outside the template's directory; only files below it are deployed"
+
+
 def ember_name(raw: str) -> str:
     """A function name by Ember's rules (a lowercase letter, then up to 62 of a-z, 0-9, _ and
     -): lowercased, other characters turned into -, a leading non-letter dropped."""

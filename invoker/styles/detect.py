@@ -117,7 +117,7 @@ def classify(name: str, target: Any) -> str | None:
         return "gcf"
     if short == "new" and required == 0:
         return "knative"
-    if short == "main" and required == 0:
+    if short == "main" and required == 0 and most == 0:
         return "fission"
     if (required == 1 and (most == 1 or most == -1)) or (required == 0 and most == 1):
         first = params[0] if params else ""
@@ -157,6 +157,8 @@ def detect_style(module: Any, entry: str) -> tuple[str, str, Any]:
     style = classify(entry, found)
     if style == "ember" and (_reads_like_lambda(module) or type(found).__name__ == "Mangum"):
         style = "lambda"  # Serverless Framework's handler.hello, SAM's app.handler...
+    elif style == "openfaas" and takes(found, 2) and _reads_like_lambda(module, strong=True):
+        style = "lambda"  # a Lambda handler named handle (OpenFaaS's return statusCode too)
     if style is None:
         raise StyleMismatch(
             f'the style of "{entry}" in {filename} is not obvious from its name and '
@@ -176,15 +178,18 @@ _PROXY_RESPONSE = (re.compile(r"[\"']statusCode[\"']"), re.compile(r"[\"']body[\
 """A proxy response ({"statusCode": ..., "body": ...}): both keys, not one of them."""
 
 
-def _reads_like_lambda(module: Any) -> bool:
+def _reads_like_lambda(module: Any, *, strong: bool = False) -> bool:
     """Whether the module's source uses what only Lambda's events, context, libraries or
-    proxy responses have (a dict with a "statusCode" of its own is not enough)."""
+    proxy responses have (a dict with a "statusCode" of its own is not enough; with `strong`,
+    a proxy response is not either: OpenFaaS's python3-http answers with the same keys)."""
     file = getattr(module, "__file__", None)
     try:
         source = Path(file).read_text(errors="replace") if file else ""
     except OSError:
         return False
-    return _LAMBDA_ONLY.search(source) is not None or all(p.search(source) for p in _PROXY_RESPONSE)
+    return _LAMBDA_ONLY.search(source) is not None or (
+        not strong and all(p.search(source) for p in _PROXY_RESPONSE)
+    )
 
 
 def default_entry(module: Any, entry: str) -> str:

@@ -192,15 +192,17 @@ class _CgiEnv:
         self.last: dict[str, str] = {}
 
     def set(self, call: Incoming) -> None:
-        env = {
-            "Http_Method": "POST" if call.is_event else call.method,
-            "Http_Path": "/" if call.is_event else call.path,
-            "Http_ContentLength": str(len(call.body)),
-        }
-        if call.query and not call.is_event:
-            env["Http_Query"] = call.query
+        env = {}
         for name, value in _headers(call):
             env["Http_" + name.title().replace("-", "_")] = value
+        # The request's own after the headers, as the watchdog appends them: a header named
+        # Method or Path cannot stand in for them.
+        env["Http_Method"] = "POST" if call.is_event else call.method
+        env["Http_Path"] = "/" if call.is_event else call.path
+        env["Http_ContentLength"] = str(len(call.body))
+        env.pop("Http_Query", None)
+        if call.query and not call.is_event:
+            env["Http_Query"] = call.query
         environ, last = os.environ, self.last
         for name in last.keys() - env.keys():
             environ.pop(name, None)

@@ -121,6 +121,11 @@ def bind(target: Any, info: BindInfo) -> Bound:
     def preflight(call: Incoming) -> Outgoing:
         return 200, _cors([], call), b""
 
+    def relabel(version: int) -> None:  # (the instance checked at deploy was version 0)
+        os.environ["__OW_ACTION_VERSION"] = f"0.0.{version}"
+
+    options = {"web": "raw" if raw else "true"}
+
     if inspect.iscoroutinefunction(action):
 
         async def run_async(call: Incoming) -> Outgoing:
@@ -129,7 +134,7 @@ def bind(target: Any, info: BindInfo) -> Bound:
                 return preflight(call)
             return _respond(await action(args), call)
 
-        return Bound(run=run_async, is_async=True)
+        return Bound(run=run_async, is_async=True, relabel=relabel, options=options)
 
     def run(call: Incoming) -> Outgoing:
         args = prepare(call)
@@ -137,7 +142,7 @@ def bind(target: Any, info: BindInfo) -> Bound:
             return preflight(call)
         return _respond(action(args), call)
 
-    return Bound(run=run, is_async=False)
+    return Bound(run=run, is_async=False, relabel=relabel, options=options)
 
 
 def _default_params() -> dict[str, Any]:

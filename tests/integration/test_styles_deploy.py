@@ -102,3 +102,22 @@ async def test_a_handlers_own_error_status_reaches_the_caller_and_counts_as_an_e
     )
     assert (activation["status"], activation["http_status"]) == ("error", 503)
     assert activation["error"] == {"type": "HTTP503", "message": "upstream is down"}
+
+
+async def test_a_response_header_that_would_split_the_response_is_a_502(running: Running) -> None:
+    source = textwrap.dedent("""
+        def handler(event, context):
+            name, value = event["name"], event["value"]
+            return context.response(b"ok", headers={name: value})
+    """)
+    await running.deploy_ok("splitter", source)
+    for name, value in (("X-A", "a\r\nX-B: 1"), ("Bad Name", "x"), ("X-Nul", "a\x00b")):
+        response = await running.call("splitter", {"name": name, "value": value})
+        body = await response.json()
+        assert response.status == 502, body
+        assert body["error"]["code"] == "invalid_response"
+        _, activation = await running.admin(
+            "GET", f"/v1/activations/{response.headers['X-Ember-Activation-Id']}"
+        )
+        assert activation["status"] == "error"
+    assert (await running.call("splitter", {"name": "X-Ok", "value": "fine"})).status == 200

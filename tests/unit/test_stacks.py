@@ -410,3 +410,21 @@ def test_files_that_are_not_stack_files_are_refused(tmp_path: Path) -> None:
     plan = load_plan(json_template, {})
     assert (plan.kind, plan.functions) == ("sam", [])
     assert "Runtime go1.x" in reasons(plan)["F"]
+
+
+def test_a_templates_code_outside_its_directory_is_not_deployed(tmp_path: Path) -> None:
+    write(tmp_path, {"private/id_rsa": "key", "project/src/app.py": "def handler(e, c): ...\n"})
+    plan = plan_of(
+        tmp_path / "project",
+        """
+        Resources:
+          Innocent:
+            Type: AWS::Serverless::Function
+            Properties:
+              Runtime: python3.12
+              CodeUri: ../
+              Handler: project/src/app.handler
+        """,
+    )
+    assert plan.functions == []
+    assert "outside the template's directory" in reasons(plan)["Innocent"]

@@ -148,3 +148,42 @@ def test_yaml_anchors_and_merge_keys(tmp_path: Path) -> None:
     assert only(plan, "a").env == {"LEVEL": "info", "RETRIES": "03"}
     assert only(plan, "b").env == {"LEVEL": "debug"}
     assert only(plan, "b").style == "openfaas"
+
+
+def test_files_outside_the_stack_files_directory_are_not_deployed(tmp_path: Path) -> None:
+    base = tmp_path / "project"
+    (base / "fn").mkdir(parents=True)
+    (base / "fn" / "handler.py").write_text("def handle(req):\n    return req\n")
+    (tmp_path / "secret.txt").write_text("password")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "handler.py").write_text("def handle(req):\n    return req\n")
+    stack = base / "stack.yml"
+    stack.write_text(
+        "provider: {name: openfaas}\n"
+        "configuration: {copy: [../secret.txt]}\n"
+        "functions:\n"
+        "  ok: {lang: python3-http, handler: ./fn, environment_file: [../secret.txt]}\n"
+        "  away: {lang: python3-http, handler: ../elsewhere}\n"
+    )
+    plan = load_plan(stack, {})
+    assert [f.name for f in plan.functions] == ["ok"]
+    why = reasons(plan)
+    assert "outside the template's directory" in why["configuration.copy ../secret.txt"]
+    assert "outside the template's directory" in why["ok environment_file ../secret.txt"]
+    assert "outside the template's directory" in why["away"]
+
+
+def test_names_that_are_the_same_on_ember_are_refused(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "handler.py").write_text("def handle(req):\n    return req\n")
+    stack = tmp_path / "stack.yml"
+    stack.write_text(
+        "provider: {name: openfaas}\n"
+        "functions:\n"
+        "  hello: {lang: python3-http, handler: ./a}\n"
+        "  Hello: {lang: python3-http, handler: ./b}\n"
+    )
+    plan = load_plan(stack, {})
+    assert [f.name for f in plan.functions] == ["hello"]
+    assert "is hello's too" in reasons(plan)["Hello"]

@@ -216,3 +216,23 @@ def test_a_directory_without_requirements_txt_uses_its_pyproject_dependencies(
     pyproject.write_text("[project\n")
     with pytest.raises(SystemExit):
         _project_dependencies(pyproject)
+
+
+def test_detection_found_by_a_hostile_review(tmp_path: Path) -> None:
+    def main_default(params: Any = None) -> Any: ...
+
+    assert classify("main", main_default) == "openwhisk"  # main(params={}) is not Fission's
+    lambda_handle = tmp_path / "lambda_handle.py"
+    lambda_handle.write_text(
+        "def handle(event, context):\n"
+        "    return {'id': event['pathParameters']['id'], 'req': context.aws_request_id}\n"
+    )
+    faas_handle = tmp_path / "faas_handle.py"
+    faas_handle.write_text(
+        "def handle(event, context):\n    return {'statusCode': 200, 'body': event.body}\n"
+    )
+    for path, style in ((lambda_handle, "lambda"), (faas_handle, "openfaas")):
+        mod = types.ModuleType(path.stem)
+        mod.__file__ = str(path)
+        exec(compile(path.read_text(), str(path), "exec"), mod.__dict__)
+        assert detect_style(mod, "handle")[0] == style
