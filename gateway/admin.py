@@ -16,7 +16,7 @@ from builds.requirements import BuildFailed, RequirementsError
 from config.units import ConfigError
 from gateway.errors import error_response, json_response
 from gateway.events import delivery_json
-from gateway.frameworks import missing_module, missing_packages, requirement_names, with_packages
+from gateway.frameworks import missing_module, missing_packages, with_packages
 from gateway.platform import Platform
 from gateway.requests import json_body, limit_of, not_found, platform_of
 from gateway.units import (
@@ -189,7 +189,7 @@ async def _deploy(platform: Platform, body: dict[str, Any]) -> web.Response:
         )
     added = [] if config.style == "ember" else missing_packages(config.style, files, requirements)
     added_total: list[str] = []
-    for attempt in range(2):
+    for attempt in range(MAX_FRAMEWORK_RETRIES + 1):
         if added:
             requirements = with_packages(requirements, added)
             added_total += added
@@ -219,11 +219,11 @@ async def _deploy(platform: Platform, body: dict[str, Any]) -> web.Response:
             )
         except StartFailed as exc:
             module = missing_module(exc.error)
-            if attempt == 0 and config.style != "ember" and module is not None:
+            if attempt < MAX_FRAMEWORK_RETRIES and config.style != "ember" and module is not None:
                 # A framework the platform it was written for provides, found missing only
-                # by the import (a style detected there that hands it a Flask request).
-                added = missing_packages(config.style, files, "", also=[module])
-                added = [p for p in added if p not in requirement_names(requirements)]
+                # by the import (a style detected there that hands it a Flask request; a
+                # template that needs two of them finds them one at a time).
+                added = missing_packages(config.style, files, requirements, also=[module])
                 if added:
                     continue
             if exc.error.get("type") == "StyleMismatch":
@@ -259,6 +259,10 @@ async def _deploy(platform: Platform, body: dict[str, Any]) -> web.Response:
     out["style_detected"] = detected
     out["added_requirements"] = added_total
     return json_response(out, status=201)
+
+
+MAX_FRAMEWORK_RETRIES = 3
+"""Import checks again after adding a provided package the previous one found missing."""
 
 
 async def _package(

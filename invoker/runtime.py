@@ -186,6 +186,7 @@ class Runtime:
             walls_spec: SpecializeSpec = meta.get("sandbox") or {}
             self.walls.specialize(walls_spec, code_dir, paths, MAX_LOG_BYTES)
             os.environ.update(self.env)
+            os.chdir(code_dir)  # relative paths (templates, static files) are the function's
             sys.path[:0] = [str(code_dir), *paths]
             self.user_file = str(path)
             for name in meta.get("preimport", ()):
@@ -345,7 +346,8 @@ def _import_main(filename: str, path: Path) -> Any:
     directory (`hello_world/app.py`, as Lambda's handlers name them) as `hello_world.app`, so
     that its relative imports work."""
     if "/" in filename:
-        return importlib.import_module(filename.removesuffix(".py").replace("/", "."))
+        name = filename.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+        return importlib.import_module(name)
     module_name = filename.removesuffix(".py")
     spec = importlib.util.spec_from_file_location(module_name, path)
     assert spec is not None

@@ -73,9 +73,17 @@ def _target(
     return _Target(style or "auto", entry, main)
 
 
-DEFAULT_MAINS = ("handler.py", "lambda_function.py", "main.py", "app.py", "func.py")
+DEFAULT_MAINS = (
+    "handler.py",
+    "lambda_function.py",
+    "main.py",
+    "app.py",
+    "function/func.py",
+    "func.py",
+)
 """The main module of a directory deployed without --main or --handler MODULE.FUNCTION:
-Ember's, then the Lambda console's, Cloud Functions', SAM's and Knative's defaults."""
+Ember's, then the Lambda console's, Cloud Functions', SAM's and Knative's (current, then older
+templates) defaults."""
 
 
 def _default_main(root: Path) -> str:
@@ -86,6 +94,8 @@ def _module_file(path: Path, module: str) -> str | None:
     """The main file for a module named by --handler/--asgi/--wsgi: its path in a directory;
     for a file deploy, the file must be that module."""
     if path.is_dir():
+        if not (path / f"{module}.py").is_file() and (path / module / "__init__.py").is_file():
+            return f"{module}/__init__.py"  # a package: --asgi api:app for api/__init__.py
         return f"{module}.py"
     if module.split("/")[-1] != path.stem:
         fail(

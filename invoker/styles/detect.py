@@ -149,6 +149,13 @@ def detect_style(module: Any, entry: str) -> tuple[str, str, Any]:
             if found is not None:
                 entry = name
                 break
+        if entry == "main" and classify("main", found) == "fission":
+            # `def main(): uvicorn.run(app)`: a script's entry point next to the app it serves
+            for name in ("app", "application"):
+                app = _lookup(module, name)
+                if app is not None and (is_asgi(app) or is_wsgi(app)):
+                    entry, found = name, app
+                    break
     if found is None:
         raise LookupError(
             f'{filename} defines no function "{entry}"; add: def {entry}(event, context): ... '

@@ -121,3 +121,37 @@ async def test_a_response_header_that_would_split_the_response_is_a_502(running:
         )
         assert activation["status"] == "error"
     assert (await running.call("splitter", {"name": "X-Ok", "value": "fine"})).status == 200
+
+
+async def test_a_function_runs_in_its_own_directory(running: Running) -> None:
+    files = {
+        "handler.py": "def handler(event, context):\n    return open('data/greeting.txt').read()\n",
+        "data/greeting.txt": "hello from my files",
+    }
+    await running.deploy_ok(
+        "files", files["handler.py"], filename="handler.py", archive=zipped(files)
+    )
+    response = await running.call("files", {})
+    assert await response.text() == "hello from my files"
+
+
+async def test_an_app_in_a_packages_init_is_imported_as_the_package(running: Running) -> None:
+    files = {
+        "api/__init__.py": "from .routes import app\n",
+        "api/routes.py": textwrap.dedent("""
+            async def app(scope, receive, send):
+                assert scope["type"] == "http"
+                await send({"type": "http.response.start", "status": 200, "headers": []})
+                await send({"type": "http.response.body", "body": __name__.encode()})
+        """),
+    }
+    deployed = await running.deploy_ok(
+        "pkg-app",
+        files["api/__init__.py"],
+        filename="api/__init__.py",
+        archive=zipped(files),
+        style="asgi",
+        entry="app",
+    )
+    assert deployed["style"] == "asgi"
+    assert await (await running.call("pkg-app", {})).text() == "api.routes"

@@ -236,3 +236,20 @@ def test_detection_found_by_a_hostile_review(tmp_path: Path) -> None:
         mod.__file__ = str(path)
         exec(compile(path.read_text(), str(path), "exec"), mod.__dict__)
         assert detect_style(mod, "handle")[0] == style
+
+
+def test_an_app_wins_over_the_main_that_runs_it(tmp_path: Path) -> None:
+    def main() -> None: ...
+
+    found = detect_style(module(main=main, app=AsgiObject()), "handler")
+    assert found[:2] == ("asgi", "app")
+    assert detect_style(module(main=main), "handler")[:2] == ("fission", "main")
+
+
+def test_an_app_in_a_packages_init_is_its_main_module(tmp_path: Path) -> None:
+    from fn.cli.functions import _target
+
+    (tmp_path / "api").mkdir()
+    (tmp_path / "api" / "__init__.py").write_text("app = None\n")
+    target = _target(tmp_path, None, None, None, "api:app", None)
+    assert (target.style, target.entry, target.main) == ("asgi", "app", "api/__init__.py")
