@@ -209,6 +209,7 @@ class Runtime:
                     memory_mb=int(meta.get("memory_bytes", 0)) >> 20,
                     timeout_s=float(meta.get("timeout_s", 30.0)),
                     options=dict(meta.get("style_options") or {}),
+                    max_response_bytes=int(meta.get("max_reply_bytes", 0)),
                 ),
             )
             if bound.startup is not None:

@@ -62,6 +62,16 @@ class UnknownStyle(StyleError, LookupError):
     pass
 
 
+class ResponseTooLarge(Exception):
+    """A response grew past the platform's limit (FN_MAX_RESPONSE) while it was collected."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"the response grew past {limit} bytes ({size} so far), the limit (FN_MAX_RESPONSE)"
+        )
+        self.limit_bytes = limit
+
+
 class BadRequest(ValueError):
     """The request cannot be turned into what the style's handler takes (answered with 400)."""
 
@@ -122,6 +132,9 @@ class BindInfo:
     timeout_s: float
     options: Mapping[str, str] = field(default_factory=dict)
     """Style settings given at deploy (e.g. lambda's event: v2, v1, alb, url)."""
+    max_response_bytes: int = 0
+    """The largest response the platform takes (0: no limit): a style that collects a
+    streamed response stops there."""
 
 
 @dataclass(slots=True, kw_only=True)

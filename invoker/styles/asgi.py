@@ -40,7 +40,15 @@ from typing import Any
 from urllib.parse import quote
 
 from invoker.context import current_capture
-from invoker.styles import BindInfo, Bound, Incoming, Outgoing, StyleMismatch, mismatch
+from invoker.styles import (
+    BindInfo,
+    Bound,
+    Incoming,
+    Outgoing,
+    ResponseTooLarge,
+    StyleMismatch,
+    mismatch,
+)
 from invoker.styles.detect import is_asgi, is_wsgi
 from invoker.styles.native import describe, positional_arity
 
@@ -161,10 +169,13 @@ def http_scope(
 _DISCONNECT: Message = {"type": "http.disconnect"}
 
 
-async def exchange(app: App, scope: Scope, body: bytes, send_wrapper: Any = None) -> Outgoing:
+async def exchange(
+    app: App, scope: Scope, body: bytes, send_wrapper: Any = None, limit: int = 0
+) -> Outgoing:
     """Run `app` on one request and collect its response. `send_wrapper(send)`, when given,
-    is what the app gets as `send` (the Knative CloudEvents sender)."""
-    status = 0
+    is what the app gets as `send` (the Knative CloudEvents sender). A response that grows
+    past `limit` bytes (0: none) stops the app with ResponseTooLarge at that chunk."""
+    status = size = 0
     response_headers: Any = ()
     chunks: list[bytes] = []
     complete = False
@@ -182,7 +193,7 @@ async def exchange(app: App, scope: Scope, body: bytes, send_wrapper: Any = None
         return dict(_DISCONNECT)
 
     async def send(message: Message) -> None:
-        nonlocal status, response_headers, complete
+        nonlocal status, response_headers, complete, size
         kind = message["type"]
         if kind == "http.response.body":
             if not status:
@@ -191,6 +202,9 @@ async def exchange(app: App, scope: Scope, body: bytes, send_wrapper: Any = None
                 raise RuntimeError("the app sent more body after the response was complete")
             chunk = message.get("body", b"")
             if chunk:
+                size += len(chunk)
+                if 0 < limit < size:
+                    raise ResponseTooLarge(size, limit)
                 chunks.append(bytes(chunk))
             if not message.get("more_body", False):
                 complete = True
@@ -216,6 +230,8 @@ async def exchange(app: App, scope: Scope, body: bytes, send_wrapper: Any = None
             raise
         # The response was complete: a server would have sent it and logged this.
         traceback.print_exc()
+    if 0 < limit < size:  # (an app that swallowed the error still gets no response out)
+        raise ResponseTooLarge(size, limit)
     if not status:
         raise NoResponse(
             "the ASGI app returned without sending a response (no http.response.start "
@@ -415,6 +431,6 @@ def bind(target: Any, info: BindInfo) -> Bound:
 
     async def run(call: Incoming) -> Outgoing:
         scope, body = http_scope(call, root_path, prefix, lifespan.state)
-        return await exchange(app, scope, body)
+        return await exchange(app, scope, body, limit=info.max_response_bytes)
 
     return Bound(run=run, is_async=True, startup=lifespan.startup, shutdown=lifespan.shutdown)

@@ -41,7 +41,7 @@ def bind(target: Any, info: BindInfo) -> Bound:
 
     app = view_app(info.module, view)
     app.logger.setLevel("DEBUG")  # Fission's environment logs the function's debug lines too
-    bound = serve(app, info.function)
+    bound = serve(app, info.function, info.max_response_bytes)
     routes = [route_pattern(r) for r in os.environ.get("FISSION_ROUTE", "").split()]
     if not routes:
         return bound

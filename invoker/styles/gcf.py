@@ -146,7 +146,7 @@ def _http(function: Callable[..., Any], info: BindInfo) -> Bound:
         return function(request._get_current_object())
 
     app = view_app(info.module, view, not_found=_NOT_FOUND, name=info.entry)
-    return serve(app, info.function)
+    return serve(app, info.function, info.max_response_bytes)
 
 
 def _typed(function: Callable[..., Any], info: BindInfo, input_type: Any) -> Bound:
@@ -169,7 +169,7 @@ def _typed(function: Callable[..., Any], info: BindInfo, input_type: Any) -> Bou
         return flask.jsonify(result.to_dict())
 
     app = view_app(info.module, view, not_found=_NOT_FOUND, name=info.entry)
-    return serve(app, info.function)
+    return serve(app, info.function, info.max_response_bytes)
 
 
 def _cloud_event(function: Callable[..., Any], info: BindInfo) -> Bound:

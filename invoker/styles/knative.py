@@ -122,9 +122,9 @@ def _bind_instance(instance: Any, info: BindInfo, made_by: str) -> Bound:
         if call.is_event:
             scope["headers"].extend(event_headers(call, function))
         if events is None:
-            return await _asgi.exchange(app, scope, body)
+            return await _asgi.exchange(app, scope, body, limit=info.max_response_bytes)
         scope["event"] = events.read(scope["headers"], body)
-        return await _asgi.exchange(app, scope, body, events.sender)
+        return await _asgi.exchange(app, scope, body, events.sender, limit=info.max_response_bytes)
 
     return Bound(run=run, is_async=True, startup=startup, shutdown=shutdown)
 

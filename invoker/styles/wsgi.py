@@ -34,7 +34,15 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import quote
 
-from invoker.styles import BindInfo, Bound, Incoming, Outgoing, StyleMismatch, mismatch
+from invoker.styles import (
+    BindInfo,
+    Bound,
+    Incoming,
+    Outgoing,
+    ResponseTooLarge,
+    StyleMismatch,
+    mismatch,
+)
 from invoker.styles.native import describe, positional_arity
 
 SIGNATURE = (
@@ -53,7 +61,7 @@ _DEFAULT_PORTS = {"http": "80", "https": "443"}
 
 def bind(target: Any, info: BindInfo) -> Bound:
     app = wsgi_app(target, info.entry)
-    return serve(app, info.function)
+    return serve(app, info.function, info.max_response_bytes)
 
 
 def wsgi_app(target: Any, entry: str) -> WsgiApp:
@@ -85,9 +93,9 @@ def _takes_two(app: Any) -> bool:
     return most != -2 and required <= 2 and (most == -1 or most >= 2)
 
 
-def serve(app: WsgiApp, function: str) -> Bound:
+def serve(app: WsgiApp, function: str, limit: int = 0) -> Bound:
     """A Bound that runs each call through `app` (sync: the runtime puts it in a thread when
-    the function's concurrency is above 1)."""
+    the function's concurrency is above 1); a response past `limit` bytes (0: none) stops."""
     base = {
         "wsgi.version": (1, 0),
         "wsgi.multithread": True,
@@ -100,7 +108,7 @@ def serve(app: WsgiApp, function: str) -> Bound:
     }
 
     def run(call: Incoming) -> Outgoing:
-        return call_app(app, environ(call, base))
+        return call_app(app, environ(call, base), limit)
 
     return Bound(run=run, is_async=False)
 
@@ -161,8 +169,9 @@ def _native(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("latin-1")
 
 
-def call_app(app: WsgiApp, env: dict[str, Any]) -> Outgoing:
-    """Run `app` on `env` and collect its whole response."""
+def call_app(app: WsgiApp, env: dict[str, Any], limit: int = 0) -> Outgoing:
+    """Run `app` on `env` and collect its whole response; ResponseTooLarge at the chunk that
+    takes it past `limit` bytes (0: no limit), the iterable closed."""
     chunks: list[bytes] = []
     started: list[Any] = []
 
@@ -180,8 +189,12 @@ def call_app(app: WsgiApp, env: dict[str, Any]) -> Outgoing:
     if result is None:
         raise TypeError("the WSGI app returned None, not an iterable of bytes (PEP 3333)")
     try:
+        size = 0
         for chunk in result:
             if chunk:
+                size += len(chunk)
+                if 0 < limit < size:
+                    raise ResponseTooLarge(size, limit)
                 chunks.append(chunk)
     finally:
         close = getattr(result, "close", None)

@@ -473,3 +473,21 @@ async def test_the_added_overhead_of_a_call_is_small() -> None:
         await bound.run(incoming)
     per_call_ms = (time.perf_counter() - started) * 1000 / n
     assert per_call_ms < 0.1, per_call_ms
+
+
+async def test_a_streamed_response_stops_at_the_platforms_limit() -> None:
+    from invoker.styles import ResponseTooLarge
+    from invoker.styles.asgi import exchange
+
+    sent = 0
+
+    async def endless(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal sent
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        while True:
+            await send({"type": "http.response.body", "body": b"x" * 1024, "more_body": True})
+            sent += 1
+
+    with pytest.raises(ResponseTooLarge, match="past 10000 bytes"):
+        await exchange(endless, {"type": "http"}, b"", limit=10_000)
+    assert sent == 9  # stopped at the chunk that went over, not at the end of the stream

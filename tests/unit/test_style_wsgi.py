@@ -402,3 +402,26 @@ def test_binding_imports_no_framework() -> None:
 
     assert run(bind(app, info()), call())[2] == b"ok"
     assert not {m for m in set(sys.modules) - before if m.split(".")[0] in ("flask", "werkzeug")}
+
+
+def test_a_generated_response_stops_at_the_platforms_limit() -> None:
+    from invoker.styles import ResponseTooLarge
+    from invoker.styles.wsgi import call_app
+
+    closed = []
+
+    class Endless:
+        def __iter__(self) -> Any:
+            while True:
+                yield b"x" * 1024
+
+        def close(self) -> None:
+            closed.append(True)
+
+    def app(environ: Any, start_response: Any) -> Any:
+        start_response("200 OK", [])
+        return Endless()
+
+    with pytest.raises(ResponseTooLarge, match="past 10000 bytes"):
+        call_app(app, {}, 10_000)
+    assert closed == [True]
