@@ -189,6 +189,8 @@ async def _deploy(platform: Platform, body: dict[str, Any]) -> web.Response:
         )
     added = [] if config.style == "ember" else missing_packages(config.style, files, requirements)
     added_total: list[str] = []
+    given = requirements
+    detected_first = False
     for attempt in range(MAX_FRAMEWORK_RETRIES + 1):
         if added:
             requirements = with_packages(requirements, added)
@@ -209,7 +211,6 @@ async def _deploy(platform: Platform, body: dict[str, Any]) -> web.Response:
         )
         try:
             checked = await platform.scheduler.check(candidate)
-            break
         except AtCapacity as exc:
             return error_response(
                 503,
@@ -238,7 +239,17 @@ async def _deploy(platform: Platform, body: dict[str, Any]) -> web.Response:
                 traceback=exc.error.get("traceback", ""),
                 logs=exc.logs,
             )
-    detected = config.style == "auto"
+        if config.style == "auto" and added_total and attempt < MAX_FRAMEWORK_RETRIES:
+            # Added before the style was known: the detected platform's own versions (Fission's
+            # Flask 2) replace them, checked again.
+            wanted = missing_packages(checked.style, files, given)
+            if sorted(wanted) != sorted(added_total):
+                platform.scheduler.drop_checked_soon(checked)
+                config = dataclasses.replace(config, style=checked.style, entry=checked.entry)
+                requirements, added, added_total, detected_first = given, wanted, [], True
+                continue
+        break
+    detected = config.style == "auto" or detected_first
     config = dataclasses.replace(
         config,
         style=checked.style,

@@ -24,6 +24,24 @@ PROVIDED: dict[str, str] = {
 }
 """Modules the platforms provide -> the package that installs them."""
 
+PROVIDED_BY_STYLE: dict[str, dict[str, str]] = {
+    # Fission's Python environment image: Flask 2.1 (flask.escape, werkzeug's url_quote
+    # still there), with redis, requests and python-dateutil beside it.
+    "fission": {
+        "flask": "flask<2.3",
+        "werkzeug": "werkzeug<3",
+        "redis": "redis",
+        "requests": "requests",
+        "dateutil": "python-dateutil",
+    },
+}
+"""What one platform provides besides PROVIDED, or in another version."""
+
+BRINGS: dict[str, set[str]] = {
+    "functions-framework": {"flask", "werkzeug", "cloudevents", "cloudevents<2"},
+}
+"""Packages another one installs (in the versions it needs): not added beside it."""
+
 NEEDED_BY_STYLE: dict[str, tuple[str, ...]] = {
     "fission": ("flask",),
     "gcf": ("flask",),
@@ -80,15 +98,34 @@ def missing_packages(
     """The packages to add: those the style needs, those of `PROVIDED` its code imports, and
     `also` (modules an import check found missing), less those the requirements name and the
     function's own modules."""
+    if "--hash" in requirements:  # pip's hash-checking mode takes no unpinned additions
+        return []
     own = {path.split("/")[0].removesuffix(".py") for path in files}
     imports = _imports(files)
     modules = imported_modules(files) | set(NEEDED_BY_STYLE.get(style, ())) | set(also)
     named = requirement_names(requirements)
-    wanted = {PROVIDED[m] for m in modules if m in PROVIDED and m not in own}
+    provided = provided_by(style)
+    wanted = {provided[m] for m in modules if m in provided and m not in own}
+
     if any(name.startswith(_LEGACY_IMPORTS) for name in imports if name.split(".")[0] not in own):
         wanted.discard("cloudevents")
         wanted.add(LEGACY_CLOUDEVENTS)
-    return [p for p in sorted(wanted) if _normalized(p.partition("<")[0]) not in named]
+    for package, brings in BRINGS.items():
+        if package in wanted:
+            wanted -= brings
+    added = [p for p in sorted(wanted) if _normalized(re.split("[<>=!~]", p)[0]) not in named]
+    if "flask<2.3" in added and "werkzeug" not in named and "werkzeug<3" not in added:
+        added.append("werkzeug<3")  # (the Flask 2 we add runs on Werkzeug 2)
+    return added
+
+
+def provided_by(style: str) -> dict[str, str]:
+    """Module -> package for what the platform of `style` provides ("auto": the style is not
+    known yet, any platform's)."""
+    if style == "auto":
+        extra = {m: p for packages in PROVIDED_BY_STYLE.values() for m, p in packages.items()}
+        return {**extra, **PROVIDED}  # (another platform's pins do not apply to all)
+    return {**PROVIDED, **PROVIDED_BY_STYLE.get(style, {})}
 
 
 def with_packages(requirements: str, packages: Iterable[str]) -> str:
@@ -104,4 +141,4 @@ def missing_module(error: Mapping[str, object]) -> str | None:
     if error.get("type") not in ("ModuleNotFoundError", "ImportError"):
         return None
     match = re.search(r"No module named '([A-Za-z0-9_]+)", str(error.get("message", "")))
-    return match[1] if match and match[1] in PROVIDED else None
+    return match[1] if match and match[1] in provided_by("auto") else None

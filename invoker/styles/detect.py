@@ -121,7 +121,9 @@ def classify(name: str, target: Any) -> str | None:
         return "fission"
     if (required == 1 and (most == 1 or most == -1)) or (required == 0 and most == 1):
         first = params[0] if params else ""
-        if first in ("request", "req_flask", "cloud_event"):
+        if first in ("request", "req_flask", "cloud_event", "cloudevent") or _is_cloud_event(
+            target
+        ):
             return "gcf"
         if short == "main":
             return "knative" if first == "context" else "openwhisk"
@@ -149,8 +151,9 @@ def detect_style(module: Any, entry: str) -> tuple[str, str, Any]:
             if found is not None:
                 entry = name
                 break
-        if entry == "main" and classify("main", found) == "fission":
+        if entry == "main" and classify("main", found) == "fission" and _runs_a_server(found):
             # `def main(): uvicorn.run(app)`: a script's entry point next to the app it serves
+            # (Fission's main() reads flask.request beside a Flask app of its own)
             for name in ("app", "application"):
                 app = _lookup(module, name)
                 if app is not None and (is_asgi(app) or is_wsgi(app)):
@@ -206,6 +209,27 @@ def default_entry(module: Any, entry: str) -> str:
     if entry != "handler" or _lookup(module, entry) is not None:
         return entry
     return next((name for name in WELL_KNOWN if _lookup(module, name) is not None), entry)
+
+
+def _runs_a_server(function: Any) -> bool:
+    """Whether a function's source starts a server (`uvicorn.run(app)`, `app.run()`)."""
+    try:
+        source = inspect.getsource(function)
+    except (OSError, TypeError):
+        return False
+    return (
+        re.search(r"\b(uvicorn|hypercorn|waitress|app|application)\.(run|serve)\(", source)
+        is not None
+    )
+
+
+def _is_cloud_event(function: Any) -> bool:
+    """A function whose one parameter is annotated as a CloudEvent."""
+    try:
+        params = list(inspect.signature(function).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    return bool(params) and "CloudEvent" in str(params[0].annotation)
 
 
 def _lookup(module: Any, entry: str) -> Any:

@@ -51,8 +51,11 @@ def bind(target: Any, info: BindInfo) -> Bound:
         # The template may be Fission's whole URL: /fn/items/7 is /items/7 there.
         paths = (call.path, prefix + call.path if call.path != "/" else prefix)
         params = route_params(routes, paths)
-        if params:
-            call.headers = [*call.headers, *params]
+        if params:  # set, as Fission's router sets them: a caller's own are dropped
+            call.headers = [
+                *(h for h in call.headers if not h[0].lower().startswith("x-fission-params-")),
+                *params,
+            ]
         result: Outgoing = serve_call(call)
         return result
 

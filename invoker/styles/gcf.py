@@ -175,8 +175,12 @@ def _typed(function: Callable[..., Any], info: BindInfo, input_type: Any) -> Bou
 def _cloud_event(function: Callable[..., Any], info: BindInfo) -> Bound:
     # The function's, not the platform's: gateway/frameworks.py adds it when the code imports
     # functions_framework or cloudevents, and a deploy missing it adds it after its check.
-    from cloudevents.exceptions import GenericException
-    from cloudevents.http import CloudEvent, from_http
+    try:
+        from cloudevents.exceptions import GenericException
+        from cloudevents.http import CloudEvent, from_http
+    except ImportError:  # cloudevents 2 keeps the 1.x API (functions-framework's) under v1
+        from cloudevents.v1.exceptions import GenericException
+        from cloudevents.v1.http import CloudEvent, from_http
 
     project, name = _project(), info.function
 

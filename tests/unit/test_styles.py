@@ -181,11 +181,20 @@ def test_frameworks_the_platforms_provide_are_added_unless_named() -> None:
         "lib/util.py": "from . import x\nimport boto3.session\n",
     }
     assert imported_modules(files) == {"functions_framework", "flask", "os", "boto3"}
-    assert missing_packages("gcf", files, "") == ["boto3", "flask", "functions-framework"]
+    # (functions-framework brings its Flask and cloudevents: not added beside it)
+    assert missing_packages("gcf", files, "") == ["boto3", "functions-framework"]
     assert missing_packages("gcf", files, "Flask==3.0\n# note\nboto3>=1\n") == [
         "functions-framework"
     ]
-    assert missing_packages("fission", {"h.py": "def main(): ...\n"}, "") == ["flask"]
+    # Fission's environment: the Flask 2 it ships, and what else it has
+    assert missing_packages("fission", {"h.py": "def main(): ...\n"}, "") == [
+        "flask<2.3",
+        "werkzeug<3",
+    ]
+    assert missing_packages("fission", {"h.py": "import redis\n"}, "flask\n") == ["redis"]
+    assert missing_packages("lambda", {"h.py": "import redis\n"}, "") == []
+    # pip's hash-checking mode takes nothing unpinned: nothing is added
+    assert missing_packages("gcf", files, "six==1.16.0 --hash=sha256:abc\n") == []
     # a function's own module of that name is not a package to install
     assert missing_packages("lambda", {"boto3.py": "", "h.py": "import boto3\n"}, "") == []
     assert requirement_names("functions_framework==3\n-r other.txt\n") == {"functions-framework"}
@@ -239,11 +248,24 @@ def test_detection_found_by_a_hostile_review(tmp_path: Path) -> None:
 
 
 def test_an_app_wins_over_the_main_that_runs_it(tmp_path: Path) -> None:
-    def main() -> None: ...
+    app = AsgiObject()
 
-    found = detect_style(module(main=main, app=AsgiObject()), "handler")
+    def main() -> None:
+        uvicorn.run(app)  # type: ignore[name-defined]  # noqa: F821 (never called)
+
+    def fission_main() -> Any:
+        return "reads flask.request"
+
+    found = detect_style(module(main=main, app=app), "handler")
     assert found[:2] == ("asgi", "app")
     assert detect_style(module(main=main), "handler")[:2] == ("fission", "main")
+    # Fission's own main() beside a Flask app of its module stays Fission's
+    flask_like = FlaskLike()
+    assert detect_style(module(main=fission_main, app=flask_like), "handler")[:2] == (
+        "fission",
+        "main",
+    )
+    assert classify("hello_gcs", lambda cloudevent: None) == "gcf"
 
 
 def test_an_app_in_a_packages_init_is_its_main_module(tmp_path: Path) -> None:
