@@ -157,9 +157,7 @@ def unpack(archive: Path, site: Path) -> None:
     site.mkdir(mode=0o700)
     try:
         with tarfile.open(archive, mode="r:gz") as tar:
-            for member in tar.getmembers():
-                _check_member(member)
-            tar.extractall(site, filter="data")
+            tar.extractall(site, filter=_checked)  # (one pass: the checks are per entry)
     except (tarfile.FilterError, EnvironmentRefused) as exc:
         shutil.rmtree(site, ignore_errors=True)
         raise EnvironmentRefused(f"the environment's archive is refused: {exc}") from None
@@ -170,14 +168,16 @@ def unpack(archive: Path, site: Path) -> None:
         ) from exc
 
 
-def _check_member(member: tarfile.TarInfo) -> None:
-    """Refuse, rather than rewrite as the "data" filter would, a name that is absolute or goes
-    up (`..`), and anything that is not a file, a directory or a link."""
+def _checked(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
+    """tarfile's "data" filter, which also refuses links that point outside; and before it,
+    refuse (rather than rewrite, as the filter would) a name that is absolute or goes up
+    (`..`), and anything that is not a file, a directory or a link."""
     parts = member.name.split("/")
     if member.name.startswith("/") or ".." in parts:
         raise EnvironmentRefused(f"{member.name!r} is an absolute path or goes up (..)")
     if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
         raise EnvironmentRefused(f"{member.name!r} is a device, a FIFO or another special file")
+    return tarfile.data_filter(member, path)
 
 
 def _ms_since(started: float) -> float:
