@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from gateway.env_tokens import EnvTokens, TokenRefused
+from gateway.settings import Settings
 from invoker.environments import (
     EnvironmentRefused,
     EnvironmentUnavailable,
@@ -159,3 +160,10 @@ def test_tokens_are_scoped_to_one_environment_and_expire() -> None:
     with pytest.raises(TokenRefused) as refused:
         tokens.check(token, HASH)
     assert (refused.value.status, refused.value.code) == (401, "token_expired")
+
+
+def test_the_gateway_reads_where_pods_fetch_environments() -> None:
+    env = {"FN_STATE_DIR": "/state", "EMBER_ENV_URL": "http://cache:8083/"}
+    settings = Settings.from_env({**env, "EMBER_ENV_TOKEN_TTL": "5m"})
+    assert (settings.env_url, settings.env_token_ttl_s) == ("http://cache:8083", 300.0)
+    assert Settings.from_env({"FN_STATE_DIR": "/state"}).env_url is None
