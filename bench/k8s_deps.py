@@ -5,6 +5,9 @@ The same function (it imports `requests`, requirements `requests==2.32.3`) in on
 
 - local: the first call after scale to zero, served by specializing a generic instance; the
   environment is already unpacked on the node (the in-run baseline);
+- kubernetes, a function without requirements (the claim of a generic pod and the code push),
+  and one with the same requirements that imports nothing of them (adds the fetch and the
+  unpack): what the environment itself costs;
 - kubernetes, node cache hit: the gateway claims a generic pod (a PATCH) and pushes the code;
   the pod fetches the environment from the node environment cache (`gateway.envcache`, which
   already has it: the deploy's import check put it there; the gateway checks the token, 304),
@@ -23,11 +26,12 @@ import asyncio
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 
-from bench.deps import REQUIREMENTS, USES_REQUESTS, deploy
+from bench.deps import REQUIREMENTS, TRIVIAL, USES_REQUESTS, deploy
 from bench.k8s import NS, TOKEN, scaled_to_zero, scheduler_generic, start_scheduler
 from bench.platform import Gateway
 from bench.run import Admin, Row, bench_main, cold_starts, latency_row, quantiles_ms, until
@@ -72,13 +76,27 @@ async def local_cold_starts(work: Path, database_url: str, names: list[str]) -> 
         await asyncio.to_thread(gateway.stop)
 
 
+ENV_ONLY = "def handler(event, context):\n    return {'ok': True}\n"
+"""Has the requirements, imports none of them: the fetch and unpack without the import."""
+
+
+@dataclass(slots=True, frozen=True)
+class Group:
+    names: list[str]
+    source: str
+    requirements: str = ""
+    empty_cache: bool = False
+    """Restart the node cache empty before each call (a miss)."""
+
+
 async def k8s_cold_starts(
-    work: Path, database_url: str, fake: FakeKubernetes, hits: list[str], misses: list[str]
-) -> tuple[list[float], list[float]]:
+    work: Path, database_url: str, fake: FakeKubernetes, groups: list[Group]
+) -> list[list[float]]:
     kubeconfig = fake.kubeconfig(str(work / "kc"))
     scheduler = start_scheduler(work, database_url, kubeconfig, SCHEDULER_PORT, 2)
     url = f"http://127.0.0.1:{SCHEDULER_PORT}"
     gateway = cache = None
+    generation = 0
     try:
         async with aiohttp.ClientSession() as http:
 
@@ -100,25 +118,28 @@ async def k8s_cold_starts(
                 FN_KEEP_ALIVE="1s",
                 FN_DELIVERIES="0",
             )
-            cache = start_envcache(work, gateway.url, 0)
+            cache = start_envcache(work, gateway.url, generation)
             await until(lambda: cache_up(http), 30, "the node environment cache")
             admin = Admin(http, gateway.url)
-            for name in hits + misses:
-                await deploy(http, gateway.url, name, USES_REQUESTS, REQUIREMENTS)
-            await until(scaled_to_zero(admin, hits + misses), 60, "scale to zero")
-            hit_samples = []
-            for name in hits:
-                await until(full, 60, "the generic pods to be ready")
-                hit_samples.append((await admin.call(name))[0])
-            miss_samples = []
-            for generation, name in enumerate(misses, 1):
-                cache.terminate()
-                await asyncio.to_thread(cache.wait, 30)
-                cache = start_envcache(work, gateway.url, generation)  # an empty node cache
-                await until(lambda: cache_up(http), 30, "the node environment cache")
-                await until(full, 60, "the generic pods to be ready")
-                miss_samples.append((await admin.call(name))[0])
-            return hit_samples, miss_samples
+            everything = [name for group in groups for name in group.names]
+            for group in groups:
+                for name in group.names:
+                    await deploy(http, gateway.url, name, group.source, group.requirements)
+            await until(scaled_to_zero(admin, everything), 60, "scale to zero")
+            results = []
+            for group in groups:
+                samples = []
+                for name in group.names:
+                    if group.empty_cache:
+                        cache.terminate()
+                        await asyncio.to_thread(cache.wait, 30)
+                        generation += 1
+                        cache = start_envcache(work, gateway.url, generation)
+                        await until(lambda: cache_up(http), 30, "the node environment cache")
+                    await until(full, 60, "the generic pods to be ready")
+                    samples.append((await admin.call(name))[0])
+                results.append(samples)
+            return results
     finally:
         # Off the loop: their shutdown calls the fake API server, which this loop serves.
         if gateway is not None:
@@ -131,7 +152,7 @@ async def k8s_cold_starts(
 
 
 async def run(quick: bool, database_url: str, work: Path) -> list[Row]:
-    n = 8 if quick else 25
+    n = 8 if quick else 20
     base = await local_cold_starts(work, database_url, [f"local-req-{i}" for i in range(n)])
     fake = FakeKubernetes(rules=SCHEDULER_RULES)
     await fake.start()
@@ -140,31 +161,29 @@ async def run(quick: bool, database_url: str, work: Path) -> list[Row]:
         NS,
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ember-invokers"}},
     )
+    groups = [
+        Group([f"k8s-trivial-{i}" for i in range(n)], TRIVIAL),
+        Group([f"k8s-env-only-{i}" for i in range(n)], ENV_ONLY, REQUIREMENTS),
+        Group([f"k8s-req-hit-{i}" for i in range(n)], USES_REQUESTS, REQUIREMENTS),
+        Group(
+            [f"k8s-req-miss-{i}" for i in range(max(4, n // 2))], USES_REQUESTS, REQUIREMENTS, True
+        ),
+    ]
     try:
-        hits, misses = await k8s_cold_starts(
-            work,
-            database_url,
-            fake,
-            [f"k8s-req-hit-{i}" for i in range(n)],
-            [f"k8s-req-miss-{i}" for i in range(max(4, n // 3))],
-        )
+        trivial, env_only, hits, misses = await k8s_cold_starts(work, database_url, fake, groups)
     finally:
         await fake.stop()
     p50 = quantiles_ms(base)[0]
+
+    def row(name: str, samples: list[float]) -> Row:
+        return latency_row(name, samples, ratio=f"{quantiles_ms(samples)[0] / p50:.2f}x")
+
     return [
-        latency_row(
-            "local: requests, cold start from the generic pool (baseline)", base, ratio="1.00x"
-        ),
-        latency_row(
-            "kubernetes: requests, generic pod, node cache hit (fetch + unpack + import)",
-            hits,
-            ratio=f"{quantiles_ms(hits)[0] / p50:.1f}x",
-        ),
-        latency_row(
-            "kubernetes: requests, generic pod, node cache miss (+ gateway -> cache)",
-            misses,
-            ratio=f"{quantiles_ms(misses)[0] / p50:.1f}x",
-        ),
+        latency_row("local: imports requests, generic instance (baseline)", base, ratio="1.00x"),
+        row("kubernetes: no requirements, generic pod (claim + push code)", trivial),
+        row("kubernetes: requests env, imports nothing, cache hit (+ fetch, unpack)", env_only),
+        row("kubernetes: imports requests, node cache hit (+ import)", hits),
+        row("kubernetes: imports requests, node cache miss (+ gateway -> cache)", misses),
     ]
 
 
