@@ -31,6 +31,7 @@ from pathlib import Path
 
 import orjson
 
+from builds.archives import Archives
 from builds.packing import (
     MAX_BUILD_OUTPUT_BYTES,
     build_env,
@@ -77,6 +78,8 @@ class Builder:
         self._building: dict[str, asyncio.Future[Environment]] = {}
         self._unpacking: dict[str, asyncio.Future[Path]] = {}
         self._one_build = asyncio.Semaphore(1)  # builds compete with calls for the CPU
+        self.archives = Archives(store, cache_dir / "archives")
+        """The packed environments, served to invoker pods (Kubernetes)."""
 
     def remove_leftovers(self) -> None:
         """Delete what builds and unpacks cut short (a crash) left in the cache."""
@@ -84,6 +87,7 @@ class Builder:
             for path in self.cache_dir.glob("*-*"):
                 if path.name.startswith(("build-", "unpack-")):
                     shutil.rmtree(path, ignore_errors=True)
+        self.archives.remove_leftovers()
 
     async def ensure(self, function: str, requirements: str) -> Environment:
         """The environment for `requirements`: found, or built now. Every call is recorded as
@@ -205,6 +209,7 @@ class Builder:
             assert stored is not None
             if stored_here:  # else another gateway's build won: its archive is the one kept
                 await asyncio.to_thread(install, site, self.cache_dir / env_hash)
+                await asyncio.to_thread(self.archives.keep, env_hash, archive)
             log.info(
                 "built an environment",
                 extra={"env": env_hash[:12], "build_s": build_s, "bytes": size},

@@ -13,6 +13,7 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import admin, events, policies
+from gateway.environments import environment_archive
 from gateway.errors import BodyTimeout, error_response, json_response, payload_too_large
 from gateway.invoke import invoke
 from gateway.platform import PLATFORM, Platform
@@ -180,6 +181,7 @@ def build_app(platform: Platform) -> web.Application:
     app.add_subapp("/v1", admin_app)
     app.router.add_get("/healthz", healthz, expect_handler=expect_continue)
     app.router.add_get("/metrics", metrics, expect_handler=expect_continue)
+    app.router.add_get("/environments/{hash}", environment_archive)
     app.router.add_route("*", "/fn/{name}", invoke, expect_handler=expect_continue)
     app.router.add_route("*", "/fn/{name}/{tail:.*}", invoke, expect_handler=expect_continue)
     return app

@@ -25,6 +25,7 @@ from calls.metrics import Metrics, PoolReadout
 from calls.spool import ActivationSpool, replay_spool
 from events.recovery import GatewayRun
 from events.system import EventSystem
+from gateway.env_tokens import EnvTokens
 from gateway.policy_settings import reload_policies
 from gateway.retention import Pruner
 from gateway.settings import Settings
@@ -89,6 +90,8 @@ class Platform:
     events: EventSystem
     tasks: Supervisor
     """The platform's background tasks; if a critical one stops, the platform is broken."""
+    env_tokens: EnvTokens
+    """Tokens that let invoker pods fetch an environment (Kubernetes)."""
     _exits: contextlib.AsyncExitStack
     """Stops what `start` started, in reverse."""
     embedded: EmbeddedPostgres | None = None
@@ -122,11 +125,12 @@ class Platform:
             )
             await asyncio.to_thread(builder.remove_leftovers)
             backend = _backend(settings, store)
+            env_tokens = EnvTokens(token, ttl_s=settings.env_token_ttl_s)
             scale = settings.time_scale
             scheduler = Scheduler(
                 backend,
                 settings.pool,
-                prepare=_preparer(settings, builder),
+                prepare=_preparer(settings, builder, env_tokens),
                 clock=time.monotonic if scale == 1 else lambda: time.monotonic() * scale,
                 time_scale=scale,
             )
@@ -172,6 +176,7 @@ class Platform:
                 calls=calls,
                 events=events,
                 tasks=tasks,
+                env_tokens=env_tokens,
                 _exits=exits,
             )
             tasks.spawn(activations.run(), "activation writer", critical=True)
@@ -306,15 +311,29 @@ def _backend(settings: Settings, store: Store) -> Backend:
     )
 
 
-def _preparer(settings: Settings, builder: Builder) -> Prepare:
+def _preparer(settings: Settings, builder: Builder, tokens: EnvTokens) -> Prepare:
     async def prepare(version: Version) -> Prepared:
         env_hash = version.package.env_hash
-        if env_hash is not None and settings.backend == "kubernetes":
+        if env_hash is None:
+            return {}
+        if settings.backend != "kubernetes":
+            return {"paths": [str(await builder.local_path(env_hash))]}
+        # A pod fetches it itself, with a token for this environment only (docs/kubernetes.md).
+        if settings.env_url is None:
             raise ValueError(
-                "functions with requirements do not run on the Kubernetes "
-                "backend yet (docs/kubernetes.md)"
+                "set EMBER_ENV_URL (deploy/ sets it to the node environment cache): invoker "
+                "pods fetch the environments of functions with requirements from there"
             )
-        return {} if env_hash is None else {"paths": [str(await builder.local_path(env_hash))]}
+        archive = await builder.archives.get(env_hash)
+        return {
+            "environment": {
+                "hash": env_hash,
+                "sha256": archive.sha256,
+                "size_bytes": archive.size_bytes,
+                "url": f"{settings.env_url}/environments/{env_hash}",
+                "token": tokens.issue(env_hash),
+            }
+        }
 
     return prepare
 

@@ -96,6 +96,13 @@ class Settings:
     the address the scheduler leader writes to Postgres, looked up again after a failover."""
     scheduler_token: str | None = None
     """The token the scheduler process expects (FN_SCHEDULER_TOKEN)."""
+    env_url: str | None = None
+    """Where invoker pods fetch the environments of functions with requirements
+    (EMBER_ENV_URL), with EMBER_BACKEND=kubernetes: the node's environment cache (deploy/ sets
+    its Service), or a gateway's own URL. Pods GET `<url>/environments/<hash>`."""
+    env_token_ttl_s: float = 600.0
+    """How long the token a pod gets to fetch its environment is good for
+    (EMBER_ENV_TOKEN_TTL): long enough for a pod start and the fetch."""
     gateway_id: str = field(default_factory=socket.gethostname)
     """This gateway's name towards the scheduler (EMBER_GATEWAY_ID); default: the host name,
     which on Kubernetes is the pod name."""
@@ -179,6 +186,8 @@ class Settings:
             backend=backend,
             scheduler_url=read.optional("EMBER_SCHEDULER_URL"),
             scheduler_token=read.secret("FN_SCHEDULER_TOKEN"),
+            env_url=(read.optional("EMBER_ENV_URL") or "").rstrip("/") or None,
+            env_token_ttl_s=read.duration_s("EMBER_ENV_TOKEN_TTL", defaults.env_token_ttl_s),
             gateway_id=read.optional("EMBER_GATEWAY_ID") or socket.gethostname(),
         )
 

@@ -96,6 +96,21 @@ class InvokeRequest(RequestMeta, total=False):
     timeout_s: float
 
 
+class EnvironmentSource(TypedDict):
+    """Where an instance fetches its function's environment (on Kubernetes), before the
+    function's code runs (`invoker.environments`)."""
+
+    hash: str
+    """The environment's hash (the name of its directory in the cache)."""
+    sha256: str
+    """The sha256 of its archive (tar.gz): what arrives must match it before it is unpacked."""
+    size_bytes: int
+    url: str
+    """GET: the archive, from the node's environment cache or the platform."""
+    token: str
+    """Sent as `Authorization: Bearer`: good for this environment only, for a few minutes."""
+
+
 class SpecializeRequest(TypedDict, total=False):
     """The function version an instance becomes; its code is the frame's body."""
 
@@ -115,6 +130,8 @@ class SpecializeRequest(TypedDict, total=False):
     max_reply_bytes: int
     paths: list[str]
     """The environment's directories (requirements), put on sys.path."""
+    environment: EnvironmentSource
+    """An environment to fetch first (where the instance has no copy), put on sys.path."""
     sandbox: SpecializeSpec
     style: str
     """The platform the handler is written for (invoker.styles), or "auto": detect it."""
@@ -144,7 +161,11 @@ class Reply(TypedDict, total=False):
     """HTTP status of the handler's response (invoke)."""
     headers: list[list[str]]
     import_ms: float
-    """Time the module took to import (specialize)."""
+    """Time the module took to import (specialize), its environment's fetch included."""
+    env_fetch_ms: float
+    """Time the environment took to fetch and unpack, or to find in the cache (specialize)."""
+    env_cached: bool
+    """The environment was in the instance's cache already (specialize)."""
     style: str
     """The style the instance runs the function in (specialize; detected for "auto")."""
     entry: str

@@ -38,6 +38,7 @@ from invoker.context import (
     current_capture,
     install_capture,
 )
+from invoker.environments import Fetched, cache_dir, ensure_environment
 from invoker.protocol import (
     SMALL_FRAME_BYTES,
     ErrorInfo,
@@ -162,6 +163,7 @@ class Runtime:
                 "error": {"type": "ProtocolError", "message": "instance is already specialized"},
             }
         started = time.perf_counter()
+        fetched: Fetched | None = None
         filename: str = meta["filename"]
         entry: str = meta.get("entry", "handler")
         self.env = {str(k): str(v) for k, v in meta.get("env", {}).items()}
@@ -182,6 +184,11 @@ class Runtime:
             else:
                 path.write_bytes(code)
             paths = [str(p) for p in meta.get("paths", ())]
+            source = meta.pop("environment", None)
+            if source is not None:  # before the walls close and any of the function's code
+                fetched = await asyncio.to_thread(ensure_environment, source, cache_dir())
+                del source  # (its token is of no use to the function)
+                paths.insert(0, str(fetched.path))
             # The walls close here, before any of the function's code runs.
             walls_spec: SpecializeSpec = meta.get("sandbox") or {}
             self.walls.specialize(walls_spec, code_dir, paths, MAX_LOG_BYTES)
@@ -235,7 +242,7 @@ class Runtime:
                 self.concurrency, thread_name_prefix="handler"
             )
         _limit_memory(int(meta.get("memory_bytes", 0)))
-        return {
+        reply: Reply = {
             "ok": True,
             "import_ms": (time.perf_counter() - started) * 1000,
             "logs": capture.text(),
@@ -243,6 +250,10 @@ class Runtime:
             "entry": entry,
             "style_options": {**dict(meta.get("style_options") or {}), **bound.options},
         }
+        if fetched is not None:
+            reply["env_fetch_ms"] = fetched.fetch_ms
+            reply["env_cached"] = fetched.cached
+        return reply
 
     async def invoke(self, meta: InvokeRequest, body: bytes) -> tuple[Reply, bytes]:
         bound = self.bound

@@ -1,4 +1,5 @@
-# The platform image: the gateway (`python -m gateway`) and the scheduler (`python -m scheduler`).
+# The platform image: the gateway (`python -m gateway`), the scheduler (`python -m scheduler`) and
+# the node environment cache (`python -m gateway.envcache`).
 # Build from the repository root:
 #   docker build -f runtime-images/platform.Dockerfile -t ember/platform:0.1.0 .
 FROM python:3.11-slim-bookworm AS build

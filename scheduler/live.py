@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol, TypedDict
 
-from invoker.protocol import Connection, Reply, Request, SpecializeRequest
+from invoker.protocol import Connection, EnvironmentSource, Reply, Request, SpecializeRequest
 from scheduler.backends import InstanceHandle
 from scheduler.capacity import GENERIC_MEMORY_BYTES
 from scheduler.errors import StartFailed
@@ -114,6 +114,14 @@ def specialize_meta(version: Version, max_response_bytes: int) -> SpecializeRequ
     }
 
 
+def add_prepared(meta: SpecializeRequest, prepared: Prepared) -> None:
+    """Put what `prepare` found for a version into its specialize message."""
+    if "paths" in prepared:
+        meta["paths"] = prepared["paths"]
+    if "environment" in prepared:
+        meta["environment"] = prepared["environment"]
+
+
 @dataclass(slots=True, frozen=True)
 class Checked:
     """An instance that imported a candidate version at deploy, kept aside for `admit`, and
@@ -138,7 +146,9 @@ class Prepared(TypedDict, total=False):
     """What a version needs on this node, for its specialize message."""
 
     paths: list[str]
-    """Its environment's directories (requirements)."""
+    """Its environment's directories (requirements), where this node has them."""
+    environment: EnvironmentSource
+    """Where the instance fetches its environment itself (a pod: Kubernetes)."""
 
 
 Prepare = Callable[[Version], Awaitable[Prepared]]

@@ -41,6 +41,7 @@ from scheduler.live import (
     Prepare,
     Prepared,
     Tracked,
+    add_prepared,
     open_connection,
     specialize_meta,
 )
@@ -403,8 +404,7 @@ class Scheduler(Upkeep):
                 prepared = await self._prepare(version)
             except Exception as exc:
                 raise StartFailed(f"could not prepare the function's environment: {exc}") from exc
-            if "paths" in prepared:
-                meta["paths"] = prepared["paths"]
+            add_prepared(meta, prepared)
         if fresh:
             await self._start_process(instance, version)
         try:

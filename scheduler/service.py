@@ -113,6 +113,7 @@ class ServiceSettings:
                 image=read.text("EMBER_INVOKER_IMAGE", d.image),
                 generic_pool_size=read.at_least("EMBER_GENERIC_POOL", d.generic_pool_size),
                 generic_memory_bytes=memory_mib << 20,
+                env_dir_bytes=read.at_least("EMBER_ENV_DIR_MIB", d.env_dir_bytes >> 20, 64) << 20,
                 owner_configmap=read.text("EMBER_OWNER_CONFIGMAP", d.owner_configmap),
                 access_check_s=float(read.at_least("EMBER_ACCESS_CHECK", int(d.access_check_s), 1)),
             ),

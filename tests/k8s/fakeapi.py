@@ -12,7 +12,9 @@ created for an owner that no longer exists.
 
 The kubelet runs each pod's container command as a real process, with the pod's environment
 and its own loopback address as pod IP (127.0.0.N), so the invoker in a "pod" is the one the
-image runs. A pod whose process exits goes Failed; a deleted pod's process is stopped by PID.
+image runs. Its emptyDir volumes are temporary directories, removed with the pod (TMPDIR for
+/tmp; a variable naming a path in another volume is rewritten to name the directory). A pod
+whose process exits goes Failed; a deleted pod's process is stopped by PID.
 
 Here: the HTTP handlers, RBAC enforced per request, and the kubelet. The objects, their events
 and the watch streams are `tests/k8s/objects.py`; selectors, merge patches, Status bodies and
@@ -301,6 +303,16 @@ class FakeKubernetes(ObjectStore):
         }
         env.update({e["name"]: e["value"] for e in container.get("env", [])})
         env["EMBER_INVOKER_HOST"] = ip  # what 0.0.0.0 is inside the pod's own network
+        # Its other emptyDir volumes: directories of their own, removed with the pod; a
+        # variable that names a path in one names that directory.
+        empty_dirs = {v["name"] for v in obj["spec"].get("volumes", []) if "emptyDir" in v}
+        for mount in container.get("volumeMounts", []):
+            path = mount["mountPath"]
+            if mount["name"] in empty_dirs and path != "/tmp":
+                local = tempfile.mkdtemp(prefix=f"{mount['name']}-", dir=scratch)
+                for key, value in env.items():
+                    if value == path or value.startswith(path + "/"):
+                        env[key] = local + value[len(path) :]
         try:
             await self._run_process(ns, name, ip, command, env)
         finally:

@@ -18,6 +18,7 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
+from gateway.envcache import CacheSettings
 from gateway.settings import Settings
 from scheduler.backends.kubernetes import (
     APP,
@@ -62,7 +63,7 @@ def pod_specs(objects: list[Obj]) -> list[tuple[str, Obj]]:
     return [
         (o["metadata"]["name"], o["spec"]["template"]["spec"])
         for o in objects
-        if o["kind"] in ("Deployment", "StatefulSet")
+        if o["kind"] in ("DaemonSet", "Deployment", "StatefulSet")
     ]
 
 
@@ -236,6 +237,49 @@ def test_the_manifests_settings_are_what_the_processes_read(overlay: str, produc
     assert owner["metadata"]["namespace"] == settings.kubernetes.namespace
 
 
+def test_invoker_pods_fetch_environments_from_the_cache_on_their_node(production: Path) -> None:
+    objects = rendered("dev", production)
+    secret = find(objects, "Secret", "ember-secrets")
+    secrets = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    cache_pod = find(objects, "DaemonSet", "ember-envcache")["spec"]["template"]["spec"]
+    [container] = cache_pod["containers"]
+    assert container["command"] == ["python", "-m", "gateway.envcache"]
+    # It holds no secret and no rights.
+    assert not [e for e in container["env"] if "valueFrom" in e]
+    assert cache_pod["automountServiceAccountToken"] is False
+    cache = CacheSettings.from_env(_env(container, {}))
+    assert container["ports"][0]["containerPort"] == cache.port
+    [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == str(cache.directory)]
+    [volume] = [v for v in cache_pod["volumes"] if v["name"] == mount["name"]]
+    assert "emptyDir" in volume
+    # Each pod reaches the cache on its own node; the gateway sends pods there, and the cache
+    # asks the gateway Service.
+    service = find(objects, "Service", "ember-envcache")
+    assert service["spec"]["internalTrafficPolicy"] == "Local"
+    [port] = service["spec"]["ports"]
+    gateway = find(objects, "Deployment", "ember-gateway")["spec"]["template"]["spec"]
+    gw = Settings.from_env(_env(gateway["containers"][0], secrets))
+    assert gw.env_url == f"http://ember-envcache.ember-system.svc:{port['port']}"
+    gateway_service = find(objects, "Service", "ember-gateway")
+    assert gateway_service["spec"]["ports"][0]["port"] == 80
+    assert cache.upstream == "http://ember-gateway.ember-system.svc"
+    # Invoker pods may reach the cache's port, nothing else of ember-system; only they may.
+    policy = find(objects, "NetworkPolicy", "ember-invokers")
+    [to_cache] = [r for r in policy["spec"]["egress"] if "namespaceSelector" in r["to"][0]][1:]
+    assert to_cache["to"][0]["podSelector"]["matchLabels"] == {APP_LABEL: "ember-envcache"}
+    assert to_cache["ports"] == [{"protocol": "TCP", "port": cache.port}]
+    fence = find(objects, "NetworkPolicy", "ember-envcache")
+    [ingress] = fence["spec"]["ingress"]
+    assert ingress["from"][0]["podSelector"]["matchLabels"] == {APP_LABEL: APP}
+    assert ingress["ports"] == [{"protocol": "TCP", "port": cache.port}]
+    # The invoker pod keeps what it fetched in an emptyDir of its own.
+    pod = PodPool(k8s.ApiClient(), KubernetesSettings()).pod_spec()["spec"]
+    [invoker] = pod["containers"]
+    env_dir = next(e["value"] for e in invoker["env"] if e["name"] == "EMBER_ENV_DIR")
+    [mount] = [m for m in invoker["volumeMounts"] if m["mountPath"] == env_dir]
+    assert "emptyDir" in next(v for v in pod["volumes"] if v["name"] == mount["name"])
+
+
 def test_an_invoker_pod_validates_and_is_restricted() -> None:
     pool = PodPool(k8s.ApiClient(), KubernetesSettings())
     pool._guard.owner = {
@@ -297,6 +341,11 @@ def test_the_platform_image_runs_what_the_manifests_and_tests_run(production: Pa
     commands = {name: spec["containers"][0].get("command") for name, spec in pod_specs(objects)}
     assert commands["ember-gateway"] == ["python", "-m", "gateway"]
     assert commands["ember-scheduler"] == ["python", "-m", "scheduler"]  # as test_platform.py
+    assert commands["ember-envcache"] == [
+        "python",
+        "-m",
+        "gateway.envcache",
+    ]  # as test_requirements
 
 
 def test_generated_secrets_reapply_unchanged() -> None:

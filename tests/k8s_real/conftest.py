@@ -31,7 +31,7 @@ KUBECONFIG = os.environ.get("EMBER_TEST_KUBECONFIG", "")
 NODE_KUBECONFIG = os.environ.get("EMBER_TEST_NODE_KUBECONFIG", "")
 DEV = Path(__file__).resolve().parents[2] / "deploy" / "overlays" / "dev"
 NAMESPACES = ("ember-system", "ember-functions")
-SKIPPED_KINDS = {"Deployment", "StatefulSet"}
+SKIPPED_KINDS = {"DaemonSet", "Deployment", "StatefulSet"}
 """Their images are the operator's to build; the tests run the backend themselves."""
 
 

@@ -19,6 +19,8 @@ MEMORY_ANNOTATION = "ember.dev/memory-bytes"
 
 INVOKER_COMMAND = ["python", "-m", "invoker"]
 """The invoker image's entry point, and the command the local backend runs."""
+ENV_DIR = "/var/cache/ember/envs"
+"""Where an invoker pod keeps the environments it fetched (an emptyDir; EMBER_ENV_DIR)."""
 
 
 def _mebibytes(n_bytes: int) -> str:
@@ -52,6 +54,10 @@ class KubernetesSettings:
     Ember) lets Kubernetes garbage-collect them. deploy/ creates it."""
     pod_start_timeout_s: float = 120.0
     """How long a new pod may take to become ready (image pull included)."""
+    env_dir_bytes: int = 2 << 30
+    """Size limit of an invoker pod's environments directory (an emptyDir, on the node's
+    disk): the unpacked environment and, while it is fetched, its archive
+    (EMBER_ENV_DIR_MIB; at least FN_MAX_ENV and a bit)."""
     stop_grace_s: int = 2
     """terminationGracePeriodSeconds of invoker pods."""
     service_account: str = "ember-invoker"
@@ -183,6 +189,7 @@ def pod_manifest(
                     "env": [
                         {"name": "EMBER_INVOKER_HOST", "value": "0.0.0.0"},
                         {"name": "EMBER_INVOKER_PORT", "value": str(s.port)},
+                        {"name": "EMBER_ENV_DIR", "value": ENV_DIR},
                     ],
                     "ports": [{"name": "invoker", "containerPort": s.port}],
                     "readinessProbe": probe,
@@ -195,9 +202,15 @@ def pod_manifest(
                         "readOnlyRootFilesystem": True,
                         "capabilities": {"drop": ["ALL"]},
                     },
-                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                    "volumeMounts": [
+                        {"name": "tmp", "mountPath": "/tmp"},
+                        {"name": "envs", "mountPath": ENV_DIR},
+                    ],
                 }
             ],
-            "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}],
+            "volumes": [
+                {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
+                {"name": "envs", "emptyDir": {"sizeLimit": _mebibytes(s.env_dir_bytes)}},
+            ],
         },
     }
