@@ -26,14 +26,7 @@ from scheduler.simulator import (
 )
 
 TRACE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "azure-functions-2019-sample"
-POLICIES = [
-    "fixed:10m",
-    "histogram",
-    "histogram-cost:2h",
-    "histogram-cost:2h/2m",
-    "histogram-cost:30m/5m",
-    "adaptive",
-]
+POLICIES = ["fixed:10m", "histogram", "histogram-cost:2h", "histogram-cost:2h/2m", "adaptive"]
 
 
 def half(name: str) -> str:

@@ -122,27 +122,17 @@ class HybridHistogram:
     """Each function's memory, when known (the simulator and the live scheduler fill it)."""
     warmup_keep_alive_s: float | None = None
     """Keep-alive while a function has fewer than `min_samples` idle times (None: the range)."""
-    prior: tuple[tuple[float, float], ...] = ()
-    """With `break_even_s`: the idle times of the population of functions, as (upper bound in
-    seconds, share) bands in order, each share spread evenly over its band (`math.inf`: beyond
-    the range). A function with fewer than `prior_samples` idle times of its own is planned as if
-    it also had `prior_weight` idle times drawn from them: a function seen a few times is
-    planned like the typical one rather than on two or three gaps (`POPULATION_PRIOR`)."""
-    prior_weight: float = 0.0
-    prior_samples: int = 20
     defer: Callable[[Callable[[], None]], object] | None = None
     """Runs a callable soon, off the call path (live: the event loop's `call_soon`); None:
     plans are recomputed inside the decision that finds them stale."""
     _functions: dict[str, _Histogram] = field(default_factory=dict)
     _stale: set[str] = field(default_factory=set)
-    _prior_bins: tuple[list[float], float] | None = None
 
     @property
     def name(self) -> str:
         if self.break_even_s is None:
             return "histogram"
-        adaptive = (ADAPTIVE_BREAK_EVEN_S, ADAPTIVE_START_COST_S, ADAPTIVE_PRIOR_WEIGHT)
-        if (self.break_even_s, self.start_cost_s, self.prior_weight) == adaptive:
+        if (self.break_even_s, self.start_cost_s) == (ADAPTIVE_BREAK_EVEN_S, ADAPTIVE_START_COST_S):
             return "adaptive"
         start = f"/{self.start_cost_s:g}s" if self.start_cost_s else ""
         return f"histogram-cost:{self.break_even_s:g}s{start}"
@@ -261,41 +251,15 @@ class HybridHistogram:
         (an hourly timer) at the cost of neither. O(bins): `scheduler.windows`."""
         assert self.break_even_s is not None
         scale = self.reference_mb / self.memory_mb.get(function, self.reference_mb)
-        bins: list[tuple[int, float]] = [(i, c) for i, c in enumerate(state.bins) if c]
-        beyond = float(state.out_of_range)
-        if self.prior_weight and state.in_range + state.out_of_range < self.prior_samples:
-            shares, share_beyond = self._prior_shares()
-            w = self.prior_weight
-            pairs = enumerate(zip(state.bins, shares, strict=True))
-            bins = [(i, c + w * p) for i, (c, p) in pairs if c or p]
-            beyond += w * share_beyond
         return cheapest_plan(
-            bins,
-            beyond,
+            [(i, c) for i, c in enumerate(state.bins) if c],
+            state.out_of_range,
             bin_s=self.bin_s,
             break_even_s=self.break_even_s * scale,
             start_cost_s=self.start_cost_s * scale,
             keep_margin=self.keep_margin,
             prewarm_margin=self.prewarm_margin,
         )
-
-    def _prior_shares(self) -> tuple[list[float], float]:
-        """`prior` per bin (each band's share by the part of it the bin covers), and beyond."""
-        if self._prior_bins is None:
-            shares = [0.0] * math.ceil(self.range_s / self.bin_s)
-            beyond, low = 0.0, 0.0
-            for high, share in self.prior:
-                if math.isinf(high) or low >= self.range_s:
-                    beyond += share
-                    continue
-                top = min(high, self.range_s)
-                for i in range(int(low // self.bin_s), math.ceil(top / self.bin_s)):
-                    overlap = min(top, (i + 1) * self.bin_s) - max(low, i * self.bin_s)
-                    shares[i] += share * max(0.0, overlap) / (high - low)
-                beyond += share * (high - top) / (high - low)
-                low = high
-            self._prior_bins = (shares, beyond)
-        return self._prior_bins
 
     def _cv(self, state: _Histogram) -> float:
         n = len(state.bins)
@@ -408,34 +372,12 @@ def cost_histogram(break_even_s: float = 7200.0, start_cost_s: float = 0.0) -> H
 
 ADAPTIVE_BREAK_EVEN_S = 1800.0
 ADAPTIVE_START_COST_S = 300.0
-ADAPTIVE_PRIOR_WEIGHT = 1.0
-
-POPULATION_PRIOR: tuple[tuple[float, float], ...] = (
-    (60.0, 0.456),
-    (300.0, 0.200),
-    (600.0, 0.046),
-    (1200.0, 0.041),
-    (1800.0, 0.004),
-    (3600.0, 0.062),
-    (7200.0, 0.126),
-    (14400.0, 0.051),
-    (math.inf, 0.014),
-)
-"""The idle times of a typical function, as (upper bound in seconds, share) bands: each
-function's idle times in the tune half of the Azure 2019 trace sample, weighted equally per
-function. Bands, not the exact minutes, so no one timer's period is learnt from it."""
 
 
 def adaptive_histogram() -> HybridHistogram:
     """The default (`adaptive`): the cost plan with a 30-minute break-even per cold start and
-    5 minutes per instance start, a function's first 20 idle times completed by one drawn from
-    `POPULATION_PRIOR`, and the keep-alive until the first one: chosen on half of the trace
-    sample (docs/policies.md)."""
-    histogram = cost_histogram(ADAPTIVE_BREAK_EVEN_S, ADAPTIVE_START_COST_S)
-    histogram.prior = POPULATION_PRIOR
-    histogram.prior_weight = ADAPTIVE_PRIOR_WEIGHT
-    histogram.min_samples = 1
-    return histogram
+    5 minutes per instance start, chosen on half of the trace sample (docs/policies.md)."""
+    return cost_histogram(ADAPTIVE_BREAK_EVEN_S, ADAPTIVE_START_COST_S)
 
 
 def parse_policy(spec: str) -> Policy:

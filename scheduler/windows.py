@@ -22,13 +22,12 @@ minima: two passes instead of the three nested loops of the direct search.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from itertools import accumulate
 
 
 def cheapest_plan(
-    bins: Sequence[tuple[int, float]],
-    out_of_range: float,
+    bins: list[tuple[int, int]],
+    out_of_range: int,
     *,
     bin_s: float,
     break_even_s: float,
@@ -36,10 +35,9 @@ def cheapest_plan(
     keep_margin: float = 1.0,
     prewarm_margin: float = 1.0,
 ) -> tuple[float, float, float]:
-    """`bins`: (index, count) of the filled bins, in order (a count may be a fraction: a
-    prior's); an idle time in bin i counts as (i + 0.5) x `bin_s`. Keeps and ends are bin
-    ends x `keep_margin`, starts bin starts x `prewarm_margin`. Returns (keep, start, end);
-    `start` <= `keep` means no second part."""
+    """`bins`: (index, count) of the filled bins, in order; an idle time in bin i counts as
+    (i + 0.5) x `bin_s`. Keeps and ends are bin ends x `keep_margin`, starts bin starts x
+    `prewarm_margin`. Returns (keep, start, end); `start` <= `keep` means no second part."""
     xs = [(i + 0.5) * bin_s for i, _ in bins]
     n = len(xs)
     count_le = [0, *accumulate(c for _, c in bins)]  # count_le[j]: the first j filled bins

@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
-from scheduler.policy import (
-    POPULATION_PRIOR,
-    Decision,
-    FixedKeepAlive,
-    HybridHistogram,
-    parse_policy,
-)
+from scheduler.policy import Decision, FixedKeepAlive, HybridHistogram, parse_policy
 
 MIN = 60.0
 
@@ -123,48 +115,6 @@ def test_cost_window_weighs_memory() -> None:
     # The small function is worth having warm for the short gaps; the big one is not.
     assert covers(small.on_idle("f", 0), 8 * MIN)
     assert not covers(big.on_idle("f", 0), 8 * MIN)
-
-
-def test_a_function_seen_a_few_times_is_planned_with_the_population_prior() -> None:
-    def cost(prior_weight: float) -> HybridHistogram:
-        return HybridHistogram(
-            break_even_s=600,
-            min_samples=1,
-            prewarm_margin=1.0,
-            keep_margin=1.0,
-            prior=((2 * MIN, 1.0), (math.inf, 0.0)),  # the population: gaps under 2 minutes
-            prior_weight=prior_weight,
-            prior_samples=4,
-        )
-
-    alone, pooled = cost(0.0), cost(3.0)
-    now = feed(alone, [90 * MIN])  # one gap of 90 minutes seen so far
-    assert feed(pooled, [90 * MIN]) == now
-    # Alone, one long gap says unload; three gaps of the population under 2 minutes say keep.
-    assert alone.on_idle("f", now).keep_until == now
-    assert pooled.on_idle("f", now).keep_until == now + 2 * MIN
-    # With `prior_samples` gaps of its own, the function is planned on them alone.
-    later = feed(alone, [90 * MIN] * 3, start=now)
-    assert feed(pooled, [90 * MIN] * 3, start=now) == later
-    assert pooled.on_idle("f", later) == alone.on_idle("f", later)
-
-
-def test_the_prior_is_spread_evenly_over_its_bands() -> None:
-    policy = HybridHistogram(
-        bin_s=MIN, range_s=4 * MIN, prior=((2 * MIN, 0.5), (6 * MIN, 0.4), (math.inf, 0.1))
-    )
-    shares, beyond = policy._prior_shares()
-    assert shares == pytest.approx([0.25, 0.25, 0.1, 0.1])
-    assert beyond == pytest.approx(0.2 + 0.1)  # the part of the second band past the range
-
-
-def test_adaptive_is_the_cost_plan_with_the_population_prior() -> None:
-    adaptive = parse_policy("adaptive")
-    assert isinstance(adaptive, HybridHistogram)
-    assert adaptive.name == "adaptive"
-    assert (adaptive.prior_weight, adaptive.prior) == (1.0, POPULATION_PRIOR)
-    assert sum(share for _, share in POPULATION_PRIOR) == pytest.approx(1.0)
-    assert parse_policy("histogram-cost:30m/5m").name == "histogram-cost:1800s/300s"
 
 
 @pytest.mark.parametrize(

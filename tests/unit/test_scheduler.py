@@ -297,7 +297,6 @@ async def test_shutdown_fails_waiting_calls_and_stops_every_instance() -> None:
 async def test_versions_no_longer_active_are_forgotten_once_their_instances_are_gone(
     h: Harness,
 ) -> None:
-    h.scheduler.configure(FunctionPolicy(prewarm="fixed", keep_alive_s=600), {})
     for number in range(1, 6):  # five deploys, each called once
         version = fake_version("resize", number)
         await h.scheduler.ensure_warm(version)
@@ -315,10 +314,7 @@ async def test_an_instance_whose_stop_was_still_to_run_is_stopped_at_shutdown() 
     assert not h.backend.running()
 
 
-@pytest.mark.parametrize("prewarm", ["fixed", "adaptive"])
-async def test_live_decisions_match_the_simulator_on_overlapping_calls(
-    h: Harness, prewarm: str
-) -> None:
+async def test_live_decisions_match_the_simulator_on_overlapping_calls(h: Harness) -> None:
     # The simulator's trace of overlapping calls (tests/unit/test_simulator.py), run live on
     # one instance that takes several calls at once (the simulator's model): the scheduler
     # asks the policy the same questions at the same times and gets the same answers.
@@ -343,15 +339,12 @@ async def test_live_decisions_match_the_simulator_on_overlapping_calls(
             self.decisions.append((now, decision))
             return decision
 
-    h.scheduler.configure(FunctionPolicy(prewarm=prewarm, keep_alive_s=600), {})
     trace = overlapping_then_one_more(start=h.clock.now)
-    version = fake_version("resize", concurrency=4)
     simulated = Recorder(PolicyRouter(h.scheduler.policies.default))
-    # The cost plan weighs memory: the simulator's router knows the version's, as live.
-    simulated.policy.note_memory(trace.name, version.config.memory_bytes / (1 << 20))
     result = simulate([trace], simulated, end_s=trace.arrivals[-1] + 60)
     live = Recorder(h.scheduler.policies)
     h.scheduler.pool.policy = live
+    version = fake_version("resize", concurrency=4)
     events = sorted(
         [(t, 1, "call") for t in trace.arrivals]
         + [(t + trace.duration_s, 0, "done") for t in trace.arrivals]
@@ -366,12 +359,10 @@ async def test_live_decisions_match_the_simulator_on_overlapping_calls(
         else:
             h.scheduler.release(leases.pop(0))
     assert live.decisions == simulated.decisions
-    assert len(live.decisions) == 2
-    if prewarm == "fixed":
-        assert [d.keep_until for _, d in live.decisions] == [
-            trace.arrivals[30] + 60 + 600,
-            trace.arrivals[31] + 60 + 600,
-        ]
+    assert [d.keep_until for _, d in live.decisions] == [
+        trace.arrivals[30] + 60 + 600,
+        trace.arrivals[31] + 60 + 600,
+    ]
     assert sum(colds) == result.cold == 1
     assert len(h.backend.started) == 1
 
