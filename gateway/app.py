@@ -12,7 +12,7 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import admin, events, policies, tenancy
-from gateway.auth import PRINCIPAL, authorize
+from gateway.auth import PRINCIPAL, authenticate, permit
 from gateway.environments import environment_archive
 from gateway.errors import BodyTimeout, error_response, json_response, payload_too_large
 from gateway.invoke import invoke
@@ -29,14 +29,18 @@ ADMIN_MAX_BODY = web.AppKey("admin_max_body", int)
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every admin route: who asks (`auth.authorize`: the admin token or an API key, its role
-    and namespace), function names put in the request's namespace, and each action audited."""
+    """Every admin route: who asks and whether they may (`auth.authorize`, in two steps),
+    function names put in the request's namespace, and each action audited."""
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else None
-    principal = authorize(request, route)
+    principal = authenticate(request)
     if isinstance(principal, web.Response):
         await audit(request, None, route, principal.status)
         return principal
+    refusal = permit(principal, request.method, route)
+    if refusal is not None:
+        await audit(request, principal, route, refusal.status)
+        return refusal
     request[PRINCIPAL] = principal
     name = request.match_info.get("name")
     if name is not None and request.path.startswith("/v1/functions/"):

@@ -107,7 +107,17 @@ def rule_for(method: str, route: str) -> Rule | None:
 def authorize(request: web.Request, route: str | None) -> Principal | web.Response:
     """The principal of a request to `route` (a template like "/v1/functions/{name}"; None: no
     route matched, the caller answers 404/405 to whoever is authenticated), or the 401/403 to
-    answer. No SQL: keys come from the platform's key ring."""
+    answer. No SQL: keys come from the platform's key ring. The one check of the admin API
+    (and of any other surface that serves it, like a dashboard)."""
+    principal = authenticate(request)
+    if isinstance(principal, web.Response):
+        return principal
+    return permit(principal, request.method, route) or principal
+
+
+def authenticate(request: web.Request) -> Principal | web.Response:
+    """Who sends the request (the admin token, or a valid API key), in which namespace; else
+    the 401 (or a 400 for a namespace that cannot be one)."""
     platform = request.app[PLATFORM]
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
@@ -123,42 +133,45 @@ def authorize(request: web.Request, route: str | None) -> Principal | web.Respon
     if isinstance(wanted, web.Response):
         return wanted
     if hmac.compare_digest(presented, platform.token.encode()):
-        principal = Principal("admin", "admin", wanted or DEFAULT_NAMESPACE, None)
-    else:
-        key = platform.keys.check(presented.decode("utf-8", "replace"))
-        if isinstance(key, KeyRefused):
-            code = "unauthorized" if key.code == "unknown_key" else key.code
-            message = (
-                "wrong admin token or unknown API key" if code == "unauthorized" else key.message
-            )
-            return unauthorized(code, message)
-        if wanted is not None and wanted != key.namespace:
-            return forbidden(
-                f"API key {key.id} is for namespace {key.namespace!r}, not {wanted!r}: "
-                f"use a key of {wanted!r} (fn key create --namespace {wanted} ...)"
-            )
-        principal = Principal(f"key:{key.id}", key.role, key.namespace, key.namespace)
+        return Principal("admin", "admin", wanted or DEFAULT_NAMESPACE, None)
+    key = platform.keys.check(presented.decode("utf-8", "replace"))
+    if isinstance(key, KeyRefused):
+        code = "unauthorized" if key.code == "unknown_key" else key.code
+        message = "wrong admin token or unknown API key" if code == "unauthorized" else key.message
+        return unauthorized(code, message)
+    return Principal(f"key:{key.id}", key.role, wanted or key.namespace, key.namespace)
+
+
+def permit(principal: Principal, method: str, route: str | None) -> web.Response | None:
+    """None when `principal` may use `route` (see `authorize`), else the 403 saying why."""
+    if principal.key_namespace is not None and principal.namespace != principal.key_namespace:
+        return forbidden(
+            f"{principal.actor} is a key of namespace {principal.key_namespace!r}, not "
+            f"{principal.namespace!r}: use a key of {principal.namespace!r} "
+            f"(fn key create --namespace {principal.namespace} ...)"
+        )
     if route is None:
-        return principal
-    rule = rule_for(request.method, route)
+        return None
+    rule = rule_for(method, route)
     if rule is None:
         if principal.is_admin:
-            return principal
-        return forbidden(f"{request.method} {route} is not open to API keys: use the admin token")
+            return None
+        return forbidden(f"{method} {route} is not open to API keys: use the admin token")
     if RANKS[principal.role] < RANKS[rule.role]:
+        needed = "the admin token" if rule.role == "admin" else f"a {rule.role} key"
         return forbidden(
-            f"{request.method} {route} needs a {rule.role} key (or the admin token); "
-            f"{principal.actor} is a {principal.role} key of namespace {principal.namespace!r}",
+            f"{method} {route} needs {needed}; {principal.actor} is a "
+            f"{principal.role} key of namespace {principal.namespace!r}",
             needs=rule.role,
         )
     if rule.shared and not principal.is_admin and principal.namespace != DEFAULT_NAMESPACE:
         return forbidden(
-            f"{request.method} {route} works outside namespaces: it needs a key of the "
+            f"{method} {route} works outside namespaces: it needs a key of the "
             f"{DEFAULT_NAMESPACE!r} namespace (or the admin token), not of "
             f"{principal.namespace!r}",
             needs=rule.role,
         )
-    return principal
+    return None
 
 
 def _namespace_asked(request: web.Request) -> str | web.Response | None:
