@@ -141,7 +141,9 @@ class Platform:
             await asyncio.to_thread(builder.remove_leftovers)
             backend = _backend(settings, store)
             env_tokens = EnvTokens(token, ttl_s=settings.env_token_ttl_s)
-            vault = Vault.from_environment(settings.state_dir)
+            vault = Vault.from_environment(
+                settings.state_dir, generate=settings.backend != "kubernetes"
+            )
             keys = KeyRing(store)
             await keys.reload()
             scale = settings.time_scale

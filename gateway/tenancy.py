@@ -18,6 +18,7 @@ from gateway.namespaces import DEFAULT_NAMESPACE, NAMESPACE, shown_name
 from gateway.platform import Platform
 from gateway.requests import json_body, limit_of, platform_of
 from gateway.units import ENV_KEY, NAME
+from gateway.vault import SecretError
 from store import ApiKey
 
 log = logging.getLogger("ember.gateway.audit")
@@ -194,9 +195,11 @@ async def set_secret(request: web.Request) -> web.Response:
         size += len(key) + len(value.encode())
     if size > MAX_SECRET_BYTES:
         raise bad_request("secret_too_large", f"a secret holds up to {MAX_SECRET_BYTES} bytes")
-    info, users = await platform.store.set_secret(
-        principal.namespace, name, platform.vault.seal(values), sorted(values)
-    )
+    try:
+        sealed = platform.vault.seal(values)
+    except SecretError as exc:
+        return error_response(503, "secrets_unavailable", str(exc))
+    info, users = await platform.store.set_secret(principal.namespace, name, sealed, sorted(values))
     rolled = [u for u in users if platform.scheduler.knows(u)]
     platform.rolling.update(rolled)
     try:

@@ -30,11 +30,15 @@ class SecretError(Exception):
 
 
 class Vault:
-    def __init__(self, key: bytes) -> None:
-        self._fernet = Fernet(key)
+    def __init__(self, key: bytes | None) -> None:
+        """`key` None: no key was given (Kubernetes without the Secret): using a secret fails
+        with what to set, everything else works."""
+        self._fernet = Fernet(key) if key is not None else None
 
     @classmethod
-    def from_environment(cls, state_dir: Path) -> Vault:
+    def from_environment(cls, state_dir: Path, *, generate: bool = True) -> Vault:
+        """The key from the environment or its file; else, with `generate` (one machine), the
+        state dir's, made on first start. Replicas (Kubernetes) must share one: no generating."""
         key = os.environ.get(KEY_VARIABLE)
         if key:
             return cls(key.strip().encode())
@@ -42,7 +46,8 @@ class Vault:
         try:
             return cls(path.read_bytes().strip())
         except FileNotFoundError:
-            pass
+            if not generate:
+                return cls(None)
         fresh = Fernet.generate_key()
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -50,12 +55,20 @@ class Vault:
             out.write(fresh + b"\n")
         return cls(fresh)
 
+    def _cipher(self) -> Fernet:
+        if self._fernet is None:
+            raise SecretError(
+                f"no key for secrets: set {KEY_VARIABLE} on every gateway (on Kubernetes, the "
+                "secrets-key of secret/ember-secrets: docs/security.md)"
+            )
+        return self._fernet
+
     def seal(self, values: Mapping[str, str]) -> bytes:
-        return self._fernet.encrypt(orjson.dumps(dict(values)))
+        return self._cipher().encrypt(orjson.dumps(dict(values)))
 
     def open(self, ciphertext: bytes) -> dict[str, str]:
         try:
-            values = orjson.loads(self._fernet.decrypt(ciphertext))
+            values = orjson.loads(self._cipher().decrypt(ciphertext))
         except InvalidToken:
             raise SecretError(
                 "a secret cannot be decrypted with this platform's key (EMBER_SECRETS_KEY or "
