@@ -15,8 +15,8 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-from cryptography.fernet import Fernet
 import yaml
+from cryptography.fernet import Fernet
 from kubernetes import client as k8s
 
 from gateway.envcache import CacheSettings
