@@ -125,9 +125,9 @@ def authenticate(request: web.Request) -> Principal | web.Response:
     presented = token.strip().encode("utf-8", "surrogateescape")
     if scheme.lower() != "bearer" or not presented:
         return unauthorized(
-            "missing_token",
-            "missing admin token or API key: send Authorization: Bearer <token> (fn reads it "
-            "from the state dir, or FN_TOKEN)",
+            "unauthorized",
+            "missing admin token (or API key): send Authorization: Bearer <token> (fn reads "
+            "it from the state dir, or FN_TOKEN)",
         )
     wanted = _namespace_asked(request)
     if isinstance(wanted, web.Response):
