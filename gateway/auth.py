@@ -12,8 +12,8 @@ admin token: everything, every namespace, keys and namespaces themselves).
 Namespaces: functions (and their versions, policies, triggers, activations) live in one; the
 request names it (`X-Ember-Namespace`, or `?namespace=`), else the key's own, else `default`
 (how names are stored: gateway/namespaces.py). A "shared"
-route (topics, events, the dead-letter queue, the default policy) works on what is not in
-namespaces yet: keys of the `default` namespace (and the admin) only.
+route (topics, publishing, the default policy) works on what is not in namespaces yet: keys of
+the `default` namespace (and the admin) only.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from aiohttp import web
 
 from gateway.errors import error_response
 from gateway.keyring import KeyRefused
-from gateway.namespaces import DEFAULT_NAMESPACE, NAMESPACE, shown_name, split_name
+from gateway.namespaces import DEFAULT_NAMESPACE, NAMESPACE, qualify, shown_name, split_name
 from gateway.platform import PLATFORM, Platform
 
 RANKS = {"reader": 1, "invoker": 2, "deployer": 3, "admin": 4}
@@ -63,10 +63,10 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("POST", "/v1/events/{topic}"): Rule("invoker", shared=True),
     ("POST", "/v1/events"): Rule("invoker", shared=True),
     ("POST", "/v1/functions/{name}/triggers"): D,
-    ("GET", "/v1/triggers"): Rule("reader", shared=True),
-    ("DELETE", "/v1/triggers/{id}"): Rule("deployer", shared=True),
-    ("GET", "/v1/dlq"): Rule("reader", shared=True),
-    ("POST", "/v1/dlq/redrive"): Rule("deployer", shared=True),
+    ("GET", "/v1/triggers"): R,  # the handlers keep to the namespace's functions
+    ("DELETE", "/v1/triggers/{id}"): D,
+    ("GET", "/v1/dlq"): R,
+    ("POST", "/v1/dlq/redrive"): D,
     ("GET", "/v1/whoami"): R,
     ("GET", "/v1/namespaces"): R,
     ("PUT", "/v1/namespaces/{namespace}"): A,
@@ -198,6 +198,12 @@ def forbidden(message: str, needs: str | None = None) -> web.Response:
 
 def principal_of(request: web.Request) -> Principal:
     return request[PRINCIPAL]
+
+
+def scoped(request: web.Request, name: str | None) -> str | None:
+    """A function name a request gives in its body or query, put in the request's namespace
+    (names in the path are put there by the admin middleware)."""
+    return None if name is None else qualify(principal_of(request).namespace, name)
 
 
 def may_see(request: web.Request, stored: str) -> bool:

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from config.units import ConfigError
 from events.triggers import next_tick, parse_schedule
+from gateway.auth import may_see, scoped
 from gateway.errors import bad_request, error_response, json_response
 from gateway.invoke import MAX_IDEMPOTENCY_KEY
 from gateway.requests import json_body, limit_of, not_found, platform_of
@@ -301,9 +302,11 @@ async def add_trigger(request: web.Request) -> web.Response:
 
 @routes.get("/v1/triggers")
 async def list_triggers(request: web.Request) -> web.Response:
-    function = request.query.get("function") or None
+    function = scoped(request, request.query.get("function") or None)
     triggers = await platform_of(request).store.list_triggers(function)
-    return json_response({"triggers": [trigger_json(t) for t in triggers]})
+    return json_response(
+        {"triggers": [trigger_json(t) for t in triggers if may_see(request, t.function)]}
+    )
 
 
 @routes.delete("/v1/triggers/{id}")
@@ -315,6 +318,8 @@ async def delete_trigger(request: web.Request) -> web.Response:
     force = request.query.get("force") in ("1", "true", "yes")
     try:
         trigger = await platform.store.get_trigger(int(raw))
+        if not may_see(request, trigger.function):  # another namespace's: as if none
+            raise NotFound(f"trigger {raw} not found")
         await platform.events.remove(trigger, force=force)
     except NotFound as exc:
         return error_response(404, "trigger_not_found", str(exc))
@@ -384,9 +389,9 @@ def delivery_json(delivery: Delivery, *, payload: bool = False) -> dict[str, Any
 
 @routes.get("/v1/dlq")
 async def list_dead(request: web.Request) -> web.Response:
-    function = request.query.get("function") or None
+    function = scoped(request, request.query.get("function") or None)
     dead = await platform_of(request).store.list_dead(function, limit=limit_of(request))
-    return json_response({"dead": [delivery_json(d) for d in dead]})
+    return json_response({"dead": [delivery_json(d) for d in dead if may_see(request, d.function)]})
 
 
 @routes.post("/v1/dlq/redrive")
@@ -401,5 +406,9 @@ async def redrive(request: web.Request) -> web.Response:
         ids = [ActivationId(uuid.UUID(str(i))) for i in raw_ids]
     except ValueError:
         raise bad_request("bad_activation_id", "ids must be activation ids (fn dlq list)") from None
-    redriven = await platform_of(request).store.redrive(ids, function)
+    store = platform_of(request).store
+    ids = [i for i in ids if (d := await store.get_delivery(i)) and may_see(request, d.function)]
+    if not ids and function is None:
+        return json_response({"redriven": []})  # (none of the request's namespace)
+    redriven = await store.redrive(ids, scoped(request, function))
     return json_response({"redriven": [str(i) for i in redriven]})

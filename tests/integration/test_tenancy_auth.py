@@ -212,3 +212,35 @@ async def test_every_admin_action_is_audited(running: Running) -> None:
     team = await create_key(running, "deployer", namespace="team-b")
     _, data = await running.admin("GET", "/v1/audit", headers=bearer(team))
     assert data["audit"] == []
+
+
+async def test_triggers_and_dead_letters_are_per_namespace(running: Running) -> None:
+    team_a = await create_key(running, "deployer", namespace="team-a")
+    mine = await create_key(running, "deployer")
+    await running.deploy_ok("ticker", HELLO)
+    status, data = await running.admin(
+        "POST", "/v1/functions", headers=bearer(team_a), json={"name": "ticker", "source": HELLO}
+    )
+    assert status == 201, data
+    cron = {"cron": "0 0 1 1 *"}
+    status, ours = await running.admin(
+        "POST", "/v1/functions/ticker/triggers", headers=bearer(mine), json=cron
+    )
+    assert status == 201, ours
+    status, theirs = await running.admin(
+        "POST", "/v1/functions/ticker/triggers", headers=bearer(team_a), json=cron
+    )
+    assert status == 201, theirs
+
+    _, listed = await running.admin("GET", "/v1/triggers", headers=bearer(team_a))
+    assert [t["id"] for t in listed["triggers"]] == [theirs["id"]]
+    _, listed = await running.admin("GET", "/v1/triggers?function=ticker", headers=bearer(mine))
+    assert [t["id"] for t in listed["triggers"]] == [ours["id"]]
+    status, _ = await running.admin("DELETE", f"/v1/triggers/{ours['id']}", headers=bearer(team_a))
+    assert status == 404  # another namespace's trigger: as if there were none
+    status, _ = await running.admin(
+        "DELETE", f"/v1/triggers/{theirs['id']}", headers=bearer(team_a)
+    )
+    assert status == 200
+    status, data = await running.admin("GET", "/v1/dlq", headers=bearer(team_a))
+    assert (status, data) == (200, {"dead": []})
