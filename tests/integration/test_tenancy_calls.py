@@ -9,8 +9,9 @@ import textwrap
 
 import asyncpg
 import pytest
+from cryptography.fernet import Fernet
 
-from tests.conftest import Running
+from tests.conftest import PlatformFactory, Running
 from tests.integration.test_tenancy_auth import bearer, create_key
 
 WHO = textwrap.dedent("""
@@ -178,3 +179,31 @@ async def test_cors_preflight_is_answered_by_the_gateway(running: Running) -> No
     assert response.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
     bad = await running.deploy("browser", WHO, cors_origins=["not an origin"])
     assert bad.status == 400
+
+
+async def test_rotating_a_secret_rolls_the_instances_of_every_gateway(
+    make_platform: PlatformFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Replicas share the key (each state dir would otherwise make its own).
+    monkeypatch.setenv("EMBER_SECRETS_KEY", Fernet.generate_key().decode())
+    async with make_platform() as a, make_platform() as b:
+        values = {"DB_PASSWORD": "first", "DB_USER": "app"}
+        status, _ = await a.admin("PUT", "/v1/secrets/db", json={"values": values})
+        assert status == 200
+        await a.deploy_ok("uses-db", READS_SECRET, secrets=["db"])
+        first = hashlib.sha256(b"first").hexdigest()
+        assert (await (await b.call("uses-db", {})).json())["sha256"] == first
+        old = {i.id for i in b.platform.scheduler.instances_of("uses-db")}
+        assert old
+
+        values["DB_PASSWORD"] = "second"
+        status, data = await a.admin("PUT", "/v1/secrets/db", json={"values": values})
+        assert data["functions"] == ["uses-db"]
+        # b hears of it (NOTIFY) and replaces its instances.
+        await b.platform.scheduler.wait_until(
+            lambda: not old & {i.id for i in b.platform.scheduler.instances_of("uses-db")}, 10
+        )
+        response = await b.call("uses-db", {})
+        body = await response.json()
+        assert response.status == 200, body
+        assert body["sha256"] == hashlib.sha256(b"second").hexdigest()
