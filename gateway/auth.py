@@ -9,11 +9,10 @@ activations), invoker (call its private functions, publish events), deployer (de
 roll back, set policies, triggers and secrets of its namespace), and the platform admin (the
 admin token: everything, every namespace, keys and namespaces themselves).
 
-Namespaces: functions (and their versions, policies, triggers, activations) live in one; the
-request names it (`X-Ember-Namespace`, or `?namespace=`), else the key's own, else `default`
-(how names are stored: gateway/namespaces.py). A "shared"
-route (topics, publishing, the default policy) works on what is not in namespaces yet: keys of
-the `default` namespace (and the admin) only.
+Namespaces: functions (and their versions, policies, triggers, activations) and topics live in
+one; the request names it (`X-Ember-Namespace`, or `?namespace=`), else the key's own, else
+`default` (how names are stored: gateway/namespaces.py). A "shared" route (the default policy)
+works on what is in no namespace: keys of the `default` namespace (and the admin) only.
 """
 
 from __future__ import annotations
@@ -56,12 +55,12 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/functions/{name}/policy"): R,
     ("PUT", "/v1/functions/{name}/policy"): D,
     ("DELETE", "/v1/functions/{name}/policy"): D,
-    ("GET", "/v1/policies"): Rule("reader", shared=True),
-    ("PUT", "/v1/topics/{name}"): Rule("deployer", shared=True),
-    ("GET", "/v1/topics"): Rule("reader", shared=True),
-    ("DELETE", "/v1/topics/{name}"): Rule("deployer", shared=True),
-    ("POST", "/v1/events/{topic}"): Rule("invoker", shared=True),
-    ("POST", "/v1/events"): Rule("invoker", shared=True),
+    ("GET", "/v1/policies"): R,
+    ("PUT", "/v1/topics/{name}"): D,
+    ("GET", "/v1/topics"): R,
+    ("DELETE", "/v1/topics/{name}"): D,
+    ("POST", "/v1/events/{topic}"): Rule("invoker"),
+    ("POST", "/v1/events"): Rule("invoker"),
     ("POST", "/v1/functions/{name}/triggers"): D,
     ("GET", "/v1/triggers"): R,  # the handlers keep to the namespace's functions
     ("DELETE", "/v1/triggers/{id}"): D,

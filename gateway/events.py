@@ -22,9 +22,10 @@ from aiohttp import web
 
 from config.units import ConfigError
 from events.triggers import next_tick, parse_schedule
-from gateway.auth import may_see, scoped
+from gateway.auth import may_see, principal_of, scoped
 from gateway.errors import bad_request, error_response, json_response
 from gateway.invoke import MAX_IDEMPOTENCY_KEY
+from gateway.namespaces import qualify_topic, split_name, split_topic
 from gateway.requests import json_body, limit_of, not_found, platform_of
 from store import (
     ActivationId,
@@ -46,17 +47,19 @@ TOPIC = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 TABLE = re.compile(r'^("?[A-Za-z_][A-Za-z0-9_$]*"?\.)?"?[A-Za-z_][A-Za-z0-9_$]*"?$')
 
 
-def _topic_name(raw: str) -> str:
+def _topic_name(raw: str, namespace: str) -> str:
+    """A topic name given by a request, checked, as stored in `namespace`."""
     if not TOPIC.match(raw):
         raise bad_request(
             "bad_topic",
             f"invalid topic name {raw!r}: use 1-200 letters, digits, "
             ". _ and -, starting with a letter or digit (like orders.created)",
         )
-    return raw
+    return qualify_topic(namespace, raw)
 
 
 def _topicnot_found(name: str) -> web.Response:
+    name = split_topic(name)[1]
     return error_response(
         404, "topic_not_found", f'topic "{name}" not found; create it with: fn topic create {name}'
     )
@@ -67,23 +70,27 @@ def _topicnot_found(name: str) -> web.Response:
 
 @routes.put("/v1/topics/{name}")
 async def create_topic(request: web.Request) -> web.Response:
-    name = _topic_name(request.match_info["name"])
+    name = _topic_name(request.match_info["name"], principal_of(request).namespace)
     created = await platform_of(request).store.create_topic(name)
-    return json_response({"topic": name, "created": created}, status=201 if created else 200)
+    return json_response(
+        {"topic": split_topic(name)[1], "created": created}, status=201 if created else 200
+    )
 
 
 @routes.get("/v1/topics")
 async def list_topics(request: web.Request) -> web.Response:
     topics = await platform_of(request).store.list_topics()
+    namespace = principal_of(request).namespace
     return json_response(
         {
             "topics": [
                 {
-                    "name": t.name,
+                    "name": split_topic(t.name)[1],
                     "subscribers": t.subscribers,
                     "created_at": t.created_at.isoformat(),
                 }
                 for t in topics
+                if split_topic(t.name)[0] == namespace
             ]
         }
     )
@@ -91,21 +98,21 @@ async def list_topics(request: web.Request) -> web.Response:
 
 @routes.delete("/v1/topics/{name}")
 async def delete_topic(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
+    name = qualify_topic(principal_of(request).namespace, request.match_info["name"])
     try:
         await platform_of(request).store.delete_topic(name)
     except TopicNotFound:
         return _topicnot_found(name)
     except TriggerError as exc:
         return error_response(409, "topic_in_use", str(exc))
-    return json_response({"deleted": name})
+    return json_response({"deleted": split_topic(name)[1]})
 
 
 @routes.post("/v1/events/{topic}")
 async def publish(request: web.Request) -> web.Response:
     """Commit one delivery per subscriber, then answer 202."""
     platform = platform_of(request)
-    topic = _topic_name(request.match_info["topic"])
+    topic = _topic_name(request.match_info["topic"], principal_of(request).namespace)
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
         raise bad_request(
@@ -131,7 +138,7 @@ async def publish(request: web.Request) -> web.Response:
     return json_response(
         {
             "event_id": str(event_id),
-            "topic": topic,
+            "topic": split_topic(topic)[1],
             "deliveries": deliveries,
             "status": "accepted" if created else "duplicate",
         },
@@ -172,7 +179,8 @@ async def publish_batch(request: web.Request) -> web.Response:
             or set(item) - {"topic", "data"}
         ):
             raise bad_request("bad_batch", f'event {i} must be {{"topic": T, "data": ...}}')
-        events.append(Event(new_id(), _topic_name(item["topic"]), orjson.dumps(item["data"])))
+        topic = _topic_name(item["topic"], principal_of(request).namespace)
+        events.append(Event(new_id(), topic, orjson.dumps(item["data"])))
     try:
         counts = await platform.store.publish_batch(events, notify=platform.events.must_notify())
     except TopicNotFound as exc:
@@ -183,7 +191,7 @@ async def publish_batch(request: web.Request) -> web.Response:
             "events": [
                 {
                     "event_id": str(e.id),
-                    "topic": e.topic,
+                    "topic": split_topic(e.topic)[1],
                     "deliveries": counts[e.id],
                     "status": "accepted",
                 }
@@ -204,8 +212,8 @@ def trigger_json(trigger: Trigger) -> dict[str, Any]:
         "kind": trigger.kind,
         "created_at": trigger.created_at.isoformat() if trigger.created_at else None,
     }
-    if trigger.kind == "topic":
-        out["topic"] = trigger.topic
+    if trigger.kind == "topic" and trigger.topic is not None:
+        out["topic"] = split_topic(trigger.topic)[1]
     elif trigger.kind == "cron":
         out.update(
             cron=trigger.cron,
@@ -242,7 +250,8 @@ def _trigger_from_body(name: str, body: dict[str, Any]) -> Trigger:
         raise bad_request("bad_trigger", "give exactly one of --topic, --cron or --table")
     kind = kinds[0]
     if kind == "topic":
-        return Trigger(id=0, function=name, kind="topic", topic=_topic_name(str(body["topic"])))
+        topic = _topic_name(str(body["topic"]), split_name(name)[0])
+        return Trigger(id=0, function=name, kind="topic", topic=topic)
     if kind == "cron":
         try:
             cron, zone = parse_schedule(str(body["cron"]), str(body.get("timezone") or "UTC"))

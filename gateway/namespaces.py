@@ -26,3 +26,15 @@ def shown_name(stored: str) -> str:
     """How messages name a function: `NAME`, or `NAMESPACE/NAME` (as it is called)."""
     namespace, name = split_name(stored)
     return name if namespace == DEFAULT_NAMESPACE else f"{namespace}/{name}"
+
+
+def qualify_topic(namespace: str, topic: str) -> str:
+    """The stored name of `topic` of `namespace`: `team-a/orders.created` (a topic name holds
+    no slash), or the plain name in `default`."""
+    return topic if namespace == DEFAULT_NAMESPACE else f"{namespace}/{topic}"
+
+
+def split_topic(stored: str) -> tuple[str, str]:
+    """(namespace, topic) of a stored topic name."""
+    namespace, slash, topic = stored.partition("/")
+    return (namespace, topic) if slash else (DEFAULT_NAMESPACE, stored)

@@ -5,9 +5,11 @@ real gateways on sockets."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import re
 import textwrap
+import time
 from typing import Any
 
 from aiohttp import web
@@ -244,3 +246,40 @@ async def test_triggers_and_dead_letters_are_per_namespace(running: Running) -> 
     assert status == 200
     status, data = await running.admin("GET", "/v1/dlq", headers=bearer(team_a))
     assert (status, data) == (200, {"dead": []})
+
+
+async def test_topics_are_per_namespace(running: Running) -> None:
+    deployer = await create_key(running, "deployer", namespace="team-a")
+    invoker = await create_key(running, "invoker", namespace="team-a")
+    status, data = await running.admin("PUT", "/v1/topics/orders", headers=bearer(deployer))
+    assert (status, data["topic"]) == (201, "orders")
+    status, data = await running.admin(
+        "POST", "/v1/functions", headers=bearer(deployer), json={"name": "sink", "source": HELLO}
+    )
+    assert status == 201, data
+    status, data = await running.admin(
+        "POST", "/v1/functions/sink/triggers", headers=bearer(deployer), json={"topic": "orders"}
+    )
+    assert (status, data["topic"]) == (201, "orders")
+
+    _, listed = await running.admin("GET", "/v1/topics")  # the admin, in default
+    assert [t["name"] for t in listed["topics"]] == []
+    status, data = await running.admin("POST", "/v1/events/orders", json={"name": "x"})
+    assert (status, data["error"]["code"]) == (404, "topic_not_found")
+
+    status, data = await running.admin(
+        "POST", "/v1/events/orders", headers=bearer(invoker), json={"name": "team"}
+    )
+    assert (status, data["topic"], data["deliveries"]) == (202, "orders", 1)
+    deadline = time.monotonic() + 20
+    while True:  # (what fn logs shows; the delivery runs off the request)
+        _, data = await running.admin(
+            "GET", "/v1/functions/sink/activations", headers=bearer(invoker)
+        )
+        if data["activations"]:
+            break
+        assert time.monotonic() < deadline, "the event was not delivered"
+        await asyncio.sleep(0.02)
+    [activation] = data["activations"]
+    assert (activation["function"], activation["namespace"]) == ("sink", "team-a")
+    assert activation["status"] == "success"
