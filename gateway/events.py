@@ -208,7 +208,8 @@ async def publish_batch(request: web.Request) -> web.Response:
 def trigger_json(trigger: Trigger) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": trigger.id,
-        "function": trigger.function,
+        "function": split_name(trigger.function)[1],
+        "namespace": split_name(trigger.function)[0],
         "kind": trigger.kind,
         "created_at": trigger.created_at.isoformat() if trigger.created_at else None,
     }
@@ -368,7 +369,8 @@ def delivery_json(delivery: Delivery, *, payload: bool = False) -> dict[str, Any
     out: dict[str, Any] = {
         "id": str(delivery.id),
         "async": True,
-        "function": delivery.function,
+        "function": split_name(delivery.function)[1],
+        "namespace": split_name(delivery.function)[0],
         "version": delivery.version,
         "source": delivery.source,
         "status": delivery.status,
