@@ -21,7 +21,7 @@ from gateway.frameworks import missing_module, missing_packages, with_packages
 from gateway.namespaces import qualify, split_name
 from gateway.platform import Platform
 from gateway.requests import json_body, limit_of, not_found, platform_of
-from gateway.tenancy import ensure_namespace, missing_secrets
+from gateway.tenancy import default_auth, ensure_namespace, missing_secrets
 from gateway.units import (
     FILENAME,
     NAME,
@@ -156,7 +156,7 @@ async def _deploy(platform: Platform, body: dict[str, Any], namespace: str) -> w
         )
     try:
         config = parse_function_config(body)
-        access = parse_access(body, platform.keys.namespace_auth(namespace))
+        access = parse_access(body, await default_auth(platform, name, namespace))
     except ConfigError as exc:
         return error_response(400, "bad_config", str(exc), setting=exc.setting)
     missing = await missing_secrets(platform, namespace, access["secrets"])

@@ -19,7 +19,7 @@ from gateway.platform import Platform
 from gateway.requests import json_body, limit_of, platform_of
 from gateway.units import ENV_KEY, NAME
 from gateway.vault import SecretError
-from store import ApiKey
+from store import ApiKey, FunctionNotFound
 
 log = logging.getLogger("ember.gateway.audit")
 routes = web.RouteTableDef()
@@ -265,6 +265,15 @@ async def missing_secrets(
                 setting="--secret",
             )
     return None
+
+
+async def default_auth(platform: Platform, name: str, namespace: str) -> str:
+    """What a deploy without --auth gets: its function's current access (a private function
+    does not turn public by a redeploy that forgot the flag), else its namespace's default."""
+    try:
+        return (await platform.functions.resolve(name)).config.auth
+    except FunctionNotFound:
+        return platform.keys.namespace_auth(namespace)
 
 
 async def ensure_namespace(platform: Platform, namespace: str) -> None:

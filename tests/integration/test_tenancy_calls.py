@@ -54,6 +54,12 @@ async def test_a_private_function_needs_an_invoker_key_of_its_namespace(running:
     # The handler does not see the key that let the call in.
     assert await response.json() == {"authorization": None}
 
+    # A redeploy that does not say --auth keeps it private; --auth public opens it.
+    assert (await running.deploy_ok("private", WHO))["auth"] == "key"
+    assert (await running.call("private", {})).status == 401
+    assert (await running.deploy_ok("private", WHO, auth="public"))["auth"] == "public"
+    assert (await running.call("private", {})).status == 200
+
     # A public function keeps seeing its caller's Authorization header, as before.
     await running.deploy_ok("public", WHO)
     response = await running.call("public", {}, headers={"Authorization": "Bearer mine"})
