@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -93,14 +93,15 @@ def wrk_path() -> str:
 
 
 def run_wrk(
-    script: Path, url: str, connections: int, duration_s: float, server_pid: int | None = None
+    script: Path, url: str, connections: int, duration_s: float, servers: Sequence[int] = ()
 ) -> WrkRun:
-    """One wrk run; with `server_pid`, the CPU time that process and its descendants spent."""
+    """One wrk run; with `servers` (pids), the CPU time those processes and their descendants
+    spent."""
     threads = 2 if connections > 1 else 1
     procs = []
-    if server_pid is not None:
-        root = psutil.Process(server_pid)
-        procs = [root, *root.children(recursive=True)]
+    for pid in servers:
+        root = psutil.Process(pid)
+        procs += [root, *root.children(recursive=True)]
     before = _cpu_s(procs)
     out = subprocess.run(
         [
@@ -129,8 +130,8 @@ def run_wrk(
                 p999,
                 status + socket,
                 calls,
-                server_cpu_s=spent.get(server_pid or 0, 0.0),
-                children_cpu_s=sum(s for pid, s in spent.items() if pid != server_pid),
+                server_cpu_s=sum(s for pid, s in spent.items() if pid in servers),
+                children_cpu_s=sum(s for pid, s in spent.items() if pid not in servers),
             )
     raise RuntimeError(f"no summary in wrk's output:\n{out}")
 
@@ -153,7 +154,7 @@ async def deploy_echo(url: str) -> None:
 class Target:
     label: str
     url: str
-    pid: int
+    pids: list[int]
     throughput: list[WrkRun] = field(default_factory=list)
     latency: list[WrkRun] = field(default_factory=list)
 
@@ -164,7 +165,7 @@ def measure(targets: list[Target], script: Path, duration_s: float, rounds: int)
     for r in range(rounds):
         order = targets[r % len(targets) :] + targets[: r % len(targets)]
         for target in order:
-            run = run_wrk(script, target.url, THROUGHPUT_CONNECTIONS, duration_s, target.pid)
+            run = run_wrk(script, target.url, THROUGHPUT_CONNECTIONS, duration_s, target.pids)
             target.throughput.append(run)
             print(
                 f"round {r + 1} c=64 {target.label}: {run.calls_per_s:,.0f}/s, CPU per call: "
@@ -285,7 +286,29 @@ async def _drop_databases(server_url: str, names: list[str]) -> None:
         await conn.close()
 
 
-async def run(quick: bool, baseline: Path | None, work: Path) -> list[Row]:
+async def start_gateways(
+    tree: Path | None, state_dir: Path, database_url: str, processes: int
+) -> list[Gateway]:
+    """One gateway, or `processes` of them sharing its port with SO_REUSEPORT (each its own
+    state dir, pool and gateway id, one database: replicas on one machine)."""
+    if processes == 1:
+        return [Gateway.start_in(tree, state_dir, database_url, GATEWAY_ENV)]
+    env = {**GATEWAY_ENV, "FN_REUSE_PORT": "1"}
+    first = Gateway.start_in(tree, state_dir / "0", database_url, env | {"EMBER_GATEWAY_ID": "p0"})
+    started = [first]
+    try:
+        port = first.url.rpartition(":")[2]
+        for i in range(1, processes):
+            more = env | {"FN_PORT": port, "EMBER_GATEWAY_ID": f"p{i}"}
+            started.append(Gateway.start_in(tree, state_dir / str(i), database_url, more))
+    except BaseException:
+        for gateway in started:
+            gateway.stop()
+        raise
+    return started
+
+
+async def run(quick: bool, baseline: Path | None, processes: int, work: Path) -> list[Row]:
     duration_s = 2.0 if quick else 5.0
     script = work / "post-1kb.lua"
     script.write_text(_SCRIPT % BODY_1KB.decode())
@@ -294,23 +317,26 @@ async def run(quick: bool, baseline: Path | None, work: Path) -> list[Row]:
     if not server_url:
         embedded = await asyncio.to_thread(start_embedded_postgres, work / "pg")
         server_url = embedded.url
-    trees: list[tuple[str, Path | None]] = [("gateway (this tree)", None)]
+    trees: list[tuple[str, Path | None, int]] = [("gateway (this tree)", None, 1)]
     if baseline is not None:
-        trees.append((f"gateway (baseline {baseline.name})", baseline))
+        trees.append((f"gateway (baseline {baseline.name})", baseline, 1))
+    if processes > 1:
+        trees.append((f"gateway (this tree, {processes} processes)", None, processes))
     databases = await _create_databases(server_url, len(trees))
     floor = Server.start("bench.echo_server")
     started: list[Gateway] = []
     try:
         targets = [
-            Target("bare aiohttp echo", f"http://127.0.0.1:{floor.port}/echo", floor.process.pid)
+            Target("bare aiohttp echo", f"http://127.0.0.1:{floor.port}/echo", [floor.process.pid])
         ]
-        for i, ((label, tree), database) in enumerate(zip(trees, databases, strict=True)):
-            gateway = Gateway.start_in(
-                tree, work / f"state-{i}", with_database(server_url, database), GATEWAY_ENV
+        for i, ((label, tree, n), database) in enumerate(zip(trees, databases, strict=True)):
+            gateways = await start_gateways(
+                tree, work / f"state-{i}", with_database(server_url, database), n
             )
-            started.append(gateway)
-            await deploy_echo(gateway.url)
-            targets.append(Target(label, f"{gateway.url}/fn/echo", gateway.process.pid))
+            started += gateways
+            await deploy_echo(gateways[0].url)
+            pids = [g.process.pid for g in gateways]
+            targets.append(Target(label, f"{gateways[0].url}/fn/echo", pids))
         await asyncio.to_thread(measure, targets, script, duration_s, ROUNDS)
     finally:
         for gateway in started:
@@ -330,13 +356,20 @@ def main() -> None:
         type=Path,
         help="another checkout of Ember whose gateway is measured in the same run (the before)",
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="also measure this many gateway processes of this tree sharing the port "
+        "(FN_REUSE_PORT), each with its own pool",
+    )
     args = parser.parse_args()
     wrk_path()
     if args.baseline is not None and not (args.baseline / "gateway" / "server.py").exists():
         sys.exit(f"--baseline {args.baseline}: not a checkout of Ember (no gateway/server.py)")
     started = dt.datetime.now(dt.UTC)
     with tempfile.TemporaryDirectory(prefix="ember-bench-") as tmp:
-        rows = uvloop.run(run(args.quick, args.baseline, Path(tmp)))
+        rows = uvloop.run(run(args.quick, args.baseline, args.processes, Path(tmp)))
     print_table(rows)
     RESULTS.mkdir(exist_ok=True)
     report = {
@@ -344,6 +377,7 @@ def main() -> None:
         "quick": args.quick,
         "rounds": ROUNDS,
         "baseline": str(args.baseline) if args.baseline else None,
+        "processes": args.processes,
         "cpus": os.cpu_count(),
         "load_average": os.getloadavg(),
         "rows": [asdict(r) for r in rows],
