@@ -320,8 +320,10 @@ class Connection:
             self.close()
             raise ConnectionResetError(f"instance connection lost: {exc}") from exc
         except BaseException:
-            # Cancelled or timed out mid-call: the stream position is unknown, never reuse it.
+            # Cancelled mid-call: the stream position is unknown, never reuse it.
             self.close()
+            if waiter.done() and not waiter.cancelled():
+                waiter.exception()  # (the timer's, set as the task was cancelled: retrieved)
             raise
         finally:
             if timer is not None:
