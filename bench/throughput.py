@@ -266,6 +266,43 @@ def rows_for(floor: Target, gateways: list[Target]) -> list[Row]:
     return rows
 
 
+CALLPATH = Path(__file__).with_name("callpath.py")
+
+
+def callpath_rows(trees: list[tuple[str, Path | None]], rounds: int) -> list[Row]:
+    """`bench/callpath.py` (Ember's call path alone, CPU per call) for each tree, alternating,
+    medians of `rounds`."""
+    results: dict[str, list[dict[str, float]]] = {label: [] for label, _ in trees}
+    for _ in range(rounds):
+        for label, tree in trees:
+            root = tree or CALLPATH.parent.parent
+            env = {**os.environ, "PYTHONPATH": str(root)}
+            out = subprocess.run(
+                [sys.executable, "-P", str(CALLPATH)],
+                capture_output=True,
+                check=True,
+                cwd=root,
+                env=env,
+            ).stdout
+            results[label].append(orjson.loads(out.splitlines()[-1]))
+    rows = []
+    first = None
+    for label, runs in results.items():
+        sequential = statistics.median(r["sequential_us"] for r in runs)
+        concurrent = statistics.median(r["concurrent_us"] for r in runs)
+        first = first or concurrent
+        rows.append(
+            Row(
+                f"CPU us/call, the call path alone (no sockets): {label}, one at a time / "
+                "64 at a time",
+                p50_ms=sequential,
+                p99_ms=concurrent,
+                ratio="" if first == concurrent else f"this tree: {first / concurrent:.2f}x of it",
+            )
+        )
+    return rows
+
+
 async def _create_databases(server_url: str, count: int) -> list[str]:
     names = [f"ember_bench_{uuid.uuid4().hex[:8]}" for _ in range(count)]
     conn = await asyncpg.connect(server_url)
@@ -345,7 +382,9 @@ async def run(quick: bool, baseline: Path | None, processes: int, work: Path) ->
         await _drop_databases(server_url, databases)
         if embedded is not None:
             embedded.stop()
-    return rows_for(targets[0], targets[1:])
+    rows = rows_for(targets[0], targets[1:])
+    paths = [(label, tree) for label, tree, n in trees if n == 1]
+    return rows + await asyncio.to_thread(callpath_rows, paths, ROUNDS)
 
 
 def main() -> None:
