@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint format clean bench bench-quick bench-throughput bench-events bench-deps bench-styles bench-k8s bench-k8s-deps bench-replay bench-soak bench-decisions simulate
+.PHONY: up test lint format clean bench bench-quick bench-events bench-deps bench-styles bench-k8s bench-k8s-deps bench-replay bench-soak bench-decisions simulate
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,7 @@ bench: $(STAMP) bench-throughput
 
 ## bench-throughput: the gateway and the floor under wrk, c=64 and c=1, medians of 3 (2 minutes);
 ## BASELINE=DIR also measures the gateway of another checkout in the same run (the before)
+.PHONY: bench-throughput
 bench-throughput: $(STAMP)
 	@command -v wrk >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] \
 		|| apt-get install -y -q wrk >/dev/null 2>&1 \
