@@ -35,8 +35,17 @@ clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
 
 ## bench: the benchmark suite, side by side with a bare aiohttp floor (a few minutes)
-bench: $(STAMP)
+bench: $(STAMP) bench-throughput
 	$(PY) -m bench.run
+
+## bench-throughput: the gateway and the floor under wrk, c=64 and c=1, medians of 3 (2 minutes);
+## BASELINE=DIR also measures the gateway of another checkout in the same run (the before)
+.PHONY: bench-throughput
+bench-throughput: $(STAMP)
+	@command -v wrk >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] \
+		|| apt-get install -y -q wrk >/dev/null 2>&1 \
+		|| { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q wrk >/dev/null; }
+	$(PY) -m bench.throughput $(if $(BASELINE),--baseline $(BASELINE))
 
 ## bench-quick: the same with fewer samples (under a minute)
 bench-quick: $(STAMP)

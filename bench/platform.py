@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,14 @@ class Gateway:
 
     @classmethod
     def start(cls, state_dir: Path, database_url: str, **env: str) -> Gateway:
+        return cls.start_in(None, state_dir, database_url, env)
+
+    @classmethod
+    def start_in(
+        cls, cwd: Path | None, state_dir: Path, database_url: str, env: Mapping[str, str]
+    ) -> Gateway:
+        """Start `python -m gateway`; with `cwd`, the gateway of that checkout of Ember (it
+        comes first on the module path) rather than this one."""
         state_dir.mkdir(parents=True, exist_ok=True)
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("FN_")}
         full_env.update(
@@ -36,10 +45,12 @@ class Gateway:
             DATABASE_URL=database_url,
             FN_ISOLATION=os.environ.get("EMBER_BENCH_ISOLATION", "auto"),
         )
+        if cwd is not None:
+            full_env["PYTHONPATH"] = str(cwd)
         full_env.update(env)
         log = state_dir / "gateway.log"
         process = subprocess.Popen(
-            [sys.executable, "-m", "gateway"], env=full_env, stderr=subprocess.PIPE
+            [sys.executable, "-m", "gateway"], env=full_env, stderr=subprocess.PIPE, cwd=cwd
         )
         assert process.stderr is not None
         stderr = process.stderr

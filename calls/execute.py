@@ -4,7 +4,6 @@ a `CallResult`; the activation record and the metrics are written on the way out
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 import re
@@ -145,8 +144,7 @@ async def execute(
         "timeout_s": timeout_s,
     }
     try:
-        async with asyncio.timeout(timeout_s):
-            reply, out = await lease.connection.call(request, body)
+        reply, out = await lease.connection.call(request, body, timeout_s=timeout_s)
     except ReplyTooLarge as exc:
         await calls.scheduler.discard(lease, "reply over the limit")
         error = {"type": "ResponseTooLarge", "message": str(exc)}

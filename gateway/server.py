@@ -56,7 +56,12 @@ async def serve(settings: Settings) -> None:
     try:
         await runner.setup()
         site = web.TCPSite(
-            runner, settings.host, settings.port, reuse_address=True, backlog=BACKLOG
+            runner,
+            settings.host,
+            settings.port,
+            reuse_address=True,
+            reuse_port=settings.reuse_port or None,
+            backlog=BACKLOG,
         )
         await site.start()
         host, port = runner.addresses[0][:2]

@@ -66,6 +66,11 @@ class Settings:
     """Address the gateway listens on (FN_HOST). Default: loopback only."""
     port: int = 8080
     """Port of the gateway (FN_PORT); 0 picks a free one."""
+    reuse_port: bool = False
+    """Bind with SO_REUSEPORT (FN_REUSE_PORT=1), so that several gateway processes on this
+    machine, each with its own state dir, pool and EMBER_GATEWAY_ID, share the port and the
+    kernel spreads connections over them: replicas on one node (bench/throughput.py
+    --processes measures it)."""
     state_dir: Path = field(default_factory=default_state_dir)
     """Token, embedded Postgres data and the gateway address file (FN_STATE_DIR)."""
     database_url: str | None = None
@@ -172,6 +177,7 @@ class Settings:
             retention=retention_from_env(env),
             host=read.text("FN_HOST", defaults.host),
             port=read.integer("FN_PORT", defaults.port),
+            reuse_port=read.flag("FN_REUSE_PORT", defaults.reuse_port),
             state_dir=default_state_dir(env),
             database_url=read.secret("DATABASE_URL"),
             token=read.secret("FN_TOKEN"),

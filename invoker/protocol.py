@@ -288,16 +288,23 @@ class Connection:
             transport, parser = await loop.create_connection(parser_factory, host, port)
         return cls(transport, parser)
 
-    async def call(self, meta: Request, body: bytes = b"") -> tuple[Reply, bytes]:
-        """Send a request and wait for its reply.
+    async def call(
+        self, meta: Request, body: bytes = b"", *, timeout_s: float | None = None
+    ) -> tuple[Reply, bytes]:
+        """Send a request and wait for its reply, at most `timeout_s` (then `TimeoutError`,
+        and the connection is closed: the reply may still come).
 
         Raises `ConnectionError` when the instance goes away (the caller discards the instance).
         """
         if self.closed or self._parser.lost is not None:
             self.close()
             raise ConnectionResetError("connection to the instance is closed")
-        waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
         self._parser.waiter = waiter
+        # A timer on the reply's future, not `asyncio.timeout` (a task cancellation): a
+        # third of the cost, on every call.
+        timer = None if timeout_s is None else loop.call_later(timeout_s, _expire, waiter)
         frame = encode_frame(meta, body)
         try:
             if len(body) < SMALL_FRAME_BYTES:
@@ -306,16 +313,21 @@ class Connection:
                 self._transport.writelines(frame)
             reply, reply_body = await waiter
             return cast(Reply, reply), reply_body
-        except ReplyTooLarge:
+        except (ReplyTooLarge, TimeoutError):  # (before OSError: TimeoutError is one)
             self.close()
             raise
         except (ProtocolError, OSError) as exc:
             self.close()
             raise ConnectionResetError(f"instance connection lost: {exc}") from exc
         except BaseException:
-            # Cancelled or timed out mid-call: the stream position is unknown, never reuse it.
+            # Cancelled mid-call: the stream position is unknown, never reuse it.
             self.close()
+            if waiter.done() and not waiter.cancelled():
+                waiter.exception()  # (the timer's, set as the task was cancelled: retrieved)
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     @property
     def usable(self) -> bool:
@@ -326,3 +338,8 @@ class Connection:
         if not self.closed:
             self.closed = True
             self._transport.close()
+
+
+def _expire(waiter: asyncio.Future[Any]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())

@@ -204,13 +204,11 @@ class Scheduler(Upkeep):
                 retry_after_s=max(1.0, version.config.timeout_s / 10),
             )
         tracked = self._learn(key, version)
-        fut: asyncio.Future[tuple[Instance, bool]] = asyncio.get_running_loop().create_future()
-        tracked.waiting.append(fut)
+        fut, timer = tracked.enqueue(self.settings.queue_timeout_s)
         self._notify()
         self._start_for(tracked)
         try:
-            async with asyncio.timeout(self.settings.queue_timeout_s):
-                return await fut
+            return await fut
         except BaseException as exc:
             if fut.done() and not fut.cancelled() and fut.exception() is None:
                 # The slot was handed to us just as we gave up: give it back.
@@ -222,6 +220,7 @@ class Scheduler(Upkeep):
                 ) from None
             raise
         finally:
+            timer.cancel()
             if fut in tracked.waiting:  # (deque.remove's error would repr the future: slow)
                 tracked.waiting.remove(fut)
 
@@ -345,8 +344,8 @@ class Scheduler(Upkeep):
         """Start as many instances as the waiting calls need, within the instance limit."""
         version = tracked.version
         key = (version.function, version.version)
-        needed = len(tracked.waiting) - self.pool.starting(key)
         room = self.policies.settings(key[0]).max_instances - self.pool.count(key)
+        needed = len(tracked.waiting) - self.pool.starting(key) if room > 0 else 0  # (no scan)
         for _ in range(max(0, min(room, math.ceil(needed / version.config.concurrency)))):
             if not self._launch(tracked, "start"):
                 if self.pool.count(key) == 0:  # nothing of it runs or starts to serve them

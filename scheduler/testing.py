@@ -76,7 +76,13 @@ class FakeConnection:
     def close(self) -> None:
         self.closed = True
 
-    async def call(self, meta: Request, body: bytes = b"") -> tuple[Reply, bytes]:
+    async def call(
+        self, meta: Request, body: bytes = b"", *, timeout_s: float | None = None
+    ) -> tuple[Reply, bytes]:
+        async with asyncio.timeout(timeout_s):
+            return await self._call(meta, body)
+
+    async def _call(self, meta: Request, body: bytes) -> tuple[Reply, bytes]:
         if not self.usable:
             self.close()
             raise ConnectionResetError("connection to the instance is closed")

@@ -94,3 +94,9 @@ def test_the_http_limits_are_read_from_their_variables() -> None:
     assert http.max_connections == 300
     with pytest.raises(ConfigError, match="FN_MAX_CONNECTIONS"):
         Settings.from_env({"FN_MAX_CONNECTIONS": "0"})
+
+
+def test_reuse_port_is_off_unless_asked() -> None:
+    assert Settings.from_env({}).reuse_port is False
+    assert Settings.from_env({"FN_REUSE_PORT": "1"}).reuse_port is True
+    assert Settings.from_env({"FN_REUSE_PORT": "0"}).reuse_port is False
