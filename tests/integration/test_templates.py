@@ -195,3 +195,27 @@ async def test_a_template_whose_module_fails_is_refused_and_stopped(running: Run
     assert "RuntimeError: only in the template" in templates.refused[key]
     assert key not in templates.by_key
     assert templates.usage()[0] == 1  # version 1's; the failed one's process is stopped
+
+
+async def test_templates_count_in_the_caps_and_give_their_room_up(
+    make_platform: PlatformFactory,
+) -> None:
+    pool = {"max_total_instances": 2, "generic_pool_size": 0}
+    async with make_platform(pool=pool) as running:
+        scheduler = running.platform.scheduler
+        templates = _templates(running)
+        await running.deploy_ok("first", STATEFUL)
+        await _template_ready(running, "first", 1)
+        assert scheduler._usage()[0] == 2  # its instance and its template
+        # Kept warm on purpose, its instance cannot be evicted: a second function's deploy
+        # takes the template's room (the node holds 2).
+        status, _ = await running.admin("PUT", "/v1/functions/first/policy", json={"min_warm": 1})
+        assert status == 200
+        template = templates.by_key[("first", 1)]
+        await running.deploy_ok("second", STATEFUL)
+        assert ("first", 1) not in templates.by_key
+        await template.handle.wait()
+        # No room left for a template of the second one: none is made.
+        assert scheduler._usage()[0] == 2
+        assert (await running.call("second", {})).status == 200
+        assert templates.by_key == {}
