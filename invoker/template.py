@@ -71,14 +71,20 @@ def template_refusal(threads_before: set[int], sockets_before: set[str]) -> str 
     return None
 
 
-def after_fork(max_output_bytes: int, walls: Walls) -> None:
-    """What must not be shared between forks of one template (SOCK, ATC'18; Catalyzer,
-    ASPLOS'20): random state, and the output capture (its thread stayed in the template).
-    `random` reseeds itself at fork; numpy's global generator does not."""
+def reseed() -> None:
+    """Give this fork random state of its own: `random` reseeds itself at fork (and
+    `os.urandom`, `secrets`, `uuid4`, `ssl` draw from the kernel or reseed themselves); numpy's
+    global generator does not."""
     numpy_random = sys.modules.get("numpy.random")
     if numpy_random is not None:
         with contextlib.suppress(Exception):
             numpy_random.seed()
+
+
+def after_fork(max_output_bytes: int, walls: Walls) -> None:
+    """What must not be shared between forks of one template (SOCK, ATC'18; Catalyzer,
+    ASPLOS'20): random state, and the output capture (its thread stayed in the template)."""
+    reseed()
     walls.output = OutputCapture(max_output_bytes)
     walls.output.attach()
 

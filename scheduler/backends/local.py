@@ -162,7 +162,9 @@ class LocalBackend:
         self._zygote: Zygote | None = None
         self._zygote_broken: str | None = None
         self._zygote_lock = asyncio.Lock()
-        self.templates = Templates(self) if zygote and unix_sockets and templates else None
+        self.templates = (
+            Templates(self, self._socket_dir) if self._socket_dir and zygote and templates else None
+        )
         """Versions' templates (`scheduler.backends.templates`): forked, not imported."""
 
     @property
@@ -336,7 +338,8 @@ class LocalBackend:
                 template = version and self.templates and self.templates.get(version)
                 if template and self.templates:
                     with contextlib.suppress(BackendError):  # (else: a generic instance)
-                        handle = await self.templates.fork(template, instance_id, address)
+                        spare = self.templates.take_spare(template)
+                        handle = spare or await self.templates.fork(template, instance_id, address)
                         self._handles.add(handle)
                         return handle
                 if self.use_zygote:

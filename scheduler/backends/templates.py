@@ -43,6 +43,9 @@ TemplateKey = tuple[str, int]
 
 MAKE_TIMEOUT_S = 60.0
 """Longest a template's import may take (it is off the request path)."""
+SPARE_REFILL_DELAY_S = 0.2
+"""How long after a spare fork was taken the next is made: not while the cold start it serves
+is under way (they would share the CPU)."""
 UNMEASURED_BYTES = 32 << 20
 """What a template is charged until its PSS is measured."""
 
@@ -110,6 +113,10 @@ class Template:
     """By pid in the template's namespace."""
     counter: int = 0
     pending: bytes = b""
+    spare: ForkedHandle | None = None
+    """A fork made ahead, in its cgroup and listening: the next cold start takes it."""
+    spare_bytes: int = 0
+    filling: asyncio.Task[None] | None = None
 
     def start_reading(self) -> None:
         self.control.setblocking(False)
@@ -221,15 +228,17 @@ class Starter(Protocol):
 class Templates:
     """The node's templates, by version."""
 
-    def __init__(self, backend: Starter) -> None:
+    def __init__(self, backend: Starter, socket_dir: str) -> None:
         self._backend = backend
         self.by_key: dict[TemplateKey, Template] = {}
         self.refused: dict[TemplateKey, str] = {}
         """Versions that cannot have one (their module's state cannot be forked), and why."""
         self._making: dict[TemplateKey, asyncio.Task[None]] = {}
         self._watchers: set[asyncio.Task[None]] = set()
+        self.spares: set[ForkedHandle] = set()
         self._counter = 0
         self._changed = asyncio.Event()
+        self._socket_dir = socket_dir
 
     async def wait_until(self, predicate: Callable[[], bool], timeout_s: float) -> None:
         """Wait until `predicate()` holds, checked after each template made, refused or gone
@@ -243,6 +252,38 @@ class Templates:
         template = self.by_key.get((version.function, version.version))
         return template if template is not None and template.alive else None
 
+    def take_spare(self, template: Template) -> ForkedHandle | None:
+        """The template's spare fork, if it has one ready (and another is made)."""
+        spare, template.spare = template.spare, None
+        template.spare_bytes = 0
+        self._fill(template, delay_s=SPARE_REFILL_DELAY_S)
+        return spare if spare is not None and not spare.exited.done() else None
+
+    def _fill(self, template: Template, delay_s: float = 0.0) -> None:
+        if template.filling is None and not template.retired and template.alive:
+            template.filling = asyncio.create_task(
+                self._make_spare(template, delay_s), name="spare fork"
+            )
+
+    async def _make_spare(self, template: Template, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        self._counter += 1
+        name = f"spare-{self._counter}"
+        try:
+            spare = await self.fork(template, name, f"unix:{self._socket_dir}/{name}.sock")
+        except BackendError as exc:
+            log.warning("cannot fork a spare", extra={"key": template.key, "error": str(exc)})
+            return
+        finally:
+            template.filling = None
+        self.spares.add(spare)
+        spare.exited.add_done_callback(lambda _: self.spares.discard(spare))
+        if template.retired or not template.alive:
+            await self._backend.stop_instance(spare, grace_s=0.5)
+            return
+        template.spare = spare
+        template.spare_bytes = await asyncio.to_thread(template_pss_bytes, spare.pid)
+
     async def fork(self, template: Template, instance_id: str, address: str) -> ForkedHandle:
         """An instance forked from its version's template, in a cgroup of its own before it
         may run anything of its own."""
@@ -250,8 +291,10 @@ class Templates:
         handle: ForkedHandle | None = None
         try:
             handle, go = await template.fork(address)
-            with go:
-                _move(handle.pid, cgroup.procs_files if cgroup is not None else [])
+            with go:  # (moving a process can wait for an RCU grace period: not on the loop)
+                await asyncio.to_thread(
+                    _move, handle.pid, cgroup.procs_files if cgroup is not None else []
+                )
                 go.send(b"g")
         except BaseException as exc:
             if handle is not None and handle.pid > 0:
@@ -269,10 +312,12 @@ class Templates:
         return handle
 
     def usage(self) -> tuple[int, int]:
-        """Templates kept (and being made), and the memory they are charged."""
+        """Templates kept (and being made), and the memory they are charged: a template and
+        its spare fork count as one instance, charged the PSS of both."""
         kept = [t for t in self.by_key.values() if t.alive]
         making = len(self._making)
-        return len(kept) + making, sum(t.charge_bytes for t in kept) + making * UNMEASURED_BYTES
+        charged = sum(t.charge_bytes + t.spare_bytes for t in kept)
+        return len(kept) + making, charged + making * UNMEASURED_BYTES
 
     def keep(self, version: Version, meta: Mapping[str, object], code: bytes) -> None:
         """Make the version's template in the background, unless it has one (or cannot)."""
@@ -303,6 +348,7 @@ class Templates:
                 "make_ms": round((time.perf_counter() - started) * 1000, 1),
             },
         )
+        self._fill(template)
         watcher = asyncio.create_task(self._watch(template), name=f"watch template {key}")
         self._watchers.add(watcher)
         watcher.add_done_callback(self._watchers.discard)
@@ -377,14 +423,26 @@ class Templates:
         retired = [self.by_key.pop(k) for k in list(self.by_key) if dropped(k)]
         for template in retired:
             template.retire()
+            if template.spare is not None:
+                spare, template.spare = template.spare, None
+                task = asyncio.create_task(self._backend.stop_instance(spare, grace_s=0.5))
+                self._watchers.add(task)
+                task.add_done_callback(self._watchers.discard)
         for key in [k for k in self.refused if dropped(k)]:
             del self.refused[key]
         self._changed.set()
         return len(retired)
 
     async def close(self) -> None:
-        for task in [*self._making.values(), *self._watchers]:
+        fillers = [t.filling for t in self.by_key.values() if t.filling is not None]
+        for task in [*self._making.values(), *self._watchers, *fillers]:
             task.cancel()
-        await asyncio.gather(*self._making.values(), *self._watchers, return_exceptions=True)
+        await asyncio.gather(
+            *self._making.values(), *self._watchers, *fillers, return_exceptions=True
+        )
+        await asyncio.gather(
+            *(self._backend.stop_instance(s, grace_s=0.5) for s in list(self.spares)),
+            return_exceptions=True,
+        )
         for template in self.by_key.values():
             template.close()
