@@ -160,7 +160,11 @@ class Template:
         return self.control.fileno() >= 0 and not self.handle.exited.done()
 
     def close(self) -> None:
-        """The template is gone (or told us nonsense): its forks went with its namespace."""
+        """The template is gone, or told us nonsense (then it goes): its forks go with its
+        namespace."""
+        if not self.handle.exited.done():
+            with contextlib.suppress(OSError):
+                os.killpg(self.handle.pid, signal.SIGKILL)
         if self.control.fileno() >= 0:
             asyncio.get_running_loop().remove_reader(self.control.fileno())
             self.control.close()
