@@ -221,8 +221,9 @@ class Runtime:
             os.chdir(code_dir)  # relative paths (templates, static files) are the function's
             sys.path[:0] = [str(code_dir), *paths]
             self.user_file = str(path)
-            threads_before = {t.ident or 0 for t in threading.enumerate()}
-            sockets_before = socket_inodes()
+            template = bool(meta.get("template"))
+            threads_before = {t.ident or 0 for t in threading.enumerate()} if template else set()
+            sockets_before = socket_inodes() if template else set()
             for name in meta.get("preimport", ()):
                 importlib.import_module(name)
             module = _import_main(filename, path)
@@ -248,11 +249,14 @@ class Runtime:
             )
             if bound.startup is not None:
                 await bound.startup()
-            refusal = template_refusal(threads_before, sockets_before)
-            if meta.get("template") and bound.startup is not None:
-                refusal = f"the {style} style has a startup hook"
-            if meta.get("template") and refusal is not None:
-                raise TemplateRefused(f"no template: {refusal}")
+            if template:
+                refusal = (
+                    f"the {style} style has a startup hook"
+                    if bound.startup is not None
+                    else template_refusal(threads_before, sockets_before)
+                )
+                if refusal is not None:
+                    raise TemplateRefused(f"no template: {refusal}")
         except BaseException as exc:
             self._take_output(capture)
             return {
