@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint format clean bench bench-quick bench-auth bench-events bench-deps bench-styles bench-k8s bench-k8s-deps bench-replay bench-soak bench-decisions simulate
+.PHONY: up test lint format clean bench bench-quick bench-auth bench-events bench-deps bench-templates bench-styles bench-k8s bench-k8s-deps bench-replay bench-soak bench-decisions simulate
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,9 +34,11 @@ format: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
 
-## bench: the benchmark suite, side by side with a bare aiohttp floor (a few minutes)
+## bench: the benchmark suite, side by side with a bare aiohttp floor, then cold starts of
+## heavy functions from templates, then throughput under wrk (a few minutes each)
 bench: $(STAMP) bench-throughput
 	$(PY) -m bench.run
+	$(PY) -m bench.templates
 
 ## bench-throughput: the gateway and the floor under wrk, c=64 and c=1, medians of 3 (2 minutes);
 ## BASELINE=DIR also measures the gateway of another checkout in the same run (the before)
@@ -58,6 +60,11 @@ bench-soak: $(STAMP)
 ## bench-events: durable events and async invocations end to end (about a minute)
 bench-events: $(STAMP)
 	$(PY) -m bench.events
+
+## bench-templates: cold starts of functions importing requests / numpy, forked from their
+## template or importing, next to a fresh interpreter; PSS of templates and instances
+bench-templates: $(STAMP)
+	$(PY) -m bench.templates
 
 ## bench-deps: cold starts of a function with dependencies, and the naive baseline
 bench-deps: $(STAMP)

@@ -54,7 +54,7 @@ class Gateway:
         )
         assert process.stderr is not None
         stderr = process.stderr
-        sink = log.open("wb")
+        sink = log.open("wb", buffering=0)  # (read while it runs: bench.templates)
         for line in stderr:
             sink.write(line)
             if line.startswith(b"Ember is up at "):

@@ -342,6 +342,7 @@ def _backend(settings: Settings, store: Store) -> Backend:
         return RemoteBackend(locate, settings.scheduler_token, settings.gateway_id)
     return LocalBackend(
         zygote=settings.zygote,
+        templates=settings.templates,
         isolation=settings.isolation,
         private_paths=(settings.state_dir,),
         environments=settings.state_dir / "envs",

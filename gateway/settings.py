@@ -87,6 +87,9 @@ class Settings:
     """How long installing a function's requirements may take (FN_BUILD_TIMEOUT)."""
     zygote: bool = True
     """Fork instances from a pre-imported zygote (FN_ZYGOTE=0: start a fresh interpreter each)."""
+    templates: bool = True
+    """Keep a template of each version specialized on this node and fork its next instances
+    from it, imported already (FN_TEMPLATES=0: import the function in each instance)."""
     shutdown_timeout_s: float = 10.0
     """How long in-flight calls may run on at shutdown before they are cancelled."""
     time_scale: float = 1.0
@@ -183,6 +186,7 @@ class Settings:
             token=read.secret("FN_TOKEN"),
             max_body_bytes=read.size_bytes("FN_MAX_BODY", defaults.max_body_bytes, minimum=1024),
             zygote=read.flag("FN_ZYGOTE", defaults.zygote),
+            templates=read.flag("FN_TEMPLATES", defaults.templates),
             max_source_bytes=read.size_bytes(
                 "FN_MAX_SOURCE", defaults.max_source_bytes, minimum=1024
             ),

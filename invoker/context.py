@@ -94,7 +94,10 @@ class _CaptureHandler(logging.Handler):
 
 
 def install_capture() -> None:
-    """Route stdout, stderr and logging through the per-activation capture. Call once."""
+    """Route stdout, stderr and logging through the per-activation capture (once: a fork of
+    a template has it already)."""
+    if isinstance(sys.stdout, _ActivationStream):
+        return
     real_stderr = sys.__stderr__ or sys.stderr
     sys.stdout = _ActivationStream(sys.stdout)
     sys.stderr = _ActivationStream(real_stderr)

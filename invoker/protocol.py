@@ -133,6 +133,8 @@ class SpecializeRequest(TypedDict, total=False):
     environment: EnvironmentSource
     """An environment to fetch first (where the instance has no copy), put on sys.path."""
     sandbox: SpecializeSpec
+    template: bool
+    """Become the version's template instead of serving calls (`invoker.template`)."""
     style: str
     """The platform the handler is written for (invoker.styles), or "auto": detect it."""
     style_options: dict[str, str]
@@ -175,6 +177,9 @@ class Reply(TypedDict, total=False):
     function: str | None
     version: int
     pid: int
+    template: str
+    """"ready": the instance is now its version's template (`invoker.template`); "forked":
+    it was forked from one, imported already (specialize)."""
 
 
 def encode_frame(meta: Mapping[str, Any], body: bytes = b"") -> list[bytes]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import functools
 import importlib.machinery
 import importlib.util
 import io
@@ -22,9 +23,11 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO, cast
 
@@ -52,6 +55,7 @@ from invoker.sandbox import Walls
 from invoker.specs import SpecializeSpec
 from invoker.styles.detect import default_entry, detect_style, resolve_entry
 from invoker.styles.native import decode_event, encode_result
+from invoker.template import Acceptor, Fork, serve_template, socket_inodes, template_refusal
 
 __all__ = ["Runtime", "decode_event", "encode_result", "run_instance"]
 
@@ -97,6 +101,12 @@ class Runtime:
         self.env: dict[str, str] = {}
         self.user_file: str | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._specialized: Reply = {"ok": True}
+        """The reply of its specialization: what a fork of its template answers."""
+        self.template_fd: int | None = None
+        """The connection to serve the template protocol on (`invoker.template`), once this
+        instance was specialized as a template; its event loop then stops."""
+        self.on_template: Callable[[], None] = lambda: None
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -124,6 +134,11 @@ class Runtime:
                     writer.writelines(frame)
                 if writer.transport.get_write_buffer_size() > 1 << 16:
                     await writer.drain()
+                if reply.get("template") == "ready":
+                    await writer.drain()
+                    self.template_fd = os.dup(writer.get_extra_info("socket").fileno())
+                    self.on_template()
+                    return
         except (ConnectionError, asyncio.CancelledError):
             pass
         except Exception:
@@ -157,6 +172,16 @@ class Runtime:
         source, or with meta "code": "zip" a zip of its files; older senders put the source
         in meta["source"]), put its environment's directories (`paths`) on sys.path, import
         `preimport` and then its module."""
+        if self.function is not None and not meta.get("template"):
+            if (meta.get("function"), int(meta.get("version", 0))) == (
+                self.function,
+                self.version,
+            ):  # forked from its version's template: imported already
+                return {**self._specialized, "import_ms": 0.0, "logs": "", "template": "forked"}
+            return {
+                "ok": False,
+                "error": {"type": "ProtocolError", "message": "instance is already specialized"},
+            }
         if self.function is not None:
             return {
                 "ok": False,
@@ -196,6 +221,9 @@ class Runtime:
             os.chdir(code_dir)  # relative paths (templates, static files) are the function's
             sys.path[:0] = [str(code_dir), *paths]
             self.user_file = str(path)
+            template = bool(meta.get("template"))
+            threads_before = {t.ident or 0 for t in threading.enumerate()} if template else set()
+            sockets_before = socket_inodes() if template else set()
             for name in meta.get("preimport", ()):
                 importlib.import_module(name)
             module = _import_main(filename, path)
@@ -221,6 +249,14 @@ class Runtime:
             )
             if bound.startup is not None:
                 await bound.startup()
+            if template:
+                refusal = (
+                    f"the {style} style has a startup hook"
+                    if bound.startup is not None
+                    else template_refusal(threads_before, sockets_before)
+                )
+                if refusal is not None:
+                    raise TemplateRefused(f"no template: {refusal}")
         except BaseException as exc:
             self._take_output(capture)
             return {
@@ -253,6 +289,14 @@ class Runtime:
         if fetched is not None:
             reply["env_fetch_ms"] = fetched.fetch_ms
             reply["env_cached"] = fetched.cached
+        self._specialized = {
+            "ok": True,
+            "style": style,
+            "entry": entry,
+            "style_options": reply["style_options"],
+        }
+        if meta.get("template"):
+            reply["template"] = "ready"
         return reply
 
     async def invoke(self, meta: InvokeRequest, body: bytes) -> tuple[Reply, bytes]:
@@ -353,6 +397,10 @@ class Runtime:
                 capture.write(text)
 
 
+class TemplateRefused(Exception):
+    """The module left state that forks of a template cannot share (`invoker.template`)."""
+
+
 def _import_main(filename: str, path: Path) -> Any:
     """Import the function's main module: `handler.py` as `handler`, and a module in a package
     directory (`hello_world/app.py`, as Lambda's handlers name them) as `hello_world.app`, so
@@ -396,13 +444,16 @@ def _limit_memory(memory_bytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-async def _serve(sock: socket.socket, watch_stdin: TextIO | None, walls: Walls | None) -> None:
-    runtime = Runtime(walls)
+async def _serve(sock: socket.socket, watch_stdin: TextIO | None, runtime: Runtime) -> None:
     stop = asyncio.Event()
+    runtime.on_template = stop.set
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if sock.family == socket.AF_UNIX:
+    server: Acceptor | asyncio.Server
+    if runtime.function is not None:  # a fork of a template: its filter denies listen()
+        server = Acceptor(sock, runtime.serve)
+    elif sock.family == socket.AF_UNIX:
         server = await asyncio.start_unix_server(runtime.serve, sock=sock, limit=1 << 20)
     else:
         server = await asyncio.start_server(runtime.serve, sock=sock, limit=1 << 20)
@@ -416,16 +467,30 @@ async def _serve(sock: socket.socket, watch_stdin: TextIO | None, walls: Walls |
     install_capture()
     async with server:
         await stop.wait()
-    await runtime.shut_down()
+    if runtime.template_fd is None:
+        await runtime.shut_down()
 
 
 def run_instance(
-    sock: socket.socket, *, watch_stdin: TextIO | None = None, walls: Walls | None = None
+    sock: socket.socket,
+    *,
+    watch_stdin: TextIO | None = None,
+    walls: Walls | None = None,
+    runtime: Runtime | None = None,
 ) -> None:
-    """Serve the wire protocol on an already listening socket until SIGTERM."""
+    """Serve the wire protocol on an already listening socket until SIGTERM, or until it is
+    made a template (then fork instances: `invoker.template`). `runtime`: a fork's, from its
+    template."""
+    runtime = runtime or Runtime(walls)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
-        asyncio.run(_serve(sock, watch_stdin, walls))
+        asyncio.run(_serve(sock, watch_stdin, runtime))
     else:
-        uvloop.run(_serve(sock, watch_stdin, walls))
+        uvloop.run(_serve(sock, watch_stdin, runtime))
+    if runtime.template_fd is not None:
+        sock.close()
+        control = socket.socket(fileno=runtime.template_fd)
+        runtime.template_fd = None  # (in its forks)
+        serve = functools.partial(run_instance, runtime=runtime)
+        serve_template(control, Fork(runtime.walls, MAX_LOG_BYTES, serve))

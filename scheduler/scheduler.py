@@ -52,19 +52,8 @@ from scheduler.tasks import Supervisor
 from scheduler.upkeep import Upkeep
 from store.records import Version, code_digest
 
-__all__ = [
-    "AtCapacity",
-    "InstanceLost",
-    "Lease",
-    "PoolSettings",
-    "Prepare",
-    "Prepared",
-    "QueueFull",
-    "QueueTimeout",
-    "Scheduler",
-    "SchedulerError",
-    "StartFailed",
-]
+__all__ = ["AtCapacity", "InstanceLost", "Lease", "PoolSettings", "Prepare", "Prepared"]
+__all__ += ["QueueFull", "QueueTimeout", "Scheduler", "SchedulerError", "StartFailed"]
 
 log = logging.getLogger("ember.scheduler")
 
@@ -313,9 +302,10 @@ class Scheduler(Upkeep):
         self._live[instance.id] = Live(instance)
         return instance
 
-    def _take_instance(self) -> tuple[Instance, bool]:
-        """A generic instance to specialize, else a new one to start (`True`: new)."""
-        instance = self.pool.take_generic()
+    def _take_instance(self, fork: bool = False) -> tuple[Instance, bool]:
+        """A generic instance to specialize, else (or to `fork` from a template) a new one to
+        start (`True`: new)."""
+        instance = None if fork else self.pool.take_generic()
         if instance is not None:
             return instance, False
         return self._new_instance(), True
@@ -327,10 +317,11 @@ class Scheduler(Upkeep):
         way instances start."""
         version = tracked.version
         key = (version.function, version.version)
-        evicting = self._make_room(version.config.memory_bytes, key, evict=evict)
+        fork = self._forkable(version)
+        evicting = self._make_room(version.config.memory_bytes, key, evict=evict, fork=fork)
         if evicting is None:
             return False
-        instance, fresh = self._take_instance()
+        instance, fresh = self._take_instance(fork)
         self._live[instance.id].memory_bytes = version.config.memory_bytes
         self.pool.begin_specialize(instance, key, version.config.concurrency)
         self._tasks.spawn(
@@ -433,6 +424,7 @@ class Scheduler(Upkeep):
                 reply.get("logs", ""),
             )
         self._keep_connection(instance, conn)
+        self._keep_template(version, meta, code, reply)
         return reply
 
     async def _start_process(self, instance: Instance, version: Version | None = None) -> None:

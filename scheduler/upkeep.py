@@ -9,16 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from invoker.protocol import Reply
-from scheduler.backends import Backend, BackendError
+from scheduler.backends import Backend, BackendError, TemplateBackend
 from scheduler.capacity import Room
 from scheduler.errors import AtCapacity, SchedulerError, StartFailed
-from scheduler.live import Checked, InstanceConnection, InstanceGone, Live, Tracked
+from scheduler.live import (
+    Checked,
+    InstanceConnection,
+    InstanceGone,
+    Live,
+    Prepare,
+    Tracked,
+    add_prepared,
+    specialize_meta,
+)
 from scheduler.policy import FunctionPolicy, PolicyRouter
 from scheduler.pool import Instance, Pool, State, VersionKey
 from scheduler.settings import PoolSettings
@@ -49,6 +59,7 @@ class Upkeep:
     _reaper_target: float
     _refill: asyncio.Event
     _stopping: bool
+    _prepare: Prepare | None
 
     if TYPE_CHECKING:
 
@@ -71,12 +82,33 @@ class Upkeep:
         ) -> None: ...
         async def _drop(self, instance: Instance, reason: str, *, restart: bool = True) -> None: ...
         def _notify(self) -> None: ...
-        def _take_instance(self) -> tuple[Instance, bool]: ...
+        def _take_instance(self, fork: bool = False) -> tuple[Instance, bool]: ...
         async def _specialize(self, instance: Instance, version: Version, fresh: bool) -> Reply: ...
         def _stop_soon(self, instance: Instance, reason: str) -> asyncio.Task[None]: ...
         async def _connection(self, instance: Instance) -> InstanceConnection: ...
         def _keep_connection(self, instance: Instance, conn: InstanceConnection) -> None: ...
         def _hand_out(self, tracked: Tracked, *, cold: bool) -> None: ...
+
+    # -- templates (forks of a specialized instance: `scheduler.backends.templates`) ---------
+
+    @functools.cached_property
+    def _templates(self) -> TemplateBackend | None:
+        return self.backend if isinstance(self.backend, TemplateBackend) else None
+
+    def _forkable(self, version: Version) -> bool:
+        """A new instance of `version` is to be forked from its template (not a generic
+        instance specialized: that would import the module again)."""
+        templates = self._templates
+        return templates is not None and templates.has_template(version)
+
+    def _keep_template(
+        self, version: Version, meta: Mapping[str, object], code: bytes, reply: Reply
+    ) -> None:
+        """`version` was specialized by an import: keep a template of it, in free room (a
+        template never evicts an instance)."""
+        templates = self._templates
+        if templates is not None and reply.get("template") != "forked" and self.room.generic_fits():
+            templates.keep_template(version, meta, code)
 
     def _forget_if_unused(self, key: VersionKey) -> None:
         """Drop the record of a version another one replaced, once it runs nowhere and has no
@@ -116,16 +148,22 @@ class Upkeep:
         stopping) and those whose stop is in flight."""
         count = len(self._live) + len(self._instance_stops)
         memory = sum(live.memory_bytes for live in self._live.values())
-        return count, memory + sum(self._instance_stops.values())
+        templates, template_bytes = (
+            (0, 0) if self._templates is None else self._templates.template_usage()
+        )
+        return count + templates, memory + template_bytes + sum(self._instance_stops.values())
 
     def _make_room(
-        self, memory_bytes: int, key: VersionKey | None, *, evict: bool
+        self, memory_bytes: int, key: VersionKey | None, *, evict: bool, fork: bool = False
     ) -> list[asyncio.Task[None]] | None:
         """Room for one more instance: None if it does not fit, else the stops of the idle
         instances evicted for it (if `evict`: calls and deploys do; prewarms and `min_warm` only
-        use free room), which the new instance waits for before it starts."""
-        generic = self.pool.take_generic()
+        use free room), which the new instance waits for before it starts. Templates give
+        their room up first (`fork`: the instance is a fork of one, not the generic's)."""
+        generic = None if fork else self.pool.take_generic()
         victims = self.room.victims_for(memory_bytes, key, generic=generic, evict=evict)
+        if victims is None and self._templates and self._templates.drop_templates(""):
+            victims = self.room.victims_for(memory_bytes, key, generic=generic, evict=evict)
         return None if victims is None else [self._evict(victim) for victim in victims]
 
     def _evict(self, victim: Instance) -> asyncio.Task[None]:
@@ -158,6 +196,8 @@ class Upkeep:
         for key in [k for k in self._versions if k[0] == function]:
             self._fail_waiters(self._versions.pop(key), gone, all_=True)
         self._active.pop(function, None)
+        if self._templates is not None:
+            self._templates.drop_templates(function)
         self.pool.forget(function)
         self.prewarm_starts.pop(function, None)
         self.policies.forget(function)
@@ -258,6 +298,8 @@ class Upkeep:
         tracked = self._learn(key, version)
         if previous is not None and previous != key:
             self._forget_if_unused(previous)
+            if self._templates is not None:  # (rollback, redeploy: the old one's is of no use)
+                self._templates.drop_templates(version.function, keep_version=key[1])
         if previous != key:
             self.pool.cancel_prewarms(version.function)
         if self._stopping or self.start_backoff_remaining_s(key) > 0:
@@ -358,6 +400,15 @@ class Upkeep:
         self.pool.mark_ready(instance, self.clock())
         self._hand_out(tracked, cold=True)
         self._wake_reaper.set()
+        if self._templates is not None:  # (the check imported it as version 0)
+            self._tasks.spawn(self._template_of(version), f"template of {key}")
+
+    async def _template_of(self, version: Version) -> None:
+        meta = specialize_meta(version, self.settings.max_response_bytes)
+        if self._prepare is not None:
+            add_prepared(meta, await self._prepare(version))
+        code = version.package.archive or version.source.encode()
+        self._keep_template(version, meta, code, {"ok": True})
 
     def drop_checked_soon(self, checked: Checked) -> None:
         self._stop_soon(checked.instance, "deploy did not complete")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import signal
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from invoker.specs import SpecializeSpec
@@ -50,6 +51,28 @@ class Backend(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class TemplateBackend(Protocol):
+    """A backend that keeps function templates (`scheduler.backends.templates`): after a
+    version is specialized once, its next instances are forked from it, imported already."""
+
+    def keep_template(self, version: Version, meta: Mapping[str, object], code: bytes) -> None:
+        """`version` was specialized with `meta` and `code`: make its template if it has none
+        (in the background: off the request path)."""
+        ...
+
+    def has_template(self, version: Version) -> bool: ...
+
+    def drop_templates(self, function: str, keep_version: int | None = None) -> int:
+        """Retire the function's templates but `keep_version`'s; with no function, every one
+        (for room), returning how many."""
+        ...
+
+    def template_usage(self) -> tuple[int, int]:
+        """Templates on the node and the memory they are charged (their PSS)."""
+        ...
 
 
 def describe_exit(code: int | None) -> str:

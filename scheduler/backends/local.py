@@ -25,6 +25,7 @@ import shutil
 import signal
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from scheduler.backends.isolation import (
     UidAllocator,
     hidden_paths,
 )
+from scheduler.backends.templates import Templates
 from scheduler.backends.zygote import ForkedHandle, Zygote, first_line
 from store.records import Version
 
@@ -132,6 +134,7 @@ class LocalBackend:
         isolation: IsolationSettings | None = None,
         private_paths: tuple[Path, ...] = (),
         environments: Path | None = None,
+        templates: bool = True,
     ) -> None:
         """`private_paths`: the platform's directories instances must not see (state dir);
         `environments`: the cache of built environments, bound into the instances that use
@@ -159,6 +162,10 @@ class LocalBackend:
         self._zygote: Zygote | None = None
         self._zygote_broken: str | None = None
         self._zygote_lock = asyncio.Lock()
+        self.templates = (
+            Templates(self, self._socket_dir) if self._socket_dir and zygote and templates else None
+        )
+        """Versions' templates (`scheduler.backends.templates`): forked, not imported."""
 
     @property
     def zygote_pid(self) -> int | None:
@@ -328,9 +335,16 @@ class LocalBackend:
                     if self._socket_dir is None
                     else f"unix:{self._socket_dir}/{instance_id}.sock"
                 )
+                template = version and self.templates and self.templates.get(version)
+                if template and self.templates:
+                    with contextlib.suppress(BackendError):  # (else: a generic instance)
+                        spare = self.templates.take_spare(template)
+                        handle = spare or await self.templates.fork(template, instance_id, address)
+                        self._handles.add(handle)
+                        return handle
                 if self.use_zygote:
                     zygote = await self._ensure_zygote()
-                    cgroup = self._new_cgroup(instance_id)
+                    cgroup = self.new_cgroup(instance_id)
                     spec = dict(self._generic_spec)
                     if cgroup is not None:
                         spec["cgroup_procs"] = cgroup.procs_files
@@ -351,7 +365,22 @@ class LocalBackend:
         self._handles.add(handle)
         return handle
 
-    def _new_cgroup(self, instance_id: str) -> InstanceCgroup | None:
+    def keep_template(self, version: Version, meta: Mapping[str, object], code: bytes) -> None:
+        """The version was specialized on this node: make its template (in the background)."""
+        if self.templates is not None:
+            self.templates.keep(version, meta, code)
+
+    def has_template(self, version: Version) -> bool:
+        return self.templates is not None and self.templates.get(version) is not None
+
+    def drop_templates(self, function: str, keep_version: int | None = None) -> int:
+        """Retire the function's templates (all of them without a function: for room)."""
+        return self.templates.drop(function, keep_version) if self.templates is not None else 0
+
+    def template_usage(self) -> tuple[int, int]:
+        return self.templates.usage() if self.templates is not None else (0, 0)
+
+    def new_cgroup(self, instance_id: str) -> InstanceCgroup | None:
         if self._cgroups is None:
             return None
         try:
@@ -458,6 +487,8 @@ class LocalBackend:
                         await handle.process.stdout.read()
 
     async def close(self) -> None:
+        if self.templates is not None:
+            await self.templates.close()
         await asyncio.gather(*(self.stop_instance(h, grace_s=1.0) for h in list(self._handles)))
         if self._zygote is not None:
             await self._zygote.close()

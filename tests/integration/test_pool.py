@@ -54,7 +54,8 @@ async def test_generic_pool_refills_after_a_cold_start(make_platform: PlatformFa
 async def test_cold_start_after_scale_to_zero_is_served_by_the_generic_pool(
     make_platform: PlatformFactory,
 ) -> None:
-    async with make_platform(pool={"keep_alive_s": 0.2, "generic_pool_size": 1}) as running:
+    pool = {"keep_alive_s": 0.2, "generic_pool_size": 1}
+    async with make_platform(pool=pool, templates=False) as running:  # (else: a fork of one)
         scheduler = running.platform.scheduler
         await running.deploy_ok("pid", PID)
         await scheduler.wait_until(lambda: not scheduler.instances_of("pid"), 10)

@@ -59,7 +59,8 @@ async def test_a_version_that_fails_to_start_backs_off_instead_of_looping(
     tmp_path: Path,
 ) -> None:
     flag = shared(tmp_path) / "broken"
-    async with make_platform(pool={"keep_alive_s": 0.2}) as running:
+    # Without templates: a fork of one would not run the module-level code again.
+    async with make_platform(pool={"keep_alive_s": 0.2}, templates=False) as running:
         await running.deploy_ok(
             "flaky",
             textwrap.dedent("""

@@ -1,0 +1,452 @@
+"""Function templates on this node (the local backend's side of `invoker.template`).
+
+After a version is specialized once, `Templates.keep` makes its template off the request path:
+a generic instance forked by the zygote (its own cgroup and namespaces, like any instance),
+specialized with the same message plus `"template": true`. It imports the function, then
+forks the version's next instances on request: a cold start is then a fork (~ms), not an
+import. Each fork is moved into a cgroup of its own (the platform learns its pid from the
+kernel: SO_PASSCRED) before it may serve. A template is charged its measured PSS against the
+node's caps, and dropped (retired: no more forks; it exits once its forks have) when its
+version is replaced or deleted, or when the node needs its room.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import struct
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+import psutil
+
+from invoker.protocol import encode_frame, read_frame
+from scheduler.backends import BackendError
+from scheduler.backends.zygote import ForkedHandle
+
+if TYPE_CHECKING:
+    from invoker.specs import SpecializeSpec
+    from scheduler.backends import InstanceHandle
+    from scheduler.backends.cgroups import InstanceCgroup
+    from store.records import Version
+
+log = logging.getLogger("ember.scheduler.local")
+
+TemplateKey = tuple[str, int]
+
+MAKE_TIMEOUT_S = 60.0
+"""Longest a template's import may take (it is off the request path)."""
+SPARE_REFILL_DELAY_S = 0.2
+"""How long after a spare fork was taken the next is made: not while the cold start it serves
+is under way (they would share the CPU)."""
+UNMEASURED_BYTES = 32 << 20
+"""What a template is charged until its PSS is measured."""
+
+
+def template_pss_bytes(pid: int) -> int:
+    """The PSS of a template's processes (its namespace's init and the template)."""
+    total = 0
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(pid)
+        for process in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                total += process.memory_full_info().pss
+    return total
+
+
+def _wake(ready: asyncio.Future[None]) -> None:
+    if not ready.done():
+        ready.set_result(None)
+
+
+def _move(pid: int, procs: list[str]) -> None:
+    """Move a process into a cgroup (each of its `cgroup.procs` files)."""
+    for path in procs:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.write(fd, str(pid).encode())
+        finally:
+            os.close(fd)
+
+
+async def _peer_pid(sock: socket.socket) -> int:
+    """The pid (in our PID namespace) of the process that sends the first byte on `sock`."""
+    loop = asyncio.get_running_loop()
+    sock.setblocking(False)
+    while True:
+        try:
+            data, ancdata, _, _ = sock.recvmsg(1, socket.CMSG_SPACE(12))
+            break
+        except BlockingIOError:
+            ready: asyncio.Future[None] = loop.create_future()
+            loop.add_reader(sock.fileno(), _wake, ready)
+            try:
+                await ready
+            finally:
+                loop.remove_reader(sock.fileno())
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+            pid: int = struct.unpack("3i", payload[:12])[0]
+            if data == b"r":
+                return pid
+    raise BackendError("the template's fork exited before it was ready")
+
+
+@dataclass(slots=True, eq=False)
+class Template:
+    """One version's template process and the reader of its reports."""
+
+    key: TemplateKey
+    handle: ForkedHandle
+    control: socket.socket
+    charge_bytes: int = UNMEASURED_BYTES
+    retired: bool = False
+    forks: dict[str, asyncio.Future[ForkedHandle]] = field(default_factory=dict)
+    children: dict[int, ForkedHandle] = field(default_factory=dict)
+    """By pid in the template's namespace."""
+    counter: int = 0
+    pending: bytes = b""
+    spare: ForkedHandle | None = None
+    """A fork made ahead, in its cgroup and listening: the next cold start takes it."""
+    spare_bytes: int = 0
+    filling: asyncio.Task[None] | None = None
+
+    def start_reading(self) -> None:
+        self.control.setblocking(False)
+        asyncio.get_running_loop().add_reader(self.control.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        try:
+            data = self.control.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close()
+            return
+        self.pending += data
+        *lines, self.pending = self.pending.split(b"\n")
+        for line in lines:
+            parts = line.decode(errors="replace").split(maxsplit=2)
+            if len(parts) == 3 and parts[0] == "forked" and parts[1] in self.forks:
+                handle = ForkedHandle(host="", port=0, pid=0)
+                self.children[int(parts[2])] = handle
+                fut = self.forks.pop(parts[1])
+                if not fut.done():
+                    fut.set_result(handle)
+            elif len(parts) == 3 and parts[0] == "failed" and parts[1] in self.forks:
+                fut = self.forks.pop(parts[1])
+                if not fut.done():
+                    fut.set_exception(BackendError(f"the template could not fork: {parts[2]}"))
+            elif len(parts) == 3 and parts[0] == "exit":
+                child = self.children.pop(int(parts[1]), None)
+                if child is not None and not child.exited.done():
+                    child.exited.set_result(int(parts[2]))
+            else:  # from user code's process: not trusted to say anything else
+                log.error("template sent a malformed report", extra={"line": line[:200].hex()})
+                self.close()
+                return
+
+    @property
+    def alive(self) -> bool:
+        return self.control.fileno() >= 0 and not self.handle.exited.done()
+
+    def close(self) -> None:
+        """The template is gone, or told us nonsense (then it goes): its forks go with its
+        namespace."""
+        if not self.handle.exited.done():
+            with contextlib.suppress(OSError):
+                os.killpg(self.handle.pid, signal.SIGKILL)
+        if self.control.fileno() >= 0:
+            asyncio.get_running_loop().remove_reader(self.control.fileno())
+            self.control.close()
+        for fut in self.forks.values():
+            if not fut.done():
+                fut.set_exception(BackendError("the template exited"))
+        self.forks.clear()
+        for child in self.children.values():
+            if not child.exited.done():
+                child.exited.set_result(None)
+        self.children.clear()
+
+    async def fork(self, address: str) -> tuple[ForkedHandle, socket.socket]:
+        """A new instance listening on `address` (unix:), and the socket to say go on once
+        it is in its cgroup."""
+        path = address.removeprefix("unix:")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        mine, theirs = socket.socketpair()
+        try:
+            listener.bind(path)
+            os.chmod(path, 0o600)
+            listener.listen(128)
+            mine.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            self.counter += 1
+            request_id = str(self.counter)
+            fut = asyncio.get_running_loop().create_future()
+            self.forks[request_id] = fut
+            fds = array.array("i", [listener.fileno(), theirs.fileno()])
+            self.control.sendmsg(
+                [b"fork %s\n" % request_id.encode()],
+                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())],
+            )
+        except OSError as exc:
+            mine.close()
+            raise BackendError(f"cannot ask the template for a fork: {exc}") from exc
+        finally:
+            listener.close()
+            theirs.close()
+        try:
+            handle = await fut
+            handle.pid = await _peer_pid(mine)
+        except BaseException:
+            mine.close()
+            raise
+        handle.host = address
+        return handle, mine
+
+    def retire(self) -> None:
+        self.retired = True
+        with contextlib.suppress(OSError):
+            self.control.send(b"retire\n")
+
+
+class Starter(Protocol):
+    """What templates need of the local backend."""
+
+    async def start_instance(
+        self, instance_id: str, version: Version | None = None
+    ) -> InstanceHandle: ...
+    def instance_spec(self, handle: InstanceHandle, version: Version) -> SpecializeSpec: ...
+    async def stop_instance(self, handle: InstanceHandle, *, grace_s: float) -> None: ...
+    def new_cgroup(self, instance_id: str) -> InstanceCgroup | None: ...
+
+
+class Templates:
+    """The node's templates, by version."""
+
+    def __init__(self, backend: Starter, socket_dir: str) -> None:
+        self._backend = backend
+        self.by_key: dict[TemplateKey, Template] = {}
+        self.refused: dict[TemplateKey, str] = {}
+        """Versions that cannot have one (their module's state cannot be forked), and why."""
+        self._making: dict[TemplateKey, asyncio.Task[None]] = {}
+        self._watchers: set[asyncio.Task[None]] = set()
+        self.spares: set[ForkedHandle] = set()
+        self._counter = 0
+        self._changed = asyncio.Event()
+        self._socket_dir = socket_dir
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout_s: float) -> None:
+        """Wait until `predicate()` holds, checked after each template made, refused or gone
+        (tests and tools); raises TimeoutError."""
+        async with asyncio.timeout(timeout_s):
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
+
+    def get(self, version: Version) -> Template | None:
+        template = self.by_key.get((version.function, version.version))
+        return template if template is not None and template.alive else None
+
+    def take_spare(self, template: Template) -> ForkedHandle | None:
+        """The template's spare fork, if it has one ready (and another is made)."""
+        spare, template.spare = template.spare, None
+        template.spare_bytes = 0
+        self._fill(template, delay_s=SPARE_REFILL_DELAY_S)
+        return spare if spare is not None and not spare.exited.done() else None
+
+    def _fill(self, template: Template, delay_s: float = 0.0) -> None:
+        if template.filling is None and not template.retired and template.alive:
+            template.filling = asyncio.create_task(
+                self._make_spare(template, delay_s), name="spare fork"
+            )
+
+    async def _make_spare(self, template: Template, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        self._counter += 1
+        name = f"spare-{self._counter}"
+        try:
+            spare = await self.fork(template, name, f"unix:{self._socket_dir}/{name}.sock")
+        except BackendError as exc:
+            log.warning("cannot fork a spare", extra={"key": template.key, "error": str(exc)})
+            return
+        finally:
+            template.filling = None
+        self.spares.add(spare)
+        spare.exited.add_done_callback(lambda _: self.spares.discard(spare))
+        if template.retired or not template.alive:
+            await self._backend.stop_instance(spare, grace_s=0.5)
+            return
+        template.spare = spare
+        template.spare_bytes = await asyncio.to_thread(template_pss_bytes, spare.pid)
+
+    async def fork(self, template: Template, instance_id: str, address: str) -> ForkedHandle:
+        """An instance forked from its version's template, in a cgroup of its own before it
+        may run anything of its own."""
+        cgroup = self._backend.new_cgroup(instance_id)
+        handle: ForkedHandle | None = None
+        try:
+            handle, go = await template.fork(address)
+            with go:  # (moving a process can wait for an RCU grace period: not on the loop)
+                await asyncio.to_thread(
+                    _move, handle.pid, cgroup.procs_files if cgroup is not None else []
+                )
+                go.send(b"g")
+        except BaseException as exc:
+            if handle is not None and handle.pid > 0:
+                with contextlib.suppress(OSError):
+                    os.killpg(handle.pid, signal.SIGKILL)
+            if cgroup is not None:
+                cgroup.kill()
+                asyncio.get_running_loop().run_in_executor(None, cgroup.release)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(address.removeprefix("unix:"))
+            if isinstance(exc, OSError):
+                raise BackendError(f"cannot fork from the template: {exc}") from exc
+            raise
+        handle.cgroup = cgroup
+        return handle
+
+    def usage(self) -> tuple[int, int]:
+        """Templates kept (and being made), and the memory they are charged: a template and
+        its spare fork count as one instance, charged the PSS of both."""
+        kept = [t for t in self.by_key.values() if t.alive]
+        making = len(self._making)
+        charged = sum(t.charge_bytes + t.spare_bytes for t in kept)
+        return len(kept) + making, charged + making * UNMEASURED_BYTES
+
+    def keep(self, version: Version, meta: Mapping[str, object], code: bytes) -> None:
+        """Make the version's template in the background, unless it has one (or cannot)."""
+        key = (version.function, version.version)
+        if version.version <= 0 or key in self._making or key in self.refused or self.get(version):
+            return
+        self._making[key] = asyncio.create_task(
+            self._make(key, version, meta, code), name=f"template {key[0]}:{key[1]}"
+        )
+
+    async def _make(
+        self, key: TemplateKey, version: Version, meta: Mapping[str, object], code: bytes
+    ) -> None:
+        started = time.perf_counter()
+        try:
+            template = await self._start(key, version, meta, code)
+        finally:
+            if self._making.get(key) is asyncio.current_task():
+                del self._making[key]
+            self._changed.set()
+        if template is None:
+            return
+        log.info(
+            "template ready",
+            extra={
+                "key": key,
+                "pss_bytes": template.charge_bytes,
+                "make_ms": round((time.perf_counter() - started) * 1000, 1),
+            },
+        )
+        self._fill(template)
+        watcher = asyncio.create_task(self._watch(template), name=f"watch template {key}")
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+
+    async def _start(
+        self, key: TemplateKey, version: Version, meta: Mapping[str, object], code: bytes
+    ) -> Template | None:
+        """A generic instance specialized as the version's template, or None (refused: the
+        reason is kept, the instance stopped)."""
+        backend = self._backend
+        self._counter += 1
+        try:
+            handle = await backend.start_instance(f"template-{self._counter}")
+        except BackendError as exc:
+            log.warning("cannot start a template", extra={"key": key, "error": str(exc)})
+            return None
+        assert isinstance(handle, ForkedHandle)
+        control = None
+        writer: asyncio.StreamWriter | None = None
+        try:
+            sandbox = backend.instance_spec(handle, version)
+            async with asyncio.timeout(MAKE_TIMEOUT_S):
+                reader, writer = await asyncio.open_unix_connection(handle.host[len("unix:") :])
+                writer.writelines(
+                    encode_frame({**meta, "sandbox": sandbox, "template": True}, code)
+                )
+                reply, _ = await read_frame(reader)
+            if reply.get("ok") and reply.get("template") == "ready":
+                control = socket.socket(fileno=os.dup(writer.get_extra_info("socket").fileno()))
+            else:
+                error = reply.get("error") or {}
+                refusal = f"{error.get('type')}: {error.get('message')}"
+        except Exception as exc:  # (its import timed out, it died, the backend failed...)
+            refusal = repr(exc)
+        except BaseException:  # cancelled: the platform is stopping
+            await asyncio.shield(backend.stop_instance(handle, grace_s=0.5))
+            raise
+        finally:
+            if writer is not None:
+                writer.close()
+        if control is None or self._making.get(key) is not asyncio.current_task():
+            if control is None:
+                log.info("no template", extra={"key": key, "reason": refusal})
+                self.refused[key] = refusal
+            else:  # dropped while it was made
+                control.close()
+            await backend.stop_instance(handle, grace_s=1.0)
+            return None
+        template = Template(key=key, handle=handle, control=control)
+        template.start_reading()
+        template.charge_bytes = await asyncio.to_thread(template_pss_bytes, handle.pid)
+        self.by_key[key] = template
+        return template
+
+    async def _watch(self, template: Template) -> None:
+        await template.handle.wait()
+        template.close()
+        if self.by_key.get(template.key) is template:
+            del self.by_key[template.key]
+        self._changed.set()
+        await self._backend.stop_instance(template.handle, grace_s=0.5)  # (its cgroup, socket)
+
+    def drop(self, function: str, keep_version: int | None = None) -> int:
+        """Retire the function's templates (every one for ""), but `keep_version`'s: no more
+        forks from them; returns how many."""
+
+        def dropped(key: TemplateKey) -> bool:
+            return function in ("", key[0]) and key[1] != keep_version
+
+        for key in [k for k in self._making if dropped(k)]:
+            del self._making[key]  # (it stops what it made when it sees that)
+        retired = [self.by_key.pop(k) for k in list(self.by_key) if dropped(k)]
+        for template in retired:
+            template.retire()
+            if template.spare is not None:
+                spare, template.spare = template.spare, None
+                task = asyncio.create_task(self._backend.stop_instance(spare, grace_s=0.5))
+                self._watchers.add(task)
+                task.add_done_callback(self._watchers.discard)
+        for key in [k for k in self.refused if dropped(k)]:
+            del self.refused[key]
+        self._changed.set()
+        return len(retired)
+
+    async def close(self) -> None:
+        fillers = [t.filling for t in self.by_key.values() if t.filling is not None]
+        for task in [*self._making.values(), *self._watchers, *fillers]:
+            task.cancel()
+        await asyncio.gather(
+            *self._making.values(), *self._watchers, *fillers, return_exceptions=True
+        )
+        await asyncio.gather(
+            *(self._backend.stop_instance(s, grace_s=0.5) for s in list(self.spares)),
+            return_exceptions=True,
+        )
+        for template in self.by_key.values():
+            template.close()

@@ -1,0 +1,221 @@
+"""Function templates: after a version is specialized once, its next instances are forks of a
+template that imported it already (`scheduler.backends.templates`, `invoker.template`)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import textwrap
+
+import psutil
+
+from scheduler.backends.local import LocalBackend
+from scheduler.backends.templates import Templates
+from scheduler.live import specialize_meta
+from scheduler.scheduler import Scheduler
+from tests.conftest import PlatformFactory, Running
+
+STATEFUL = textwrap.dedent("""
+    import os
+    import random
+    import time
+
+    imported_at = time.time()  # module-level code: runs once, in the template
+    calls = 0
+
+    def handler(event, context):
+        global calls
+        calls += 1
+        time.sleep(event.get("sleep_s", 0))
+        return {
+            "pid": os.getpid(),
+            "calls": calls,
+            "random": random.random(),
+            "imported_at": imported_at,
+        }
+""")
+FAST_SCALE_TO_ZERO = {"keep_alive_s": 0.3, "generic_pool_size": 1}
+
+
+def _templates(running: Running) -> Templates:
+    backend = running.platform.scheduler.backend
+    assert isinstance(backend, LocalBackend)
+    assert backend.templates is not None
+    return backend.templates
+
+
+async def _template_ready(running: Running, name: str, version: int) -> None:
+    templates = _templates(running)
+    key = (name, version)
+    await templates.wait_until(lambda: key in templates.by_key or key in templates.refused, 20)
+    assert key in templates.by_key, templates.refused.get(key)
+
+
+async def _cold_call(running: Running, name: str) -> tuple[dict[str, object], bool]:
+    """Call `name` after it scaled to zero: its answer, and whether the call was cold."""
+    scheduler = running.platform.scheduler
+    await scheduler.wait_until(lambda: not scheduler.instances_of(name), 10)
+    response = await running.call(name, {})
+    assert response.status == 200, await response.text()
+    _, activation = await running.admin(
+        "GET", f"/v1/activations/{response.headers['X-Ember-Activation-Id']}"
+    )
+    answer: dict[str, object] = await response.json()
+    return answer, bool(activation["cold"])
+
+
+def _pid(scheduler: Scheduler, name: str) -> int:
+    [instance] = scheduler.instances_of(name)
+    pid = scheduler.pid_of(instance)
+    assert pid is not None
+    return pid
+
+
+async def test_next_instances_are_forks_of_the_template(make_platform: PlatformFactory) -> None:
+    async with make_platform(pool=FAST_SCALE_TO_ZERO) as running:
+        scheduler = running.platform.scheduler
+        await running.deploy_ok("counter", STATEFUL)
+        first = await (await running.call("counter", {})).json()  # the deploy's instance
+        await _template_ready(running, "counter", 1)
+        template = _templates(running).by_key[("counter", 1)]
+        assert template.charge_bytes > 1 << 20  # its PSS, measured
+
+        one, cold = await _cold_call(running, "counter")
+        assert cold
+        # A fork of the template, in a process group of its own; its module-level code did
+        # not run again (the template ran it once, after the deploy's instance).
+        pid = _pid(scheduler, "counter")
+        assert psutil.Process(pid).ppid() not in (os.getpid(), template.handle.pid)
+        assert os.getpgid(pid) == pid
+        assert one["imported_at"] != first["imported_at"]
+        assert one["calls"] == 1
+
+        two, cold = await _cold_call(running, "counter")
+        assert cold
+        # Forks of one template share what it imported, and nothing after the fork: the
+        # module-level counter starts again, random numbers differ.
+        assert two["imported_at"] == one["imported_at"]
+        assert two["calls"] == 1
+        assert two["random"] != one["random"]
+        assert two["pid"] != one["pid"]
+
+
+async def test_forks_of_one_template_keep_separate_state(make_platform: PlatformFactory) -> None:
+    async with make_platform(pool={"keep_alive_s": 0.5, "generic_pool_size": 0}) as running:
+        scheduler = running.platform.scheduler
+        await running.deploy_ok("counter", STATEFUL)
+        await _template_ready(running, "counter", 1)
+        await scheduler.wait_until(lambda: not scheduler.instances_of("counter"), 10)
+        # Three calls at once, each busy for a while: three forks serve them.
+        responses = await asyncio.gather(
+            *(running.call("counter", {"sleep_s": 0.3}) for _ in range(3))
+        )
+        answers = [await r.json() for r in responses]
+        assert len({a["pid"] for a in answers}) == 3
+        assert [a["calls"] for a in answers] == [1, 1, 1]  # a counter each
+        assert len({a["random"] for a in answers}) == 3  # reseeded at fork
+        assert len({a["imported_at"] for a in answers}) == 1  # imported once, before
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+async def test_a_redeploy_drops_the_old_versions_template(make_platform: PlatformFactory) -> None:
+    async with make_platform(pool=FAST_SCALE_TO_ZERO) as running:
+        templates = _templates(running)
+        await running.deploy_ok("counter", STATEFUL)
+        await _template_ready(running, "counter", 1)
+        old = templates.by_key[("counter", 1)]
+
+        await running.deploy_ok("counter", STATEFUL.replace("calls = 0", "calls = 100"))
+        await _template_ready(running, "counter", 2)
+        assert ("counter", 1) not in templates.by_key
+        # Retired and without forks: it exits.
+        await old.handle.wait()
+        assert not _alive(old.handle.pid)
+        answer, cold = await _cold_call(running, "counter")
+        assert cold
+        assert answer["calls"] == 101  # version 2's module, from version 2's template
+
+
+async def test_a_delete_drops_the_template(make_platform: PlatformFactory) -> None:
+    async with make_platform(pool=FAST_SCALE_TO_ZERO) as running:
+        templates = _templates(running)
+        await running.deploy_ok("counter", STATEFUL)
+        await _template_ready(running, "counter", 1)
+        template = templates.by_key[("counter", 1)]
+        status, _ = await running.admin("DELETE", "/v1/functions/counter")
+        assert status == 200
+        assert templates.by_key == {}
+        await template.handle.wait()
+        assert not _alive(template.handle.pid)
+        assert templates.usage() == (0, 0)
+
+
+async def test_module_state_a_fork_cannot_share_means_no_template(
+    make_platform: PlatformFactory,
+) -> None:
+    threads = textwrap.dedent("""
+        import threading, time
+
+        threading.Thread(target=time.sleep, args=(3600,), name="poller", daemon=True).start()
+
+        def handler(event, context):
+            return {"threads": threading.active_count()}
+    """)
+    async with make_platform(pool=FAST_SCALE_TO_ZERO) as running:
+        templates = _templates(running)
+        await running.deploy_ok("threads", threads)
+        key = ("threads", 1)
+        await templates.wait_until(lambda: key in templates.refused, 20)
+        assert "started threads (poller)" in templates.refused[key]
+        # Its instances import it as before: the thread runs in each of them.
+        answer, cold = await _cold_call(running, "threads")
+        assert cold
+        assert answer == {"threads": 3}  # main, the output capture, the poller
+
+
+async def test_a_template_whose_module_fails_is_refused_and_stopped(running: Running) -> None:
+    templates = _templates(running)
+    await running.deploy_ok("counter", STATEFUL)
+    await _template_ready(running, "counter", 1)
+    scheduler = running.platform.scheduler
+    version = dataclasses.replace(scheduler._versions[("counter", 1)].version, version=7)
+    meta = specialize_meta(version, 1 << 20)
+    backend = scheduler.backend
+    assert isinstance(backend, LocalBackend)
+    backend.keep_template(version, meta, b"raise RuntimeError('only in the template')\n")
+    key = ("counter", 7)
+    await templates.wait_until(lambda: key in templates.refused, 20)
+    assert "RuntimeError: only in the template" in templates.refused[key]
+    assert key not in templates.by_key
+    assert templates.usage()[0] == 1  # version 1's; the failed one's process is stopped
+
+
+async def test_templates_count_in_the_caps_and_give_their_room_up(
+    make_platform: PlatformFactory,
+) -> None:
+    pool = {"max_total_instances": 2, "generic_pool_size": 0}
+    async with make_platform(pool=pool) as running:
+        scheduler = running.platform.scheduler
+        templates = _templates(running)
+        await running.deploy_ok("first", STATEFUL)
+        await _template_ready(running, "first", 1)
+        assert scheduler._usage()[0] == 2  # its instance and its template
+        # Kept warm on purpose, its instance cannot be evicted: a second function's deploy
+        # takes the template's room (the node holds 2).
+        status, _ = await running.admin("PUT", "/v1/functions/first/policy", json={"min_warm": 1})
+        assert status == 200
+        template = templates.by_key[("first", 1)]
+        await running.deploy_ok("second", STATEFUL)
+        assert ("first", 1) not in templates.by_key
+        await template.handle.wait()
+        # No room left for a template of the second one: none is made.
+        assert scheduler._usage()[0] == 2
+        assert (await running.call("second", {})).status == 200
+        assert templates.by_key == {}
