@@ -28,6 +28,7 @@ from events.system import EventSystem
 from gateway.env_tokens import EnvTokens
 from gateway.policy_settings import reload_policies
 from gateway.retention import Pruner
+from gateway.routing import Router
 from gateway.settings import Settings
 from gateway.state_dir import lock_state_dir
 from scheduler.backends import Backend
@@ -92,6 +93,8 @@ class Platform:
     """The platform's background tasks; if a critical one stops, the platform is broken."""
     env_tokens: EnvTokens
     """Tokens that let invoker pods fetch an environment (Kubernetes)."""
+    router: Router
+    """Sends a call to its function's home gateway (gateway/routing.py)."""
     _exits: contextlib.AsyncExitStack
     """Stops what `start` started, in reverse."""
     embedded: EmbeddedPostgres | None = None
@@ -160,6 +163,17 @@ class Platform:
             events = EventSystem(store, calls, settings.events, run)
             await events.register()
             exits.push_async_callback(events.deregister)  # after its claims are given back
+            router = Router(
+                store,
+                run_id=run.id,
+                name=settings.gateway_id,
+                settings=settings.routing,
+                silent_s=settings.events.gateway_dead_after_s,
+                registry=metrics.registry,
+            )
+            await router.start()
+            exits.push_async_callback(router.close)
+            exits.push_async_callback(router.withdraw)  # (the server withdraws it sooner)
             exits.push_async_callback(events.stop, settings.shutdown_timeout_s)
             # First when stopping: the tasks that end from now on are stopped, not failed.
             exits.callback(setattr, tasks, "closing", True)
@@ -177,6 +191,7 @@ class Platform:
                 events=events,
                 tasks=tasks,
                 env_tokens=env_tokens,
+                router=router,
                 _exits=exits,
             )
             tasks.spawn(activations.run(), "activation writer", critical=True)
@@ -188,6 +203,7 @@ class Platform:
                 pruned_rows=metrics.pruned_rows,
             )
             tasks.spawn(pruner.run(), "retention", critical=True)
+            tasks.spawn(router.run(), "gateway homes", critical=True)
             tasks.spawn(
                 store.listen_function_changes(
                     platform._on_change,

@@ -62,6 +62,7 @@ async def serve(settings: Settings) -> None:
         host, port = runner.addresses[0][:2]
         url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
         address_file.write_bytes(orjson.dumps({"url": url, "pid": os.getpid()}))
+        await platform.router.advertise(settings.routing.advertise_url or url)
         database = "embedded" if platform.embedded else "DATABASE_URL"
         log.info(
             "ember is up",
@@ -86,6 +87,7 @@ async def serve(settings: Settings) -> None:
         log.info("shutting down")
     finally:
         address_file.unlink(missing_ok=True)
+        await platform.router.withdraw(linger=True)  # peers send no more calls here
         await runner.cleanup()
         await platform.stop()
         log.info("stopped")
