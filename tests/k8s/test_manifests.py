@@ -231,6 +231,9 @@ def test_the_manifests_settings_are_what_the_processes_read(overlay: str, produc
     assert gw.token == secrets["admin-token"].strip()
     assert gw.gateway_id == "ember-gateway-5f7d9-abcde"
     assert gw.port == gateway["containers"][0]["ports"][0]["containerPort"]
+    # Peer replicas send calls to this pod's own address (gateway/routing.py).
+    assert gw.routing.enabled
+    assert gw.routing.advertise_url == f"http://10.244.1.7:{gw.port}"
     # The invoker pods' ServiceAccount and owner exist where the scheduler looks for them.
     assert find(objects, "ServiceAccount", settings.kubernetes.service_account)
     owner = find(objects, "ConfigMap", settings.kubernetes.owner_configmap)
