@@ -7,8 +7,9 @@ Two measurements, each against a baseline taken in the same run:
 1. **A replayed trace slice** (bench/replay.py's slice of the Azure Functions 2019 sample,
    time-compressed; fixed 10-minute keep-alive) on 1, 2 and 3 gateways sharing one Postgres,
    each call sent to a gateway picked at random, as a Service spreads calls over replicas.
-   Counted: cold starts (the activation records' flag) and idle instance-seconds (trace time,
-   `ember_idle_instance_seconds` summed over the gateways, after everything scaled to zero).
+   Counted: cold starts (the instances that served calls: the handler names its instance) and
+   idle instance-seconds (trace time, `ember_idle_instance_seconds` summed over the gateways,
+   after everything scaled to zero); also the calls flagged cold (they waited for a start).
    The same with `FN_ROUTE_CALLS=0` (every gateway keeps its own instances, as before) shows
    what routing saves. Target: within 10 % of one gateway's.
 2. **The hop**: warm calls (1 KB JSON, echo handler) sent to the function's home directly and
@@ -24,18 +25,44 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 
 from bench.load import Load, sequential
 from bench.platform import Gateway, Server, admin_headers
-from bench.replay import HANDLER, TRACE, pick_slice
+from bench.replay import TRACE, pick_slice
 from bench.run import BODY_1KB, ECHO, Row, bench_main, latency_row, quantiles_ms, until
-from scheduler.simulator import FunctionTrace, load_azure_trace
+from scheduler.policy import FixedKeepAlive
+from scheduler.simulator import FunctionTrace, load_azure_trace, simulate
 
+# Which instance served: the number of instances a function had is its number of cold starts
+# as the simulator counts them. (A call that waited for an instance start is flagged cold in
+# its activation record, so a burst during a start flags several calls for one start.)
+HANDLER = (
+    "import os\n"
+    "INSTANCE = os.urandom(8).hex()\n"
+    "async def handler(event, context):\n"
+    "    return INSTANCE\n"
+)
 SPEEDUP = 60.0
 KEEP_ALIVE_S = 600.0
+
+
+@dataclass(slots=True, kw_only=True)
+class Replayed:
+    calls: int
+    starts: int
+    """Instances that served calls: cold starts, as the simulator counts them."""
+    cold: int
+    """Calls flagged cold in their activation records (they waited for an instance start)."""
+    idle_s: float
+    """Idle instance-seconds, trace time."""
+    starts_of: dict[str, int]
+    """Cold starts per function of the slice."""
+    sent: dict[str, int]
+    """Calls sent to another gateway, by outcome (served, fallback, lost)."""
 
 
 def start_gateways(work: Path, database_url: str, n: int, tag: str, **env: str) -> list[Gateway]:
@@ -78,6 +105,18 @@ async def idle_instance_s(http: aiohttp.ClientSession, gateways: list[Gateway]) 
     return total
 
 
+async def sent_calls(http: aiohttp.ClientSession, gateways: list[Gateway]) -> dict[str, int]:
+    """`ember_gateway_sent_calls_total` by outcome, summed over the gateways."""
+    counts: dict[str, int] = {}
+    for g in gateways:
+        async with http.get(f"{g.url}/metrics") as r:
+            for line in (await r.text()).splitlines():
+                if line.startswith("ember_gateway_sent_calls_total{"):
+                    outcome = line.split('"')[1]
+                    counts[outcome] = counts.get(outcome, 0) + int(float(line.split()[-1]))
+    return counts
+
+
 async def instances(http: aiohttp.ClientSession, gateways: list[Gateway]) -> int:
     total = 0
     for g in gateways:
@@ -88,10 +127,9 @@ async def instances(http: aiohttp.ClientSession, gateways: list[Gateway]) -> int
 
 
 async def replay_on(
-    work: Path, database_url: str, traces: list[FunctionTrace], n: int, routed: bool
-) -> tuple[int, int, float]:
-    """Replay `traces` over `n` gateways; (calls, cold starts, idle instance-seconds)."""
-    tag = f"{'r' if routed else 'u'}{n}"
+    work: Path, database_url: str, traces: list[FunctionTrace], n: int, routed: bool, tag: str
+) -> Replayed:
+    """Replay `traces` over `n` gateways."""
     gateways = start_gateways(work, database_url, n, tag, FN_ROUTE_CALLS="1" if routed else "0")
     names = {t.name: f"{tag}-{t.name}" for t in traces}
     try:
@@ -120,10 +158,13 @@ async def replay_on(
             pick = random.Random(n).choice
             loop = asyncio.get_running_loop()
 
+            served: dict[str, set[str]] = {name: set() for name in names.values()}
+
             async def call(name: str) -> None:
                 async with http.post(f"{pick(gateways).url}/fn/{name}", json={}) as r:
                     if r.status != 200:
                         raise RuntimeError(f"call to {name}: {r.status} {await r.text()}")
+                    served[name].add(await r.text())
 
             t0 = loop.time()
             tasks = []
@@ -140,7 +181,9 @@ async def replay_on(
             for g in gateways:  # listing flushes that gateway's activation writer
                 async with http.get(f"{g.url}/v1/functions", headers=admin_headers()) as r:
                     await r.read()
+            sent = await sent_calls(http, gateways)
             calls = cold = 0
+            starts_of = {t: len(served[name]) for t, name in names.items()}
             for name in names.values():
                 async with http.get(
                     f"{gateways[0].url}/v1/functions/{name}/activations?limit=1000",
@@ -149,7 +192,14 @@ async def replay_on(
                     flags = [a["cold"] for a in (await r.json())["activations"]]
                 calls += len(flags)
                 cold += sum(flags)
-            return calls, cold, idle_s
+            return Replayed(
+                calls=calls,
+                starts=sum(starts_of.values()),
+                cold=cold,
+                idle_s=idle_s,
+                starts_of=starts_of,
+                sent=sent,
+            )
     finally:
         for g in gateways:
             await asyncio.to_thread(g.stop)
@@ -207,31 +257,55 @@ async def hop(work: Path, database_url: str, n: int) -> list[Row]:
     ]
 
 
+CONFIGS = [
+    ("1 gateway", 1, True),
+    ("2 gateways, routed", 2, True),
+    ("3 gateways, routed", 3, True),
+    ("1 gateway, again (the run-to-run noise)", 1, True),
+    ("2 gateways, NOT routed", 2, False),
+    ("3 gateways, NOT routed", 3, False),
+]
+
+
 async def run(quick: bool, database_url: str, work: Path) -> list[Row]:
     minutes, functions = (15, 15) if quick else (30, 25)
     trace = Path(os.environ.get("EMBER_TRACE_DIR") or TRACE)
     traces = pick_slice(load_azure_trace(trace), 600, minutes, functions, 400)
+    predicted = simulate(traces, FixedKeepAlive(KEEP_ALIVE_S))
+    print(
+        f"slice: minutes 600-{600 + minutes} of the trace, {len(traces)} functions, "
+        f"{predicted.calls} calls, x{SPEEDUP:g}; fixed keep-alive {KEEP_ALIVE_S / 60:g} min: "
+        f"the simulator predicts {predicted.cold} cold starts",
+        flush=True,
+    )
     rows: list[Row] = []
-    results: dict[tuple[int, bool], tuple[int, int, float]] = {}
-    for n, routed in ((1, True), (2, True), (3, True), (2, False), (3, False)):
-        results[n, routed] = await replay_on(work, database_url, traces, n, routed)
-        calls, cold, idle_s = results[n, routed]
+    results: list[tuple[str, int, bool, Replayed]] = []
+    for i, (label, n, routed) in enumerate(CONFIGS):
+        result = await replay_on(work, database_url, traces, n, routed, f"c{i}")
+        results.append((label, n, routed, result))
         print(
-            f"{n} gateway(s), {'routed' if routed else 'not routed'}: {calls} calls, "
-            f"{cold} cold starts, {idle_s:,.0f} idle instance-seconds",
+            f"{label}: {result.calls} calls, {result.starts} cold starts (instances), "
+            f"{result.cold} calls flagged cold, "
+            f"{result.idle_s:,.0f} idle instance-seconds; sent {result.sent}",
             flush=True,
         )
-    _, base_cold, base_idle = results[1, True]
-    for (n, routed), (calls, cold, idle_s) in results.items():
-        cold_x, idle_x = cold / max(base_cold, 1), idle_s / max(base_idle, 1.0)
+    base = results[0][3]
+    for label, _, _, result in results[1:]:
+        differ = {
+            k: (base.starts_of[k], v) for k, v in result.starts_of.items() if v != base.starts_of[k]
+        }
+        print(f"  cold starts per function that differ, {label} vs 1 gateway: {differ}")
+    for label, n, routed, result in results:
+        cold_x = result.starts / max(base.starts, 1)
+        idle_x = result.idle_s / max(base.idle_s, 1.0)
+        judged = routed and n > 1
         rows.append(
             Row(
-                f"replay {minutes} min x{SPEEDUP:g}, {n} gateway(s), "
-                f"{'routed' if routed else 'NOT routed'}: {calls} calls, {cold} cold, "
-                f"{idle_s:,.0f} idle inst-s",
+                f"replay: {label}: {result.calls} calls, {result.starts} cold starts "
+                f"({result.cold} calls waited), {result.idle_s:,.0f} idle inst-s",
                 ratio=f"{cold_x:.2f}x / {idle_x:.2f}x",
-                target="<= 1.10x both" if routed and n > 1 else "",
-                met=(cold_x <= 1.10 and idle_x <= 1.10) if routed and n > 1 else None,
+                target="<= 1.10x both" if judged else "",
+                met=(cold_x <= 1.10 and idle_x <= 1.10) if judged else None,
             )
         )
     rows.extend(await hop(work, database_url, 2000 if quick else 8000))

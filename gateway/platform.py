@@ -203,7 +203,8 @@ class Platform:
                 pruned_rows=metrics.pruned_rows,
             )
             tasks.spawn(pruner.run(), "retention", critical=True)
-            tasks.spawn(router.run(), "gateway homes", critical=True)
+            if settings.routing.enabled:
+                tasks.spawn(router.run(), "gateway homes", critical=True)
             tasks.spawn(
                 store.listen_function_changes(
                     platform._on_change,

@@ -165,6 +165,11 @@ class Router:
             (k, v) for k, v in request.headers.items() if k.lower() not in _NOT_SENT
         )
         headers[HOP_HEADER] = self.name
+        if request.remote:  # the home's handler sees this gateway as the client
+            forwarded = headers.get("X-Forwarded-For")
+            headers["X-Forwarded-For"] = (
+                f"{forwarded}, {request.remote}" if forwarded else request.remote
+            )
         target: Home | None = home
         while target is not None:
             url = URL(target.address + request.raw_path, encoded=True)
@@ -264,8 +269,6 @@ class Router:
 
     async def run(self) -> None:
         """Refresh every `refresh_s`; while Postgres is away, keep the last list."""
-        if not self.settings.enabled:
-            return
         while True:
             try:
                 await self.refresh()

@@ -35,7 +35,9 @@ HANDLER = (  # INSTANCE: which instance served (seen repeat: each has a PID name
     "    if event.get('hold'):\n"
     "        open(event['hold'], 'w').close()\n"
     "        time.sleep(20)\n"
-    "    return {'instance': INSTANCE}\n"
+    "    headers = {k.lower(): v for k, v in context.headers.items()}\n"
+    "    return {'instance': INSTANCE, 'hop': headers.get('x-ember-hop'),\n"
+    "            'forwarded': headers.get('x-forwarded-for')}\n"
 )
 
 
@@ -104,6 +106,10 @@ async def test_a_call_on_another_gateway_is_served_by_the_homes_warm_instance(
         assert status == 200, body
         seen.add(body["instance"])
         assert served_by == ("gw-b" if g is a else None)  # b serves itself: no hop
+        # The handler at the home sees who sent it, and the caller's address.
+        assert (body["hop"], body["forwarded"]) == (
+            ("gw-a", "127.0.0.1") if g is a else (None, None)
+        )
     # One instance, at the home, served all six: one cold start, not one per gateway.
     assert len(b.platform.scheduler.instances_of(name)) == 1
     assert len(seen) == 1
