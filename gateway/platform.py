@@ -171,7 +171,6 @@ class Platform:
                 silent_s=settings.events.gateway_dead_after_s,
                 registry=metrics.registry,
             )
-            await router.start()
             exits.push_async_callback(router.close)
             exits.push_async_callback(router.withdraw)  # (the server withdraws it sooner)
             exits.push_async_callback(events.stop, settings.shutdown_timeout_s)

@@ -27,13 +27,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from yarl import URL
 
 from gateway.errors import error_response
+from gateway.peers import NotReached, PeerClient, PeerError
 from gateway.settings import RoutingSettings
 from store import Store
 from store.gateways import GatewayHome
@@ -85,10 +84,20 @@ class Home:
     id: uuid.UUID
     name: str
     address: str
+    peer: tuple[str, int] = ("", 0)
+    """Host and port of `address`."""
 
     def score(self, function: str) -> int:
         digest = hashlib.blake2b(function.encode(), digest_size=8, key=self.id.bytes).digest()
         return int.from_bytes(digest, "big")
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    url = URL(address)
+    if url.scheme != "http" or not url.host or url.port is None:
+        log.warning("ignoring a gateway address that is not http://HOST:PORT: %r", address)
+        return None
+    return url.host, url.port
 
 
 def home_among(homes: list[Home], function: str) -> Home | None:
@@ -126,7 +135,7 @@ class Router:
         self._home_of: dict[str, Home | None] = {}
         self._alone = True
         self._clock = clock
-        self._http: aiohttp.ClientSession | None = None
+        self._peers = PeerClient(connect_timeout_s=settings.connect_timeout_s)
         self.changed = asyncio.Event()
         """Set (and replaced) whenever the list of homes changes: tests and benches await it."""
         self._sent = Counter(
@@ -159,48 +168,49 @@ class Router:
         """Send the call to `home` and return its response; None when no other gateway took
         it (serve it here). A home that refuses the connection is left out and the next one
         is tried."""
-        assert self._http is not None, "Router.start was not called"
         body = await request.read()  # the limit is checked here; the home checks it too
-        headers = CIMultiDict(
-            (k, v) for k, v in request.headers.items() if k.lower() not in _NOT_SENT
+        head = [f"{request.method} {request.raw_path} HTTP/1.1"]
+        for key, value in request.headers.items():
+            if key.lower() not in _NOT_SENT:
+                head.append(f"{key}: {value}")
+        forwarded = request.headers.get("X-Forwarded-For")
+        remote = request.remote or ""
+        head.append(
+            f"X-Forwarded-For: {forwarded}, {remote}" if forwarded else f"X-Forwarded-For: {remote}"
         )
-        headers[HOP_HEADER] = self.name
-        if request.remote:  # the home's handler sees this gateway as the client
-            forwarded = headers.get("X-Forwarded-For")
-            headers["X-Forwarded-For"] = (
-                f"{forwarded}, {request.remote}" if forwarded else request.remote
-            )
+        head.append(f"{HOP_HEADER}: {self.name}")
+        head.append(f"Content-Length: {len(body)}\r\n\r\n")
+        message = "\r\n".join(head).encode("utf-8", "surrogateescape") + body
         target: Home | None = home
         while target is not None:
-            url = URL(target.address + request.raw_path, encoded=True)
             try:
-                async with self._http.request(
-                    request.method, url, headers=headers, data=body
-                ) as response:
-                    payload = await response.read()
-                    answer = web.Response(status=response.status, body=payload)
-                    for key, value in response.headers.items():
-                        if key.lower() not in _NOT_RETURNED:
-                            answer.headers.add(key, value)
-                    answer.headers[HOME_HEADER] = target.name
-                    self._sent.labels("served").inc()
-                    return answer
-            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                response = await self._peers.request(
+                    target.peer, message, no_body=request.method == "HEAD"
+                )
+            except NotReached as exc:
                 self._suspect(target, exc)  # nothing reached it: try the next home
                 target = self._home(function)
-            except (aiohttp.ClientError, TimeoutError) as exc:
+                continue
+            except PeerError as exc:
                 self._sent.labels("lost").inc()
                 log.warning(
                     "home gateway lost during a call",
-                    extra={"function": function, "home": target.name, "error": repr(exc)},
+                    extra={"function": function, "home": target.name, "error": str(exc)},
                 )
                 return error_response(
                     502,
                     "home_gateway_lost",
                     f'the gateway {target.name!r} that serves function "{function}" went away '
-                    f"during the call ({exc.__class__.__name__}); the call may or may not have "
-                    "run: retry it if it is safe to",
+                    f"during the call ({exc}); the call may or may not have run: retry it if "
+                    "it is safe to",
                 )
+            answer = web.Response(status=response.status, body=response.body)
+            for key, value in response.headers:
+                if key.lower() not in _NOT_RETURNED:
+                    answer.headers.add(key, value)
+            answer.headers[HOME_HEADER] = target.name
+            self._sent.labels("served").inc()
+            return answer
         self._sent.labels("fallback").inc()
         return None
 
@@ -223,17 +233,8 @@ class Router:
 
     # -- membership ------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        self._http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30.0),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.settings.connect_timeout_s),
-            auto_decompress=False,  # bytes pass through, with their Content-Encoding
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-        )
-
     async def close(self) -> None:
-        if self._http is not None:
-            await self._http.close()
+        self._peers.close()
 
     async def advertise(self, address: str) -> None:
         """Take calls for this gateway's functions at `address` from now on."""
@@ -284,10 +285,11 @@ class Router:
             i: until for i, until in self._suspects.items() if until > now and i in listed_ids
         }
         homes = [
-            Home(id=h.id, name=h.name, address=h.address)
+            Home(id=h.id, name=h.name, address=h.address, peer=peer)
             for h in listed
             if h.id not in self._suspects
             and (h.id != self.run_id or h.address == self.address)  # not while stopping
+            and (peer := _host_port(h.address)) is not None
         ]
         if homes == self.homes:
             return
