@@ -16,8 +16,9 @@ Two measurements, each against a baseline taken in the same run:
    through the other gateway, alternating, next to a bare aiohttp echo round trip (the floor:
    one loopback hop). Target: the sent call's p50 exceeds the direct one's by at most the floor's.
 
-The trace is shared/traces/ beside the repository, or EMBER_TRACE_DIR. Prints a table and
-writes bench/results/gateways.json.
+The trace is shared/traces/ beside the repository, or EMBER_TRACE_DIR; EMBER_BENCH_POLICY sets
+the replay's policy (default fixed), EMBER_BENCH_ONLY=replay|hop runs one part. Prints a table
+and writes bench/results/gateways.json.
 """
 
 from __future__ import annotations
@@ -37,15 +38,19 @@ from bench.run import BODY_1KB, ECHO, Row, bench_main, latency_row, quantiles_ms
 from scheduler.policy import FixedKeepAlive
 from scheduler.simulator import FunctionTrace, load_azure_trace, simulate
 
-# Which instance served: the number of instances a function had is its number of cold starts
-# as the simulator counts them. (A call that waited for an instance start is flagged cold in
-# its activation record, so a burst during a start flags several calls for one start.)
+# The handler names its instance: a call that waited for an instance start is flagged cold in
+# its activation record, so a burst during one start flags several calls; the simulator counts
+# one cold start. So the cold starts here are the instances that served a call flagged cold.
 HANDLER = (
     "import os\n"
     "INSTANCE = os.urandom(8).hex()\n"
     "async def handler(event, context):\n"
     "    return INSTANCE\n"
 )
+POLICY = os.environ.get("EMBER_BENCH_POLICY", "fixed")
+"""The warm-pool policy of the replay (fixed: what the simulator's prediction is for)."""
+ONLY = os.environ.get("EMBER_BENCH_ONLY", "")
+"""`replay` or `hop`: run one of the two measurements."""
 SPEEDUP = 60.0
 KEEP_ALIVE_S = 600.0
 
@@ -54,7 +59,8 @@ KEEP_ALIVE_S = 600.0
 class Replayed:
     calls: int
     starts: int
-    """Instances that served calls: cold starts, as the simulator counts them."""
+    """Cold starts, as the simulator counts them: instances that served a call flagged cold
+    (a prewarmed instance that serves its first call warm is not one)."""
     cold: int
     """Calls flagged cold in their activation records (they waited for an instance start)."""
     idle_s: float
@@ -153,18 +159,22 @@ async def replay_on(
             async def scaled_to_zero() -> bool:
                 return await instances(http, gateways) == 0
 
+            async with http.put(
+                f"{gateways[0].url}/v1/policy", headers=admin_headers(), json={"prewarm": POLICY}
+            ) as r:
+                assert r.status == 200, await r.text()
             await until(scaled_to_zero, KEEP_ALIVE_S / SPEEDUP + 30, "scale to zero")
             idle_before = await idle_instance_s(http, gateways)
             pick = random.Random(n).choice
             loop = asyncio.get_running_loop()
 
-            served: dict[str, set[str]] = {name: set() for name in names.values()}
+            served: dict[str, str] = {}  # activation id -> the instance that served it
 
             async def call(name: str) -> None:
                 async with http.post(f"{pick(gateways).url}/fn/{name}", json={}) as r:
                     if r.status != 200:
                         raise RuntimeError(f"call to {name}: {r.status} {await r.text()}")
-                    served[name].add(await r.text())
+                    served[r.headers["X-Ember-Activation-Id"]] = await r.text()
 
             t0 = loop.time()
             tasks = []
@@ -183,15 +193,17 @@ async def replay_on(
                     await r.read()
             sent = await sent_calls(http, gateways)
             calls = cold = 0
-            starts_of = {t: len(served[name]) for t, name in names.items()}
-            for name in names.values():
+            starts_of: dict[str, int] = {}
+            for trace_name, name in names.items():
                 async with http.get(
                     f"{gateways[0].url}/v1/functions/{name}/activations?limit=1000",
                     headers=admin_headers(),
                 ) as r:
-                    flags = [a["cold"] for a in (await r.json())["activations"]]
-                calls += len(flags)
-                cold += sum(flags)
+                    activations = (await r.json())["activations"]
+                calls += len(activations)
+                cold += sum(a["cold"] for a in activations)
+                # One start can flag several calls (those that waited for it): count instances.
+                starts_of[trace_name] = len({served[a["id"]] for a in activations if a["cold"]})
             return Replayed(
                 calls=calls,
                 starts=sum(starts_of.values()),
@@ -223,10 +235,14 @@ async def hop(work: Path, database_url: str, n: int) -> list[Row]:
         home, other = (gateways[1], gateways[0]) if home_name else (gateways[0], gateways[1])
         floor_url = f"http://127.0.0.1:{floor.port}/echo"
         samples: dict[str, list[float]] = {"floor": [], "direct": [], "sent": []}
-        for _ in range(4):  # alternate, so that the machine's load moves all three alike
-            samples["floor"] += await sequential(Load(floor_url, BODY_1KB), n // 4)
-            samples["direct"] += await sequential(Load(f"{home.url}/fn/hop", BODY_1KB), n // 4)
-            samples["sent"] += await sequential(Load(f"{other.url}/fn/hop", BODY_1KB), n // 4)
+        rounds = 10  # alternate, so that the machine's load moves all three alike
+        for _ in range(rounds):
+            for key, url in (
+                ("floor", floor_url),
+                ("direct", f"{home.url}/fn/hop"),
+                ("sent", f"{other.url}/fn/hop"),
+            ):
+                samples[key] += await sequential(Load(url, BODY_1KB), n // rounds, warmup=20)
     finally:
         for g in gateways:
             await asyncio.to_thread(g.stop)
@@ -269,13 +285,16 @@ CONFIGS = [
 
 async def run(quick: bool, database_url: str, work: Path) -> list[Row]:
     minutes, functions = (15, 15) if quick else (30, 25)
+    if ONLY == "hop":
+        return await hop(work, database_url, 2000 if quick else 8000)
     trace = Path(os.environ.get("EMBER_TRACE_DIR") or TRACE)
     traces = pick_slice(load_azure_trace(trace), 600, minutes, functions, 400)
     predicted = simulate(traces, FixedKeepAlive(KEEP_ALIVE_S))
     print(
         f"slice: minutes 600-{600 + minutes} of the trace, {len(traces)} functions, "
-        f"{predicted.calls} calls, x{SPEEDUP:g}; fixed keep-alive {KEEP_ALIVE_S / 60:g} min: "
-        f"the simulator predicts {predicted.cold} cold starts",
+        f"{predicted.calls} calls, x{SPEEDUP:g}; policy {POLICY}, keep-alive "
+        f"{KEEP_ALIVE_S / 60:g} min; with a fixed keep-alive the simulator predicts "
+        f"{predicted.cold} cold starts",
         flush=True,
     )
     rows: list[Row] = []
@@ -308,7 +327,8 @@ async def run(quick: bool, database_url: str, work: Path) -> list[Row]:
                 met=(cold_x <= 1.10 and idle_x <= 1.10) if judged else None,
             )
         )
-    rows.extend(await hop(work, database_url, 2000 if quick else 8000))
+    if ONLY != "replay":
+        rows.extend(await hop(work, database_url, 2000 if quick else 8000))
     return rows
 
 

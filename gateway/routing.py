@@ -138,12 +138,15 @@ class Router:
         self._peers = PeerClient(connect_timeout_s=settings.connect_timeout_s)
         self.changed = asyncio.Event()
         """Set (and replaced) whenever the list of homes changes: tests and benches await it."""
-        self._sent = Counter(
+        sent = Counter(
             "ember_gateway_sent_calls",
             "Calls sent to the function's home gateway, by outcome: served there, served here "
             "(the home did not take the connection), lost (the home went away during the call)",
             ["outcome"],
             registry=registry,
+        )
+        self._served, self._fallback, self._lost = (
+            sent.labels(o) for o in ("served", "fallback", "lost")
         )
         self._homes_gauge = Gauge(
             "ember_gateway_homes", "Live gateways that are home to functions", registry=registry
@@ -192,7 +195,7 @@ class Router:
                 target = self._home(function)
                 continue
             except PeerError as exc:
-                self._sent.labels("lost").inc()
+                self._lost.inc()
                 log.warning(
                     "home gateway lost during a call",
                     extra={"function": function, "home": target.name, "error": str(exc)},
@@ -209,9 +212,9 @@ class Router:
                 if key.lower() not in _NOT_RETURNED:
                     answer.headers.add(key, value)
             answer.headers[HOME_HEADER] = target.name
-            self._sent.labels("served").inc()
+            self._served.inc()
             return answer
-        self._sent.labels("fallback").inc()
+        self._fallback.inc()
         return None
 
     def _home(self, function: str) -> Home | None:
