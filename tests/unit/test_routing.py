@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
+
+from config.units import ConfigError
 from gateway.routing import Home, home_among
+from gateway.settings import RoutingSettings, Settings
 
 NAMES = [f"fn-{i}" for i in range(3000)]
 
@@ -45,3 +49,23 @@ def test_a_leaving_gateway_gives_away_only_its_own_functions() -> None:
         before = home_among(three, name)
         if before != three[1]:
             assert home_among(two, name) == before
+
+
+def test_routing_settings_from_the_environment() -> None:
+    settings = Settings.from_env(
+        {
+            "FN_ROUTE_CALLS": "0",
+            "EMBER_GATEWAY_URL": "http://10.0.0.7:8080/",
+            "FN_ROUTE_REFRESH": "250ms",
+            "FN_ROUTE_CONNECT_TIMEOUT": "2s",
+        }
+    ).routing
+    assert settings == RoutingSettings(
+        enabled=False,
+        advertise_url="http://10.0.0.7:8080",
+        refresh_s=0.25,
+        connect_timeout_s=2.0,
+    )
+    assert Settings.from_env({}).routing == RoutingSettings()
+    with pytest.raises(ConfigError, match="FN_ROUTE_REFRESH"):
+        Settings.from_env({"FN_ROUTE_REFRESH": "0"})
