@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -208,6 +209,9 @@ def gateway_process(tmp_path: Path, database_url: str, name: str) -> Iterator[tu
             break
     if url is None:
         pytest.fail(f"the gateway exited with {process.wait()}")
+    stderr = process.stderr
+    drain = threading.Thread(target=lambda: [None for _ in stderr], daemon=True)
+    drain.start()  # its log must not fill the pipe and block it
     try:
         yield process, url
     finally:
@@ -217,9 +221,10 @@ def gateway_process(tmp_path: Path, database_url: str, name: str) -> Iterator[tu
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=30)
-        process.stderr.close()
         _, alive = psutil.wait_procs(children, timeout=10)
         assert not alive, f"processes outlived the gateway: {alive}"
+        drain.join(timeout=10)  # the pipe's end: every process that held it is gone
+        stderr.close()
 
 
 async def test_a_killed_home_is_routed_around_and_only_its_inflight_call_is_lost(
