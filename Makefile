@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint format clean bench bench-quick bench-auth bench-events bench-deps bench-templates bench-styles bench-k8s bench-k8s-deps bench-replay bench-soak bench-decisions simulate
+.PHONY: up test lint format clean bench bench-quick bench-auth bench-events bench-deps bench-templates bench-styles bench-k8s bench-k8s-deps bench-gateways bench-replay bench-soak bench-decisions simulate
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -85,6 +85,10 @@ bench-k8s: $(STAMP)
 ## bench-k8s-deps: cold starts of a function with requirements on Kubernetes (node cache hit, miss) vs local
 bench-k8s-deps: $(STAMP)
 	$(PY) -m bench.k8s_deps
+
+## bench-gateways: 1, 2 and 3 gateways sharing warm instances on a replayed trace slice, and the hop's cost (about 6 minutes)
+bench-gateways: $(STAMP)
+	$(PY) -m bench.gateways
 
 ## bench-decisions: the time of one policy decision per call at 240 filled histogram bins
 bench-decisions: $(STAMP)

@@ -80,6 +80,10 @@ async def invoke(request: web.Request) -> web.StreamResponse:
     if isinstance(parsed, web.Response):
         return parsed
     name, pinned = qualify(namespace, parsed[0]), parsed[1]
+    if (home := platform.router.home_of(name, request)) is not None:  # gateway/routing.py
+        sent = await platform.router.send(home, name, request)
+        if sent is not None:
+            return sent
     try:
         version = await platform.functions.resolve(name, pinned)
     except FunctionNotFound:

@@ -29,6 +29,7 @@ from gateway.env_tokens import EnvTokens
 from gateway.keyring import KeyRing
 from gateway.policy_settings import reload_policies
 from gateway.retention import Pruner
+from gateway.routing import Router
 from gateway.settings import Settings
 from gateway.state_dir import lock_state_dir
 from gateway.vault import Vault, with_secrets
@@ -105,6 +106,8 @@ class Platform:
     """API keys and namespaces, in memory (gateway/auth.py checks them)."""
     vault: Vault
     """Encrypts and decrypts secrets."""
+    router: Router
+    """Sends a call to its function's home gateway (gateway/routing.py)."""
     _exits: contextlib.AsyncExitStack
     """Stops what `start` started, in reverse."""
     embedded: EmbeddedPostgres | None = None
@@ -180,6 +183,16 @@ class Platform:
             events = EventSystem(store, calls, settings.events, run)
             await events.register()
             exits.push_async_callback(events.deregister)  # after its claims are given back
+            router = Router(
+                store,
+                run_id=run.id,
+                name=settings.gateway_id,
+                settings=settings.routing,
+                silent_s=settings.events.gateway_dead_after_s,
+                registry=metrics.registry,
+            )
+            exits.push_async_callback(router.close)
+            exits.push_async_callback(router.withdraw)  # (the server withdraws it sooner)
             exits.push_async_callback(events.stop, settings.shutdown_timeout_s)
             # First when stopping: the tasks that end from now on are stopped, not failed.
             exits.callback(setattr, tasks, "closing", True)
@@ -199,6 +212,7 @@ class Platform:
                 env_tokens=env_tokens,
                 keys=keys,
                 vault=vault,
+                router=router,
                 _exits=exits,
             )
             tasks.spawn(activations.run(), "activation writer", critical=True)
@@ -210,6 +224,8 @@ class Platform:
                 pruned_rows=metrics.pruned_rows,
             )
             tasks.spawn(pruner.run(), "retention", critical=True)
+            if settings.routing.enabled:
+                tasks.spawn(router.run(), "gateway homes", critical=True)
             tasks.spawn(
                 store.listen_function_changes(
                     platform._on_change,

@@ -65,8 +65,16 @@ async def serve(settings: Settings) -> None:
         )
         await site.start()
         host, port = runner.addresses[0][:2]
-        url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
+        wildcard = host in ("0.0.0.0", "")
+        url = f"http://{'127.0.0.1' if wildcard else host}:{port}"
         address_file.write_bytes(orjson.dumps({"url": url, "pid": os.getpid()}))
+        if wildcard and settings.routing.enabled and not settings.routing.advertise_url:
+            log.warning(
+                "gateways on other hosts cannot send calls to %s; set EMBER_GATEWAY_URL to "
+                "an address they reach (docs/kubernetes.md, Scaling gateways)",
+                url,
+            )
+        await platform.router.advertise(settings.routing.advertise_url or url)
         database = "embedded" if platform.embedded else "DATABASE_URL"
         log.info(
             "ember is up",
@@ -91,6 +99,7 @@ async def serve(settings: Settings) -> None:
         log.info("shutting down")
     finally:
         address_file.unlink(missing_ok=True)
+        await platform.router.withdraw(linger=True)  # peers send no more calls here
         await runner.cleanup()
         await platform.stop()
         log.info("stopped")

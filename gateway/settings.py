@@ -61,6 +61,24 @@ class HttpSettings:
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
+class RoutingSettings:
+    """Sending each function's calls to its home gateway, when several share one Postgres."""
+
+    enabled: bool = True
+    """Send calls to the function's home gateway, and be a home (FN_ROUTE_CALLS). Off (0):
+    this gateway serves every call it gets with its own instances, as before."""
+    advertise_url: str | None = None
+    """The URL peers send calls to (EMBER_GATEWAY_URL); default: the address the gateway
+    listens on, 127.0.0.1 when that is every address. deploy/ sets http://POD_IP:8080."""
+    refresh_s: float = 1.0
+    """How often the list of homes is read from Postgres (FN_ROUTE_REFRESH): how long a
+    joining or a stopping gateway takes to be seen."""
+    connect_timeout_s: float = 1.0
+    """How long to wait for a home to take a connection before it is taken for dead
+    (FN_ROUTE_CONNECT_TIMEOUT); the call then goes to the next home."""
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
 class Settings:
     host: str = "127.0.0.1"
     """Address the gateway listens on (FN_HOST). Default: loopback only."""
@@ -119,6 +137,7 @@ class Settings:
     events: EventSettings = field(default_factory=EventSettings)
     isolation: IsolationSettings = field(default_factory=IsolationSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
+    routing: RoutingSettings = field(default_factory=RoutingSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -172,8 +191,16 @@ class Settings:
         time_scale = read.number("FN_TIME_SCALE", defaults.time_scale)
         if not 1 <= time_scale <= 10_000:
             raise ConfigError("FN_TIME_SCALE", time_scale, "a number from 1 to 10000")
+        r = RoutingSettings()
+        routing = RoutingSettings(
+            enabled=read.flag("FN_ROUTE_CALLS", r.enabled),
+            advertise_url=(read.optional("EMBER_GATEWAY_URL") or "").rstrip("/") or None,
+            refresh_s=read.duration_s("FN_ROUTE_REFRESH", r.refresh_s),
+            connect_timeout_s=read.duration_s("FN_ROUTE_CONNECT_TIMEOUT", r.connect_timeout_s),
+        )
         return cls(
             http=http,
+            routing=routing,
             time_scale=time_scale,
             events=events,
             isolation=isolation,

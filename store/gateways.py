@@ -10,10 +10,22 @@ has been silent for long enough.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 
 from store.base import StoreBase, retry_once
 from store.queries import QUERIES
 from store.records import ActivationId
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class GatewayHome:
+    """A live gateway run that takes calls for the functions it is home to."""
+
+    id: uuid.UUID
+    name: str
+    """EMBER_GATEWAY_ID: the host or pod name."""
+    address: str
+    """Its base URL for peers, like http://10.1.2.3:8080."""
 
 
 class GatewayStore(StoreBase):
@@ -49,3 +61,18 @@ class GatewayStore(StoreBase):
     async def deregister_gateway(self, run: uuid.UUID) -> None:
         async with self._conn() as conn:
             await conn.execute(QUERIES["deregister_gateway"], run)
+
+    @retry_once
+    async def advertise_gateway(self, run: uuid.UUID, address: str | None) -> bool:
+        """Note where `run` takes calls from its peers (None: nowhere); False when the run is
+        not registered (taken for dead: its heartbeat registers it again)."""
+        async with self._conn() as conn:
+            status = await conn.execute(QUERIES["advertise_gateway"], run, address)
+        return status != "UPDATE 0"
+
+    @retry_once
+    async def list_gateway_homes(self, silent_s: float) -> list[GatewayHome]:
+        """The runs with an address that beat within `silent_s` seconds, by id."""
+        async with self._conn() as conn:
+            rows = await conn.fetch(QUERIES["list_gateway_homes"], silent_s)
+        return [GatewayHome(id=r["id"], name=r["name"], address=r["address"]) for r in rows]

@@ -559,3 +559,16 @@ SELECT id, at, actor, namespace, method, path, action, status FROM ember_audit
 WHERE $1::text IS NULL OR namespace = $1
 ORDER BY id DESC
 LIMIT $2;
+
+-- Call routing between gateways (gateway/routing.py) ------------------------------------------
+
+-- name: advertise_gateway
+-- Set (or, with NULL, withdraw) the address where run $1 takes calls for the functions it is
+-- home to. UPDATE 0: the run was taken for dead meanwhile (its heartbeat registers it again).
+UPDATE ember_gateways SET address = $2 WHERE id = $1;
+
+-- name: list_gateway_homes
+-- The runs that may be home to functions: an address, and a heartbeat within $1 seconds.
+SELECT id, name, address FROM ember_gateways
+WHERE address IS NOT NULL AND heartbeat_at >= now() - make_interval(secs => $1)
+ORDER BY id;

@@ -235,6 +235,9 @@ def test_the_manifests_settings_are_what_the_processes_read(overlay: str, produc
     assert gw.port == gateway["containers"][0]["ports"][0]["containerPort"]
     # Every gateway replica encrypts and decrypts function secrets with the same key.
     Fernet(_env(gateway["containers"][0], secrets)["EMBER_SECRETS_KEY"].strip())
+    # Peer replicas send calls to this pod's own address (gateway/routing.py).
+    assert gw.routing.enabled
+    assert gw.routing.advertise_url == f"http://10.244.1.7:{gw.port}"
     # The invoker pods' ServiceAccount and owner exist where the scheduler looks for them.
     assert find(objects, "ServiceAccount", settings.kubernetes.service_account)
     owner = find(objects, "ConfigMap", settings.kubernetes.owner_configmap)

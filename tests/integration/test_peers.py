@@ -1,0 +1,115 @@
+"""The lean HTTP/1.1 client gateways send calls to their peers with (gateway/peers.py), against
+servers on loopback that answer with exact bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from gateway.peers import Lost, NotReached, PeerClient
+
+REQUEST = b"POST /fn/f HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+
+Answer = Callable[[bytes], bytes | None]
+"""What the server writes for the bytes of one request; None: close without answering."""
+Serve = Callable[[Answer], Awaitable[tuple[str, int]]]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    servers: list[asyncio.Server] = []
+
+    async def start(answer: Answer) -> tuple[str, int]:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while True:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    length = next(
+                        int(line.split(b":")[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length")
+                    )
+                    body = await reader.readexactly(length)
+                    reply = answer(head + body)
+                    if reply is None:
+                        break
+                    writer.write(reply)
+                    await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        servers.append(server)
+        port: int = server.sockets[0].getsockname()[1]
+        return "127.0.0.1", port
+
+    yield start
+    for server in servers:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_content_length_responses_on_one_kept_alive_connection(serve: Serve) -> None:
+    seen: list[bytes] = []
+
+    def answer(request: bytes) -> bytes:
+        seen.append(request)
+        head = b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: 7"
+        return head + b'\r\n\r\n{"a":1}'
+
+    peer = await serve(answer)
+    client = PeerClient(connect_timeout_s=1)
+    for _ in range(3):
+        response = await client.request(peer, REQUEST)
+        assert (response.status, response.body) == (201, b'{"a":1}')
+        assert ("Content-Type", "application/json") in response.headers
+    assert seen == [REQUEST] * 3
+    assert len(client._idle[peer]) == 1  # one connection served all three
+    client.close()
+
+
+async def test_chunked_responses_in_pieces(serve: Serve) -> None:
+    body = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n"
+    )
+    peer = await serve(lambda _: body)
+    client = PeerClient(connect_timeout_s=1)
+    response = await client.request(peer, REQUEST)
+    assert (response.status, response.body) == (200, b"abcde")
+    response = await client.request(peer, REQUEST)  # and the connection is still good
+    assert response.body == b"abcde"
+    client.close()
+
+
+async def test_a_body_that_ends_with_the_connection_and_a_head_request(serve: Serve) -> None:
+    peer = await serve(lambda _: None)
+    client = PeerClient(connect_timeout_s=1)
+    with pytest.raises(Lost):  # closed with no answer: the call may have run
+        await client.request(peer, REQUEST)
+
+    answers = iter([b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"])
+    peer = await serve(lambda _: next(answers, None))
+    response = await client.request(peer, REQUEST, no_body=True)  # HEAD: no body follows
+    assert (response.status, response.body) == (200, b"")
+    client.close()
+
+
+async def test_malformed_responses_are_lost_calls(serve: Serve) -> None:
+    peer = await serve(lambda _: b"SMTP ready\r\n\r\n")
+    client = PeerClient(connect_timeout_s=1)
+    with pytest.raises(Lost, match="malformed response"):
+        await client.request(peer, REQUEST)
+    client.close()
+
+
+async def test_nobody_listening_is_not_reached() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = PeerClient(connect_timeout_s=1)
+    with pytest.raises(NotReached, match="ConnectionRefused"):
+        await client.request(("127.0.0.1", port), REQUEST)
