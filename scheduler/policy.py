@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from config.units import duration_text_s
+from scheduler.timers import TimerDetector
 from scheduler.windows import cheapest_plan
 
 DEFAULT_KEEP_ALIVE_S = 600.0
@@ -81,6 +82,8 @@ class _Histogram:
     """(keep, start, end) in seconds after going idle: keep warm until `keep`, then (if
     `start` > `keep`) prewarm at `start` and keep until `end`. Cached."""
     window_samples: int = -1
+    window_share: float = 0.0
+    """The share of the idle times seen that fall in the window's second part."""
     sum_of_squares: int = 0
     """Of the bin counts: the coefficient of variation in O(1)."""
 
@@ -122,6 +125,11 @@ class HybridHistogram:
     """Each function's memory, when known (the simulator and the live scheduler fill it)."""
     warmup_keep_alive_s: float | None = None
     """Keep-alive while a function has fewer than `min_samples` idle times (None: the range)."""
+    timers: TimerDetector | None = None
+    """When set, a function whose calls repeat at a timer's period (`scheduler.timers`) also
+    gets an instance loaded for the minute of its next predicted call, once its histogram has
+    learnt (never while the keep-alive applies), where the predictions pay: their hit rate is
+    at least what a minute warm and a start cost against a cold start."""
     defer: Callable[[Callable[[], None]], object] | None = None
     """Runs a callable soon, off the call path (live: the event loop's `call_soon`); None:
     plans are recomputed inside the decision that finds them stale."""
@@ -132,10 +140,12 @@ class HybridHistogram:
     def name(self) -> str:
         if self.break_even_s is None:
             return "histogram"
-        if (self.break_even_s, self.start_cost_s) == (ADAPTIVE_BREAK_EVEN_S, ADAPTIVE_START_COST_S):
+        costs = (self.break_even_s, self.start_cost_s)
+        if costs == (ADAPTIVE_BREAK_EVEN_S, ADAPTIVE_START_COST_S) and self.timers is not None:
             return "adaptive"
         start = f"/{self.start_cost_s:g}s" if self.start_cost_s else ""
-        return f"histogram-cost:{self.break_even_s:g}s{start}"
+        timers = "+timers" if self.timers is not None else ""
+        return f"histogram-cost:{self.break_even_s:g}s{start}{timers}"
 
     def _state(self, function: str) -> _Histogram:
         state = self._functions.get(function)
@@ -146,6 +156,8 @@ class HybridHistogram:
         return state
 
     def on_arrival(self, function: str, now: float) -> None:
+        if self.timers is not None:
+            self.timers.on_arrival(function, now)
         state = self._state(function)
         if state.idle_since is None:
             return
@@ -206,10 +218,47 @@ class HybridHistogram:
         assert state.window is not None
         keep_s, start_s, end_s = state.window
         if start_s <= keep_s:
-            return Decision(keep_until=now + max(keep_s, end_s))
-        return Decision(
-            keep_until=now + keep_s, prewarm_at=now + start_s, prewarm_until=now + end_s
-        )
+            decision = Decision(keep_until=now + max(keep_s, end_s))
+        else:
+            decision = Decision(
+                keep_until=now + keep_s, prewarm_at=now + start_s, prewarm_until=now + end_s
+            )
+        return decision if self.timers is None else self._with_timer(function, now, decision)
+
+    def _with_timer(self, function: str, now: float, decision: Decision) -> Decision:
+        """`decision`, with the minute of the predicted next call covered: the instance kept
+        through it when kept into it, else loaded for it unless the plan prewarms at another
+        time (its window is widened to the minute when they touch)."""
+        assert self.timers is not None
+        window = self.timers.predict(function, now)
+        if window is None:
+            return decision
+        start, end = window
+        if self.break_even_s is not None:  # pays when hit rate x break-even > its cost
+            worth = (end - start + self.start_cost_s) / self.break_even_s
+            if self.timers.hit_rate(function) < worth:
+                return decision
+        keep = decision.keep_until
+        if end <= keep:
+            return decision
+        if start <= keep:
+            return Decision(
+                keep_until=end,
+                prewarm_at=decision.prewarm_at,
+                prewarm_until=decision.prewarm_until,
+            )
+        at = decision.prewarm_at
+        if at is None:
+            return Decision(keep_until=keep, prewarm_at=start, prewarm_until=end)
+        until = decision.prewarm_until if decision.prewarm_until is not None else at
+        if start <= until and end >= at:
+            return Decision(
+                keep_until=keep, prewarm_at=min(at, start), prewarm_until=max(until, end)
+            )
+        state = self._functions[function]
+        if start < at and self.timers.hit_rate(function) > state.window_share:
+            return Decision(keep_until=keep, prewarm_at=start, prewarm_until=end)
+        return decision
 
     def refresh(self) -> None:
         """Recompute the plans of the functions whose histogram moved since."""
@@ -226,10 +275,17 @@ class HybridHistogram:
             else self._percentile_window(state)
         )
         state.window_samples = state.in_range
+        _, start_s, end_s = state.window
+        inside = sum(
+            c for i, c in enumerate(state.bins) if c and start_s <= (i + 0.5) * self.bin_s <= end_s
+        )
+        state.window_share = inside / max(1, state.in_range + state.out_of_range)
 
     def forget(self, function: str) -> None:
         self._functions.pop(function, None)
         self._stale.discard(function)
+        if self.timers is not None:
+            self.timers.forget(function)
 
     def note_idle(self, function: str, now: float) -> None:
         """Learn from a function that another policy decides for (no decision computed)."""
@@ -376,8 +432,11 @@ ADAPTIVE_START_COST_S = 300.0
 
 def adaptive_histogram() -> HybridHistogram:
     """The default (`adaptive`): the cost plan with a 30-minute break-even per cold start and
-    5 minutes per instance start, chosen on half of the trace sample (docs/policies.md)."""
-    return cost_histogram(ADAPTIVE_BREAK_EVEN_S, ADAPTIVE_START_COST_S)
+    5 minutes per instance start, chosen on half of the trace sample, plus timer prediction
+    (`scheduler.timers`): docs/policies.md."""
+    histogram = cost_histogram(ADAPTIVE_BREAK_EVEN_S, ADAPTIVE_START_COST_S)
+    histogram.timers = TimerDetector()
+    return histogram
 
 
 def parse_policy(spec: str) -> Policy:

@@ -156,3 +156,29 @@ def test_the_live_router_runs_the_policy_each_function_has() -> None:
         assert router.on_idle("plain", now + 1) == Decision(keep_until=now + 601)
         now += gap_s
     assert expected.keep_until < now - 300 + 1 + 600  # it did not fall back to the keep-alive
+
+
+def test_adaptive_prewarms_for_the_next_firing_of_a_timer_between_other_calls() -> None:
+    # An hourly timer (minute 0) and one other call at a different minute of each hour: the
+    # idle times after the other call vary, so the histogram alone cannot time the next
+    # firing; the minutes of the calls can (scheduler.timers).
+    from scheduler.policy import adaptive_histogram, cost_histogram
+
+    adaptive, plain = adaptive_histogram(), cost_histogram(1800, 300)
+    assert (adaptive.name, plain.name) == ("adaptive", "histogram-cost:1800s/300s")
+    last: dict[str, Decision] = {}
+    for policy in (adaptive, plain):
+        policy.memory_mb["f"] = 2048
+        for hour, other in enumerate([14, 26, 38, 22, 46, 10, 34]):
+            for minute in (60 * hour, 60 * hour + other):
+                policy.on_arrival("f", minute * MIN + 30)
+                last[policy.name] = policy.on_idle("f", minute * MIN + 31)
+    # Gone idle after the call of minute 394: the timer fires next in minute 420.
+    assert last["adaptive"] == Decision(
+        keep_until=394 * MIN + 31, prewarm_at=420 * MIN, prewarm_until=421 * MIN
+    )
+    assert adaptive.timers is not None
+    assert adaptive.timers.hit_rate("f") > 0.5
+    without = last[plain.name]
+    assert without.keep_until < 420 * MIN
+    assert not (without.prewarm_at or 0) <= 420 * MIN + 30 <= (without.prewarm_until or 0)

@@ -4,12 +4,13 @@ warm reuse, scale to zero, replacement, back-off, the queue bound, min-warm, pre
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import pytest
 
-from scheduler.policy import FunctionPolicy
+from scheduler.policy import Decision, FunctionPolicy, PolicyRouter
 from scheduler.scheduler import (
     InstanceLost,
     PoolSettings,
@@ -18,7 +19,9 @@ from scheduler.scheduler import (
     Scheduler,
     StartFailed,
 )
+from scheduler.simulator import FunctionTrace, simulate
 from scheduler.testing import FakeBackend, FakeClock, FakeInstance, fake_version
+from store.records import Version
 
 pytestmark = pytest.mark.timeout(5)
 
@@ -314,43 +317,56 @@ async def test_an_instance_whose_stop_was_still_to_run_is_stopped_at_shutdown() 
     assert not h.backend.running()
 
 
-async def test_live_decisions_match_the_simulator_on_overlapping_calls(h: Harness) -> None:
-    # The simulator's trace of overlapping calls (tests/unit/test_simulator.py), run live on
-    # one instance that takes several calls at once (the simulator's model): the scheduler
-    # asks the policy the same questions at the same times and gets the same answers.
-    from scheduler.policy import Decision, PolicyRouter
-    from scheduler.simulator import simulate
-    from tests.unit.test_simulator import overlapping_then_one_more
+class Recorder:
+    """A policy that records the decisions of the one it wraps."""
 
-    class Recorder:
-        def __init__(self, policy: PolicyRouter) -> None:
-            self.policy = policy
-            self.decisions: list[tuple[float, Decision]] = []
+    def __init__(self, policy: PolicyRouter) -> None:
+        self.policy = policy
+        self.decisions: list[tuple[float, Decision]] = []
 
-        @property
-        def name(self) -> str:
-            return self.policy.name
+    @property
+    def name(self) -> str:
+        return self.policy.name
 
-        def on_arrival(self, function: str, now: float) -> None:
-            self.policy.on_arrival(function, now)
+    def on_arrival(self, function: str, now: float) -> None:
+        self.policy.on_arrival(function, now)
 
-        def on_idle(self, function: str, now: float) -> Decision:
-            decision = self.policy.on_idle(function, now)
-            self.decisions.append((now, decision))
-            return decision
+    def on_idle(self, function: str, now: float) -> Decision:
+        decision = self.policy.on_idle(function, now)
+        self.decisions.append((now, decision))
+        return decision
 
-    trace = overlapping_then_one_more(start=h.clock.now)
-    simulated = Recorder(PolicyRouter(h.scheduler.policies.default))
-    result = simulate([trace], simulated, end_s=trace.arrivals[-1] + 60)
+
+async def replay_live(
+    h: Harness, trace: FunctionTrace, version: Version
+) -> tuple[Recorder, list[bool]]:
+    """Run `trace` live on one instance of `version` that takes several calls at once (the
+    simulator's model), the fake clock stopping at every prewarm the policy asked for; the
+    recorded decisions and whether each call was cold."""
     live = Recorder(h.scheduler.policies)
     h.scheduler.pool.policy = live
-    version = fake_version("resize", concurrency=4)
     events = sorted(
         [(t, 1, "call") for t in trace.arrivals]
         + [(t + trace.duration_s, 0, "done") for t in trace.arrivals]
     )  # a call that ends at the time another arrives frees its slot first
     leases, colds = [], []
+    pool = h.scheduler.pool
     for at, _, kind in events:
+        while due := [
+            t
+            for t, due_at in ((pool.next_prewarm(), at), (pool.next_expiry(), at - 1e-9))
+            if t is not None and t <= due_at
+        ]:  # stop at each prewarm and keep-alive end before the event, as time passes
+            h.advance(max(0.0, min(due) - h.clock.now))
+            await h.until(
+                lambda: (
+                    all(
+                        t is None or t > h.clock.now
+                        for t in (pool.next_prewarm(), pool.next_expiry())
+                    )
+                    and not pool.starting(KEY)
+                )
+            )
         h.advance(at - h.clock.now)
         if kind == "call":
             lease = await h.scheduler.acquire(version)
@@ -358,6 +374,18 @@ async def test_live_decisions_match_the_simulator_on_overlapping_calls(h: Harnes
             colds.append(lease.cold)
         else:
             h.scheduler.release(leases.pop(0))
+    return live, colds
+
+
+async def test_live_decisions_match_the_simulator_on_overlapping_calls(h: Harness) -> None:
+    # The simulator's trace of overlapping calls (tests/unit/test_simulator.py), run live: the
+    # scheduler asks the policy the same questions at the same times and gets the same answers.
+    from tests.unit.test_simulator import overlapping_then_one_more
+
+    trace = overlapping_then_one_more(start=h.clock.now)
+    simulated = Recorder(PolicyRouter(h.scheduler.policies.default))
+    result = simulate([trace], simulated, end_s=trace.arrivals[-1] + 60)
+    live, colds = await replay_live(h, trace, fake_version("resize", concurrency=4))
     assert live.decisions == simulated.decisions
     assert [d.keep_until for _, d in live.decisions] == [
         trace.arrivals[30] + 60 + 600,
@@ -365,6 +393,34 @@ async def test_live_decisions_match_the_simulator_on_overlapping_calls(h: Harnes
     ]
     assert sum(colds) == result.cold == 1
     assert len(h.backend.started) == 1
+
+
+async def test_live_prewarms_for_a_timer_as_the_simulator_does(h: Harness) -> None:
+    # The default policy (adaptive) on an hourly timer with one other call at a different
+    # minute of each hour (tests/unit/test_policy.py): after three firings it loads an
+    # instance for the minute of the next one. Live, the scheduler starts those prewarms at
+    # the times the simulator assumes, and the same calls are cold.
+    origin = 60.0 * math.ceil(h.clock.now / 60.0)
+    minutes = [
+        m
+        for hour, other in enumerate([14, 26, 38, 22, 46, 10, 34])
+        for m in (60 * hour, 60 * hour + other)
+    ]
+    trace = FunctionTrace(
+        "resize", [origin + m * 60.0 + 30 for m in [*minutes, 420]], duration_s=1.0, memory_mb=2048
+    )
+    simulated = Recorder(PolicyRouter(h.scheduler.policies.default))
+    simulated.policy.note_memory("resize", 2048)
+    result = simulate([trace], simulated, end_s=trace.arrivals[-1] + 1)
+    live, colds = await replay_live(
+        h, trace, fake_version("resize", concurrency=4, memory_bytes=2048 << 20)
+    )
+    assert live.decisions == simulated.decisions
+    decided = dict(live.decisions)[origin + 394 * 60.0 + 31]  # idle after minute 394's call
+    assert (decided.prewarm_at, decided.prewarm_until) == (origin + 420 * 60.0, origin + 421 * 60.0)
+    assert not colds[-1]  # the firing of minute 420 found the prewarmed instance
+    assert sum(colds) == result.cold
+    assert len(h.backend.started) == result.starts
 
 
 @pytest.mark.parametrize("prewarm", ["fixed", "adaptive", "histogram"])
