@@ -72,12 +72,15 @@ async def replay(
                     raise RuntimeError(f"call to {name}: {r.status} {body[:300]!r}")
                 return r.headers["X-Ember-Activation-Id"]
 
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
+        # Start at a whole minute of the policies' clock (the gateway's: CLOCK_MONOTONIC, the
+        # same in every process, times the speedup), so that their minutes are the trace's:
+        # timer prediction (scheduler.timers) works on the minutes of calls.
+        t0 = time.monotonic() + 0.5
+        t0 += (-(t0 * speedup) % 60.0) / speedup
         calls = sorted((a / speedup, t.name) for t in traces for a in t.arrivals)
         tasks = []
         for at, name in calls:
-            delay = t0 + at - loop.time()
+            delay = t0 + at - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(call(name)))
