@@ -190,6 +190,11 @@ async def main_async(args: argparse.Namespace) -> None:
         f"measured:  {measured_cold} cold starts of {measured_calls} calls, "
         f"{measured_cold / max(measured_calls, 1):.2%}"
     )
+    if args.by_function:
+        print("function  calls  simulated  measured  (where they differ)")
+        for t, f in zip(traces, predicted.functions, strict=True):
+            if sum(cold[t.name]) != f.cold:
+                print(f"{t.name:<8}{f.calls:>7}{f.cold:>11}{sum(cold[t.name]):>10}")
 
 
 def main() -> None:
@@ -218,6 +223,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--policy", choices=["fixed", "histogram", "histogram-cost", "adaptive"], default="fixed"
+    )
+    parser.add_argument(
+        "--by-function", action="store_true", help="also the functions whose counts differ"
     )
     uvloop.run(main_async(parser.parse_args()))
 

@@ -112,3 +112,27 @@ class TimerDetector:
 
     def forget(self, function: str) -> None:
         self._functions.pop(function, None)
+
+
+Plan = tuple[float, float | None, float | None]
+"""(keep until, prewarm at, prewarm until): a policy's decision, in clock times."""
+
+
+def cover(plan: Plan, window: tuple[float, float], *, instead: bool) -> Plan:
+    """`plan` with the predicted `window` covered: the idle instance kept through it when kept
+    into it, else loaded for it when the plan loads none; when the plan does, the two join if
+    they touch, else the window replaces a later one if `instead` (it hits more often)."""
+    keep, at, until = plan
+    start, end = window
+    if end <= keep:
+        return plan
+    if start <= keep:
+        return end, at, until
+    if at is None:
+        return keep, start, end
+    until = at if until is None else until
+    if start <= until and end >= at:
+        return keep, min(at, start), max(until, end)
+    if start < at and instead:
+        return keep, start, end
+    return plan

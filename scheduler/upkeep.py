@@ -19,8 +19,9 @@ from scheduler.backends import Backend, BackendError
 from scheduler.capacity import Room
 from scheduler.errors import AtCapacity, SchedulerError, StartFailed
 from scheduler.live import Checked, InstanceConnection, InstanceGone, Live, Tracked
-from scheduler.policy import FunctionPolicy, PolicyRouter
+from scheduler.policy import FunctionPolicy
 from scheduler.pool import Instance, Pool, State, VersionKey
+from scheduler.router import PolicyRouter
 from scheduler.settings import PoolSettings
 from scheduler.tasks import Supervisor
 from store.records import Version
@@ -247,6 +248,8 @@ class Upkeep:
             ):
                 # (inf: kept for a min_warm that may have been lowered)
                 instance.keep_until = instance.idle_since + settings.keep_alive_s
+            elif (bound_s := self.policies.keep_alive_bound_s(instance.key[0])) is not None:
+                instance.keep_until = min(instance.keep_until, instance.idle_since + bound_s)
         self._wake_reaper.set()
 
     async def ensure_warm(self, version: Version) -> None:

@@ -10,7 +10,8 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from scheduler.policy import Decision, FunctionPolicy, PolicyRouter
+from scheduler.policy import Decision, FunctionPolicy
+from scheduler.router import PolicyRouter
 from scheduler.scheduler import (
     InstanceLost,
     PoolSettings,
@@ -300,6 +301,8 @@ async def test_shutdown_fails_waiting_calls_and_stops_every_instance() -> None:
 async def test_versions_no_longer_active_are_forgotten_once_their_instances_are_gone(
     h: Harness,
 ) -> None:
+    # (fixed: under adaptive, a function seen a few times may be kept up to 3 keep-alives)
+    h.scheduler.configure(FunctionPolicy(prewarm="fixed", keep_alive_s=600), {})
     for number in range(1, 6):  # five deploys, each called once
         version = fake_version("resize", number)
         await h.scheduler.ensure_warm(version)
@@ -377,20 +380,30 @@ async def replay_live(
     return live, colds
 
 
-async def test_live_decisions_match_the_simulator_on_overlapping_calls(h: Harness) -> None:
+@pytest.mark.parametrize("prewarm", ["fixed", "adaptive"])
+async def test_live_decisions_match_the_simulator_on_overlapping_calls(
+    h: Harness, prewarm: str
+) -> None:
     # The simulator's trace of overlapping calls (tests/unit/test_simulator.py), run live: the
     # scheduler asks the policy the same questions at the same times and gets the same answers.
     from tests.unit.test_simulator import overlapping_then_one_more
 
+    h.scheduler.configure(FunctionPolicy(prewarm=prewarm, keep_alive_s=600), {})
     trace = overlapping_then_one_more(start=h.clock.now)
+    trace.name = "resize"
+    version = fake_version("resize", concurrency=4)
     simulated = Recorder(PolicyRouter(h.scheduler.policies.default))
+    # The cost plan weighs memory: the simulator's router knows the version's, as live.
+    simulated.policy.note_memory("resize", version.config.memory_bytes / (1 << 20))
     result = simulate([trace], simulated, end_s=trace.arrivals[-1] + 60)
-    live, colds = await replay_live(h, trace, fake_version("resize", concurrency=4))
+    live, colds = await replay_live(h, trace, version)
     assert live.decisions == simulated.decisions
-    assert [d.keep_until for _, d in live.decisions] == [
-        trace.arrivals[30] + 60 + 600,
-        trace.arrivals[31] + 60 + 600,
-    ]
+    assert len(live.decisions) == 2
+    if prewarm == "fixed":
+        assert [d.keep_until for _, d in live.decisions] == [
+            trace.arrivals[30] + 60 + 600,
+            trace.arrivals[31] + 60 + 600,
+        ]
     assert sum(colds) == result.cold == 1
     assert len(h.backend.started) == 1
 
@@ -430,4 +443,22 @@ async def test_a_shorter_keep_alive_applies_at_once_to_idle_instances_of_a_learn
     h.scheduler.configure(FunctionPolicy(prewarm=prewarm, keep_alive_s=600), {})
     await call(h)
     h.scheduler.configure(FunctionPolicy(prewarm=prewarm, keep_alive_s=0), {})
+    await h.until(lambda: not h.scheduler.instances_of("resize"))
+
+
+async def test_adaptive_keeps_a_function_seen_a_few_times_at_most_three_keep_alives(
+    h: Harness,
+) -> None:
+    # Planned on the population prior (fewer than 20 idle times), adaptive may keep an idle
+    # instance longer than the keep-alive, never more than three of them; a shorter keep-alive
+    # set meanwhile bounds it at once.
+    h.scheduler.configure(FunctionPolicy(prewarm="adaptive", keep_alive_s=100), {})
+    await call(h)
+    h.advance(50)  # one idle time of 50 s: its plan is now the prior's and its own
+    await call(h)
+    (instance,) = h.scheduler.instances_of("resize")
+    assert instance.keep_until == h.clock.now + 300  # the prior says keep; bounded at 3 x 100 s
+    h.scheduler.configure(FunctionPolicy(prewarm="adaptive", keep_alive_s=10), {})
+    assert instance.keep_until == h.clock.now + 30
+    h.advance(30)
     await h.until(lambda: not h.scheduler.instances_of("resize"))
