@@ -222,7 +222,10 @@ def main() -> None:
         help="the keep-alive (the histogram's while it learns)",
     )
     parser.add_argument(
-        "--policy", choices=["fixed", "histogram", "histogram-cost", "adaptive"], default="fixed"
+        "--policy",
+        choices=["fixed", "histogram", "histogram-cost", "adaptive"],
+        default="adaptive",
+        help="the default policy of the platform while replaying (default: adaptive, its default)",
     )
     parser.add_argument(
         "--by-function", action="store_true", help="also the functions whose counts differ"
