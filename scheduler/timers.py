@@ -126,7 +126,9 @@ def cover(plan: Plan, window: tuple[float, float], *, instead: bool) -> Plan:
     start, end = window
     if end <= keep:
         return plan
-    if start <= keep:
+    if start <= keep:  # kept into the window: kept through it (and into the plan's, if they meet)
+        if at is not None and at <= end:
+            return max(end, at if until is None else until), None, None
         return end, at, until
     if at is None:
         return keep, start, end

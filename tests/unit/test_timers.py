@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scheduler.timers import HISTORY_MIN, TimerDetector
+from scheduler.timers import HISTORY_MIN, TimerDetector, cover
 
 MIN = 60.0
 
@@ -65,3 +65,16 @@ def test_old_minutes_are_dropped_and_recent_ones_still_predict() -> None:
     assert state.minutes.bit_length() <= 2 * HISTORY_MIN
     last = hourly[-1]
     assert detector.predict("f", last * MIN + 31) == ((last + 60) * MIN, (last + 61) * MIN)
+
+
+def test_a_predicted_minute_is_covered_by_the_cheapest_change_to_the_plan() -> None:
+    window = (600.0, 660.0)
+    assert cover((700.0, None, None), window, instead=False) == (700.0, None, None)  # kept
+    assert cover((630.0, None, None), window, instead=False) == (660.0, None, None)  # longer
+    assert cover((630.0, 650.0, 900.0), window, instead=False) == (900.0, None, None)  # joined
+    assert cover((100.0, None, None), window, instead=False) == (100.0, 600.0, 660.0)
+    assert cover((100.0, 640.0, 700.0), window, instead=False) == (100.0, 600.0, 700.0)
+    # The plan's own prewarm comes later: the window replaces it only if it hits more often.
+    assert cover((100.0, 900.0, 960.0), window, instead=False) == (100.0, 900.0, 960.0)
+    assert cover((100.0, 900.0, 960.0), window, instead=True) == (100.0, 600.0, 660.0)
+    assert cover((100.0, 300.0, 360.0), window, instead=True) == (100.0, 300.0, 360.0)
