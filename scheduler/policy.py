@@ -300,10 +300,10 @@ class HybridHistogram:
             else self._percentile_window(state)
         )
         state.window_samples = state.in_range
-        _, start_s, end_s = state.window
-        inside = sum(
-            c for i, c in enumerate(state.bins) if c and start_s <= (i + 0.5) * self.bin_s <= end_s
-        )
+        _, start_s, end_s = state.window  # the share of idle times (bin middles) in its window
+        first = max(0, math.ceil(start_s / self.bin_s - 0.5))
+        last = min(len(state.bins), math.floor(end_s / self.bin_s - 0.5) + 1)
+        inside = sum(state.bins[first:last]) if start_s < end_s else 0
         state.window_share = inside / max(1, state.in_range + state.out_of_range)
 
     def forget(self, function: str) -> None:

@@ -38,6 +38,8 @@ class _Calls:
     """The window of the last prediction, until a call scores it."""
     hits: int = 0
     misses: int = 0
+    cached: tuple[int, int | None] = (-1, None)
+    """(`after`, the offset found from it) of the last search, until a minute is added."""
 
 
 @dataclass(slots=True)
@@ -70,6 +72,7 @@ class TimerDetector:
                 calls.base += shift
             calls.minutes |= 1 << (minute - calls.base)
             calls.last = minute
+            calls.cached = (-1, None)
 
     def predict(self, function: str, now: float) -> tuple[float, float] | None:
         """The window (start, end) of the earliest minute after the last call that repeats a
@@ -78,7 +81,20 @@ class TimerDetector:
         if calls is None or calls.last < 0:
             return None
         after = max(calls.last, math.floor(now / self.minute_s) - 1) - calls.base + 1
-        bits = calls.minutes
+        if calls.cached[0] == after:  # a busy function goes idle many times a minute
+            best = calls.cached[1]
+        else:
+            best = self._earliest(calls.minutes, after)
+            calls.cached = (after, best)
+        if best is None:
+            calls.predicted = None
+            return None
+        start = (calls.base + after + best) * self.minute_s
+        calls.predicted = (start, start + self.minute_s)
+        return calls.predicted
+
+    def _earliest(self, bits: int, after: int) -> int | None:
+        """The offset from bit `after` of the first bit whose minute repeats a period."""
         best: int | None = None
         for period in self.periods_min:
             # Only the minutes from `repeats` periods before `after` to one period after it.
@@ -95,12 +111,7 @@ class TimerDetector:
                     best = offset
                     if best == 0:
                         break
-        if best is None:
-            calls.predicted = None
-            return None
-        start = (calls.base + after + best) * self.minute_s
-        calls.predicted = (start, start + self.minute_s)
-        return calls.predicted
+        return best
 
     def hit_rate(self, function: str) -> float:
         """The share of predictions that came true, with one hit and one miss assumed (a new
