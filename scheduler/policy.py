@@ -78,6 +78,9 @@ class _Histogram:
     in_range: int = 0
     out_of_range: int = 0
     idle_since: float | None = None
+    called: bool = False
+    """A call has arrived: idle times are learnt between calls only, not from an instance
+    made ready before the first (the import check of a deploy, live)."""
     recent_idle_s: deque[float] = field(default_factory=lambda: deque(maxlen=16))
     window: tuple[float, float, float] | None = None
     """(keep, start, end) in seconds after going idle: keep warm until `keep`, then (if
@@ -176,6 +179,7 @@ class HybridHistogram:
         if self.timers is not None:
             self.timers.on_arrival(function, now)
         state = self._state(function)
+        state.called = True
         if state.idle_since is None:
             return
         idle_s = max(0.0, now - state.idle_since)
@@ -227,7 +231,7 @@ class HybridHistogram:
     def decide(self, function: str, now: float, warmup_keep_alive_s: float | None) -> Decision:
         """`on_idle` with the keep-alive to use while the function's histogram is learning."""
         state = self._state(function)
-        state.idle_since = now
+        state.idle_since = now if state.called else None
         samples = state.in_range + state.out_of_range
         if samples >= self.min_samples and state.out_of_range > self.out_of_range_share * samples:
             predicted = statistics.median(state.recent_idle_s)
@@ -314,7 +318,8 @@ class HybridHistogram:
 
     def note_idle(self, function: str, now: float) -> None:
         """Learn from a function that another policy decides for (no decision computed)."""
-        self._state(function).idle_since = now
+        state = self._state(function)
+        state.idle_since = now if state.called else None
 
     def _percentile_window(self, state: _Histogram) -> tuple[float, float, float]:
         return percentile_plan(

@@ -252,3 +252,16 @@ def test_adaptive_is_the_cost_plan_with_the_prior_and_timers() -> None:
     assert adaptive.timers is not None
     assert sum(share for _, share in POPULATION_PRIOR) == pytest.approx(1.0)
     assert parse_policy("histogram-cost:30m/5m").name == "histogram-cost:1800s/300s"
+
+
+def test_idle_times_are_learnt_between_calls_only() -> None:
+    # Live, a deploy's import check leaves a ready instance before any call: the time from
+    # then to the first call is not a gap between calls (the simulator never sees it).
+    deployed, simulated = parse_policy("adaptive"), parse_policy("adaptive")
+    assert isinstance(deployed, HybridHistogram)
+    assert isinstance(simulated, HybridHistogram)
+    deployed.on_idle("f", 0.0)  # the import check's instance, ready at deploy
+    for policy in (deployed, simulated):
+        policy.on_arrival("f", 50 * MIN)
+        assert policy.on_idle("f", 50 * MIN + 1) == Decision(keep_until=50 * MIN + 1 + 600)
+    assert deployed._functions["f"].in_range == simulated._functions["f"].in_range == 0
