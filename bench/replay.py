@@ -72,12 +72,15 @@ async def replay(
                     raise RuntimeError(f"call to {name}: {r.status} {body[:300]!r}")
                 return r.headers["X-Ember-Activation-Id"]
 
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
+        # Start at a whole minute of the policies' clock (the gateway's: CLOCK_MONOTONIC, the
+        # same in every process, times the speedup), so that their minutes are the trace's:
+        # timer prediction (scheduler.timers) works on the minutes of calls.
+        t0 = time.monotonic() + 0.5
+        t0 += (-(t0 * speedup) % 60.0) / speedup
         calls = sorted((a / speedup, t.name) for t in traces for a in t.arrivals)
         tasks = []
         for at, name in calls:
-            delay = t0 + at - loop.time()
+            delay = t0 + at - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(call(name)))
@@ -187,6 +190,11 @@ async def main_async(args: argparse.Namespace) -> None:
         f"measured:  {measured_cold} cold starts of {measured_calls} calls, "
         f"{measured_cold / max(measured_calls, 1):.2%}"
     )
+    if args.by_function:
+        print("function  calls  simulated  measured  (where they differ)")
+        for t, f in zip(traces, predicted.functions, strict=True):
+            if sum(cold[t.name]) != f.cold:
+                print(f"{t.name:<8}{f.calls:>7}{f.cold:>11}{sum(cold[t.name]):>10}")
 
 
 def main() -> None:
@@ -214,7 +222,13 @@ def main() -> None:
         help="the keep-alive (the histogram's while it learns)",
     )
     parser.add_argument(
-        "--policy", choices=["fixed", "histogram", "histogram-cost", "adaptive"], default="fixed"
+        "--policy",
+        choices=["fixed", "histogram", "histogram-cost", "adaptive"],
+        default="adaptive",
+        help="the default policy of the platform while replaying (default: adaptive, its default)",
+    )
+    parser.add_argument(
+        "--by-function", action="store_true", help="also the functions whose counts differ"
     )
     uvloop.run(main_async(parser.parse_args()))
 

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from config.units import duration_text_s
-from scheduler.windows import cheapest_plan
+from scheduler.prior import POPULATION_PRIOR, prior_shares
+from scheduler.timers import TimerDetector, cover
+from scheduler.windows import cheapest_plan, percentile_plan
 
 DEFAULT_KEEP_ALIVE_S = 600.0
 """Idle seconds before an instance stops, unless an operator sets another: 10 min, as
@@ -76,11 +78,16 @@ class _Histogram:
     in_range: int = 0
     out_of_range: int = 0
     idle_since: float | None = None
+    called: bool = False
+    """A call has arrived: idle times are learnt between calls only, not from an instance
+    made ready before the first (the import check of a deploy, live)."""
     recent_idle_s: deque[float] = field(default_factory=lambda: deque(maxlen=16))
     window: tuple[float, float, float] | None = None
     """(keep, start, end) in seconds after going idle: keep warm until `keep`, then (if
     `start` > `keep`) prewarm at `start` and keep until `end`. Cached."""
     window_samples: int = -1
+    window_share: float = 0.0
+    """The share of the idle times seen that fall in the window's second part."""
     sum_of_squares: int = 0
     """Of the bin counts: the coefficient of variation in O(1)."""
 
@@ -122,20 +129,43 @@ class HybridHistogram:
     """Each function's memory, when known (the simulator and the live scheduler fill it)."""
     warmup_keep_alive_s: float | None = None
     """Keep-alive while a function has fewer than `min_samples` idle times (None: the range)."""
+    prior: tuple[tuple[float, float], ...] = ()
+    """With `break_even_s`: the idle times of the population of functions, as (upper bound in
+    seconds, share) bands in order, each share spread evenly over its band (`math.inf`: beyond
+    the range). A function with fewer than `prior_samples` idle times of its own is planned as if
+    it also had `prior_weight` idle times drawn from them (`POPULATION_PRIOR`), and kept at
+    most `prior_bound` keep-alives meanwhile."""
+    prior_weight: float = 0.0
+    prior_samples: int = 20
+    prior_bound: float = 1.0
+    """While planned on the prior, an idle instance is kept at most this many times the
+    keep-alive (`decide`'s `warmup_keep_alive_s`): the operator's keep-alive still bounds a
+    function the platform knows little about (`FN_KEEP_ALIVE=1s` scales it to zero in
+    seconds)."""
+    timers: TimerDetector | None = None
+    """When set, a function whose calls repeat at a timer's period (`scheduler.timers`) also
+    gets an instance loaded for the minute of its next predicted call, once its histogram has
+    learnt (never while the keep-alive applies), where the predictions pay: their hit rate is
+    at least what a minute warm and a start cost against a cold start."""
     defer: Callable[[Callable[[], None]], object] | None = None
     """Runs a callable soon, off the call path (live: the event loop's `call_soon`); None:
     plans are recomputed inside the decision that finds them stale."""
     _functions: dict[str, _Histogram] = field(default_factory=dict)
     _stale: set[str] = field(default_factory=set)
+    _prior_bins: tuple[list[float], float] | None = None
 
     @property
     def name(self) -> str:
         if self.break_even_s is None:
             return "histogram"
-        if (self.break_even_s, self.start_cost_s) == (ADAPTIVE_BREAK_EVEN_S, ADAPTIVE_START_COST_S):
+        costs = (self.break_even_s, self.start_cost_s, self.prior_weight, self.prior_bound)
+        adaptive = (ADAPTIVE_BREAK_EVEN_S, ADAPTIVE_START_COST_S, 1.0, ADAPTIVE_PRIOR_BOUND)
+        if costs == adaptive and self.prior and self.timers is not None:
             return "adaptive"
         start = f"/{self.start_cost_s:g}s" if self.start_cost_s else ""
-        return f"histogram-cost:{self.break_even_s:g}s{start}"
+        prior = "+prior" if self.prior_weight else ""
+        timers = "+timers" if self.timers is not None else ""
+        return f"histogram-cost:{self.break_even_s:g}s{start}{prior}{timers}"
 
     def _state(self, function: str) -> _Histogram:
         state = self._functions.get(function)
@@ -146,7 +176,10 @@ class HybridHistogram:
         return state
 
     def on_arrival(self, function: str, now: float) -> None:
+        if self.timers is not None:
+            self.timers.on_arrival(function, now)
         state = self._state(function)
+        state.called = True
         if state.idle_since is None:
             return
         idle_s = max(0.0, now - state.idle_since)
@@ -185,10 +218,20 @@ class HybridHistogram:
         )
         return not forecasting and state.in_range < self.min_samples
 
+    def keep_bound(self, function: str) -> float | None:
+        """While `decide` keeps `function`'s idle instances at most `prior_bound` keep-alives
+        (it is planned on the prior): that multiple; else None."""
+        state = self._functions.get(function)
+        if not self.prior_weight or state is None:
+            return None
+        return (
+            self.prior_bound if state.in_range + state.out_of_range < self.prior_samples else None
+        )
+
     def decide(self, function: str, now: float, warmup_keep_alive_s: float | None) -> Decision:
         """`on_idle` with the keep-alive to use while the function's histogram is learning."""
         state = self._state(function)
-        state.idle_since = now
+        state.idle_since = now if state.called else None
         samples = state.in_range + state.out_of_range
         if samples >= self.min_samples and state.out_of_range > self.out_of_range_share * samples:
             predicted = statistics.median(state.recent_idle_s)
@@ -206,10 +249,45 @@ class HybridHistogram:
         assert state.window is not None
         keep_s, start_s, end_s = state.window
         if start_s <= keep_s:
-            return Decision(keep_until=now + max(keep_s, end_s))
-        return Decision(
-            keep_until=now + keep_s, prewarm_at=now + start_s, prewarm_until=now + end_s
+            decision = Decision(keep_until=now + max(keep_s, end_s))
+        else:
+            decision = Decision(
+                keep_until=now + keep_s, prewarm_at=now + start_s, prewarm_until=now + end_s
+            )
+        if self.timers is not None:
+            decision = self._with_timer(function, now, decision)
+        if (
+            self.prior_weight
+            and warmup_keep_alive_s is not None
+            and state.in_range + state.out_of_range < self.prior_samples
+        ):  # planned on the prior: bounded by the keep-alive
+            bound = now + warmup_keep_alive_s * self.prior_bound
+            if decision.keep_until > bound:
+                decision = Decision(
+                    keep_until=bound,
+                    prewarm_at=decision.prewarm_at,
+                    prewarm_until=decision.prewarm_until,
+                )
+        return decision
+
+    def _with_timer(self, function: str, now: float, decision: Decision) -> Decision:
+        """`decision`, with the minute of the predicted next call covered: the instance kept
+        through it when kept into it, else loaded for it unless the plan prewarms at another
+        time and hits more often (the two windows join when they touch)."""
+        assert self.timers is not None
+        window = self.timers.predict(function, now)
+        hit_rate = self.timers.hit_rate(function)
+        if window is None or (  # pays when hit rate x break-even covers its warm time + start
+            self.break_even_s is not None
+            and hit_rate * self.break_even_s < window[1] - window[0] + self.start_cost_s
+        ):
+            return decision
+        keep, at, until = cover(
+            (decision.keep_until, decision.prewarm_at, decision.prewarm_until),
+            window,
+            instead=hit_rate > self._functions[function].window_share,
         )
+        return Decision(keep_until=keep, prewarm_at=at, prewarm_until=until)
 
     def refresh(self) -> None:
         """Recompute the plans of the functions whose histogram moved since."""
@@ -226,21 +304,34 @@ class HybridHistogram:
             else self._percentile_window(state)
         )
         state.window_samples = state.in_range
+        _, start_s, end_s = state.window  # the share of idle times (bin middles) in its window
+        first = max(0, math.ceil(start_s / self.bin_s - 0.5))
+        last = min(len(state.bins), math.floor(end_s / self.bin_s - 0.5) + 1)
+        inside = sum(state.bins[first:last]) if start_s < end_s else 0
+        state.window_share = inside / max(1, state.in_range + state.out_of_range)
 
     def forget(self, function: str) -> None:
         self._functions.pop(function, None)
         self._stale.discard(function)
+        if self.timers is not None:
+            self.timers.forget(function)
 
     def note_idle(self, function: str, now: float) -> None:
         """Learn from a function that another policy decides for (no decision computed)."""
-        self._state(function).idle_since = now
+        state = self._state(function)
+        state.idle_since = now if state.called else None
 
     def _percentile_window(self, state: _Histogram) -> tuple[float, float, float]:
-        if self._cv(state) < self.cv_threshold:
-            return 0.0, 0.0, self.range_s
-        head_s = self._percentile_bin(state, self.head_percentile) * self.bin_s
-        tail_s = (self._percentile_bin(state, self.tail_percentile) + 1) * self.bin_s
-        return 0.0, self.prewarm_margin * head_s, self.keep_margin * tail_s
+        return percentile_plan(
+            state.bins,
+            state.in_range,
+            state.sum_of_squares,
+            bin_s=self.bin_s,
+            range_s=self.range_s,
+            percentiles=(self.head_percentile, self.tail_percentile),
+            margins=(self.prewarm_margin, self.keep_margin),
+            cv_threshold=self.cv_threshold,
+        )
 
     def _cheapest_window(self, function: str, state: _Histogram) -> tuple[float, float, float]:
         """The plan (keep, start, end), in seconds after going idle, that minimizes, over the
@@ -251,9 +342,17 @@ class HybridHistogram:
         (an hourly timer) at the cost of neither. O(bins): `scheduler.windows`."""
         assert self.break_even_s is not None
         scale = self.reference_mb / self.memory_mb.get(function, self.reference_mb)
+        bins: list[tuple[int, float]] = [(i, c) for i, c in enumerate(state.bins) if c]
+        beyond = float(state.out_of_range)
+        if self.prior_weight and state.in_range + state.out_of_range < self.prior_samples:
+            shares, share_beyond = self._prior_shares()
+            w = self.prior_weight
+            pairs = enumerate(zip(state.bins, shares, strict=True))
+            bins = [(i, c + w * p) for i, (c, p) in pairs if c or p]
+            beyond += w * share_beyond
         return cheapest_plan(
-            [(i, c) for i, c in enumerate(state.bins) if c],
-            state.out_of_range,
+            bins,
+            beyond,
             bin_s=self.bin_s,
             break_even_s=self.break_even_s * scale,
             start_cost_s=self.start_cost_s * scale,
@@ -261,21 +360,10 @@ class HybridHistogram:
             prewarm_margin=self.prewarm_margin,
         )
 
-    def _cv(self, state: _Histogram) -> float:
-        n = len(state.bins)
-        mean = state.in_range / n
-        variance = max(0.0, state.sum_of_squares / n - mean * mean)
-        return math.sqrt(variance) / mean if mean else 0.0
-
-    @staticmethod
-    def _percentile_bin(state: _Histogram, percentile: float) -> int:
-        threshold = percentile / 100 * state.in_range
-        seen = 0
-        for index, count in enumerate(state.bins):
-            seen += count
-            if count and seen >= threshold:
-                return index
-        return len(state.bins) - 1
+    def _prior_shares(self) -> tuple[list[float], float]:
+        if self._prior_bins is None:
+            self._prior_bins = prior_shares(self.prior, bin_s=self.bin_s, range_s=self.range_s)
+        return self._prior_bins
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -290,71 +378,6 @@ class FunctionPolicy:
     min_warm: int = 0
     """Instances kept warm even when idle (never scaled below this)."""
     max_instances: int = 20
-
-
-class PolicyRouter:
-    """The live policy: each function's settings pick fixed keep-alive or the histogram.
-
-    Every function's idle times are learnt all the time, so switching a function to the
-    histogram uses what was seen before the switch.
-    """
-
-    def __init__(self, default: FunctionPolicy | None = None) -> None:
-        self.default = default or FunctionPolicy()
-        self.overrides: dict[str, FunctionPolicy] = {}
-        self.histograms: dict[str, HybridHistogram] = {
-            "histogram": HybridHistogram(),
-            "histogram-cost": cost_histogram(),
-            "adaptive": adaptive_histogram(),
-        }
-
-    @property
-    def name(self) -> str:
-        return "router"
-
-    def settings(self, function: str) -> FunctionPolicy:
-        return self.overrides.get(function, self.default)
-
-    @property
-    def histogram(self) -> HybridHistogram:
-        return self.histograms["histogram"]
-
-    def note_memory(self, function: str, memory_mb: float) -> None:
-        """The function's memory (its limit, live), which the cost mode weighs."""
-        for histogram in self.histograms.values():
-            if histogram.break_even_s is not None:
-                histogram.memory_mb[function] = memory_mb
-
-    def on_arrival(self, function: str, now: float) -> None:
-        for histogram in self.histograms.values():
-            histogram.on_arrival(function, now)
-
-    def forget(self, function: str) -> None:
-        self.overrides.pop(function, None)
-        for histogram in self.histograms.values():
-            histogram.forget(function)
-            histogram.memory_mb.pop(function, None)
-
-    def defer_to(self, defer: Callable[[Callable[[], None]], object]) -> None:
-        """Recompute the histograms' plans off the call path, with `defer` (`call_soon`)."""
-        for histogram in self.histograms.values():
-            histogram.defer = defer
-
-    def keeps_for_keep_alive(self, function: str) -> bool:
-        """Whether the function's idle instances are kept for its `keep_alive_s` now: under a
-        fixed keep-alive, or while its histogram is still learning."""
-        histogram = self.histograms.get(self.settings(function).prewarm)
-        return histogram is None or histogram.learning(function)
-
-    def on_idle(self, function: str, now: float) -> Decision:
-        settings = self.settings(function)
-        decision = Decision(keep_until=now + settings.keep_alive_s)
-        for kind, histogram in self.histograms.items():
-            if kind == settings.prewarm:
-                decision = histogram.decide(function, now, settings.keep_alive_s)
-            else:
-                histogram.note_idle(function, now)
-        return decision
 
 
 def cost_histogram(break_even_s: float = 7200.0, start_cost_s: float = 0.0) -> HybridHistogram:
@@ -372,12 +395,22 @@ def cost_histogram(break_even_s: float = 7200.0, start_cost_s: float = 0.0) -> H
 
 ADAPTIVE_BREAK_EVEN_S = 1800.0
 ADAPTIVE_START_COST_S = 300.0
+ADAPTIVE_PRIOR_BOUND = 3.0
 
 
 def adaptive_histogram() -> HybridHistogram:
     """The default (`adaptive`): the cost plan with a 30-minute break-even per cold start and
-    5 minutes per instance start, chosen on half of the trace sample (docs/policies.md)."""
-    return cost_histogram(ADAPTIVE_BREAK_EVEN_S, ADAPTIVE_START_COST_S)
+    5 minutes per instance start, chosen on half of the trace sample; a function's first 20 idle
+    times completed by one drawn from `POPULATION_PRIOR` (kept at most 3 keep-alives
+    meanwhile, the keep-alive itself until its first idle time); timer prediction
+    (`scheduler.timers`). See docs/policies.md."""
+    histogram = cost_histogram(ADAPTIVE_BREAK_EVEN_S, ADAPTIVE_START_COST_S)
+    histogram.prior = POPULATION_PRIOR
+    histogram.prior_weight = 1.0
+    histogram.prior_bound = ADAPTIVE_PRIOR_BOUND
+    histogram.min_samples = 1
+    histogram.timers = TimerDetector()
+    return histogram
 
 
 def parse_policy(spec: str) -> Policy:

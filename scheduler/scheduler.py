@@ -45,8 +45,8 @@ from scheduler.live import (
     open_connection,
     specialize_meta,
 )
-from scheduler.policy import FunctionPolicy, PolicyRouter
 from scheduler.pool import Instance, Pool, VersionKey
+from scheduler.router import FunctionPolicy, PolicyRouter
 from scheduler.settings import PoolSettings
 from scheduler.tasks import Supervisor
 from scheduler.upkeep import Upkeep

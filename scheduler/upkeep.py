@@ -29,8 +29,9 @@ from scheduler.live import (
     add_prepared,
     specialize_meta,
 )
-from scheduler.policy import FunctionPolicy, PolicyRouter
+from scheduler.policy import FunctionPolicy
 from scheduler.pool import Instance, Pool, State, VersionKey
+from scheduler.router import PolicyRouter
 from scheduler.settings import PoolSettings
 from scheduler.tasks import Supervisor
 from store.records import Version
@@ -287,6 +288,8 @@ class Upkeep:
             ):
                 # (inf: kept for a min_warm that may have been lowered)
                 instance.keep_until = instance.idle_since + settings.keep_alive_s
+            elif (bound_s := self.policies.keep_alive_bound_s(instance.key[0])) is not None:
+                instance.keep_until = min(instance.keep_until, instance.idle_since + bound_s)
         self._wake_reaper.set()
 
     async def ensure_warm(self, version: Version) -> None:

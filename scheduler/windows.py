@@ -1,4 +1,5 @@
-"""The cheapest keep-then-prewarm plan for a histogram of idle times, in one pass.
+"""Plans for a histogram of idle times: the paper's percentile rule (`percentile_plan`), and
+the cheapest keep-then-prewarm plan in one pass (`cheapest_plan`).
 
 A plan (keep, start, end), in seconds after an instance goes idle: keep it until `keep`, then
 (when `start` > `keep`) load one again at `start` and keep that one until `end`. Over the idle
@@ -22,12 +23,13 @@ minima: two passes instead of the three nested loops of the direct search.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from itertools import accumulate
 
 
 def cheapest_plan(
-    bins: list[tuple[int, int]],
-    out_of_range: int,
+    bins: Sequence[tuple[int, float]],
+    out_of_range: float,
     *,
     bin_s: float,
     break_even_s: float,
@@ -35,9 +37,10 @@ def cheapest_plan(
     keep_margin: float = 1.0,
     prewarm_margin: float = 1.0,
 ) -> tuple[float, float, float]:
-    """`bins`: (index, count) of the filled bins, in order; an idle time in bin i counts as
-    (i + 0.5) x `bin_s`. Keeps and ends are bin ends x `keep_margin`, starts bin starts x
-    `prewarm_margin`. Returns (keep, start, end); `start` <= `keep` means no second part."""
+    """`bins`: (index, count) of the filled bins, in order (a count may be a fraction: a
+    prior's); an idle time in bin i counts as (i + 0.5) x `bin_s`. Keeps and ends are bin
+    ends x `keep_margin`, starts bin starts x `prewarm_margin`. Returns (keep, start, end);
+    `start` <= `keep` means no second part."""
     xs = [(i + 0.5) * bin_s for i, _ in bins]
     n = len(xs)
     count_le = [0, *accumulate(c for _, c in bins)]  # count_le[j]: the first j filled bins
@@ -103,3 +106,34 @@ def _suffix_argmin(values: list[float]) -> list[int]:
             best = i
         out[i] = best
     return out
+
+
+def percentile_plan(
+    bins: list[int],
+    in_range: int,
+    sum_of_squares: int,
+    *,
+    bin_s: float,
+    range_s: float,
+    percentiles: tuple[float, float],
+    margins: tuple[float, float],
+    cv_threshold: float,
+) -> tuple[float, float, float]:
+    """Shahrad et al.'s rule on `bins` (counts per bin; `sum_of_squares` of them): when the
+    counts are concentrated (coefficient of variation >= `cv_threshold`), unload and prewarm
+    at margins[0] x the head percentile, keep until margins[1] x the tail one; else keep for
+    the whole range. (keep, start, end) as `cheapest_plan`."""
+    mean = in_range / len(bins)
+    variance = max(0.0, sum_of_squares / len(bins) - mean * mean)
+    if not mean or math.sqrt(variance) / mean < cv_threshold:
+        return 0.0, 0.0, range_s
+    found = []
+    for percentile in percentiles:
+        threshold, seen, at = percentile / 100 * in_range, 0, len(bins) - 1
+        for index, count in enumerate(bins):
+            seen += count
+            if count and seen >= threshold:
+                at = index
+                break
+        found.append(at)
+    return 0.0, margins[0] * found[0] * bin_s, margins[1] * (found[1] + 1) * bin_s

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from scheduler.policy import Decision, FixedKeepAlive, HybridHistogram, parse_policy
+from scheduler.prior import POPULATION_PRIOR, prior_shares
 
 MIN = 60.0
 
@@ -139,7 +142,8 @@ def test_parse_policy_rejects(spec: str) -> None:
 
 
 def test_the_live_router_runs_the_policy_each_function_has() -> None:
-    from scheduler.policy import FunctionPolicy, PolicyRouter, cost_histogram
+    from scheduler.policy import FunctionPolicy, cost_histogram
+    from scheduler.router import PolicyRouter
 
     router = PolicyRouter(FunctionPolicy(prewarm="fixed", keep_alive_s=600))
     router.overrides["costly"] = FunctionPolicy(prewarm="histogram-cost", keep_alive_s=600)
@@ -156,3 +160,108 @@ def test_the_live_router_runs_the_policy_each_function_has() -> None:
         assert router.on_idle("plain", now + 1) == Decision(keep_until=now + 601)
         now += gap_s
     assert expected.keep_until < now - 300 + 1 + 600  # it did not fall back to the keep-alive
+
+
+def test_adaptive_prewarms_for_the_next_firing_of_a_timer_between_other_calls() -> None:
+    # An hourly timer (minute 0) and one other call at a different minute of each hour: the
+    # idle times after the other call vary, so the histogram alone cannot time the next
+    # firing; the minutes of the calls can (scheduler.timers).
+    from scheduler.policy import adaptive_histogram, cost_histogram
+
+    adaptive, plain = adaptive_histogram(), cost_histogram(1800, 300)
+    assert (adaptive.name, plain.name) == ("adaptive", "histogram-cost:1800s/300s")
+    last: dict[str, Decision] = {}
+    for policy in (adaptive, plain):
+        policy.memory_mb["f"] = 2048
+        for hour, other in enumerate([14, 26, 38, 22, 46, 10, 34]):
+            for minute in (60 * hour, 60 * hour + other):
+                policy.on_arrival("f", minute * MIN + 30)
+                last[policy.name] = policy.on_idle("f", minute * MIN + 31)
+    # Gone idle after the call of minute 394: the timer fires next in minute 420.
+    assert last["adaptive"] == Decision(
+        keep_until=394 * MIN + 31, prewarm_at=420 * MIN, prewarm_until=421 * MIN
+    )
+    assert adaptive.timers is not None
+    assert adaptive.timers.hit_rate("f") > 0.5
+    without = last[plain.name]
+    assert without.keep_until < 420 * MIN
+    assert not (without.prewarm_at or 0) <= 420 * MIN + 30 <= (without.prewarm_until or 0)
+
+
+def test_a_function_seen_a_few_times_is_planned_with_the_population_prior() -> None:
+    def cost(prior_weight: float) -> HybridHistogram:
+        return HybridHistogram(
+            break_even_s=600,
+            min_samples=1,
+            prewarm_margin=1.0,
+            keep_margin=1.0,
+            prior=((2 * MIN, 1.0), (math.inf, 0.0)),  # the population: gaps under 2 minutes
+            prior_weight=prior_weight,
+            prior_samples=4,
+        )
+
+    alone, pooled = cost(0.0), cost(3.0)
+    now = feed(alone, [90 * MIN])  # one gap of 90 minutes seen so far
+    assert feed(pooled, [90 * MIN]) == now
+    # Alone, one long gap says unload; three gaps of the population under 2 minutes say keep.
+    assert alone.on_idle("f", now).keep_until == now
+    assert pooled.on_idle("f", now).keep_until == now + 2 * MIN
+    # With `prior_samples` gaps of its own, the function is planned on them alone.
+    later = feed(alone, [90 * MIN] * 3, start=now)
+    assert feed(pooled, [90 * MIN] * 3, start=now) == later
+    assert pooled.on_idle("f", later) == alone.on_idle("f", later)
+
+
+def test_while_planned_on_the_prior_the_keep_alive_bounds_the_keep() -> None:
+    policy = HybridHistogram(
+        break_even_s=600,
+        min_samples=1,
+        prior=((2 * MIN, 1.0), (math.inf, 0.0)),
+        prior_weight=3.0,
+        prior_samples=4,
+        prior_bound=3.0,
+        prewarm_margin=1.0,
+        keep_margin=1.0,
+    )
+    now = feed(policy, [90 * MIN])
+    assert policy.keep_bound("f") == 3.0
+    assert policy.decide("f", now, 10.0).keep_until == now + 30  # 2 minutes, bounded at 30 s
+    assert policy.decide("f", now, 600.0).keep_until == now + 2 * MIN
+    assert policy.decide("other", now, 10.0) == Decision(keep_until=now + 10)  # no idle time yet
+    later = feed(policy, [90 * MIN] * 3, start=now)
+    assert policy.keep_bound("f") is None  # planned on its own idle times from now on
+    assert policy.decide("f", later, 10.0) == policy.decide("f", later, 600.0)
+
+
+def test_the_prior_is_spread_evenly_over_its_bands() -> None:
+    prior = ((2 * MIN, 0.5), (6 * MIN, 0.4), (math.inf, 0.1))
+    shares, beyond = prior_shares(prior, bin_s=MIN, range_s=4 * MIN)
+    assert shares == pytest.approx([0.25, 0.25, 0.1, 0.1])
+    assert beyond == pytest.approx(0.2 + 0.1)  # the part of the second band past the range
+
+
+def test_adaptive_is_the_cost_plan_with_the_prior_and_timers() -> None:
+    adaptive = parse_policy("adaptive")
+    assert isinstance(adaptive, HybridHistogram)
+    assert adaptive.name == "adaptive"
+    assert (adaptive.prior_weight, adaptive.prior, adaptive.prior_bound) == (
+        1.0,
+        POPULATION_PRIOR,
+        3.0,
+    )
+    assert adaptive.timers is not None
+    assert sum(share for _, share in POPULATION_PRIOR) == pytest.approx(1.0)
+    assert parse_policy("histogram-cost:30m/5m").name == "histogram-cost:1800s/300s"
+
+
+def test_idle_times_are_learnt_between_calls_only() -> None:
+    # Live, a deploy's import check leaves a ready instance before any call: the time from
+    # then to the first call is not a gap between calls (the simulator never sees it).
+    deployed, simulated = parse_policy("adaptive"), parse_policy("adaptive")
+    assert isinstance(deployed, HybridHistogram)
+    assert isinstance(simulated, HybridHistogram)
+    deployed.on_idle("f", 0.0)  # the import check's instance, ready at deploy
+    for policy in (deployed, simulated):
+        policy.on_arrival("f", 50 * MIN)
+        assert policy.on_idle("f", 50 * MIN + 1) == Decision(keep_until=50 * MIN + 1 + 600)
+    assert deployed._functions["f"].in_range == simulated._functions["f"].in_range == 0

@@ -4,12 +4,14 @@ warm reuse, scale to zero, replacement, back-off, the queue bound, min-warm, pre
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import pytest
 
-from scheduler.policy import FunctionPolicy
+from scheduler.policy import Decision, FunctionPolicy
+from scheduler.router import PolicyRouter
 from scheduler.scheduler import (
     InstanceLost,
     PoolSettings,
@@ -18,7 +20,9 @@ from scheduler.scheduler import (
     Scheduler,
     StartFailed,
 )
+from scheduler.simulator import FunctionTrace, simulate
 from scheduler.testing import FakeBackend, FakeClock, FakeInstance, fake_version
+from store.records import Version
 
 pytestmark = pytest.mark.timeout(5)
 
@@ -297,6 +301,8 @@ async def test_shutdown_fails_waiting_calls_and_stops_every_instance() -> None:
 async def test_versions_no_longer_active_are_forgotten_once_their_instances_are_gone(
     h: Harness,
 ) -> None:
+    # (fixed: under adaptive, a function seen a few times may be kept up to 3 keep-alives)
+    h.scheduler.configure(FunctionPolicy(prewarm="fixed", keep_alive_s=600), {})
     for number in range(1, 6):  # five deploys, each called once
         version = fake_version("resize", number)
         await h.scheduler.ensure_warm(version)
@@ -314,43 +320,56 @@ async def test_an_instance_whose_stop_was_still_to_run_is_stopped_at_shutdown() 
     assert not h.backend.running()
 
 
-async def test_live_decisions_match_the_simulator_on_overlapping_calls(h: Harness) -> None:
-    # The simulator's trace of overlapping calls (tests/unit/test_simulator.py), run live on
-    # one instance that takes several calls at once (the simulator's model): the scheduler
-    # asks the policy the same questions at the same times and gets the same answers.
-    from scheduler.policy import Decision, PolicyRouter
-    from scheduler.simulator import simulate
-    from tests.unit.test_simulator import overlapping_then_one_more
+class Recorder:
+    """A policy that records the decisions of the one it wraps."""
 
-    class Recorder:
-        def __init__(self, policy: PolicyRouter) -> None:
-            self.policy = policy
-            self.decisions: list[tuple[float, Decision]] = []
+    def __init__(self, policy: PolicyRouter) -> None:
+        self.policy = policy
+        self.decisions: list[tuple[float, Decision]] = []
 
-        @property
-        def name(self) -> str:
-            return self.policy.name
+    @property
+    def name(self) -> str:
+        return self.policy.name
 
-        def on_arrival(self, function: str, now: float) -> None:
-            self.policy.on_arrival(function, now)
+    def on_arrival(self, function: str, now: float) -> None:
+        self.policy.on_arrival(function, now)
 
-        def on_idle(self, function: str, now: float) -> Decision:
-            decision = self.policy.on_idle(function, now)
-            self.decisions.append((now, decision))
-            return decision
+    def on_idle(self, function: str, now: float) -> Decision:
+        decision = self.policy.on_idle(function, now)
+        self.decisions.append((now, decision))
+        return decision
 
-    trace = overlapping_then_one_more(start=h.clock.now)
-    simulated = Recorder(PolicyRouter(h.scheduler.policies.default))
-    result = simulate([trace], simulated, end_s=trace.arrivals[-1] + 60)
+
+async def replay_live(
+    h: Harness, trace: FunctionTrace, version: Version
+) -> tuple[Recorder, list[bool]]:
+    """Run `trace` live on one instance of `version` that takes several calls at once (the
+    simulator's model), the fake clock stopping at every prewarm the policy asked for; the
+    recorded decisions and whether each call was cold."""
     live = Recorder(h.scheduler.policies)
     h.scheduler.pool.policy = live
-    version = fake_version("resize", concurrency=4)
     events = sorted(
         [(t, 1, "call") for t in trace.arrivals]
         + [(t + trace.duration_s, 0, "done") for t in trace.arrivals]
     )  # a call that ends at the time another arrives frees its slot first
     leases, colds = [], []
+    pool = h.scheduler.pool
     for at, _, kind in events:
+        while due := [
+            t
+            for t, due_at in ((pool.next_prewarm(), at), (pool.next_expiry(), at - 1e-9))
+            if t is not None and t <= due_at
+        ]:  # stop at each prewarm and keep-alive end before the event, as time passes
+            h.advance(max(0.0, min(due) - h.clock.now))
+            await h.until(
+                lambda: (
+                    all(
+                        t is None or t > h.clock.now
+                        for t in (pool.next_prewarm(), pool.next_expiry())
+                    )
+                    and not pool.starting(KEY)
+                )
+            )
         h.advance(at - h.clock.now)
         if kind == "call":
             lease = await h.scheduler.acquire(version)
@@ -358,13 +377,63 @@ async def test_live_decisions_match_the_simulator_on_overlapping_calls(h: Harnes
             colds.append(lease.cold)
         else:
             h.scheduler.release(leases.pop(0))
+    return live, colds
+
+
+@pytest.mark.parametrize("prewarm", ["fixed", "adaptive"])
+async def test_live_decisions_match_the_simulator_on_overlapping_calls(
+    h: Harness, prewarm: str
+) -> None:
+    # The simulator's trace of overlapping calls (tests/unit/test_simulator.py), run live: the
+    # scheduler asks the policy the same questions at the same times and gets the same answers.
+    from tests.unit.test_simulator import overlapping_then_one_more
+
+    h.scheduler.configure(FunctionPolicy(prewarm=prewarm, keep_alive_s=600), {})
+    trace = overlapping_then_one_more(start=h.clock.now)
+    trace.name = "resize"
+    version = fake_version("resize", concurrency=4)
+    simulated = Recorder(PolicyRouter(h.scheduler.policies.default))
+    # The cost plan weighs memory: the simulator's router knows the version's, as live.
+    simulated.policy.note_memory("resize", version.config.memory_bytes / (1 << 20))
+    result = simulate([trace], simulated, end_s=trace.arrivals[-1] + 60)
+    live, colds = await replay_live(h, trace, version)
     assert live.decisions == simulated.decisions
-    assert [d.keep_until for _, d in live.decisions] == [
-        trace.arrivals[30] + 60 + 600,
-        trace.arrivals[31] + 60 + 600,
-    ]
+    assert len(live.decisions) == 2
+    if prewarm == "fixed":
+        assert [d.keep_until for _, d in live.decisions] == [
+            trace.arrivals[30] + 60 + 600,
+            trace.arrivals[31] + 60 + 600,
+        ]
     assert sum(colds) == result.cold == 1
     assert len(h.backend.started) == 1
+
+
+async def test_live_prewarms_for_a_timer_as_the_simulator_does(h: Harness) -> None:
+    # The default policy (adaptive) on an hourly timer with one other call at a different
+    # minute of each hour (tests/unit/test_policy.py): after three firings it loads an
+    # instance for the minute of the next one. Live, the scheduler starts those prewarms at
+    # the times the simulator assumes, and the same calls are cold.
+    origin = 60.0 * math.ceil(h.clock.now / 60.0)
+    minutes = [
+        m
+        for hour, other in enumerate([14, 26, 38, 22, 46, 10, 34])
+        for m in (60 * hour, 60 * hour + other)
+    ]
+    trace = FunctionTrace(
+        "resize", [origin + m * 60.0 + 30 for m in [*minutes, 420]], duration_s=1.0, memory_mb=2048
+    )
+    simulated = Recorder(PolicyRouter(h.scheduler.policies.default))
+    simulated.policy.note_memory("resize", 2048)
+    result = simulate([trace], simulated, end_s=trace.arrivals[-1] + 1)
+    live, colds = await replay_live(
+        h, trace, fake_version("resize", concurrency=4, memory_bytes=2048 << 20)
+    )
+    assert live.decisions == simulated.decisions
+    decided = dict(live.decisions)[origin + 394 * 60.0 + 31]  # idle after minute 394's call
+    assert (decided.prewarm_at, decided.prewarm_until) == (origin + 420 * 60.0, origin + 421 * 60.0)
+    assert not colds[-1]  # the firing of minute 420 found the prewarmed instance
+    assert sum(colds) == result.cold
+    assert len(h.backend.started) == result.starts
 
 
 @pytest.mark.parametrize("prewarm", ["fixed", "adaptive", "histogram"])
@@ -374,4 +443,22 @@ async def test_a_shorter_keep_alive_applies_at_once_to_idle_instances_of_a_learn
     h.scheduler.configure(FunctionPolicy(prewarm=prewarm, keep_alive_s=600), {})
     await call(h)
     h.scheduler.configure(FunctionPolicy(prewarm=prewarm, keep_alive_s=0), {})
+    await h.until(lambda: not h.scheduler.instances_of("resize"))
+
+
+async def test_adaptive_keeps_a_function_seen_a_few_times_at_most_three_keep_alives(
+    h: Harness,
+) -> None:
+    # Planned on the population prior (fewer than 20 idle times), adaptive may keep an idle
+    # instance longer than the keep-alive, never more than three of them; a shorter keep-alive
+    # set meanwhile bounds it at once.
+    h.scheduler.configure(FunctionPolicy(prewarm="adaptive", keep_alive_s=100), {})
+    await call(h)
+    h.advance(50)  # one idle time of 50 s: its plan is now the prior's and its own
+    await call(h)
+    (instance,) = h.scheduler.instances_of("resize")
+    assert instance.keep_until == h.clock.now + 300  # the prior says keep; bounded at 3 x 100 s
+    h.scheduler.configure(FunctionPolicy(prewarm="adaptive", keep_alive_s=10), {})
+    assert instance.keep_until == h.clock.now + 30
+    h.advance(30)
     await h.until(lambda: not h.scheduler.instances_of("resize"))

@@ -1,0 +1,89 @@
+"""The live policy: each function's settings (`FunctionPolicy`) pick the policy that decides
+for it, fixed keep-alive or one of the histograms, all of them learning every function."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from scheduler.policy import (
+    Decision,
+    FunctionPolicy,
+    HybridHistogram,
+    adaptive_histogram,
+    cost_histogram,
+)
+
+__all__ = ["FunctionPolicy", "PolicyRouter"]  # the settings, with the router they steer
+
+
+class PolicyRouter:
+    """The live policy: each function's settings pick fixed keep-alive or the histogram.
+
+    Every function's idle times are learnt all the time, so switching a function to the
+    histogram uses what was seen before the switch.
+    """
+
+    def __init__(self, default: FunctionPolicy | None = None) -> None:
+        self.default = default or FunctionPolicy()
+        self.overrides: dict[str, FunctionPolicy] = {}
+        self.histograms: dict[str, HybridHistogram] = {
+            "histogram": HybridHistogram(),
+            "histogram-cost": cost_histogram(),
+            "adaptive": adaptive_histogram(),
+        }
+
+    @property
+    def name(self) -> str:
+        return "router"
+
+    def settings(self, function: str) -> FunctionPolicy:
+        return self.overrides.get(function, self.default)
+
+    @property
+    def histogram(self) -> HybridHistogram:
+        return self.histograms["histogram"]
+
+    def note_memory(self, function: str, memory_mb: float) -> None:
+        """The function's memory (its limit, live), which the cost mode weighs."""
+        for histogram in self.histograms.values():
+            if histogram.break_even_s is not None:
+                histogram.memory_mb[function] = memory_mb
+
+    def on_arrival(self, function: str, now: float) -> None:
+        for histogram in self.histograms.values():
+            histogram.on_arrival(function, now)
+
+    def forget(self, function: str) -> None:
+        self.overrides.pop(function, None)
+        for histogram in self.histograms.values():
+            histogram.forget(function)
+            histogram.memory_mb.pop(function, None)
+
+    def defer_to(self, defer: Callable[[Callable[[], None]], object]) -> None:
+        """Recompute the histograms' plans off the call path, with `defer` (`call_soon`)."""
+        for histogram in self.histograms.values():
+            histogram.defer = defer
+
+    def keeps_for_keep_alive(self, function: str) -> bool:
+        """Whether the function's idle instances are kept for its `keep_alive_s` now: under a
+        fixed keep-alive, or while its histogram is still learning."""
+        histogram = self.histograms.get(self.settings(function).prewarm)
+        return histogram is None or histogram.learning(function)
+
+    def keep_alive_bound_s(self, function: str) -> float | None:
+        """How long the function's idle instances may be kept at most now, when its keep-alive
+        bounds its policy's plan (adaptive, while it plans on the population prior)."""
+        settings = self.settings(function)
+        histogram = self.histograms.get(settings.prewarm)
+        factor = None if histogram is None else histogram.keep_bound(function)
+        return None if factor is None else factor * settings.keep_alive_s
+
+    def on_idle(self, function: str, now: float) -> Decision:
+        settings = self.settings(function)
+        decision = Decision(keep_until=now + settings.keep_alive_s)
+        for kind, histogram in self.histograms.items():
+            if kind == settings.prewarm:
+                decision = histogram.decide(function, now, settings.keep_alive_s)
+            else:
+                histogram.note_idle(function, now)
+        return decision
