@@ -82,6 +82,11 @@ async def invoke(request: web.Request) -> web.StreamResponse:
     name, pinned = qualify(namespace, parsed[0]), parsed[1]
     try:
         version = await platform.functions.resolve(name, pinned)
+        # Who may call, and from which origins, is the function's (its active version's): a
+        # pinned older version deployed before the function turned private stays private.
+        access = (
+            version.config if pinned is None else (await platform.functions.resolve(name)).config
+        )
     except FunctionNotFound:
         where = "" if namespace == DEFAULT_NAMESPACE else f" --namespace {namespace}"
         return error_response(
@@ -106,18 +111,19 @@ async def invoke(request: web.Request) -> web.StreamResponse:
             "retry shortly",
             headers={"Retry-After": "1"},
         )
-    config = version.config
-    if config.cors_origins:  # (public functions without CORS: two attribute reads, no more)
+    if access.cors_origins:  # (public functions without CORS: two attribute reads, no more)
         return await cors.answer(
-            request, config.cors_origins, lambda r: _serve(platform, r, version, pinned)
+            request,
+            access.cors_origins,
+            lambda r: _serve(platform, r, version, pinned, access.auth),
         )
-    return await _serve(platform, request, version, pinned)
+    return await _serve(platform, request, version, pinned, access.auth)
 
 
 async def _serve(
-    platform: Platform, request: web.Request, version: Version, pinned: int | None
+    platform: Platform, request: web.Request, version: Version, pinned: int | None, auth: str
 ) -> web.StreamResponse:
-    private = version.config.auth != "public"
+    private = auth != "public"
     if private:
         refusal = invoke_refusal(
             platform, request.headers.get("Authorization", ""), version.function
