@@ -34,3 +34,34 @@ async def test_a_pinned_version_is_as_private_as_its_function(running: Running) 
         headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
     )
     assert preflight.status == 403, await preflight.text()
+
+
+async def test_a_team_cannot_watch_embers_own_database(running: Running) -> None:
+    """Ember's database holds every namespace's activations, async payloads, keys and
+    secrets: a team's table trigger there would hand them to its function."""
+    await running.admin("PUT", "/v1/namespaces/team-a", json={})
+    deployer = await create_key(running, "deployer", namespace="team-a")
+    status, data = await running.admin(
+        "POST",
+        "/v1/functions",
+        headers=bearer(deployer),
+        json={"name": "spy", "source": WHO, "filename": "handler.py"},
+    )
+    assert status == 201, data
+    for table in ("ember_activations", "public.ember_deliveries", '"ember_secrets"', "t"):
+        status, data = await running.admin(
+            "POST",
+            "/v1/functions/spy/triggers",
+            headers=bearer(deployer),
+            json={"table": table, "on": "insert"},
+        )
+        assert status == 403, (table, data)
+        assert data["error"]["code"] == "forbidden"
+    # Not even the admin watches Ember's own tables (the delivery queue would feed itself).
+    await running.deploy_ok("watcher", WHO)
+    status, data = await running.admin(
+        "POST", "/v1/functions/watcher/triggers", json={"table": "ember_deliveries"}
+    )
+    assert status == 403, data
+    status, data = await running.admin("GET", "/v1/triggers?namespace=team-a")
+    assert data["triggers"] == []
