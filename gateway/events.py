@@ -98,7 +98,8 @@ async def list_topics(request: web.Request) -> web.Response:
 
 @routes.delete("/v1/topics/{name}")
 async def delete_topic(request: web.Request) -> web.Response:
-    name = qualify_topic(principal_of(request).namespace, request.match_info["name"])
+    # (checked like any topic name: `team-a%2Forders` is not a topic of `default`)
+    name = _topic_name(request.match_info["name"], principal_of(request).namespace)
     try:
         await platform_of(request).store.delete_topic(name)
     except TopicNotFound:

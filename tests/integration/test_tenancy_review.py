@@ -3,7 +3,9 @@ namespaces, Ember's own tables watched by a team. Real Postgres, real invoker pr
 
 from __future__ import annotations
 
+import asyncio
 import textwrap
+import time
 
 from tests.conftest import Running
 from tests.integration.test_tenancy_auth import bearer, create_key
@@ -11,6 +13,10 @@ from tests.integration.test_tenancy_auth import bearer, create_key
 WHO = textwrap.dedent("""
     def handler(event, context):
         return {"authorization": dict(context.headers).get("Authorization")}
+""")
+FAILS = textwrap.dedent("""
+    def handler(event, context):
+        raise context.PermanentError("no")
 """)
 
 
@@ -65,3 +71,57 @@ async def test_a_team_cannot_watch_embers_own_database(running: Running) -> None
     assert status == 403, data
     status, data = await running.admin("GET", "/v1/triggers?namespace=team-a")
     assert data["triggers"] == []
+
+
+async def test_a_key_of_default_cannot_reach_another_namespace_by_its_stored_names(
+    running: Running,
+) -> None:
+    """`team-a.fail` and `team-a/orders` are how team A's function and topic are stored: as
+    names given by a key of `default` they are refused, not taken as team A's."""
+    team_a = await create_key(running, "deployer", namespace="team-a")
+    mine = await create_key(running, "deployer")
+    status, data = await running.admin(
+        "POST",
+        "/v1/functions",
+        headers=bearer(team_a),
+        json={"name": "fail", "source": FAILS, "filename": "handler.py", "max_attempts": 1},
+    )
+    assert status == 201, data
+    status, _ = await running.admin("PUT", "/v1/topics/orders", headers=bearer(team_a))
+    assert status == 201
+
+    response = await running.http.post(
+        f"{running.url}/fn/team-a/fail",
+        json={},
+        headers={**bearer(team_a), "Prefer": "respond-async"},
+    )
+    assert response.status == 202, await response.text()
+    activation = (await response.json())["activation_id"]
+    deadline = time.monotonic() + 20
+    while True:  # (the delivery runs off the request)
+        _, data = await running.admin(
+            "GET", f"/v1/activations/{activation}", headers=bearer(team_a)
+        )
+        if data.get("status") == "dead":
+            break
+        assert time.monotonic() < deadline, data
+        await asyncio.sleep(0.02)
+
+    for method, path, body in (
+        ("POST", "/v1/dlq/redrive", {"function": "team-a.fail"}),
+        ("GET", "/v1/dlq?function=team-a.fail", None),
+        ("GET", "/v1/triggers?function=team-a.fail", None),
+    ):
+        status, data = await running.admin(method, path, headers=bearer(mine), json=body)
+        assert (status, data["error"]["code"]) == (400, "bad_name"), (path, data)
+    status, data = await running.admin(
+        "POST", "/v1/dlq/redrive", headers=bearer(mine), json={"ids": [activation]}
+    )
+    assert (status, data) == (200, {"redriven": []})
+    _, data = await running.admin("GET", f"/v1/activations/{activation}", headers=bearer(team_a))
+    assert (data["status"], data["redrives"]) == ("dead", 0)
+
+    status, data = await running.admin("DELETE", "/v1/topics/team-a%2Forders", headers=bearer(mine))
+    assert (status, data["error"]["code"]) == (400, "bad_topic"), data
+    _, data = await running.admin("GET", "/v1/topics", headers=bearer(team_a))
+    assert [t["name"] for t in data["topics"]] == ["orders"]
