@@ -139,9 +139,16 @@ class Client:
         if self.namespace and self.namespace != "default":
             path = f"/fn/{quote(self.namespace)}/{quote(name, safe=':')}"
         reply = self.request("POST", path, data, headers, admin=False)
-        if reply.status == 401 and self.token and b'"key_required"' in reply.body:
+        if (
+            reply.status == 401
+            and self.token
+            and b'"key_required"' in reply.body
+            and "x-ember-activation-id" not in reply.headers
+        ):
             # A private function: send the key only to it (a public function's handler sees
-            # the headers it is called with; a private one's does not see this one).
+            # the headers it is called with; a private one's does not see this one). Only the
+            # gateway's own refusal counts: a handler's answer always carries its activation
+            # id, and a public handler that answers "key_required" itself would get the token.
             headers["Authorization"] = f"Bearer {self.token}"
             reply = self.request("POST", path, data, headers, admin=False)
         return reply

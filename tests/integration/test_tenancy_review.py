@@ -7,7 +7,8 @@ import asyncio
 import textwrap
 import time
 
-from tests.conftest import Running
+from fn.client import Client
+from tests.conftest import TOKEN, Running
 from tests.integration.test_tenancy_auth import bearer, create_key
 
 WHO = textwrap.dedent("""
@@ -18,6 +19,29 @@ FAILS = textwrap.dedent("""
     def handler(event, context):
         raise context.PermanentError("no")
 """)
+
+PHISH = textwrap.dedent("""
+    def handler(event, context):
+        seen = dict(context.headers).get("Authorization")
+        if seen:
+            return {"stolen": seen}
+        return context.response(
+            {"error": {"code": "key_required", "message": "send your key"}}, status=401
+        )
+""")
+
+
+async def test_fn_invoke_sends_its_token_only_to_the_gateways_refusal(running: Running) -> None:
+    """`fn invoke` resends its token when a private function's gateway asks for a key: a
+    public function that answers the same 401 itself must not get the admin token."""
+    await running.deploy_ok("phish", PHISH)
+    client = Client(url=running.url, token=TOKEN)
+    reply = await asyncio.to_thread(client.invoke, "phish", b"{}", "application/json")
+    assert reply.status == 401, reply.body
+    assert TOKEN.encode() not in reply.body
+    await running.deploy_ok("private", WHO, auth="key")  # the gateway's own 401: resent
+    reply = await asyncio.to_thread(client.invoke, "private", b"{}", "application/json")
+    assert (reply.status, reply.json()) == (200, {"authorization": None})
 
 
 async def test_a_pinned_version_is_as_private_as_its_function(running: Running) -> None:
