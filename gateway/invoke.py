@@ -12,7 +12,7 @@ from calls.execute import execute, no_nul
 from gateway import cors
 from gateway.auth import invoke_refusal
 from gateway.errors import error_response, json_response, payload_too_large
-from gateway.namespaces import DEFAULT_NAMESPACE, qualify, shown_name
+from gateway.namespaces import DEFAULT_NAMESPACE, qualify, shown_name, split_name
 from gateway.platform import PLATFORM, Platform
 from gateway.units import NAME
 from invoker.protocol import RequestMeta
@@ -188,7 +188,8 @@ async def submit_async(
         {
             "activation_id": str(activation_id),
             "status": "accepted" if created else "duplicate",
-            "function": version.function,
+            "function": split_name(version.function)[1],
+            "namespace": split_name(version.function)[0],
         },
         status=202,
         headers={

@@ -339,9 +339,11 @@ def _print_deployed(version: dict[str, Any], url: str) -> None:
             f"Environment {version['environment'][:12]}: {packages} package(s); "
             f"build output: fn build-logs {version['function']}"
         )
+    namespace = version.get("namespace", "default")
+    path = version["function"] if namespace == "default" else f"{namespace}/{version['function']}"
+    key = "  (with Authorization: Bearer <invoker key>)" if version.get("auth") == "key" else ""
     click.echo(
-        f"Call it: fn invoke {version['function']} --data '{{}}'   or   "
-        f"POST {url}/fn/{version['function']}"
+        f"Call it: fn invoke {version['function']} --data '{{}}'   or   POST {url}/fn/{path}{key}"
     )
 
 

@@ -120,7 +120,9 @@ async def test_a_key_of_default_cannot_reach_another_namespace_by_its_stored_nam
         headers={**bearer(team_a), "Prefer": "respond-async"},
     )
     assert response.status == 202, await response.text()
-    activation = (await response.json())["activation_id"]
+    accepted = await response.json()
+    assert (accepted["function"], accepted["namespace"]) == ("fail", "team-a")  # as called
+    activation = accepted["activation_id"]
     deadline = time.monotonic() + 20
     while True:  # (the delivery runs off the request)
         _, data = await running.admin(
