@@ -21,7 +21,7 @@ from gateway.frameworks import missing_module, missing_packages, with_packages
 from gateway.namespaces import qualify, split_name
 from gateway.platform import Platform
 from gateway.requests import json_body, limit_of, not_found, platform_of
-from gateway.tenancy import default_auth, ensure_namespace, missing_secrets
+from gateway.tenancy import default_auth, ensure_namespace, missing_secrets, rollback_opens
 from gateway.units import (
     FILENAME,
     NAME,
@@ -415,6 +415,9 @@ async def rollback(request: web.Request) -> web.Response:
             f"invalid version {to!r}: expected a number from fn versions " + name,
         )
     try:
+        opening = await rollback_opens(platform, name, to, body.get("auth"))
+        if opening is not None:
+            return opening
         active = await platform.store.set_active_version(name, to)
     except FunctionNotFound:
         return not_found(name)

@@ -14,7 +14,7 @@ from config.units import ConfigError, parse_duration_s
 from gateway.auth import Principal, principal_of
 from gateway.errors import bad_request, error_response, json_response
 from gateway.keyring import ROLES, new_key_secret
-from gateway.namespaces import DEFAULT_NAMESPACE, NAMESPACE, shown_name
+from gateway.namespaces import DEFAULT_NAMESPACE, NAMESPACE, shown_name, split_name
 from gateway.platform import Platform
 from gateway.requests import json_body, limit_of, platform_of
 from gateway.units import ENV_KEY, NAME
@@ -274,6 +274,35 @@ async def default_auth(platform: Platform, name: str, namespace: str) -> str:
         return (await platform.functions.resolve(name)).config.auth
     except FunctionNotFound:
         return platform.keys.namespace_auth(namespace)
+
+
+async def rollback_opens(
+    platform: Platform, name: str, to: int | None, auth: Any
+) -> web.Response | None:
+    """A 409 when the rollback would make a private function public (its target version was
+    deployed before it turned private), unless the request says `"auth": "public"`: like a
+    redeploy that forgot --auth, a rollback does not open a function by the way."""
+    versions = await platform.store.list_versions(name)
+    active = next((v for v, a in versions if a), None)
+    older = [v for v, _ in versions if active is not None and v.version < active.version]
+    target = (
+        next((v for v, _ in versions if v.version == to), None)
+        if to
+        else max(older, key=lambda v: v.version, default=None)
+    )
+    if active is None or target is None or auth == "public":
+        return None  # (a missing version is the store's 404/409 to answer)
+    if active.config.auth != "public" and target.config.auth == "public":
+        shown = shown_name(name)
+        return error_response(
+            409,
+            "rollback_opens_function",
+            f"function {shown!r} is private but its version {target.version} is public: "
+            f"rolling back would open it to anyone; to mean it: fn rollback "
+            f"{split_name(name)[1]} --to {target.version} --auth public",
+            setting="--auth",
+        )
+    return None
 
 
 async def ensure_namespace(platform: Platform, namespace: str) -> None:

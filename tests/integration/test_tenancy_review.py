@@ -151,3 +151,22 @@ async def test_a_key_of_default_cannot_reach_another_namespace_by_its_stored_nam
     assert (status, data["error"]["code"]) == (400, "bad_topic"), data
     _, data = await running.admin("GET", "/v1/topics", headers=bearer(team_a))
     assert [t["name"] for t in data["topics"]] == ["orders"]
+
+
+async def test_a_rollback_does_not_open_a_private_function_by_the_way(running: Running) -> None:
+    await running.deploy_ok("pay", WHO)  # version 1: public
+    await running.deploy_ok("pay", WHO, auth="key")  # version 2: private
+    for body in ({}, {"to": 1}):
+        status, data = await running.admin("POST", "/v1/functions/pay/rollback", json=body)
+        assert (status, data["error"]["code"]) == (409, "rollback_opens_function"), data
+        assert "--auth public" in data["error"]["message"]
+    assert (await running.call("pay", {})).status == 401  # still private, still version 2
+    status, data = await running.admin(
+        "POST", "/v1/functions/pay/rollback", json={"to": 1, "auth": "public"}
+    )
+    assert (status, data["active_version"]) == (200, 1), data
+    assert (await running.call("pay", {})).status == 200
+    # Rolling forth to a private version needs nothing said.
+    status, data = await running.admin("POST", "/v1/functions/pay/rollback", json={"to": 2})
+    assert (status, data["active_version"]) == (200, 2), data
+    assert (await running.call("pay", {})).status == 401
