@@ -427,7 +427,12 @@ def delivery_json(delivery: Delivery, *, payload: bool = False) -> dict[str, Any
 @routes.get("/v1/dlq")
 async def list_dead(request: web.Request) -> web.Response:
     function = scoped(request, request.query.get("function") or None)
-    dead = await platform_of(request).store.list_dead(function, limit=limit_of(request))
+    principal = principal_of(request)
+    dead = await platform_of(request).store.list_dead(
+        function,
+        limit=limit_of(request),
+        namespace=None if principal.is_admin else principal.namespace,  # (the limit: its own)
+    )
     return json_response({"dead": [delivery_json(d) for d in dead if may_see(request, d.function)]})
 
 

@@ -285,8 +285,12 @@ WHERE d.id = o.id AND d.claims = o.claim AND d.status = 'running';
 SELECT * FROM ember_deliveries WHERE id = $1;
 
 -- name: list_dead
+-- $3: only this namespace's (its functions are stored as NAMESPACE.NAME; default's have no dot).
 SELECT * FROM ember_deliveries
 WHERE status = 'dead' AND ($1::text IS NULL OR function = $1)
+  AND ($3::text IS NULL
+       OR ($3 = 'default' AND strpos(function, '.') = 0)
+       OR starts_with(function, $3 || '.'))
 ORDER BY finished_at DESC
 LIMIT $2;
 

@@ -147,6 +147,19 @@ async def test_a_key_of_default_cannot_reach_another_namespace_by_its_stored_nam
     _, data = await running.admin("GET", f"/v1/activations/{activation}", headers=bearer(team_a))
     assert (data["status"], data["redrives"]) == ("dead", 0)
 
+    # A newer dead letter of default does not push team A's out of its own list.
+    await running.deploy_ok("fails-too", FAILS, max_attempts=1)
+    response = await running.call("fails-too", {}, headers={"Prefer": "respond-async"})
+    theirs = (await response.json())["activation_id"]
+    deadline = time.monotonic() + 20
+    while (await running.admin("GET", f"/v1/activations/{theirs}"))[1].get("status") != "dead":
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    _, data = await running.admin("GET", "/v1/dlq?limit=1", headers=bearer(team_a))
+    assert [d["id"] for d in data["dead"]] == [activation]
+    _, data = await running.admin("GET", "/v1/dlq?limit=1", headers=bearer(mine))
+    assert [d["id"] for d in data["dead"]] == [theirs]
+
     status, data = await running.admin("DELETE", "/v1/topics/team-a%2Forders", headers=bearer(mine))
     assert (status, data["error"]["code"]) == (400, "bad_topic"), data
     _, data = await running.admin("GET", "/v1/topics", headers=bearer(team_a))
