@@ -126,6 +126,18 @@ class Client:
             raise ClientError(error_message(reply.status, data), reply.status, data)
         return data
 
+    def call_namespace(self) -> str | None:
+        """The namespace a call goes to: the one named, else an API key's own (the admin API
+        knows it from the key; a call's URL must name it), else default."""
+        if self.namespace or not (self.token and self.token.startswith("ek_")):
+            return self.namespace
+        try:
+            who = self.api("GET", "/v1/whoami")
+        except ClientError:
+            return None  # (the call itself says what is wrong with the key)
+        self.namespace = str(who.get("namespace") or "default")
+        return self.namespace
+
     def invoke(
         self,
         name: str,
@@ -136,8 +148,9 @@ class Client:
         headers = {"Content-Type": content_type} if content_type else {}
         headers.update(extra_headers or {})
         path = f"/fn/{quote(name, safe=':')}"
-        if self.namespace and self.namespace != "default":
-            path = f"/fn/{quote(self.namespace)}/{quote(name, safe=':')}"
+        namespace = self.call_namespace()
+        if namespace and namespace != "default":
+            path = f"/fn/{quote(namespace)}/{quote(name, safe=':')}"
         reply = self.request("POST", path, data, headers, admin=False)
         if (
             reply.status == 401

@@ -15,6 +15,10 @@ WHO = textwrap.dedent("""
     def handler(event, context):
         return {"authorization": dict(context.headers).get("Authorization")}
 """)
+HELLO = textwrap.dedent("""
+    def handler(event, context):
+        return {"team": "a"}
+""")
 FAILS = textwrap.dedent("""
     def handler(event, context):
         raise context.PermanentError("no")
@@ -183,3 +187,23 @@ async def test_a_rollback_does_not_open_a_private_function_by_the_way(running: R
     status, data = await running.admin("POST", "/v1/functions/pay/rollback", json={"to": 2})
     assert (status, data["active_version"]) == (200, 2), data
     assert (await running.call("pay", {})).status == 401
+
+
+async def test_fn_invoke_with_a_teams_key_calls_the_teams_function(running: Running) -> None:
+    """`FN_TOKEN=ek_...` without FN_NAMESPACE: the CLI acts in the key's namespace, calls
+    included (not default's function of the same name)."""
+    await running.deploy_ok("orders", WHO)  # default's, public
+    await running.admin("PUT", "/v1/namespaces/team-a", json={"auth": "key"})
+    deployer = await create_key(running, "deployer", namespace="team-a")
+    status, data = await running.admin(
+        "POST",
+        "/v1/functions",
+        headers=bearer(deployer),
+        json={"name": "orders", "source": HELLO, "filename": "handler.py"},
+    )
+    assert (status, data["auth"]) == (201, "key"), data
+    invoker = await create_key(running, "invoker", namespace="team-a")
+    reply = await asyncio.to_thread(
+        Client(url=running.url, token=invoker).invoke, "orders", b"{}", "application/json"
+    )
+    assert (reply.status, reply.json()) == (200, {"team": "a"}), reply.body
