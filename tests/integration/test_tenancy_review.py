@@ -207,3 +207,11 @@ async def test_fn_invoke_with_a_teams_key_calls_the_teams_function(running: Runn
         Client(url=running.url, token=invoker).invoke, "orders", b"{}", "application/json"
     )
     assert (reply.status, reply.json()) == (200, {"team": "a"}), reply.body
+
+
+async def test_a_cors_answer_varies_by_origin_for_every_origin(running: Running) -> None:
+    await running.deploy_ok("shop", WHO, cors_origins=["https://shop.example.com"])
+    for origin in ("https://evil.example", "https://shop.example.com"):
+        response = await running.call("shop", {}, headers={"Origin": origin})
+        assert response.status == 200
+        assert "Origin" in response.headers.getall("Vary", []), (origin, response.headers)
