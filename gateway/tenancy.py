@@ -22,6 +22,8 @@ from gateway.vault import SecretError
 from store import ApiKey, FunctionNotFound
 
 log = logging.getLogger("ember.gateway.audit")
+AUDIT_SUBJECT = web.RequestKey("audit_subject", str)
+"""What a handler's action was about, for the audit trail, when the path does not say."""
 routes = web.RouteTableDef()
 
 MAX_KEY_LIFETIME_S = 10 * 365 * 86400.0
@@ -46,6 +48,7 @@ async def audit(
             path=request.path[:500],
             action=f"{request.method} {route or request.path[:200]}",
             status=status,
+            subject=request.get(AUDIT_SUBJECT, "")[:200],
         )
     except Exception:
         log.exception(
@@ -133,6 +136,7 @@ async def create_key(request: web.Request) -> web.Response:
         expires_at=expires_at,
     )
     platform.keys.put(key)
+    request[AUDIT_SUBJECT] = f"key {key.id} ({role} of {namespace})"
     await ensure_namespace(platform, namespace)
     # The only time the key is shown: only its hash is kept.
     return json_response({**key_json(key), "key": token}, status=201)
@@ -333,6 +337,7 @@ async def list_audit(request: web.Request) -> web.Response:
                     "action": e.action,
                     "path": e.path,
                     "status": e.status,
+                    "subject": e.subject,
                 }
                 for e in entries
             ]

@@ -68,6 +68,8 @@ class AuditEntry:
     path: str
     action: str
     status: int
+    subject: str = ""
+    """What the action was about when the path does not say (a deploy's function, a new key)."""
 
 
 def _secret(row: Row) -> SecretInfo:
@@ -180,11 +182,19 @@ class AccessStore(StoreBase):
     # -- audit ------------------------------------------------------------------------------
 
     async def record_audit(
-        self, *, actor: str, namespace: str, method: str, path: str, action: str, status: int
+        self,
+        *,
+        actor: str,
+        namespace: str,
+        method: str,
+        path: str,
+        action: str,
+        status: int,
+        subject: str = "",
     ) -> None:
         async with self._conn() as conn:
             await conn.execute(
-                QUERIES["record_audit"], actor, namespace, method, path, action, status
+                QUERIES["record_audit"], actor, namespace, method, path, action, status, subject
             )
 
     @retry_once
@@ -201,6 +211,7 @@ class AccessStore(StoreBase):
                 path=r["path"],
                 action=r["action"],
                 status=r["status"],
+                subject=r["subject"],
             )
             for r in rows
         ]

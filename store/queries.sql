@@ -554,12 +554,12 @@ SELECT pg_notify('ember_changes',
                  json_build_object('kind', 'secret', 'functions', $1::text[])::text);
 
 -- name: record_audit
-INSERT INTO ember_audit (actor, namespace, method, path, action, status)
-VALUES ($1, $2, $3, $4, $5, $6);
+INSERT INTO ember_audit (actor, namespace, method, path, action, status, subject)
+VALUES ($1, $2, $3, $4, $5, $6, $7);
 
 -- name: list_audit
 -- Newest first; $1: one namespace, or NULL for all.
-SELECT id, at, actor, namespace, method, path, action, status FROM ember_audit
+SELECT id, at, actor, namespace, method, path, action, status, subject FROM ember_audit
 WHERE $1::text IS NULL OR namespace = $1
 ORDER BY id DESC
 LIMIT $2;

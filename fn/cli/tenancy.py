@@ -218,9 +218,17 @@ def audit(ctx: click.Context, limit: int, as_json: bool) -> None:
         entries,
         as_json,
         lambda es: print_table(
-            ["WHEN", "WHO", "NAMESPACE", "ACTION", "PATH", "STATUS"],
+            ["WHEN", "WHO", "NAMESPACE", "ACTION", "PATH", "STATUS", "SUBJECT"],
             [
-                [e["at"][:19], e["actor"], e["namespace"], e["action"], e["path"], e["status"]]
+                [
+                    e["at"][:19],
+                    e["actor"],
+                    e["namespace"],
+                    e["action"],
+                    e["path"],
+                    e["status"],
+                    e.get("subject", ""),
+                ]
                 for e in es
             ],
         ),

@@ -215,3 +215,30 @@ async def test_a_cors_answer_varies_by_origin_for_every_origin(running: Running)
         response = await running.call("shop", {}, headers={"Origin": origin})
         assert response.status == 200
         assert "Origin" in response.headers.getall("Vary", []), (origin, response.headers)
+
+
+async def test_the_audit_trail_says_what_an_action_was_about(running: Running) -> None:
+    """`POST /v1/functions` and `POST /v1/keys` alone do not say which function was deployed
+    or which key made; a secret's value is never there."""
+    deployer = await create_key(running, "deployer", namespace="team-a")
+    key_id = deployer.split("_")[1]
+    status, _ = await running.admin(
+        "POST",
+        "/v1/functions",
+        headers=bearer(deployer),
+        json={"name": "orders", "source": WHO, "filename": "handler.py"},
+    )
+    assert status == 201
+    status, _ = await running.admin(
+        "PUT", "/v1/secrets/db", headers=bearer(deployer), json={"values": {"PW": "s3cr3t-v4lue"}}
+    )
+    assert status == 200
+    status, data = await running.admin("GET", "/v1/audit")
+    assert status == 200
+    entries = [(e["actor"], e["action"], e["subject"]) for e in data["audit"]]
+    assert entries[:3] == [
+        (f"key:{key_id}", "PUT /v1/secrets/{secret}", ""),
+        (f"key:{key_id}", "POST /v1/functions", "function orders"),
+        ("admin", "POST /v1/keys", f"key {key_id} (deployer of team-a)"),
+    ]
+    assert "s3cr3t-v4lue" not in str(data)
