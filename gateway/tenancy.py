@@ -33,9 +33,10 @@ MAX_SECRET_BYTES = 64 * 1024
 async def audit(
     request: web.Request, principal: Principal | None, route: str | None, status: int
 ) -> None:
-    """Record an admin action (reads are not actions). A failure to record is logged loudly;
+    """Record an admin action (reads are not actions, but a key's refused read is: a key
+    probing another namespace or the admin's routes). A failure to record is logged loudly;
     the action itself already happened."""
-    if request.method in ("GET", "HEAD", "OPTIONS"):
+    if request.method in ("GET", "HEAD", "OPTIONS") and (principal is None or status != 403):
         return
     platform = platform_of(request)
     actor = principal.actor if principal is not None else "anonymous"

@@ -242,3 +242,23 @@ async def test_the_audit_trail_says_what_an_action_was_about(running: Running) -
         ("admin", "POST /v1/keys", f"key {key_id} (deployer of team-a)"),
     ]
     assert "s3cr3t-v4lue" not in str(data)
+
+
+async def test_a_keys_refused_read_is_audited(running: Running) -> None:
+    """A key reading another namespace, or the admin's keys, is refused and recorded: the
+    trail's "refused ones included" holds for reads too."""
+    reader = await create_key(running, "reader", namespace="team-a")
+    key_id = reader.split("_")[1]
+    status, _ = await running.admin("GET", "/v1/functions", headers=bearer(reader, "team-b"))
+    assert status == 403
+    status, _ = await running.admin("GET", "/v1/keys", headers=bearer(reader))
+    assert status == 403
+    status, _ = await running.admin("GET", "/v1/functions", headers=bearer(reader))
+    assert status == 200  # an allowed read: not an action
+    _, data = await running.admin("GET", "/v1/audit")
+    entries = [(e["actor"], e["action"], e["status"]) for e in data["audit"]]
+    assert entries[:3] == [
+        (f"key:{key_id}", "GET /v1/keys", 403),
+        (f"key:{key_id}", "GET /v1/functions", 403),
+        ("admin", "POST /v1/keys", 201),
+    ]
