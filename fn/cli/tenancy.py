@@ -203,7 +203,11 @@ def namespace_set(ctx: click.Context, name: str, auth: str | None, as_json: bool
     emit(
         result,
         as_json,
-        lambda r: click.echo(f"Namespace {r['name']}: functions are {r['auth']} by default."),
+        lambda r: click.echo(
+            f"Namespace {r['name']}: functions deployed from now on are "
+            + ("private (need an invoker key)" if r["auth"] == "key" else "public")
+            + " unless deployed with --auth; functions already there keep their access."
+        ),
     )
 
 
