@@ -114,18 +114,20 @@ def secret_set(
     ctx: click.Context, name: str, pairs: tuple[str, ...], from_file: Path | None, as_json: bool
 ) -> None:
     """Set (or rotate) secret NAME; functions that read it get new instances at once."""
-    lines = list(pairs)
+    # Where each pair came from, to name it in an error: its text is not shown (a line
+    # without "=" may be a bare value, and errors end up in CI logs).
+    lines = [(f"argument {i}", pair) for i, pair in enumerate(pairs, 1)]
     if from_file is not None:
         lines += [
-            line
-            for line in from_file.read_text().splitlines()
+            (f"{from_file} line {n}", line)
+            for n, line in enumerate(from_file.read_text().splitlines(), 1)
             if line.strip() and not line.lstrip().startswith("#")
         ]
     values: dict[str, str] = {}
-    for line in lines:
+    for where, line in lines:
         k, sep, v = line.partition("=")
         if not sep or not k.strip():
-            fail(f"expected KEY=VALUE, got {k.strip()[:50]!r} without a value")  # value not shown
+            fail(f"{where} is not KEY=VALUE (not shown: it may hold the value)")
         values[k.strip()] = v
     if not values:
         fail("give KEY=VALUE pairs or --from-file")
