@@ -541,11 +541,13 @@ SELECT namespace, name, keys, updated_at FROM ember_secrets WHERE namespace = $1
 DELETE FROM ember_secrets WHERE namespace = $1 AND name = $2 RETURNING name;
 
 -- name: functions_using_secret
--- The functions of namespace $1 whose active version reads its secret $2: rotating it rolls
--- their warm instances. (A function of namespace "team-a" is stored as "team-a.NAME".)
+-- The functions of namespace $1 with a version that reads its secret $2 (the active one, or
+-- an older one called pinned, NAME:2): rotating it rolls their warm instances. (A function of
+-- namespace "team-a" is stored as "team-a.NAME".)
 SELECT f.name FROM ember_functions f
-JOIN ember_versions v ON v.function = f.name AND v.version = f.active_version
-WHERE v.access -> 'secrets' ? $2
+WHERE EXISTS (
+    SELECT 1 FROM ember_versions v WHERE v.function = f.name AND v.access -> 'secrets' ? $2
+)
   AND CASE WHEN $1 = 'default' THEN strpos(f.name, '.') = 0
            ELSE starts_with(f.name, $1 || '.') END;
 

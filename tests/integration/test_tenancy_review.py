@@ -262,3 +262,26 @@ async def test_a_keys_refused_read_is_audited(running: Running) -> None:
         (f"key:{key_id}", "GET /v1/functions", 403),
         ("admin", "POST /v1/keys", 201),
     ]
+
+
+READS_SECRET = textwrap.dedent("""
+    import os
+
+    def handler(event, context):
+        return {"pw": os.environ.get("PW")}
+""")
+
+
+async def test_rotating_a_secret_rolls_a_pinned_version_that_reads_it(running: Running) -> None:
+    """Version 1 reads the secret, version 2 (active) does not: a warm instance of `fn:1`
+    must not keep the old value after a rotation."""
+    status, _ = await running.admin("PUT", "/v1/secrets/db", json={"values": {"PW": "old"}})
+    assert status == 200
+    await running.deploy_ok("app", READS_SECRET, secrets=["db"])
+    await running.deploy_ok("app", WHO)
+    response = await running.call("app:1", {})
+    assert await response.json() == {"pw": "old"}  # warm now
+    status, data = await running.admin("PUT", "/v1/secrets/db", json={"values": {"PW": "new"}})
+    assert (status, data["functions"]) == (200, ["app"])
+    response = await running.call("app:1", {})
+    assert await response.json() == {"pw": "new"}
