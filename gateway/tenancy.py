@@ -205,13 +205,7 @@ async def set_secret(request: web.Request) -> web.Response:
     except SecretError as exc:
         return error_response(503, "secrets_unavailable", str(exc))
     info, users = await platform.store.set_secret(principal.namespace, name, sealed, sorted(values))
-    rolled = [u for u in users if platform.scheduler.knows(u)]
-    platform.rolling.update(rolled)
-    try:
-        for function in rolled:
-            await platform.roll(function)
-    finally:
-        platform.rolling.difference_update(rolled)
+    await _roll(platform, users)
     return json_response(
         {
             "secret": info.name,
@@ -246,11 +240,31 @@ async def list_secrets(request: web.Request) -> web.Response:
 async def delete_secret(request: web.Request) -> web.Response:
     platform, principal = platform_of(request), principal_of(request)
     name = _secret_name(request)
-    if not await platform.store.delete_secret(principal.namespace, name):
+    users = await platform.store.delete_secret(principal.namespace, name)
+    if users is None:
         return error_response(
             404, "secret_not_found", f"no secret {name!r} in namespace {principal.namespace!r}"
         )
-    return json_response({"deleted": name, "namespace": principal.namespace})
+    await _roll(platform, users)  # their instances must not keep the values
+    return json_response(
+        {
+            "deleted": name,
+            "namespace": principal.namespace,
+            "functions": [shown_name(u) for u in users],
+        }
+    )
+
+
+async def _roll(platform: Platform, users: list[str]) -> None:
+    """Replace the warm instances (here; other gateways on NOTIFY) of functions that read a
+    secret that changed or went."""
+    rolled = [u for u in users if platform.scheduler.knows(u)]
+    platform.rolling.update(rolled)
+    try:
+        for function in rolled:
+            await platform.roll(function)
+    finally:
+        platform.rolling.difference_update(rolled)
 
 
 async def missing_secrets(

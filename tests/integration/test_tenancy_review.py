@@ -285,3 +285,19 @@ async def test_rotating_a_secret_rolls_a_pinned_version_that_reads_it(running: R
     assert (status, data["functions"]) == (200, ["app"])
     response = await running.call("app:1", {})
     assert await response.json() == {"pw": "new"}
+
+
+async def test_deleting_a_secret_takes_it_out_of_the_warm_instances(running: Running) -> None:
+    status, _ = await running.admin("PUT", "/v1/secrets/db", json={"values": {"PW": "gone"}})
+    assert status == 200
+    await running.deploy_ok("app", READS_SECRET, secrets=["db"])
+    response = await running.call("app", {})
+    assert await response.json() == {"pw": "gone"}  # warm now
+    status, data = await running.admin("DELETE", "/v1/secrets/db")
+    assert status == 200, data
+    response = await running.call("app", {})
+    body = await response.text()
+    assert response.status >= 500, body  # no instance can start without it
+    assert '"pw"' not in body
+    assert "secret 'db'" in body
+    assert data["functions"] == ["app"]
