@@ -126,6 +126,18 @@ class Client:
             raise ClientError(error_message(reply.status, data), reply.status, data)
         return data
 
+    def call_namespace(self) -> str | None:
+        """The namespace a call goes to: the one named, else an API key's own (the admin API
+        knows it from the key; a call's URL must name it), else default."""
+        if self.namespace or not (self.token and self.token.startswith("ek_")):
+            return self.namespace
+        try:
+            who = self.api("GET", "/v1/whoami")
+        except ClientError:
+            return None  # (the call itself says what is wrong with the key)
+        self.namespace = str(who.get("namespace") or "default")
+        return self.namespace
+
     def invoke(
         self,
         name: str,
@@ -136,12 +148,20 @@ class Client:
         headers = {"Content-Type": content_type} if content_type else {}
         headers.update(extra_headers or {})
         path = f"/fn/{quote(name, safe=':')}"
-        if self.namespace and self.namespace != "default":
-            path = f"/fn/{quote(self.namespace)}/{quote(name, safe=':')}"
+        namespace = self.call_namespace()
+        if namespace and namespace != "default":
+            path = f"/fn/{quote(namespace)}/{quote(name, safe=':')}"
         reply = self.request("POST", path, data, headers, admin=False)
-        if reply.status == 401 and self.token and b'"key_required"' in reply.body:
+        if (
+            reply.status == 401
+            and self.token
+            and b'"key_required"' in reply.body
+            and "x-ember-activation-id" not in reply.headers
+        ):
             # A private function: send the key only to it (a public function's handler sees
-            # the headers it is called with; a private one's does not see this one).
+            # the headers it is called with; a private one's does not see this one). Only the
+            # gateway's own refusal counts: a handler's answer always carries its activation
+            # id, and a public handler that answers "key_required" itself would get the token.
             headers["Authorization"] = f"Bearer {self.token}"
             reply = self.request("POST", path, data, headers, admin=False)
         return reply

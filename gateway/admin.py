@@ -14,6 +14,7 @@ from aiohttp import web
 
 from builds.requirements import BuildFailed, RequirementsError
 from config.units import ConfigError
+from gateway import tenancy
 from gateway.auth import may_see, principal_of
 from gateway.errors import error_response, json_response
 from gateway.events import delivery_json
@@ -21,7 +22,6 @@ from gateway.frameworks import missing_module, missing_packages, with_packages
 from gateway.namespaces import qualify, split_name
 from gateway.platform import Platform
 from gateway.requests import json_body, limit_of, not_found, platform_of
-from gateway.tenancy import default_auth, ensure_namespace, missing_secrets
 from gateway.units import (
     FILENAME,
     NAME,
@@ -126,7 +126,9 @@ async def deploy(request: web.Request) -> web.Response:
     platform = platform_of(request)
     body = await json_body(request)
     namespace = principal_of(request).namespace
-    await ensure_namespace(platform, namespace)
+    if isinstance(body.get("name"), str):
+        request[tenancy.AUDIT_SUBJECT] = f"function {body['name'][:70]}"
+    await tenancy.ensure_namespace(platform, namespace)
     response = await _deploy(platform, body, namespace)
     platform.metrics.deploys.labels("ok" if response.status < 300 else "rejected").inc()
     return response
@@ -156,10 +158,10 @@ async def _deploy(platform: Platform, body: dict[str, Any], namespace: str) -> w
         )
     try:
         config = parse_function_config(body)
-        access = parse_access(body, await default_auth(platform, name, namespace))
+        access = parse_access(body, await tenancy.default_auth(platform, name, namespace))
     except ConfigError as exc:
         return error_response(400, "bad_config", str(exc), setting=exc.setting)
-    missing = await missing_secrets(platform, namespace, access["secrets"])
+    missing = await tenancy.missing_secrets(platform, namespace, access["secrets"])
     if missing is not None:
         return missing
     config = dataclasses.replace(config, **access)
@@ -415,6 +417,9 @@ async def rollback(request: web.Request) -> web.Response:
             f"invalid version {to!r}: expected a number from fn versions " + name,
         )
     try:
+        opening = await tenancy.rollback_opens(platform, name, to, body.get("auth"))
+        if opening is not None:
+            return opening
         active = await platform.store.set_active_version(name, to)
     except FunctionNotFound:
         return not_found(name)

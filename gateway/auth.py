@@ -22,10 +22,11 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from gateway.errors import error_response
+from gateway.errors import bad_request, error_response
 from gateway.keyring import KeyRefused
 from gateway.namespaces import DEFAULT_NAMESPACE, NAMESPACE, qualify, shown_name, split_name
 from gateway.platform import PLATFORM, Platform
+from gateway.units import NAME
 
 RANKS = {"reader": 1, "invoker": 2, "deployer": 3, "admin": 4}
 NAMESPACE_HEADER = "X-Ember-Namespace"
@@ -201,8 +202,13 @@ def principal_of(request: web.Request) -> Principal:
 
 def scoped(request: web.Request, name: str | None) -> str | None:
     """A function name a request gives in its body or query, put in the request's namespace
-    (names in the path are put there by the admin middleware)."""
-    return None if name is None else qualify(principal_of(request).namespace, name)
+    (names in the path are put there by the admin middleware). A name no function can have
+    is a 400: `team-a.x` is how function `x` of `team-a` is stored, not a name of `default`."""
+    if name is None:
+        return None
+    if not NAME.fullmatch(name):
+        raise bad_request("bad_name", f"{name[:70]!r} is not a function name")
+    return qualify(principal_of(request).namespace, name)
 
 
 def may_see(request: web.Request, stored: str) -> bool:

@@ -51,10 +51,11 @@ async def answer(
             headers["Access-Control-Allow-Credentials"] = "true"
         return web.Response(status=204, headers=headers)
     response = await call(request)
+    # Whatever the origin: a cache must not hand this answer to another origin's request.
+    response.headers.add("Vary", "Origin")
     if ok:
         response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Access-Control-Expose-Headers"] = "X-Ember-Activation-Id, X-Ember-Version"
-        response.headers.add("Vary", "Origin")
         if "*" not in origins:
             response.headers["Access-Control-Allow-Credentials"] = "true"
     return response

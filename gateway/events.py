@@ -98,7 +98,8 @@ async def list_topics(request: web.Request) -> web.Response:
 
 @routes.delete("/v1/topics/{name}")
 async def delete_topic(request: web.Request) -> web.Response:
-    name = qualify_topic(principal_of(request).namespace, request.match_info["name"])
+    # (checked like any topic name: `team-a%2Forders` is not a topic of `default`)
+    name = _topic_name(request.match_info["name"], principal_of(request).namespace)
     try:
         await platform_of(request).store.delete_topic(name)
     except TopicNotFound:
@@ -288,11 +289,36 @@ def _trigger_from_body(name: str, body: dict[str, Any]) -> Trigger:
     )
 
 
+def _own_database_refusal(request: web.Request, trigger: Trigger) -> web.Response | None:
+    """A table trigger on Ember's own database sees every namespace's rows: only the admin
+    may add one, and on no table of Ember's own (its activations, deliveries, keys, secrets;
+    a trigger on the delivery queue would also feed itself)."""
+    if trigger.kind != "table" or trigger.database_url is not None:
+        return None
+    assert trigger.table_name is not None
+    if any(p.strip('"').lower().startswith("ember_") for p in trigger.table_name.split(".")):
+        return error_response(
+            403, "forbidden", f"{trigger.table_name} is one of Ember's own tables: not watchable"
+        )
+    if not principal_of(request).is_admin:
+        return error_response(
+            403,
+            "forbidden",
+            "a table trigger on Ember's own database needs the admin token (it holds every "
+            "namespace's data); give your database: --database postgresql://...",
+            needs="admin",
+        )
+    return None
+
+
 @routes.post("/v1/functions/{name}/triggers")
 async def add_trigger(request: web.Request) -> web.Response:
     platform = platform_of(request)
     name = request.match_info["name"]
     wanted = _trigger_from_body(name, await json_body(request))
+    refusal = _own_database_refusal(request, wanted)
+    if refusal is not None:
+        return refusal
     try:
         trigger = await platform.store.add_trigger(wanted)
     except FunctionNotFound:
@@ -401,7 +427,12 @@ def delivery_json(delivery: Delivery, *, payload: bool = False) -> dict[str, Any
 @routes.get("/v1/dlq")
 async def list_dead(request: web.Request) -> web.Response:
     function = scoped(request, request.query.get("function") or None)
-    dead = await platform_of(request).store.list_dead(function, limit=limit_of(request))
+    principal = principal_of(request)
+    dead = await platform_of(request).store.list_dead(
+        function,
+        limit=limit_of(request),
+        namespace=None if principal.is_admin else principal.namespace,  # (the limit: its own)
+    )
     return json_response({"dead": [delivery_json(d) for d in dead if may_see(request, d.function)]})
 
 

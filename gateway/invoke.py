@@ -12,7 +12,7 @@ from calls.execute import execute, no_nul
 from gateway import cors
 from gateway.auth import invoke_refusal
 from gateway.errors import error_response, json_response, payload_too_large
-from gateway.namespaces import DEFAULT_NAMESPACE, qualify, shown_name
+from gateway.namespaces import DEFAULT_NAMESPACE, qualify, shown_name, split_name
 from gateway.platform import PLATFORM, Platform
 from gateway.units import NAME
 from invoker.protocol import RequestMeta
@@ -86,6 +86,11 @@ async def invoke(request: web.Request) -> web.StreamResponse:
             return sent
     try:
         version = await platform.functions.resolve(name, pinned)
+        # Who may call, and from which origins, is the function's (its active version's): a
+        # pinned older version deployed before the function turned private stays private.
+        access = (
+            version.config if pinned is None else (await platform.functions.resolve(name)).config
+        )
     except FunctionNotFound:
         where = "" if namespace == DEFAULT_NAMESPACE else f" --namespace {namespace}"
         return error_response(
@@ -110,18 +115,19 @@ async def invoke(request: web.Request) -> web.StreamResponse:
             "retry shortly",
             headers={"Retry-After": "1"},
         )
-    config = version.config
-    if config.cors_origins:  # (public functions without CORS: two attribute reads, no more)
+    if access.cors_origins:  # (public functions without CORS: two attribute reads, no more)
         return await cors.answer(
-            request, config.cors_origins, lambda r: _serve(platform, r, version, pinned)
+            request,
+            access.cors_origins,
+            lambda r: _serve(platform, r, version, pinned, access.auth),
         )
-    return await _serve(platform, request, version, pinned)
+    return await _serve(platform, request, version, pinned, access.auth)
 
 
 async def _serve(
-    platform: Platform, request: web.Request, version: Version, pinned: int | None
+    platform: Platform, request: web.Request, version: Version, pinned: int | None, auth: str
 ) -> web.StreamResponse:
-    private = version.config.auth != "public"
+    private = auth != "public"
     if private:
         refusal = invoke_refusal(
             platform, request.headers.get("Authorization", ""), version.function
@@ -186,7 +192,8 @@ async def submit_async(
         {
             "activation_id": str(activation_id),
             "status": "accepted" if created else "duplicate",
-            "function": version.function,
+            "function": split_name(version.function)[1],
+            "namespace": split_name(version.function)[0],
         },
         status=202,
         headers={

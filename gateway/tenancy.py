@@ -14,7 +14,7 @@ from config.units import ConfigError, parse_duration_s
 from gateway.auth import Principal, principal_of
 from gateway.errors import bad_request, error_response, json_response
 from gateway.keyring import ROLES, new_key_secret
-from gateway.namespaces import DEFAULT_NAMESPACE, NAMESPACE, shown_name
+from gateway.namespaces import DEFAULT_NAMESPACE, NAMESPACE, shown_name, split_name
 from gateway.platform import Platform
 from gateway.requests import json_body, limit_of, platform_of
 from gateway.units import ENV_KEY, NAME
@@ -22,6 +22,8 @@ from gateway.vault import SecretError
 from store import ApiKey, FunctionNotFound
 
 log = logging.getLogger("ember.gateway.audit")
+AUDIT_SUBJECT = web.RequestKey("audit_subject", str)
+"""What a handler's action was about, for the audit trail, when the path does not say."""
 routes = web.RouteTableDef()
 
 MAX_KEY_LIFETIME_S = 10 * 365 * 86400.0
@@ -31,9 +33,10 @@ MAX_SECRET_BYTES = 64 * 1024
 async def audit(
     request: web.Request, principal: Principal | None, route: str | None, status: int
 ) -> None:
-    """Record an admin action (reads are not actions). A failure to record is logged loudly;
+    """Record an admin action (reads are not actions, but a key's refused read is: a key
+    probing another namespace or the admin's routes). A failure to record is logged loudly;
     the action itself already happened."""
-    if request.method in ("GET", "HEAD", "OPTIONS"):
+    if request.method in ("GET", "HEAD", "OPTIONS") and (principal is None or status != 403):
         return
     platform = platform_of(request)
     actor = principal.actor if principal is not None else "anonymous"
@@ -46,6 +49,7 @@ async def audit(
             path=request.path[:500],
             action=f"{request.method} {route or request.path[:200]}",
             status=status,
+            subject=request.get(AUDIT_SUBJECT, "")[:200],
         )
     except Exception:
         log.exception(
@@ -133,6 +137,7 @@ async def create_key(request: web.Request) -> web.Response:
         expires_at=expires_at,
     )
     platform.keys.put(key)
+    request[AUDIT_SUBJECT] = f"key {key.id} ({role} of {namespace})"
     await ensure_namespace(platform, namespace)
     # The only time the key is shown: only its hash is kept.
     return json_response({**key_json(key), "key": token}, status=201)
@@ -200,13 +205,7 @@ async def set_secret(request: web.Request) -> web.Response:
     except SecretError as exc:
         return error_response(503, "secrets_unavailable", str(exc))
     info, users = await platform.store.set_secret(principal.namespace, name, sealed, sorted(values))
-    rolled = [u for u in users if platform.scheduler.knows(u)]
-    platform.rolling.update(rolled)
-    try:
-        for function in rolled:
-            await platform.roll(function)
-    finally:
-        platform.rolling.difference_update(rolled)
+    await _roll(platform, users)
     return json_response(
         {
             "secret": info.name,
@@ -241,11 +240,31 @@ async def list_secrets(request: web.Request) -> web.Response:
 async def delete_secret(request: web.Request) -> web.Response:
     platform, principal = platform_of(request), principal_of(request)
     name = _secret_name(request)
-    if not await platform.store.delete_secret(principal.namespace, name):
+    users = await platform.store.delete_secret(principal.namespace, name)
+    if users is None:
         return error_response(
             404, "secret_not_found", f"no secret {name!r} in namespace {principal.namespace!r}"
         )
-    return json_response({"deleted": name, "namespace": principal.namespace})
+    await _roll(platform, users)  # their instances must not keep the values
+    return json_response(
+        {
+            "deleted": name,
+            "namespace": principal.namespace,
+            "functions": [shown_name(u) for u in users],
+        }
+    )
+
+
+async def _roll(platform: Platform, users: list[str]) -> None:
+    """Replace the warm instances (here; other gateways on NOTIFY) of functions that read a
+    secret that changed or went."""
+    rolled = [u for u in users if platform.scheduler.knows(u)]
+    platform.rolling.update(rolled)
+    try:
+        for function in rolled:
+            await platform.roll(function)
+    finally:
+        platform.rolling.difference_update(rolled)
 
 
 async def missing_secrets(
@@ -276,6 +295,35 @@ async def default_auth(platform: Platform, name: str, namespace: str) -> str:
         return platform.keys.namespace_auth(namespace)
 
 
+async def rollback_opens(
+    platform: Platform, name: str, to: int | None, auth: Any
+) -> web.Response | None:
+    """A 409 when the rollback would make a private function public (its target version was
+    deployed before it turned private), unless the request says `"auth": "public"`: like a
+    redeploy that forgot --auth, a rollback does not open a function by the way."""
+    versions = await platform.store.list_versions(name)
+    active = next((v for v, a in versions if a), None)
+    older = [v for v, _ in versions if active is not None and v.version < active.version]
+    target = (
+        next((v for v, _ in versions if v.version == to), None)
+        if to
+        else max(older, key=lambda v: v.version, default=None)
+    )
+    if active is None or target is None or auth == "public":
+        return None  # (a missing version is the store's 404/409 to answer)
+    if active.config.auth != "public" and target.config.auth == "public":
+        shown = shown_name(name)
+        return error_response(
+            409,
+            "rollback_opens_function",
+            f"function {shown!r} is private but its version {target.version} is public: "
+            f"rolling back would open it to anyone; to mean it: fn rollback "
+            f"{split_name(name)[1]} --to {target.version} --auth public",
+            setting="--auth",
+        )
+    return None
+
+
 async def ensure_namespace(platform: Platform, namespace: str) -> None:
     """Record a namespace on first use, so that `/fn/NAMESPACE/NAME` finds it."""
     if namespace != DEFAULT_NAMESPACE and not platform.keys.namespace_exists(namespace):
@@ -304,6 +352,7 @@ async def list_audit(request: web.Request) -> web.Response:
                     "action": e.action,
                     "path": e.path,
                     "status": e.status,
+                    "subject": e.subject,
                 }
                 for e in entries
             ]

@@ -68,6 +68,8 @@ class AuditEntry:
     path: str
     action: str
     status: int
+    subject: str = ""
+    """What the action was about when the path does not say (a deploy's function, a new key)."""
 
 
 def _secret(row: Row) -> SecretInfo:
@@ -172,19 +174,36 @@ class AccessStore(StoreBase):
             rows = await conn.fetch(QUERIES["list_secrets"], namespace)
         return [_secret(r) for r in rows]
 
-    async def delete_secret(self, namespace: str, name: str) -> bool:
-        async with self._conn() as conn:
-            deleted = await conn.fetchval(QUERIES["delete_secret"], namespace, name)
-        return deleted is not None
+    async def delete_secret(self, namespace: str, name: str) -> list[str] | None:
+        """Delete a secret; returns the functions that read it (announced, like a rotation:
+        their instances must not keep its values), or None when there was no such secret."""
+        async with self._conn() as conn, conn.transaction():
+            if await conn.fetchval(QUERIES["delete_secret"], namespace, name) is None:
+                return None
+            users = [
+                r["name"]
+                for r in await conn.fetch(QUERIES["functions_using_secret"], namespace, name)
+            ]
+            if users:
+                await conn.execute(QUERIES["notify_secret_rotated"], users)
+        return users
 
     # -- audit ------------------------------------------------------------------------------
 
     async def record_audit(
-        self, *, actor: str, namespace: str, method: str, path: str, action: str, status: int
+        self,
+        *,
+        actor: str,
+        namespace: str,
+        method: str,
+        path: str,
+        action: str,
+        status: int,
+        subject: str = "",
     ) -> None:
         async with self._conn() as conn:
             await conn.execute(
-                QUERIES["record_audit"], actor, namespace, method, path, action, status
+                QUERIES["record_audit"], actor, namespace, method, path, action, status, subject
             )
 
     @retry_once
@@ -201,6 +220,7 @@ class AccessStore(StoreBase):
                 path=r["path"],
                 action=r["action"],
                 status=r["status"],
+                subject=r["subject"],
             )
             for r in rows
         ]

@@ -153,9 +153,13 @@ class DeliveryStore(StoreBase):
         return Delivery.from_row(row) if row is not None else None
 
     @retry_once
-    async def list_dead(self, function: str | None = None, *, limit: int = 20) -> list[Delivery]:
+    async def list_dead(
+        self, function: str | None = None, *, limit: int = 20, namespace: str | None = None
+    ) -> list[Delivery]:
+        """The newest dead deliveries (of `function`, of `namespace`'s functions: the limit
+        counts only those)."""
         async with self._conn() as conn:
-            rows = await conn.fetch(QUERIES["list_dead"], function, limit)
+            rows = await conn.fetch(QUERIES["list_dead"], function, limit, namespace)
         return [Delivery.from_row(r) for r in rows]
 
     async def redrive(

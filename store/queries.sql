@@ -285,8 +285,12 @@ WHERE d.id = o.id AND d.claims = o.claim AND d.status = 'running';
 SELECT * FROM ember_deliveries WHERE id = $1;
 
 -- name: list_dead
+-- $3: only this namespace's (its functions are stored as NAMESPACE.NAME; default's have no dot).
 SELECT * FROM ember_deliveries
 WHERE status = 'dead' AND ($1::text IS NULL OR function = $1)
+  AND ($3::text IS NULL
+       OR ($3 = 'default' AND strpos(function, '.') = 0)
+       OR starts_with(function, $3 || '.'))
 ORDER BY finished_at DESC
 LIMIT $2;
 
@@ -537,11 +541,13 @@ SELECT namespace, name, keys, updated_at FROM ember_secrets WHERE namespace = $1
 DELETE FROM ember_secrets WHERE namespace = $1 AND name = $2 RETURNING name;
 
 -- name: functions_using_secret
--- The functions of namespace $1 whose active version reads its secret $2: rotating it rolls
--- their warm instances. (A function of namespace "team-a" is stored as "team-a.NAME".)
+-- The functions of namespace $1 with a version that reads its secret $2 (the active one, or
+-- an older one called pinned, NAME:2): rotating it rolls their warm instances. (A function of
+-- namespace "team-a" is stored as "team-a.NAME".)
 SELECT f.name FROM ember_functions f
-JOIN ember_versions v ON v.function = f.name AND v.version = f.active_version
-WHERE v.access -> 'secrets' ? $2
+WHERE EXISTS (
+    SELECT 1 FROM ember_versions v WHERE v.function = f.name AND v.access -> 'secrets' ? $2
+)
   AND CASE WHEN $1 = 'default' THEN strpos(f.name, '.') = 0
            ELSE starts_with(f.name, $1 || '.') END;
 
@@ -550,12 +556,12 @@ SELECT pg_notify('ember_changes',
                  json_build_object('kind', 'secret', 'functions', $1::text[])::text);
 
 -- name: record_audit
-INSERT INTO ember_audit (actor, namespace, method, path, action, status)
-VALUES ($1, $2, $3, $4, $5, $6);
+INSERT INTO ember_audit (actor, namespace, method, path, action, status, subject)
+VALUES ($1, $2, $3, $4, $5, $6, $7);
 
 -- name: list_audit
 -- Newest first; $1: one namespace, or NULL for all.
-SELECT id, at, actor, namespace, method, path, action, status FROM ember_audit
+SELECT id, at, actor, namespace, method, path, action, status, subject FROM ember_audit
 WHERE $1::text IS NULL OR namespace = $1
 ORDER BY id DESC
 LIMIT $2;

@@ -339,9 +339,11 @@ def _print_deployed(version: dict[str, Any], url: str) -> None:
             f"Environment {version['environment'][:12]}: {packages} package(s); "
             f"build output: fn build-logs {version['function']}"
         )
+    namespace = version.get("namespace", "default")
+    path = version["function"] if namespace == "default" else f"{namespace}/{version['function']}"
+    key = "  (with Authorization: Bearer <invoker key>)" if version.get("auth") == "key" else ""
     click.echo(
-        f"Call it: fn invoke {version['function']} --data '{{}}'   or   "
-        f"POST {url}/fn/{version['function']}"
+        f"Call it: fn invoke {version['function']} --data '{{}}'   or   POST {url}/fn/{path}{key}"
     )
 
 
@@ -436,11 +438,21 @@ def _print_versions(data: dict[str, Any]) -> None:
     type=click.IntRange(min=1),
     help="Version to make active. Default: the one before the active version.",
 )
+@click.option(
+    "--auth",
+    type=click.Choice(["public"]),
+    help="Allow a rollback that makes a private function public (its earlier version was).",
+)
 @json_option
 @click.pass_context
-def rollback(ctx: click.Context, name: str, to: int | None, as_json: bool) -> None:
+def rollback(
+    ctx: click.Context, name: str, to: int | None, auth: str | None, as_json: bool
+) -> None:
     """Make an earlier version of NAME the active one."""
-    data = api(ctx, "POST", f"/v1/functions/{name}/rollback", {"to": to})
+    payload: dict[str, object] = {"to": to}
+    if auth is not None:
+        payload["auth"] = auth
+    data = api(ctx, "POST", f"/v1/functions/{name}/rollback", payload)
     emit(data, as_json, lambda d: click.echo(f"{name} now serves version {d['active_version']}."))
 
 

@@ -114,18 +114,20 @@ def secret_set(
     ctx: click.Context, name: str, pairs: tuple[str, ...], from_file: Path | None, as_json: bool
 ) -> None:
     """Set (or rotate) secret NAME; functions that read it get new instances at once."""
-    lines = list(pairs)
+    # Where each pair came from, to name it in an error: its text is not shown (a line
+    # without "=" may be a bare value, and errors end up in CI logs).
+    lines = [(f"argument {i}", pair) for i, pair in enumerate(pairs, 1)]
     if from_file is not None:
         lines += [
-            line
-            for line in from_file.read_text().splitlines()
+            (f"{from_file} line {n}", line)
+            for n, line in enumerate(from_file.read_text().splitlines(), 1)
             if line.strip() and not line.lstrip().startswith("#")
         ]
     values: dict[str, str] = {}
-    for line in lines:
+    for where, line in lines:
         k, sep, v = line.partition("=")
         if not sep or not k.strip():
-            fail(f"expected KEY=VALUE, got {k.strip()[:50]!r} without a value")  # value not shown
+            fail(f"{where} is not KEY=VALUE (not shown: it may hold the value)")
         values[k.strip()] = v
     if not values:
         fail("give KEY=VALUE pairs or --from-file")
@@ -203,7 +205,11 @@ def namespace_set(ctx: click.Context, name: str, auth: str | None, as_json: bool
     emit(
         result,
         as_json,
-        lambda r: click.echo(f"Namespace {r['name']}: functions are {r['auth']} by default."),
+        lambda r: click.echo(
+            f"Namespace {r['name']}: functions deployed from now on are "
+            + ("private (need an invoker key)" if r["auth"] == "key" else "public")
+            + " unless deployed with --auth; functions already there keep their access."
+        ),
     )
 
 
@@ -218,9 +224,17 @@ def audit(ctx: click.Context, limit: int, as_json: bool) -> None:
         entries,
         as_json,
         lambda es: print_table(
-            ["WHEN", "WHO", "NAMESPACE", "ACTION", "PATH", "STATUS"],
+            ["WHEN", "WHO", "NAMESPACE", "ACTION", "PATH", "STATUS", "SUBJECT"],
             [
-                [e["at"][:19], e["actor"], e["namespace"], e["action"], e["path"], e["status"]]
+                [
+                    e["at"][:19],
+                    e["actor"],
+                    e["namespace"],
+                    e["action"],
+                    e["path"],
+                    e["status"],
+                    e.get("subject", ""),
+                ]
                 for e in es
             ],
         ),
