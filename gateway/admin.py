@@ -14,6 +14,8 @@ from aiohttp import web
 
 from builds.requirements import BuildFailed, RequirementsError
 from config.units import ConfigError
+from gateway import schemas as api
+from gateway.api_spec import operation
 from gateway.errors import error_response, json_response
 from gateway.events import delivery_json
 from gateway.frameworks import missing_module, missing_packages, with_packages
@@ -43,9 +45,9 @@ from store import (
 routes = web.RouteTableDef()
 
 
-def version_json(version: Version, *, active: bool | None = None) -> dict[str, Any]:
-    c = version.config
-    out: dict[str, Any] = {
+def version_json(version: Version, *, active: bool | None = None) -> api.VersionJSON:
+    c, p = version.config, version.package
+    out: api.VersionJSON = {
         "function": version.function,
         "version": version.version,
         "sha256": version.sha256,
@@ -62,21 +64,18 @@ def version_json(version: Version, *, active: bool | None = None) -> dict[str, A
         "network": c.network,
         "cpus": c.cpus,
         "created_at": version.created_at.isoformat(),
+        "preimport": list(c.preimport),
+        "requirements": p.requirements,
+        "environment": p.env_hash,
+        "lock": p.lock,
+        "files": list(p.files) or [version.filename],
     }
-    p = version.package
-    out.update(
-        preimport=list(c.preimport),
-        requirements=p.requirements,
-        environment=p.env_hash,
-        lock=p.lock,
-        files=list(p.files) or [version.filename],
-    )
     if active is not None:
         out["active"] = active
     return out
 
 
-def function_json(function: Function, platform: Platform) -> dict[str, Any]:
+def function_json(function: Function, platform: Platform) -> api.FunctionJSON:
     instances = platform.scheduler.instances_of(function.name)
     return {
         "name": function.name,
@@ -93,7 +92,7 @@ def function_json(function: Function, platform: Platform) -> dict[str, Any]:
     }
 
 
-def activation_json(activation: Activation) -> dict[str, Any]:
+def activation_json(activation: Activation) -> api.ActivationJSON:
     return {
         "id": str(activation.id),
         "function": activation.function,
@@ -109,6 +108,12 @@ def activation_json(activation: Activation) -> dict[str, Any]:
 
 
 @routes.post("/v1/functions")
+@operation(
+    "functions",
+    "Deploy a version (active at once)",
+    body=api.DeployRequest,
+    responses={201: api.VersionJSON},
+)
 async def deploy(request: web.Request) -> web.Response:
     platform = platform_of(request)
     body = await json_body(request)
@@ -315,6 +320,7 @@ def _now() -> Any:
 
 
 @routes.get("/v1/functions")
+@operation("functions", "List functions", responses={200: api.FunctionList})
 async def list_functions(request: web.Request) -> web.Response:
     platform = platform_of(request)
     functions = await platform.store.list_functions()
@@ -322,6 +328,9 @@ async def list_functions(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/functions/{name}")
+@operation(
+    "functions", "Show a function and its active version", responses={200: api.FunctionDetail}
+)
 async def show_function(request: web.Request) -> web.Response:
     platform = platform_of(request)
     name = request.match_info["name"]
@@ -336,6 +345,9 @@ async def show_function(request: web.Request) -> web.Response:
 
 
 @routes.delete("/v1/functions/{name}")
+@operation(
+    "functions", "Delete a function, its versions and triggers", responses={200: api.Deleted}
+)
 async def delete_function(request: web.Request) -> web.Response:
     platform = platform_of(request)
     name = request.match_info["name"]
@@ -366,6 +378,7 @@ async def delete_function(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/functions/{name}/versions")
+@operation("functions", "List a function's versions", responses={200: api.VersionList})
 async def list_versions(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     try:
@@ -376,6 +389,13 @@ async def list_versions(request: web.Request) -> web.Response:
 
 
 @routes.post("/v1/functions/{name}/rollback")
+@operation(
+    "functions",
+    "Activate an earlier version",
+    body=api.RollbackRequest,
+    body_required=False,
+    responses={200: api.RolledBack},
+)
 async def rollback(request: web.Request) -> web.Response:
     platform = platform_of(request)
     name = request.match_info["name"]
@@ -407,6 +427,9 @@ async def rollback(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/functions/{name}/builds")
+@operation(
+    "functions", "Latest requirement builds", query=api.LimitQuery, responses={200: api.BuildList}
+)
 async def list_builds(request: web.Request) -> web.Response:
     """The latest builds of NAME's requirements, newest first, with pip's output."""
     platform = platform_of(request)
@@ -436,6 +459,9 @@ async def list_builds(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/functions/{name}/activations")
+@operation(
+    "activations", "Recent activations", query=api.LimitQuery, responses={200: api.ActivationList}
+)
 async def list_activations(request: web.Request) -> web.Response:
     platform = platform_of(request)
     name = request.match_info["name"]
@@ -450,6 +476,11 @@ async def list_activations(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/activations/{id}")
+@operation(
+    "activations",
+    "An activation or delivery",
+    responses={200: api.ActivationJSON | api.DeliveryJSON},
+)
 async def show_activation(request: web.Request) -> web.Response:
     platform = platform_of(request)
     raw = request.match_info["id"]

@@ -12,12 +12,14 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import admin, events, policies
+from gateway import admin, docs, events, policies
+from gateway.api_spec import operation
 from gateway.environments import environment_archive
 from gateway.errors import BodyTimeout, error_response, json_response, payload_too_large
 from gateway.invoke import invoke
 from gateway.platform import PLATFORM, Platform
 from gateway.requests import not_found
+from gateway.schemas import Health
 from gateway.units import NAME
 from store import DatabaseUnavailable
 
@@ -137,6 +139,9 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
     return None
 
 
+@operation(
+    "meta", "Is this gateway healthy (and which protections are on)", responses={200: Health}
+)
 async def healthz(request: web.Request) -> web.Response:
     platform = request.app[PLATFORM]
     failure = platform.failure()
@@ -147,6 +152,7 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok", **extra})
 
 
+@operation("meta", "Prometheus metrics", responses={200: "text/plain"})
 async def metrics(request: web.Request) -> web.Response:
     platform = request.app[PLATFORM]
     return web.Response(
@@ -178,6 +184,7 @@ def build_app(platform: Platform) -> web.Application:
             route.handler,
             expect_handler=expect_continue,
         )
+    docs.add_routes(app)  # (public, so before the sub-application)
     app.add_subapp("/v1", admin_app)
     app.router.add_get("/healthz", healthz, expect_handler=expect_continue)
     app.router.add_get("/metrics", metrics, expect_handler=expect_continue)

@@ -22,6 +22,8 @@ from aiohttp import web
 
 from config.units import ConfigError
 from events.triggers import next_tick, parse_schedule
+from gateway import schemas as api
+from gateway.api_spec import operation
 from gateway.errors import bad_request, error_response, json_response
 from gateway.invoke import MAX_IDEMPOTENCY_KEY
 from gateway.requests import json_body, limit_of, not_found, platform_of
@@ -65,6 +67,11 @@ def _topicnot_found(name: str) -> web.Response:
 
 
 @routes.put("/v1/topics/{name}")
+@operation(
+    "events",
+    "Create a topic (idempotent)",
+    responses={200: api.TopicCreated, 201: api.TopicCreated},
+)
 async def create_topic(request: web.Request) -> web.Response:
     name = _topic_name(request.match_info["name"])
     created = await platform_of(request).store.create_topic(name)
@@ -72,6 +79,7 @@ async def create_topic(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/topics")
+@operation("events", "List topics", responses={200: api.TopicList})
 async def list_topics(request: web.Request) -> web.Response:
     topics = await platform_of(request).store.list_topics()
     return json_response(
@@ -89,6 +97,7 @@ async def list_topics(request: web.Request) -> web.Response:
 
 
 @routes.delete("/v1/topics/{name}")
+@operation("events", "Delete a topic without triggers", responses={200: api.Deleted})
 async def delete_topic(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     try:
@@ -101,6 +110,12 @@ async def delete_topic(request: web.Request) -> web.Response:
 
 
 @routes.post("/v1/events/{topic}")
+@operation(
+    "events",
+    "Publish an event (the body) to a topic",
+    headers={"Idempotency-Key": "a repeat with the same key is not published again"},
+    responses={202: api.Published},
+)
 async def publish(request: web.Request) -> web.Response:
     """Commit one delivery per subscriber, then answer 202."""
     platform = platform_of(request)
@@ -142,6 +157,12 @@ MAX_BATCH = 500
 
 
 @routes.post("/v1/events")
+@operation(
+    "events",
+    "Publish a batch of events, all or nothing",
+    body=list[api.BatchEvent],
+    responses={202: api.PublishedBatch},
+)
 async def publish_batch(request: web.Request) -> web.Response:
     """Publish a batch: `[{"topic": T, "data": JSON}, ...]` (up to MAX_BATCH), committed all
     or nothing; each event's body is its `data` as JSON."""
@@ -196,8 +217,8 @@ async def publish_batch(request: web.Request) -> web.Response:
 # -- triggers ---------------------------------------------------------------------------------
 
 
-def trigger_json(trigger: Trigger) -> dict[str, Any]:
-    out: dict[str, Any] = {
+def trigger_json(trigger: Trigger) -> api.TriggerJSON:
+    out: api.TriggerJSON = {
         "id": trigger.id,
         "function": trigger.function,
         "kind": trigger.kind,
@@ -206,17 +227,13 @@ def trigger_json(trigger: Trigger) -> dict[str, Any]:
     if trigger.kind == "topic":
         out["topic"] = trigger.topic
     elif trigger.kind == "cron":
-        out.update(
-            cron=trigger.cron,
-            timezone=trigger.timezone,
-            next_fire_at=trigger.next_fire_at.isoformat() if trigger.next_fire_at else None,
-        )
+        out["cron"] = trigger.cron
+        out["timezone"] = trigger.timezone
+        out["next_fire_at"] = trigger.next_fire_at.isoformat() if trigger.next_fire_at else None
     else:
-        out.update(
-            table=trigger.table_name,
-            on=list(trigger.operations),
-            database=_redact(trigger.database_url) if trigger.database_url else "ember",
-        )
+        out["table"] = trigger.table_name
+        out["on"] = list(trigger.operations)
+        out["database"] = _redact(trigger.database_url) if trigger.database_url else "ember"
     return out
 
 
@@ -278,6 +295,12 @@ def _trigger_from_body(name: str, body: dict[str, Any]) -> Trigger:
 
 
 @routes.post("/v1/functions/{name}/triggers")
+@operation(
+    "triggers",
+    "Add a trigger: a topic, a schedule or a table",
+    body=api.TriggerRequest,
+    responses={201: api.TriggerJSON},
+)
 async def add_trigger(request: web.Request) -> web.Response:
     platform = platform_of(request)
     name = request.match_info["name"]
@@ -300,6 +323,7 @@ async def add_trigger(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/triggers")
+@operation("triggers", "List triggers", query=api.TriggersQuery, responses={200: api.TriggerList})
 async def list_triggers(request: web.Request) -> web.Response:
     function = request.query.get("function") or None
     triggers = await platform_of(request).store.list_triggers(function)
@@ -307,6 +331,12 @@ async def list_triggers(request: web.Request) -> web.Response:
 
 
 @routes.delete("/v1/triggers/{id}")
+@operation(
+    "triggers",
+    "Delete a trigger",
+    query=api.DeleteTriggerQuery,
+    responses={200: api.TriggerDeleted},
+)
 async def delete_trigger(request: web.Request) -> web.Response:
     raw = request.match_info["id"]
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
@@ -347,11 +377,11 @@ def _result_json(delivery: Delivery) -> Any:
         return {"base64": base64.b64encode(delivery.result).decode()}
 
 
-def delivery_json(delivery: Delivery, *, payload: bool = False) -> dict[str, Any]:
+def delivery_json(delivery: Delivery, *, payload: bool = False) -> api.DeliveryJSON:
     def iso(value: dt.datetime | None) -> str | None:
         return value.isoformat() if value is not None else None
 
-    out: dict[str, Any] = {
+    out: api.DeliveryJSON = {
         "id": str(delivery.id),
         "async": True,
         "function": delivery.function,
@@ -383,6 +413,7 @@ def delivery_json(delivery: Delivery, *, payload: bool = False) -> dict[str, Any
 
 
 @routes.get("/v1/dlq")
+@operation("events", "List dead letters", query=api.DeadQuery, responses={200: api.DeadList})
 async def list_dead(request: web.Request) -> web.Response:
     function = request.query.get("function") or None
     dead = await platform_of(request).store.list_dead(function, limit=limit_of(request))
@@ -390,6 +421,9 @@ async def list_dead(request: web.Request) -> web.Response:
 
 
 @routes.post("/v1/dlq/redrive")
+@operation(
+    "events", "Send dead letters again", body=api.RedriveRequest, responses={200: api.Redriven}
+)
 async def redrive(request: web.Request) -> web.Response:
     body = await json_body(request)
     raw_ids, function = body.get("ids") or [], body.get("function")
