@@ -12,7 +12,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import admin, docs, events, policies
+from gateway import admin, docs, events, insights, policies
 from gateway.api_spec import operation
 from gateway.environments import environment_archive
 from gateway.errors import BodyTimeout, error_response, json_response, payload_too_large
@@ -176,7 +176,7 @@ def build_app(platform: Platform) -> web.Application:
     admin_app = web.Application(client_max_size=admin_max, middlewares=[auth_middleware])
     admin_app[PLATFORM] = platform
     admin_app[ADMIN_MAX_BODY] = admin_max
-    for route in [*admin.routes, *policies.routes, *events.routes]:
+    for route in [*admin.routes, *policies.routes, *events.routes, *insights.routes]:
         assert isinstance(route, web.RouteDef)
         admin_app.router.add_route(
             route.method,

@@ -302,3 +302,93 @@ class Queued(TypedDict):
 
     activation_id: str
     status: str
+
+
+Duration = Annotated[str, ("pattern", "^[0-9]{1,6}(ms|s|m|h|d)?$"), ("description", "like 10m")]
+
+
+class LogsQuery(TypedDict):
+    since: NotRequired[Duration]
+    limit: NotRequired[Annotated[str, ("pattern", "^[0-9]{1,4}$")]]
+    follow: NotRequired[Literal["0", "1", "true", "false"]]
+
+
+class StatsQuery(TypedDict):
+    since: NotRequired[Duration]
+
+
+class SimulateQuery(TypedDict):
+    since: NotRequired[Duration]
+    policy: NotRequired[str]
+
+
+class StatsPoint(TypedDict):
+    at: str
+    calls: int
+    errors: int
+    cold: int
+    warm: int
+    p50_ms: float
+    p99_ms: float
+
+
+class PolicyInForce(TypedDict):
+    prewarm: str
+    keep_alive_s: float
+    min_warm: int
+    max_instances: int
+
+
+class FunctionStats(TypedDict):
+    """A function's calls in a window (and over time in buckets of `bucket_s`), its warm
+    instances now and the policy in force."""
+
+    function: str
+    bucket_s: int
+    calls: int
+    errors: int
+    cold: int
+    warm: int
+    p50_ms: float | None
+    p99_ms: float | None
+    series: list[StatsPoint]
+    warm_instances: int
+    busy_instances: int
+    policy: PolicyInForce
+
+
+class InstanceJSON(TypedDict):
+    id: str
+    state: str
+    function: str | None
+    version: int | None
+    busy: int
+    calls: int
+    idle_s: float | None
+    pid: int | None
+    rss_bytes: int | None
+
+
+class PoolJSON(TypedDict):
+    generic: int
+    specialized: int
+    starting: int
+    idle_memory_bytes: int
+    reserved_memory_bytes: int
+    instances: list[InstanceJSON]
+
+
+class SimulatedPolicy(TypedDict):
+    policy: str
+    calls: int
+    cold: int
+    starts: int
+    cold_rate: float
+    idle_gb_s: float
+
+
+class Simulation(TypedDict):
+    function: str
+    since: str
+    calls: int
+    results: list[SimulatedPolicy]

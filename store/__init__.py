@@ -33,6 +33,7 @@ from store.errors import (
 from store.events import EventStore
 from store.functions import FunctionStore
 from store.gateways import GatewayStore
+from store.insights import CallStats, InsightStore
 from store.outbox import Change
 from store.policies import PolicyStore
 from store.records import (
@@ -62,6 +63,7 @@ __all__ = [
     "Activation",
     "ActivationId",
     "Build",
+    "CallStats",
     "Change",
     "Claimed",
     "DatabaseUnavailable",
@@ -97,5 +99,6 @@ class Store(
     EventStore,
     RetentionStore,
     GatewayStore,
+    InsightStore,
 ):
     """Named queries over an asyncpg pool. Create with `await Store.connect(url)`."""
