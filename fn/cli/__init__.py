@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from fn.cli import activations, events, functions, policy, up
+from fn.cli import activations, apply, describe, events, functions, init, policy, up
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -51,6 +51,10 @@ for _command in (
     events.trigger,
     events.dlq,
     policy.policy,
+    describe.describe,
+    describe.completion,
+    init.init,
+    apply.apply,
 ):
     cli.add_command(_command)
 

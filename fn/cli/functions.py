@@ -10,9 +10,9 @@ from typing import Any
 
 import click
 
-from fn.cli.api import api, client
+from fn.cli.api import api, client, complete_function
 from fn.cli.archive import zip_dir
-from fn.cli.output import emit, fail, json_option, print_table
+from fn.cli.output import emit, fail, json_option, print_table, progress, wide_option
 
 STYLES = ("ember", "lambda", "openwhisk", "openfaas", "fission", "gcf", "knative", "asgi", "wsgi")
 """The gateway's handler styles (invoker.protocol.STYLES; the CLI speaks to it over HTTP only,
@@ -273,8 +273,10 @@ def deploy(
         if value is not None:
             payload[key] = value
     if requirements and not as_json:
-        click.echo("Installing the requirements (once per set of requirements)...", err=True)
-    version = api(ctx, "POST", "/v1/functions", payload)
+        with progress("Installing the requirements (once per set of requirements)..."):
+            version = api(ctx, "POST", "/v1/functions", payload)
+    else:
+        version = api(ctx, "POST", "/v1/functions", payload)
     emit(version, as_json, lambda v: _print_deployed(v, client(ctx).url))
 
 
@@ -320,7 +322,7 @@ def _print_deployed(version: dict[str, Any], url: str) -> None:
 
 
 @click.command("build-logs")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_function)
 @click.option(
     "--limit",
     "-n",
@@ -349,6 +351,7 @@ def _print_builds(name: str, builds: list[dict[str, Any]]) -> None:
 
 
 @click.command("list")
+@wide_option
 @json_option
 @click.pass_context
 def list_(ctx: click.Context, as_json: bool) -> None:
@@ -377,7 +380,8 @@ def _print_functions(data: dict[str, Any]) -> None:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_function)
+@wide_option
 @json_option
 @click.pass_context
 def versions(ctx: click.Context, name: str, as_json: bool) -> None:
@@ -404,7 +408,7 @@ def _print_versions(data: dict[str, Any]) -> None:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_function)
 @click.option(
     "--to",
     type=click.IntRange(min=1),
@@ -419,7 +423,7 @@ def rollback(ctx: click.Context, name: str, to: int | None, as_json: bool) -> No
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_function)
 @json_option
 @click.pass_context
 def delete(ctx: click.Context, name: str, as_json: bool) -> None:

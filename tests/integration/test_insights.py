@@ -71,7 +71,7 @@ async def test_stats_pool_and_simulation(running: Running) -> None:
     status, pool = await running.admin("GET", "/v1/pool")
     assert status == 200
     echo = [i for i in pool["instances"] if i["function"] == "echo"]
-    assert echo and echo[0]["state"] == "ready"
+    assert [i["state"] for i in echo] == ["ready"]
     assert pool["specialized"] >= 1
 
     status, simulated = await running.admin(
