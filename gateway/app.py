@@ -12,7 +12,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import admin, docs, events, insights, policies
+from gateway import admin, dashboard, docs, events, insights, policies
 from gateway.api_spec import operation
 from gateway.environments import environment_archive
 from gateway.errors import BodyTimeout, error_response, json_response, payload_too_large
@@ -185,6 +185,7 @@ def build_app(platform: Platform) -> web.Application:
             expect_handler=expect_continue,
         )
     docs.add_routes(app)  # (public, so before the sub-application)
+    dashboard.add_routes(app)
     app.add_subapp("/v1", admin_app)
     app.router.add_get("/healthz", healthz, expect_handler=expect_continue)
     app.router.add_get("/metrics", metrics, expect_handler=expect_continue)

@@ -1,0 +1,461 @@
+"""The dashboard at `/ui`: server-rendered pages over the same data as the admin API (functions
+and their versions, settings, calls over time, warm instances and the policy in force; the pool;
+triggers; dead letters with redrive; a function's activations live; the policy simulator on its
+own recorded calls). No build step: HTML from `dashboard_html`, a stylesheet and a small script
+shipped in the package (`static/`).
+
+Who may look is decided in ONE place, `viewer_for(platform, secret)`: today the admin token;
+a reader key (issue 18) plugs in there, with `can_act=False` for keys that may only read. The
+secret pasted on the login page is kept in an HttpOnly, SameSite=Strict cookie scoped to /ui;
+every POST also carries a CSRF token derived from it (a page of another site can neither read
+it nor send the cookie)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import uuid
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import web
+
+from gateway import dashboard_html as h
+from gateway import insights
+from gateway.errors import error_response, json_response
+from gateway.events import delivery_json, trigger_json
+from gateway.platform import PLATFORM, Platform
+from gateway.units import NAME
+from store import ActivationId, FunctionNotFound
+
+COOKIE = "ember_ui"
+SESSION_S = 12 * 3600
+STATIC = {"ui.css": "text/css", "ui.js": "text/javascript"}
+
+
+@dataclass(frozen=True, slots=True)
+class Viewer:
+    """Who is looking: `can_act` may invoke and redrive (an admin; a reader key may not)."""
+
+    name: str
+    can_act: bool
+
+
+def viewer_for(platform: Platform, secret: str) -> Viewer | None:
+    """THE dashboard's check of a secret (the login form's, then the cookie's)."""
+    if secret and hmac.compare_digest(
+        secret.encode("utf-8", "surrogateescape"), platform.token.encode()
+    ):
+        return Viewer(name="admin", can_act=True)
+    return None
+
+
+def _viewer(request: web.Request) -> Viewer | None:
+    return viewer_for(request.app[PLATFORM], request.cookies.get(COOKIE, ""))
+
+
+def csrf_token(request: web.Request) -> str:
+    secret = request.cookies.get(COOKIE, "").encode("utf-8", "surrogateescape")
+    return hmac.new(secret, b"ember dashboard csrf", hashlib.sha256).hexdigest()
+
+
+async def _checked_post(request: web.Request) -> Viewer | web.Response:
+    """A POST of the dashboard: signed in, allowed to act, with the page's CSRF token."""
+    viewer = _viewer(request)
+    if viewer is None:
+        return error_response(401, "unauthorized", "sign in at /ui/login")
+    sent = request.headers.get("X-CSRF-Token")
+    if sent is None:
+        sent = str((await request.post()).get("csrf", ""))
+    if not hmac.compare_digest(sent.encode(), csrf_token(request).encode()):
+        return error_response(403, "bad_csrf_token", "reload the page and try again")
+    if not viewer.can_act:
+        return error_response(403, "forbidden", "this key may look, not act")
+    return viewer
+
+
+def _to_login(request: web.Request) -> web.Response:
+    raise web.HTTPSeeOther(f"/ui/login?next={quote(request.path_qs)}")
+
+
+# -- signing in and out -----------------------------------------------------------------------
+
+
+async def login_page(request: web.Request, message: str = "") -> web.Response:
+    error = f'<p class="error">{h.esc(message)}</p>' if message else ""
+    nxt = request.query.get("next", "/ui")
+    body = (
+        '<section class="login"><h1>Sign in</h1>'
+        "<p>Paste the admin token (<code>cat ~/.local/state/ember/token</code>).</p>"
+        f'{error}<form method="post" action="/ui/login">'
+        f'<input type="hidden" name="next" value="{h.esc(nxt)}">'
+        '<input type="password" name="token" id="token" autocomplete="current-password" '
+        'placeholder="token" required autofocus><button type="submit">Sign in</button>'
+        "</form></section>"
+    )
+    return _html(h.page("Sign in", body, nav=False), status=401 if message else 200)
+
+
+async def login(request: web.Request) -> web.Response:
+    form = await request.post()
+    secret = str(form.get("token", "")).strip()
+    if viewer_for(request.app[PLATFORM], secret) is None:
+        return await login_page(request, "That is not a valid token.")
+    nxt = str(form.get("next", "/ui"))
+    if not nxt.startswith("/ui") or nxt.startswith("//"):
+        nxt = "/ui"
+    response = web.HTTPSeeOther(nxt)
+    response.set_cookie(
+        COOKIE,
+        secret,
+        max_age=SESSION_S,
+        path="/ui",
+        httponly=True,
+        samesite="Strict",
+        secure=request.secure,
+    )
+    raise response
+
+
+async def logout(request: web.Request) -> web.Response:
+    checked = await _checked_post(request)
+    if isinstance(checked, web.Response):
+        return checked
+    response = web.HTTPSeeOther("/ui/login")
+    response.del_cookie(COOKIE, path="/ui")
+    raise response
+
+
+# -- pages ------------------------------------------------------------------------------------
+
+
+async def overview(request: web.Request) -> web.Response:
+    viewer = _viewer(request)
+    if viewer is None:
+        return _to_login(request)
+    platform = request.app[PLATFORM]
+    hour_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    functions = await platform.store.list_functions()
+    await platform.activations.flush()
+    summary = await platform.store.activation_summary(hour_ago)
+    policies = platform.scheduler.policies
+    warm: dict[str, int] = {}
+    for instance in platform.scheduler.pool.instances.values():
+        if instance.key is not None:
+            warm[instance.key[0]] = warm.get(instance.key[0], 0) + 1
+    rows = []
+    for f in functions:
+        s = summary.get(f.name)
+        link = f'<a href="/ui/functions/{h.esc(f.name)}">{h.esc(f.name)}</a>'
+        policy = policies.overrides.get(f.name, policies.default)
+        cells = [
+            link,
+            f.active_version,
+            f.version_count,
+            s.calls if s else 0,
+            s.errors if s else 0,
+            h.ms(s.p50_ms) if s else "-",
+            h.ms(s.p99_ms) if s else "-",
+            s.cold if s else 0,
+            warm.get(f.name, 0),
+            policy.prewarm,
+        ]
+        rows.append([str(c) if i == 0 else h.esc(c) for i, c in enumerate(cells)])
+    headers = ["function", "active", "versions", "calls (1h)", "errors", "p50", "p99", "cold"]
+    body = (
+        f'<h1>Functions <span class="muted">({len(functions)})</span></h1>'
+        '<input type="search" id="filter" placeholder="filter by name" data-filter="functions">'
+        + h.table(
+            [*headers, "warm", "policy"],
+            rows,
+            id="functions",
+            raw=True,
+            empty="No functions yet: fn deploy handler.py",
+        )
+        + _pool_section(platform)
+        + await _triggers_section(platform, None)
+        + await _dead_section(platform, None, viewer)
+    )
+    return _html(h.page("Functions", body, csrf=csrf_token(request)))
+
+
+def _pool_section(platform: Platform) -> str:
+    pool = insights.pool_json(platform)
+    rows = [
+        [
+            i["state"],
+            i["function"] or "(generic)",
+            i["version"] or "",
+            i["busy"],
+            i["calls"],
+            "" if i["idle_s"] is None else f"{i['idle_s']:.0f} s",
+            i["pid"] or "",
+            h.size(i["rss_bytes"]),
+        ]
+        for i in pool["instances"]
+    ]
+    facts = h.definition(
+        [
+            ("generic", pool["generic"]),
+            ("specialized", pool["specialized"]),
+            ("starting", pool["starting"]),
+            ("idle memory", h.size(pool["idle_memory_bytes"])),
+            ("reserved memory", h.size(pool["reserved_memory_bytes"])),
+        ]
+    )
+    headers = ["state", "function", "version", "busy", "calls", "idle", "pid", "memory"]
+    instances = h.table(headers, [[str(c) for c in r] for r in rows], empty="no instances")
+    return (
+        f'<h2 id="pool">Pool</h2>{facts}<details><summary>instances</summary>{instances}</details>'
+    )
+
+
+async def _triggers_section(platform: Platform, name: str | None) -> str:
+    triggers = [trigger_json(t) for t in await platform.store.list_triggers(name)]
+    rows = []
+    for t in triggers:
+        what = t.get("topic") or (
+            f"{t.get('cron')} ({t.get('timezone')})" if t["kind"] == "cron" else t.get("table")
+        )
+        rows.append([str(t["id"]), t["function"], t["kind"], str(what)])
+    return '<h2 id="triggers">Triggers</h2>' + h.table(
+        ["id", "function", "kind", "what"], rows, empty="no triggers"
+    )
+
+
+async def _dead_section(platform: Platform, name: str | None, viewer: Viewer) -> str:
+    dead = [delivery_json(d) for d in await platform.store.list_dead(name, limit=50)]
+    rows = []
+    for d in dead:
+        error = d.get("error") or {}
+        button = (
+            f'<button class="redrive" data-id="{h.esc(d["id"])}">Redrive</button>'
+            if viewer.can_act
+            else ""
+        )
+        rows.append(
+            [
+                f"<code>{h.esc(d['id'])}</code>",
+                h.esc(d["function"]),
+                h.esc(d["source"]),
+                h.esc(d["attempts"]),
+                h.esc(f"{error.get('type', '')}: {error.get('message', '')}"),
+                h.esc((d["finished_at"] or "")[:19]),
+                button,
+            ]
+        )
+    headers = ["id", "function", "source", "attempts", "error", "dead since", ""]
+    return '<h2 id="dead">Dead letters</h2>' + h.table(
+        headers, rows, id="dead-letters", raw=True, empty="no dead letters"
+    )
+
+
+async def function_page(request: web.Request) -> web.Response:
+    viewer = _viewer(request)
+    if viewer is None:
+        return _to_login(request)
+    platform = request.app[PLATFORM]
+    name = request.match_info["name"]
+    window = request.query.get("since", "1h")
+    if window not in ("15m", "1h", "6h", "1d", "7d"):
+        window = "1h"
+    try:
+        function = await platform.store.get_function(name) if NAME.match(name) else None
+        active = await platform.store.get_version(name)
+    except FunctionNotFound:
+        function = None
+    if function is None:
+        return error_response(404, "function_not_found", f'function "{name}" not found')
+    versions = await platform.store.list_versions(name)
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(
+        seconds={"15m": 900, "1h": 3600, "6h": 21600, "1d": 86400, "7d": 604800}[window]
+    )
+    await platform.activations.flush()
+    bucket_s = max(1, round((dt.datetime.now(dt.UTC) - since).total_seconds() / insights.BUCKETS))
+    series = await platform.store.activation_series(name, since, bucket_s=bucket_s)
+    summary = (await platform.store.activation_summary(since)).get(name)
+    stats = insights.function_stats(platform, name, series, summary, bucket_s)
+    c = active.config
+    settings = h.definition(
+        [
+            ("active version", f"{function.active_version} of {function.version_count}"),
+            ("handler", f"{active.filename}:{c.entry} ({c.style} style)"),
+            ("timeout", f"{c.timeout_s:g} s"),
+            ("memory", h.size(c.memory_bytes)),
+            ("concurrency", c.concurrency),
+            ("cpus", f"{c.cpus:g}"),
+            ("network", c.network),
+            ("env", ", ".join(sorted(c.env)) or "-"),
+            ("requirements", " ".join(active.package.requirements.split()) or "-"),
+            ("sha256", active.sha256),
+        ]
+    )
+    p = stats["policy"]
+    policy = h.definition(
+        [
+            ("prewarm", p["prewarm"]),
+            ("keep-alive", f"{p['keep_alive_s']:g} s"),
+            ("min warm", p["min_warm"]),
+            ("max instances", p["max_instances"]),
+            ("warm instances now", f"{stats['warm_instances']} ({stats['busy_instances']} busy)"),
+        ]
+    )
+    xs, points = _buckets(since, bucket_s, stats["series"])
+    counts = h.line_chart(
+        f"calls per {bucket_s:g} s",
+        xs,
+        {
+            "calls": [p["calls"] for p in points],
+            "errors": [p["errors"] for p in points],
+            "cold starts": [p["cold"] for p in points],
+            "warm hits": [p["warm"] for p in points],
+        },
+    )
+    latency = h.line_chart(
+        "latency",
+        xs,
+        {"p50": [p["p50_ms"] for p in points], "p99": [p["p99_ms"] for p in points]},
+        unit=" ms",
+    )
+    windows = " ".join(
+        f'<a href="?since={w}"{" class=current" if w == window else ""}>{w}</a>'
+        for w in ("15m", "1h", "6h", "1d", "7d")
+    )
+    totals = (
+        f"{stats['calls']} calls, {stats['errors']} errors, {stats['cold']} cold starts, "
+        f"{stats['warm']} warm hits, p50 {h.ms(stats['p50_ms'])}, p99 {h.ms(stats['p99_ms'])}"
+    )
+    version_rows = [
+        [str(v.version), v.sha256[:12], v.created_at.isoformat()[:19], "*" if is_active else ""]
+        for v, is_active in versions
+    ]
+    invoke_box = (
+        '<h2>Invoke</h2><div class="invoke">'
+        '<select id="invoke-method"><option>POST</option><option>GET</option>'
+        "<option>PUT</option><option>DELETE</option></select>"
+        '<input id="invoke-path" placeholder="/path (optional)">'
+        '<textarea id="invoke-body" rows="3">{}</textarea>'
+        '<button id="invoke">Invoke</button><pre id="invoke-result" class="muted">'
+        "the answer shows here</pre></div>"
+        if viewer.can_act
+        else ""
+    )
+    body = (
+        f'<h1 id="function-name" data-name="{h.esc(name)}">{h.esc(name)}</h1>'
+        f'<div class="columns"><section><h2>Settings</h2>{settings}</section>'
+        f"<section><h2>Policy in force</h2>{policy}</section></div>"
+        f'<h2>Calls <span class="windows">{windows}</span></h2><p>{h.esc(totals)}</p>'
+        f'<div class="columns">{counts}{latency}</div>'
+        + invoke_box
+        + '<h2>Recent activations <span class="muted live">live</span></h2>'
+        + h.table(
+            ["started", "id", "version", "status", "HTTP", "duration", "cold", "logs"],
+            [],
+            id="activations",
+            empty="waiting for activations...",
+        )
+        + "<h2>Versions</h2>"
+        + h.table(["version", "sha256", "created", "active"], version_rows)
+        + await _triggers_section(platform, name)
+        + await _dead_section(platform, name, viewer)
+        + "<h2>Policy simulator</h2><p>What each policy would have done with this function's "
+        'recorded calls: <select id="simulate-since"><option>1h</option>'
+        "<option selected>1d</option><option>7d</option></select> "
+        '<button id="simulate">Simulate</button></p><div id="simulation"></div>'
+    )
+    return _html(h.page(name, body, csrf=csrf_token(request)))
+
+
+def _buckets(
+    since: dt.datetime, bucket_s: int, series: list[Any]
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """Every bucket of the window, those without calls as zeros (the chart spans the window)."""
+    empty = {"calls": 0, "errors": 0, "cold": 0, "warm": 0, "p50_ms": 0.0, "p99_ms": 0.0}
+    by_start = {int(dt.datetime.fromisoformat(p["at"]).timestamp()): p for p in series if p["at"]}
+    first = int(since.timestamp()) // bucket_s * bucket_s
+    last = int(dt.datetime.now(dt.UTC).timestamp()) // bucket_s * bucket_s
+    starts = range(first, last + 1, bucket_s)
+    labels = [dt.datetime.fromtimestamp(s, dt.UTC).isoformat() for s in starts]
+    return labels, [by_start.get(s, empty) for s in starts]
+
+
+# -- data for the page's script ---------------------------------------------------------------
+
+
+async def activation_stream(request: web.Request) -> web.StreamResponse:
+    if _viewer(request) is None:
+        return error_response(401, "unauthorized", "sign in at /ui/login")
+    platform = request.app[PLATFORM]
+    name = request.match_info["name"]
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    await platform.activations.flush()
+    first = await platform.store.list_activations_since(name, since, limit=50)
+    return await insights.stream_activations(request, platform, name, first, since)
+
+
+async def simulation(request: web.Request) -> web.StreamResponse:
+    if _viewer(request) is None:
+        return error_response(401, "unauthorized", "sign in at /ui/login")
+    response = await insights.simulate(request)
+    if not isinstance(response, web.Response) or response.status != 200:
+        return response
+    import orjson
+
+    assert isinstance(response.body, bytes)
+    data: dict[str, Any] = orjson.loads(response.body)
+    plot = h.tradeoff_plot(data["results"])
+    note = f'<p class="muted">{data["calls"]} calls since {h.esc(data["since"][:19])}</p>'
+    return _html(note + plot)
+
+
+async def redrive(request: web.Request) -> web.Response:
+    checked = await _checked_post(request)
+    if isinstance(checked, web.Response):
+        return checked
+    raw = request.match_info["id"]
+    try:
+        delivery = ActivationId(uuid.UUID(raw))
+    except ValueError:
+        return error_response(400, "bad_activation_id", f'"{raw}" is not an activation id')
+    redriven = await request.app[PLATFORM].store.redrive([delivery], None)
+    return json_response({"redriven": [str(i) for i in redriven]})
+
+
+async def static(request: web.Request) -> web.Response:
+    name = request.match_info["file"]
+    if name not in STATIC:
+        return error_response(404, "not_found", f"no file {name!r} here")
+    data = files("gateway").joinpath(f"static/{name}").read_bytes()
+    return web.Response(body=data, content_type=STATIC[name], headers={"Cache-Control": "no-cache"})
+
+
+def _html(text: str, status: int = 200) -> web.Response:
+    return web.Response(
+        text=text,
+        status=status,
+        content_type="text/html",
+        headers={
+            "Cache-Control": "no-store",
+            "X-Frame-Options": "DENY",
+            "Content-Security-Policy": "default-src 'self'; style-src 'self'; "
+            "frame-ancestors 'none'",
+        },
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    """The dashboard's routes, on the root application (not under /v1: a browser sends the
+    cookie, not the bearer token)."""
+    app.router.add_get("/ui", overview)
+    app.router.add_get("/ui/", overview)
+    app.router.add_get("/ui/login", login_page)
+    app.router.add_post("/ui/login", login)
+    app.router.add_post("/ui/logout", logout)
+    app.router.add_get("/ui/functions/{name}", function_page)
+    app.router.add_get("/ui/functions/{name}/stream", activation_stream)
+    app.router.add_get("/ui/functions/{name}/simulation", simulation)
+    app.router.add_post("/ui/dlq/{id}/redrive", redrive)
+    app.router.add_get("/ui/static/{file}", static)
