@@ -131,11 +131,10 @@ completes commands, options and function names (asking the gateway).
 
 @click.command(help=COMPLETION_HELP)
 @click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
-def completion(shell: str) -> None:
+@click.pass_context
+def completion(ctx: click.Context, shell: str) -> None:
     from click.shell_completion import get_completion_class
-
-    from fn.cli import cli
 
     klass = get_completion_class(shell)
     assert klass is not None  # (bash, zsh and fish are click's own)
-    click.echo(klass(cli, {}, "fn", "_FN_COMPLETE").source())
+    click.echo(klass(ctx.find_root().command, {}, "fn", "_FN_COMPLETE").source())
