@@ -276,7 +276,7 @@ async def function_page(request: web.Request) -> web.Response:
     await platform.activations.flush()
     bucket_s = max(1, round((dt.datetime.now(dt.UTC) - since).total_seconds() / insights.BUCKETS))
     series = await platform.store.activation_series(name, since, bucket_s=bucket_s)
-    summary = (await platform.store.activation_summary(since)).get(name)
+    summary = await platform.store.function_activation_summary(name, since)
     stats = insights.function_stats(platform, name, series, summary, bucket_s)
     c = active.config
     settings = h.definition(

@@ -155,7 +155,7 @@ async def stats(request: web.Request) -> web.Response:
     window_s = (dt.datetime.now(dt.UTC) - since).total_seconds()
     bucket_s = max(1, round(window_s / BUCKETS))
     series = await platform.store.activation_series(name, since, bucket_s=bucket_s)
-    summary = (await platform.store.activation_summary(since)).get(name)
+    summary = await platform.store.function_activation_summary(name, since)
     return json_response(function_stats(platform, name, series, summary, bucket_s))
 
 

@@ -65,6 +65,12 @@ class InsightStore(StoreBase):
         return {r["function"]: CallStats.from_row(r) for r in rows}
 
     @retry_once
+    async def function_activation_summary(self, name: str, since: dt.datetime) -> CallStats | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(QUERIES["function_activation_summary"], name, since)
+        return CallStats.from_row(row) if row is not None else None
+
+    @retry_once
     async def list_arrivals(
         self, name: str, since: dt.datetime, *, limit: int = 200_000
     ) -> list[tuple[dt.datetime, float]]:

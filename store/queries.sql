@@ -534,3 +534,15 @@ FROM ember_activations
 WHERE function = $1 AND started_at > $2
 ORDER BY started_at
 LIMIT $3;
+
+-- name: function_activation_summary
+-- One function's calls since $2 (no row when it had none).
+SELECT function,
+       count(*) AS calls,
+       count(*) FILTER (WHERE status <> 'success') AS errors,
+       count(*) FILTER (WHERE cold) AS cold,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) AS p50_ms,
+       percentile_cont(0.99) WITHIN GROUP (ORDER BY duration_ms) AS p99_ms
+FROM ember_activations
+WHERE function = $1 AND started_at > $2
+GROUP BY function;
