@@ -4,138 +4,44 @@ triggers; dead letters with redrive; a function's activations live; the policy s
 own recorded calls). No build step: HTML from `dashboard_html`, a stylesheet and a small script
 shipped in the package (`static/`).
 
-Who may look is decided in ONE place, `viewer_for(platform, secret)`: today the admin token;
-a reader key (issue 18) plugs in there, with `can_act=False` for keys that may only read. The
-secret pasted on the login page is kept in an HttpOnly, SameSite=Strict cookie scoped to /ui;
-every POST also carries a CSRF token derived from it (a page of another site can neither read
-it nor send the cookie)."""
+Who may look is decided in one place, `dashboard_auth.viewer_for`; the simulator's parts are in
+`dashboard_sim`."""
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import hmac
 import uuid
-from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
-from urllib.parse import quote
 
 from aiohttp import web
 
 from gateway import dashboard_html as h
-from gateway import insights
+from gateway import dashboard_sim, insights
+from gateway.dashboard_auth import (
+    Viewer,
+    checked_post,
+    csrf_token,
+    html,
+    login,
+    login_page,
+    logout,
+    to_login,
+    viewer_of,
+)
 from gateway.errors import error_response, json_response
 from gateway.events import delivery_json, trigger_json
 from gateway.platform import PLATFORM, Platform
 from gateway.units import NAME
 from store import ActivationId, FunctionNotFound
 
-COOKIE = "ember_ui"
-SESSION_S = 12 * 3600
-STATIC = {"ui.css": "text/css", "ui.js": "text/javascript"}
-
-
-@dataclass(frozen=True, slots=True)
-class Viewer:
-    """Who is looking: `can_act` may invoke and redrive (an admin; a reader key may not)."""
-
-    name: str
-    can_act: bool
-
-
-def viewer_for(platform: Platform, secret: str) -> Viewer | None:
-    """THE dashboard's check of a secret (the login form's, then the cookie's)."""
-    if secret and hmac.compare_digest(
-        secret.encode("utf-8", "surrogateescape"), platform.token.encode()
-    ):
-        return Viewer(name="admin", can_act=True)
-    return None
-
-
-def _viewer(request: web.Request) -> Viewer | None:
-    return viewer_for(request.app[PLATFORM], request.cookies.get(COOKIE, ""))
-
-
-def csrf_token(request: web.Request) -> str:
-    secret = request.cookies.get(COOKIE, "").encode("utf-8", "surrogateescape")
-    return hmac.new(secret, b"ember dashboard csrf", hashlib.sha256).hexdigest()
-
-
-async def _checked_post(request: web.Request) -> Viewer | web.Response:
-    """A POST of the dashboard: signed in, allowed to act, with the page's CSRF token."""
-    viewer = _viewer(request)
-    if viewer is None:
-        return error_response(401, "unauthorized", "sign in at /ui/login")
-    sent = request.headers.get("X-CSRF-Token")
-    if sent is None:
-        sent = str((await request.post()).get("csrf", ""))
-    if not hmac.compare_digest(sent.encode(), csrf_token(request).encode()):
-        return error_response(403, "bad_csrf_token", "reload the page and try again")
-    if not viewer.can_act:
-        return error_response(403, "forbidden", "this key may look, not act")
-    return viewer
-
-
-def _to_login(request: web.Request) -> web.Response:
-    raise web.HTTPSeeOther(f"/ui/login?next={quote(request.path_qs)}")
-
-
-# -- signing in and out -----------------------------------------------------------------------
-
-
-async def login_page(request: web.Request, message: str = "") -> web.Response:
-    error = f'<p class="error">{h.esc(message)}</p>' if message else ""
-    nxt = request.query.get("next", "/ui")
-    body = (
-        '<section class="login"><h1>Sign in</h1>'
-        "<p>Paste the admin token (<code>cat ~/.local/state/ember/token</code>).</p>"
-        f'{error}<form method="post" action="/ui/login">'
-        f'<input type="hidden" name="next" value="{h.esc(nxt)}">'
-        '<input type="password" name="token" id="token" autocomplete="current-password" '
-        'placeholder="token" required autofocus><button type="submit">Sign in</button>'
-        "</form></section>"
-    )
-    return _html(h.page("Sign in", body, nav=False), status=401 if message else 200)
-
-
-async def login(request: web.Request) -> web.Response:
-    form = await request.post()
-    secret = str(form.get("token", "")).strip()
-    if viewer_for(request.app[PLATFORM], secret) is None:
-        return await login_page(request, "That is not a valid token.")
-    nxt = str(form.get("next", "/ui"))
-    if not nxt.startswith("/ui") or nxt.startswith("//"):
-        nxt = "/ui"
-    response = web.HTTPSeeOther(nxt)
-    response.set_cookie(
-        COOKIE,
-        secret,
-        max_age=SESSION_S,
-        path="/ui",
-        httponly=True,
-        samesite="Strict",
-        secure=request.secure,
-    )
-    raise response
-
-
-async def logout(request: web.Request) -> web.Response:
-    checked = await _checked_post(request)
-    if isinstance(checked, web.Response):
-        return checked
-    response = web.HTTPSeeOther("/ui/login")
-    response.del_cookie(COOKIE, path="/ui")
-    raise response
-
-
 # -- pages ------------------------------------------------------------------------------------
 
 
 async def overview(request: web.Request) -> web.Response:
-    viewer = _viewer(request)
+    viewer = viewer_of(request)
     if viewer is None:
-        return _to_login(request)
+        return to_login(request)
     platform = request.app[PLATFORM]
     hour_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
     functions = await platform.store.list_functions()
@@ -178,8 +84,9 @@ async def overview(request: web.Request) -> web.Response:
         + _pool_section(platform)
         + await _triggers_section(platform, None)
         + await _dead_section(platform, None, viewer)
+        + dashboard_sim.trace_picker()
     )
-    return _html(h.page("Functions", body, csrf=csrf_token(request)))
+    return html(h.page("Functions", body, csrf=csrf_token(request)))
 
 
 def _pool_section(platform: Platform) -> str:
@@ -254,9 +161,9 @@ async def _dead_section(platform: Platform, name: str | None, viewer: Viewer) ->
 
 
 async def function_page(request: web.Request) -> web.Response:
-    viewer = _viewer(request)
+    viewer = viewer_of(request)
     if viewer is None:
-        return _to_login(request)
+        return to_login(request)
     platform = request.app[PLATFORM]
     name = request.match_info["name"]
     window = request.query.get("since", "1h")
@@ -366,7 +273,7 @@ async def function_page(request: web.Request) -> web.Response:
         "<option selected>1d</option><option>7d</option></select> "
         '<button id="simulate">Simulate</button></p><div id="simulation"></div>'
     )
-    return _html(h.page(name, body, csrf=csrf_token(request)))
+    return html(h.page(name, body, csrf=csrf_token(request)))
 
 
 def _buckets(
@@ -382,11 +289,14 @@ def _buckets(
     return labels, [by_start.get(s, empty) for s in starts]
 
 
+STATIC = {"ui.css": "text/css", "ui.js": "text/javascript"}
+
+
 # -- data for the page's script ---------------------------------------------------------------
 
 
 async def activation_stream(request: web.Request) -> web.StreamResponse:
-    if _viewer(request) is None:
+    if viewer_of(request) is None:
         return error_response(401, "unauthorized", "sign in at /ui/login")
     platform = request.app[PLATFORM]
     name = request.match_info["name"]
@@ -396,23 +306,8 @@ async def activation_stream(request: web.Request) -> web.StreamResponse:
     return await insights.stream_activations(request, platform, name, first, since)
 
 
-async def simulation(request: web.Request) -> web.StreamResponse:
-    if _viewer(request) is None:
-        return error_response(401, "unauthorized", "sign in at /ui/login")
-    response = await insights.simulate(request)
-    if not isinstance(response, web.Response) or response.status != 200:
-        return response
-    import orjson
-
-    assert isinstance(response.body, bytes)
-    data: dict[str, Any] = orjson.loads(response.body)
-    plot = h.tradeoff_plot(data["results"])
-    note = f'<p class="muted">{data["calls"]} calls since {h.esc(data["since"][:19])}</p>'
-    return _html(note + plot)
-
-
 async def redrive(request: web.Request) -> web.Response:
-    checked = await _checked_post(request)
+    checked = await checked_post(request)
     if isinstance(checked, web.Response):
         return checked
     raw = request.match_info["id"]
@@ -432,20 +327,6 @@ async def static(request: web.Request) -> web.Response:
     return web.Response(body=data, content_type=STATIC[name], headers={"Cache-Control": "no-cache"})
 
 
-def _html(text: str, status: int = 200) -> web.Response:
-    return web.Response(
-        text=text,
-        status=status,
-        content_type="text/html",
-        headers={
-            "Cache-Control": "no-store",
-            "X-Frame-Options": "DENY",
-            "Content-Security-Policy": "default-src 'self'; style-src 'self'; "
-            "frame-ancestors 'none'",
-        },
-    )
-
-
 def add_routes(app: web.Application) -> None:
     """The dashboard's routes, on the root application (not under /v1: a browser sends the
     cookie, not the bearer token)."""
@@ -456,6 +337,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/ui/logout", logout)
     app.router.add_get("/ui/functions/{name}", function_page)
     app.router.add_get("/ui/functions/{name}/stream", activation_stream)
-    app.router.add_get("/ui/functions/{name}/simulation", simulation)
+    app.router.add_get("/ui/functions/{name}/simulation", dashboard_sim.simulation)
+    app.router.add_get("/ui/simulate", dashboard_sim.trace_simulation)
     app.router.add_post("/ui/dlq/{id}/redrive", redrive)
     app.router.add_get("/ui/static/{file}", static)

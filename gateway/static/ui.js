@@ -95,6 +95,27 @@ if (simulateButton) {
   });
 }
 
+const traceButton = document.getElementById("simulate-trace");
+if (traceButton) {
+  traceButton.addEventListener("click", async () => {
+    const target = document.getElementById("trace-simulation");
+    const query = new URLSearchParams({ trace: document.getElementById("trace").value });
+    for (const spec of document.getElementById("trace-policies").value.split(/\s+/)) {
+      if (spec) query.append("policy", spec);
+    }
+    target.textContent = "simulating...";
+    traceButton.disabled = true;
+    const response = await fetch(`/ui/simulate?${query}`);
+    const text = await response.text();
+    if (response.ok) {
+      target.innerHTML = text; // (rendered and escaped by the gateway)
+    } else {
+      target.textContent = text;
+    }
+    traceButton.disabled = false;
+  });
+}
+
 for (const button of document.querySelectorAll("button.redrive")) {
   button.addEventListener("click", async () => {
     button.disabled = true;
