@@ -28,8 +28,8 @@ METHODS = ("get", "post", "put", "patch", "delete")
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Operation:
     """What one route takes and answers; `responses` maps a status to a TypedDict (JSON),
-    `None` (any body) or a media type string (`"text/plain"`); every other status is the
-    error shape."""
+    `None` (any body), a media type string (`"text/plain"`) or a list of those (one status,
+    several media types); every other status is the error shape."""
 
     summary: str
     tag: str
@@ -228,13 +228,15 @@ def _operation(schemas: Schemas, method: str, path: str, op: Operation) -> dict[
         }
     elif path.startswith("/fn/") and method != "get":
         out["requestBody"] = {"required": False, "content": {"*/*": {"schema": {}}}}
-    for status, answer in op.responses.items():
-        if isinstance(answer, str):
-            content = {answer: {"schema": {"type": "string"}}}
-        elif answer is None:
-            content = {"*/*": {"schema": {}}}
-        else:
-            content = {"application/json": {"schema": schemas.of(answer)}}
+    for status, answers in op.responses.items():
+        content: dict[str, Any] = {}
+        for answer in answers if isinstance(answers, list) else [answers]:
+            if isinstance(answer, str):
+                content[answer] = {"schema": {"type": "string"}}
+            elif answer is None:
+                content["*/*"] = {"schema": {}}
+            else:
+                content["application/json"] = {"schema": schemas.of(answer)}
         out["responses"][str(status)] = {"description": _reason(status), "content": content}
     out["responses"]["default"] = {
         "description": "an error: {error: {code, message, ...}}",

@@ -69,7 +69,7 @@ async def _exists(platform: Platform, name: str) -> bool:
     "activations",
     "Activations since a time, oldest first; follow=1 streams new ones (Server-Sent Events)",
     query=api.LogsQuery,
-    responses={200: api.ActivationList},
+    responses={200: [api.ActivationList, "text/event-stream"]},
 )
 async def logs(request: web.Request) -> web.StreamResponse:
     platform = platform_of(request)

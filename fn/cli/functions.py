@@ -106,7 +106,14 @@ def _module_file(path: Path, module: str) -> str | None:
 
 
 @click.command()
-@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.argument("path", type=click.Path(exists=True, path_type=Path), required=False)
+@click.option(
+    "--file",
+    "-f",
+    "stack_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The same as PATH (faas-cli's -f stack.yml).",
+)
 @click.option("--name", help="Function name. Default: the file (or directory) name.")
 @click.option(
     "--handler",
@@ -186,7 +193,8 @@ def _module_file(path: Path, module: str) -> str | None:
 @click.pass_context
 def deploy(
     ctx: click.Context,
-    path: Path,
+    path: Path | None,
+    stack_file: Path | None,
     name: str | None,
     entry: str | None,
     main_file: str | None,
@@ -217,6 +225,10 @@ def deploy(
     """
     import base64
 
+    if (path is None) == (stack_file is None):
+        raise click.UsageError("give the PATH to deploy, or -f FILE (not both)")
+    path = path or stack_file
+    assert path is not None
     if path.is_file() and path.suffix.lower() in STACK_SUFFIXES:
         from fn.cli.stack_deploy import deploy_stack
 

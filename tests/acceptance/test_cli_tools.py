@@ -265,3 +265,14 @@ def test_every_command_is_in_the_readme() -> None:
     ).stdout
     for name in ("apply", "describe", "init", "completion", "logs", "invoke"):
         assert re.search(rf"^\s+{name}\s", help_text, re.M), name
+
+
+def test_deploy_takes_a_stack_file_with_f_as_faas_cli_does(cli: Cli) -> None:
+    stack = ROOT / "examples/migrating/openfaas-stack/stack.yml"
+    out = cli.ok("deploy", "-f", str(stack))
+    assert "openfaas-stack-example" in out
+    assert "openfaas-stack-example" in cli.ok("list")
+    both = cli.run("deploy", str(stack), "-f", str(stack))
+    assert both.returncode == 2
+    assert "not both" in both.stderr
+    assert cli.run("deploy").returncode == 2
