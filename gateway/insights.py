@@ -15,7 +15,6 @@ import datetime as dt
 import functools
 import statistics
 import time
-from typing import Any
 
 import orjson
 from aiohttp import web
@@ -28,7 +27,7 @@ from gateway.errors import bad_request, json_response
 from gateway.platform import Platform
 from gateway.requests import not_found, platform_of
 from scheduler.pool import State
-from store import FunctionNotFound
+from store import Activation, CallStats, FunctionNotFound
 
 routes = web.RouteTableDef()
 FOLLOW_POLL_S = 0.25
@@ -92,7 +91,7 @@ async def stream_activations(
     request: web.Request,
     platform: Platform,
     name: str,
-    first: list[Any],
+    first: list[Activation],
     since: dt.datetime,
 ) -> web.StreamResponse:
     """Send `first`, then each new activation of NAME as it is recorded, as Server-Sent Events
@@ -133,7 +132,7 @@ async def stream_activations(
             pending = await platform.store.list_activations_since(
                 name, last - dt.timedelta(seconds=5), limit=500
             )
-    except (ConnectionResetError, ConnectionError):
+    except ConnectionError:
         pass  # the client went away
     return response
 
@@ -160,7 +159,11 @@ async def stats(request: web.Request) -> web.Response:
 
 
 def function_stats(
-    platform: Platform, name: str, series: list[Any], summary: Any, bucket_s: int
+    platform: Platform,
+    name: str,
+    series: list[CallStats],
+    summary: CallStats | None,
+    bucket_s: int,
 ) -> api.FunctionStats:
     instances = platform.scheduler.instances_of(name)
     policy = platform.scheduler.policies.overrides.get(name, platform.scheduler.policies.default)
