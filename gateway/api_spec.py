@@ -117,7 +117,13 @@ class Schemas:
             schema: dict[str, Any] = {
                 "type": "object",
                 "properties": {k: self.of(v, request=request) for k, v in hints.items()},
-                "required": sorted(tp.__required_keys__),
+                # (a NotRequired left in the hints: annotations read as strings, which the
+                # TypedDict's own __required_keys__ did not see)
+                "required": sorted(
+                    k
+                    for k, v in hints.items()
+                    if k in tp.__required_keys__ and get_origin(v) is not typing.NotRequired
+                ),
                 "additionalProperties": not request,
             }
             if tp.__doc__:
