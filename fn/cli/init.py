@@ -159,6 +159,28 @@ def test_app_answers() -> None:
     assert json.loads(body) == {{"hello": "world", "path": "/a"}}
 """,
 )
+GCF = Template(
+    "main.py",
+    '''"""{name}: a Google Cloud Functions HTTP function (a Flask request in, a dict out),
+unchanged on Ember (which installs Flask for it, as Cloud Functions provides it)."""
+
+
+def hello(request):
+    data = request.get_json(silent=True) or {{}}
+    return {{"hello": data.get("name") or request.args.get("name", "world")}}
+''',
+    """from types import SimpleNamespace
+
+from main import hello
+
+
+def test_hello_greets() -> None:
+    request = SimpleNamespace(get_json=lambda silent=False: {{"name": "Ada"}}, args={{}})
+    assert hello(request) == {{"hello": "Ada"}}
+    request = SimpleNamespace(get_json=lambda silent=False: None, args={{"name": "Bo"}})
+    assert hello(request) == {{"hello": "Bo"}}
+""",
+)
 TEMPLATES = {
     "ember": EMBER,
     "lambda": LAMBDA,
@@ -166,8 +188,10 @@ TEMPLATES = {
     "openfaas": OPENFAAS,
     "asgi": ASGI,
     "wsgi": WSGI,
+    "gcf": GCF,
 }
-DEPLOY_FLAGS = {"asgi": " --asgi main:app", "wsgi": " --wsgi app:app"}
+"""(Fission's and Knative's templates need their frameworks even to be tested: not offered.)"""
+DEPLOY_FLAGS = {"asgi": " --asgi main:app", "wsgi": " --wsgi app:app", "gcf": " --style gcf"}
 
 
 @click.command()
