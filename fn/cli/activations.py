@@ -229,7 +229,8 @@ def _follow(ctx: click.Context, name: str, path: str, as_json: bool) -> None:
     except ClientError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
-        pass
+        return
+    fail("the gateway ended the stream (it stopped or restarted); run the command again")
 
 
 def _print_logs(name: str, activations: list[dict[str, Any]]) -> None:
