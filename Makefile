@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint format clean bench bench-quick bench-events bench-deps bench-styles bench-dashboard bench-k8s bench-k8s-deps bench-replay bench-soak bench-decisions simulate
+.PHONY: up test lint format clean bench bench-quick bench-auth bench-events bench-deps bench-styles bench-dashboard bench-k8s bench-k8s-deps bench-replay bench-soak bench-decisions simulate
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,10 @@ bench-styles: $(STAMP)
 ## bench-dashboard: the dashboard's pages on 500 functions, next to the admin API's list
 bench-dashboard: $(STAMP)
 	$(PY) -m bench.dashboard
+
+## bench-auth: a warm call of a private, a CORS and a namespaced function vs a public one
+bench-auth: $(STAMP)
+	$(PY) -m bench.auth --quick
 
 ## bench-k8s: cold starts on the Kubernetes backend (against the API emulation) vs local
 bench-k8s: $(STAMP)
