@@ -5,7 +5,10 @@ and the policy simulator run on the function's own recorded arrivals.
 GET /v1/functions/{name}/logs[?since=10m&limit=100&follow=1]   (follow: text/event-stream)
 GET /v1/functions/{name}/stats[?since=1h]
 GET /v1/functions/{name}/simulate[?since=1d&policy=fixed:10m&policy=histogram]
-GET /v1/pool
+GET /v1/pool                                                    (the admin token only)
+
+Function names in the path are in the request's namespace (the admin middleware qualifies
+them), so a key sees its own namespace's functions only; the pool is the platform's.
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ from aiohttp import web
 
 from config.units import ConfigError, parse_duration_s
 from gateway import schemas as api
-from gateway.admin import activation_json
 from gateway.api_spec import operation
 from gateway.errors import bad_request, json_response
+from gateway.namespaces import split_name
 from gateway.platform import Platform
 from gateway.requests import not_found, platform_of
+from gateway.views import activation_json
 from scheduler.pool import State
 from store import Activation, CallStats, FunctionNotFound
 
@@ -167,8 +171,10 @@ def function_stats(
 ) -> api.FunctionStats:
     instances = platform.scheduler.instances_of(name)
     policy = platform.scheduler.policies.overrides.get(name, platform.scheduler.policies.default)
+    namespace, short = split_name(name)
     return {
-        "function": name,
+        "function": short,
+        "namespace": namespace,
         "bucket_s": bucket_s,
         "calls": summary.calls if summary else 0,
         "errors": summary.errors if summary else 0,
@@ -227,11 +233,13 @@ def pool_json(platform: Platform) -> api.PoolJSON:
         idle = instance.state is State.READY and instance.busy == 0
         if idle and rss:
             idle_bytes += rss
+        where = split_name(instance.key[0]) if instance.key else None
         instances.append(
             {
                 "id": instance.id,
                 "state": instance.state.value,
-                "function": instance.key[0] if instance.key else None,
+                "function": where[1] if where else None,
+                "namespace": where[0] if where else None,
                 "version": instance.key[1] if instance.key else None,
                 "busy": instance.busy,
                 "calls": instance.calls,
@@ -279,9 +287,11 @@ async def simulate(request: web.Request) -> web.Response:
     arrivals = await platform.store.list_arrivals(name, since)
     memory_mb = version.config.memory_bytes / (1 << 20)
     results = await asyncio.to_thread(_simulate, name, arrivals, specs, memory_mb)
+    namespace, short = split_name(name)
     return json_response(
         {
-            "function": name,
+            "function": short,
+            "namespace": namespace,
             "since": since.isoformat(),
             "calls": len(arrivals),
             "results": results,

@@ -35,6 +35,7 @@ class Instances(TypedDict):
 
 class FunctionJSON(TypedDict):
     name: str
+    namespace: str
     active_version: int | None
     latest_version: int
     versions: int
@@ -49,6 +50,7 @@ class FunctionList(TypedDict):
 
 class VersionJSON(TypedDict):
     function: str
+    namespace: str
     version: int
     sha256: str
     filename: str
@@ -63,6 +65,11 @@ class VersionJSON(TypedDict):
     max_event_age_s: float
     network: str
     cpus: float
+    auth: str
+    """public, or key (an invoker key of its namespace)"""
+    secrets: list[str]
+    """The names of the secrets it reads (never their values)."""
+    cors_origins: list[str]
     created_at: str
     preimport: list[str]
     requirements: str
@@ -102,6 +109,9 @@ class DeployRequest(TypedDict):
     preimport: NotRequired[list[str] | str]
     network: NotRequired[Literal["egress", "none"]]
     cpus: NotRequired[float | str]
+    auth: NotRequired[Literal["public", "key"] | None]
+    secrets: NotRequired[list[Name] | None]
+    cors_origins: NotRequired[list[str] | None]
 
 
 class RollbackRequest(TypedDict):
@@ -138,6 +148,7 @@ class LimitQuery(TypedDict):
 class ActivationJSON(TypedDict):
     id: str
     function: str
+    namespace: str
     version: int
     started_at: str
     duration_ms: float
@@ -158,6 +169,7 @@ DeliveryJSON = TypedDict(
         "id": str,
         "async": bool,
         "function": str,
+        "namespace": str,
         "version": int | None,
         "source": str,
         "status": str,
@@ -227,6 +239,7 @@ class TriggerRequest(TypedDict):
 class TriggerJSON(TypedDict):
     id: int
     function: str
+    namespace: str
     kind: str
     created_at: str | None
     topic: NotRequired[str | None]
@@ -344,6 +357,7 @@ class FunctionStats(TypedDict):
     instances now and the policy in force."""
 
     function: str
+    namespace: str
     bucket_s: int
     calls: int
     errors: int
@@ -361,6 +375,7 @@ class InstanceJSON(TypedDict):
     id: str
     state: str
     function: str | None
+    namespace: str | None
     version: int | None
     busy: int
     calls: int
@@ -389,6 +404,7 @@ class SimulatedPolicy(TypedDict):
 
 class Simulation(TypedDict):
     function: str
+    namespace: str
     since: str
     calls: int
     results: list[SimulatedPolicy]
