@@ -5,7 +5,10 @@ own recorded calls). No build step: HTML from `dashboard_html`, a stylesheet and
 shipped in the package (`static/`).
 
 Who may look is decided in one place, `dashboard_auth.viewer_for`; the simulator's parts are in
-`dashboard_sim`."""
+`dashboard_sim`. Namespaces: a key's viewer sees its namespace only (functions, their calls and
+activations, triggers, dead letters; not the pool, which is the platform's); the admin sees
+every one. A function's pages name it `/ui/functions/NAME?namespace=NS` (no `namespace`:
+`default`, or the key's own)."""
 
 from __future__ import annotations
 
@@ -26,12 +29,15 @@ from gateway.dashboard_auth import (
     login,
     login_page,
     logout,
+    namespace_of,
     to_login,
     viewer_of,
 )
 from gateway.errors import error_response, json_response
 from gateway.events import delivery_json, trigger_json
+from gateway.namespaces import DEFAULT_NAMESPACE, qualify, shown_name, split_name
 from gateway.platform import PLATFORM, Platform
+from gateway.requests import not_found
 from gateway.units import NAME
 from store import ActivationId, FunctionNotFound
 
@@ -44,7 +50,9 @@ async def overview(request: web.Request) -> web.Response:
         return to_login(request)
     platform = request.app[PLATFORM]
     hour_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
-    functions = await platform.store.list_functions()
+    functions = [
+        f for f in await platform.store.list_functions() if viewer.sees(split_name(f.name)[0])
+    ]
     await platform.activations.flush()
     summary = await platform.store.activation_summary(hour_ago)
     policies = platform.scheduler.policies
@@ -55,7 +63,7 @@ async def overview(request: web.Request) -> web.Response:
     rows = []
     for f in functions:
         s = summary.get(f.name)
-        link = f'<a href="/ui/functions/{h.esc(f.name)}">{h.esc(f.name)}</a>'
+        link = f'<a href="{h.esc(function_url(f.name))}">{h.esc(shown_name(f.name))}</a>'
         policy = policies.overrides.get(f.name, policies.default)
         cells = [
             link,
@@ -81,12 +89,19 @@ async def overview(request: web.Request) -> web.Response:
             raw=True,
             empty="No functions yet: fn deploy handler.py",
         )
-        + _pool_section(platform)
-        + await _triggers_section(platform, None)
+        + (_pool_section(platform) if viewer.namespace is None else "")
+        + await _triggers_section(platform, None, viewer)
         + await _dead_section(platform, None, viewer)
         + dashboard_sim.trace_picker()
     )
     return html(h.page("Functions", body, csrf=csrf_token(request)))
+
+
+def function_url(stored: str) -> str:
+    """The page of function `stored` (a stored name: `team-a.resize`)."""
+    namespace, name = split_name(stored)
+    where = "" if namespace == DEFAULT_NAMESPACE else f"?namespace={namespace}"
+    return f"/ui/functions/{name}{where}"
 
 
 def _pool_section(platform: Platform) -> str:
@@ -94,7 +109,12 @@ def _pool_section(platform: Platform) -> str:
     rows = [
         [
             i["state"],
-            i["function"] or "(generic)",
+            (
+                i["function"]
+                if i["namespace"] in (None, DEFAULT_NAMESPACE)
+                else f"{i['namespace']}/{i['function']}"
+            )
+            or "(generic)",
             i["version"] or "",
             i["busy"],
             i["calls"],
@@ -120,21 +140,34 @@ def _pool_section(platform: Platform) -> str:
     )
 
 
-async def _triggers_section(platform: Platform, name: str | None) -> str:
-    triggers = [trigger_json(t) for t in await platform.store.list_triggers(name)]
+async def _triggers_section(platform: Platform, name: str | None, viewer: Viewer) -> str:
+    triggers = [
+        trigger_json(t)
+        for t in await platform.store.list_triggers(name)
+        if viewer.sees(split_name(t.function)[0])
+    ]
     rows = []
     for t in triggers:
         what = t.get("topic") or (
             f"{t.get('cron')} ({t.get('timezone')})" if t["kind"] == "cron" else t.get("table")
         )
-        rows.append([str(t["id"]), t["function"], t["kind"], str(what)])
+        rows.append([str(t["id"]), _shown(t), t["kind"], str(what)])
     return '<h2 id="triggers">Triggers</h2>' + h.table(
         ["id", "function", "kind", "what"], rows, empty="no triggers"
     )
 
 
+def _shown(item: Any) -> str:
+    """A trigger's or delivery's function as it is called: NAME or NAMESPACE/NAME."""
+    namespace, name = item["namespace"], item["function"]
+    return str(name if namespace == DEFAULT_NAMESPACE else f"{namespace}/{name}")
+
+
 async def _dead_section(platform: Platform, name: str | None, viewer: Viewer) -> str:
-    dead = [delivery_json(d) for d in await platform.store.list_dead(name, limit=50)]
+    # (another namespace's letters are skipped: read more than are shown)
+    limit = 50 if viewer.namespace is None or name is not None else 500
+    found = await platform.store.list_dead(name, limit=limit)
+    dead = [delivery_json(d) for d in found if viewer.sees(split_name(d.function)[0])][:50]
     rows = []
     for d in dead:
         error = d.get("error") or {}
@@ -146,7 +179,7 @@ async def _dead_section(platform: Platform, name: str | None, viewer: Viewer) ->
         rows.append(
             [
                 f"<code>{h.esc(d['id'])}</code>",
-                h.esc(d["function"]),
+                h.esc(_shown(d)),
                 h.esc(d["source"]),
                 h.esc(d["attempts"]),
                 h.esc(f"{error.get('type', '')}: {error.get('message', '')}"),
@@ -165,17 +198,21 @@ async def function_page(request: web.Request) -> web.Response:
     if viewer is None:
         return to_login(request)
     platform = request.app[PLATFORM]
-    name = request.match_info["name"]
+    namespace = namespace_of(request, viewer)
+    if isinstance(namespace, web.Response):
+        return namespace
+    short = request.match_info["name"]
+    name = qualify(namespace, short)
     window = request.query.get("since", "1h")
     if window not in ("15m", "1h", "6h", "1d", "7d"):
         window = "1h"
     try:
-        function = await platform.store.get_function(name) if NAME.match(name) else None
+        function = await platform.store.get_function(name) if NAME.fullmatch(short) else None
         active = await platform.store.get_version(name)
     except FunctionNotFound:
         function = None
     if function is None:
-        return error_response(404, "function_not_found", f'function "{name}" not found')
+        return not_found(name)
     versions = await platform.store.list_versions(name)
     since = dt.datetime.now(dt.UTC) - dt.timedelta(
         seconds={"15m": 900, "1h": 3600, "6h": 21600, "1d": 86400, "7d": 604800}[window]
@@ -251,7 +288,8 @@ async def function_page(request: web.Request) -> web.Response:
         else ""
     )
     body = (
-        f'<h1 id="function-name" data-name="{h.esc(name)}">{h.esc(name)}</h1>'
+        f'<h1 id="function-name" data-name="{h.esc(short)}" data-namespace="{h.esc(namespace)}">'
+        f"{h.esc(shown_name(name))}</h1>"
         f'<div class="columns"><section><h2>Settings</h2>{settings}</section>'
         f"<section><h2>Policy in force</h2>{policy}</section></div>"
         f'<h2>Calls <span class="windows">{windows}</span></h2><p>{h.esc(totals)}</p>'
@@ -266,14 +304,14 @@ async def function_page(request: web.Request) -> web.Response:
         )
         + "<h2>Versions</h2>"
         + h.table(["version", "sha256", "created", "active"], version_rows)
-        + await _triggers_section(platform, name)
+        + await _triggers_section(platform, name, viewer)
         + await _dead_section(platform, name, viewer)
         + "<h2>Policy simulator</h2><p>What each policy would have done with this function's "
         'recorded calls: <select id="simulate-since"><option>1h</option>'
         "<option selected>1d</option><option>7d</option></select> "
         '<button id="simulate">Simulate</button></p><div id="simulation"></div>'
     )
-    return html(h.page(name, body, csrf=csrf_token(request)))
+    return html(h.page(shown_name(name), body, csrf=csrf_token(request)))
 
 
 def _buckets(
@@ -296,10 +334,16 @@ STATIC = {"ui.css": "text/css", "ui.js": "text/javascript"}
 
 
 async def activation_stream(request: web.Request) -> web.StreamResponse:
-    if viewer_of(request) is None:
+    viewer = viewer_of(request)
+    if viewer is None:
         return error_response(401, "unauthorized", "sign in at /ui/login")
+    namespace = namespace_of(request, viewer)
+    if isinstance(namespace, web.Response):
+        return namespace
     platform = request.app[PLATFORM]
-    name = request.match_info["name"]
+    if not NAME.fullmatch(request.match_info["name"]):
+        return not_found(request.match_info["name"])
+    name = qualify(namespace, request.match_info["name"])
     since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
     await platform.activations.flush()
     first = await platform.store.list_activations_since(name, since, limit=50)
@@ -315,7 +359,11 @@ async def redrive(request: web.Request) -> web.Response:
         delivery = ActivationId(uuid.UUID(raw))
     except ValueError:
         return error_response(400, "bad_activation_id", f'"{raw}" is not an activation id')
-    redriven = await request.app[PLATFORM].store.redrive([delivery], None)
+    store = request.app[PLATFORM].store
+    found = await store.get_delivery(delivery)
+    if found is None or not checked.sees(split_name(found.function)[0]):
+        return error_response(404, "activation_not_found", f"no dead letter {raw!r} here")
+    redriven = await store.redrive([delivery], None)
     return json_response({"redriven": [str(i) for i in redriven]})
 
 

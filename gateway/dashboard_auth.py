@@ -1,9 +1,12 @@
-"""Who may use the dashboard, decided in ONE place: `viewer_for(platform, secret)`. Today the
-secret is the admin token; a reader key (issue 18) plugs in there, with `can_act=False` for a
-key that may only look. The secret pasted on the login page is kept in an HttpOnly,
-SameSite=Strict cookie scoped to /ui; every POST also carries a CSRF token derived from it (a
-page of another site can neither read it nor send the cookie). Also: signing in and out, and
-the headers of every dashboard page."""
+"""Who may use the dashboard, decided in ONE place: `viewer_for(platform, secret)`. The secret
+is the admin token (every namespace, may act), a deployer key (its namespace, may invoke and
+redrive) or a reader key (its namespace, may only look: no buttons, and the POSTs answer 403).
+An invoker key is refused: it is made for calling functions from a service, not for signing in
+(a reader key is the one to hand to people). Keys come from the key ring (no SQL), checked on
+every request, so a revoked or expired key is out at once. The secret pasted on the login page
+is kept in an HttpOnly, SameSite=Strict cookie scoped to /ui; every POST also carries a CSRF
+token derived from it (a page of another site can neither read it nor send the cookie). Also:
+signing in and out, and the headers of every dashboard page."""
 
 from __future__ import annotations
 
@@ -15,7 +18,10 @@ from urllib.parse import quote
 from aiohttp import web
 
 from gateway import dashboard_html as h
+from gateway.auth import RANKS
 from gateway.errors import error_response
+from gateway.keyring import KeyRefused
+from gateway.namespaces import DEFAULT_NAMESPACE, NAMESPACE
 from gateway.platform import PLATFORM, Platform
 
 COOKIE = "ember_ui"
@@ -24,19 +30,44 @@ SESSION_S = 12 * 3600
 
 @dataclass(frozen=True, slots=True)
 class Viewer:
-    """Who is looking: `can_act` may invoke and redrive (an admin; a reader key may not)."""
+    """Who is looking: `can_act` may invoke and redrive (the admin, a deployer key; a reader
+    key may not); `namespace` is the one namespace it sees (None: the admin, every one)."""
 
     name: str
     can_act: bool
+    namespace: str | None = None
+
+    def sees(self, namespace: str) -> bool:
+        return self.namespace is None or self.namespace == namespace
 
 
 def viewer_for(platform: Platform, secret: str) -> Viewer | None:
     """THE dashboard's check of a secret (the login form's, then the cookie's)."""
-    if secret and hmac.compare_digest(
-        secret.encode("utf-8", "surrogateescape"), platform.token.encode()
-    ):
+    if not secret:
+        return None
+    if hmac.compare_digest(secret.encode("utf-8", "surrogateescape"), platform.token.encode()):
         return Viewer(name="admin", can_act=True)
-    return None
+    key = platform.keys.check(secret)
+    if isinstance(key, KeyRefused) or key.role == "invoker":
+        return None
+    return Viewer(
+        name=f"{key.role} key {key.id} of {key.namespace}",
+        can_act=RANKS[key.role] >= RANKS["deployer"],
+        namespace=key.namespace,
+    )
+
+
+def namespace_of(request: web.Request, viewer: Viewer) -> str | web.Response:
+    """The namespace a page is about: `?namespace=` (the admin may name any), else the
+    viewer's own (the admin's: `default`); a key asking for another one gets the 403."""
+    asked = request.query.get("namespace") or viewer.namespace or DEFAULT_NAMESPACE
+    if not NAMESPACE.fullmatch(asked):
+        return error_response(400, "bad_namespace", f"{asked[:50]!r} is not a namespace")
+    if not viewer.sees(asked):
+        return error_response(
+            403, "forbidden", f"this {viewer.name} sees namespace {viewer.namespace!r} only"
+        )
+    return asked
 
 
 def viewer_of(request: web.Request) -> Viewer | None:
@@ -75,7 +106,8 @@ async def login_page(request: web.Request, message: str = "") -> web.Response:
     nxt = request.query.get("next", "/ui")
     body = (
         '<section class="login"><h1>Sign in</h1>'
-        "<p>Paste the admin token (<code>cat ~/.local/state/ember/token</code>).</p>"
+        "<p>Paste the admin token (<code>cat ~/.local/state/ember/token</code>) or an API key "
+        "(reader: look; deployer: also invoke and redrive).</p>"
         f'{error}<form method="post" action="/ui/login">'
         f'<input type="hidden" name="next" value="{h.esc(nxt)}">'
         '<input type="password" name="token" id="token" autocomplete="current-password" '
@@ -89,7 +121,9 @@ async def login(request: web.Request) -> web.Response:
     form = await request.post()
     secret = str(form.get("token", "")).strip()
     if viewer_for(request.app[PLATFORM], secret) is None:
-        return await login_page(request, "That is not a valid token.")
+        return await login_page(
+            request, "That is not a valid token (nor a reader or deployer key)."
+        )
     nxt = str(form.get("next", "/ui"))
     if not nxt.startswith("/ui") or nxt.startswith("//"):
         nxt = "/ui"

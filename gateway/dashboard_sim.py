@@ -17,13 +17,24 @@ from aiohttp import web
 
 from gateway import dashboard_html as h
 from gateway import insights
-from gateway.dashboard_auth import html, viewer_of
+from gateway.dashboard_auth import html, namespace_of, viewer_of
 from gateway.errors import error_response
+from gateway.namespaces import qualify
+from gateway.requests import not_found
+from gateway.units import NAME
 
 
 async def simulation(request: web.Request) -> web.StreamResponse:
-    if viewer_of(request) is None:
+    viewer = viewer_of(request)
+    if viewer is None:
         return error_response(401, "unauthorized", "sign in at /ui/login")
+    namespace = namespace_of(request, viewer)
+    if isinstance(namespace, web.Response):
+        return namespace
+    name = request.match_info["name"]
+    if not NAME.fullmatch(name):
+        return not_found(name)
+    request.match_info["name"] = qualify(namespace, name)  # (as the admin API's middleware)
     response = await insights.simulate(request)
     if not isinstance(response, web.Response) or response.status != 200:
         return response

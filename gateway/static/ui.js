@@ -22,10 +22,15 @@ if (filter) {
 
 const heading = document.getElementById("function-name");
 const name = heading ? heading.dataset.name : null;
+// A function of another namespace than `default`: its pages say so, its calls are at /fn/NS/NAME.
+const namespace = heading ? heading.dataset.namespace || "default" : "default";
+const inNamespace = namespace === "default" ? "" : `namespace=${encodeURIComponent(namespace)}`;
 
 if (name) {
   const body = document.querySelector("#activations tbody");
-  const source = new EventSource(`/ui/functions/${encodeURIComponent(name)}/stream`);
+  const source = new EventSource(
+    `/ui/functions/${encodeURIComponent(name)}/stream` + (inNamespace ? `?${inNamespace}` : ""),
+  );
   source.addEventListener("activation", (event) => {
     const a = JSON.parse(event.data);
     const empty = body.querySelector("tr.empty");
@@ -62,7 +67,8 @@ if (invokeButton) {
     }
     invokeButton.disabled = true;
     try {
-      const url = `/fn/${encodeURIComponent(name)}` + (path ? "/" + path : "");
+      const prefix = namespace === "default" ? "" : `/${encodeURIComponent(namespace)}`;
+      const url = `/fn${prefix}/${encodeURIComponent(name)}` + (path ? "/" + path : "");
       const response = await fetch(url, init);
       const answer = await response.text();
       const id = response.headers.get("X-Ember-Activation-Id") || "";
@@ -84,7 +90,8 @@ if (simulateButton) {
     const target = document.getElementById("simulation");
     target.textContent = "simulating...";
     const response = await fetch(
-      `/ui/functions/${encodeURIComponent(name)}/simulation?since=${encodeURIComponent(since)}`,
+      `/ui/functions/${encodeURIComponent(name)}/simulation?since=${encodeURIComponent(since)}` +
+        (inNamespace ? `&${inNamespace}` : ""),
     );
     const text = await response.text();
     if (response.ok) {
