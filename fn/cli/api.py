@@ -42,7 +42,9 @@ def complete_function(
     root = ctx.find_root()
     obj = root.params if root.params else {}
     try:
-        names = Client(obj.get("url"), obj.get("token"), timeout_s=1.0).api("GET", "/v1/functions")
+        names = Client(
+            obj.get("url"), obj.get("token"), timeout_s=1.0, namespace=obj.get("namespace")
+        ).api("GET", "/v1/functions")
     except (ClientError, OSError, ValueError):
         return []
     return [

@@ -5,6 +5,11 @@ created, what differs is updated, and with `--prune` what the file no longer nam
 second time: a function is deployed again only when its code (the sha256 the platform keeps),
 its requirements or a setting differs.
 
+Everything but the default policy is in one namespace: the file's `namespace`, else
+`--namespace` (FN_NAMESPACE), else the key's own (`default` for the admin token); a file's
+namespace and a different --namespace is an error. `--prune` deletes only in that namespace.
+
+    namespace: team-a                         # (optional)
     topics: [orders.created]
     policy: {keep_alive: 10m}                 # the default policy (optional)
     functions:
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +43,8 @@ from fn.cli.api import api
 from fn.cli.archive import zip_dir
 from fn.cli.functions import _default_main, _project_dependencies, _target
 from fn.cli.output import emit, fail, json_option
+
+NAMESPACE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 
 SETTINGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     # file key -> (version field, how the file's value becomes the version's)
@@ -80,8 +88,15 @@ def load(path: Path) -> dict[str, Any]:
         fail(f"cannot read {path}: {exc}")
     except yaml.YAMLError as exc:
         fail(f"{path} is not valid YAML: {exc}")
-    if not isinstance(data, dict) or set(data) - {"functions", "topics", "policy"}:
-        fail(f"{path}: expected a mapping of functions, topics and policy")
+    if not isinstance(data, dict) or set(data) - {"namespace", "functions", "topics", "policy"}:
+        fail(f"{path}: expected a mapping of namespace, functions, topics and policy")
+    if data.get("namespace") is not None and not (
+        isinstance(data["namespace"], str) and NAMESPACE.fullmatch(data["namespace"])
+    ):
+        fail(
+            f"{path}: namespace {data['namespace']!r} is not a namespace: 1-40 lowercase "
+            "letters, digits and -, starting with a letter"
+        )
     functions = data.get("functions") or {}
     if not isinstance(functions, dict):
         fail(f"{path}: functions must be a mapping of NAME: {{path: ...}}")
@@ -222,9 +237,15 @@ def _describe_trigger(key: tuple[Any, ...]) -> str:
 def plan(ctx: click.Context, data: dict[str, Any], base: Path, prune: bool) -> list[Change]:
     """The changes that make the platform what the file says, in the order to run them."""
     changes: list[Change] = []
+    namespace = api(ctx, "GET", "/v1/whoami")["namespace"]
     existing = {f["name"] for f in api(ctx, "GET", "/v1/functions")["functions"]}
     topics = {t["name"] for t in api(ctx, "GET", "/v1/topics")["topics"]}
-    triggers = api(ctx, "GET", "/v1/triggers")["triggers"]
+    # (the admin token lists every namespace's triggers: keep to this one's)
+    triggers = [
+        t
+        for t in api(ctx, "GET", "/v1/triggers")["triggers"]
+        if t.get("namespace", "default") == namespace
+    ]
     wanted_topics = [str(t) for t in data.get("topics") or []]
     for topic in wanted_topics:
         if topic not in topics:
@@ -305,8 +326,17 @@ def _later(call: Callable[..., Any], *args: Any) -> Callable[[], Any]:
 @json_option
 @click.pass_context
 def apply(ctx: click.Context, path: Path, prune: bool, dry_run: bool, as_json: bool) -> None:
-    """Make the platform what an ember.yaml says: functions, triggers, topics, policies."""
+    """Make the platform what an ember.yaml says: functions, triggers, topics, policies (in the
+    file's namespace, or --namespace)."""
     data = load(path)
+    obj = ctx.ensure_object(dict)
+    if data.get("namespace") is not None:
+        if obj.get("namespace") and obj["namespace"] != data["namespace"]:
+            fail(
+                f"{path} is for namespace {data['namespace']!r}, not {obj['namespace']!r} "
+                "(--namespace or FN_NAMESPACE): drop one of them"
+            )
+        obj["namespace"] = data["namespace"]
     changes = plan(ctx, data, path.parent, prune)
     if not dry_run and changes:
         _run(changes, quiet=as_json)

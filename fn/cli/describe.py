@@ -43,7 +43,8 @@ def describe(ctx: click.Context, name: str, as_json: bool) -> None:
 
 def _print(data: dict[str, Any]) -> None:
     f, active, stats = data["function"], data["function"]["active"], data["stats"]
-    click.secho(f"{f['name']}", bold=True)
+    namespace = f.get("namespace", "default")
+    click.secho(f["name"] if namespace == "default" else f"{namespace}/{f['name']}", bold=True)
     rows = [
         ("active version", f"{f['active_version']} of {f['versions']} (sha256 {active['sha256']})"),
         ("handler", f"{active['filename']}:{active['handler']} ({active['style']} style)"),

@@ -97,3 +97,93 @@ async def test_sign_in_pages_and_actions(
             assert response.status == 200  # (followed to the login page)
         async with browser.get(f"{url}/ui", allow_redirects=False) as response:
             assert response.status == 303
+
+
+async def _signed_in(browser: aiohttp.ClientSession, url: str, secret: str) -> str:
+    """Sign in with `secret`; the overview page."""
+    async with browser.post(f"{url}/ui/login", data={"token": secret}) as response:
+        assert response.status == 200, await response.text()
+        return await response.text()
+
+
+async def test_keys_sign_in_to_their_namespace(running: Running) -> None:
+    """A reader key sees its namespace and may not act; a deployer key may; an invoker key is
+    refused; neither sees another namespace's functions, activations or dead letters."""
+    from tests.integration.test_tenancy_auth import HELLO, bearer, create_key
+
+    dead = await _dead_letter(running)  # default's "refuser"
+    deployer = await create_key(running, "deployer", namespace="team-a")
+    reader = await create_key(running, "reader", namespace="team-a")
+    invoker = await create_key(running, "invoker", namespace="team-a")
+    status, data = await running.admin(
+        "POST", "/v1/functions", headers=bearer(deployer), json={"name": "hello", "source": HELLO}
+    )
+    assert status == 201, data
+    await running.deploy_ok("secretive", HELLO)  # default's: team-a must not see it
+    assert (await running.call("team-a/hello", {})).status == 200
+    url = running.url
+
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        async with browser.post(f"{url}/ui/login", data={"token": invoker}) as response:
+            assert response.status == 401
+            assert "not a valid token" in await response.text()
+
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        page = await _signed_in(browser, url, reader)
+        assert '<a href="/ui/functions/hello?namespace=team-a">team-a/hello</a>' in page
+        assert "secretive" not in page and "refuser" not in page
+        assert dead not in page
+        assert 'id="pool"' not in page  # the platform's, not a namespace's
+        csrf = re.search(r'<meta name="csrf" content="([0-9a-f]+)">', page)
+        assert csrf is not None
+        async with browser.get(f"{url}/ui/functions/hello") as response:
+            assert response.status == 200
+            text = await response.text()
+        assert 'data-namespace="team-a"' in text
+        assert 'id="invoke"' not in text  # a reader may look, not act
+        async with browser.get(f"{url}/ui/functions/secretive") as response:
+            assert response.status == 404  # (as team-a's: there is none)
+        async with browser.get(f"{url}/ui/functions/refuser?namespace=default") as response:
+            assert response.status == 403
+        async with browser.get(f"{url}/ui/functions/refuser/stream?namespace=default") as response:
+            assert response.status == 403
+        async with browser.get(
+            f"{url}/ui/functions/refuser/simulation?namespace=default"
+        ) as response:
+            assert response.status == 403
+        async with browser.get(f"{url}/ui/functions/hello/stream") as response:
+            assert response.status == 200
+            line = b""
+            while b"data:" not in line:
+                line = await asyncio.wait_for(response.content.readline(), timeout=10)
+        assert b'"namespace":"team-a"' in line
+        headers = {"X-CSRF-Token": csrf[1]}
+        async with browser.post(f"{url}/ui/dlq/{dead}/redrive", headers=headers) as response:
+            assert response.status == 403
+            assert (await response.json())["error"]["code"] == "forbidden"
+
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        page = await _signed_in(browser, url, deployer)
+        async with browser.get(f"{url}/ui/functions/hello") as response:
+            assert 'id="invoke"' in await response.text()
+        csrf = re.search(r'<meta name="csrf" content="([0-9a-f]+)">', page)
+        assert csrf is not None
+        headers = {"X-CSRF-Token": csrf[1]}
+        # default's dead letter is not team-a's to redrive
+        async with browser.post(f"{url}/ui/dlq/{dead}/redrive", headers=headers) as response:
+            assert response.status == 404
+
+    # The admin sees every namespace, and the pool.
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        page = await _signed_in(browser, url, TOKEN)
+        assert "team-a/hello" in page and ">secretive<" in page and 'id="pool"' in page
+        async with browser.get(f"{url}/ui/functions/hello?namespace=team-a") as response:
+            assert response.status == 200
+
+    # A revoked key is out at once (the cookie holds the key, checked on every page).
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        await _signed_in(browser, url, reader)
+        key_id = reader.split("_")[1]
+        assert (await running.admin("DELETE", f"/v1/keys/{key_id}"))[0] == 200
+        async with browser.get(f"{url}/ui", allow_redirects=False) as response:
+            assert response.status == 303

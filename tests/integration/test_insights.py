@@ -84,3 +84,54 @@ async def test_stats_pool_and_simulation(running: Running) -> None:
     assert all(r["calls"] == 6 and r["cold"] >= 1 for r in simulated["results"])
     status, data = await running.admin("GET", "/v1/functions/echo/simulate?policy=nope")
     assert (status, data["error"]["code"]) == (400, "bad_policy")
+
+
+async def test_logs_stats_and_simulate_keep_to_the_namespace(running: Running) -> None:
+    """A key of team-a reads its own functions' logs, stats and simulation, by their short
+    names, and never default's function of the same name; the pool is the admin's."""
+    from tests.integration.test_tenancy_auth import bearer, create_key
+
+    team_a = await create_key(running, "deployer", namespace="team-a")
+    reader_a = await create_key(running, "reader", namespace="team-a")
+    await running.deploy_ok("echo", ECHO)
+    status, data = await running.admin(
+        "POST", "/v1/functions", headers=bearer(team_a), json={"name": "echo", "source": ECHO}
+    )
+    assert status == 201, data
+    assert (await running.call("echo", {"who": "default"})).status == 200
+    for i in range(2):
+        assert (await running.call("team-a/echo", {"who": i})).status == 200
+
+    headers = bearer(reader_a)
+    status, data = await running.admin("GET", "/v1/functions/echo/logs?since=10m", headers=headers)
+    assert status == 200, data
+    assert [(a["function"], a["namespace"]) for a in data["activations"]] == [("echo", "team-a")] * 2
+    assert all("default" not in a["logs"] for a in data["activations"])
+    status, data = await running.admin("GET", "/v1/functions/echo/stats", headers=headers)
+    assert (status, data["calls"], data["namespace"], data["function"]) == (200, 2, "team-a", "echo")
+    status, data = await running.admin(
+        "GET", "/v1/functions/echo/simulate?policy=fixed:10m", headers=headers
+    )
+    assert (status, data["calls"], data["namespace"]) == (200, 2, "team-a")
+    # default's echo, as the admin sees it: one call
+    status, data = await running.admin("GET", "/v1/functions/echo/stats")
+    assert (status, data["calls"], data["namespace"]) == (200, 1, "default")
+    # another namespace's, by asking for it: refused
+    status, data = await running.admin(
+        "GET", "/v1/functions/echo/logs", headers=bearer(reader_a, "default")
+    )
+    assert status == 403, data
+    async with running.http.get(
+        f"{running.url}/v1/functions/echo/logs?follow=1", headers=headers
+    ) as response:
+        assert response.status == 200
+        first = await anext(aiter(_events(response)))
+    assert first["namespace"] == "team-a"
+    status, data = await running.admin("GET", "/v1/pool", headers=bearer(team_a))
+    assert status == 403, data
+    status, data = await running.admin("GET", "/v1/pool")
+    assert status == 200
+    assert {(i["namespace"], i["function"]) for i in data["instances"] if i["function"]} >= {
+        ("default", "echo"),
+        ("team-a", "echo"),
+    }
