@@ -219,6 +219,62 @@ functions:
     assert "needs a path" in bad.stderr
 
 
+def test_apply_describe_and_logs_in_a_namespace(cli: Cli, tmp_path: Path) -> None:
+    """`fn apply` works in the file's namespace (leaving default's function of the same name and
+    its trigger alone); `fn --namespace` describe, invoke and logs (--follow too) find it."""
+    (tmp_path / "nsd.py").write_text(ECHO_REQUEST)
+    cli.ok("deploy", str(tmp_path / "nsd.py"))  # default's nsd, with a trigger of its own
+    cli.ok("topic", "create", "nsd.events")
+    cli.ok("trigger", "add", "nsd", "--topic", "nsd.events")
+    spec = tmp_path / "ember.yaml"
+    spec.write_text(
+        "namespace: team-b\n"
+        "topics: [nsd.events]\n"
+        "functions:\n"
+        "  nsd:\n"
+        "    path: nsd.py\n"
+        "    timeout: 5s\n"
+        "    triggers:\n"
+        "      - cron: '*/5 * * * *'\n"
+    )
+    first = cli.ok("apply", "-f", str(spec))
+    assert "+ function nsd" in first
+    assert "+ topic nsd.events" in first
+    assert "- trigger" not in first  # (default's trigger is not the file's business)
+    assert "Nothing to change" in cli.ok("apply", "-f", str(spec), "--prune")
+    assert "Nothing to change" in cli.ok("--namespace", "team-b", "apply", "-f", str(spec))
+    other = cli.run("--namespace", "team-c", "apply", "-f", str(spec))
+    assert other.returncode == 1
+    assert "team-b" in other.stderr
+    default_triggers = json.loads(cli.ok("trigger", "list", "nsd", "--json"))["triggers"]
+    assert [t["kind"] for t in default_triggers] == ["topic"]
+    team_b = json.loads(cli.ok("--namespace", "team-b", "trigger", "list", "nsd", "--json"))
+    assert [(t["kind"], t["namespace"]) for t in team_b["triggers"]] == [("cron", "team-b")]
+
+    described = cli.ok("--namespace", "team-b", "describe", "nsd")
+    assert described.startswith("team-b/nsd")
+    assert "timeout         5s" in described
+    with subprocess.Popen(
+        [FN, "--namespace", "team-b", "logs", "nsd", "--follow", "--json"],
+        env=cli.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as follower:
+        try:
+            assert follower.stdout is not None
+            cli.ok("--namespace", "team-b", "invoke", "nsd", "--path", "/b")
+            streamed = json.loads(follower.stdout.readline())  # (blocks until streamed)
+            assert (streamed["namespace"], streamed["function"]) == ("team-b", "nsd")
+            assert "seen POST /b" in streamed["logs"]
+        finally:
+            follower.terminate()  # (our own process, by its PID)
+            follower.wait(timeout=10)
+    logs = json.loads(cli.ok("--namespace", "team-b", "logs", "nsd", "--since", "10m", "--json"))
+    assert [a["namespace"] for a in logs["activations"]] == ["team-b"]
+    assert json.loads(cli.ok("logs", "nsd", "--since", "10m", "--json"))["activations"] == []
+
+
 def test_shell_completion_completes_function_names(cli: Cli, tmp_path: Path) -> None:
     (tmp_path / "completed_fn.py").write_text("def handler(event, context):\n    return 1\n")
     cli.ok("deploy", str(tmp_path / "completed_fn.py"), "--name", "completed-fn")

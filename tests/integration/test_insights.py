@@ -105,10 +105,17 @@ async def test_logs_stats_and_simulate_keep_to_the_namespace(running: Running) -
     headers = bearer(reader_a)
     status, data = await running.admin("GET", "/v1/functions/echo/logs?since=10m", headers=headers)
     assert status == 200, data
-    assert [(a["function"], a["namespace"]) for a in data["activations"]] == [("echo", "team-a")] * 2
+    assert [(a["function"], a["namespace"]) for a in data["activations"]] == [
+        ("echo", "team-a")
+    ] * 2
     assert all("default" not in a["logs"] for a in data["activations"])
     status, data = await running.admin("GET", "/v1/functions/echo/stats", headers=headers)
-    assert (status, data["calls"], data["namespace"], data["function"]) == (200, 2, "team-a", "echo")
+    assert (status, data["calls"], data["namespace"], data["function"]) == (
+        200,
+        2,
+        "team-a",
+        "echo",
+    )
     status, data = await running.admin(
         "GET", "/v1/functions/echo/simulate?policy=fixed:10m", headers=headers
     )
