@@ -122,7 +122,7 @@ async def login(request: web.Request) -> web.Response:
     secret = str(form.get("token", "")).strip()
     if viewer_for(request.app[PLATFORM], secret) is None:
         return await login_page(
-            request, "That is not a valid token (nor a reader or deployer key)."
+            request, "That is not a valid token. Use the admin token, a reader or a deployer key."
         )
     nxt = str(form.get("next", "/ui"))
     if not nxt.startswith("/ui") or nxt.startswith("//"):
