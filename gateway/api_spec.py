@@ -151,6 +151,16 @@ def _routes(app: web.Application) -> list[tuple[str, str, Handler]]:
     return out
 
 
+NAMESPACE_HEADER = {
+    "name": "X-Ember-Namespace",
+    "in": "header",
+    "required": False,
+    "description": "The namespace the request works in (default: the key's own, or `default` "
+    "for the admin token); a key of another namespace is refused (403).",
+    "schema": {"type": "string", "pattern": "^[a-z][a-z0-9-]{0,39}$"},
+}
+"""On every admin route: functions, topics, triggers, secrets are per namespace (auth.py)."""
+
 NOT_API = ("/ui",)
 """Paths of pages for people (the dashboard), not of the API."""
 
@@ -181,8 +191,9 @@ def document(app: web.Application, *, version: str) -> dict[str, Any]:
         "info": {
             "title": "Ember",
             "version": version,
-            "description": "The Ember gateway: the admin API under /v1 (a bearer token), "
-            "function calls under /fn/NAME. Every error is {error: {code, message, ...}}.",
+            "description": "The Ember gateway: the admin API under /v1 (the admin token or an "
+            "API key), function calls under /fn/NAME (namespace default) and "
+            "/fn/NAMESPACE/NAME. Every error is {error: {code, message, ...}}.",
         },
         "paths": dict(sorted(paths.items())),
         "components": {
@@ -206,6 +217,7 @@ def _operation(schemas: Schemas, method: str, path: str, op: Operation) -> dict[
     }
     if path.startswith("/v1/") and not op.public:
         out["security"] = [{"token": []}]
+        out["parameters"].append(NAMESPACE_HEADER)
     if op.query is not None:
         hints = get_type_hints(op.query, include_extras=True)
         for key, tp in hints.items():

@@ -65,7 +65,7 @@ def test_document_describes_the_routes_and_names_the_undescribed() -> None:
     doc = document(app, version="1")
     op = doc["paths"]["/v1/things/{id}"]["get"]
     assert op["security"] == [{"token": []}]
-    assert [p["name"] for p in op["parameters"]] == ["id", "n"]
+    assert [p["name"] for p in op["parameters"]] == ["id", "X-Ember-Namespace", "n"]
     assert op["responses"]["200"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/Outer"
     }
