@@ -264,8 +264,9 @@ async def function_page(request: web.Request) -> web.Response:
         {"p50": [p["p50_ms"] for p in points], "p99": [p["p99_ms"] for p in points]},
         unit=" ms",
     )
+    also = "" if namespace == DEFAULT_NAMESPACE else f"&amp;namespace={h.esc(namespace)}"
     windows = " ".join(
-        f'<a href="?since={w}"{" class=current" if w == window else ""}>{w}</a>'
+        f'<a href="?since={w}{also}"{" class=current" if w == window else ""}>{w}</a>'
         for w in ("15m", "1h", "6h", "1d", "7d")
     )
     totals = (

@@ -144,6 +144,7 @@ async def test_keys_sign_in_to_their_namespace(running: Running) -> None:
             assert response.status == 200
             text = await response.text()
         assert 'data-namespace="team-a"' in text
+        assert 'href="?since=1d&amp;namespace=team-a"' in text  # (the windows stay in it)
         assert 'id="invoke"' not in text  # a reader may look, not act
         async with browser.get(f"{url}/ui/functions/secretive") as response:
             assert response.status == 404  # (as team-a's: there is none)
