@@ -232,6 +232,9 @@ async def function_page(request: web.Request) -> web.Response:
             ("concurrency", c.concurrency),
             ("cpus", f"{c.cpus:g}"),
             ("network", c.network),
+            ("access", "private (an invoker key)" if c.auth == "key" else "public"),
+            ("secrets", ", ".join(c.secrets) or "-"),
+            ("CORS origins", ", ".join(c.cors_origins) or "-"),
             ("env", ", ".join(sorted(c.env)) or "-"),
             ("requirements", " ".join(active.package.requirements.split()) or "-"),
             ("sha256", active.sha256),
@@ -277,8 +280,15 @@ async def function_page(request: web.Request) -> web.Response:
         [str(v.version), v.sha256[:12], v.created_at.isoformat()[:19], "*" if is_active else ""]
         for v, is_active in versions
     ]
+    # (the page's call sends no key: a private function answers it 401, naming the key it needs)
+    private = (
+        '<p class="muted">A private function: this box sends no key, so the call is refused; '
+        f"call it with: fn --namespace {h.esc(namespace)} invoke {h.esc(short)}</p>"
+        if c.auth == "key"
+        else ""
+    )
     invoke_box = (
-        '<h2>Invoke</h2><div class="invoke">'
+        f'<h2>Invoke</h2>{private}<div class="invoke">'
         '<select id="invoke-method"><option>POST</option><option>GET</option>'
         "<option>PUT</option><option>DELETE</option></select>"
         '<input id="invoke-path" placeholder="/path (optional)">'
