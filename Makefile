@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint format clean bench bench-quick bench-auth bench-events bench-deps bench-templates bench-styles bench-k8s bench-k8s-deps bench-gateways bench-replay bench-soak bench-decisions simulate
+.PHONY: up test lint format clean bench bench-quick bench-auth bench-events bench-deps bench-templates bench-styles bench-dashboard bench-k8s bench-k8s-deps bench-gateways bench-replay bench-soak bench-decisions simulate
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +73,10 @@ bench-deps: $(STAMP)
 ## bench-styles: what each handler style (lambda, openwhisk, asgi...) adds to a warm call
 bench-styles: $(STAMP)
 	$(PY) -m bench.styles
+
+## bench-dashboard: the dashboard's pages on 500 functions, next to the admin API's list
+bench-dashboard: $(STAMP)
+	$(PY) -m bench.dashboard
 
 ## bench-auth: a warm call of a private, a CORS and a namespaced function vs a public one
 bench-auth: $(STAMP)

@@ -9,10 +9,11 @@ from __future__ import annotations
 import http.client
 import json
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 
 def state_dir() -> Path:
@@ -144,14 +145,23 @@ class Client:
         data: bytes | None,
         content_type: str | None,
         extra_headers: dict[str, str] | None = None,
+        *,
+        method: str = "POST",
+        path: str = "",
+        query: Sequence[tuple[str, str]] = (),
     ) -> Reply:
+        """Call NAME: `path` is what follows `/fn/NAME` (`/a/b`), `query` its query string."""
         headers = {"Content-Type": content_type} if content_type else {}
         headers.update(extra_headers or {})
-        path = f"/fn/{quote(name, safe=':')}"
+        target = f"/fn/{quote(name, safe=':')}"
         namespace = self.call_namespace()
         if namespace and namespace != "default":
-            path = f"/fn/{quote(namespace)}/{quote(name, safe=':')}"
-        reply = self.request("POST", path, data, headers, admin=False)
+            target = f"/fn/{quote(namespace)}/{quote(name, safe=':')}"
+        if path.strip("/"):
+            target += "/" + quote(path.lstrip("/"), safe="/:@!$&'()*+,;=-._~")
+        if query:
+            target += "?" + urlencode(list(query))
+        reply = self.request(method, target, data, headers, admin=False)
         if (
             reply.status == 401
             and self.token
@@ -163,8 +173,52 @@ class Client:
             # gateway's own refusal counts: a handler's answer always carries its activation
             # id, and a public handler that answers "key_required" itself would get the token.
             headers["Authorization"] = f"Bearer {self.token}"
-            reply = self.request("POST", path, data, headers, admin=False)
+            reply = self.request(method, target, data, headers, admin=False)
         return reply
+
+    def stream(self, path: str) -> Iterator[tuple[str, str]]:
+        """Follow a Server-Sent Events stream of the admin API: (event, data) as they come,
+        until the gateway ends it (Ctrl-C stops the caller)."""
+        parts = urlsplit(self.url)
+        conn_cls = (
+            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        )
+        conn = conn_cls(parts.hostname or "", parts.port, timeout=self.timeout_s)
+        headers = {"Accept": "text/event-stream"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        if self.namespace:
+            headers["X-Ember-Namespace"] = self.namespace
+        try:
+            conn.request("GET", parts.path.rstrip("/") + path, headers=headers)
+            response = conn.getresponse()
+            if response.status >= 400:
+                body = response.read()
+                try:
+                    data = json.loads(body)
+                except ValueError:
+                    data = {}
+                raise ClientError(error_message(response.status, data), response.status, data)
+            event, lines = "message", list[str]()
+            for raw in response:
+                line = raw.decode(errors="replace").rstrip("\r\n")
+                if not line:
+                    if lines:
+                        yield event, "\n".join(lines)
+                    event, lines = "message", []
+                elif line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:"):
+                    lines.append(line[5:].removeprefix(" "))
+        except (ConnectionRefusedError, FileNotFoundError) as exc:
+            raise ClientError(
+                f"cannot reach the Ember gateway at {self.url} ({exc.strerror}); "
+                "start it with: fn up (or make up), or set FN_URL"
+            ) from None
+        except OSError as exc:
+            raise ClientError(f"request to {self.url} failed: {exc}") from None
+        finally:
+            conn.close()
 
 
 def error_message(status: int, data: Any) -> str:

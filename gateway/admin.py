@@ -14,7 +14,9 @@ from aiohttp import web
 
 from builds.requirements import BuildFailed, RequirementsError
 from config.units import ConfigError
+from gateway import schemas as api
 from gateway import tenancy
+from gateway.api_spec import operation
 from gateway.auth import may_see, principal_of
 from gateway.errors import error_response, json_response
 from gateway.events import delivery_json
@@ -32,11 +34,10 @@ from gateway.units import (
     parse_function_config,
     read_archive,
 )
+from gateway.views import activation_json, function_json, version_json
 from scheduler.scheduler import AtCapacity, StartFailed
 from store import (
-    Activation,
     ActivationId,
-    Function,
     FunctionNotFound,
     Package,
     TriggerError,
@@ -47,81 +48,13 @@ from store import (
 routes = web.RouteTableDef()
 
 
-def version_json(version: Version, *, active: bool | None = None) -> dict[str, Any]:
-    c = version.config
-    namespace, short = split_name(version.function)
-    out: dict[str, Any] = {
-        "function": short,
-        "namespace": namespace,
-        "version": version.version,
-        "sha256": version.sha256,
-        "filename": version.filename,
-        "handler": c.entry,
-        "style": c.style,
-        "style_options": dict(c.style_options),
-        "env": dict(c.env),
-        "timeout_s": c.timeout_s,
-        "memory_bytes": c.memory_bytes,
-        "concurrency": c.concurrency,
-        "max_attempts": c.max_attempts,
-        "max_event_age_s": c.max_event_age_s,
-        "network": c.network,
-        "cpus": c.cpus,
-        "auth": c.auth,
-        "secrets": list(c.secrets),  # names only: values are never returned
-        "cors_origins": list(c.cors_origins),
-        "created_at": version.created_at.isoformat(),
-    }
-    p = version.package
-    out.update(
-        preimport=list(c.preimport),
-        requirements=p.requirements,
-        environment=p.env_hash,
-        lock=p.lock,
-        files=list(p.files) or [version.filename],
-    )
-    if active is not None:
-        out["active"] = active
-    return out
-
-
-def function_json(function: Function, platform: Platform) -> dict[str, Any]:
-    instances = platform.scheduler.instances_of(function.name)
-    namespace, short = split_name(function.name)
-    return {
-        "name": short,
-        "namespace": namespace,
-        "active_version": function.active_version,
-        "latest_version": function.latest_version,
-        "versions": function.version_count,
-        "created_at": function.created_at.isoformat(),
-        "updated_at": function.updated_at.isoformat(),
-        "instances": {
-            "total": len(instances),
-            "busy": sum(1 for i in instances if i.busy),
-            "pids": [pid for i in instances if (pid := platform.scheduler.pid_of(i)) is not None],
-        },
-    }
-
-
-def activation_json(activation: Activation) -> dict[str, Any]:
-    namespace, short = split_name(activation.function)
-    return {
-        "id": str(activation.id),
-        "function": short,
-        "namespace": namespace,
-        "version": activation.version,
-        "started_at": activation.started_at.isoformat(),
-        "duration_ms": round(activation.duration_ms, 3),
-        "cold": activation.cold,
-        "status": activation.status,
-        "http_status": activation.http_status,
-        "error": activation.error,
-        "logs": activation.logs,
-    }
-
-
 @routes.post("/v1/functions")
+@operation(
+    "functions",
+    "Deploy a version (active at once)",
+    body=api.DeployRequest,
+    responses={201: api.VersionJSON},
+)
 async def deploy(request: web.Request) -> web.Response:
     platform = platform_of(request)
     body = await json_body(request)
@@ -338,6 +271,7 @@ def _now() -> Any:
 
 
 @routes.get("/v1/functions")
+@operation("functions", "List functions", responses={200: api.FunctionList})
 async def list_functions(request: web.Request) -> web.Response:
     platform, namespace = platform_of(request), principal_of(request).namespace
     functions = await platform.store.list_functions()
@@ -351,6 +285,9 @@ async def list_functions(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/functions/{name}")
+@operation(
+    "functions", "Show a function and its active version", responses={200: api.FunctionDetail}
+)
 async def show_function(request: web.Request) -> web.Response:
     platform = platform_of(request)
     name = request.match_info["name"]
@@ -365,6 +302,9 @@ async def show_function(request: web.Request) -> web.Response:
 
 
 @routes.delete("/v1/functions/{name}")
+@operation(
+    "functions", "Delete a function, its versions and triggers", responses={200: api.Deleted}
+)
 async def delete_function(request: web.Request) -> web.Response:
     platform = platform_of(request)
     name = request.match_info["name"]
@@ -395,6 +335,7 @@ async def delete_function(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/functions/{name}/versions")
+@operation("functions", "List a function's versions", responses={200: api.VersionList})
 async def list_versions(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     try:
@@ -405,6 +346,13 @@ async def list_versions(request: web.Request) -> web.Response:
 
 
 @routes.post("/v1/functions/{name}/rollback")
+@operation(
+    "functions",
+    "Activate an earlier version",
+    body=api.RollbackRequest,
+    body_required=False,
+    responses={200: api.RolledBack},
+)
 async def rollback(request: web.Request) -> web.Response:
     platform = platform_of(request)
     name = request.match_info["name"]
@@ -439,6 +387,9 @@ async def rollback(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/functions/{name}/builds")
+@operation(
+    "functions", "Latest requirement builds", query=api.LimitQuery, responses={200: api.BuildList}
+)
 async def list_builds(request: web.Request) -> web.Response:
     """The latest builds of NAME's requirements, newest first, with pip's output."""
     platform = platform_of(request)
@@ -468,6 +419,9 @@ async def list_builds(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/functions/{name}/activations")
+@operation(
+    "activations", "Recent activations", query=api.LimitQuery, responses={200: api.ActivationList}
+)
 async def list_activations(request: web.Request) -> web.Response:
     platform = platform_of(request)
     name = request.match_info["name"]
@@ -482,6 +436,11 @@ async def list_activations(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/activations/{id}")
+@operation(
+    "activations",
+    "An activation or delivery",
+    responses={200: api.ActivationJSON | api.DeliveryJSON},
+)
 async def show_activation(request: web.Request) -> web.Response:
     platform = platform_of(request)
     raw = request.match_info["id"]

@@ -11,7 +11,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import admin, events, policies, tenancy
+from gateway import admin, dashboard, docs, events, insights, policies, tenancy
+from gateway.api_spec import operation
 from gateway.auth import PRINCIPAL, authenticate, permit
 from gateway.environments import environment_archive
 from gateway.errors import BodyTimeout, error_response, json_response, payload_too_large
@@ -19,6 +20,7 @@ from gateway.invoke import invoke
 from gateway.namespaces import qualify
 from gateway.platform import PLATFORM, Platform
 from gateway.requests import not_found
+from gateway.schemas import Health
 from gateway.tenancy import audit
 from gateway.units import NAME
 from store import DatabaseUnavailable
@@ -146,6 +148,9 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
     return None
 
 
+@operation(
+    "meta", "Is this gateway healthy (and which protections are on)", responses={200: Health}
+)
 async def healthz(request: web.Request) -> web.Response:
     platform = request.app[PLATFORM]
     failure = platform.failure()
@@ -156,6 +161,7 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok", **extra})
 
 
+@operation("meta", "Prometheus metrics", responses={200: "text/plain"})
 async def metrics(request: web.Request) -> web.Response:
     platform = request.app[PLATFORM]
     return web.Response(
@@ -179,7 +185,13 @@ def build_app(platform: Platform) -> web.Application:
     admin_app = web.Application(client_max_size=admin_max, middlewares=[auth_middleware])
     admin_app[PLATFORM] = platform
     admin_app[ADMIN_MAX_BODY] = admin_max
-    for route in [*admin.routes, *policies.routes, *events.routes, *tenancy.routes]:
+    for route in [
+        *admin.routes,
+        *policies.routes,
+        *events.routes,
+        *insights.routes,
+        *tenancy.routes,
+    ]:
         assert isinstance(route, web.RouteDef)
         admin_app.router.add_route(
             route.method,
@@ -187,6 +199,8 @@ def build_app(platform: Platform) -> web.Application:
             route.handler,
             expect_handler=expect_continue,
         )
+    docs.add_routes(app)  # (public, so before the sub-application)
+    dashboard.add_routes(app)
     app.add_subapp("/v1", admin_app)
     app.router.add_get("/healthz", healthz, expect_handler=expect_continue)
     app.router.add_get("/metrics", metrics, expect_handler=expect_continue)

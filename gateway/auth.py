@@ -77,7 +77,17 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/secrets"): R,
     ("DELETE", "/v1/secrets/{secret}"): D,
     ("GET", "/v1/audit"): D,
+    # issue 19's read endpoints: a function's (path names are put in the namespace)
+    ("GET", "/v1/functions/{name}/logs"): R,
+    ("GET", "/v1/functions/{name}/stats"): R,
+    ("GET", "/v1/functions/{name}/simulate"): R,
+    # The pool is the platform's, not a namespace's (generic instances, memory of every
+    # namespace's warm instances): the admin token only.
+    ("GET", "/v1/pool"): A,
 }
+"""`/v1/openapi.json` and `/v1/docs` are public (served by the root application, outside this
+table: they describe the API and hold nothing of it); `/ui` signs in with the admin token or a
+reader/deployer key (gateway/dashboard_auth.py `viewer_for`, which uses `permit` below)."""
 
 
 @dataclass(slots=True, frozen=True)

@@ -22,6 +22,8 @@ from aiohttp import web
 
 from config.units import ConfigError
 from events.triggers import next_tick, parse_schedule
+from gateway import schemas as api
+from gateway.api_spec import operation
 from gateway.auth import may_see, principal_of, scoped
 from gateway.errors import bad_request, error_response, json_response
 from gateway.invoke import MAX_IDEMPOTENCY_KEY
@@ -69,6 +71,11 @@ def _topicnot_found(name: str) -> web.Response:
 
 
 @routes.put("/v1/topics/{name}")
+@operation(
+    "events",
+    "Create a topic (idempotent)",
+    responses={200: api.TopicCreated, 201: api.TopicCreated},
+)
 async def create_topic(request: web.Request) -> web.Response:
     name = _topic_name(request.match_info["name"], principal_of(request).namespace)
     created = await platform_of(request).store.create_topic(name)
@@ -78,6 +85,7 @@ async def create_topic(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/topics")
+@operation("events", "List topics", responses={200: api.TopicList})
 async def list_topics(request: web.Request) -> web.Response:
     topics = await platform_of(request).store.list_topics()
     namespace = principal_of(request).namespace
@@ -97,6 +105,7 @@ async def list_topics(request: web.Request) -> web.Response:
 
 
 @routes.delete("/v1/topics/{name}")
+@operation("events", "Delete a topic without triggers", responses={200: api.Deleted})
 async def delete_topic(request: web.Request) -> web.Response:
     # (checked like any topic name: `team-a%2Forders` is not a topic of `default`)
     name = _topic_name(request.match_info["name"], principal_of(request).namespace)
@@ -110,6 +119,12 @@ async def delete_topic(request: web.Request) -> web.Response:
 
 
 @routes.post("/v1/events/{topic}")
+@operation(
+    "events",
+    "Publish an event (the body) to a topic",
+    headers={"Idempotency-Key": "a repeat with the same key is not published again"},
+    responses={202: api.Published},
+)
 async def publish(request: web.Request) -> web.Response:
     """Commit one delivery per subscriber, then answer 202."""
     platform = platform_of(request)
@@ -151,6 +166,12 @@ MAX_BATCH = 500
 
 
 @routes.post("/v1/events")
+@operation(
+    "events",
+    "Publish a batch of events, all or nothing",
+    body=list[api.BatchEvent],
+    responses={202: api.PublishedBatch},
+)
 async def publish_batch(request: web.Request) -> web.Response:
     """Publish a batch: `[{"topic": T, "data": JSON}, ...]` (up to MAX_BATCH), committed all
     or nothing; each event's body is its `data` as JSON."""
@@ -206,8 +227,8 @@ async def publish_batch(request: web.Request) -> web.Response:
 # -- triggers ---------------------------------------------------------------------------------
 
 
-def trigger_json(trigger: Trigger) -> dict[str, Any]:
-    out: dict[str, Any] = {
+def trigger_json(trigger: Trigger) -> api.TriggerJSON:
+    out: api.TriggerJSON = {
         "id": trigger.id,
         "function": split_name(trigger.function)[1],
         "namespace": split_name(trigger.function)[0],
@@ -217,17 +238,13 @@ def trigger_json(trigger: Trigger) -> dict[str, Any]:
     if trigger.kind == "topic" and trigger.topic is not None:
         out["topic"] = split_topic(trigger.topic)[1]
     elif trigger.kind == "cron":
-        out.update(
-            cron=trigger.cron,
-            timezone=trigger.timezone,
-            next_fire_at=trigger.next_fire_at.isoformat() if trigger.next_fire_at else None,
-        )
+        out["cron"] = trigger.cron
+        out["timezone"] = trigger.timezone
+        out["next_fire_at"] = trigger.next_fire_at.isoformat() if trigger.next_fire_at else None
     else:
-        out.update(
-            table=trigger.table_name,
-            on=list(trigger.operations),
-            database=_redact(trigger.database_url) if trigger.database_url else "ember",
-        )
+        out["table"] = trigger.table_name
+        out["on"] = list(trigger.operations)
+        out["database"] = _redact(trigger.database_url) if trigger.database_url else "ember"
     return out
 
 
@@ -312,6 +329,12 @@ def _own_database_refusal(request: web.Request, trigger: Trigger) -> web.Respons
 
 
 @routes.post("/v1/functions/{name}/triggers")
+@operation(
+    "triggers",
+    "Add a trigger: a topic, a schedule or a table",
+    body=api.TriggerRequest,
+    responses={201: api.TriggerJSON},
+)
 async def add_trigger(request: web.Request) -> web.Response:
     platform = platform_of(request)
     name = request.match_info["name"]
@@ -337,6 +360,7 @@ async def add_trigger(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/triggers")
+@operation("triggers", "List triggers", query=api.TriggersQuery, responses={200: api.TriggerList})
 async def list_triggers(request: web.Request) -> web.Response:
     function = scoped(request, request.query.get("function") or None)
     triggers = await platform_of(request).store.list_triggers(function)
@@ -346,6 +370,12 @@ async def list_triggers(request: web.Request) -> web.Response:
 
 
 @routes.delete("/v1/triggers/{id}")
+@operation(
+    "triggers",
+    "Delete a trigger",
+    query=api.DeleteTriggerQuery,
+    responses={200: api.TriggerDeleted},
+)
 async def delete_trigger(request: web.Request) -> web.Response:
     raw = request.match_info["id"]
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
@@ -388,11 +418,11 @@ def _result_json(delivery: Delivery) -> Any:
         return {"base64": base64.b64encode(delivery.result).decode()}
 
 
-def delivery_json(delivery: Delivery, *, payload: bool = False) -> dict[str, Any]:
+def delivery_json(delivery: Delivery, *, payload: bool = False) -> api.DeliveryJSON:
     def iso(value: dt.datetime | None) -> str | None:
         return value.isoformat() if value is not None else None
 
-    out: dict[str, Any] = {
+    out: api.DeliveryJSON = {
         "id": str(delivery.id),
         "async": True,
         "function": split_name(delivery.function)[1],
@@ -425,6 +455,7 @@ def delivery_json(delivery: Delivery, *, payload: bool = False) -> dict[str, Any
 
 
 @routes.get("/v1/dlq")
+@operation("events", "List dead letters", query=api.DeadQuery, responses={200: api.DeadList})
 async def list_dead(request: web.Request) -> web.Response:
     function = scoped(request, request.query.get("function") or None)
     principal = principal_of(request)
@@ -437,6 +468,9 @@ async def list_dead(request: web.Request) -> web.Response:
 
 
 @routes.post("/v1/dlq/redrive")
+@operation(
+    "events", "Send dead letters again", body=api.RedriveRequest, responses={200: api.Redriven}
+)
 async def redrive(request: web.Request) -> web.Response:
     body = await json_body(request)
     raw_ids, function = body.get("ids") or [], body.get("function")

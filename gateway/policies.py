@@ -7,12 +7,13 @@ when Postgres notifies a change, so `fn policy set` applies without a restart.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from aiohttp import web
 
 from config.units import ConfigError, parse_duration_s
+from gateway import schemas as api
+from gateway.api_spec import operation
 from gateway.auth import may_see
 from gateway.errors import error_response, json_response
 from gateway.platform import PLATFORM, Platform
@@ -74,15 +75,18 @@ def _parse_unset(value: Any) -> list[str]:
     return [_UNSETTABLE[n] for n in names]
 
 
-def _policy_json(name: str, policy: FunctionPolicy, row: PolicyRow | None) -> dict[str, Any]:
+def _policy_json(name: str, policy: FunctionPolicy, row: PolicyRow | None) -> api.PolicyJSON:
     return {
         "function": name,
-        **dataclasses.asdict(policy),
+        "prewarm": policy.prewarm,
+        "keep_alive_s": policy.keep_alive_s,
+        "min_warm": policy.min_warm,
+        "max_instances": policy.max_instances,
         "set": {f: getattr(row, f) for f in FIELDS if getattr(row, f) is not None} if row else {},
     }
 
 
-async def _read(platform: Platform, name: str) -> dict[str, Any]:
+async def _read(platform: Platform, name: str) -> api.PolicyJSON:
     rows = await platform.store.list_policies()
     default, overrides = effective(platform.settings.pool, rows)
     row = next((r for r in rows if r.function == name), None)
@@ -147,11 +151,18 @@ async def _write(request: web.Request, name: str) -> web.Response:
 
 
 @routes.get("/v1/policy")
+@operation("policies", "The default warm-pool policy", responses={200: api.PolicyJSON})
 async def show_default(request: web.Request) -> web.Response:
     return json_response(await _read(request.app[PLATFORM], DEFAULT))
 
 
 @routes.put("/v1/policy")
+@operation(
+    "policies",
+    "Set the default warm-pool policy",
+    body=api.PolicyRequest,
+    responses={200: api.PolicyJSON},
+)
 async def set_default(request: web.Request) -> web.Response:
     return await _write(request, DEFAULT)
 
@@ -169,18 +180,23 @@ async def _exists(platform: Platform, name: str) -> web.Response | None:
 
 
 @routes.get("/v1/functions/{name}/policy")
+@operation("policies", "A function's policy in force", responses={200: api.PolicyJSON})
 async def show_policy(request: web.Request) -> web.Response:
     platform, name = request.app[PLATFORM], request.match_info["name"]
     return await _exists(platform, name) or json_response(await _read(platform, name))
 
 
 @routes.put("/v1/functions/{name}/policy")
+@operation(
+    "policies", "Set a function's policy", body=api.PolicyRequest, responses={200: api.PolicyJSON}
+)
 async def set_policy(request: web.Request) -> web.Response:
     platform, name = request.app[PLATFORM], request.match_info["name"]
     return await _exists(platform, name) or await _write(request, name)
 
 
 @routes.delete("/v1/functions/{name}/policy")
+@operation("policies", "Return a function to the default policy", responses={200: api.PolicyJSON})
 async def reset_policy(request: web.Request) -> web.Response:
     platform, name = request.app[PLATFORM], request.match_info["name"]
     missing = await _exists(platform, name)
@@ -192,6 +208,7 @@ async def reset_policy(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/policies")
+@operation("policies", "Every policy in force", responses={200: api.PolicyList})
 async def list_policies(request: web.Request) -> web.Response:
     platform = request.app[PLATFORM]
     rows = await platform.store.list_policies()

@@ -11,6 +11,8 @@ from typing import Any
 from aiohttp import web
 
 from config.units import ConfigError, parse_duration_s
+from gateway import schemas_tenancy as api
+from gateway.api_spec import operation
 from gateway.auth import Principal, principal_of
 from gateway.errors import bad_request, error_response, json_response
 from gateway.keyring import ROLES, new_key_secret
@@ -58,7 +60,7 @@ async def audit(
         )
 
 
-def key_json(key: ApiKey) -> dict[str, Any]:
+def key_json(key: ApiKey) -> api.KeyJSON:
     return {
         "id": key.id,
         "namespace": key.namespace,
@@ -72,12 +74,16 @@ def key_json(key: ApiKey) -> dict[str, Any]:
 
 
 @routes.get("/v1/whoami")
+@operation(
+    "tenancy", "Who this token or key is, and in which namespace", responses={200: api.WhoAmI}
+)
 async def whoami(request: web.Request) -> web.Response:
     p = principal_of(request)
     return json_response({"actor": p.actor, "role": p.role, "namespace": p.namespace})
 
 
 @routes.get("/v1/namespaces")
+@operation("tenancy", "Namespaces (a key: its own)", responses={200: api.NamespaceList})
 async def list_namespaces(request: web.Request) -> web.Response:
     platform, principal = platform_of(request), principal_of(request)
     names = [
@@ -89,6 +95,12 @@ async def list_namespaces(request: web.Request) -> web.Response:
 
 
 @routes.put("/v1/namespaces/{namespace}")
+@operation(
+    "tenancy",
+    "Create a namespace or set its default access (auth: public or key)",
+    body=api.NamespaceRequest,
+    responses={200: api.NamespaceSet},
+)
 async def set_namespace(request: web.Request) -> web.Response:
     platform = platform_of(request)
     name = request.match_info["namespace"]
@@ -105,6 +117,12 @@ async def set_namespace(request: web.Request) -> web.Response:
 
 
 @routes.post("/v1/keys")
+@operation(
+    "tenancy",
+    "Create an API key (shown once: only its hash is kept)",
+    body=api.KeyRequest,
+    responses={201: api.KeyCreated},
+)
 async def create_key(request: web.Request) -> web.Response:
     platform, principal = platform_of(request), principal_of(request)
     body = await json_body(request)
@@ -144,6 +162,7 @@ async def create_key(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/keys")
+@operation("tenancy", "List API keys", query=api.KeysQuery, responses={200: api.KeyList})
 async def list_keys(request: web.Request) -> web.Response:
     platform = platform_of(request)
     keys = await platform.store.list_api_keys()
@@ -154,6 +173,7 @@ async def list_keys(request: web.Request) -> web.Response:
 
 
 @routes.delete("/v1/keys/{id}")
+@operation("tenancy", "Revoke an API key (at once, on every gateway)", responses={200: api.KeyJSON})
 async def revoke_key(request: web.Request) -> web.Response:
     platform = platform_of(request)
     key_id = request.match_info["id"]
@@ -180,6 +200,12 @@ def _secret_name(request: web.Request) -> str:
 
 
 @routes.put("/v1/secrets/{secret}")
+@operation(
+    "tenancy",
+    "Set or rotate a secret (encrypted; never shown again; rolls its users' instances)",
+    body=api.SecretRequest,
+    responses={200: api.SecretSet},
+)
 async def set_secret(request: web.Request) -> web.Response:
     """Set (or rotate) a secret's values. They are encrypted here and never shown again; the
     warm instances of functions that read it are replaced, here and on every gateway."""
@@ -218,6 +244,9 @@ async def set_secret(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/secrets")
+@operation(
+    "tenancy", "The namespace's secrets (names, never values)", responses={200: api.SecretList}
+)
 async def list_secrets(request: web.Request) -> web.Response:
     platform, principal = platform_of(request), principal_of(request)
     secrets = await platform.store.list_secrets(principal.namespace)
@@ -237,6 +266,7 @@ async def list_secrets(request: web.Request) -> web.Response:
 
 
 @routes.delete("/v1/secrets/{secret}")
+@operation("tenancy", "Delete a secret", responses={200: api.SecretDeleted})
 async def delete_secret(request: web.Request) -> web.Response:
     platform, principal = platform_of(request), principal_of(request)
     name = _secret_name(request)
@@ -334,6 +364,12 @@ async def ensure_namespace(platform: Platform, namespace: str) -> None:
 
 
 @routes.get("/v1/audit")
+@operation(
+    "tenancy",
+    "Admin actions, newest first (a key: its namespace's)",
+    query=api.AuditQuery,
+    responses={200: api.AuditList},
+)
 async def list_audit(request: web.Request) -> web.Response:
     """Admin actions, newest first: the admin sees every namespace (or `?namespace=`), a key
     its own namespace's."""

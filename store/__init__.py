@@ -35,6 +35,7 @@ from store.errors import (
 from store.events import EventStore
 from store.functions import FunctionStore
 from store.gateways import GatewayStore
+from store.insights import CallStats, InsightStore
 from store.outbox import Change
 from store.policies import PolicyStore
 from store.records import (
@@ -67,6 +68,7 @@ __all__ = [
     "ApiKey",
     "AuditEntry",
     "Build",
+    "CallStats",
     "Change",
     "Claimed",
     "DatabaseUnavailable",
@@ -104,6 +106,7 @@ class Store(
     EventStore,
     RetentionStore,
     GatewayStore,
+    InsightStore,
     AccessStore,
 ):
     """Named queries over an asyncpg pool. Create with `await Store.connect(url)`."""

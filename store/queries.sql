@@ -494,6 +494,63 @@ FROM dead
 WHERE d.claimed_by = dead.id AND d.status = 'running' AND d.run_at > now()
 RETURNING d.id;
 
+-- ---- dashboard and logs (issue 19) -------------------------------------------------------
+
+-- name: list_activations_since
+-- A function's activations that started after $2, oldest first ($3 at most: the newest ones).
+SELECT * FROM (
+    SELECT id, function, version, started_at, duration_ms, cold, status, http_status, error, logs
+    FROM ember_activations
+    WHERE function = $1 AND started_at > $2
+    ORDER BY started_at DESC
+    LIMIT $3
+) newest
+ORDER BY started_at;
+
+-- name: activation_series
+-- A function's calls since $2 in buckets of $3 seconds: counts, errors, cold starts, latency.
+SELECT to_timestamp(floor(extract(epoch FROM started_at) / $3) * $3) AS bucket,
+       count(*) AS calls,
+       count(*) FILTER (WHERE status <> 'success') AS errors,
+       count(*) FILTER (WHERE cold) AS cold,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) AS p50_ms,
+       percentile_cont(0.99) WITHIN GROUP (ORDER BY duration_ms) AS p99_ms
+FROM ember_activations
+WHERE function = $1 AND started_at > $2
+GROUP BY bucket
+ORDER BY bucket;
+
+-- name: activation_summary
+-- Every function's calls since $1 (one row per function that had any).
+SELECT function,
+       count(*) AS calls,
+       count(*) FILTER (WHERE status <> 'success') AS errors,
+       count(*) FILTER (WHERE cold) AS cold,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) AS p50_ms,
+       percentile_cont(0.99) WITHIN GROUP (ORDER BY duration_ms) AS p99_ms
+FROM ember_activations
+WHERE started_at > $1
+GROUP BY function;
+
+-- name: list_arrivals
+-- When a function was called since $2 (and for how long), oldest first: a trace to simulate.
+SELECT started_at, duration_ms
+FROM ember_activations
+WHERE function = $1 AND started_at > $2
+ORDER BY started_at
+LIMIT $3;
+
+-- name: function_activation_summary
+-- One function's calls since $2 (no row when it had none).
+SELECT function,
+       count(*) AS calls,
+       count(*) FILTER (WHERE status <> 'success') AS errors,
+       count(*) FILTER (WHERE cold) AS cold,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) AS p50_ms,
+       percentile_cont(0.99) WITHIN GROUP (ORDER BY duration_ms) AS p99_ms
+FROM ember_activations
+WHERE function = $1 AND started_at > $2
+GROUP BY function;
 -- ---------------------------------------------------------------------------------------------
 -- Tenancy (issue 18): namespaces, API keys, secrets, the audit trail, version access settings.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from fn.cli import activations, events, functions, policy, tenancy, up
+from fn.cli import activations, apply, describe, events, functions, init, policy, tenancy, up
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -60,6 +60,10 @@ for _command in (
     events.trigger,
     events.dlq,
     policy.policy,
+    describe.describe,
+    describe.completion,
+    init.init,
+    apply.apply,
     tenancy.key,
     tenancy.secret,
     tenancy.namespace,

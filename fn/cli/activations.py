@@ -6,18 +6,34 @@ from __future__ import annotations
 import json
 import sys
 from typing import Any
+from urllib.parse import quote
 
 import click
 
-from fn.cli.api import CONTENT_TYPE_HELP, DATA_HELP, api, client, read_data
+from fn.cli.api import CONTENT_TYPE_HELP, DATA_HELP, api, client, complete_function, read_data
 from fn.cli.output import emit, fail, json_option
 from fn.client import ClientError, Reply, error_message
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_function)
 @click.option("--data", "-d", help=DATA_HELP)
 @click.option("--content-type", help=CONTENT_TYPE_HELP)
+@click.option(
+    "--method",
+    "-X",
+    default="POST",
+    show_default=True,
+    type=click.Choice(["GET", "POST", "PUT", "PATCH", "DELETE"], case_sensitive=False),
+    help="The HTTP method of the call.",
+)
+@click.option("--path", "subpath", default="", help="The path after /fn/NAME, like /a/b.")
+@click.option(
+    "--header", "-H", "header_pairs", multiple=True, help="A request header K:V (repeatable)."
+)
+@click.option(
+    "--query", "-q", "query_pairs", multiple=True, help="A query parameter k=v (repeatable)."
+)
 @click.option(
     "--async",
     "is_async",
@@ -36,18 +52,31 @@ def invoke(
     name: str,
     data: str | None,
     content_type: str | None,
+    method: str,
+    subpath: str,
+    header_pairs: tuple[str, ...],
+    query_pairs: tuple[str, ...],
     is_async: bool,
     idempotency_key: str | None,
     as_json: bool,
 ) -> None:
-    """Call function NAME (NAME:VERSION pins a version) and print its response."""
+    """Call function NAME (NAME:VERSION pins a version) and print its response.
+
+    The handler sees the method, the path after /fn/NAME, the query and the headers:
+    fn invoke NAME -X PUT --path /a/b --header K:V --query k=v."""
     body, content_type = read_data(data, content_type)
+    headers = _pairs(header_pairs, ":", "--header", "K:V")
+    call: dict[str, Any] = {
+        "method": method.upper(),
+        "path": subpath,
+        "query": list(_pairs(query_pairs, "=", "--query", "k=v", unique=False)),
+    }
     if is_async:
-        headers = {"Prefer": "respond-async"}
+        headers["Prefer"] = "respond-async"
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
         try:
-            reply = client(ctx).invoke(name, body, content_type, headers)
+            reply = client(ctx).invoke(name, body, content_type, headers, **call)
         except ClientError as exc:
             fail(str(exc))
         try:
@@ -59,7 +88,7 @@ def invoke(
         emit(answer, as_json, _print_queued)
         return
     try:
-        reply = client(ctx).invoke(name, body, content_type)
+        reply = client(ctx).invoke(name, body, content_type, headers, **call)
     except ClientError as exc:
         fail(str(exc))
     emit(
@@ -74,6 +103,17 @@ def invoke(
     )
     if reply.status >= 400:
         raise SystemExit(1)
+
+
+def _pairs(raw: tuple[str, ...], sep: str, option: str, shape: str, *, unique: bool = True) -> Any:
+    """`K:V` / `k=v` options as a dict (headers) or a list of pairs (a query may repeat)."""
+    pairs = []
+    for item in raw:
+        key, found, value = item.partition(sep)
+        if not found or not key.strip():
+            raise click.BadParameter(f"{item!r} is not {shape}", param_hint=option)
+        pairs.append((key.strip(), value.strip() if sep == ":" else value))
+    return dict(pairs) if unique else pairs
 
 
 def _print_queued(answer: dict[str, Any]) -> None:
@@ -125,8 +165,14 @@ def _print_activation(a: dict[str, Any]) -> None:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_function)
 @click.option("--activation", "activation_id", help="Show this activation only.")
+@click.option(
+    "--since", help="Only activations newer than this, like 10m, 2h or 1d (default: the last -n)."
+)
+@click.option(
+    "--follow", "-f", is_flag=True, help="Keep printing new activations as they happen (Ctrl-C)."
+)
 @click.option(
     "--limit",
     "-n",
@@ -138,10 +184,24 @@ def _print_activation(a: dict[str, Any]) -> None:
 @json_option
 @click.pass_context
 def logs(
-    ctx: click.Context, name: str, activation_id: str | None, limit: int, as_json: bool
+    ctx: click.Context,
+    name: str,
+    activation_id: str | None,
+    since: str | None,
+    follow: bool,
+    limit: int,
+    as_json: bool,
 ) -> None:
-    """Show the logs of NAME's recent activations (oldest first), or of one activation."""
-    if activation_id:
+    """Show the logs of NAME's recent activations (oldest first), or of one activation;
+    --follow streams new ones as they happen (with --json: one JSON object a line)."""
+    if follow or since:
+        window = quote(since or "1h")
+        path = f"/v1/functions/{quote(name)}/logs?since={window}&limit={limit}"
+        if follow:
+            _follow(ctx, name, path + "&follow=1", as_json)
+            return
+        activations = api(ctx, "GET", path)["activations"]
+    elif activation_id:
         activation = api(ctx, "GET", f"/v1/activations/{activation_id}")
         if activation["function"] != name:
             fail(f'activation {activation_id} belongs to "{activation["function"]}", not "{name}"')
@@ -151,6 +211,26 @@ def logs(
             "activations"
         ][::-1]
     emit({"activations": activations}, as_json, lambda d: _print_logs(name, d["activations"]))
+
+
+def _follow(ctx: click.Context, name: str, path: str, as_json: bool) -> None:
+    """Print each activation the gateway streams (Server-Sent Events) until Ctrl-C."""
+    if not as_json:
+        click.echo(f"Following {name}'s activations (Ctrl-C to stop)...", err=True)
+    try:
+        for event, data in client(ctx).stream(path):
+            if event != "activation":
+                continue
+            if as_json:
+                click.echo(data)
+            else:
+                _print_activation(json.loads(data))
+            sys.stdout.flush()
+    except ClientError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        return
+    fail("the gateway ended the stream (it stopped or restarted); run the command again")
 
 
 def _print_logs(name: str, activations: list[dict[str, Any]]) -> None:

@@ -8,12 +8,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from fn.cli.output import fail
 from fn.client import Client, ClientError
+
+if TYPE_CHECKING:
+    from click.shell_completion import CompletionItem
 
 
 def client(ctx: click.Context) -> Client:
@@ -27,6 +30,28 @@ def api(ctx: click.Context, method: str, path: str, payload: Any = None) -> Any:
         return client(ctx).api(method, path, payload)
     except ClientError as exc:
         fail(error_text(exc))
+
+
+def complete_function(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """Shell completion of a function name: the gateway's functions that start so (nothing,
+    quietly, when the gateway does not answer within a second)."""
+    from click.shell_completion import CompletionItem
+
+    root = ctx.find_root()
+    obj = root.params if root.params else {}
+    try:
+        names = Client(
+            obj.get("url"), obj.get("token"), timeout_s=1.0, namespace=obj.get("namespace")
+        ).api("GET", "/v1/functions")
+    except (ClientError, OSError, ValueError):
+        return []
+    return [
+        CompletionItem(f["name"])
+        for f in names.get("functions", [])
+        if str(f.get("name", "")).startswith(incomplete)
+    ]
 
 
 def error_text(exc: ClientError) -> str:

@@ -9,7 +9,7 @@ import click
 
 from fn.cli.activations import print_delivery
 from fn.cli.api import CONTENT_TYPE_HELP, DATA_HELP, api, client, read_data
-from fn.cli.output import emit, fail, json_option, print_table
+from fn.cli.output import emit, fail, json_option, print_table, wide_option
 from fn.client import ClientError, error_message
 
 
@@ -65,6 +65,7 @@ def topic_create(ctx: click.Context, name: str) -> None:
 
 
 @topic.command("list")
+@wide_option
 @json_option
 @click.pass_context
 def topic_list(ctx: click.Context, as_json: bool) -> None:
@@ -158,6 +159,7 @@ def trigger_add(
 
 
 @trigger.command("list")
+@wide_option
 @click.argument("name", required=False)
 @json_option
 @click.pass_context
@@ -200,6 +202,7 @@ def dlq() -> None:
 
 
 @dlq.command("list")
+@wide_option
 @click.argument("name", required=False)
 @click.option("--limit", "-n", default=20, show_default=True, type=click.IntRange(1, 1000))
 @json_option

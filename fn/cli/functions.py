@@ -10,9 +10,9 @@ from typing import Any
 
 import click
 
-from fn.cli.api import api, client
+from fn.cli.api import api, client, complete_function
 from fn.cli.archive import zip_dir
-from fn.cli.output import emit, fail, json_option, print_table
+from fn.cli.output import emit, fail, json_option, print_table, progress, wide_option
 
 STYLES = ("ember", "lambda", "openwhisk", "openfaas", "fission", "gcf", "knative", "asgi", "wsgi")
 """The gateway's handler styles (invoker.protocol.STYLES; the CLI speaks to it over HTTP only,
@@ -106,7 +106,14 @@ def _module_file(path: Path, module: str) -> str | None:
 
 
 @click.command()
-@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.argument("path", type=click.Path(exists=True, path_type=Path), required=False)
+@click.option(
+    "--file",
+    "-f",
+    "stack_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The same as PATH (faas-cli's -f stack.yml).",
+)
 @click.option("--name", help="Function name. Default: the file (or directory) name.")
 @click.option(
     "--handler",
@@ -206,7 +213,8 @@ def _module_file(path: Path, module: str) -> str | None:
 @click.pass_context
 def deploy(
     ctx: click.Context,
-    path: Path,
+    path: Path | None,
+    stack_file: Path | None,
     name: str | None,
     entry: str | None,
     main_file: str | None,
@@ -240,6 +248,10 @@ def deploy(
     """
     import base64
 
+    if (path is None) == (stack_file is None):
+        raise click.UsageError("give the PATH to deploy, or -f FILE (not both)")
+    path = path or stack_file
+    assert path is not None
     if path.is_file() and path.suffix.lower() in STACK_SUFFIXES:
         from fn.cli.stack_deploy import deploy_stack
 
@@ -299,8 +311,10 @@ def deploy(
         if value is not None:
             payload[key] = value
     if requirements and not as_json:
-        click.echo("Installing the requirements (once per set of requirements)...", err=True)
-    version = api(ctx, "POST", "/v1/functions", payload)
+        with progress("Installing the requirements (once per set of requirements)..."):
+            version = api(ctx, "POST", "/v1/functions", payload)
+    else:
+        version = api(ctx, "POST", "/v1/functions", payload)
     emit(version, as_json, lambda v: _print_deployed(v, client(ctx).url))
 
 
@@ -348,7 +362,7 @@ def _print_deployed(version: dict[str, Any], url: str) -> None:
 
 
 @click.command("build-logs")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_function)
 @click.option(
     "--limit",
     "-n",
@@ -377,6 +391,7 @@ def _print_builds(name: str, builds: list[dict[str, Any]]) -> None:
 
 
 @click.command("list")
+@wide_option
 @json_option
 @click.pass_context
 def list_(ctx: click.Context, as_json: bool) -> None:
@@ -405,7 +420,8 @@ def _print_functions(data: dict[str, Any]) -> None:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_function)
+@wide_option
 @json_option
 @click.pass_context
 def versions(ctx: click.Context, name: str, as_json: bool) -> None:
@@ -432,7 +448,7 @@ def _print_versions(data: dict[str, Any]) -> None:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_function)
 @click.option(
     "--to",
     type=click.IntRange(min=1),
@@ -457,7 +473,7 @@ def rollback(
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_function)
 @json_option
 @click.pass_context
 def delete(ctx: click.Context, name: str, as_json: bool) -> None:

@@ -5,7 +5,8 @@ command's own rendering for people), tables, and the one way to fail: `fn: ...` 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -18,6 +19,25 @@ def json_option(func: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")(
         func
     )
+
+
+WIDE = {"on": False}
+"""Set by --wide: tables as wide as their content, on a terminal too."""
+
+
+def wide_option(func: F) -> F:
+    """`--wide`: no column of a table is wrapped or cut to fit the terminal."""
+
+    def turn_on(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+        WIDE["on"] = WIDE["on"] or value
+
+    return click.option(
+        "--wide",
+        is_flag=True,
+        expose_value=False,
+        callback=turn_on,
+        help="Print tables as wide as their content (nothing wrapped or cut).",
+    )(func)
 
 
 def emit(
@@ -42,14 +62,14 @@ def print_table(
     headers: Sequence[str], rows: Sequence[Sequence[Any]], *, whole: Sequence[str] = ("ID",)
 ) -> None:
     """Rows under headers. The columns named in `whole` (ids, to paste into the next command)
-    are never cut or wrapped. Into a pipe or a file (not a terminal) the table is as wide as
-    its content: nothing is cut to fit a width no one sees."""
+    are never cut or wrapped. Into a pipe or a file (not a terminal), or with --wide, the table
+    is as wide as its content: nothing is cut to fit a width no one sees."""
     from rich.console import Console
     from rich.table import Table
 
     cells = [["" if v is None else str(v) for v in row] for row in rows]
     console = Console(soft_wrap=True)
-    piped = not console.is_terminal
+    piped = not console.is_terminal or WIDE["on"]
     if piped:
         console = Console(soft_wrap=True, width=1_000_000)
     table = Table(box=None, pad_edge=False, header_style="bold")
@@ -67,6 +87,24 @@ def print_table(
     with console.capture() as captured:
         console.print(table)
     click.echo("\n".join(line.rstrip() for line in captured.get().splitlines()))
+
+
+@contextmanager
+def progress(description: str) -> Iterator[None]:
+    """A spinner with the time elapsed on stderr while something long runs (a build), on a
+    terminal; elsewhere the description once, as a line."""
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        click.echo(description, err=True)
+        yield
+        return
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        bar.add_task(description, total=None)
+        yield
 
 
 def fail(message: str) -> NoReturn:

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from fn.cli.api import api
+from fn.cli.api import api, complete_function
 from fn.cli.output import emit, json_option, print_table
 
 
@@ -32,7 +32,7 @@ def _print_policy(p: dict[str, Any]) -> None:
 
 
 @policy.command("show")
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=complete_function)
 @json_option
 @click.pass_context
 def policy_show(ctx: click.Context, name: str | None, as_json: bool) -> None:
@@ -60,7 +60,7 @@ def _print_policies(data: dict[str, Any]) -> None:
 
 
 @policy.command("set")
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=complete_function)
 @click.option(
     "--default",
     "is_default",
@@ -119,7 +119,7 @@ def policy_set(
 
 
 @policy.command("reset")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_function)
 @click.pass_context
 def policy_reset(ctx: click.Context, name: str) -> None:
     """Drop NAME's own policy: it follows the default again."""

@@ -218,7 +218,7 @@ async def test_a_request_line_without_http_1_gets_an_error_at_once(
     [
         ("GET", "/v1", 404, "not_found"),
         ("GET", "/v1/nosuch", 404, "not_found"),
-        ("GET", "/v1/openapi.json", 404, "not_found"),
+        ("GET", "/v1/openapi.yaml", 404, "not_found"),
         ("GET", "/nosuch", 404, "not_found"),
         ("DELETE", "/healthz", 405, "method_not_allowed"),
         ("PATCH", "/v1/functions", 405, "method_not_allowed"),

@@ -1,0 +1,195 @@
+"""The dashboard over plain HTTP against a real platform (the browser test drives the same
+pages in Chromium): signing in, the cookie, CSRF on actions, escaping, errors as JSON, the
+simulator on a chosen trace."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.conftest import TOKEN, Running
+
+REFUSER = "def handler(event, context):\n    raise context.PermanentError('<b>no</b>')\n"
+
+
+async def _dead_letter(running: Running) -> str:
+    await running.deploy_ok("refuser", REFUSER)
+    response = await running.call("refuser", {}, headers={"Prefer": "respond-async"})
+    activation = (await response.json())["activation_id"]
+    deadline = time.monotonic() + 30
+    while (await running.admin("GET", f"/v1/activations/{activation}"))[1]["status"] != "dead":
+        assert time.monotonic() < deadline, "the call never became a dead letter"
+        await asyncio.sleep(0.05)
+    return str(activation)
+
+
+async def test_sign_in_pages_and_actions(
+    running: Running, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dead = await _dead_letter(running)
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    (traces / "tiny.csv").write_text(
+        "function,timestamp_s\n" + "".join(f"a,{t}\nb,{t * 7}\n" for t in range(0, 3000, 60))
+    )
+    monkeypatch.setenv("FN_TRACES", str(traces))
+    url = running.url
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        async with browser.get(f"{url}/ui", allow_redirects=False) as response:
+            assert response.status == 303
+            assert response.headers["Location"] == "/ui/login?next=/ui"
+        async with browser.get(f"{url}/ui/functions/refuser/stream") as response:
+            assert response.status == 401
+            assert (await response.json())["error"]["code"] == "unauthorized"
+        async with browser.post(f"{url}/ui/login", data={"token": "wrong"}) as response:
+            assert response.status == 401
+            assert "not a valid token" in await response.text()
+        async with browser.post(
+            f"{url}/ui/login", data={"token": TOKEN, "next": "//evil"}, allow_redirects=False
+        ) as response:
+            assert response.status == 303
+            assert response.headers["Location"] == "/ui"
+            cookie = response.headers["Set-Cookie"]
+            for part in ("HttpOnly", "SameSite=Strict", "Path=/ui"):
+                assert part in cookie
+        async with browser.get(f"{url}/ui") as response:
+            assert response.status == 200
+            page = await response.text()
+        assert '<a href="/ui/functions/refuser">refuser</a>' in page
+        assert "&lt;b&gt;no&lt;/b&gt;" in page  # the dead letter's message, escaped
+        assert "<b>no</b>" not in page
+        assert "tiny.csv" in page  # the trace picker
+        csrf = re.search(r'<meta name="csrf" content="([0-9a-f]+)">', page)
+        assert csrf is not None
+
+        async with browser.post(f"{url}/ui/dlq/{dead}/redrive") as response:
+            assert response.status == 403
+            assert (await response.json())["error"]["code"] == "bad_csrf_token"
+        headers = {"X-CSRF-Token": csrf[1]}
+        async with browser.post(f"{url}/ui/dlq/{dead}/redrive", headers=headers) as response:
+            assert response.status == 200
+            assert await response.json() == {"redriven": [dead]}
+
+        async with browser.get(f"{url}/ui/functions/refuser?since=1d") as response:
+            assert response.status == 200
+            assert 'data-name="refuser"' in await response.text()
+        async with browser.get(f"{url}/ui/functions/nosuch") as response:
+            assert response.status == 404
+            assert (await response.json())["error"]["code"] == "function_not_found"
+        async with browser.get(f"{url}/ui/simulate?trace=tiny.csv&policy=fixed:10m") as response:
+            assert response.status == 200
+            plot = await response.text()
+        assert "<svg" in plot
+        assert "fixed:600s" in plot
+        async with browser.get(f"{url}/ui/simulate?trace=../etc") as response:
+            assert response.status == 404
+        async with browser.get(f"{url}/ui/static/ui.js") as response:
+            assert response.status == 200
+        async with browser.get(f"{url}/ui/static/secrets") as response:
+            assert response.status == 404
+
+        async with browser.post(f"{url}/ui/logout", data={"csrf": csrf[1]}) as response:
+            assert response.status == 200  # (followed to the login page)
+        async with browser.get(f"{url}/ui", allow_redirects=False) as response:
+            assert response.status == 303
+
+
+async def _signed_in(browser: aiohttp.ClientSession, url: str, secret: str) -> str:
+    """Sign in with `secret`; the overview page."""
+    async with browser.post(f"{url}/ui/login", data={"token": secret}) as response:
+        assert response.status == 200, await response.text()
+        return await response.text()
+
+
+async def test_keys_sign_in_to_their_namespace(running: Running) -> None:
+    """A reader key sees its namespace and may not act; a deployer key may; an invoker key is
+    refused; neither sees another namespace's functions, activations or dead letters."""
+    from tests.integration.test_tenancy_auth import HELLO, bearer, create_key
+
+    dead = await _dead_letter(running)  # default's "refuser"
+    deployer = await create_key(running, "deployer", namespace="team-a")
+    reader = await create_key(running, "reader", namespace="team-a")
+    invoker = await create_key(running, "invoker", namespace="team-a")
+    status, data = await running.admin(
+        "POST", "/v1/functions", headers=bearer(deployer), json={"name": "hello", "source": HELLO}
+    )
+    assert status == 201, data
+    await running.deploy_ok("secretive", HELLO)  # default's: team-a must not see it
+    assert (await running.call("team-a/hello", {})).status == 200
+    url = running.url
+
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with (
+        aiohttp.ClientSession(cookie_jar=jar) as browser,
+        browser.post(f"{url}/ui/login", data={"token": invoker}) as response,
+    ):
+        assert response.status == 401
+        assert "not a valid token" in await response.text()
+
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        page = await _signed_in(browser, url, reader)
+        assert '<a href="/ui/functions/hello?namespace=team-a">team-a/hello</a>' in page
+        assert "secretive" not in page
+        assert "refuser" not in page
+        assert dead not in page
+        assert 'id="pool"' not in page  # the platform's, not a namespace's
+        csrf = re.search(r'<meta name="csrf" content="([0-9a-f]+)">', page)
+        assert csrf is not None
+        async with browser.get(f"{url}/ui/functions/hello") as response:
+            assert response.status == 200
+            text = await response.text()
+        assert 'data-namespace="team-a"' in text
+        assert 'href="?since=1d&amp;namespace=team-a"' in text  # (the windows stay in it)
+        assert 'id="invoke"' not in text  # a reader may look, not act
+        async with browser.get(f"{url}/ui/functions/secretive") as response:
+            assert response.status == 404  # (as team-a's: there is none)
+        async with browser.get(f"{url}/ui/functions/refuser?namespace=default") as response:
+            assert response.status == 403
+        async with browser.get(f"{url}/ui/functions/refuser/stream?namespace=default") as response:
+            assert response.status == 403
+        async with browser.get(
+            f"{url}/ui/functions/refuser/simulation?namespace=default"
+        ) as response:
+            assert response.status == 403
+        async with browser.get(f"{url}/ui/functions/hello/stream") as response:
+            assert response.status == 200
+            line = b""
+            while b"data:" not in line:
+                line = await asyncio.wait_for(response.content.readline(), timeout=10)
+        assert b'"namespace":"team-a"' in line
+        headers = {"X-CSRF-Token": csrf[1]}
+        async with browser.post(f"{url}/ui/dlq/{dead}/redrive", headers=headers) as response:
+            assert response.status == 403
+            assert (await response.json())["error"]["code"] == "forbidden"
+
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        page = await _signed_in(browser, url, deployer)
+        async with browser.get(f"{url}/ui/functions/hello") as response:
+            assert 'id="invoke"' in await response.text()
+        csrf = re.search(r'<meta name="csrf" content="([0-9a-f]+)">', page)
+        assert csrf is not None
+        headers = {"X-CSRF-Token": csrf[1]}
+        # default's dead letter is not team-a's to redrive
+        async with browser.post(f"{url}/ui/dlq/{dead}/redrive", headers=headers) as response:
+            assert response.status == 404
+
+    # The admin sees every namespace, and the pool.
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        page = await _signed_in(browser, url, TOKEN)
+        for seen in ("team-a/hello", ">secretive<", 'id="pool"'):
+            assert seen in page
+        async with browser.get(f"{url}/ui/functions/hello?namespace=team-a") as response:
+            assert response.status == 200
+
+    # A revoked key is out at once (the cookie holds the key, checked on every page).
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        await _signed_in(browser, url, reader)
+        key_id = reader.split("_")[1]
+        assert (await running.admin("DELETE", f"/v1/keys/{key_id}"))[0] == 200
+        async with browser.get(f"{url}/ui", allow_redirects=False) as response:
+            assert response.status == 303
