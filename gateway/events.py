@@ -21,6 +21,8 @@ import orjson
 from aiohttp import web
 
 from config.units import ConfigError
+from events.sources import kinds as source_kinds
+from events.sources.base import BadSource, SourceError, SourceMissing
 from events.triggers import next_tick, parse_schedule
 from gateway.errors import bad_request, error_response, json_response
 from gateway.invoke import MAX_IDEMPOTENCY_KEY
@@ -205,6 +207,8 @@ def trigger_json(trigger: Trigger) -> dict[str, Any]:
     }
     if trigger.kind == "topic":
         out["topic"] = trigger.topic
+    elif trigger.kind in source_kinds.KINDS:
+        out.update(source_kinds.describe(trigger))
     elif trigger.kind == "cron":
         out.update(
             cron=trigger.cron,
@@ -235,11 +239,20 @@ def _redact(url: str) -> str:
     return parts.geturl()
 
 
-def _trigger_from_body(name: str, body: dict[str, Any]) -> Trigger:
+def _one_kind(body: dict[str, Any]) -> str:
     kinds = [k for k in ("topic", "cron", "table") if body.get(k) is not None]
+    kinds += source_kinds.requested(body)
     if len(kinds) != 1:
-        raise bad_request("bad_trigger", "give exactly one of --topic, --cron or --table")
-    kind = kinds[0]
+        raise bad_request(
+            "bad_trigger",
+            "give exactly one of --topic, --cron, --table, --nats, --rabbitmq, --redis-stream, "
+            "--mqtt or --kafka",
+        )
+    return kinds[0]
+
+
+def _trigger_from_body(name: str, body: dict[str, Any]) -> Trigger:
+    kind = _one_kind(body)
     if kind == "topic":
         return Trigger(id=0, function=name, kind="topic", topic=_topic_name(str(body["topic"])))
     if kind == "cron":
@@ -281,7 +294,10 @@ def _trigger_from_body(name: str, body: dict[str, Any]) -> Trigger:
 async def add_trigger(request: web.Request) -> web.Response:
     platform = platform_of(request)
     name = request.match_info["name"]
-    wanted = _trigger_from_body(name, await json_body(request))
+    body = await json_body(request)
+    if _one_kind(body) in source_kinds.KEYS:
+        return await _add_source(request, name, body)
+    wanted = _trigger_from_body(name, body)
     try:
         trigger = await platform.store.add_trigger(wanted)
     except FunctionNotFound:
@@ -296,6 +312,23 @@ async def add_trigger(request: web.Request) -> web.Response:
         except TriggerError as exc:
             return error_response(400, "bad_table", str(exc))
     platform.events.triggers_changed()
+    return json_response(trigger_json(trigger), status=201)
+
+
+async def _add_source(request: web.Request, name: str, body: dict[str, Any]) -> web.Response:
+    """A broker trigger: checked, prepared on the broker (refused when it cannot be reached or
+    what it names does not exist), then stored."""
+    try:
+        wanted = source_kinds.parse(name, body)
+        trigger = await platform_of(request).events.add_source(wanted)
+    except FunctionNotFound:
+        return not_found(name)
+    except BadSource as exc:
+        return error_response(400, "bad_source", str(exc), setting=exc.setting)
+    except SourceMissing as exc:
+        return error_response(400, "source_not_found", str(exc))
+    except SourceError as exc:
+        return error_response(400, "broker_unavailable", str(exc))
     return json_response(trigger_json(trigger), status=201)
 
 
