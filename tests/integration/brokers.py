@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import signal
 import socket
+import subprocess
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -147,3 +152,76 @@ BROKERS = {
     "redis": Broker("redis", REDIS_URL, 6379),
     "mqtt": Broker("mqtt", MQTT_URL, 1883),
 }
+
+
+class PrivateBroker:
+    """A broker process of the test's own on a free loopback port, with its data in `data`,
+    stopped (SIGTERM, by its PID) and started again on the same port and data: a broker restart
+    that disturbs nobody else's broker."""
+
+    COMMANDS = {
+        "redis": "redis-server",
+        "nats": "nats-server",
+        "mqtt": "mosquitto",
+    }
+
+    def __init__(self, kind: str, data: Path) -> None:
+        self.kind = kind
+        self.data = data
+        data.mkdir(parents=True, exist_ok=True)
+        data.chmod(0o777)  # (mosquitto, started as root, runs as its own user)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.process: subprocess.Popen[bytes] | None = None
+        scheme = {"redis": "redis", "nats": "nats", "mqtt": "mqtt"}[kind]
+        self.broker = Broker(kind, f"{scheme}://127.0.0.1:{self.port}", self.port)
+
+    @classmethod
+    def available(cls, kind: str) -> bool:
+        return kind in cls.COMMANDS and shutil.which(cls.COMMANDS[kind]) is not None
+
+    def _argv(self) -> list[str]:
+        port, data = str(self.port), str(self.data)
+        if self.kind == "redis":
+            return [
+                "redis-server", "--port", port, "--bind", "127.0.0.1", "--dir", data,
+                "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+                "--protected-mode", "no",
+            ]  # fmt: skip
+        if self.kind == "nats":
+            return ["nats-server", "-a", "127.0.0.1", "-p", port, "-js", "-sd", data]
+        conf = self.data / "mosquitto.conf"
+        conf.write_text(
+            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"persistence_location {data}/\nuser root\n"
+        )
+        return ["mosquitto", "-c", str(conf)]
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            self._argv(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.kind} did not start: {self._argv()}") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
