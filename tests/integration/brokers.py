@@ -22,12 +22,16 @@ import aiomqtt
 import nats
 import pytest
 import redis.asyncio as aioredis
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from nats.js import api
 
 NATS_URL = os.environ.get("EMBER_TEST_NATS_URL", "nats://127.0.0.1:4222")
 RABBITMQ_URL = os.environ.get("EMBER_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
 REDIS_URL = os.environ.get("EMBER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 MQTT_URL = os.environ.get("EMBER_TEST_MQTT_URL", "mqtt://127.0.0.1:1883")
+KAFKA = os.environ.get("EMBER_TEST_KAFKA", "")
+"""Kafka's tests are opt-in: EMBER_TEST_KAFKA names a broker (HOST:PORT); none runs here."""
 
 
 @dataclass
@@ -40,6 +44,8 @@ class Broker:
 
     def require(self) -> None:
         """Skip the test unless the broker answers on its port."""
+        if self.kind == "kafka" and not KAFKA:
+            pytest.skip("Kafka is opt-in: set EMBER_TEST_KAFKA=HOST:PORT to test against one")
         try:
             socket.create_connection(("127.0.0.1", self.port), timeout=2).close()
         except OSError as exc:
@@ -65,6 +71,13 @@ class Broker:
             async with conn:
                 channel = await conn.channel()
                 await channel.declare_queue(name, durable=True)
+        elif self.kind == "kafka":
+            admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+            await admin.start()
+            try:
+                await admin.create_topics([NewTopic(name, num_partitions=2, replication_factor=1)])
+            finally:
+                await admin.close()
         elif self.kind == "redis":
             r = aioredis.from_url(self.url)
             try:
@@ -76,6 +89,8 @@ class Broker:
     def trigger(self, name: str, url: str | None = None) -> dict[str, Any]:
         """The body of `POST /v1/functions/F/triggers` consuming `name`."""
         key = {"nats": "nats", "rabbitmq": "rabbitmq", "redis": "redis_stream", "mqtt": "mqtt"}
+        if self.kind == "kafka":
+            return {"kafka": name, "group": f"{name}-group", "url": url or self.url}
         what = f"{name}.events" if self.kind == "nats" else name
         return {key[self.kind]: what, "url": url or self.url}
 
@@ -113,6 +128,14 @@ class Broker:
                     await pipe.execute()
             finally:
                 await r.aclose()
+        elif self.kind == "kafka":
+            producer = AIOKafkaProducer(bootstrap_servers=url.split("://", 1)[-1])
+            await producer.start()
+            try:
+                sent = [await producer.send(name, p) for p in payloads]
+                await asyncio.gather(*sent)
+            finally:
+                await producer.stop()
         elif self.kind == "mqtt":
             host, port = url.split("://", 1)[1].rsplit(":", 1)
             async with aiomqtt.Client(host, int(port), identifier=f"pub-{uuid.uuid4().hex}") as c:
@@ -132,6 +155,13 @@ class Broker:
                 async with conn:
                     channel = await conn.channel()
                     await channel.queue_delete(name)
+            elif self.kind == "kafka":
+                admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+                await admin.start()
+                try:
+                    await admin.delete_topics([name])
+                finally:
+                    await admin.close()
             elif self.kind == "redis":
                 r = aioredis.from_url(self.url)
                 try:
@@ -151,6 +181,9 @@ BROKERS = {
     "rabbitmq": Broker("rabbitmq", RABBITMQ_URL, 5672),
     "redis": Broker("redis", REDIS_URL, 6379),
     "mqtt": Broker("mqtt", MQTT_URL, 1883),
+    "kafka": Broker(
+        "kafka", f"kafka://{KAFKA or '127.0.0.1:9092'}", int((KAFKA or ":9092").rsplit(":")[-1])
+    ),
 }
 
 

@@ -86,6 +86,7 @@ async def test_messages_reach_the_handler_with_their_metadata(
         "rabbitmq": ("routing_key", name),
         "redis": ("stream", name),
         "mqtt": ("topic", name),
+        "kafka": ("topic", name),
     }[one.kind]
     assert first["message"][expected[0]] == expected[1]
     assert first["topic"] == expected[1]
@@ -116,6 +117,7 @@ async def test_a_missing_stream_or_a_bad_url_is_refused_at_trigger_add(
         "rabbitmq": "amqp://guest:hunter2@127.0.0.1:1/",
         "redis": "redis://:hunter2@127.0.0.1:1/0",
         "mqtt": "mqtt://127.0.0.1:1",
+        "kafka": "kafka://127.0.0.1:1",
     }[kind]
     status, body = await add_trigger(running, "f", one.trigger("x", url=dead))
     assert status == 400, body
