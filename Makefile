@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint format clean bench bench-quick bench-events bench-deps bench-styles bench-k8s bench-k8s-deps bench-replay bench-soak bench-decisions simulate
+.PHONY: up test lint format clean bench bench-quick bench-events bench-brokers bench-deps bench-styles bench-k8s bench-k8s-deps bench-replay bench-soak bench-decisions simulate
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ bench-soak: $(STAMP)
 ## bench-events: durable events and async invocations end to end (about a minute)
 bench-events: $(STAMP)
 	$(PY) -m bench.events
+
+## bench-brokers: broker sources (NATS, Redis Streams, RabbitMQ, MQTT) end to end, next to topic events (about a minute)
+bench-brokers: $(STAMP)
+	$(PY) -m bench.brokers
 
 ## bench-deps: cold starts of a function with dependencies, and the naive baseline
 bench-deps: $(STAMP)

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
+
 from store import Trigger, new_id
 from store.sources import SourceMessage
 
@@ -95,10 +97,16 @@ def to_delivery(trigger: Trigger, message: Received) -> SourceMessage:
 
 
 def guess_content_type(payload: bytes) -> str:
-    """JSON when the payload looks like a JSON object or array (the handler then gets it
-    decoded), else bytes."""
-    start = payload.lstrip()[:1]
-    return "application/json" if start in (b"{", b"[") else "application/octet-stream"
+    """JSON when the payload is a JSON object or array (the handler then gets it decoded),
+    else bytes."""
+    if payload.lstrip()[:1] in (b"{", b"["):
+        try:
+            orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            return "application/json"
+    return "application/octet-stream"
 
 
 def text_headers(headers: Mapping[Any, Any] | None) -> list[tuple[str, str]]:
