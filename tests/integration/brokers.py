@@ -196,6 +196,7 @@ class PrivateBroker:
         "redis": "redis-server",
         "nats": "nats-server",
         "mqtt": "mosquitto",
+        "rabbitmq": "/usr/lib/rabbitmq/bin/rabbitmq-server",
     }
 
     def __init__(self, kind: str, data: Path) -> None:
@@ -207,8 +208,13 @@ class PrivateBroker:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.process: subprocess.Popen[bytes] | None = None
-        scheme = {"redis": "redis", "nats": "nats", "mqtt": "mqtt"}[kind]
-        self.broker = Broker(kind, f"{scheme}://127.0.0.1:{self.port}", self.port)
+        url = {
+            "redis": f"redis://127.0.0.1:{self.port}/0",
+            "nats": f"nats://127.0.0.1:{self.port}",
+            "mqtt": f"mqtt://127.0.0.1:{self.port}",
+            "rabbitmq": f"amqp://guest:guest@127.0.0.1:{self.port}/",
+        }[kind]
+        self.broker = Broker(kind, url, self.port)
 
     @classmethod
     def available(cls, kind: str) -> bool:
@@ -224,6 +230,8 @@ class PrivateBroker:
             ]  # fmt: skip
         if self.kind == "nats":
             return ["nats-server", "-a", "127.0.0.1", "-p", port, "-js", "-sd", data]
+        if self.kind == "rabbitmq":
+            return [self.COMMANDS["rabbitmq"]]
         conf = self.data / "mosquitto.conf"
         conf.write_text(
             f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
@@ -231,11 +239,38 @@ class PrivateBroker:
         )
         return ["mosquitto", "-c", str(conf)]
 
+    def _env(self) -> dict[str, str] | None:
+        """A RabbitMQ node of its own: its name, ports, data, logs and Erlang cookie."""
+        if self.kind != "rabbitmq":
+            return None
+        data = str(self.data)
+        (self.data / "enabled_plugins").write_text("[].\n")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            dist = self.dist_port = getattr(self, "dist_port", s.getsockname()[1])
+        return {
+            **os.environ,
+            "HOME": data,
+            "RABBITMQ_NODENAME": f"embertest{self.port}@localhost",
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(dist),
+            "RABBITMQ_MNESIA_BASE": f"{data}/mnesia",
+            "RABBITMQ_LOG_BASE": f"{data}/log",
+            "RABBITMQ_ENABLED_PLUGINS_FILE": f"{data}/enabled_plugins",
+            "RABBITMQ_CONFIG_FILE": f"{data}/rabbitmq",
+            "RABBITMQ_PID_FILE": f"{data}/rabbitmq.pid",
+        }
+
     def start(self) -> None:
         self.process = subprocess.Popen(
-            self._argv(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            self._argv(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=self._env(),
+            cwd=self.data,
         )
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while True:
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
@@ -249,7 +284,7 @@ class PrivateBroker:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(timeout=20)
+                self.process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
