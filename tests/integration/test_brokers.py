@@ -102,6 +102,15 @@ async def test_messages_reach_the_handler_with_their_metadata(
     async with running.http.get(f"{running.url}/metrics") as response:
         text = await response.text()
     assert f'ember_source_messages_total{{function="rec",kind="{one.kind}",trigger="' in text
+    # Deleting the trigger stops its source (the platform is told at once).
+    status, _ = await running.admin("DELETE", f"/v1/triggers/{trigger['id']}")
+    assert status == 200
+    manager = running.platform.events.sources
+    assert manager is not None
+    deadline = time.monotonic() + 10
+    while manager.stats():
+        assert time.monotonic() < deadline, "the source still runs"
+        await asyncio.sleep(0.02)
 
 
 @pytest.mark.parametrize("kind", sorted(BROKERS))
