@@ -25,6 +25,7 @@ RECONNECT_MIN_S = 0.1
 FETCH_WAIT_S = 1.0
 """How long one fetch waits for a first message (the loop then checks the backlog again)."""
 LAG_EVERY_S = 5.0
+BACKLOG_CHECK_S = 0.5
 PAUSED_POLL_S = 0.05
 """How often a paused source (full backlog) looks again: a cheap count on an index."""
 
@@ -103,13 +104,21 @@ class SourceRunner:
 
     async def _pump(self, consumer: Consumer) -> None:
         settings, stats, trigger = self._settings, self.stats, self.trigger
-        lag_at = 0.0
+        limit = settings.source_max_backlog
+        lag_at = checked_at = 0.0
+        waiting: int | None = None
+        """The function's deliveries of this source waiting or running: counted in Postgres
+        when it may be near the bound (or every BACKLOG_CHECK_S), else what was counted plus
+        what this source committed since (deliveries only finish meanwhile)."""
         while True:
-            if time.monotonic() >= lag_at:
-                lag_at = time.monotonic() + LAG_EVERY_S
+            now = time.monotonic()
+            if now >= lag_at:
+                lag_at = now + LAG_EVERY_S
                 stats.lag = await consumer.lag()
-            waiting = await self._store.source_backlog(trigger, settings.source_max_backlog)
-            room = settings.source_max_backlog - waiting
+            if waiting is None or waiting >= limit // 2 or now - checked_at >= BACKLOG_CHECK_S:
+                waiting = await self._store.source_backlog(trigger, limit)
+                checked_at = now
+            room = limit - waiting
             if room <= 0:
                 if not stats.paused:
                     log.info(
@@ -117,6 +126,7 @@ class SourceRunner:
                         extra={"trigger": trigger.id, "waiting": waiting},
                     )
                 stats.paused = True
+                waiting = None
                 await asyncio.sleep(PAUSED_POLL_S)
                 continue
             stats.paused = False
@@ -129,5 +139,6 @@ class SourceRunner:
             )
             self._wake()
             await consumer.ack(batch)
+            waiting += new
             stats.messages += new
             stats.duplicates += len(batch) - new
