@@ -20,7 +20,6 @@ from aiokafka.errors import KafkaError
 from events.sources.base import BadSource, BrokerUnavailable, Received, SourceMissing, text_headers
 from events.sources.secrets import mask_url
 
-DEFAULT_URL = "kafka://127.0.0.1:9092"
 log = logging.getLogger("ember.events.sources")
 
 

@@ -11,77 +11,72 @@ refuses a broker it cannot reach or a stream, queue or topic that does not exist
 from __future__ import annotations
 
 import asyncio
+import importlib
 import re
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from types import ModuleType
+from typing import Any, cast
 
-from events.sources import kafka, mqtt, nats, rabbitmq, redis_streams
 from events.sources.base import BadSource, BrokerUnavailable, Consumer
 from events.sources.secrets import mask_url, open_url
 from store import Trigger
 
 PREPARE_TIMEOUT_S = 10.0
+_HERE = "events.sources"
 
 
 @dataclass(slots=True, frozen=True)
 class Kind:
+    """A kind of broker source. Its module (and so its broker's client library, which takes
+    a while to import) is imported on first use, not when the gateway starts."""
+
     name: str
     """The trigger's kind (and its deliveries' source)."""
     key: str
     """The request's key that names this kind (its value: what to consume)."""
     default_url: str
     schemes: tuple[str, ...]
-    options: Callable[[str, Mapping[str, Any], str], dict[str, Any]]
-    """(what, request, a token for default names) -> the options stored."""
-    consumer: Callable[[int, Mapping[str, Any], str], Consumer]
-    """(trigger id, options, url) -> a consumer."""
-    describe: Callable[[Mapping[str, Any]], str]
+    module: str
+    consumer_class: str
+
+    def load(self) -> ModuleType:
+        return importlib.import_module(self.module)
+
+    def options(self, what: str, body: Mapping[str, Any], default_name: str) -> dict[str, Any]:
+        """The options stored for a request (BadSource when they are wrong)."""
+        return cast(dict[str, Any], self.load().options(what, body, default_name))
+
+    def describe(self, options: Mapping[str, Any]) -> str:
+        return cast(str, self.load().describe(options))
+
+    def consumer(self, trigger_id: int, options: Mapping[str, Any], url: str) -> Consumer:
+        return cast(Consumer, getattr(self.load(), self.consumer_class)(trigger_id, options, url))
 
 
 KINDS = {
     k.name: k
     for k in (
-        Kind(
-            "nats", "nats", nats.DEFAULT_URL, ("nats", "tls"), nats.options, nats.Jet, nats.describe
-        ),
+        Kind("nats", "nats", "nats://127.0.0.1:4222", ("nats", "tls"), f"{_HERE}.nats", "Jet"),
         Kind(
             "rabbitmq",
             "rabbitmq",
-            rabbitmq.DEFAULT_URL,
+            "amqp://guest:guest@127.0.0.1:5672/",
             ("amqp", "amqps"),
-            rabbitmq.options,
-            rabbitmq.Rabbit,
-            rabbitmq.describe,
+            f"{_HERE}.rabbitmq",
+            "Rabbit",
         ),
         Kind(
             "redis",
             "redis_stream",
-            redis_streams.DEFAULT_URL,
+            "redis://127.0.0.1:6379/0",
             ("redis", "rediss", "unix"),
-            redis_streams.options,
-            redis_streams.RedisStream,
-            redis_streams.describe,
+            f"{_HERE}.redis_streams",
+            "RedisStream",
         ),
-        Kind(
-            "mqtt",
-            "mqtt",
-            mqtt.DEFAULT_URL,
-            ("mqtt", "mqtts"),
-            mqtt.options,
-            mqtt.Mqtt,
-            mqtt.describe,
-        ),
-        Kind(
-            "kafka",
-            "kafka",
-            kafka.DEFAULT_URL,
-            ("kafka",),
-            kafka.options,
-            kafka.Kafka,
-            kafka.describe,
-        ),
+        Kind("mqtt", "mqtt", "mqtt://127.0.0.1:1883", ("mqtt", "mqtts"), f"{_HERE}.mqtt", "Mqtt"),
+        Kind("kafka", "kafka", "kafka://127.0.0.1:9092", ("kafka",), f"{_HERE}.kafka", "Kafka"),
     )
 }
 KEYS = {k.key: k for k in KINDS.values()}

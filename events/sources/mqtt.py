@@ -23,8 +23,6 @@ import aiomqtt
 from events.sources.base import BadSource, BrokerUnavailable, Received
 from events.sources.secrets import mask_url
 
-DEFAULT_URL = "mqtt://127.0.0.1:1883"
-
 
 def options(what: str, body: Mapping[str, Any], default_name: str) -> dict[str, Any]:
     try:

@@ -29,7 +29,6 @@ from events.sources.base import (
 )
 from events.sources.secrets import mask_url
 
-DEFAULT_URL = "nats://127.0.0.1:4222"
 ACK_WAIT_S = 5.0
 """An unacknowledged message is given again after this (Ember acknowledges within a commit)."""
 _NAME = re.compile(r"^[^.*>\s]+$")

@@ -22,7 +22,6 @@ from aio_pika.exceptions import ChannelNotFoundEntity, ProbableAuthenticationErr
 from events.sources.base import BrokerUnavailable, Received, SourceMissing, text_headers
 from events.sources.secrets import mask_url
 
-DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 PREFETCH = 512
 
 

@@ -23,7 +23,6 @@ from redis import exceptions as redis_errors
 from events.sources.base import BadSource, BrokerUnavailable, Received, SourceMissing
 from events.sources.secrets import mask_url
 
-DEFAULT_URL = "redis://127.0.0.1:6379/0"
 CONSUMER = "ember"
 PAYLOAD_FIELDS = (b"data", b"payload", b"body")
 
