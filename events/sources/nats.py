@@ -3,8 +3,8 @@
 `fn trigger add NAME --nats SUBJECT [--stream S] [--durable D] [--url nats://...]`. The stream
 must exist (found by subject when --stream is not given); the durable consumer is created when
 the trigger is added (new messages from then on; explicit acks; an unacknowledged message comes
-back after ACK_WAIT_S). A message's stream sequence is its key, so one given again after a
-crash is not delivered twice.
+back after ACK_WAIT_S). A message's stream sequence (in this incarnation of the stream) is its
+key, so one given again after a crash is not delivered twice.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ class Jet:
         self._url = url
         self._nc: NatsClient | None = None
         self._sub: JetStreamContext.PullSubscription | None = None
+        self._incarnation = ""
 
     async def open(self) -> None:
         subject, durable = self._options["subject"], self._options["durable"]
@@ -78,10 +79,9 @@ class Jet:
         js = self._nc.jetstream()
         stream = self._options.get("stream")
         try:
-            if stream:
-                await js.stream_info(stream)
-            else:
+            if not stream:
                 stream = await js.find_stream_name_by_subject(subject)
+            info = await js.stream_info(stream)
         except js_errors.NotFoundError:
             raise SourceMissing(
                 f'no JetStream stream "{stream}" on {where}; create it (nats stream add) or '
@@ -94,6 +94,10 @@ class Jet:
             raise BrokerUnavailable(
                 f"NATS at {where} has no JetStream; start nats-server with -js"
             ) from None
+        # A message's key: its stream sequence, within this incarnation of the stream (a stream
+        # deleted and made again starts at 1 again: its messages are new).
+        created = info.created.timestamp() if info.created else 0.0
+        self._incarnation = f"{stream}@{int(created * 1000)}"
         config = api.ConsumerConfig(
             durable_name=durable,
             ack_policy=api.AckPolicy.EXPLICIT,
@@ -116,7 +120,7 @@ class Jet:
             msgs = await self._sub.fetch(max_messages, timeout=wait_s)
         except (TimeoutError, nats_client.errors.TimeoutError):
             return []
-        return [_received(m) for m in msgs]
+        return [_received(m, self._incarnation) for m in msgs]
 
     async def ack(self, messages: list[Received]) -> None:
         # Written to the connection's buffer, sent by its flusher: no round trip per batch (an
@@ -139,13 +143,13 @@ async def _quiet(exc: Exception) -> None:
     """nats-py's error callback: its default prints tracebacks; the runner logs failures."""
 
 
-def _received(msg: Msg) -> Received:
+def _received(msg: Msg, incarnation: str) -> Received:
     meta = msg.metadata
     headers = text_headers(msg.headers)
     return Received(
         payload=msg.data,
         topic=msg.subject,
-        key=str(meta.sequence.stream),
+        key=f"{incarnation}:{meta.sequence.stream}",
         headers=headers,
         content_type=next((v for k, v in headers if k.lower() == "content-type"), ""),
         info={

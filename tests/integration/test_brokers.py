@@ -242,3 +242,36 @@ async def test_one_gateway_consumes_a_source_and_another_takes_over(
             assert len(manager.stats()) == 1
     finally:
         await one.remove(name)
+
+
+async def test_a_nats_stream_made_again_is_new_messages_not_repeats(
+    running: Running, tmp_path: Path
+) -> None:
+    """Sequences start at 1 again in a stream deleted and made again: its messages are not
+    taken for the ones already committed."""
+    one = BROKERS["nats"]
+    one.require()
+    name = one.unique()
+    await one.create(name)
+    out = shared(tmp_path) / "out.jsonl"
+    try:
+        await running.deploy_ok("rec", RECORDER, env={"OUT": str(out)})
+        status, trigger = await add_trigger(running, "rec", one.trigger(name))
+        assert status == 201, trigger
+        await one.publish(name, [json.dumps({"n": i}).encode() for i in range(5)])
+        await wait_for_lines(out, 5)
+        manager = running.platform.events.sources
+        assert manager is not None
+        (stats,) = manager.stats()
+        await one.remove(name)
+        await one.create(name)
+        deadline = time.monotonic() + 20
+        while not (stats.reconnects and stats.connected):
+            assert time.monotonic() < deadline, "the source did not come back"
+            await asyncio.sleep(0.02)
+        await one.publish(name, [json.dumps({"n": i}).encode() for i in range(5, 10)])
+        found = await wait_for_lines(out, 10)
+        assert sorted(x["event"]["n"] for x in found) == list(range(10))
+        assert sorted(x["message"]["stream_seq"] for x in found[5:]) == [1, 2, 3, 4, 5]
+    finally:
+        await one.remove(name)
