@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint format clean bench bench-quick bench-events bench-brokers bench-deps bench-styles bench-k8s bench-k8s-deps bench-replay bench-soak bench-decisions simulate
+.PHONY: up test lint format clean bench bench-quick bench-auth bench-events bench-brokers bench-deps bench-styles bench-k8s bench-k8s-deps bench-replay bench-soak bench-decisions simulate
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,10 @@ bench-deps: $(STAMP)
 ## bench-styles: what each handler style (lambda, openwhisk, asgi...) adds to a warm call
 bench-styles: $(STAMP)
 	$(PY) -m bench.styles
+
+## bench-auth: a warm call of a private, a CORS and a namespaced function vs a public one
+bench-auth: $(STAMP)
+	$(PY) -m bench.auth --quick
 
 ## bench-k8s: cold starts on the Kubernetes backend (against the API emulation) vs local
 bench-k8s: $(STAMP)

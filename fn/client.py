@@ -63,12 +63,19 @@ def discover_token() -> str | None:
 
 class Client:
     def __init__(
-        self, url: str | None = None, token: str | None = None, timeout_s: float = 900.0
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        timeout_s: float = 900.0,
+        namespace: str | None = None,
     ) -> None:
-        """`timeout_s` covers the slowest answer: a deploy that builds its requirements."""
+        """`timeout_s` covers the slowest answer: a deploy that builds its requirements.
+        `namespace`: where functions, keys' scopes and secrets are (None: the key's own, or
+        `default`)."""
         self.url = (url or discover_url()).rstrip("/")
         self.token = token if token is not None else discover_token()
         self.timeout_s = timeout_s
+        self.namespace = namespace
 
     def request(
         self,
@@ -89,6 +96,8 @@ class Client:
         all_headers = dict(headers or {})
         if admin and self.token:
             all_headers["Authorization"] = f"Bearer {self.token}"
+        if admin and self.namespace:
+            all_headers["X-Ember-Namespace"] = self.namespace
         try:
             conn.request(method, parts.path.rstrip("/") + path, body=body, headers=all_headers)
             response = conn.getresponse()
@@ -126,7 +135,16 @@ class Client:
     ) -> Reply:
         headers = {"Content-Type": content_type} if content_type else {}
         headers.update(extra_headers or {})
-        return self.request("POST", f"/fn/{quote(name, safe=':')}", data, headers, admin=False)
+        path = f"/fn/{quote(name, safe=':')}"
+        if self.namespace and self.namespace != "default":
+            path = f"/fn/{quote(self.namespace)}/{quote(name, safe=':')}"
+        reply = self.request("POST", path, data, headers, admin=False)
+        if reply.status == 401 and self.token and b'"key_required"' in reply.body:
+            # A private function: send the key only to it (a public function's handler sees
+            # the headers it is called with; a private one's does not see this one).
+            headers["Authorization"] = f"Bearer {self.token}"
+            reply = self.request("POST", path, data, headers, admin=False)
+        return reply
 
 
 def error_message(status: int, data: Any) -> str:

@@ -14,17 +14,21 @@ from aiohttp import web
 
 from builds.requirements import BuildFailed, RequirementsError
 from config.units import ConfigError
+from gateway.auth import may_see, principal_of
 from gateway.errors import error_response, json_response
 from gateway.events import delivery_json
 from gateway.frameworks import missing_module, missing_packages, with_packages
+from gateway.namespaces import qualify, split_name
 from gateway.platform import Platform
 from gateway.requests import json_body, limit_of, not_found, platform_of
+from gateway.tenancy import default_auth, ensure_namespace, missing_secrets
 from gateway.units import (
     FILENAME,
     NAME,
     ArchiveError,
     archive_names,
     checked_style_options,
+    parse_access,
     parse_function_config,
     read_archive,
 )
@@ -45,8 +49,10 @@ routes = web.RouteTableDef()
 
 def version_json(version: Version, *, active: bool | None = None) -> dict[str, Any]:
     c = version.config
+    namespace, short = split_name(version.function)
     out: dict[str, Any] = {
-        "function": version.function,
+        "function": short,
+        "namespace": namespace,
         "version": version.version,
         "sha256": version.sha256,
         "filename": version.filename,
@@ -61,6 +67,9 @@ def version_json(version: Version, *, active: bool | None = None) -> dict[str, A
         "max_event_age_s": c.max_event_age_s,
         "network": c.network,
         "cpus": c.cpus,
+        "auth": c.auth,
+        "secrets": list(c.secrets),  # names only: values are never returned
+        "cors_origins": list(c.cors_origins),
         "created_at": version.created_at.isoformat(),
     }
     p = version.package
@@ -78,8 +87,10 @@ def version_json(version: Version, *, active: bool | None = None) -> dict[str, A
 
 def function_json(function: Function, platform: Platform) -> dict[str, Any]:
     instances = platform.scheduler.instances_of(function.name)
+    namespace, short = split_name(function.name)
     return {
-        "name": function.name,
+        "name": short,
+        "namespace": namespace,
         "active_version": function.active_version,
         "latest_version": function.latest_version,
         "versions": function.version_count,
@@ -94,9 +105,11 @@ def function_json(function: Function, platform: Platform) -> dict[str, Any]:
 
 
 def activation_json(activation: Activation) -> dict[str, Any]:
+    namespace, short = split_name(activation.function)
     return {
         "id": str(activation.id),
-        "function": activation.function,
+        "function": short,
+        "namespace": namespace,
         "version": activation.version,
         "started_at": activation.started_at.isoformat(),
         "duration_ms": round(activation.duration_ms, 3),
@@ -112,20 +125,23 @@ def activation_json(activation: Activation) -> dict[str, Any]:
 async def deploy(request: web.Request) -> web.Response:
     platform = platform_of(request)
     body = await json_body(request)
-    response = await _deploy(platform, body)
+    namespace = principal_of(request).namespace
+    await ensure_namespace(platform, namespace)
+    response = await _deploy(platform, body, namespace)
     platform.metrics.deploys.labels("ok" if response.status < 300 else "rejected").inc()
     return response
 
 
-async def _deploy(platform: Platform, body: dict[str, Any]) -> web.Response:
+async def _deploy(platform: Platform, body: dict[str, Any], namespace: str) -> web.Response:
     name, source = body.get("name"), body.get("source")
-    if not isinstance(name, str) or not NAME.match(name):
+    if not isinstance(name, str) or not NAME.fullmatch(name):
         return error_response(
             400,
             "bad_name",
             f"invalid function name {name!r}: use 1-63 "
             "lowercase letters, digits, - and _, starting with a letter",
         )
+    name = qualify(namespace, name)
     if body.get("archive") is not None and source is None:
         source = ""  # taken from the archive below
     if not isinstance(source, str) or (not source.strip() and body.get("archive") is None):
@@ -140,8 +156,13 @@ async def _deploy(platform: Platform, body: dict[str, Any]) -> web.Response:
         )
     try:
         config = parse_function_config(body)
+        access = parse_access(body, await default_auth(platform, name, namespace))
     except ConfigError as exc:
         return error_response(400, "bad_config", str(exc), setting=exc.setting)
+    missing = await missing_secrets(platform, namespace, access["secrets"])
+    if missing is not None:
+        return missing
+    config = dataclasses.replace(config, **access)
     archive = None
     files = {filename: source}
     if body.get("archive") is not None:
@@ -316,9 +337,15 @@ def _now() -> Any:
 
 @routes.get("/v1/functions")
 async def list_functions(request: web.Request) -> web.Response:
-    platform = platform_of(request)
+    platform, namespace = platform_of(request), principal_of(request).namespace
     functions = await platform.store.list_functions()
-    return json_response({"functions": [function_json(f, platform) for f in functions]})
+    return json_response(
+        {
+            "functions": [
+                function_json(f, platform) for f in functions if split_name(f.name)[0] == namespace
+            ]
+        }
+    )
 
 
 @routes.get("/v1/functions/{name}")
@@ -458,11 +485,11 @@ async def show_activation(request: web.Request) -> web.Response:
     except ValueError:
         return error_response(400, "bad_activation_id", f'"{raw}" is not an activation id')
     delivery = await platform.store.get_delivery(activation_id)
-    if delivery is not None:
+    if delivery is not None and may_see(request, delivery.function):
         return json_response(delivery_json(delivery))
     activation = platform.activations.pending(activation_id) or await platform.store.get_activation(
         activation_id
     )
-    if activation is None:
+    if activation is None or not may_see(request, activation.function):
         return error_response(404, "activation_not_found", f'activation "{raw}" not found')
     return json_response(activation_json(activation))

@@ -4,7 +4,6 @@ large or too slow, `Expect`) is the `{"error": {...}}` shape with its status."""
 
 from __future__ import annotations
 
-import hmac
 import logging
 
 from aiohttp import web
@@ -12,12 +11,15 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import admin, events, policies
+from gateway import admin, events, policies, tenancy
+from gateway.auth import PRINCIPAL, authenticate, permit
 from gateway.environments import environment_archive
 from gateway.errors import BodyTimeout, error_response, json_response, payload_too_large
 from gateway.invoke import invoke
+from gateway.namespaces import qualify
 from gateway.platform import PLATFORM, Platform
 from gateway.requests import not_found
+from gateway.tenancy import audit
 from gateway.units import NAME
 from store import DatabaseUnavailable
 
@@ -27,27 +29,34 @@ ADMIN_MAX_BODY = web.AppKey("admin_max_body", int)
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path.startswith("/v1/"):
-        platform = request.app[PLATFORM]
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        # (surrogateescape: a header with bytes that are not UTF-8 is a wrong token, not a 500)
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode("utf-8", "surrogateescape"), platform.token.encode()
-        ):
-            message = (
-                "missing admin token: send Authorization: Bearer <token> (fn reads it "
-                "from the state dir, or FN_TOKEN)"
-                if not header
-                else "wrong admin token"
-            )
-            return error_response(
-                401, "unauthorized", message, headers={"WWW-Authenticate": 'Bearer realm="ember"'}
-            )
+    """Every admin route: who asks and whether they may (`auth.authorize`, in two steps),
+    function names put in the request's namespace, and each action audited."""
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else None
+    principal = authenticate(request)
+    if isinstance(principal, web.Response):
+        await audit(request, None, route, principal.status)
+        return principal
+    refusal = permit(principal, request.method, route)
+    if refusal is not None:
+        await audit(request, principal, route, refusal.status)
+        return refusal
+    request[PRINCIPAL] = principal
     name = request.match_info.get("name")
-    if name is not None and request.path.startswith("/v1/functions/") and not NAME.fullmatch(name):
-        return not_found(name)  # no such function can exist; the store is not asked
-    return await handler(request)
+    if name is not None and request.path.startswith("/v1/functions/"):
+        if not NAME.fullmatch(name):
+            return not_found(name)  # no such function can exist; the store is not asked
+        request.match_info["name"] = qualify(principal.namespace, name)
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        await audit(request, principal, route, status)
 
 
 @web.middleware
@@ -170,7 +179,7 @@ def build_app(platform: Platform) -> web.Application:
     admin_app = web.Application(client_max_size=admin_max, middlewares=[auth_middleware])
     admin_app[PLATFORM] = platform
     admin_app[ADMIN_MAX_BODY] = admin_max
-    for route in [*admin.routes, *policies.routes, *events.routes]:
+    for route in [*admin.routes, *policies.routes, *events.routes, *tenancy.routes]:
         assert isinstance(route, web.RouteDef)
         admin_app.router.add_route(
             route.method,

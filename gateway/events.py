@@ -24,8 +24,10 @@ from config.units import ConfigError
 from events.sources import kinds as source_kinds
 from events.sources.base import BadSource, SourceError, SourceMissing
 from events.triggers import next_tick, parse_schedule
+from gateway.auth import may_see, principal_of, scoped
 from gateway.errors import bad_request, error_response, json_response
 from gateway.invoke import MAX_IDEMPOTENCY_KEY
+from gateway.namespaces import qualify_topic, split_name, split_topic
 from gateway.requests import json_body, limit_of, not_found, platform_of
 from store import (
     ActivationId,
@@ -47,17 +49,19 @@ TOPIC = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 TABLE = re.compile(r'^("?[A-Za-z_][A-Za-z0-9_$]*"?\.)?"?[A-Za-z_][A-Za-z0-9_$]*"?$')
 
 
-def _topic_name(raw: str) -> str:
+def _topic_name(raw: str, namespace: str) -> str:
+    """A topic name given by a request, checked, as stored in `namespace`."""
     if not TOPIC.match(raw):
         raise bad_request(
             "bad_topic",
             f"invalid topic name {raw!r}: use 1-200 letters, digits, "
             ". _ and -, starting with a letter or digit (like orders.created)",
         )
-    return raw
+    return qualify_topic(namespace, raw)
 
 
 def _topicnot_found(name: str) -> web.Response:
+    name = split_topic(name)[1]
     return error_response(
         404, "topic_not_found", f'topic "{name}" not found; create it with: fn topic create {name}'
     )
@@ -68,23 +72,27 @@ def _topicnot_found(name: str) -> web.Response:
 
 @routes.put("/v1/topics/{name}")
 async def create_topic(request: web.Request) -> web.Response:
-    name = _topic_name(request.match_info["name"])
+    name = _topic_name(request.match_info["name"], principal_of(request).namespace)
     created = await platform_of(request).store.create_topic(name)
-    return json_response({"topic": name, "created": created}, status=201 if created else 200)
+    return json_response(
+        {"topic": split_topic(name)[1], "created": created}, status=201 if created else 200
+    )
 
 
 @routes.get("/v1/topics")
 async def list_topics(request: web.Request) -> web.Response:
     topics = await platform_of(request).store.list_topics()
+    namespace = principal_of(request).namespace
     return json_response(
         {
             "topics": [
                 {
-                    "name": t.name,
+                    "name": split_topic(t.name)[1],
                     "subscribers": t.subscribers,
                     "created_at": t.created_at.isoformat(),
                 }
                 for t in topics
+                if split_topic(t.name)[0] == namespace
             ]
         }
     )
@@ -92,21 +100,21 @@ async def list_topics(request: web.Request) -> web.Response:
 
 @routes.delete("/v1/topics/{name}")
 async def delete_topic(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
+    name = qualify_topic(principal_of(request).namespace, request.match_info["name"])
     try:
         await platform_of(request).store.delete_topic(name)
     except TopicNotFound:
         return _topicnot_found(name)
     except TriggerError as exc:
         return error_response(409, "topic_in_use", str(exc))
-    return json_response({"deleted": name})
+    return json_response({"deleted": split_topic(name)[1]})
 
 
 @routes.post("/v1/events/{topic}")
 async def publish(request: web.Request) -> web.Response:
     """Commit one delivery per subscriber, then answer 202."""
     platform = platform_of(request)
-    topic = _topic_name(request.match_info["topic"])
+    topic = _topic_name(request.match_info["topic"], principal_of(request).namespace)
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
         raise bad_request(
@@ -132,7 +140,7 @@ async def publish(request: web.Request) -> web.Response:
     return json_response(
         {
             "event_id": str(event_id),
-            "topic": topic,
+            "topic": split_topic(topic)[1],
             "deliveries": deliveries,
             "status": "accepted" if created else "duplicate",
         },
@@ -173,7 +181,8 @@ async def publish_batch(request: web.Request) -> web.Response:
             or set(item) - {"topic", "data"}
         ):
             raise bad_request("bad_batch", f'event {i} must be {{"topic": T, "data": ...}}')
-        events.append(Event(new_id(), _topic_name(item["topic"]), orjson.dumps(item["data"])))
+        topic = _topic_name(item["topic"], principal_of(request).namespace)
+        events.append(Event(new_id(), topic, orjson.dumps(item["data"])))
     try:
         counts = await platform.store.publish_batch(events, notify=platform.events.must_notify())
     except TopicNotFound as exc:
@@ -184,7 +193,7 @@ async def publish_batch(request: web.Request) -> web.Response:
             "events": [
                 {
                     "event_id": str(e.id),
-                    "topic": e.topic,
+                    "topic": split_topic(e.topic)[1],
                     "deliveries": counts[e.id],
                     "status": "accepted",
                 }
@@ -201,12 +210,13 @@ async def publish_batch(request: web.Request) -> web.Response:
 def trigger_json(trigger: Trigger) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": trigger.id,
-        "function": trigger.function,
+        "function": split_name(trigger.function)[1],
+        "namespace": split_name(trigger.function)[0],
         "kind": trigger.kind,
         "created_at": trigger.created_at.isoformat() if trigger.created_at else None,
     }
-    if trigger.kind == "topic":
-        out["topic"] = trigger.topic
+    if trigger.kind == "topic" and trigger.topic is not None:
+        out["topic"] = split_topic(trigger.topic)[1]
     elif trigger.kind in source_kinds.KINDS:
         out.update(source_kinds.describe(trigger))
     elif trigger.kind == "cron":
@@ -254,7 +264,8 @@ def _one_kind(body: dict[str, Any]) -> str:
 def _trigger_from_body(name: str, body: dict[str, Any]) -> Trigger:
     kind = _one_kind(body)
     if kind == "topic":
-        return Trigger(id=0, function=name, kind="topic", topic=_topic_name(str(body["topic"])))
+        topic = _topic_name(str(body["topic"]), split_name(name)[0])
+        return Trigger(id=0, function=name, kind="topic", topic=topic)
     if kind == "cron":
         try:
             cron, zone = parse_schedule(str(body["cron"]), str(body.get("timezone") or "UTC"))
@@ -334,9 +345,11 @@ async def _add_source(request: web.Request, name: str, body: dict[str, Any]) -> 
 
 @routes.get("/v1/triggers")
 async def list_triggers(request: web.Request) -> web.Response:
-    function = request.query.get("function") or None
+    function = scoped(request, request.query.get("function") or None)
     triggers = await platform_of(request).store.list_triggers(function)
-    return json_response({"triggers": [trigger_json(t) for t in triggers]})
+    return json_response(
+        {"triggers": [trigger_json(t) for t in triggers if may_see(request, t.function)]}
+    )
 
 
 @routes.delete("/v1/triggers/{id}")
@@ -348,6 +361,8 @@ async def delete_trigger(request: web.Request) -> web.Response:
     force = request.query.get("force") in ("1", "true", "yes")
     try:
         trigger = await platform.store.get_trigger(int(raw))
+        if not may_see(request, trigger.function):  # another namespace's: as if none
+            raise NotFound(f"trigger {raw} not found")
         await platform.events.remove(trigger, force=force)
     except NotFound as exc:
         return error_response(404, "trigger_not_found", str(exc))
@@ -387,7 +402,8 @@ def delivery_json(delivery: Delivery, *, payload: bool = False) -> dict[str, Any
     out: dict[str, Any] = {
         "id": str(delivery.id),
         "async": True,
-        "function": delivery.function,
+        "function": split_name(delivery.function)[1],
+        "namespace": split_name(delivery.function)[0],
         "version": delivery.version,
         "source": delivery.source,
         "status": delivery.status,
@@ -417,9 +433,9 @@ def delivery_json(delivery: Delivery, *, payload: bool = False) -> dict[str, Any
 
 @routes.get("/v1/dlq")
 async def list_dead(request: web.Request) -> web.Response:
-    function = request.query.get("function") or None
+    function = scoped(request, request.query.get("function") or None)
     dead = await platform_of(request).store.list_dead(function, limit=limit_of(request))
-    return json_response({"dead": [delivery_json(d) for d in dead]})
+    return json_response({"dead": [delivery_json(d) for d in dead if may_see(request, d.function)]})
 
 
 @routes.post("/v1/dlq/redrive")
@@ -434,5 +450,9 @@ async def redrive(request: web.Request) -> web.Response:
         ids = [ActivationId(uuid.UUID(str(i))) for i in raw_ids]
     except ValueError:
         raise bad_request("bad_activation_id", "ids must be activation ids (fn dlq list)") from None
-    redriven = await platform_of(request).store.redrive(ids, function)
+    store = platform_of(request).store
+    ids = [i for i in ids if (d := await store.get_delivery(i)) and may_see(request, d.function)]
+    if not ids and function is None:
+        return json_response({"redriven": []})  # (none of the request's namespace)
+    redriven = await store.redrive(ids, scoped(request, function))
     return json_response({"redriven": [str(i) for i in redriven]})

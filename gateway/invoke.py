@@ -9,7 +9,10 @@ from aiohttp import web
 
 from calls.activations import new_activation_id
 from calls.execute import execute, no_nul
+from gateway import cors
+from gateway.auth import invoke_refusal
 from gateway.errors import error_response, json_response, payload_too_large
+from gateway.namespaces import DEFAULT_NAMESPACE, qualify, shown_name
 from gateway.platform import PLATFORM, Platform
 from gateway.units import NAME
 from invoker.protocol import RequestMeta
@@ -68,23 +71,31 @@ def _parse_target(target: str) -> tuple[str, int | None] | web.Response:
 
 async def invoke(request: web.Request) -> web.StreamResponse:
     platform = request.app[PLATFORM]
-    parsed = _parse_target(request.match_info["name"])
+    target, namespace = request.match_info["name"], DEFAULT_NAMESPACE
+    if "tail" in request.match_info and platform.keys.namespace_exists(target):
+        # /fn/NAMESPACE/NAME[/path]: a namespace's name wins over a function's sub-path.
+        namespace = target
+        target, _, request.match_info["tail"] = request.match_info["tail"].partition("/")
+    parsed = _parse_target(target)
     if isinstance(parsed, web.Response):
         return parsed
-    name, pinned = parsed
+    name, pinned = qualify(namespace, parsed[0]), parsed[1]
     try:
         version = await platform.functions.resolve(name, pinned)
     except FunctionNotFound:
+        where = "" if namespace == DEFAULT_NAMESPACE else f" --namespace {namespace}"
         return error_response(
             404,
             "function_not_found",
-            f'function "{name}" not found; deploy it with: fn deploy {name}.py',
+            f'function "{shown_name(name)}" not found; deploy it with: '
+            f"fn{where} deploy {parsed[0]}.py",
         )
     except VersionNotFound:
         return error_response(
             404,
             "version_not_found",
-            f'function "{name}" has no version {pinned}; list them with: fn versions {name}',
+            f'function "{shown_name(name)}" has no version {pinned}; list them with: '
+            f"fn versions {parsed[0]}",
         )
     except DatabaseUnavailable as exc:
         log.warning("cannot resolve %s: %s", name, exc)
@@ -95,6 +106,24 @@ async def invoke(request: web.Request) -> web.StreamResponse:
             "retry shortly",
             headers={"Retry-After": "1"},
         )
+    config = version.config
+    if config.cors_origins:  # (public functions without CORS: two attribute reads, no more)
+        return await cors.answer(
+            request, config.cors_origins, lambda r: _serve(platform, r, version, pinned)
+        )
+    return await _serve(platform, request, version, pinned)
+
+
+async def _serve(
+    platform: Platform, request: web.Request, version: Version, pinned: int | None
+) -> web.StreamResponse:
+    private = version.config.auth != "public"
+    if private:
+        refusal = invoke_refusal(
+            platform, request.headers.get("Authorization", ""), version.function
+        )
+        if refusal is not None:
+            return refusal
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
@@ -102,9 +131,9 @@ async def invoke(request: web.Request) -> web.StreamResponse:
     if "respond-async" in request.headers.get("Prefer", ""):
         return await submit_async(platform, request, version, pinned, body)
     try:
-        return await _call(platform, request, version, body)
+        return await _call(platform, request, version, body, strip_credentials=private)
     except Exception:
-        log.exception("call failed", extra={"function": name})
+        log.exception("call failed", extra={"function": version.function})
         return error_response(500, "internal_error", "internal error; see the gateway's logs")
 
 
@@ -202,10 +231,17 @@ def _stored_meta(request: web.Request) -> RequestMeta:
 
 
 async def _call(
-    platform: Platform, request: web.Request, version: Version, body: bytes
+    platform: Platform,
+    request: web.Request,
+    version: Version,
+    body: bytes,
+    *,
+    strip_credentials: bool = False,
 ) -> web.StreamResponse:
     activation_id = new_activation_id()
     meta = request_meta(request)
+    if strip_credentials:  # the platform's key is not the function's to see
+        meta["headers"] = [h for h in meta["headers"] if h[0].lower() != "authorization"]
     result = await execute(platform.calls, version, activation_id, meta, body)
     if result.status == "success":
         response = web.Response(status=result.http_status, body=result.body)

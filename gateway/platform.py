@@ -26,17 +26,26 @@ from calls.spool import ActivationSpool, replay_spool
 from events.recovery import GatewayRun
 from events.system import EventSystem
 from gateway.env_tokens import EnvTokens
+from gateway.keyring import KeyRing
 from gateway.policy_settings import reload_policies
 from gateway.retention import Pruner
 from gateway.settings import Settings
 from gateway.state_dir import lock_state_dir
+from gateway.vault import Vault, with_secrets
 from scheduler.backends import Backend
 from scheduler.backends.local import LocalBackend
 from scheduler.backends.remote import RemoteBackend
 from scheduler.scheduler import Prepare, Prepared, Scheduler
 from scheduler.tasks import Supervisor
 from store import Store, Version
-from store.changes import Change, FunctionChanged, PolicyChanged, TriggersChanged
+from store.changes import (
+    AccessChanged,
+    Change,
+    FunctionChanged,
+    PolicyChanged,
+    SecretRotated,
+    TriggersChanged,
+)
 from store.embedded import EmbeddedPostgres, start_embedded_postgres
 from store.errors import FunctionNotFound
 
@@ -92,11 +101,17 @@ class Platform:
     """The platform's background tasks; if a critical one stops, the platform is broken."""
     env_tokens: EnvTokens
     """Tokens that let invoker pods fetch an environment (Kubernetes)."""
+    keys: KeyRing
+    """API keys and namespaces, in memory (gateway/auth.py checks them)."""
+    vault: Vault
+    """Encrypts and decrypts secrets."""
     _exits: contextlib.AsyncExitStack
     """Stops what `start` started, in reverse."""
     embedded: EmbeddedPostgres | None = None
     deleting: set[str] = field(default_factory=set)
     """Functions this gateway is deleting: it retires them itself, before it answers."""
+    rolling: set[str] = field(default_factory=set)
+    """Functions whose instances this gateway rolls itself (a secret rotated here)."""
     _policy_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @classmethod
@@ -126,11 +141,16 @@ class Platform:
             await asyncio.to_thread(builder.remove_leftovers)
             backend = _backend(settings, store)
             env_tokens = EnvTokens(token, ttl_s=settings.env_token_ttl_s)
+            vault = Vault.from_environment(
+                settings.state_dir, generate=settings.backend != "kubernetes"
+            )
+            keys = KeyRing(store)
+            await keys.reload()
             scale = settings.time_scale
             scheduler = Scheduler(
                 backend,
                 settings.pool,
-                prepare=_preparer(settings, builder, env_tokens),
+                prepare=with_secrets(_preparer(settings, builder, env_tokens), vault, store),
                 clock=time.monotonic if scale == 1 else lambda: time.monotonic() * scale,
                 time_scale=scale,
             )
@@ -177,6 +197,8 @@ class Platform:
                 events=events,
                 tasks=tasks,
                 env_tokens=env_tokens,
+                keys=keys,
+                vault=vault,
                 _exits=exits,
             )
             tasks.spawn(activations.run(), "activation writer", critical=True)
@@ -215,6 +237,20 @@ class Platform:
                 if not self.functions.is_active(name, number):
                     self.functions.invalidate(name)
                     self.tasks.spawn(self._follow(name, number), f"follow {name}")
+            case AccessChanged():
+                self.tasks.spawn(self.keys.reload(), "key reload")
+            case SecretRotated(functions=names):
+                for name in names:
+                    if name not in self.rolling and self.scheduler.knows(name):
+                        self.tasks.spawn(self.roll(name), f"roll {name}")
+
+    async def roll(self, name: str) -> None:
+        """Replace the instances of `name` (a secret it reads changed): new ones specialize
+        with the new values; calls waiting for an instance meanwhile fail and may retry."""
+        await self.scheduler.retire(name)
+        await self.reload_policies()  # (retiring forgot the function's policy)
+        with contextlib.suppress(FunctionNotFound):
+            await self.scheduler.ensure_warm(await self.functions.resolve(name))
 
     async def _follow(self, name: str, version: int) -> None:
         """Another gateway deployed, rolled back or deleted `name` (or this one did, and the
@@ -233,6 +269,7 @@ class Platform:
     def _on_listening(self) -> None:
         # Changes made while not listening are unknown: forget what they could have changed.
         self.functions.clear()
+        self.tasks.spawn(self.keys.reload(), "key reload")
         self._reload_policies_soon()
         self.events.triggers_changed()
         self.events.wake_deliveries()

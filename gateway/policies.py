@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from config.units import ConfigError, parse_duration_s
+from gateway.auth import may_see
 from gateway.errors import error_response, json_response
 from gateway.platform import PLATFORM, Platform
 from gateway.policy_settings import DEFAULT, FIELDS, effective
@@ -199,6 +200,10 @@ async def list_policies(request: web.Request) -> web.Response:
     return json_response(
         {
             "default": _policy_json("default", default, by_name.get(DEFAULT)),
-            "functions": [_policy_json(n, p, by_name.get(n)) for n, p in sorted(overrides.items())],
+            "functions": [
+                _policy_json(n, p, by_name.get(n))
+                for n, p in sorted(overrides.items())
+                if may_see(request, n)  # the request's namespace's
+            ],
         }
     )

@@ -9,6 +9,7 @@ import orjson
 from aiohttp import web
 
 from gateway.errors import bad_request, error_response
+from gateway.namespaces import DEFAULT_NAMESPACE, shown_name, split_name
 from gateway.platform import PLATFORM, Platform
 
 MAX_ACTIVATIONS = 1000
@@ -20,10 +21,13 @@ def platform_of(request: web.Request) -> Platform:
 
 
 def not_found(name: str) -> web.Response:
+    """`name` as stored: a function of a namespace is named as it is called, NAMESPACE/NAME."""
+    namespace, short = split_name(name)
+    where = "" if namespace == DEFAULT_NAMESPACE else f" --namespace {namespace}"
     return error_response(
         404,
         "function_not_found",
-        f'function "{name}" not found; deploy it with: fn deploy {name}.py',
+        f'function "{shown_name(name)}" not found; deploy it with: fn{where} deploy {short}.py',
     )
 
 

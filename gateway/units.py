@@ -218,3 +218,36 @@ def checked_style_options(style: str, options: Any) -> dict[str, str]:
         except ConfigError:
             continue
     return kept
+
+
+ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(:\d{1,5})?$")
+MAX_SECRETS = 20
+
+
+def parse_access(body: Mapping[str, Any], default_auth: str) -> dict[str, Any]:
+    """A deploy's access settings (FunctionConfig's auth, secrets, cors_origins), checked;
+    `default_auth` is the namespace's default. Raises ConfigError."""
+    auth = body.get("auth") or default_auth
+    if auth not in ("public", "key"):
+        raise ConfigError("--auth", auth, "public (anyone may call it) or key (an invoker key)")
+    secrets = body.get("secrets") or []
+    if (
+        not isinstance(secrets, list)
+        or len(secrets) > MAX_SECRETS
+        or not all(isinstance(s, str) and NAME.fullmatch(s) for s in secrets)
+    ):
+        raise ConfigError("--secret", secrets, f"up to {MAX_SECRETS} names of secrets")
+    origins = body.get("cors_origins") or []
+    if (
+        not isinstance(origins, list)
+        or len(origins) > 50
+        or not all(isinstance(o, str) and (o == "*" or ORIGIN.fullmatch(o)) for o in origins)
+    ):
+        raise ConfigError(
+            "--cors-origin", origins, "origins like https://app.example.com (or * for any)"
+        )
+    return {
+        "auth": auth,
+        "secrets": tuple(dict.fromkeys(secrets)),
+        "cors_origins": tuple(dict.fromkeys(o.rstrip("/") for o in origins)),
+    }

@@ -120,6 +120,8 @@ def add_prepared(meta: SpecializeRequest, prepared: Prepared) -> None:
         meta["paths"] = prepared["paths"]
     if "environment" in prepared:
         meta["environment"] = prepared["environment"]
+    if "env" in prepared:
+        meta["env"] = {**meta.get("env", {}), **prepared["env"]}
 
 
 @dataclass(slots=True, frozen=True)
@@ -149,6 +151,8 @@ class Prepared(TypedDict, total=False):
     """Its environment's directories (requirements), where this node has them."""
     environment: EnvironmentSource
     """Where the instance fetches its environment itself (a pod: Kubernetes)."""
+    env: dict[str, str]
+    """Environment variables kept out of the version's record (its secrets' values)."""
 
 
 Prepare = Callable[[Version], Awaitable[Prepared]]

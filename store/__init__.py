@@ -15,10 +15,12 @@ object, so callers keep calling `store.create_version(...)` whatever module hold
     retention.py    pruning the tables that grow, by age and count, in batches
     gateways.py     gateway runs, heartbeats, the release of dead runs' claims
     sources.py      broker sources: their triggers and messages, one consumer per source
+    access.py       namespaces, API keys (hashed), secrets (encrypted), the audit trail
 """
 
 from __future__ import annotations
 
+from store.access import AccessStore, ApiKey, AuditEntry, NamespaceRow, SecretInfo
 from store.activations import ActivationStore
 from store.deliveries import DeliveryStore
 from store.errors import (
@@ -61,8 +63,11 @@ from store.sources import SourceStore
 
 __all__ = [
     "NO_PACKAGE",
+    "AccessStore",
     "Activation",
     "ActivationId",
+    "ApiKey",
+    "AuditEntry",
     "Build",
     "Change",
     "Claimed",
@@ -74,11 +79,13 @@ __all__ = [
     "FunctionConfig",
     "FunctionNotFound",
     "MigrationError",
+    "NamespaceRow",
     "NewDelivery",
     "NotFound",
     "Outcome",
     "Package",
     "PolicyRow",
+    "SecretInfo",
     "Store",
     "StoreError",
     "Topic",
@@ -100,5 +107,6 @@ class Store(
     RetentionStore,
     GatewayStore,
     SourceStore,
+    AccessStore,
 ):
     """Named queries over an asyncpg pool. Create with `await Store.connect(url)`."""

@@ -5,7 +5,10 @@ Each payload is a JSON object with a `kind`:
 - `{"kind": "function", "function": "resize", "version": 3}`: deployed, rolled back (the active
   version now) or deleted (`version` 0);
 - `{"kind": "policy", "function": "resize"}`: its warm-pool policy (or the default's) changed;
-- `{"kind": "triggers", "trigger_kind": "schedule"}`: triggers of that kind changed.
+- `{"kind": "triggers", "trigger_kind": "schedule"}`: triggers of that kind changed;
+- `{"kind": "access"}`: API keys or namespaces changed (created, revoked): reload them;
+- `{"kind": "secret", "functions": ["resize"]}`: a secret these functions read was rotated:
+  their warm instances are rolled (JSON only: gateways of earlier releases skip both).
 
 Gateways of earlier releases listen on `ember_functions` for text payloads (`resize:3`,
 `policy:resize`, `triggers:schedule`), so every change is also sent there, in the same
@@ -38,7 +41,17 @@ class TriggersChanged:
     trigger_kind: str
 
 
-Change = FunctionChanged | PolicyChanged | TriggersChanged
+@dataclass(slots=True, frozen=True)
+class AccessChanged:
+    pass
+
+
+@dataclass(slots=True, frozen=True)
+class SecretRotated:
+    functions: tuple[str, ...]
+
+
+Change = FunctionChanged | PolicyChanged | TriggersChanged | AccessChanged | SecretRotated
 
 
 class ChangeFeed:
@@ -52,6 +65,8 @@ class ChangeFeed:
         sender (ValueError: no change). Skipping is safe: a change says what the state is now,
         so the same one twice in a row is no news."""
         change = parse_change(payload)
+        if isinstance(change, AccessChanged | SecretRotated):
+            return change  # sent once (no text twin): the same one again is news
         if self._last == (sender_pid, change):
             self._last = None
             return None
@@ -71,6 +86,10 @@ def parse_change(payload: str) -> Change:
                 return PolicyChanged(str(data["function"]))
             if kind == "triggers":
                 return TriggersChanged(str(data["trigger_kind"]))
+            if kind == "access":
+                return AccessChanged()
+            if kind == "secret":
+                return SecretRotated(tuple(str(f) for f in data["functions"]))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a change notification: {payload[:200]!r}") from exc
         raise ValueError(f"unknown change kind {kind!r}")

@@ -67,6 +67,10 @@ class FunctionStore(StoreBase):
                 config.style,
                 dict(config.style_options),
             )
+            if config.access_json() != FunctionConfig().access_json():
+                row = await conn.fetchrow(
+                    QUERIES["set_version_access"], name, number, config.access_json()
+                )
             await conn.execute(QUERIES["set_active_version"], name, number)
             await conn.execute(QUERIES["notify_function_changed"], name, number)
         assert row is not None

@@ -55,7 +55,8 @@ WHERE f.name = $1;
 SELECT v.function, v.version, v.source, v.sha256, v.filename, v.entry, v.env, v.timeout_s,
        v.memory_bytes, v.concurrency, v.created_at, v.max_attempts, v.max_event_age_s,
        NULL::bytea AS archive, v.requirements, v.env_hash, v.lock, v.preimport, v.files,
-       v.network, v.cpus, v.style, v.style_options, (v.version = f.active_version) AS active
+       v.network, v.cpus, v.style, v.style_options, v.access,
+       (v.version = f.active_version) AS active
 FROM ember_versions v JOIN ember_functions f ON f.name = v.function
 WHERE v.function = $1
 ORDER BY v.version DESC;
@@ -489,7 +490,7 @@ FROM dead
 WHERE d.claimed_by = dead.id AND d.status = 'running' AND d.run_at > now()
 RETURNING d.id;
 
--- == Broker sources (events/sources/) =========================================================
+-- == Broker sources (events/sources/) ==================================================
 
 -- name: insert_source_trigger
 INSERT INTO ember_triggers (function, kind, source_options, source_url)
@@ -532,3 +533,73 @@ SELECT pg_try_advisory_lock($1::int, $2::int);
 
 -- name: release_source_lock
 SELECT pg_advisory_unlock($1::int, $2::int);
+=======
+-- ---------------------------------------------------------------------------------------------
+-- Tenancy (issue 18): namespaces, API keys, secrets, the audit trail, version access settings.
+
+-- name: set_version_access
+UPDATE ember_versions SET access = $3 WHERE function = $1 AND version = $2 RETURNING *;
+
+-- name: notify_access_changed
+-- Keys or namespaces changed: every gateway reloads its key cache (store/changes.py).
+SELECT pg_notify('ember_changes', json_build_object('kind', 'access')::text);
+
+-- name: list_api_keys_all
+SELECT * FROM ember_api_keys ORDER BY namespace, created_at;
+
+-- name: insert_api_key
+INSERT INTO ember_api_keys (id, namespace, role, secret_hash, description, created_by, expires_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+RETURNING *;
+
+-- name: revoke_api_key
+UPDATE ember_api_keys SET revoked_at = coalesce(revoked_at, now())
+WHERE id = $1 AND ($2::text IS NULL OR namespace = $2)
+RETURNING *;
+
+-- name: list_namespaces
+SELECT n.name, n.auth, n.created_at FROM ember_namespaces n ORDER BY n.name;
+
+-- name: upsert_namespace
+INSERT INTO ember_namespaces (name, auth) VALUES ($1, coalesce($2, 'public'))
+ON CONFLICT (name) DO UPDATE SET auth = coalesce($2, ember_namespaces.auth)
+RETURNING name, auth, created_at;
+
+-- name: set_secret
+INSERT INTO ember_secrets (namespace, name, ciphertext, keys) VALUES ($1, $2, $3, $4)
+ON CONFLICT (namespace, name) DO UPDATE
+    SET ciphertext = excluded.ciphertext, keys = excluded.keys, updated_at = now()
+RETURNING namespace, name, keys, updated_at;
+
+-- name: get_secret_ciphertext
+SELECT ciphertext FROM ember_secrets WHERE namespace = $1 AND name = $2;
+
+-- name: list_secrets
+SELECT namespace, name, keys, updated_at FROM ember_secrets WHERE namespace = $1 ORDER BY name;
+
+-- name: delete_secret
+DELETE FROM ember_secrets WHERE namespace = $1 AND name = $2 RETURNING name;
+
+-- name: functions_using_secret
+-- The functions of namespace $1 whose active version reads its secret $2: rotating it rolls
+-- their warm instances. (A function of namespace "team-a" is stored as "team-a.NAME".)
+SELECT f.name FROM ember_functions f
+JOIN ember_versions v ON v.function = f.name AND v.version = f.active_version
+WHERE v.access -> 'secrets' ? $2
+  AND CASE WHEN $1 = 'default' THEN strpos(f.name, '.') = 0
+           ELSE starts_with(f.name, $1 || '.') END;
+
+-- name: notify_secret_rotated
+SELECT pg_notify('ember_changes',
+                 json_build_object('kind', 'secret', 'functions', $1::text[])::text);
+
+-- name: record_audit
+INSERT INTO ember_audit (actor, namespace, method, path, action, status)
+VALUES ($1, $2, $3, $4, $5, $6);
+
+-- name: list_audit
+-- Newest first; $1: one namespace, or NULL for all.
+SELECT id, at, actor, namespace, method, path, action, status FROM ember_audit
+WHERE $1::text IS NULL OR namespace = $1
+ORDER BY id DESC
+LIMIT $2;

@@ -57,6 +57,16 @@ class FunctionConfig:
     request, before the import check says which."""
     style_options: Mapping[str, str] = field(default_factory=dict)
     """That style's settings, like {"event": "v1"} for lambda."""
+    auth: str = "public"
+    """"public": anyone may call it; "key": calls need an invoker key of its namespace."""
+    secrets: tuple[str, ...] = ()
+    """Secrets (of its namespace) whose values the instance gets as environment variables."""
+    cors_origins: tuple[str, ...] = ()
+    """Origins the gateway answers CORS requests (preflight included) for; "*" for any."""
+
+    def access_json(self) -> dict[str, Any]:
+        """The access settings as stored (the versions table's `access` column)."""
+        return {"auth": self.auth, "secrets": [*self.secrets], "cors_origins": [*self.cors_origins]}
 
 
 @dataclass(slots=True, frozen=True)
@@ -111,6 +121,7 @@ class Version:
                 cpus=row["cpus"],
                 style=row["style"],
                 style_options=_json(row["style_options"]),
+                **_access(row),
             ),
             package=Package(
                 archive=row["archive"],
@@ -236,6 +247,16 @@ class PolicyRow:
             min_warm=row["min_warm"],
             max_instances=row["max_instances"],
         )
+
+
+def _access(row: Row) -> dict[str, Any]:
+    """A version's access settings, from its `access` column ({} before tenancy)."""
+    try:
+        access = _json(row["access"]) or {}
+    except KeyError:  # a row of a query that does not read it
+        access = {}
+    auth, secrets = str(access.get("auth", "public")), tuple(access.get("secrets", ()))
+    return {"auth": auth, "secrets": secrets, "cors_origins": tuple(access.get("cors_origins", ()))}
 
 
 def _json(value: Any) -> Any:

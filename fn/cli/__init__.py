@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from fn.cli import activations, events, functions, policy, up
+from fn.cli import activations, events, functions, policy, tenancy, up
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,13 +24,22 @@ from fn.cli import activations, events, functions, policy, up
     "--token",
     envvar="FN_TOKEN",
     show_envvar=True,
-    help="Admin API token. Default: the one `fn up` wrote in the state dir.",
+    help="Admin API token or API key (fn key create). Default: the admin token `fn up` wrote "
+    "in the state dir.",
+)
+@click.option(
+    "--namespace",
+    "-N",
+    envvar="FN_NAMESPACE",
+    show_envvar=True,
+    help="Namespace of the functions, secrets and keys acted on. Default: the API key's own, "
+    "else default.",
 )
 @click.version_option(package_name="ember-faas")
 @click.pass_context
-def cli(ctx: click.Context, url: str | None, token: str | None) -> None:
+def cli(ctx: click.Context, url: str | None, token: str | None, namespace: str | None) -> None:
     """Ember: deploy a Python file and call it over HTTP."""
-    ctx.ensure_object(dict).update(url=url, token=token)
+    ctx.ensure_object(dict).update(url=url, token=token, namespace=namespace)
 
 
 # click lists commands by name, so the order here is only for reading.
@@ -51,6 +60,10 @@ for _command in (
     events.trigger,
     events.dlq,
     policy.policy,
+    tenancy.key,
+    tenancy.secret,
+    tenancy.namespace,
+    tenancy.audit,
 ):
     cli.add_command(_command)
 

@@ -18,7 +18,7 @@ from fn.client import Client, ClientError
 
 def client(ctx: click.Context) -> Client:
     obj: dict[str, Any] = ctx.ensure_object(dict)
-    return Client(obj.get("url"), obj.get("token"))
+    return Client(obj.get("url"), obj.get("token"), namespace=obj.get("namespace"))
 
 
 def api(ctx: click.Context, method: str, path: str, payload: Any = None) -> Any:

@@ -182,6 +182,26 @@ def _module_file(path: Path, module: str) -> str | None:
     help="How long after submission an async call or event may "
     "still be retried, like 1h or 2d. Default: 1d.",
 )
+@click.option(
+    "--auth",
+    type=click.Choice(["public", "key"]),
+    help="public: anyone may call it; key: calls need an invoker key of its namespace. "
+    "Default: the namespace's default (public).",
+)
+@click.option(
+    "--secret",
+    "secrets",
+    multiple=True,
+    metavar="NAME",
+    help="A secret (fn secret set) whose keys become environment variables (repeatable).",
+)
+@click.option(
+    "--cors-origin",
+    "cors_origins",
+    multiple=True,
+    metavar="ORIGIN",
+    help="A browser origin allowed to call it, like https://app.example.com, or * (repeatable).",
+)
 @json_option
 @click.pass_context
 def deploy(
@@ -205,6 +225,9 @@ def deploy(
     cpus: str | None,
     max_attempts: str | None,
     max_event_age: str | None,
+    auth: str | None,
+    secrets: tuple[str, ...],
+    cors_origins: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Deploy PATH as a new version, and make it active.
@@ -269,6 +292,9 @@ def deploy(
         ("preimport", preimport),
         ("network", network),
         ("cpus", cpus),
+        ("auth", auth),
+        ("secrets", list(secrets) or None),
+        ("cors_origins", list(cors_origins) or None),
     ):
         if value is not None:
             payload[key] = value

@@ -16,6 +16,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from cryptography.fernet import Fernet
 from kubernetes import client as k8s
 
 from gateway.envcache import CacheSettings
@@ -47,6 +48,7 @@ def production(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (secrets / "admin-token").write_text("a" * 64 + "\n")
     (secrets / "scheduler-token").write_text("s" * 64 + "\n")
     (secrets / "database-url").write_text("postgresql://ember:pw@db.example:5432/ember\n")
+    (secrets / "secrets-key").write_text(base64.urlsafe_b64encode(b"k" * 32).decode() + "\n")
     return copy / "overlays" / "production"
 
 
@@ -231,6 +233,8 @@ def test_the_manifests_settings_are_what_the_processes_read(overlay: str, produc
     assert gw.token == secrets["admin-token"].strip()
     assert gw.gateway_id == "ember-gateway-5f7d9-abcde"
     assert gw.port == gateway["containers"][0]["ports"][0]["containerPort"]
+    # Every gateway replica encrypts and decrypts function secrets with the same key.
+    Fernet(_env(gateway["containers"][0], secrets)["EMBER_SECRETS_KEY"].strip())
     # The invoker pods' ServiceAccount and owner exist where the scheduler looks for them.
     assert find(objects, "ServiceAccount", settings.kubernetes.service_account)
     owner = find(objects, "ConfigMap", settings.kubernetes.owner_configmap)
