@@ -23,7 +23,7 @@ from events.settings import EventSettings
 from events.sources import kinds
 from events.sources.manager import SourceManager
 from events.sources.metrics import SourceCollector
-from events.sources.secrets import seal_url
+from events.sources.secrets import Cipher, seal_url
 from events.triggers import TableRelays, run_schedules
 from scheduler.tasks import Supervisor
 from store import (
@@ -48,9 +48,13 @@ class EventSystem:
         calls: CallPath,
         settings: EventSettings,
         run: GatewayRun | None = None,
+        *,
+        cipher: Cipher,
     ) -> None:
+        """`cipher`: seals and opens the URLs of broker triggers (the platform's secrets key)."""
         self.store = store
         self.settings = settings
+        self.cipher = cipher
         self.run = run
         """This gateway's run: its claims carry its id (see `events/recovery.py`)."""
         self._metrics = calls.metrics
@@ -61,7 +65,9 @@ class EventSystem:
         )
         self.relays = TableRelays(store) if settings.workers else None
         self.sources = (
-            SourceManager(store, settings, wake=self.wake_deliveries, must_notify=self.must_notify)
+            SourceManager(
+                store, settings, cipher, wake=self.wake_deliveries, must_notify=self.must_notify
+            )
             if settings.workers
             else None
         )
@@ -190,15 +196,14 @@ class EventSystem:
 
     async def add_source(self, wanted: kinds.Wanted) -> Trigger:
         """Prepare a broker source on its broker (see `kinds.prepare`: raises SourceError),
-        then store its trigger; this gateway's sources start at once. Raises FunctionNotFound
-        before anything is made on the broker."""
+        then store its trigger, its URL sealed; this gateway's sources start at once. Raises
+        FunctionNotFound, or the cipher's error when there is no secrets key, before anything
+        is made on the broker."""
         await self.store.get_function(wanted.function)
+        sealed = None if wanted.url is None else seal_url(wanted.url, self.cipher)
         await kinds.prepare(wanted)
         trigger = await self.store.add_source_trigger(
-            wanted.function,
-            wanted.kind,
-            wanted.options,
-            None if wanted.url is None else seal_url(wanted.url),
+            wanted.function, wanted.kind, wanted.options, sealed
         )
         self.triggers_changed()
         return trigger

@@ -23,12 +23,14 @@ from aiohttp import web
 from config.units import ConfigError
 from events.sources import kinds as source_kinds
 from events.sources.base import BadSource, SourceError, SourceMissing
+from events.sources.secrets import Cipher
 from events.triggers import next_tick, parse_schedule
 from gateway.auth import may_see, principal_of, scoped
 from gateway.errors import bad_request, error_response, json_response
 from gateway.invoke import MAX_IDEMPOTENCY_KEY
 from gateway.namespaces import qualify_topic, split_name, split_topic
 from gateway.requests import json_body, limit_of, not_found, platform_of
+from gateway.vault import SecretError
 from store import (
     ActivationId,
     DatabaseUnavailable,
@@ -207,7 +209,8 @@ async def publish_batch(request: web.Request) -> web.Response:
 # -- triggers ---------------------------------------------------------------------------------
 
 
-def trigger_json(trigger: Trigger) -> dict[str, Any]:
+def trigger_json(trigger: Trigger, cipher: Cipher) -> dict[str, Any]:
+    """What the API shows of a trigger (`cipher`: opens a broker URL to show it masked)."""
     out: dict[str, Any] = {
         "id": trigger.id,
         "function": split_name(trigger.function)[1],
@@ -218,7 +221,7 @@ def trigger_json(trigger: Trigger) -> dict[str, Any]:
     if trigger.kind == "topic" and trigger.topic is not None:
         out["topic"] = split_topic(trigger.topic)[1]
     elif trigger.kind in source_kinds.KINDS:
-        out.update(source_kinds.describe(trigger))
+        out.update(source_kinds.describe(trigger, cipher))
     elif trigger.kind == "cron":
         out.update(
             cron=trigger.cron,
@@ -323,15 +326,16 @@ async def add_trigger(request: web.Request) -> web.Response:
         except TriggerError as exc:
             return error_response(400, "bad_table", str(exc))
     platform.events.triggers_changed()
-    return json_response(trigger_json(trigger), status=201)
+    return json_response(trigger_json(trigger, platform.vault), status=201)
 
 
 async def _add_source(request: web.Request, name: str, body: dict[str, Any]) -> web.Response:
     """A broker trigger: checked, prepared on the broker (refused when it cannot be reached or
     what it names does not exist), then stored."""
+    platform = platform_of(request)
     try:
         wanted = source_kinds.parse(name, body)
-        trigger = await platform_of(request).events.add_source(wanted)
+        trigger = await platform.events.add_source(wanted)
     except FunctionNotFound:
         return not_found(name)
     except BadSource as exc:
@@ -340,16 +344,18 @@ async def _add_source(request: web.Request, name: str, body: dict[str, Any]) -> 
         return error_response(400, "source_not_found", str(exc))
     except SourceError as exc:
         return error_response(400, "broker_unavailable", str(exc))
-    return json_response(trigger_json(trigger), status=201)
+    except SecretError as exc:  # no secrets key to seal the URL with
+        return error_response(503, "secrets_unavailable", str(exc))
+    return json_response(trigger_json(trigger, platform.vault), status=201)
 
 
 @routes.get("/v1/triggers")
 async def list_triggers(request: web.Request) -> web.Response:
     function = scoped(request, request.query.get("function") or None)
-    triggers = await platform_of(request).store.list_triggers(function)
-    return json_response(
-        {"triggers": [trigger_json(t) for t in triggers if may_see(request, t.function)]}
-    )
+    platform = platform_of(request)
+    triggers = await platform.store.list_triggers(function)
+    shown = [trigger_json(t, platform.vault) for t in triggers if may_see(request, t.function)]
+    return json_response({"triggers": shown})
 
 
 @routes.delete("/v1/triggers/{id}")
@@ -374,7 +380,7 @@ async def delete_trigger(request: web.Request) -> web.Response:
             f"with: fn trigger delete {raw} --force (what it installed then stays there)",
         )
     platform.events.triggers_changed()
-    return json_response({"deleted": trigger_json(trigger)})
+    return json_response({"deleted": trigger_json(trigger, platform.vault)})
 
 
 # -- async activations and dead letters -------------------------------------------------------

@@ -20,7 +20,7 @@ from types import ModuleType
 from typing import Any, cast
 
 from events.sources.base import BadSource, BrokerUnavailable, Consumer
-from events.sources.secrets import mask_url, open_url
+from events.sources.secrets import Cipher, mask_url, open_url
 from store import Trigger
 
 PREPARE_TIMEOUT_S = 10.0
@@ -123,22 +123,28 @@ def parse(function: str, body: Mapping[str, Any]) -> Wanted:
     return Wanted(function, kind.name, options, url)
 
 
-def url_of(trigger: Trigger) -> str:
+def url_of(trigger: Trigger, cipher: Cipher) -> str:
+    """The URL a stored broker trigger connects to (its sealed one, opened, or the default)."""
     kind = KINDS[trigger.kind]
-    return open_url(trigger.source_url) if trigger.source_url else kind.default_url
+    return open_url(trigger.source_url, cipher) if trigger.source_url else kind.default_url
 
 
-def consumer(trigger: Trigger) -> Consumer:
+def consumer(trigger: Trigger, cipher: Cipher) -> Consumer:
     """A new consumer of a stored broker trigger."""
-    return KINDS[trigger.kind].consumer(trigger.id, trigger.source_options, url_of(trigger))
+    url = url_of(trigger, cipher)
+    return KINDS[trigger.kind].consumer(trigger.id, trigger.source_options, url)
 
 
-def describe(trigger: Trigger) -> dict[str, Any]:
+def describe(trigger: Trigger, cipher: Cipher) -> dict[str, Any]:
     """What the API shows of a broker trigger: its options and its masked URL."""
+    try:
+        shown = mask_url(url_of(trigger, cipher))
+    except Exception:  # sealed with another key: the source says so in the log, not here
+        shown = "(sealed with another secrets key: add the trigger again)"
     return {
         **trigger.source_options,
         "source": KINDS[trigger.kind].describe(trigger.source_options),
-        "url": mask_url(url_of(trigger)),
+        "url": shown,
     }
 
 

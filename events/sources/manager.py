@@ -17,6 +17,7 @@ from collections.abc import Callable
 from events.settings import EventSettings
 from events.sources import kinds
 from events.sources.runner import SourceRunner, SourceStats
+from events.sources.secrets import Cipher
 from events.waiting import wait_event
 from store import Store, Trigger
 from store.sources import SourceLocks
@@ -29,12 +30,15 @@ class SourceManager:
         self,
         store: Store,
         settings: EventSettings,
+        cipher: Cipher,
         *,
         wake: Callable[[], None],
         must_notify: Callable[[], bool],
     ) -> None:
         self._store = store
         self._settings = settings
+        self._cipher = cipher
+        """Opens the triggers' sealed URLs (the platform's secrets key)."""
         self._wake = wake
         self._must_notify = must_notify
         self._runners: dict[int, tuple[SourceRunner, asyncio.Task[None]]] = {}
@@ -82,7 +86,7 @@ class SourceManager:
     def _runner(self, trigger: Trigger) -> SourceRunner:
         return SourceRunner(
             trigger,
-            lambda: kinds.consumer(trigger),
+            lambda: kinds.consumer(trigger, self._cipher),
             self._store,
             self._settings,
             wake=self._wake,

@@ -73,8 +73,9 @@ class SourceRunner:
         backoff_s = RECONNECT_MIN_S
         where = {"trigger": self.trigger.id, "kind": self.trigger.kind}
         while True:
-            consumer = self._consumer()
+            consumer: Consumer | None = None
             try:
+                consumer = self._consumer()  # (opens the sealed URL: may fail, like connecting)
                 await consumer.open()
                 self.stats.connected = True
                 log.info("consuming", extra=where)
@@ -89,8 +90,9 @@ class SourceRunner:
             finally:
                 self.stats.connected = False
                 self.stats.paused = False
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.shield(self._close(consumer))
+                if consumer is not None:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.shield(self._close(consumer))
             self.stats.reconnects += 1
             await asyncio.sleep(backoff_s * self._rng.uniform(0.5, 1.0))
             backoff_s = min(backoff_s * 2, self._settings.source_reconnect_max_s)

@@ -1,25 +1,35 @@
 """Where a broker source's connection URL is kept, and how it is shown.
 
 A URL may carry credentials (`amqp://user:password@host/vhost`): it is a secret. It is sealed
-for storage and opened only by the source that connects with it; what the API and the CLI show
-is `mask_url`'s form, never the URL itself. Today sealing keeps the URL as is in a column that
-nothing shows (ember_triggers.source_url); these two functions are the one place to change when
-secrets move to an encrypted store.
+for storage with the platform's secrets key, the one `fn secret set` uses (gateway/vault.py:
+Fernet, the key from `EMBER_SECRETS_KEY` or the state dir's `secrets.key`), so the column
+(ember_triggers.source_url) holds nothing readable in a dump or a replica. It is opened only to
+connect (the source) and to show its `mask_url` form (the API, the CLI): never shown itself.
 """
 
 from __future__ import annotations
 
+from typing import Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 
-def seal_url(url: str) -> str:
-    """What is stored for `url`."""
-    return url
+class Cipher(Protocol):
+    """Encrypts and decrypts with the platform's secrets key (gateway/vault.py's `Vault`).
+    Either raises when there is no key, or `decrypt` when the token is not one of this key."""
+
+    def encrypt(self, plain: bytes) -> bytes: ...
+
+    def decrypt(self, token: bytes) -> bytes: ...
 
 
-def open_url(sealed: str) -> str:
+def seal_url(url: str, cipher: Cipher) -> str:
+    """What is stored for `url`: a Fernet token (URL-safe base64 text)."""
+    return cipher.encrypt(url.encode()).decode("ascii")
+
+
+def open_url(sealed: str, cipher: Cipher) -> str:
     """The URL a stored value stands for."""
-    return sealed
+    return cipher.decrypt(sealed.encode("ascii")).decode()
 
 
 def mask_url(url: str) -> str:

@@ -204,7 +204,7 @@ def trigger_add(
 @json_option
 @click.pass_context
 def trigger_list(ctx: click.Context, name: str | None, as_json: bool) -> None:
-    """List triggers (of function NAME, or all)."""
+    """List triggers (of function NAME, or all) of the namespace (the admin token: of all)."""
     data = api(ctx, "GET", "/v1/triggers" + (f"?function={name}" if name else ""))
     emit(data, as_json, _print_triggers)
 
@@ -217,8 +217,11 @@ def _print_triggers(data: dict[str, Any]) -> None:
         )
         return
     print_table(
-        ["ID", "FUNCTION", "KIND", "WHAT"],
-        [(t["id"], t["function"], t["kind"], _describe_trigger(t)) for t in data["triggers"]],
+        ["ID", "NAMESPACE", "FUNCTION", "KIND", "WHAT"],
+        [
+            (t["id"], t["namespace"], t["function"], t["kind"], _describe_trigger(t))
+            for t in data["triggers"]
+        ],
     )
 
 

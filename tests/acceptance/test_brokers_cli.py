@@ -1,7 +1,7 @@
 """The four brokers from the `fn` command against `fn up`: `fn trigger add --nats / --rabbitmq /
 --redis-stream / --mqtt`, a message published to each runs the function, `fn trigger list`
-shows the URL masked, and a missing stream or an unreachable broker fails the command with
-the reason."""
+shows the URL masked and the namespace, `fn --namespace` adds a trigger to that namespace's
+function, and a missing stream or an unreachable broker fails the command with the reason."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ HANDLER = (
     "import json\n"
     "def handler(event, context):\n"
     "    with open(context.config['OUT'], 'a') as f:\n"
-    "        f.write(json.dumps({'source': context.source, 'event': event}) + '\\n')\n"
+    "        f.write(json.dumps({'source': context.source, 'event': event,\n"
+    "                            'function': context.function}) + '\\n')\n"
 )
 FLAGS = {"nats": "--nats", "rabbitmq": "--rabbitmq", "redis": "--redis-stream", "mqtt": "--mqtt"}
 
@@ -32,13 +33,16 @@ def test_every_broker_from_the_cli(tmp_path: Path) -> None:
     for kind in kinds:
         BROKERS[kind].require()
     names = {kind: BROKERS[kind].unique() for kind in kinds}
+    team_stream = BROKERS["redis"].unique()  # consumed by team-a's rec
     out = shared(tmp_path) / "out.jsonl"
+    team_out = shared(tmp_path) / "team-a.jsonl"  # (another function: another sandbox user)
     handler = tmp_path / "handler.py"
     handler.write_text(HANDLER)
 
     async def create() -> None:
         for kind in kinds:
             await BROKERS[kind].create(names[kind])
+        await BROKERS["redis"].create(team_stream)
 
     asyncio.run(create())
     try:
@@ -55,17 +59,34 @@ def test_every_broker_from_the_cli(tmp_path: Path) -> None:
             assert "guest:guest" not in listed
             for kind in kinds:
                 assert f"{kind}" in listed
+            # The same name in team-a is another function, with a trigger of its own.
+            team = ("--namespace", "team-a")
+            cli.ok(*team, "deploy", str(handler), "--name", "rec", "--env", f"OUT={team_out}")
+            body = BROKERS["redis"].trigger(team_stream)
+            cli.ok(
+                *team, "trigger", "add", "rec", "--redis-stream", team_stream, "--url", body["url"]
+            )
+            [theirs] = json.loads(cli.ok(*team, "trigger", "list", "rec", "--json"))["triggers"]
+            assert (theirs["function"], theirs["namespace"]) == ("rec", "team-a")
+            listed = cli.ok("trigger", "list")  # the admin token: every namespace's
+            rows = [line.split()[:3] for line in listed.splitlines()]
+            assert rows[0] == ["ID", "NAMESPACE", "FUNCTION"], listed
+            assert [str(theirs["id"]), "team-a", "rec"] in rows, listed
 
             async def publish() -> None:
                 for n, kind in enumerate(kinds):
                     await BROKERS[kind].publish(names[kind], [json.dumps({"n": n}).encode()])
+                await BROKERS["redis"].publish(team_stream, [b'{"team": "a"}'])
 
             asyncio.run(publish())
             deadline = time.monotonic() + 30
-            while len(found := _lines(out)) < len(kinds):
+            while len(found := _lines(out)) < len(kinds) or not _lines(team_out):
                 assert time.monotonic() < deadline, found
                 time.sleep(0.05)
             assert sorted(str(x["source"]) for x in found) == kinds
+            assert {str(x["function"]) for x in found} == {"rec"}
+            [team_a] = _lines(team_out)
+            assert (team_a["function"], team_a["event"]) == ("team-a.rec", {"team": "a"})
 
             # A stream that does not exist, a broker that does not answer: the command fails.
             missing = cli.run("trigger", "add", "rec", "--redis-stream", "no-such-stream-here")
@@ -79,6 +100,7 @@ def test_every_broker_from_the_cli(tmp_path: Path) -> None:
         async def remove() -> None:
             for kind in kinds:
                 await BROKERS[kind].remove(names[kind])
+            await BROKERS["redis"].remove(team_stream)
 
         asyncio.run(remove())
 

@@ -1,9 +1,9 @@
 """Broker sources against the real brokers on loopback (NATS JetStream, RabbitMQ, Redis Streams,
 Mosquitto): messages become deliveries with their metadata in the handler's context; a URL
-with credentials comes back masked; a bad URL, a broker that does not answer or a stream that
-does not exist is refused at `trigger add`; back-pressure stops the pulling, not the messages;
-exactly one gateway consumes a source. (The SIGKILL and broker-restart runs of 1,000 messages:
-test_brokers_crash.py.)"""
+with credentials is stored sealed and comes back masked; a bad URL, a broker that does not
+answer or a stream that does not exist is refused at `trigger add`; back-pressure stops the
+pulling, not the messages; exactly one gateway consumes a source. (The SIGKILL and
+broker-restart runs of 1,000 messages: test_brokers_crash.py.)"""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 
 from events.settings import EventSettings
+from events.sources import kinds
+from events.sources.secrets import open_url
 from tests.conftest import PlatformFactory, Running, shared
 from tests.integration.brokers import BROKERS, Broker
 
@@ -152,7 +154,7 @@ async def test_a_missing_stream_or_a_bad_url_is_refused_at_trigger_add(
     assert status == 404, body
 
 
-async def test_credentials_in_the_url_are_stored_but_never_shown(running: Running) -> None:
+async def test_credentials_in_the_url_are_stored_sealed_and_never_shown(running: Running) -> None:
     one = BROKERS["rabbitmq"]
     one.require()
     name = one.unique()
@@ -165,9 +167,13 @@ async def test_credentials_in_the_url_are_stored_but_never_shown(running: Runnin
         assert trigger["url"] == "amqp://guest:***@127.0.0.1:5672/?heartbeat=30"
         status, listed = await running.admin("GET", "/v1/triggers")
         assert ":guest@" not in json.dumps(listed)
-        # The real URL is what the source connects with.
-        stored = await running.platform.store.list_source_triggers()
-        assert [t.source_url for t in stored] == [url]
+        # Stored sealed with the platform's secrets key (as `fn secret set` values are); the
+        # real URL is what the source connects with.
+        [stored] = await running.platform.store.list_source_triggers()
+        assert stored.source_url is not None
+        assert "guest" not in stored.source_url
+        assert open_url(stored.source_url, running.platform.vault) == url
+        assert kinds.url_of(stored, running.platform.vault) == url
     finally:
         await one.remove(name)
 

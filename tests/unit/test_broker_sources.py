@@ -1,6 +1,6 @@
-"""Broker sources without a broker: trigger requests checked, URLs masked, messages turned
-into deliveries, and the runner's order (commit, then ack), back-pressure and reconnects with a
-fake consumer and a fake store."""
+"""Broker sources without a broker: trigger requests checked, URLs sealed and masked, messages
+turned into deliveries, and the runner's order (commit, then ack), back-pressure and reconnects
+with a fake consumer and a fake store."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 import pytest
+from cryptography.fernet import Fernet
 
 from events.settings import EventSettings
 from events.sources import kinds
 from events.sources.base import BadSource, BrokerUnavailable, Received, to_delivery
 from events.sources.runner import SourceRunner
-from events.sources.secrets import mask_url
+from events.sources.secrets import mask_url, open_url, seal_url
+from gateway.vault import SecretError, Vault
 from store import Store, Trigger
 from store.sources import SourceMessage
 
@@ -62,6 +64,25 @@ def test_urls_are_shown_without_passwords() -> None:
     assert mask_url("nats://token@n:4222") == "nats://***@n:4222"
     assert mask_url("mqtt://h:1883?password=x&a=b") == "mqtt://h:1883?password=***&a=b"
     assert mask_url("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222"
+
+
+def test_urls_are_sealed_with_the_secrets_key() -> None:
+    vault, other = Vault(Fernet.generate_key()), Vault(Fernet.generate_key())
+    url = "amqp://app:s3cret@mq:5672/prod"
+    sealed = seal_url(url, vault)
+    assert "s3cret" not in sealed
+    assert "mq:5672" not in sealed
+    assert open_url(sealed, vault) == url
+    with pytest.raises(SecretError, match="cannot be decrypted"):
+        open_url(sealed, other)
+    with pytest.raises(SecretError, match="EMBER_SECRETS_KEY"):  # no key: nothing sealed
+        seal_url(url, Vault(None))
+    # A trigger sealed with another key is shown as such, not as an error of the listing.
+    trigger = Trigger(
+        id=1, function="f", kind="rabbitmq", source_options={"queue": "q"}, source_url=sealed
+    )
+    assert kinds.describe(trigger, vault)["url"] == "amqp://app:***@mq:5672/prod"
+    assert "another secrets key" in kinds.describe(trigger, other)["url"]
 
 
 def test_a_message_becomes_a_delivery_with_its_metadata() -> None:
@@ -160,3 +181,36 @@ async def test_the_runner_commits_before_it_acks_pauses_and_reconnects() -> None
     assert runner.stats.reconnects == 2
     assert runner.stats.messages == 3
     assert runner.stats.duplicates == 1
+
+
+async def test_a_url_that_cannot_be_opened_is_retried_not_fatal() -> None:
+    """The consumer is made (its sealed URL opened) inside the reconnect loop: a key that
+    cannot open it is logged and retried with back-off, the runner does not die."""
+    log: list[str] = []
+    consumer = FakeConsumer(log, [[Received(payload=b"x", topic="t", key="1")]], fail_open=0)
+    made = 0
+
+    def make() -> FakeConsumer:
+        nonlocal made
+        made += 1
+        if made == 1:
+            raise SecretError("a sealed value cannot be decrypted with this platform's key")
+        return consumer
+
+    settings = EventSettings(poll_s=0.001, source_reconnect_max_s=0.01)
+    runner = SourceRunner(
+        Trigger(id=1, function="f", kind="redis"),
+        make,
+        cast(Store, FakeStore(log, [])),
+        settings,
+        wake=lambda: None,
+        must_notify=lambda: False,
+    )
+    task = asyncio.create_task(runner.run())
+    try:
+        async with asyncio.timeout(5):
+            await consumer.all_acked.wait()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert (made, runner.stats.reconnects, log[0]) == (2, 1, "open")
