@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint format clean bench bench-quick bench-auth bench-events bench-deps bench-templates bench-styles bench-dashboard bench-k8s bench-k8s-deps bench-gateways bench-replay bench-soak bench-decisions simulate
+.PHONY: up test lint format clean bench bench-quick bench-auth bench-events bench-brokers bench-deps bench-templates bench-styles bench-dashboard bench-k8s bench-k8s-deps bench-gateways bench-replay bench-soak bench-decisions simulate
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,10 @@ bench-events: $(STAMP)
 ## template or importing, next to a fresh interpreter; PSS of templates and instances
 bench-templates: $(STAMP)
 	$(PY) -m bench.templates
+
+## bench-brokers: broker sources (NATS, Redis Streams, RabbitMQ, MQTT) end to end, next to topic events (about a minute)
+bench-brokers: $(STAMP)
+	$(PY) -m bench.brokers
 
 ## bench-deps: cold starts of a function with dependencies, and the naive baseline
 bench-deps: $(STAMP)

@@ -33,3 +33,15 @@ class EventSettings:
     """A gateway silent this long is taken for dead and its claimed deliveries are retried at
     once, without waiting for their leases (FN_GATEWAY_DEAD_AFTER). A restart on the same state
     dir releases the previous run's claims at start, without waiting at all."""
+    source_batch: int = 256
+    """Messages a broker source takes from its broker and commits at once, at most
+    (FN_SOURCE_BATCH)."""
+    source_max_backlog: int = 2000
+    """A broker source stops taking messages while its function has this many deliveries from
+    it waiting or running (FN_SOURCE_MAX_BACKLOG): back-pressure, the rest waits on the broker."""
+    source_lock_retry_s: float = 2.0
+    """How often a gateway tries to become the consumer of sources another gateway holds (or
+    held, until it died), and looks for new broker triggers (FN_SOURCE_LOCK_RETRY)."""
+    source_reconnect_max_s: float = 10.0
+    """Longest wait between two attempts to reach a broker (doubling from 0.1s, with jitter)
+    (FN_SOURCE_RECONNECT_MAX)."""

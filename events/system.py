@@ -20,6 +20,10 @@ from events.batching import GroupCommit
 from events.delivery import DeliveryWorker, housekeeping
 from events.recovery import GatewayRun
 from events.settings import EventSettings
+from events.sources import kinds
+from events.sources.manager import SourceManager
+from events.sources.metrics import SourceCollector
+from events.sources.secrets import Cipher, seal_url
 from events.triggers import TableRelays, run_schedules
 from scheduler.tasks import Supervisor
 from store import (
@@ -44,9 +48,13 @@ class EventSystem:
         calls: CallPath,
         settings: EventSettings,
         run: GatewayRun | None = None,
+        *,
+        cipher: Cipher,
     ) -> None:
+        """`cipher`: seals and opens the URLs of broker triggers (the platform's secrets key)."""
         self.store = store
         self.settings = settings
+        self.cipher = cipher
         self.run = run
         """This gateway's run: its claims carry its id (see `events/recovery.py`)."""
         self._metrics = calls.metrics
@@ -56,6 +64,15 @@ class EventSystem:
             else None
         )
         self.relays = TableRelays(store) if settings.workers else None
+        self.sources = (
+            SourceManager(
+                store, settings, cipher, wake=self.wake_deliveries, must_notify=self.must_notify
+            )
+            if settings.workers
+            else None
+        )
+        if self.sources is not None:
+            self._metrics.registry.register(SourceCollector(self.sources.stats))
         self._triggers_changed: list[asyncio.Event] = []
         self._worker: asyncio.Task[Any] | None = None
         # Concurrent async invocations and publishes share one INSERT (see GroupCommit).
@@ -84,16 +101,17 @@ class EventSystem:
                 "gateway heartbeat",
                 critical=True,
             )
-        if self.deliveries is None or self.relays is None:
+        if self.deliveries is None or self.relays is None or self.sources is None:
             return
         schedules_wake, tables_wake = asyncio.Event(), asyncio.Event()
-        self._triggers_changed = [schedules_wake, tables_wake]
+        self._triggers_changed = [schedules_wake, tables_wake, self.sources.changed]
         watch = functools.partial(tasks.spawn, critical=True)
         self._worker = watch(self.deliveries.run(), "delivery worker")
         watch(self.deliveries.outcomes.run(), "delivery outcome writer")
         watch(run_schedules(self.store, schedules_wake), "schedules")
         watch(self.relays.run(tables_wake), "table relays")
         watch(housekeeping(self.store, self._metrics), "delivery housekeeping")
+        watch(self.sources.run(), "broker sources")
 
     async def stop(self, grace_s: float) -> None:
         """Claim nothing more (a claim in flight still starts its deliveries), then let the
@@ -175,6 +193,20 @@ class EventSystem:
                 await db.close()
         await self.store.set_trigger_table(trigger.id, qualified)
         return dataclasses.replace(trigger, table_name=qualified)
+
+    async def add_source(self, wanted: kinds.Wanted) -> Trigger:
+        """Prepare a broker source on its broker (see `kinds.prepare`: raises SourceError),
+        then store its trigger, its URL sealed; this gateway's sources start at once. Raises
+        FunctionNotFound, or the cipher's error when there is no secrets key, before anything
+        is made on the broker."""
+        await self.store.get_function(wanted.function)
+        sealed = None if wanted.url is None else seal_url(wanted.url, self.cipher)
+        await kinds.prepare(wanted)
+        trigger = await self.store.add_source_trigger(
+            wanted.function, wanted.kind, wanted.options, sealed
+        )
+        self.triggers_changed()
+        return trigger
 
     async def remove(self, trigger: Trigger, *, force: bool = False) -> None:
         """Uninstall what a table trigger installed, then forget the trigger. With `force`, a

@@ -34,11 +34,12 @@ from gateway.dashboard_auth import (
     viewer_of,
 )
 from gateway.errors import error_response, json_response
-from gateway.events import delivery_json, trigger_json
+from gateway.events import delivery_json
 from gateway.namespaces import DEFAULT_NAMESPACE, qualify, shown_name, split_name
 from gateway.platform import PLATFORM, Platform
 from gateway.requests import not_found
 from gateway.units import NAME
+from gateway.views import trigger_json
 from store import ActivationId, FunctionNotFound
 
 # -- pages ------------------------------------------------------------------------------------
@@ -142,7 +143,7 @@ def _pool_section(platform: Platform) -> str:
 
 async def _triggers_section(platform: Platform, name: str | None, viewer: Viewer) -> str:
     triggers = [
-        trigger_json(t)
+        trigger_json(t, platform.vault)
         for t in await platform.store.list_triggers(name)
         if viewer.sees(split_name(t.function)[0])
     ]

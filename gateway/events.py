@@ -15,12 +15,14 @@ import logging
 import re
 import uuid
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import web
 
 from config.units import ConfigError
+from events.sources import kinds as source_kinds
+from events.sources.base import BadSource, SourceError, SourceMissing
 from events.triggers import next_tick, parse_schedule
 from gateway import schemas as api
 from gateway.api_spec import operation
@@ -29,6 +31,8 @@ from gateway.errors import bad_request, error_response, json_response
 from gateway.invoke import MAX_IDEMPOTENCY_KEY
 from gateway.namespaces import qualify_topic, split_name, split_topic
 from gateway.requests import json_body, limit_of, not_found, platform_of
+from gateway.vault import SecretError
+from gateway.views import trigger_json
 from store import (
     ActivationId,
     DatabaseUnavailable,
@@ -227,47 +231,20 @@ async def publish_batch(request: web.Request) -> web.Response:
 # -- triggers ---------------------------------------------------------------------------------
 
 
-def trigger_json(trigger: Trigger) -> api.TriggerJSON:
-    out: api.TriggerJSON = {
-        "id": trigger.id,
-        "function": split_name(trigger.function)[1],
-        "namespace": split_name(trigger.function)[0],
-        "kind": trigger.kind,
-        "created_at": trigger.created_at.isoformat() if trigger.created_at else None,
-    }
-    if trigger.kind == "topic" and trigger.topic is not None:
-        out["topic"] = split_topic(trigger.topic)[1]
-    elif trigger.kind == "cron":
-        out["cron"] = trigger.cron
-        out["timezone"] = trigger.timezone
-        out["next_fire_at"] = trigger.next_fire_at.isoformat() if trigger.next_fire_at else None
-    else:
-        out["table"] = trigger.table_name
-        out["on"] = list(trigger.operations)
-        out["database"] = _redact(trigger.database_url) if trigger.database_url else "ember"
-    return out
-
-
-def _redact(url: str) -> str:
-    """A database URL without its password, in the user part or in the query (the URL is a
-    secret; this is what is shown)."""
-    parts = urlsplit(url)
-    if parts.password is not None:
-        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1))
-    if parts.query:
-        query = [
-            (k, "***" if "pass" in k.lower() else v)
-            for k, v in parse_qsl(parts.query, keep_blank_values=True)
-        ]
-        parts = parts._replace(query=urlencode(query, safe="/*"))
-    return parts.geturl()
+def _one_kind(body: dict[str, Any]) -> str:
+    kinds = [k for k in ("topic", "cron", "table") if body.get(k) is not None]
+    kinds += source_kinds.requested(body)
+    if len(kinds) != 1:
+        raise bad_request(
+            "bad_trigger",
+            "give exactly one of --topic, --cron, --table, --nats, --rabbitmq, --redis-stream, "
+            "--mqtt or --kafka",
+        )
+    return kinds[0]
 
 
 def _trigger_from_body(name: str, body: dict[str, Any]) -> Trigger:
-    kinds = [k for k in ("topic", "cron", "table") if body.get(k) is not None]
-    if len(kinds) != 1:
-        raise bad_request("bad_trigger", "give exactly one of --topic, --cron or --table")
-    kind = kinds[0]
+    kind = _one_kind(body)
     if kind == "topic":
         topic = _topic_name(str(body["topic"]), split_name(name)[0])
         return Trigger(id=0, function=name, kind="topic", topic=topic)
@@ -338,7 +315,10 @@ def _own_database_refusal(request: web.Request, trigger: Trigger) -> web.Respons
 async def add_trigger(request: web.Request) -> web.Response:
     platform = platform_of(request)
     name = request.match_info["name"]
-    wanted = _trigger_from_body(name, await json_body(request))
+    body = await json_body(request)
+    if _one_kind(body) in source_kinds.KEYS:
+        return await _add_source(request, name, body)
+    wanted = _trigger_from_body(name, body)
     refusal = _own_database_refusal(request, wanted)
     if refusal is not None:
         return refusal
@@ -356,17 +336,37 @@ async def add_trigger(request: web.Request) -> web.Response:
         except TriggerError as exc:
             return error_response(400, "bad_table", str(exc))
     platform.events.triggers_changed()
-    return json_response(trigger_json(trigger), status=201)
+    return json_response(trigger_json(trigger, platform.vault), status=201)
+
+
+async def _add_source(request: web.Request, name: str, body: dict[str, Any]) -> web.Response:
+    """A broker trigger: checked, prepared on the broker (refused when it cannot be reached or
+    what it names does not exist), then stored."""
+    platform = platform_of(request)
+    try:
+        wanted = source_kinds.parse(name, body)
+        trigger = await platform.events.add_source(wanted)
+    except FunctionNotFound:
+        return not_found(name)
+    except BadSource as exc:
+        return error_response(400, "bad_source", str(exc), setting=exc.setting)
+    except SourceMissing as exc:
+        return error_response(400, "source_not_found", str(exc))
+    except SourceError as exc:
+        return error_response(400, "broker_unavailable", str(exc))
+    except SecretError as exc:  # no secrets key to seal the URL with
+        return error_response(503, "secrets_unavailable", str(exc))
+    return json_response(trigger_json(trigger, platform.vault), status=201)
 
 
 @routes.get("/v1/triggers")
 @operation("triggers", "List triggers", query=api.TriggersQuery, responses={200: api.TriggerList})
 async def list_triggers(request: web.Request) -> web.Response:
     function = scoped(request, request.query.get("function") or None)
-    triggers = await platform_of(request).store.list_triggers(function)
-    return json_response(
-        {"triggers": [trigger_json(t) for t in triggers if may_see(request, t.function)]}
-    )
+    platform = platform_of(request)
+    triggers = await platform.store.list_triggers(function)
+    shown = [trigger_json(t, platform.vault) for t in triggers if may_see(request, t.function)]
+    return json_response({"triggers": shown})
 
 
 @routes.delete("/v1/triggers/{id}")
@@ -397,7 +397,7 @@ async def delete_trigger(request: web.Request) -> web.Response:
             f"with: fn trigger delete {raw} --force (what it installed then stays there)",
         )
     platform.events.triggers_changed()
-    return json_response({"deleted": trigger_json(trigger)})
+    return json_response({"deleted": trigger_json(trigger, platform.vault)})
 
 
 # -- async activations and dead letters -------------------------------------------------------

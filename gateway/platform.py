@@ -180,7 +180,7 @@ class Platform:
             tasks = Supervisor(log)
             exits.push_async_callback(tasks.close)
             run = GatewayRun(name=settings.gateway_id, home=lock.home)
-            events = EventSystem(store, calls, settings.events, run)
+            events = EventSystem(store, calls, settings.events, run, cipher=vault)
             await events.register()
             exits.push_async_callback(events.deregister)  # after its claims are given back
             router = Router(

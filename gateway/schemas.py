@@ -249,6 +249,19 @@ class TriggerJSON(TypedDict):
     table: NotRequired[str | None]
     on: NotRequired[list[str]]
     database: NotRequired[str]
+    # broker triggers (events/sources/): the broker's options, a one-line description, the URL
+    # masked
+    source: NotRequired[str]
+    url: NotRequired[str]
+    subject: NotRequired[str]
+    durable: NotRequired[str]
+    stream: NotRequired[str]
+    queue: NotRequired[str]
+    exchange: NotRequired[str]
+    routing_key: NotRequired[str]
+    group: NotRequired[str]
+    qos: NotRequired[int]
+    client_id: NotRequired[str]
 
 
 class TriggerList(TypedDict):

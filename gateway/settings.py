@@ -175,6 +175,12 @@ class Settings:
             ),
             heartbeat_s=read.duration_s("FN_GATEWAY_HEARTBEAT", e.heartbeat_s),
             gateway_dead_after_s=read.duration_s("FN_GATEWAY_DEAD_AFTER", e.gateway_dead_after_s),
+            source_batch=read.integer("FN_SOURCE_BATCH", e.source_batch),
+            source_max_backlog=read.integer("FN_SOURCE_MAX_BACKLOG", e.source_max_backlog),
+            source_lock_retry_s=read.duration_s("FN_SOURCE_LOCK_RETRY", e.source_lock_retry_s),
+            source_reconnect_max_s=read.duration_s(
+                "FN_SOURCE_RECONNECT_MAX", e.source_reconnect_max_s
+            ),
         )
         backend = read.choice(
             "EMBER_BACKEND", defaults.backend, ("local", "kubernetes"), "local or kubernetes"

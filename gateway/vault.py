@@ -5,7 +5,8 @@ The key: `EMBER_SECRETS_KEY` (on Kubernetes, from a Secret: deploy/ maps it), el
 `EMBER_SECRETS_KEY_FILE`, else `secrets.key` in the state dir (mode 0600, made on first start).
 Postgres alone (a dump, a replica) holds nothing readable. Values never leave through the API,
 the activation records, the platform's logs or /metrics: only the specialize message carries
-them, to the instance, which gets them as environment variables.
+them, to the instance, which gets them as environment variables. The same key seals the
+broker URLs of triggers (`encrypt`/`decrypt`, events/sources/secrets.py).
 """
 
 from __future__ import annotations
@@ -62,6 +63,19 @@ class Vault:
                 "secrets-key of secret/ember-secrets: docs/security.md)"
             )
         return self._fernet
+
+    def encrypt(self, plain: bytes) -> bytes:
+        """`plain` sealed with the platform's key (what else is secret: broker URLs)."""
+        return self._cipher().encrypt(plain)
+
+    def decrypt(self, token: bytes) -> bytes:
+        try:
+            return self._cipher().decrypt(token)
+        except InvalidToken:
+            raise SecretError(
+                "a sealed value cannot be decrypted with this platform's key "
+                "(EMBER_SECRETS_KEY or secrets.key in the state dir changed?)"
+            ) from None
 
     def seal(self, values: Mapping[str, str]) -> bytes:
         return self._cipher().encrypt(orjson.dumps(dict(values)))

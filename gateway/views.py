@@ -4,10 +4,15 @@ admin routes, the read endpoints of `insights` and the dashboard."""
 
 from __future__ import annotations
 
+from typing import cast
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from events.sources import kinds as source_kinds
+from events.sources.secrets import Cipher
 from gateway import schemas as api
-from gateway.namespaces import split_name
+from gateway.namespaces import split_name, split_topic
 from gateway.platform import Platform
-from store import Activation, Function, Version
+from store import Activation, Function, Trigger, Version
 
 
 def version_json(version: Version, *, active: bool | None = None) -> api.VersionJSON:
@@ -79,3 +84,42 @@ def activation_json(activation: Activation) -> api.ActivationJSON:
         "error": activation.error,
         "logs": activation.logs,
     }
+
+
+def trigger_json(trigger: Trigger, cipher: Cipher) -> api.TriggerJSON:
+    """What the API shows of a trigger (`cipher`: opens a broker URL to show it masked)."""
+    out: api.TriggerJSON = {
+        "id": trigger.id,
+        "function": split_name(trigger.function)[1],
+        "namespace": split_name(trigger.function)[0],
+        "kind": trigger.kind,
+        "created_at": trigger.created_at.isoformat() if trigger.created_at else None,
+    }
+    if trigger.kind == "topic" and trigger.topic is not None:
+        out["topic"] = split_topic(trigger.topic)[1]
+    elif trigger.kind in source_kinds.KINDS:
+        out.update(cast(api.TriggerJSON, source_kinds.describe(trigger, cipher)))
+    elif trigger.kind == "cron":
+        out["cron"] = trigger.cron
+        out["timezone"] = trigger.timezone
+        out["next_fire_at"] = trigger.next_fire_at.isoformat() if trigger.next_fire_at else None
+    else:
+        out["table"] = trigger.table_name
+        out["on"] = list(trigger.operations)
+        out["database"] = _redact(trigger.database_url) if trigger.database_url else "ember"
+    return out
+
+
+def _redact(url: str) -> str:
+    """A database URL without its password, in the user part or in the query (the URL is a
+    secret; this is what is shown)."""
+    parts = urlsplit(url)
+    if parts.password is not None:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1))
+    if parts.query:
+        query = [
+            (k, "***" if "pass" in k.lower() else v)
+            for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        ]
+        parts = parts._replace(query=urlencode(query, safe="/*"))
+    return parts.geturl()

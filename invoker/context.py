@@ -143,6 +143,18 @@ class Context:
     headers: Mapping[str, str] = field(default_factory=dict)
     config: Mapping[str, str] = field(default_factory=dict)
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("function"))
+    source: str = "http"
+    """Where the call comes from: http, async, topic, schedule, table, or a broker (nats,
+    rabbitmq, redis, mqtt, kafka)."""
+    topic: str = ""
+    """An event's topic: the topic published to, or a broker message's subject, routing key,
+    stream key or topic."""
+    event_id: str = ""
+    """An event's id, the same on every attempt (the delivery's id)."""
+    message: Mapping[str, Any] = field(default_factory=dict)
+    """A broker message's metadata: broker, trigger, and per broker the subject, stream and
+    stream_seq (nats), exchange, routing_key, redelivered (rabbitmq), stream and id (redis),
+    topic and qos (mqtt), partition and offset (kafka). Empty for other calls."""
 
     PermanentError = PermanentError
     RetryAfter = RetryAfter

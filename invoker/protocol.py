@@ -87,6 +87,9 @@ class RequestMeta(TypedDict, total=False):
     """A delivery's id, the same on every attempt."""
     event_time: str
     """When the delivery was submitted (ISO 8601)."""
+    message: dict[str, Any]
+    """A broker message's metadata (events/sources): the broker, subject or routing key, stream
+    sequence, entry id or offset, redelivery count..."""
 
 
 class InvokeRequest(RequestMeta, total=False):

@@ -331,6 +331,10 @@ class Runtime:
                     query=meta.get("query", ""),
                     headers=dict(meta.get("headers", ())),
                     config=self.env,
+                    source=meta.get("source", "http"),
+                    topic=meta.get("topic", ""),
+                    event_id=meta.get("event_id", ""),
+                    message=meta.get("message") or {},
                 ),
             )
             try:

@@ -14,6 +14,7 @@ object, so callers keep calling `store.create_version(...)` whatever module hold
     events.py       topics, events, triggers, schedules
     retention.py    pruning the tables that grow, by age and count, in batches
     gateways.py     gateway runs, heartbeats, the release of dead runs' claims
+    sources.py      broker sources: their triggers and messages, one consumer per source
     access.py       namespaces, API keys (hashed), secrets (encrypted), the audit trail
 """
 
@@ -59,6 +60,7 @@ from store.records import (
     new_id,
 )
 from store.retention import RetentionStore
+from store.sources import SourceStore
 
 __all__ = [
     "NO_PACKAGE",
@@ -107,6 +109,7 @@ class Store(
     RetentionStore,
     GatewayStore,
     InsightStore,
+    SourceStore,
     AccessStore,
 ):
     """Named queries over an asyncpg pool. Create with `await Store.connect(url)`."""

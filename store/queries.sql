@@ -551,6 +551,49 @@ SELECT function,
 FROM ember_activations
 WHERE function = $1 AND started_at > $2
 GROUP BY function;
+-- == Broker sources (events/sources/) ==================================================
+
+-- name: insert_source_trigger
+INSERT INTO ember_triggers (function, kind, source_options, source_url)
+VALUES ($1, $2, $3, $4)
+RETURNING *;
+
+-- name: source_triggers
+SELECT * FROM ember_triggers
+WHERE kind IN ('nats', 'rabbitmq', 'redis', 'mqtt', 'kafka')
+ORDER BY id;
+
+-- name: enqueue_messages
+-- A batch of broker messages for the function of trigger $1 (kind $2), one delivery each; a
+-- message the broker gave again ($4 keys: its stream sequence, entry id or offset) is not
+-- inserted again. $7: NOTIFY every gateway's workers. Returns how many were new.
+WITH ins AS (
+    INSERT INTO ember_deliveries (id, function, source, trigger_id, idempotency_key, payload,
+                                  meta)
+    SELECT m.id, t.function, $2, t.id, m.key, m.payload, m.meta
+    FROM unnest($3::uuid[], $4::text[], $5::bytea[], $6::jsonb[]) AS m(id, key, payload, meta)
+    JOIN ember_triggers t ON t.id = $1
+    ON CONFLICT (function, source, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING 1
+)
+SELECT count(*)::int AS inserted,
+       CASE WHEN $7 THEN pg_notify('ember_deliveries', '') END AS notified
+FROM ins;
+
+-- name: source_backlog
+-- How many deliveries of function $1 from source kind $2 wait or run, counted up to $3.
+SELECT count(*)::int FROM (
+    SELECT 1 FROM ember_deliveries
+    WHERE function = $1 AND source = $2 AND status IN ('pending', 'running')
+    LIMIT $3
+) AS waiting;
+
+-- name: try_source_lock
+-- The lock that makes one gateway the only consumer of a source: (class, trigger id).
+SELECT pg_try_advisory_lock($1::int, $2::int);
+
+-- name: release_source_lock
+SELECT pg_advisory_unlock($1::int, $2::int);
 -- ---------------------------------------------------------------------------------------------
 -- Tenancy (issue 18): namespaces, API keys, secrets, the audit trail, version access settings.
 

@@ -412,8 +412,10 @@ class Topic:
 
 @dataclass(slots=True, frozen=True, kw_only=True)
 class Trigger:
-    """A function's topic subscription (`topic`), schedule (`cron`) or table watch (`table`).
-    `database_url` is a secret: never shown, only whether one is set."""
+    """A function's topic subscription (`topic`), schedule (`cron`), table watch (`table`) or
+    broker source (`nats`, `rabbitmq`, `redis`, `mqtt`, `kafka`: what to consume in
+    `source_options`, the broker's URL in `source_url`). `database_url` and `source_url` are
+    secrets: never shown, only masked."""
 
     id: int
     function: str
@@ -426,6 +428,8 @@ class Trigger:
     operations: tuple[str, ...] = ()
     database_url: str | None = None
     created_at: dt.datetime | None = None
+    source_options: Mapping[str, Any] = field(default_factory=dict)
+    source_url: str | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> Trigger:
@@ -441,6 +445,8 @@ class Trigger:
             operations=tuple(row["operations"] or ()),
             database_url=row["database_url"],
             created_at=row["created_at"],
+            source_options=dict(row["source_options"] or {}),
+            source_url=row["source_url"],
         )
 
 

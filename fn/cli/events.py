@@ -1,5 +1,5 @@
-"""Events: publish to a topic, topics, triggers (topic, cron, table changes), and the
-dead letters of async calls and events."""
+"""Events: publish to a topic, topics, triggers (topic, cron, table changes, broker sources),
+and the dead letters of async calls and events."""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def topic_delete(ctx: click.Context, name: str) -> None:
 
 @click.group()
 def trigger() -> None:
-    """Run functions on events: topics, schedules, table changes."""
+    """Run functions on events: topics, schedules, table changes, broker messages."""
 
 
 def _describe_trigger(t: dict[str, Any]) -> str:
@@ -102,7 +102,44 @@ def _describe_trigger(t: dict[str, Any]) -> str:
         return f"topic {t['topic']}"
     if t["kind"] == "cron":
         return f'cron "{t["cron"]}" {t["timezone"]}, next {(t["next_fire_at"] or "")[:19]}'
+    if "source" in t:  # a broker's: its URL comes back masked
+        return f"{t['source']} at {t['url']}"
     return f"table {t['table']} on {','.join(t['on'])} in {t['database']}"
+
+
+def broker_options(command: Any) -> Any:
+    """The options of broker triggers (fn trigger add)."""
+    options = [
+        click.option("--nats", help="Run NAME for each message on this NATS JetStream subject."),
+        click.option("--stream", help="With --nats: the stream (default: the one holding it)."),
+        click.option("--durable", help="With --nats: the durable consumer's name."),
+        click.option("--rabbitmq", help="Run NAME for each message of this RabbitMQ queue."),
+        click.option(
+            "--exchange", help="With --rabbitmq: declare the queue and bind it to this exchange."
+        ),
+        click.option("--routing-key", help="With --exchange: the binding key (default: QUEUE)."),
+        click.option("--redis-stream", help="Run NAME for each entry of this Redis stream."),
+        click.option("--group", help="With --redis-stream or --kafka: the consumer group."),
+        click.option("--mqtt", help="Run NAME for each message on this MQTT topic filter."),
+        click.option("--qos", type=click.IntRange(0, 2), help="With --mqtt: 0, 1 (default) or 2."),
+        click.option("--kafka", help="Run NAME for each record of this Kafka topic."),
+        click.option(
+            "--bootstrap",
+            envvar="FN_KAFKA_BOOTSTRAP",
+            show_envvar=True,
+            help="With --kafka: HOST:PORT[,...] of the brokers.",
+        ),
+        click.option(
+            "--url",
+            envvar="FN_TRIGGER_URL",
+            show_envvar=True,
+            help="The broker's URL (nats://, amqp://, redis://, mqtt://), credentials included: "
+            "kept as a secret, shown masked. Default: the broker on 127.0.0.1.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
 @trigger.command("add")
@@ -129,10 +166,12 @@ def _describe_trigger(t: dict[str, Any]) -> str:
     help="With --table: the watched database's URL (kept as a secret). "
     "Default: Ember's own database.",
 )
+@broker_options
 @json_option
 @click.pass_context
 def trigger_add(
     ctx: click.Context,
+    /,
     name: str,
     topic_name: str | None,
     cron: str | None,
@@ -141,9 +180,12 @@ def trigger_add(
     operations: str,
     database: str | None,
     as_json: bool,
+    **broker: Any,
 ) -> None:
-    """Add a trigger to function NAME: --topic, --cron or --table."""
-    body: dict[str, Any] = {}
+    """Add a trigger to function NAME: --topic, --cron, --table, or a broker's messages:
+    --nats, --rabbitmq, --redis-stream, --mqtt or --kafka (each message a durable delivery,
+    acknowledged to the broker once committed; see docs/events.md)."""
+    body: dict[str, Any] = {k: v for k, v in broker.items() if v is not None}
     if topic_name is not None:
         body["topic"] = topic_name
     if cron is not None:
@@ -164,7 +206,7 @@ def trigger_add(
 @json_option
 @click.pass_context
 def trigger_list(ctx: click.Context, name: str | None, as_json: bool) -> None:
-    """List triggers (of function NAME, or all)."""
+    """List triggers (of function NAME, or all) of the namespace (the admin token: of all)."""
     data = api(ctx, "GET", "/v1/triggers" + (f"?function={name}" if name else ""))
     emit(data, as_json, _print_triggers)
 
@@ -172,12 +214,16 @@ def trigger_list(ctx: click.Context, name: str | None, as_json: bool) -> None:
 def _print_triggers(data: dict[str, Any]) -> None:
     if not data["triggers"]:
         click.echo(
-            "No triggers; add one with: fn trigger add NAME --topic T | --cron EXPR | --table T"
+            "No triggers; add one with: fn trigger add NAME --topic T | --cron EXPR | --table T "
+            "| --nats SUBJECT | --rabbitmq QUEUE | --redis-stream KEY | --mqtt TOPIC | --kafka T"
         )
         return
     print_table(
-        ["ID", "FUNCTION", "KIND", "WHAT"],
-        [(t["id"], t["function"], t["kind"], _describe_trigger(t)) for t in data["triggers"]],
+        ["ID", "NAMESPACE", "FUNCTION", "KIND", "WHAT"],
+        [
+            (t["id"], t["namespace"], t["function"], t["kind"], _describe_trigger(t))
+            for t in data["triggers"]
+        ],
     )
 
 

@@ -32,10 +32,11 @@ FN = str(Path(sys.executable).parent / "fn")
 class FnUp:
     """`fn up` as a subprocess on `state_dir`; killed or stopped by its PID."""
 
-    def __init__(self, state_dir: Path, expose: Path) -> None:
+    def __init__(self, state_dir: Path, expose: Path, **env_vars: str) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FN_")}
         env.pop("DATABASE_URL", None)
         env.update(FN_STATE_DIR=str(state_dir), FN_EXPOSE=str(expose), FN_GENERIC_POOL="1")
+        env.update(env_vars)  # (DATABASE_URL: that database, no embedded Postgres)
         self.env = env
         self.process = subprocess.Popen(
             [FN, "up", "--port", "0"], env=env, cwd=ROOT, stderr=subprocess.PIPE

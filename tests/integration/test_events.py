@@ -404,7 +404,7 @@ async def test_table_changes_are_delivered_even_while_ember_is_down(
 
 
 def test_a_watched_database_password_is_never_shown() -> None:
-    from gateway.events import _redact
+    from gateway.views import _redact
 
     assert _redact("postgresql://app:s3cret@db:5432/shop") == "postgresql://app:***@db:5432/shop"
     assert _redact("postgresql://app@db/shop") == "postgresql://app@db/shop"
