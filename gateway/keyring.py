@@ -54,16 +54,28 @@ class KeyRing:
         self._keys: dict[str, ApiKey] = {}
         self._namespaces: dict[str, NamespaceRow] = {}
         self._lock = asyncio.Lock()
+        self._puts = 0
+        self._pending: list[tuple[int, ApiKey | NamespaceRow]] = []
+        """What this gateway changed (after its commit), numbered: a reload whose read began
+        before a change may not see it, and must not undo it."""
         self.loads = 0
         """How often the keys were (re)loaded: tests await a change with `wait_loaded`."""
         self._loaded = asyncio.Event()
 
     async def reload(self) -> None:
         async with self._lock:  # one at a time, so the newest read is applied last
-            keys = await self._store.list_api_keys()
-            namespaces = await self._store.list_namespaces()
-            self._keys = {k.id: k for k in keys}
-            self._namespaces = {n.name: n for n in namespaces}
+            began = self._puts
+            keys = {k.id: k for k in await self._store.list_api_keys()}
+            namespaces = {n.name: n for n in await self._store.list_namespaces()}
+            for _, row in self._pending:  # changed here while (or after) the read ran
+                if isinstance(row, ApiKey):
+                    read = keys.get(row.id)
+                    if read is None or (row.revoked_at is not None and read.revoked_at is None):
+                        keys[row.id] = row  # created, or revoked: never undone by a late read
+                else:
+                    namespaces[row.name] = row
+            self._pending = [(n, row) for n, row in self._pending if n > began]
+            self._keys, self._namespaces = keys, namespaces
             self.loads += 1
             self._loaded.set()
             self._loaded = asyncio.Event()
@@ -77,9 +89,15 @@ class KeyRing:
     def put(self, key: ApiKey) -> None:
         """A key this gateway created or revoked: applied before the notification's echo."""
         self._keys[key.id] = key
+        self._remember(key)
 
     def put_namespace(self, namespace: NamespaceRow) -> None:
         self._namespaces[namespace.name] = namespace
+        self._remember(namespace)
+
+    def _remember(self, row: ApiKey | NamespaceRow) -> None:
+        self._puts += 1
+        self._pending.append((self._puts, row))
 
     def check(self, token: str) -> ApiKey | KeyRefused:
         """The key a bearer token stands for, or why it is refused. O(1), no SQL."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from typing import Any, cast
 
@@ -72,3 +73,46 @@ def test_access_and_secret_changes_are_never_skipped_as_twins() -> None:
     assert parse_change('{"kind": "secret", "functions": ["a", "team-a.b"]}') == SecretRotated(
         ("a", "team-a.b")
     )
+
+
+class _SlowStore:
+    """A store whose key listing waits until the test lets it answer: a reload's read that
+    began before this gateway created or revoked a key."""
+
+    def __init__(self, rows: list[ApiKey]) -> None:
+        self.rows = rows
+        self.reading = asyncio.Event()
+        self.answer = asyncio.Event()
+
+    async def list_api_keys(self) -> list[ApiKey]:
+        rows = list(self.rows)  # the snapshot is taken when the read begins
+        self.reading.set()
+        await self.answer.wait()
+        return rows
+
+    async def list_namespaces(self) -> list[Any]:
+        return []
+
+
+async def test_a_reload_that_read_before_a_change_does_not_undo_it() -> None:
+    """A key created (or revoked) here while a reload's read was in flight stays as this
+    gateway committed it: the stale read must not make a fresh key 401 for a moment."""
+    old = key("aaaaaaaaaaaa", "s1")
+    store = _SlowStore([old])
+    keys = KeyRing(cast(Store, store), clock=lambda: NOW)
+    reload = asyncio.create_task(keys.reload())
+    await store.reading.wait()
+    keys.put(key("bbbbbbbbbbbb", "s2"))  # created after the read's snapshot
+    keys.put(key("aaaaaaaaaaaa", "s1", revoked_at=NOW))  # revoked after it
+    store.answer.set()
+    await reload
+    assert isinstance(keys.check("ek_bbbbbbbbbbbb_s2"), ApiKey)
+    assert cast(KeyRefused, keys.check("ek_aaaaaaaaaaaa_s1")).code == "key_revoked"
+    # The next reload reads both changes from the store; nothing is kept aside any longer.
+    store.rows = [key("aaaaaaaaaaaa", "s1", revoked_at=NOW), key("bbbbbbbbbbbb", "s2")]
+    store.reading, store.answer = asyncio.Event(), asyncio.Event()
+    store.answer.set()
+    await keys.reload()
+    await keys.reload()
+    assert keys._pending == []
+    assert cast(KeyRefused, keys.check("ek_aaaaaaaaaaaa_s1")).code == "key_revoked"
