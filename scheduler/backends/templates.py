@@ -104,6 +104,8 @@ class Template:
     """One version's template process and the reader of its reports."""
 
     key: TemplateKey
+    version: Version
+    """Its forks' limits are this version's from the start."""
     handle: ForkedHandle
     control: socket.socket
     charge_bytes: int = UNMEASURED_BYTES
@@ -226,7 +228,9 @@ class Starter(Protocol):
     ) -> InstanceHandle: ...
     def instance_spec(self, handle: InstanceHandle, version: Version) -> SpecializeSpec: ...
     async def stop_instance(self, handle: InstanceHandle, *, grace_s: float) -> None: ...
-    def new_cgroup(self, instance_id: str) -> InstanceCgroup | None: ...
+    def new_cgroup(
+        self, instance_id: str, version: Version | None = None
+    ) -> InstanceCgroup | None: ...
 
 
 class Templates:
@@ -291,7 +295,7 @@ class Templates:
     async def fork(self, template: Template, instance_id: str, address: str) -> ForkedHandle:
         """An instance forked from its version's template, in a cgroup of its own before it
         may run anything of its own."""
-        cgroup = self._backend.new_cgroup(instance_id)
+        cgroup = self._backend.new_cgroup(instance_id, template.version)
         handle: ForkedHandle | None = None
         try:
             handle, go = await template.fork(address)
@@ -401,7 +405,7 @@ class Templates:
                 control.close()
             await backend.stop_instance(handle, grace_s=1.0)
             return None
-        template = Template(key=key, handle=handle, control=control)
+        template = Template(key=key, version=version, handle=handle, control=control)
         template.start_reading()
         template.charge_bytes = await asyncio.to_thread(template_pss_bytes, handle.pid)
         self.by_key[key] = template

@@ -10,6 +10,7 @@ import textwrap
 
 import psutil
 
+from scheduler.backends.cgroups import RUNTIME_MEMORY_BYTES
 from scheduler.backends.local import LocalBackend
 from scheduler.backends.templates import Templates
 from scheduler.live import specialize_meta
@@ -219,3 +220,34 @@ async def test_templates_count_in_the_caps_and_give_their_room_up(
         assert scheduler._usage()[0] == 2
         assert (await running.call("second", {})).status == 200
         assert templates.by_key == {}
+
+
+def _memory_limit(handle: object) -> int:
+    cgroup = getattr(handle, "cgroup", None)
+    assert cgroup is not None, "no cgroup (walls off?)"
+    target = cgroup._file("memory.max") or cgroup._file("memory.limit_in_bytes")
+    assert target is not None
+    return int(target.read_text())
+
+
+async def test_a_fork_has_its_versions_limits_before_it_runs(
+    make_platform: PlatformFactory,
+) -> None:
+    # A fork is told go (and a spare waits, listening, for as long as no call comes) before
+    # it is specialized: its cgroup must hold the version's --memory and CPU from the start,
+    # not a generic instance's 256 MiB (an at-fork hook or a signal handler runs meanwhile).
+    async with make_platform(pool=FAST_SCALE_TO_ZERO) as running:
+        await running.deploy_ok("small", STATEFUL, memory="64Mi")
+        await _template_ready(running, "small", 1)
+        templates = _templates(running)
+        template = templates.by_key[("small", 1)]
+        backend = running.platform.scheduler.backend
+        assert isinstance(backend, LocalBackend)
+        limit = (64 << 20) + RUNTIME_MEMORY_BYTES  # the version's (the template has it)
+        assert _memory_limit(template.handle) == limit
+        handle = await templates.fork(template, "probe", f"unix:{backend._socket_dir}/probe.sock")
+        try:
+            assert _memory_limit(handle) == limit
+        finally:
+            await backend.stop_instance(handle, grace_s=0.5)
+
