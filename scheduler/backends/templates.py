@@ -408,6 +408,10 @@ class Templates:
         template = Template(key=key, version=version, handle=handle, control=control)
         template.start_reading()
         template.charge_bytes = await asyncio.to_thread(template_pss_bytes, handle.pid)
+        if self._making.get(key) is not asyncio.current_task():  # dropped while measured
+            template.close()
+            await backend.stop_instance(handle, grace_s=1.0)
+            return None
         self.by_key[key] = template
         return template
 

@@ -7,9 +7,12 @@ import asyncio
 import dataclasses
 import os
 import textwrap
+import threading
 
 import psutil
+import pytest
 
+from scheduler.backends import templates as templates_module
 from scheduler.backends.cgroups import RUNTIME_MEMORY_BYTES
 from scheduler.backends.local import LocalBackend
 from scheduler.backends.templates import Templates
@@ -251,3 +254,36 @@ async def test_a_fork_has_its_versions_limits_before_it_runs(
         finally:
             await backend.stop_instance(handle, grace_s=0.5)
 
+
+async def test_a_template_dropped_while_it_is_measured_is_not_kept(
+    make_platform: PlatformFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its PSS is measured after the import: a delete (or a secret's rotation, or a redeploy)
+    # then found it neither being made nor kept, and it was kept afterwards, with the old
+    # code and secrets, for the next instances of that name and version to be forked from.
+    measuring = asyncio.Event()
+    release = threading.Event()
+    loop = asyncio.get_running_loop()
+    measure = templates_module.template_pss_bytes
+
+    measured: list[int] = []
+
+    def slow_measure(pid: int) -> int:
+        measured.append(pid)
+        loop.call_soon_threadsafe(measuring.set)
+        release.wait(20)
+        return measure(pid)
+
+    monkeypatch.setattr(templates_module, "template_pss_bytes", slow_measure)
+    async with make_platform(pool=FAST_SCALE_TO_ZERO) as running:
+        templates = _templates(running)
+        await running.deploy_ok("counter", STATEFUL)
+        await measuring.wait()
+        [making] = templates._making.values()
+        status, _ = await running.admin("DELETE", "/v1/functions/counter")
+        assert status == 200
+        release.set()
+        await asyncio.gather(making, return_exceptions=True)
+        assert templates.by_key == {}
+        assert templates.usage() == (0, 0)
+        assert not _alive(measured[0])  # stopped
