@@ -61,6 +61,12 @@ def template_pss_bytes(pid: int) -> int:
     return total
 
 
+def _cgroup_bytes(handle: ForkedHandle) -> int:
+    """What a template or spare holds now: its code runs (at-fork hooks, signal handlers) and
+    can grow after its PSS was measured."""
+    return handle.cgroup.memory_bytes() if handle.cgroup is not None else 0
+
+
 def _wake(ready: asyncio.Future[None]) -> None:
     if not ready.done():
         ready.set_result(None)
@@ -321,10 +327,15 @@ class Templates:
 
     def usage(self) -> tuple[int, int]:
         """Templates kept (and being made), and the memory they are charged: a template and
-        its spare fork count as one instance, charged the PSS of both."""
+        its spare fork count as one instance, charged the PSS of both as measured, or what
+        their cgroups hold now if more."""
         kept = [t for t in self.by_key.values() if t.alive]
         making = len(self._making)
-        charged = sum(t.charge_bytes + t.spare_bytes for t in kept)
+        charged = sum(
+            max(t.charge_bytes, _cgroup_bytes(t.handle))
+            + max(t.spare_bytes, _cgroup_bytes(t.spare) if t.spare else 0)
+            for t in kept
+        )
         return len(kept) + making, charged + making * UNMEASURED_BYTES
 
     def keep(self, version: Version, meta: Mapping[str, object], code: bytes) -> None:

@@ -287,3 +287,34 @@ async def test_a_template_dropped_while_it_is_measured_is_not_kept(
         assert templates.by_key == {}
         assert templates.usage() == (0, 0)
         assert not _alive(measured[0])  # stopped
+
+
+HOARDER = textwrap.dedent("""
+    import os
+
+    hoard = []
+    # Runs in the template at each fork, after its PSS was measured.
+    os.register_at_fork(before=lambda: hoard.append(b"x" * (96 << 20)))
+
+    def handler(event, context):
+        return {"ok": True}
+""")
+
+
+async def test_a_template_that_grows_after_it_was_measured_is_charged_for_it(
+    make_platform: PlatformFactory,
+) -> None:
+    async with make_platform(pool=FAST_SCALE_TO_ZERO) as running:
+        await running.deploy_ok("hoarder", HOARDER)
+        await _template_ready(running, "hoarder", 1)
+        templates = _templates(running)
+        template = templates.by_key[("hoarder", 1)]
+        if template.filling is not None:
+            await template.filling  # its spare: the template holds 96 MiB more
+        backend = running.platform.scheduler.backend
+        assert isinstance(backend, LocalBackend)
+        handle = await templates.fork(template, "probe", f"unix:{backend._socket_dir}/probe.sock")
+        try:  # 192 MiB more now, charged 30 MiB or so when it was measured
+            assert templates.usage()[1] >= 192 << 20
+        finally:
+            await backend.stop_instance(handle, grace_s=0.5)
