@@ -46,6 +46,8 @@ MAKE_TIMEOUT_S = 60.0
 SPARE_REFILL_DELAY_S = 0.2
 """How long after a spare fork was taken the next is made: not while the cold start it serves
 is under way (they would share the CPU)."""
+RETIRED_POLL_S, RETIRED_GRACE_S = 1.0, 2.0
+"""How often a retired template's forks are looked for; how long it has to exit after."""
 UNMEASURED_BYTES = 32 << 20
 """What a template is charged until its PSS is measured."""
 
@@ -65,6 +67,13 @@ def _cgroup_bytes(handle: ForkedHandle) -> int:
     """What a template or spare holds now: its code runs (at-fork hooks, signal handlers) and
     can grow after its PSS was measured."""
     return handle.cgroup.memory_bytes() if handle.cgroup is not None else 0
+
+
+def _gone(handle: ForkedHandle) -> bool:
+    """The fork has exited, as the platform sees it (its cgroup is empty)."""
+    if handle.cgroup is not None:
+        return handle.cgroup.empty()
+    return handle.exited.done()
 
 
 def _wake(ready: asyncio.Future[None]) -> None:
@@ -124,6 +133,9 @@ class Template:
     spare: ForkedHandle | None = None
     """A fork made ahead, in its cgroup and listening: the next cold start takes it."""
     spare_bytes: int = 0
+    handed: list[ForkedHandle] = field(default_factory=list)
+    """The forks the platform moved into cgroups (what the template says of them is not
+    trusted: a retired template is stopped once these are gone)."""
     filling: asyncio.Task[None] | None = None
 
     def start_reading(self) -> None:
@@ -323,6 +335,7 @@ class Templates:
                 raise BackendError(f"cannot fork from the template: {exc}") from exc
             raise
         handle.cgroup = cgroup
+        template.handed = [h for h in template.handed if not _gone(h)] + [handle]
         return handle
 
     def usage(self) -> tuple[int, int]:
@@ -446,6 +459,9 @@ class Templates:
         retired = [self.by_key.pop(k) for k in list(self.by_key) if dropped(k)]
         for template in retired:
             template.retire()
+            expiry = asyncio.create_task(self._expire(template), name=f"expire {template.key}")
+            self._watchers.add(expiry)
+            expiry.add_done_callback(self._watchers.discard)
             if template.spare is not None:
                 spare, template.spare = template.spare, None
                 task = asyncio.create_task(self._backend.stop_instance(spare, grace_s=0.5))
@@ -455,6 +471,19 @@ class Templates:
             del self.refused[key]
         self._changed.set()
         return len(retired)
+
+    async def _expire(self, template: Template) -> None:
+        """A retired template exits once its forks have; its code could make it stay (it is
+        no longer charged): it is stopped once the forks are gone, by their cgroups."""
+        while not template.handle.exited.done() and not all(map(_gone, template.handed)):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RETIRED_POLL_S):
+                    await template.handle.wait()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(RETIRED_GRACE_S):
+                await template.handle.wait()
+        if not template.handle.exited.done():  # (else `_watch` stops what is left)
+            await self._backend.stop_instance(template.handle, grace_s=0.5)
 
     async def close(self) -> None:
         fillers = [t.filling for t in self.by_key.values() if t.filling is not None]

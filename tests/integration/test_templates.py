@@ -318,3 +318,35 @@ async def test_a_template_that_grows_after_it_was_measured_is_charged_for_it(
             assert templates.usage()[1] >= 192 << 20
         finally:
             await backend.stop_instance(handle, grace_s=0.5)
+
+
+CLINGY = textwrap.dedent("""
+    import invoker.template as template
+
+    reap = template._reap
+    # The template reaps and reports its forks, but never forgets them: retired, it would
+    # wait for them forever (no longer charged, the function deleted).
+    template._reap = lambda sock, children: reap(sock, set(children))
+
+    def handler(event, context):
+        return {"ok": True}
+""")
+
+
+async def test_a_retired_template_that_will_not_exit_is_stopped(
+    make_platform: PlatformFactory,
+) -> None:
+    async with make_platform(pool=FAST_SCALE_TO_ZERO) as running:
+        await running.deploy_ok("clingy", CLINGY)
+        await _template_ready(running, "clingy", 1)
+        templates = _templates(running)
+        template = templates.by_key[("clingy", 1)]
+        if template.filling is not None:
+            await template.filling  # a spare: a child it will not forget
+        assert template.spare is not None
+        status, _ = await running.admin("DELETE", "/v1/functions/clingy")
+        assert status == 200
+        assert templates.usage() == (0, 0)  # no longer charged: it must not stay
+        async with asyncio.timeout(15):
+            await template.handle.wait()
+        assert not _alive(template.handle.pid)
