@@ -350,3 +350,46 @@ async def test_a_retired_template_that_will_not_exit_is_stopped(
         async with asyncio.timeout(15):
             await template.handle.wait()
         assert not _alive(template.handle.pid)
+
+
+LIAR = textwrap.dedent("""
+    import invoker.template as template
+
+    write = template._write
+
+    def lie(sock, line):
+        if line.startswith("forked "):
+            {lie}
+        else:
+            write(sock, line)
+
+    template._write = lie
+
+    def handler(event, context):
+        return {{"ok": True}}
+""")
+
+
+@pytest.mark.parametrize(
+    "lie",
+    [
+        # not a pid: the reader raised at it, the fork's future was never answered
+        'write(sock, line.rsplit(" ", 1)[0] + " not-a-pid\\n")',
+        # no end of line, ever: the platform kept it all (8 MiB here)
+        'for _ in range(128): write(sock, "x" * 65536)',
+    ],
+    ids=["bad-pid", "endless-line"],
+)
+async def test_a_template_that_lies_in_its_reports_is_stopped(
+    make_platform: PlatformFactory, lie: str
+) -> None:
+    async with make_platform(pool=FAST_SCALE_TO_ZERO) as running:
+        await running.deploy_ok("liar", LIAR.format(lie=lie))
+        await _template_ready(running, "liar", 1)
+        templates = _templates(running)
+        template = templates.by_key[("liar", 1)]
+        async with asyncio.timeout(10):  # asked for its spare, it lies: it is stopped
+            await template.handle.wait()
+        assert len(template.pending) <= 1 << 16
+        assert templates.usage() == (0, 0)
+        assert (await running.call("liar", {})).status == 200  # its instances import it
