@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import sys
 import textwrap
 import threading
+from typing import Any
 
 import psutil
 import pytest
@@ -16,8 +18,9 @@ from scheduler.backends import templates as templates_module
 from scheduler.backends.cgroups import RUNTIME_MEMORY_BYTES
 from scheduler.backends.local import LocalBackend
 from scheduler.backends.templates import Templates
-from scheduler.live import specialize_meta
+from scheduler.live import Prepared, specialize_meta
 from scheduler.scheduler import Scheduler
+from store.records import Version
 from tests.conftest import PlatformFactory, Running
 
 STATEFUL = textwrap.dedent("""
@@ -393,3 +396,57 @@ async def test_a_template_that_lies_in_its_reports_is_stopped(
         assert len(template.pending) <= 1 << 16
         assert templates.usage() == (0, 0)
         assert (await running.call("liar", {})).status == 200  # its instances import it
+
+
+async def test_an_instance_retired_while_it_specialized_leaves_no_template(
+    make_platform: PlatformFactory,
+) -> None:
+    # Its specialization read the function's secrets before a rotation (or a delete) retired
+    # it, during its import: a template made of it would fork every later instance with the
+    # old values (or the deleted code).
+    entered, release = asyncio.Event(), asyncio.Event()
+    armed = False
+    async with make_platform(pool=FAST_SCALE_TO_ZERO) as running:
+        scheduler = running.platform.scheduler
+        templates = _templates(running)
+        prepare, connection = scheduler._prepare, scheduler._connection
+        assert prepare is not None
+
+        async def no_template_of_the_check(version: Version) -> Prepared:
+            if sys._getframe(1).f_code.co_name == "_template_of":
+                raise RuntimeError("not from the deploy's check: from a cold start")
+            return await prepare(version)
+
+        class Importing:
+            """The instance's connection; its import's answer comes once the test says."""
+
+            def __init__(self, conn: Any) -> None:
+                self.conn = conn
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self.conn, name)
+
+            async def call(self, *args: Any) -> Any:
+                reply = await self.conn.call(*args)
+                entered.set()
+                await release.wait()
+                return reply
+
+        async def gated(instance: Any) -> Any:
+            conn = await connection(instance)
+            return Importing(conn) if armed and not entered.is_set() else conn
+
+        scheduler._prepare = no_template_of_the_check
+        scheduler._connection = gated  # type: ignore[method-assign]
+        await running.deploy_ok("gone", STATEFUL)
+        await scheduler.wait_until(lambda: not scheduler.instances_of("gone"), 10)
+        armed = True
+        call = asyncio.create_task(running.call("gone", {}))
+        await entered.wait()  # a cold start read the secrets, and imported
+        [start] = [t for t in asyncio.all_tasks() if t.get_name().startswith("start ")]
+        status, _ = await running.admin("DELETE", "/v1/functions/gone")
+        assert status == 200
+        release.set()
+        await asyncio.gather(start, call, return_exceptions=True)
+        assert not templates._making
+        assert templates.by_key == {}
