@@ -424,7 +424,8 @@ class Scheduler(Upkeep):
                 reply.get("logs", ""),
             )
         self._keep_connection(instance, conn)
-        self._keep_template(version, meta, code, reply)
+        if instance.id in self.pool.instances:  # (retired meanwhile: its meta is stale)
+            self._keep_template(version, meta, code, reply)
         return reply
 
     async def _start_process(self, instance: Instance, version: Version | None = None) -> None:

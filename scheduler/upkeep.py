@@ -407,11 +407,13 @@ class Upkeep:
             self._tasks.spawn(self._template_of(version), f"template of {key}")
 
     async def _template_of(self, version: Version) -> None:
+        tracked = self._versions.get(key := (version.function, version.version))
         meta = specialize_meta(version, self.settings.max_response_bytes)
         if self._prepare is not None:
             add_prepared(meta, await self._prepare(version))
         code = version.package.archive or version.source.encode()
-        self._keep_template(version, meta, code, {"ok": True})
+        if tracked is not None and self._versions.get(key) is tracked:  # (not deleted, rolled)
+            self._keep_template(version, meta, code, {"ok": True})
 
     def drop_checked_soon(self, checked: Checked) -> None:
         self._stop_soon(checked.instance, "deploy did not complete")

@@ -92,6 +92,15 @@ class InstanceCgroup:
                         return True
         return False
 
+    def memory_bytes(self) -> int:
+        """The memory charged to it now (0 if unknown)."""
+        for name in ("memory.current", "memory.usage_in_bytes"):
+            target = self._file(name)
+            if target is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    return int(target.read_text())
+        return 0
+
     def kill(self) -> None:
         """Kill every process in it (what escaped the process group too)."""
         kill_file = self._file("cgroup.kill")

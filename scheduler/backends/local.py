@@ -380,15 +380,16 @@ class LocalBackend:
     def template_usage(self) -> tuple[int, int]:
         return self.templates.usage() if self.templates is not None else (0, 0)
 
-    def new_cgroup(self, instance_id: str) -> InstanceCgroup | None:
+    def new_cgroup(self, instance_id: str, version: Version | None = None) -> InstanceCgroup | None:
+        c = version and version.config  # (a template's fork runs: its version's limits at once)
         if self._cgroups is None:
             return None
         try:
             cgroup = self._cgroups.create(instance_id)
             cgroup.set_limits(
-                memory_bytes=(256 << 20) + RUNTIME_MEMORY_BYTES,
+                memory_bytes=(c.memory_bytes if c else 256 << 20) + RUNTIME_MEMORY_BYTES,
                 pids_max=self.isolation.pids_max,
-                cpus=1.0,
+                cpus=c.cpus if c else 1.0,
             )
         except OSError as exc:
             raise BackendError(

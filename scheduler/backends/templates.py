@@ -12,23 +12,29 @@ version is replaced or deleted, or when the node needs its room.
 
 from __future__ import annotations
 
-import array
 import asyncio
 import contextlib
 import logging
 import os
 import signal
 import socket
-import struct
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
-
-import psutil
 
 from invoker.protocol import encode_frame, read_frame
 from scheduler.backends import BackendError
+from scheduler.backends.template_process import (
+    UNMEASURED_BYTES,
+    Template,
+    TemplateKey,
+    cgroup_bytes,
+    fork_gone,
+    move_into,
+)
+from scheduler.backends.template_process import (
+    template_pss_bytes as template_pss_bytes,
+)
 from scheduler.backends.zygote import ForkedHandle
 
 if TYPE_CHECKING:
@@ -39,183 +45,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ember.scheduler.local")
 
-TemplateKey = tuple[str, int]
-
 MAKE_TIMEOUT_S = 60.0
 """Longest a template's import may take (it is off the request path)."""
 SPARE_REFILL_DELAY_S = 0.2
 """How long after a spare fork was taken the next is made: not while the cold start it serves
 is under way (they would share the CPU)."""
-UNMEASURED_BYTES = 32 << 20
-"""What a template is charged until its PSS is measured."""
-
-
-def template_pss_bytes(pid: int) -> int:
-    """The PSS of a template's processes (its namespace's init and the template)."""
-    total = 0
-    with contextlib.suppress(psutil.Error):
-        root = psutil.Process(pid)
-        for process in [root, *root.children(recursive=True)]:
-            with contextlib.suppress(psutil.Error):
-                total += process.memory_full_info().pss
-    return total
-
-
-def _wake(ready: asyncio.Future[None]) -> None:
-    if not ready.done():
-        ready.set_result(None)
-
-
-def _move(pid: int, procs: list[str]) -> None:
-    """Move a process into a cgroup (each of its `cgroup.procs` files)."""
-    for path in procs:
-        fd = os.open(path, os.O_WRONLY)
-        try:
-            os.write(fd, str(pid).encode())
-        finally:
-            os.close(fd)
-
-
-async def _peer_pid(sock: socket.socket) -> int:
-    """The pid (in our PID namespace) of the process that sends the first byte on `sock`."""
-    loop = asyncio.get_running_loop()
-    sock.setblocking(False)
-    while True:
-        try:
-            data, ancdata, _, _ = sock.recvmsg(1, socket.CMSG_SPACE(12))
-            break
-        except BlockingIOError:
-            ready: asyncio.Future[None] = loop.create_future()
-            loop.add_reader(sock.fileno(), _wake, ready)
-            try:
-                await ready
-            finally:
-                loop.remove_reader(sock.fileno())
-    for level, kind, payload in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-            pid: int = struct.unpack("3i", payload[:12])[0]
-            if data == b"r":
-                return pid
-    raise BackendError("the template's fork exited before it was ready")
-
-
-@dataclass(slots=True, eq=False)
-class Template:
-    """One version's template process and the reader of its reports."""
-
-    key: TemplateKey
-    handle: ForkedHandle
-    control: socket.socket
-    charge_bytes: int = UNMEASURED_BYTES
-    retired: bool = False
-    forks: dict[str, asyncio.Future[ForkedHandle]] = field(default_factory=dict)
-    children: dict[int, ForkedHandle] = field(default_factory=dict)
-    """By pid in the template's namespace."""
-    counter: int = 0
-    pending: bytes = b""
-    spare: ForkedHandle | None = None
-    """A fork made ahead, in its cgroup and listening: the next cold start takes it."""
-    spare_bytes: int = 0
-    filling: asyncio.Task[None] | None = None
-
-    def start_reading(self) -> None:
-        self.control.setblocking(False)
-        asyncio.get_running_loop().add_reader(self.control.fileno(), self._readable)
-
-    def _readable(self) -> None:
-        try:
-            data = self.control.recv(65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self.close()
-            return
-        self.pending += data
-        *lines, self.pending = self.pending.split(b"\n")
-        for line in lines:
-            parts = line.decode(errors="replace").split(maxsplit=2)
-            if len(parts) == 3 and parts[0] == "forked" and parts[1] in self.forks:
-                handle = ForkedHandle(host="", port=0, pid=0)
-                self.children[int(parts[2])] = handle
-                fut = self.forks.pop(parts[1])
-                if not fut.done():
-                    fut.set_result(handle)
-            elif len(parts) == 3 and parts[0] == "failed" and parts[1] in self.forks:
-                fut = self.forks.pop(parts[1])
-                if not fut.done():
-                    fut.set_exception(BackendError(f"the template could not fork: {parts[2]}"))
-            elif len(parts) == 3 and parts[0] == "exit":
-                child = self.children.pop(int(parts[1]), None)
-                if child is not None and not child.exited.done():
-                    child.exited.set_result(int(parts[2]))
-            else:  # from user code's process: not trusted to say anything else
-                log.error("template sent a malformed report", extra={"line": line[:200].hex()})
-                self.close()
-                return
-
-    @property
-    def alive(self) -> bool:
-        return self.control.fileno() >= 0 and not self.handle.exited.done()
-
-    def close(self) -> None:
-        """The template is gone, or told us nonsense (then it goes): its forks go with its
-        namespace."""
-        if not self.handle.exited.done():
-            with contextlib.suppress(OSError):
-                os.killpg(self.handle.pid, signal.SIGKILL)
-        if self.control.fileno() >= 0:
-            asyncio.get_running_loop().remove_reader(self.control.fileno())
-            self.control.close()
-        for fut in self.forks.values():
-            if not fut.done():
-                fut.set_exception(BackendError("the template exited"))
-        self.forks.clear()
-        for child in self.children.values():
-            if not child.exited.done():
-                child.exited.set_result(None)
-        self.children.clear()
-
-    async def fork(self, address: str) -> tuple[ForkedHandle, socket.socket]:
-        """A new instance listening on `address` (unix:), and the socket to say go on once
-        it is in its cgroup."""
-        path = address.removeprefix("unix:")
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        mine, theirs = socket.socketpair()
-        try:
-            listener.bind(path)
-            os.chmod(path, 0o600)
-            listener.listen(128)
-            mine.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-            self.counter += 1
-            request_id = str(self.counter)
-            fut = asyncio.get_running_loop().create_future()
-            self.forks[request_id] = fut
-            fds = array.array("i", [listener.fileno(), theirs.fileno()])
-            self.control.sendmsg(
-                [b"fork %s\n" % request_id.encode()],
-                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())],
-            )
-        except OSError as exc:
-            mine.close()
-            raise BackendError(f"cannot ask the template for a fork: {exc}") from exc
-        finally:
-            listener.close()
-            theirs.close()
-        try:
-            handle = await fut
-            handle.pid = await _peer_pid(mine)
-        except BaseException:
-            mine.close()
-            raise
-        handle.host = address
-        return handle, mine
-
-    def retire(self) -> None:
-        self.retired = True
-        with contextlib.suppress(OSError):
-            self.control.send(b"retire\n")
+RETIRED_POLL_S, RETIRED_GRACE_S = 1.0, 2.0
+"""How often a retired template's forks are looked for; how long it has to exit after."""
 
 
 class Starter(Protocol):
@@ -226,7 +62,9 @@ class Starter(Protocol):
     ) -> InstanceHandle: ...
     def instance_spec(self, handle: InstanceHandle, version: Version) -> SpecializeSpec: ...
     async def stop_instance(self, handle: InstanceHandle, *, grace_s: float) -> None: ...
-    def new_cgroup(self, instance_id: str) -> InstanceCgroup | None: ...
+    def new_cgroup(
+        self, instance_id: str, version: Version | None = None
+    ) -> InstanceCgroup | None: ...
 
 
 class Templates:
@@ -291,13 +129,13 @@ class Templates:
     async def fork(self, template: Template, instance_id: str, address: str) -> ForkedHandle:
         """An instance forked from its version's template, in a cgroup of its own before it
         may run anything of its own."""
-        cgroup = self._backend.new_cgroup(instance_id)
+        cgroup = self._backend.new_cgroup(instance_id, template.version)
         handle: ForkedHandle | None = None
         try:
             handle, go = await template.fork(address)
             with go:  # (moving a process can wait for an RCU grace period: not on the loop)
                 await asyncio.to_thread(
-                    _move, handle.pid, cgroup.procs_files if cgroup is not None else []
+                    move_into, handle.pid, cgroup.procs_files if cgroup is not None else []
                 )
                 go.send(b"g")
         except BaseException as exc:
@@ -313,14 +151,20 @@ class Templates:
                 raise BackendError(f"cannot fork from the template: {exc}") from exc
             raise
         handle.cgroup = cgroup
+        template.handed = [h for h in template.handed if not fork_gone(h)] + [handle]
         return handle
 
     def usage(self) -> tuple[int, int]:
         """Templates kept (and being made), and the memory they are charged: a template and
-        its spare fork count as one instance, charged the PSS of both."""
+        its spare fork count as one instance, charged the PSS of both as measured, or what
+        their cgroups hold now if more."""
         kept = [t for t in self.by_key.values() if t.alive]
         making = len(self._making)
-        charged = sum(t.charge_bytes + t.spare_bytes for t in kept)
+        charged = sum(
+            max(t.charge_bytes, cgroup_bytes(t.handle))
+            + max(t.spare_bytes, cgroup_bytes(t.spare) if t.spare else 0)
+            for t in kept
+        )
         return len(kept) + making, charged + making * UNMEASURED_BYTES
 
     def keep(self, version: Version, meta: Mapping[str, object], code: bytes) -> None:
@@ -401,9 +245,13 @@ class Templates:
                 control.close()
             await backend.stop_instance(handle, grace_s=1.0)
             return None
-        template = Template(key=key, handle=handle, control=control)
+        template = Template(key=key, version=version, handle=handle, control=control)
         template.start_reading()
         template.charge_bytes = await asyncio.to_thread(template_pss_bytes, handle.pid)
+        if self._making.get(key) is not asyncio.current_task():  # dropped while measured
+            template.close()
+            await backend.stop_instance(handle, grace_s=1.0)
+            return None
         self.by_key[key] = template
         return template
 
@@ -427,6 +275,9 @@ class Templates:
         retired = [self.by_key.pop(k) for k in list(self.by_key) if dropped(k)]
         for template in retired:
             template.retire()
+            expiry = asyncio.create_task(self._expire(template), name=f"expire {template.key}")
+            self._watchers.add(expiry)
+            expiry.add_done_callback(self._watchers.discard)
             if template.spare is not None:
                 spare, template.spare = template.spare, None
                 task = asyncio.create_task(self._backend.stop_instance(spare, grace_s=0.5))
@@ -436,6 +287,19 @@ class Templates:
             del self.refused[key]
         self._changed.set()
         return len(retired)
+
+    async def _expire(self, template: Template) -> None:
+        """A retired template exits once its forks have; its code could make it stay (it is
+        no longer charged): it is stopped once the forks are gone, by their cgroups."""
+        while not template.handle.exited.done() and not all(map(fork_gone, template.handed)):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RETIRED_POLL_S):
+                    await template.handle.wait()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(RETIRED_GRACE_S):
+                await template.handle.wait()
+        if not template.handle.exited.done():  # (else `_watch` stops what is left)
+            await self._backend.stop_instance(template.handle, grace_s=0.5)
 
     async def close(self) -> None:
         fillers = [t.filling for t in self.by_key.values() if t.filling is not None]

@@ -6,14 +6,21 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import sys
 import textwrap
+import threading
+from typing import Any
 
 import psutil
+import pytest
 
+from scheduler.backends import templates as templates_module
+from scheduler.backends.cgroups import RUNTIME_MEMORY_BYTES
 from scheduler.backends.local import LocalBackend
 from scheduler.backends.templates import Templates
-from scheduler.live import specialize_meta
+from scheduler.live import Prepared, specialize_meta
 from scheduler.scheduler import Scheduler
+from store.records import Version
 from tests.conftest import PlatformFactory, Running
 
 STATEFUL = textwrap.dedent("""
@@ -218,4 +225,228 @@ async def test_templates_count_in_the_caps_and_give_their_room_up(
         # No room left for a template of the second one: none is made.
         assert scheduler._usage()[0] == 2
         assert (await running.call("second", {})).status == 200
+        assert templates.by_key == {}
+
+
+def _memory_limit(handle: object) -> int:
+    cgroup = getattr(handle, "cgroup", None)
+    assert cgroup is not None, "no cgroup (walls off?)"
+    target = cgroup._file("memory.max") or cgroup._file("memory.limit_in_bytes")
+    assert target is not None
+    return int(target.read_text())
+
+
+async def test_a_fork_has_its_versions_limits_before_it_runs(
+    make_platform: PlatformFactory,
+) -> None:
+    # A fork is told go (and a spare waits, listening, for as long as no call comes) before
+    # it is specialized: its cgroup must hold the version's --memory and CPU from the start,
+    # not a generic instance's 256 MiB (an at-fork hook or a signal handler runs meanwhile).
+    async with make_platform(pool=FAST_SCALE_TO_ZERO) as running:
+        await running.deploy_ok("small", STATEFUL, memory="64Mi")
+        await _template_ready(running, "small", 1)
+        templates = _templates(running)
+        template = templates.by_key[("small", 1)]
+        backend = running.platform.scheduler.backend
+        assert isinstance(backend, LocalBackend)
+        limit = (64 << 20) + RUNTIME_MEMORY_BYTES  # the version's (the template has it)
+        assert _memory_limit(template.handle) == limit
+        handle = await templates.fork(template, "probe", f"unix:{backend._socket_dir}/probe.sock")
+        try:
+            assert _memory_limit(handle) == limit
+        finally:
+            await backend.stop_instance(handle, grace_s=0.5)
+
+
+async def test_a_template_dropped_while_it_is_measured_is_not_kept(
+    make_platform: PlatformFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its PSS is measured after the import: a delete (or a secret's rotation, or a redeploy)
+    # then found it neither being made nor kept, and it was kept afterwards, with the old
+    # code and secrets, for the next instances of that name and version to be forked from.
+    measuring = asyncio.Event()
+    release = threading.Event()
+    loop = asyncio.get_running_loop()
+    measure = templates_module.template_pss_bytes
+
+    measured: list[int] = []
+
+    def slow_measure(pid: int) -> int:
+        measured.append(pid)
+        loop.call_soon_threadsafe(measuring.set)
+        release.wait(20)
+        return measure(pid)
+
+    monkeypatch.setattr(templates_module, "template_pss_bytes", slow_measure)
+    async with make_platform(pool=FAST_SCALE_TO_ZERO) as running:
+        templates = _templates(running)
+        await running.deploy_ok("counter", STATEFUL)
+        await measuring.wait()
+        [making] = templates._making.values()
+        status, _ = await running.admin("DELETE", "/v1/functions/counter")
+        assert status == 200
+        release.set()
+        await asyncio.gather(making, return_exceptions=True)
+        assert templates.by_key == {}
+        assert templates.usage() == (0, 0)
+        assert not _alive(measured[0])  # stopped
+
+
+HOARDER = textwrap.dedent("""
+    import os
+
+    hoard = []
+    # Runs in the template at each fork, after its PSS was measured.
+    os.register_at_fork(before=lambda: hoard.append(b"x" * (96 << 20)))
+
+    def handler(event, context):
+        return {"ok": True}
+""")
+
+
+async def test_a_template_that_grows_after_it_was_measured_is_charged_for_it(
+    make_platform: PlatformFactory,
+) -> None:
+    async with make_platform(pool=FAST_SCALE_TO_ZERO) as running:
+        await running.deploy_ok("hoarder", HOARDER)
+        await _template_ready(running, "hoarder", 1)
+        templates = _templates(running)
+        template = templates.by_key[("hoarder", 1)]
+        if template.filling is not None:
+            await template.filling  # its spare: the template holds 96 MiB more
+        backend = running.platform.scheduler.backend
+        assert isinstance(backend, LocalBackend)
+        handle = await templates.fork(template, "probe", f"unix:{backend._socket_dir}/probe.sock")
+        try:  # 192 MiB more now, charged 30 MiB or so when it was measured
+            assert templates.usage()[1] >= 192 << 20
+        finally:
+            await backend.stop_instance(handle, grace_s=0.5)
+
+
+CLINGY = textwrap.dedent("""
+    import invoker.template as template
+
+    reap = template._reap
+    # The template reaps and reports its forks, but never forgets them: retired, it would
+    # wait for them forever (no longer charged, the function deleted).
+    template._reap = lambda sock, children: reap(sock, set(children))
+
+    def handler(event, context):
+        return {"ok": True}
+""")
+
+
+async def test_a_retired_template_that_will_not_exit_is_stopped(
+    make_platform: PlatformFactory,
+) -> None:
+    async with make_platform(pool=FAST_SCALE_TO_ZERO) as running:
+        await running.deploy_ok("clingy", CLINGY)
+        await _template_ready(running, "clingy", 1)
+        templates = _templates(running)
+        template = templates.by_key[("clingy", 1)]
+        if template.filling is not None:
+            await template.filling  # a spare: a child it will not forget
+        assert template.spare is not None
+        status, _ = await running.admin("DELETE", "/v1/functions/clingy")
+        assert status == 200
+        assert templates.usage() == (0, 0)  # no longer charged: it must not stay
+        async with asyncio.timeout(15):
+            await template.handle.wait()
+        assert not _alive(template.handle.pid)
+
+
+LIAR = textwrap.dedent("""
+    import invoker.template as template
+
+    write = template._write
+
+    def lie(sock, line):
+        if line.startswith("forked "):
+            {lie}
+        else:
+            write(sock, line)
+
+    template._write = lie
+
+    def handler(event, context):
+        return {{"ok": True}}
+""")
+
+
+@pytest.mark.parametrize(
+    "lie",
+    [
+        # not a pid: the reader raised at it, the fork's future was never answered
+        'write(sock, line.rsplit(" ", 1)[0] + " not-a-pid\\n")',
+        # no end of line, ever: the platform kept it all (8 MiB here)
+        'for _ in range(128): write(sock, "x" * 65536)',
+    ],
+    ids=["bad-pid", "endless-line"],
+)
+async def test_a_template_that_lies_in_its_reports_is_stopped(
+    make_platform: PlatformFactory, lie: str
+) -> None:
+    async with make_platform(pool=FAST_SCALE_TO_ZERO) as running:
+        await running.deploy_ok("liar", LIAR.format(lie=lie))
+        await _template_ready(running, "liar", 1)
+        templates = _templates(running)
+        template = templates.by_key[("liar", 1)]
+        async with asyncio.timeout(10):  # asked for its spare, it lies: it is stopped
+            await template.handle.wait()
+        assert len(template.pending) <= 1 << 16
+        assert templates.usage() == (0, 0)
+        assert (await running.call("liar", {})).status == 200  # its instances import it
+
+
+async def test_an_instance_retired_while_it_specialized_leaves_no_template(
+    make_platform: PlatformFactory,
+) -> None:
+    # Its specialization read the function's secrets before a rotation (or a delete) retired
+    # it, during its import: a template made of it would fork every later instance with the
+    # old values (or the deleted code).
+    entered, release = asyncio.Event(), asyncio.Event()
+    armed = False
+    async with make_platform(pool=FAST_SCALE_TO_ZERO) as running:
+        scheduler = running.platform.scheduler
+        templates = _templates(running)
+        prepare, connection = scheduler._prepare, scheduler._connection
+        assert prepare is not None
+
+        async def no_template_of_the_check(version: Version) -> Prepared:
+            if sys._getframe(1).f_code.co_name == "_template_of":
+                raise RuntimeError("not from the deploy's check: from a cold start")
+            return await prepare(version)
+
+        class Importing:
+            """The instance's connection; its import's answer comes once the test says."""
+
+            def __init__(self, conn: Any) -> None:
+                self.conn = conn
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self.conn, name)
+
+            async def call(self, *args: Any) -> Any:
+                reply = await self.conn.call(*args)
+                entered.set()
+                await release.wait()
+                return reply
+
+        async def gated(instance: Any) -> Any:
+            conn = await connection(instance)
+            return Importing(conn) if armed and not entered.is_set() else conn
+
+        scheduler._prepare = no_template_of_the_check
+        scheduler._connection = gated  # type: ignore[method-assign]
+        await running.deploy_ok("gone", STATEFUL)
+        await scheduler.wait_until(lambda: not scheduler.instances_of("gone"), 10)
+        armed = True
+        call = asyncio.create_task(running.call("gone", {}))
+        await entered.wait()  # a cold start read the secrets, and imported
+        [start] = [t for t in asyncio.all_tasks() if t.get_name().startswith("start ")]
+        status, _ = await running.admin("DELETE", "/v1/functions/gone")
+        assert status == 200
+        release.set()
+        await asyncio.gather(start, call, return_exceptions=True)
+        assert not templates._making
         assert templates.by_key == {}
