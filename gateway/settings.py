@@ -105,9 +105,12 @@ class Settings:
     """How long installing a function's requirements may take (FN_BUILD_TIMEOUT)."""
     zygote: bool = True
     """Fork instances from a pre-imported zygote (FN_ZYGOTE=0: start a fresh interpreter each)."""
-    templates: bool = True
+    templates: bool = False
     """Keep a template of each version specialized on this node and fork its next instances
-    from it, imported already (FN_TEMPLATES=0: import the function in each instance)."""
+    from it, imported already (FN_TEMPLATES=1). Off by default: with a template (and its spare
+    fork) made after every deploy, `make bench` measured the cold start after scale to zero at
+    13-16 ms p50 / 39-51 ms p99 and deploy -> first call at 42-46 ms, against 7.3 / 13 and 16 ms
+    without (docs/cold-starts.md)."""
     shutdown_timeout_s: float = 10.0
     """How long in-flight calls may run on at shutdown before they are cancelled."""
     time_scale: float = 1.0

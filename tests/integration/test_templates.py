@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import os
 import sys
 import textwrap
 import threading
-from typing import Any
+from typing import Any, cast
 
 import psutil
 import pytest
@@ -43,6 +44,12 @@ STATEFUL = textwrap.dedent("""
         }
 """)
 FAST_SCALE_TO_ZERO = {"keep_alive_s": 0.3, "generic_pool_size": 1}
+
+
+@pytest.fixture
+def make_platform(make_platform: PlatformFactory) -> PlatformFactory:
+    """Templates are off by default (FN_TEMPLATES=1 turns them on): on in these tests."""
+    return cast(PlatformFactory, functools.partial(make_platform, templates=True))
 
 
 def _templates(running: Running) -> Templates:
