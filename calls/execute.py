@@ -73,8 +73,11 @@ async def execute(
     activation_id: ActivationId,
     meta: RequestMeta,
     body: bytes,
+    *,
+    shown_id: str | None = None,
 ) -> CallResult:
-    """Run one activation of `version` on a warm slot: the path every call takes."""
+    """Run one activation of `version` on a warm slot: the path every call takes.
+    `shown_id`: `str(activation_id)`, when the caller has it already."""
     metrics = calls.metrics
     name = version.function
     started_at = dt.datetime.now(dt.UTC)
@@ -140,7 +143,7 @@ async def execute(
     request: InvokeRequest = {
         **meta,
         "op": "invoke",
-        "id": str(activation_id),
+        "id": shown_id or str(activation_id),
         "timeout_s": timeout_s,
     }
     try:

@@ -19,6 +19,10 @@ class FunctionCache:
         self._generation: dict[str, int] = {}
         self._changed = asyncio.Event()
 
+    def cached(self, name: str, version: int | None = None) -> Version | None:
+        """`resolve` when the version is in memory (no coroutine: the warm path), else None."""
+        return self._versions.get((name, version))
+
     async def resolve(self, name: str, version: int | None = None) -> Version:
         """The given version, or the active one. Raises FunctionNotFound / VersionNotFound."""
         key = (name, version)

@@ -4,16 +4,20 @@ large or too slow, `Expect`) is the `{"error": {...}}` shape with its status."""
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
+from aiohttp.web_request import BaseRequest
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import admin, dashboard, docs, events, insights, policies, tenancy
 from gateway.api_spec import operation
 from gateway.auth import PRINCIPAL, authenticate, permit
+from gateway.connections import DISPATCH, RequestHandlerFn
 from gateway.environments import environment_archive
 from gateway.errors import BodyTimeout, error_response, json_response, payload_too_large
 from gateway.invoke import invoke
@@ -205,6 +209,39 @@ def build_app(platform: Platform) -> web.Application:
     app.router.add_get("/healthz", healthz, expect_handler=expect_continue)
     app.router.add_get("/metrics", metrics, expect_handler=expect_continue)
     app.router.add_get("/environments/{hash}", environment_archive)
-    app.router.add_route("*", "/fn/{name}", invoke, expect_handler=expect_continue)
-    app.router.add_route("*", "/fn/{name}/{tail:.*}", invoke, expect_handler=expect_continue)
+    calls = [
+        app.router.add_route("*", "/fn/{name}", invoke, expect_handler=expect_continue),
+        app.router.add_route("*", "/fn/{name}/{tail:.*}", invoke, expect_handler=expect_continue),
+    ]
+    dispatch: Callable[[RequestHandlerFn], RequestHandlerFn] = functools.partial(
+        calls_first, app, [route.resource for route in calls]
+    )
+    app[DISPATCH] = dispatch
     return app
+
+
+def calls_first(
+    app: web.Application, resources: list[web.AbstractResource | None], handle: RequestHandlerFn
+) -> RequestHandlerFn:
+    """The server's request handler: a call (`/fn/...`) is matched by the two call routes
+    alone and goes to `invoke` through `json_errors`, the only middleware it ever had; every
+    other request, and a call with `Expect`, takes the application's own way (`handle`).
+
+    What is skipped is the router's walk over the path and aiohttp's middleware layer that
+    sets the current app, a few microseconds of every call; what a call sees is the same
+    (the match info, its app, the JSON errors)."""
+    routes = [resource for resource in resources if resource is not None]
+
+    async def dispatch(request: BaseRequest) -> web.StreamResponse:
+        if request.path.startswith("/fn/") and hdrs.EXPECT not in request.headers:
+            assert isinstance(request, web.Request)
+            for resource in routes:
+                match, _ = await resource.resolve(request)
+                if match is not None:
+                    match.add_app(app)
+                    match.freeze()
+                    request._match_info = match
+                    return await json_errors(request, invoke)
+        return await handle(request)
+
+    return dispatch

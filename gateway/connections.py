@@ -27,7 +27,7 @@ import asyncio
 import logging
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from http import HTTPStatus
 from typing import Any, cast
 
@@ -44,6 +44,11 @@ from gateway.errors import BodyTimeout, error_response
 from gateway.settings import HttpSettings
 
 log = logging.getLogger("ember.gateway.connections")
+
+RequestHandlerFn = Callable[[BaseRequest], Awaitable[web.StreamResponse]]
+DISPATCH: web.AppKey[Callable[[RequestHandlerFn], RequestHandlerFn]] = web.AppKey("dispatch")
+"""Set on an application, `GatewayRunner` serves it with `app[DISPATCH](app's own handler)`:
+a handler that takes some requests itself and passes the others on."""
 
 _IDLE, _HEADERS, _BUSY, _WRITING, _CLOSED = range(5)
 _VERSION = re.compile(rb" HTTP/(\d)\.(\d)$")
@@ -373,8 +378,12 @@ class GatewayRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         stock = await super()._make_server()  # starts and freezes the app
+        handler = stock.request_handler
+        dispatch = self.app.get(DISPATCH)
+        if dispatch is not None:
+            handler = dispatch(handler)
         return GatewayServer(
-            stock.request_handler,
+            handler,
             request_factory=stock.request_factory,
             settings=self.settings,
             loop=asyncio.get_running_loop(),

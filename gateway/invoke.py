@@ -40,6 +40,8 @@ _HOP_BY_HOP = frozenset(
     }
 )
 
+_NOT_PASSED = _HOP_BY_HOP | {"x-ember-activation-id", "x-ember-version"}
+"""Response headers of a handler that do not reach the caller (the platform sets its own)."""
 
 MAX_VERSION = 2**31 - 1  # a Postgres integer
 
@@ -85,7 +87,10 @@ async def invoke(request: web.Request) -> web.StreamResponse:
         if sent is not None:
             return sent
     try:
-        version = await platform.functions.resolve(name, pinned)
+        # (From memory without a coroutine when cached: every warm call.)
+        version = platform.functions.cached(name, pinned) or await platform.functions.resolve(
+            name, pinned
+        )
         # Who may call, and from which origins, is the function's (its active version's): a
         # pinned older version deployed before the function turned private stays private.
         access = (
@@ -206,15 +211,16 @@ async def submit_async(
 
 def request_meta(request: web.Request) -> RequestMeta:
     """What the handler's context shows of the HTTP request."""
-    headers = [(k, _text(v)) for k, v in request.headers.items()]
-    if "Content-Encoding" in request.headers:  # the body was decompressed on the way in
+    received = request.headers
+    headers = [(k, v if v.isascii() else _text(v)) for k, v in received.items()]
+    if "Content-Encoding" in received:  # the body was decompressed on the way in
         headers = [h for h in headers if h[0].lower() not in _DECODED]
     return {
         "method": request.method,
         "path": _text("/" + request.match_info.get("tail", "")),
         "query": _text(request.rel_url.raw_query_string),  # as sent: a decoded one is ambiguous
         "headers": headers,
-        "content_type": _text(request.headers.get("Content-Type", "")),
+        "content_type": _text(received.get("Content-Type", "")),
         "client": request.remote or "",
     }
 
@@ -250,19 +256,17 @@ async def _call(
     strip_credentials: bool = False,
 ) -> web.StreamResponse:
     activation_id = new_activation_id()
+    shown_id = str(activation_id)
     meta = request_meta(request)
     if strip_credentials:  # the platform's key is not the function's to see
         meta["headers"] = [h for h in meta["headers"] if h[0].lower() != "authorization"]
-    result = await execute(platform.calls, version, activation_id, meta, body)
+    result = await execute(platform.calls, version, activation_id, meta, body, shown_id=shown_id)
     if result.status == "success":
-        response = web.Response(status=result.http_status, body=result.body)
-        for key, value in result.headers:
-            if key.lower() not in _HOP_BY_HOP:
-                response.headers.add(key, value)
-        response.headers.update(
-            {"X-Ember-Activation-Id": str(activation_id), "X-Ember-Version": str(version.version)}
-        )
-        return response
+        # The headers in one list: the response builds its multidict from it once.
+        headers = [(k, v) for k, v in result.headers if k.lower() not in _NOT_PASSED]
+        headers.append(("X-Ember-Activation-Id", shown_id))
+        headers.append(("X-Ember-Version", str(version.version)))
+        return web.Response(status=result.http_status, body=result.body, headers=headers)
     if result.status == "throttled":
         assert result.retry_after_s is not None
         return error_response(
@@ -271,7 +275,7 @@ async def _call(
             result.message,
             headers={"Retry-After": str(round(result.retry_after_s))},
         )
-    extra = {"X-Ember-Activation-Id": str(activation_id), "X-Ember-Version": str(version.version)}
+    extra = {"X-Ember-Activation-Id": shown_id, "X-Ember-Version": str(version.version)}
     fields = (
         {"type": result.error.get("type", "Error")}
         if result.status == "error" and result.error
@@ -281,7 +285,7 @@ async def _call(
         result.http_status,
         result.code,
         result.message,
-        activation_id=str(activation_id),
+        activation_id=shown_id,
         headers=extra,
         **fields,
     )
