@@ -129,6 +129,10 @@ class Response:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
+_FUNCTION_LOGGER = logging.getLogger("function")
+"""`context.logger` (what `getLogger("function")` returns, without its lock on every call)."""
+
+
 @dataclass(slots=True, kw_only=True)
 class Context:
     """The second argument of every handler."""
@@ -142,7 +146,7 @@ class Context:
     query: str = ""
     headers: Mapping[str, str] = field(default_factory=dict)
     config: Mapping[str, str] = field(default_factory=dict)
-    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("function"))
+    logger: logging.Logger = field(default_factory=lambda: _FUNCTION_LOGGER)
     source: str = "http"
     """Where the call comes from: http, async, topic, schedule, table, or a broker (nats,
     rabbitmq, redis, mqtt, kafka)."""

@@ -197,8 +197,13 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[dict[str, Any], byte
     if meta_len > MAX_META_BYTES or body_len > MAX_BODY_BYTES:
         raise ProtocolError(f"frame too large: meta {meta_len} bytes, body {body_len} bytes")
     try:
-        meta = orjson.loads(await reader.readexactly(meta_len))
-        body = await reader.readexactly(body_len) if body_len else b""
+        if body_len and body_len + meta_len <= SMALL_FRAME_BYTES:  # one read, not two
+            rest = await reader.readexactly(meta_len + body_len)
+            meta = orjson.loads(memoryview(rest)[:meta_len])
+            body = rest[meta_len:]
+        else:
+            meta = orjson.loads(await reader.readexactly(meta_len))
+            body = await reader.readexactly(body_len) if body_len else b""
     except asyncio.IncompleteReadError as exc:
         raise ProtocolError("connection closed in the middle of a frame") from exc
     if not isinstance(meta, dict):
