@@ -18,13 +18,13 @@ _random = random.Random()
 
 
 def new_id() -> ActivationId:
-    """A time-ordered UUID (version 7 layout): 48 bits of milliseconds, then random bits."""
-    ms = time.time_ns() // 1_000_000
-    rand = _random.getrandbits(80)  # ids are not secrets: no syscall per call
-    value = (ms << 80) | rand
-    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
-    return ActivationId(uuid.UUID(int=value))
+    """A time-ordered UUID (version 7 layout): 48 bits of milliseconds, then random bits
+    (ids are not secrets: no syscall per call), then the version (7) and variant bits."""
+    value = (time.time_ns() // 1_000_000) << 80 | _random.getrandbits(80)
+    made = object.__new__(uuid.UUID)  # as UUID(int=) makes it, less its checks (every call)
+    object.__setattr__(made, "int", value & ~(0xF << 76 | 0x3 << 62) | (0x7 << 76 | 0x2 << 62))
+    object.__setattr__(made, "is_safe", uuid.SafeUUID.unknown)
+    return ActivationId(made)
 
 
 class Row(Protocol):
