@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -150,6 +152,8 @@ class Metrics:
         pool: Callable[[], PoolReadout],
     ) -> None:
         self.registry = CollectorRegistry()
+        # First in the registry: whoever reads it sees the calls counted since the last read.
+        self.registry.register(_Flush(self.flush))
         self.invocations = Counter(
             "ember_invocations",
             "Calls to functions, by outcome",
@@ -219,21 +223,67 @@ class Metrics:
         self.registry.register(_QueueCollector(self))
         self.registry.register(_PoolCollector(counts, starts, dropped, pool))
         self._children: dict[tuple[str, str], tuple[Any, Any, Any, Any]] = {}
+        self._pending: dict[tuple[str, str], _Calls] = {}
 
     def observe_call(self, function: str, status: str, elapsed_s: float, cold: bool) -> None:
-        """Count one call (labelled children cached: this runs on every call)."""
+        """Count one call. This runs on every call: it adds to plain numbers per (function,
+        status), which `flush` adds to the Prometheus metrics whenever the registry is read,
+        instead of three updates of them (each a few Python calls and a lock)."""
         key = (function, status)
-        children = self._children.get(key)
-        if children is None:
-            children = self._children[key] = (
-                self.invocations.labels(function, status),
-                self.duration.labels(function),
-                self.cold_starts.labels(function),
-                self.warm_hits.labels(function),
-            )
-        children[0].inc()
-        children[1].observe(elapsed_s)
-        if cold:
-            children[2].inc()
-        else:
-            children[3].inc()
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = self._pending[key] = _Calls(buckets=[0] * len(_BOUNDS))
+        pending.calls += 1
+        pending.cold += cold
+        pending.sum_s += elapsed_s
+        pending.buckets[bisect.bisect_left(_BOUNDS, elapsed_s)] += 1
+
+    def flush(self) -> None:
+        """Add the calls counted since the last flush to the Prometheus metrics."""
+        pending, self._pending = self._pending, {}
+        for (function, status), calls in pending.items():
+            children = self._children.get((function, status))
+            if children is None:
+                children = self._children[(function, status)] = (
+                    self.invocations.labels(function, status),
+                    self.duration.labels(function),
+                    self.cold_starts.labels(function),
+                    self.warm_hits.labels(function),
+                )
+            invocations, duration, cold_starts, warm_hits = children
+            invocations.inc(calls.calls)
+            # (What `observe` does per value: its sum, and the first bucket at or above it.)
+            duration._sum.inc(calls.sum_s)
+            for value, n in zip(duration._buckets, calls.buckets, strict=True):
+                if n:
+                    value.inc(n)
+            if calls.cold:
+                cold_starts.inc(calls.cold)
+            if calls.calls > calls.cold:
+                warm_hits.inc(calls.calls - calls.cold)
+
+
+_BOUNDS = (*_BUCKETS_S, math.inf)
+
+
+@dataclass(slots=True, kw_only=True)
+class _Calls:
+    """Calls of one (function, status) not yet in the Prometheus metrics."""
+
+    calls: int = 0
+    cold: int = 0
+    sum_s: float = 0.0
+    buckets: list[int]
+    """Per bucket of `_BOUNDS`: the calls whose time is at most its bound and over the one
+    before (what the histogram's own `observe` counts)."""
+
+
+class _Flush(Collector):
+    """Yields nothing; collected first, it adds the pending calls to the metrics."""
+
+    def __init__(self, flush: Callable[[], None]) -> None:
+        self._flush = flush
+
+    def collect(self) -> Iterator[Metric]:
+        self._flush()
+        return iter(())
