@@ -270,24 +270,29 @@ def rows_for(floor: Target, gateways: list[Target]) -> list[Row]:
 
 
 CALLPATH = Path(__file__).with_name("callpath.py")
+INVOKERPATH = Path(__file__).with_name("invokerpath.py")
+
+
+def _alone(script: Path, tree: Path | None) -> dict[str, float]:
+    """One run of `script` (a bench of one part alone, printing a JSON line) with `tree`'s
+    code (this tree's copy of the script: an older checkout may not have it)."""
+    root = tree or CALLPATH.parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    out = subprocess.run(
+        [sys.executable, "-P", str(script)], capture_output=True, check=True, cwd=root, env=env
+    ).stdout
+    result: dict[str, float] = orjson.loads(out.splitlines()[-1])
+    return result
 
 
 def callpath_rows(trees: list[tuple[str, Path | None]], rounds: int) -> list[Row]:
-    """`bench/callpath.py` (Ember's call path alone, CPU per call) for each tree, alternating,
-    medians of `rounds`."""
+    """`bench/callpath.py` (Ember's call path alone, CPU per call) and `bench/invokerpath.py`
+    (an invoker instance alone, CPU per warm call) for each tree, alternating, medians of
+    `rounds`."""
     results: dict[str, list[dict[str, float]]] = {label: [] for label, _ in trees}
     for _ in range(rounds):
         for label, tree in trees:
-            root = tree or CALLPATH.parent.parent
-            env = {**os.environ, "PYTHONPATH": str(root)}
-            out = subprocess.run(
-                [sys.executable, "-P", str(CALLPATH)],
-                capture_output=True,
-                check=True,
-                cwd=root,
-                env=env,
-            ).stdout
-            results[label].append(orjson.loads(out.splitlines()[-1]))
+            results[label].append(_alone(CALLPATH, tree) | _alone(INVOKERPATH, tree))
     rows = []
     first = None
     for label, runs in results.items():
@@ -301,6 +306,17 @@ def callpath_rows(trees: list[tuple[str, Path | None]], rounds: int) -> list[Row
                 p50_ms=sequential,
                 p99_ms=concurrent,
                 ratio="" if first == concurrent else f"this tree: {first / concurrent:.2f}x of it",
+            )
+        )
+    first = None
+    for label, runs in results.items():
+        instance = statistics.median(r["instance_us"] for r in runs)
+        first = first or instance
+        rows.append(
+            Row(
+                f"CPU us/call, an invoker instance alone (one at a time, no sandbox): {label}",
+                p50_ms=instance,
+                ratio="" if first == instance else f"this tree: {first / instance:.2f}x of it",
             )
         )
     return rows
