@@ -41,13 +41,14 @@ bench: $(STAMP) bench-throughput
 	$(PY) -m bench.templates
 
 ## bench-throughput: the gateway and the floor under wrk, c=64 and c=1, medians of 3 (2 minutes);
-## BASELINE=DIR also measures the gateway of another checkout in the same run (the before)
+## BASELINE=DIR also measures the gateway of another checkout in the same run (the before);
+## ROUNDS=N for more rounds than 3 (steadier medians on a shared machine)
 .PHONY: bench-throughput
 bench-throughput: $(STAMP)
 	@command -v wrk >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] \
 		|| apt-get install -y -q wrk >/dev/null 2>&1 \
 		|| { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q wrk >/dev/null; }
-	$(PY) -m bench.throughput $(if $(BASELINE),--baseline $(BASELINE))
+	$(PY) -m bench.throughput $(if $(BASELINE),--baseline $(BASELINE)) $(if $(ROUNDS),--rounds $(ROUNDS))
 
 ## bench-quick: the same with fewer samples (under a minute)
 bench-quick: $(STAMP)

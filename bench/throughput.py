@@ -5,8 +5,8 @@ Each round runs `wrk` (1 KB JSON body, POST) at 64 connections for throughput an
 connection for the latency of a warm call, against the floor, this tree's gateway and, with
 `--baseline DIR` (a checkout of another commit, e.g. `git worktree add --detach ../base main`),
 that tree's gateway: the before and after of a change, measured in one sitting. Rounds rotate
-the order; the table gives medians over the rounds (3) and the ratio to the floor of the same
-round. Writes `bench/results/throughput.json`.
+the order; the table gives medians over the rounds (3, or `--rounds N`) and the ratio to the
+floor of the same round. Writes `bench/results/throughput.json`.
 
 `wrk` is the Debian package of that name (`make bench-throughput` installs it with apt when it
 can); without it the benchmark says so and stops.
@@ -365,7 +365,12 @@ async def start_gateways(
 
 
 async def run(
-    quick: bool, baseline: Path | None, processes: int, two_hop: bool, work: Path
+    quick: bool,
+    baseline: Path | None,
+    processes: int,
+    two_hop: bool,
+    work: Path,
+    rounds: int = ROUNDS,
 ) -> list[Row]:
     duration_s = 2.0 if quick else 5.0
     script = work / "post-1kb.lua"
@@ -406,7 +411,7 @@ async def run(
             await deploy_echo(gateways[0].url)
             pids = [g.process.pid for g in gateways]
             targets.append(Target(label, f"{gateways[0].url}/fn/echo", pids))
-        await asyncio.to_thread(measure, targets, script, duration_s, ROUNDS)
+        await asyncio.to_thread(measure, targets, script, duration_s, rounds)
     finally:
         for gateway in started:
             gateway.stop()
@@ -418,7 +423,7 @@ async def run(
             embedded.stop()
     rows = rows_for(targets[0], targets[1:])
     paths = [(label, tree) for label, tree, n in trees if n == 1]
-    return rows + await asyncio.to_thread(callpath_rows, paths, ROUNDS)
+    return rows + await asyncio.to_thread(callpath_rows, paths, rounds)
 
 
 def main() -> None:
@@ -437,6 +442,13 @@ def main() -> None:
         "(FN_REUSE_PORT), each with its own pool",
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=ROUNDS,
+        help=f"rounds of every measurement (default {ROUNDS}); more give steadier medians and "
+        "before/after ratios on a shared machine",
+    )
+    parser.add_argument(
         "--no-two-hop",
         action="store_true",
         help="leave out the two-hop floor (bench/proxy_floor.py)",
@@ -448,14 +460,21 @@ def main() -> None:
     started = dt.datetime.now(dt.UTC)
     with tempfile.TemporaryDirectory(prefix="ember-bench-") as tmp:
         rows = uvloop.run(
-            run(args.quick, args.baseline, args.processes, not args.no_two_hop, Path(tmp))
+            run(
+                args.quick,
+                args.baseline,
+                args.processes,
+                not args.no_two_hop,
+                Path(tmp),
+                args.rounds,
+            )
         )
     print_table(rows)
     RESULTS.mkdir(exist_ok=True)
     report = {
         "date": started.isoformat(timespec="seconds"),
         "quick": args.quick,
-        "rounds": ROUNDS,
+        "rounds": args.rounds,
         "baseline": str(args.baseline) if args.baseline else None,
         "processes": args.processes,
         "cpus": os.cpu_count(),
