@@ -210,7 +210,10 @@ class Scheduler(Upkeep):
             raise
         finally:
             timer.cancel()
-            if fut in tracked.waiting:  # (deque.remove's error would repr the future: slow)
+            # Handed a slot, it is out of the queue already (`_hand_out`): not looked for in
+            # it, a scan of every waiting call. (deque.remove's error would repr it: slow.)
+            handed = fut.done() and not fut.cancelled() and fut.exception() is None
+            if not handed and fut in tracked.waiting:
                 tracked.waiting.remove(fut)
 
     async def _connection(self, instance: Instance) -> InstanceConnection:
