@@ -158,15 +158,21 @@ class Connection(RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         state = self._state
+        arm = False
         if state != _BUSY:
             if state == _CLOSED:
                 return
             if state == _IDLE:
                 self._state = _HEADERS
-                self._set_deadline(self._table.settings.header_timeout_s)
+                # The header deadline; its timer (earlier than the idle one: a timer handle
+                # cancelled and made) only when the headers did not all come in this read.
+                self._deadline = self._event_loop.time() + self._table.settings.header_timeout_s
+                arm = True
             if self._first is not None and not self._check_first_line(data):
                 return
         super().data_received(data)
+        if arm and self._state == _HEADERS and not self._messages:
+            self._set_deadline(self._table.settings.header_timeout_s)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._refused:

@@ -115,6 +115,43 @@ async def test_headers_trickled_byte_by_byte_get_408_within_the_header_timeout(
     assert headers["connection"] == "close"
 
 
+async def test_trickled_headers_after_a_whole_request_get_408_within_the_header_timeout(
+    make_platform: PlatformFactory,
+) -> None:
+    """The header deadline's timer is armed only when a request's headers do not come in one
+    read: a keep-alive connection whose second request trickles still meets the header timeout,
+    not the (much longer) idle one."""
+    http = HttpSettings(header_timeout_s=1.0, body_timeout_s=1.0, idle_timeout_s=60.0)
+    async with make_platform(http=http) as running:
+        host, port = running.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # whole, in one read
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), head
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            started = time.monotonic()
+
+            async def trickle() -> None:
+                while True:
+                    await asyncio.sleep(0.2)
+                    writer.write(b"x")
+
+            trickling = asyncio.create_task(trickle())
+            try:
+                async with asyncio.timeout(http.header_timeout_s + MARGIN_S):
+                    raw = await reader.read()
+            finally:
+                trickling.cancel()
+        finally:
+            writer.close()
+    assert time.monotonic() - started < http.header_timeout_s + MARGIN_S
+    status, _, body = parse(raw)
+    assert (status, body["error"]["code"]) == (408, "header_timeout")
+
+
 async def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(
     short: Running,
 ) -> None:
