@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint format clean bench bench-quick bench-auth bench-events bench-brokers bench-deps bench-templates bench-styles bench-dashboard bench-k8s bench-k8s-deps bench-gateways bench-replay bench-soak bench-decisions simulate
+.PHONY: up test lint format clean bench bench-quick bench-auth bench-events bench-brokers bench-deps bench-templates bench-styles bench-dashboard bench-k8s bench-k8s-deps bench-gateways bench-replay bench-soak bench-decisions bench-policies simulate
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -105,6 +105,13 @@ bench-decisions: $(STAMP)
 ## bench-replay: replay a time-compressed trace slice on a platform (--policy fixed|histogram); compare with the simulator
 bench-replay: $(STAMP)
 	$(PY) -m bench.replay
+
+## bench-policies: the policies on the sample's two hash halves, then on 20 random 50/50 splits, then where the tune half's cold starts come from (about 3 minutes)
+bench-policies: $(STAMP)
+	$(PY) -m bench.policies --trace ../shared/traces/azure-functions-2019-sample
+	$(PY) -m bench.policies --trace ../shared/traces/azure-functions-2019-sample --splits 20 \
+		--policy histogram-cost:30m/5m --policy adaptive
+	$(PY) -m bench.policy_signals --trace ../shared/traces/azure-functions-2019-sample
 
 ## simulate: the warm-pool policies on the trace sample (shared/traces)
 simulate: $(STAMP)

@@ -99,8 +99,9 @@ def split_report(traces: list[FunctionTrace], specs: list[str], splits: int) -> 
     for seed in range(splits):
         chosen = set(random.Random(seed).sample(names, len(names) // 2))
         tune = [t for t in traces if t.name in chosen]
+        held_out = [t for t in traces if t.name not in chosen]
         prior = fit_prior(idle_times(t) for t in tune)
-        for part, functions in (("tune", tune), ("held out", [t for t in traces if t not in tune])):
+        for part, functions in (("tune", tune), ("held out", held_out)):
             results = [simulate(functions, with_prior(s, prior), tail="full") for s in specs]
             base = results[0]
             results.append(oracle(functions, base.idle_gb_s * 0.9))
