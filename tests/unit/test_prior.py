@@ -7,8 +7,9 @@ import math
 
 import pytest
 
+from bench.policies import with_prior
 from bench.policy_signals import co_arrival_prewarms, onsets
-from scheduler.policy import FixedKeepAlive
+from scheduler.policy import FixedKeepAlive, HybridHistogram
 from scheduler.prior import PRIOR_BOUNDS_S, fit_prior
 from scheduler.simulator import FunctionTrace, idle_times, simulate
 
@@ -58,3 +59,13 @@ def test_co_arrival_is_learnt_from_the_past_only() -> None:
     # Onsets: calls after 5 minutes without one; b called again 100 s later has no new onset.
     c = FunctionTrace("c", [0.0, 100.0, 500.0], duration_s=1.0, memory_mb=256)
     assert onsets([c]) == [(0.0, "c"), (500.0, "c")]
+
+
+def test_the_split_benchmark_plans_on_the_tune_halfs_prior_only() -> None:
+    prior = ((60.0, 0.5), (math.inf, 0.5))
+    adaptive = with_prior("adaptive", prior)
+    assert isinstance(adaptive, HybridHistogram)
+    assert adaptive.prior == prior
+    assert adaptive.name == "adaptive"
+    assert isinstance(with_prior("fixed:10m", prior), FixedKeepAlive)  # no prior to replace
+    assert with_prior("histogram-cost:30m/5m", prior).name == "histogram-cost:1800s/300s"
