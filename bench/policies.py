@@ -8,7 +8,8 @@ is compared with fixed:10m on the same half (`--spread random` places the calls 
 within each minute instead): cold starts, idle memory (GB·s), instance starts,
 the 75th percentile of the functions' cold-start rates, and the time the simulation took.
 
-`--splits N` judges the same policies on N random 50/50 splits instead (seeds 0..N-1): on
+`--splits N` judges the same policies on N random 50/50 splits instead (seeds 0..N-1, or from
+`--first-seed`; `--policy adaptive:45m/4m` tries other prices for adaptive): on
 each, the population prior is fitted on the split's tune half only (`fit_prior`), and the
 ratios of both halves are reported as distributions (median and worst), with how many
 held-out halves meet issue 16's targets.
@@ -92,11 +93,14 @@ def ratios(r: Result, base: Result) -> tuple[float, float, float, float]:
     return r.cold / base.cold, r.idle_gb_s / base.idle_gb_s, r.starts / base.starts, p75
 
 
-def split_report(traces: list[FunctionTrace], specs: list[str], splits: int) -> None:
-    """Each policy on `splits` random 50/50 splits, the prior fitted on each tune half."""
+def split_report(
+    traces: list[FunctionTrace], specs: list[str], splits: int, first_seed: int = 0
+) -> None:
+    """Each policy on `splits` random 50/50 splits (seeds from `first_seed`), the prior fitted
+    on each tune half."""
     names = sorted(t.name for t in traces)
     found: dict[tuple[str, str], list[tuple[float, float, float, float]]] = {}
-    for seed in range(splits):
+    for seed in range(first_seed, first_seed + splits):
         chosen = set(random.Random(seed).sample(names, len(names) // 2))
         tune = [t for t in traces if t.name in chosen]
         held_out = [t for t in traces if t.name not in chosen]
@@ -111,14 +115,14 @@ def split_report(traces: list[FunctionTrace], specs: list[str], splits: int) -> 
                 found.setdefault((part, name), []).append(ratios(r, base))
     print(f"\n{splits} random 50/50 splits (prior fitted on each tune half); against fixed:10m")
     print(
-        f"{'half':<9}{'policy':<30}{'cold med':>9}{'worst':>7}{'mem med':>8}{'worst':>7}"
+        f"{'half':<9}{'policy':<40}{'cold med':>9}{'worst':>7}{'mem med':>8}{'worst':>7}"
         f"{'starts med':>11}{'worst':>7}{'p75 fn':>8}{'met':>7}"
     )
     for (part, name), values in found.items():
         cold, memory, starts, p75 = (sorted(v) for v in zip(*values, strict=True))
         met = sum(all(x <= t for x, t in zip(v, TARGETS, strict=False)) for v in values)
         print(
-            f"{part:<9}{name:<30}{statistics.median(cold):>8.3f}x{cold[-1]:>6.3f}x"
+            f"{part:<9}{name:<40}{statistics.median(cold):>8.3f}x{cold[-1]:>6.3f}x"
             f"{statistics.median(memory):>7.3f}x{memory[-1]:>6.3f}x"
             f"{statistics.median(starts):>10.2f}x{starts[-1]:>6.2f}x"
             f"{statistics.median(p75):>8.1%}{met:>4}/{len(values)}"
@@ -143,11 +147,18 @@ def main() -> None:
         metavar="N",
         help="judge on N random 50/50 splits (the prior fitted per tune half) instead",
     )
+    parser.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        metavar="S",
+        help="the splits' seeds are S to S+N-1 (fresh splits to check a choice made on others)",
+    )
     args = parser.parse_args()
     specs = ["fixed:10m", *(args.policy or POLICIES[1:])]
     traces = cap_durations(load_azure_trace(args.trace, spread=args.spread), 60.0)
     if args.splits:
-        split_report(traces, specs, args.splits)
+        split_report(traces, specs, args.splits, args.first_seed)
         return
     for name in ("tune", "held out"):
         if args.half in (name, "both"):
