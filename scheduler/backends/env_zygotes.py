@@ -208,7 +208,7 @@ class EnvZygotes:
         return len(alive), sum(k.memory_bytes for k in alive)
 
     def _make_soon(self, known: EnvZygote) -> None:
-        if known.ready or known.making is not None or self.locate is None:
+        if known.ready or known.making is not None or self.locate is None or self.max_zygotes <= 0:
             return
         known.making = asyncio.create_task(
             self._make(known), name=f"environment zygote {known.env_hash[:12]}"
