@@ -361,10 +361,11 @@ class Upkeep:
         `admit` makes it the first warm instance of the stored version, `drop_checked_soon`
         stops it.
         """
-        evicting = self._make_room(version.config.memory_bytes, None, evict=True)
+        fork = self._forkable(version)  # (of its trusted environment's zygote, if ready)
+        evicting = self._make_room(version.config.memory_bytes, None, evict=True, fork=fork)
         if evicting is None:
             raise self._full(version)
-        instance, fresh = self._take_instance()
+        instance, fresh = self._take_instance(fork)
         self._live[instance.id].memory_bytes = version.config.memory_bytes
         instance.state = State.STARTING
         self._refill.set()
