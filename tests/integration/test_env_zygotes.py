@@ -45,7 +45,8 @@ def _handler(module: str) -> str:
 
 def _zygotes(running: Running) -> EnvZygotes:
     backend = running.platform.scheduler.backend
-    assert isinstance(backend, LocalBackend) and backend.env_zygotes is not None
+    assert isinstance(backend, LocalBackend)
+    assert backend.env_zygotes is not None
     return backend.env_zygotes
 
 
@@ -91,29 +92,37 @@ async def test_a_new_function_of_a_trusted_environment_is_forked_from_its_zygote
     await running.deploy_ok("third", _handler("requests"), requirements=REQUESTS)
     second = await _answer(running, "second", {"append": "a"})
     third = await _answer(running, "third", {})
-    assert second["preloaded"] is True and third["preloaded"] is True
+    assert second["preloaded"] is True
+    assert third["preloaded"] is True
     for name in ("second", "third"):
         (pid,) = await _host_pids(running, name)
         assert psutil.Process(pid).ppid() == zygote.pid  # its init is the zygote's child
     # ...under its own walls: its own uid, the seccomp filter, its own PID namespace...
-    assert second["uid"] >= 1500000000 and third["uid"] >= 1500000000
+    assert second["uid"] >= 1500000000
+    assert third["uid"] >= 1500000000
     assert second["uid"] != third["uid"]
     assert second["seccomp"] == third["seccomp"] == "2"
-    assert second["no_new_privs"] == "1" and second["pid"] == 2
+    assert second["no_new_privs"] == "1"
+    assert second["pid"] == 2
     # ...and state of its own after the fork.
-    assert second["state"] == ["a"] and third["state"] == []
+    assert second["state"] == ["a"]
+    assert third["state"] == []
     assert (await _answer(running, "second", {"append": "b"}))["state"] == ["a", "b"]
     assert (await _answer(running, "third", {}))["state"] == []
 
     status, listed = await running.admin("GET", "/v1/environments/trusted")
     assert status == 200
     (shown,) = listed["environments"]
-    assert shown["hash"] == env_hash and shown["state"] == "ready" and shown["pid"] == zygote.pid
-    assert shown["pss_bytes"] > 0 and "requests" in shown["requirements"]
+    assert shown["hash"] == env_hash
+    assert shown["state"] == "ready"
+    assert shown["pid"] == zygote.pid
+    assert shown["pss_bytes"] > 0
+    assert "requests" in shown["requirements"]
     # Charged against the node's caps like an instance (its PSS).
     count, memory = running.platform.scheduler.room.usage()
     assert _zygotes(running).usage() == (1, known.memory_bytes)
-    assert count >= 1 + 3 and memory >= known.memory_bytes
+    assert count >= 1 + 3
+    assert memory >= known.memory_bytes
 
     # Untrusted: it forks no more (a new function imports requests itself), and exits once
     # the instances it forked have.
@@ -152,13 +161,16 @@ async def test_only_the_admin_trusts_an_environment(running: Running) -> None:
     assert listed["environments"] == []
     # Unknown or malformed environments are named as such.
     status, error = await running.admin("PUT", f"/v1/environments/{'0' * 64}/trust", json={})
-    assert status == 404 and error["error"]["code"] == "not_found"
+    assert status == 404
+    assert error["error"]["code"] == "not_found"
     status, error = await running.admin("PUT", "/v1/environments/nope/trust", json={})
-    assert status == 400 and error["error"]["code"] == "bad_environment"
+    assert status == 400
+    assert error["error"]["code"] == "bad_environment"
     status, error = await running.admin(
         "PUT", f"/v1/environments/{env_hash}/trust", json={"modules": ["os; rm"]}
     )
-    assert status == 400 and error["error"]["code"] == "bad_modules"
+    assert status == 400
+    assert error["error"]["code"] == "bad_modules"
 
 
 async def test_an_untrusted_environment_keeps_todays_path(running: Running) -> None:
@@ -172,7 +184,8 @@ async def test_an_untrusted_environment_keeps_todays_path(running: Running) -> N
     await _ready(running, trusted["environment"])
     plain = await running.deploy_ok("plain", _handler("six"), requirements=SIX)
     answer = await _answer(running, "plain", {})
-    assert answer["preloaded"] is False and answer["seccomp"] == "2"
+    assert answer["preloaded"] is False
+    assert answer["seccomp"] == "2"
     assert set(_zygotes(running).trusted) == {trusted["environment"]}
     (pid,) = await _host_pids(running, "plain")
     backend = running.platform.scheduler.backend
@@ -191,7 +204,8 @@ async def test_a_trusted_environment_is_made_again_after_a_restart_when_first_ne
         assert status == 200
     async with make_platform() as running:
         known = _zygotes(running).trusted[env_hash]
-        assert not known.ready and known.making is None  # lazily: not at start
+        assert not known.ready
+        assert known.making is None
         await running.deploy_ok("after", _handler("requests"), requirements=REQUESTS)
         known = await _ready(running, env_hash)  # the deploy asked for it
         await running.deploy_ok("later", _handler("requests"), requirements=REQUESTS)
