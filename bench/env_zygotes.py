@@ -133,7 +133,7 @@ async def measure(
                         async with http.get(
                             f"{gateway.url}/v1/environments/trusted", headers=admin_headers()
                         ) as r:
-                            found = (await r.json())["environments"]
+                            found: list[dict[str, object]] = (await r.json())["environments"]
                         return sum(e["state"] == "ready" for e in found) == len(hashes)
 
                     await until(zygotes_ready, 60, "the environments' zygotes")
