@@ -44,8 +44,15 @@ UNMEASURED_BYTES = 64 << 20
 """What a zygote is charged until its PSS is measured."""
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
+SPARE_BYTES = 16 << 20
+"""What a zygote's spare fork is charged (an idle fork of it: 11-13 MB PSS measured)."""
+SPARE_DELAY_S = 0.2
+"""A taken spare is replaced this long after: off the cold start's CPU."""
+
 Locate = Callable[[str], Awaitable[Path]]
 """This node's unpacked copy of an environment (`Builder.local_path`)."""
+ForkGeneric = Callable[[Zygote, str, str], Awaitable[ForkedHandle]]
+"""Fork a generic instance, walled in, from a zygote: name (its cgroup's), address."""
 
 
 @runtime_checkable
@@ -132,6 +139,9 @@ class EnvZygote:
     imported: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     last_used: float = 0.0
+    spare: ForkedHandle | None = None
+    """A generic instance forked from it and walled in, ready for the next cold start."""
+    refilling: asyncio.Task[None] | None = None
 
     @property
     def ready(self) -> bool:
@@ -157,11 +167,14 @@ class EnvZygotes:
         self,
         socket_dir: str,
         runtime: Callable[[], Awaitable[Zygote]],
+        fork_generic: ForkGeneric,
         *,
         max_zygotes: int = MAX_ENV_ZYGOTES,
     ) -> None:
         self._socket_dir = socket_dir
         self._runtime = runtime
+        self._fork_generic = fork_generic
+        self._spares = 0
         self.locate: Locate | None = None
         """Set by the platform (its builder): where an environment is unpacked on this node."""
         self.max_zygotes = max_zygotes
@@ -202,10 +215,75 @@ class EnvZygotes:
         self._make_soon(known)
         return None
 
+    async def start(self, env_hash: str, instance_id: str, address: str) -> ForkedHandle | None:
+        """A generic instance of a trusted environment for a cold start: its zygote's spare
+        (replaced in the background), else a fork of its zygote; None: it has no zygote ready
+        (or the fork failed), the caller forks one of the runtime's zygote."""
+        known = self.trusted.get(env_hash)
+        if known is None or not known.ready or known.zygote is None:
+            return None
+        known.last_used = time.monotonic()
+        spare, known.spare = known.spare, None
+        self._refill_soon(known)
+        if spare is not None and not spare.exited.done():
+            return spare
+        if spare is not None:
+            self._discard(spare)
+        try:
+            return await self._fork_generic(known.zygote, instance_id, address)
+        except BackendError as exc:
+            log.warning(
+                "an environment zygote could not fork: the runtime's zygote does",
+                extra={"environment": env_hash[:12], "reason": str(exc)},
+            )
+            return None
+
     def usage(self) -> tuple[int, int]:
-        """Zygotes on the node (made, or being made) and the memory they are charged."""
+        """Zygotes on the node (made, or being made) and their spares, and the memory they are
+        charged."""
         alive = [k for k in self.trusted.values() if k.ready or k.making]
-        return len(alive), sum(k.memory_bytes for k in alive)
+        spares = sum(k.spare is not None for k in alive)
+        return len(alive) + spares, sum(k.memory_bytes for k in alive) + spares * SPARE_BYTES
+
+    def _refill_soon(self, known: EnvZygote) -> None:
+        if known.refilling is None or known.refilling.done():
+            known.refilling = asyncio.create_task(
+                self._refill(known), name=f"environment zygote spare {known.env_hash[:12]}"
+            )
+
+    async def _refill(self, known: EnvZygote) -> None:
+        """Fork the zygote's next spare (its walls built off the request path)."""
+        await asyncio.sleep(SPARE_DELAY_S)
+        zygote = known.zygote
+        if zygote is None or not zygote.alive or known.spare is not None:
+            return
+        self._spares += 1
+        name = f"env-{known.env_hash[:12]}-spare-{self._spares}"
+        try:
+            spare = await self._fork_generic(zygote, name, f"unix:{self._socket_dir}/{name}.sock")
+        except BackendError as exc:
+            log.warning(
+                "no spare fork for an environment zygote",
+                extra={"environment": known.env_hash[:12], "reason": str(exc)},
+            )
+            return
+        if known.zygote is zygote and known.spare is None:
+            known.spare = spare
+        else:  # retired, or taken and refilled meanwhile
+            self._discard(spare)
+
+    def _discard(self, spare: ForkedHandle) -> None:
+        """Stop a spare nobody will take (its process group, then its cgroup)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(spare.pid, signal.SIGKILL)
+        if spare.host.startswith("unix:"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(spare.host[len("unix:") :])
+        if spare.cgroup is not None:
+            cgroup = spare.cgroup
+            task = asyncio.create_task(_release_when_gone(spare, cgroup.release), name="spare")
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
 
     def _make_soon(self, known: EnvZygote) -> None:
         if known.ready or known.making is not None or self.locate is None or self.max_zygotes <= 0:
@@ -241,6 +319,7 @@ class EnvZygotes:
             if self.trusted.get(known.env_hash) is not known:  # untrusted meanwhile
                 self._retire(known, "untrusted while it was made")
                 return
+            self._refill_soon(known)
             log.info(
                 "environment zygote ready",
                 extra={
@@ -269,6 +348,7 @@ class EnvZygotes:
         for victim in sorted(made, key=lambda k: k.last_used)[
             : max(0, len(made) + 1 - self.max_zygotes)
         ]:
+            self._drop_spare(victim)
             if victim.zygote is not None:
                 zygote, victim.zygote = victim.zygote, None
                 self._retire_zygote(zygote, victim.env_hash, "the bound FN_ENV_ZYGOTES")
@@ -276,9 +356,17 @@ class EnvZygotes:
     def _retire(self, known: EnvZygote, why: str) -> None:
         if known.making is not None:
             known.making.cancel()
+        self._drop_spare(known)
         zygote, known.zygote = known.zygote, None
         if zygote is not None:
             self._retire_zygote(zygote, known.env_hash, why)
+
+    def _drop_spare(self, known: EnvZygote) -> None:
+        if known.refilling is not None:
+            known.refilling.cancel()
+        spare, known.spare = known.spare, None
+        if spare is not None:
+            self._discard(spare)
 
     def _retire_zygote(self, zygote: Zygote, env_hash: str, why: str) -> None:
         log.info(
@@ -291,6 +379,7 @@ class EnvZygotes:
 
     async def close(self) -> None:
         for known in list(self.trusted.values()):
+            self._drop_spare(known)
             if known.making is not None:
                 known.making.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -299,7 +388,8 @@ class EnvZygotes:
             if known.zygote is not None:
                 await known.zygote.close()
         for task in list(self._retiring):
-            task.cancel()
+            if task.get_name() != "spare":  # (a spare's cgroup is released once it is gone)
+                task.cancel()
         await asyncio.gather(*self._retiring, return_exceptions=True)
 
 
@@ -312,6 +402,14 @@ async def _close_when_idle(zygote: Zygote) -> None:
             )
     finally:
         await zygote.close()
+
+
+async def _release_when_gone(spare: ForkedHandle, release: Callable[[], None]) -> None:
+    try:
+        async with asyncio.timeout(5.0):
+            await spare.wait()
+    finally:
+        await asyncio.to_thread(release)
 
 
 def _pss_bytes(pid: int) -> int:

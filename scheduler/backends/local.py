@@ -149,7 +149,7 @@ class LocalBackend:
         )
         """Versions' templates (`scheduler.backends.templates`): forked, not imported."""
         self.env_zygotes = (
-            EnvZygotes(self._socket_dir, self._ensure_zygote)
+            EnvZygotes(self._socket_dir, self._ensure_zygote, self.fork_generic)
             if zygote and self._socket_dir
             else None
         )
@@ -330,22 +330,11 @@ class LocalBackend:
                         handle = spare or await self.templates.fork(template, instance_id, address)
                         self._handles.add(handle)
                         return handle
-                if self.use_zygote:
-                    zygote = await self._ensure_zygote()
-                    if version is not None and self.env_zygotes is not None:  # (trusted)
-                        zygote = self.env_zygotes.fork_source(version.package.env_hash) or zygote
-                    cgroup = self.new_cgroup(instance_id)
-                    spec = dict(self._generic_spec)
-                    if cgroup is not None:
-                        spec["cgroup_procs"] = cgroup.procs_files
-                    try:
-                        handle = await zygote.fork(address, spec)
-                    except BaseException:
-                        if cgroup is not None:  # (removed once empty, off the event loop)
-                            cgroup.kill()
-                            asyncio.get_running_loop().run_in_executor(None, cgroup.release)
-                        raise
-                    handle.cgroup = cgroup
+                if self.use_zygote:  # (of its trusted environment's zygote, if it has one)
+                    envs, env = self.env_zygotes, version and version.package.env_hash
+                    handle = (envs and env and await envs.start(env, instance_id, address)) or (
+                        await self.fork_generic(await self._ensure_zygote(), instance_id, address)
+                    )
                 else:
                     handle = await self._spawn(instance_id, address)
         except TimeoutError:
@@ -386,6 +375,23 @@ class LocalBackend:
                 f"cannot create the cgroup of instance {instance_id}: {exc}"
             ) from exc
         return cgroup
+
+    async def fork_generic(self, zygote: Zygote, instance_id: str, address: str) -> ForkedHandle:
+        """A generic instance, walled in, forked by `zygote` (the runtime's, or a trusted
+        environment's: `scheduler.backends.env_zygotes`)."""
+        cgroup = self.new_cgroup(instance_id)
+        spec = dict(self._generic_spec)
+        if cgroup is not None:
+            spec["cgroup_procs"] = cgroup.procs_files
+        try:
+            handle = await zygote.fork(address, spec)
+        except BaseException:
+            if cgroup is not None:  # (removed once empty, off the event loop)
+                cgroup.kill()
+                asyncio.get_running_loop().run_in_executor(None, cgroup.release)
+            raise
+        handle.cgroup = cgroup
+        return handle
 
     async def _ensure_zygote(self) -> Zygote:
         async with self._zygote_lock:
@@ -480,9 +486,9 @@ class LocalBackend:
     async def close(self) -> None:
         if self.templates is not None:
             await self.templates.close()
-        if self.env_zygotes is not None:
-            await self.env_zygotes.close()
         await asyncio.gather(*(self.stop_instance(h, grace_s=1.0) for h in list(self._handles)))
+        if self.env_zygotes is not None:  # (after their instances: they die with it)
+            await self.env_zygotes.close()
         if self._zygote is not None:
             await self._zygote.close()
             self._zygote = None

@@ -10,7 +10,7 @@ from typing import Any
 
 import psutil
 
-from scheduler.backends.env_zygotes import EnvZygote, EnvZygotes
+from scheduler.backends.env_zygotes import SPARE_BYTES, EnvZygote, EnvZygotes
 from scheduler.backends.local import LocalBackend
 from tests.conftest import Running
 
@@ -86,9 +86,16 @@ async def test_a_new_function_of_a_trusted_environment_is_forked_from_its_zygote
     zygote = psutil.Process(known.zygote.process.pid if known.zygote else 0)
     assert zygote.ppid() == running.platform.scheduler.backend.zygote_pid  # type: ignore[attr-defined]
 
+    # It keeps a spare fork, walled in already, for the next cold start.
+    if known.refilling is not None:
+        await asyncio.wait_for(asyncio.shield(known.refilling), 10)
+    spare = known.spare
+    assert spare is not None
+
     # New functions of that environment: their first instance (the deploy's import check,
     # then their first call) is a fork of the zygote, with requests imported already...
     await running.deploy_ok("second", _handler("requests"), requirements=REQUESTS)
+    assert await _host_pids(running, "second") == [spare.pid]
     await running.deploy_ok("third", _handler("requests"), requirements=REQUESTS)
     second = await _answer(running, "second", {"append": "a"})
     third = await _answer(running, "third", {})
@@ -120,7 +127,9 @@ async def test_a_new_function_of_a_trusted_environment_is_forked_from_its_zygote
     assert "requests" in shown["requirements"]
     # Charged against the node's caps like an instance (its PSS).
     count, memory = running.platform.scheduler.room.usage()
-    assert _zygotes(running).usage() == (1, known.memory_bytes)
+    # (and its spare fork, walled in already, for the next cold start)
+    spares = int(known.spare is not None)
+    assert _zygotes(running).usage() == (1 + spares, known.memory_bytes + spares * SPARE_BYTES)
     assert count >= 1 + 3
     assert memory >= known.memory_bytes
 
