@@ -439,6 +439,7 @@ class TrustedEnvironmentJSON(TypedDict):
     imported: NotRequired[list[str]]
     skipped: NotRequired[dict[str, str]]
     pss_bytes: NotRequired[int]
+    spare: NotRequired[bool]
     failure: NotRequired[str | None]
 
 

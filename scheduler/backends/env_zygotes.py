@@ -156,6 +156,7 @@ class EnvZygote:
             "imported": self.imported,
             "skipped": self.skipped,
             "pss_bytes": self.memory_bytes if self.ready else 0,
+            "spare": self.spare is not None and not self.spare.exited.done(),
             "failure": self.failure,
         }
 
