@@ -90,7 +90,7 @@ def env_trusted(ctx: click.Context, as_json: bool) -> None:
         found,
         as_json,
         lambda es: print_table(
-            ["HASH", "ZYGOTE", "PID", "PSS", "IMPORTED", "REQUIREMENTS"],
+            ["HASH", "ZYGOTE", "PID", "PSS", "IMPORTED", "REQUIREMENTS", "LAST FAILURE"],
             [
                 [
                     e["hash"][:12],
@@ -99,6 +99,7 @@ def env_trusted(ctx: click.Context, as_json: bool) -> None:
                     f"{(e.get('pss_bytes') or 0) >> 20} MiB",
                     ",".join(e.get("imported") or e["modules"]),
                     " ".join(e["requirements"].split())[:40],
+                    (e.get("failure") or "")[:60],
                 ]
                 for e in es
             ],

@@ -219,3 +219,29 @@ async def test_a_trusted_environment_is_made_again_after_a_restart_when_first_ne
         known = await _ready(running, env_hash)  # the deploy asked for it
         await running.deploy_ok("later", _handler("requests"), requirements=REQUESTS)
         assert (await _answer(running, "later", {}))["preloaded"] is True
+
+
+async def test_the_bound_retires_the_least_recently_used_zygote(make_platform: Any) -> None:
+    async with make_platform(env_zygotes=1) as running:
+        six = (await running.deploy_ok("six", _handler("six"), requirements=SIX))["environment"]
+        req = (await running.deploy_ok("req", _handler("requests"), requirements=REQUESTS))[
+            "environment"
+        ]
+        status, _ = await running.admin("PUT", f"/v1/environments/{six}/trust", json={})
+        assert status == 200
+        first = await _ready(running, six)
+        assert first.zygote is not None
+        retired = psutil.Process(first.zygote.process.pid)
+        status, _ = await running.admin("PUT", f"/v1/environments/{req}/trust", json={})
+        assert status == 200
+        await _ready(running, req)
+        # One zygote at most: the other environment's is retired (its spare with it), and
+        # exits, since no instance of it runs; it stays trusted, made again when needed.
+        await asyncio.to_thread(retired.wait, 15)
+        zygotes = _zygotes(running)
+        assert not zygotes.trusted[six].ready
+        assert sum(k.ready for k in zygotes.trusted.values()) == 1
+        await running.deploy_ok("six-again", _handler("six"), requirements=SIX)
+        assert (await _answer(running, "six-again", {}))["preloaded"] is False  # (made now)
+        await _ready(running, six)
+        assert not zygotes.trusted[req].ready
