@@ -81,3 +81,31 @@ def test_top_level_modules_come_from_the_dists_metadata(tmp_path: Path) -> None:
     (tmp_path / "evil-1.0.dist-info" / "top_level.txt").symlink_to(tmp_path / "elsewhere")
     (tmp_path / "elsewhere").write_text("os\n")
     assert top_level_modules(tmp_path) == ["cffi", "charset_normalizer", "requests", "six"]
+
+
+def test_the_zygote_reports_a_refused_environment(tmp_path: Path) -> None:
+    """`zygote ID JSON` to the runtime's zygote: a refusal is its `failed` report (the
+    platform logs it and the environment's instances import as before), and no process is
+    left of it."""
+    (tmp_path / "spinner.py").write_text(
+        "import threading, time\n"
+        "threading.Thread(target=time.sleep, args=(60,), daemon=True, name='pool').start()\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-P", "-m", "invoker", "--zygote"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[2],
+        env={"PATH": "/usr/bin:/bin"},
+    ) as zygote:
+        assert zygote.stdin is not None
+        assert zygote.stdout is not None
+        assert zygote.stdout.readline().startswith(b"ready ")
+        request = {"address": f"unix:{tmp_path}/env.sock", "path": str(tmp_path)}
+        zygote.stdin.write(b"zygote 7 " + orjson.dumps({**request, "modules": ["spinner"]}) + b"\n")
+        zygote.stdin.flush()
+        report = zygote.stdout.readline().decode()
+        assert report.startswith("failed 7 importing spinner started 1 thread(s) (pool)")
+        assert zygote.stdout.readline().decode().split()[0] == "exit"  # (it is gone)
+        zygote.stdin.close()  # (the zygote exits when its stdin closes)
+        assert zygote.wait(timeout=10) == 0
