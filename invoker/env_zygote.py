@@ -85,10 +85,12 @@ def prepare(path: str, modules: list[str]) -> dict[str, object]:
         for name in modules:
             try:
                 importlib.import_module(name)
-            except Exception as exc:  # (SystemExit and the like refuse the whole zygote)
+            except (Exception, SystemExit) as exc:
                 skipped[name] = f"{type(exc).__name__}: {exc}"[:200]
             else:
                 imported.append(name)
+    if not imported:
+        raise EnvironmentRefused(f"none of {', '.join(modules)} could be imported: {skipped}"[:400])
     started = _threads() - threads
     if started > 0 or threading.active_count() > 1:
         names = [t.name for t in threading.enumerate() if t is not threading.main_thread()]

@@ -46,6 +46,9 @@ def test_the_packages_are_imported_and_a_failing_one_skipped(tmp_path: Path) -> 
     assert result["imported"] == ["fine"]
     assert result["skipped"] == {"broken": "RuntimeError: needs a display"}
     assert result["threads_variable"] == "1"  # (OpenBLAS starts no pool at import)
+    (tmp_path / "quits.py").write_text("raise SystemExit(3)\n")
+    nothing = _prepare(tmp_path, ["broken", "quits"])
+    assert "none of broken, quits could be imported" in str(nothing["refused"])
 
 
 def test_an_import_that_starts_a_thread_is_refused(tmp_path: Path) -> None:
