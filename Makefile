@@ -62,9 +62,11 @@ bench-events: $(STAMP)
 	$(PY) -m bench.events
 
 ## bench-templates: cold starts of functions importing requests / numpy, forked from their
-## template or importing, next to a fresh interpreter; PSS of templates and instances
+## template or importing, next to a fresh interpreter; PSS of templates and instances; then
+## the first instance of a function whose trusted environment's zygote exists (bench.env_zygotes)
 bench-templates: $(STAMP)
 	$(PY) -m bench.templates
+	$(PY) -m bench.env_zygotes
 
 ## bench-brokers: broker sources (NATS, Redis Streams, RabbitMQ, MQTT) end to end, next to topic events (about a minute)
 bench-brokers: $(STAMP)

@@ -11,7 +11,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import admin, dashboard, docs, events, insights, policies, tenancy
+from gateway import admin, dashboard, docs, events, insights, policies, tenancy, trusted_envs
 from gateway.api_spec import operation
 from gateway.auth import PRINCIPAL, authenticate, permit
 from gateway.environments import environment_archive
@@ -191,6 +191,7 @@ def build_app(platform: Platform) -> web.Application:
         *events.routes,
         *insights.routes,
         *tenancy.routes,
+        *trusted_envs.routes,
     ]:
         assert isinstance(route, web.RouteDef)
         admin_app.router.add_route(

@@ -162,6 +162,11 @@ class Platform:
             if isinstance(backend, LocalBackend):  # builds run package code: walled in the same
                 builder.confine = backend.confine_command
                 builder.release_confined = backend.release_build
+            if isinstance(backend, LocalBackend) and backend.env_zygotes is not None:
+                backend.env_zygotes.locate = builder.local_path  # (fn env trust: made lazily)
+                backend.env_zygotes.max_zygotes = settings.env_zygotes
+                for trusted in await store.list_trusted_environments():
+                    backend.env_zygotes.trust(trusted.hash, trusted.modules, make=False)
             functions = FunctionCache(store)
             spool = ActivationSpool(settings.state_dir / "activations.spool")
             exits.callback(spool.close)

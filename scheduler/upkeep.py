@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from invoker.protocol import Reply
 from scheduler.backends import Backend, BackendError, TemplateBackend
+from scheduler.backends.env_zygotes import EnvZygoteBackend, EnvZygotes
 from scheduler.capacity import Room
 from scheduler.errors import AtCapacity, SchedulerError, StartFailed
 from scheduler.live import (
@@ -99,6 +100,8 @@ class Upkeep:
     def _forkable(self, version: Version) -> bool:
         """A new instance of `version` is to be forked from its template (not a generic
         instance specialized: that would import the module again)."""
+        if self._env_zygotes and self._env_zygotes.fork_source(version.package.env_hash):
+            return True  # (or from its trusted environment's zygote: imported its packages)
         templates = self._templates
         return templates is not None and templates.has_template(version)
 
@@ -152,7 +155,16 @@ class Upkeep:
         templates, template_bytes = (
             (0, 0) if self._templates is None else self._templates.template_usage()
         )
+        zygotes, zygote_bytes = (0, 0) if self._env_zygotes is None else self._env_zygotes.usage()
+        templates, template_bytes = templates + zygotes, template_bytes + zygote_bytes
         return count + templates, memory + template_bytes + sum(self._instance_stops.values())
+
+    @functools.cached_property
+    def _env_zygotes(self) -> EnvZygotes | None:
+        """Trusted environments' zygotes (`scheduler.backends.env_zygotes`), if the backend
+        keeps them: charged like templates, and their environments' instances forked."""
+        backend = self.backend
+        return backend.env_zygotes if isinstance(backend, EnvZygoteBackend) else None
 
     def _make_room(
         self, memory_bytes: int, key: VersionKey | None, *, evict: bool, fork: bool = False
@@ -349,10 +361,11 @@ class Upkeep:
         `admit` makes it the first warm instance of the stored version, `drop_checked_soon`
         stops it.
         """
-        evicting = self._make_room(version.config.memory_bytes, None, evict=True)
+        fork = self._forkable(version)  # (of its trusted environment's zygote, if ready)
+        evicting = self._make_room(version.config.memory_bytes, None, evict=True, fork=fork)
         if evicting is None:
             raise self._full(version)
-        instance, fresh = self._take_instance()
+        instance, fresh = self._take_instance(fork)
         self._live[instance.id].memory_bytes = version.config.memory_bytes
         instance.state = State.STARTING
         self._refill.set()
