@@ -20,7 +20,7 @@ import random
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
 from calls.execute import CallPath, CallResult, execute, no_nul
@@ -41,6 +41,8 @@ from store import (
 )
 
 log = logging.getLogger("ember.gateway.delivery")
+RunCall = Callable[[Version, ActivationId, RequestMeta, bytes], Awaitable[CallResult]]
+"""Runs one attempt of a delivery: `execute` here, or at the function's home gateway."""
 MAX_RESULT_BYTES = 1 << 20
 _PERMANENT_HTTP = frozenset(range(400, 500)) - {408, 425, 429}
 _SECONDS = re.compile(r"[0-9]{1,9}")
@@ -232,10 +234,12 @@ class DeliveryWorker:
         settings: EventSettings,
         *,
         gateway: uuid.UUID | None = None,
+        run_call: RunCall | None = None,
     ) -> None:
         self._store = store
         self._gateway = gateway
         self._calls = calls
+        self._run_call = run_call or functools.partial(execute, calls)
         self.settings = settings
         self.outcomes = OutcomeWriter(store)
         self._wake = asyncio.Event()
@@ -362,7 +366,7 @@ class DeliveryWorker:
             topic = next((v for k, v in meta["headers"] if k == "X-Ember-Topic"), None)
             if topic is not None:
                 meta["topic"] = topic
-            result = await execute(self._calls, version, activation, meta, claimed.payload)
+            result = await self._run_call(version, activation, meta, claimed.payload)
         except Exception:  # a bug: the lease runs out and the delivery is taken again
             log.exception("delivery failed", extra={"delivery": str(claimed.id)})
             return
