@@ -17,8 +17,10 @@ Two measurements, each against a baseline taken in the same run:
    one loopback hop). Target: the sent call's p50 exceeds the direct one's by at most the floor's.
 
 The trace is shared/traces/ beside the repository, or EMBER_TRACE_DIR; EMBER_BENCH_POLICY sets
-the replay's policy (default fixed), EMBER_BENCH_ONLY=replay|hop runs one part. Prints a table
-and writes bench/results/gateways.json.
+the replay's policy (default fixed), EMBER_BENCH_ONLY=replay|hop runs one part,
+EMBER_BENCH_SPEEDUP the replay's time compression (default 60), EMBER_BENCH_GATEWAYS its
+configurations (`1,3,1`: routed, that many gateways each). Prints a table and writes
+bench/results/gateways.json.
 """
 
 from __future__ import annotations
@@ -51,7 +53,13 @@ POLICY = os.environ.get("EMBER_BENCH_POLICY", "fixed")
 """The warm-pool policy of the replay (fixed: what the simulator's prediction is for)."""
 ONLY = os.environ.get("EMBER_BENCH_ONLY", "")
 """`replay` or `hop`: run one of the two measurements."""
-SPEEDUP = 60.0
+SPEEDUP = float(os.environ.get("EMBER_BENCH_SPEEDUP") or 60)
+"""How many times faster than the trace the replay runs: at 60x, 10 ms of real delay (a
+loaded machine's scheduling) are 0.6 s of trace time, which moves a prewarm past its call;
+`make bench-gateways-adaptive` replays at 20x."""
+GATEWAYS = os.environ.get("EMBER_BENCH_GATEWAYS", "")
+"""The replay's configurations, as gateway counts (`1,3,1`: one, three, one again, routed);
+default: 1, 2, 3, 1 routed, then 2 and 3 not routed."""
 KEEP_ALIVE_S = 600.0
 
 
@@ -283,6 +291,16 @@ CONFIGS = [
 ]
 
 
+def configs() -> list[tuple[str, int, bool]]:
+    if not GATEWAYS:
+        return CONFIGS
+    counts = [int(n) for n in GATEWAYS.split(",")]
+    return [
+        (f"{n} gateway{'s' if n > 1 else ''}{', again' if counts[:i].count(n) else ''}", n, True)
+        for i, n in enumerate(counts)
+    ]
+
+
 async def run(quick: bool, database_url: str, work: Path) -> list[Row]:
     minutes, functions = (15, 15) if quick else (30, 25)
     if ONLY == "hop":
@@ -299,7 +317,7 @@ async def run(quick: bool, database_url: str, work: Path) -> list[Row]:
     )
     rows: list[Row] = []
     results: list[tuple[str, int, bool, Replayed]] = []
-    for i, (label, n, routed) in enumerate(CONFIGS):
+    for i, (label, n, routed) in enumerate(configs()):
         result = await replay_on(work, database_url, traces, n, routed, f"c{i}")
         results.append((label, n, routed, result))
         print(

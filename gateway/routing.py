@@ -14,7 +14,10 @@ Postgres every `refresh_s`, off the path. A home that does not take the connecti
 is taken out of this gateway's list at once and the call goes to the next home, this gateway
 included: nothing had reached the dead one, so nothing is lost or run twice. A home that dies
 during a call loses that call: the caller gets a 502 `home_gateway_lost` that says so.
-Asynchronous calls (`Prefer: respond-async`) are not sent: they go to the durable queue.
+Asynchronous calls (`Prefer: respond-async`) are not sent: they go to the durable queue, and
+the worker that claims one hands it to the home (gateway/handoff.py). `is_home` tells the
+scheduler which functions it keeps instances of; after every read of the list the platform
+lets go of the others (`Scheduler.let_go`).
 """
 
 from __future__ import annotations
