@@ -2,11 +2,12 @@
 
 A worker claims due deliveries from Postgres (`FOR UPDATE SKIP LOCKED`, so gateways share the
 queue without double work), runs each with `execute` (the warm pool, as for a direct call; the
-gateway's `run_call` runs it on the function's home gateway), and reports outcomes in batches. A failed attempt is retried with exponential backoff and jitter until
-the function's `max_attempts` or `max_event_age` is reached, then dead-lettered. Each claim is a
-lease, in the name of this gateway's run: if the gateway dies mid-delivery, the delivery is
-claimed again when its successor starts or a peer sees its heartbeat stop (`events/recovery.py`),
-at the latest when its lease ends (at-least-once; the repeat is counted as a redelivery).
+gateway's `run_call` runs it on the function's home gateway), and reports outcomes in batches.
+A failed attempt is retried with exponential backoff and jitter until the function's
+`max_attempts` or `max_event_age` is reached, then dead-lettered. Each claim is a lease, in the
+name of this gateway's run: if the gateway dies mid-delivery, the delivery is claimed again
+when its successor starts or a peer sees its heartbeat stop (`events/recovery.py`), at the
+latest when its lease ends (at-least-once; the repeat is counted as a redelivery).
 """
 
 from __future__ import annotations
