@@ -61,6 +61,9 @@ GATEWAYS = os.environ.get("EMBER_BENCH_GATEWAYS", "")
 """The replay's configurations, as gateway counts (`1,3,1`: one, three, one again, routed);
 default: 1, 2, 3, 1 routed, then 2 and 3 not routed."""
 KEEP_ALIVE_S = 600.0
+SCALE_TO_ZERO_S = 3 * KEEP_ALIVE_S / SPEEDUP + 30
+"""How long the replay waits for every instance to stop after its last call: adaptive keeps
+an idle instance of a function it knows little of up to three keep-alives."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -194,7 +197,7 @@ async def replay_on(
                     await asyncio.sleep(delay)
                 tasks.append(asyncio.create_task(call(name)))
             await asyncio.gather(*tasks)
-            await until(scaled_to_zero, KEEP_ALIVE_S / SPEEDUP + 30, "scale to zero")
+            await until(scaled_to_zero, SCALE_TO_ZERO_S, "scale to zero")
             idle_s = await idle_instance_s(http, gateways) - idle_before
             for g in gateways:  # listing flushes that gateway's activation writer
                 async with http.get(f"{g.url}/v1/functions", headers=admin_headers()) as r:
