@@ -98,7 +98,7 @@ bench-k8s-deps: $(STAMP)
 bench-gateways: $(STAMP)
 	$(PY) -m bench.gateways
 
-## bench-gateways-adaptive: the adaptive policy replayed on 1 and 3 gateways at 20x (about 10 minutes)
+## bench-gateways-adaptive: the adaptive policy replayed on 1 and 3 gateways at 20x (about 8 minutes)
 bench-gateways-adaptive: $(STAMP)
 	EMBER_BENCH_POLICY=adaptive EMBER_BENCH_SPEEDUP=20 EMBER_BENCH_GATEWAYS=1,3 \
 	EMBER_BENCH_ONLY=replay $(PY) -m bench.gateways
