@@ -14,7 +14,7 @@ import pytest
 
 from events.settings import EventSettings
 from gateway.routing import Home, home_among
-from tests.conftest import PlatformFactory, Running, shared
+from tests.conftest import TOKEN, PlatformFactory, Running, shared
 from tests.integration.test_events import submit, wait_for_status
 from tests.integration.test_gateway_routing import (
     NO_WALLS,
@@ -103,6 +103,14 @@ async def test_async_calls_and_topic_events_run_on_the_home_in_one_instance(
         assert {r["result"]["instance"] for r in results} == {results[0]["result"]["instance"]}
         assert a.platform.scheduler.instances_of(name) == []
         assert len(b.platform.scheduler.instances_of(name)) == 1
+        # The peers' door takes the admin token only, and a delivery only.
+        for headers, status in (
+            ({"Authorization": "Bearer not-the-token"}, 401),
+            ({"Authorization": f"Bearer {TOKEN}"}, 400),
+        ):
+            async with b.http.post(f"{b.url}/peer/deliveries", data=b"{}", headers=headers) as r:
+                assert r.status == status
+                assert "code" in (await r.json())["error"]
         status, listed = await b.admin("GET", f"/v1/functions/{name}/activations")
         assert status == 200
         assert sorted(x["cold"] for x in listed["activations"]) == [False] * 3 + [True]
