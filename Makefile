@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint format clean bench bench-quick bench-auth bench-events bench-brokers bench-deps bench-templates bench-styles bench-dashboard bench-k8s bench-k8s-deps bench-gateways bench-replay bench-soak bench-decisions bench-policies simulate
+.PHONY: up test lint format clean bench bench-quick bench-auth bench-events bench-brokers bench-deps bench-templates bench-styles bench-dashboard bench-k8s bench-k8s-deps bench-gateways bench-gateways-adaptive bench-replay bench-soak bench-decisions bench-policies simulate
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -99,6 +99,11 @@ bench-k8s-deps: $(STAMP)
 ## bench-gateways: 1, 2 and 3 gateways sharing warm instances on a replayed trace slice, and the hop's cost (about 6 minutes)
 bench-gateways: $(STAMP)
 	$(PY) -m bench.gateways
+
+## bench-gateways-adaptive: the adaptive policy replayed on 1 and 3 gateways at 20x (about 8 minutes)
+bench-gateways-adaptive: $(STAMP)
+	EMBER_BENCH_POLICY=adaptive EMBER_BENCH_SPEEDUP=20 EMBER_BENCH_GATEWAYS=1,3 \
+	EMBER_BENCH_ONLY=replay $(PY) -m bench.gateways
 
 ## bench-decisions: the time of one policy decision per call at 240 filled histogram bins
 bench-decisions: $(STAMP)

@@ -11,7 +11,17 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import admin, dashboard, docs, events, insights, policies, tenancy, trusted_envs
+from gateway import (
+    admin,
+    dashboard,
+    docs,
+    events,
+    handoff,
+    insights,
+    policies,
+    tenancy,
+    trusted_envs,
+)
 from gateway.api_spec import operation
 from gateway.auth import PRINCIPAL, authenticate, permit
 from gateway.environments import environment_archive
@@ -125,7 +135,7 @@ def _admit_deploy_size(request: web.Request) -> None:
     """The admin API reads deploys (code, base64 in JSON) up to its own limit: aiohttp reads
     every request with the root application's `client_max_size` (the calls' FN_MAX_BODY), and
     a sub-application's is not used, so the limit is raised here for `/v1` (cold path only)."""
-    if request.path.startswith("/v1/"):
+    if request.path.startswith(("/v1/", "/peer/")):  # (/peer/: a delivery and its meta)
         request._client_max_size = request.app[ADMIN_MAX_BODY]
 
 
@@ -206,6 +216,8 @@ def build_app(platform: Platform) -> web.Application:
     app.router.add_get("/healthz", healthz, expect_handler=expect_continue)
     app.router.add_get("/metrics", metrics, expect_handler=expect_continue)
     app.router.add_get("/environments/{hash}", environment_archive)
+    app[handoff.HANDOFF] = platform.handoff
+    app.router.add_post(handoff.PATH, handoff.serve)
     app.router.add_route("*", "/fn/{name}", invoke, expect_handler=expect_continue)
     app.router.add_route("*", "/fn/{name}/{tail:.*}", invoke, expect_handler=expect_continue)
     return app

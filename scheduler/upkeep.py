@@ -62,6 +62,7 @@ class Upkeep:
     _refill: asyncio.Event
     _stopping: bool
     _prepare: Prepare | None
+    keeps_warm: Callable[[str], bool]
 
     if TYPE_CHECKING:
 
@@ -221,6 +222,29 @@ class Upkeep:
                 idle.append(instance)
         await asyncio.gather(*(self._drop(i, "function deleted", restart=False) for i in idle))
 
+    def let_go(self) -> int:
+        """Stop the instances of functions no longer kept here (`keeps_warm`: their home moved
+        to another gateway): idle ones now, busy ones when their calls end, not after their
+        keep-alive; one still starting serves its waiting call first. Returns how many."""
+        now = self.clock()
+        let_go = 0
+        for instance in list(self.pool.instances.values()):
+            key = instance.key
+            if key is None or instance.state is not State.READY or self.keeps_warm(key[0]):
+                continue
+            self.pool.cancel_prewarms(key[0])
+            idle = instance.busy == 0
+            if idle:
+                self.pool.stopped(instance, now)
+            self.pool.remove(instance)  # (a busy one stops when its last call ends)
+            if idle:
+                stop = self._drop(instance, "its home is another gateway", restart=False)
+                self._tasks.spawn(stop, f"stop {instance.id}")
+            let_go += 1
+        if let_go:
+            self._notify()
+        return let_go
+
     async def _reaper(self) -> None:
         while True:
             now = self.clock()
@@ -273,6 +297,8 @@ class Upkeep:
         active = self._active.get(key[0])
         if tracked is None or self._stopping or (active is not None and active != key):
             return  # unknown, or no longer the active version
+        if not self.keeps_warm(key[0]):
+            return
         if self.pool.count(key) > 0:
             for existing in self.pool.of_function(key[0]):
                 if existing.key == key and existing.busy == 0 and existing.state is State.READY:
@@ -317,7 +343,11 @@ class Upkeep:
                 self._templates.drop_templates(version.function, keep_version=key[1])
         if previous != key:
             self.pool.cancel_prewarms(version.function)
-        if self._stopping or self.start_backoff_remaining_s(key) > 0:
+        if (
+            self._stopping
+            or self.start_backoff_remaining_s(key) > 0
+            or not self.keeps_warm(version.function)
+        ):
             return
         settings = self.policies.settings(version.function)
         missing = min(settings.min_warm, settings.max_instances) - self.pool.count(key)
@@ -428,8 +458,8 @@ class Upkeep:
         if tracked is not None and self._versions.get(key) is tracked:  # (not deleted, rolled)
             self._keep_template(version, meta, code, {"ok": True})
 
-    def drop_checked_soon(self, checked: Checked) -> None:
-        self._stop_soon(checked.instance, "deploy did not complete")
+    def drop_checked_soon(self, checked: Checked, reason: str = "deploy did not complete") -> None:
+        self._stop_soon(checked.instance, reason)
 
     # -- read-outs --------------------------------------------------------------------------
 
