@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint format clean bench bench-quick bench-auth bench-events bench-brokers bench-deps bench-templates bench-styles bench-dashboard bench-k8s bench-k8s-deps bench-gateways bench-replay bench-soak bench-decisions simulate
+.PHONY: up test lint format clean bench bench-quick bench-auth bench-events bench-brokers bench-deps bench-templates bench-styles bench-dashboard bench-k8s bench-k8s-deps bench-gateways bench-gateways-adaptive bench-replay bench-soak bench-decisions bench-policies simulate
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,9 +63,11 @@ bench-events: $(STAMP)
 	$(PY) -m bench.events
 
 ## bench-templates: cold starts of functions importing requests / numpy, forked from their
-## template or importing, next to a fresh interpreter; PSS of templates and instances
+## template or importing, next to a fresh interpreter; PSS of templates and instances; then
+## the first instance of a function whose trusted environment's zygote exists (bench.env_zygotes)
 bench-templates: $(STAMP)
 	$(PY) -m bench.templates
+	$(PY) -m bench.env_zygotes
 
 ## bench-brokers: broker sources (NATS, Redis Streams, RabbitMQ, MQTT) end to end, next to topic events (about a minute)
 bench-brokers: $(STAMP)
@@ -99,6 +101,11 @@ bench-k8s-deps: $(STAMP)
 bench-gateways: $(STAMP)
 	$(PY) -m bench.gateways
 
+## bench-gateways-adaptive: the adaptive policy replayed on 1 and 3 gateways at 20x (about 8 minutes)
+bench-gateways-adaptive: $(STAMP)
+	EMBER_BENCH_POLICY=adaptive EMBER_BENCH_SPEEDUP=20 EMBER_BENCH_GATEWAYS=1,3 \
+	EMBER_BENCH_ONLY=replay $(PY) -m bench.gateways
+
 ## bench-decisions: the time of one policy decision per call at 240 filled histogram bins
 bench-decisions: $(STAMP)
 	$(PY) -m bench.decisions
@@ -106,6 +113,13 @@ bench-decisions: $(STAMP)
 ## bench-replay: replay a time-compressed trace slice on a platform (--policy fixed|histogram); compare with the simulator
 bench-replay: $(STAMP)
 	$(PY) -m bench.replay
+
+## bench-policies: the policies on the sample's two hash halves, then on 20 random 50/50 splits, then where the tune half's cold starts come from (about 3 minutes)
+bench-policies: $(STAMP)
+	$(PY) -m bench.policies --trace ../shared/traces/azure-functions-2019-sample
+	$(PY) -m bench.policies --trace ../shared/traces/azure-functions-2019-sample --splits 20 \
+		--policy histogram-cost:30m/5m --policy adaptive
+	$(PY) -m bench.policy_signals --trace ../shared/traces/azure-functions-2019-sample
 
 ## simulate: the warm-pool policies on the trace sample (shared/traces)
 simulate: $(STAMP)

@@ -17,8 +17,10 @@ Two measurements, each against a baseline taken in the same run:
    one loopback hop). Target: the sent call's p50 exceeds the direct one's by at most the floor's.
 
 The trace is shared/traces/ beside the repository, or EMBER_TRACE_DIR; EMBER_BENCH_POLICY sets
-the replay's policy (default fixed), EMBER_BENCH_ONLY=replay|hop runs one part. Prints a table
-and writes bench/results/gateways.json.
+the replay's policy (default fixed), EMBER_BENCH_ONLY=replay|hop runs one part,
+EMBER_BENCH_SPEEDUP the replay's time compression (default 60), EMBER_BENCH_GATEWAYS its
+configurations (`1,3,1`: routed, that many gateways each). Prints a table and writes
+bench/results/gateways.json.
 """
 
 from __future__ import annotations
@@ -51,8 +53,17 @@ POLICY = os.environ.get("EMBER_BENCH_POLICY", "fixed")
 """The warm-pool policy of the replay (fixed: what the simulator's prediction is for)."""
 ONLY = os.environ.get("EMBER_BENCH_ONLY", "")
 """`replay` or `hop`: run one of the two measurements."""
-SPEEDUP = 60.0
+SPEEDUP = float(os.environ.get("EMBER_BENCH_SPEEDUP") or 60)
+"""How many times faster than the trace the replay runs: at 60x, 10 ms of real delay (a
+loaded machine's scheduling) are 0.6 s of trace time, which moves a prewarm past its call;
+`make bench-gateways-adaptive` replays at 20x."""
+GATEWAYS = os.environ.get("EMBER_BENCH_GATEWAYS", "")
+"""The replay's configurations, as gateway counts (`1,3,1`: one, three, one again, routed);
+default: 1, 2, 3, 1 routed, then 2 and 3 not routed."""
 KEEP_ALIVE_S = 600.0
+SCALE_TO_ZERO_S = 3 * KEEP_ALIVE_S / SPEEDUP + 30
+"""How long the replay waits for every instance to stop after its last call: adaptive keeps
+an idle instance of a function it knows little of up to three keep-alives."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -186,7 +197,7 @@ async def replay_on(
                     await asyncio.sleep(delay)
                 tasks.append(asyncio.create_task(call(name)))
             await asyncio.gather(*tasks)
-            await until(scaled_to_zero, KEEP_ALIVE_S / SPEEDUP + 30, "scale to zero")
+            await until(scaled_to_zero, SCALE_TO_ZERO_S, "scale to zero")
             idle_s = await idle_instance_s(http, gateways) - idle_before
             for g in gateways:  # listing flushes that gateway's activation writer
                 async with http.get(f"{g.url}/v1/functions", headers=admin_headers()) as r:
@@ -283,6 +294,16 @@ CONFIGS = [
 ]
 
 
+def configs() -> list[tuple[str, int, bool]]:
+    if not GATEWAYS:
+        return CONFIGS
+    counts = [int(n) for n in GATEWAYS.split(",")]
+    return [
+        (f"{n} gateway{'s' if n > 1 else ''}{', again' if counts[:i].count(n) else ''}", n, True)
+        for i, n in enumerate(counts)
+    ]
+
+
 async def run(quick: bool, database_url: str, work: Path) -> list[Row]:
     minutes, functions = (15, 15) if quick else (30, 25)
     if ONLY == "hop":
@@ -299,7 +320,7 @@ async def run(quick: bool, database_url: str, work: Path) -> list[Row]:
     )
     rows: list[Row] = []
     results: list[tuple[str, int, bool, Replayed]] = []
-    for i, (label, n, routed) in enumerate(CONFIGS):
+    for i, (label, n, routed) in enumerate(configs()):
         result = await replay_on(work, database_url, traces, n, routed, f"c{i}")
         results.append((label, n, routed, result))
         print(

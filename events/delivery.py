@@ -1,12 +1,13 @@
 """Delivery workers: run async invocations and events through the normal call path.
 
 A worker claims due deliveries from Postgres (`FOR UPDATE SKIP LOCKED`, so gateways share the
-queue without double work), runs each with `execute` (the warm pool, as for a direct call), and
-reports outcomes in batches. A failed attempt is retried with exponential backoff and jitter until
-the function's `max_attempts` or `max_event_age` is reached, then dead-lettered. Each claim is a
-lease, in the name of this gateway's run: if the gateway dies mid-delivery, the delivery is
-claimed again when its successor starts or a peer sees its heartbeat stop (`events/recovery.py`),
-at the latest when its lease ends (at-least-once; the repeat is counted as a redelivery).
+queue without double work), runs each with `execute` (the warm pool, as for a direct call; the
+gateway's `run_call` runs it on the function's home gateway), and reports outcomes in batches.
+A failed attempt is retried with exponential backoff and jitter until the function's
+`max_attempts` or `max_event_age` is reached, then dead-lettered. Each claim is a lease, in the
+name of this gateway's run: if the gateway dies mid-delivery, the delivery is claimed again
+when its successor starts or a peer sees its heartbeat stop (`events/recovery.py`), at the
+latest when its lease ends (at-least-once; the repeat is counted as a redelivery).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import random
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
 from calls.execute import CallPath, CallResult, execute, no_nul
@@ -41,6 +42,8 @@ from store import (
 )
 
 log = logging.getLogger("ember.gateway.delivery")
+RunCall = Callable[[Version, ActivationId, RequestMeta, bytes], Awaitable[CallResult]]
+"""Runs one attempt of a delivery: `execute` here, or at the function's home gateway."""
 MAX_RESULT_BYTES = 1 << 20
 _PERMANENT_HTTP = frozenset(range(400, 500)) - {408, 425, 429}
 _SECONDS = re.compile(r"[0-9]{1,9}")
@@ -232,10 +235,12 @@ class DeliveryWorker:
         settings: EventSettings,
         *,
         gateway: uuid.UUID | None = None,
+        run_call: RunCall | None = None,
     ) -> None:
         self._store = store
         self._gateway = gateway
         self._calls = calls
+        self._run_call = run_call or functools.partial(execute, calls)
         self.settings = settings
         self.outcomes = OutcomeWriter(store)
         self._wake = asyncio.Event()
@@ -362,7 +367,7 @@ class DeliveryWorker:
             topic = next((v for k, v in meta["headers"] if k == "X-Ember-Topic"), None)
             if topic is not None:
                 meta["topic"] = topic
-            result = await execute(self._calls, version, activation, meta, claimed.payload)
+            result = await self._run_call(version, activation, meta, claimed.payload)
         except Exception:  # a bug: the lease runs out and the delivery is taken again
             log.exception("delivery failed", extra={"delivery": str(claimed.id)})
             return

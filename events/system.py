@@ -17,7 +17,7 @@ from typing import Any
 from calls.execute import CallPath
 from events import recovery
 from events.batching import GroupCommit
-from events.delivery import DeliveryWorker, housekeeping
+from events.delivery import DeliveryWorker, RunCall, housekeeping
 from events.recovery import GatewayRun
 from events.settings import EventSettings
 from events.sources import kinds
@@ -50,8 +50,11 @@ class EventSystem:
         run: GatewayRun | None = None,
         *,
         cipher: Cipher,
+        run_call: RunCall | None = None,
     ) -> None:
-        """`cipher`: seals and opens the URLs of broker triggers (the platform's secrets key)."""
+        """`cipher`: seals and opens the URLs of broker triggers (the platform's secrets key);
+        `run_call`: runs a delivery's attempt (default: here; the gateway's runs it at the
+        function's home gateway)."""
         self.store = store
         self.settings = settings
         self.cipher = cipher
@@ -59,7 +62,9 @@ class EventSystem:
         """This gateway's run: its claims carry its id (see `events/recovery.py`)."""
         self._metrics = calls.metrics
         self.deliveries = (
-            DeliveryWorker(store, calls, settings, gateway=run.id if run else None)
+            DeliveryWorker(
+                store, calls, settings, gateway=run.id if run else None, run_call=run_call
+            )
             if settings.workers
             else None
         )

@@ -220,7 +220,10 @@ async def _deploy(platform: Platform, body: dict[str, Any], namespace: str) -> w
         platform.scheduler.drop_checked_soon(checked)
         raise
     platform.functions.put(version, active=True)
-    await platform.scheduler.admit(checked, version)  # drops the instance on any failure
+    if platform.router.is_home(name):
+        await platform.scheduler.admit(checked, version)  # drops the instance on any failure
+    else:  # its home gateway starts the instances of its calls (docs/kubernetes.md)
+        platform.scheduler.drop_checked_soon(checked, "import check done; the home is a peer")
     await platform.scheduler.ensure_warm(version)
     out = version_json(version, active=True)
     out["style_detected"] = detected

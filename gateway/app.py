@@ -14,7 +14,17 @@ from aiohttp.typedefs import Handler
 from aiohttp.web_request import BaseRequest
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import admin, dashboard, docs, events, insights, policies, tenancy
+from gateway import (
+    admin,
+    dashboard,
+    docs,
+    events,
+    handoff,
+    insights,
+    policies,
+    tenancy,
+    trusted_envs,
+)
 from gateway.api_spec import operation
 from gateway.auth import PRINCIPAL, authenticate, permit
 from gateway.connections import DISPATCH, RequestHandlerFn
@@ -129,7 +139,7 @@ def _admit_deploy_size(request: web.Request) -> None:
     """The admin API reads deploys (code, base64 in JSON) up to its own limit: aiohttp reads
     every request with the root application's `client_max_size` (the calls' FN_MAX_BODY), and
     a sub-application's is not used, so the limit is raised here for `/v1` (cold path only)."""
-    if request.path.startswith("/v1/"):
+    if request.path.startswith(("/v1/", "/peer/")):  # (/peer/: a delivery and its meta)
         request._client_max_size = request.app[ADMIN_MAX_BODY]
 
 
@@ -195,6 +205,7 @@ def build_app(platform: Platform) -> web.Application:
         *events.routes,
         *insights.routes,
         *tenancy.routes,
+        *trusted_envs.routes,
     ]:
         assert isinstance(route, web.RouteDef)
         admin_app.router.add_route(
@@ -209,6 +220,8 @@ def build_app(platform: Platform) -> web.Application:
     app.router.add_get("/healthz", healthz, expect_handler=expect_continue)
     app.router.add_get("/metrics", metrics, expect_handler=expect_continue)
     app.router.add_get("/environments/{hash}", environment_archive)
+    app[handoff.HANDOFF] = platform.handoff
+    app.router.add_post(handoff.PATH, handoff.serve)
     calls = [
         app.router.add_route("*", "/fn/{name}", invoke, expect_handler=expect_continue),
         app.router.add_route("*", "/fn/{name}/{tail:.*}", invoke, expect_handler=expect_continue),

@@ -84,6 +84,11 @@ ROUTES: dict[tuple[str, str], Rule] = {
     # The pool is the platform's, not a namespace's (generic instances, memory of every
     # namespace's warm instances): the admin token only.
     ("GET", "/v1/pool"): A,
+    # Trusting an environment runs its packages' import code in the process that builds other
+    # functions' walls (docs/security.md): the operator's decision, never a key's.
+    ("PUT", "/v1/environments/{hash}/trust"): A,
+    ("DELETE", "/v1/environments/{hash}/trust"): A,
+    ("GET", "/v1/environments/trusted"): A,
 }
 """`/v1/openapi.json` and `/v1/docs` are public (served by the root application, outside this
 table: they describe the API and hold nothing of it); `/ui` signs in with the admin token or a

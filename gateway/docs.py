@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import environments, invoke
+from gateway import environments, handoff, invoke
 from gateway.api_spec import document, operation
 from gateway.errors import json_response
 from gateway.schemas import Queued
@@ -31,6 +31,12 @@ operation(
     },
     responses={200: None, 202: Queued},
 )(invoke.invoke)
+operation(
+    "internal",
+    "Run a delivery a peer gateway claimed for a function homed here (peer gateways only, "
+    "with the admin token: gateway/handoff.py)",
+    responses={200: "application/octet-stream"},
+)(handoff.serve)
 operation(
     "internal",
     "An environment's archive, for invoker pods (a token for that environment, not the "

@@ -26,6 +26,7 @@ from calls.spool import ActivationSpool, replay_spool
 from events.recovery import GatewayRun
 from events.system import EventSystem
 from gateway.env_tokens import EnvTokens
+from gateway.handoff import Handoff
 from gateway.keyring import KeyRing
 from gateway.policy_settings import reload_policies
 from gateway.retention import Pruner
@@ -108,6 +109,8 @@ class Platform:
     """Encrypts and decrypts secrets."""
     router: Router
     """Sends a call to its function's home gateway (gateway/routing.py)."""
+    handoff: Handoff
+    """Runs a delivery at its function's home gateway (gateway/handoff.py)."""
     _exits: contextlib.AsyncExitStack
     """Stops what `start` started, in reverse."""
     embedded: EmbeddedPostgres | None = None
@@ -162,6 +165,11 @@ class Platform:
             if isinstance(backend, LocalBackend):  # builds run package code: walled in the same
                 builder.confine = backend.confine_command
                 builder.release_confined = backend.release_build
+            if isinstance(backend, LocalBackend) and backend.env_zygotes is not None:
+                backend.env_zygotes.locate = builder.local_path  # (fn env trust: made lazily)
+                backend.env_zygotes.max_zygotes = settings.env_zygotes
+                for trusted in await store.list_trusted_environments():
+                    backend.env_zygotes.trust(trusted.hash, trusted.modules, make=False)
             functions = FunctionCache(store)
             spool = ActivationSpool(settings.state_dir / "activations.spool")
             exits.callback(spool.close)
@@ -180,9 +188,6 @@ class Platform:
             tasks = Supervisor(log)
             exits.push_async_callback(tasks.close)
             run = GatewayRun(name=settings.gateway_id, home=lock.home)
-            events = EventSystem(store, calls, settings.events, run, cipher=vault)
-            await events.register()
-            exits.push_async_callback(events.deregister)  # after its claims are given back
             router = Router(
                 store,
                 run_id=run.id,
@@ -192,6 +197,19 @@ class Platform:
                 registry=metrics.registry,
             )
             exits.push_async_callback(router.close)
+            scheduler.keeps_warm = router.is_home
+            handoff = Handoff(
+                router,
+                calls,
+                token=token,
+                lease_margin_s=settings.events.lease_margin_s,
+                registry=metrics.registry,
+            )
+            events = EventSystem(
+                store, calls, settings.events, run, cipher=vault, run_call=handoff.run
+            )
+            await events.register()
+            exits.push_async_callback(events.deregister)  # after its claims are given back
             exits.push_async_callback(router.withdraw)  # (the server withdraws it sooner)
             exits.push_async_callback(events.stop, settings.shutdown_timeout_s)
             # First when stopping: the tasks that end from now on are stopped, not failed.
@@ -213,8 +231,10 @@ class Platform:
                 keys=keys,
                 vault=vault,
                 router=router,
+                handoff=handoff,
                 _exits=exits,
             )
+            router.listeners.append(platform._homes_read)
             tasks.spawn(activations.run(), "activation writer", critical=True)
             events.start(tasks)
             pruner = Pruner(
@@ -281,6 +301,14 @@ class Platform:
         except FunctionNotFound:
             return  # deleted meanwhile: its own notification follows
         await self.scheduler.ensure_warm(active)
+
+    def _homes_read(self, changed: bool) -> None:
+        """The list of gateway homes was read: stop the instances of the functions whose home
+        is now another gateway (docs/kubernetes.md, "Scaling gateways"); when the homes
+        changed, keep the functions that moved here at their `min_warm`."""
+        self.scheduler.let_go()
+        if changed:
+            self._reload_policies_soon()
 
     def _on_listening(self) -> None:
         # Changes made while not listening are unknown: forget what they could have changed.

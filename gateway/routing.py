@@ -14,7 +14,10 @@ Postgres every `refresh_s`, off the path. A home that does not take the connecti
 is taken out of this gateway's list at once and the call goes to the next home, this gateway
 included: nothing had reached the dead one, so nothing is lost or run twice. A home that dies
 during a call loses that call: the caller gets a 502 `home_gateway_lost` that says so.
-Asynchronous calls (`Prefer: respond-async`) are not sent: they go to the durable queue.
+Asynchronous calls (`Prefer: respond-async`) are not sent: they go to the durable queue, and
+the worker that claims one hands it to the home (gateway/handoff.py). `is_home` tells the
+scheduler which functions it keeps instances of; after every read of the list the platform
+lets go of the others (`Scheduler.let_go`).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from yarl import URL
 
 from gateway.errors import error_response
-from gateway.peers import NotReached, PeerClient, PeerError
+from gateway.peers import NotReached, PeerClient, PeerError, PeerResponse
 from gateway.settings import RoutingSettings
 from store import Store
 from store.gateways import GatewayHome
@@ -138,6 +141,9 @@ class Router:
         self._peers = PeerClient(connect_timeout_s=settings.connect_timeout_s)
         self.changed = asyncio.Event()
         """Set (and replaced) whenever the list of homes changes: tests and benches await it."""
+        self.listeners: list[Callable[[bool], None]] = []
+        """Called after every read of the list (and when a home is left out), with whether
+        the homes changed: the platform lets go of the functions that moved away."""
         sent = Counter(
             "ember_gateway_sent_calls",
             "Calls sent to the function's home gateway, by outcome: served there, served here "
@@ -166,6 +172,29 @@ class Router:
         if home is None or "respond-async" in request.headers.get("Prefer", ""):
             return None
         return home
+
+    def home_for(self, function: str) -> Home | None:
+        """The gateway that runs `function`'s calls, None for this one (or no other)."""
+        if self._alone:
+            return None
+        try:
+            return self._home_of[function]
+        except KeyError:
+            return self._home(function)
+
+    def is_home(self, function: str) -> bool:
+        """Whether `function`'s instances belong here: this gateway is its home, or does not
+        take part (routing off, alone, not advertised yet or stopping: nothing moves)."""
+        return self.address is None or self.home_for(function) is None
+
+    def next_home(self, home: Home, function: str, exc: BaseException) -> Home | None:
+        """`home` did not take the connection: leave it out, and the home to try next."""
+        self._suspect(home, exc)
+        return self._home(function)
+
+    async def request(self, home: Home, message: bytes) -> PeerResponse:
+        """Send a whole HTTP/1.1 request to `home` (gateway/peers.py's errors)."""
+        return await self._peers.request(home.peer, message)
 
     async def send(self, home: Home, function: str, request: web.Request) -> web.Response | None:
         """Send the call to `home` and return its response; None when no other gateway took
@@ -295,6 +324,7 @@ class Router:
             and (peer := _host_port(h.address)) is not None
         ]
         if homes == self.homes:
+            self._tell(changed=False)
             return
         log.info("gateway homes changed", extra={"homes": [h.name for h in homes]})
         self.homes = homes
@@ -303,3 +333,11 @@ class Router:
         self._homes_gauge.set(len(homes))
         changed, self.changed = self.changed, asyncio.Event()
         changed.set()
+        self._tell(changed=True)
+
+    def _tell(self, *, changed: bool) -> None:
+        for listener in self.listeners:
+            try:
+                listener(changed)
+            except Exception:
+                log.exception("a listener of the gateway homes failed")

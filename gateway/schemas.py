@@ -421,3 +421,32 @@ class Simulation(TypedDict):
     since: str
     calls: int
     results: list[SimulatedPolicy]
+
+
+class TrustRequest(TypedDict):
+    modules: NotRequired[list[Annotated[str, ("pattern", "^[A-Za-z_][A-Za-z0-9_.]*$")]] | None]
+
+
+class TrustedEnvironmentJSON(TypedDict):
+    """A trusted environment and its zygote on this node (state: ready, making, not made)."""
+
+    hash: str
+    modules: list[str]
+    requirements: str
+    state: str
+    trusted_at: NotRequired[str]
+    pid: NotRequired[int | None]
+    imported: NotRequired[list[str]]
+    skipped: NotRequired[dict[str, str]]
+    pss_bytes: NotRequired[int]
+    spare: NotRequired[bool]
+    failure: NotRequired[str | None]
+
+
+class TrustedEnvironmentList(TypedDict):
+    environments: list[TrustedEnvironmentJSON]
+
+
+class UntrustedEnvironment(TypedDict):
+    hash: str
+    trusted: bool

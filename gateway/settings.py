@@ -103,6 +103,10 @@ class Settings:
     """Largest environment a build may produce, unpacked (FN_MAX_ENV)."""
     build_timeout_s: float = 600.0
     """How long installing a function's requirements may take (FN_BUILD_TIMEOUT)."""
+    env_zygotes: int = 4
+    """Zygotes of trusted environments kept on this node at most (FN_ENV_ZYGOTES; `fn env
+    trust`); the least recently used is retired for a new one. Each is charged its PSS (about
+    50 MB with numpy) and counts as an instance in FN_MAX_INSTANCES_TOTAL."""
     zygote: bool = True
     """Fork instances from a pre-imported zygote (FN_ZYGOTE=0: start a fresh interpreter each)."""
     templates: bool = False
@@ -221,6 +225,7 @@ class Settings:
             database_url=read.secret("DATABASE_URL"),
             token=read.secret("FN_TOKEN"),
             max_body_bytes=read.size_bytes("FN_MAX_BODY", defaults.max_body_bytes, minimum=1024),
+            env_zygotes=read.whole("FN_ENV_ZYGOTES", defaults.env_zygotes, 0, 1000),
             zygote=read.flag("FN_ZYGOTE", defaults.zygote),
             templates=read.flag("FN_TEMPLATES", defaults.templates),
             max_source_bytes=read.size_bytes(

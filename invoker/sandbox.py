@@ -167,6 +167,13 @@ def fork_instance(spec: GenericSpec) -> int:
     return pid
 
 
+def forget_pid_namespace() -> None:
+    """In a fork that becomes a zygote itself: the descriptor of the PID namespace was its
+    parent's (closed with the rest); it opens its own."""
+    global _own_pid_namespace
+    _own_pid_namespace = None
+
+
 def enter(spec: GenericSpec) -> Walls:
     """Build the generic walls in the process `fork_instance` made; returns in the invoker
     process only (see the module doc)."""

@@ -11,6 +11,11 @@ stdin/stdout with the local backend:
     <- forked ID PID PORT    the instance is accepting connections (PORT 0 for unix:)
     <- failed ID MESSAGE
     <- exit PID CODE         an instance ended (CODE: exit code, or minus the signal number)
+    -> zygote ID JSON        {"address": unix:/path, "path": DIR, "modules": [...]}: fork an
+                             environment's zygote (`invoker.env_zygote`), announced `forked ID
+                             PID 0` once it has imported them, listening on ADDRESS: the first
+                             connection there speaks this same protocol with it (its instances'
+                             `forked` and `exit` lines, on that connection), else `failed`
 
 It is single-threaded and runs no event loop, so forking is safe. Instances die with the zygote
 (PR_SET_PDEATHSIG), and the zygote exits when its stdin closes, so nothing outlives the platform.
@@ -36,11 +41,13 @@ import orjson
 
 # Imported here, before any fork, so that instances start with everything already loaded.
 import invoker.context
+import invoker.env_zygote
 import invoker.protocol
 import invoker.runtime
 import invoker.sandbox
 import invoker.seccomp
 import invoker.specs
+import invoker.template
 
 _PR_SET_PDEATHSIG = 1
 _PRELOADED = (invoker.context, invoker.protocol, invoker.runtime, invoker.sandbox, invoker.seccomp)
@@ -91,12 +98,15 @@ def _announce(starting: _Starting) -> None:
     _selector.unregister(starting.ready_fd)
     del _starting[starting.ready_fd]
     try:
-        ready = os.read(starting.ready_fd, 1) == b"r"
+        said = os.read(starting.ready_fd, 512)
     except OSError:
-        ready = False
+        said = b""
     os.close(starting.ready_fd)
-    if ready:
+    if said[:1] == b"r":
         _write(f"forked {starting.request_id} {starting.pid} {starting.port}\n")
+    elif said[:1] == b"e":  # an environment's zygote refused (invoker.env_zygote)
+        why = said[1:].decode(errors="replace").replace("\n", " ")
+        _write(f"failed {starting.request_id} {why}\n")
     else:
         _write(
             f"failed {starting.request_id} the instance exited while its sandbox was "
@@ -141,6 +151,7 @@ def _fork(request_id: str, request: str, wakeup: tuple[int, int]) -> None:
             os.close(devnull)
             os.dup2(2, 1)  # the control pipe is the zygote's alone
             _close_inherited(sock.fileno(), ready_w)
+            invoker.template.reseed()  # (an environment's zygote may have imported numpy)
             walls = invoker.sandbox.enter(spec)
             walls.private_tmp(invoker.context.MAX_LOG_BYTES)
             os.write(ready_w, b"r")  # the walls are up: the zygote may announce us
@@ -162,6 +173,78 @@ def _fork(request_id: str, request: str, wakeup: tuple[int, int]) -> None:
     starting = _Starting(request_id, pid, port, ready_r)
     _starting[ready_r] = starting
     _selector.register(ready_r, selectors.EVENT_READ, starting)
+
+
+def _fork_zygote(request_id: str, request: str) -> None:
+    """Fork an environment's zygote: it imports the environment's packages, then serves this
+    protocol on the first connection to its address (see the module doc)."""
+    try:
+        parsed = orjson.loads(request)
+        address, path = str(parsed["address"]), str(parsed["path"])
+        modules = [str(m) for m in parsed.get("modules", [])]
+        sock = invoker.protocol.listen(address)
+    except (orjson.JSONDecodeError, KeyError, TypeError, OSError) as exc:
+        _write(f"failed {request_id} bad zygote request: {exc}\n")
+        return
+    parent = os.getpid()
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            signal.set_wakeup_fd(-1)
+            os.setsid()
+            _die_with_parent(parent)
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(devnull, 0)
+            os.close(devnull)
+            os.dup2(2, 1)
+            _close_inherited(sock.fileno(), ready_w)
+            _forget_parent_state()
+            try:
+                imported = invoker.env_zygote.prepare(path, modules)
+            except invoker.env_zygote.EnvironmentRefused as exc:
+                os.write(ready_w, b"e" + str(exc).encode()[:500])
+                return
+            os.write(ready_w, b"r")
+            os.close(ready_w)
+            sock.settimeout(10.0)
+            conn, _ = sock.accept()
+            sock.close()
+            os.dup2(conn.fileno(), 0)
+            os.dup2(conn.fileno(), 1)
+            conn.close()
+            _serve({**_capabilities, **imported})
+            code = 0
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    sock.close()
+    os.close(ready_w)
+    os.set_blocking(ready_r, False)
+    starting = _Starting(request_id, pid, 0, ready_r)
+    _starting[ready_r] = starting
+    _selector.register(ready_r, selectors.EVENT_READ, starting)
+
+
+def _forget_parent_state() -> None:
+    """In a new environment's zygote: the runtime zygote's children, selector and namespace
+    descriptor are not its own (their descriptors are closed already)."""
+    global _selector
+    _starting.clear()
+    _namespace_inits.clear()
+    # Kept, never collected: its descriptor is closed, and its number may be the new one's.
+    _abandoned.append(_selector)
+    _selector = selectors.DefaultSelector()
+    invoker.sandbox.forget_pid_namespace()
+
+
+_abandoned: list[selectors.BaseSelector] = []
+_capabilities: dict[str, object] = {}
+"""What `invoker.sandbox.probe` found (an environment's zygote reports it again)."""
 
 
 _namespace_inits: set[int] = set()
@@ -192,6 +275,11 @@ def run_zygote() -> None:
     capabilities = invoker.sandbox.probe()  # before our SIGCHLD handler: it reaps its child
     if capabilities.get("seccomp"):
         invoker.seccomp.precompile()
+    _capabilities.update(capabilities)
+    _serve(capabilities)
+
+
+def _serve(capabilities: dict[str, object]) -> None:
     # What is loaded now is never collected: a collection in an instance would otherwise
     # write to every object's header and copy the pages it shares with us.
     gc.collect()
@@ -228,5 +316,7 @@ def run_zygote() -> None:
                 parts = line.decode().split(maxsplit=2)  # the JSON may hold spaces
                 if len(parts) == 3 and parts[0] == "fork":
                     _fork(parts[1], parts[2], (wake_r, wake_w))
+                elif len(parts) == 3 and parts[0] == "zygote":
+                    _fork_zygote(parts[1], parts[2])
                 elif parts:
                     _write(f"failed ? unknown command {line.decode()!r}\n")

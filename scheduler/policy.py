@@ -415,7 +415,8 @@ def adaptive_histogram() -> HybridHistogram:
 
 def parse_policy(spec: str) -> Policy:
     """`fixed:10m`, `fixed:600`, `histogram`, `histogram-cost:2h`, `histogram-cost:30m/5m`
-    (break-even / start cost), `adaptive` -> a policy object; ValueError names the spec."""
+    (break-even / start cost), `adaptive`, `adaptive:45m/4m` (its prices changed) -> a policy
+    object; ValueError names the spec."""
     kind, _, arg = spec.partition(":")
     if kind == "fixed":
         return FixedKeepAlive(_seconds(arg, spec) if arg else DEFAULT_KEEP_ALIVE_S)
@@ -423,16 +424,20 @@ def parse_policy(spec: str) -> Policy:
         return HybridHistogram()
     if kind == "adaptive" and not arg:
         return adaptive_histogram()
-    if kind == "histogram-cost":
+    if kind in ("histogram-cost", "adaptive"):
         if not arg:
             return cost_histogram()
         break_even, _, start_cost = arg.partition("/")
-        return cost_histogram(
-            _seconds(break_even, spec), _seconds(start_cost, spec) if start_cost else 0.0
-        )
+        prices = (_seconds(break_even, spec), _seconds(start_cost, spec) if start_cost else 0.0)
+        if kind == "histogram-cost":
+            return cost_histogram(*prices)
+        histogram = adaptive_histogram()  # with other prices: for the simulator's sweeps
+        histogram.break_even_s, histogram.start_cost_s = prices
+        return histogram
     raise ValueError(
         f'unknown policy "{spec}": expected fixed:DURATION (like fixed:10m), histogram, '
-        "histogram-cost[:BREAK_EVEN[/START_COST]] (like histogram-cost:2h) or adaptive"
+        "histogram-cost[:BREAK_EVEN[/START_COST]] (like histogram-cost:2h) or "
+        "adaptive[:BREAK_EVEN/START_COST]"
     )
 
 

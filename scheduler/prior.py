@@ -9,6 +9,7 @@ population's (`POPULATION_PRIOR`), spread over the histogram's bins by `prior_sh
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 
 POPULATION_PRIOR: tuple[tuple[float, float], ...] = (
     (60.0, 0.456),
@@ -23,7 +24,31 @@ POPULATION_PRIOR: tuple[tuple[float, float], ...] = (
 )
 """The idle times of a typical function, as (upper bound in seconds, share) bands: each
 function's idle times in the tune half of the Azure 2019 trace sample, weighted equally per
-function. Bands, not the exact minutes, so no one timer's period is learnt from it."""
+function (`fit_prior`). Bands, not the exact minutes, so no one timer's period is learnt from it."""
+
+PRIOR_BOUNDS_S: tuple[float, ...] = tuple(high for high, _ in POPULATION_PRIOR)
+"""The bands' upper bounds in seconds: 1, 5, 10, 20, 30 minutes, 1, 2, 4 hours, beyond."""
+
+
+def fit_prior(
+    idle_times_s: Iterable[Sequence[float]], bounds_s: Sequence[float] = PRIOR_BOUNDS_S
+) -> tuple[tuple[float, float], ...]:
+    """A prior from the idle times of a population, one sequence per function: each band's
+    share of a function's idle times, averaged over the functions that have any (a function
+    called 10,000 times weighs what one called 3 times does). `POPULATION_PRIOR` is this over
+    the tune half of the trace sample; the split-half benchmark fits one per tune half."""
+    totals = [0.0] * len(bounds_s)
+    functions = 0
+    for gaps in idle_times_s:
+        if not gaps:
+            continue
+        functions += 1
+        for gap in gaps:
+            band = next((i for i, high in enumerate(bounds_s) if gap < high), len(bounds_s) - 1)
+            totals[band] += 1 / len(gaps)
+    if not functions:
+        raise ValueError("no idle times to fit a prior on: every function was called once")
+    return tuple((high, round(t / functions, 3)) for high, t in zip(bounds_s, totals, strict=True))
 
 
 def prior_shares(

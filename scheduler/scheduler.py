@@ -110,6 +110,9 @@ class Scheduler(Upkeep):
         self._changed = asyncio.Event()
         self._watchers = 0
         self._stopping = False
+        self.keeps_warm: Callable[[str], bool] = lambda _function: True
+        """Whether instances of a function are kept here ahead of calls (`min_warm`, prewarms,
+        a keep-alive): not where another gateway is its home (gateway/routing.py)."""
 
     @property
     def failed(self) -> BaseException | None:

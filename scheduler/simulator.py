@@ -37,6 +37,8 @@ class FunctionResult:
     cold: int = 0
     starts: int = 0
     idle_mb_s: float = 0.0
+    cold_at: list[float] = field(default_factory=list)
+    """The arrival times of the cold calls (`simulate` only; the oracles count)."""
 
     @property
     def cold_rate(self) -> float:
@@ -158,6 +160,18 @@ def cap_durations(traces: list[FunctionTrace], max_duration_s: float) -> list[Fu
     ]
 
 
+def idle_times(trace: FunctionTrace) -> list[float]:
+    """The idle times the simulator's single instance sees: from the end of a busy period
+    (overlapping calls joined) to the next call, in seconds."""
+    gaps: list[float] = []
+    busy_until = -math.inf
+    for arrival in trace.arrivals:
+        if arrival >= busy_until > -math.inf:
+            gaps.append(arrival - busy_until)
+        busy_until = max(busy_until, arrival + trace.duration_s)
+    return gaps
+
+
 def _one(folder: Path, pattern: str) -> Path:
     found = sorted(folder.glob(pattern))
     if not found:
@@ -238,6 +252,7 @@ def _simulate_function(trace: FunctionTrace, policy: Policy, end: float) -> Func
         if not warm:
             out.cold += 1
             out.starts += 1
+            out.cold_at.append(arrival)
         policy.on_arrival(name, arrival)
         busy_until = arrival + duration
     if busy_until > -math.inf:  # the idle tail after the last call

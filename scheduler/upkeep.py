@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from invoker.protocol import Reply
 from scheduler.backends import Backend, BackendError, TemplateBackend
+from scheduler.backends.env_zygotes import EnvZygoteBackend, EnvZygotes
 from scheduler.capacity import Room
 from scheduler.errors import AtCapacity, SchedulerError, StartFailed
 from scheduler.live import (
@@ -61,6 +62,7 @@ class Upkeep:
     _refill: asyncio.Event
     _stopping: bool
     _prepare: Prepare | None
+    keeps_warm: Callable[[str], bool]
 
     if TYPE_CHECKING:
 
@@ -99,6 +101,8 @@ class Upkeep:
     def _forkable(self, version: Version) -> bool:
         """A new instance of `version` is to be forked from its template (not a generic
         instance specialized: that would import the module again)."""
+        if self._env_zygotes and self._env_zygotes.fork_source(version.package.env_hash):
+            return True  # (or from its trusted environment's zygote: imported its packages)
         templates = self._templates
         return templates is not None and templates.has_template(version)
 
@@ -152,7 +156,16 @@ class Upkeep:
         templates, template_bytes = (
             (0, 0) if self._templates is None else self._templates.template_usage()
         )
+        zygotes, zygote_bytes = (0, 0) if self._env_zygotes is None else self._env_zygotes.usage()
+        templates, template_bytes = templates + zygotes, template_bytes + zygote_bytes
         return count + templates, memory + template_bytes + sum(self._instance_stops.values())
+
+    @functools.cached_property
+    def _env_zygotes(self) -> EnvZygotes | None:
+        """Trusted environments' zygotes (`scheduler.backends.env_zygotes`), if the backend
+        keeps them: charged like templates, and their environments' instances forked."""
+        backend = self.backend
+        return backend.env_zygotes if isinstance(backend, EnvZygoteBackend) else None
 
     def _make_room(
         self, memory_bytes: int, key: VersionKey | None, *, evict: bool, fork: bool = False
@@ -209,6 +222,29 @@ class Upkeep:
                 idle.append(instance)
         await asyncio.gather(*(self._drop(i, "function deleted", restart=False) for i in idle))
 
+    def let_go(self) -> int:
+        """Stop the instances of functions no longer kept here (`keeps_warm`: their home moved
+        to another gateway): idle ones now, busy ones when their calls end, not after their
+        keep-alive; one still starting serves its waiting call first. Returns how many."""
+        now = self.clock()
+        let_go = 0
+        for instance in list(self.pool.instances.values()):
+            key = instance.key
+            if key is None or instance.state is not State.READY or self.keeps_warm(key[0]):
+                continue
+            self.pool.cancel_prewarms(key[0])
+            idle = instance.busy == 0
+            if idle:
+                self.pool.stopped(instance, now)
+            self.pool.remove(instance)  # (a busy one stops when its last call ends)
+            if idle:
+                stop = self._drop(instance, "its home is another gateway", restart=False)
+                self._tasks.spawn(stop, f"stop {instance.id}")
+            let_go += 1
+        if let_go:
+            self._notify()
+        return let_go
+
     async def _reaper(self) -> None:
         while True:
             now = self.clock()
@@ -261,6 +297,8 @@ class Upkeep:
         active = self._active.get(key[0])
         if tracked is None or self._stopping or (active is not None and active != key):
             return  # unknown, or no longer the active version
+        if not self.keeps_warm(key[0]):
+            return
         if self.pool.count(key) > 0:
             for existing in self.pool.of_function(key[0]):
                 if existing.key == key and existing.busy == 0 and existing.state is State.READY:
@@ -305,7 +343,11 @@ class Upkeep:
                 self._templates.drop_templates(version.function, keep_version=key[1])
         if previous != key:
             self.pool.cancel_prewarms(version.function)
-        if self._stopping or self.start_backoff_remaining_s(key) > 0:
+        if (
+            self._stopping
+            or self.start_backoff_remaining_s(key) > 0
+            or not self.keeps_warm(version.function)
+        ):
             return
         settings = self.policies.settings(version.function)
         missing = min(settings.min_warm, settings.max_instances) - self.pool.count(key)
@@ -349,10 +391,11 @@ class Upkeep:
         `admit` makes it the first warm instance of the stored version, `drop_checked_soon`
         stops it.
         """
-        evicting = self._make_room(version.config.memory_bytes, None, evict=True)
+        fork = self._forkable(version)  # (of its trusted environment's zygote, if ready)
+        evicting = self._make_room(version.config.memory_bytes, None, evict=True, fork=fork)
         if evicting is None:
             raise self._full(version)
-        instance, fresh = self._take_instance()
+        instance, fresh = self._take_instance(fork)
         self._live[instance.id].memory_bytes = version.config.memory_bytes
         instance.state = State.STARTING
         self._refill.set()
@@ -415,8 +458,8 @@ class Upkeep:
         if tracked is not None and self._versions.get(key) is tracked:  # (not deleted, rolled)
             self._keep_template(version, meta, code, {"ok": True})
 
-    def drop_checked_soon(self, checked: Checked) -> None:
-        self._stop_soon(checked.instance, "deploy did not complete")
+    def drop_checked_soon(self, checked: Checked, reason: str = "deploy did not complete") -> None:
+        self._stop_soon(checked.instance, reason)
 
     # -- read-outs --------------------------------------------------------------------------
 

@@ -4,11 +4,13 @@ make (the archives are kept in chunks)."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from store.base import StoreBase, retry_once
-from store.errors import FunctionNotFound, StoreError, VersionNotFound
+from store.errors import FunctionNotFound, NotFound, StoreError, VersionNotFound
 from store.queries import QUERIES
 from store.records import (
     NO_PACKAGE,
@@ -17,9 +19,30 @@ from store.records import (
     Function,
     FunctionConfig,
     Package,
+    Row,
     Version,
     code_digest,
 )
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class TrustedEnvironment:
+    """An environment the operator trusts: the local backend keeps a zygote of it."""
+
+    hash: str
+    modules: list[str]
+    """What its zygote imports (empty: its dists' top-level packages)."""
+    trusted_at: datetime.datetime
+    requirements: str
+
+    @classmethod
+    def from_row(cls, row: Row) -> TrustedEnvironment:
+        return cls(
+            hash=row["hash"],
+            modules=list(row["modules"]),
+            trusted_at=row["trusted_at"],
+            requirements=row["requirements"],
+        )
 
 
 class FunctionStore(StoreBase):
@@ -204,3 +227,26 @@ class FunctionStore(StoreBase):
         async with self._conn() as conn:
             rows = await conn.fetch(QUERIES["list_builds"], function, limit)
         return [Build.from_row(r) for r in rows]
+
+    # -- trusted environments (the admin's) -------------------------------------------------
+
+    async def trust_environment(self, env_hash: str, modules: list[str]) -> TrustedEnvironment:
+        """Trust an environment; raises NotFound when there is none with that hash."""
+        async with self._conn() as conn:
+            row = await conn.fetchrow(QUERIES["trust_environment"], env_hash, modules)
+        if row is None:
+            raise NotFound(
+                f"no environment {env_hash}: a deploy with requirements builds one "
+                "(fn env trust --function NAME trusts the one a deployed function uses)"
+            )
+        return TrustedEnvironment.from_row(row)
+
+    async def untrust_environment(self, env_hash: str) -> bool:
+        async with self._conn() as conn:
+            return await conn.fetchval(QUERIES["untrust_environment"], env_hash) is not None
+
+    @retry_once
+    async def list_trusted_environments(self) -> list[TrustedEnvironment]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(QUERIES["list_trusted_environments"])
+        return [TrustedEnvironment.from_row(r) for r in rows]

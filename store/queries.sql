@@ -678,3 +678,22 @@ UPDATE ember_gateways SET address = $2 WHERE id = $1;
 SELECT id, name, address FROM ember_gateways
 WHERE address IS NOT NULL AND heartbeat_at >= now() - make_interval(secs => $1)
 ORDER BY id;
+
+-- Trusted environments (scheduler/backends/env_zygotes.py) ------------------------------------
+
+-- name: trust_environment
+-- Trust environment $1, importing modules $2 (empty: its top-level packages); NULL when there
+-- is no such environment.
+INSERT INTO ember_trusted_envs (hash, modules)
+SELECT hash, $2 FROM ember_environments WHERE hash = $1
+ON CONFLICT (hash) DO UPDATE SET modules = EXCLUDED.modules, trusted_at = now()
+RETURNING hash, modules, trusted_at,
+    (SELECT requirements FROM ember_environments e WHERE e.hash = ember_trusted_envs.hash);
+
+-- name: untrust_environment
+DELETE FROM ember_trusted_envs WHERE hash = $1 RETURNING hash;
+
+-- name: list_trusted_environments
+SELECT t.hash, t.modules, t.trusted_at, e.requirements FROM ember_trusted_envs t
+JOIN ember_environments e USING (hash)
+ORDER BY t.trusted_at;

@@ -10,7 +10,18 @@ from __future__ import annotations
 
 import click
 
-from fn.cli import activations, apply, describe, events, functions, init, policy, tenancy, up
+from fn.cli import (
+    activations,
+    apply,
+    describe,
+    environments,
+    events,
+    functions,
+    init,
+    policy,
+    tenancy,
+    up,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -68,6 +79,7 @@ for _command in (
     tenancy.secret,
     tenancy.namespace,
     tenancy.audit,
+    environments.env,
 ):
     cli.add_command(_command)
 

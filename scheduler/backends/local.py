@@ -40,6 +40,8 @@ from scheduler.backends.cgroups import (
     InstanceCgroup,
     detect_cgroups,
 )
+from scheduler.backends.code_dirs import remove_code_dirs, remove_dirs_of_dead_platforms
+from scheduler.backends.env_zygotes import EnvZygotes
 from scheduler.backends.firewall import install_firewall
 from scheduler.backends.isolation import (
     IsolationError,
@@ -87,26 +89,6 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-def _remove_code_dirs(folder: str, pid: int) -> None:
-    for code_dir in Path(folder).glob(f"ember-fn-{pid}-*"):
-        shutil.rmtree(code_dir, ignore_errors=True)
-
-
-def _remove_dirs_of_dead_platforms() -> None:
-    """A platform killed with SIGKILL leaves its socket directory (and its instances' code):
-    the next one removes the directories of platforms whose process is gone."""
-    for folder in Path(tempfile.gettempdir()).glob("ember-*-*"):
-        owner = folder.name.split("-")[1]
-        if not owner.isdigit() or not folder.is_dir():
-            continue
-        try:
-            os.kill(int(owner), 0)
-        except ProcessLookupError:
-            shutil.rmtree(folder, ignore_errors=True)
-        except PermissionError:
-            pass  # alive, someone else's
-
-
 @dataclass(slots=True, eq=False)
 class LocalHandle:
     """An instance we spawned ourselves: we are its parent."""
@@ -152,7 +134,7 @@ class LocalBackend:
         # Instances listen on Unix sockets in a directory only we can enter (mode 0700):
         # cheaper than TCP over loopback, and no other local user can reach user code.
         if unix_sockets:
-            _remove_dirs_of_dead_platforms()
+            remove_dirs_of_dead_platforms()
         self._socket_dir = (
             tempfile.mkdtemp(prefix=f"ember-{os.getpid()}-") if unix_sockets else None
         )
@@ -166,6 +148,12 @@ class LocalBackend:
             Templates(self, self._socket_dir) if self._socket_dir and zygote and templates else None
         )
         """Versions' templates (`scheduler.backends.templates`): forked, not imported."""
+        self.env_zygotes = (
+            EnvZygotes(self._socket_dir, self._ensure_zygote, self.fork_generic)
+            if zygote and self._socket_dir
+            else None
+        )
+        """Zygotes of trusted environments (`scheduler.backends.env_zygotes`)."""
 
     @property
     def zygote_pid(self) -> int | None:
@@ -342,20 +330,11 @@ class LocalBackend:
                         handle = spare or await self.templates.fork(template, instance_id, address)
                         self._handles.add(handle)
                         return handle
-                if self.use_zygote:
-                    zygote = await self._ensure_zygote()
-                    cgroup = self.new_cgroup(instance_id)
-                    spec = dict(self._generic_spec)
-                    if cgroup is not None:
-                        spec["cgroup_procs"] = cgroup.procs_files
-                    try:
-                        handle = await zygote.fork(address, spec)
-                    except BaseException:
-                        if cgroup is not None:  # (removed once empty, off the event loop)
-                            cgroup.kill()
-                            asyncio.get_running_loop().run_in_executor(None, cgroup.release)
-                        raise
-                    handle.cgroup = cgroup
+                if self.use_zygote:  # (of its trusted environment's zygote, if it has one)
+                    envs, env = self.env_zygotes, version and version.package.env_hash
+                    handle = (envs and env and await envs.start(env, instance_id, address)) or (
+                        await self.fork_generic(await self._ensure_zygote(), instance_id, address)
+                    )
                 else:
                     handle = await self._spawn(instance_id, address)
         except TimeoutError:
@@ -396,6 +375,23 @@ class LocalBackend:
                 f"cannot create the cgroup of instance {instance_id}: {exc}"
             ) from exc
         return cgroup
+
+    async def fork_generic(self, zygote: Zygote, instance_id: str, address: str) -> ForkedHandle:
+        """A generic instance, walled in, forked by `zygote` (the runtime's, or a trusted
+        environment's: `scheduler.backends.env_zygotes`)."""
+        cgroup = self.new_cgroup(instance_id)
+        spec = dict(self._generic_spec)
+        if cgroup is not None:
+            spec["cgroup_procs"] = cgroup.procs_files
+        try:
+            handle = await zygote.fork(address, spec)
+        except BaseException:
+            if cgroup is not None:  # (removed once empty, off the event loop)
+                cgroup.kill()
+                asyncio.get_running_loop().run_in_executor(None, cgroup.release)
+            raise
+        handle.cgroup = cgroup
+        return handle
 
     async def _ensure_zygote(self) -> Zygote:
         async with self._zygote_lock:
@@ -454,7 +450,7 @@ class LocalBackend:
                     os.unlink(handle.host[len("unix:") :])
             pid = handle.pid if isinstance(handle, ForkedHandle | LocalHandle) else None
             if self._socket_dir is not None and pid is not None:
-                _remove_code_dirs(self._socket_dir, pid)
+                remove_code_dirs(self._socket_dir, pid)
             if isinstance(handle, ForkedHandle) and handle.cgroup is not None:
                 # What left the process group and the namespace's init; off the event loop
                 # (removing a memory cgroup can take a while).
@@ -491,6 +487,8 @@ class LocalBackend:
         if self.templates is not None:
             await self.templates.close()
         await asyncio.gather(*(self.stop_instance(h, grace_s=1.0) for h in list(self._handles)))
+        if self.env_zygotes is not None:  # (after their instances: they die with it)
+            await self.env_zygotes.close()
         if self._zygote is not None:
             await self._zygote.close()
             self._zygote = None

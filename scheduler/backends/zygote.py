@@ -13,7 +13,7 @@ import os
 import re
 import signal
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -23,7 +23,23 @@ from scheduler.backends.cgroups import InstanceCgroup
 log = logging.getLogger("ember.scheduler.local")  # part of the local backend
 
 
-async def first_line(process: asyncio.subprocess.Process) -> bytes:
+class ZygoteProcess(Protocol):
+    """What the client needs of a zygote: a subprocess (the runtime's zygote), or an
+    environment's zygote reached on a Unix socket (`scheduler.backends.env_zygotes`)."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def stdin(self) -> asyncio.StreamWriter | None: ...
+    @property
+    def stdout(self) -> asyncio.StreamReader | None: ...
+    @property
+    def returncode(self) -> int | None: ...
+    async def wait(self) -> int | None: ...
+    def kill(self) -> None: ...
+
+
+async def first_line(process: ZygoteProcess) -> bytes:
     """What a starting invoker or zygote says first; it is killed if we stop waiting."""
     assert process.stdout is not None
     try:
@@ -71,7 +87,7 @@ class Zygote:
     protocol's lines means the pipe was tampered with: the zygote is killed (and replaced on
     the next start) and the reason kept for /healthz."""
 
-    def __init__(self, process: asyncio.subprocess.Process, capabilities: dict[str, Any]) -> None:
+    def __init__(self, process: ZygoteProcess, capabilities: dict[str, Any]) -> None:
         self.capabilities = capabilities
         self.broken: str | None = None
         self.process = process
@@ -81,7 +97,7 @@ class Zygote:
         self.reader = asyncio.create_task(self._read(), name="zygote reader")
 
     @classmethod
-    async def ready(cls, process: asyncio.subprocess.Process) -> Zygote:
+    async def ready(cls, process: ZygoteProcess) -> Zygote:
         """The client of a zygote just started, once it says it is ready (with what this host
         lets it build: `invoker.sandbox.probe`)."""
         line = await first_line(process)
@@ -142,13 +158,21 @@ class Zygote:
         return self.process.returncode is None and not self.reader.done()
 
     async def fork(self, address: str, sandbox: dict[str, Any]) -> ForkedHandle:
+        return await self._request(b"fork", address, {"sandbox": sandbox})
+
+    async def fork_zygote(self, address: str, path: str, modules: list[str]) -> ForkedHandle:
+        """Fork an environment's zygote that imports `modules` from `path` and listens on
+        `address` (`invoker.env_zygote`); its handle once it has imported them."""
+        return await self._request(b"zygote", address, {"path": path, "modules": modules})
+
+    async def _request(self, verb: bytes, address: str, fields: dict[str, Any]) -> ForkedHandle:
         assert self.process.stdin is not None
         self.counter += 1
         request_id = str(self.counter)
         fut: asyncio.Future[ForkedHandle] = asyncio.get_running_loop().create_future()
         self.requests[request_id] = (address, fut)
-        request = orjson.dumps({"address": address, "sandbox": sandbox})
-        self.process.stdin.write(b"fork %s %s\n" % (request_id.encode(), request))
+        request = orjson.dumps({"address": address, **fields})
+        self.process.stdin.write(b"%s %s %s\n" % (verb, request_id.encode(), request))
         return await fut
 
     async def close(self) -> None:

@@ -185,7 +185,9 @@ def homes_by(homes: list[Home], run: uuid.UUID) -> Home:
 
 
 @contextmanager
-def gateway_process(tmp_path: Path, database_url: str, name: str) -> Iterator[tuple[Any, str]]:
+def gateway_process(
+    tmp_path: Path, database_url: str, name: str, **extra_env: str
+) -> Iterator[tuple[Any, str]]:
     """`python -m gateway` on a free port, sharing the test's database."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FN_")}
     env.update(
@@ -197,6 +199,7 @@ def gateway_process(tmp_path: Path, database_url: str, name: str) -> Iterator[tu
         EMBER_GATEWAY_ID=name,
         FN_GENERIC_POOL="1",
         FN_EXPOSE=str(shared(tmp_path)),
+        **extra_env,
     )
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway"], env=env, cwd=ROOT, stderr=subprocess.PIPE

@@ -254,6 +254,18 @@ def test_adaptive_is_the_cost_plan_with_the_prior_and_timers() -> None:
     assert parse_policy("histogram-cost:30m/5m").name == "histogram-cost:1800s/300s"
 
 
+def test_adaptive_with_other_prices_for_the_simulators_sweeps() -> None:
+    swept = parse_policy("adaptive:45m/4m")
+    assert isinstance(swept, HybridHistogram)
+    assert (swept.break_even_s, swept.start_cost_s) == (2700.0, 240.0)
+    assert swept.prior == POPULATION_PRIOR
+    assert swept.timers is not None
+    assert swept.name == "histogram-cost:2700s/240s+prior+timers"
+    assert parse_policy("adaptive:30m/5m").name == "adaptive"  # the default's own prices
+    with pytest.raises(ValueError, match="adaptive:45m/x"):
+        parse_policy("adaptive:45m/x")
+
+
 def test_idle_times_are_learnt_between_calls_only() -> None:
     # Live, a deploy's import check leaves a ready instance before any call: the time from
     # then to the first call is not a gap between calls (the simulator never sees it).

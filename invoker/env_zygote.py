@@ -1,0 +1,113 @@
+"""An environment's zygote: a fork of the runtime zygote that has imported the packages of one
+environment the operator declared trusted, and forks that environment's instances.
+
+It runs before any wall and before any function code, as the runtime zygote does (its scrubbed
+environment: no secrets, no token), so only code the operator trusted runs in a process that
+later builds other functions' walls (docs/security.md). Here it:
+
+- puts the environment's directory on `sys.path` and imports its top-level packages, with no
+  network at all when it can make a network namespace (as root) and returns to the host's
+  after; thread pools that numeric libraries start at import are held to one thread
+  (`THREAD_VARIABLES`);
+- refuses (the zygote is not made, the environment's instances import as before) when the
+  imports left a thread running or a file descriptor open: a fork has no copy of another
+  thread, and two processes on one descriptor share its offset or its connection;
+- freezes what it loaded out of the garbage collector's reach, so forks keep sharing its pages.
+
+What a fork must not share with its siblings is handled in each fork as for templates
+(`invoker.template.reseed`: numpy's global generator; `random` reseeds itself at fork).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib
+import os
+import sys
+import threading
+from collections.abc import Iterator
+
+from invoker.linux import CLONE_NEWNET, check, libc, unshare
+
+THREAD_VARIABLES = (
+    "OPENBLAS_NUM_THREADS",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+)
+"""Set to 1 before the imports (OpenBLAS and OpenMP start their pools at import otherwise);
+the forks keep them: an instance has one CPU unless --cpus says more."""
+
+
+class EnvironmentRefused(Exception):
+    """The environment's imports left state that forks cannot share: no zygote for it."""
+
+
+def _open_fds() -> set[int]:
+    return {int(name) for name in os.listdir("/proc/self/fd")}
+
+
+def _threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+@contextlib.contextmanager
+def _no_network() -> Iterator[None]:
+    """A network namespace with nothing in it for the imports, as root; then the host's again
+    (the forks need it for --network egress). Not root: the platform's network (reported)."""
+    if os.geteuid() != 0:
+        yield
+        return
+    host = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        unshare(CLONE_NEWNET)
+        try:
+            yield
+        finally:
+            check(libc().setns(host, CLONE_NEWNET), "setns")
+    finally:
+        os.close(host)
+
+
+def prepare(path: str, modules: list[str]) -> dict[str, object]:
+    """Import `modules` from the environment at `path` into this process; returns what was
+    imported and what failed to (skipped: the function imports it itself). Raises
+    EnvironmentRefused."""
+    for name in THREAD_VARIABLES:
+        os.environ.setdefault(name, "1")
+    sys.path.insert(0, path)
+    fds, threads = _open_fds(), _threads()
+    imported: list[str] = []
+    skipped: dict[str, str] = {}
+    with _no_network():
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except (Exception, SystemExit) as exc:
+                skipped[name] = f"{type(exc).__name__}: {exc}"[:200]
+            else:
+                imported.append(name)
+    if not imported:
+        raise EnvironmentRefused(f"none of {', '.join(modules)} could be imported: {skipped}"[:400])
+    started = _threads() - threads
+    if started > 0 or threading.active_count() > 1:
+        names = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+        raise EnvironmentRefused(
+            f"importing {', '.join(modules)} started {max(started, len(names))} thread(s) "
+            f"({', '.join(names) or 'native'}): a fork would have none of them"
+        )
+    opened = _open_fds() - fds
+    if opened:
+        links = []
+        for fd in sorted(opened):
+            with contextlib.suppress(OSError):
+                links.append(os.readlink(f"/proc/self/fd/{fd}"))
+        raise EnvironmentRefused(
+            f"importing {', '.join(modules)} left {len(opened)} file descriptor(s) open "
+            f"({', '.join(links)[:200]}): forks would share them"
+        )
+    gc.collect()
+    gc.freeze()
+    return {"imported": imported, "skipped": skipped}

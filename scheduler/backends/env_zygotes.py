@@ -1,0 +1,419 @@
+"""Zygotes of the environments the operator trusts (`fn env trust`): the local backend forks the
+first instance of a function with requirements from a process that imported them already.
+
+An environment's zygote is a fork of the runtime zygote that, before any wall and before any
+function code, put the environment on its path and imported its top-level packages
+(`invoker.env_zygote`; the packages are read from its dists' `top_level.txt`, or the operator
+names them). It speaks the zygote protocol on a Unix socket in the platform's socket directory
+(0700), and forks generic instances exactly as the runtime zygote does: same cgroup, namespaces,
+and at specialization the function's uid, seccomp filter and network mode. Only an environment
+the operator declared trusted gets one: its import code then runs in a process that later builds
+other functions' walls (docs/security.md).
+
+Lifecycle: made in the background when the environment is trusted, and again when one of its
+versions is next needed after it was lost (a restart, a crash); at most `max_zygotes` exist (the
+least recently used one is retired for a new one). Retired (untrusted, or for room) it forks no
+more and exits once its last instance has exited (its instances die with it: they are not cut
+short). Each is charged its PSS and counts as one instance against the node's caps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import psutil
+
+from scheduler.backends import BackendError
+from scheduler.backends.zygote import ForkedHandle, Zygote
+
+log = logging.getLogger("ember.scheduler.local")  # part of the local backend
+
+MAX_ENV_ZYGOTES = 4
+"""Environments' zygotes on one node at most (FN_ENV_ZYGOTES)."""
+UNMEASURED_BYTES = 64 << 20
+"""What a zygote is charged until its PSS is measured."""
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+SPARE_BYTES = 16 << 20
+"""What a zygote's spare fork is charged (an idle fork of it: 11-13 MB PSS measured)."""
+SPARE_DELAY_S = 0.2
+"""A taken spare is replaced this long after: off the cold start's CPU."""
+
+Locate = Callable[[str], Awaitable[Path]]
+"""This node's unpacked copy of an environment (`Builder.local_path`)."""
+ForkGeneric = Callable[[Zygote, str, str], Awaitable[ForkedHandle]]
+"""Fork a generic instance, walled in, from a zygote: name (its cgroup's), address."""
+
+
+@runtime_checkable
+class EnvZygoteBackend(Protocol):
+    """A backend that forks the instances of trusted environments from their zygotes."""
+
+    env_zygotes: EnvZygotes | None
+
+
+def top_level_modules(path: Path) -> list[str]:
+    """The top-level packages of an environment's dists (`*.dist-info/top_level.txt`, else the
+    first part of the paths in its `RECORD`), sorted; private ones (`_x`) and tests left out."""
+    found: set[str] = set()
+    for dist in sorted(path.glob("*.dist-info")):
+        names = _read(dist / "top_level.txt").split()
+        if not names:
+            for line in _read(dist / "RECORD").splitlines():
+                first = line.split(",", 1)[0].split("/", 1)[0].removesuffix(".py")
+                if first and not first.endswith((".dist-info", ".data")) and first != "..":
+                    names.append(first)
+        found.update(n for n in names if _MODULE.fullmatch(n))
+    return sorted(n for n in found if not n.startswith("_") and n not in ("test", "tests"))
+
+
+def _read(path: Path) -> str:
+    """A small metadata file of the environment, never through a link."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return ""
+    with os.fdopen(fd, errors="replace") as f:
+        return f.read(1 << 20)
+
+
+class _Connection:
+    """An environment's zygote as the zygote client sees a process: its socket for the pipes,
+    its handle (the runtime zygote reports its exit) for the rest."""
+
+    def __init__(
+        self, handle: ForkedHandle, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self._handle = handle
+        self._reader = reader
+        self._writer = writer
+
+    @property
+    def pid(self) -> int:
+        return self._handle.pid
+
+    @property
+    def stdin(self) -> asyncio.StreamWriter:
+        return self._writer
+
+    @property
+    def stdout(self) -> asyncio.StreamReader:
+        return self._reader
+
+    @property
+    def returncode(self) -> int | None:
+        exited = self._handle.exited
+        return (exited.result() or 0) if exited.done() else None
+
+    async def wait(self) -> int | None:
+        return await self._handle.wait()
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self._handle.pid, signal.SIGKILL)
+        self._writer.close()
+
+
+@dataclass(slots=True, eq=False)
+class EnvZygote:
+    """One trusted environment and its zygote, once made."""
+
+    env_hash: str
+    modules: list[str]
+    """What the operator said to import (empty: its dists' top-level packages)."""
+    zygote: Zygote | None = None
+    making: asyncio.Task[None] | None = None
+    failure: str | None = None
+    """Why its last making failed (made again when next needed)."""
+    memory_bytes: int = UNMEASURED_BYTES
+    imported: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    last_used: float = 0.0
+    spare: ForkedHandle | None = None
+    """A generic instance forked from it and walled in, ready for the next cold start."""
+    refilling: asyncio.Task[None] | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.zygote is not None and self.zygote.alive
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "hash": self.env_hash,
+            "modules": self.modules,
+            "state": "ready" if self.ready else "making" if self.making else "not made",
+            "pid": self.zygote.process.pid if self.ready and self.zygote else None,
+            "imported": self.imported,
+            "skipped": self.skipped,
+            "pss_bytes": self.memory_bytes if self.ready else 0,
+            "spare": self.spare is not None and not self.spare.exited.done(),
+            "failure": self.failure,
+        }
+
+
+class EnvZygotes:
+    """The trusted environments of this node and their zygotes."""
+
+    def __init__(
+        self,
+        socket_dir: str,
+        runtime: Callable[[], Awaitable[Zygote]],
+        fork_generic: ForkGeneric,
+        *,
+        max_zygotes: int = MAX_ENV_ZYGOTES,
+    ) -> None:
+        self._socket_dir = socket_dir
+        self._runtime = runtime
+        self._fork_generic = fork_generic
+        self._spares = 0
+        self.locate: Locate | None = None
+        """Set by the platform (its builder): where an environment is unpacked on this node."""
+        self.max_zygotes = max_zygotes
+        self.trusted: dict[str, EnvZygote] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    def trust(self, env_hash: str, modules: list[str] | None = None, *, make: bool = True) -> None:
+        """Trust an environment (`make`: make its zygote now, in the background; else when one
+        of its versions is first needed). Trusting it again with other modules remakes it."""
+        modules = list(modules or [])
+        known = self.trusted.get(env_hash)
+        if known is not None and known.modules != modules:
+            self.untrust(env_hash)
+            known = None
+        if known is None:
+            known = self.trusted[env_hash] = EnvZygote(env_hash=env_hash, modules=modules)
+        if make:
+            self._make_soon(known)
+
+    def untrust(self, env_hash: str) -> bool:
+        """Forget an environment; its zygote forks no more and exits once its instances
+        have. False: it was not trusted."""
+        known = self.trusted.pop(env_hash, None)
+        if known is None:
+            return False
+        self._retire(known, "untrusted")
+        return True
+
+    def fork_source(self, env_hash: str | None) -> Zygote | None:
+        """The zygote to fork an instance of an environment from: its ready zygote, else None
+        (and, if the environment is trusted, its zygote is made in the background)."""
+        known = self.trusted.get(env_hash) if env_hash else None
+        if known is None:
+            return None
+        if known.ready:
+            known.last_used = time.monotonic()
+            return known.zygote
+        self._make_soon(known)
+        return None
+
+    async def start(self, env_hash: str, instance_id: str, address: str) -> ForkedHandle | None:
+        """A generic instance of a trusted environment for a cold start: its zygote's spare
+        (replaced in the background), else a fork of its zygote; None: it has no zygote ready
+        (or the fork failed), the caller forks one of the runtime's zygote."""
+        known = self.trusted.get(env_hash)
+        if known is None or not known.ready or known.zygote is None:
+            return None
+        known.last_used = time.monotonic()
+        spare, known.spare = known.spare, None
+        self._refill_soon(known)
+        if spare is not None and not spare.exited.done():
+            return spare
+        if spare is not None:
+            self._discard(spare)
+        try:
+            return await self._fork_generic(known.zygote, instance_id, address)
+        except BackendError as exc:
+            log.warning(
+                "an environment zygote could not fork: the runtime's zygote does",
+                extra={"environment": env_hash[:12], "reason": str(exc)},
+            )
+            return None
+
+    def usage(self) -> tuple[int, int]:
+        """Zygotes on the node (made, or being made) and their spares, and the memory they are
+        charged."""
+        alive = [k for k in self.trusted.values() if k.ready or k.making]
+        spares = sum(k.spare is not None for k in alive)
+        return len(alive) + spares, sum(k.memory_bytes for k in alive) + spares * SPARE_BYTES
+
+    def _refill_soon(self, known: EnvZygote) -> None:
+        if known.refilling is None or known.refilling.done():
+            known.refilling = asyncio.create_task(
+                self._refill(known), name=f"environment zygote spare {known.env_hash[:12]}"
+            )
+
+    async def _refill(self, known: EnvZygote) -> None:
+        """Fork the zygote's next spare (its walls built off the request path)."""
+        await asyncio.sleep(SPARE_DELAY_S)
+        zygote = known.zygote
+        if zygote is None or not zygote.alive or known.spare is not None:
+            return
+        self._spares += 1
+        name = f"env-{known.env_hash[:12]}-spare-{self._spares}"
+        try:
+            spare = await self._fork_generic(zygote, name, f"unix:{self._socket_dir}/{name}.sock")
+        except BackendError as exc:
+            log.warning(
+                "no spare fork for an environment zygote",
+                extra={"environment": known.env_hash[:12], "reason": str(exc)},
+            )
+            return
+        if known.zygote is zygote and known.spare is None:
+            known.spare = spare
+        else:  # retired, or taken and refilled meanwhile
+            self._discard(spare)
+
+    def _discard(self, spare: ForkedHandle) -> None:
+        """Stop a spare nobody will take (its process group, then its cgroup)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(spare.pid, signal.SIGKILL)
+        if spare.host.startswith("unix:"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(spare.host[len("unix:") :])
+        if spare.cgroup is not None:
+            cgroup = spare.cgroup
+            task = asyncio.create_task(_release_when_gone(spare, cgroup.release), name="spare")
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    def _make_soon(self, known: EnvZygote) -> None:
+        if known.ready or known.making is not None or self.locate is None or self.max_zygotes <= 0:
+            return
+        known.making = asyncio.create_task(
+            self._make(known), name=f"environment zygote {known.env_hash[:12]}"
+        )
+
+    async def _make(self, known: EnvZygote) -> None:
+        address = f"{self._socket_dir}/env-{known.env_hash[:16]}.sock"
+        try:
+            assert self.locate is not None
+            self._make_room(known)
+            path = await self.locate(known.env_hash)
+            modules = known.modules or await asyncio.to_thread(top_level_modules, path)
+            if not modules:
+                raise BackendError("its dists name no top-level package (top_level.txt)")
+            runtime = await self._runtime()
+            started = time.perf_counter()
+            handle = await runtime.fork_zygote(f"unix:{address}", str(path), modules)
+            try:
+                reader, writer = await asyncio.open_unix_connection(address)
+            except OSError as exc:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(handle.pid, signal.SIGKILL)
+                raise BackendError(f"cannot reach it: {exc}") from exc
+            zygote = await Zygote.ready(_Connection(handle, reader, writer))
+            known.imported = list(zygote.capabilities.get("imported", []))
+            known.skipped = dict(zygote.capabilities.get("skipped", {}))
+            known.memory_bytes = await asyncio.to_thread(_pss_bytes, handle.pid)
+            known.zygote, known.failure = zygote, None
+            known.last_used = time.monotonic()
+            if self.trusted.get(known.env_hash) is not known:  # untrusted meanwhile
+                self._retire(known, "untrusted while it was made")
+                return
+            self._refill_soon(known)
+            log.info(
+                "environment zygote ready",
+                extra={
+                    "environment": known.env_hash[:12],
+                    "pid": handle.pid,
+                    "imported": known.imported,
+                    "skipped": sorted(known.skipped),
+                    "make_ms": round((time.perf_counter() - started) * 1000, 1),
+                    "pss_bytes": known.memory_bytes,
+                },
+            )
+        except Exception as exc:
+            known.failure = str(exc)
+            log.warning(
+                "no zygote for a trusted environment: its instances import it",
+                extra={"environment": known.env_hash[:12], "reason": str(exc)},
+            )
+        finally:
+            known.making = None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(address)
+
+    def _make_room(self, known: EnvZygote) -> None:
+        """Retire the least recently used zygotes beyond the bound."""
+        made = [k for k in self.trusted.values() if k is not known and (k.ready or k.making)]
+        for victim in sorted(made, key=lambda k: k.last_used)[
+            : max(0, len(made) + 1 - self.max_zygotes)
+        ]:
+            self._drop_spare(victim)
+            if victim.zygote is not None:
+                zygote, victim.zygote = victim.zygote, None
+                self._retire_zygote(zygote, victim.env_hash, "the bound FN_ENV_ZYGOTES")
+
+    def _retire(self, known: EnvZygote, why: str) -> None:
+        if known.making is not None:
+            known.making.cancel()
+        self._drop_spare(known)
+        zygote, known.zygote = known.zygote, None
+        if zygote is not None:
+            self._retire_zygote(zygote, known.env_hash, why)
+
+    def _drop_spare(self, known: EnvZygote) -> None:
+        if known.refilling is not None:
+            known.refilling.cancel()
+        spare, known.spare = known.spare, None
+        if spare is not None:
+            self._discard(spare)
+
+    def _retire_zygote(self, zygote: Zygote, env_hash: str, why: str) -> None:
+        log.info(
+            "retiring an environment zygote",
+            extra={"environment": env_hash[:12], "reason": why, "instances": len(zygote.children)},
+        )
+        task = asyncio.create_task(_close_when_idle(zygote), name=f"retire zygote {env_hash[:12]}")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def close(self) -> None:
+        for known in list(self.trusted.values()):
+            self._drop_spare(known)
+            if known.making is not None:
+                known.making.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await known.making
+        for known in self.trusted.values():
+            if known.zygote is not None:
+                await known.zygote.close()
+        for task in list(self._retiring):
+            if task.get_name() != "spare":  # (a spare's cgroup is released once it is gone)
+                task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+
+
+async def _close_when_idle(zygote: Zygote) -> None:
+    """Close a retired zygote once the instances it forked have exited (they die with it)."""
+    try:
+        while zygote.children and zygote.alive:
+            await asyncio.wait(
+                [asyncio.ensure_future(h.wait()) for h in list(zygote.children.values())]
+            )
+    finally:
+        await zygote.close()
+
+
+async def _release_when_gone(spare: ForkedHandle, release: Callable[[], None]) -> None:
+    try:
+        async with asyncio.timeout(5.0):
+            await spare.wait()
+    finally:
+        await asyncio.to_thread(release)
+
+
+def _pss_bytes(pid: int) -> int:
+    with contextlib.suppress(psutil.Error):
+        return int(psutil.Process(pid).memory_full_info().pss)
+    return UNMEASURED_BYTES

@@ -1,0 +1,247 @@
+"""Zygotes of trusted environments: the first instance of a new function whose environment the
+operator trusts is a fork of a process that imported its packages already, walled in and
+specialized as every instance (`scheduler.backends.env_zygotes`, `invoker.env_zygote`)."""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+from typing import Any
+
+import psutil
+
+from scheduler.backends.env_zygotes import SPARE_BYTES, EnvZygote, EnvZygotes
+from scheduler.backends.local import LocalBackend
+from tests.conftest import Running
+
+REQUESTS = "requests==2.32.3\n"
+SIX = "six==1.16.0\n"
+
+
+def _handler(module: str) -> str:
+    return textwrap.dedent(f"""
+        import os
+        import sys
+
+        PRELOADED = "{module}" in sys.modules  # before this module imports it
+        import {module}
+
+        state = []
+
+        def handler(event, context):
+            if "append" in event:
+                state.append(event["append"])
+            status = dict(l.split(":\\t", 1) for l in open("/proc/self/status") if ":\\t" in l)
+            return {{
+                "preloaded": PRELOADED,
+                "state": state,
+                "uid": os.getuid(),
+                "pid": os.getpid(),
+                "seccomp": status["Seccomp"].strip(),
+                "no_new_privs": status["NoNewPrivs"].strip(),
+            }}
+    """)
+
+
+def _zygotes(running: Running) -> EnvZygotes:
+    backend = running.platform.scheduler.backend
+    assert isinstance(backend, LocalBackend)
+    assert backend.env_zygotes is not None
+    return backend.env_zygotes
+
+
+async def _ready(running: Running, env_hash: str) -> EnvZygote:
+    """The environment's zygote, once made (awaiting its making)."""
+    known = _zygotes(running).trusted[env_hash]
+    if known.making is not None:
+        await asyncio.wait_for(asyncio.shield(known.making), 30)
+    assert known.ready, known.failure
+    return known
+
+
+async def _answer(running: Running, name: str, payload: dict[str, Any]) -> dict[str, Any]:
+    response = await running.call(name, payload)
+    assert response.status == 200, await response.text()
+    answer: dict[str, Any] = await response.json()
+    return answer
+
+
+async def _host_pids(running: Running, name: str) -> list[int]:
+    status, data = await running.admin("GET", f"/v1/functions/{name}")
+    assert status == 200, data
+    return list(data["instances"]["pids"])
+
+
+async def test_a_new_function_of_a_trusted_environment_is_forked_from_its_zygote(
+    running: Running,
+) -> None:
+    first = await running.deploy_ok("first", _handler("requests"), requirements=REQUESTS)
+    env_hash = first["environment"]
+    assert (await _answer(running, "first", {}))["preloaded"] is False  # (not trusted yet)
+
+    status, trusted = await running.admin("PUT", f"/v1/environments/{env_hash}/trust", json={})
+    assert status == 200, trusted
+    known = await _ready(running, env_hash)
+    assert "requests" in known.imported
+    zygote = psutil.Process(known.zygote.process.pid if known.zygote else 0)
+    assert zygote.ppid() == running.platform.scheduler.backend.zygote_pid  # type: ignore[attr-defined]
+
+    # It keeps a spare fork, walled in already, for the next cold start.
+    if known.refilling is not None:
+        await asyncio.wait_for(asyncio.shield(known.refilling), 10)
+    spare = known.spare
+    assert spare is not None
+
+    # New functions of that environment: their first instance (the deploy's import check,
+    # then their first call) is a fork of the zygote, with requests imported already...
+    await running.deploy_ok("second", _handler("requests"), requirements=REQUESTS)
+    assert await _host_pids(running, "second") == [spare.pid]
+    await running.deploy_ok("third", _handler("requests"), requirements=REQUESTS)
+    second = await _answer(running, "second", {"append": "a"})
+    third = await _answer(running, "third", {})
+    assert second["preloaded"] is True
+    assert third["preloaded"] is True
+    for name in ("second", "third"):
+        (pid,) = await _host_pids(running, name)
+        assert psutil.Process(pid).ppid() == zygote.pid  # its init is the zygote's child
+    # ...under its own walls: its own uid, the seccomp filter, its own PID namespace...
+    assert second["uid"] >= 1500000000
+    assert third["uid"] >= 1500000000
+    assert second["uid"] != third["uid"]
+    assert second["seccomp"] == third["seccomp"] == "2"
+    assert second["no_new_privs"] == "1"
+    assert second["pid"] == 2
+    # ...and state of its own after the fork.
+    assert second["state"] == ["a"]
+    assert third["state"] == []
+    assert (await _answer(running, "second", {"append": "b"}))["state"] == ["a", "b"]
+    assert (await _answer(running, "third", {}))["state"] == []
+
+    status, listed = await running.admin("GET", "/v1/environments/trusted")
+    assert status == 200
+    (shown,) = listed["environments"]
+    assert shown["hash"] == env_hash
+    assert shown["state"] == "ready"
+    assert shown["pid"] == zygote.pid
+    assert shown["pss_bytes"] > 0
+    assert "requests" in shown["requirements"]
+    # Charged against the node's caps like an instance (its PSS).
+    count, memory = running.platform.scheduler.room.usage()
+    # (and its spare fork, walled in already, for the next cold start)
+    spares = int(known.spare is not None)
+    assert _zygotes(running).usage() == (1 + spares, known.memory_bytes + spares * SPARE_BYTES)
+    assert count >= 1 + 3
+    assert memory >= known.memory_bytes
+
+    # Untrusted: it forks no more (a new function imports requests itself), and exits once
+    # the instances it forked have.
+    status, _ = await running.admin("DELETE", f"/v1/environments/{env_hash}/trust")
+    assert status == 200
+    await running.deploy_ok("fourth", _handler("requests"), requirements=REQUESTS)
+    assert (await _answer(running, "fourth", {}))["preloaded"] is False
+    assert zygote.is_running()
+    for name in ("second", "third"):
+        status, _ = await running.admin("DELETE", f"/v1/functions/{name}")
+        assert status == 200
+    await asyncio.to_thread(zygote.wait, 15)
+    assert not zygote.is_running()
+    status, listed = await running.admin("GET", "/v1/environments/trusted")
+    assert listed["environments"] == []
+    assert _zygotes(running).usage() == (0, 0)
+
+
+async def test_only_the_admin_trusts_an_environment(running: Running) -> None:
+    deployed = await running.deploy_ok("uses-six", _handler("six"), requirements=SIX)
+    env_hash = deployed["environment"]
+    for role in ("deployer", "reader"):
+        status, created = await running.admin("POST", "/v1/keys", json={"role": role})
+        assert status == 201, created
+        headers = {"Authorization": f"Bearer {created['key']}"}
+        for method, path in (
+            ("PUT", f"/v1/environments/{env_hash}/trust"),
+            ("DELETE", f"/v1/environments/{env_hash}/trust"),
+            ("GET", "/v1/environments/trusted"),
+        ):
+            status, refused = await running.admin(method, path, headers=headers, json={})
+            assert status == 403, (role, method, refused)
+            assert refused["error"]["code"] == "forbidden"
+    assert _zygotes(running).trusted == {}
+    status, listed = await running.admin("GET", "/v1/environments/trusted")
+    assert listed["environments"] == []
+    # Unknown or malformed environments are named as such.
+    status, error = await running.admin("PUT", f"/v1/environments/{'0' * 64}/trust", json={})
+    assert status == 404
+    assert error["error"]["code"] == "not_found"
+    status, error = await running.admin("PUT", "/v1/environments/nope/trust", json={})
+    assert status == 400
+    assert error["error"]["code"] == "bad_environment"
+    status, error = await running.admin(
+        "PUT", f"/v1/environments/{env_hash}/trust", json={"modules": ["os; rm"]}
+    )
+    assert status == 400
+    assert error["error"]["code"] == "bad_modules"
+
+
+async def test_an_untrusted_environment_keeps_todays_path(running: Running) -> None:
+    """Another environment is trusted: this one's instances still import their packages in a
+    generic instance of the runtime zygote, and no zygote is made for it."""
+    trusted = await running.deploy_ok("trusted", _handler("requests"), requirements=REQUESTS)
+    status, _ = await running.admin(
+        "PUT", f"/v1/environments/{trusted['environment']}/trust", json={"modules": ["requests"]}
+    )
+    assert status == 200
+    await _ready(running, trusted["environment"])
+    plain = await running.deploy_ok("plain", _handler("six"), requirements=SIX)
+    answer = await _answer(running, "plain", {})
+    assert answer["preloaded"] is False
+    assert answer["seccomp"] == "2"
+    assert set(_zygotes(running).trusted) == {trusted["environment"]}
+    (pid,) = await _host_pids(running, "plain")
+    backend = running.platform.scheduler.backend
+    assert isinstance(backend, LocalBackend)
+    assert psutil.Process(pid).ppid() == backend.zygote_pid
+    assert plain["environment"] != trusted["environment"]
+
+
+async def test_a_trusted_environment_is_made_again_after_a_restart_when_first_needed(
+    make_platform: Any,
+) -> None:
+    async with make_platform() as running:
+        deployed = await running.deploy_ok("before", _handler("requests"), requirements=REQUESTS)
+        env_hash = deployed["environment"]
+        status, _ = await running.admin("PUT", f"/v1/environments/{env_hash}/trust", json={})
+        assert status == 200
+    async with make_platform() as running:
+        known = _zygotes(running).trusted[env_hash]
+        assert not known.ready
+        assert known.making is None
+        await running.deploy_ok("after", _handler("requests"), requirements=REQUESTS)
+        known = await _ready(running, env_hash)  # the deploy asked for it
+        await running.deploy_ok("later", _handler("requests"), requirements=REQUESTS)
+        assert (await _answer(running, "later", {}))["preloaded"] is True
+
+
+async def test_the_bound_retires_the_least_recently_used_zygote(make_platform: Any) -> None:
+    async with make_platform(env_zygotes=1) as running:
+        six = (await running.deploy_ok("six", _handler("six"), requirements=SIX))["environment"]
+        req = (await running.deploy_ok("req", _handler("requests"), requirements=REQUESTS))[
+            "environment"
+        ]
+        status, _ = await running.admin("PUT", f"/v1/environments/{six}/trust", json={})
+        assert status == 200
+        first = await _ready(running, six)
+        assert first.zygote is not None
+        retired = psutil.Process(first.zygote.process.pid)
+        status, _ = await running.admin("PUT", f"/v1/environments/{req}/trust", json={})
+        assert status == 200
+        await _ready(running, req)
+        # One zygote at most: the other environment's is retired (its spare with it), and
+        # exits, since no instance of it runs; it stays trusted, made again when needed.
+        await asyncio.to_thread(retired.wait, 15)
+        zygotes = _zygotes(running)
+        assert not zygotes.trusted[six].ready
+        assert sum(k.ready for k in zygotes.trusted.values()) == 1
+        await running.deploy_ok("six-again", _handler("six"), requirements=SIX)
+        assert (await _answer(running, "six-again", {}))["preloaded"] is False  # (made now)
+        await _ready(running, six)
+        assert not zygotes.trusted[req].ready
