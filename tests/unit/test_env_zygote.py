@@ -67,6 +67,49 @@ def test_an_import_that_leaves_a_descriptor_open_is_refused(tmp_path: Path) -> N
     assert str(tmp_path / "data") in str(result["refused"])
 
 
+def test_an_import_that_maps_shared_memory_is_refused(tmp_path: Path) -> None:
+    """An anonymous shared mapping (mmap.mmap(-1, n)) or a multiprocessing lock leaves no
+    descriptor, but every fork, of every function, would write the same memory."""
+    (tmp_path / "board.py").write_text("import mmap\nBOARD = mmap.mmap(-1, 4096)\n")
+    result = _prepare(tmp_path, ["board"])
+    assert "mapped 1 writable shared memory region(s)" in str(result["refused"])
+    (tmp_path / "locked.py").write_text("import multiprocessing\nLOCK = multiprocessing.Lock()\n")
+    result = _prepare(tmp_path, ["locked"])
+    assert "writable shared memory" in str(result["refused"])
+    assert "/dev/shm/sem." in str(result["refused"])
+
+
+def test_an_import_that_leaves_a_process_running_is_refused(tmp_path: Path) -> None:
+    """A process started at import (a daemon that double-forked included) would run as root,
+    outside every wall: refused, and killed."""
+    pid_file = tmp_path / "daemon.pid"
+    (tmp_path / "daemon.py").write_text(
+        textwrap.dedent(f"""
+            import os, time
+            if os.fork() == 0:
+                if os.fork() == 0:  # the grandchild: reparented once its parent exits
+                    open({str(pid_file)!r}, "w").write(str(os.getpid()))
+                    time.sleep(60)
+                os._exit(0)
+            while not os.path.exists({str(pid_file)!r}) or not open({str(pid_file)!r}).read():
+                time.sleep(0.01)
+        """)
+    )
+    result = _prepare(tmp_path, ["daemon"])
+    assert "process(es): they would run as root outside every wall" in str(result["refused"])
+    daemon = int(pid_file.read_text())
+    assert not _alive(daemon)
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, killed but not yet reaped by init, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def test_top_level_modules_come_from_the_dists_metadata(tmp_path: Path) -> None:
     for dist, top in {
         "requests-2.32.3.dist-info": "requests\n",
