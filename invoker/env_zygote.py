@@ -119,15 +119,15 @@ def prepare(path: str, modules: list[str]) -> dict[str, object]:
                     skipped[name] = f"{type(exc).__name__}: {exc}"[:200]
                 else:
                     imported.append(name)
-        started = _children()
+        processes = _children()
     finally:
         libc().prctl(_PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
-    if started:
-        for pid in started:
+    if processes:
+        for pid in processes:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         raise EnvironmentRefused(
-            f"importing {', '.join(modules)} started {len(started)} process(es): they would "
+            f"importing {', '.join(modules)} started {len(processes)} process(es): they would "
             "run as root outside every wall (killed)"
         )
     if not imported:
