@@ -697,3 +697,7 @@ DELETE FROM ember_trusted_envs WHERE hash = $1 RETURNING hash;
 SELECT t.hash, t.modules, t.trusted_at, e.requirements FROM ember_trusted_envs t
 JOIN ember_environments e USING (hash)
 ORDER BY t.trusted_at;
+
+-- name: notify_trust_changed
+-- An environment was trusted or untrusted: every gateway reloads the list (store/changes.py).
+SELECT pg_notify('ember_changes', json_build_object('kind', 'trust')::text);

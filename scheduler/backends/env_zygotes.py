@@ -181,6 +181,9 @@ class EnvZygotes:
         self.max_zygotes = max_zygotes
         self.trusted: dict[str, EnvZygote] = {}
         self._retiring: set[asyncio.Task[None]] = set()
+        self.follows = 0
+        """How often the stored list was applied (`follow`): tests await it (`wait_followed`)."""
+        self._followed = asyncio.Event()
 
     def trust(self, env_hash: str, modules: list[str] | None = None, *, make: bool = True) -> None:
         """Trust an environment (`make`: make its zygote now, in the background; else when one
@@ -203,6 +206,26 @@ class EnvZygotes:
             return False
         self._retire(known, "untrusted")
         return True
+
+    def follow(self, trusted: dict[str, list[str]]) -> None:
+        """Make the trusted environments these (hash: modules), as the database lists them:
+        those no longer in it are untrusted, new ones trusted (made when first needed), those
+        whose modules changed made again."""
+        for env_hash in set(self.trusted) - set(trusted):
+            self.untrust(env_hash)
+        for env_hash, modules in trusted.items():
+            known = self.trusted.get(env_hash)
+            changed = known is not None and known.modules != list(modules)
+            self.trust(env_hash, modules, make=changed)
+        self.follows += 1
+        self._followed.set()
+        self._followed = asyncio.Event()
+
+    async def wait_followed(self, since: int, timeout_s: float) -> None:
+        """Wait until the stored list was applied after `follows` was `since`."""
+        async with asyncio.timeout(timeout_s):
+            while self.follows <= since:
+                await self._followed.wait()
 
     def fork_source(self, env_hash: str | None) -> Zygote | None:
         """The zygote to fork an instance of an environment from: its ready zygote, else None

@@ -245,3 +245,29 @@ async def test_the_bound_retires_the_least_recently_used_zygote(make_platform: A
         assert (await _answer(running, "six-again", {}))["preloaded"] is False  # (made now)
         await _ready(running, six)
         assert not zygotes.trusted[req].ready
+
+
+async def test_every_gateway_follows_a_trust_made_on_another(make_platform: Any) -> None:
+    """Trusting or untrusting on one gateway reaches the others by a Postgres notification,
+    as a key's revocation does: none waits for its next start."""
+    async with make_platform() as a, make_platform() as b:
+        env_hash = (await a.deploy_ok("on-a", _handler("six"), requirements=SIX))["environment"]
+        follows = _zygotes(b).follows
+        status, _ = await a.admin("PUT", f"/v1/environments/{env_hash}/trust", json={})
+        assert status == 200
+        await _zygotes(b).wait_followed(follows, timeout_s=10)  # the NOTIFY reached b
+        assert env_hash in _zygotes(b).trusted
+        await b.deploy_ok("on-b", _handler("six"), requirements=SIX)  # (asks for its zygote)
+        await _ready(b, env_hash)
+        await b.deploy_ok("later-on-b", _handler("six"), requirements=SIX)
+        assert (await _answer(b, "later-on-b", {}))["preloaded"] is True
+
+        follows = _zygotes(a).follows
+        status, _ = await b.admin("DELETE", f"/v1/environments/{env_hash}/trust")
+        assert status == 200
+        await _zygotes(a).wait_followed(follows, timeout_s=10)
+        assert env_hash not in _zygotes(a).trusted
+        await a.deploy_ok("after-on-a", _handler("six"), requirements=SIX)
+        assert (await _answer(a, "after-on-a", {}))["preloaded"] is False
+        status, listed = await a.admin("GET", "/v1/environments/trusted")
+        assert listed["environments"] == []
