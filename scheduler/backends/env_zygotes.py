@@ -48,6 +48,10 @@ SPARE_BYTES = 16 << 20
 """What a zygote's spare fork is charged (an idle fork of it: 11-13 MB PSS measured)."""
 SPARE_DELAY_S = 0.2
 """A taken spare is replaced this long after: off the cold start's CPU."""
+FORK_TIMEOUT_S = 3.0
+"""How long a fork of an environment's zygote may take (milliseconds, normally): past it, the
+zygote is taken for hung, retired, and the cold start forks from the runtime's zygote (within
+the instance's start timeout, 10 s)."""
 
 Locate = Callable[[str], Awaitable[Path]]
 """This node's unpacked copy of an environment (`Builder.local_path`)."""
@@ -179,6 +183,7 @@ class EnvZygotes:
         self.locate: Locate | None = None
         """Set by the platform (its builder): where an environment is unpacked on this node."""
         self.max_zygotes = max_zygotes
+        self.fork_timeout_s = FORK_TIMEOUT_S
         self.trusted: dict[str, EnvZygote] = {}
         self._retiring: set[asyncio.Task[None]] = set()
         self.follows = 0
@@ -253,14 +258,37 @@ class EnvZygotes:
             return spare
         if spare is not None:
             self._discard(spare)
+        # A name and address of its own: if this fork fails or times out, the runtime's
+        # zygote forks the instance under its own (this one's cgroup is released meanwhile).
+        return await self._fork_or_retire(
+            known, f"{instance_id}-env", address.removesuffix(".sock") + "-env.sock"
+        )
+
+    async def _fork_or_retire(
+        self, known: EnvZygote, instance_id: str, address: str
+    ) -> ForkedHandle | None:
+        """A fork of the environment's zygote; None if it failed, and if it did not answer in
+        time, the zygote is retired (a hung zygote must not hold up its functions' cold
+        starts: they fork from the runtime's zygote, and it is made again when next needed)."""
+        zygote = known.zygote
+        assert zygote is not None
         try:
-            return await self._fork_generic(known.zygote, instance_id, address)
+            async with asyncio.timeout(self.fork_timeout_s):
+                return await self._fork_generic(zygote, instance_id, address)
         except BackendError as exc:
-            log.warning(
-                "an environment zygote could not fork: the runtime's zygote does",
-                extra={"environment": env_hash[:12], "reason": str(exc)},
-            )
-            return None
+            reason = str(exc)
+        except TimeoutError:
+            reason = f"it did not fork within {self.fork_timeout_s:g}s: retired as hung"
+            known.failure = reason
+            if known.zygote is zygote:
+                self._drop_spare(known)
+                known.zygote = None
+                self._retire_zygote(zygote, known.env_hash, "hung")
+        log.warning(
+            "an environment zygote could not fork: the runtime's zygote does",
+            extra={"environment": known.env_hash[:12], "reason": reason},
+        )
+        return None
 
     def usage(self) -> tuple[int, int]:
         """Zygotes on the node (made, or being made) and their spares, and the memory they are
@@ -283,13 +311,8 @@ class EnvZygotes:
             return
         self._spares += 1
         name = f"env-{known.env_hash[:12]}-spare-{self._spares}"
-        try:
-            spare = await self._fork_generic(zygote, name, f"unix:{self._socket_dir}/{name}.sock")
-        except BackendError as exc:
-            log.warning(
-                "no spare fork for an environment zygote",
-                extra={"environment": known.env_hash[:12], "reason": str(exc)},
-            )
+        spare = await self._fork_or_retire(known, name, f"unix:{self._socket_dir}/{name}.sock")
+        if spare is None:
             return
         if known.zygote is zygote and known.spare is None:
             known.spare = spare

@@ -271,3 +271,47 @@ async def test_every_gateway_follows_a_trust_made_on_another(make_platform: Any)
         assert (await _answer(a, "after-on-a", {}))["preloaded"] is False
         status, listed = await a.admin("GET", "/v1/environments/trusted")
         assert listed["environments"] == []
+
+
+async def test_a_hung_zygote_is_retired_and_cold_starts_fork_from_the_runtimes(
+    running: Running,
+) -> None:
+    """An environment's zygote that stops answering (stopped here; a deadlocked at-fork hook
+    would do the same) holds up no cold start: the fork falls back to the runtime's zygote
+    within the start timeout, and the hung zygote is retired (made again when next needed)."""
+    env_hash = (await running.deploy_ok("first", _handler("six"), requirements=SIX))[
+        "environment"
+    ]
+    status, _ = await running.admin("PUT", f"/v1/environments/{env_hash}/trust", json={})
+    assert status == 200
+    known = await _ready(running, env_hash)
+    assert known.zygote is not None
+    hung = psutil.Process(known.zygote.process.pid)
+    zygotes = _zygotes(running)
+    zygotes.fork_timeout_s = 1.0
+    _drop_spare(zygotes, known)
+    hung.suspend()
+    try:
+        await running.deploy_ok("second", _handler("six"), requirements=SIX)
+        answer = await _answer(running, "second", {})
+        assert answer["preloaded"] is False  # (imported six itself, in a generic instance)
+        assert answer["seccomp"] == "2"
+        assert not known.ready
+        assert known.failure is not None
+        assert "did not fork within 1s" in known.failure
+        (pid,) = await _host_pids(running, "second")
+        backend = running.platform.scheduler.backend
+        assert isinstance(backend, LocalBackend)
+        assert psutil.Process(pid).ppid() == backend.zygote_pid
+    finally:
+        hung.resume()
+    await asyncio.to_thread(hung.wait, 15)  # retired: it exits once it reads that
+    await running.deploy_ok("third", _handler("six"), requirements=SIX)  # (asks for a new one)
+    await _ready(running, env_hash)
+    await running.deploy_ok("fourth", _handler("six"), requirements=SIX)
+    assert (await _answer(running, "fourth", {}))["preloaded"] is True
+
+
+def _drop_spare(zygotes: EnvZygotes, known: EnvZygote) -> None:
+    """No spare fork: the next cold start asks the zygote for one."""
+    zygotes._drop_spare(known)
