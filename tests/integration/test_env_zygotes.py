@@ -279,9 +279,7 @@ async def test_a_hung_zygote_is_retired_and_cold_starts_fork_from_the_runtimes(
     """An environment's zygote that stops answering (stopped here; a deadlocked at-fork hook
     would do the same) holds up no cold start: the fork falls back to the runtime's zygote
     within the start timeout, and the hung zygote is retired (made again when next needed)."""
-    env_hash = (await running.deploy_ok("first", _handler("six"), requirements=SIX))[
-        "environment"
-    ]
+    env_hash = (await running.deploy_ok("first", _handler("six"), requirements=SIX))["environment"]
     status, _ = await running.admin("PUT", f"/v1/environments/{env_hash}/trust", json={})
     assert status == 200
     known = await _ready(running, env_hash)
