@@ -48,6 +48,9 @@ SPARE_BYTES = 16 << 20
 """What a zygote's spare fork is charged (an idle fork of it: 11-13 MB PSS measured)."""
 SPARE_DELAY_S = 0.2
 """A taken spare is replaced this long after: off the cold start's CPU."""
+MAKE_TIMEOUT_S = 120.0
+"""How long an environment's imports may take: a package that blocks at import has its zygote
+killed (the failure is shown by `fn env trusted`; made again when next needed)."""
 FORK_TIMEOUT_S = 3.0
 """How long a fork of an environment's zygote may take (milliseconds, normally): past it, the
 zygote is taken for hung, retired, and the cold start forks from the runtime's zygote (within
@@ -184,6 +187,7 @@ class EnvZygotes:
         """Set by the platform (its builder): where an environment is unpacked on this node."""
         self.max_zygotes = max_zygotes
         self.fork_timeout_s = FORK_TIMEOUT_S
+        self.make_timeout_s = MAKE_TIMEOUT_S
         self.trusted: dict[str, EnvZygote] = {}
         self._retiring: set[asyncio.Task[None]] = set()
         self.follows = 0
@@ -350,7 +354,15 @@ class EnvZygotes:
                 raise BackendError("its dists name no top-level package (top_level.txt)")
             runtime = await self._runtime()
             started = time.perf_counter()
-            handle = await runtime.fork_zygote(f"unix:{address}", str(path), modules)
+            try:  # (the zygote kills it at make_timeout_s; this is in case it cannot)
+                async with asyncio.timeout(self.make_timeout_s + 10):
+                    handle = await runtime.fork_zygote(
+                        f"unix:{address}", str(path), modules, timeout_s=self.make_timeout_s
+                    )
+            except TimeoutError:
+                raise BackendError(
+                    f"its imports took longer than {self.make_timeout_s:g}s"
+                ) from None
             try:
                 reader, writer = await asyncio.open_unix_connection(address)
             except OSError as exc:

@@ -160,10 +160,15 @@ class Zygote:
     async def fork(self, address: str, sandbox: dict[str, Any]) -> ForkedHandle:
         return await self._request(b"fork", address, {"sandbox": sandbox})
 
-    async def fork_zygote(self, address: str, path: str, modules: list[str]) -> ForkedHandle:
+    async def fork_zygote(
+        self, address: str, path: str, modules: list[str], *, timeout_s: float = 0
+    ) -> ForkedHandle:
         """Fork an environment's zygote that imports `modules` from `path` and listens on
-        `address` (`invoker.env_zygote`); its handle once it has imported them."""
-        return await self._request(b"zygote", address, {"path": path, "modules": modules})
+        `address` (`invoker.env_zygote`); its handle once it has imported them (killed if
+        that takes over `timeout_s`, when given)."""
+        return await self._request(
+            b"zygote", address, {"path": path, "modules": modules, "timeout_s": timeout_s}
+        )
 
     async def _request(self, verb: bytes, address: str, fields: dict[str, Any]) -> ForkedHandle:
         assert self.process.stdin is not None

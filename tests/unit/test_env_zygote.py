@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import select
 import subprocess
 import sys
 import textwrap
@@ -154,4 +155,33 @@ def test_the_zygote_reports_a_refused_environment(tmp_path: Path) -> None:
         assert report.startswith("failed 7 importing spinner started 1 thread(s) (pool)")
         assert zygote.stdout.readline().decode().split()[0] == "exit"  # (it is gone)
         zygote.stdin.close()  # (the zygote exits when its stdin closes)
+        assert zygote.wait(timeout=10) == 0
+
+
+def test_a_package_that_blocks_at_import_is_killed_after_the_time_allowed(tmp_path: Path) -> None:
+    """`timeout_s` in the zygote request: an import that never returns does not leave a root
+    process importing forever (nor its environment waiting for a zygote forever)."""
+    (tmp_path / "stuck.py").write_text("import time\ntime.sleep(3600)\n")
+    with subprocess.Popen(
+        [sys.executable, "-P", "-m", "invoker", "--zygote"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[2],
+        env={"PATH": "/usr/bin:/bin"},
+    ) as zygote:
+        assert zygote.stdin is not None
+        assert zygote.stdout is not None
+        assert zygote.stdout.readline().startswith(b"ready ")
+        request = {"address": f"unix:{tmp_path}/env.sock", "path": str(tmp_path), "timeout_s": 1}
+        zygote.stdin.write(b"zygote 8 " + orjson.dumps({**request, "modules": ["stuck"]}) + b"\n")
+        zygote.stdin.flush()
+        readable, _, _ = select.select([zygote.stdout], [], [], 20)
+        if not readable:
+            zygote.kill()
+        assert readable, "no report 20 s after a 1 s limit"
+        report = zygote.stdout.readline().decode()
+        assert report.startswith("failed 8 the environment's zygote exited while it imported")
+        assert "took longer than the time allowed" in report
+        assert zygote.stdout.readline().decode().split()[:1] == ["exit"]
+        zygote.stdin.close()
         assert zygote.wait(timeout=10) == 0
