@@ -19,7 +19,9 @@ later builds other functions' walls (docs/security.md). Here it:
 - freezes what it loaded out of the garbage collector's reach, so forks keep sharing its pages.
 
 What a fork must not share with its siblings is handled in each fork as for templates
-(`invoker.template.reseed`: numpy's global generator; `random` reseeds itself at fork).
+(`invoker.template.reseed`: numpy's global generator; `random` reseeds itself at fork). A
+function's own modules come first, as without the zygote: `put_first` forgets the imported
+packages its files shadow.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 from invoker.linux import CLONE_NEWNET, check, libc, unshare
 
@@ -158,3 +161,22 @@ def prepare(path: str, modules: list[str]) -> dict[str, object]:
     gc.collect()
     gc.freeze()
     return {"imported": imported, "skipped": skipped}
+
+
+def put_first(code_dir: Path, paths: list[str]) -> None:
+    """Put a function's code, then its environment, first on `sys.path`. Modules imported
+    from the environment (by its zygote) that the function's own files name too, like its
+    `helpers.py` beside a package `helpers`, are forgotten: it imports its own, as it would
+    without the zygote."""
+    sys.path[:0] = [str(code_dir), *paths]
+    own = {
+        p.name.removesuffix(".py") for p in code_dir.iterdir() if p.suffix == ".py" or p.is_dir()
+    }
+    roots = tuple(os.path.join(os.path.realpath(p), "") for p in paths)
+    if not roots:
+        return
+    for name in [n for n in sys.modules if n.partition(".")[0] in own]:
+        module = sys.modules[name]
+        where = getattr(module, "__file__", None) or next(iter(getattr(module, "__path__", [])), "")
+        if where and os.path.realpath(where).startswith(roots):
+            del sys.modules[name]

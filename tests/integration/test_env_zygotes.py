@@ -5,7 +5,11 @@ specialized as every instance (`scheduler.backends.env_zygotes`, `invoker.env_zy
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import textwrap
+import zipfile
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -13,6 +17,7 @@ import psutil
 from scheduler.backends.env_zygotes import SPARE_BYTES, EnvZygote, EnvZygotes
 from scheduler.backends.local import LocalBackend
 from tests.conftest import Running
+from tests.integration.custom_envs import store_environment
 
 REQUESTS = "requests==2.32.3\n"
 SIX = "six==1.16.0\n"
@@ -313,3 +318,37 @@ async def test_a_hung_zygote_is_retired_and_cold_starts_fork_from_the_runtimes(
 def _drop_spare(zygotes: EnvZygotes, known: EnvZygote) -> None:
     """No spare fork: the next cold start asks the zygote for one."""
     zygotes._drop_spare(known)
+
+
+async def test_a_functions_own_module_wins_over_a_package_its_zygote_imported(
+    running: Running, tmp_path: Path
+) -> None:
+    """A function with a `helpers.py` of its own, in an environment with a package `helpers`:
+    it imports its own, trusted or not (its directory comes first on sys.path)."""
+    requirements = "helpers-dist==1.0\n"
+    env_hash = await store_environment(
+        running.platform.store,
+        tmp_path,
+        requirements,
+        {"helpers/__init__.py": "WHOSE = 'environment'\n"},
+    )
+    handler = "import helpers\n\ndef handler(event, context):\n    return helpers.WHOSE\n"
+    files = io.BytesIO()
+    with zipfile.ZipFile(files, "w") as archive:
+        archive.writestr("handler.py", handler)
+        archive.writestr("helpers.py", "WHOSE = 'function'\n")
+    code = base64.b64encode(files.getvalue()).decode()
+    deployed = await running.deploy_ok("before", None, archive=code, requirements=requirements)
+    assert deployed["environment"] == env_hash
+    status, _ = await running.admin("PUT", f"/v1/environments/{env_hash}/trust", json={})
+    assert status == 200
+    known = await _ready(running, env_hash)
+    assert known.imported == ["helpers"]
+    await running.deploy_ok("after", None, archive=code, requirements=requirements)
+    for name in ("before", "after"):
+        response = await running.call(name, {})
+        assert response.status == 200, await response.text()
+        assert await response.text() == "function"
+    (pid,) = await _host_pids(running, "after")
+    assert known.zygote is not None
+    assert psutil.Process(pid).ppid() == known.zygote.process.pid  # (forked from it)
