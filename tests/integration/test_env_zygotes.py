@@ -338,13 +338,13 @@ async def test_a_functions_own_module_wins_over_a_package_its_zygote_imported(
         archive.writestr("handler.py", handler)
         archive.writestr("helpers.py", "WHOSE = 'function'\n")
     code = base64.b64encode(files.getvalue()).decode()
-    deployed = await running.deploy_ok("before", None, archive=code, requirements=requirements)
+    deployed = await running.deploy_ok("before", handler, archive=code, requirements=requirements)
     assert deployed["environment"] == env_hash
     status, _ = await running.admin("PUT", f"/v1/environments/{env_hash}/trust", json={})
     assert status == 200
     known = await _ready(running, env_hash)
     assert known.imported == ["helpers"]
-    await running.deploy_ok("after", None, archive=code, requirements=requirements)
+    await running.deploy_ok("after", handler, archive=code, requirements=requirements)
     for name in ("before", "after"):
         response = await running.call(name, {})
         assert response.status == 200, await response.text()
