@@ -352,3 +352,41 @@ async def test_a_functions_own_module_wins_over_a_package_its_zygote_imported(
     (pid,) = await _host_pids(running, "after")
     assert known.zygote is not None
     assert psutil.Process(pid).ppid() == known.zygote.process.pid  # (forked from it)
+
+
+async def test_a_package_that_maps_shared_memory_gets_no_zygote(
+    running: Running, tmp_path: Path
+) -> None:
+    """A package that maps shared memory at import (mmap.mmap(-1, n) leaves no descriptor)
+    would give every fork of its zygote, of every function, one memory: a channel between
+    functions that no wall closes. Its environment is refused a zygote: each function's
+    instance maps its own."""
+    requirements = "board-dist==1.0\n"
+    board = "import mmap\nBOARD = mmap.mmap(-1, 4096)\n"
+    env_hash = await store_environment(
+        running.platform.store, tmp_path, requirements, {"board.py": board}
+    )
+    handler = textwrap.dedent("""
+        import board
+
+        def handler(event, context):
+            if "write" in event:
+                board.BOARD[:32] = event["write"].encode().ljust(32, b"\\0")
+            return board.BOARD[:32].rstrip(b"\\0").decode()
+    """)
+    await running.deploy_ok("first", handler, requirements=requirements)
+    status, _ = await running.admin("PUT", f"/v1/environments/{env_hash}/trust", json={})
+    assert status == 200
+    known = _zygotes(running).trusted[env_hash]
+    if known.making is not None:
+        await asyncio.wait_for(asyncio.shield(known.making), 30)
+    assert not known.ready
+    assert known.failure is not None
+    assert "writable shared memory" in known.failure
+    await running.deploy_ok("writer", handler, requirements=requirements)
+    await running.deploy_ok("reader", handler, requirements=requirements)
+    response = await running.call("writer", {"write": "writer's secret"})
+    assert await response.text() == "writer's secret"
+    response = await running.call("reader", {})
+    assert response.status == 200
+    assert await response.text() == ""  # (its own memory)
