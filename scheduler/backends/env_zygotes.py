@@ -190,6 +190,8 @@ class EnvZygotes:
         self.make_timeout_s = MAKE_TIMEOUT_S
         self.trusted: dict[str, EnvZygote] = {}
         self._retiring: set[asyncio.Task[None]] = set()
+        self._lingering: dict[asyncio.Task[None], int] = {}
+        """Retired zygotes not exited yet (their instances run): the memory they are charged."""
         self.follows = 0
         """How often the stored list was applied (`follow`): tests await it (`wait_followed`)."""
         self._followed = asyncio.Event()
@@ -287,7 +289,7 @@ class EnvZygotes:
             if known.zygote is zygote:
                 self._drop_spare(known)
                 known.zygote = None
-                self._retire_zygote(zygote, known.env_hash, "hung")
+                self._retire_zygote(known, zygote, "hung")
         log.warning(
             "an environment zygote could not fork: the runtime's zygote does",
             extra={"environment": known.env_hash[:12], "reason": reason},
@@ -299,7 +301,12 @@ class EnvZygotes:
         charged."""
         alive = [k for k in self.trusted.values() if k.ready or k.making]
         spares = sum(k.spare is not None for k in alive)
-        return len(alive) + spares, sum(k.memory_bytes for k in alive) + spares * SPARE_BYTES
+        # Retired ones live on until their instances have exited: still charged till then.
+        retired = len(self._lingering), sum(self._lingering.values())
+        return (
+            len(alive) + spares + retired[0],
+            sum(k.memory_bytes for k in alive) + spares * SPARE_BYTES + retired[1],
+        )
 
     def _refill_soon(self, known: EnvZygote) -> None:
         if known.refilling is None or known.refilling.done():
@@ -410,7 +417,7 @@ class EnvZygotes:
             self._drop_spare(victim)
             if victim.zygote is not None:
                 zygote, victim.zygote = victim.zygote, None
-                self._retire_zygote(zygote, victim.env_hash, "the bound FN_ENV_ZYGOTES")
+                self._retire_zygote(victim, zygote, "the bound FN_ENV_ZYGOTES")
 
     def _retire(self, known: EnvZygote, why: str) -> None:
         if known.making is not None:
@@ -418,7 +425,7 @@ class EnvZygotes:
         self._drop_spare(known)
         zygote, known.zygote = known.zygote, None
         if zygote is not None:
-            self._retire_zygote(zygote, known.env_hash, why)
+            self._retire_zygote(known, zygote, why)
 
     def _drop_spare(self, known: EnvZygote) -> None:
         if known.refilling is not None:
@@ -427,14 +434,22 @@ class EnvZygotes:
         if spare is not None:
             self._discard(spare)
 
-    def _retire_zygote(self, zygote: Zygote, env_hash: str, why: str) -> None:
+    def _retire_zygote(self, known: EnvZygote, zygote: Zygote, why: str) -> None:
         log.info(
             "retiring an environment zygote",
-            extra={"environment": env_hash[:12], "reason": why, "instances": len(zygote.children)},
+            extra={
+                "environment": known.env_hash[:12],
+                "reason": why,
+                "instances": len(zygote.children),
+            },
         )
-        task = asyncio.create_task(_close_when_idle(zygote), name=f"retire zygote {env_hash[:12]}")
+        task = asyncio.create_task(
+            _close_when_idle(zygote), name=f"retire zygote {known.env_hash[:12]}"
+        )
         self._retiring.add(task)
+        self._lingering[task] = known.memory_bytes
         task.add_done_callback(self._retiring.discard)
+        task.add_done_callback(lambda done: self._lingering.pop(done, None))
 
     async def close(self) -> None:
         for known in list(self.trusted.values()):

@@ -145,6 +145,8 @@ async def test_a_new_function_of_a_trusted_environment_is_forked_from_its_zygote
     await running.deploy_ok("fourth", _handler("requests"), requirements=REQUESTS)
     assert (await _answer(running, "fourth", {}))["preloaded"] is False
     assert zygote.is_running()
+    # Still charged while it lives on (for its instances), without a spare.
+    assert _zygotes(running).usage() == (1, known.memory_bytes)
     for name in ("second", "third"):
         status, _ = await running.admin("DELETE", f"/v1/functions/{name}")
         assert status == 200
