@@ -433,6 +433,8 @@ class TrustedEnvironmentJSON(TypedDict):
     hash: str
     modules: list[str]
     requirements: str
+    lock: NotRequired[str]
+    """Every package installed: what trusting the environment trusts."""
     state: str
     trusted_at: NotRequired[str]
     pid: NotRequired[int | None]

@@ -34,6 +34,8 @@ class TrustedEnvironment:
     """What its zygote imports (empty: its dists' top-level packages)."""
     trusted_at: datetime.datetime
     requirements: str
+    lock: str
+    """Every package installed (`name==version --hash=...`): what trusting it trusts."""
 
     @classmethod
     def from_row(cls, row: Row) -> TrustedEnvironment:
@@ -42,6 +44,7 @@ class TrustedEnvironment:
             modules=list(row["modules"]),
             trusted_at=row["trusted_at"],
             requirements=row["requirements"],
+            lock=row["lock"],
         )
 
 

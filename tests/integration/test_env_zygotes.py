@@ -86,6 +86,9 @@ async def test_a_new_function_of_a_trusted_environment_is_forked_from_its_zygote
 
     status, trusted = await running.admin("PUT", f"/v1/environments/{env_hash}/trust", json={})
     assert status == 200, trusted
+    # What the operator trusted: every package installed, not only requests.
+    assert "requests==2.32.3 --hash=sha256:" in trusted["lock"]
+    assert "urllib3==" in trusted["lock"]
     known = await _ready(running, env_hash)
     assert "requests" in known.imported
     zygote = psutil.Process(known.zygote.process.pid if known.zygote else 0)
@@ -130,6 +133,7 @@ async def test_a_new_function_of_a_trusted_environment_is_forked_from_its_zygote
     assert shown["pid"] == zygote.pid
     assert shown["pss_bytes"] > 0
     assert "requests" in shown["requirements"]
+    assert shown["lock"] == trusted["lock"]
     # Charged against the node's caps like an instance (its PSS).
     count, memory = running.platform.scheduler.room.usage()
     # (and its spare fork, walled in already, for the next cold start)
