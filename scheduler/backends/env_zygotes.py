@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -34,6 +33,7 @@ from typing import Any, Protocol, runtime_checkable
 import psutil
 
 from scheduler.backends import BackendError
+from scheduler.backends.env_packages import top_level_modules
 from scheduler.backends.zygote import ForkedHandle, Zygote
 
 log = logging.getLogger("ember.scheduler.local")  # part of the local backend
@@ -42,7 +42,6 @@ MAX_ENV_ZYGOTES = 4
 """Environments' zygotes on one node at most (FN_ENV_ZYGOTES)."""
 UNMEASURED_BYTES = 64 << 20
 """What a zygote is charged until its PSS is measured."""
-_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 SPARE_BYTES = 16 << 20
 """What a zygote's spare fork is charged (an idle fork of it: 11-13 MB PSS measured)."""
@@ -67,31 +66,6 @@ class EnvZygoteBackend(Protocol):
     """A backend that forks the instances of trusted environments from their zygotes."""
 
     env_zygotes: EnvZygotes | None
-
-
-def top_level_modules(path: Path) -> list[str]:
-    """The top-level packages of an environment's dists (`*.dist-info/top_level.txt`, else the
-    first part of the paths in its `RECORD`), sorted; private ones (`_x`) and tests left out."""
-    found: set[str] = set()
-    for dist in sorted(path.glob("*.dist-info")):
-        names = _read(dist / "top_level.txt").split()
-        if not names:
-            for line in _read(dist / "RECORD").splitlines():
-                first = line.split(",", 1)[0].split("/", 1)[0].removesuffix(".py")
-                if first and not first.endswith((".dist-info", ".data")) and first != "..":
-                    names.append(first)
-        found.update(n for n in names if _MODULE.fullmatch(n))
-    return sorted(n for n in found if not n.startswith("_") and n not in ("test", "tests"))
-
-
-def _read(path: Path) -> str:
-    """A small metadata file of the environment, never through a link."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return ""
-    with os.fdopen(fd, errors="replace") as f:
-        return f.read(1 << 20)
 
 
 class _Connection:

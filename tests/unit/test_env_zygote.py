@@ -1,5 +1,5 @@
 """What an environment's zygote imports, and what it refuses to keep (`invoker.env_zygote`,
-`scheduler.backends.env_zygotes.top_level_modules`). `prepare` changes the process it runs in
+`scheduler.backends.env_packages.top_level_modules`). `prepare` changes the process it runs in
 (sys.path, imports, a frozen collector), so it runs in a Python of its own here."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import orjson
 
-from scheduler.backends.env_zygotes import top_level_modules
+from scheduler.backends.env_packages import top_level_modules
 
 
 def _prepare(site: Path, modules: list[str]) -> dict[str, object]:
