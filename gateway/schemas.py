@@ -443,6 +443,7 @@ class TrustedEnvironmentJSON(TypedDict):
     pss_bytes: NotRequired[int]
     spare: NotRequired[bool]
     failure: NotRequired[str | None]
+    attempts: NotRequired[int]
 
 
 class TrustedEnvironmentList(TypedDict):

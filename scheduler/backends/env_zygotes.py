@@ -50,6 +50,10 @@ SPARE_DELAY_S = 0.2
 MAKE_TIMEOUT_S = 120.0
 """How long an environment's imports may take: a package that blocks at import has its zygote
 killed (the failure is shown by `fn env trusted`; made again when next needed)."""
+RETRY_S = (30.0, 3600.0)
+"""After a failed making, the next try waits this long, doubled at each failure up to the
+second: a refused environment (a thread, a descriptor...) fails the same way each time, and
+each try imports its packages again, as root (every cold start of its functions asks)."""
 FORK_TIMEOUT_S = 3.0
 """How long a fork of an environment's zygote may take (milliseconds, normally): past it, the
 zygote is taken for hung, retired, and the cold start forks from the runtime's zygote (within
@@ -115,7 +119,11 @@ class EnvZygote:
     zygote: Zygote | None = None
     making: asyncio.Task[None] | None = None
     failure: str | None = None
-    """Why its last making failed (made again when next needed)."""
+    """Why its last making failed (made again when next needed, after `retry_at`)."""
+    attempts: int = 0
+    """Makings tried, failed ones included."""
+    retry_at: float = 0.0
+    retry_s: float = 0.0
     memory_bytes: int = UNMEASURED_BYTES
     imported: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
@@ -139,6 +147,7 @@ class EnvZygote:
             "pss_bytes": self.memory_bytes if self.ready else 0,
             "spare": self.spare is not None and not self.spare.exited.done(),
             "failure": self.failure,
+            "attempts": self.attempts,
         }
 
 
@@ -181,6 +190,7 @@ class EnvZygotes:
         if known is None:
             known = self.trusted[env_hash] = EnvZygote(env_hash=env_hash, modules=modules)
         if make:
+            known.retry_at = 0.0  # (the operator asks again: no waiting)
             self._make_soon(known)
 
     def untrust(self, env_hash: str) -> bool:
@@ -320,6 +330,9 @@ class EnvZygotes:
     def _make_soon(self, known: EnvZygote) -> None:
         if known.ready or known.making is not None or self.locate is None or self.max_zygotes <= 0:
             return
+        if time.monotonic() < known.retry_at:
+            return
+        known.attempts += 1
         known.making = asyncio.create_task(
             self._make(known), name=f"environment zygote {known.env_hash[:12]}"
         )
@@ -354,7 +367,7 @@ class EnvZygotes:
             known.imported = list(zygote.capabilities.get("imported", []))
             known.skipped = dict(zygote.capabilities.get("skipped", {}))
             known.memory_bytes = await asyncio.to_thread(_pss_bytes, handle.pid)
-            known.zygote, known.failure = zygote, None
+            known.zygote, known.failure, known.retry_s = zygote, None, 0.0
             known.last_used = time.monotonic()
             if self.trusted.get(known.env_hash) is not known:  # untrusted meanwhile
                 self._retire(known, "untrusted while it was made")
@@ -373,9 +386,15 @@ class EnvZygotes:
             )
         except Exception as exc:
             known.failure = str(exc)
+            known.retry_s = min(max(known.retry_s * 2, RETRY_S[0]), RETRY_S[1])
+            known.retry_at = time.monotonic() + known.retry_s
             log.warning(
                 "no zygote for a trusted environment: its instances import it",
-                extra={"environment": known.env_hash[:12], "reason": str(exc)},
+                extra={
+                    "environment": known.env_hash[:12],
+                    "reason": str(exc),
+                    "retry_s": known.retry_s,
+                },
             )
         finally:
             known.making = None

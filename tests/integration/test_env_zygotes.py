@@ -396,3 +396,42 @@ async def test_a_package_that_maps_shared_memory_gets_no_zygote(
     response = await running.call("reader", {})
     assert response.status == 200
     assert await response.text() == ""  # (its own memory)
+
+
+async def test_a_refused_environment_is_not_imported_again_at_each_cold_start(
+    running: Running, tmp_path: Path
+) -> None:
+    """Its imports fail the same way each time (here: a thread), and each try imports its
+    packages again as root: after a failure the next try waits (30 s, doubled each time), so
+    a deployer's cold starts cannot make the platform import it again and again. The operator
+    trusting it again tries at once."""
+    requirements = "spinner-dist==1.0\n"
+    spinner = (
+        "import threading, time\n"
+        "threading.Thread(target=time.sleep, args=(60,), daemon=True, name='pool').start()\n"
+    )
+    env_hash = await store_environment(
+        running.platform.store, tmp_path, requirements, {"spinner.py": spinner}
+    )
+    status, _ = await running.admin("PUT", f"/v1/environments/{env_hash}/trust", json={})
+    assert status == 200
+    known = _zygotes(running).trusted[env_hash]
+    if known.making is not None:
+        await asyncio.wait_for(asyncio.shield(known.making), 30)
+    assert known.failure is not None
+    assert "started 1 thread(s) (pool)" in known.failure
+    assert known.attempts == 1
+    handler = "import spinner\n\ndef handler(event, context):\n    return 'ok'\n"
+    for name in ("one", "two", "three"):
+        await running.deploy_ok(name, handler, requirements=requirements)
+        response = await running.call(name, {})
+        assert await response.text() == "ok"
+    assert known.making is None
+    assert known.attempts == 1
+    status, listed = await running.admin("GET", "/v1/environments/trusted")
+    assert listed["environments"][0]["attempts"] == 1
+    status, _ = await running.admin("PUT", f"/v1/environments/{env_hash}/trust", json={})
+    assert status == 200
+    assert known.attempts == 2
+    if known.making is not None:
+        await asyncio.wait_for(asyncio.shield(known.making), 30)
