@@ -269,7 +269,7 @@ class EnvZygotes:
             reason = str(exc)
         except TimeoutError:
             reason = f"it did not fork within {self.fork_timeout_s:g}s: retired as hung"
-            known.failure = reason
+            _failed(known, reason)
             if known.zygote is zygote:
                 self._drop_spare(known)
                 known.zygote = None
@@ -385,9 +385,7 @@ class EnvZygotes:
                 },
             )
         except Exception as exc:
-            known.failure = str(exc)
-            known.retry_s = min(max(known.retry_s * 2, RETRY_S[0]), RETRY_S[1])
-            known.retry_at = time.monotonic() + known.retry_s
+            _failed(known, str(exc))
             log.warning(
                 "no zygote for a trusted environment: its instances import it",
                 extra={
@@ -458,6 +456,13 @@ class EnvZygotes:
             if task.get_name() != "spare":  # (a spare's cgroup is released once it is gone)
                 task.cancel()
         await asyncio.gather(*self._retiring, return_exceptions=True)
+
+
+def _failed(known: EnvZygote, reason: str) -> None:
+    """Its making failed, or it hung: made again when next needed, not before a while."""
+    known.failure = reason
+    known.retry_s = min(max(known.retry_s * 2, RETRY_S[0]), RETRY_S[1])
+    known.retry_at = time.monotonic() + known.retry_s
 
 
 async def _close_when_idle(zygote: Zygote) -> None:

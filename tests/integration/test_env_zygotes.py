@@ -315,7 +315,10 @@ async def test_a_hung_zygote_is_retired_and_cold_starts_fork_from_the_runtimes(
     finally:
         hung.resume()
     await asyncio.to_thread(hung.wait, 15)  # retired: it exits once it reads that
-    await running.deploy_ok("third", _handler("six"), requirements=SIX)  # (asks for a new one)
+    await running.deploy_ok("third", _handler("six"), requirements=SIX)
+    assert known.making is None  # (not made again at once: it may hang again)
+    status, _ = await running.admin("PUT", f"/v1/environments/{env_hash}/trust", json={})
+    assert status == 200  # (the operator asks: made at once)
     await _ready(running, env_hash)
     await running.deploy_ok("fourth", _handler("six"), requirements=SIX)
     assert (await _answer(running, "fourth", {}))["preloaded"] is True
