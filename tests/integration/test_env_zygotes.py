@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import os
 import textwrap
 import zipfile
 from pathlib import Path
@@ -438,3 +439,33 @@ async def test_a_refused_environment_is_not_imported_again_at_each_cold_start(
     assert known.attempts == 2
     if known.making is not None:
         await asyncio.wait_for(asyncio.shield(known.making), 30)
+
+
+async def test_trusting_again_with_other_modules_while_it_is_made(
+    running: Running, tmp_path: Path
+) -> None:
+    """The operator names other modules while the zygote is being made (its imports under
+    way): that making is given up, and the new one is made beside it (same environment, a
+    socket of its own)."""
+    started, release = tmp_path / "started", tmp_path / "release"
+    os.mkfifo(started)
+    os.mkfifo(release)
+    slow = f"open({str(started)!r}, 'w').write('x')\nopen({str(release)!r}).read()\n"
+    requirements = "slow-dist==1.0\n"
+    env_hash = await store_environment(
+        running.platform.store, tmp_path, requirements, {"slow.py": slow, "fast.py": "X = 1\n"}
+    )
+    status, _ = await running.admin(
+        "PUT", f"/v1/environments/{env_hash}/trust", json={"modules": ["slow"]}
+    )
+    assert status == 200
+    await asyncio.wait_for(asyncio.to_thread(started.read_text), 30)  # (importing slow now)
+    try:
+        status, _ = await running.admin(
+            "PUT", f"/v1/environments/{env_hash}/trust", json={"modules": ["fast"]}
+        )
+        assert status == 200
+        known = await _ready(running, env_hash)
+        assert known.imported == ["fast"]
+    finally:
+        await asyncio.to_thread(release.write_text, "go")  # (the first one ends)
