@@ -341,6 +341,10 @@ class EnvZygotes:
         address = f"{self._socket_dir}/env-{known.env_hash[:16]}.sock"
         try:
             assert self.locate is not None
+            gone, known.zygote = known.zygote, None
+            if gone is not None:  # it crashed: its spare died with it, its socket is closed
+                self._drop_spare(known)
+                self._retire_zygote(known, gone, "it exited")
             self._make_room(known)
             path = await self.locate(known.env_hash)
             modules = known.modules or await asyncio.to_thread(top_level_modules, path)

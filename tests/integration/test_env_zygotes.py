@@ -469,3 +469,26 @@ async def test_trusting_again_with_other_modules_while_it_is_made(
         assert known.imported == ["fast"]
     finally:
         await asyncio.to_thread(release.write_text, "go")  # (the first one ends)
+
+
+async def test_a_zygote_made_again_after_a_crash_keeps_a_spare_again(running: Running) -> None:
+    """Its zygote was killed (its spare died with it): the new one, made when next needed,
+    keeps a live spare again; the dead one is not kept, nor charged."""
+    env_hash = (await running.deploy_ok("six", _handler("six"), requirements=SIX))["environment"]
+    status, _ = await running.admin("PUT", f"/v1/environments/{env_hash}/trust", json={})
+    assert status == 200
+    known = await _ready(running, env_hash)
+    if known.refilling is not None:
+        await asyncio.wait_for(asyncio.shield(known.refilling), 10)
+    assert known.zygote is not None
+    assert known.spare is not None
+    crashed = psutil.Process(known.zygote.process.pid)
+    crashed.kill()
+    await asyncio.to_thread(crashed.wait, 10)
+    await asyncio.wait_for(known.spare.wait(), 10)  # (it dies with its zygote)
+    await running.deploy_ok("again", _handler("six"), requirements=SIX)  # (asks for a new one)
+    await _ready(running, env_hash)
+    if known.refilling is not None:
+        await asyncio.wait_for(asyncio.shield(known.refilling), 10)
+    assert known.spare is not None
+    assert not known.spare.exited.done()
