@@ -34,7 +34,7 @@ import psutil
 
 from scheduler.backends import BackendError
 from scheduler.backends.env_packages import top_level_modules
-from scheduler.backends.zygote import ForkedHandle, Zygote
+from scheduler.backends.zygote import ForkedHandle, SocketZygote, Zygote
 
 log = logging.getLogger("ember.scheduler.local")  # part of the local backend
 
@@ -70,43 +70,6 @@ class EnvZygoteBackend(Protocol):
     """A backend that forks the instances of trusted environments from their zygotes."""
 
     env_zygotes: EnvZygotes | None
-
-
-class _Connection:
-    """An environment's zygote as the zygote client sees a process: its socket for the pipes,
-    its handle (the runtime zygote reports its exit) for the rest."""
-
-    def __init__(
-        self, handle: ForkedHandle, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        self._handle = handle
-        self._reader = reader
-        self._writer = writer
-
-    @property
-    def pid(self) -> int:
-        return self._handle.pid
-
-    @property
-    def stdin(self) -> asyncio.StreamWriter:
-        return self._writer
-
-    @property
-    def stdout(self) -> asyncio.StreamReader:
-        return self._reader
-
-    @property
-    def returncode(self) -> int | None:
-        exited = self._handle.exited
-        return (exited.result() or 0) if exited.done() else None
-
-    async def wait(self) -> int | None:
-        return await self._handle.wait()
-
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self._handle.pid, signal.SIGKILL)
-        self._writer.close()
 
 
 @dataclass(slots=True, eq=False)
@@ -367,7 +330,7 @@ class EnvZygotes:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(handle.pid, signal.SIGKILL)
                 raise BackendError(f"cannot reach it: {exc}") from exc
-            zygote = await Zygote.ready(_Connection(handle, reader, writer))
+            zygote = await Zygote.ready(SocketZygote(handle, reader, writer))
             known.imported = list(zygote.capabilities.get("imported", []))
             known.skipped = dict(zygote.capabilities.get("skipped", {}))
             known.memory_bytes = await asyncio.to_thread(_pss_bytes, handle.pid)
