@@ -47,6 +47,7 @@ from store.changes import (
     PolicyChanged,
     SecretRotated,
     TriggersChanged,
+    TrustChanged,
 )
 from store.embedded import EmbeddedPostgres, start_embedded_postgres
 from store.errors import FunctionNotFound
@@ -119,6 +120,7 @@ class Platform:
     rolling: set[str] = field(default_factory=set)
     """Functions whose instances this gateway rolls itself (a secret rotated here)."""
     _policy_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _trust_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @classmethod
     async def start(cls, settings: Settings) -> Platform:
@@ -168,8 +170,6 @@ class Platform:
             if isinstance(backend, LocalBackend) and backend.env_zygotes is not None:
                 backend.env_zygotes.locate = builder.local_path  # (fn env trust: made lazily)
                 backend.env_zygotes.max_zygotes = settings.env_zygotes
-                for trusted in await store.list_trusted_environments():
-                    backend.env_zygotes.trust(trusted.hash, trusted.modules, make=False)
             functions = FunctionCache(store)
             spool = ActivationSpool(settings.state_dir / "activations.spool")
             exits.callback(spool.close)
@@ -256,6 +256,7 @@ class Platform:
                 critical=True,
             )
             await platform.reload_policies()
+            await platform.reload_trusted()
             platform._exits = exits.pop_all()
             return platform
         raise AssertionError("unreachable")  # (mypy: the stack does not swallow errors)
@@ -279,6 +280,8 @@ class Platform:
                 for name in names:
                     if name not in self.rolling and self.scheduler.knows(name):
                         self.tasks.spawn(self.roll(name), f"roll {name}")
+            case TrustChanged():
+                self.tasks.spawn(self.reload_trusted(), "trusted environments reload")
 
     async def roll(self, name: str) -> None:
         """Replace the instances of `name` (a secret it reads changed): new ones specialize
@@ -315,6 +318,7 @@ class Platform:
         self.functions.clear()
         self.tasks.spawn(self.keys.reload(), "key reload")
         self._reload_policies_soon()
+        self.tasks.spawn(self.reload_trusted(), "trusted environments reload")
         self.events.triggers_changed()
         self.events.wake_deliveries()
 
@@ -325,6 +329,16 @@ class Platform:
         """Apply the stored policies to this gateway's scheduler."""
         async with self._policy_lock:  # one at a time, so the newest read is applied last
             await reload_policies(self.store, self.scheduler, self.functions, self.settings.pool)
+
+    async def reload_trusted(self) -> None:
+        """Apply the stored trusted environments to this node's zygotes (at start, and when
+        any gateway trusts or untrusts one: `fn env trust`)."""
+        backend = self.scheduler.backend
+        if not isinstance(backend, LocalBackend) or backend.env_zygotes is None:
+            return
+        async with self._trust_lock:  # one at a time, so the newest read is applied last
+            rows = await self.store.list_trusted_environments()
+            backend.env_zygotes.follow({t.hash: t.modules for t in rows})
 
     async def wait_broken(self) -> str:
         """Wait until a part of the platform dies; returns why."""

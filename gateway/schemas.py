@@ -433,6 +433,8 @@ class TrustedEnvironmentJSON(TypedDict):
     hash: str
     modules: list[str]
     requirements: str
+    lock: NotRequired[str]
+    """Every package installed: what trusting the environment trusts."""
     state: str
     trusted_at: NotRequired[str]
     pid: NotRequired[int | None]
@@ -441,6 +443,7 @@ class TrustedEnvironmentJSON(TypedDict):
     pss_bytes: NotRequired[int]
     spare: NotRequired[bool]
     failure: NotRequired[str | None]
+    attempts: NotRequired[int]
 
 
 class TrustedEnvironmentList(TypedDict):

@@ -79,6 +79,7 @@ async def trust_environment(request: web.Request) -> web.Response:
             "hash": env_hash,
             "modules": trusted.modules,
             "requirements": trusted.requirements,
+            "lock": trusted.lock,
             **_state(zygotes, env_hash),
         }
     )
@@ -119,6 +120,7 @@ async def list_trusted(request: web.Request) -> web.Response:
                     "hash": t.hash,
                     "modules": t.modules,
                     "requirements": t.requirements,
+                    "lock": t.lock,
                     "trusted_at": t.trusted_at.isoformat(),
                     **_state(zygotes, t.hash),
                 }

@@ -10,12 +10,18 @@ later builds other functions' walls (docs/security.md). Here it:
   after; thread pools that numeric libraries start at import are held to one thread
   (`THREAD_VARIABLES`);
 - refuses (the zygote is not made, the environment's instances import as before) when the
-  imports left a thread running or a file descriptor open: a fork has no copy of another
-  thread, and two processes on one descriptor share its offset or its connection;
+  imports left a thread running, a file descriptor open, writable shared memory mapped or a
+  process running: a fork has no copy of another thread; two processes on one descriptor
+  share its offset or its connection; a shared mapping (`mmap.mmap(-1, n)`, a
+  `multiprocessing` lock) is one memory for every fork, of every function, so a channel
+  between them that no wall closes; and a process started by the imports runs as root outside
+  every wall (it is killed);
 - freezes what it loaded out of the garbage collector's reach, so forks keep sharing its pages.
 
 What a fork must not share with its siblings is handled in each fork as for templates
-(`invoker.template.reseed`: numpy's global generator; `random` reseeds itself at fork).
+(`invoker.template.reseed`: numpy's global generator; `random` reseeds itself at fork). A
+function's own modules come first, as without the zygote: `put_first` forgets the imported
+packages its files shadow.
 """
 
 from __future__ import annotations
@@ -24,9 +30,11 @@ import contextlib
 import gc
 import importlib
 import os
+import signal
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 from invoker.linux import CLONE_NEWNET, check, libc, unshare
 
@@ -41,6 +49,9 @@ THREAD_VARIABLES = (
 the forks keep them: an instance has one CPU unless --cpus says more."""
 
 
+_PR_SET_CHILD_SUBREAPER = 36
+
+
 class EnvironmentRefused(Exception):
     """The environment's imports left state that forks cannot share: no zygote for it."""
 
@@ -51,6 +62,26 @@ def _open_fds() -> set[int]:
 
 def _threads() -> int:
     return len(os.listdir("/proc/self/task"))
+
+
+def _shared_writable() -> set[str]:
+    """Writable shared mappings (address range and what is mapped): what forks would share."""
+    with open("/proc/self/maps") as maps:
+        return {
+            " ".join(fields[:1] + fields[5:])
+            for fields in (line.split() for line in maps)
+            if len(fields) >= 5 and fields[1][1] == "w" and fields[1][3] == "s"
+        }
+
+
+def _children() -> set[int]:
+    """This process's children (a daemon that double-forked is one too: we are a
+    subreaper while the imports run)."""
+    found: set[int] = set()
+    for task in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError), open(f"/proc/self/task/{task}/children") as f:
+            found.update(int(pid) for pid in f.read().split())
+    return found
 
 
 @contextlib.contextmanager
@@ -78,17 +109,30 @@ def prepare(path: str, modules: list[str]) -> dict[str, object]:
     for name in THREAD_VARIABLES:
         os.environ.setdefault(name, "1")
     sys.path.insert(0, path)
-    fds, threads = _open_fds(), _threads()
+    fds, threads, shared = _open_fds(), _threads(), _shared_writable()
     imported: list[str] = []
     skipped: dict[str, str] = {}
-    with _no_network():
-        for name in modules:
-            try:
-                importlib.import_module(name)
-            except (Exception, SystemExit) as exc:
-                skipped[name] = f"{type(exc).__name__}: {exc}"[:200]
-            else:
-                imported.append(name)
+    check(libc().prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "subreaper")
+    try:
+        with _no_network():
+            for name in modules:
+                try:
+                    importlib.import_module(name)
+                except (Exception, SystemExit) as exc:
+                    skipped[name] = f"{type(exc).__name__}: {exc}"[:200]
+                else:
+                    imported.append(name)
+        processes = _children()
+    finally:
+        libc().prctl(_PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+    if processes:
+        for pid in processes:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        raise EnvironmentRefused(
+            f"importing {', '.join(modules)} started {len(processes)} process(es): they would "
+            "run as root outside every wall (killed)"
+        )
     if not imported:
         raise EnvironmentRefused(f"none of {', '.join(modules)} could be imported: {skipped}"[:400])
     started = _threads() - threads
@@ -97,6 +141,12 @@ def prepare(path: str, modules: list[str]) -> dict[str, object]:
         raise EnvironmentRefused(
             f"importing {', '.join(modules)} started {max(started, len(names))} thread(s) "
             f"({', '.join(names) or 'native'}): a fork would have none of them"
+        )
+    mapped = _shared_writable() - shared
+    if mapped:
+        raise EnvironmentRefused(
+            f"importing {', '.join(modules)} mapped {len(mapped)} writable shared memory "
+            f"region(s) ({', '.join(sorted(mapped))[:200]}): every fork would share them"
         )
     opened = _open_fds() - fds
     if opened:
@@ -111,3 +161,22 @@ def prepare(path: str, modules: list[str]) -> dict[str, object]:
     gc.collect()
     gc.freeze()
     return {"imported": imported, "skipped": skipped}
+
+
+def put_first(code_dir: Path, paths: list[str]) -> None:
+    """Put a function's code, then its environment, first on `sys.path`. Modules imported
+    from the environment (by its zygote) that the function's own files name too, like its
+    `helpers.py` beside a package `helpers`, are forgotten: it imports its own, as it would
+    without the zygote."""
+    sys.path[:0] = [str(code_dir), *paths]
+    own = {
+        p.name.removesuffix(".py") for p in code_dir.iterdir() if p.suffix == ".py" or p.is_dir()
+    }
+    roots = tuple(os.path.join(os.path.realpath(p), "") for p in paths)
+    if not roots:
+        return
+    for name in [n for n in sys.modules if n.partition(".")[0] in own]:
+        module = sys.modules[name]
+        where = getattr(module, "__file__", None) or next(iter(getattr(module, "__path__", [])), "")
+        if where and os.path.realpath(where).startswith(roots):
+            del sys.modules[name]

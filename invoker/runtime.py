@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO, cast
 
-from invoker import styles
+from invoker import env_zygote, styles
 from invoker.context import (
     MAX_LOG_BYTES,
     Capture,
@@ -219,7 +219,7 @@ class Runtime:
             self.walls.specialize(walls_spec, code_dir, paths, MAX_LOG_BYTES)
             os.environ.update(self.env)
             os.chdir(code_dir)  # relative paths (templates, static files) are the function's
-            sys.path[:0] = [str(code_dir), *paths]
+            env_zygote.put_first(code_dir, paths)  # (sys.path)
             self.user_file = str(path)
             template = bool(meta.get("template"))
             threads_before = {t.ident or 0 for t in threading.enumerate()} if template else set()

@@ -11,11 +11,13 @@ stdin/stdout with the local backend:
     <- forked ID PID PORT    the instance is accepting connections (PORT 0 for unix:)
     <- failed ID MESSAGE
     <- exit PID CODE         an instance ended (CODE: exit code, or minus the signal number)
-    -> zygote ID JSON        {"address": unix:/path, "path": DIR, "modules": [...]}: fork an
-                             environment's zygote (`invoker.env_zygote`), announced `forked ID
-                             PID 0` once it has imported them, listening on ADDRESS: the first
-                             connection there speaks this same protocol with it (its instances'
-                             `forked` and `exit` lines, on that connection), else `failed`
+    -> zygote ID JSON        {"address": unix:/path, "path": DIR, "modules": [...],
+                             "timeout_s": N}: fork an environment's zygote
+                             (`invoker.env_zygote`), announced `forked ID PID 0` once it has
+                             imported them, listening on ADDRESS: the first connection there
+                             speaks this same protocol with it (its instances' `forked` and
+                             `exit` lines, on that connection), else `failed` (also when the
+                             imports take over N seconds: it is killed)
 
 It is single-threaded and runs no event loop, so forking is safe. Instances die with the zygote
 (PR_SET_PDEATHSIG), and the zygote exits when its stdin closes, so nothing outlives the platform.
@@ -87,6 +89,8 @@ class _Starting:
     pid: int
     port: int
     ready_fd: int
+    zygote: bool = False
+    """An environment's zygote (its imports), not an instance."""
 
 
 _starting: dict[int, _Starting] = {}  # by ready_fd
@@ -107,6 +111,12 @@ def _announce(starting: _Starting) -> None:
     elif said[:1] == b"e":  # an environment's zygote refused (invoker.env_zygote)
         why = said[1:].decode(errors="replace").replace("\n", " ")
         _write(f"failed {starting.request_id} {why}\n")
+    elif starting.zygote:
+        _write(
+            f"failed {starting.request_id} the environment's zygote exited while it imported "
+            "its packages: one crashed, exited, or took longer than the time allowed, and was "
+            "killed (see the platform's log)\n"
+        )
     else:
         _write(
             f"failed {starting.request_id} the instance exited while its sandbox was "
@@ -182,8 +192,9 @@ def _fork_zygote(request_id: str, request: str) -> None:
         parsed = orjson.loads(request)
         address, path = str(parsed["address"]), str(parsed["path"])
         modules = [str(m) for m in parsed.get("modules", [])]
+        timeout_s = float(parsed.get("timeout_s", 0))
         sock = invoker.protocol.listen(address)
-    except (orjson.JSONDecodeError, KeyError, TypeError, OSError) as exc:
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, OSError) as exc:
         _write(f"failed {request_id} bad zygote request: {exc}\n")
         return
     parent = os.getpid()
@@ -201,11 +212,16 @@ def _fork_zygote(request_id: str, request: str) -> None:
             os.dup2(2, 1)
             _close_inherited(sock.fileno(), ready_w)
             _forget_parent_state()
+            if timeout_s > 0:  # a package that blocks at import: killed (SIGALRM's default)
+                signal.signal(signal.SIGALRM, signal.SIG_DFL)
+                signal.setitimer(signal.ITIMER_REAL, timeout_s)
             try:
                 imported = invoker.env_zygote.prepare(path, modules)
             except invoker.env_zygote.EnvironmentRefused as exc:
                 os.write(ready_w, b"e" + str(exc).encode()[:500])
                 return
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
             os.write(ready_w, b"r")
             os.close(ready_w)
             sock.settimeout(10.0)
@@ -225,7 +241,7 @@ def _fork_zygote(request_id: str, request: str) -> None:
     sock.close()
     os.close(ready_w)
     os.set_blocking(ready_r, False)
-    starting = _Starting(request_id, pid, 0, ready_r)
+    starting = _Starting(request_id, pid, 0, ready_r, zygote=True)
     _starting[ready_r] = starting
     _selector.register(ready_r, selectors.EVENT_READ, starting)
 

@@ -8,7 +8,9 @@ Each payload is a JSON object with a `kind`:
 - `{"kind": "triggers", "trigger_kind": "schedule"}`: triggers of that kind changed;
 - `{"kind": "access"}`: API keys or namespaces changed (created, revoked): reload them;
 - `{"kind": "secret", "functions": ["resize"]}`: a secret these functions read was rotated:
-  their warm instances are rolled (JSON only: gateways of earlier releases skip both).
+  their warm instances are rolled (JSON only: gateways of earlier releases skip both);
+- `{"kind": "trust"}`: an environment was trusted or untrusted (`fn env trust`): reload the
+  list (JSON only, too).
 
 Gateways of earlier releases listen on `ember_functions` for text payloads (`resize:3`,
 `policy:resize`, `triggers:schedule`), so every change is also sent there, in the same
@@ -51,7 +53,14 @@ class SecretRotated:
     functions: tuple[str, ...]
 
 
-Change = FunctionChanged | PolicyChanged | TriggersChanged | AccessChanged | SecretRotated
+@dataclass(slots=True, frozen=True)
+class TrustChanged:
+    pass
+
+
+Change = (
+    FunctionChanged | PolicyChanged | TriggersChanged | AccessChanged | SecretRotated | TrustChanged
+)
 
 
 class ChangeFeed:
@@ -65,7 +74,7 @@ class ChangeFeed:
         sender (ValueError: no change). Skipping is safe: a change says what the state is now,
         so the same one twice in a row is no news."""
         change = parse_change(payload)
-        if isinstance(change, AccessChanged | SecretRotated):
+        if isinstance(change, AccessChanged | SecretRotated | TrustChanged):
             return change  # sent once (no text twin): the same one again is news
         if self._last == (sender_pid, change):
             self._last = None
@@ -90,6 +99,8 @@ def parse_change(payload: str) -> Change:
                 return AccessChanged()
             if kind == "secret":
                 return SecretRotated(tuple(str(f) for f in data["functions"]))
+            if kind == "trust":
+                return TrustChanged()
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a change notification: {payload[:200]!r}") from exc
         raise ValueError(f"unknown change kind {kind!r}")

@@ -34,6 +34,8 @@ class TrustedEnvironment:
     """What its zygote imports (empty: its dists' top-level packages)."""
     trusted_at: datetime.datetime
     requirements: str
+    lock: str
+    """Every package installed (`name==version --hash=...`): what trusting it trusts."""
 
     @classmethod
     def from_row(cls, row: Row) -> TrustedEnvironment:
@@ -42,6 +44,7 @@ class TrustedEnvironment:
             modules=list(row["modules"]),
             trusted_at=row["trusted_at"],
             requirements=row["requirements"],
+            lock=row["lock"],
         )
 
 
@@ -231,9 +234,12 @@ class FunctionStore(StoreBase):
     # -- trusted environments (the admin's) -------------------------------------------------
 
     async def trust_environment(self, env_hash: str, modules: list[str]) -> TrustedEnvironment:
-        """Trust an environment; raises NotFound when there is none with that hash."""
-        async with self._conn() as conn:
+        """Trust an environment (every gateway is told); raises NotFound when there is none
+        with that hash."""
+        async with self._conn() as conn, conn.transaction():
             row = await conn.fetchrow(QUERIES["trust_environment"], env_hash, modules)
+            if row is not None:
+                await conn.execute(QUERIES["notify_trust_changed"])
         if row is None:
             raise NotFound(
                 f"no environment {env_hash}: a deploy with requirements builds one "
@@ -242,8 +248,12 @@ class FunctionStore(StoreBase):
         return TrustedEnvironment.from_row(row)
 
     async def untrust_environment(self, env_hash: str) -> bool:
-        async with self._conn() as conn:
-            return await conn.fetchval(QUERIES["untrust_environment"], env_hash) is not None
+        """Untrust an environment (every gateway is told); False: it was not trusted."""
+        async with self._conn() as conn, conn.transaction():
+            removed = await conn.fetchval(QUERIES["untrust_environment"], env_hash) is not None
+            if removed:
+                await conn.execute(QUERIES["notify_trust_changed"])
+            return removed
 
     @retry_once
     async def list_trusted_environments(self) -> list[TrustedEnvironment]:

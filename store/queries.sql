@@ -688,12 +688,17 @@ INSERT INTO ember_trusted_envs (hash, modules)
 SELECT hash, $2 FROM ember_environments WHERE hash = $1
 ON CONFLICT (hash) DO UPDATE SET modules = EXCLUDED.modules, trusted_at = now()
 RETURNING hash, modules, trusted_at,
-    (SELECT requirements FROM ember_environments e WHERE e.hash = ember_trusted_envs.hash);
+    (SELECT requirements FROM ember_environments e WHERE e.hash = ember_trusted_envs.hash),
+    (SELECT lock FROM ember_environments e WHERE e.hash = ember_trusted_envs.hash);
 
 -- name: untrust_environment
 DELETE FROM ember_trusted_envs WHERE hash = $1 RETURNING hash;
 
 -- name: list_trusted_environments
-SELECT t.hash, t.modules, t.trusted_at, e.requirements FROM ember_trusted_envs t
+SELECT t.hash, t.modules, t.trusted_at, e.requirements, e.lock FROM ember_trusted_envs t
 JOIN ember_environments e USING (hash)
 ORDER BY t.trusted_at;
+
+-- name: notify_trust_changed
+-- An environment was trusted or untrusted: every gateway reloads the list (store/changes.py).
+SELECT pg_notify('ember_changes', json_build_object('kind', 'trust')::text);

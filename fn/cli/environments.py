@@ -39,6 +39,9 @@ def _show(e: dict[str, Any]) -> None:
     click.echo(f"environment {e['hash'][:12]}: zygote {e['state']} ({imported})")
     if e.get("failure"):
         click.echo(f"  last attempt failed: {e['failure']}")
+    packages = [line.split()[0] for line in (e.get("lock") or "").splitlines() if line.strip()]
+    if packages:  # what trusting it trusts: every package installed, not only those named
+        click.echo(f"  trusted packages ({len(packages)}): {' '.join(packages)}")
 
 
 @env.command("trust")

@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -34,7 +33,8 @@ from typing import Any, Protocol, runtime_checkable
 import psutil
 
 from scheduler.backends import BackendError
-from scheduler.backends.zygote import ForkedHandle, Zygote
+from scheduler.backends.env_packages import top_level_modules
+from scheduler.backends.zygote import ForkedHandle, SocketZygote, Zygote
 
 log = logging.getLogger("ember.scheduler.local")  # part of the local backend
 
@@ -42,12 +42,22 @@ MAX_ENV_ZYGOTES = 4
 """Environments' zygotes on one node at most (FN_ENV_ZYGOTES)."""
 UNMEASURED_BYTES = 64 << 20
 """What a zygote is charged until its PSS is measured."""
-_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 SPARE_BYTES = 16 << 20
 """What a zygote's spare fork is charged (an idle fork of it: 11-13 MB PSS measured)."""
 SPARE_DELAY_S = 0.2
 """A taken spare is replaced this long after: off the cold start's CPU."""
+MAKE_TIMEOUT_S = 120.0
+"""How long an environment's imports may take: a package that blocks at import has its zygote
+killed (the failure is shown by `fn env trusted`; made again when next needed)."""
+RETRY_S = (30.0, 3600.0)
+"""After a failed making, the next try waits this long, doubled at each failure up to the
+second: a refused environment (a thread, a descriptor...) fails the same way each time, and
+each try imports its packages again, as root (every cold start of its functions asks)."""
+FORK_TIMEOUT_S = 3.0
+"""How long a fork of an environment's zygote may take (milliseconds, normally): past it, the
+zygote is taken for hung, retired, and the cold start forks from the runtime's zygote (within
+the instance's start timeout, 10 s)."""
 
 Locate = Callable[[str], Awaitable[Path]]
 """This node's unpacked copy of an environment (`Builder.local_path`)."""
@@ -62,68 +72,6 @@ class EnvZygoteBackend(Protocol):
     env_zygotes: EnvZygotes | None
 
 
-def top_level_modules(path: Path) -> list[str]:
-    """The top-level packages of an environment's dists (`*.dist-info/top_level.txt`, else the
-    first part of the paths in its `RECORD`), sorted; private ones (`_x`) and tests left out."""
-    found: set[str] = set()
-    for dist in sorted(path.glob("*.dist-info")):
-        names = _read(dist / "top_level.txt").split()
-        if not names:
-            for line in _read(dist / "RECORD").splitlines():
-                first = line.split(",", 1)[0].split("/", 1)[0].removesuffix(".py")
-                if first and not first.endswith((".dist-info", ".data")) and first != "..":
-                    names.append(first)
-        found.update(n for n in names if _MODULE.fullmatch(n))
-    return sorted(n for n in found if not n.startswith("_") and n not in ("test", "tests"))
-
-
-def _read(path: Path) -> str:
-    """A small metadata file of the environment, never through a link."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return ""
-    with os.fdopen(fd, errors="replace") as f:
-        return f.read(1 << 20)
-
-
-class _Connection:
-    """An environment's zygote as the zygote client sees a process: its socket for the pipes,
-    its handle (the runtime zygote reports its exit) for the rest."""
-
-    def __init__(
-        self, handle: ForkedHandle, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        self._handle = handle
-        self._reader = reader
-        self._writer = writer
-
-    @property
-    def pid(self) -> int:
-        return self._handle.pid
-
-    @property
-    def stdin(self) -> asyncio.StreamWriter:
-        return self._writer
-
-    @property
-    def stdout(self) -> asyncio.StreamReader:
-        return self._reader
-
-    @property
-    def returncode(self) -> int | None:
-        exited = self._handle.exited
-        return (exited.result() or 0) if exited.done() else None
-
-    async def wait(self) -> int | None:
-        return await self._handle.wait()
-
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self._handle.pid, signal.SIGKILL)
-        self._writer.close()
-
-
 @dataclass(slots=True, eq=False)
 class EnvZygote:
     """One trusted environment and its zygote, once made."""
@@ -134,7 +82,11 @@ class EnvZygote:
     zygote: Zygote | None = None
     making: asyncio.Task[None] | None = None
     failure: str | None = None
-    """Why its last making failed (made again when next needed)."""
+    """Why its last making failed (made again when next needed, after `retry_at`)."""
+    attempts: int = 0
+    """Makings tried, failed ones included."""
+    retry_at: float = 0.0
+    retry_s: float = 0.0
     memory_bytes: int = UNMEASURED_BYTES
     imported: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
@@ -158,6 +110,7 @@ class EnvZygote:
             "pss_bytes": self.memory_bytes if self.ready else 0,
             "spare": self.spare is not None and not self.spare.exited.done(),
             "failure": self.failure,
+            "attempts": self.attempts,
         }
 
 
@@ -179,8 +132,15 @@ class EnvZygotes:
         self.locate: Locate | None = None
         """Set by the platform (its builder): where an environment is unpacked on this node."""
         self.max_zygotes = max_zygotes
+        self.fork_timeout_s = FORK_TIMEOUT_S
+        self.make_timeout_s = MAKE_TIMEOUT_S
         self.trusted: dict[str, EnvZygote] = {}
         self._retiring: set[asyncio.Task[None]] = set()
+        self._lingering: dict[asyncio.Task[None], int] = {}
+        """Retired zygotes not exited yet (their instances run): the memory they are charged."""
+        self.follows = 0
+        """How often the stored list was applied (`follow`): tests await it (`wait_followed`)."""
+        self._followed = asyncio.Event()
 
     def trust(self, env_hash: str, modules: list[str] | None = None, *, make: bool = True) -> None:
         """Trust an environment (`make`: make its zygote now, in the background; else when one
@@ -193,6 +153,7 @@ class EnvZygotes:
         if known is None:
             known = self.trusted[env_hash] = EnvZygote(env_hash=env_hash, modules=modules)
         if make:
+            known.retry_at = 0.0  # (the operator asks again: no waiting)
             self._make_soon(known)
 
     def untrust(self, env_hash: str) -> bool:
@@ -203,6 +164,26 @@ class EnvZygotes:
             return False
         self._retire(known, "untrusted")
         return True
+
+    def follow(self, trusted: dict[str, list[str]]) -> None:
+        """Make the trusted environments these (hash: modules), as the database lists them:
+        those no longer in it are untrusted, new ones trusted (made when first needed), those
+        whose modules changed made again."""
+        for env_hash in set(self.trusted) - set(trusted):
+            self.untrust(env_hash)
+        for env_hash, modules in trusted.items():
+            known = self.trusted.get(env_hash)
+            changed = known is not None and known.modules != list(modules)
+            self.trust(env_hash, modules, make=changed)
+        self.follows += 1
+        self._followed.set()
+        self._followed = asyncio.Event()
+
+    async def wait_followed(self, since: int, timeout_s: float) -> None:
+        """Wait until the stored list was applied after `follows` was `since`."""
+        async with asyncio.timeout(timeout_s):
+            while self.follows <= since:
+                await self._followed.wait()
 
     def fork_source(self, env_hash: str | None) -> Zygote | None:
         """The zygote to fork an instance of an environment from: its ready zygote, else None
@@ -230,21 +211,49 @@ class EnvZygotes:
             return spare
         if spare is not None:
             self._discard(spare)
+        # A name and address of its own: if this fork fails or times out, the runtime's
+        # zygote forks the instance under its own (this one's cgroup is released meanwhile).
+        return await self._fork_or_retire(
+            known, f"{instance_id}-env", address.removesuffix(".sock") + "-env.sock"
+        )
+
+    async def _fork_or_retire(
+        self, known: EnvZygote, instance_id: str, address: str
+    ) -> ForkedHandle | None:
+        """A fork of the environment's zygote; None if it failed, and if it did not answer in
+        time, the zygote is retired (a hung zygote must not hold up its functions' cold
+        starts: they fork from the runtime's zygote, and it is made again when next needed)."""
+        zygote = known.zygote
+        assert zygote is not None
         try:
-            return await self._fork_generic(known.zygote, instance_id, address)
+            async with asyncio.timeout(self.fork_timeout_s):
+                return await self._fork_generic(zygote, instance_id, address)
         except BackendError as exc:
-            log.warning(
-                "an environment zygote could not fork: the runtime's zygote does",
-                extra={"environment": env_hash[:12], "reason": str(exc)},
-            )
-            return None
+            reason = str(exc)
+        except TimeoutError:
+            reason = f"it did not fork within {self.fork_timeout_s:g}s: retired as hung"
+            _failed(known, reason)
+            if known.zygote is zygote:
+                self._drop_spare(known)
+                known.zygote = None
+                self._retire_zygote(known, zygote, "hung")
+        log.warning(
+            "an environment zygote could not fork: the runtime's zygote does",
+            extra={"environment": known.env_hash[:12], "reason": reason},
+        )
+        return None
 
     def usage(self) -> tuple[int, int]:
         """Zygotes on the node (made, or being made) and their spares, and the memory they are
         charged."""
         alive = [k for k in self.trusted.values() if k.ready or k.making]
         spares = sum(k.spare is not None for k in alive)
-        return len(alive) + spares, sum(k.memory_bytes for k in alive) + spares * SPARE_BYTES
+        # Retired ones live on until their instances have exited: still charged till then.
+        retired = len(self._lingering), sum(self._lingering.values())
+        return (
+            len(alive) + spares + retired[0],
+            sum(k.memory_bytes for k in alive) + spares * SPARE_BYTES + retired[1],
+        )
 
     def _refill_soon(self, known: EnvZygote) -> None:
         if known.refilling is None or known.refilling.done():
@@ -260,13 +269,8 @@ class EnvZygotes:
             return
         self._spares += 1
         name = f"env-{known.env_hash[:12]}-spare-{self._spares}"
-        try:
-            spare = await self._fork_generic(zygote, name, f"unix:{self._socket_dir}/{name}.sock")
-        except BackendError as exc:
-            log.warning(
-                "no spare fork for an environment zygote",
-                extra={"environment": known.env_hash[:12], "reason": str(exc)},
-            )
+        spare = await self._fork_or_retire(known, name, f"unix:{self._socket_dir}/{name}.sock")
+        if spare is None:
             return
         if known.zygote is zygote and known.spare is None:
             known.spare = spare
@@ -289,6 +293,9 @@ class EnvZygotes:
     def _make_soon(self, known: EnvZygote) -> None:
         if known.ready or known.making is not None or self.locate is None or self.max_zygotes <= 0:
             return
+        if time.monotonic() < known.retry_at:
+            return
+        known.attempts += 1
         known.making = asyncio.create_task(
             self._make(known), name=f"environment zygote {known.env_hash[:12]}"
         )
@@ -297,6 +304,10 @@ class EnvZygotes:
         address = f"{self._socket_dir}/env-{known.env_hash[:16]}.sock"
         try:
             assert self.locate is not None
+            gone, known.zygote = known.zygote, None
+            if gone is not None:  # it crashed: its spare died with it, its socket is closed
+                self._drop_spare(known)
+                self._retire_zygote(known, gone, "it exited")
             self._make_room(known)
             path = await self.locate(known.env_hash)
             modules = known.modules or await asyncio.to_thread(top_level_modules, path)
@@ -304,18 +315,26 @@ class EnvZygotes:
                 raise BackendError("its dists name no top-level package (top_level.txt)")
             runtime = await self._runtime()
             started = time.perf_counter()
-            handle = await runtime.fork_zygote(f"unix:{address}", str(path), modules)
+            try:  # (the zygote kills it at make_timeout_s; this is in case it cannot)
+                async with asyncio.timeout(self.make_timeout_s + 10):
+                    handle = await runtime.fork_zygote(
+                        f"unix:{address}", str(path), modules, timeout_s=self.make_timeout_s
+                    )
+            except TimeoutError:
+                raise BackendError(
+                    f"its imports took longer than {self.make_timeout_s:g}s"
+                ) from None
             try:
                 reader, writer = await asyncio.open_unix_connection(address)
             except OSError as exc:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(handle.pid, signal.SIGKILL)
                 raise BackendError(f"cannot reach it: {exc}") from exc
-            zygote = await Zygote.ready(_Connection(handle, reader, writer))
+            zygote = await Zygote.ready(SocketZygote(handle, reader, writer))
             known.imported = list(zygote.capabilities.get("imported", []))
             known.skipped = dict(zygote.capabilities.get("skipped", {}))
             known.memory_bytes = await asyncio.to_thread(_pss_bytes, handle.pid)
-            known.zygote, known.failure = zygote, None
+            known.zygote, known.failure, known.retry_s = zygote, None, 0.0
             known.last_used = time.monotonic()
             if self.trusted.get(known.env_hash) is not known:  # untrusted meanwhile
                 self._retire(known, "untrusted while it was made")
@@ -333,10 +352,14 @@ class EnvZygotes:
                 },
             )
         except Exception as exc:
-            known.failure = str(exc)
+            _failed(known, str(exc))
             log.warning(
                 "no zygote for a trusted environment: its instances import it",
-                extra={"environment": known.env_hash[:12], "reason": str(exc)},
+                extra={
+                    "environment": known.env_hash[:12],
+                    "reason": str(exc),
+                    "retry_s": known.retry_s,
+                },
             )
         finally:
             known.making = None
@@ -352,7 +375,7 @@ class EnvZygotes:
             self._drop_spare(victim)
             if victim.zygote is not None:
                 zygote, victim.zygote = victim.zygote, None
-                self._retire_zygote(zygote, victim.env_hash, "the bound FN_ENV_ZYGOTES")
+                self._retire_zygote(victim, zygote, "the bound FN_ENV_ZYGOTES")
 
     def _retire(self, known: EnvZygote, why: str) -> None:
         if known.making is not None:
@@ -360,7 +383,7 @@ class EnvZygotes:
         self._drop_spare(known)
         zygote, known.zygote = known.zygote, None
         if zygote is not None:
-            self._retire_zygote(zygote, known.env_hash, why)
+            self._retire_zygote(known, zygote, why)
 
     def _drop_spare(self, known: EnvZygote) -> None:
         if known.refilling is not None:
@@ -369,14 +392,22 @@ class EnvZygotes:
         if spare is not None:
             self._discard(spare)
 
-    def _retire_zygote(self, zygote: Zygote, env_hash: str, why: str) -> None:
+    def _retire_zygote(self, known: EnvZygote, zygote: Zygote, why: str) -> None:
         log.info(
             "retiring an environment zygote",
-            extra={"environment": env_hash[:12], "reason": why, "instances": len(zygote.children)},
+            extra={
+                "environment": known.env_hash[:12],
+                "reason": why,
+                "instances": len(zygote.children),
+            },
         )
-        task = asyncio.create_task(_close_when_idle(zygote), name=f"retire zygote {env_hash[:12]}")
+        task = asyncio.create_task(
+            _close_when_idle(zygote), name=f"retire zygote {known.env_hash[:12]}"
+        )
         self._retiring.add(task)
+        self._lingering[task] = known.memory_bytes
         task.add_done_callback(self._retiring.discard)
+        task.add_done_callback(lambda done: self._lingering.pop(done, None))
 
     async def close(self) -> None:
         for known in list(self.trusted.values()):
@@ -392,6 +423,13 @@ class EnvZygotes:
             if task.get_name() != "spare":  # (a spare's cgroup is released once it is gone)
                 task.cancel()
         await asyncio.gather(*self._retiring, return_exceptions=True)
+
+
+def _failed(known: EnvZygote, reason: str) -> None:
+    """Its making failed, or it hung: made again when next needed, not before a while."""
+    known.failure = reason
+    known.retry_s = min(max(known.retry_s * 2, RETRY_S[0]), RETRY_S[1])
+    known.retry_at = time.monotonic() + known.retry_s
 
 
 async def _close_when_idle(zygote: Zygote) -> None:

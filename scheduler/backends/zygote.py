@@ -39,6 +39,44 @@ class ZygoteProcess(Protocol):
     def kill(self) -> None: ...
 
 
+class SocketZygote:
+    """A zygote reached on a Unix socket (an environment's: `scheduler.backends.env_zygotes`)
+    as the client sees a process: its socket for the pipes, its handle (its parent, the
+    runtime's zygote, reports its exit) for the rest."""
+
+    def __init__(
+        self, handle: ForkedHandle, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self._handle = handle
+        self._reader = reader
+        self._writer = writer
+
+    @property
+    def pid(self) -> int:
+        return self._handle.pid
+
+    @property
+    def stdin(self) -> asyncio.StreamWriter:
+        return self._writer
+
+    @property
+    def stdout(self) -> asyncio.StreamReader:
+        return self._reader
+
+    @property
+    def returncode(self) -> int | None:
+        exited = self._handle.exited
+        return (exited.result() or 0) if exited.done() else None
+
+    async def wait(self) -> int | None:
+        return await self._handle.wait()
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self._handle.pid, signal.SIGKILL)
+        self._writer.close()
+
+
 async def first_line(process: ZygoteProcess) -> bytes:
     """What a starting invoker or zygote says first; it is killed if we stop waiting."""
     assert process.stdout is not None
@@ -160,10 +198,15 @@ class Zygote:
     async def fork(self, address: str, sandbox: dict[str, Any]) -> ForkedHandle:
         return await self._request(b"fork", address, {"sandbox": sandbox})
 
-    async def fork_zygote(self, address: str, path: str, modules: list[str]) -> ForkedHandle:
+    async def fork_zygote(
+        self, address: str, path: str, modules: list[str], *, timeout_s: float = 0
+    ) -> ForkedHandle:
         """Fork an environment's zygote that imports `modules` from `path` and listens on
-        `address` (`invoker.env_zygote`); its handle once it has imported them."""
-        return await self._request(b"zygote", address, {"path": path, "modules": modules})
+        `address` (`invoker.env_zygote`); its handle once it has imported them (killed if
+        that takes over `timeout_s`, when given)."""
+        return await self._request(
+            b"zygote", address, {"path": path, "modules": modules, "timeout_s": timeout_s}
+        )
 
     async def _request(self, verb: bytes, address: str, fields: dict[str, Any]) -> ForkedHandle:
         assert self.process.stdin is not None

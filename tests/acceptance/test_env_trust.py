@@ -39,6 +39,7 @@ def test_the_operator_trusts_a_functions_environment(cli: Cli, tmp_path: Path) -
 
     out = cli.ok("env", "trust", "--function", "uses-six")
     assert out.startswith(f"environment {env_hash[:12]}: zygote ")
+    assert "trusted packages (1): six==1.16.0" in out  # (every package of its lock)
     (trusted,) = json.loads(cli.ok("env", "trusted", "--json"))
     assert trusted["hash"] == env_hash
     assert "six" in trusted["requirements"]

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from store.changes import ChangeFeed, FunctionChanged, PolicyChanged, TriggersChanged, parse_change
+from store.changes import (
+    ChangeFeed,
+    FunctionChanged,
+    PolicyChanged,
+    TriggersChanged,
+    TrustChanged,
+    parse_change,
+)
 
 
 @pytest.mark.parametrize(
@@ -14,6 +21,7 @@ from store.changes import ChangeFeed, FunctionChanged, PolicyChanged, TriggersCh
         ('{"kind": "function", "function": "gone", "version": 0}', FunctionChanged("gone", 0)),
         ('{"kind": "policy", "function": "resize"}', PolicyChanged("resize")),
         ('{"kind": "triggers", "trigger_kind": "schedule"}', TriggersChanged("schedule")),
+        ('{"kind": "trust"}', TrustChanged()),
         # Gateways of earlier releases, during an upgrade:
         ("resize:3", FunctionChanged("resize", 3)),
         ("policy:resize", PolicyChanged("resize")),
@@ -48,3 +56,11 @@ def test_the_feed_passes_a_change_on_once_when_its_text_twin_follows() -> None:
     assert feed.feed(200, "f:2") is None  # the same state again: no news (changes are states)
     assert feed.feed(100, '{"kind": "policy", "function": "f"}') == PolicyChanged("f")
     assert feed.feed(100, "f:2") == FunctionChanged("f", 2)  # not the twin of the policy
+
+
+def test_a_trust_change_twice_in_a_row_is_news() -> None:
+    """Trusting, then untrusting: two changes of the same kind from one sender, both acted on
+    (each reloads the list)."""
+    feed = ChangeFeed()
+    assert feed.feed(1, '{"kind": "trust"}') == TrustChanged()
+    assert feed.feed(1, '{"kind": "trust"}') == TrustChanged()
