@@ -214,6 +214,10 @@ async def run(quick: bool, database_url: str, work: Path) -> list[Row]:
             # The instance is a process tree (supervisor, namespace init, invoker): all of it.
             instance_pss = tree_pss(pid)["pss_bytes"] / (1 << 20)
             platform_mem = tree_pss(main.process.pid)
+            # What the processes are (the rest: the gateway, the zygote, namespaces' inits,
+            # templates and their spare forks).
+            alive = sum((await admin.instances()).values())
+            generic = await admin.generic_ready()
             rows.append(
                 Row(
                     "memory: idle warm instance PSS (MB)",
@@ -225,7 +229,7 @@ async def run(quick: bool, database_url: str, work: Path) -> list[Row]:
             rows.append(
                 Row(
                     f"memory: gateway, zygote, instances ({platform_mem['processes']} "
-                    "processes) PSS (MB)",
+                    f"processes; {alive} specialized, {generic} generic instances) PSS (MB)",
                     p50_ms=platform_mem["pss_bytes"] / (1 << 20),
                 )
             )
@@ -375,8 +379,25 @@ def main() -> None:
         default="auto",
         help="the gateways' FN_ISOLATION: off measures the path without sandboxes, to price them",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FN_X=VALUE",
+        help="a setting for the gateways (e.g. --set FN_TEMPLATES=0), repeatable",
+    )
+    parser.add_argument(
+        "--checkout",
+        type=Path,
+        help="run the gateways of another checkout of Ember (git worktree add --detach DIR REV)",
+    )
     args = parser.parse_args()
     os.environ["EMBER_BENCH_ISOLATION"] = args.isolation
+    if any("=" not in s or not s.startswith("FN_") for s in args.set):
+        parser.error("--set takes FN_NAME=VALUE")
+    os.environ["EMBER_BENCH_SET"] = ",".join(args.set)
+    if args.checkout is not None:
+        os.environ["EMBER_BENCH_CHECKOUT"] = str(args.checkout.resolve())
     started = dt.datetime.now(dt.UTC)
     rows = uvloop.run(main_async(args.quick))
     print_table(rows)
@@ -385,6 +406,8 @@ def main() -> None:
         "date": started.isoformat(timespec="seconds"),
         "quick": args.quick,
         "isolation": args.isolation,
+        "settings": args.set,
+        "checkout": str(args.checkout) if args.checkout else None,
         "machine": {
             "cpus": os.cpu_count(),
             "python": pyplatform.python_version(),
