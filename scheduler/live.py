@@ -77,6 +77,9 @@ class Tracked:
     backoff_until: float = -math.inf
     backoff_error: StartFailed | None = None
     """Until `backoff_until` (the scheduler's clock), calls fail fast with this error."""
+    imports: int = 0
+    """Instances of it made by an import on this node (not forks of its template): the
+    second earns it a template."""
 
     def enqueue(
         self, timeout_s: float
@@ -151,6 +154,9 @@ class Checked:
     style: str
     entry: str
     style_options: dict[str, str]
+    import_ms: float = 0.0
+    """How long its import took, as the scheduler measured it (`scheduler.upkeep`: a slow
+    one earns the version a template at once)."""
 
 
 @dataclass(slots=True)

@@ -119,6 +119,12 @@ class Template:
     """The forks the platform moved into cgroups (what the template says of them is not
     trusted: a retired template is stopped once these are gone)."""
     filling: asyncio.Task[None] | None = None
+    used_at: float = 0.0
+    """When it last forked an instance (or was made): the least recently used one is retired
+    first."""
+    spare_keep_s: float = 0.0
+    """How long after its last fork it keeps a spare (its function's keep-alive)."""
+    spare_timer: asyncio.TimerHandle | None = None
 
     def start_reading(self) -> None:
         self.control.setblocking(False)
