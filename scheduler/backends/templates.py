@@ -207,11 +207,16 @@ class Templates:
             if handle is not None and handle.pid > 0:
                 with contextlib.suppress(OSError):
                     os.killpg(handle.pid, signal.SIGKILL)
+            released = None
             if cgroup is not None:
                 cgroup.kill()
-                asyncio.get_running_loop().run_in_executor(None, cgroup.release)
+                released = asyncio.get_running_loop().run_in_executor(None, cgroup.release)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(address.removeprefix("unix:"))
+            if isinstance(exc, OSError | BackendError) and released is not None:
+                # The caller makes a generic instance of this name instead: its cgroup has
+                # this one's name, and must not be removed by this release.
+                await released
             if isinstance(exc, OSError):
                 raise BackendError(f"cannot fork from the template: {exc}") from exc
             raise
