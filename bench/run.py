@@ -151,6 +151,12 @@ async def run(quick: bool, database_url: str, work: Path) -> list[Row]:
         gateways.append(main)
         async with aiohttp.ClientSession() as http:
             admin = Admin(http, main.url)
+            if policy := os.environ.get("EMBER_BENCH_POLICY"):  # (--policy)
+                async with http.put(
+                    f"{main.url}/v1/policy", headers=admin_headers(), data=policy.encode()
+                ) as r:
+                    if r.status != 200:
+                        raise RuntimeError(f"default policy: {r.status} {await r.text()}")
             await admin.deploy("echo", ECHO)
 
             warm = await sequential(Load(f"{main.url}/fn/echo", BODY_1KB), n_seq)
@@ -391,8 +397,15 @@ def main() -> None:
         type=Path,
         help="run the gateways of another checkout of Ember (git worktree add --detach DIR REV)",
     )
+    parser.add_argument(
+        "--policy",
+        metavar="JSON",
+        help='the main gateway\'s default warm-pool policy, e.g. \'{"prewarm": "fixed"}\'',
+    )
     args = parser.parse_args()
     os.environ["EMBER_BENCH_ISOLATION"] = args.isolation
+    if args.policy:
+        os.environ["EMBER_BENCH_POLICY"] = args.policy
     if any("=" not in s or not s.startswith("FN_") for s in args.set):
         parser.error("--set takes FN_NAME=VALUE")
     os.environ["EMBER_BENCH_SET"] = ",".join(args.set)
@@ -407,6 +420,7 @@ def main() -> None:
         "quick": args.quick,
         "isolation": args.isolation,
         "settings": args.set,
+        "policy": args.policy,
         "checkout": str(args.checkout) if args.checkout else None,
         "machine": {
             "cpus": os.cpu_count(),
