@@ -47,7 +47,8 @@ from scheduler.backends.isolation import (
     UidAllocator,
     hidden_paths,
 )
-from scheduler.backends.templates import MAX_TEMPLATES, KeepsTemplates, Templates
+from scheduler.backends.template_host import KeepsTemplates
+from scheduler.backends.templates import MAX_TEMPLATES, Templates
 from scheduler.backends.zygote import ForkedHandle, Zygote, first_line
 from store.records import Version
 

@@ -120,10 +120,11 @@ class Template:
     trusted: a retired template is stopped once these are gone)."""
     filling: asyncio.Task[None] | None = None
     used_at: float = 0.0
-    """When it last forked an instance (or was made): the least recently used one is retired
-    first."""
+    """When it last forked an instance or one of those exited (or it was made): the least
+    recently used one is retired first."""
     spare_keep_s: float = 0.0
-    """How long after its last fork it keeps a spare (its function's keep-alive)."""
+    """How long it keeps a spare once no fork of it runs (the function's keep-alive, at least
+    `templates.SPARE_MIN_KEEP_S`)."""
     spare_timer: asyncio.TimerHandle | None = None
 
     def start_reading(self) -> None:

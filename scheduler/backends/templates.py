@@ -54,6 +54,11 @@ log = logging.getLogger("ember.scheduler.local")
 MAKE_TIMEOUT_S = 60.0
 """Longest a template's import may take (it is off the request path)."""
 SPARE_REFILL_DELAY_S = 0.2
+SPARE_MIN_KEEP_S = 60.0
+"""A spare is kept for the function's keep-alive, but at least this, after the template's last
+fork is gone: it serves the cold start after a scale to zero, which comes a keep-alive after
+the last call at the soonest (a fork made on demand waits ~10-20 ms to be moved into its
+cgroup, an RCU grace period; the spare has been moved already)."""
 """How long after a spare fork was taken the next is made: not while the cold start it serves
 is under way (they would share the CPU)."""
 RETIRED_POLL_S, RETIRED_GRACE_S = 1.0, 2.0
@@ -136,9 +141,10 @@ class Templates:
         if template.spare_timer is not None:
             template.spare_timer.cancel()
         try:
-            if spare is not None and not spare.exited.done():
-                return spare
-            return await self.fork(template, instance_id, address)
+            handle = spare if spare is not None and not spare.exited.done() else None
+            handle = handle or await self.fork(template, instance_id, address)
+            handle.exited.add_done_callback(lambda _: self._fork_ended(template))
+            return handle
         finally:
             self._fill(template, delay_s=SPARE_REFILL_DELAY_S)
 
@@ -171,12 +177,22 @@ class Templates:
         self._expire_spare(template)
         template.spare_bytes = await asyncio.to_thread(template_pss_bytes, spare.pid)
 
+    def _fork_ended(self, template: Template) -> None:
+        """An instance forked from it is gone: the version was in use until now."""
+        template.used_at = time.monotonic()
+
     def _expire_spare(self, template: Template) -> None:
-        """Stop the template's spare once it has not forked for its function's keep-alive."""
+        """Stop the template's spare once no instance forked from it has run for its
+        function's keep-alive (at least `SPARE_MIN_KEEP_S`)."""
         template.spare_timer = None
         if template.spare is None:
             return
-        left_s = template.used_at + template.spare_keep_s - time.monotonic()
+        running = any(h is not template.spare and not fork_gone(h) for h in template.handed)
+        left_s = (
+            template.spare_keep_s
+            if running
+            else template.used_at + template.spare_keep_s - time.monotonic()
+        )
         if left_s > 0:
             template.spare_timer = asyncio.get_running_loop().call_later(
                 left_s, self._expire_spare, template
@@ -338,7 +354,7 @@ class Templates:
             },
         )
         template.used_at = time.monotonic()
-        template.spare_keep_s = wanted.keep_alive_s
+        template.spare_keep_s = max(wanted.keep_alive_s, SPARE_MIN_KEEP_S)
         self._spawn(self._watch(template), f"watch template {key}")
 
     async def _start(
@@ -469,36 +485,3 @@ class Templates:
         )
         for template in self.by_key.values():
             template.close()
-
-
-class KeepsTemplates:
-    """The `scheduler.backends.TemplateBackend` side of a backend whose `templates` are
-    these (the local backend's)."""
-
-    templates: Templates | None
-
-    def keep_template(
-        self,
-        version: Version,
-        meta: Mapping[str, object],
-        code: bytes,
-        *,
-        keep_alive_s: float,
-        fits: Callable[[], bool],
-    ) -> None:
-        """The version earned a template: make it (in the background, in free room)."""
-        if self.templates is not None:
-            self.templates.keep(version, meta, code, keep_alive_s=keep_alive_s, fits=fits)
-
-    def has_template(self, version: Version) -> bool:
-        return self.templates is not None and self.templates.get(version) is not None
-
-    def drop_templates(self, function: str, keep_version: int | None = None) -> int:
-        """Retire the function's templates (all of them without a function)."""
-        return self.templates.drop(function, keep_version) if self.templates is not None else 0
-
-    def give_template_room(self) -> bool:
-        return self.templates is not None and self.templates.give_room()
-
-    def template_usage(self) -> tuple[int, int]:
-        return self.templates.usage() if self.templates is not None else (0, 0)

@@ -4,12 +4,13 @@ pay, with the default settings but for the one each test is about."""
 
 from __future__ import annotations
 
-import os
 import textwrap
 import time
 
 import psutil
+import pytest
 
+from scheduler.backends import templates as templates_module
 from scheduler.backends.local import LocalBackend
 from scheduler.backends.templates import Templates
 from tests.conftest import PlatformFactory, Running
@@ -113,17 +114,19 @@ async def test_at_the_bound_the_least_recently_used_template_is_retired(
 
 
 async def test_a_template_keeps_a_spare_fork_only_while_it_is_used(
-    make_platform: PlatformFactory,
+    make_platform: PlatformFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    keep_alive_s = 2.0
+    keep_alive_s = 1.0
+    monkeypatch.setattr(templates_module, "SPARE_MIN_KEEP_S", 0.0)  # (60 s)
     pool = {"keep_alive_s": keep_alive_s, "generic_pool_size": 1, "template_slow_import_s": 0.0}
     async with make_platform(pool=pool) as running:
+        scheduler = running.platform.scheduler
         templates = _templates(running)
         key = ("counter", 1)
         await running.deploy_ok("counter", MODULE)
         await _template_ready(templates, key)
         template = templates.by_key[key]
-        assert template.spare is None
+        assert template.spare is None  # never forked: no spare
         assert template.filling is None
         assert templates.usage()[0] == 1
 
@@ -134,11 +137,15 @@ async def test_a_template_keeps_a_spare_fork_only_while_it_is_used(
         assert spare is not None
         assert _alive(spare.pid)
         assert templates.usage()[0] == 2  # the spare is charged as an instance
-        assert os.getpgid(spare.pid) == spare.pid
 
-        # No fork for the keep-alive: the spare is stopped, the template stays.
+        # It outlives the version's instance (for the next cold start), by the keep-alive.
+        await scheduler.wait_until(lambda: not scheduler.instances_of("counter"), 15)
+        [fork] = [h for h in template.handed if h is not spare]
+        await fork.wait()
+        gone_at = time.monotonic()
+        assert template.spare is spare
         await spare.wait()
-        assert time.monotonic() - template.used_at >= keep_alive_s - 0.1
+        assert time.monotonic() - gone_at >= keep_alive_s - 0.1
         assert template.spare is None
         assert key in templates.by_key
         assert _alive(template.handle.pid)
