@@ -187,7 +187,7 @@ class Runtime:
                 "ok": False,
                 "error": {"type": "ProtocolError", "message": "instance is already specialized"},
             }
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         fetched: Fetched | None = None
         filename: str = meta["filename"]
         entry: str = meta.get("entry", "handler")
@@ -281,6 +281,7 @@ class Runtime:
         reply: Reply = {
             "ok": True,
             "import_ms": (time.perf_counter() - started) * 1000,
+            "import_cpu_ms": (time.process_time() - started_cpu) * 1000,
             "logs": capture.text(),
             "style": style,
             "entry": entry,

@@ -154,9 +154,8 @@ class Checked:
     style: str
     entry: str
     style_options: dict[str, str]
-    import_ms: float = 0.0
-    """How long its import took, as the scheduler measured it (`scheduler.upkeep`: a slow
-    one earns the version a template at once)."""
+    slow_import: bool = False
+    """Its import was slow (`Upkeep.slow_import`): the version's template is made at once."""
 
 
 @dataclass(slots=True)

@@ -406,10 +406,8 @@ class Scheduler(Upkeep):
             except (BackendError, OSError) as exc:
                 raise StartFailed(f"could not fit the instance to the function: {exc}") from exc
             conn = await self._connection(instance)
-            started = time.perf_counter()
             async with asyncio.timeout(self.settings.specialize_timeout_s):
                 reply, _ = await conn.call(meta, code)
-            reply["import_ms"] = (time.perf_counter() - started) * 1000  # (ours, not its word)
         except TimeoutError:
             raise StartFailed(
                 f'importing "{version.filename}" took longer than '

@@ -105,15 +105,15 @@ class Upkeep:
     def _keep_template(
         self, version: Version, meta: Mapping[str, object], code: bytes, reply: Reply
     ) -> None:
-        """An instance of `version` was specialized by an import (`reply["import_ms"]`, as
-        the scheduler measured it): its template is made when that was not its first import
-        on this node (it cold-started again, or scaled out), or its import was slow. Never
-        for a deploy's check (version 0, untracked): `admit` decides for that import."""
+        """An instance of `version` was specialized by an import: its template is made when
+        that was not its first import on this node (it cold-started again, or scaled out), or
+        its import was slow (`slow_import`). Never for a deploy's check (version 0,
+        untracked): `admit` decides for that import."""
         tracked = self._versions.get((version.function, version.version))
         if self._templates is None or reply.get("template") == "forked" or tracked is None:
             return
         tracked.imports += 1
-        if tracked.imports >= 2 or reply.get("import_ms", 0.0) >= self._slow_import_ms:
+        if tracked.imports >= 2 or self.slow_import(reply):
             self._templates.keep_template(
                 version,
                 meta,
@@ -122,9 +122,14 @@ class Upkeep:
                 fits=self.room.generic_fits,  # (a template never evicts an instance)
             )
 
-    @property
-    def _slow_import_ms(self) -> float:
-        return self.settings.template_slow_import_s * 1000
+    def slow_import(self, reply: Reply) -> bool:
+        """The import took more CPU than `template_slow_import_s`, as the instance says (its
+        CPU time: a loaded machine stretches the wall time of every import alike). A function
+        that lies gets a template it could also earn by a second cold start."""
+        cpu_ms = reply.get("import_cpu_ms")
+        if not isinstance(cpu_ms, float | int) or cpu_ms != cpu_ms:  # (absent, junk, NaN)
+            return False
+        return cpu_ms >= self.settings.template_slow_import_s * 1000
 
     def _forget_if_unused(self, key: VersionKey) -> None:
         """Drop the record of a version another one replaced, once it runs nowhere and has no
@@ -385,7 +390,7 @@ class Upkeep:
             style="ember" if style == "auto" else style,
             entry=reply.get("entry") or version.config.entry,
             style_options=dict(reply.get("style_options") or version.config.style_options),
-            import_ms=reply.get("import_ms", 0.0),
+            slow_import=self.slow_import(reply),
         )
 
     async def admit(self, checked: Checked, version: Version) -> None:
@@ -419,7 +424,7 @@ class Upkeep:
         self.pool.mark_ready(instance, self.clock())
         self._hand_out(tracked, cold=True)
         self._wake_reaper.set()
-        if self._templates is not None and checked.import_ms >= self._slow_import_ms:
+        if self._templates is not None and checked.slow_import:
             # (the check imported it as version 0: its template, if its import was slow)
             self._tasks.spawn(self._template_of(version, checked), f"template of {key}")
         else:
@@ -432,7 +437,7 @@ class Upkeep:
             add_prepared(meta, await self._prepare(version))
         code = version.package.archive or version.source.encode()
         if tracked is not None and self._versions.get(key) is tracked:  # (not deleted, rolled)
-            self._keep_template(version, meta, code, {"ok": True, "import_ms": checked.import_ms})
+            self._keep_template(version, meta, code, {"ok": True, "import_cpu_ms": math.inf})
 
     def drop_checked_soon(self, checked: Checked) -> None:
         self._stop_soon(checked.instance, "deploy did not complete")

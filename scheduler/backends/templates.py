@@ -63,7 +63,7 @@ cgroup, an RCU grace period; the spare has been moved already)."""
 is under way (they would share the CPU)."""
 RETIRED_POLL_S, RETIRED_GRACE_S = 1.0, 2.0
 """How often a retired template's forks are looked for; how long it has to exit after."""
-QUIET_S, MAX_DEFER_S = 0.3, 10.0
+QUIET_S, MAX_DEFER_S = 0.3, 30.0
 """A template is made once no instance has started for `QUIET_S` (its import would share the
 CPU with a cold start's), but at most `MAX_DEFER_S` after it was earned."""
 MAX_TEMPLATES = 32

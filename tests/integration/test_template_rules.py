@@ -24,7 +24,10 @@ MODULE = textwrap.dedent("""
     def handler(event, context):
         return {"pid": os.getpid(), "imported_at": imported_at}
 """)
-SLOW = "import time\n\ntime.sleep(0.2)  # a heavy import, as requests or numpy\n" + MODULE
+SLOW = (  # a heavy import, as requests or numpy: 0.1 s of CPU
+    "import time\n\nt0 = time.process_time()\nwhile time.process_time() - t0 < 0.1:\n"
+    "    pass\n" + MODULE
+)
 NEVER_SLOW = {"keep_alive_s": 0.3, "generic_pool_size": 1, "template_slow_import_s": 60.0}
 
 

@@ -101,7 +101,8 @@ async def test_a_deploys_check_of_a_fast_import_asks_for_none() -> None:
 
 
 async def test_a_slow_first_import_asks_for_one_at_once() -> None:
-    async with started(template_slow_import_s=0.0) as (scheduler, backend):
+    async with started() as (scheduler, backend):
+        backend.import_cpu_ms = 80.0  # (as requests' import: over the 30 ms default)
         candidate = dataclasses.replace(VERSION, version=0)
         await scheduler.admit(await scheduler.check(candidate), VERSION)
         [asking] = [t for t in asyncio.all_tasks() if t.get_name().startswith("template of")]
