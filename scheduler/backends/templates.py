@@ -10,9 +10,9 @@ its own (the platform learns its pid from the kernel: SO_PASSCRED) before it may
 
 A template is charged its measured PSS against the node's caps; at most `max_templates` are
 kept, the least recently used retired first. One in use (a fork of it runs, or ran within its
-function's keep-alive) keeps a spare fork ready, charged as an instance. A template is dropped (retired:
-no more forks; it exits once its forks have) when its version is replaced or deleted, when it
-is the least recently used and another is made, or when the node needs its room.
+function's keep-alive) keeps a spare fork ready, charged as an instance. A template is dropped
+(retired: no more forks; it exits once its forks have) when its version is replaced or deleted,
+when it is the least recently used and another is made, or when the node needs its room.
 """
 
 from __future__ import annotations
