@@ -172,17 +172,12 @@ class Runtime:
         source, or with meta "code": "zip" a zip of its files; older senders put the source
         in meta["source"]), put its environment's directories (`paths`) on sys.path, import
         `preimport` and then its module."""
-        if self.function is not None and not meta.get("template"):
-            if (meta.get("function"), int(meta.get("version", 0))) == (
-                self.function,
-                self.version,
-            ):  # forked from its version's template: imported already
-                return {**self._specialized, "import_ms": 0.0, "logs": "", "template": "forked"}
-            return {
-                "ok": False,
-                "error": {"type": "ProtocolError", "message": "instance is already specialized"},
-            }
         if self.function is not None:
+            if not meta.get("template") and (
+                meta.get("function"),
+                int(meta.get("version", 0)),
+            ) == (self.function, self.version):  # forked from its version's template
+                return {**self._specialized, "import_ms": 0.0, "logs": "", "template": "forked"}
             return {
                 "ok": False,
                 "error": {"type": "ProtocolError", "message": "instance is already specialized"},
