@@ -69,6 +69,16 @@ bench-templates: $(STAMP)
 	$(PY) -m bench.templates
 	$(PY) -m bench.env_zygotes
 
+## bench-templates-full: the full bench.run with templates on (the default) and off, alternated twice
+## (BASELINE=DIR adds a checkout of another commit's gateways to each round)
+.PHONY: bench-templates-full
+bench-templates-full: $(STAMP)
+	for round in 1 2; do \
+		$(PY) -m bench.run && cp bench/results/latest.json bench/results/run-templates-on-$$round.json; \
+		$(PY) -m bench.run --set FN_TEMPLATES=0 && cp bench/results/latest.json bench/results/run-templates-off-$$round.json; \
+		$(if $(BASELINE),$(PY) -m bench.run --checkout $(BASELINE) && cp bench/results/latest.json bench/results/run-baseline-$$round.json;) \
+	done
+
 ## bench-brokers: broker sources (NATS, Redis Streams, RabbitMQ, MQTT) end to end, next to topic events (about a minute)
 bench-brokers: $(STAMP)
 	$(PY) -m bench.brokers

@@ -19,6 +19,14 @@ from invoker.protocol import Connection
 TOKEN = "bench-token"
 
 
+def bench_settings() -> dict[str, str]:
+    """FN_* settings for every gateway of a run (`python -m bench.run --set FN_X=Y`, passed in
+    EMBER_BENCH_SET as "FN_X=Y,FN_Z=W"): what the environment's own FN_* variables cannot be
+    (they are stripped, so that a shell's settings do not skew a run unnoticed)."""
+    pairs = [p for p in os.environ.get("EMBER_BENCH_SET", "").split(",") if p]
+    return dict(p.split("=", 1) for p in pairs)
+
+
 @dataclass
 class Gateway:
     url: str
@@ -27,7 +35,9 @@ class Gateway:
 
     @classmethod
     def start(cls, state_dir: Path, database_url: str, **env: str) -> Gateway:
-        return cls.start_in(None, state_dir, database_url, env)
+        """A gateway of this checkout, or of EMBER_BENCH_CHECKOUT's (`bench.run --checkout`)."""
+        checkout = os.environ.get("EMBER_BENCH_CHECKOUT")
+        return cls.start_in(Path(checkout) if checkout else None, state_dir, database_url, env)
 
     @classmethod
     def start_in(
@@ -47,6 +57,7 @@ class Gateway:
         )
         if cwd is not None:
             full_env["PYTHONPATH"] = str(cwd)
+        full_env.update(bench_settings())
         full_env.update(env)
         log = state_dir / "gateway.log"
         process = subprocess.Popen(

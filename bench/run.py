@@ -151,6 +151,12 @@ async def run(quick: bool, database_url: str, work: Path) -> list[Row]:
         gateways.append(main)
         async with aiohttp.ClientSession() as http:
             admin = Admin(http, main.url)
+            if policy := os.environ.get("EMBER_BENCH_POLICY"):  # (--policy)
+                async with http.put(
+                    f"{main.url}/v1/policy", headers=admin_headers(), data=policy.encode()
+                ) as r:
+                    if r.status != 200:
+                        raise RuntimeError(f"default policy: {r.status} {await r.text()}")
             await admin.deploy("echo", ECHO)
 
             warm = await sequential(Load(f"{main.url}/fn/echo", BODY_1KB), n_seq)
@@ -214,6 +220,10 @@ async def run(quick: bool, database_url: str, work: Path) -> list[Row]:
             # The instance is a process tree (supervisor, namespace init, invoker): all of it.
             instance_pss = tree_pss(pid)["pss_bytes"] / (1 << 20)
             platform_mem = tree_pss(main.process.pid)
+            # What the processes are (the rest: the gateway, the zygote, namespaces' inits,
+            # templates and their spare forks).
+            alive = sum((await admin.instances()).values())
+            generic = await admin.generic_ready()
             rows.append(
                 Row(
                     "memory: idle warm instance PSS (MB)",
@@ -225,7 +235,7 @@ async def run(quick: bool, database_url: str, work: Path) -> list[Row]:
             rows.append(
                 Row(
                     f"memory: gateway, zygote, instances ({platform_mem['processes']} "
-                    "processes) PSS (MB)",
+                    f"processes; {alive} specialized, {generic} generic instances) PSS (MB)",
                     p50_ms=platform_mem["pss_bytes"] / (1 << 20),
                 )
             )
@@ -375,8 +385,32 @@ def main() -> None:
         default="auto",
         help="the gateways' FN_ISOLATION: off measures the path without sandboxes, to price them",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FN_X=VALUE",
+        help="a setting for the gateways (e.g. --set FN_TEMPLATES=0), repeatable",
+    )
+    parser.add_argument(
+        "--checkout",
+        type=Path,
+        help="run the gateways of another checkout of Ember (git worktree add --detach DIR REV)",
+    )
+    parser.add_argument(
+        "--policy",
+        metavar="JSON",
+        help='the main gateway\'s default warm-pool policy, e.g. \'{"prewarm": "fixed"}\'',
+    )
     args = parser.parse_args()
     os.environ["EMBER_BENCH_ISOLATION"] = args.isolation
+    if args.policy:
+        os.environ["EMBER_BENCH_POLICY"] = args.policy
+    if any("=" not in s or not s.startswith("FN_") for s in args.set):
+        parser.error("--set takes FN_NAME=VALUE")
+    os.environ["EMBER_BENCH_SET"] = ",".join(args.set)
+    if args.checkout is not None:
+        os.environ["EMBER_BENCH_CHECKOUT"] = str(args.checkout.resolve())
     started = dt.datetime.now(dt.UTC)
     rows = uvloop.run(main_async(args.quick))
     print_table(rows)
@@ -385,6 +419,9 @@ def main() -> None:
         "date": started.isoformat(timespec="seconds"),
         "quick": args.quick,
         "isolation": args.isolation,
+        "settings": args.set,
+        "policy": args.policy,
+        "checkout": str(args.checkout) if args.checkout else None,
         "machine": {
             "cpus": os.cpu_count(),
             "python": pyplatform.python_version(),

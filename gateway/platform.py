@@ -401,6 +401,7 @@ def _backend(settings: Settings, store: Store) -> Backend:
     return LocalBackend(
         zygote=settings.zygote,
         templates=settings.templates,
+        max_templates=settings.max_templates,
         isolation=settings.isolation,
         private_paths=(settings.state_dir,),
         environments=settings.state_dir / "envs",

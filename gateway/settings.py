@@ -109,12 +109,14 @@ class Settings:
     50 MB with numpy) and counts as an instance in FN_MAX_INSTANCES_TOTAL."""
     zygote: bool = True
     """Fork instances from a pre-imported zygote (FN_ZYGOTE=0: start a fresh interpreter each)."""
-    templates: bool = False
-    """Keep a template of each version specialized on this node and fork its next instances
-    from it, imported already (FN_TEMPLATES=1). Off by default: with a template (and its spare
-    fork) made after every deploy, `make bench` measured the cold start after scale to zero at
-    13-16 ms p50 / 39-51 ms p99 and deploy -> first call at 42-46 ms, against 7.3 / 13 and 16 ms
-    without (docs/cold-starts.md)."""
+    templates: bool = True
+    """Fork a version's next instances from its template, imported already, once it earned
+    one: it cold-started again on this node, or its import is slow (FN_TEMPLATE_SLOW_IMPORT)
+    (FN_TEMPLATES=0 turns them off: every instance imports the function; docs/cold-starts.md)."""
+    max_templates: int = 32
+    """Templates kept on this node at most (FN_TEMPLATE_MAX); when full, the least recently
+    used is retired. Each is charged its PSS (about 10 MB for a trivial function) and counts
+    as an instance in FN_MAX_INSTANCES_TOTAL / FN_MAX_INSTANCES_MEMORY."""
     shutdown_timeout_s: float = 10.0
     """How long in-flight calls may run on at shutdown before they are cancelled."""
     time_scale: float = 1.0
@@ -166,6 +168,9 @@ class Settings:
             ),
             max_total_memory_bytes=_total_memory(read, p.max_total_memory_bytes),
             max_queue=read.integer("FN_MAX_QUEUE", p.max_queue),
+            template_slow_import_s=read.duration_s(
+                "FN_TEMPLATE_SLOW_IMPORT", p.template_slow_import_s
+            ),
             max_response_bytes=read.size_bytes(
                 "FN_MAX_RESPONSE", p.max_response_bytes, minimum=1024
             ),
@@ -228,6 +233,7 @@ class Settings:
             env_zygotes=read.whole("FN_ENV_ZYGOTES", defaults.env_zygotes, 0, 1000),
             zygote=read.flag("FN_ZYGOTE", defaults.zygote),
             templates=read.flag("FN_TEMPLATES", defaults.templates),
+            max_templates=read.whole("FN_TEMPLATE_MAX", defaults.max_templates, 0, 100_000),
             max_source_bytes=read.size_bytes(
                 "FN_MAX_SOURCE", defaults.max_source_bytes, minimum=1024
             ),

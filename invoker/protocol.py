@@ -167,6 +167,8 @@ class Reply(TypedDict, total=False):
     headers: list[list[str]]
     import_ms: float
     """Time the module took to import (specialize), its environment's fetch included."""
+    import_cpu_ms: float
+    """The CPU time of that (specialize; the instance's word: what a template rule reads)."""
     env_fetch_ms: float
     """Time the environment took to fetch and unpack, or to find in the cache (specialize)."""
     env_cached: bool

@@ -172,22 +172,17 @@ class Runtime:
         source, or with meta "code": "zip" a zip of its files; older senders put the source
         in meta["source"]), put its environment's directories (`paths`) on sys.path, import
         `preimport` and then its module."""
-        if self.function is not None and not meta.get("template"):
-            if (meta.get("function"), int(meta.get("version", 0))) == (
-                self.function,
-                self.version,
-            ):  # forked from its version's template: imported already
+        if self.function is not None:
+            if not meta.get("template") and (
+                meta.get("function"),
+                int(meta.get("version", 0)),
+            ) == (self.function, self.version):  # forked from its version's template
                 return {**self._specialized, "import_ms": 0.0, "logs": "", "template": "forked"}
             return {
                 "ok": False,
                 "error": {"type": "ProtocolError", "message": "instance is already specialized"},
             }
-        if self.function is not None:
-            return {
-                "ok": False,
-                "error": {"type": "ProtocolError", "message": "instance is already specialized"},
-            }
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         fetched: Fetched | None = None
         filename: str = meta["filename"]
         entry: str = meta.get("entry", "handler")
@@ -281,6 +276,7 @@ class Runtime:
         reply: Reply = {
             "ok": True,
             "import_ms": (time.perf_counter() - started) * 1000,
+            "import_cpu_ms": (time.process_time() - started_cpu) * 1000,
             "logs": capture.text(),
             "style": style,
             "entry": entry,

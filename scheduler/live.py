@@ -77,6 +77,9 @@ class Tracked:
     backoff_until: float = -math.inf
     backoff_error: StartFailed | None = None
     """Until `backoff_until` (the scheduler's clock), calls fail fast with this error."""
+    imports: int = 0
+    """Instances of it made by an import on this node (not forks of its template): the
+    second earns it a template."""
 
     def enqueue(
         self, timeout_s: float
@@ -151,6 +154,8 @@ class Checked:
     style: str
     entry: str
     style_options: dict[str, str]
+    slow_import: bool = False
+    """Its import was slow (`Upkeep.slow_import`): the version's template is made at once."""
 
 
 @dataclass(slots=True)

@@ -35,6 +35,11 @@ class PoolSettings:
     max_start_backoff_s: float = 30.0
     """After a version fails to start, calls fail fast for 0.5 s, doubling per failure up to
     this, instead of restarting it in a loop (like Kubernetes' crash-loop back-off)."""
+    template_slow_import_s: float = 0.03
+    """A version whose import took more CPU time than this (FN_TEMPLATE_SLOW_IMPORT) gets its
+    template after its first instance, not after its second (local backend, FN_TEMPLATES): a
+    function importing requests or numpy then forks at its very first cold start again.
+    Default 30 ms: a trivial function imports in a few ms, requests in 50 and more."""
     max_response_bytes: int = 6 << 20
     """Largest response body a handler may return (FN_MAX_RESPONSE); a larger one is an error
     (502 response_too_large), and the gateway never buffers more than this per call."""

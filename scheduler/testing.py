@@ -96,7 +96,7 @@ class FakeConnection:
                 return {"ok": False, "error": {"type": "ImportError", "message": error}}, b""
             instance.function = function
             backend.specialized.append((instance.id, function))
-            return {"ok": True}, b""
+            return {"ok": True, "import_cpu_ms": backend.import_cpu_ms}, b""
         if meta["op"] == "relabel":
             return {"ok": True}, b""
         if meta["op"] == "invoke":
@@ -123,6 +123,8 @@ class FakeBackend:
         """Functions whose import never ends."""
         self.fail_starts = 0
         """How many of the next starts fail (`BackendError`)."""
+        self.import_cpu_ms = 1.0
+        """The CPU time every import says it took."""
         self.closed = False
 
     async def start(self) -> None:

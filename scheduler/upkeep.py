@@ -109,11 +109,31 @@ class Upkeep:
     def _keep_template(
         self, version: Version, meta: Mapping[str, object], code: bytes, reply: Reply
     ) -> None:
-        """`version` was specialized by an import: keep a template of it, in free room (a
-        template never evicts an instance)."""
-        templates = self._templates
-        if templates is not None and reply.get("template") != "forked" and self.room.generic_fits():
-            templates.keep_template(version, meta, code)
+        """An instance of `version` was specialized by an import: its template is made when
+        that was not its first import on this node (it cold-started again, or scaled out), or
+        its import was slow (`slow_import`). Never for a deploy's check (version 0,
+        untracked): `admit` decides for that import."""
+        tracked = self._versions.get((version.function, version.version))
+        if self._templates is None or reply.get("template") == "forked" or tracked is None:
+            return
+        tracked.imports += 1
+        if tracked.imports >= 2 or self.slow_import(reply):
+            self._templates.keep_template(
+                version,
+                meta,
+                code,
+                keep_alive_s=self.policies.settings(version.function).keep_alive_s,
+                fits=self.room.generic_fits,  # (a template never evicts an instance)
+            )
+
+    def slow_import(self, reply: Reply) -> bool:
+        """The import took more CPU than `template_slow_import_s`, as the instance says (its
+        CPU time: a loaded machine stretches the wall time of every import alike). A function
+        that lies gets a template it could also earn by a second cold start."""
+        cpu_ms = reply.get("import_cpu_ms")
+        if not isinstance(cpu_ms, float | int) or cpu_ms != cpu_ms:  # (absent, junk, NaN)
+            return False
+        return cpu_ms >= self.settings.template_slow_import_s * 1000
 
     def _forget_if_unused(self, key: VersionKey) -> None:
         """Drop the record of a version another one replaced, once it runs nowhere and has no
@@ -176,7 +196,7 @@ class Upkeep:
         their room up first (`fork`: the instance is a fork of one, not the generic's)."""
         generic = None if fork else self.pool.take_generic()
         victims = self.room.victims_for(memory_bytes, key, generic=generic, evict=evict)
-        if victims is None and self._templates and self._templates.drop_templates(""):
+        while victims is None and self._templates and self._templates.give_template_room():
             victims = self.room.victims_for(memory_bytes, key, generic=generic, evict=evict)
         return None if victims is None else [self._evict(victim) for victim in victims]
 
@@ -413,6 +433,7 @@ class Upkeep:
             style="ember" if style == "auto" else style,
             entry=reply.get("entry") or version.config.entry,
             style_options=dict(reply.get("style_options") or version.config.style_options),
+            slow_import=self.slow_import(reply),
         )
 
     async def admit(self, checked: Checked, version: Version) -> None:
@@ -446,17 +467,20 @@ class Upkeep:
         self.pool.mark_ready(instance, self.clock())
         self._hand_out(tracked, cold=True)
         self._wake_reaper.set()
-        if self._templates is not None:  # (the check imported it as version 0)
-            self._tasks.spawn(self._template_of(version), f"template of {key}")
+        if self._templates is not None and checked.slow_import:
+            # (the check imported it as version 0: its template, if its import was slow)
+            self._tasks.spawn(self._template_of(version, checked), f"template of {key}")
+        else:
+            tracked.imports += 1
 
-    async def _template_of(self, version: Version) -> None:
+    async def _template_of(self, version: Version, checked: Checked) -> None:
         tracked = self._versions.get(key := (version.function, version.version))
         meta = specialize_meta(version, self.settings.max_response_bytes)
         if self._prepare is not None:
             add_prepared(meta, await self._prepare(version))
         code = version.package.archive or version.source.encode()
         if tracked is not None and self._versions.get(key) is tracked:  # (not deleted, rolled)
-            self._keep_template(version, meta, code, {"ok": True})
+            self._keep_template(version, meta, code, {"ok": True, "import_cpu_ms": math.inf})
 
     def drop_checked_soon(self, checked: Checked, reason: str = "deploy did not complete") -> None:
         self._stop_soon(checked.instance, reason)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -55,19 +55,33 @@ class Backend(Protocol):
 
 @runtime_checkable
 class TemplateBackend(Protocol):
-    """A backend that keeps function templates (`scheduler.backends.templates`): after a
-    version is specialized once, its next instances are forked from it, imported already."""
+    """A backend that keeps function templates (`scheduler.backends.templates`): once a
+    version earned one, its next instances are forked from it, imported already."""
 
-    def keep_template(self, version: Version, meta: Mapping[str, object], code: bytes) -> None:
-        """`version` was specialized with `meta` and `code`: make its template if it has none
-        (in the background: off the request path)."""
+    def keep_template(
+        self,
+        version: Version,
+        meta: Mapping[str, object],
+        code: bytes,
+        *,
+        keep_alive_s: float,
+        fits: Callable[[], bool],
+    ) -> None:
+        """`version` was specialized with `meta` and `code` and earned a template: make it if
+        it has none (in the background, off the request path, when `fits()` says the node
+        has room); it keeps a spare fork while it forked within `keep_alive_s`."""
         ...
 
     def has_template(self, version: Version) -> bool: ...
 
     def drop_templates(self, function: str, keep_version: int | None = None) -> int:
-        """Retire the function's templates but `keep_version`'s; with no function, every one
-        (for room), returning how many."""
+        """Retire the function's templates but `keep_version`'s; with no function, every one;
+        returns how many."""
+        ...
+
+    def give_template_room(self) -> bool:
+        """Free one instance's room (a spare fork, else the least recently used template);
+        False if there was nothing to free."""
         ...
 
     def template_usage(self) -> tuple[int, int]:

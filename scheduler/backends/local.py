@@ -25,7 +25,6 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +49,8 @@ from scheduler.backends.isolation import (
     UidAllocator,
     hidden_paths,
 )
-from scheduler.backends.templates import Templates
+from scheduler.backends.template_host import KeepsTemplates
+from scheduler.backends.templates import MAX_TEMPLATES, Templates
 from scheduler.backends.zygote import ForkedHandle, Zygote, first_line
 from store.records import Version
 
@@ -105,7 +105,7 @@ class LocalHandle:
         return await self.process.wait()
 
 
-class LocalBackend:
+class LocalBackend(KeepsTemplates):
     def __init__(
         self,
         *,
@@ -117,6 +117,7 @@ class LocalBackend:
         private_paths: tuple[Path, ...] = (),
         environments: Path | None = None,
         templates: bool = True,
+        max_templates: int = MAX_TEMPLATES,
     ) -> None:
         """`private_paths`: the platform's directories instances must not see (state dir);
         `environments`: the cache of built environments, bound into the instances that use
@@ -145,7 +146,9 @@ class LocalBackend:
         self._zygote_broken: str | None = None
         self._zygote_lock = asyncio.Lock()
         self.templates = (
-            Templates(self, self._socket_dir) if self._socket_dir and zygote and templates else None
+            Templates(self, self._socket_dir, max_templates)
+            if self._socket_dir and zygote and templates
+            else None
         )
         """Versions' templates (`scheduler.backends.templates`): forked, not imported."""
         self.env_zygotes = (
@@ -316,6 +319,8 @@ class LocalBackend:
         self, instance_id: str, version: Version | None = None
     ) -> InstanceHandle:
         handle: InstanceHandle
+        if self.templates is not None:  # (templates are made in between)
+            self.templates.started()
         try:
             async with asyncio.timeout(self.start_timeout_s):
                 address = (
@@ -326,8 +331,7 @@ class LocalBackend:
                 template = version and self.templates and self.templates.get(version)
                 if template and self.templates:
                     with contextlib.suppress(BackendError):  # (else: a generic instance)
-                        spare = self.templates.take_spare(template)
-                        handle = spare or await self.templates.fork(template, instance_id, address)
+                        handle = await self.templates.fork_instance(template, instance_id, address)
                         self._handles.add(handle)
                         return handle
                 if self.use_zygote:  # (of its trusted environment's zygote, if it has one)
@@ -343,21 +347,6 @@ class LocalBackend:
             ) from None
         self._handles.add(handle)
         return handle
-
-    def keep_template(self, version: Version, meta: Mapping[str, object], code: bytes) -> None:
-        """The version was specialized on this node: make its template (in the background)."""
-        if self.templates is not None:
-            self.templates.keep(version, meta, code)
-
-    def has_template(self, version: Version) -> bool:
-        return self.templates is not None and self.templates.get(version) is not None
-
-    def drop_templates(self, function: str, keep_version: int | None = None) -> int:
-        """Retire the function's templates (all of them without a function: for room)."""
-        return self.templates.drop(function, keep_version) if self.templates is not None else 0
-
-    def template_usage(self) -> tuple[int, int]:
-        return self.templates.usage() if self.templates is not None else (0, 0)
 
     def new_cgroup(self, instance_id: str, version: Version | None = None) -> InstanceCgroup | None:
         c = version and version.config  # (a template's fork runs: its version's limits at once)

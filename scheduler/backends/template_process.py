@@ -119,6 +119,13 @@ class Template:
     """The forks the platform moved into cgroups (what the template says of them is not
     trusted: a retired template is stopped once these are gone)."""
     filling: asyncio.Task[None] | None = None
+    used_at: float = 0.0
+    """When it last forked an instance or one of those exited (or it was made): the least
+    recently used one is retired first."""
+    spare_keep_s: float = 0.0
+    """How long it keeps a spare once no fork of it runs (the function's keep-alive, at least
+    `templates.SPARE_MIN_KEEP_S`)."""
+    spare_timer: asyncio.TimerHandle | None = None
 
     def start_reading(self) -> None:
         self.control.setblocking(False)

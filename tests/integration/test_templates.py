@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import os
 import sys
 import textwrap
 import threading
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import psutil
@@ -48,8 +48,19 @@ FAST_SCALE_TO_ZERO = {"keep_alive_s": 0.3, "generic_pool_size": 1}
 
 @pytest.fixture
 def make_platform(make_platform: PlatformFactory) -> PlatformFactory:
-    """Templates are off by default (FN_TEMPLATES=1 turns them on): on in these tests."""
-    return cast(PlatformFactory, functools.partial(make_platform, templates=True))
+    """Every import counts as slow here: a version's template is made after its first
+    instance, the deploy's (test_template_rules.py tests when one is made by default)."""
+
+    def start(*, pool: dict[str, Any] | None = None, **overrides: Any) -> Any:
+        return make_platform(pool={"template_slow_import_s": 0.0, **(pool or {})}, **overrides)
+
+    return cast(PlatformFactory, start)
+
+
+@pytest.fixture
+async def running(make_platform: PlatformFactory) -> AsyncIterator[Running]:
+    async with make_platform() as r:
+        yield r
 
 
 def _templates(running: Running) -> Templates:
@@ -203,7 +214,8 @@ async def test_a_template_whose_module_fails_is_refused_and_stopped(running: Run
     meta = specialize_meta(version, 1 << 20)
     backend = scheduler.backend
     assert isinstance(backend, LocalBackend)
-    backend.keep_template(version, meta, b"raise RuntimeError('only in the template')\n")
+    code = b"raise RuntimeError('only in the template')\n"
+    backend.keep_template(version, meta, code, keep_alive_s=1.0, fits=lambda: True)
     key = ("counter", 7)
     await templates.wait_until(lambda: key in templates.refused, 20)
     assert "RuntimeError: only in the template" in templates.refused[key]
@@ -319,15 +331,17 @@ async def test_a_template_that_grows_after_it_was_measured_is_charged_for_it(
         await _template_ready(running, "hoarder", 1)
         templates = _templates(running)
         template = templates.by_key[("hoarder", 1)]
-        if template.filling is not None:
-            await template.filling  # its spare: the template holds 96 MiB more
         backend = running.platform.scheduler.backend
         assert isinstance(backend, LocalBackend)
-        handle = await templates.fork(template, "probe", f"unix:{backend._socket_dir}/probe.sock")
+        probes = [
+            await templates.fork(template, name, f"unix:{backend._socket_dir}/{name}.sock")
+            for name in ("probe-1", "probe-2")
+        ]
         try:  # 192 MiB more now, charged 30 MiB or so when it was measured
             assert templates.usage()[1] >= 192 << 20
         finally:
-            await backend.stop_instance(handle, grace_s=0.5)
+            for handle in probes:
+                await backend.stop_instance(handle, grace_s=0.5)
 
 
 CLINGY = textwrap.dedent("""
@@ -351,9 +365,8 @@ async def test_a_retired_template_that_will_not_exit_is_stopped(
         await _template_ready(running, "clingy", 1)
         templates = _templates(running)
         template = templates.by_key[("clingy", 1)]
-        if template.filling is not None:
-            await template.filling  # a spare: a child it will not forget
-        assert template.spare is not None
+        _, cold = await _cold_call(running, "clingy")  # a fork: a child it will not forget
+        assert cold
         status, _ = await running.admin("DELETE", "/v1/functions/clingy")
         assert status == 200
         assert templates.usage() == (0, 0)  # no longer charged: it must not stay
@@ -398,11 +411,14 @@ async def test_a_template_that_lies_in_its_reports_is_stopped(
         await _template_ready(running, "liar", 1)
         templates = _templates(running)
         template = templates.by_key[("liar", 1)]
-        async with asyncio.timeout(10):  # asked for its spare, it lies: it is stopped
+        # Asked for a fork for a cold start, it lies: it is stopped, and the instance is a
+        # generic one that imports the function.
+        _, cold = await _cold_call(running, "liar")
+        assert cold
+        async with asyncio.timeout(10):
             await template.handle.wait()
         assert len(template.pending) <= 1 << 16
         assert templates.usage() == (0, 0)
-        assert (await running.call("liar", {})).status == 200  # its instances import it
 
 
 async def test_an_instance_retired_while_it_specialized_leaves_no_template(

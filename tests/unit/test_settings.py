@@ -100,3 +100,16 @@ def test_reuse_port_is_off_unless_asked() -> None:
     assert Settings.from_env({}).reuse_port is False
     assert Settings.from_env({"FN_REUSE_PORT": "1"}).reuse_port is True
     assert Settings.from_env({"FN_REUSE_PORT": "0"}).reuse_port is False
+
+
+def test_templates_are_on_by_default_with_a_bound_and_a_slow_import_rule() -> None:
+    default = Settings.from_env({})
+    assert default.templates
+    assert (default.max_templates, default.pool.template_slow_import_s) == (32, 0.03)
+    read = Settings.from_env(
+        {"FN_TEMPLATES": "0", "FN_TEMPLATE_MAX": "4", "FN_TEMPLATE_SLOW_IMPORT": "100ms"}
+    )
+    assert not read.templates
+    assert (read.max_templates, read.pool.template_slow_import_s) == (4, 0.1)
+    with pytest.raises(ConfigError):
+        Settings.from_env({"FN_TEMPLATE_MAX": "-1"})
