@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from invoker.protocol import Reply
-from scheduler.backends import Backend, BackendError, TemplateBackend
-from scheduler.backends.env_zygotes import EnvZygoteBackend, EnvZygotes
+from scheduler.backends import Backend, BackendError
 from scheduler.capacity import Room
 from scheduler.errors import AtCapacity, SchedulerError, StartFailed
+from scheduler.forking import Forking
 from scheduler.live import (
     Checked,
     InstanceConnection,
@@ -27,8 +26,6 @@ from scheduler.live import (
     Live,
     Prepare,
     Tracked,
-    add_prepared,
-    specialize_meta,
 )
 from scheduler.policy import FunctionPolicy
 from scheduler.pool import Instance, Pool, State, VersionKey
@@ -40,7 +37,7 @@ from store.records import Version
 log = logging.getLogger("ember.scheduler")
 
 
-class Upkeep:
+class Upkeep(Forking):
     backend: Backend
     settings: PoolSettings
     clock: Callable[[], float]
@@ -92,49 +89,6 @@ class Upkeep:
         def _keep_connection(self, instance: Instance, conn: InstanceConnection) -> None: ...
         def _hand_out(self, tracked: Tracked, *, cold: bool) -> None: ...
 
-    # -- templates (forks of a specialized instance: `scheduler.backends.templates`) ---------
-
-    @functools.cached_property
-    def _templates(self) -> TemplateBackend | None:
-        return self.backend if isinstance(self.backend, TemplateBackend) else None
-
-    def _forkable(self, version: Version) -> bool:
-        """A new instance of `version` is to be forked from its template (not a generic
-        instance specialized: that would import the module again)."""
-        if self._env_zygotes and self._env_zygotes.fork_source(version.package.env_hash):
-            return True  # (or from its trusted environment's zygote: imported its packages)
-        templates = self._templates
-        return templates is not None and templates.has_template(version)
-
-    def _keep_template(
-        self, version: Version, meta: Mapping[str, object], code: bytes, reply: Reply
-    ) -> None:
-        """An instance of `version` was specialized by an import: its template is made when
-        that was not its first import on this node (it cold-started again, or scaled out), or
-        its import was slow (`slow_import`). Never for a deploy's check (version 0,
-        untracked): `admit` decides for that import."""
-        tracked = self._versions.get((version.function, version.version))
-        if self._templates is None or reply.get("template") == "forked" or tracked is None:
-            return
-        tracked.imports += 1
-        if tracked.imports >= 2 or self.slow_import(reply):
-            self._templates.keep_template(
-                version,
-                meta,
-                code,
-                keep_alive_s=self.policies.settings(version.function).keep_alive_s,
-                fits=self.room.generic_fits,  # (a template never evicts an instance)
-            )
-
-    def slow_import(self, reply: Reply) -> bool:
-        """The import took more CPU than `template_slow_import_s`, as the instance says (its
-        CPU time: a loaded machine stretches the wall time of every import alike). A function
-        that lies gets a template it could also earn by a second cold start."""
-        cpu_ms = reply.get("import_cpu_ms")
-        if not isinstance(cpu_ms, float | int) or cpu_ms != cpu_ms:  # (absent, junk, NaN)
-            return False
-        return cpu_ms >= self.settings.template_slow_import_s * 1000
-
     def _forget_if_unused(self, key: VersionKey) -> None:
         """Drop the record of a version another one replaced, once it runs nowhere and has no
         waiting calls and no back-off in force: each deploy would otherwise leave one (with its
@@ -173,19 +127,8 @@ class Upkeep:
         stopping) and those whose stop is in flight."""
         count = len(self._live) + len(self._instance_stops)
         memory = sum(live.memory_bytes for live in self._live.values())
-        templates, template_bytes = (
-            (0, 0) if self._templates is None else self._templates.template_usage()
-        )
-        zygotes, zygote_bytes = (0, 0) if self._env_zygotes is None else self._env_zygotes.usage()
-        templates, template_bytes = templates + zygotes, template_bytes + zygote_bytes
-        return count + templates, memory + template_bytes + sum(self._instance_stops.values())
-
-    @functools.cached_property
-    def _env_zygotes(self) -> EnvZygotes | None:
-        """Trusted environments' zygotes (`scheduler.backends.env_zygotes`), if the backend
-        keeps them: charged like templates, and their environments' instances forked."""
-        backend = self.backend
-        return backend.env_zygotes if isinstance(backend, EnvZygoteBackend) else None
+        forks, fork_bytes = self._fork_sources_usage()
+        return count + forks, memory + fork_bytes + sum(self._instance_stops.values())
 
     def _make_room(
         self, memory_bytes: int, key: VersionKey | None, *, evict: bool, fork: bool = False
@@ -472,15 +415,6 @@ class Upkeep:
             self._tasks.spawn(self._template_of(version, checked), f"template of {key}")
         else:
             tracked.imports += 1
-
-    async def _template_of(self, version: Version, checked: Checked) -> None:
-        tracked = self._versions.get(key := (version.function, version.version))
-        meta = specialize_meta(version, self.settings.max_response_bytes)
-        if self._prepare is not None:
-            add_prepared(meta, await self._prepare(version))
-        code = version.package.archive or version.source.encode()
-        if tracked is not None and self._versions.get(key) is tracked:  # (not deleted, rolled)
-            self._keep_template(version, meta, code, {"ok": True, "import_cpu_ms": math.inf})
 
     def drop_checked_soon(self, checked: Checked, reason: str = "deploy did not complete") -> None:
         self._stop_soon(checked.instance, reason)
