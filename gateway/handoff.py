@@ -157,6 +157,9 @@ async def serve(request: web.Request) -> web.Response:
     return await request.app[HANDOFF].answer(request)
 
 
+_GONE = frozenset({"function_not_found", "version_not_found"})
+"""The codes of the home's 404s that mean the delivery's function or version is gone."""
+
 _FIELDS = ("status", "http_status", "headers", "error", "code", "message", "logs", "cold")
 
 
@@ -176,7 +179,9 @@ def _result(status: int, body: bytes, home: str) -> CallResult:
         except (ValueError, KeyError, TypeError) as exc:
             status, body = 502, f"unreadable answer: {exc!r}".encode()
     text = body[:1000].decode("utf-8", "replace")
-    if status == 404:  # deleted meanwhile: as the worker's own resolve would find
+    if status == 404 and _error_code(body) in _GONE:  # deleted meanwhile: as the worker's own
+        # resolve would find. Any other 404 (a home without this route: a gateway of an older
+        # release during a rollout) ran nothing and says nothing of the function: retried.
         error = {"type": "FunctionNotFound", "message": text, "retry": False}
         return CallResult("error", 404, error=error, code="function_not_found", message=text)
     if status in (429, 503):  # stopping, or its database away: nothing ran, try again soon
@@ -184,3 +189,12 @@ def _result(status: int, body: bytes, home: str) -> CallResult:
     log.warning("home gateway refused a delivery", extra={"home": home, "status": status})
     error = {"type": "HomeGatewayError", "message": f"{home}: {status} {text}"}
     return CallResult("error", 502, error=error, code="home_gateway_error", message=text)
+
+
+def _error_code(body: bytes) -> str | None:
+    """The `error.code` of a JSON error answer, None when it is not one."""
+    try:
+        code = json.loads(body)["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return code if isinstance(code, str) else None

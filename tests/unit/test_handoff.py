@@ -36,3 +36,16 @@ def test_the_homes_refusals_are_attempts_to_retry_or_not() -> None:
     assert "gw-b: 401" in odd.error["message"]
     unreadable = _result(200, b"garbage", "gw-b")
     assert (unreadable.status, unreadable.http_status) == ("error", 502)
+
+
+def test_a_404_that_is_not_the_function_gone_is_retried_not_dead() -> None:
+    # A home of an older release has no /peer/deliveries: its 404 ran nothing and says
+    # nothing of the function, so the delivery must not go to the dead letters.
+    no_route = _result(404, b'{"error": {"code": "not_found", "message": "nothing"}}', "gw-b")
+    assert (no_route.status, no_route.http_status) == ("error", 502)
+    assert no_route.error is not None
+    assert no_route.error.get("retry") is not False
+    assert "gw-b: 404" in no_route.error["message"]
+    plain = _result(404, b"404: Not Found", "gw-b")  # not even the JSON shape
+    assert plain.error is not None
+    assert plain.error.get("retry") is not False
