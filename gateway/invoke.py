@@ -14,6 +14,7 @@ from gateway.auth import invoke_refusal
 from gateway.errors import error_response, json_response, payload_too_large
 from gateway.namespaces import DEFAULT_NAMESPACE, qualify, shown_name, split_name
 from gateway.platform import PLATFORM, Platform
+from gateway.routing import HOP_PROOF_HEADER
 from gateway.units import NAME
 from invoker.protocol import RequestMeta
 from store import (
@@ -215,6 +216,8 @@ def request_meta(request: web.Request) -> RequestMeta:
     headers = [(k, v if v.isascii() else _text(v)) for k, v in received.items()]
     if "Content-Encoding" in received:  # the body was decompressed on the way in
         headers = [h for h in headers if h[0].lower() not in _DECODED]
+    if HOP_PROOF_HEADER in received:  # the peers' secret (gateway/routing.py), or a forgery
+        headers = [h for h in headers if h[0].lower() != _HOP_PROOF]
     return {
         "method": request.method,
         "path": _text("/" + request.match_info.get("tail", "")),
@@ -226,6 +229,7 @@ def request_meta(request: web.Request) -> RequestMeta:
 
 
 _DECODED = frozenset({"content-encoding", "content-length"})
+_HOP_PROOF = HOP_PROOF_HEADER.lower()
 
 
 # Credentials of the caller are not kept in the queue (days, or until a dead letter is

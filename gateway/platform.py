@@ -194,6 +194,7 @@ class Platform:
                 name=settings.gateway_id,
                 settings=settings.routing,
                 silent_s=settings.events.gateway_dead_after_s,
+                token=token,
                 registry=metrics.registry,
             )
             exits.push_async_callback(router.close)

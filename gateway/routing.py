@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import logging
 import time
 import uuid
@@ -44,6 +45,8 @@ log = logging.getLogger("ember.gateway.routing")
 
 HOP_HEADER = "X-Ember-Hop"
 """On a call one gateway sends to another: the sender's name. The receiver serves the call."""
+HOP_PROOF_HEADER = "X-Ember-Hop-Proof"
+"""Beside `HOP_HEADER`: that a peer sent it (`hop_proof`); the handler never sees it."""
 HOME_HEADER = "X-Ember-Home"
 """On the response to a sent call: the name of the gateway that served it."""
 
@@ -62,6 +65,7 @@ _NOT_SENT = frozenset(
         "content-encoding",
         "expect",
         HOP_HEADER.lower(),
+        HOP_PROOF_HEADER.lower(),
     }
 )
 _NOT_RETURNED = frozenset(
@@ -95,6 +99,12 @@ class Home:
         return int.from_bytes(digest, "big")
 
 
+def hop_proof(token: str) -> str:
+    """What a peer puts in `HOP_PROOF_HEADER`: derived from the admin token peers share, so a
+    client cannot forge a hop (and the token itself never travels with a call)."""
+    return hmac.new(token.encode(), b"ember gateway hop", hashlib.sha256).hexdigest()
+
+
 def _host_port(address: str) -> tuple[str, int] | None:
     url = URL(address)
     if url.scheme != "http" or not url.host or url.port is None:
@@ -119,10 +129,12 @@ class Router:
         name: str,
         settings: RoutingSettings,
         silent_s: float,
+        token: str,
         registry: CollectorRegistry,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
+        self._proof = hop_proof(token)
         self.run_id = run_id
         self.name = name
         self.settings = settings
@@ -154,6 +166,12 @@ class Router:
         self._served, self._fallback, self._lost = (
             sent.labels(o) for o in ("served", "fallback", "lost")
         )
+        self._forged = Counter(
+            "ember_gateway_unproven_hops",
+            "Calls with an X-Ember-Hop header but not the peers' proof (a client's, or a peer's "
+            "with another FN_TOKEN): routed as any call, not served where they arrive",
+            registry=registry,
+        )
         self._homes_gauge = Gauge(
             "ember_gateway_homes", "Live gateways that are home to functions", registry=registry
         )
@@ -163,7 +181,12 @@ class Router:
     def home_of(self, function: str, request: web.Request) -> Home | None:
         """The gateway to send this call to, or None to serve it here (this gateway is the
         home, the call was sent here by a peer, or it is asynchronous)."""
-        if self._alone or HOP_HEADER in request.headers:
+        if self._alone:
+            return None
+        hop = request.headers.get(HOP_HEADER)
+        if hop is not None and hmac.compare_digest(
+            request.headers.get(HOP_PROOF_HEADER, ""), self._proof
+        ):
             return None
         try:
             home = self._home_of[function]
@@ -171,6 +194,8 @@ class Router:
             home = self._home(function)
         if home is None or "respond-async" in request.headers.get("Prefer", ""):
             return None
+        if hop is not None:  # a client's (or a peer's with another FN_TOKEN): not a hop
+            self._forged.inc()
         return home
 
     def home_for(self, function: str) -> Home | None:
@@ -211,6 +236,7 @@ class Router:
             f"X-Forwarded-For: {forwarded}, {remote}" if forwarded else f"X-Forwarded-For: {remote}"
         )
         head.append(f"{HOP_HEADER}: {self.name}")
+        head.append(f"{HOP_PROOF_HEADER}: {self._proof}")
         head.append(f"Content-Length: {len(body)}\r\n\r\n")
         message = "\r\n".join(head).encode("utf-8", "surrogateescape") + body
         target: Home | None = home

@@ -19,7 +19,14 @@ from typing import Any
 import psutil
 import pytest
 
-from gateway.routing import HOME_HEADER, HOP_HEADER, Home, home_among
+from gateway.routing import (
+    HOME_HEADER,
+    HOP_HEADER,
+    HOP_PROOF_HEADER,
+    Home,
+    home_among,
+    hop_proof,
+)
 from scheduler.backends.isolation import IsolationSettings
 from tests.conftest import ROOT, TOKEN, PlatformFactory, Running, shared
 
@@ -38,7 +45,8 @@ HANDLER = (  # INSTANCE: which instance served (seen repeat: each has a PID name
     "        time.sleep(20)\n"
     "    headers = {k.lower(): v for k, v in context.headers.items()}\n"
     "    return {'instance': INSTANCE, 'hop': headers.get('x-ember-hop'),\n"
-    "            'forwarded': headers.get('x-forwarded-for')}\n"
+    "            'forwarded': headers.get('x-forwarded-for'),\n"
+    "            'proof': headers.get('x-ember-hop-proof')}\n"
 )
 
 
@@ -111,16 +119,29 @@ async def test_a_call_on_another_gateway_is_served_by_the_homes_warm_instance(
         assert (body["hop"], body["forwarded"]) == (
             ("gw-a", "127.0.0.1") if g is a else (None, None)
         )
+        assert body["proof"] is None  # the peers' proof is not the handler's to see
     # One instance, at the home, served all six: one cold start, not one per gateway.
     assert len(b.platform.scheduler.instances_of(name)) == 1
     assert len(seen) == 1
     assert await cold_flags(b, name) == [False] * 5 + [True]  # newest first
 
     # A call a peer sent is served where it arrives, whatever that gateway's view: one hop.
-    response = await a.call(name, {}, headers={HOP_HEADER: "gw-b"})
+    # A client's X-Ember-Hop (no proof, or a wrong one) is no peer's: the home serves it, so
+    # a caller cannot start instances on every gateway (N times max_instances) with it.
+    for forged in ({HOP_HEADER: "gw-b"}, {HOP_HEADER: "gw-b", HOP_PROOF_HEADER: "0" * 64}):
+        response = await a.call(name, {}, headers=forged)
+        assert response.status == 200
+        assert response.headers[HOME_HEADER] == "gw-b"
+        assert (await response.json())["instance"] in seen
+    assert a.platform.scheduler.instances_of(name) == []
+    response = await a.call(
+        name, {}, headers={HOP_HEADER: "gw-b", HOP_PROOF_HEADER: hop_proof(TOKEN)}
+    )
     assert response.status == 200
     assert HOME_HEADER not in response.headers
-    assert (await response.json())["instance"] not in seen
+    ran = await response.json()
+    assert ran["instance"] not in seen
+    assert ran["proof"] is None  # the handler never sees the peers' proof
 
     # Errors of the home come back as they are, in the JSON shape.
     response = await a.call(name, headers={"Content-Type": "application/json"}, data=b"{")
