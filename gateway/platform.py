@@ -198,7 +198,7 @@ class Platform:
                 registry=metrics.registry,
             )
             exits.push_async_callback(router.close)
-            scheduler.keeps_warm = router.is_home
+            scheduler.keeps_warm = router.keeps_ahead
             handoff = Handoff(
                 router,
                 calls,
@@ -256,6 +256,8 @@ class Platform:
                 "function change listener",
                 critical=True,
             )
+            if settings.routing.enabled:  # (the peers, before min_warm: see `keeps_ahead`)
+                await router.refresh()
             await platform.reload_policies()
             await platform.reload_trusted()
             platform._exits = exits.pop_all()
@@ -309,8 +311,10 @@ class Platform:
     def _homes_read(self, changed: bool) -> None:
         """The list of gateway homes was read: stop the instances of the functions whose home
         is now another gateway (docs/kubernetes.md, "Scaling gateways"); when the homes
-        changed, keep the functions that moved here at their `min_warm`."""
-        self.scheduler.let_go()
+        changed, keep the functions that moved here at their `min_warm`. Not before this
+        gateway advertised nor while it stops: nothing moves then."""
+        if self.router.address is not None:
+            self.scheduler.let_go()
         if changed:
             self._reload_policies_soon()
 

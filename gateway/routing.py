@@ -212,6 +212,13 @@ class Router:
         take part (routing off, alone, not advertised yet or stopping: nothing moves)."""
         return self.address is None or self.home_for(function) is None
 
+    def keeps_ahead(self, function: str) -> bool:
+        """Whether this gateway keeps `function`'s instances ahead of its calls (`min_warm`,
+        prewarms): it is the home, or routing does not apply (off, alone). Not before it
+        advertised nor while it stops, when it is home to nothing: a new replica would
+        otherwise start the `min_warm` of every function of the cluster, then stop most."""
+        return self._alone or (self.address is not None and self.home_for(function) is None)
+
     def next_home(self, home: Home, function: str, exc: BaseException) -> Home | None:
         """`home` did not take the connection: leave it out, and the home to try next."""
         self._suspect(home, exc)

@@ -204,3 +204,36 @@ async def test_a_function_that_moves_away_is_let_go_at_once_busy_instances_after
                 assert (response.status, response.headers.get("X-Ember-Home")) == (200, "gw-c")
             assert len(c.platform.scheduler.instances_of(idle_one)) == 1
             assert a.platform.scheduler.instances_of(idle_one) == []
+
+
+async def test_a_gateway_not_home_yet_or_stopping_starts_no_min_warm_of_the_others(
+    make_platform: PlatformFactory,
+) -> None:
+    # A rollout's new replica reads the policies before it advertises, and a stopping one
+    # reads the homes again while it lingers: neither is home to anything then, and neither
+    # may start the min_warm instances of every function of the cluster (pods, on Kubernetes).
+    async with (
+        make_platform(gateway_id="gw-a", isolation=NO_WALLS) as a,
+        make_platform(gateway_id="gw-b", isolation=NO_WALLS) as b,
+    ):
+        homes = await homes_ready(a, b)
+        name = named_home_of(homes, run_of(b))
+        await b.deploy_ok(name, HANDLER)
+        status, data = await b.admin("PUT", f"/v1/functions/{name}/policy", json={"min_warm": 1})
+        assert status == 200, data
+        await b.platform.scheduler.wait_until(
+            lambda: len(b.platform.scheduler.instances_of(name)) == 1, 10
+        )
+        await a.platform.reload_policies()
+        assert a.platform.scheduler.instances_of(name) == []  # (as before: not its home)
+
+        async with make_platform(gateway_id="gw-c", isolation=NO_WALLS) as c:
+            # (its start read the policies, with a and b live and itself not advertised)
+            await c.platform.reload_policies()
+            assert c.platform.scheduler.instances_of(name) == []
+
+        await a.platform.router.withdraw()  # stopping
+        await a.platform.router.refresh()
+        await a.platform.reload_policies()
+        assert a.platform.scheduler.instances_of(name) == []
+        assert len(b.platform.scheduler.instances_of(name)) == 1
