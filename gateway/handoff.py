@@ -125,7 +125,8 @@ class Handoff:
     async def answer(self, request: web.Request) -> web.Response:
         """`POST /peer/deliveries`: run a delivery a peer claimed for a function homed here
         (run here whatever this gateway's view of the homes: one hop at most)."""
-        given = request.headers.get("Authorization", "").encode()
+        # (surrogateescape: header bytes that are not UTF-8 are a wrong token, not a crash)
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
         if not hmac.compare_digest(given, f"Bearer {self._token}".encode()):
             return error_response(
                 401, "unauthorized", "peer gateways share the admin token (FN_TOKEN)"

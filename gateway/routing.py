@@ -135,6 +135,7 @@ class Router:
     ) -> None:
         self.store = store
         self._proof = hop_proof(token)
+        self._proof_bytes = self._proof.encode()
         self.run_id = run_id
         self.name = name
         self.settings = settings
@@ -184,8 +185,9 @@ class Router:
         if self._alone:
             return None
         hop = request.headers.get(HOP_HEADER)
-        if hop is not None and hmac.compare_digest(
-            request.headers.get(HOP_PROOF_HEADER, ""), self._proof
+        if hop is not None and hmac.compare_digest(  # (bytes: a header may be any bytes)
+            request.headers.get(HOP_PROOF_HEADER, "").encode("utf-8", "surrogateescape"),
+            self._proof_bytes,
         ):
             return None
         try:

@@ -6,11 +6,13 @@ instances of it at once, the busy ones after their call."""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 from pathlib import Path
 
 import psutil
 import pytest
+from yarl import URL
 
 from events.settings import EventSettings
 from gateway.routing import Home, home_among
@@ -237,3 +239,50 @@ async def test_a_gateway_not_home_yet_or_stopping_starts_no_min_warm_of_the_othe
         await a.platform.reload_policies()
         assert a.platform.scheduler.instances_of(name) == []
         assert len(b.platform.scheduler.instances_of(name)) == 1
+
+
+async def raw_request(g: Running, head: bytes) -> tuple[int, bytes]:
+    """Send `head` (a request without a body) as bytes, unchecked; the status and body."""
+    url = URL(g.url)
+    assert url.host is not None
+    assert url.port is not None
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        writer.write(head)
+        status_line = await reader.readline()
+        length = 0
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        return int(status_line.split()[1]), await reader.readexactly(length)
+    finally:
+        writer.close()
+
+
+async def test_header_bytes_that_are_not_utf8_get_answers_not_internal_errors(
+    make_platform: PlatformFactory,
+) -> None:
+    async with (
+        make_platform(gateway_id="gw-a", isolation=NO_WALLS) as a,
+        make_platform(gateway_id="gw-b", isolation=NO_WALLS) as b,
+    ):
+        homes = await homes_ready(a, b)
+        name = named_home_of(homes, run_of(b))
+        await a.deploy_ok(name, HANDLER)
+        # The peers' door: a token that is not even text is a wrong token.
+        status, body = await raw_request(
+            b,
+            b"POST /peer/deliveries HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\n"
+            b"Content-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        assert status == 401, body
+        assert json.loads(body)["error"]["code"] == "unauthorized"
+        # A forged hop whose proof is not ASCII is no hop: the call goes to the home.
+        status, body = await raw_request(
+            a,
+            f"GET /fn/{name} HTTP/1.1\r\nHost: x\r\nX-Ember-Hop: gw-b\r\n".encode()
+            + b"X-Ember-Hop-Proof: \xc3\xa9\xff\r\nConnection: close\r\n\r\n",
+        )
+        assert status == 200, body
+        assert a.platform.scheduler.instances_of(name) == []
