@@ -37,6 +37,7 @@ from gateway.requests import not_found
 from gateway.schemas import Health
 from gateway.tenancy import audit
 from gateway.units import NAME
+from invoker.protocol import MAX_META_BYTES
 from store import DatabaseUnavailable
 
 log = logging.getLogger("ember.gateway.app")
@@ -139,8 +140,10 @@ def _admit_deploy_size(request: web.Request) -> None:
     """The admin API reads deploys (code, base64 in JSON) up to its own limit: aiohttp reads
     every request with the root application's `client_max_size` (the calls' FN_MAX_BODY), and
     a sub-application's is not used, so the limit is raised here for `/v1` (cold path only)."""
-    if request.path.startswith(("/v1/", "/peer/")):  # (/peer/: a delivery and its meta)
+    if request.path.startswith("/v1/"):
         request._client_max_size = request.app[ADMIN_MAX_BODY]
+    elif request.path.startswith("/peer/"):  # a delivery (the admin API took it) and its meta
+        request._client_max_size = request.app[ADMIN_MAX_BODY] + MAX_META_BYTES
 
 
 async def expect_continue(request: web.Request) -> web.StreamResponse | None:

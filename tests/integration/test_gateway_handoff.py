@@ -6,6 +6,7 @@ instances of it at once, the busy ones after their call."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import signal
 from pathlib import Path
@@ -286,3 +287,36 @@ async def test_header_bytes_that_are_not_utf8_get_answers_not_internal_errors(
         )
         assert status == 200, body
         assert a.platform.scheduler.instances_of(name) == []
+
+
+async def test_an_event_as_large_as_publishing_takes_is_handed_to_its_home(
+    make_platform: PlatformFactory,
+) -> None:
+    # The admin API takes a body up to its limit (a deploy's); the hand-off adds the
+    # delivery's metadata to the payload, and the home must take that too.
+    small = {"max_source_bytes": 1024, "max_body_bytes": 64 << 10, "isolation": NO_WALLS}
+    async with (
+        make_platform(gateway_id="gw-a", **small) as a,
+        make_platform(gateway_id="gw-b", events=EventSettings(workers=False), **small) as b,
+    ):
+        homes = await homes_ready(a, b)
+        name = named_home_of(homes, run_of(b))
+        await a.deploy_ok(name, HANDLER)
+        status, _ = await a.admin("PUT", "/v1/topics/big")
+        assert status in (200, 201)
+        status, data = await a.admin(
+            "POST", f"/v1/functions/{name}/triggers", json={"topic": "big"}
+        )
+        assert status == 201, data
+        admin_max = 1024 * 4 // 3 + (1 << 20)  # gateway/app.py: the admin API's limit
+        event = json.dumps({"pad": "x" * (admin_max - 100)}).encode()
+        status, published = await a.admin(
+            "POST",
+            "/v1/events/big",
+            data=io.BytesIO(event),
+            headers={"Content-Type": "application/json"},
+        )
+        assert (status, published["deliveries"]) == (202, 1)
+        await until_metric(a, f'{SUCCEEDED}{{function="{name}",outcome="succeeded"}}', 1)
+        assert await metric(a, 'ember_gateway_sent_deliveries_total{outcome="served"}') == 1
+        assert len(b.platform.scheduler.instances_of(name)) == 1
