@@ -17,6 +17,8 @@ Errors, as the router needs them:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import time
 from dataclasses import dataclass
 from typing import cast
@@ -162,6 +164,25 @@ def _dechunk(buffer: bytearray, start: int) -> tuple[bytes | None, int]:
         at += size + 2
 
 
+KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_PROBES = 10, 5, 3
+UNACKED_MS = 30_000
+
+
+def _find_out_silent_deaths(sock: socket.socket | None) -> None:
+    """A peer whose node dies, or that is cut off, sends no FIN or RST: a call waiting for
+    its answer would wait forever (a written request is acknowledged, then nothing). Keepalive
+    probes end such a connection within 25 s of silence, and unacknowledged writes within
+    30 s, so the waiting call gets `Lost` (a 502 home_gateway_lost) and its resources back."""
+    if sock is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):  # (not every platform has them all)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_S)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_S)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, UNACKED_MS)
+
+
 class PeerClient:
     """Kept-alive connections to peer gateways, by (host, port)."""
 
@@ -205,6 +226,8 @@ class PeerClient:
                 _, conn = await loop.create_connection(_Connection, *peer)
         except (OSError, TimeoutError) as exc:
             raise NotReached(f"{exc.__class__.__name__}: {exc}") from exc
+        assert conn.transport is not None
+        _find_out_silent_deaths(conn.transport.get_extra_info("socket"))
         return conn
 
     def close(self) -> None:

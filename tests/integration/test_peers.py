@@ -113,3 +113,24 @@ async def test_nobody_listening_is_not_reached() -> None:
     client = PeerClient(connect_timeout_s=1)
     with pytest.raises(NotReached, match="ConnectionRefused"):
         await client.request(("127.0.0.1", port), REQUEST)
+
+
+async def test_a_peer_that_vanishes_without_a_word_is_found_out_by_tcp(serve: Serve) -> None:
+    # A home whose node dies (or is cut off) sends no FIN and no RST: a call waiting for its
+    # answer would wait forever. TCP keepalive probes (and a bound on unacknowledged writes)
+    # end the connection, and the caller gets its 502 home_gateway_lost.
+    peer = await serve(lambda request: b"HTTP/1.1 204 No Content\r\n\r\n")
+    client = PeerClient(connect_timeout_s=1.0)
+    try:
+        await client.request(peer, REQUEST)
+        [conn] = client._idle[peer]
+        assert conn.transport is not None
+        sock = conn.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        idle_s = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
+        interval_s = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL)
+        probes = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT)
+        assert idle_s + interval_s * probes <= 60
+        assert 0 < sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) <= 60_000
+    finally:
+        client.close()
