@@ -67,6 +67,10 @@ class RemoteBackend:
         self._events: asyncio.Task[None] | None = None
         self.handles: dict[str, PodHandle] = {}
         self.connected = asyncio.Event()
+        self._answered = asyncio.Event()
+        """The leader answered a request while the event stream was down: reconnect now, not
+        after the back-off (a gateway started before a scheduler was elected would otherwise
+        miss its pods' exit codes for up to 5 s)."""
         self._claiming = 0
         self._releases: set[asyncio.Task[None]] = set()
 
@@ -133,6 +137,8 @@ class RemoteBackend:
                     if response.status == 503 and "not the leader" in message:
                         raise _Moved(f"the scheduler at {base} is not the leader")
                     raise BackendError(f"the scheduler answered {response.status}: {message}")
+                if not self.connected.is_set():
+                    self._answered.set()
                 return orjson.loads(data) if data else None
         except aiohttp.ClientConnectionError as exc:
             raise _Moved(f"cannot reach the scheduler at {base}: {exc}") from exc
@@ -235,4 +241,7 @@ class RemoteBackend:
                         extra={"error": str(exc), "failures": failures},
                     )
             self.connected.clear()
-            await asyncio.sleep(min(5.0, 0.1 * 2 ** min(failures, 6)))
+            self._answered.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(5.0, 0.1 * 2 ** min(failures, 6))):
+                    await self._answered.wait()
