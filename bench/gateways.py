@@ -15,6 +15,8 @@ Two measurements, each against a baseline taken in the same run:
 2. **The hop**: warm calls (1 KB JSON, echo handler) sent to the function's home directly and
    through the other gateway, alternating, next to a bare aiohttp echo round trip (the floor:
    one loopback hop). Target: the sent call's p50 exceeds the direct one's by at most the floor's.
+   Also the CPU each phase spends per call (the client, the floor, each gateway with its
+   instances): on a 2-core VM a p50 moves with where each process is woken, the CPU less.
 
 The trace is shared/traces/ beside the repository, or EMBER_TRACE_DIR; EMBER_BENCH_POLICY sets
 the replay's policy (default fixed), EMBER_BENCH_ONLY=replay|hop runs one part,
@@ -26,12 +28,15 @@ bench/results/gateways.json.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import psutil
 
 from bench.load import Load, sequential
 from bench.platform import Gateway, Server, admin_headers
@@ -246,6 +251,11 @@ async def hop(work: Path, database_url: str, n: int) -> list[Row]:
         home, other = (gateways[1], gateways[0]) if home_name else (gateways[0], gateways[1])
         floor_url = f"http://127.0.0.1:{floor.port}/echo"
         samples: dict[str, list[float]] = {"floor": [], "direct": [], "sent": []}
+        # CPU seconds per phase of: the bench's client, the floor, the home (its instances
+        # included), the other gateway: wall-clock p50s on a 2-core VM move with where the
+        # scheduler wakes each process, the CPU a hop spends does not.
+        cpu: dict[str, list[float]] = {key: [0.0] * 4 for key in samples}
+        procs = [floor.process.pid, home.process.pid, other.process.pid]
         rounds = 10  # alternate, so that the machine's load moves all three alike
         for _ in range(rounds):
             for key, url in (
@@ -253,7 +263,11 @@ async def hop(work: Path, database_url: str, n: int) -> list[Row]:
                 ("direct", f"{home.url}/fn/hop"),
                 ("sent", f"{other.url}/fn/hop"),
             ):
+                before = cpu_s(procs)
                 samples[key] += await sequential(Load(url, BODY_1KB), n // rounds, warmup=20)
+                cpu[key] = [
+                    t + a - b for t, a, b in zip(cpu[key], cpu_s(procs), before, strict=True)
+                ]
     finally:
         for g in gateways:
             await asyncio.to_thread(g.stop)
@@ -262,6 +276,18 @@ async def hop(work: Path, database_url: str, n: int) -> list[Row]:
     direct_p50 = quantiles_ms(samples["direct"])[0]
     sent_p50 = quantiles_ms(samples["sent"])[0]
     added = sent_p50 - direct_p50
+    calls = n // rounds + 20  # (the warm-up calls ran too)
+    floor_us = sum(cpu["floor"][:2]) / calls / rounds * 1e6
+    hop_us = (sum(cpu["sent"]) - sum(cpu["direct"])) / calls / rounds * 1e6
+    for key, spent in cpu.items():
+        print(
+            f"CPU us per call, {key}: "
+            + ", ".join(
+                f"{who} {s / calls / rounds * 1e6:.0f}"
+                for who, s in zip(("client", "floor", "home", "other"), spent, strict=True)
+            ),
+            flush=True,
+        )
     return [
         latency_row("floor: bare aiohttp echo, 1 KB (one hop)", samples["floor"], ratio="1.00x"),
         latency_row(
@@ -281,7 +307,28 @@ async def hop(work: Path, database_url: str, n: int) -> list[Row]:
             target="<= 1.00x",
             met=added <= floor_p50,
         ),
+        Row("CPU us per call: the floor's round trip (its server and the client)", floor_us),
+        Row(
+            "CPU us per call the hop adds (both gateways, the client; sent minus direct)",
+            hop_us,
+            ratio=f"{hop_us / floor_us:.2f}x",
+        ),
     ]
+
+
+def cpu_s(pids: list[int]) -> list[float]:
+    """CPU seconds (user + system) so far of this process and of each of `pids` with its
+    descendants (a gateway's instances, zygote and templates)."""
+    spent = [time.process_time()]
+    for pid in pids:
+        total = 0.0
+        proc = psutil.Process(pid)
+        for p in [proc, *proc.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):  # (exited meanwhile)
+                times = p.cpu_times()
+                total += times.user + times.system
+        spent.append(total)
+    return spent
 
 
 CONFIGS = [

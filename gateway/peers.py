@@ -211,6 +211,16 @@ class PeerClient:
             conn.transport.close()
         return response
 
+    async def probe(self, peer: tuple[str, int]) -> bool:
+        """Whether `peer` takes a connection now (kept for the next request if it does)."""
+        try:
+            conn = await self._connect(peer)
+        except NotReached:
+            return False
+        conn.idle_since = time.monotonic()
+        self._idle.setdefault(peer, []).append(conn)
+        return True
+
     async def _connection(self, peer: tuple[str, int]) -> _Connection:
         idle = self._idle.get(peer)
         now = time.monotonic()
@@ -220,6 +230,9 @@ class PeerClient:
                 return conn
             if conn.transport is not None:
                 conn.transport.close()
+        return await self._connect(peer)
+
+    async def _connect(self, peer: tuple[str, int]) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout_s):

@@ -147,7 +147,9 @@ class Router:
         """The live homes, suspects left out, this gateway included once it advertised."""
         self._listed: list[GatewayHome] = []
         self._suspects: dict[uuid.UUID, float] = {}
-        """Homes that refused a connection, until when they are left out."""
+        """Homes that refused a connection, until when they are left out: then a connection
+        is tried off the call path, and they are back only if it is taken."""
+        self._probes: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._home_of: dict[str, Home | None] = {}
         self._alone = True
         self._clock = clock
@@ -301,6 +303,8 @@ class Router:
     # -- membership ------------------------------------------------------------------------
 
     async def close(self) -> None:
+        for probe in list(self._probes.values()):
+            probe.cancel()
         self._peers.close()
 
     async def advertise(self, address: str) -> None:
@@ -347,10 +351,11 @@ class Router:
     def _apply(self, listed: list[GatewayHome]) -> None:
         self._listed = listed
         now = self._clock()
-        listed_ids = {h.id for h in listed}
-        self._suspects = {
-            i: until for i, until in self._suspects.items() if until > now and i in listed_ids
-        }
+        listed_by_id = {h.id: h for h in listed}
+        self._suspects = {i: t for i, t in self._suspects.items() if i in listed_by_id}
+        for i, until in self._suspects.items():
+            if until <= now and i not in self._probes:
+                self._probe(listed_by_id[i])
         homes = [
             Home(id=h.id, name=h.name, address=h.address, peer=peer)
             for h in listed
@@ -369,6 +374,29 @@ class Router:
         changed, self.changed = self.changed, asyncio.Event()
         changed.set()
         self._tell(changed=True)
+
+    def _probe(self, listed: GatewayHome) -> None:
+        """A suspect's time is up: try a connection to it, off the call path, and take it back
+        only if the connection is taken. (Taking it back blindly let a call find out again:
+        during a partition that cost a connect timeout and moved its functions here and back,
+        instances and all, every `silent_s`.)"""
+        peer = _host_port(listed.address)
+
+        async def probe() -> None:
+            try:
+                reached = peer is not None and await self._peers.probe(peer)
+            finally:
+                del self._probes[listed.id]
+            if listed.id not in self._suspects:
+                return
+            if reached:
+                del self._suspects[listed.id]
+                log.info("home gateway takes connections again", extra={"home": listed.name})
+                self._apply(self._listed)
+            else:
+                self._suspects[listed.id] = self._clock() + self.silent_s
+
+        self._probes[listed.id] = asyncio.get_running_loop().create_task(probe())
 
     def _tell(self, *, changed: bool) -> None:
         for listener in self.listeners:

@@ -1,15 +1,23 @@
 """The lean HTTP/1.1 client gateways send calls to their peers with (gateway/peers.py), against
-servers on loopback that answer with exact bytes."""
+servers on loopback that answer with exact bytes; and how the router takes back a home that
+refused a connection."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import cast
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from gateway.peers import Lost, NotReached, PeerClient
+from gateway.routing import Router
+from gateway.settings import RoutingSettings
+from store import Store
+from store.gateways import GatewayHome
 
 REQUEST = b"POST /fn/f HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
 
@@ -134,3 +142,65 @@ async def test_a_peer_that_vanishes_without_a_word_is_found_out_by_tcp(serve: Se
         assert 0 < sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) <= 60_000
     finally:
         client.close()
+
+
+class _Homes:
+    """The store's side of the Router: a fixed list of homes."""
+
+    def __init__(self, homes: list[GatewayHome]) -> None:
+        self.homes = homes
+
+    async def list_gateway_homes(self, silent_s: float) -> list[GatewayHome]:
+        return self.homes
+
+
+async def test_a_suspect_home_comes_back_only_once_it_takes_a_connection() -> None:
+    # A home that refused a connection is left out; when its time is up, a connection is
+    # tried off the call path and it is back only if one is taken. (It used to come back
+    # blindly: during a partition every `silent_s` a call paid the connect timeout, and the
+    # home's functions moved here and back, instances and all.)
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nobody listens yet: refused
+        me = GatewayHome(id=uuid.uuid4(), name="me", address="http://127.0.0.1:1")
+        peer = GatewayHome(id=uuid.uuid4(), name="peer", address=f"http://127.0.0.1:{port}")
+        now = [0.0]
+        router = Router(
+            cast(Store, _Homes([me, peer])),
+            run_id=me.id,
+            name="me",
+            settings=RoutingSettings(),
+            silent_s=15,
+            token="t",
+            registry=CollectorRegistry(),
+            clock=lambda: now[0],
+        )
+        router.address = me.address
+        try:
+            await router.refresh()
+            [home] = [h for h in router.homes if h.name == "peer"]
+            assert router.next_home(home, "f", ConnectionRefusedError()) is None
+            assert [h.name for h in router.homes] == ["me"]
+
+            now[0] = 16.0  # time is up, and it still refuses: left out, for another 15 s
+            await router.refresh()
+            assert [h.name for h in router.homes] == ["me"]
+            [probe] = router._probes.values()  # the connection tried, off the call path
+            async with asyncio.timeout(5):
+                await probe
+            assert [h.name for h in router.homes] == ["me"]
+            await router.refresh()
+            assert not router._probes  # not before its new time is up
+            now[0] = 32.0
+            s.listen()  # it takes connections again: back at once, no call needed
+            changed = router.changed
+            await router.refresh()
+            async with asyncio.timeout(5):
+                await changed.wait()
+            assert sorted(h.name for h in router.homes) == ["me", "peer"]
+            accepted, _ = s.accept()  # the probe's connection, kept for the next call
+            accepted.close()
+            assert len(router._peers._idle[("127.0.0.1", port)]) == 1
+        finally:
+            await router.close()
