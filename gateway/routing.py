@@ -81,6 +81,9 @@ _NOT_RETURNED = frozenset(
         "server",
     }
 )
+_MAX_HOPS = 8
+"""An unproven X-Ember-Hop naming this many gateways is refused: a peer with another
+FN_TOKEN sends calls on and on (each hop appends its name, so a loop is seen at once)."""
 _MAX_CACHED_NAMES = 65_536  # names are checked, but any number of them can be asked for
 
 
@@ -236,6 +239,22 @@ class Router:
         """Send the call to `home` and return its response; None when no other gateway took
         it (serve it here). A home that refuses the connection is left out and the next one
         is tried."""
+        via = request.headers.get(HOP_HEADER)  # (not a peer's proven hop: that is served)
+        if via is not None:
+            gone_through = [n.strip() for n in via.split(",")]
+            if self.name in gone_through or len(gone_through) >= _MAX_HOPS:
+                log.warning(
+                    "a call came back to this gateway: the peers do not take each other's "
+                    "hop proof (FN_TOKEN differs)",
+                    extra={"function": function, "hops": via[:200]},
+                )
+                return error_response(
+                    508,
+                    "hop_loop",
+                    f'the call to function "{function}" came back to gateway {self.name!r} '
+                    f"(through {via[:200]!r}): the gateways do not take each other's hop proof "
+                    "(they must share FN_TOKEN), or the call's X-Ember-Hop header is forged",
+                )
         body = await request.read()  # the limit is checked here; the home checks it too
         head = [f"{request.method} {request.raw_path} HTTP/1.1"]
         for key, value in request.headers.items():
@@ -246,7 +265,7 @@ class Router:
         head.append(
             f"X-Forwarded-For: {forwarded}, {remote}" if forwarded else f"X-Forwarded-For: {remote}"
         )
-        head.append(f"{HOP_HEADER}: {self.name}")
+        head.append(f"{HOP_HEADER}: {via}, {self.name}" if via else f"{HOP_HEADER}: {self.name}")
         head.append(f"{HOP_PROOF_HEADER}: {self._proof}")
         head.append(f"Content-Length: {len(body)}\r\n\r\n")
         message = "\r\n".join(head).encode("utf-8", "surrogateescape") + body

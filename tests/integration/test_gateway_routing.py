@@ -154,6 +154,29 @@ async def test_a_call_on_another_gateway_is_served_by_the_homes_warm_instance(
     assert (await response.json())["error"]["code"] == "function_not_found"
 
 
+async def test_peers_that_do_not_take_each_others_proof_end_a_loop_with_508(
+    two: tuple[Running, Running],
+) -> None:
+    # Peers with different FN_TOKENs, whose views of the homes disagree for a moment (a
+    # refresh apart): each takes the other's hop for a client's and sends the call on. Each
+    # hop names itself in X-Ember-Hop, so the call is refused where it comes back, rather
+    # than going round until the connections run out.
+    a, b = two
+    homes = await homes_ready(a, b)
+    name = named_home_of(homes, run_of(b))
+    await a.deploy_ok(name, HANDLER)
+    home_a = next(h for h in homes if h.id == run_of(a))
+    b.platform.router._proof = hop_proof("another token")  # b's FN_TOKEN differs
+    b.platform.router._proof_bytes = b.platform.router._proof.encode()
+    b.platform.router._home_of[name] = home_a  # b's view: a is the home
+    response = await a.call(name, {})
+    assert response.status == 508
+    error = (await response.json())["error"]
+    assert error["code"] == "hop_loop"
+    assert "'gw-a'" in error["message"] and "FN_TOKEN" in error["message"]
+    assert a.platform.scheduler.instances_of(name) == []
+
+
 async def test_a_gateway_joining_and_leaving_moves_only_its_functions(
     make_platform: PlatformFactory,
 ) -> None:
