@@ -173,7 +173,8 @@ async def test_peers_that_do_not_take_each_others_proof_end_a_loop_with_508(
     assert response.status == 508
     error = (await response.json())["error"]
     assert error["code"] == "hop_loop"
-    assert "'gw-a'" in error["message"] and "FN_TOKEN" in error["message"]
+    assert "'gw-a'" in error["message"]
+    assert "FN_TOKEN" in error["message"]
     assert a.platform.scheduler.instances_of(name) == []
 
 
