@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from config.units import duration_text_s
+from scheduler.idle_times import IdleTimes, Plan
 from scheduler.prior import POPULATION_PRIOR, prior_shares
+from scheduler.timers import Plan as Triple
 from scheduler.timers import TimerDetector, cover
 from scheduler.windows import cheapest_plan, percentile_plan
 
@@ -70,26 +71,6 @@ class FixedKeepAlive:
 
     def on_idle(self, function: str, now: float) -> Decision:
         return Decision(keep_until=now + self.keep_alive_s)
-
-
-@dataclass(slots=True)
-class _Histogram:
-    bins: list[int]
-    in_range: int = 0
-    out_of_range: int = 0
-    idle_since: float | None = None
-    called: bool = False
-    """A call has arrived: idle times are learnt between calls only, not from an instance
-    made ready before the first (the import check of a deploy, live)."""
-    recent_idle_s: deque[float] = field(default_factory=lambda: deque(maxlen=16))
-    window: tuple[float, float, float] | None = None
-    """(keep, start, end) in seconds after going idle: keep warm until `keep`, then (if
-    `start` > `keep`) prewarm at `start` and keep until `end`. Cached."""
-    window_samples: int = -1
-    window_share: float = 0.0
-    """The share of the idle times seen that fall in the window's second part."""
-    sum_of_squares: int = 0
-    """Of the bin counts: the coefficient of variation in O(1)."""
 
 
 @dataclass(slots=True)
@@ -150,7 +131,8 @@ class HybridHistogram:
     defer: Callable[[Callable[[], None]], object] | None = None
     """Runs a callable soon, off the call path (live: the event loop's `call_soon`); None:
     plans are recomputed inside the decision that finds them stale."""
-    _functions: dict[str, _Histogram] = field(default_factory=dict)
+    _functions: dict[str, IdleTimes] = field(default_factory=dict)
+    """Each function's idle times: shared with other kinds by `learn_from`."""
     _stale: set[str] = field(default_factory=set)
     _prior_bins: tuple[list[float], float] | None = None
 
@@ -167,42 +149,49 @@ class HybridHistogram:
         timers = "+timers" if self.timers is not None else ""
         return f"histogram-cost:{self.break_even_s:g}s{start}{prior}{timers}"
 
-    def _state(self, function: str) -> _Histogram:
+    def _state(self, function: str) -> IdleTimes:
         state = self._functions.get(function)
         if state is None:
-            state = self._functions[function] = _Histogram(
+            state = self._functions[function] = IdleTimes(
                 bins=[0] * math.ceil(self.range_s / self.bin_s)
             )
         return state
 
+    def learn_from(self, other: HybridHistogram) -> None:
+        """Plan from `other`'s record of idle times, which only `other.learn` (or
+        `other.on_arrival`) and the decisions update: one histogram per call for both."""
+        if (self.bin_s, self.range_s) != (other.bin_s, other.range_s):
+            raise ValueError("histograms with other bins cannot share their idle times")
+        self._functions = other._functions
+
     def on_arrival(self, function: str, now: float) -> None:
         if self.timers is not None:
             self.timers.on_arrival(function, now)
-        state = self._state(function)
-        state.called = True
-        if state.idle_since is None:
+        if self.learn(function, now):
+            self.outdate(function)
+
+    def learn(self, function: str, now: float) -> bool:
+        """`on_arrival` without the timers and the plans: learn the idle time the call ends.
+        True when a plan of `function` may have grown stale (see `outdate`)."""
+        state = self._functions.get(function)
+        if state is None:
+            state = self._state(function)
+        return state.arrive(now, self.bin_s, self.range_s)
+
+    def outdate(self, function: str) -> None:
+        """Recompute `function`'s plan if its histogram grew by 1 % since it was made (every
+        sample while it is small). Not on the call path: live, while the call runs (`defer`);
+        the simulator at once."""
+        state = self._functions.get(function)
+        plan = None if state is None else state.plans.get(id(self))
+        if state is None or plan is None or state.in_range < plan.due:
             return
-        idle_s = max(0.0, now - state.idle_since)
-        state.idle_since = None
-        state.recent_idle_s.append(idle_s)
-        if idle_s < self.range_s:
-            index = int(idle_s // self.bin_s)
-            state.sum_of_squares += 2 * state.bins[index] + 1
-            state.bins[index] += 1
-            state.in_range += 1
+        if self.defer is None:
+            self._recompute(function, state)
         else:
-            state.out_of_range += 1
-        # The plan is recomputed when the histogram grew by 1% (every sample while it is
-        # small): a busy function goes idle after every call and its plan barely moves. Not
-        # on the call path: live, while the call runs (`defer`); the simulator at once.
-        if state.window is not None and state.in_range - state.window_samples >= max(
-            1, state.in_range // 100
-        ):
-            if self.defer is None:
-                self._recompute(function, state)
-            elif function not in self._stale:
-                self._stale.add(function)
-                self.defer(self.refresh)
+            state.outdate(plan)
+            self._stale.add(function)
+            self.defer(self.refresh)
 
     def on_idle(self, function: str, now: float) -> Decision:
         return self.decide(function, now, self.warmup_keep_alive_s)
@@ -230,7 +219,9 @@ class HybridHistogram:
 
     def decide(self, function: str, now: float, warmup_keep_alive_s: float | None) -> Decision:
         """`on_idle` with the keep-alive to use while the function's histogram is learning."""
-        state = self._state(function)
+        state = self._functions.get(function)
+        if state is None:
+            state = self._state(function)
         state.idle_since = now if state.called else None
         samples = state.in_range + state.out_of_range
         if samples >= self.min_samples and state.out_of_range > self.out_of_range_share * samples:
@@ -243,51 +234,43 @@ class HybridHistogram:
         if state.in_range < self.min_samples:
             warmup_s = self.range_s if warmup_keep_alive_s is None else warmup_keep_alive_s
             return Decision(keep_until=now + warmup_s)
-        if state.window is None or function in self._stale:
+        plan = state.plans.get(id(self))
+        if plan is None or function in self._stale:
             self._stale.discard(function)  # (a deferred recomputation that has not run yet)
-            self._recompute(function, state)
-        assert state.window is not None
-        keep_s, start_s, end_s = state.window
+            plan = self._recompute(function, state)
+        keep_s, start_s, end_s = plan.window
+        keep: float
+        at: float | None
+        until: float | None
         if start_s <= keep_s:
-            decision = Decision(keep_until=now + max(keep_s, end_s))
+            keep, at, until = now + max(keep_s, end_s), None, None
         else:
-            decision = Decision(
-                keep_until=now + keep_s, prewarm_at=now + start_s, prewarm_until=now + end_s
-            )
+            keep, at, until = now + keep_s, now + start_s, now + end_s
         if self.timers is not None:
-            decision = self._with_timer(function, now, decision)
+            keep, at, until = self._with_timer(function, now, (keep, at, until), plan.share)
         if (
-            self.prior_weight
-            and warmup_keep_alive_s is not None
-            and state.in_range + state.out_of_range < self.prior_samples
+            self.prior_weight and warmup_keep_alive_s is not None and samples < self.prior_samples
         ):  # planned on the prior: bounded by the keep-alive
             bound = now + warmup_keep_alive_s * self.prior_bound
-            if decision.keep_until > bound:
-                decision = Decision(
-                    keep_until=bound,
-                    prewarm_at=decision.prewarm_at,
-                    prewarm_until=decision.prewarm_until,
-                )
-        return decision
+            if keep > bound:
+                keep = bound
+        return Decision(keep_until=keep, prewarm_at=at, prewarm_until=until)
 
-    def _with_timer(self, function: str, now: float, decision: Decision) -> Decision:
-        """`decision`, with the minute of the predicted next call covered: the instance kept
+    def _with_timer(self, function: str, now: float, plan: Triple, share: float) -> Triple:
+        """`plan`, with the minute of the predicted next call covered: the instance kept
         through it when kept into it, else loaded for it unless the plan prewarms at another
-        time and hits more often (the two windows join when they touch)."""
+        time and hits more often than its `share` (the two windows join when they touch)."""
         assert self.timers is not None
         window = self.timers.predict(function, now)
+        if window is None:
+            return plan
         hit_rate = self.timers.hit_rate(function)
-        if window is None or (  # pays when hit rate x break-even covers its warm time + start
+        if (  # pays when hit rate x break-even covers its warm time + start
             self.break_even_s is not None
             and hit_rate * self.break_even_s < window[1] - window[0] + self.start_cost_s
         ):
-            return decision
-        keep, at, until = cover(
-            (decision.keep_until, decision.prewarm_at, decision.prewarm_until),
-            window,
-            instead=hit_rate > self._functions[function].window_share,
-        )
-        return Decision(keep_until=keep, prewarm_at=at, prewarm_until=until)
+            return plan
+        return cover(plan, window, instead=hit_rate > share)
 
     def refresh(self) -> None:
         """Recompute the plans of the functions whose histogram moved since."""
@@ -297,18 +280,18 @@ class HybridHistogram:
             if state is not None:
                 self._recompute(function, state)
 
-    def _recompute(self, function: str, state: _Histogram) -> None:
-        state.window = (
+    def _recompute(self, function: str, state: IdleTimes) -> Plan:
+        window = (
             self._cheapest_window(function, state)
             if self.break_even_s is not None
             else self._percentile_window(state)
         )
-        state.window_samples = state.in_range
-        _, start_s, end_s = state.window  # the share of idle times (bin middles) in its window
+        _, start_s, end_s = window  # the share of idle times (bin middles) in its window
         first = max(0, math.ceil(start_s / self.bin_s - 0.5))
         last = min(len(state.bins), math.floor(end_s / self.bin_s - 0.5) + 1)
         inside = sum(state.bins[first:last]) if start_s < end_s else 0
-        state.window_share = inside / max(1, state.in_range + state.out_of_range)
+        share = inside / max(1, state.in_range + state.out_of_range)
+        return state.replan(id(self), window, share)
 
     def forget(self, function: str) -> None:
         self._functions.pop(function, None)
@@ -318,10 +301,12 @@ class HybridHistogram:
 
     def note_idle(self, function: str, now: float) -> None:
         """Learn from a function that another policy decides for (no decision computed)."""
-        state = self._state(function)
+        state = self._functions.get(function)
+        if state is None:
+            state = self._state(function)
         state.idle_since = now if state.called else None
 
-    def _percentile_window(self, state: _Histogram) -> tuple[float, float, float]:
+    def _percentile_window(self, state: IdleTimes) -> tuple[float, float, float]:
         return percentile_plan(
             state.bins,
             state.in_range,
@@ -333,7 +318,7 @@ class HybridHistogram:
             cv_threshold=self.cv_threshold,
         )
 
-    def _cheapest_window(self, function: str, state: _Histogram) -> tuple[float, float, float]:
+    def _cheapest_window(self, function: str, state: IdleTimes) -> tuple[float, float, float]:
         """The plan (keep, start, end), in seconds after going idle, that minimizes, over the
         idle times seen, the time kept warm plus `break_even_s` per cold start (and
         `start_cost_s` per instance start): keep the idle instance until `keep`, then (when

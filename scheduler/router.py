@@ -3,7 +3,8 @@ for it, fixed keep-alive or one of the histograms, all of them learning every fu
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 
 from scheduler.policy import (
     Decision,
@@ -20,16 +21,40 @@ class PolicyRouter:
     """The live policy: each function's settings pick fixed keep-alive or the histogram.
 
     Every function's idle times are learnt all the time, so switching a function to the
-    histogram uses what was seen before the switch.
+    histogram uses what was seen before the switch. The histograms share one record of them
+    (`HybridHistogram.learn_from`): a call updates one histogram, not one per kind, and a kind
+    a function does not use plans for it only when asked (after a switch).
     """
 
     def __init__(self, default: FunctionPolicy | None = None) -> None:
         self.default = default or FunctionPolicy()
         self.overrides: dict[str, FunctionPolicy] = {}
-        self.histograms: dict[str, HybridHistogram] = {
-            "histogram": HybridHistogram(),
-            "histogram-cost": cost_histogram(),
-            "adaptive": adaptive_histogram(),
+        self.histograms: Mapping[str, HybridHistogram] = {}
+        self.use_histograms(
+            {
+                "histogram": HybridHistogram(),
+                "histogram-cost": cost_histogram(),
+                "adaptive": adaptive_histogram(),
+            }
+        )
+
+    def use_histograms(self, histograms: dict[str, HybridHistogram]) -> None:
+        """Decide with these histograms (by `prewarm` kind), from now on. Those with the same
+        bins share one record of idle times, which one of them (a learner) updates per call."""
+        learners: list[HybridHistogram] = []
+        for histogram in histograms.values():
+            for learner in learners:
+                if (learner.bin_s, learner.range_s) == (histogram.bin_s, histogram.range_s):
+                    histogram.learn_from(learner)
+                    break
+            else:
+                learners.append(histogram)
+        self.histograms = MappingProxyType(dict(histograms))  # changed here only
+        self._learners = tuple(learners)
+        self._timers = tuple(h.timers for h in histograms.values() if h.timers is not None)
+        self._noting: dict[str, tuple[HybridHistogram, ...]] = {  # the learners not deciding
+            kind: tuple(learner for learner in learners if learner._functions is not h._functions)
+            for kind, h in histograms.items()
         }
 
     @property
@@ -50,8 +75,12 @@ class PolicyRouter:
                 histogram.memory_mb[function] = memory_mb
 
     def on_arrival(self, function: str, now: float) -> None:
-        for histogram in self.histograms.values():
-            histogram.on_arrival(function, now)
+        for timers in self._timers:
+            timers.on_arrival(function, now)
+        for learner in self._learners:
+            if learner.learn(function, now):  # a plan may be stale: each kind checks its own
+                for histogram in self.histograms.values():
+                    histogram.outdate(function)
 
     def forget(self, function: str) -> None:
         self.overrides.pop(function, None)
@@ -79,11 +108,11 @@ class PolicyRouter:
         return None if factor is None else factor * settings.keep_alive_s
 
     def on_idle(self, function: str, now: float) -> Decision:
-        settings = self.settings(function)
-        decision = Decision(keep_until=now + settings.keep_alive_s)
-        for kind, histogram in self.histograms.items():
-            if kind == settings.prewarm:
-                decision = histogram.decide(function, now, settings.keep_alive_s)
-            else:
-                histogram.note_idle(function, now)
-        return decision
+        settings = self.overrides.get(function, self.default)
+        kind = settings.prewarm
+        for learner in self._noting.get(kind, self._learners):
+            learner.note_idle(function, now)
+        histogram = self.histograms.get(kind)
+        if histogram is None:
+            return Decision(keep_until=now + settings.keep_alive_s)
+        return histogram.decide(function, now, settings.keep_alive_s)

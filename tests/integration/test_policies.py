@@ -117,9 +117,8 @@ async def test_histogram_prewarms_ahead_of_a_regular_caller(
     async with make_platform(pool={"keep_alive_s": 30}) as running:
         scheduler = running.platform.scheduler
         # A fast histogram (0.1 s bins) so that a regular caller is learnt in seconds.
-        scheduler.policies.histograms["histogram"] = HybridHistogram(
-            bin_s=0.1, range_s=5.0, min_samples=3
-        )
+        fast = HybridHistogram(bin_s=0.1, range_s=5.0, min_samples=3)
+        scheduler.policies.use_histograms({**scheduler.policies.histograms, "histogram": fast})
         await running.deploy_ok("pid", PID)
         status, _ = await running.admin(
             "PUT", "/v1/functions/pid/policy", json={"prewarm": "histogram"}
