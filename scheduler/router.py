@@ -114,5 +114,5 @@ class PolicyRouter:
             learner.note_idle(function, now)
         histogram = self.histograms.get(kind)
         if histogram is None:
-            return Decision(keep_until=now + settings.keep_alive_s)
+            return Decision(now + settings.keep_alive_s)
         return histogram.decide(function, now, settings.keep_alive_s)
