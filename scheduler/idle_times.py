@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 
@@ -44,8 +45,8 @@ class IdleTimes:
     recent_idle_s: deque[float] = field(default_factory=lambda: deque(maxlen=16))
     sum_of_squares: int = 0
     """Of the bin counts: the coefficient of variation in O(1)."""
-    plans: dict[int, Plan] = field(default_factory=dict)
-    """Each kind's plan, by the `id` of the policy object that made it."""
+    plans: dict[object, Plan] = field(default_factory=dict)
+    """Each kind's plan, by a key of the policy object that made it."""
     due: float = math.inf
     """The earliest `Plan.due` of `plans`."""
 
@@ -72,8 +73,8 @@ class IdleTimes:
         self.out_of_range += 1
         return False
 
-    def replan(self, owner: int, window: tuple[float, float, float], share: float) -> Plan:
-        """Store the plan of the kind `owner` (an `id`), made from the samples seen now."""
+    def replan(self, owner: object, window: tuple[float, float, float], share: float) -> Plan:
+        """Store the plan of the kind keyed `owner`, made from the samples seen now."""
         plan = self.plans.get(owner)
         if plan is None:
             plan = self.plans[owner] = Plan(window, share, stale_at(self.in_range))
@@ -81,6 +82,12 @@ class IdleTimes:
             plan.window, plan.share, plan.due = window, share, stale_at(self.in_range)
         self.due = min(p.due for p in self.plans.values())
         return plan
+
+    def keep_plans(self, owners: Collection[object]) -> None:
+        """Drop the plans of kinds other than `owners` (no longer used)."""
+        for owner in [o for o in self.plans if o not in owners]:
+            del self.plans[owner]
+        self.due = min((p.due for p in self.plans.values()), default=math.inf)
 
     def outdate(self, plan: Plan) -> None:
         """`plan` is stale until it is made again (`replan`)."""

@@ -134,6 +134,8 @@ class HybridHistogram:
     _functions: dict[str, IdleTimes] = field(default_factory=dict)
     """Each function's idle times: shared with other kinds by `learn_from`."""
     _stale: set[str] = field(default_factory=set)
+    _plans_key: object = field(default_factory=object, repr=False, compare=False)
+    """Its plans' key in the records it shares (unique, unlike an `id` once it is freed)."""
     _prior_bins: tuple[list[float], float] | None = None
 
     @property
@@ -183,7 +185,7 @@ class HybridHistogram:
         sample while it is small). Not on the call path: live, while the call runs (`defer`);
         the simulator at once."""
         state = self._functions.get(function)
-        plan = None if state is None else state.plans.get(id(self))
+        plan = None if state is None else state.plans.get(self._plans_key)
         if state is None or plan is None or state.in_range < plan.due:
             return
         if self.defer is None:
@@ -234,7 +236,7 @@ class HybridHistogram:
         if state.in_range < self.min_samples:
             warmup_s = self.range_s if warmup_keep_alive_s is None else warmup_keep_alive_s
             return Decision(keep_until=now + warmup_s)
-        plan = state.plans.get(id(self))
+        plan = state.plans.get(self._plans_key)
         if plan is None or function in self._stale:
             self._stale.discard(function)  # (a deferred recomputation that has not run yet)
             plan = self._recompute(function, state)
@@ -291,7 +293,7 @@ class HybridHistogram:
         last = min(len(state.bins), math.floor(end_s / self.bin_s - 0.5) + 1)
         inside = sum(state.bins[first:last]) if start_s < end_s else 0
         share = inside / max(1, state.in_range + state.out_of_range)
-        return state.replan(id(self), window, share)
+        return state.replan(self._plans_key, window, share)
 
     def forget(self, function: str) -> None:
         self._functions.pop(function, None)

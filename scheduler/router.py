@@ -30,6 +30,7 @@ class PolicyRouter:
         self.default = default or FunctionPolicy()
         self.overrides: dict[str, FunctionPolicy] = {}
         self.histograms: Mapping[str, HybridHistogram] = {}
+        self._learners: tuple[HybridHistogram, ...] = ()
         self.use_histograms(
             {
                 "histogram": HybridHistogram(),
@@ -41,14 +42,22 @@ class PolicyRouter:
     def use_histograms(self, histograms: dict[str, HybridHistogram]) -> None:
         """Decide with these histograms (by `prewarm` kind), from now on. Those with the same
         bins share one record of idle times, which one of them (a learner) updates per call."""
-        learners: list[HybridHistogram] = []
-        for histogram in histograms.values():
+        learnt = [learner._functions for learner in self._learners]
+        learners: list[HybridHistogram] = []  # first those that share what was learnt
+        ordered = sorted(
+            histograms.values(), key=lambda h: all(h._functions is not f for f in learnt)
+        )
+        for histogram in ordered:
             for learner in learners:
                 if (learner.bin_s, learner.range_s) == (histogram.bin_s, histogram.range_s):
                     histogram.learn_from(learner)
                     break
             else:
                 learners.append(histogram)
+        owners = {h._plans_key for h in histograms.values()}
+        for learner in learners:  # plans of histograms replaced would keep `due` down
+            for record in learner._functions.values():
+                record.keep_plans(owners)
         self.histograms = MappingProxyType(dict(histograms))  # changed here only
         self._learners = tuple(learners)
         self._timers = tuple(h.timers for h in histograms.values() if h.timers is not None)

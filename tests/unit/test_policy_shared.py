@@ -121,3 +121,22 @@ def test_a_plan_is_stale_once_the_histogram_grew_by_one_percent() -> None:
 
     for samples in [*range(0, 2500), *(10**k + d for k in (4, 5, 6) for d in (-101, -1, 0, 99))]:
         assert stale_at(samples) == first_stale(samples), samples
+
+
+def test_a_histogram_swapped_in_plans_from_what_the_others_learnt() -> None:
+    router = PolicyRouter(FunctionPolicy(prewarm="adaptive"))
+    twin = PolicyRouter(FunctionPolicy(prewarm="adaptive"))
+    now = 0.0
+    for gap_s in gaps_s(seed=1, count=300):
+        for policy in (router, twin):
+            policy.on_arrival("f", now)
+            policy.on_idle("f", now + 1)
+        now += 1 + gap_s
+    router.use_histograms({**router.histograms, "histogram": HybridHistogram()})
+    assert router.histograms["adaptive"]._functions["f"].in_range > 200
+    for kind in ("adaptive", "histogram"):
+        for policy in (router, twin):
+            policy.overrides["f"] = FunctionPolicy(prewarm=kind)
+            policy.on_arrival("f", now)
+        assert router.on_idle("f", now + 1) == twin.on_idle("f", now + 1)
+        now += 31
