@@ -9,9 +9,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
 
+import pytest
+
 from calls.activations import ActivationWriter, new_activation_id
 from calls.spool import ActivationSpool
-from store import Activation, Store
+from store import Activation, DatabaseUnavailable, Store
 
 
 def _record(n: int) -> Activation:
@@ -28,18 +30,22 @@ def _record(n: int) -> Activation:
 
 
 class SlowStore:
-    """A store whose COPY lasts until the test lets it finish; meanwhile calls add records."""
+    """A store whose next COPY, once `hold` is set, lasts until the test lets it finish:
+    meanwhile calls add records. Later COPYs go through at once."""
 
     def __init__(self) -> None:
         self.batches: list[list[Activation]] = []
+        self.hold = False
         self.copying = asyncio.Event()
         self.finish = asyncio.Event()
 
     async def record_activations(self, activations: Sequence[Activation]) -> None:
-        self.copying.set()
-        await self.finish.wait()
-        self.finish.clear()
-        self.copying.clear()
+        if self.hold:
+            self.hold = False
+            self.copying.set()
+            await self.finish.wait()
+            self.finish.clear()
+            self.copying.clear()
         self.batches.append(list(activations))
 
 
@@ -50,7 +56,8 @@ def _writer(store: SlowStore, spool: ActivationSpool | None = None) -> Activatio
 async def _flush_while(
     store: SlowStore, writer: ActivationWriter, arriving: list[int]
 ) -> list[Activation]:
-    """One flush, with records added while its COPY is in flight; returns those."""
+    """One flush, with records added while its first COPY is in flight; returns those."""
+    store.hold = True
     flushing = asyncio.create_task(writer.flush())
     await store.copying.wait()
     added = [_record(n) for n in arriving]
@@ -102,6 +109,7 @@ async def test_a_spool_keeps_every_record_not_yet_stored(tmp_path: Path) -> None
         first = [_record(n) for n in range(3)]
         for a in first:
             writer.add(a)
+        store.hold = True
         flushing = asyncio.create_task(writer.flush())
         await store.copying.wait()
         later = [_record(n) for n in range(3, 5)]
@@ -127,5 +135,28 @@ def test_a_torn_line_in_one_spool_file_does_not_swallow_the_other_files_first(
         with spool.paths[0].open("ab") as f:
             f.write(b'{"id": "torn')
         assert [a.duration_ms for a in spool.read()] == [0, 1]
+    finally:
+        spool.close()
+
+
+class AwayStore:
+    """A database that is away: every COPY fails as asyncpg's would, translated."""
+
+    async def record_activations(self, activations: Sequence[Activation]) -> None:
+        raise DatabaseUnavailable("connection refused")
+
+
+async def test_records_a_failed_copy_held_stay_pending_and_in_the_spool(tmp_path: Path) -> None:
+    spool = ActivationSpool(tmp_path / "activations.spool")
+    writer = ActivationWriter(cast(Store, AwayStore()), spool=spool)
+    try:
+        records = [_record(n) for n in range(3)]
+        for a in records:
+            writer.add(a)
+        for _ in range(2):  # the round turns the spool to the other file, then fails
+            with pytest.raises(DatabaseUnavailable):
+                await writer.flush()
+        assert writer.backlog == 3
+        assert {a.id for a in spool.read()} == {a.id for a in records}
     finally:
         spool.close()
