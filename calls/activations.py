@@ -94,7 +94,7 @@ class ActivationWriter:
             if not self._pending:
                 self._has_pending.clear()
             if self._spool is not None:  # every record appended up to the mark is stored
-                self._spool.stored(mark)
+                await asyncio.to_thread(self._spool.stored, mark)  # (off the call path)
 
     @property
     def backlog(self) -> int:

@@ -97,9 +97,12 @@ class ActivationSpool:
         return self._appended
 
     def stored(self, mark: int) -> None:
-        """Every record appended up to `mark` is stored: empty the files holding no later one."""
+        """Every record appended up to `mark` is stored: empty the files that hold no later
+        one, except the one appends go to (emptied once `turn` has moved away from it). A
+        thread may call it while appends go on, though not alongside `turn`: the writer does,
+        as a truncation can wait milliseconds for the file system's journal on a busy disk."""
         for i, last in enumerate(self._last):
-            if last is not None and last <= mark:
+            if i != self._current and last is not None and last <= mark:
                 os.ftruncate(self._fds[i], 0)
                 self._last[i] = None
 
@@ -109,8 +112,10 @@ class ActivationSpool:
             os.fdatasync(fd)
 
     def clear(self) -> None:
-        """Every record appended so far is stored: start afresh."""
-        self.stored(self._appended)
+        """Every record appended so far is stored, and none is being appended (at a start)."""
+        for i, fd in enumerate(self._fds):
+            os.ftruncate(fd, 0)
+            self._last[i] = None
 
     def read_bytes(self) -> bytes:
         return b"".join(p.read_bytes() for p in self.paths)
