@@ -179,7 +179,11 @@ def measure(targets: list[Target], script: Path, duration_s: float, rounds: int)
         for target in order:
             run = run_wrk(script, target.url, 1, duration_s)
             target.latency.append(run)
-            print(f"round {r + 1} c=1 {target.label}: p50 {run.p50_ms:.3f} ms", flush=True)
+            print(
+                f"round {r + 1} c=1 {target.label}: p50 {run.p50_ms:.3f} ms, "
+                f"p99 {run.p99_ms:.3f} ms, p99.9 {run.p999_ms:.3f} ms",
+                flush=True,
+            )
 
 
 def _median(runs: list[WrkRun], field: Callable[[WrkRun], float]) -> float:

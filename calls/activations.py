@@ -68,12 +68,18 @@ class ActivationWriter:
                 log.exception("dropped a batch of activation records that could not be written")
 
     async def flush(self) -> None:
-        """Write everything pending now; readers call it to see their own calls."""
+        """Write the records pending now; readers call it to see their own calls. Records that
+        arrive meanwhile wait for the next round (`batch_delay_s`): chasing them one COPY at a
+        time kept Postgres and the event loop busy with batches of one or two under a steady
+        stream of calls."""
         async with self._lock:
-            while self._pending:
+            mark = self._spool.turn() if self._spool is not None else 0
+            left = len(self._pending)
+            while left > 0 and self._pending:
                 # Taken out first: `add` may drop the oldest pending records meanwhile.
-                batch = self._pending[: self.max_batch]
+                batch = self._pending[: min(self.max_batch, left)]
                 del self._pending[: len(batch)]
+                left -= len(batch)
                 self._writing = batch
                 try:
                     await self._store.record_activations(batch)
@@ -85,9 +91,15 @@ class ActivationWriter:
                     raise
                 finally:
                     self._writing = []
-            self._has_pending.clear()
-            if self._spool is not None:  # every record appended so far is stored
-                self._spool.clear()
+            if not self._pending:
+                self._has_pending.clear()
+            if self._spool is not None:  # every record appended up to the mark is stored
+                await asyncio.to_thread(self._spool.stored, mark)  # (off the call path)
+
+    @property
+    def backlog(self) -> int:
+        """Records not yet handed to Postgres."""
+        return len(self._pending)
 
     def pending(self, activation_id: ActivationId) -> Activation | None:
         for activation in (*self._pending, *self._writing):

@@ -2,8 +2,8 @@
 gateway (SIGKILL, OOM) loses none: the next start on the same state dir writes them.
 
 Each record is appended with one `write(2)` as the call finishes: once the call returns, the
-record is in the kernel's page cache, which outlives the process. The writer syncs the file to
-disk before each batch (off the call path), and empties it whenever every record in it is
+record is in the kernel's page cache, which outlives the process. The writer syncs the files to
+disk before each batch (off the call path), and empties a file once every record in it is
 stored. A record torn by a crash mid-write is skipped at replay.
 """
 
@@ -58,40 +58,74 @@ def _decode(line: bytes) -> Activation:
 
 
 class ActivationSpool:
-    """`<state_dir>/activations.spool`: one JSON line per record not yet stored. One platform
-    per state dir (its lock) writes it."""
+    """`<state_dir>/activations.spool` and `activations.spool.1`: one JSON line per record not
+    yet stored. Appends go to one of the two files; when the writer takes a batch it turns
+    appends to the other file if that one is empty (`turn`), and empties each file whose
+    records are all stored (`stored`). So a steady stream of calls, which always leaves a few
+    records pending, does not keep a file from being emptied. One platform per state dir (its
+    lock) writes it."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        self._dirty = os.fstat(self._fd).st_size > 0
+        self.paths = (path, path.with_name(path.name + ".1"))
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        self._fds = [os.open(p, flags, 0o600) for p in self.paths]
+        self._current = 0
+        self._appended = 0
+        """Records appended so far: the mark of the latest."""
+        self._last: list[int | None] = [0 if os.fstat(fd).st_size > 0 else None for fd in self._fds]
+        """Per file, the mark of the last record appended to it; None when it is empty."""
         self.failed = False
 
     def append(self, activation: Activation) -> None:
         try:
-            os.write(self._fd, _encode(activation))
+            os.write(self._fds[self._current], _encode(activation))
         except OSError as exc:  # a full disk: the record is still written to Postgres
             if not self.failed:
-                log.error("cannot append to %s: %s", self.path, exc)
+                log.error("cannot append to %s: %s", self.paths[self._current], exc)
             self.failed = True
             return
-        self._dirty = True
+        self._appended += 1
+        self._last[self._current] = self._appended
+
+    def turn(self) -> int:
+        """The mark of the latest record appended; later ones go to the other file if it is
+        empty."""
+        other = 1 - self._current
+        if self._last[other] is None:
+            self._current = other
+        return self._appended
+
+    def stored(self, mark: int) -> None:
+        """Every record appended up to `mark` is stored: empty the files that hold no later
+        one, except the one appends go to (emptied once `turn` has moved away from it). A
+        thread may call it while appends go on, though not alongside `turn`: the writer does,
+        as a truncation can wait milliseconds for the file system's journal on a busy disk."""
+        for i, last in enumerate(self._last):
+            if i != self._current and last is not None and last <= mark:
+                os.ftruncate(self._fds[i], 0)
+                self._last[i] = None
 
     def sync(self) -> None:
         """To disk (what a machine crash would lose); a thread may call it."""
-        os.fdatasync(self._fd)
+        for fd in self._fds:
+            os.fdatasync(fd)
 
     def clear(self) -> None:
-        """Every record appended so far is stored: start the file afresh."""
-        if self._dirty:
-            os.ftruncate(self._fd, 0)
-            self._dirty = False
+        """Every record appended so far is stored, and none is being appended (at a start)."""
+        for i, fd in enumerate(self._fds):
+            os.ftruncate(fd, 0)
+            self._last[i] = None
+
+    def read_bytes(self) -> bytes:
+        return b"".join(p.read_bytes() for p in self.paths)
 
     def read(self) -> list[Activation]:
         """The records a previous run left (a torn last line is skipped)."""
         records = []
         skipped = 0
-        for line in self.path.read_bytes().splitlines():
+        lines = [line for p in self.paths for line in p.read_bytes().splitlines()]
+        for line in lines:  # (per file: a line torn in one must not swallow the next file's)
             try:
                 records.append(_decode(line))
             except (ValueError, KeyError, TypeError):
@@ -101,7 +135,8 @@ class ActivationSpool:
         return records
 
     def close(self) -> None:
-        os.close(self._fd)
+        for fd in self._fds:
+            os.close(fd)
 
 
 async def replay_spool(spool: ActivationSpool, store: Store) -> int:
@@ -125,7 +160,7 @@ async def replay_spool(spool: ActivationSpool, store: Store) -> int:
                 aside,
             )
             with aside.open("ab") as f:
-                f.write(spool.path.read_bytes())
+                f.write(spool.read_bytes())
         else:
             log.warning(
                 "restored activation records a killed gateway had not written",

@@ -390,6 +390,8 @@ class Platform:
 async def _flush(activations: ActivationWriter) -> None:
     try:
         await activations.flush()
+        while activations.backlog:  # records of calls that ended during that COPY
+            await activations.flush()
     except Exception:
         log.exception("could not write the last activation records")
 
