@@ -83,8 +83,11 @@ class ActivationWriter:
                 self._writing = batch
                 try:
                     await self._store.record_activations(batch)
-                except DatabaseUnavailable:
-                    self._pending[:0] = batch  # retried when the database is back
+                except (DatabaseUnavailable, asyncio.CancelledError):
+                    # Retried when the database is back; or, cancelled (a stopping gateway
+                    # cancels the writer, then flushes): written by that last flush. A COPY
+                    # that did commit before the cancel is skipped then (`record_activations`).
+                    self._pending[:0] = batch
                     raise
                 except Exception:
                     self.dropped += len(batch)
@@ -94,7 +97,12 @@ class ActivationWriter:
             if not self._pending:
                 self._has_pending.clear()
             if self._spool is not None:  # every record appended up to the mark is stored
-                await asyncio.to_thread(self._spool.stored, mark)  # (off the call path)
+                emptying = asyncio.ensure_future(asyncio.to_thread(self._spool.stored, mark))
+                try:  # (off the call path)
+                    await asyncio.shield(emptying)
+                except asyncio.CancelledError:  # not alongside the next flush's `turn`
+                    await emptying
+                    raise
 
     @property
     def backlog(self) -> int:

@@ -4,6 +4,7 @@ while a COPY is in flight; a spool that a steady stream of calls does not keep f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import threading
@@ -15,6 +16,7 @@ import pytest
 
 from calls.activations import ActivationWriter, new_activation_id
 from calls.spool import ActivationSpool
+from gateway.platform import _flush
 from store import Activation, DatabaseUnavailable, Store
 
 
@@ -202,5 +204,35 @@ def test_a_spool_leaves_the_file_appends_go_to_alone(tmp_path: Path) -> None:
         spool.append(_record(1))
         spool.stored(mark)
         assert [a.duration_ms for a in spool.read()] == [1]
+    finally:
+        spool.close()
+
+
+async def test_a_writer_stopped_mid_copy_leaves_that_batch_to_the_last_flush(
+    tmp_path: Path,
+) -> None:
+    """A gateway stopping cancels the writer task (tasks.close), then flushes (`_flush`): a
+    COPY in flight at the cancel did not store its batch, which must be written by that flush
+    or stay in the spool for the next start, not be dropped from both."""
+    store = SlowStore()
+    spool = ActivationSpool(tmp_path / "activations.spool")
+    writer = ActivationWriter(cast(Store, store), spool=spool, batch_delay_s=0.0)
+    try:
+        records = [_record(n) for n in range(3)]
+        for a in records:
+            writer.add(a)
+        store.hold = True
+        running = asyncio.create_task(writer.run(), name="activation writer")
+        await store.copying.wait()  # the COPY of the three is in flight
+        later = _record(3)
+        writer.add(later)
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        assert store.batches == []  # the cancelled COPY stored nothing
+        await _flush(writer)  # what a stopping platform does next
+        stored = {a.id for batch in store.batches for a in batch}
+        spooled = {a.id for a in spool.read()}
+        assert stored | spooled == {a.id for a in [*records, later]}
     finally:
         spool.close()
