@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import asyncpg
+
 from store.base import StoreBase, retry_once
 from store.queries import QUERIES
 from store.records import ACTIVATION_COLUMNS, Activation, ActivationId
@@ -14,12 +16,17 @@ class ActivationStore(StoreBase):
 
     @retry_once
     async def record_activations(self, activations: Sequence[Activation]) -> None:
-        async with self._conn() as conn:
-            await conn.copy_records_to_table(
-                "ember_activations",
-                records=[a.as_row() for a in activations],
-                columns=ACTIVATION_COLUMNS,
-            )
+        """One COPY; if some of the records are stored already (a COPY that committed but
+        whose answer was lost, tried again), the others are written and those skipped."""
+        try:
+            async with self._conn() as conn:
+                await conn.copy_records_to_table(
+                    "ember_activations",
+                    records=[a.as_row() for a in activations],
+                    columns=ACTIVATION_COLUMNS,
+                )
+        except asyncpg.UniqueViolationError:
+            await self.restore_activations(activations)
 
     @retry_once
     async def restore_activations(self, activations: Sequence[Activation]) -> int:

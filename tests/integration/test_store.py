@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
 
@@ -10,6 +11,8 @@ import asyncpg
 import pytest
 
 from store import (
+    Activation,
+    ActivationId,
     FunctionConfig,
     FunctionNotFound,
     NewDelivery,
@@ -164,3 +167,29 @@ async def test_the_claims_of_a_silent_gateway_are_released_and_a_live_ones_kept(
     successor = uuid.uuid4()
     released = await store.register_gateway(successor, name="b", home="host-b:/state", pid=3)
     assert set(released) == {by_live.id, by_silent.id}
+
+
+async def test_recording_activations_again_stores_the_new_ones_and_skips_the_stored(
+    store: Store,
+) -> None:
+    """A COPY whose commit reached Postgres but whose answer did not (the connection dropped)
+    is retried (`retry_once`, or by the writer, which keeps the batch pending): the records it
+    stored must not make the retry, and the records that joined the batch since, fail."""
+
+    def record(n: int) -> Activation:
+        return Activation(
+            id=ActivationId(new_id()),
+            function="acts",
+            version=1,
+            started_at=dt.datetime.now(dt.UTC),
+            duration_ms=float(n),
+            cold=False,
+            status="success",
+            http_status=200,
+        )
+
+    await store.create_version("acts", source="x = 1\n", filename="f.py", config=FunctionConfig())
+    first, later = record(0), record(1)
+    await store.record_activations([first])
+    await store.record_activations([first, later])  # first's COPY committed, then retried
+    assert [a.id for a in await store.list_activations("acts")] == [later.id, first.id]
