@@ -82,7 +82,7 @@ _NOT_RETURNED = frozenset(
     }
 )
 _MAX_HOPS = 8
-"""An unproven X-Ember-Hop naming this many gateways is refused: a peer with another
+"""An X-Ember-Hop with a wrong proof naming this many gateways is refused: a peer with another
 FN_TOKEN sends calls on and on (each hop appends its name, so a loop is seen at once)."""
 _MAX_CACHED_NAMES = 65_536  # names are checked, but any number of them can be asked for
 
@@ -240,7 +240,10 @@ class Router:
         it (serve it here). A home that refuses the connection is left out and the next one
         is tried."""
         via = request.headers.get(HOP_HEADER)  # (not a peer's proven hop: that is served)
-        if via is not None:
+        if via is not None and HOP_PROOF_HEADER in request.headers:
+            # A peer's with another FN_TOKEN (a peer always sends its proof): a loop if it names
+            # this gateway. Without a proof it is a client's, or one a handler passed on from
+            # the headers it was called with (it sees X-Ember-Hop): routed as any call.
             gone_through = [n.strip() for n in via.split(",")]
             if self.name in gone_through or len(gone_through) >= _MAX_HOPS:
                 log.warning(

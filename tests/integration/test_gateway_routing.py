@@ -178,6 +178,23 @@ async def test_peers_that_do_not_take_each_others_proof_end_a_loop_with_508(
     assert a.platform.scheduler.instances_of(name) == []
 
 
+async def test_a_handler_that_passes_its_headers_on_to_another_call_is_served(
+    two: tuple[Running, Running],
+) -> None:
+    # A handler at the home sees X-Ember-Hop (the sending gateway); a proxy-style handler that
+    # calls another function with the headers it got sends it back to a gateway it names.
+    # That is no peer's hop (no proof): routed as any call, not refused as a loop.
+    a, b = two
+    homes = await homes_ready(a, b)
+    name = named_home_of(homes, run_of(b))
+    await a.deploy_ok(name, HANDLER)
+    status, body, _ = await call(a, name)
+    assert (status, body["hop"]) == (200, "gw-a")
+    response = await a.call(name, {}, headers={HOP_HEADER: body["hop"]})
+    assert response.status == 200, await response.text()
+    assert response.headers.get(HOME_HEADER) == "gw-b"
+
+
 async def test_a_gateway_joining_and_leaving_moves_only_its_functions(
     make_platform: PlatformFactory,
 ) -> None:
