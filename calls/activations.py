@@ -90,8 +90,10 @@ class ActivationWriter:
                     self._pending[:0] = batch
                     raise
                 except Exception:
-                    self.dropped += len(batch)
-                    raise
+                    if len(batch) == 1:
+                        self.dropped += 1
+                        raise
+                    await self._record_one_by_one(batch)  # the one refused, not all
                 finally:
                     self._writing = []
             if not self._pending:
@@ -103,6 +105,22 @@ class ActivationWriter:
                 except asyncio.CancelledError:  # not alongside the next flush's `turn`
                     await emptying
                     raise
+
+    async def _record_one_by_one(self, batch: list[Activation]) -> None:
+        """A batch the database refused, not for being away (a record it cannot hold): each
+        record on its own, so the others' records copied with it are kept."""
+        for i, activation in enumerate(batch):
+            try:
+                await self._store.record_activations([activation])
+            except (DatabaseUnavailable, asyncio.CancelledError):
+                self._pending[:0] = batch[i:]
+                raise
+            except Exception:
+                self.dropped += 1
+                log.exception(
+                    "dropped an activation record the database refused",
+                    extra={"activation": str(activation.id), "function": activation.function},
+                )
 
     @property
     def backlog(self) -> int:
