@@ -1,15 +1,19 @@
 """Activation records, written to Postgres in batches off the request path.
 
 A call adds its record to memory; a named background task copies batches into Postgres. While
-the database is away, records wait in memory (bounded: the oldest are dropped past `max_pending`,
-and counted in `ember_activations_dropped_total`). With a spool (`calls/spool.py`), each record
-is also appended to a local file until it is stored, so a killed gateway loses none.
+the database is away, records wait in memory (bounded: past `max_pending` the oldest leave it,
+and without a spool are dropped and counted in `ember_activations_dropped_total`). With a spool
+(`calls/spool.py`), each record is also appended to a local file until it is stored, so a killed
+gateway loses none, and those that left memory are written from the file once the database is
+back. A record the database refuses (not for being away) is dropped alone, not its batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from calls.spool import ActivationSpool
 from store import Activation, ActivationId, DatabaseUnavailable, Store, new_id
@@ -17,6 +21,8 @@ from store import Activation, ActivationId, DatabaseUnavailable, Store, new_id
 new_activation_id = new_id
 
 log = logging.getLogger("ember.gateway.activations")
+
+T = TypeVar("T")
 
 
 class ActivationWriter:
@@ -48,7 +54,10 @@ class ActivationWriter:
         self._pending.append(activation)
         if len(self._pending) > self.max_pending:
             del self._pending[0]
-            self.dropped += 1
+            if self._spool is None or self._spool.failed:
+                self.dropped += 1
+            else:  # written from the spool once Postgres is back
+                self._spool.overflowed()
         self._has_pending.set()
 
     async def run(self) -> None:
@@ -96,24 +105,45 @@ class ActivationWriter:
                     await self._record_one_by_one(batch)  # the one refused, not all
                 finally:
                     self._writing = []
-            if not self._pending:
-                self._has_pending.clear()
             if self._spool is not None:  # every record appended up to the mark is stored
-                emptying = asyncio.ensure_future(asyncio.to_thread(self._spool.stored, mark))
-                try:  # (off the call path)
-                    await asyncio.shield(emptying)
-                except asyncio.CancelledError:  # not alongside the next flush's `turn`
-                    await emptying
-                    raise
+                for i in await self._in_thread(self._spool.stored, mark):
+                    await self._restore(await self._in_thread(self._spool.records_of, i))
+                    await self._in_thread(self._spool.empty, i)
+            if not self._pending:  # (else, or if that raised, the next round goes on)
+                self._has_pending.clear()
 
-    async def _record_one_by_one(self, batch: list[Activation]) -> None:
+    async def _in_thread(self, spooling: Callable[..., T], *args: Any) -> T:
+        """Off the call path; cancelled, it waits for the thread: never alongside `turn`."""
+        done = asyncio.ensure_future(asyncio.to_thread(spooling, *args))
+        try:
+            return await asyncio.shield(done)
+        except asyncio.CancelledError:
+            await done
+            raise
+
+    async def _restore(self, records: list[Activation]) -> None:
+        """Records of the spool dropped from memory (and others, stored: skipped)."""
+        for start in range(0, len(records), self.max_batch):
+            batch = records[start : start + self.max_batch]
+            try:
+                await self._store.restore_activations(batch)
+            except DatabaseUnavailable:
+                raise
+            except Exception:
+                await self._record_one_by_one(batch, restore=True)
+
+    async def _record_one_by_one(self, batch: list[Activation], *, restore: bool = False) -> None:
         """A batch the database refused, not for being away (a record it cannot hold): each
         record on its own, so the others' records copied with it are kept."""
         for i, activation in enumerate(batch):
             try:
-                await self._store.record_activations([activation])
+                if restore:
+                    await self._store.restore_activations([activation])
+                else:
+                    await self._store.record_activations([activation])
             except (DatabaseUnavailable, asyncio.CancelledError):
-                self._pending[:0] = batch[i:]
+                if not restore:  # (restored ones are still in the spool)
+                    self._pending[:0] = batch[i:]
                 raise
             except Exception:
                 self.dropped += 1

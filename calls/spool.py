@@ -75,6 +75,8 @@ class ActivationSpool:
         """Records appended so far: the mark of the latest."""
         self._last: list[int | None] = [0 if os.fstat(fd).st_size > 0 else None for fd in self._fds]
         """Per file, the mark of the last record appended to it; None when it is empty."""
+        self._overflowed = [False, False]
+        """Per file: it may hold a record the writer dropped from memory (`overflowed`)."""
         self.failed = False
 
     def append(self, activation: Activation) -> None:
@@ -96,15 +98,39 @@ class ActivationSpool:
             self._current = other
         return self._appended
 
-    def stored(self, mark: int) -> None:
-        """Every record appended up to `mark` is stored: empty the files that hold no later
-        one, except the one appends go to (emptied once `turn` has moved away from it). A
-        thread may call it while appends go on, though not alongside `turn`: the writer does,
-        as a truncation can wait milliseconds for the file system's journal on a busy disk."""
+    def overflowed(self) -> None:
+        """The writer dropped its oldest record from memory (Postgres away past its
+        `max_pending`): the files holding records hold it, and are written before they are
+        emptied (`stored`)."""
+        for i, last in enumerate(self._last):
+            if last is not None:
+                self._overflowed[i] = True
+
+    def stored(self, mark: int) -> list[int]:
+        """Every record the writer had in memory up to `mark` is stored: empty the files that
+        hold no later one, except the one appends go to (emptied once `turn` has moved away
+        from it). Returns those left because they hold records the writer dropped: write
+        their `records_of`, then `empty` them. A thread may call it while appends go on,
+        though not alongside `turn`: the writer does, as a truncation can wait milliseconds
+        for the file system's journal on a busy disk."""
+        left = []
         for i, last in enumerate(self._last):
             if i != self._current and last is not None and last <= mark:
-                os.ftruncate(self._fds[i], 0)
-                self._last[i] = None
+                if self._overflowed[i]:
+                    left.append(i)
+                else:
+                    self.empty(i)
+        return left
+
+    def records_of(self, i: int) -> list[Activation]:
+        """The records of file `i` (a thread may call it, as `stored`)."""
+        return self._decoded(self.paths[i].read_bytes().splitlines())
+
+    def empty(self, i: int) -> None:
+        """Every record of file `i` is stored (not the file appends go to)."""
+        os.ftruncate(self._fds[i], 0)
+        self._last[i] = None
+        self._overflowed[i] = False
 
     def sync(self) -> None:
         """To disk (what a machine crash would lose); a thread may call it."""
@@ -116,16 +142,20 @@ class ActivationSpool:
         for i, fd in enumerate(self._fds):
             os.ftruncate(fd, 0)
             self._last[i] = None
+            self._overflowed[i] = False
 
     def read_bytes(self) -> bytes:
         return b"".join(p.read_bytes() for p in self.paths)
 
     def read(self) -> list[Activation]:
         """The records a previous run left (a torn last line is skipped)."""
+        # (per file: a line torn in one must not swallow the next file's)
+        return self._decoded([line for p in self.paths for line in p.read_bytes().splitlines()])
+
+    def _decoded(self, lines: list[bytes]) -> list[Activation]:
         records = []
         skipped = 0
-        lines = [line for p in self.paths for line in p.read_bytes().splitlines()]
-        for line in lines:  # (per file: a line torn in one must not swallow the next file's)
+        for line in lines:
             try:
                 records.append(_decode(line))
             except (ValueError, KeyError, TypeError):

@@ -236,3 +236,50 @@ async def test_a_writer_stopped_mid_copy_leaves_that_batch_to_the_last_flush(
         assert stored | spooled == {a.id for a in [*records, later]}
     finally:
         spool.close()
+
+
+class OutageStore(SlowStore):
+    """Away (as AwayStore) until `back` is set; restores as Store does (skips stored ids)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.back = False
+        self.ids: set[object] = set()
+
+    async def record_activations(self, activations: Sequence[Activation]) -> None:
+        if not self.back:
+            raise DatabaseUnavailable("connection refused")
+        await super().record_activations(activations)
+        self.ids |= {a.id for a in activations}
+
+    async def restore_activations(self, activations: Sequence[Activation]) -> int:
+        await self.record_activations([a for a in activations if a.id not in self.ids])
+        return len(activations)
+
+
+async def test_records_dropped_from_memory_in_an_outage_are_written_from_the_spool(
+    tmp_path: Path,
+) -> None:
+    """Past `max_pending` (100,000: 17 s of calls at 6,000/s) the oldest records leave memory
+    while Postgres is away; they are in the spool, so they are written from it when Postgres
+    is back, not lost when that spool file is emptied."""
+    store = OutageStore()
+    spool = ActivationSpool(tmp_path / "activations.spool")
+    writer = ActivationWriter(cast(Store, store), spool=spool, max_pending=3)
+    try:
+        records = []
+        for n in range(8):  # an outage: each round fails, calls go on
+            records.append(_record(n))
+            writer.add(records[-1])
+            if n % 3 == 2:
+                with pytest.raises(DatabaseUnavailable):
+                    await writer.flush()
+        assert writer.backlog == 3
+        store.back = True
+        for _ in range(3):  # two rounds turn away from and empty each file
+            await writer.flush()
+        assert store.ids == {a.id for a in records}
+        assert writer.dropped == 0
+        assert spool.read() == []
+    finally:
+        spool.close()
