@@ -14,6 +14,7 @@ them), so a key sees its own namespace's functions only; the pool is the platfor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import statistics
@@ -130,7 +131,14 @@ async def stream_activations(
             if time.monotonic() - quiet_since > KEEPALIVE_S:
                 await response.write(b": keep-alive\n\n")
                 quiet_since = time.monotonic()
-            await asyncio.sleep(FOLLOW_POLL_S)
+            # Until the next poll; ended when the gateway stops, or when the client has gone
+            # (noticed here, not only at the next write: a quiet function writes once in 15 s).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(platform.stopping.wait(), FOLLOW_POLL_S)
+            if platform.stopping.is_set() or request.transport is None:
+                break
+            if request.transport.is_closing():
+                break
             await platform.activations.flush()
             # (from a little before the newest seen: records of one batch share no order)
             pending = await platform.store.list_activations_since(

@@ -119,6 +119,9 @@ class Platform:
     """Functions this gateway is deleting: it retires them itself, before it answers."""
     rolling: set[str] = field(default_factory=set)
     """Functions whose instances this gateway rolls itself (a secret rotated here)."""
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set as the gateway begins to stop: streams (`fn logs --follow`, the dashboard's) end
+    then, rather than hold the stop for `shutdown_timeout_s` as the calls in flight may."""
     _policy_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _trust_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 

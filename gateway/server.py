@@ -1,7 +1,8 @@
 """Run the platform on one machine: `python -m gateway` (what `fn up` starts).
 
 Starts the parts (embedded Postgres unless DATABASE_URL), serves HTTP, writes the gateway's
-address to `<state_dir>/gateway.json` for the CLI, and on SIGINT/SIGTERM stops accepting, lets
+address to `<state_dir>/gateway.json` for the CLI, and on SIGINT/SIGTERM stops accepting, ends
+the activation streams (`fn logs --follow`, the dashboard's: their clients are told), lets
 in-flight calls finish (up to `shutdown_timeout_s`), then stops instances and Postgres. A second
 signal forces the exit.
 """
@@ -99,6 +100,7 @@ async def serve(settings: Settings) -> None:
         log.info("shutting down")
     finally:
         address_file.unlink(missing_ok=True)
+        platform.stopping.set()
         await platform.router.withdraw(linger=True)  # peers send no more calls here
         await runner.cleanup()
         await platform.stop()

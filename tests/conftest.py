@@ -242,6 +242,7 @@ def make_platform(database_url: str, tmp_path: Path) -> PlatformFactory:
         finally:
             watchdog.cancel()  # (also when the test failed: it would fire in a later one)
             processes = platform_processes(platform)
+            platform.stopping.set()
             await runner.cleanup()
             await platform.stop()
             running.remove(state_dir)

@@ -9,7 +9,9 @@ import json
 from typing import Any
 
 import aiohttp
+import pytest
 
+from gateway import insights
 from tests.conftest import Running
 
 ECHO = "def handler(event, context):\n    print('got', event)\n    return event\n"
@@ -51,6 +53,38 @@ async def test_logs_since_and_follow(running: Running) -> None:
         live = await asyncio.wait_for(anext(stream), timeout=10)
         assert live["logs"] == "got {'n': 'live'}\n"
         assert live["cold"] is False
+
+
+async def test_a_follow_stream_ends_when_the_gateway_stops_or_its_client_goes(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stream writes only when there is news (or a keep-alive every 15 s): it used to notice
+    # neither a stopping gateway nor a client that had gone, so every stop with a follower
+    # (`fn logs --follow`, an open dashboard) waited the whole shutdown_timeout_s (10 s).
+    await running.deploy_ok("echo", ECHO)
+    url = f"{running.url}/v1/functions/echo/logs?follow=1"
+    stream = insights.stream_activations
+    ended: list[asyncio.Event] = []
+
+    async def watched(*args: Any) -> Any:
+        ended.append(asyncio.Event())
+        try:
+            return await stream(*args)
+        finally:
+            ended[-1].set()
+
+    monkeypatch.setattr(insights, "stream_activations", watched)
+    async with running.http.get(url, headers=running.admin_headers) as response:
+        assert response.status == 200
+    async with asyncio.timeout(5):  # the client has gone: the stream ends (within a poll)
+        await ended[0].wait()
+
+    async with running.http.get(url, headers=running.admin_headers) as response:
+        assert response.status == 200
+        running.platform.stopping.set()
+        async with asyncio.timeout(5):
+            assert await response.content.read() == b""  # the end of the stream, at once
+    assert ended[1].is_set()
 
 
 async def test_stats_pool_and_simulation(running: Running) -> None:
