@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -22,7 +22,7 @@ from scheduler.idle_times import IdleTimes, Plan
 from scheduler.prior import POPULATION_PRIOR, prior_shares
 from scheduler.timers import Plan as Triple
 from scheduler.timers import TimerDetector, cover
-from scheduler.windows import cheapest_plan, percentile_plan
+from scheduler.windows import cheapest_plan, percentile_plan, with_unseen
 
 DEFAULT_KEEP_ALIVE_S = 600.0
 """Idle seconds before an instance stops, unless an operator sets another: 10 min, as
@@ -123,6 +123,11 @@ class HybridHistogram:
     keep-alive (`decide`'s `warmup_keep_alive_s`): the operator's keep-alive still bounds a
     function the platform knows little about (`FN_KEEP_ALIVE=1s` scales it to zero in
     seconds)."""
+    unseen: bool = False
+    """With `break_even_s`: plan on the idle times seen completed with those not seen yet
+    (`scheduler.windows.with_unseen`: one idle time in each empty stretch between the bins
+    filled so far, and one above the largest), so a function's keep does not grow one cold
+    start at a time."""
     timers: TimerDetector | None = None
     """When set, a function whose calls repeat at a timer's period (`scheduler.timers`) also
     gets an instance loaded for the minute of its next predicted call, once its histogram has
@@ -144,12 +149,13 @@ class HybridHistogram:
             return "histogram"
         costs = (self.break_even_s, self.start_cost_s, self.prior_weight, self.prior_bound)
         adaptive = (ADAPTIVE_BREAK_EVEN_S, ADAPTIVE_START_COST_S, 1.0, ADAPTIVE_PRIOR_BOUND)
-        if costs == adaptive and self.prior and self.timers is not None:
+        if costs == adaptive and self.prior and self.timers is not None and self.unseen:
             return "adaptive"
         start = f"/{self.start_cost_s:g}s" if self.start_cost_s else ""
         prior = "+prior" if self.prior_weight else ""
         timers = "+timers" if self.timers is not None else ""
-        return f"histogram-cost:{self.break_even_s:g}s{start}{prior}{timers}"
+        unseen = "+unseen" if self.unseen else ""
+        return f"histogram-cost:{self.break_even_s:g}s{start}{prior}{timers}{unseen}"
 
     def _state(self, function: str) -> IdleTimes:
         state = self._functions.get(function)
@@ -329,14 +335,18 @@ class HybridHistogram:
         (an hourly timer) at the cost of neither. O(bins): `scheduler.windows`."""
         assert self.break_even_s is not None
         scale = self.reference_mb / self.memory_mb.get(function, self.reference_mb)
-        bins: list[tuple[int, float]] = [(i, c) for i, c in enumerate(state.bins) if c]
+        counts: Sequence[float] = state.bins
         beyond = float(state.out_of_range)
+        if self.unseen:
+            counts, beyond = with_unseen(state.bins, state.out_of_range)
         if self.prior_weight and state.in_range + state.out_of_range < self.prior_samples:
             shares, share_beyond = self._prior_shares()
             w = self.prior_weight
-            pairs = enumerate(zip(state.bins, shares, strict=True))
+            pairs = enumerate(zip(counts, shares, strict=True))
             bins = [(i, c + w * p) for i, (c, p) in pairs if c or p]
             beyond += w * share_beyond
+        else:
+            bins = [(i, c) for i, c in enumerate(counts) if c]
         return cheapest_plan(
             bins,
             beyond,
@@ -381,22 +391,24 @@ def cost_histogram(break_even_s: float = 7200.0, start_cost_s: float = 0.0) -> H
 
 
 ADAPTIVE_BREAK_EVEN_S = 1800.0
-ADAPTIVE_START_COST_S = 300.0
+ADAPTIVE_START_COST_S = 240.0
 ADAPTIVE_PRIOR_BOUND = 3.0
 
 
 def adaptive_histogram() -> HybridHistogram:
     """The default (`adaptive`): the cost plan with a 30-minute break-even per cold start and
-    5 minutes per instance start, chosen on half of the trace sample; a function's first 20 idle
-    times completed by one drawn from `POPULATION_PRIOR` (kept at most 3 keep-alives
-    meanwhile, the keep-alive itself until its first idle time); timer prediction
-    (`scheduler.timers`). See docs/policies.md."""
+    4 minutes per instance start, chosen on half of the trace sample, on the idle times seen
+    completed with those not seen yet (`with_unseen`); a function's first 20 idle times also
+    completed by one drawn from `POPULATION_PRIOR` (kept at most 3 keep-alives meanwhile, the
+    keep-alive itself until its first idle time); timer prediction (`scheduler.timers`). See
+    docs/policies.md."""
     histogram = cost_histogram(ADAPTIVE_BREAK_EVEN_S, ADAPTIVE_START_COST_S)
     histogram.prior = POPULATION_PRIOR
     histogram.prior_weight = 1.0
     histogram.prior_bound = ADAPTIVE_PRIOR_BOUND
     histogram.min_samples = 1
     histogram.timers = TimerDetector()
+    histogram.unseen = True
     return histogram
 
 

@@ -1,5 +1,6 @@
-"""Plans for a histogram of idle times: the paper's percentile rule (`percentile_plan`), and
-the cheapest keep-then-prewarm plan in one pass (`cheapest_plan`).
+"""Plans for a histogram of idle times: the paper's percentile rule (`percentile_plan`), the
+cheapest keep-then-prewarm plan in one pass (`cheapest_plan`), and the counts completed with
+what the idle times seen have not shown yet (`with_unseen`).
 
 A plan (keep, start, end), in seconds after an instance goes idle: keep it until `keep`, then
 (when `start` > `keep`) load one again at `start` and keep that one until `end`. Over the idle
@@ -94,6 +95,50 @@ def cheapest_plan(
             if f + v[s] < best[0]:
                 best = (f + v[s], keep, starts[s], edges[v_end[s]])
     return best[1], best[2], best[3]
+
+
+def with_unseen(
+    bins: Sequence[int], out_of_range: float, *, above: float = 2.0
+) -> tuple[list[float], float]:
+    """A function's bin counts with what its idle times so far have not shown: one idle time
+    in each run of empty bins between two filled ones, and one above the largest (up to
+    `above` x its bin's end; the part past the last bin counted beyond the range) unless some
+    idle time already fell beyond the range. Each is spread over its bins evenly in log time
+    (bin j weighs 1 / (j + 0.5)). Returns the counts per bin and the count beyond the range.
+
+    With n idle times seen, the next one is as likely to fall in any of the n + 1 intervals
+    they cut the line into (Hill's A(n), the predictive rule that assumes nothing about their
+    distribution): a plan made from the bare counts gives an interval nobody has fallen into
+    yet no chance at all, so a function's keep grows one cold start at a time as longer gaps
+    come. Filling the empty runs gives each such interval about one idle time's weight, which
+    matters while a function has few of them and fades as its bins fill. O(bins)."""
+    counts = [float(c) for c in bins]
+    beyond = float(out_of_range)
+    last = -1
+    for index, count in enumerate(bins):
+        if not count:
+            continue
+        if 0 <= last < index - 1:
+            _spread(counts, last + 1, index, 1.0)
+        last = index
+    if last >= 0 and not out_of_range:
+        top = last + 1
+        beyond += _spread(counts, top, max(top + 1, math.ceil(top * above)), 1.0)
+    return counts, beyond
+
+
+def _spread(counts: list[float], first: int, end: int, weight: float) -> float:
+    """Add `weight` over bins first..end-1, bin j in proportion to 1 / (j + 0.5); returns
+    the part that falls past the last bin."""
+    total = sum(1.0 / (j + 0.5) for j in range(first, end))
+    past = 0.0
+    for j in range(first, end):
+        share = weight / (j + 0.5) / total
+        if j < len(counts):
+            counts[j] += share
+        else:
+            past += share
+    return past
 
 
 def _suffix_argmin(values: list[float]) -> list[int]:

@@ -260,8 +260,8 @@ def test_adaptive_with_other_prices_for_the_simulators_sweeps() -> None:
     assert (swept.break_even_s, swept.start_cost_s) == (2700.0, 240.0)
     assert swept.prior == POPULATION_PRIOR
     assert swept.timers is not None
-    assert swept.name == "histogram-cost:2700s/240s+prior+timers"
-    assert parse_policy("adaptive:30m/5m").name == "adaptive"  # the default's own prices
+    assert swept.name == "histogram-cost:2700s/240s+prior+timers+unseen"
+    assert parse_policy("adaptive:30m/4m").name == "adaptive"  # the default's own prices
     with pytest.raises(ValueError, match="adaptive:45m/x"):
         parse_policy("adaptive:45m/x")
 
