@@ -124,11 +124,13 @@ bench-decisions: $(STAMP)
 bench-replay: $(STAMP)
 	$(PY) -m bench.replay
 
-## bench-policies: the policies on the sample's two hash halves, then on 20 random 50/50 splits, where the tune half's cold starts come from, and what one day lets a histogram plan reach (about 4 minutes)
+## bench-policies: the policies on the sample's two hash halves, then on 20 random 50/50 splits and 80 fresh ones, where the tune half's cold starts come from, and what one day lets a histogram plan reach (about 6 minutes)
 bench-policies: $(STAMP)
 	$(PY) -m bench.policies --trace ../shared/traces/azure-functions-2019-sample
 	$(PY) -m bench.policies --trace ../shared/traces/azure-functions-2019-sample --splits 20 \
-		--policy histogram-cost:30m/5m --policy adaptive
+		--policy histogram-cost:30m/5m --policy adaptive-before --policy adaptive
+	$(PY) -m bench.policies --trace ../shared/traces/azure-functions-2019-sample --splits 80 \
+		--first-seed 20 --policy adaptive-before --policy adaptive
 	$(PY) -m bench.policy_signals --trace ../shared/traces/azure-functions-2019-sample
 	$(PY) -m bench.policy_bounds --trace ../shared/traces/azure-functions-2019-sample
 

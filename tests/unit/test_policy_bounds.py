@@ -54,3 +54,14 @@ def test_best_price_is_the_fewest_cold_starts_within_memory_and_starts() -> None
     assert price == (2, 2)
     assert ratios == (0.3, 0.8, 1.0)
     assert best_price({(1, 1): runs[(1, 1)]}, base, {"f"}) is None
+
+
+def test_second_day_has_the_idle_times_its_calls_end_and_no_tail() -> None:
+    # Calls at 0 and 50 s before the second day's first: the first day alone charges its last
+    # call's keep-alive (600 s) as its tail; in two days that idle time ends after 49 s, at the
+    # second day's first call, and is the second day's, which leaves its own tail to the next.
+    trace = FunctionTrace("f", [0.0, 86_350.0], 1.0, 1024.0)
+    first, second = second_day([trace], lambda: parse_policy("fixed:10m"))
+    assert first["f"].idle_mb_s == (600.0 + 600.0) * 1024.0
+    assert second["f"].idle_mb_s == (49.0 + 600.0) * 1024.0
+    assert (second["f"].cold, second["f"].calls) == (1, 2)
