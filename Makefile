@@ -137,5 +137,6 @@ bench-policies: $(STAMP)
 ## simulate: the warm-pool policies on the trace sample (shared/traces)
 simulate: $(STAMP)
 	$(VENV)/bin/fn policy simulate --trace ../shared/traces/azure-functions-2019-sample \
-		--policy fixed:10m --policy histogram --policy histogram-cost:2h --policy fixed:1h \
+		--policy fixed:10m --policy adaptive --policy histogram --policy histogram-cost:2h \
+		--policy histogram-cost:4h --policy histogram-cost:40m --policy fixed:1h \
 		--plot docs/policies.png

@@ -156,7 +156,13 @@ def split_report(
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.policies", description=__doc__)
     parser.add_argument("--trace", type=Path, default=TRACE)
-    parser.add_argument("--policy", action="append", default=[])
+    parser.add_argument(
+        "--policy",
+        action="append",
+        default=[],
+        help="a policy spec as `fn policy simulate` takes, or adaptive-before (the default "
+        "until 2026-12-01); repeatable",
+    )
     parser.add_argument("--half", choices=["tune", "held out", "both"], default="both")
     parser.add_argument(
         "--spread",

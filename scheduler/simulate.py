@@ -80,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         "--policy",
         action="append",
         default=[],
-        help="fixed:DURATION or histogram (repeatable; default: fixed:10m and "
-        "histogram); the oracle is added at the first one's idle memory",
+        help="fixed:DURATION, histogram, histogram-cost[:BREAK_EVEN[/START_COST]] or "
+        "adaptive[:BREAK_EVEN/START_COST] (repeatable; default: fixed:10m and histogram); "
+        "the oracle is added at the first one's idle memory",
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="seed for spreading each minute's calls (default 0)"

@@ -70,14 +70,16 @@ def _print_policies(data: dict[str, Any]) -> None:
 @click.option(
     "--prewarm",
     type=click.Choice(["adaptive", "fixed", "off", "histogram", "histogram-cost"]),
-    help="fixed (or off): keep idle instances for --keep-alive; histogram: learn "
-    "each function's idle times, unload and prewarm before the next call; "
-    "histogram-cost: the same, keeping warm only where that costs less than "
-    "the cold starts it saves (see docs/policies.md).",
+    help="adaptive (the default): plan each function's keeps and prewarms by cost from its "
+    "idle times, with a population prior and timer prediction; fixed (or off): keep idle "
+    "instances for --keep-alive; histogram: learn each function's idle times, unload and "
+    "prewarm before the next call; histogram-cost: the same, keeping warm only where that "
+    "costs less than the cold starts it saves (see docs/policies.md).",
 )
 @click.option(
     "--keep-alive",
-    help="Idle time before scale to zero, like 10m (histogram: while it is still learning).",
+    help="Idle time before scale to zero, like 10m (histogram kinds: until a function's first "
+    "idle times; adaptive: its idle instances kept at most 3 keep-alives until its 20th).",
 )
 @click.option("--min-warm", type=click.IntRange(0, 10_000), help="Instances always warm.")
 @click.option(
