@@ -110,8 +110,10 @@ def with_unseen(
     they cut the line into (Hill's A(n), the predictive rule that assumes nothing about their
     distribution): a plan made from the bare counts gives an interval nobody has fallen into
     yet no chance at all, so a function's keep grows one cold start at a time as longer gaps
-    come. Filling the empty runs gives each such interval about one idle time's weight, which
-    matters while a function has few of them and fades as its bins fill. O(bins)."""
+    come. Filling the empty runs gives each such interval about one idle time's weight: the
+    runs between filled bins weigh less as the bins fill; the one above does not fade
+    (keeping an instance past the longest idle time costs nothing on those seen, so a plan
+    covers it wherever a cold start is priced above the time). O(bins)."""
     counts = [float(c) for c in bins]
     beyond = float(out_of_range)
     last = -1
