@@ -53,7 +53,7 @@ from invoker.protocol import (
 )
 from invoker.sandbox import Walls
 from invoker.specs import SpecializeSpec
-from invoker.styles.detect import default_entry, detect_style, resolve_entry
+from invoker.styles.detect import before_import, default_entry, detect_style, resolve_entry
 from invoker.styles.native import decode_event, encode_result
 from invoker.template import Acceptor, Fork, serve_template, socket_inodes, template_refusal
 
@@ -221,13 +221,15 @@ class Runtime:
             sockets_before = socket_inodes() if template else set()
             for name in meta.get("preimport", ()):
                 importlib.import_module(name)
-            module = _import_main(filename, path)
             style: str = meta.get("style") or "ember"
+            settle = before_import(style, entry, filename, str(code_dir), meta)
+            module = _import_main(filename, path)
             if style == "auto":
                 style, entry, target = detect_style(module, entry)
             else:
-                entry = default_entry(module, entry)
+                entry = default_entry(module, entry, style)
                 target = resolve_entry(module, entry, filename)
+            settle(style)
             bound = styles.bind(
                 target,
                 styles.BindInfo(

@@ -338,7 +338,9 @@ def _print_deployed(version: dict[str, Any], url: str) -> None:
         f"Deployed {version['function']} version {version['version']} "
         f"(sha256 {version['sha256'][:12]})."
     )
-    if version.get("style_detected") and version.get("style") != "ember":
+    if version.get("style_detected") and (
+        version.get("style") != "ember" or version.get("handler") != "handler"
+    ):  # Ember's own is said when its handler has another name (a GCF background function?)
         click.echo(
             f"Style: {version['style']} (detected from {version['handler']}; another with --style)"
         )

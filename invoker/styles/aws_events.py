@@ -314,13 +314,17 @@ def alb_event(call: Incoming, site: Site) -> dict[str, Any]:
 
 
 # What a handler's source reads of its event, by the service whose event has it.
+_WSGI_ADAPTERS = r"\b(awsgi|serverless_wsgi|apig_wsgi|aws_lambda_wsgi|flask_lambda|zappa)\b"
+"""Libraries that hand a Lambda event to a WSGI app (aws-wsgi, serverless-wsgi, apig-wsgi,
+flask-lambda, Zappa's handler): the module that calls them reads nothing of the event itself,
+but they read an API Gateway event, of which v1 is the one they all take."""
 _READS = {
     "alb": re.compile(r"\bALB(Resolver|Event)\b|targetGroupArn|statusDescription|[\"']elb[\"']"),
     "url": re.compile(r"\bLambdaFunctionUrl(Resolver|Event)\b"),
     "v1": re.compile(
         r"\bAPIGatewayRestResolver\b|\bAPIGatewayProxyEvent\b|[\"']httpMethod[\"']"
         r"|multiValue(Headers|QueryStringParameters)|\[[\"'](path|resource)[\"']\]"
-        r"|\.get\([\"'](path|resource)[\"']|resourcePath"
+        r"|\.get\([\"'](path|resource)[\"']|resourcePath|" + _WSGI_ADAPTERS
     ),
     "v2": re.compile(
         r"\bAPIGatewayHttpResolver\b|\bAPIGatewayProxyEventV2\b|rawPath|rawQueryString"
@@ -333,7 +337,7 @@ _READS = {
 _HTTP = re.compile(
     r"statusCode|[\"'](body|headers|path|resource|cookies)[\"']|queryStringParameters"
     r"|pathParameters|requestContext|httpMethod|rawPath|rawQueryString|routeKey|multiValue"
-    r"|isBase64Encoded|Resolver\b|[Mm]angum|aws_lambda_powertools|APIGateway"
+    r"|isBase64Encoded|Resolver\b|[Mm]angum|aws_lambda_powertools|APIGateway|" + _WSGI_ADAPTERS
 )
 
 

@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -86,24 +87,27 @@ class Facts:
         "region",
         "set_by_us",
         "stream_id",
+        "version",
     )
 
-    def __init__(self, info: BindInfo, region: str) -> None:
-        self.name = info.function
+    def __init__(self, function: str, version: int, memory_mb: int, region: str) -> None:
+        self.name = function
         self.region = region
-        self.arn = f"arn:aws:lambda:{region}:{ACCOUNT_ID}:function:{info.function}"
-        self.memory_mb = str(info.memory_mb if info.memory_mb > 0 else UNLIMITED_MEMORY_MB)
-        self.log_group = f"/aws/lambda/{info.function}"
+        self.arn = f"arn:aws:lambda:{region}:{ACCOUNT_ID}:function:{function}"
+        self.memory_mb = str(memory_mb if memory_mb > 0 else UNLIMITED_MEMORY_MB)
+        self.log_group = f"/aws/lambda/{function}"
         self.stream_id = uuid.uuid4().hex
         self.log_stream = ""
+        self.version = version
         self.set_by_us: set[str] = set()
         """The environment variables bound here (not the function's --env)."""
-        self.relabel(info.version)
+        self.relabel(version)
 
     def relabel(self, version: int) -> None:
         """The version in the log stream's name (an instance checked at deploy as version 0
         learns its number afterwards)."""
         day = time.strftime("%Y/%m/%d", time.gmtime())
+        self.version = version
         self.log_stream = f"{day}/[{version}]{self.stream_id}"
 
 
@@ -347,31 +351,63 @@ def _source(module: Any) -> str:
         return ""
 
 
-def prepare_environment(info: BindInfo) -> Facts:
-    """Lambda's environment variables (not those the function's --env set) and working
-    directory; the facts every call's context repeats."""
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
-    facts = Facts(info, region)
-    root = _task_root(info.module)
-    module_name = getattr(info.module, "__name__", "handler")
+_before_import: Facts | None = None
+"""The facts of the environment set before the module was imported (`before_import`)."""
+
+
+def before_import(
+    function: str, version: int, memory_mb: int, module_name: str, entry: str, root: str
+) -> Callable[[], None]:
+    """Lambda's environment variables (those the function's --env does not set) before its
+    module is imported, as Lambda has them before a function's init code runs (a boto3
+    client made at import finds its region, Powertools its LAMBDA_TASK_ROOT). Returns what
+    takes them back, for a module that turns out to be bound with another style."""
+    global _before_import
+    facts = _before_import = Facts(function, version, memory_mb, _region())
+    _set(facts, module_name, entry, root)
+
+    def undo() -> None:
+        global _before_import
+        for key in facts.set_by_us:
+            os.environ.pop(key, None)
+        _before_import = None
+
+    return undo
+
+
+def _region() -> str:
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
+
+
+def _set(facts: Facts, module_name: str, entry: str, root: str | None) -> None:
     values = {
-        "AWS_REGION": region,
-        "AWS_DEFAULT_REGION": region,
-        "AWS_LAMBDA_FUNCTION_NAME": info.function,
-        "AWS_LAMBDA_FUNCTION_VERSION": str(info.version),
+        "AWS_REGION": facts.region,
+        "AWS_DEFAULT_REGION": facts.region,
+        "AWS_LAMBDA_FUNCTION_NAME": facts.name,
+        "AWS_LAMBDA_FUNCTION_VERSION": str(facts.version),
         "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": facts.memory_mb,
         "AWS_LAMBDA_LOG_GROUP_NAME": facts.log_group,
         "AWS_LAMBDA_LOG_STREAM_NAME": facts.log_stream,
         "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
         "AWS_EXECUTION_ENV": f"AWS_Lambda_python{sys.version_info[0]}.{sys.version_info[1]}",
-        "_HANDLER": f"{module_name}.{info.entry}",
+        "_HANDLER": f"{module_name}.{entry}",
     }
     if root is not None:
         values["LAMBDA_TASK_ROOT"] = root
     for key, value in values.items():
-        if key not in os.environ:
+        if key in facts.set_by_us or key not in os.environ:  # (ours: the module's name known)
             os.environ[key] = value
             facts.set_by_us.add(key)
+
+
+def prepare_environment(info: BindInfo) -> Facts:
+    """Lambda's environment variables (not those the function's --env set) and working
+    directory; the facts every call's context repeats. Those `before_import` set stay."""
+    facts = _before_import
+    if facts is None or facts.name != info.function:
+        facts = Facts(info.function, info.version, info.memory_mb, _region())
+    root = _task_root(info.module)
+    _set(facts, getattr(info.module, "__name__", "handler"), info.entry, root)
     if root is not None:
         with contextlib.suppress(OSError):  # Lambda runs a function in its code's directory
             os.chdir(root)

@@ -22,9 +22,11 @@ app, application, new that the module defines is used. Anything else needs `--st
 
 from __future__ import annotations
 
+import ast
 import inspect
 import re
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -146,17 +148,24 @@ def detect_style(module: Any, entry: str) -> tuple[str, str, Any]:
     filename = str(filename).rsplit("/", 1)[-1]
     found = _lookup(module, entry)
     if found is None and entry == "handler":
-        for name in WELL_KNOWN:
-            found = _lookup(module, name)
-            if found is not None:
-                entry = name
-                break
-        if entry == "main" and classify("main", found) == "fission" and _runs_a_server(found):
-            # `def main(): uvicorn.run(app)`: a script's entry point next to the app it serves
-            # (Fission's main() reads flask.request beside a Flask app of its own)
+        name = _first_defined(module, WELL_KNOWN)
+        if name is not None:
+            entry, found = name, _lookup(module, name)
+        if entry == "main" and classify("main", found) == "fission":
+            # `def main(): uvicorn.run(app)`, a script's entry point next to the app it serves,
+            # or `async def main()`, one of the app's routes (Fission's main() is neither: it
+            # reads flask.request, maybe beside a Flask app of its own)
             for name in ("app", "application"):
                 app = _lookup(module, name)
-                if app is not None and (is_asgi(app) or is_wsgi(app)):
+                if (
+                    app is not None
+                    and (is_asgi(app) or is_wsgi(app))
+                    and (
+                        _runs_a_server(found)
+                        or inspect.iscoroutinefunction(found)
+                        or _serves(app, found)
+                    )
+                ):
                     entry, found = name, app
                     break
     if found is None:
@@ -197,18 +206,103 @@ def _reads_like_lambda(module: Any, *, strong: bool = False) -> bool:
         source = Path(file).read_text(errors="replace") if file else ""
     except OSError:
         return False
+    return _source_reads_like_lambda(source, strong=strong)
+
+
+def _source_reads_like_lambda(source: str, *, strong: bool) -> bool:
     return _LAMBDA_ONLY.search(source) is not None or (
         not strong and all(p.search(source) for p in _PROXY_RESPONSE)
     )
 
 
-def default_entry(module: Any, entry: str) -> str:
+def before_import(
+    style: str, entry: str, filename: str, root: str, meta: Mapping[str, Any]
+) -> Callable[[str], None]:
+    """Set up what `style` gives a function before its module (`filename` under `root`) is
+    imported, for the specialization `meta` (function, version, memory_bytes): Lambda's
+    environment variables, for a lambda-style module (or, with `auto`, one that reads like one:
+    `lambda_before_import`). Returns what is called with the style the module was bound
+    with, which takes back what does not apply."""
+    if style == "auto":
+        entry = lambda_before_import(Path(root, filename), entry) or ""
+        style = "lambda" if entry else style
+    if style == "lambda":
+        from invoker.styles import aws_lambda
+
+        undo = aws_lambda.before_import(
+            meta["function"],
+            int(meta.get("version", 0)),
+            int(meta.get("memory_bytes", 0)) >> 20,
+            filename.removesuffix(".py").removesuffix("/__init__").replace("/", "."),
+            entry,
+            root,
+        )
+        return lambda bound: None if bound == "lambda" else undo()
+    return lambda bound: None
+
+
+def lambda_before_import(path: Path, entry: str) -> str | None:
+    """The entry point of the module at `path`, deployed with `--style auto`, when it reads
+    like a Lambda handler before it is imported (so that it gets Lambda's environment
+    variables at import, as on Lambda), else None: its entry point (as `detect_style` would
+    find it among the functions the file defines) is `lambda_handler`, or takes (event,
+    context) in a module that `detect_style` would find reading like Lambda's."""
+    try:
+        source = path.read_text(errors="replace")
+        tree = ast.parse(source)
+    except (OSError, SyntaxError, ValueError):
+        return None
+    defined = {
+        node.name: len(node.args.posonlyargs) + len(node.args.args)
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+    }
+    short = entry.rsplit(".", 1)[-1]
+    if entry == "handler" and short not in defined:
+        entry = short = next((name for name in WELL_KNOWN if name in defined), short)
+    if short == "lambda_handler":
+        return entry
+    if defined.get(short) != 2 or short in ("main", "new", "app", "application"):
+        return None
+    return entry if _source_reads_like_lambda(source, strong=short == "handle") else None
+
+
+STYLE_ENTRIES = {
+    "lambda": ("lambda_handler",),
+    "openwhisk": ("main",),
+    "fission": ("main",),
+    "openfaas": ("handle",),
+    "knative": ("new", "main"),
+    "asgi": ("app", "application"),
+    "wsgi": ("app", "application"),
+}
+"""The names each style's platform calls, looked for first when `--handler` is not given."""
+
+
+def default_entry(module: Any, entry: str, style: str = "ember") -> str:
     """The entry point of a deploy that named its style but not its handler: `entry`, unless it
-    is the default `handler` and the module has none, then the first of WELL_KNOWN it defines
-    (`--style lambda` finds lambda_handler)."""
+    is the default `handler` and the module has none, then the first the module defines of the
+    names `style`'s platform calls (`--style openfaas` finds handle, `--style lambda`
+    lambda_handler), then of WELL_KNOWN."""
     if entry != "handler" or _lookup(module, entry) is not None:
         return entry
-    return next((name for name in WELL_KNOWN if _lookup(module, name) is not None), entry)
+    return (
+        _first_defined(module, STYLE_ENTRIES.get(style, ()))
+        or _first_defined(module, WELL_KNOWN)
+        or entry
+    )
+
+
+def _first_defined(module: Any, names: tuple[str, ...]) -> str | None:
+    """The first of `names` the module has, those it defines itself before those it imports
+    (`from .util import main` beside `def handle(req)`: handle)."""
+    found = [name for name in names if _lookup(module, name) is not None]
+    own = getattr(module, "__name__", None)
+    for name in found:
+        target = _lookup(module, name)
+        if not inspect.isfunction(target) or target.__module__ == own:
+            return name
+    return found[0] if found else None
 
 
 def _runs_a_server(function: Any) -> bool:
@@ -221,6 +315,16 @@ def _runs_a_server(function: Any) -> bool:
         re.search(r"\b(uvicorn|hypercorn|waitress|app|application)\.(run|serve)\(", source)
         is not None
     )
+
+
+def _serves(app: Any, function: Any) -> bool:
+    """Whether `function` is one of the routes of `app` (Starlette's and FastAPI's `routes`,
+    Flask's `view_functions`)."""
+    endpoints = [getattr(route, "endpoint", None) for route in getattr(app, "routes", None) or ()]
+    views = getattr(app, "view_functions", None)
+    if isinstance(views, dict):
+        endpoints.extend(views.values())
+    return any(endpoint is function for endpoint in endpoints)
 
 
 def _is_cloud_event(function: Any) -> bool:

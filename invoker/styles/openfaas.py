@@ -41,9 +41,8 @@ _MAX_OUTPUT_BYTES = 64 << 20
 
 
 class Event:
-    """What python3-http's handle(event, context) gets."""
-
-    __slots__ = ("body", "headers", "method", "path", "query")
+    """What python3-http's handle(event, context) gets: plain objects, as the template's
+    (`vars(event)`, `context.__dict__` work; no `__slots__`)."""
 
     def __init__(self, call: Incoming) -> None:
         self.body: bytes = call.body
@@ -54,8 +53,6 @@ class Event:
 
 
 class Context:
-    __slots__ = ("hostname",)
-
     def __init__(self, hostname: str) -> None:
         self.hostname = hostname
 

@@ -385,3 +385,40 @@ async def test_a_handler_that_does_not_fit_is_refused_at_deploy(running: Running
     assert (response.status, data["error"]["code"]) == (422, "style_mismatch")
     assert "lambda style" in data["error"]["message"]
     assert "def lambda_handler(event, context)" in data["error"]["message"]
+
+
+# As a module that makes a boto3 client at import does: the region must be there already.
+AT_IMPORT = textwrap.dedent("""
+    import os
+
+    NAMES = ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_LAMBDA_FUNCTION_NAME", "_HANDLER",
+             "LAMBDA_TASK_ROOT", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+    if "AWS_REGION" not in os.environ:
+        raise RuntimeError("botocore.exceptions.NoRegionError: You must specify a region.")
+    AT_IMPORT = {name: os.environ.get(name) for name in NAMES}
+
+    def lambda_handler(event, context):
+        return {"at_import": AT_IMPORT, "at_call": {n: os.environ.get(n) for n in NAMES},
+                "cwd": os.getcwd()}
+""")
+
+
+async def test_lambdas_environment_is_there_when_the_module_is_imported(
+    running: Running,
+) -> None:
+    # Detected at deploy (auto), then each instance bound as lambda: both import with it.
+    deployed = await running.deploy_ok("at-import", AT_IMPORT, memory="512Mi")
+    assert deployed["style"] == "lambda"
+    response = await running.call("at-import")
+    data = await response.json()
+    assert response.status == 200, data
+    assert data["at_import"] == data["at_call"]
+    assert data["at_import"]["AWS_REGION"] == "us-east-1"
+    assert data["at_import"]["AWS_LAMBDA_FUNCTION_NAME"] == "at-import"
+    assert data["at_import"]["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"] == "512"
+    assert data["at_import"]["_HANDLER"] == "handler.lambda_handler"
+    assert data["at_import"]["LAMBDA_TASK_ROOT"] == data["cwd"]
+    # the function's own --env wins, at import too
+    await running.deploy_ok("at-import", AT_IMPORT, env={"AWS_REGION": "eu-west-3"})
+    data = await (await running.call("at-import")).json()
+    assert data["at_import"]["AWS_REGION"] == data["at_call"]["AWS_REGION"] == "eu-west-3"

@@ -39,7 +39,8 @@ LAMBDA_VARIABLES = (
 def lambda_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Binding sets Lambda's variables and working directory: both restored after a test."""
     for name in LAMBDA_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "")  # (recorded, so that what binding sets is undone too)
+        monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
 
 
@@ -296,6 +297,10 @@ HEADERS = [
         ("return {'statusCode': 200, 'statusDescription': '200 OK', 'httpMethod': 1}", "alb"),
         ("app = LambdaFunctionUrlResolver()\n", "url"),
         ("handler = Mangum(app)\n", "v2"),
+        # a WSGI adapter reads the event for the module: API Gateway's v1, which all take
+        ("import awsgi\ndef lambda_handler(e, c):\n    return awsgi.response(app, e, c)", "v1"),
+        ("import serverless_wsgi\nhandle = serverless_wsgi.handle_request", "v1"),
+        ("from apig_wsgi import make_lambda_handler\n", "v1"),
     ],
 )
 def test_without_lambda_event_the_event_is_the_one_the_handler_reads(

@@ -432,3 +432,17 @@ def test_a_handler_that_imports_flask_runs_in_its_request_context() -> None:
         "    return {'body': request.args['q'] + event.query['q']}\n"
     )
     assert run(http, call(query="q=a"))[2] == b"aa"
+
+
+def test_the_event_and_context_are_plain_objects_as_the_templates() -> None:
+    source = """
+def handle(event, context):
+    return {"statusCode": 200, "body": {"event": sorted(vars(event)), "context": vars(context)}}
+"""
+    os.environ["HOSTNAME"] = "hello-7f9c"
+    out = run(bound(source), call(b"{}"))
+    assert out[0] == 200, out
+    assert orjson.loads(out[2]) == {
+        "event": ["body", "headers", "method", "path", "query"],
+        "context": {"hostname": "hello-7f9c"},
+    }

@@ -3,6 +3,7 @@ and the packages a deploy adds for the platform a function was written for."""
 
 from __future__ import annotations
 
+import os
 import time
 import types
 from pathlib import Path
@@ -19,11 +20,12 @@ from gateway.frameworks import (
 )
 from invoker import styles
 from invoker.context import Context, Response
-from invoker.styles.detect import classify, detect_style, resolve_entry
+from invoker.styles.detect import before_import, classify, detect_style, resolve_entry
 
 
 def module(**names: Any) -> types.ModuleType:
-    mod = types.ModuleType("handler")
+    """A module that defines `names` (so named as this file: its functions are its own)."""
+    mod = types.ModuleType(__name__)
     mod.__file__ = "/tmp/code/handler.py"
     for key, value in names.items():
         setattr(mod, key, value)
@@ -275,3 +277,110 @@ def test_an_app_in_a_packages_init_is_its_main_module(tmp_path: Path) -> None:
     (tmp_path / "api" / "__init__.py").write_text("app = None\n")
     target = _target(tmp_path, None, None, None, "api:app", None)
     assert (target.style, target.entry, target.main) == ("asgi", "app", "api/__init__.py")
+
+
+def test_names_a_module_imports_come_after_those_it_defines(tmp_path: Path) -> None:
+    from invoker.styles.detect import default_entry
+
+    def handle(req: Any) -> Any: ...
+
+    imported = types.ModuleType("util")
+    exec("def main(args): ...", imported.__dict__)
+    own = module(main=imported.main, handle=handle)
+    # OpenFaaS's handler.py with `from .util import main`: handle, by either route
+    assert detect_style(own, "handler")[:2] == ("openfaas", "handle")
+    assert default_entry(own, "handler", "openfaas") == "handle"
+    # a style's own name first (--style openwhisk finds main beside handle), then the rest
+    assert default_entry(own, "handler", "openwhisk") == "main"
+    assert default_entry(module(main=imported.main), "handler", "openfaas") == "main"
+
+
+def test_a_route_named_main_is_not_a_fission_function() -> None:
+    class Route:
+        def __init__(self, endpoint: Any) -> None:
+            self.endpoint = endpoint
+
+    class Routed(AsgiObject):
+        def __init__(self, *endpoints: Any) -> None:
+            self.routes = [Route(e) for e in endpoints]
+
+    async def main() -> Any: ...
+
+    def sync_main() -> Any: ...
+
+    # FastAPI's `@app.get("/") async def main()` beside `app`: the app serves
+    assert detect_style(module(main=main, app=Routed()), "handler")[:2] == ("asgi", "app")
+    assert detect_style(module(main=sync_main, app=Routed(sync_main)), "handler")[:2] == (
+        "asgi",
+        "app",
+    )
+    # Fission's main(), not one of the app's routes, stays Fission's
+    assert detect_style(module(main=sync_main, app=Routed()), "handler")[:2] == (
+        "fission",
+        "main",
+    )
+
+
+PROXY = "    return {'statusCode': 200, 'body': ''}"
+
+
+@pytest.mark.parametrize(
+    ("source", "entry", "expected"),
+    [
+        ("def lambda_handler(event, context): ...", "handler", "lambda_handler"),
+        ("def lambda_handler(event, context): ...", "app.lambda_handler", "app.lambda_handler"),
+        ("def hello(event, context):\n    return event['requestContext']", "hello", "hello"),
+        ("def handler(event, context):\n" + PROXY, "handler", "handler"),
+        ("def handler(event, context):\n    return event", "handler", None),
+        # OpenFaaS's python3-http answers with statusCode and body too
+        ("def handle(event, context):\n" + PROXY, "handler", None),
+        ("def main(args):\n" + PROXY, "handler", None),
+        ("def lambda_handler(event, context):\n  return (", "handler", None),  # not Python
+    ],
+)
+def test_a_module_reads_like_lambda_before_it_is_imported(
+    tmp_path: Path, source: str, entry: str, expected: str | None
+) -> None:
+    from invoker.styles.detect import lambda_before_import
+
+    (tmp_path / "app.py").write_text(source)
+    assert lambda_before_import(tmp_path / "app.py", entry) == expected
+
+
+def test_lambdas_environment_before_import_is_taken_back_for_another_style(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.unit.test_style_lambda import lambda_environment
+
+    lambda_environment.__wrapped__(monkeypatch, tmp_path)  # type: ignore[attr-defined]
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "the function's own --env")
+    (tmp_path / "app.py").write_text("def lambda_handler(event, context): ...\n")
+    (tmp_path / "plain.py").write_text("def handler(event, context): ...\n")
+    meta = {"function": "orders", "version": 2, "memory_bytes": 256 << 20}
+    settle = before_import("auto", "handler", "app.py", str(tmp_path), meta)
+    assert os.environ["AWS_REGION"] == "us-east-1"
+    assert os.environ["_HANDLER"] == "app.lambda_handler"
+    assert os.environ["LAMBDA_TASK_ROOT"] == str(tmp_path)
+    assert os.environ["AWS_LAMBDA_FUNCTION_NAME"] == "the function's own --env"
+    settle("openwhisk")  # bound with another style after all: nothing of Lambda's stays
+    assert "AWS_REGION" not in os.environ
+    assert "LAMBDA_TASK_ROOT" not in os.environ
+    assert os.environ["AWS_LAMBDA_FUNCTION_NAME"] == "the function's own --env"
+    before_import("auto", "handler", "plain.py", str(tmp_path), meta)("ember")
+    assert "AWS_REGION" not in os.environ
+
+
+def test_the_detected_style_is_printed_when_it_is_not_plainly_embers(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from fn.cli.functions import _print_deployed
+
+    deployed = {"function": "f", "version": 1, "sha256": "ab" * 32, "style_detected": True}
+    for style, handler, said in [
+        ("lambda", "lambda_handler", "Style: lambda (detected from lambda_handler"),
+        ("ember", "hello_background", "Style: ember (detected from hello_background"),
+        ("ember", "handler", None),
+    ]:
+        _print_deployed({**deployed, "style": style, "handler": handler}, "http://x/fn/f")
+        out = capsys.readouterr().out
+        assert (said in out) if said else ("Style:" not in out), out
