@@ -11,7 +11,7 @@ from urllib.parse import quote
 import click
 
 from fn.cli.api import CONTENT_TYPE_HELP, DATA_HELP, api, client, complete_function, read_data
-from fn.cli.output import emit, fail, json_option
+from fn.cli.output import emit, fail, heading, json_option, shown
 from fn.client import ClientError, Reply, error_message
 
 
@@ -132,8 +132,11 @@ def _decoded_body(reply: Reply) -> Any:
 def _print_reply(name: str, reply: Reply) -> None:
     """The body as it came on success (bytes, not re-encoded); the error on stderr otherwise."""
     if reply.status < 400:
-        sys.stdout.buffer.write(reply.body)
-        if not reply.body.endswith(b"\n"):
+        body = reply.body
+        if sys.stdout.isatty():  # (into a pipe or a file: the bytes as they came)
+            body = shown(body.decode(errors="replace")).encode()
+        sys.stdout.buffer.write(body)
+        if not body.endswith(b"\n"):
             sys.stdout.buffer.write(b"\n")
         return
     activation = reply.headers.get("x-ember-activation-id")
@@ -149,19 +152,21 @@ def _print_reply(name: str, reply: Reply) -> None:
         if activation
         else ""
     )
-    click.echo(f"fn: HTTP {reply.status}: {message}{suffix}", err=True)
+    click.echo(shown(f"fn: HTTP {reply.status}: {message}{suffix}", err=True), err=True)
 
 
 def _print_activation(a: dict[str, Any]) -> None:
     temp = "cold" if a["cold"] else "warm"
     click.echo(
-        f"--- {a['started_at'][:23]} {a['id']} v{a['version']} {a['status']} "
-        f"HTTP {a['http_status']} {a['duration_ms']:.1f}ms {temp}"
+        heading(
+            f"--- {a['started_at'][:23]} {a['id']} v{a['version']} {a['status']} "
+            f"HTTP {a['http_status']} {a['duration_ms']:.1f}ms {temp}"
+        )
     )
     if a.get("error"):
-        click.echo(f"error: {a['error'].get('type', '')}: {a['error'].get('message', '')}")
+        click.echo(shown(f"error: {a['error'].get('type', '')}: {a['error'].get('message', '')}"))
     if a.get("logs"):
-        click.echo(a["logs"].rstrip("\n"))
+        click.echo(shown(a["logs"].rstrip("\n")))
 
 
 @click.command()
@@ -244,21 +249,23 @@ def print_delivery(d: dict[str, Any], *, verbose: bool = True) -> None:
     """An async call or event: status, attempts, error or result, logs (fn dlq show too)."""
     when = d["finished_at"] or d["started_at"] or d["created_at"]
     click.echo(
-        f"--- {d['id']} {d['function']} ({d['source']}) {d['status']} after "
-        f"{d['attempts']} attempt(s), {(when or '')[:23]}"
+        heading(
+            f"--- {d['id']} {d['function']} ({d['source']}) {d['status']} after "
+            f"{d['attempts']} attempt(s), {(when or '')[:23]}"
+        )
     )
     if d["status"] == "pending" and d.get("next_attempt_at"):
         click.echo(f"next attempt at {d['next_attempt_at'][:23]}")
     if d.get("error"):
         e = d["error"]
-        click.echo(f"error: {e.get('type', '')}: {e.get('message', '')}")
+        click.echo(shown(f"error: {e.get('type', '')}: {e.get('message', '')}"))
         if e.get("dead_because"):
-            click.echo(f"dead-lettered: {e['dead_because']}")
+            click.echo(shown(f"dead-lettered: {e['dead_because']}"))
     if d.get("result") is not None:
         result = d["result"]
-        click.echo("result: " + (result if isinstance(result, str) else json.dumps(result)))
+        click.echo(shown("result: " + (result if isinstance(result, str) else json.dumps(result))))
     if verbose and d.get("logs"):
-        click.echo(d["logs"].rstrip("\n"))
+        click.echo(shown(d["logs"].rstrip("\n")))
 
 
 @click.command()

@@ -5,6 +5,8 @@ command's own rendering for people), tables, and the one way to fail: `fn: ...` 
 from __future__ import annotations
 
 import json
+import re
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar
@@ -110,3 +112,26 @@ def progress(description: str) -> Iterator[None]:
 def fail(message: str) -> NoReturn:
     click.echo(f"fn: {message}", err=True)
     raise SystemExit(1)
+
+
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+"""What a terminal acts on rather than shows (escape sequences start with ESC or a C1 byte);
+newlines and tabs stay."""
+
+
+def shown(text: str, *, err: bool = False) -> str:
+    """Text a function wrote (its logs, errors, results), made safe to print: on a terminal
+    its control characters are shown as escapes (`\\x1b`), so that it cannot move the
+    cursor, rewrite the lines `fn` printed, set the window's title or the clipboard; into a
+    pipe or a file it is as it came."""
+    stream = sys.stderr if err else sys.stdout
+    if not stream.isatty():
+        return text
+    text = text.replace("\r\n", "\n")  # (a line's end, whatever wrote it)
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def heading(text: str) -> str:
+    """A line `fn` writes between a function's lines (an activation's header): bold on a
+    terminal, which a function's own output cannot be (`shown`)."""
+    return click.style(text, bold=True)
