@@ -26,7 +26,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import orjson
@@ -50,6 +50,7 @@ from builds.requirements import (
     environment_hash,
     normalize_requirements,
 )
+from builds.scratch import full, mount_scratch, unmount_scratch
 from store import Environment, Store
 
 log = logging.getLogger("ember.gateway.builds")
@@ -85,7 +86,9 @@ class Builder:
         """Delete what builds and unpacks cut short (a crash) left in the cache."""
         if self.cache_dir.is_dir():
             for path in self.cache_dir.glob("*-*"):
-                if path.name.startswith(("build-", "unpack-")):
+                if path.name.startswith(("build-", "unpack-", "pack-")):
+                    if path.is_mount():
+                        unmount_scratch(path)
                     shutil.rmtree(path, ignore_errors=True)
         self.archives.remove_leftovers()
 
@@ -151,15 +154,19 @@ class Builder:
     async def _build(self, normalized: str, env_hash: str) -> tuple[Environment, str]:
         self.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         work = Path(tempfile.mkdtemp(prefix="build-", dir=self.cache_dir))
-        # pip's home and working directory: outside the platform's state.
-        home = Path(tempfile.mkdtemp(prefix="ember-build-home-"))
+        # A walled-in build writes only on a tmpfs of twice FN_MAX_ENV (`builds.scratch`),
+        # pip's home and working directory included; else they are outside the state.
+        limited = self.confine is not None and mount_scratch(work, 2 * self.max_env_bytes)
+        home = work / "home" if limited else Path(tempfile.mkdtemp(prefix="ember-build-home-"))
+        home.mkdir(mode=0o700, exist_ok=True)
+        archive = Path(tempfile.mkdtemp(prefix="pack-", dir=self.cache_dir)) / "env.tar.gz"
         try:
             site = work / "site"
             requirements = home / "requirements.txt"
             requirements.write_text(normalized)
             report = home / "report.json"
             t0 = time.perf_counter()
-            async with self._one_build:
+            async with self._one_build, self._full_is_too_big(work if limited else None):
                 output = await self._pip(
                     [
                         "install",
@@ -192,7 +199,6 @@ class Builder:
                 )
             data = await asyncio.to_thread(read_report, report)
             lock = lock_from_report(orjson.loads(data)) if data else ""
-            archive = work / "env.tar.gz"
             size = await asyncio.to_thread(pack, site, archive)
             env = Environment(
                 hash=env_hash,
@@ -216,8 +222,29 @@ class Builder:
             )
             return stored, output
         finally:
-            await asyncio.to_thread(shutil.rmtree, work, True)
+            await asyncio.to_thread(shutil.rmtree, archive.parent, True)
             await asyncio.to_thread(shutil.rmtree, home, True)
+            await asyncio.to_thread(shutil.rmtree, work, True)
+            if limited:
+                await asyncio.to_thread(unmount_scratch, work)
+                await asyncio.to_thread(shutil.rmtree, work, True)
+
+    @contextlib.asynccontextmanager
+    async def _full_is_too_big(self, scratch: Path | None) -> AsyncIterator[None]:
+        """A build that failed on a full work filesystem (`builds.scratch`) is said to have
+        written too much, as the disk guard of `_run` says it."""
+        try:
+            yield
+        except BuildFailed as exc:
+            if scratch is None or not (
+                "No space left on device" in exc.log or await asyncio.to_thread(full, scratch)
+            ):  # (a file deleted while open is freed when the build ends: ENOSPC says it)
+                raise
+            raise BuildFailed(
+                f"the build filled its work directory: it wrote over twice the limit of "
+                f"{self.max_env_bytes >> 20} MiB (FN_MAX_ENV), or too many files",
+                exc.log,
+            ) from None
 
     async def _pip(
         self, args: list[str], env: dict[str, str], cwd: Path, writable: list[Path]

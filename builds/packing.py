@@ -4,11 +4,14 @@ the lock read from pip's report, and packing, checking and unpacking the directo
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
+import shutil
 import stat
 import tarfile
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +83,12 @@ def install(site: Path, target: Path) -> None:
     try:
         site.rename(target)
     except OSError as exc:
+        if exc.errno == errno.EXDEV:  # built on a tmpfs (`builds.scratch`): copied, then renamed
+            copy = Path(tempfile.mkdtemp(prefix="unpack-", dir=target.parent)) / "site"
+            shutil.copytree(site, copy, symlinks=True)
+            install(copy, target)
+            shutil.rmtree(copy.parent, ignore_errors=True)
+            return
         if not target.is_dir():
             raise
         log.debug("environment already cached: %s", exc)

@@ -164,3 +164,81 @@ def test_requirements_builds_run_inside_the_walls(platform: Platform, tmp_path: 
     assert seen["pids"] == [1], seen  # the build itself is its namespace's PID 1
     assert seen["postgres"] == "failed: OSError", seen
     assert not Path("/etc/ember-pwned").exists()
+
+
+# What the build's code does instead of pip: fill the disk with a file it deleted while it
+# keeps it open (a count of the files it leaves sees nothing), or with empty files.
+FILL = textwrap.dedent("""
+    import os, sys
+    written = 0
+    try:
+        if sys.argv[1] == "unlinked":
+            with open("big", "wb") as f:
+                os.unlink("big")
+                for _ in range(256):
+                    f.write(b"x" * (1 << 20))
+                    f.flush()
+                    written += 1 << 20
+        else:
+            for i in range(200_000):
+                open(f"empty-{i}", "w").close()
+                written += 1
+    finally:
+        print("wrote", written, flush=True)
+""")
+
+
+@pytest.mark.parametrize("how", ["unlinked", "inodes"])
+def test_a_build_cannot_fill_the_hosts_disk(platform: Platform, tmp_path: Path, how: str) -> None:
+    """A build writes on a tmpfs of twice FN_MAX_ENV mounted at its work directory: a file it
+    deleted but keeps open, or a flood of empty files, fill that, not the host's disk."""
+    del platform  # (for its skip: the same host conditions)
+    import asyncio
+
+    from builds.builder import Builder
+    from builds.requirements import BuildFailed
+    from scheduler.backends.isolation import IsolationSettings
+    from scheduler.backends.local import LocalBackend
+
+    state = tmp_path / "state"
+    cache = state / "envs"
+    cache.mkdir(parents=True)
+
+    async def run() -> str:
+        backend = LocalBackend(
+            isolation=IsolationSettings(), private_paths=(state,), environments=cache
+        )
+        await backend.start()
+        builder = Builder(None, cache, max_env_bytes=8 << 20)  # type: ignore[arg-type]
+        builder.confine = backend.confine_command
+        builder.release_confined = backend.release_build
+
+        async def pip(args: list[str], env: dict[str, str], cwd: Path, writable: list[Path]) -> str:
+            work = writable[0]
+            assert work.is_mount(), "the work directory is not a filesystem of its own"
+            assert cwd.is_relative_to(work)  # pip's home too
+            prefix = backend.confine_command([cwd, *writable], "fill")
+            assert prefix, backend.report.summary()
+            try:
+                return await builder._run(
+                    [*prefix, sys.executable, "-c", FILL, how], env, cwd, watch=[cwd, *writable]
+                )
+            finally:
+                backend.release_build("fill")
+
+        builder._pip = pip  # type: ignore[method-assign]
+        try:
+            with pytest.raises(BuildFailed) as failed:
+                await builder._build("example==1.0\n", "f" * 64)
+            return f"{failed.value}\n{failed.value.log}"
+        finally:
+            await backend.close()
+
+    text = asyncio.run(run())
+    assert "the build filled its work directory" in text, text
+    wrote = int(text.rsplit("wrote ", 1)[1].split()[0])
+    if how == "unlinked":
+        assert wrote <= 16 << 20, text  # twice FN_MAX_ENV, not 256 MiB
+    else:
+        assert wrote <= 1 << 16, text  # the tmpfs's inodes
+    assert list(cache.iterdir()) == [], "a work directory (or its mount) was left behind"
