@@ -13,7 +13,9 @@ every one. A function's pages name it `/ui/functions/NAME?namespace=NS` (no `nam
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
+from collections.abc import Awaitable, Callable
 from importlib.resources import files
 from typing import Any
 
@@ -30,6 +32,7 @@ from gateway.dashboard_auth import (
     login_page,
     logout,
     namespace_of,
+    not_from_the_dashboard,
     to_login,
     viewer_of,
 )
@@ -387,17 +390,34 @@ async def static(request: web.Request) -> web.Response:
     return web.Response(body=data, content_type=STATIC[name], headers={"Cache-Control": "no-cache"})
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
 def add_routes(app: web.Application) -> None:
     """The dashboard's routes, on the root application (not under /v1: a browser sends the
     cookie, not the bearer token)."""
-    app.router.add_get("/ui", overview)
-    app.router.add_get("/ui/", overview)
-    app.router.add_get("/ui/login", login_page)
-    app.router.add_post("/ui/login", login)
-    app.router.add_post("/ui/logout", logout)
-    app.router.add_get("/ui/functions/{name}", function_page)
-    app.router.add_get("/ui/functions/{name}/stream", activation_stream)
-    app.router.add_get("/ui/functions/{name}/simulation", dashboard_sim.simulation)
-    app.router.add_get("/ui/simulate", dashboard_sim.trace_simulation)
-    app.router.add_post("/ui/dlq/{id}/redrive", redrive)
-    app.router.add_get("/ui/static/{file}", static)
+    for method, path, handler in [
+        ("GET", "/ui", overview),
+        ("GET", "/ui/", overview),
+        ("GET", "/ui/login", login_page),
+        ("POST", "/ui/login", login),
+        ("POST", "/ui/logout", logout),
+        ("GET", "/ui/functions/{name}", function_page),
+        ("GET", "/ui/functions/{name}/stream", activation_stream),
+        ("GET", "/ui/functions/{name}/simulation", dashboard_sim.simulation),
+        ("GET", "/ui/simulate", dashboard_sim.trace_simulation),
+        ("POST", "/ui/dlq/{id}/redrive", redrive),
+    ]:
+        app.router.add_route(method, path, _from_the_dashboard(handler))
+    app.router.add_get("/ui/static/{file}", static)  # (public files)
+
+
+def _from_the_dashboard(handler: Handler) -> Handler:
+    """`handler`, for the requests `not_from_the_dashboard` lets through."""
+
+    @functools.wraps(handler)
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        refused = not_from_the_dashboard(request)
+        return refused if refused is not None else await handler(request)
+
+    return guarded

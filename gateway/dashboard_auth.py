@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 
@@ -94,6 +94,32 @@ async def checked_post(request: web.Request) -> Viewer | web.Response:
     return viewer
 
 
+def not_from_the_dashboard(request: web.Request) -> web.Response | None:
+    """A 403 for a browser's request to the dashboard that a page of the same origin made
+    which is not the dashboard's: a function's page (`/fn/...` is served on this origin) may
+    not open, frame or fetch the dashboard with its viewer's cookie. Browsers say where a
+    request comes from (`Sec-Fetch-Site`); a same-origin one must come from a dashboard page
+    (its `Referer`, which a page cannot forge for a navigation: the dashboard sends it,
+    `Referrer-Policy: same-origin`) and, unless it is a navigation (a script's fetch may name
+    another referrer), carry the page's CSRF token (`X-CSRF-Token`, or `csrf` in the query
+    for an EventSource). Other clients (curl, a browser too old to say) pass."""
+    if request.headers.get("Sec-Fetch-Site") != "same-origin":
+        return None
+    path = urlsplit(request.headers.get("Referer", "")).path
+    if path == "/ui" or path.startswith("/ui/"):
+        if request.headers.get("Sec-Fetch-Mode") == "navigate":
+            return None
+        sent = request.headers.get("X-CSRF-Token") or request.query.get("csrf", "")
+        if hmac.compare_digest(sent.encode(), csrf_token(request).encode()):
+            return None
+    return error_response(
+        403,
+        "not_from_the_dashboard",
+        "the dashboard answers its own pages only: open it at /ui (a function's page may "
+        "not use it)",
+    )
+
+
 def to_login(request: web.Request) -> web.Response:
     raise web.HTTPSeeOther(f"/ui/login?next={quote(request.path_qs)}")
 
@@ -159,5 +185,6 @@ def html(text: str, status: int = 200) -> web.Response:
             "X-Frame-Options": "DENY",
             "Content-Security-Policy": "default-src 'self'; style-src 'self'; "
             "frame-ancestors 'none'",
+            "Referrer-Policy": "same-origin",  # (`not_from_the_dashboard` reads it)
         },
     )

@@ -4,6 +4,7 @@ body as bytes, map the outcome to HTTP, and queue the activation record."""
 from __future__ import annotations
 
 import logging
+import re
 
 from aiohttp import web
 
@@ -43,6 +44,10 @@ _HOP_BY_HOP = frozenset(
 
 _NOT_PASSED = _HOP_BY_HOP | {"x-ember-activation-id", "x-ember-version"}
 """Response headers of a handler that do not reach the caller (the platform sets its own)."""
+
+_DASHBOARD_COOKIE = re.compile(r"\s*ember_ui\s*=")
+"""A Set-Cookie of the dashboard's session (`gateway.dashboard_auth.COOKIE`): a function,
+served on the dashboard's origin, may not sign its viewer in or out of it."""
 
 MAX_VERSION = 2**31 - 1  # a Postgres integer
 
@@ -267,7 +272,12 @@ async def _call(
     result = await execute(platform.calls, version, activation_id, meta, body, shown_id=shown_id)
     if result.status == "success":
         # The headers in one list: the response builds its multidict from it once.
-        headers = [(k, v) for k, v in result.headers if k.lower() not in _NOT_PASSED]
+        headers = [
+            (k, v)
+            for k, v in result.headers
+            if (low := k.lower()) not in _NOT_PASSED
+            and (low != "set-cookie" or not _DASHBOARD_COOKIE.match(v))
+        ]
         headers.append(("X-Ember-Activation-Id", shown_id))
         headers.append(("X-Ember-Version", str(version.version)))
         return web.Response(status=result.http_status, body=result.body, headers=headers)

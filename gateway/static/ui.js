@@ -29,7 +29,8 @@ const inNamespace = namespace === "default" ? "" : `namespace=${encodeURICompone
 if (name) {
   const body = document.querySelector("#activations tbody");
   const source = new EventSource(
-    `/ui/functions/${encodeURIComponent(name)}/stream` + (inNamespace ? `?${inNamespace}` : ""),
+    `/ui/functions/${encodeURIComponent(name)}/stream?csrf=${csrf}` +
+      (inNamespace ? `&${inNamespace}` : ""),
   );
   source.addEventListener("activation", (event) => {
     const a = JSON.parse(event.data);
@@ -92,6 +93,7 @@ if (simulateButton) {
     const response = await fetch(
       `/ui/functions/${encodeURIComponent(name)}/simulation?since=${encodeURIComponent(since)}` +
         (inNamespace ? `&${inNamespace}` : ""),
+      { headers: { "X-CSRF-Token": csrf } },
     );
     const text = await response.text();
     if (response.ok) {
@@ -112,7 +114,7 @@ if (traceButton) {
     }
     target.textContent = "simulating...";
     traceButton.disabled = true;
-    const response = await fetch(`/ui/simulate?${query}`);
+    const response = await fetch(`/ui/simulate?${query}`, { headers: { "X-CSRF-Token": csrf } });
     const text = await response.text();
     if (response.ok) {
       target.innerHTML = text; // (rendered and escaped by the gateway)

@@ -36,6 +36,40 @@ def handler(event, context):
 """
 
 
+# A function's page, served on the dashboard's origin, that tries to use its viewer's session.
+PAGE = """\
+from invoker.context import Response
+
+def handler(event, context):
+    return Response(
+        body="<!doctype html><title>a function</title><p>hello</p>",
+        headers={"Content-Type": "text/html", "Set-Cookie": "ember_ui=attacker; Path=/ui"},
+    )
+"""
+ATTACKS = """async () => {
+    const got = {};
+    const tries = [["plain", {}], ["claiming a dashboard referrer", {referrer: "/ui/"}]];
+    for (const [label, init] of tries) {
+        const r = await fetch("/ui/functions/greeter", init);
+        got["fetch " + label] = [r.status, (await r.text()).includes("invoke-body")];
+    }
+    const stream = await fetch("/ui/functions/greeter/stream", {referrer: "/ui/functions/greeter"});
+    got["stream"] = stream.status;
+    for (const policy of ["same-origin", "no-referrer"]) {
+        const meta = document.createElement("meta");
+        meta.name = "referrer";
+        meta.content = policy;
+        document.head.append(meta);
+        const w = window.open("/ui/functions/greeter");
+        await new Promise((resolve) => w.addEventListener("load", resolve));
+        got["window " + policy] = w.document.body.innerText.slice(0, 200);
+        w.close();
+        meta.remove();
+    }
+    return got;
+}"""
+
+
 def _browser_or_skip() -> Any:
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium (.ci/run does)")
@@ -110,8 +144,9 @@ def test_sign_in_invoke_watch_and_redrive(platform: Platform, tmp_path: Path) ->
             assert cookie["sameSite"] == "Strict"
             step = "the deployed function is listed"
             page.wait_for_selector("#functions a:text('greeter')")
+            page.wait_for_load_state()  # its deferred script, which filters, has run
             page.fill("#filter", "greet")
-            assert page.is_hidden("#functions a:text('refuses-orders')")
+            page.wait_for_selector("#functions a:text('refuses-orders')", state="hidden")
             step = "its page"
             page.click("#functions a:text('greeter')")
             page.wait_for_selector("#function-name:text('greeter')")
@@ -152,7 +187,22 @@ def test_sign_in_invoke_watch_and_redrive(platform: Platform, tmp_path: Path) ->
                 }""",
                 dead_id,
             )
-            assert answer == [403, "bad_csrf_token"]
+            assert answer == [403, "not_from_the_dashboard"]  # (a page's script without it)
+            step = "a function's page (same origin) cannot use the dashboard's session"
+            platform.deploy("page", PAGE)
+            page.goto(f"{platform.url}/fn/page")
+            page.wait_for_selector("text=hello")
+            got = page.evaluate(ATTACKS)
+            assert got["fetch plain"] == [403, False], got
+            assert got["fetch claiming a dashboard referrer"] == [403, False], got
+            assert got["stream"] == 403, got
+            for policy in ("same-origin", "no-referrer"):
+                assert "not_from_the_dashboard" in got[f"window {policy}"], got
+            cookie = next(c for c in page.context.cookies() if c["name"] == "ember_ui")
+            assert cookie["value"] == platform.token  # its Set-Cookie did not reach the browser
+            step = "the dashboard still works, opened directly"
+            page.goto(f"{platform.url}/ui/functions/greeter")
+            page.wait_for_selector("#activations tr.activation:has-text('greeting Grace')")
             step = "log out"
             page.goto(f"{platform.url}/ui")
             page.click("text=Log out")
