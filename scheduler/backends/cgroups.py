@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import signal
 import time
 from pathlib import Path
+
+log = logging.getLogger("ember.scheduler.cgroups")
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 RUNTIME_MEMORY_BYTES = 64 << 20
@@ -22,6 +25,26 @@ CPU_PERIOD_US = 100_000
 
 def _write(path: Path, value: str) -> None:
     path.write_text(value)
+
+
+def node_pids_max(proc: Path = Path("/proc/sys/kernel")) -> int:
+    """Tasks all of a platform's instances (and builds) may have together: half of what the
+    host has (`kernel.pid_max`, `kernel.threads-max`), at least 4,096. Each instance's own
+    limit (FN_INSTANCE_PIDS) times the instances a node may hold is far more than the host
+    has; this keeps the other half for the platform, its database and the host."""
+    limits = []
+    for name in ("pid_max", "threads-max"):
+        with contextlib.suppress(OSError, ValueError):
+            limits.append(int((proc / name).read_text()))
+    return max(4096, min(limits, default=1 << 22) // 2)
+
+
+def _cap_node_pids(parent: Path) -> None:
+    """`node_pids_max` on the platform's parent group (of the pids controller)."""
+    try:
+        _write(parent / "pids.max", str(node_pids_max()))
+    except OSError as exc:  # (a host that refuses it keeps the per-instance limits)
+        log.warning("no node-wide task limit on %s: %s", parent, exc)
 
 
 class InstanceCgroup:
@@ -236,6 +259,8 @@ def _v2_driver(root: Path, platform_id: str) -> CgroupDriver:
     parent = base / f"ember-{platform_id}"
     parent.mkdir(exist_ok=True)
     _write(parent / "cgroup.subtree_control", enable)
+    if "pids" in wanted:
+        _cap_node_pids(parent)
     return CgroupDriver([parent], v2=True)
 
 
@@ -255,6 +280,8 @@ def _v1_driver(root: Path, platform_id: str) -> CgroupDriver:
         if controller == "memory":
             with contextlib.suppress(OSError):
                 _write(parent / "memory.use_hierarchy", "1")
+        if controller == "pids":
+            _cap_node_pids(parent)
         parents.append(parent)
     return CgroupDriver(parents, v2=False)
 

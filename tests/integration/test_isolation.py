@@ -15,7 +15,7 @@ import pytest
 import invoker.sandbox as sandbox
 from invoker import seccomp
 from invoker.specs import GenericSpec
-from scheduler.backends.cgroups import CgroupDriver, _v2_driver
+from scheduler.backends.cgroups import CgroupDriver, _v2_driver, node_pids_max
 from scheduler.backends.firewall import firewall_rules
 from scheduler.backends.isolation import IsolationError, IsolationSettings, cover_plan
 from scheduler.backends.local import LocalBackend
@@ -179,6 +179,8 @@ def test_cgroup_v2_driver_on_a_tree_laid_out_as_the_kernel_does(tmp_path: Path) 
     assert isinstance(driver, CgroupDriver)
     assert driver.version == "v2"
     assert (base / "cgroup.subtree_control").read_text() == "+memory +pids +cpu"
+    # every instance of the platform together: half the host's tasks
+    assert (base / "ember-4242" / "pids.max").read_text() == str(node_pids_max())
     cgroup = driver.create("i1")
     leaf = base / "ember-4242" / "i1"
     assert cgroup.procs_files == [str(leaf / "cgroup.procs")]
@@ -256,3 +258,13 @@ def test_python_in_a_private_directory_is_bound_back(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(isolation, "_needed_paths", lambda: ["/tmp/clone/.venv"])
     _, reveal, _ = isolation.hidden_paths(IsolationSettings(), [])
     assert "/tmp/clone/.venv" in reveal
+
+
+def test_the_node_wide_task_limit_is_half_the_hosts(tmp_path: Path) -> None:
+    (tmp_path / "pid_max").write_text("32768\n")
+    (tmp_path / "threads-max").write_text("191744\n")
+    assert node_pids_max(tmp_path) == 16384
+    (tmp_path / "pid_max").write_text("4194304\n")
+    assert node_pids_max(tmp_path) == 95872
+    (tmp_path / "threads-max").write_text("6000\n")
+    assert node_pids_max(tmp_path) == 4096  # (at least)
