@@ -10,6 +10,8 @@ it can fill pathParameters and the route key.
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +86,9 @@ def plan_events(
                 result.skip(where, "no Ember equivalent")
         except Unresolved as exc:
             result.skip(where, str(exc))
+    for route, shape in _definition_routes(tpl, logical_id):
+        routes.append(route)
+        shapes.append((shape, route.origin))
     url_config = props.get("FunctionUrlConfig")
     if isinstance(url_config, dict):
         routes.append(Route(method="ANY", path="", origin="FunctionUrlConfig"))
@@ -112,6 +117,49 @@ def plan_events(
     if paths:
         options["routes"] = ";".join(paths)
     return Events(schedules=tuple(schedules), routes=tuple(routes), style_options=options)
+
+
+_APIS = {
+    "AWS::Serverless::Api": "v1",
+    "AWS::ApiGateway::RestApi": "v1",
+    "AWS::Serverless::HttpApi": "v2",
+}
+_METHODS = ("get", "put", "post", "delete", "options", "head", "patch")
+
+
+def _definition_routes(tpl: Template, logical_id: str) -> list[tuple[Route, str]]:
+    """The routes an API's OpenAPI document (`DefinitionBody`, or `Body` of a RestApi) sends to
+    the function: each path and method whose `x-amazon-apigateway-integration` names it in its
+    `uri` (`${AppFunction.Arn}`), with the event shape of that API (an HTTP API's integration
+    may say `payloadFormatVersion: "1.0"`)."""
+    found = []
+    named = re.compile(rf"(?<![A-Za-z0-9]){re.escape(logical_id)}(?![A-Za-z0-9])")
+    for api_id, resource in tpl.resources.items():
+        resource = resource if isinstance(resource, dict) else {}
+        shape = _APIS.get(str(resource.get("Type", "")))
+        props = resource.get("Properties") if shape else None
+        body = (
+            (props.get("DefinitionBody") or props.get("Body")) if isinstance(props, dict) else None
+        )
+        paths = body.get("paths") if isinstance(body, dict) else None
+        for path, operations in (paths if isinstance(paths, dict) else {}).items():
+            for key, operation in (operations if isinstance(operations, dict) else {}).items():
+                method = "ANY" if key == "x-amazon-apigateway-any-method" else key.upper()
+                integration = (
+                    operation.get("x-amazon-apigateway-integration")
+                    if isinstance(operation, dict) and (key in _METHODS or method == "ANY")
+                    else None
+                )
+                if not isinstance(integration, dict) or not named.search(
+                    json.dumps(integration.get("uri"))
+                ):
+                    continue
+                version = str(integration.get("payloadFormatVersion", ""))
+                route = Route(
+                    method=method, path=str(path), origin=f"{api_id} DefinitionBody {path}"
+                )
+                found.append((route, "v1" if version == "1.0" else shape or "v1"))
+    return found
 
 
 def _http(

@@ -428,3 +428,71 @@ def test_a_templates_code_outside_its_directory_is_not_deployed(tmp_path: Path) 
     )
     assert plan.functions == []
     assert "outside the template's directory" in reasons(plan)["Innocent"]
+
+
+INTEGRATION = (
+    "arn:aws:apigateway:${AWS::Region}:lambda:path/2015-03-31/functions/${%s.Arn}/invocations"
+)
+
+
+def test_sam_routes_of_an_apis_openapi_definition(tmp_path: Path) -> None:
+    write(tmp_path, {"app.py": ""})
+    plan = plan_of(
+        tmp_path,
+        """
+        Resources:
+          AppFunction:
+            Type: AWS::Serverless::Function
+            Properties:
+              Handler: app.lambda_handler
+              Runtime: python3.12
+              Events:
+                Root:
+                  Type: Api
+                  Properties: {Path: /hello, Method: post, RestApiId: !Ref Gw}
+          AppFunction2:
+            Type: AWS::Serverless::Function
+            Properties: {Handler: app.lambda_handler, Runtime: python3.12}
+          Gw:
+            Type: AWS::Serverless::Api
+            Properties:
+              StageName: dev
+              DefinitionBody:
+                openapi: "3.0.1"
+                paths:
+                  "/{proxy+}":
+                    x-amazon-apigateway-any-method:
+                      x-amazon-apigateway-integration:
+                        uri: !Sub URI_OF(AppFunction)
+                        httpMethod: POST
+                        type: aws_proxy
+                  /other:
+                    get:
+                      x-amazon-apigateway-integration:
+                        uri: !Sub "URI_OF(AppFunction2)"
+                        type: aws_proxy
+                    parameters: []
+          Http:
+            Type: AWS::Serverless::HttpApi
+            Properties:
+              DefinitionBody:
+                paths:
+                  /v2/items:
+                    post:
+                      x-amazon-apigateway-integration:
+                        uri: {"Fn::GetAtt": [AppFunction2, Arn]}
+                        payloadFormatVersion: "2.0"
+        """.replace("URI_OF(AppFunction)", INTEGRATION % "AppFunction").replace(
+            "URI_OF(AppFunction2)", INTEGRATION % "AppFunction2"
+        ),
+    )
+    first = only(plan, "appfunction")
+    assert [(r.method, r.path) for r in first.routes] == [("POST", "/hello"), ("ANY", "/{proxy+}")]
+    assert first.style_options == {"event": "v1", "routes": "POST /hello;ANY /{proxy+}"}
+    second = only(plan, "appfunction2")  # (AppFunction's name is a prefix of it: not its routes)
+    assert [(r.method, r.path) for r in second.routes] == [("GET", "/other"), ("POST", "/v2/items")]
+    assert second.style_options["event"] == "v1"
+    assert (
+        "one event shape: v1, for Gw DefinitionBody /other"
+        in reasons(plan)["AppFunction2 Http DefinitionBody /v2/items"]
+    )
