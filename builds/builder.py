@@ -35,6 +35,7 @@ from builds.archives import Archives
 from builds.packing import (
     MAX_BUILD_OUTPUT_BYTES,
     build_env,
+    check_entries,
     check_output,
     clean,
     install,
@@ -157,10 +158,14 @@ class Builder:
         # A walled-in build writes only on a tmpfs of twice FN_MAX_ENV (`builds.scratch`),
         # pip's home and working directory included; else they are outside the state.
         limited = self.confine is not None and mount_scratch(work, 2 * self.max_env_bytes)
-        home = work / "home" if limited else Path(tempfile.mkdtemp(prefix="ember-build-home-"))
-        home.mkdir(mode=0o700, exist_ok=True)
-        archive = Path(tempfile.mkdtemp(prefix="pack-", dir=self.cache_dir)) / "env.tar.gz"
+        home = work / "home"
+        packed: Path | None = None  # (the archive's directory, made below)
         try:
+            if not limited:
+                home = Path(tempfile.mkdtemp(prefix="ember-build-home-"))
+            home.mkdir(mode=0o700, exist_ok=True)
+            packed = Path(tempfile.mkdtemp(prefix="pack-", dir=self.cache_dir))
+            archive = packed / "env.tar.gz"
             site = work / "site"
             requirements = home / "requirements.txt"
             requirements.write_text(normalized)
@@ -188,6 +193,7 @@ class Builder:
             # The build is over, its processes gone: what it left is checked before the
             # platform (root) follows any path in it.
             await asyncio.to_thread(check_output, site)
+            await asyncio.to_thread(check_entries, site)
             site.mkdir(exist_ok=True)  # empty requirements install nothing
             await asyncio.to_thread(reclaim, work)  # the build's uid owns nothing after it
             unpacked = await asyncio.to_thread(tree_bytes, site)
@@ -222,7 +228,8 @@ class Builder:
             )
             return stored, output
         finally:
-            await asyncio.to_thread(shutil.rmtree, archive.parent, True)
+            if packed is not None:
+                await asyncio.to_thread(shutil.rmtree, packed, True)
             await asyncio.to_thread(shutil.rmtree, home, True)
             await asyncio.to_thread(shutil.rmtree, work, True)
             if limited:

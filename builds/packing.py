@@ -85,9 +85,11 @@ def install(site: Path, target: Path) -> None:
     except OSError as exc:
         if exc.errno == errno.EXDEV:  # built on a tmpfs (`builds.scratch`): copied, then renamed
             copy = Path(tempfile.mkdtemp(prefix="unpack-", dir=target.parent)) / "site"
-            shutil.copytree(site, copy, symlinks=True)
-            install(copy, target)
-            shutil.rmtree(copy.parent, ignore_errors=True)
+            try:
+                shutil.copytree(site, copy, symlinks=True)
+                install(copy, target)
+            finally:
+                shutil.rmtree(copy.parent, ignore_errors=True)
             return
         if not target.is_dir():
             raise
@@ -118,6 +120,22 @@ def check_output(site: Path) -> None:
             "are installed (a link?): refused",
             "",
         )
+
+
+def check_entries(site: Path) -> None:
+    """What pip installed holds only files, directories and links: a build may have left a
+    named pipe, a socket or a device node, which nothing imports and which packing, copying
+    and unpacking would trip on."""
+    for root, dirs, names in os.walk(site):
+        for name in dirs + names:
+            mode = os.lstat(os.path.join(root, name)).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+                where = os.path.relpath(os.path.join(root, name), site)
+                raise BuildFailed(
+                    f"the build left {where!r}, which is not a file, a directory or a link: "
+                    "refused",
+                    "",
+                )
 
 
 def read_report(path: Path) -> bytes:

@@ -179,6 +179,10 @@ FILL = textwrap.dedent("""
                     f.write(b"x" * (1 << 20))
                     f.flush()
                     written += 1 << 20
+        elif sys.argv[1] == "fifo":  # where pip installs: packing and copying trip on it
+            os.makedirs("../site/pkg")
+            open("../site/pkg/__init__.py", "w").close()
+            os.mkfifo("../site/pkg/p")
         else:
             for i in range(200_000):
                 open(f"empty-{i}", "w").close()
@@ -188,10 +192,11 @@ FILL = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("how", ["unlinked", "inodes"])
+@pytest.mark.parametrize("how", ["unlinked", "inodes", "fifo"])
 def test_a_build_cannot_fill_the_hosts_disk(platform: Platform, tmp_path: Path, how: str) -> None:
     """A build writes on a tmpfs of twice FN_MAX_ENV mounted at its work directory: a file it
-    deleted but keeps open, or a flood of empty files, fill that, not the host's disk."""
+    deleted but keeps open, or a flood of empty files, fill that, not the host's disk; a named
+    pipe left where packages go is refused before packing or copying trips on it."""
     del platform  # (for its skip: the same host conditions)
     import asyncio
 
@@ -235,6 +240,10 @@ def test_a_build_cannot_fill_the_hosts_disk(platform: Platform, tmp_path: Path, 
             await backend.close()
 
     text = asyncio.run(run())
+    if how == "fifo":
+        assert "left 'pkg/p', which is not a file, a directory or a link" in text, text
+        assert list(cache.iterdir()) == [], "a work directory (or its mount) was left behind"
+        return
     assert "the build filled its work directory" in text, text
     wrote = int(text.rsplit("wrote ", 1)[1].split()[0])
     if how == "unlinked":
