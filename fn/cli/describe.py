@@ -10,7 +10,7 @@ from urllib.parse import quote
 import click
 
 from fn.cli.api import api, complete_function
-from fn.cli.output import emit, json_option, print_table, wide_option
+from fn.cli.output import emit, json_option, print_table, shown, wide_option
 
 RECENT_ERRORS = 5
 
@@ -107,8 +107,10 @@ def _print(data: dict[str, Any]) -> None:
     for a in data["recent_errors"]:
         error = a.get("error") or {}
         click.echo(
-            f"  {a['started_at'][:19]} {a['id']} {a['status']}: "
-            f"{error.get('type', '')} {error.get('message', '')}".rstrip()
+            shown(
+                f"  {a['started_at'][:19]} {a['id']} {a['status']}: "
+                f"{error.get('type', '')} {error.get('message', '')}".rstrip()
+            )
         )
 
 

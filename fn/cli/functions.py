@@ -12,7 +12,7 @@ import click
 
 from fn.cli.api import api, client, complete_function
 from fn.cli.archive import zip_dir
-from fn.cli.output import emit, fail, json_option, print_table, progress, wide_option
+from fn.cli.output import emit, fail, json_option, print_table, progress, shown, wide_option
 
 STYLES = ("ember", "lambda", "openwhisk", "openfaas", "fission", "gcf", "knative", "asgi", "wsgi")
 """The gateway's handler styles (invoker.protocol.STYLES; the CLI speaks to it over HTTP only,
@@ -389,7 +389,7 @@ def _print_builds(name: str, builds: list[dict[str, Any]]) -> None:
             f"--- build {b['id']} {b['created_at'][:19]} {b['status']} "
             f"({b['duration_s']:.1f}s) environment {b['environment'][:12]}"
         )
-        click.echo(b["log"].rstrip("\n"))
+        click.echo(shown(b["log"].rstrip("\n")))  # (what the packages' build code printed)
 
 
 @click.command("list")

@@ -69,7 +69,7 @@ def print_table(
     from rich.console import Console
     from rich.table import Table
 
-    cells = [["" if v is None else str(v) for v in row] for row in rows]
+    cells = [["" if v is None else shown(str(v)) for v in row] for row in rows]
     console = Console(soft_wrap=True)
     piped = not console.is_terminal or WIDE["on"]
     if piped:
@@ -110,7 +110,7 @@ def progress(description: str) -> Iterator[None]:
 
 
 def fail(message: str) -> NoReturn:
-    click.echo(f"fn: {message}", err=True)
+    click.echo(shown(f"fn: {message}", err=True), err=True)  # (may quote a function's output)
     raise SystemExit(1)
 
 

@@ -20,7 +20,7 @@ import click
 from fn.cli import openfaas_stack, sam
 from fn.cli.api import client, error_text
 from fn.cli.archive import zip_dir
-from fn.cli.output import fail
+from fn.cli.output import fail, shown
 from fn.cli.stacks import KIND_NAMES, Plan, PlannedFunction, StackError, kind_of, read_yaml
 from fn.client import Client, ClientError
 
@@ -253,7 +253,7 @@ def _failed(
         who = (
             planned.name if planned.origin == planned.name else f"{planned.origin} ({planned.name})"
         )
-        click.echo(f"fn: {who}: {what}: {error}", err=True)
+        click.echo(shown(f"fn: {who}: {what}: {error}", err=True), err=True)
 
 
 def _print_function(f: dict[str, Any]) -> None:

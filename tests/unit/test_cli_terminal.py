@@ -83,3 +83,27 @@ def test_into_a_pipe_the_text_is_as_it_came(capsys: pytest.CaptureFixture[str]) 
     out = capsys.readouterr().out
     assert "\x1b]52;c;aGk=\x07" in out
     assert out.startswith("--- 2026-12-01T09:00:00.000 01a1fc80")  # no styling either
+
+
+def test_tables_and_failures_show_escapes_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fn.cli.output import fail, print_table
+
+    out = printed(monkeypatch, print_table, ["ID", "ERROR"], [["a1", "boom\x1b[2J\x1b]0;t\x1b\\"]])
+    assert "\x1b[2J" not in out
+    assert "\\x1b[2J" in out
+
+    def failing() -> None:
+        with pytest.raises(SystemExit):
+            fail("import failed: \x1b[2K\rfake")
+
+    leader, follower = os.openpty()
+    tty = io.TextIOWrapper(io.FileIO(follower, "w", closefd=True), write_through=True)
+    monkeypatch.setattr(sys, "stderr", tty)
+    try:
+        failing()
+    finally:
+        tty.close()
+    err = _read(leader).decode()
+    os.close(leader)
+    assert "\x1b[2K" not in err
+    assert "fn: import failed: \\x1b[2K\\x0dfake" in err
