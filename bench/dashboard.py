@@ -81,8 +81,8 @@ async def bench(quick: bool, database_url: str, work: Path) -> list[Row]:
         async with aiohttp.ClientSession(cookies={"ember_ui": TOKEN}) as http:
             targets = {
                 "GET /v1/functions (baseline)": (f"{gateway.url}/v1/functions", admin),
-                "GET /ui (500 functions)": (f"{gateway.url}/ui", {}),
-                "GET /ui/functions/NAME": (f"{gateway.url}/ui/functions/fn-250", {}),
+                "GET /ui (500 functions)": (gateway.ui, {}),
+                "GET /ui/functions/NAME": (f"{gateway.ui}/functions/fn-250", {}),
                 "GET /v1/functions/NAME/stats": (
                     f"{gateway.url}/v1/functions/fn-250/stats",
                     admin,

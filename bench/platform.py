@@ -32,6 +32,9 @@ class Gateway:
     url: str
     process: subprocess.Popen[bytes]
     log: Path
+    ui: str = ""
+    """The dashboard (`http://127.0.0.1:PORT/ui`, its own origin; before 2026-12-01 it was
+    `{url}/ui`)."""
 
     @classmethod
     def start(cls, state_dir: Path, database_url: str, **env: str) -> Gateway:
@@ -70,11 +73,13 @@ class Gateway:
             sink.write(line)
             if line.startswith(b"Ember is up at "):
                 url = line.split()[4].decode()
+                _, said, ui = line.decode().rpartition("dashboard: ")
+                ui = ui.strip() if said else f"{url}/ui"
                 break
         else:
             raise RuntimeError(f"gateway failed to start; see {log}")
         threading.Thread(target=lambda: [sink.write(x) for x in stderr], daemon=True).start()
-        return cls(url, process, log)
+        return cls(url, process, log, ui)
 
     def stop(self) -> None:
         self.process.terminate()

@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway import (
     admin,
     dashboard,
+    dashboard_invoke,
     docs,
     events,
     handoff,
@@ -218,7 +219,8 @@ def build_app(platform: Platform) -> web.Application:
             expect_handler=expect_continue,
         )
     docs.add_routes(app)  # (public, so before the sub-application)
-    dashboard.add_routes(app)
+    for path in ("/ui", "/ui/{tail:.*}"):  # (the dashboard is of another origin: its port)
+        app.router.add_route("*", path, dashboard_invoke.elsewhere)
     app.add_subapp("/v1", admin_app)
     app.router.add_get("/healthz", healthz, expect_handler=expect_continue)
     app.router.add_get("/metrics", metrics, expect_handler=expect_continue)
@@ -233,6 +235,14 @@ def build_app(platform: Platform) -> web.Application:
         calls_first, app, [route.resource for route in calls]
     )
     app[DISPATCH] = dispatch
+    return app
+
+
+def build_dashboard_app(platform: Platform) -> web.Application:
+    """The dashboard (`/ui`), served on a port of its own (`gateway.dashboard_invoke`)."""
+    app = web.Application(middlewares=[json_errors])
+    app[PLATFORM] = platform
+    dashboard.add_routes(app)
     return app
 
 

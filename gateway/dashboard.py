@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway import dashboard_html as h
-from gateway import dashboard_sim, insights
+from gateway import dashboard_invoke, dashboard_sim, insights
 from gateway.dashboard_auth import (
     Viewer,
     checked_post,
@@ -394,8 +394,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def add_routes(app: web.Application) -> None:
-    """The dashboard's routes, on the root application (not under /v1: a browser sends the
-    cookie, not the bearer token)."""
+    """The dashboard's routes, on its own application and port (`gateway.dashboard_invoke`
+    says why)."""
+    app.router.add_get("/", _to_ui)
     for method, path, handler in [
         ("GET", "/ui", overview),
         ("GET", "/ui/", overview),
@@ -407,9 +408,14 @@ def add_routes(app: web.Application) -> None:
         ("GET", "/ui/functions/{name}/simulation", dashboard_sim.simulation),
         ("GET", "/ui/simulate", dashboard_sim.trace_simulation),
         ("POST", "/ui/dlq/{id}/redrive", redrive),
+        ("POST", "/ui/functions/{name}/invoke", dashboard_invoke.invoke),
     ]:
         app.router.add_route(method, path, _from_the_dashboard(handler))
     app.router.add_get("/ui/static/{file}", static)  # (public files)
+
+
+async def _to_ui(request: web.Request) -> web.Response:
+    raise web.HTTPFound("/ui")
 
 
 def _from_the_dashboard(handler: Handler) -> Handler:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
@@ -70,7 +71,19 @@ def namespace_of(request: web.Request, viewer: Viewer) -> str | web.Response:
     return asked
 
 
+_SESSION = re.compile(rf"(?:^|;)\s*{COOKIE}=")
+
+
+def tossed(request: web.Request) -> bool:
+    """Whether the browser sent more than one session cookie: a page of this host name (a
+    function's, on the gateway's port: cookies do not tell ports apart) set one of its own
+    beside the viewer's, to sign them in as someone else. Nobody is signed in then."""
+    return len(_SESSION.findall(";".join(request.headers.getall("Cookie", [])))) > 1
+
+
 def viewer_of(request: web.Request) -> Viewer | None:
+    if tossed(request):
+        return None
     return viewer_for(request.app[PLATFORM], request.cookies.get(COOKIE, ""))
 
 
@@ -128,6 +141,11 @@ def to_login(request: web.Request) -> web.Response:
 
 
 async def login_page(request: web.Request, message: str = "") -> web.Response:
+    if not message and tossed(request):
+        message = (
+            f"This browser holds more than one {COOKIE} cookie for this host (a page of "
+            "another port set one): clear this site's cookies, then sign in."
+        )
     error = f'<p class="error">{h.esc(message)}</p>' if message else ""
     nxt = request.query.get("next", "/ui")
     body = (

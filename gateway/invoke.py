@@ -42,7 +42,7 @@ _HOP_BY_HOP = frozenset(
     }
 )
 
-_NOT_PASSED = _HOP_BY_HOP | {"x-ember-activation-id", "x-ember-version"}
+_NOT_PASSED = _HOP_BY_HOP | {"x-ember-activation-id", "x-ember-version", "service-worker-allowed"}
 """Response headers of a handler that do not reach the caller (the platform sets its own)."""
 
 _DASHBOARD_COOKIE = re.compile(r"\s*ember_ui\s*=")
@@ -78,6 +78,14 @@ def _parse_target(target: str) -> tuple[str, int | None] | web.Response:
 
 
 async def invoke(request: web.Request) -> web.StreamResponse:
+    if "Service-Worker" in request.headers:
+        # A browser registering a service worker: every function's pages share one origin,
+        # and a worker of one (its scope /fn/) would answer for the others' pages.
+        return error_response(
+            403,
+            "service_worker_refused",
+            "a function cannot be a service worker's script: functions share an origin",
+        )
     platform = request.app[PLATFORM]
     target, namespace = request.match_info["name"], DEFAULT_NAMESPACE
     if "tail" in request.match_info and platform.keys.namespace_exists(target):

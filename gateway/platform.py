@@ -122,6 +122,9 @@ class Platform:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     """Set as the gateway begins to stop: streams (`fn logs --follow`, the dashboard's) end
     then, rather than hold the stop for `shutdown_timeout_s` as the calls in flight may."""
+    served: dict[str, int] = field(default_factory=dict)
+    """The ports it serves on, once bound: "calls" (the gateway's), "dashboard" (its own
+    origin). Set by the server (gateway/server.py, or a test's)."""
     _policy_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _trust_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 

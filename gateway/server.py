@@ -19,7 +19,7 @@ import orjson
 from aiohttp import web
 
 from config.units import ConfigError
-from gateway.app import build_app
+from gateway.app import build_app, build_dashboard_app
 from gateway.connections import GatewayRunner
 from gateway.platform import Platform
 from gateway.settings import Settings
@@ -53,6 +53,12 @@ async def serve(settings: Settings) -> None:
     runner = GatewayRunner(
         build_app(platform), settings.http, shutdown_timeout=settings.shutdown_timeout_s
     )
+    dashboard_runner = web.AppRunner(
+        build_dashboard_app(platform),
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=settings.shutdown_timeout_s,
+    )
     address_file = settings.state_dir / ADDRESS_FILE
     try:
         await runner.setup()
@@ -66,9 +72,29 @@ async def serve(settings: Settings) -> None:
         )
         await site.start()
         host, port = runner.addresses[0][:2]
+        platform.served["calls"] = port
         wildcard = host in ("0.0.0.0", "")
         url = f"http://{'127.0.0.1' if wildcard else host}:{port}"
-        address_file.write_bytes(orjson.dumps({"url": url, "pid": os.getpid()}))
+        try:
+            await dashboard_runner.setup()
+            await web.TCPSite(
+                dashboard_runner,
+                settings.host,
+                settings.dashboard_bind_port(),
+                reuse_address=True,
+                reuse_port=settings.reuse_port or None,
+            ).start()
+        except OSError as exc:
+            raise OSError(
+                exc.errno,
+                f"cannot serve the dashboard on port {settings.dashboard_bind_port()} "
+                f"(FN_DASHBOARD_PORT; 0 picks a free one): {exc.strerror}",
+            ) from None
+        platform.served["dashboard"] = dashboard_runner.addresses[0][1]
+        dashboard = url.rsplit(":", 1)[0] + f":{platform.served['dashboard']}/ui"
+        address_file.write_bytes(
+            orjson.dumps({"url": url, "dashboard": dashboard, "pid": os.getpid()})
+        )
         if wildcard and settings.routing.enabled and not settings.routing.advertise_url:
             log.warning(
                 "gateways on other hosts cannot send calls to %s; set EMBER_GATEWAY_URL to "
@@ -85,7 +111,8 @@ async def serve(settings: Settings) -> None:
         if isolation:
             print(isolation, file=sys.stderr, flush=True)
         print(
-            f"Ember is up at {url} (database: {database}; state: {settings.state_dir})",
+            f"Ember is up at {url} (database: {database}; state: {settings.state_dir}); "
+            f"dashboard: {dashboard}",
             file=sys.stderr,
             flush=True,
         )
@@ -102,6 +129,7 @@ async def serve(settings: Settings) -> None:
         address_file.unlink(missing_ok=True)
         platform.stopping.set()
         await platform.router.withdraw(linger=True)  # peers send no more calls here
+        await dashboard_runner.cleanup()
         await runner.cleanup()
         await platform.stop()
         log.info("stopped")
@@ -122,5 +150,6 @@ def main() -> None:
         print(f"fn up: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     except OSError as exc:
-        print(f"fn up: cannot serve on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
+        where = f"{settings.host}:{settings.port}"
+        print(f"fn up: cannot serve on {where}: {exc.strerror or exc}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -84,6 +84,10 @@ class Settings:
     """Address the gateway listens on (FN_HOST). Default: loopback only."""
     port: int = 8080
     """Port of the gateway (FN_PORT); 0 picks a free one."""
+    dashboard_port: int | None = None
+    """Port of the dashboard (FN_DASHBOARD_PORT): an origin of its own, so that no function's
+    page (`/fn/...`, served on the gateway's port) can script it. None: the gateway's port + 1
+    (any free one when that is 0); 0 picks a free one."""
     reuse_port: bool = False
     """Bind with SO_REUSEPORT (FN_REUSE_PORT=1), so that several gateway processes on this
     machine, each with its own state dir, pool and EMBER_GATEWAY_ID, share the port and the
@@ -147,6 +151,12 @@ class Settings:
     isolation: IsolationSettings = field(default_factory=IsolationSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     routing: RoutingSettings = field(default_factory=RoutingSettings)
+
+    def dashboard_bind_port(self) -> int:
+        """The dashboard's port to bind: `dashboard_port`, else the gateway's + 1 (0 if 0)."""
+        if self.dashboard_port is not None:
+            return self.dashboard_port
+        return self.port + 1 if self.port else 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -225,6 +235,11 @@ class Settings:
             retention=retention_from_env(env),
             host=read.text("FN_HOST", defaults.host),
             port=read.integer("FN_PORT", defaults.port),
+            dashboard_port=(
+                read.whole("FN_DASHBOARD_PORT", 0, 0, 65535)
+                if "FN_DASHBOARD_PORT" in read
+                else defaults.dashboard_port
+            ),
             reuse_port=read.flag("FN_REUSE_PORT", defaults.reuse_port),
             state_dir=default_state_dir(env),
             database_url=read.secret("DATABASE_URL"),

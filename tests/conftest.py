@@ -24,7 +24,7 @@ import pytest
 import uvloop
 from aiohttp import web
 
-from gateway.app import build_app
+from gateway.app import build_app, build_dashboard_app
 from gateway.connections import GatewayRunner
 from gateway.platform import Platform
 from gateway.settings import Settings
@@ -141,6 +141,8 @@ class Running:
     platform: Platform
     url: str
     http: aiohttp.ClientSession
+    dashboard_url: str = ""
+    """The dashboard's origin (its own port): `{dashboard_url}/ui`."""
     admin_headers: dict[str, str] = field(
         default_factory=lambda: {"Authorization": f"Bearer {TOKEN}"}
     )
@@ -236,13 +238,24 @@ def make_platform(database_url: str, tmp_path: Path) -> PlatformFactory:
         site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
         await site.start()
         host, port = runner.addresses[0][:2]
+        platform.served["calls"] = port
+        dashboard = web.AppRunner(build_dashboard_app(platform), access_log=None)
+        await dashboard.setup()
+        await web.TCPSite(dashboard, "127.0.0.1", 0).start()
+        platform.served["dashboard"] = dashboard.addresses[0][1]
         try:
             async with aiohttp.ClientSession() as http:
-                yield Running(platform, f"http://{host}:{port}", http)
+                yield Running(
+                    platform,
+                    f"http://{host}:{port}",
+                    http,
+                    dashboard_url=f"http://{host}:{platform.served['dashboard']}",
+                )
         finally:
             watchdog.cancel()  # (also when the test failed: it would fire in a later one)
             processes = platform_processes(platform)
             platform.stopping.set()
+            await dashboard.cleanup()
             await runner.cleanup()
             await platform.stop()
             running.remove(state_dir)

@@ -61,20 +61,27 @@ if (invokeButton) {
     const method = document.getElementById("invoke-method").value;
     const path = document.getElementById("invoke-path").value.replace(/^\/+/, "");
     const text = document.getElementById("invoke-body").value;
-    const init = { method, headers: {} };
-    if (method !== "GET" && text.trim()) {
-      init.body = text;
-      init.headers["Content-Type"] = "application/json";
-    }
+    const call = { method, path, body: method !== "GET" && text.trim() ? text : null };
     invokeButton.disabled = true;
     try {
-      const prefix = namespace === "default" ? "" : `/${encodeURIComponent(namespace)}`;
-      const url = `/fn${prefix}/${encodeURIComponent(name)}` + (path ? "/" + path : "");
-      const response = await fetch(url, init);
-      const answer = await response.text();
-      const id = response.headers.get("X-Ember-Activation-Id") || "";
-      result.textContent = `HTTP ${response.status}${id ? " · activation " + id : ""}\n${answer}`;
-      result.className = response.ok ? "" : "error";
+      // (the dashboard is of another origin than /fn: it makes the call for its page)
+      const response = await fetch(
+        `/ui/functions/${encodeURIComponent(name)}/invoke` + (inNamespace ? `?${inNamespace}` : ""),
+        {
+          method: "POST",
+          headers: { "X-CSRF-Token": csrf, "Content-Type": "application/json" },
+          body: JSON.stringify(call),
+        },
+      );
+      const answer = await response.json();
+      if (answer.error) {
+        result.textContent = `${answer.error.code}: ${answer.error.message}`;
+        result.className = "error";
+      } else {
+        const id = answer.activation_id;
+        result.textContent = `HTTP ${answer.status}${id ? " · activation " + id : ""}\n${answer.body}`;
+        result.className = answer.status < 400 ? "" : "error";
+      }
     } catch (error) {
       result.textContent = String(error);
       result.className = "error";

@@ -38,7 +38,7 @@ async def test_sign_in_pages_and_actions(
         "function,timestamp_s\n" + "".join(f"a,{t}\nb,{t * 7}\n" for t in range(0, 3000, 60))
     )
     monkeypatch.setenv("FN_TRACES", str(traces))
-    url = running.url
+    url = running.dashboard_url
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
         async with browser.get(f"{url}/ui", allow_redirects=False) as response:
             assert response.status == 303
@@ -121,7 +121,7 @@ async def test_keys_sign_in_to_their_namespace(running: Running) -> None:
     assert status == 201, data
     await running.deploy_ok("secretive", HELLO)  # default's: team-a must not see it
     assert (await running.call("team-a/hello", {})).status == 200
-    url = running.url
+    url = running.dashboard_url
 
     jar = aiohttp.CookieJar(unsafe=True)
     async with (
@@ -195,7 +195,7 @@ async def test_keys_sign_in_to_their_namespace(running: Running) -> None:
             assert response.status == 303
 
 
-async def test_a_functions_page_on_the_same_origin_cannot_use_the_dashboard(
+async def test_a_functions_page_cannot_use_the_dashboard(
     running: Running,
 ) -> None:
     """What browsers say of a request (`Sec-Fetch-Site`, `Referer`) decides, as
@@ -204,14 +204,34 @@ async def test_a_functions_page_on_the_same_origin_cannot_use_the_dashboard(
         "from invoker.context import Response\n"
         "def handler(event, context):\n"
         "    return Response(body='<p>hi</p>', headers={'Content-Type': 'text/html',\n"
-        "        'Set-Cookie': 'ember_ui=attacker; Path=/ui', 'X-Other': 'ember_ui=kept'})\n"
+        "        'Set-Cookie': 'ember_ui=attacker; Path=/ui', 'X-Other': 'ember_ui=kept',\n"
+        "        'Service-Worker-Allowed': '/'})\n"
     )
     await running.deploy_ok("page", source)
     response = await running.call("page")
     assert response.status == 200
     assert "Set-Cookie" not in response.headers  # the dashboard's cookie is not a function's
+    assert "Service-Worker-Allowed" not in response.headers
     assert response.headers["X-Other"] == "ember_ui=kept"
-    url = running.url
+    url = running.dashboard_url
+    # the dashboard is of another origin than the functions' pages: its own port
+    async with running.http.get(f"{running.url}/ui/functions/page?x=1", allow_redirects=False) as r:
+        assert r.status == 307
+        assert r.headers["Location"] == f"{url}/ui/functions/page?x=1"
+    async with running.http.get(f"{url}/fn/page") as r:
+        assert r.status == 404  # and no function's page on the dashboard's
+    # no service worker of a function (its scope could take the other functions' pages)
+    refused = await running.call("page", headers={"Service-Worker": "script"})
+    assert (refused.status, (await refused.json())["error"]["code"]) == (
+        403,
+        "service_worker_refused",
+    )
+    # a second session cookie (another port's page may set one: cookies ignore ports)
+    tossed = {"Cookie": f"ember_ui={TOKEN}; ember_ui=a-reader-key"}
+    async with running.http.get(f"{url}/ui", headers=tossed, allow_redirects=False) as r:
+        assert r.status == 303  # signed in as nobody
+    async with running.http.get(f"{url}/ui/login", headers=tossed) as r:
+        assert "more than one ember_ui cookie" in await r.text()
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
         page = await _signed_in(browser, url, TOKEN)
         csrf = re.search(r'name="csrf" content="([0-9a-f]+)"', page)
@@ -237,3 +257,45 @@ async def test_a_functions_page_on_the_same_origin_cannot_use_the_dashboard(
                 assert answer.status == status, (headers, body[:200])
                 if status == 403:
                     assert '"not_from_the_dashboard"' in body
+
+
+async def test_the_dashboard_calls_a_function_for_its_page(running: Running) -> None:
+    """Its page calls through the dashboard (another origin than /fn): signed in, allowed to
+    act, with the page's token; the answer shown as JSON, never rendered."""
+    from tests.integration.test_tenancy_auth import create_key
+
+    await running.deploy_ok(
+        "echo",
+        "def handler(event, context):\n"
+        "    return {'got': event, 'path': context.path if hasattr(context, 'path') else ''}\n",
+    )
+    url = running.dashboard_url
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        page = await _signed_in(browser, url, TOKEN)
+        csrf = re.search(r'name="csrf" content="([0-9a-f]+)"', page)
+        assert csrf is not None
+        invoke = f"{url}/ui/functions/echo/invoke"
+        call = {"method": "POST", "path": "a/b", "body": '{"n": 1}'}
+        async with browser.post(invoke, json=call, headers={"X-CSRF-Token": csrf[1]}) as r:
+            answer = await r.json()
+            assert r.status == 200, answer
+        assert answer["status"] == 200
+        assert answer["activation_id"]
+        assert '"got":{"n":1}' in answer["body"].replace(" ", "")
+        async with browser.post(invoke, json=call) as r:  # no token
+            assert (r.status, (await r.json())["error"]["code"]) == (403, "bad_csrf_token")
+        async with browser.post(
+            invoke, json={"method": "TRACE"}, headers={"X-CSRF-Token": csrf[1]}
+        ) as r:
+            assert r.status == 400
+        async with browser.post(
+            f"{url}/ui/functions/nosuch/invoke", json=call, headers={"X-CSRF-Token": csrf[1]}
+        ) as r:
+            assert (await r.json())["status"] == 404  # the gateway's answer, shown
+    reader = await create_key(running, "reader")
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        page = await _signed_in(browser, url, reader)
+        csrf = re.search(r'name="csrf" content="([0-9a-f]+)"', page)
+        assert csrf is not None
+        async with browser.post(invoke, json=call, headers={"X-CSRF-Token": csrf[1]}) as r:
+            assert (r.status, (await r.json())["error"]["code"]) == (403, "forbidden")

@@ -233,6 +233,7 @@ def test_the_manifests_settings_are_what_the_processes_read(overlay: str, produc
     assert gw.token == secrets["admin-token"].strip()
     assert gw.gateway_id == "ember-gateway-5f7d9-abcde"
     assert gw.port == gateway["containers"][0]["ports"][0]["containerPort"]
+    assert gw.dashboard_bind_port() == gateway["containers"][0]["ports"][1]["containerPort"]
     # Every gateway replica encrypts and decrypts function secrets with the same key.
     Fernet(_env(gateway["containers"][0], secrets)["EMBER_SECRETS_KEY"].strip())
     # Peer replicas send calls to this pod's own address (gateway/routing.py).
