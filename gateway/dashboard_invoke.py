@@ -53,9 +53,12 @@ async def invoke(request: web.Request) -> web.Response:
     method = str(asked.get("method", "POST")).upper()
     path = str(asked.get("path") or "").lstrip("/")
     body = asked.get("body")
-    if method not in METHODS or not isinstance(body, str | None):
+    if method not in METHODS or not isinstance(body, str | None) or ".." in path.split("/"):
         return error_response(
-            400, "bad_request", f"method one of {', '.join(sorted(METHODS))}, body a string"
+            400,
+            "bad_request",
+            f"method one of {', '.join(sorted(METHODS))}, a path below the function's, "
+            "body a string",
         )
     prefix = "" if namespace == DEFAULT_NAMESPACE else f"{namespace}/"
     url = f"{calls_url(request.app[PLATFORM])}/fn/{prefix}{name}" + (f"/{path}" if path else "")

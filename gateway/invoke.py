@@ -47,7 +47,8 @@ _NOT_PASSED = _HOP_BY_HOP | {"x-ember-activation-id", "x-ember-version", "servic
 
 _DASHBOARD_COOKIE = re.compile(r"\s*ember_ui\s*=")
 """A Set-Cookie of the dashboard's session (`gateway.dashboard_auth.COOKIE`): a function,
-served on the dashboard's origin, may not sign its viewer in or out of it."""
+served on the dashboard's host name (cookies do not tell ports apart), may not sign its viewer
+in or out of it."""
 
 MAX_VERSION = 2**31 - 1  # a Postgres integer
 
