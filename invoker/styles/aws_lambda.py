@@ -99,8 +99,9 @@ class Facts:
         self.stream_id = uuid.uuid4().hex
         self.log_stream = ""
         self.version = version
-        self.set_by_us: set[str] = set()
-        """The environment variables bound here (not the function's --env)."""
+        self.set_by_us: dict[str, str] = {}
+        """The environment variables bound here (not the function's --env), with the value
+        set: one the module changed since is its own."""
         self.relabel(version)
 
     def relabel(self, version: int) -> None:
@@ -368,8 +369,9 @@ def before_import(
 
     def undo() -> None:
         global _before_import
-        for key in facts.set_by_us:
-            os.environ.pop(key, None)
+        for key, value in facts.set_by_us.items():
+            if os.environ.get(key) == value:
+                del os.environ[key]
         _before_import = None
 
     return undo
@@ -395,9 +397,9 @@ def _set(facts: Facts, module_name: str, entry: str, root: str | None) -> None:
     if root is not None:
         values["LAMBDA_TASK_ROOT"] = root
     for key, value in values.items():
-        if key in facts.set_by_us or key not in os.environ:  # (ours: the module's name known)
-            os.environ[key] = value
-            facts.set_by_us.add(key)
+        ours = key in facts.set_by_us and os.environ.get(key) == facts.set_by_us[key]
+        if ours or key not in os.environ:  # (ours: now with the module's name known)
+            os.environ[key] = facts.set_by_us[key] = value
 
 
 def prepare_environment(info: BindInfo) -> Facts:
@@ -446,8 +448,8 @@ def bind(target: Any, info: BindInfo) -> Bound:
             ("AWS_LAMBDA_FUNCTION_VERSION", str(version)),
             ("AWS_LAMBDA_LOG_STREAM_NAME", facts.log_stream),
         ):
-            if key in facts.set_by_us:
-                os.environ[key] = value
+            if key in facts.set_by_us and os.environ.get(key) == facts.set_by_us[key]:
+                os.environ[key] = facts.set_by_us[key] = value
 
     options = {"event": kind}
 
