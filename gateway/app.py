@@ -239,10 +239,18 @@ def build_app(platform: Platform) -> web.Application:
 
 
 def build_dashboard_app(platform: Platform) -> web.Application:
-    """The dashboard (`/ui`), served on a port of its own (`gateway.dashboard_invoke`)."""
-    app = web.Application(middlewares=[json_errors])
+    """The dashboard (`/ui`), served on a port of its own (`gateway.dashboard_invoke`); any
+    other path there is the gateway's (307 to its port). Serve it with a `GatewayRunner`:
+    the same HTTP limits as the gateway's port."""
+    app = web.Application(
+        client_max_size=2 * platform.settings.max_body_bytes,  # (an invoke's body, in JSON)
+        middlewares=[json_errors],
+    )
     app[PLATFORM] = platform
+    app[dashboard_invoke.DASHBOARD] = True
+    app[ADMIN_MAX_BODY] = 2 * platform.settings.max_body_bytes
     dashboard.add_routes(app)
+    app.router.add_route("*", "/{tail:.*}", dashboard_invoke.elsewhere)
     return app
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
@@ -71,24 +70,38 @@ def namespace_of(request: web.Request, viewer: Viewer) -> str | web.Response:
     return asked
 
 
-_SESSION = re.compile(rf"(?:^|;)\s*{COOKIE}=")
+def _cookie_header(request: web.Request) -> str:
+    return ";".join(request.headers.getall("Cookie", []))
 
 
 def tossed(request: web.Request) -> bool:
-    """Whether the browser sent more than one session cookie: a page of this host name (a
-    function's, on the gateway's port: cookies do not tell ports apart) set one of its own
-    beside the viewer's, to sign them in as someone else. Nobody is signed in then."""
-    return len(_SESSION.findall(";".join(request.headers.getall("Cookie", [])))) > 1
+    """Whether the browser sent the session cookie's name more than once: a page of this host
+    name (a function's, on the gateway's port: cookies do not tell ports apart) set one of
+    its own beside the viewer's (at another path, or inside another cookie's value, which
+    some parsers read as a cookie of its own) to sign them in as someone else. Nobody is
+    signed in then."""
+    return _cookie_header(request).count(COOKIE) > 1
+
+
+def session_secret(request: web.Request) -> str:
+    """The session cookie's value, read as browsers write the header (`name=value` pairs
+    split on ";"); "" when there is none, or when it is `tossed`."""
+    raw = _cookie_header(request)
+    if raw.count(COOKIE) != 1:
+        return ""
+    for pair in raw.split(";"):
+        name, sep, value = pair.strip().partition("=")
+        if sep and name == COOKIE:
+            return value.strip().strip('"')
+    return ""
 
 
 def viewer_of(request: web.Request) -> Viewer | None:
-    if tossed(request):
-        return None
-    return viewer_for(request.app[PLATFORM], request.cookies.get(COOKIE, ""))
+    return viewer_for(request.app[PLATFORM], session_secret(request))
 
 
 def csrf_token(request: web.Request) -> str:
-    secret = request.cookies.get(COOKIE, "").encode("utf-8", "surrogateescape")
+    secret = session_secret(request).encode("utf-8", "surrogateescape")
     return hmac.new(secret, b"ember dashboard csrf", hashlib.sha256).hexdigest()
 
 
@@ -115,12 +128,29 @@ def not_from_the_dashboard(request: web.Request) -> web.Response | None:
     (its `Referer`, which a page cannot forge for a navigation: the dashboard sends it,
     `Referrer-Policy: same-origin`) and, unless it is a navigation (a script's fetch may name
     another referrer), carry the page's CSRF token (`X-CSRF-Token`, or `csrf` in the query
-    for an EventSource). Other clients (curl, a browser too old to say) pass."""
-    if request.headers.get("Sec-Fetch-Site") != "same-origin":
+    for an EventSource). Other clients (curl, a browser too old to say) pass.
+
+    Also refused: a POST whose `Origin` is another than the dashboard's (a function's page
+    signing its viewer in with the author's key: the gateway's port is another origin but
+    the same site), and what a page of another origin makes a browser load without
+    navigating (an image, a script: it reads nothing, but the cookie goes with it)."""
+    site = request.headers.get("Sec-Fetch-Site")
+    navigating = request.headers.get("Sec-Fetch-Mode") == "navigate"
+    origin = request.headers.get("Origin")
+    posted = request.method not in ("GET", "HEAD") and origin is not None
+    if posted and urlsplit(origin or "").netloc.lower() != request.host.lower():
+        return error_response(
+            403, "not_from_the_dashboard", "a form of another origin than the dashboard's"
+        )
+    if site in ("same-site", "cross-site") and not navigating:
+        return error_response(
+            403, "not_from_the_dashboard", "the dashboard answers its own pages only"
+        )
+    if site != "same-origin":
         return None
     path = urlsplit(request.headers.get("Referer", "")).path
     if path == "/ui" or path.startswith("/ui/"):
-        if request.headers.get("Sec-Fetch-Mode") == "navigate":
+        if navigating:
             return None
         sent = request.headers.get("X-CSRF-Token") or request.query.get("csrf", "")
         if hmac.compare_digest(sent.encode(), csrf_token(request).encode()):

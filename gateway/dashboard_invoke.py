@@ -12,8 +12,11 @@ status, activation id and body as JSON: a function's answer is shown, never rend
 
 from __future__ import annotations
 
+from urllib.parse import unquote
+
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from gateway.dashboard_auth import checked_post, namespace_of
 from gateway.errors import error_response, json_response
@@ -22,6 +25,17 @@ from gateway.platform import PLATFORM, Platform
 from gateway.units import NAME
 
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
+
+
+DASHBOARD = web.AppKey("dashboard", bool)
+"""Set on the dashboard's application (the other port's is the gateway's)."""
+
+
+def _below(path: str) -> bool:
+    """A sub-path of the function's: no `.` or `..` segment, written plainly or
+    percent-encoded, and no backslash."""
+    decoded = unquote(path)
+    return "\\" not in decoded and not {".", ".."} & set(decoded.split("/"))
 
 
 def calls_url(platform: Platform) -> str:
@@ -53,7 +67,7 @@ async def invoke(request: web.Request) -> web.Response:
     method = str(asked.get("method", "POST")).upper()
     path = str(asked.get("path") or "").lstrip("/")
     body = asked.get("body")
-    if method not in METHODS or not isinstance(body, str | None) or ".." in path.split("/"):
+    if method not in METHODS or not isinstance(body, str | None) or not _below(path):
         return error_response(
             400,
             "bad_request",
@@ -61,7 +75,10 @@ async def invoke(request: web.Request) -> web.Response:
             "body a string",
         )
     prefix = "" if namespace == DEFAULT_NAMESPACE else f"{namespace}/"
-    url = f"{calls_url(request.app[PLATFORM])}/fn/{prefix}{name}" + (f"/{path}" if path else "")
+    own = f"/fn/{prefix}{name}"
+    url = URL(f"{calls_url(request.app[PLATFORM])}{own}" + (f"/{path}" if path else ""))
+    if url.path != own and not url.path.startswith(own + "/"):  # (what yarl made of it)
+        return error_response(400, "bad_request", "a path below the function's")
     headers = {"Content-Type": "application/json"} if body is not None else {}
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
     async with (
@@ -79,8 +96,14 @@ async def invoke(request: web.Request) -> web.Response:
 
 
 async def elsewhere(request: web.Request) -> web.Response:
-    """`/ui` asked of the gateway's port: the dashboard is at its own (307 there)."""
-    port = request.app[PLATFORM].served.get("dashboard")
+    """`/ui` asked of the gateway's port: the dashboard is at its own; anything else asked of
+    the dashboard's: the gateway's (a 307 there, either way)."""
+    platform = request.app[PLATFORM]
+    port = platform.served.get("calls" if request.app.get(DASHBOARD) else "dashboard")
     if not port:
         return error_response(404, "not_found", "this gateway serves no dashboard")
-    raise web.HTTPTemporaryRedirect(str(request.url.with_port(port)))
+    try:
+        there = str(request.url.with_port(port))
+    except ValueError:  # (a Host header that is not one)
+        return error_response(400, "bad_request", "the Host header is not a host")
+    raise web.HTTPTemporaryRedirect(there)

@@ -45,10 +45,16 @@ _HOP_BY_HOP = frozenset(
 _NOT_PASSED = _HOP_BY_HOP | {"x-ember-activation-id", "x-ember-version", "service-worker-allowed"}
 """Response headers of a handler that do not reach the caller (the platform sets its own)."""
 
-_DASHBOARD_COOKIE = re.compile(r"\s*ember_ui\s*=")
-"""A Set-Cookie of the dashboard's session (`gateway.dashboard_auth.COOKIE`): a function,
-served on the dashboard's host name (cookies do not tell ports apart), may not sign its viewer
-in or out of it."""
+_DASHBOARD_COOKIE = re.compile("ember_ui")
+"""A Set-Cookie that names the dashboard's session (`gateway.dashboard_auth.COOKIE`), as its
+name or inside another's value: a function, served on the dashboard's host name (cookies do
+not tell ports apart), may not sign its viewer in or out of it."""
+
+_UNREGISTER = (
+    b"self.addEventListener('install', () => self.skipWaiting());\n"
+    b"self.addEventListener('activate', () => self.registration.unregister());\n"
+)
+"""The only service worker a function's URL serves: it unregisters itself."""
 
 MAX_VERSION = 2**31 - 1  # a Postgres integer
 
@@ -80,12 +86,11 @@ def _parse_target(target: str) -> tuple[str, int | None] | web.Response:
 
 async def invoke(request: web.Request) -> web.StreamResponse:
     if "Service-Worker" in request.headers:
-        # A browser registering a service worker: every function's pages share one origin,
-        # and a worker of one (its scope /fn/) would answer for the others' pages.
-        return error_response(
-            403,
-            "service_worker_refused",
-            "a function cannot be a service worker's script: functions share an origin",
+        # A browser fetching a service worker's script: every function's pages share one
+        # origin, and a worker of one (its scope /fn/) would answer for the others' pages. It
+        # gets one that unregisters itself, which also retires a worker registered before.
+        return web.Response(
+            body=_UNREGISTER, content_type="text/javascript", headers={"Cache-Control": "no-store"}
         )
     platform = request.app[PLATFORM]
     target, namespace = request.match_info["name"], DEFAULT_NAMESPACE
@@ -285,7 +290,7 @@ async def _call(
             (k, v)
             for k, v in result.headers
             if (low := k.lower()) not in _NOT_PASSED
-            and (low != "set-cookie" or not _DASHBOARD_COOKIE.match(v))
+            and (low != "set-cookie" or not _DASHBOARD_COOKIE.search(v))
         ]
         headers.append(("X-Ember-Activation-Id", shown_id))
         headers.append(("X-Ember-Version", str(version.version)))

@@ -53,11 +53,8 @@ async def serve(settings: Settings) -> None:
     runner = GatewayRunner(
         build_app(platform), settings.http, shutdown_timeout=settings.shutdown_timeout_s
     )
-    dashboard_runner = web.AppRunner(
-        build_dashboard_app(platform),
-        handle_signals=False,
-        access_log=None,
-        shutdown_timeout=settings.shutdown_timeout_s,
+    dashboard_runner = GatewayRunner(  # (the same HTTP limits as the gateway's port)
+        build_dashboard_app(platform), settings.http, shutdown_timeout=settings.shutdown_timeout_s
     )
     address_file = settings.state_dir / ADDRESS_FILE
     try:

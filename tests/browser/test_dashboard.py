@@ -91,7 +91,14 @@ ATTACKS = """async (ui) => {
     }
     await attempt("service worker", async () => {
         await navigator.serviceWorker.register("/fn/worker", {scope: "/fn/"});
-        return "registered";
+        for (let i = 0; i < 300; i++) {  // the worker a function's URL serves unregisters
+            if ((await navigator.serviceWorker.getRegistrations()).length === 0) {
+                const r = await fetch("/fn/page");
+                return "unregistered: " + (await r.text()).includes("hello");
+            }
+            await new Promise((resolve) => setTimeout(resolve, 100));
+        }
+        return "still registered";
     });
     return got;
 }"""
@@ -224,7 +231,9 @@ def test_sign_in_invoke_watch_and_redrive(platform: Platform, tmp_path: Path) ->
             page.wait_for_selector("text=hello")
             got = page.evaluate(ATTACKS, platform.ui)
             # another origin: nothing of the dashboard can be read from a function's page
+            worker = got.pop("service worker")
             assert all(str(v).startswith("blocked") for v in got.values()), got
+            assert worker == "unregistered: true", worker  # and no function's worker stays
             cookie = next(c for c in page.context.cookies() if c["name"] == "ember_ui")
             assert cookie["value"] == platform.token  # its Set-Cookie did not reach the browser
             step = "the dashboard still works, opened directly"

@@ -218,20 +218,39 @@ async def test_a_functions_page_cannot_use_the_dashboard(
     async with running.http.get(f"{running.url}/ui/functions/page?x=1", allow_redirects=False) as r:
         assert r.status == 307
         assert r.headers["Location"] == f"{url}/ui/functions/page?x=1"
-    async with running.http.get(f"{url}/fn/page") as r:
-        assert r.status == 404  # and no function's page on the dashboard's
-    # no service worker of a function (its scope could take the other functions' pages)
-    refused = await running.call("page", headers={"Service-Worker": "script"})
-    assert (refused.status, (await refused.json())["error"]["code"]) == (
-        403,
-        "service_worker_refused",
-    )
+    async with running.http.get(f"{url}/fn/page", allow_redirects=False) as r:
+        assert r.status == 307  # and no function's page on the dashboard's: the gateway's
+        assert r.headers["Location"] == f"{running.url}/fn/page"
+    odd = {"Host": "evil.com:1/x"}
+    async with running.http.get(f"{running.url}/ui", headers=odd, allow_redirects=False) as r:
+        assert r.status == 400  # (was a 500)
+    # no service worker of a function (its scope could take the other functions' pages):
+    # the one a function's URL serves unregisters itself
+    worker = await running.call("page", headers={"Service-Worker": "script"})
+    assert worker.status == 200
+    assert "registration.unregister()" in await worker.text()
     # a second session cookie (another port's page may set one: cookies ignore ports)
-    tossed = {"Cookie": f"ember_ui={TOKEN}; ember_ui=a-reader-key"}
-    async with running.http.get(f"{url}/ui", headers=tossed, allow_redirects=False) as r:
-        assert r.status == 303  # signed in as nobody
-    async with running.http.get(f"{url}/ui/login", headers=tossed) as r:
-        assert "more than one ember_ui cookie" in await r.text()
+    for tossed in (
+        {"Cookie": f"ember_ui={TOKEN}; ember_ui=a-reader-key"},
+        {"Cookie": f"ember_ui={TOKEN}; x=a ember_ui=a-reader-key"},  # (a parser's reading)
+    ):
+        async with running.http.get(f"{url}/ui", headers=tossed, allow_redirects=False) as r:
+            assert r.status == 303  # signed in as nobody
+        async with running.http.get(f"{url}/ui/login", headers=tossed) as r:
+            assert "more than one ember_ui cookie" in await r.text()
+    smuggled = {"Cookie": f"x=a ember_ui={TOKEN}"}  # alone: not a session cookie either
+    async with running.http.get(f"{url}/ui", headers=smuggled, allow_redirects=False) as r:
+        assert r.status == 303
+    # a form of the functions' origin (same site) signing the viewer in with another key
+    form = {"token": TOKEN}
+    async with running.http.post(
+        f"{url}/ui/login", data=form, headers={"Origin": running.url}, allow_redirects=False
+    ) as r:
+        assert (r.status, (await r.json())["error"]["code"]) == (403, "not_from_the_dashboard")
+    async with running.http.post(
+        f"{url}/ui/login", data=form, headers={"Origin": url}, allow_redirects=False
+    ) as r:
+        assert r.status == 303  # the dashboard's own form
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
         page = await _signed_in(browser, url, TOKEN)
         csrf = re.search(r'name="csrf" content="([0-9a-f]+)"', page)
@@ -284,7 +303,13 @@ async def test_the_dashboard_calls_a_function_for_its_page(running: Running) -> 
         assert '"got":{"n":1}' in answer["body"].replace(" ", "")
         async with browser.post(invoke, json=call) as r:  # no token
             assert (r.status, (await r.json())["error"]["code"]) == (403, "bad_csrf_token")
-        for bad in ({"method": "TRACE"}, {"path": "../../v1/functions"}):
+        for bad in (
+            {"method": "TRACE"},
+            {"path": "../../v1/functions"},
+            {"path": "%2e%2e/%2e%2e/healthz"},
+            {"path": "a/%2E/b"},
+            {"path": "..\\..\\healthz"},
+        ):
             async with browser.post(invoke, json=bad, headers={"X-CSRF-Token": csrf[1]}) as r:
                 assert r.status == 400
         async with browser.post(
