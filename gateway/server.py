@@ -54,7 +54,9 @@ async def serve(settings: Settings) -> None:
         build_app(platform), settings.http, shutdown_timeout=settings.shutdown_timeout_s
     )
     dashboard_runner = GatewayRunner(  # (the same HTTP limits as the gateway's port)
-        build_dashboard_app(platform), settings.http, shutdown_timeout=settings.shutdown_timeout_s
+        build_dashboard_app(platform),
+        settings.dashboard_http(),
+        shutdown_timeout=settings.shutdown_timeout_s,
     )
     address_file = settings.state_dir / ADDRESS_FILE
     try:

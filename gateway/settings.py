@@ -36,6 +36,10 @@ def default_max_connections() -> int:
     return max(16, min(10_000, soft // 2))
 
 
+DASHBOARD_CONNECTIONS = 256
+"""Open connections to the dashboard's port at most (`Settings.dashboard_http`)."""
+
+
 @dataclass(slots=True, frozen=True, kw_only=True)
 class HttpSettings:
     """Limits on client connections (gateway/connections.py): what a slow or hostile client
@@ -151,6 +155,13 @@ class Settings:
     isolation: IsolationSettings = field(default_factory=IsolationSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     routing: RoutingSettings = field(default_factory=RoutingSettings)
+
+    def dashboard_http(self) -> HttpSettings:
+        """The dashboard port's HTTP limits: the gateway's, with at most 256 connections (its
+        clients are people's browsers; the descriptors stay the gateway's)."""
+        return replace(
+            self.http, max_connections=min(self.http.max_connections, DASHBOARD_CONNECTIONS)
+        )
 
     def dashboard_bind_port(self) -> int:
         """The dashboard's port to bind: `dashboard_port`, else the gateway's + 1 (0 if 0)."""

@@ -239,7 +239,9 @@ def make_platform(database_url: str, tmp_path: Path) -> PlatformFactory:
         await site.start()
         host, port = runner.addresses[0][:2]
         platform.served["calls"] = port
-        dashboard = GatewayRunner(build_dashboard_app(platform), settings.http, shutdown_timeout=2)
+        dashboard = GatewayRunner(
+            build_dashboard_app(platform), settings.dashboard_http(), shutdown_timeout=2
+        )
         await dashboard.setup()
         await web.TCPSite(dashboard, "127.0.0.1", 0).start()
         platform.served["dashboard"] = dashboard.addresses[0][1]

@@ -113,3 +113,15 @@ def test_templates_are_on_by_default_with_a_bound_and_a_slow_import_rule() -> No
     assert (read.max_templates, read.pool.template_slow_import_s) == (4, 0.1)
     with pytest.raises(ConfigError):
         Settings.from_env({"FN_TEMPLATE_MAX": "-1"})
+
+
+def test_the_dashboard_has_a_port_of_its_own_and_fewer_connections() -> None:
+    settings = Settings.from_env({})
+    assert (settings.port, settings.dashboard_bind_port()) == (8080, 8081)
+    assert Settings.from_env({"FN_PORT": "0"}).dashboard_bind_port() == 0  # any free one
+    chosen = Settings.from_env({"FN_PORT": "9000", "FN_DASHBOARD_PORT": "9443"})
+    assert chosen.dashboard_bind_port() == 9443
+    with pytest.raises(ConfigError, match="FN_DASHBOARD_PORT"):
+        Settings.from_env({"FN_DASHBOARD_PORT": "http"})
+    assert settings.dashboard_http().max_connections == 256
+    assert settings.dashboard_http().header_timeout_s == settings.http.header_timeout_s
