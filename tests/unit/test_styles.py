@@ -389,9 +389,10 @@ def test_the_detected_style_is_printed_when_it_is_not_plainly_embers(
 def test_what_a_module_sets_at_import_is_its_own(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from invoker.styles import BindInfo
+    import dataclasses
+
     from invoker.styles.aws_lambda import prepare_environment
-    from tests.unit.test_style_lambda import lambda_environment
+    from tests.unit.test_style_lambda import info, lambda_environment
 
     lambda_environment.__wrapped__(monkeypatch, tmp_path)  # type: ignore[attr-defined]
     (tmp_path / "app.py").write_text("def lambda_handler(event, context): ...\n")
@@ -400,16 +401,7 @@ def test_what_a_module_sets_at_import_is_its_own(
     os.environ["AWS_REGION"] = "eu-west-3"  # what the module's import code did
     mod = types.ModuleType("app")
     mod.__file__ = str(tmp_path / "app.py")
-    info = BindInfo(
-        style="lambda",
-        entry="lambda_handler",
-        module=mod,
-        function="orders",
-        version=2,
-        memory_mb=256,
-        timeout_s=30.0,
-    )
-    facts = prepare_environment(info)
+    facts = prepare_environment(dataclasses.replace(info(), module=mod, version=2))
     assert os.environ["AWS_REGION"] == "eu-west-3"  # not set back at bind
     assert os.environ["AWS_DEFAULT_REGION"] == "us-east-1"
     assert facts.version == 2
